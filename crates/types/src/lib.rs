@@ -1,0 +1,18 @@
+//! shoal's domain model: specs, objects, states and their validation. No IO lives here.
+#![forbid(unsafe_code)]
+
+pub mod constraint;
+pub mod duration;
+pub mod ids;
+pub mod object;
+pub mod spec;
+pub mod state;
+pub mod units;
+pub mod validate;
+
+pub use constraint::{Constraint, ConstraintError, ConstraintOp, PlacementPreference, PreferenceError};
+pub use duration::{DurationError, GoDuration};
+pub use object::*;
+pub use spec::*;
+pub use state::{Availability, NodeRole, NodeState, TaskState};
+pub use validate::{ValidationError, validate_name};

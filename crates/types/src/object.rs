@@ -1,0 +1,202 @@
+//! Objects kept in the replicated store. `version` is the raft log index of the object's last
+//! change, so every manager assigns the same version and clients use it for optimistic concurrency.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{Labels, ServiceSpec, TaskSpec};
+use crate::state::{Availability, NodeRole, NodeState, TaskState};
+
+/// Milliseconds since the Unix epoch, stamped by the proposing manager so every replica agrees.
+pub type Timestamp = u64;
+
+/// How many specs a service remembers (newest last). `spec` and `previous_spec` are its last two
+/// in the common case; the list is the base for revision history.
+pub const SPEC_HISTORY_LIMIT: usize = 10;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub spec: ServiceSpec,
+    /// The version at which `spec` became current; tasks record it to tell whether they are dirty.
+    pub spec_version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<ServiceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<UpdateStatus>,
+    /// Past specs, oldest first, at most [`SPEC_HISTORY_LIMIT`] (current one included).
+    #[serde(default)]
+    pub revisions: Vec<SpecRevision>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpecRevision {
+    pub spec_version: u64,
+    pub created_at: Timestamp,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub service_id: String,
+    /// Replica slot, from 1; 0 for tasks of global services (they are keyed by node).
+    pub slot: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_id: String,
+    pub spec_version: u64,
+    pub spec: TaskSpec,
+    pub desired_state: TaskState,
+    pub status: TaskStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub state: TaskState,
+    pub timestamp: Timestamp,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub err: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub spec: NodeSpec,
+    pub description: NodeDescription,
+    pub status: NodeStatus,
+    /// Present on managers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<ManagerInfo>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub role: NodeRole,
+    pub availability: Availability,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDescription {
+    pub hostname: String,
+    #[serde(default)]
+    pub nano_cpus: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub engine_labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub state: NodeState,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerInfo {
+    pub raft_id: u64,
+    pub addr: String,
+    /// Filled in when the object is served: `leader`, `reachable` or `unreachable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<String>,
+    #[serde(default)]
+    pub leader: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub id: String,
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub spec: ClusterSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    /// Terminal tasks kept per slot (Swarm's `--task-history-limit`, default 5).
+    pub task_history_limit: u64,
+    /// Agents heartbeat this often; a node is DOWN after three missed beats.
+    pub heartbeat_period: crate::GoDuration,
+    /// Entries applied between raft snapshots.
+    pub snapshot_interval: u64,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            task_history_limit: 5,
+            heartbeat_period: crate::GoDuration::from_secs(1),
+            snapshot_interval: 10_000,
+        }
+    }
+}
+
+impl Service {
+    /// A short, human id prefix as docker prints it.
+    pub fn short_id(&self) -> &str {
+        short(&self.id)
+    }
+}
+
+impl Node {
+    pub fn short_id(&self) -> &str {
+        short(&self.id)
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}

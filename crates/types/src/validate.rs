@@ -1,0 +1,283 @@
+//! Spec validation. Every error names the field, the value and what is allowed, e.g.
+//! `update_config.max_failure_ratio: 1.5 is outside [0, 1]`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::spec::{FailureAction, ServiceMode, ServiceSpec, UpdateConfig};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+const MIN_NANO_CPUS: u64 = 1_000_000;
+const MIN_MEMORY_BYTES: u64 = 4 << 20;
+const MAX_NAME_LEN: usize = 63;
+
+/// Checks a name the way Swarm does: a DNS-label-like word of letters and digits, with `-` or `_`
+/// allowed inside.
+pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    let allowed = "letters, digits, '-' and '_', starting and ending with a letter or digit, at most 63 characters";
+    let bytes = name.as_bytes();
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric();
+    if ok { Ok(()) } else { Err(ValidationError::new(field, format!("{name:?} is not a valid name ({allowed})"))) }
+}
+
+fn validate_image(image: &str) -> Result<(), ValidationError> {
+    let field = "task.container.image";
+    if image.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if image.chars().any(char::is_whitespace) {
+        return Err(ValidationError::new(field, format!("{image:?} must not contain white space")));
+    }
+    // The repository part (before a tag or digest) must be lowercase, as Docker requires.
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let repo = match without_digest.rfind(':') {
+        Some(colon) if !without_digest[colon..].contains('/') => &without_digest[..colon],
+        _ => without_digest,
+    };
+    if repo.is_empty() || repo.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(ValidationError::new(
+            field,
+            format!("{image:?} is not a valid image reference (repository names must be non-empty and lowercase)"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_update_config(prefix: &str, config: &UpdateConfig, is_rollback: bool) -> Result<(), ValidationError> {
+    let ratio = config.max_failure_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(ValidationError::new(
+            format!("{prefix}.max_failure_ratio"),
+            format!("{ratio} is outside [0, 1]"),
+        ));
+    }
+    if is_rollback && config.failure_action == FailureAction::Rollback {
+        return Err(ValidationError::new(
+            format!("{prefix}.failure_action"),
+            "\"rollback\" is not allowed for a rollback (allowed: pause, continue)",
+        ));
+    }
+    Ok(())
+}
+
+impl ServiceSpec {
+    /// Checks everything the store cannot express in types. Called by the control API before any
+    /// change is proposed, so an invalid spec never reaches the log.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        for key in self.labels.keys() {
+            if key.is_empty() {
+                return Err(ValidationError::new("labels", "label keys must not be empty"));
+            }
+        }
+        let container = &self.task.container;
+        validate_image(&container.image)?;
+        for entry in &container.env {
+            let key = entry.split('=').next().unwrap_or_default();
+            if key.is_empty() || key.chars().any(char::is_whitespace) {
+                return Err(ValidationError::new(
+                    "task.container.env",
+                    format!("{entry:?} is not KEY=VALUE with a non-empty key without spaces"),
+                ));
+            }
+        }
+        for key in container.labels.keys() {
+            if key.is_empty() {
+                return Err(ValidationError::new("task.container.labels", "label keys must not be empty"));
+            }
+        }
+        if let Some(signal) = &container.stop_signal
+            && signal.trim().is_empty()
+        {
+            return Err(ValidationError::new("task.container.stop_signal", "must not be empty when set"));
+        }
+        if let Some(health) = &container.healthcheck {
+            let kind = health.test.first().map(String::as_str);
+            match kind {
+                None | Some("NONE") => {}
+                Some("CMD") | Some("CMD-SHELL") if health.test.len() >= 2 => {}
+                _ => {
+                    return Err(ValidationError::new(
+                        "task.container.healthcheck.test",
+                        format!(
+                            "{:?} must be [\"NONE\"], [\"CMD\", exe, args...] or [\"CMD-SHELL\", command]",
+                            health.test
+                        ),
+                    ));
+                }
+            }
+            let interval = health.interval.as_std();
+            if !interval.is_zero() && interval.as_millis() < 1 {
+                return Err(ValidationError::new(
+                    "task.container.healthcheck.interval",
+                    format!("{} is below the minimum of 1ms", health.interval),
+                ));
+            }
+        }
+        let res = &self.task.resources;
+        for (which, amounts) in [("limits", &res.limits), ("reservations", &res.reservations)] {
+            if amounts.nano_cpus != 0 && amounts.nano_cpus < MIN_NANO_CPUS {
+                return Err(ValidationError::new(
+                    format!("task.resources.{which}.nano_cpus"),
+                    format!("{} is below the minimum of 0.001 CPU", amounts.nano_cpus as f64 / 1e9),
+                ));
+            }
+            if amounts.memory_bytes != 0 && amounts.memory_bytes < MIN_MEMORY_BYTES {
+                return Err(ValidationError::new(
+                    format!("task.resources.{which}.memory_bytes"),
+                    format!("{} bytes is below the minimum of 4MiB", amounts.memory_bytes),
+                ));
+            }
+        }
+        if res.reservations.pids != 0 {
+            return Err(ValidationError::new(
+                "task.resources.reservations.pids",
+                "pids can only be limited, not reserved",
+            ));
+        }
+        for (which, limit, reserve) in [
+            ("nano_cpus", res.limits.nano_cpus, res.reservations.nano_cpus),
+            ("memory_bytes", res.limits.memory_bytes, res.reservations.memory_bytes),
+        ] {
+            if limit != 0 && reserve > limit {
+                return Err(ValidationError::new(
+                    format!("task.resources.reservations.{which}"),
+                    format!("{reserve} is larger than the limit {limit}"),
+                ));
+            }
+        }
+        let placement = &self.task.placement;
+        if placement.max_replicas_per_node != 0 && self.mode == ServiceMode::Global {
+            return Err(ValidationError::new(
+                "task.placement.max_replicas_per_node",
+                "can only be used with replicated mode",
+            ));
+        }
+        validate_update_config("update_config", &self.update_config, false)?;
+        validate_update_config("rollback_config", &self.rollback_config, true)?;
+        let mut published = BTreeSet::new();
+        for port in &self.endpoint.ports {
+            if port.target == 0 {
+                return Err(ValidationError::new("endpoint.ports.target", "0 is outside [1, 65535]"));
+            }
+            if port.published != 0 && !published.insert((port.published, port.protocol)) {
+                return Err(ValidationError::new(
+                    "endpoint.ports.published",
+                    format!("port {}/{} is published more than once", port.published, port.protocol.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{PortConfig, ServiceSpec};
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec::new("web", "shoal/busybox:1")
+    }
+
+    fn err_of(s: &ServiceSpec) -> String {
+        s.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_default_spec_is_valid() {
+        spec().validate().unwrap();
+    }
+
+    #[test]
+    fn ratio_outside_range_names_field_and_range() {
+        let mut s = spec();
+        s.update_config.max_failure_ratio = 1.5;
+        assert_eq!(err_of(&s), "update_config.max_failure_ratio: 1.5 is outside [0, 1]");
+        s.update_config.max_failure_ratio = f32::NAN;
+        assert!(err_of(&s).starts_with("update_config.max_failure_ratio: NaN"));
+    }
+
+    #[test]
+    fn rollback_config_cannot_roll_back() {
+        let mut s = spec();
+        s.rollback_config.failure_action = FailureAction::Rollback;
+        assert!(err_of(&s).starts_with("rollback_config.failure_action:"));
+        s.rollback_config.failure_action = FailureAction::Continue;
+        s.update_config.failure_action = FailureAction::Rollback;
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn names() {
+        for good in ["web", "app_web", "a-b-1", "W"] {
+            validate_name("name", good).unwrap();
+        }
+        for bad in ["", "-web", "web-", "we b", "web!", &"x".repeat(64)] {
+            assert!(validate_name("name", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn images() {
+        let mut s = spec();
+        s.task.container.image = "Busybox".into();
+        assert!(err_of(&s).starts_with("task.container.image:"));
+        s.task.container.image = "localhost:5000/busybox:Latest".into();
+        s.validate().unwrap();
+        s.task.container.image = "".into();
+        assert_eq!(err_of(&s), "task.container.image: must not be empty");
+    }
+
+    #[test]
+    fn resources() {
+        let mut s = spec();
+        s.task.resources.reservations.memory_bytes = 1024;
+        assert_eq!(
+            err_of(&s),
+            "task.resources.reservations.memory_bytes: 1024 bytes is below the minimum of 4MiB"
+        );
+        s.task.resources.reservations.memory_bytes = 64 << 20;
+        s.task.resources.limits.memory_bytes = 32 << 20;
+        assert!(err_of(&s).starts_with("task.resources.reservations.memory_bytes:"));
+    }
+
+    #[test]
+    fn global_with_max_replicas_is_refused() {
+        let mut s = spec();
+        s.mode = ServiceMode::Global;
+        s.task.placement.max_replicas_per_node = 2;
+        assert_eq!(err_of(&s), "task.placement.max_replicas_per_node: can only be used with replicated mode");
+    }
+
+    #[test]
+    fn duplicate_published_ports() {
+        let mut s = spec();
+        let port = PortConfig { target: 80, published: 8080, ..PortConfig::default() };
+        s.endpoint.ports = vec![port.clone(), port];
+        assert!(err_of(&s).contains("published more than once"));
+    }
+}
