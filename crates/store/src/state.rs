@@ -1,0 +1,420 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use shoal_types::{
+    Cluster, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, SPEC_HISTORY_LIMIT,
+    Service, SpecRevision, Task, UpdateState, UpdateStatus,
+};
+
+use crate::action::{Action, Batch, MembershipChange, MembershipKind};
+
+/// Why a batch was refused. The store is left exactly as it was.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StoreError {
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error(
+        "update out of sequence: service {name} is at version {current}, the update was based on version {expected}; inspect it again and retry"
+    )]
+    OutOfSequence { name: String, current: u64, expected: u64 },
+    #[error("service {name}: renaming services is not supported")]
+    Rename { name: String },
+    #[error("service {name}: service mode change is not allowed")]
+    ModeChange { name: String },
+    #[error("service {name} does not have a previous spec")]
+    NoPreviousSpec { name: String },
+    #[error("cluster is already initialised")]
+    ClusterExists,
+    #[error("malformed log entry: {0}")]
+    Malformed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Create,
+    Update,
+    Remove,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type", content = "object")]
+pub enum Object {
+    Cluster(Cluster),
+    Service(Service),
+    Task(Task),
+    Node(Node),
+}
+
+/// One object's change, published to watchers after its batch applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub index: u64,
+    pub object: Object,
+}
+
+/// The whole desired and observed state of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    cluster: Option<Cluster>,
+    services: BTreeMap<String, Service>,
+    nodes: BTreeMap<String, Node>,
+    tasks: BTreeMap<String, Task>,
+    /// Raft index of the last entry applied (batches and membership changes alike).
+    applied_index: u64,
+    #[serde(skip)]
+    tasks_by_service: BTreeMap<String, BTreeSet<String>>,
+    #[serde(skip)]
+    tasks_by_node: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// How to put back what a failed batch changed.
+enum Undo {
+    Cluster(Option<Cluster>),
+    Service(String, Option<Service>),
+    Node(String, Option<Node>),
+    Task(String, Option<Task>),
+}
+
+impl State {
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn service(&self, id: &str) -> Option<&Service> {
+        self.services.get(id)
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.services.values().find(|s| s.spec.name == name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_service.get(service_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
+    pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_node.get(node_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// Serialises the whole state (indexes are rebuilt on restore).
+    pub fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("state serialises")
+    }
+
+    pub fn restore(data: &[u8]) -> Result<State, StoreError> {
+        let mut state: State = serde_json::from_slice(data).map_err(|e| StoreError::Malformed(e.to_string()))?;
+        let tasks: Vec<Task> = state.tasks.values().cloned().collect();
+        for task in &tasks {
+            state.index_task(task);
+        }
+        Ok(state)
+    }
+
+    /// Applies a committed log entry's bytes. A malformed entry or a refused batch changes
+    /// nothing but the applied index, identically on every manager.
+    pub fn apply_entry(&mut self, index: u64, data: &[u8]) -> Result<Vec<Change>, StoreError> {
+        match serde_json::from_slice::<Batch>(data) {
+            Ok(batch) => self.apply(index, &batch),
+            Err(e) => {
+                self.applied_index = index;
+                Err(StoreError::Malformed(e.to_string()))
+            }
+        }
+    }
+
+    /// Applies a batch atomically at raft index `index`.
+    pub fn apply(&mut self, index: u64, batch: &Batch) -> Result<Vec<Change>, StoreError> {
+        self.applied_index = index;
+        let mut undo = Vec::new();
+        let mut changes = Vec::new();
+        for action in &batch.actions {
+            if let Err(e) = self.apply_action(index, batch.at, action, &mut undo, &mut changes) {
+                for step in undo.into_iter().rev() {
+                    self.undo(step);
+                }
+                return Err(e);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Records a raft membership change: managers are nodes too.
+    pub fn apply_membership(&mut self, index: u64, change: &MembershipChange) -> Vec<Change> {
+        self.applied_index = index;
+        let existing = self.nodes.values().find(|n| n.manager.as_ref().is_some_and(|m| m.raft_id == change.raft_id));
+        match change.kind {
+            MembershipKind::AddLearner | MembershipKind::Promote => {
+                let mut node = match existing {
+                    Some(node) => node.clone(),
+                    None => Node {
+                        id: change.node_id.clone(),
+                        version: index,
+                        created_at: change.at,
+                        updated_at: change.at,
+                        spec: NodeSpec { role: NodeRole::Manager, ..NodeSpec::default() },
+                        description: NodeDescription { hostname: change.hostname.clone(), ..Default::default() },
+                        status: NodeStatus { state: NodeState::Ready, message: String::new(), addr: change.addr.clone() },
+                        manager: None,
+                    },
+                };
+                if node.id.is_empty() {
+                    return Vec::new();
+                }
+                node.version = index;
+                node.updated_at = change.at.max(node.updated_at);
+                node.spec.role = NodeRole::Manager;
+                node.manager =
+                    Some(ManagerInfo { raft_id: change.raft_id, addr: change.addr.clone(), reachability: None, leader: false });
+                let kind = if self.nodes.contains_key(&node.id) { ChangeKind::Update } else { ChangeKind::Create };
+                self.nodes.insert(node.id.clone(), node.clone());
+                vec![Change { kind, index, object: Object::Node(node) }]
+            }
+            MembershipKind::Remove => match existing.map(|n| n.id.clone()) {
+                Some(id) => {
+                    let node = self.nodes.remove(&id).expect("found above");
+                    vec![Change { kind: ChangeKind::Remove, index, object: Object::Node(node) }]
+                }
+                None => Vec::new(),
+            },
+        }
+    }
+
+    fn apply_action(
+        &mut self,
+        index: u64,
+        at: u64,
+        action: &Action,
+        undo: &mut Vec<Undo>,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), StoreError> {
+        match action {
+            Action::InitCluster { cluster } => {
+                if self.cluster.is_some() {
+                    return Err(StoreError::ClusterExists);
+                }
+                let mut cluster = cluster.clone();
+                cluster.version = index;
+                undo.push(Undo::Cluster(None));
+                self.cluster = Some(cluster.clone());
+                changes.push(Change { kind: ChangeKind::Create, index, object: Object::Cluster(cluster) });
+            }
+            Action::CreateService { id, spec } => {
+                if self.services.contains_key(id) {
+                    return Err(StoreError::AlreadyExists { kind: "service", name: id.clone() });
+                }
+                if self.service_by_name(&spec.name).is_some() {
+                    return Err(StoreError::AlreadyExists { kind: "service", name: spec.name.clone() });
+                }
+                let service = Service {
+                    id: id.clone(),
+                    version: index,
+                    created_at: at,
+                    updated_at: at,
+                    spec: spec.clone(),
+                    spec_version: index,
+                    previous_spec: None,
+                    previous_spec_version: None,
+                    update_status: None,
+                    revisions: vec![SpecRevision { spec_version: index, created_at: at, spec: spec.clone() }],
+                };
+                self.put_service(service, ChangeKind::Create, undo, changes);
+            }
+            Action::UpdateService { id, expected_version, spec } => {
+                let current = self.checked_service(id, *expected_version)?;
+                if current.spec.name != spec.name {
+                    return Err(StoreError::Rename { name: current.spec.name.clone() });
+                }
+                if std::mem::discriminant(&current.spec.mode) != std::mem::discriminant(&spec.mode) {
+                    return Err(StoreError::ModeChange { name: current.spec.name.clone() });
+                }
+                let mut service = current.clone();
+                service.previous_spec = Some(std::mem::replace(&mut service.spec, spec.clone()));
+                service.previous_spec_version = Some(service.spec_version);
+                service.spec_version = index;
+                service.update_status = None;
+                push_revision(&mut service, index, at);
+                service.version = index;
+                service.updated_at = at;
+                self.put_service(service, ChangeKind::Update, undo, changes);
+            }
+            Action::RollbackService { id, expected_version } => {
+                let current = self.checked_service(id, *expected_version)?;
+                let mut service = current.clone();
+                let Some(previous) = service.previous_spec.take() else {
+                    return Err(StoreError::NoPreviousSpec { name: current.spec.name.clone() });
+                };
+                service.previous_spec = Some(std::mem::replace(&mut service.spec, previous));
+                service.previous_spec_version = Some(service.spec_version);
+                // Push-style: the restored spec becomes current as a new version, so rolling back
+                // twice returns to where it started and the history records both steps.
+                service.spec_version = index;
+                service.update_status = Some(UpdateStatus {
+                    state: UpdateState::RollbackStarted,
+                    message: "manually requested rollback".into(),
+                    started_at: Some(at),
+                    completed_at: None,
+                });
+                push_revision(&mut service, index, at);
+                service.version = index;
+                service.updated_at = at;
+                self.put_service(service, ChangeKind::Update, undo, changes);
+            }
+            Action::SetUpdateStatus { id, status } => {
+                let mut service = self
+                    .services
+                    .get(id)
+                    .ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?
+                    .clone();
+                service.update_status = status.clone();
+                service.version = index;
+                service.updated_at = at;
+                self.put_service(service, ChangeKind::Update, undo, changes);
+            }
+            Action::RemoveService { id } => {
+                let service =
+                    self.services.remove(id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                undo.push(Undo::Service(id.clone(), Some(service.clone())));
+                changes.push(Change { kind: ChangeKind::Remove, index, object: Object::Service(service) });
+            }
+            Action::PutNode { node } => {
+                let mut node = node.clone();
+                node.version = index;
+                node.updated_at = at;
+                let old = self.nodes.insert(node.id.clone(), node.clone());
+                let kind = if old.is_some() { ChangeKind::Update } else { ChangeKind::Create };
+                undo.push(Undo::Node(node.id.clone(), old));
+                changes.push(Change { kind, index, object: Object::Node(node) });
+            }
+            Action::RemoveNode { id } => {
+                let node = self.nodes.remove(id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?;
+                undo.push(Undo::Node(id.clone(), Some(node.clone())));
+                changes.push(Change { kind: ChangeKind::Remove, index, object: Object::Node(node) });
+            }
+            Action::PutTask { task } => {
+                if !self.services.contains_key(&task.service_id) {
+                    return Err(StoreError::NotFound { kind: "service", id: task.service_id.clone() });
+                }
+                let mut task = task.clone();
+                task.version = index;
+                task.updated_at = at;
+                let old = self.set_task(task.clone());
+                let kind = if old.is_some() { ChangeKind::Update } else { ChangeKind::Create };
+                undo.push(Undo::Task(task.id.clone(), old));
+                changes.push(Change { kind, index, object: Object::Task(task) });
+            }
+            Action::RemoveTask { id } => {
+                let task = self.remove_task(id).ok_or_else(|| StoreError::NotFound { kind: "task", id: id.clone() })?;
+                undo.push(Undo::Task(id.clone(), Some(task.clone())));
+                changes.push(Change { kind: ChangeKind::Remove, index, object: Object::Task(task) });
+            }
+        }
+        Ok(())
+    }
+
+    fn checked_service(&self, id: &str, expected_version: u64) -> Result<&Service, StoreError> {
+        let service = self.services.get(id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.to_string() })?;
+        if service.version != expected_version {
+            return Err(StoreError::OutOfSequence {
+                name: service.spec.name.clone(),
+                current: service.version,
+                expected: expected_version,
+            });
+        }
+        Ok(service)
+    }
+
+    fn put_service(&mut self, service: Service, kind: ChangeKind, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
+        let index = service.version;
+        let old = self.services.insert(service.id.clone(), service.clone());
+        undo.push(Undo::Service(service.id.clone(), old));
+        changes.push(Change { kind, index, object: Object::Service(service) });
+    }
+
+    fn set_task(&mut self, task: Task) -> Option<Task> {
+        let old = self.remove_task(&task.id);
+        self.index_task(&task);
+        self.tasks.insert(task.id.clone(), task);
+        old
+    }
+
+    fn index_task(&mut self, task: &Task) {
+        self.tasks_by_service.entry(task.service_id.clone()).or_default().insert(task.id.clone());
+        if !task.node_id.is_empty() {
+            self.tasks_by_node.entry(task.node_id.clone()).or_default().insert(task.id.clone());
+        }
+    }
+
+    fn remove_task(&mut self, id: &str) -> Option<Task> {
+        let task = self.tasks.remove(id)?;
+        for (index, key) in [(&mut self.tasks_by_service, &task.service_id), (&mut self.tasks_by_node, &task.node_id)] {
+            if let Some(set) = index.get_mut(key) {
+                set.remove(id);
+                if set.is_empty() {
+                    index.remove(key);
+                }
+            }
+        }
+        Some(task)
+    }
+
+    fn undo(&mut self, step: Undo) {
+        match step {
+            Undo::Cluster(old) => self.cluster = old,
+            Undo::Service(id, Some(old)) => {
+                self.services.insert(id, old);
+            }
+            Undo::Service(id, None) => {
+                self.services.remove(&id);
+            }
+            Undo::Node(id, Some(old)) => {
+                self.nodes.insert(id, old);
+            }
+            Undo::Node(id, None) => {
+                self.nodes.remove(&id);
+            }
+            Undo::Task(id, old) => {
+                self.remove_task(&id);
+                if let Some(old) = old {
+                    self.set_task(old);
+                }
+            }
+        }
+    }
+}
+
+fn push_revision(service: &mut Service, index: u64, at: u64) {
+    service.revisions.push(SpecRevision { spec_version: index, created_at: at, spec: service.spec.clone() });
+    let excess = service.revisions.len().saturating_sub(SPEC_HISTORY_LIMIT);
+    service.revisions.drain(..excess);
+}
+
+#[cfg(test)]
+mod tests;

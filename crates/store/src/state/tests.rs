@@ -1,0 +1,194 @@
+use proptest::prelude::*;
+use shoal_types::{ServiceSpec, TaskSpec, TaskState, TaskStatus};
+
+use super::*;
+
+fn batch(actions: Vec<Action>) -> Batch {
+    Batch { at: 1_000, actions }
+}
+
+fn create(id: &str, name: &str) -> Action {
+    Action::CreateService { id: id.into(), spec: ServiceSpec::new(name, "busybox") }
+}
+
+fn task(id: &str, service: &str, node: &str) -> Task {
+    Task {
+        id: id.into(),
+        version: 0,
+        created_at: 0,
+        updated_at: 0,
+        service_id: service.into(),
+        slot: 1,
+        node_id: node.into(),
+        spec_version: 1,
+        spec: TaskSpec::default(),
+        desired_state: TaskState::Running,
+        status: TaskStatus { state: TaskState::New, timestamp: 0, message: "created".into(), err: String::new() },
+    }
+}
+
+#[test]
+fn create_and_version() {
+    let mut state = State::default();
+    let changes = state.apply(7, &batch(vec![create("s1", "web")])).unwrap();
+    assert_eq!(changes.len(), 1);
+    let service = state.service("s1").unwrap();
+    assert_eq!((service.version, service.spec_version, service.created_at), (7, 7, 1_000));
+    assert_eq!(state.applied_index(), 7);
+}
+
+#[test]
+fn duplicate_names_are_refused_and_nothing_changes() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let before = state.clone();
+    let err = state.apply(2, &batch(vec![create("s2", "api"), create("s3", "web")])).unwrap_err();
+    assert_eq!(err.to_string(), "service web already exists");
+    assert!(state.service("s2").is_none(), "first action of a refused batch must be undone");
+    assert_eq!(state.services().count(), before.services().count());
+}
+
+#[test]
+fn stale_update_is_refused() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let mut spec = ServiceSpec::new("web", "busybox:2");
+    state.apply(2, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: spec.clone() }])).unwrap();
+    spec.task.container.image = "busybox:3".into();
+    let err = state
+        .apply(3, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec }]))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::OutOfSequence { current: 2, expected: 1, .. }), "{err}");
+    assert_eq!(state.service("s1").unwrap().spec.task.container.image, "busybox:2");
+}
+
+#[test]
+fn rename_and_mode_change_are_refused() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let renamed = ServiceSpec::new("api", "busybox");
+    let err = state.apply(2, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: renamed }]));
+    assert!(matches!(err, Err(StoreError::Rename { .. })));
+    let mut global = ServiceSpec::new("web", "busybox");
+    global.mode = shoal_types::ServiceMode::Global;
+    let err = state.apply(3, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: global }]));
+    assert!(matches!(err, Err(StoreError::ModeChange { .. })));
+}
+
+#[test]
+fn rollback_toggles_and_needs_a_previous_spec() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let err = state.apply(2, &batch(vec![Action::RollbackService { id: "s1".into(), expected_version: 1 }])).unwrap_err();
+    assert_eq!(err.to_string(), "service web does not have a previous spec");
+    let v2 = ServiceSpec::new("web", "busybox:2");
+    state.apply(3, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: v2 }])).unwrap();
+    let image = |s: &State| s.service("s1").unwrap().spec.task.container.image.clone();
+    assert_eq!(image(&state), "busybox:2");
+    let mut version = 3;
+    for (i, expected) in ["busybox", "busybox:2", "busybox"].into_iter().enumerate() {
+        let index = 4 + i as u64;
+        state.apply(index, &batch(vec![Action::RollbackService { id: "s1".into(), expected_version: version }])).unwrap();
+        version = index;
+        assert_eq!(image(&state), expected);
+        let status = state.service("s1").unwrap().update_status.clone().unwrap();
+        assert_eq!((status.state, status.message.as_str()), (UpdateState::RollbackStarted, "manually requested rollback"));
+    }
+    assert_eq!(state.service("s1").unwrap().revisions.len(), 5);
+}
+
+#[test]
+fn tasks_are_indexed_and_need_their_service() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    state
+        .apply(2, &batch(vec![Action::PutTask { task: task("t1", "s1", "n1") }, Action::PutTask { task: task("t2", "s1", "n2") }]))
+        .unwrap();
+    assert_eq!(state.tasks_of_service("s1").count(), 2);
+    assert_eq!(state.tasks_on_node("n2").map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t2"]);
+    let err = state.apply(3, &batch(vec![Action::PutTask { task: task("t3", "nope", "n1") }])).unwrap_err();
+    assert_eq!(err.to_string(), "service nope not found");
+    state.apply(4, &batch(vec![Action::RemoveTask { id: "t1".into() }])).unwrap();
+    assert_eq!(state.tasks_on_node("n1").count(), 0);
+}
+
+#[test]
+fn malformed_entries_change_nothing_but_the_index() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let before = state.services().cloned().collect::<Vec<_>>();
+    assert!(matches!(state.apply_entry(2, b"{not json"), Err(StoreError::Malformed(_))));
+    assert_eq!(state.services().cloned().collect::<Vec<_>>(), before);
+    assert_eq!(state.applied_index(), 2);
+}
+
+#[test]
+fn membership_changes_make_manager_nodes() {
+    let mut state = State::default();
+    let add = MembershipChange {
+        kind: MembershipKind::AddLearner,
+        raft_id: 9,
+        node_id: "n9".into(),
+        addr: "127.0.0.1:4243".into(),
+        hostname: "m2".into(),
+        at: 5,
+    };
+    state.apply_membership(3, &add);
+    let node = state.node("n9").unwrap();
+    assert_eq!(node.manager.as_ref().unwrap().raft_id, 9);
+    state.apply_membership(4, &MembershipChange { kind: MembershipKind::Remove, ..add });
+    assert!(state.node("n9").is_none());
+}
+
+fn arb_action() -> impl Strategy<Value = Action> {
+    let id = prop::sample::select(vec!["a", "b", "c"]);
+    let name = prop::sample::select(vec!["web", "api", "db"]);
+    prop_oneof![
+        (id.clone(), name.clone()).prop_map(|(i, n)| create(i, n)),
+        (id.clone(), name.clone(), 0u64..12).prop_map(|(i, n, v)| Action::UpdateService {
+            id: i.into(),
+            expected_version: v,
+            spec: ServiceSpec::new(n, "busybox:2"),
+        }),
+        (id.clone(), 0u64..12).prop_map(|(i, v)| Action::RollbackService { id: i.into(), expected_version: v }),
+        id.clone().prop_map(|i| Action::RemoveService { id: i.into() }),
+        (prop::sample::select(vec!["t1", "t2"]), id.clone()).prop_map(|(t, s)| Action::PutTask { task: task(t, s, "n1") }),
+        prop::sample::select(vec!["t1", "t2"]).prop_map(|t| Action::RemoveTask { id: t.into() }),
+    ]
+}
+
+proptest! {
+    /// Two managers applying the same entries hold equal state, and a snapshot restores it exactly.
+    #[test]
+    fn apply_is_deterministic_and_snapshots_restore(batches in prop::collection::vec(prop::collection::vec(arb_action(), 1..4), 1..12)) {
+        let mut a = State::default();
+        let mut b = State::default();
+        for (i, actions) in batches.iter().enumerate() {
+            let entry = serde_json::to_vec(&batch(actions.clone())).unwrap();
+            let ra = a.apply_entry(i as u64 + 1, &entry);
+            let rb = b.apply_entry(i as u64 + 1, &entry);
+            prop_assert_eq!(ra, rb);
+        }
+        prop_assert_eq!(&a, &b);
+        let restored = State::restore(&a.snapshot()).unwrap();
+        prop_assert_eq!(&restored, &a);
+        for service in a.services() {
+            prop_assert_eq!(restored.tasks_of_service(&service.id).count(), a.tasks_of_service(&service.id).count());
+        }
+    }
+
+    /// A refused batch leaves the state exactly as it was.
+    #[test]
+    fn refused_batches_change_nothing(setup in prop::collection::vec(arb_action(), 0..8), actions in prop::collection::vec(arb_action(), 1..5)) {
+        let mut state = State::default();
+        for (i, action) in setup.into_iter().enumerate() {
+            let _ = state.apply(i as u64 + 1, &batch(vec![action]));
+        }
+        let before = state.clone();
+        if state.apply(100, &batch(actions)).is_err() {
+            let mut expected = before;
+            expected.applied_index = 100;
+            prop_assert_eq!(state, expected);
+        }
+    }
+}
