@@ -200,3 +200,33 @@ impl Node {
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
+
+/// What `shoal cluster info` shows: answered by the leader, from its raft status and store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: String,
+    pub created_at: Timestamp,
+    pub leader: Option<ManagerRef>,
+    /// The manager the client talked to (it may have forwarded the call to the leader).
+    pub answered_by: Option<ManagerRef>,
+    pub managers: usize,
+    pub services: usize,
+    pub tasks: usize,
+    pub raft: RaftSummary,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerRef {
+    pub node_id: String,
+    pub raft_id: u64,
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftSummary {
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}

@@ -1,0 +1,478 @@
+//! The synchronous raft engine: one owner of `RawNode`, run by [`crate::node`] on a thread and by
+//! the deterministic cluster tests directly. It follows raft-rs's documented Ready order and
+//! syncs storage before any message that promises persistence is sent.
+
+use std::collections::{BTreeMap, HashMap};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole, Storage};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{Durable, RaftStorage};
+use crate::{
+    MemberChange, MemberChangeKind, Members, ProposeError, RaftError, StateMachine, decode_snapshot_data,
+    encode_snapshot_data,
+};
+
+/// A callback that completes a proposal.
+pub type Reply<T> = Box<dyn FnOnce(Result<T, ProposeError>) + Send>;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub id: u64,
+    /// Ticks without a leader before an election (randomised by raft-rs up to twice this).
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    /// Entries applied between snapshots of the state machine.
+    pub snapshot_interval: u64,
+    /// Entries kept below a snapshot so a slow follower can catch up without a snapshot.
+    pub keep_entries: u64,
+    pub max_size_per_msg: u64,
+    pub max_inflight_msgs: usize,
+}
+
+impl EngineConfig {
+    pub fn new(id: u64) -> Self {
+        EngineConfig {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_interval: 10_000,
+            keep_entries: 500,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftRole {
+    #[default]
+    Follower,
+    Candidate,
+    PreCandidate,
+    Leader,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProgress {
+    pub matched: u64,
+    pub recent_active: bool,
+    pub learner: bool,
+}
+
+/// What a manager knows of raft right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub term: u64,
+    pub role: RaftRole,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    /// A leader is ready to serve reads once it applied an entry of its own term: only then does
+    /// its state include every write acknowledged by earlier leaders.
+    pub leader_ready: bool,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub members: Members,
+    /// Filled on the leader only.
+    pub progress: BTreeMap<u64, PeerProgress>,
+    /// Set once this manager applied its own removal.
+    pub removed: bool,
+}
+
+enum Pending<O> {
+    Data(Reply<O>),
+    Conf(Reply<()>),
+}
+
+pub struct Engine<D: Durable, M: StateMachine> {
+    raw: RawNode<RaftStorage<D>>,
+    sm: M,
+    config: EngineConfig,
+    pending: HashMap<u64, Pending<M::Output>>,
+    next_seq: u64,
+    applied: u64,
+    leader_ready: bool,
+    last_role: StateRole,
+    last_leader: u64,
+    last_term: u64,
+    removed: bool,
+}
+
+fn proposal_context(id: u64, seq: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&id.to_be_bytes());
+    ctx.extend_from_slice(&seq.to_be_bytes());
+    ctx
+}
+
+fn parse_context(ctx: &[u8]) -> Option<(u64, u64)> {
+    if ctx.len() != 16 {
+        return None;
+    }
+    Some((u64::from_be_bytes(ctx[..8].try_into().ok()?), u64::from_be_bytes(ctx[8..].try_into().ok()?)))
+}
+
+fn raft_err(e: raft::Error) -> RaftError {
+    RaftError::Raft(e.to_string())
+}
+
+impl<D: Durable, M: StateMachine> Engine<D, M> {
+    /// Opens an engine over `storage`, restoring the state machine from the newest snapshot; the
+    /// entries committed after it are re-applied by the first Readies.
+    pub fn open(config: EngineConfig, storage: RaftStorage<D>, mut sm: M, logger: &slog::Logger) -> Result<Self, RaftError> {
+        let snapshot = storage.latest_snapshot();
+        let applied = snapshot.get_metadata().index;
+        if !snapshot.is_empty() {
+            let (_, state) = decode_snapshot_data(snapshot.get_data())?;
+            sm.restore(state).map_err(RaftError::Corrupt)?;
+        }
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_tick,
+            heartbeat_tick: config.heartbeat_tick,
+            applied,
+            max_size_per_msg: config.max_size_per_msg,
+            max_inflight_msgs: config.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            max_committed_size_per_ready: 16 << 20,
+            ..raft::Config::default()
+        };
+        raft_config.validate().map_err(raft_err)?;
+        let raw = RawNode::new(&raft_config, storage, logger).map_err(raft_err)?;
+        Ok(Engine {
+            raw,
+            sm,
+            config,
+            pending: HashMap::new(),
+            next_seq: rand::thread_rng().r#gen(),
+            applied,
+            leader_ready: false,
+            last_role: StateRole::Follower,
+            last_leader: 0,
+            last_term: 0,
+            removed: false,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    pub fn state_machine(&self) -> &M {
+        &self.sm
+    }
+
+    pub fn storage(&self) -> &RaftStorage<D> {
+        self.raw.store()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    pub fn campaign(&mut self) -> Result<(), RaftError> {
+        self.raw.campaign().map_err(raft_err)
+    }
+
+    /// Feeds a message from a peer. Messages from unknown or removed peers are ignored.
+    pub fn step(&mut self, msg: Message) {
+        if msg.to != self.config.id {
+            return;
+        }
+        match self.raw.step(msg) {
+            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => {}
+            Err(e) => tracing::debug!(error = %e, "raft step refused a message"),
+        }
+    }
+
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
+        let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.raw.report_snapshot(peer, status);
+    }
+
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    fn not_leader(&self) -> ProposeError {
+        let leader = self.raw.raft.leader_id;
+        ProposeError::NotLeader { leader: (leader != 0).then_some(leader) }
+    }
+
+    /// Proposes a state machine entry; `reply` runs once it is applied here, or fails.
+    pub fn propose(&mut self, data: Vec<u8>, reply: Reply<M::Output>) {
+        if !self.is_leader() {
+            return reply(Err(self.not_leader()));
+        }
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        match self.raw.propose(proposal_context(self.config.id, seq), data) {
+            Ok(()) => {
+                self.pending.insert(seq, Pending::Data(reply));
+            }
+            Err(e) => reply(Err(ProposeError::Dropped(e.to_string()))),
+        }
+    }
+
+    /// Proposes a membership change (one change at a time, so raft needs no joint consensus).
+    pub fn propose_member_change(&mut self, change: MemberChange, reply: Reply<()>) {
+        if !self.is_leader() {
+            return reply(Err(self.not_leader()));
+        }
+        let conf = self.raw.raft.prs().conf();
+        let is_voter = conf.voters().contains(change.raft_id);
+        let is_learner = conf.learners().contains(&change.raft_id);
+        let change_type = match change.kind {
+            MemberChangeKind::AddLearner if is_voter || is_learner => {
+                return reply(Err(ProposeError::Refused(format!("raft member {} already exists", change.raft_id))));
+            }
+            MemberChangeKind::AddLearner => ConfChangeType::AddLearnerNode,
+            MemberChangeKind::Promote if !is_learner => {
+                return reply(Err(ProposeError::Refused(format!("raft member {} is not a learner", change.raft_id))));
+            }
+            MemberChangeKind::Promote => ConfChangeType::AddNode,
+            MemberChangeKind::Remove if !is_voter && !is_learner => {
+                return reply(Err(ProposeError::Refused(format!("raft member {} does not exist", change.raft_id))));
+            }
+            MemberChangeKind::Remove => ConfChangeType::RemoveNode,
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = change.raft_id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        cc.set_context(serde_json::to_vec(&change).expect("member change serialises").into());
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        match self.raw.propose_conf_change(proposal_context(self.config.id, seq), cc) {
+            Ok(()) => {
+                self.pending.insert(seq, Pending::Conf(reply));
+            }
+            Err(e) => reply(Err(ProposeError::Dropped(e.to_string()))),
+        }
+    }
+
+    /// Runs one Ready: sends, persists, syncs, applies. `send` receives messages in the order they
+    /// may leave this manager.
+    pub fn process_ready(&mut self, send: &mut dyn FnMut(Vec<Message>)) -> Result<(), RaftError> {
+        if !self.raw.has_ready() {
+            self.after_ready()?;
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        // A leader may send appends before persisting them; followers persist in parallel.
+        let messages = rd.take_messages();
+        if !messages.is_empty() {
+            send(messages);
+        }
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot().clone())?;
+        }
+        let committed = rd.take_committed_entries();
+        self.apply_entries(committed)?;
+        self.raw.mut_store().append(rd.entries())?;
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs)?;
+        }
+        // Votes and append acknowledgements below promise durability.
+        self.raw.mut_store().sync()?;
+        let persisted = rd.take_persisted_messages();
+        if !persisted.is_empty() {
+            send(persisted);
+        }
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        let messages = light.take_messages();
+        if !messages.is_empty() {
+            send(messages);
+        }
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed)?;
+        self.raw.advance_apply();
+        self.after_ready()
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftError> {
+        let index = snapshot.get_metadata().index;
+        let (members, state) = decode_snapshot_data(snapshot.get_data())?;
+        self.sm.restore(state).map_err(RaftError::Corrupt)?;
+        self.raw.mut_store().apply_snapshot(&snapshot, &members)?;
+        self.applied = index;
+        tracing::info!(index, "installed raft snapshot from the leader");
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        for entry in entries {
+            let index = entry.index;
+            let mine = parse_context(&entry.context).filter(|(id, _)| *id == self.config.id).map(|(_, seq)| seq);
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if !entry.data.is_empty() {
+                        let output = self.sm.apply(index, &entry.data);
+                        if let Some(Pending::Data(reply)) = mine.and_then(|seq| self.pending.remove(&seq)) {
+                            reply(Ok(output));
+                        }
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map_err(|e| RaftError::Corrupt(format!("conf change at {index}: {e}")))?;
+                    self.apply_conf_change(index, &cc)?;
+                    if let Some(Pending::Conf(reply)) = mine.and_then(|seq| self.pending.remove(&seq)) {
+                        reply(Ok(()));
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    tracing::warn!(index, "ignoring a v1 conf change entry; shoal only proposes v2");
+                }
+            }
+            self.applied = index;
+            if self.is_leader() && entry.term == self.raw.raft.term {
+                self.leader_ready = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChangeV2) -> Result<(), RaftError> {
+        let change: Option<MemberChange> = serde_json::from_slice(cc.get_context()).ok();
+        let cs = self.raw.apply_conf_change(cc).map_err(raft_err)?;
+        let mut members = self.raw.store().members().clone();
+        if let Some(change) = &change {
+            match change.kind {
+                MemberChangeKind::AddLearner | MemberChangeKind::Promote => {
+                    members.insert(change.raft_id, change.member.clone());
+                }
+                MemberChangeKind::Remove => {
+                    members.remove(&change.raft_id);
+                }
+            }
+            self.sm.apply_membership(index, change);
+            if change.kind == MemberChangeKind::Remove && change.raft_id == self.config.id {
+                self.removed = true;
+            }
+        }
+        self.raw.mut_store().set_conf_state(&cs, &members)
+    }
+
+    /// Fails proposals that can no longer complete and takes a snapshot when one is due.
+    fn after_ready(&mut self) -> Result<(), RaftError> {
+        let raft = &self.raw.raft;
+        let (role, leader, term) = (raft.state, raft.leader_id, raft.term);
+        if role != self.last_role || leader != self.last_leader || term != self.last_term {
+            if self.last_role == StateRole::Leader && (role != StateRole::Leader || term != self.last_term) {
+                for (_, pending) in self.pending.drain() {
+                    match pending {
+                        Pending::Data(reply) => reply(Err(ProposeError::LeadershipLost)),
+                        Pending::Conf(reply) => reply(Err(ProposeError::LeadershipLost)),
+                    }
+                }
+            }
+            if role != StateRole::Leader || term != self.last_term {
+                self.leader_ready = false;
+            }
+            tracing::info!(id = self.config.id, term, leader, role = ?role, "raft role changed");
+            self.last_role = role;
+            self.last_leader = leader;
+            self.last_term = term;
+        }
+        let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
+        let wanted = self.raw.store().snapshot_wanted();
+        if self.applied > snap_index && (wanted || self.applied - snap_index >= self.config.snapshot_interval) {
+            self.take_snapshot()?;
+        }
+        Ok(())
+    }
+
+    /// Snapshots the state machine at the applied index and compacts the log below it.
+    pub fn take_snapshot(&mut self) -> Result<(), RaftError> {
+        let index = self.applied;
+        let term = self.raw.store().term(index).map_err(raft_err)?;
+        let store = self.raw.store();
+        let data = encode_snapshot_data(store.members(), &self.sm.snapshot());
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = index;
+        snapshot.mut_metadata().term = term;
+        snapshot.mut_metadata().set_conf_state(store.conf_state().clone());
+        snapshot.set_data(data.into());
+        let compact_to = index.saturating_sub(self.config.keep_entries);
+        self.raw.mut_store().save_snapshot(snapshot, compact_to)?;
+        self.raw.mut_store().sync()?;
+        tracing::debug!(index, compact_to, "took raft snapshot");
+        Ok(())
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let raft = &self.raw.raft;
+        let conf = raft.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        let progress = if raft.state == StateRole::Leader {
+            raft.prs()
+                .iter()
+                .map(|(id, pr)| {
+                    let active = *id == self.config.id || pr.recent_active;
+                    (*id, PeerProgress { matched: pr.matched, recent_active: active, learner: conf.learners().contains(id) })
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        RaftStatus {
+            id: self.config.id,
+            term: raft.term,
+            role: match raft.state {
+                StateRole::Follower => RaftRole::Follower,
+                StateRole::Candidate => RaftRole::Candidate,
+                StateRole::PreCandidate => RaftRole::PreCandidate,
+                StateRole::Leader => RaftRole::Leader,
+            },
+            leader_id: raft.leader_id,
+            commit: raft.raft_log.committed,
+            applied: self.applied,
+            last_index: raft.raft_log.last_index(),
+            leader_ready: self.leader_ready && raft.state == StateRole::Leader,
+            voters,
+            learners,
+            members: self.raw.store().members().clone(),
+            progress,
+            removed: self.removed,
+        }
+    }
+
+    /// Fails every pending proposal, e.g. when the node stops.
+    pub fn fail_pending(&mut self, error: ProposeError) {
+        for (_, pending) in self.pending.drain() {
+            match pending {
+                Pending::Data(reply) => reply(Err(error.clone())),
+                Pending::Conf(reply) => reply(Err(error.clone())),
+            }
+        }
+    }
+}

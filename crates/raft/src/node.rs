@@ -1,0 +1,184 @@
+//! Runs an [`Engine`] on a dedicated thread: commands arrive over a channel, ticks come from the
+//! thread's own timer, and every wake-up drains all queued commands before one Ready, so
+//! concurrent proposals share one fsync (group commit).
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use raft::prelude::Message;
+use tokio::sync::{oneshot, watch};
+
+use crate::engine::{Engine, RaftStatus};
+use crate::storage::Durable;
+use crate::transport::Transport;
+use crate::{MemberChange, ProposeError, StateMachine};
+
+enum Command<O> {
+    Propose { data: Vec<u8>, reply: oneshot::Sender<Result<O, ProposeError>> },
+    ChangeMembers { change: MemberChange, reply: oneshot::Sender<Result<(), ProposeError>> },
+    Step(Box<Message>),
+    Unreachable(u64),
+    SnapshotDone { peer: u64, ok: bool },
+    TransferLeader(u64),
+    Shutdown,
+}
+
+/// A cheap, cloneable handle to a running raft node.
+pub struct RaftHandle<O> {
+    commands: mpsc::Sender<Command<O>>,
+    status: watch::Receiver<RaftStatus>,
+}
+
+impl<O> Clone for RaftHandle<O> {
+    fn clone(&self) -> Self {
+        RaftHandle { commands: self.commands.clone(), status: self.status.clone() }
+    }
+}
+
+impl<O: Send + 'static> RaftHandle<O> {
+    /// Proposes an entry and waits until it is applied on this manager.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<O, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Propose { data, reply }).map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    pub async fn change_members(&self, change: MemberChange) -> Result<(), ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::ChangeMembers { change, reply }).map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    pub fn step(&self, msg: Message) {
+        let _ = self.commands.send(Command::Step(Box::new(msg)));
+    }
+
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.commands.send(Command::Unreachable(peer));
+    }
+
+    pub fn report_snapshot(&self, peer: u64, ok: bool) {
+        let _ = self.commands.send(Command::SnapshotDone { peer, ok });
+    }
+
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.commands.send(Command::TransferLeader(to));
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+}
+
+/// Starts `engine` on its own thread. `transport` receives outgoing messages.
+pub fn spawn<D, M>(
+    engine: Engine<D, M>,
+    transport: Arc<dyn Transport>,
+    tick: Duration,
+) -> (RaftHandle<M::Output>, std::thread::JoinHandle<()>)
+where
+    D: Durable,
+    M: StateMachine,
+{
+    let (tx, rx) = mpsc::channel();
+    let (status_tx, status_rx) = watch::channel(engine.status());
+    transport.set_members(&engine.status().members);
+    let handle = RaftHandle { commands: tx, status: status_rx };
+    let thread = std::thread::Builder::new()
+        .name(format!("raft-{}", engine.id()))
+        .spawn(move || run(engine, rx, status_tx, transport, tick))
+        .expect("spawning the raft thread");
+    (handle, thread)
+}
+
+// The tick timer is the runtime's edge with real time; raft's logic only counts ticks.
+#[allow(clippy::disallowed_types)]
+fn run<D: Durable, M: StateMachine>(
+    mut engine: Engine<D, M>,
+    commands: mpsc::Receiver<Command<M::Output>>,
+    status: watch::Sender<RaftStatus>,
+    transport: Arc<dyn Transport>,
+    tick: Duration,
+) {
+    let mut next_tick = std::time::Instant::now() + tick;
+    let mut members = engine.status().members;
+    'outer: loop {
+        let now = std::time::Instant::now();
+        let first = if now >= next_tick {
+            None
+        } else {
+            match commands.recv_timeout(next_tick - now) {
+                Ok(cmd) => Some(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        };
+        if std::time::Instant::now() >= next_tick {
+            engine.tick();
+            next_tick += tick;
+            if next_tick < std::time::Instant::now() {
+                next_tick = std::time::Instant::now() + tick;
+            }
+        }
+        let mut queued = first.into_iter().chain(std::iter::from_fn(|| commands.try_recv().ok())).take(4096);
+        for cmd in &mut queued {
+            match cmd {
+                Command::Propose { data, reply } => engine.propose(
+                    data,
+                    Box::new(move |r| {
+                        let _ = reply.send(r);
+                    }),
+                ),
+                Command::ChangeMembers { change, reply } => engine.propose_member_change(
+                    change,
+                    Box::new(move |r| {
+                        let _ = reply.send(r);
+                    }),
+                ),
+                Command::Step(msg) => engine.step(*msg),
+                Command::Unreachable(peer) => engine.report_unreachable(peer),
+                Command::SnapshotDone { peer, ok } => engine.report_snapshot(peer, ok),
+                Command::TransferLeader(to) => engine.transfer_leader(to),
+                Command::Shutdown => break 'outer,
+            }
+        }
+        if let Err(e) = engine.process_ready(&mut |msgs| transport.send(msgs)) {
+            // Storage failed: continuing could acknowledge writes that are not durable.
+            tracing::error!(error = %e, "raft storage failed; stopping this raft node");
+            break;
+        }
+        let current = engine.status();
+        if current.members != members {
+            members = current.members.clone();
+            transport.set_members(&members);
+        }
+        let removed = current.removed;
+        status.send_if_modified(|old| {
+            if *old != current {
+                *old = current;
+                true
+            } else {
+                false
+            }
+        });
+        if removed {
+            tracing::warn!("this manager was removed from the raft configuration; stopping raft");
+            break;
+        }
+    }
+    engine.fail_pending(ProposeError::Stopped);
+    let mut last = engine.status();
+    last.role = crate::RaftRole::Follower;
+    last.leader_ready = false;
+    last.leader_id = 0;
+    let _ = status.send(last);
+}

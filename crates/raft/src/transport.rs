@@ -1,0 +1,274 @@
+//! Raft messages between managers over gRPC: one long-lived client stream per peer for ordinary
+//! messages, and snapshots cut into chunks on a separate call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use shoal_proto::v1::raft_transport_client::RaftTransportClient;
+use shoal_proto::v1::raft_transport_server::RaftTransport;
+use shoal_proto::v1::{RaftAck, RaftBatch, SnapshotChunk};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Members;
+use crate::node::RaftHandle;
+
+/// Where the engine's outgoing messages go. `send` must not block.
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, msgs: Vec<Message>);
+    fn set_members(&self, members: &Members);
+}
+
+const PEER_QUEUE: usize = 4096;
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Largest snapshot a manager accepts (guards memory against a misbehaving peer).
+const MAX_SNAPSHOT_BYTES: usize = 2 << 30;
+
+/// Reports a peer's failures back to the raft node without knowing its output type.
+pub trait Feedback: Send + Sync + 'static {
+    fn unreachable(&self, peer: u64);
+    fn snapshot_done(&self, peer: u64, ok: bool);
+}
+
+impl<O: Send + 'static> Feedback for RaftHandle<O> {
+    fn unreachable(&self, peer: u64) {
+        self.report_unreachable(peer);
+    }
+    fn snapshot_done(&self, peer: u64, ok: bool) {
+        self.report_snapshot(peer, ok);
+    }
+}
+
+struct Peer {
+    addr: String,
+    queue: mpsc::Sender<Message>,
+}
+
+pub struct GrpcTransport {
+    me: u64,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<u64, Peer>>,
+    feedback: Arc<Mutex<Option<Arc<dyn Feedback>>>>,
+}
+
+impl GrpcTransport {
+    /// Must be called inside a tokio runtime; peer connections run on it.
+    pub fn new(me: u64) -> Arc<Self> {
+        Arc::new(GrpcTransport {
+            me,
+            runtime: tokio::runtime::Handle::current(),
+            peers: Mutex::new(HashMap::new()),
+            feedback: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Connects failure reports to the node once it exists (the node needs the transport first).
+    pub fn set_feedback(&self, feedback: Arc<dyn Feedback>) {
+        *self.feedback.lock() = Some(feedback);
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        let peers = self.peers.lock();
+        for msg in msgs {
+            let to = msg.to;
+            match peers.get(&to) {
+                Some(peer) => {
+                    if peer.queue.try_send(msg).is_err() {
+                        // Raft retransmits; dropping under back-pressure is safe.
+                        tracing::trace!(to, "raft peer queue full; dropping a message");
+                    }
+                }
+                None => tracing::trace!(to, "no address for raft peer; dropping a message"),
+            }
+        }
+    }
+
+    fn set_members(&self, members: &Members) {
+        let mut peers = self.peers.lock();
+        peers.retain(|id, peer| members.get(id).is_some_and(|m| m.addr == peer.addr));
+        for (id, member) in members {
+            if *id == self.me || peers.contains_key(id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let feedback = self.feedback.clone();
+            self.runtime.spawn(peer_loop(self.me, *id, member.addr.clone(), rx, feedback));
+            peers.insert(*id, Peer { addr: member.addr.clone(), queue: tx });
+        }
+    }
+}
+
+fn report(feedback: &Arc<Mutex<Option<Arc<dyn Feedback>>>>, f: impl FnOnce(&dyn Feedback)) {
+    if let Some(fb) = feedback.lock().clone() {
+        f(fb.as_ref());
+    }
+}
+
+async fn peer_loop(
+    me: u64,
+    to: u64,
+    addr: String,
+    mut inbox: mpsc::Receiver<Message>,
+    feedback: Arc<Mutex<Option<Arc<dyn Feedback>>>>,
+) {
+    let url = format!("http://{addr}");
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
+            Ok(e) => e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true),
+            Err(e) => {
+                tracing::error!(to, addr, error = %e, "invalid raft peer address");
+                return;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(_) => {
+                report(&feedback, |f| f.unreachable(to));
+                // Drop what queued up while the peer was away; raft resends what matters.
+                while inbox.try_recv().is_ok() {}
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                if inbox.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let mut client = RaftTransportClient::new(channel).max_decoding_message_size(64 << 20);
+        let (batch_tx, batch_rx) = mpsc::channel::<RaftBatch>(64);
+        let mut call_client = client.clone();
+        let mut call = tokio::spawn(async move {
+            call_client.send(tokio_stream::wrappers::ReceiverStream::new(batch_rx)).await
+        });
+        loop {
+            tokio::select! {
+                msg = inbox.recv() => {
+                    let Some(first) = msg else { return };
+                    let mut msgs = vec![first];
+                    while msgs.len() < 256 {
+                        match inbox.try_recv() {
+                            Ok(m) => msgs.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    let (snapshots, normal): (Vec<_>, Vec<_>) =
+                        msgs.into_iter().partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+                    if !normal.is_empty() {
+                        let encoded = normal.iter().filter_map(|m| m.write_to_bytes().ok()).collect();
+                        if batch_tx.send(RaftBatch { from: me, to, msgs: encoded }).await.is_err() {
+                            break;
+                        }
+                    }
+                    for snapshot in snapshots {
+                        let ok = send_snapshot(&mut client, me, to, &snapshot).await;
+                        if !ok {
+                            tracing::warn!(to, "sending a raft snapshot failed");
+                        }
+                        report(&feedback, |f| f.snapshot_done(to, ok));
+                    }
+                }
+                _ = &mut call => break,
+            }
+        }
+        call.abort();
+        report(&feedback, |f| f.unreachable(to));
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+async fn send_snapshot(
+    client: &mut RaftTransportClient<tonic::transport::Channel>,
+    me: u64,
+    to: u64,
+    msg: &Message,
+) -> bool {
+    let Ok(bytes) = msg.write_to_bytes() else { return false };
+    let total = bytes.len();
+    let chunks: Vec<SnapshotChunk> = if total == 0 {
+        vec![SnapshotChunk { from: me, to, offset: 0, data: Vec::new(), last: true }]
+    } else {
+        bytes
+            .chunks(SNAPSHOT_CHUNK)
+            .enumerate()
+            .map(|(i, chunk)| SnapshotChunk {
+                from: me,
+                to,
+                offset: (i * SNAPSHOT_CHUNK) as u64,
+                data: chunk.to_vec(),
+                last: (i + 1) * SNAPSHOT_CHUNK >= total,
+            })
+            .collect()
+    };
+    tracing::info!(to, bytes = total, chunks = chunks.len(), "sending raft snapshot");
+    client.install_snapshot(tokio_stream::iter(chunks)).await.is_ok()
+}
+
+/// The server side: decodes peers' messages and steps them into the local node.
+pub struct RaftTransportService<O> {
+    me: u64,
+    node: RaftHandle<O>,
+}
+
+impl<O: Send + 'static> RaftTransportService<O> {
+    pub fn new(me: u64, node: RaftHandle<O>) -> Self {
+        RaftTransportService { me, node }
+    }
+}
+
+#[tonic::async_trait]
+impl<O: Send + Sync + 'static> RaftTransport for RaftTransportService<O> {
+    async fn send(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            if batch.to != self.me {
+                tracing::warn!(to = batch.to, me = self.me, "raft batch addressed to another manager");
+                continue;
+            }
+            for bytes in batch.msgs {
+                match Message::parse_from_bytes(&bytes) {
+                    Ok(msg) if msg.from == batch.from => self.node.step(msg),
+                    Ok(msg) => tracing::warn!(from = msg.from, batch_from = batch.from, "raft message sender mismatch"),
+                    Err(e) => tracing::warn!(from = batch.from, error = %e, "malformed raft message dropped"),
+                }
+            }
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn install_snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftAck>, Status> {
+        let mut stream = request.into_inner();
+        let mut data = Vec::new();
+        let mut from = None;
+        while let Some(chunk) = stream.message().await? {
+            if chunk.to != self.me {
+                return Err(Status::invalid_argument("snapshot addressed to another manager"));
+            }
+            if chunk.offset as usize != data.len() || from.is_some_and(|f| f != chunk.from) {
+                return Err(Status::invalid_argument("snapshot chunks out of order"));
+            }
+            from = Some(chunk.from);
+            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted("snapshot too large"));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.last {
+                let msg = Message::parse_from_bytes(&data)
+                    .map_err(|e| Status::invalid_argument(format!("malformed snapshot message: {e}")))?;
+                if msg.get_msg_type() != MessageType::MsgSnapshot {
+                    return Err(Status::invalid_argument("not a snapshot message"));
+                }
+                self.node.step(msg);
+                return Ok(Response::new(RaftAck {}));
+            }
+        }
+        Err(Status::invalid_argument("snapshot stream ended before its last chunk"))
+    }
+}
