@@ -1,1 +1,103 @@
-fn main() {}
+//! `shoal-manager`: keeps the cluster's desired state in raft and serves the control API.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use shoal_control::ManagerConfig;
+
+/// Runs a shoal manager. With an empty data dir and no --join it initialises a new cluster; with
+/// --join it joins an existing one; with a data dir from an earlier run it resumes.
+#[derive(Parser, Debug)]
+#[command(name = "shoal-manager", version)]
+struct Args {
+    /// Where this manager keeps its raft log, snapshots and identity.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address to serve the control API and raft on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4242")]
+    listen_addr: SocketAddr,
+    /// Address other managers and clients reach this manager at (default: --listen-addr).
+    #[arg(long, value_name = "ADDR")]
+    advertise_addr: Option<String>,
+    /// Join the cluster of the manager at ADDR (any manager; the call is forwarded to the leader).
+    #[arg(long, value_name = "ADDR")]
+    join: Option<String>,
+    /// Host name shown by `shoal node ls` (default: this machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Raft tick in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    tick_ms: u64,
+    /// Ticks without a leader before an election (randomised up to twice this).
+    #[arg(long, value_name = "TICKS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=1000))]
+    election_ticks: u64,
+    /// Ticks between leader heartbeats; must be less than --election-ticks.
+    #[arg(long, value_name = "TICKS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    heartbeat_ticks: u64,
+    /// Applied entries between raft snapshots (older log entries are then compacted).
+    #[arg(long, value_name = "ENTRIES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    snapshot_interval: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn,sled=warn,h2=warn,tower=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.heartbeat_ticks >= args.election_ticks {
+        eprintln!(
+            "error: --heartbeat-ticks ({}) must be less than --election-ticks ({})",
+            args.heartbeat_ticks, args.election_ticks
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = ManagerConfig::new(args.data_dir, args.listen_addr);
+    if let Some(addr) = args.advertise_addr {
+        config.advertise_addr = addr;
+    }
+    config.join = args.join;
+    if let Some(hostname) = args.hostname {
+        config.hostname = hostname;
+    }
+    config.tick = Duration::from_millis(args.tick_ms);
+    config.election_tick = args.election_ticks as usize;
+    config.heartbeat_tick = args.heartbeat_ticks as usize;
+    config.snapshot_interval = args.snapshot_interval;
+
+    let running = shoal_control::start(config).await?;
+    let manager = running.manager.clone();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let reason = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        why = manager.stopped() => why,
+    };
+    tracing::info!(reason, "shutting down");
+    manager.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), running.server).await;
+    Ok(())
+}

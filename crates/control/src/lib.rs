@@ -1,1 +1,415 @@
+//! The manager: raft + store + control API on one gRPC port. `shoal-manager` is a thin wrapper
+//! around [`start`].
 #![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use shoal_proto::v1::control_client::ControlClient;
+use shoal_proto::v1::control_server::ControlServer;
+use shoal_proto::v1::raft_transport_server::RaftTransportServer;
+use shoal_proto::v1::JoinManagerRequest;
+use shoal_raft::{
+    Engine, EngineConfig, GrpcTransport, Member, MemberChange, MemberChangeKind, Members, RaftHandle, RaftRole,
+    RaftStatus, RaftStorage, RaftTransportService, SledDurable,
+};
+use shoal_store::{Action, Batch, Change, MembershipChange, MembershipKind, State};
+use shoal_types::{Cluster, ClusterSpec};
+use tokio::sync::{broadcast, watch};
+
+pub mod api;
+pub mod error;
+pub mod identity;
+mod machine;
+
+pub use error::ApiError;
+pub use identity::Identity;
+pub use machine::{ApplyResult, StoreMachine};
+
+/// Largest batch a proposal may carry (Swarm's limit).
+pub const MAX_ENTRY_BYTES: usize = 1536 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("{0}")]
+    DataDir(String),
+    #[error("{0}")]
+    Join(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Raft(#[from] shoal_raft::RaftError),
+    #[error("{0}")]
+    Config(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    pub data_dir: PathBuf,
+    pub listen_addr: SocketAddr,
+    /// The address other managers and clients use to reach this one.
+    pub advertise_addr: String,
+    pub join: Option<String>,
+    pub hostname: String,
+    pub tick: Duration,
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    pub snapshot_interval: u64,
+}
+
+impl ManagerConfig {
+    pub fn new(data_dir: PathBuf, listen_addr: SocketAddr) -> Self {
+        ManagerConfig {
+            data_dir,
+            listen_addr,
+            advertise_addr: listen_addr.to_string(),
+            join: None,
+            hostname: hostname(),
+            tick: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_interval: 10_000,
+        }
+    }
+}
+
+/// This machine's host name, for `node ls`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Wall-clock milliseconds; the proposer stamps batches with it so replicas agree.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A running manager.
+pub struct Manager {
+    pub identity: Identity,
+    pub config: ManagerConfig,
+    raft: RaftHandle<ApplyResult>,
+    state: Arc<RwLock<State>>,
+    events: broadcast::Sender<Change>,
+    raft_thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Manager {
+    pub fn raft_status(&self) -> RaftStatus {
+        self.raft.status()
+    }
+
+    pub fn watch_raft(&self) -> watch::Receiver<RaftStatus> {
+        self.raft.watch_status()
+    }
+
+    pub fn state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
+        self.state.read()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.events.subscribe()
+    }
+
+    /// Proposes a batch and waits until it is applied here (so reads see it).
+    pub async fn propose(&self, actions: Vec<Action>) -> Result<Vec<Change>, ApiError> {
+        let batch = Batch { at: now_millis(), actions };
+        let data = serde_json::to_vec(&batch).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if data.len() > MAX_ENTRY_BYTES {
+            return Err(ApiError::InvalidArgument(format!(
+                "raft message is too large ({} bytes, at most {MAX_ENTRY_BYTES})",
+                data.len()
+            )));
+        }
+        Ok(self.raft.propose(data).await??)
+    }
+
+    pub async fn change_members(&self, change: MemberChange) -> Result<(), ApiError> {
+        Ok(self.raft.change_members(change).await?)
+    }
+
+    pub fn transfer_leader(&self, to: u64) {
+        self.raft.transfer_leader(to);
+    }
+
+    /// Waits until the raft status satisfies `cond`, or the timeout passes.
+    pub async fn wait_raft(&self, timeout: Duration, cond: impl Fn(&RaftStatus) -> bool) -> Option<RaftStatus> {
+        let mut rx = self.raft.watch_status();
+        let wait = async {
+            loop {
+                {
+                    let st = rx.borrow_and_update();
+                    if cond(&st) {
+                        return st.clone();
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    // The raft node stopped: wait out the timeout instead of spinning.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok()
+    }
+
+    /// The voter best placed to take over leadership: reachable and most caught up.
+    pub fn best_transferee(&self) -> Option<u64> {
+        let st = self.raft.status();
+        st.voters
+            .iter()
+            .filter(|id| **id != st.id)
+            .filter_map(|id| st.progress.get(id).filter(|p| p.recent_active).map(|p| (p.matched, *id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// Graceful stop: a leader hands leadership to the best follower first, so the cluster does not
+    /// wait out an election timeout.
+    pub async fn shutdown(&self) {
+        let st = self.raft.status();
+        if st.role == RaftRole::Leader
+            && let Some(to) = self.best_transferee()
+        {
+            tracing::info!(to, "transferring leadership before shutting down");
+            self.raft.transfer_leader(to);
+            let _ = self.wait_raft(Duration::from_secs(2), |s| s.role != RaftRole::Leader).await;
+        }
+        self.raft.shutdown();
+        let _ = self.shutdown.send(true);
+        if let Some(thread) = self.raft_thread.lock().take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// Resolves when the manager should exit: shutdown was requested, or raft stopped because this
+    /// manager was removed from the cluster.
+    pub async fn stopped(&self) -> &'static str {
+        let mut rx = self.raft.watch_status();
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            if rx.borrow().removed {
+                return "this manager was removed from the cluster";
+            }
+            if *stop.borrow() {
+                return "shutdown requested";
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return "raft stopped" },
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Leader-side: promotes learners to voters once they have caught up with the log.
+    async fn promote_learners(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            ticker.tick().await;
+            if *self.shutdown.borrow() {
+                return;
+            }
+            let st = self.raft.status();
+            if st.role != RaftRole::Leader || !st.leader_ready {
+                continue;
+            }
+            for learner in &st.learners {
+                let caught_up = st.progress.get(learner).is_some_and(|p| p.recent_active && p.matched >= st.commit);
+                let Some(member) = st.members.get(learner) else { continue };
+                if caught_up {
+                    let change = MemberChange {
+                        kind: MemberChangeKind::Promote,
+                        raft_id: *learner,
+                        member: member.clone(),
+                        at: now_millis(),
+                    };
+                    match self.raft.change_members(change).await {
+                        Ok(()) => tracing::info!(raft_id = learner, node = %member.node_id, "promoted manager to voter"),
+                        Err(e) => tracing::warn!(raft_id = learner, error = %e, "promoting learner failed; will retry"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything `start` returns: the manager and the task serving its gRPC port.
+pub struct Running {
+    pub manager: Arc<Manager>,
+    pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+fn initial_state(identity: &Identity, hostname: &str, at: u64) -> State {
+    let mut state = State::default();
+    let cluster = Cluster { id: identity.cluster_id.clone(), version: 0, created_at: at, spec: ClusterSpec::default() };
+    state
+        .apply(1, &Batch { at, actions: vec![Action::InitCluster { cluster }] })
+        .expect("a new store accepts the cluster object");
+    state.apply_membership(
+        1,
+        &MembershipChange {
+            kind: MembershipKind::Promote,
+            raft_id: identity.raft_id,
+            node_id: identity.node_id.clone(),
+            addr: identity.addr.clone(),
+            hostname: hostname.to_string(),
+            at,
+        },
+    );
+    state
+}
+
+fn new_raft_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+async fn join_cluster(config: &ManagerConfig, target: &str) -> Result<(Identity, Members), ManagerError> {
+    let url = format!("http://{target}");
+    let endpoint = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| ManagerError::Join(format!("--join {target}: not a valid address: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ManagerError::Join(format!("cannot reach the manager at {target} to join: {e}")))?;
+    let node_id = shoal_types::ids::new_id();
+    let mut client = ControlClient::new(channel);
+    let request = JoinManagerRequest {
+        node_id: node_id.clone(),
+        addr: config.advertise_addr.clone(),
+        hostname: config.hostname.clone(),
+    };
+    // The same node id makes a retry idempotent; retry while the cluster is electing a leader.
+    let mut attempts = 0;
+    let response = loop {
+        attempts += 1;
+        match client.join_manager(request.clone()).await {
+            Ok(response) => break response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable && attempts < 4 => {
+                tracing::warn!(error = status.message(), "joining: the cluster has no leader yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(status) => {
+                return Err(ManagerError::Join(format!("joining through {target} failed: {}", status.message())));
+            }
+        }
+    };
+    let members: Members = serde_json::from_str(&response.members_json)
+        .map_err(|e| ManagerError::Join(format!("the leader sent an unreadable member list: {e}")))?;
+    Ok((Identity::new(response.cluster_id, node_id, response.raft_id, config.advertise_addr.clone()), members))
+}
+
+/// Starts a manager: initialises a cluster (empty data dir, no --join), joins one (--join), or
+/// resumes from the data dir.
+pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
+    if config.advertise_addr.starts_with("0.0.0.0") || config.advertise_addr.starts_with("[::]") {
+        return Err(ManagerError::Config(format!(
+            "--advertise-addr is required when listening on {} (other managers need a routable address)",
+            config.listen_addr
+        )));
+    }
+    let data_dir = identity::inspect(&config.data_dir)?;
+    // Bind first: a port in use must fail before anything is written.
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|e| ManagerError::Listen(config.listen_addr, e))?;
+    let raft_path = config.data_dir.join(identity::RAFT_DIR);
+    let (identity, storage) = match data_dir {
+        identity::DataDir::Existing(identity) => {
+            if config.join.is_some() {
+                tracing::warn!("the data dir already holds a manager; ignoring --join and resuming");
+            }
+            let durable = open_sled(&raft_path)?;
+            (identity, RaftStorage::open(durable)?)
+        }
+        identity::DataDir::Empty => match &config.join {
+            Some(target) => {
+                let (identity, members) = join_cluster(&config, target).await?;
+                let mut storage = RaftStorage::open(open_sled(&raft_path)?)?;
+                storage.seed_members(&members)?;
+                identity::write(&config.data_dir, &identity)?;
+                tracing::info!(node = %identity.node_id, raft_id = identity.raft_id, "joined the cluster as a learner");
+                (identity, storage)
+            }
+            None => {
+                let identity = Identity::new(
+                    shoal_types::ids::new_id(),
+                    shoal_types::ids::new_id(),
+                    new_raft_id(),
+                    config.advertise_addr.clone(),
+                );
+                let state = initial_state(&identity, &config.hostname, now_millis());
+                let members: Members = [(
+                    identity.raft_id,
+                    Member { node_id: identity.node_id.clone(), addr: identity.addr.clone(), hostname: config.hostname.clone() },
+                )]
+                .into_iter()
+                .collect();
+                let storage = shoal_raft::bootstrap(open_sled(&raft_path)?, &members, &state.snapshot())?;
+                identity::write(&config.data_dir, &identity)?;
+                tracing::info!(cluster = %identity.cluster_id, node = %identity.node_id, "initialised a new cluster");
+                (identity, storage)
+            }
+        },
+    };
+
+    let state = Arc::new(RwLock::new(State::default()));
+    let (events, _) = broadcast::channel(4096);
+    let machine = StoreMachine { state: state.clone(), events: events.clone() };
+    let mut engine_config = EngineConfig::new(identity.raft_id);
+    engine_config.election_tick = config.election_tick;
+    engine_config.heartbeat_tick = config.heartbeat_tick;
+    engine_config.snapshot_interval = config.snapshot_interval;
+    let engine = Engine::open(engine_config, storage, machine, &shoal_raft::slog_logger())?;
+    let transport = GrpcTransport::new(identity.raft_id);
+    let (raft, raft_thread) = shoal_raft::spawn(engine, transport.clone(), config.tick);
+    transport.set_feedback(Arc::new(raft.clone()));
+
+    let (shutdown, _) = watch::channel(false);
+    let manager = Arc::new(Manager {
+        identity: identity.clone(),
+        config: config.clone(),
+        raft: raft.clone(),
+        state,
+        events,
+        raft_thread: parking_lot::Mutex::new(Some(raft_thread)),
+        shutdown,
+    });
+    tokio::spawn(manager.clone().promote_learners());
+
+    let raft_service = RaftTransportServer::new(RaftTransportService::new(identity.raft_id, raft))
+        .max_decoding_message_size(64 << 20);
+    let control = ControlServer::new(api::ControlApi::new(manager.clone()));
+    let mut stop = manager.shutdown.subscribe();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(raft_service)
+            .add_service(control)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }),
+    );
+    tracing::info!(addr = %config.listen_addr, node = %identity.node_id, raft_id = identity.raft_id, "manager serving");
+    Ok(Running { manager, server })
+}
+
+fn open_sled(path: &std::path::Path) -> Result<SledDurable, ManagerError> {
+    SledDurable::open(path).map_err(|e| {
+        ManagerError::DataDir(format!("{e} (is another shoal-manager using this data dir, or is it damaged?)"))
+    })
+}

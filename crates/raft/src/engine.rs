@@ -99,11 +99,16 @@ pub struct Engine<D: Durable, M: StateMachine> {
     pending: HashMap<u64, Pending<M::Output>>,
     next_seq: u64,
     applied: u64,
-    leader_ready: bool,
+    /// Term of the last applied entry: a leader whose own term's first entry (its no-op) is
+    /// applied has applied everything earlier leaders committed.
+    applied_term: u64,
     last_role: StateRole,
     last_leader: u64,
     last_term: u64,
     removed: bool,
+    /// raft-rs refuses a snapshot whose configuration lacks the receiver, so after a learner is
+    /// added the next snapshot must be taken at (or after) that change.
+    snapshot_now: bool,
 }
 
 fn proposal_context(id: u64, seq: u64) -> Vec<u8> {
@@ -147,7 +152,12 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             ..raft::Config::default()
         };
         raft_config.validate().map_err(raft_err)?;
-        let raw = RawNode::new(&raft_config, storage, logger).map_err(raft_err)?;
+        let mut raw = RawNode::new(&raft_config, storage, logger).map_err(raft_err)?;
+        // A lone voter need not wait out an election timeout to lead.
+        let voters = raw.raft.prs().conf().voters().ids();
+        if voters.len() == 1 && voters.contains(config.id) {
+            raw.campaign().map_err(raft_err)?;
+        }
         Ok(Engine {
             raw,
             sm,
@@ -155,11 +165,12 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             pending: HashMap::new(),
             next_seq: rand::thread_rng().r#gen(),
             applied,
-            leader_ready: false,
+            applied_term: 0,
             last_role: StateRole::Follower,
             last_leader: 0,
             last_term: 0,
             removed: false,
+            snapshot_now: false,
         })
     }
 
@@ -321,6 +332,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         self.sm.restore(state).map_err(RaftError::Corrupt)?;
         self.raw.mut_store().apply_snapshot(&snapshot, &members)?;
         self.applied = index;
+        self.applied_term = snapshot.get_metadata().term;
         tracing::info!(index, "installed raft snapshot from the leader");
         Ok(())
     }
@@ -351,9 +363,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
                 }
             }
             self.applied = index;
-            if self.is_leader() && entry.term == self.raw.raft.term {
-                self.leader_ready = true;
-            }
+            self.applied_term = entry.term;
         }
         Ok(())
     }
@@ -372,6 +382,9 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
                 }
             }
             self.sm.apply_membership(index, change);
+            if change.kind == MemberChangeKind::AddLearner {
+                self.snapshot_now = true;
+            }
             if change.kind == MemberChangeKind::Remove && change.raft_id == self.config.id {
                 self.removed = true;
             }
@@ -392,9 +405,6 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
                     }
                 }
             }
-            if role != StateRole::Leader || term != self.last_term {
-                self.leader_ready = false;
-            }
             tracing::info!(id = self.config.id, term, leader, role = ?role, "raft role changed");
             self.last_role = role;
             self.last_leader = leader;
@@ -402,7 +412,9 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         }
         let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
         let wanted = self.raw.store().snapshot_wanted();
-        if self.applied > snap_index && (wanted || self.applied - snap_index >= self.config.snapshot_interval) {
+        let due = wanted || self.snapshot_now || self.applied - snap_index.min(self.applied) >= self.config.snapshot_interval;
+        if self.applied > snap_index && due {
+            self.snapshot_now = false;
             self.take_snapshot()?;
         }
         Ok(())
@@ -457,7 +469,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             commit: raft.raft_log.committed,
             applied: self.applied,
             last_index: raft.raft_log.last_index(),
-            leader_ready: self.leader_ready && raft.state == StateRole::Leader,
+            leader_ready: raft.state == StateRole::Leader && self.applied_term == raft.term,
             voters,
             learners,
             members: self.raw.store().members().clone(),

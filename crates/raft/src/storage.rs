@@ -298,6 +298,17 @@ impl<D: Durable> RaftStorage<D> {
         ])
     }
 
+    /// Records peer addresses before this manager has a configuration (a joining manager learns
+    /// them from the join response, so it can answer the leader before the first snapshot).
+    pub fn seed_members(&mut self, members: &Members) -> Result<(), RaftError> {
+        self.members = members.clone();
+        self.durable.write(vec![Op::Put(
+            KEY_MEMBERS.to_vec(),
+            serde_json::to_vec(members).expect("members serialise"),
+        )])?;
+        self.durable.sync()
+    }
+
     /// Installs a snapshot received from the leader: the whole log is replaced by it.
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot, members: &Members) -> Result<(), RaftError> {
         let meta = snapshot.get_metadata();

@@ -197,10 +197,17 @@ impl State {
                 self.nodes.insert(node.id.clone(), node.clone());
                 vec![Change { kind, index, object: Object::Node(node) }]
             }
-            MembershipKind::Remove => match existing.map(|n| n.id.clone()) {
-                Some(id) => {
-                    let node = self.nodes.remove(&id).expect("found above");
-                    vec![Change { kind: ChangeKind::Remove, index, object: Object::Node(node) }]
+            // Like a Swarm demotion: the node stays (as a worker) until `node rm` removes it.
+            MembershipKind::Remove => match existing.cloned() {
+                Some(mut node) => {
+                    node.version = index;
+                    node.updated_at = change.at.max(node.updated_at);
+                    node.spec.role = NodeRole::Worker;
+                    node.manager = None;
+                    node.status.state = NodeState::Down;
+                    node.status.message = "demoted: removed from the raft cluster".into();
+                    self.nodes.insert(node.id.clone(), node.clone());
+                    vec![Change { kind: ChangeKind::Update, index, object: Object::Node(node) }]
                 }
                 None => Vec::new(),
             },

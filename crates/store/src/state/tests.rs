@@ -137,7 +137,9 @@ fn membership_changes_make_manager_nodes() {
     let node = state.node("n9").unwrap();
     assert_eq!(node.manager.as_ref().unwrap().raft_id, 9);
     state.apply_membership(4, &MembershipChange { kind: MembershipKind::Remove, ..add });
-    assert!(state.node("n9").is_none());
+    let node = state.node("n9").unwrap();
+    assert!(node.manager.is_none());
+    assert_eq!((node.spec.role, node.status.state), (shoal_types::NodeRole::Worker, shoal_types::NodeState::Down));
 }
 
 fn arb_action() -> impl Strategy<Value = Action> {

@@ -1,0 +1,462 @@
+//! The control API. Every call is served by the leader (as in Swarm): a follower forwards it, so a
+//! client may talk to any manager and always sees every acknowledged write.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use shoal_proto::v1::control_client::ControlClient;
+use shoal_proto::v1::control_server::Control;
+use shoal_proto::v1::*;
+use shoal_raft::{Member, MemberChange, MemberChangeKind, RaftRole, RaftStatus};
+use shoal_store::{Action, State};
+use shoal_types::{
+    ClusterInfo, ManagerRef, Node, NodeState, RaftSummary, Service, ServiceSpec, Task,
+};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::{ApiError, Manager, now_millis};
+
+/// Set on calls a follower forwarded, so they are never forwarded twice.
+const FORWARDED: &str = "x-shoal-forwarded";
+/// How long a call waits for a leader to be elected (or to become ready) before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+pub struct ControlApi {
+    manager: Arc<Manager>,
+    clients: Mutex<HashMap<String, ControlClient<Channel>>>,
+}
+
+enum Route {
+    Local,
+    Forward(ControlClient<Channel>, String),
+}
+
+fn no_leader_message(st: &RaftStatus) -> String {
+    format!(
+        "no leader is available (this manager knows {} of {} managers; a majority must be running and connected); retry",
+        if st.leader_id == 0 { "no leader" } else { "a leader but cannot reach it" },
+        st.voters.len().max(1)
+    )
+}
+
+impl ControlApi {
+    pub fn new(manager: Arc<Manager>) -> Self {
+        ControlApi { manager, clients: Mutex::new(HashMap::new()) }
+    }
+
+    async fn client(&self, addr: &str) -> Result<ControlClient<Channel>, tonic::transport::Error> {
+        if let Some(client) = self.clients.lock().get(addr) {
+            return Ok(client.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let client = ControlClient::new(channel).max_decoding_message_size(256 << 20);
+        self.clients.lock().insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Decides whether this manager serves the call or forwards it to the leader, waiting out an
+    /// election if there is no leader right now.
+    async fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut rx = self.manager.watch_raft();
+        loop {
+            let st = rx.borrow_and_update().clone();
+            if st.removed {
+                return Err(ApiError::Unavailable("this manager was removed from the cluster".into()).into());
+            }
+            if st.role == RaftRole::Leader {
+                if st.leader_ready {
+                    return Ok(Route::Local);
+                }
+            } else if st.leader_id != 0
+                && !forwarded
+                && let Some(Member { addr, .. }) = st.members.get(&st.leader_id)
+            {
+                match self.client(addr).await {
+                    Ok(client) => return Ok(Route::Forward(client, addr.clone())),
+                    Err(e) => tracing::debug!(leader = st.leader_id, addr, error = %e, "leader unreachable; waiting"),
+                }
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(ApiError::Unavailable(no_leader_message(&st)).into());
+            }
+            let _ = tokio::time::timeout(remaining.min(Duration::from_millis(200)), rx.changed()).await;
+        }
+    }
+
+    fn forget(&self, addr: &str) {
+        self.clients.lock().remove(addr);
+    }
+
+    fn find_service(state: &State, reference: &str) -> Result<Service, ApiError> {
+        find(state.services(), reference, |s| &s.id, |s| &s.spec.name)
+            .map_err(|e| e.for_kind("service", reference))
+    }
+
+    fn find_node(state: &State, reference: &str) -> Result<Node, ApiError> {
+        find(state.nodes(), reference, |n| &n.id, |n| &n.description.hostname).map_err(|e| e.for_kind("node", reference))
+    }
+
+    /// Fills in what only the leader knows: which managers are reachable.
+    fn present_node(&self, mut node: Node, st: &RaftStatus) -> Node {
+        if let Some(manager) = node.manager.as_mut() {
+            manager.leader = manager.raft_id == st.leader_id;
+            let reachable = manager.leader || st.progress.get(&manager.raft_id).is_some_and(|p| p.recent_active);
+            manager.reachability = Some(
+                if manager.leader {
+                    "leader"
+                } else if st.learners.contains(&manager.raft_id) {
+                    if reachable { "joining" } else { "unreachable" }
+                } else if reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                }
+                .to_string(),
+            );
+            node.status.state = if reachable { NodeState::Ready } else { NodeState::Down };
+            node.status.addr = manager.addr.clone();
+        }
+        node
+    }
+
+    fn parse_spec(json: &str) -> Result<ServiceSpec, ApiError> {
+        let spec: ServiceSpec =
+            serde_json::from_str(json).map_err(|e| ApiError::InvalidArgument(format!("invalid service spec: {e}")))?;
+        spec.validate().map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        Ok(spec)
+    }
+
+    async fn demote_local(&self, node: Node) -> Result<Node, ApiError> {
+        let Some(info) = node.manager.clone() else {
+            return Err(ApiError::FailedPrecondition(format!("node {} is not a manager", node.id)));
+        };
+        let st = self.manager.raft_status();
+        let target = info.raft_id;
+        if st.voters.contains(&target) {
+            if st.voters.len() == 1 {
+                return Err(ApiError::FailedPrecondition(
+                    "attempting to demote the last manager of the cluster".into(),
+                ));
+            }
+            let remaining: Vec<u64> = st.voters.iter().copied().filter(|v| *v != target).collect();
+            let reachable = remaining
+                .iter()
+                .filter(|v| **v == st.id || st.progress.get(v).is_some_and(|p| p.recent_active))
+                .count();
+            if reachable < remaining.len() / 2 + 1 {
+                return Err(ApiError::FailedPrecondition(
+                    "can't remove member from the raft: this would result in a loss of quorum".into(),
+                ));
+            }
+        }
+        let member = st.members.get(&target).cloned().unwrap_or_default();
+        self.manager
+            .change_members(MemberChange { kind: MemberChangeKind::Remove, raft_id: target, member, at: now_millis() })
+            .await?;
+        let state = self.manager.state();
+        Ok(state.node(&node.id).cloned().unwrap_or(node))
+    }
+}
+
+enum FindError {
+    None,
+    Ambiguous(usize),
+}
+
+impl FindError {
+    fn for_kind(self, kind: &str, reference: &str) -> ApiError {
+        match self {
+            FindError::None => ApiError::NotFound(format!("{kind} {reference} not found")),
+            FindError::Ambiguous(n) => {
+                ApiError::InvalidArgument(format!("{kind} {reference} is ambiguous ({n} matches); use more of the id"))
+            }
+        }
+    }
+}
+
+/// Resolves an exact id, then an exact name, then a unique id prefix (as docker does).
+fn find<'a, T: Clone + 'a>(
+    items: impl Iterator<Item = &'a T>,
+    reference: &str,
+    id: impl Fn(&T) -> &String,
+    name: impl Fn(&T) -> &String,
+) -> Result<T, FindError> {
+    let items: Vec<&T> = items.collect();
+    if reference.is_empty() {
+        return Err(FindError::None);
+    }
+    if let Some(found) = items.iter().find(|i| id(i) == reference) {
+        return Ok((*found).clone());
+    }
+    let by_name: Vec<_> = items.iter().filter(|i| name(i) == reference).collect();
+    match by_name.len() {
+        1 => return Ok((*by_name[0]).clone()),
+        n if n > 1 => return Err(FindError::Ambiguous(n)),
+        _ => {}
+    }
+    let by_prefix: Vec<_> = items.iter().filter(|i| id(i).starts_with(reference)).collect();
+    match by_prefix.len() {
+        0 => Err(FindError::None),
+        1 => Ok((*by_prefix[0]).clone()),
+        n => Err(FindError::Ambiguous(n)),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("objects serialise")
+}
+
+/// Serves the call here, or forwards it to the leader with the same request.
+macro_rules! routed {
+    ($self:ident, $request:ident, $method:ident, $local:expr) => {{
+        match $self.route(&$request).await? {
+            Route::Forward(mut client, addr) => {
+                let mut forwarded = Request::new($request.into_inner());
+                forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                let result = client.$method(forwarded).await;
+                if let Err(status) = &result
+                    && status.code() == tonic::Code::Unavailable
+                {
+                    $self.forget(&addr);
+                }
+                result
+            }
+            Route::Local => {
+                let $request = $request.into_inner();
+                let result: Result<_, ApiError> = $local.await;
+                result.map(Response::new).map_err(Status::from)
+            }
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl Control for ControlApi {
+    async fn create_service(&self, request: Request<CreateServiceRequest>) -> Result<Response<ServiceResponse>, Status> {
+        routed!(self, request, create_service, async {
+            let spec = Self::parse_spec(&request.spec_json)?;
+            let id = shoal_types::ids::new_id();
+            self.manager.propose(vec![Action::CreateService { id: id.clone(), spec }]).await?;
+            let state = self.manager.state();
+            let service = state.service(&id).ok_or_else(|| ApiError::Internal("created service vanished".into()))?;
+            Ok(ServiceResponse { service_json: to_json(service) })
+        })
+    }
+
+    async fn update_service(&self, request: Request<UpdateServiceRequest>) -> Result<Response<ServiceResponse>, Status> {
+        routed!(self, request, update_service, async {
+            let current = Self::find_service(&self.manager.state(), &request.service)?;
+            if request.version == 0 {
+                return Err(ApiError::InvalidArgument(
+                    "version is required: send the version you read with the spec you changed".into(),
+                ));
+            }
+            let action = if request.rollback {
+                Action::RollbackService { id: current.id.clone(), expected_version: request.version }
+            } else {
+                let spec = Self::parse_spec(&request.spec_json)?;
+                Action::UpdateService { id: current.id.clone(), expected_version: request.version, spec }
+            };
+            self.manager.propose(vec![action]).await?;
+            let state = self.manager.state();
+            let service = state.service(&current.id).ok_or_else(|| ApiError::NotFound(format!("service {} not found", request.service)))?;
+            Ok(ServiceResponse { service_json: to_json(service) })
+        })
+    }
+
+    async fn remove_service(&self, request: Request<RemoveServiceRequest>) -> Result<Response<RemoveServiceResponse>, Status> {
+        routed!(self, request, remove_service, async {
+            let service = Self::find_service(&self.manager.state(), &request.service)?;
+            self.manager.propose(vec![Action::RemoveService { id: service.id.clone() }]).await?;
+            Ok(RemoveServiceResponse { id: service.id })
+        })
+    }
+
+    async fn get_service(&self, request: Request<GetServiceRequest>) -> Result<Response<ServiceResponse>, Status> {
+        routed!(self, request, get_service, async {
+            let service = Self::find_service(&self.manager.state(), &request.service)?;
+            Ok(ServiceResponse { service_json: to_json(&service) })
+        })
+    }
+
+    async fn list_services(&self, request: Request<ListServicesRequest>) -> Result<Response<ListServicesResponse>, Status> {
+        routed!(self, request, list_services, async {
+            let _ = request;
+            let state = self.manager.state();
+            let mut services: Vec<&Service> = state.services().collect();
+            services.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+            Ok(ListServicesResponse { services_json: services.into_iter().map(to_json).collect() })
+        })
+    }
+
+    async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        routed!(self, request, list_tasks, async {
+            let state = self.manager.state();
+            let service = if request.service.is_empty() { None } else { Some(Self::find_service(&state, &request.service)?) };
+            let node = if request.node.is_empty() { None } else { Some(Self::find_node(&state, &request.node)?) };
+            let tasks: Vec<&Task> = state
+                .tasks()
+                .filter(|t| service.as_ref().is_none_or(|s| t.service_id == s.id))
+                .filter(|t| node.as_ref().is_none_or(|n| t.node_id == n.id))
+                .collect();
+            Ok(ListTasksResponse { tasks_json: tasks.into_iter().map(to_json).collect() })
+        })
+    }
+
+    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        routed!(self, request, list_nodes, async {
+            let _ = request;
+            let st = self.manager.raft_status();
+            let state = self.manager.state();
+            let mut nodes: Vec<Node> = state.nodes().cloned().map(|n| self.present_node(n, &st)).collect();
+            nodes.sort_by(|a, b| a.description.hostname.cmp(&b.description.hostname).then(a.id.cmp(&b.id)));
+            Ok(ListNodesResponse { nodes_json: nodes.iter().map(to_json).collect() })
+        })
+    }
+
+    async fn get_node(&self, request: Request<GetNodeRequest>) -> Result<Response<NodeResponse>, Status> {
+        routed!(self, request, get_node, async {
+            let st = self.manager.raft_status();
+            let node = Self::find_node(&self.manager.state(), &request.node)?;
+            Ok(NodeResponse { node_json: to_json(&self.present_node(node, &st)) })
+        })
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        routed!(self, request, remove_node, async {
+            let st = self.manager.raft_status();
+            let node = self.present_node(Self::find_node(&self.manager.state(), &request.node)?, &st);
+            if node.manager.is_some() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal",
+                    node.id
+                )));
+            }
+            if node.status.state != NodeState::Down && !request.force {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "node {} is not down and can't be removed (use --force to remove it anyway)",
+                    node.id
+                )));
+            }
+            self.manager.propose(vec![Action::RemoveNode { id: node.id.clone() }]).await?;
+            Ok(RemoveNodeResponse { id: node.id })
+        })
+    }
+
+    async fn demote_node(&self, request: Request<DemoteNodeRequest>) -> Result<Response<NodeResponse>, Status> {
+        // A leader cannot remove itself safely: it hands leadership over first, then the new
+        // leader performs the removal.
+        if let Route::Local = self.route(&request).await? {
+            let node = Self::find_node(&self.manager.state(), &request.get_ref().node).map_err(Status::from)?;
+            let st = self.manager.raft_status();
+            if node.manager.as_ref().is_some_and(|m| m.raft_id == st.id) {
+                let Some(to) = self.manager.best_transferee() else {
+                    return Err(ApiError::FailedPrecondition(
+                        "can't remove member from the raft: this would result in a loss of quorum".into(),
+                    )
+                    .into());
+                };
+                self.manager.transfer_leader(to);
+                let moved = self
+                    .manager
+                    .wait_raft(LEADER_WAIT, |s| s.role != RaftRole::Leader && s.leader_id != 0 && s.leader_id != st.id)
+                    .await;
+                if moved.is_none() {
+                    return Err(ApiError::Unavailable("leadership transfer did not complete; retry".into()).into());
+                }
+            }
+        }
+        routed!(self, request, demote_node, async {
+            let st = self.manager.raft_status();
+            let node = Self::find_node(&self.manager.state(), &request.node)?;
+            if node.manager.as_ref().is_some_and(|m| m.raft_id == st.id) {
+                return Err(ApiError::Unavailable("this manager is the leader; retry".into()));
+            }
+            let node = self.demote_local(node).await?;
+            Ok(NodeResponse { node_json: to_json(&self.present_node(node, &self.manager.raft_status())) })
+        })
+    }
+
+    async fn cluster_info(&self, request: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoResponse>, Status> {
+        let answered_by = {
+            let me = &self.manager.identity;
+            ManagerRef { node_id: me.node_id.clone(), raft_id: me.raft_id, addr: me.addr.clone() }
+        };
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let mut response = routed!(self, request, cluster_info, async {
+            let _ = request;
+            let st = self.manager.raft_status();
+            let state = self.manager.state();
+            let cluster = state.cluster().ok_or_else(|| ApiError::Internal("no cluster object".into()))?;
+            let leader = st.members.get(&st.leader_id).map(|m| ManagerRef {
+                node_id: m.node_id.clone(),
+                raft_id: st.leader_id,
+                addr: m.addr.clone(),
+            });
+            let info = ClusterInfo {
+                cluster_id: cluster.id.clone(),
+                created_at: cluster.created_at,
+                leader,
+                answered_by: None,
+                managers: st.members.len(),
+                services: state.services().count(),
+                tasks: state.tasks().count(),
+                raft: RaftSummary {
+                    term: st.term,
+                    commit: st.commit,
+                    applied: st.applied,
+                    voters: st.voters.clone(),
+                    learners: st.learners.clone(),
+                },
+            };
+            Ok(ClusterInfoResponse { info_json: to_json(&info) })
+        })?;
+        if !forwarded && let Ok(mut info) = serde_json::from_str::<ClusterInfo>(&response.get_ref().info_json) {
+            info.answered_by = Some(answered_by);
+            response.get_mut().info_json = to_json(&info);
+        }
+        Ok(response)
+    }
+
+    async fn join_manager(&self, request: Request<JoinManagerRequest>) -> Result<Response<JoinManagerResponse>, Status> {
+        routed!(self, request, join_manager, async {
+            if request.node_id.is_empty() || request.addr.is_empty() {
+                return Err(ApiError::InvalidArgument("a joining manager must give its node id and address".into()));
+            }
+            let st = self.manager.raft_status();
+            let cluster_id = self.manager.state().cluster().map(|c| c.id.clone()).unwrap_or_default();
+            let members_json = to_json(&st.members);
+            if let Some((raft_id, _)) = st.members.iter().find(|(_, m)| m.node_id == request.node_id) {
+                return Ok(JoinManagerResponse { raft_id: *raft_id, cluster_id, leader_raft_id: st.id, members_json });
+            }
+            if let Some((_, m)) = st.members.iter().find(|(_, m)| m.addr == request.addr) {
+                return Err(ApiError::AlreadyExists(format!(
+                    "manager {} already uses address {}; remove it first or use another address",
+                    m.node_id, request.addr
+                )));
+            }
+            let raft_id = loop {
+                let id = crate::new_raft_id();
+                if !st.members.contains_key(&id) {
+                    break id;
+                }
+            };
+            let member = Member { node_id: request.node_id.clone(), addr: request.addr.clone(), hostname: request.hostname.clone() };
+            self.manager
+                .change_members(MemberChange { kind: MemberChangeKind::AddLearner, raft_id, member, at: now_millis() })
+                .await?;
+            tracing::info!(raft_id, node = %request.node_id, addr = %request.addr, "manager joined as learner");
+            Ok(JoinManagerResponse { raft_id, cluster_id, leader_raft_id: st.id, members_json })
+        })
+    }
+}

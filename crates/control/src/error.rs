@@ -1,0 +1,64 @@
+//! Every error the control API can return, and its one mapping to gRPC status codes.
+
+use shoal_raft::ProposeError;
+use shoal_store::StoreError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("this manager is not the leader")]
+    NotLeader,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists { .. } => ApiError::AlreadyExists(e.to_string()),
+            StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::OutOfSequence { .. }
+            | StoreError::NoPreviousSpec { .. }
+            | StoreError::Rename { .. }
+            | StoreError::ModeChange { .. }
+            | StoreError::ClusterExists => ApiError::FailedPrecondition(e.to_string()),
+            StoreError::Malformed(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NotLeader { .. } => ApiError::NotLeader,
+            ProposeError::Refused(msg) => ApiError::FailedPrecondition(msg),
+            ProposeError::LeadershipLost | ProposeError::Dropped(_) | ProposeError::Stopped => {
+                ApiError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let code = match &e {
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::Unavailable(_) | ApiError::NotLeader => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
