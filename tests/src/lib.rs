@@ -1,1 +1,259 @@
+//! Helpers for cluster-level tests: start real `shoal-manager` processes on loopback ports, kill
+//! and restart them, and talk to them through the real gRPC API or the real `shoal` CLI.
 #![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use shoal_proto::v1::control_client::ControlClient;
+use shoal_proto::v1::*;
+use shoal_types::{ClusterInfo, Node, Service, ServiceSpec};
+use tonic::transport::Channel;
+
+/// Path of a workspace binary, next to the test executable's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` before the tests", path.display());
+    path
+}
+
+/// A free loopback port (bound then released; tests use distinct 127.0.0.x addresses to avoid
+/// clashing with each other).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").to_string()
+}
+
+/// One `shoal-manager` process and its data directory.
+pub struct ManagerProc {
+    pub name: String,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl ManagerProc {
+    fn spawn(&mut self, join: Option<&str>) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut cmd = Command::new(bin("shoal-manager"));
+        cmd.arg("--data-dir").arg(&self.data_dir).arg("--listen-addr").arg(&self.addr).arg("--hostname").arg(&self.name);
+        if let Some(join) = join {
+            cmd.arg("--join").arg(join);
+        }
+        cmd.args(&self.extra_args);
+        cmd.env("RUST_LOG", std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info,raft=warn".into()));
+        cmd.stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().context("spawning shoal-manager")?);
+        Ok(())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL: the process gets no chance to flush or hand over anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed", child.id());
+        }
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        bail!("{} did not exit within 5s of SIGTERM", self.name)
+    }
+
+    /// Starts the process again on the same data dir (resume).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn(None)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> Result<ControlClient<Channel>> {
+        connect(&self.addr).await
+    }
+}
+
+impl Drop for ManagerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub async fn connect(addr: &str) -> Result<ControlClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(ControlClient::new(channel))
+}
+
+/// A set of managers started from scratch in a temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub managers: Vec<ManagerProc>,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` managers: the first initialises, the others join it and are promoted to voters.
+    pub async fn start(n: usize) -> Result<Cluster> {
+        Cluster::start_with(n, &[]).await
+    }
+
+    pub async fn start_with(n: usize, extra_args: &[&str]) -> Result<Cluster> {
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir()?,
+            managers: Vec::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for _ in 0..n {
+            cluster.add_manager().await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one more manager, joining through the first running one, and waits until it votes.
+    pub async fn add_manager(&mut self) -> Result<usize> {
+        let index = self.managers.len();
+        let name = format!("m{}", index + 1);
+        let join = self.managers.iter_mut().find_map(|m| if m.is_running() { Some(m.addr.clone()) } else { None });
+        let mut manager = ManagerProc {
+            name: name.clone(),
+            addr: free_addr(),
+            data_dir: self.dir.path().join(&name),
+            log: self.dir.path().join(format!("{name}.log")),
+            child: None,
+            extra_args: self.extra_args.clone(),
+        };
+        manager.spawn(join.as_deref())?;
+        self.managers.push(manager);
+        let expected = self.managers.len();
+        self.wait_for(Duration::from_secs(20), |info| info.raft.voters.len() == expected && info.raft.learners.is_empty())
+            .await
+            .with_context(|| format!("{name} did not become a voter; its log:\n{}", self.managers[index].log()))?;
+        Ok(index)
+    }
+
+    /// Polls cluster info through any running manager until `cond` holds.
+    pub async fn wait_for(&mut self, timeout: Duration, cond: impl Fn(&ClusterInfo) -> bool) -> Result<ClusterInfo> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::from("no answer");
+        loop {
+            let addrs: Vec<String> =
+                self.managers.iter_mut().filter_map(|m| if m.is_running() { Some(m.addr.clone()) } else { None }).collect();
+            for addr in addrs {
+                match cluster_info(&addr).await {
+                    Ok(info) if cond(&info) => return Ok(info),
+                    Ok(info) => last = format!("{info:?}"),
+                    Err(e) => last = format!("{e:#}"),
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("condition not reached within {timeout:?}; last: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Index of the manager that currently leads.
+    pub async fn leader(&mut self) -> Result<usize> {
+        let info = self.wait_for(Duration::from_secs(15), |i| i.leader.is_some()).await?;
+        let leader = info.leader.expect("checked");
+        self.managers.iter().position(|m| m.addr == leader.addr).ok_or_else(|| anyhow!("unknown leader {leader:?}"))
+    }
+
+    pub fn running_addrs(&mut self) -> Vec<String> {
+        self.managers.iter_mut().filter_map(|m| if m.is_running() { Some(m.addr.clone()) } else { None }).collect()
+    }
+
+    pub fn logs(&self) -> String {
+        self.managers.iter().map(|m| format!("==== {} ({})\n{}", m.name, m.addr, m.log())).collect()
+    }
+}
+
+pub async fn cluster_info(addr: &str) -> Result<ClusterInfo> {
+    let response = connect(addr).await?.cluster_info(ClusterInfoRequest { local: false }).await?;
+    Ok(serde_json::from_str(&response.into_inner().info_json)?)
+}
+
+pub async fn create_service(addr: &str, spec: &ServiceSpec) -> Result<Service> {
+    let response =
+        connect(addr).await?.create_service(CreateServiceRequest { spec_json: serde_json::to_string(spec)? }).await?;
+    Ok(serde_json::from_str(&response.into_inner().service_json)?)
+}
+
+pub async fn list_services(addr: &str) -> Result<Vec<Service>> {
+    let response = connect(addr).await?.list_services(ListServicesRequest {}).await?;
+    response.into_inner().services_json.iter().map(|j| Ok(serde_json::from_str(j)?)).collect()
+}
+
+pub async fn list_nodes(addr: &str) -> Result<Vec<Node>> {
+    let response = connect(addr).await?.list_nodes(ListNodesRequest {}).await?;
+    response.into_inner().nodes_json.iter().map(|j| Ok(serde_json::from_str(j)?)).collect()
+}
+
+/// Runs the `shoal` CLI against `host`.
+pub fn shoal(host: &str, args: &[&str]) -> Output {
+    Command::new(bin("shoal"))
+        .arg("--host")
+        .arg(host)
+        .args(args)
+        .env_remove("SHOAL_HOST")
+        .output()
+        .expect("running shoal")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// One manager's own view (not forwarded to the leader).
+pub async fn local_info(addr: &str) -> Result<ClusterInfo> {
+    let response = connect(addr).await?.cluster_info(ClusterInfoRequest { local: true }).await?;
+    Ok(serde_json::from_str(&response.into_inner().info_json)?)
+}
+
+/// Waits until the manager at `addr` has applied at least `index` (it caught up).
+pub async fn wait_applied(addr: &str, index: u64, timeout: Duration) -> Result<ClusterInfo> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match local_info(addr).await {
+            Ok(info) if info.raft.applied >= index => return Ok(info),
+            Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(info) => bail!("{addr} applied only {} of {index}", info.raft.applied),
+            Err(e) => return Err(e),
+        }
+    }
+}

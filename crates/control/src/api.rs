@@ -136,6 +136,33 @@ impl ControlApi {
         Ok(spec)
     }
 
+    fn local_info(&self) -> Result<ClusterInfo, ApiError> {
+        let st = self.manager.raft_status();
+        let state = self.manager.state();
+        let cluster = state.cluster().ok_or_else(|| ApiError::Unavailable("this manager has not received the cluster state yet".into()))?;
+        let leader = st.members.get(&st.leader_id).map(|m| ManagerRef {
+            node_id: m.node_id.clone(),
+            raft_id: st.leader_id,
+            addr: m.addr.clone(),
+        });
+        Ok(ClusterInfo {
+            cluster_id: cluster.id.clone(),
+            created_at: cluster.created_at,
+            leader,
+            answered_by: None,
+            managers: st.members.len(),
+            services: state.services().count(),
+            tasks: state.tasks().count(),
+            raft: RaftSummary {
+                term: st.term,
+                commit: st.commit,
+                applied: st.applied,
+                voters: st.voters.clone(),
+                learners: st.learners.clone(),
+            },
+        })
+    }
+
     async fn demote_local(&self, node: Node) -> Result<Node, ApiError> {
         let Some(info) = node.manager.clone() else {
             return Err(ApiError::FailedPrecondition(format!("node {} is not a manager", node.id)));
@@ -392,34 +419,15 @@ impl Control for ControlApi {
             let me = &self.manager.identity;
             ManagerRef { node_id: me.node_id.clone(), raft_id: me.raft_id, addr: me.addr.clone() }
         };
+        if request.get_ref().local {
+            let mut info = self.local_info().map_err(Status::from)?;
+            info.answered_by = Some(answered_by);
+            return Ok(Response::new(ClusterInfoResponse { info_json: to_json(&info) }));
+        }
         let forwarded = request.metadata().contains_key(FORWARDED);
         let mut response = routed!(self, request, cluster_info, async {
             let _ = request;
-            let st = self.manager.raft_status();
-            let state = self.manager.state();
-            let cluster = state.cluster().ok_or_else(|| ApiError::Internal("no cluster object".into()))?;
-            let leader = st.members.get(&st.leader_id).map(|m| ManagerRef {
-                node_id: m.node_id.clone(),
-                raft_id: st.leader_id,
-                addr: m.addr.clone(),
-            });
-            let info = ClusterInfo {
-                cluster_id: cluster.id.clone(),
-                created_at: cluster.created_at,
-                leader,
-                answered_by: None,
-                managers: st.members.len(),
-                services: state.services().count(),
-                tasks: state.tasks().count(),
-                raft: RaftSummary {
-                    term: st.term,
-                    commit: st.commit,
-                    applied: st.applied,
-                    voters: st.voters.clone(),
-                    learners: st.learners.clone(),
-                },
-            };
-            Ok(ClusterInfoResponse { info_json: to_json(&info) })
+            self.local_info().map(|info| ClusterInfoResponse { info_json: to_json(&info) })
         })?;
         if !forwarded && let Ok(mut info) = serde_json::from_str::<ClusterInfo>(&response.get_ref().info_json) {
             info.answered_by = Some(answered_by);
