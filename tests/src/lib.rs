@@ -2,7 +2,7 @@
 //! and restart them, and talk to them through the real gRPC API or the real `shoal` CLI.
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -12,13 +12,15 @@ use shoal_proto::v1::*;
 use shoal_types::{ClusterInfo, Node, Service, ServiceSpec};
 use tonic::transport::Channel;
 
-/// Path of a workspace binary, next to the test executable's `deps/` directory.
+/// Path of a workspace binary: next to the running executable (shoal-bench) or next to the test
+/// executable's `deps/` directory (tests).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` before the tests", path.display());
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [dir.join(name), dir.parent().map(|p| p.join(name)).unwrap_or_default()];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!("{name} is missing next to {}: run `cargo build --workspace --bins` first", exe.display())
+    })
 }
 
 /// A free loopback port (bound then released; tests use distinct 127.0.0.x addresses to avoid
@@ -107,6 +109,7 @@ pub async fn connect(addr: &str) -> Result<ControlClient<Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(15))
+        .tcp_nodelay(true)
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;

@@ -184,7 +184,8 @@ impl Manager {
         }
         self.raft.shutdown();
         let _ = self.shutdown.send(true);
-        if let Some(thread) = self.raft_thread.lock().take() {
+        let thread = self.raft_thread.lock().take();
+        if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
@@ -394,7 +395,8 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         .max_decoding_message_size(64 << 20);
     let control = ControlServer::new(api::ControlApi::new(manager.clone()));
     let mut stop = manager.shutdown.subscribe();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Raft and API messages are small and latency-bound: no Nagle delay on accepted sockets.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)

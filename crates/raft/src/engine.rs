@@ -217,6 +217,25 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         self.raw.report_unreachable(peer);
     }
 
+    /// Called when the leader's process is known to be gone (its port refuses connections):
+    /// forget it and campaign now instead of after an election timeout. Elections are safe at any
+    /// time; this only changes when one starts.
+    pub fn leader_down(&mut self, peer: u64) {
+        let raft = &mut self.raw.raft;
+        if raft.state != StateRole::Follower || raft.leader_id != peer || peer == self.config.id {
+            return;
+        }
+        if !raft.prs().conf().voters().contains(self.config.id) {
+            return;
+        }
+        tracing::info!(leader = peer, "leader's port refuses connections; starting an election now");
+        let term = raft.term;
+        raft.become_follower(term, raft::INVALID_ID);
+        if let Err(e) = self.raw.campaign() {
+            tracing::debug!(error = %e, "early campaign refused");
+        }
+    }
+
     pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
         let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
         self.raw.report_snapshot(peer, status);

@@ -113,9 +113,7 @@ pub(crate) fn decode_snapshot_data(data: &[u8]) -> Result<(Members, &[u8]), Raft
 /// `initial_state`.
 pub fn bootstrap<D: Durable>(durable: D, members: &Members, initial_state: &[u8]) -> Result<RaftStorage<D>, RaftError> {
     let mut storage = RaftStorage::open(durable)?;
-    let mut meta = raft::prelude::SnapshotMetadata::default();
-    meta.index = 1;
-    meta.term = 1;
+    let mut meta = raft::prelude::SnapshotMetadata { index: 1, term: 1, ..Default::default() };
     meta.set_conf_state(raft::prelude::ConfState::from((members.keys().copied().collect::<Vec<_>>(), vec![])));
     storage.bootstrap(meta, encode_snapshot_data(members, initial_state), members)?;
     Ok(storage)

@@ -19,6 +19,7 @@ enum Command<O> {
     ChangeMembers { change: MemberChange, reply: oneshot::Sender<Result<(), ProposeError>> },
     Step(Box<Message>),
     Unreachable(u64),
+    PeerDown(u64),
     SnapshotDone { peer: u64, ok: bool },
     TransferLeader(u64),
     Shutdown,
@@ -56,6 +57,10 @@ impl<O: Send + 'static> RaftHandle<O> {
 
     pub fn report_unreachable(&self, peer: u64) {
         let _ = self.commands.send(Command::Unreachable(peer));
+    }
+
+    pub fn report_peer_down(&self, peer: u64) {
+        let _ = self.commands.send(Command::PeerDown(peer));
     }
 
     pub fn report_snapshot(&self, peer: u64, ok: bool) {
@@ -146,6 +151,7 @@ fn run<D: Durable, M: StateMachine>(
                 ),
                 Command::Step(msg) => engine.step(*msg),
                 Command::Unreachable(peer) => engine.report_unreachable(peer),
+                Command::PeerDown(peer) => engine.leader_down(peer),
                 Command::SnapshotDone { peer, ok } => engine.report_snapshot(peer, ok),
                 Command::TransferLeader(to) => engine.transfer_leader(to),
                 Command::Shutdown => break 'outer,

@@ -22,6 +22,9 @@ pub enum Op {
     Delete(Vec<u8>),
 }
 
+/// Every key and value of a durable store, in key order.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A narrow key-value store: atomic batches, an explicit sync, and a full scan at start-up.
 pub trait Durable: Send + 'static {
     /// Applies all operations atomically (all or none survive a crash once synced).
@@ -29,7 +32,7 @@ pub trait Durable: Send + 'static {
     /// Makes every write so far durable.
     fn sync(&mut self) -> Result<(), RaftError>;
     /// Every key and value, in key order.
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RaftError>;
+    fn scan(&self) -> Result<KeyValues, RaftError>;
 }
 
 /// sled, pinned to 0.34.7. Everything raft keeps lives in one tree so a batch is atomic.
@@ -72,7 +75,7 @@ impl Durable for SledDurable {
         self.db.flush().map(|_| ()).map_err(|e| RaftError::Storage(e.to_string()))
     }
 
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RaftError> {
+    fn scan(&self) -> Result<KeyValues, RaftError> {
         self.tree
             .iter()
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| RaftError::Storage(e.to_string())))
@@ -124,7 +127,7 @@ impl Durable for MemDurable {
         Ok(())
     }
 
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RaftError> {
+    fn scan(&self) -> Result<KeyValues, RaftError> {
         Ok(self.inner.lock().visible.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 }

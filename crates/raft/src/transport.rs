@@ -31,12 +31,18 @@ const MAX_SNAPSHOT_BYTES: usize = 2 << 30;
 /// Reports a peer's failures back to the raft node without knowing its output type.
 pub trait Feedback: Send + Sync + 'static {
     fn unreachable(&self, peer: u64);
+    /// The peer's port refused the connection: its process is gone (a partition times out
+    /// instead), so a follower need not wait an election timeout to replace a dead leader.
+    fn peer_down(&self, peer: u64);
     fn snapshot_done(&self, peer: u64, ok: bool);
 }
 
 impl<O: Send + 'static> Feedback for RaftHandle<O> {
     fn unreachable(&self, peer: u64) {
         self.report_unreachable(peer);
+    }
+    fn peer_down(&self, peer: u64) {
+        self.report_peer_down(peer);
     }
     fn snapshot_done(&self, peer: u64, ok: bool) {
         self.report_snapshot(peer, ok);
@@ -129,8 +135,14 @@ async fn peer_loop(
         };
         let channel = match endpoint.connect().await {
             Ok(c) => c,
-            Err(_) => {
+            Err(e) => {
                 report(&feedback, |f| f.unreachable(to));
+                if is_connection_refused(&e) {
+                    // Jitter so two followers rarely campaign at the same instant (split vote).
+                    let jitter = Duration::from_millis(rand::random::<u64>() % 120);
+                    tokio::time::sleep(jitter).await;
+                    report(&feedback, |f| f.peer_down(to));
+                }
                 // Drop what queued up while the peer was away; raft resends what matters.
                 while inbox.try_recv().is_ok() {}
                 tokio::time::sleep(backoff).await;
@@ -182,6 +194,19 @@ async fn peer_loop(
         report(&feedback, |f| f.unreachable(to));
         tokio::time::sleep(backoff).await;
     }
+}
+
+fn is_connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 async fn send_snapshot(

@@ -39,6 +39,8 @@ pub enum ChangeKind {
     Remove,
 }
 
+// Changes are short-lived values passed to watchers; boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "type", content = "object")]
 pub enum Object {
@@ -66,12 +68,15 @@ pub struct State {
     /// Raft index of the last entry applied (batches and membership changes alike).
     applied_index: u64,
     #[serde(skip)]
+    service_names: BTreeMap<String, String>,
+    #[serde(skip)]
     tasks_by_service: BTreeMap<String, BTreeSet<String>>,
     #[serde(skip)]
     tasks_by_node: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// How to put back what a failed batch changed.
+#[allow(clippy::large_enum_variant)]
 enum Undo {
     Cluster(Option<Cluster>),
     Service(String, Option<Service>),
@@ -97,7 +102,7 @@ impl State {
     }
 
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
-        self.services.values().find(|s| s.spec.name == name)
+        self.service_names.get(name).and_then(|id| self.services.get(id))
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
@@ -135,6 +140,7 @@ impl State {
         for task in &tasks {
             state.index_task(task);
         }
+        state.service_names = state.services.values().map(|s| (s.spec.name.clone(), s.id.clone())).collect();
         Ok(state)
     }
 
@@ -307,7 +313,7 @@ impl State {
             }
             Action::RemoveService { id } => {
                 let service =
-                    self.services.remove(id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                    self.remove_service(id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
                 undo.push(Undo::Service(id.clone(), Some(service.clone())));
                 changes.push(Change { kind: ChangeKind::Remove, index, object: Object::Service(service) });
             }
@@ -360,9 +366,24 @@ impl State {
 
     fn put_service(&mut self, service: Service, kind: ChangeKind, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
         let index = service.version;
-        let old = self.services.insert(service.id.clone(), service.clone());
+        let old = self.set_service(service.clone());
         undo.push(Undo::Service(service.id.clone(), old));
         changes.push(Change { kind, index, object: Object::Service(service) });
+    }
+
+    fn set_service(&mut self, service: Service) -> Option<Service> {
+        let old = self.remove_service(&service.id);
+        self.service_names.insert(service.spec.name.clone(), service.id.clone());
+        self.services.insert(service.id.clone(), service);
+        old
+    }
+
+    fn remove_service(&mut self, id: &str) -> Option<Service> {
+        let service = self.services.remove(id)?;
+        if self.service_names.get(&service.spec.name).is_some_and(|owner| owner == id) {
+            self.service_names.remove(&service.spec.name);
+        }
+        Some(service)
     }
 
     fn set_task(&mut self, task: Task) -> Option<Task> {
@@ -395,11 +416,11 @@ impl State {
     fn undo(&mut self, step: Undo) {
         match step {
             Undo::Cluster(old) => self.cluster = old,
-            Undo::Service(id, Some(old)) => {
-                self.services.insert(id, old);
-            }
-            Undo::Service(id, None) => {
-                self.services.remove(&id);
+            Undo::Service(id, old) => {
+                self.remove_service(&id);
+                if let Some(old) = old {
+                    self.set_service(old);
+                }
             }
             Undo::Node(id, Some(old)) => {
                 self.nodes.insert(id, old);

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: lints, unit and property tests, deterministic raft simulations, and
+# the cluster tests that start real shoal-manager processes. Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo is required (https://rustup.rs)" >&2
+    exit 1
+fi
+
+step "build (binaries are spawned by the cluster tests)"
+cargo build --workspace --bins --tests --locked
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+    # nextest does not run doc tests
+    cargo test --workspace --doc --locked
+else
+    cargo test --workspace --locked --no-fail-fast -- --test-threads=2
+fi

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds shoal and starts a local three-manager cluster on 127.0.0.1:4242-4244, with its data and
+# logs in .shoal-local/. Safe to run again: managers already running are left alone, stopped ones
+# resume from their data. Stop it with scripts/down.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+state=$root/.shoal-local
+bin=$root/target/debug
+
+echo "==> building shoal (the first build takes a few minutes)"
+cargo build --workspace --bins --locked
+
+mkdir -p "$state"
+start_manager() { # name port [join]
+    local name=$1 port=$2 join=${3:-}
+    local pidfile=$state/$name.pid
+    if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "    $name already running (pid $(cat "$pidfile"))"
+        return
+    fi
+    local args=(--data-dir "$state/$name" --listen-addr "127.0.0.1:$port" --hostname "$name")
+    if [[ -n $join && ! -f $state/$name/manager.json ]]; then
+        args+=(--join "$join")
+    fi
+    nohup "$bin/shoal-manager" "${args[@]}" >>"$state/$name.log" 2>&1 &
+    echo $! >"$pidfile"
+    echo "    $name on 127.0.0.1:$port (pid $!, log .shoal-local/$name.log)"
+}
+
+wait_ready() { # port
+    for _ in $(seq 1 100); do
+        if "$bin/shoal" --host "127.0.0.1:$1" cluster info >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    echo "manager on port $1 did not become ready; see .shoal-local/*.log" >&2
+    exit 1
+}
+
+echo "==> starting managers"
+start_manager manager-1 4242
+wait_ready 4242
+start_manager manager-2 4243 127.0.0.1:4242
+wait_ready 4243
+start_manager manager-3 4244 127.0.0.1:4242
+wait_ready 4244
+sleep 1
+
+echo
+"$bin/shoal" --host 127.0.0.1:4242 node ls
+cat <<EOT
+
+shoal is running: three managers replicate the cluster state with raft.
+
+Next:
+  export PATH="$bin:\$PATH"            # puts shoal, shoal-manager and shoal-agent on your PATH
+  shoal service create --name web --replicas 3 --update-parallelism 2 shoal/busybox:1
+  shoal service ls
+  shoal service inspect web
+  shoal cluster info
+  kill -9 \$(cat .shoal-local/manager-1.pid)   # then: shoal --host 127.0.0.1:4243 service ls
+  scripts/up.sh                          # restarts stopped managers; they resume from disk
+  scripts/down.sh                        # stops the cluster (add --purge to delete its data)
+EOT
