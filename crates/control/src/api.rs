@@ -267,8 +267,110 @@ macro_rules! routed {
     }};
 }
 
+/// The JSON line `shoal events` prints for one change.
+#[derive(serde::Serialize)]
+struct EventOut<'a> {
+    time: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    action: shoal_store::ChangeKind,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+    index: u64,
+    object: &'a shoal_store::Object,
+}
+
+fn event_json(change: &shoal_store::Change) -> String {
+    use shoal_store::Object;
+    let (kind, id, service) = match &change.object {
+        Object::Cluster(c) => ("cluster", c.id.as_str(), None),
+        Object::Service(s) => ("service", s.id.as_str(), Some(s.id.as_str())),
+        Object::Task(t) => ("task", t.id.as_str(), Some(t.service_id.as_str())),
+        Object::Node(n) => ("node", n.id.as_str(), None),
+    };
+    to_json(&EventOut { time: change.at, kind, action: change.kind, id, service, index: change.index, object: &change.object })
+}
+
+type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Control for ControlApi {
+    type WatchStream = WatchStream;
+
+    /// Served by the manager the client talks to, from changes as it applies them (every manager
+    /// applies the same changes).
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let service_id = if request.service.is_empty() {
+            None
+        } else {
+            Some(Self::find_service(&self.manager.state(), &request.service).map_err(Status::from)?.id)
+        };
+        for t in &request.types {
+            if !matches!(t.as_str(), "service" | "task" | "node" | "cluster") {
+                return Err(ApiError::InvalidArgument(format!(
+                    "event type {t:?} is not one of service, task, node, cluster"
+                ))
+                .into());
+            }
+        }
+        let mut rx = self.manager.subscribe();
+        let (tx, out) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let change = match rx.recv().await {
+                    Ok(change) => change,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(Err(Status::data_loss(format!("{n} events were dropped: the client reads too slowly")))).await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let (kind, service) = match &change.object {
+                    shoal_store::Object::Cluster(_) => ("cluster", None),
+                    shoal_store::Object::Service(s) => ("service", Some(s.id.clone())),
+                    shoal_store::Object::Task(t) => ("task", Some(t.service_id.clone())),
+                    shoal_store::Object::Node(_) => ("node", None),
+                };
+                if !request.types.is_empty() && !request.types.iter().any(|t| t == kind) {
+                    continue;
+                }
+                if let Some(wanted) = &service_id
+                    && service.as_ref() != Some(wanted)
+                {
+                    continue;
+                }
+                if tx.send(Ok(WatchEvent { event_json: event_json(&change) })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+    }
+
+    async fn update_node(&self, request: Request<UpdateNodeRequest>) -> Result<Response<NodeResponse>, Status> {
+        routed!(self, request, update_node, async {
+            let node = Self::find_node(&self.manager.state(), &request.node)?;
+            let spec: shoal_types::NodeSpec = serde_json::from_str(&request.spec_json)
+                .map_err(|e| ApiError::InvalidArgument(format!("invalid node spec: {e}")))?;
+            for key in spec.labels.keys() {
+                if key.is_empty() {
+                    return Err(ApiError::InvalidArgument("spec.labels: label keys must not be empty".into()));
+                }
+            }
+            if request.version == 0 {
+                return Err(ApiError::InvalidArgument("version is required: send the version you read".into()));
+            }
+            self.manager
+                .propose(vec![Action::UpdateNodeSpec { id: node.id.clone(), expected_version: request.version, spec }])
+                .await?;
+            let st = self.manager.raft_status();
+            let node = self.manager.state().node(&node.id).cloned().ok_or_else(|| ApiError::NotFound(format!("node {} not found", request.node)))?;
+            Ok(NodeResponse { node_json: to_json(&self.present_node(node, &st)) })
+        })
+    }
+
     async fn create_service(&self, request: Request<CreateServiceRequest>) -> Result<Response<ServiceResponse>, Status> {
         routed!(self, request, create_service, async {
             let spec = Self::parse_spec(&request.spec_json)?;

@@ -28,6 +28,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists { .. } => ApiError::AlreadyExists(e.to_string()),
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             StoreError::OutOfSequence { .. }
+            | StoreError::NodeOutOfSequence { .. }
             | StoreError::NoPreviousSpec { .. }
             | StoreError::Rename { .. }
             | StoreError::ModeChange { .. }

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use shoal_types::{Cluster, Node, ServiceSpec, Task, Timestamp, UpdateStatus};
+use shoal_types::{Cluster, Node, NodeSpec, ServiceSpec, Task, Timestamp, UpdateStatus};
 
 /// One raft log entry's worth of changes, applied all or nothing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub enum Action {
     SetUpdateStatus { id: String, status: Option<UpdateStatus> },
     RemoveService { id: String },
     PutNode { node: Node },
+    /// Replaces a node's availability and labels if it is still at `expected_version`; the role
+    /// only changes through raft membership (demotion).
+    UpdateNodeSpec { id: String, expected_version: u64, spec: NodeSpec },
     RemoveNode { id: String },
     PutTask { task: Task },
     RemoveTask { id: String },

@@ -16,6 +16,10 @@ pub enum StoreError {
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
     #[error(
+        "update out of sequence: node {id} is at version {current}, the update was based on version {expected}; inspect it again and retry"
+    )]
+    NodeOutOfSequence { id: String, current: u64, expected: u64 },
+    #[error(
         "update out of sequence: service {name} is at version {current}, the update was based on version {expected}; inspect it again and retry"
     )]
     OutOfSequence { name: String, current: u64, expected: u64 },
@@ -55,6 +59,8 @@ pub enum Object {
 pub struct Change {
     pub kind: ChangeKind,
     pub index: u64,
+    /// When the change was proposed (the batch's timestamp), Unix milliseconds.
+    pub at: u64,
     pub object: Object,
 }
 
@@ -201,7 +207,7 @@ impl State {
                     Some(ManagerInfo { raft_id: change.raft_id, addr: change.addr.clone(), reachability: None, leader: false });
                 let kind = if self.nodes.contains_key(&node.id) { ChangeKind::Update } else { ChangeKind::Create };
                 self.nodes.insert(node.id.clone(), node.clone());
-                vec![Change { kind, index, object: Object::Node(node) }]
+                vec![Change { kind, index, at: change.at, object: Object::Node(node) }]
             }
             // Like a Swarm demotion: the node stays (as a worker) until `node rm` removes it.
             MembershipKind::Remove => match existing.cloned() {
@@ -213,7 +219,7 @@ impl State {
                     node.status.state = NodeState::Down;
                     node.status.message = "demoted: removed from the raft cluster".into();
                     self.nodes.insert(node.id.clone(), node.clone());
-                    vec![Change { kind: ChangeKind::Update, index, object: Object::Node(node) }]
+                    vec![Change { kind: ChangeKind::Update, index, at: change.at, object: Object::Node(node) }]
                 }
                 None => Vec::new(),
             },
@@ -237,7 +243,7 @@ impl State {
                 cluster.version = index;
                 undo.push(Undo::Cluster(None));
                 self.cluster = Some(cluster.clone());
-                changes.push(Change { kind: ChangeKind::Create, index, object: Object::Cluster(cluster) });
+                changes.push(Change { kind: ChangeKind::Create, index, at, object: Object::Cluster(cluster) });
             }
             Action::CreateService { id, spec } => {
                 if self.services.contains_key(id) {
@@ -315,7 +321,7 @@ impl State {
                 let service =
                     self.remove_service(id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
                 undo.push(Undo::Service(id.clone(), Some(service.clone())));
-                changes.push(Change { kind: ChangeKind::Remove, index, object: Object::Service(service) });
+                changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Service(service) });
             }
             Action::PutNode { node } => {
                 let mut node = node.clone();
@@ -324,12 +330,31 @@ impl State {
                 let old = self.nodes.insert(node.id.clone(), node.clone());
                 let kind = if old.is_some() { ChangeKind::Update } else { ChangeKind::Create };
                 undo.push(Undo::Node(node.id.clone(), old));
-                changes.push(Change { kind, index, object: Object::Node(node) });
+                changes.push(Change { kind, index, at, object: Object::Node(node) });
+            }
+            Action::UpdateNodeSpec { id, expected_version, spec } => {
+                let mut node =
+                    self.nodes.get(id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?.clone();
+                if node.version != *expected_version {
+                    return Err(StoreError::NodeOutOfSequence {
+                        id: id.clone(),
+                        current: node.version,
+                        expected: *expected_version,
+                    });
+                }
+                let role = node.spec.role;
+                node.spec = spec.clone();
+                node.spec.role = role;
+                node.version = index;
+                node.updated_at = at;
+                let old = self.nodes.insert(node.id.clone(), node.clone());
+                undo.push(Undo::Node(node.id.clone(), old));
+                changes.push(Change { kind: ChangeKind::Update, index, at, object: Object::Node(node) });
             }
             Action::RemoveNode { id } => {
                 let node = self.nodes.remove(id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?;
                 undo.push(Undo::Node(id.clone(), Some(node.clone())));
-                changes.push(Change { kind: ChangeKind::Remove, index, object: Object::Node(node) });
+                changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Node(node) });
             }
             Action::PutTask { task } => {
                 if !self.services.contains_key(&task.service_id) {
@@ -341,12 +366,12 @@ impl State {
                 let old = self.set_task(task.clone());
                 let kind = if old.is_some() { ChangeKind::Update } else { ChangeKind::Create };
                 undo.push(Undo::Task(task.id.clone(), old));
-                changes.push(Change { kind, index, object: Object::Task(task) });
+                changes.push(Change { kind, index, at, object: Object::Task(task) });
             }
             Action::RemoveTask { id } => {
                 let task = self.remove_task(id).ok_or_else(|| StoreError::NotFound { kind: "task", id: id.clone() })?;
                 undo.push(Undo::Task(id.clone(), Some(task.clone())));
-                changes.push(Change { kind: ChangeKind::Remove, index, object: Object::Task(task) });
+                changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Task(task) });
             }
         }
         Ok(())
@@ -365,10 +390,10 @@ impl State {
     }
 
     fn put_service(&mut self, service: Service, kind: ChangeKind, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
-        let index = service.version;
+        let (index, at) = (service.version, service.updated_at);
         let old = self.set_service(service.clone());
         undo.push(Undo::Service(service.id.clone(), old));
-        changes.push(Change { kind, index, object: Object::Service(service) });
+        changes.push(Change { kind, index, at, object: Object::Service(service) });
     }
 
     fn set_service(&mut self, service: Service) -> Option<Service> {
