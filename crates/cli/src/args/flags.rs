@@ -1,0 +1,381 @@
+//! Flag groups shared by `service create` (and, later, `service update`). Every flag is optional:
+//! `apply` changes only the fields whose flag was given, so `create` applies a group to the Swarm
+//! defaults and `update` can apply it to the service's current spec.
+
+use clap::Args;
+use shoal_types::{
+    Constraint, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, GoDuration, HealthConfig, Placement,
+    PlacementPreference, PortConfig, Resources, RestartCondition, RestartPolicy, UpdateConfig, UpdateOrder,
+};
+
+use super::parsers;
+use super::publish::parse_publish;
+
+/// The six fields of an update or rollback config, whichever flag family they came from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UpdateConfigDelta {
+    pub parallelism: Option<u64>,
+    pub delay: Option<GoDuration>,
+    pub failure_action: Option<FailureAction>,
+    pub monitor: Option<GoDuration>,
+    pub max_failure_ratio: Option<f32>,
+    pub order: Option<UpdateOrder>,
+}
+
+impl UpdateConfigDelta {
+    pub fn is_empty(&self) -> bool {
+        *self == UpdateConfigDelta::default()
+    }
+
+    pub fn apply(&self, config: &mut UpdateConfig) {
+        if let Some(v) = self.parallelism {
+            config.parallelism = v;
+        }
+        if let Some(v) = self.delay {
+            config.delay = v;
+        }
+        if let Some(v) = self.failure_action {
+            config.failure_action = v;
+        }
+        if let Some(v) = self.monitor {
+            config.monitor = v;
+        }
+        if let Some(v) = self.max_failure_ratio {
+            config.max_failure_ratio = v;
+        }
+        if let Some(v) = self.order {
+            config.order = v;
+        }
+    }
+}
+
+/// `--update-*`: how a rolling update proceeds.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Update options")]
+pub struct UpdateFlags {
+    /// Maximum number of tasks updated simultaneously (0 to update all at once) [default: 1]
+    #[arg(id = "update-parallelism", long = "update-parallelism", value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub parallelism: Option<u64>,
+    /// Delay between updates (ns|us|ms|s|m|h) [default: 0s]
+    #[arg(id = "update-delay", long = "update-delay", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub delay: Option<GoDuration>,
+    /// Action on update failure [default: pause]
+    #[arg(id = "update-failure-action", long = "update-failure-action", value_name = "ACTION", value_parser = parsers::failure_action())]
+    pub failure_action: Option<FailureAction>,
+    /// Duration after each task update to monitor for failure (ns|us|ms|s|m|h) [default: 5s]
+    #[arg(id = "update-monitor", long = "update-monitor", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub monitor: Option<GoDuration>,
+    /// Failure rate to tolerate during an update, in [0, 1] [default: 0]
+    #[arg(id = "update-max-failure-ratio", long = "update-max-failure-ratio", value_name = "RATIO", value_parser = parsers::ratio, allow_hyphen_values = true)]
+    pub max_failure_ratio: Option<f32>,
+    /// Update order [default: stop-first]
+    #[arg(id = "update-order", long = "update-order", value_name = "ORDER", value_parser = parsers::update_order())]
+    pub order: Option<UpdateOrder>,
+}
+
+impl UpdateFlags {
+    pub fn delta(&self) -> UpdateConfigDelta {
+        UpdateConfigDelta {
+            parallelism: self.parallelism,
+            delay: self.delay,
+            failure_action: self.failure_action,
+            monitor: self.monitor,
+            max_failure_ratio: self.max_failure_ratio,
+            order: self.order,
+        }
+    }
+
+    pub fn apply(&self, config: &mut UpdateConfig) {
+        self.delta().apply(config);
+    }
+}
+
+/// `--rollback-*`: how a rollback proceeds. A rollback's failure action is pause or continue.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Rollback options")]
+pub struct RollbackFlags {
+    /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once) [default: 1]
+    #[arg(id = "rollback-parallelism", long = "rollback-parallelism", value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub parallelism: Option<u64>,
+    /// Delay between task rollbacks (ns|us|ms|s|m|h) [default: 0s]
+    #[arg(id = "rollback-delay", long = "rollback-delay", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub delay: Option<GoDuration>,
+    /// Action on rollback failure [default: pause]
+    #[arg(id = "rollback-failure-action", long = "rollback-failure-action", value_name = "ACTION", value_parser = parsers::rollback_failure_action())]
+    pub failure_action: Option<FailureAction>,
+    /// Duration after each task rollback to monitor for failure (ns|us|ms|s|m|h) [default: 5s]
+    #[arg(id = "rollback-monitor", long = "rollback-monitor", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub monitor: Option<GoDuration>,
+    /// Failure rate to tolerate during a rollback, in [0, 1] [default: 0]
+    #[arg(id = "rollback-max-failure-ratio", long = "rollback-max-failure-ratio", value_name = "RATIO", value_parser = parsers::ratio, allow_hyphen_values = true)]
+    pub max_failure_ratio: Option<f32>,
+    /// Rollback order [default: stop-first]
+    #[arg(id = "rollback-order", long = "rollback-order", value_name = "ORDER", value_parser = parsers::update_order())]
+    pub order: Option<UpdateOrder>,
+}
+
+impl RollbackFlags {
+    pub fn delta(&self) -> UpdateConfigDelta {
+        UpdateConfigDelta {
+            parallelism: self.parallelism,
+            delay: self.delay,
+            failure_action: self.failure_action,
+            monitor: self.monitor,
+            max_failure_ratio: self.max_failure_ratio,
+            order: self.order,
+        }
+    }
+
+    pub fn apply(&self, config: &mut UpdateConfig) {
+        self.delta().apply(config);
+    }
+}
+
+/// `--restart-*`: when and how failed tasks are restarted.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Restart policy options")]
+pub struct RestartFlags {
+    /// Restart when condition is met [default: any]
+    #[arg(id = "restart-condition", long = "restart-condition", value_name = "CONDITION", value_parser = parsers::restart_condition())]
+    pub condition: Option<RestartCondition>,
+    /// Delay between restart attempts (ns|us|ms|s|m|h) [default: 5s]
+    #[arg(id = "restart-delay", long = "restart-delay", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub delay: Option<GoDuration>,
+    /// Maximum number of restarts before giving up (0 = unlimited) [default: 0]
+    #[arg(id = "restart-max-attempts", long = "restart-max-attempts", value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub max_attempts: Option<u64>,
+    /// Window used to evaluate the restart policy (ns|us|ms|s|m|h; 0 = unbounded) [default: 0s]
+    #[arg(id = "restart-window", long = "restart-window", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub window: Option<GoDuration>,
+}
+
+impl RestartFlags {
+    pub fn apply(&self, policy: &mut RestartPolicy) {
+        if let Some(v) = self.condition {
+            policy.condition = v;
+        }
+        if let Some(v) = self.delay {
+            policy.delay = v;
+        }
+        if let Some(v) = self.max_attempts {
+            policy.max_attempts = v;
+        }
+        if let Some(v) = self.window {
+            policy.window = v;
+        }
+    }
+}
+
+/// `--reserve-*` / `--limit-*`: resource reservations and limits.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Resource options")]
+pub struct ResourceFlags {
+    /// Reserve CPUs (e.g. 0.5)
+    #[arg(id = "reserve-cpu", long = "reserve-cpu", value_name = "CPUS", value_parser = parsers::nano_cpus, allow_hyphen_values = true)]
+    pub reserve_cpu: Option<u64>,
+    /// Reserve memory (e.g. 512m, 1GiB)
+    #[arg(id = "reserve-memory", long = "reserve-memory", value_name = "BYTES", value_parser = parsers::memory_bytes, allow_hyphen_values = true)]
+    pub reserve_memory: Option<u64>,
+    /// Limit CPUs (e.g. 0.5)
+    #[arg(id = "limit-cpu", long = "limit-cpu", value_name = "CPUS", value_parser = parsers::nano_cpus, allow_hyphen_values = true)]
+    pub limit_cpu: Option<u64>,
+    /// Limit memory (e.g. 512m, 1GiB)
+    #[arg(id = "limit-memory", long = "limit-memory", value_name = "BYTES", value_parser = parsers::memory_bytes, allow_hyphen_values = true)]
+    pub limit_memory: Option<u64>,
+    /// Limit the number of processes (0 = unlimited)
+    #[arg(id = "limit-pids", long = "limit-pids", value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub limit_pids: Option<u64>,
+}
+
+impl ResourceFlags {
+    pub fn apply(&self, resources: &mut Resources) {
+        if let Some(v) = self.reserve_cpu {
+            resources.reservations.nano_cpus = v;
+        }
+        if let Some(v) = self.reserve_memory {
+            resources.reservations.memory_bytes = v;
+        }
+        if let Some(v) = self.limit_cpu {
+            resources.limits.nano_cpus = v;
+        }
+        if let Some(v) = self.limit_memory {
+            resources.limits.memory_bytes = v;
+        }
+        if let Some(v) = self.limit_pids {
+            resources.limits.pids = v;
+        }
+    }
+}
+
+/// Placement: constraints, preferences and the per-node replica cap. (`service update` will want
+/// `--constraint-add/-rm` and `--placement-pref-add/-rm` instead of the two list flags.)
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Placement options")]
+pub struct PlacementFlags {
+    /// Placement constraint, e.g. node.labels.zone==east or node.role!=manager (repeatable)
+    #[arg(id = "constraint", long = "constraint", value_name = "EXPR", value_parser = parsers::constraint)]
+    pub constraints: Vec<Constraint>,
+    /// Placement preference, e.g. spread=node.labels.zone (repeatable)
+    #[arg(id = "placement-pref", long = "placement-pref", value_name = "PREF", value_parser = parsers::placement_pref)]
+    pub preferences: Vec<PlacementPreference>,
+    /// Maximum number of tasks per node (0 = unlimited) [default: 0]
+    #[arg(id = "replicas-max-per-node", long = "replicas-max-per-node", value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub max_replicas_per_node: Option<u64>,
+}
+
+impl PlacementFlags {
+    pub fn apply(&self, placement: &mut Placement) {
+        placement.constraints.extend(self.constraints.iter().cloned());
+        placement.preferences.extend(self.preferences.iter().cloned());
+        if let Some(v) = self.max_replicas_per_node {
+            placement.max_replicas_per_node = v;
+        }
+    }
+}
+
+/// `--health-*` / `--no-healthcheck`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Health check options")]
+pub struct HealthFlags {
+    /// Command to run to check health (run through a shell)
+    #[arg(id = "health-cmd", long = "health-cmd", value_name = "CMD")]
+    pub cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h)
+    #[arg(id = "health-interval", long = "health-interval", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub interval: Option<GoDuration>,
+    /// Maximum time to allow one check to run (ms|s|m|h)
+    #[arg(id = "health-timeout", long = "health-timeout", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub timeout: Option<GoDuration>,
+    /// Consecutive failures needed to report unhealthy
+    #[arg(id = "health-retries", long = "health-retries", value_name = "N", value_parser = parsers::count_u32, allow_hyphen_values = true)]
+    pub retries: Option<u32>,
+    /// Start period for the container to initialize before counting retries towards unstable (ms|s|m|h)
+    #[arg(id = "health-start-period", long = "health-start-period", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub start_period: Option<GoDuration>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(
+        id = "no-healthcheck", long = "no-healthcheck",
+        conflicts_with_all = ["health-cmd", "health-interval", "health-timeout", "health-retries", "health-start-period"]
+    )]
+    pub no_healthcheck: bool,
+}
+
+impl HealthFlags {
+    fn has_settings(&self) -> bool {
+        self.cmd.is_some()
+            || self.interval.is_some()
+            || self.timeout.is_some()
+            || self.retries.is_some()
+            || self.start_period.is_some()
+    }
+
+    /// Docker's rule: `--no-healthcheck` sets the test to `["NONE"]`; any `--health-*` flag makes a
+    /// health config (a `--health-cmd` becomes `["CMD-SHELL", cmd]`, otherwise the image's test
+    /// is kept) with the given fields changed.
+    pub fn apply(&self, health: &mut Option<HealthConfig>) {
+        if self.no_healthcheck {
+            *health = Some(HealthConfig { test: vec!["NONE".to_string()], ..HealthConfig::default() });
+            return;
+        }
+        if !self.has_settings() {
+            return;
+        }
+        let config = health.get_or_insert_with(HealthConfig::default);
+        if config.test.first().map(String::as_str) == Some("NONE") {
+            config.test.clear();
+        }
+        if let Some(cmd) = &self.cmd {
+            config.test = vec!["CMD-SHELL".to_string(), cmd.clone()];
+        }
+        if let Some(v) = self.interval {
+            config.interval = v;
+        }
+        if let Some(v) = self.timeout {
+            config.timeout = v;
+        }
+        if let Some(v) = self.retries {
+            config.retries = v;
+        }
+        if let Some(v) = self.start_period {
+            config.start_period = v;
+        }
+    }
+}
+
+/// Container settings given at creation.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Container options")]
+pub struct ContainerFlags {
+    /// Set environment variables, KEY=VALUE (repeatable)
+    #[arg(short = 'e', id = "env", long = "env", value_name = "KEY=VALUE", value_parser = parsers::env_var)]
+    pub env: Vec<String>,
+    /// Container labels, key=value (repeatable)
+    #[arg(id = "container-label", long = "container-label", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Container hostname
+    #[arg(id = "hostname", long = "hostname", value_name = "HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', id = "user", long = "user", value_name = "USER", value_parser = parsers::non_empty)]
+    pub user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', id = "workdir", long = "workdir", value_name = "DIR", value_parser = parsers::non_empty)]
+    pub workdir: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image (split on white space)
+    #[arg(id = "entrypoint", long = "entrypoint", value_name = "CMD", allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// Time to wait before force killing a container (ns|us|ms|s|m|h) [default: 10s]
+    #[arg(id = "stop-grace-period", long = "stop-grace-period", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub stop_grace_period: Option<GoDuration>,
+    /// Signal to stop the container
+    #[arg(id = "stop-signal", long = "stop-signal", value_name = "SIGNAL", value_parser = parsers::non_empty)]
+    pub stop_signal: Option<String>,
+}
+
+impl ContainerFlags {
+    pub fn apply(&self, container: &mut ContainerSpec) {
+        container.env.extend(self.env.iter().cloned());
+        for (key, value) in &self.labels {
+            container.labels.insert(key.clone(), value.clone());
+        }
+        if let Some(v) = &self.hostname {
+            container.hostname = Some(v.clone());
+        }
+        if let Some(v) = &self.user {
+            container.user = Some(v.clone());
+        }
+        if let Some(v) = &self.workdir {
+            container.workdir = Some(v.clone());
+        }
+        if let Some(v) = &self.entrypoint {
+            container.command = v.split_whitespace().map(str::to_string).collect();
+        }
+        if let Some(v) = self.stop_grace_period {
+            container.stop_grace_period = v;
+        }
+        if let Some(v) = &self.stop_signal {
+            container.stop_signal = Some(v.clone());
+        }
+    }
+}
+
+/// Published ports and the endpoint mode.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Endpoint options")]
+pub struct EndpointFlags {
+    /// Publish a port: [published:]target[/protocol] or mode=host,target=80,published=8080,protocol=tcp (repeatable)
+    #[arg(short = 'p', id = "publish", long = "publish", value_name = "PORT", value_parser = parse_publish)]
+    pub publish: Vec<PortConfig>,
+    /// Endpoint mode [default: vip]
+    #[arg(id = "endpoint-mode", long = "endpoint-mode", value_name = "MODE", value_parser = parsers::endpoint_mode())]
+    pub endpoint_mode: Option<EndpointMode>,
+}
+
+impl EndpointFlags {
+    pub fn apply(&self, endpoint: &mut EndpointSpec) {
+        endpoint.ports.extend(self.publish.iter().cloned());
+        if let Some(v) = self.endpoint_mode {
+            endpoint.mode = v;
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The command line: clap definitions and the pure conversions from flags to specs.
+
+pub mod flags;
+pub mod node;
+pub mod parsers;
+pub mod publish;
+pub mod service;
+
+use std::ffi::OsString;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+pub use node::{ClusterCommand, ClusterInfoArgs, NodeCommand, NodeDemoteArgs, NodeInspectArgs, NodeRmArgs};
+pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
+
+/// Where the CLI looks for a manager when neither `--host` nor `SHOAL_HOST` is given.
+pub const DEFAULT_HOST: &str = "127.0.0.1:4242";
+
+/// shoal: a Docker-Swarm-style container orchestrator.
+#[derive(Parser, Clone, Debug, PartialEq)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Manager address (host:port, or a URL such as http://host:port)
+    #[arg(short = 'H', long, global = true, env = "SHOAL_HOST", default_value = DEFAULT_HOST, value_name = "ADDR")]
+    pub host: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Manage services
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Manage nodes
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Show cluster-wide information
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListFormat {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InspectFormat {
+    #[default]
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InfoFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// Parses the arguments and checks flag combinations clap cannot express. Every refusal is a
+    /// clap error (usage, exit code 2); `--help` and `--version` are clap "errors" too (exit 0).
+    pub fn parse_checked<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        if let Command::Service(ServiceCommand::Create(create)) = &cli.command
+            && let Err(message) = create.check_usage()
+        {
+            let kind =
+                if create.unknown_flag().is_some() { ErrorKind::UnknownArgument } else { ErrorKind::ArgumentConflict };
+            return Err(usage_error(&["service", "create"], kind, message));
+        }
+        Ok(cli)
+    }
+}
+
+/// A clap error rendered with the usage of the subcommand at `path`.
+pub fn usage_error(path: &[&str], kind: ErrorKind, message: impl std::fmt::Display) -> clap::Error {
+    let mut root = Cli::command();
+    root.build();
+    error_at(&mut root, path, kind, message)
+}
+
+fn error_at(cmd: &mut clap::Command, path: &[&str], kind: ErrorKind, message: impl std::fmt::Display) -> clap::Error {
+    if let Some((first, rest)) = path.split_first()
+        && let Some(sub) = cmd.find_subcommand_mut(first)
+    {
+        return error_at(sub, rest, kind, message);
+    }
+    cmd.error(kind, message)
+}
+
+#[cfg(test)]
+mod tests;

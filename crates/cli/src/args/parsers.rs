@@ -1,0 +1,191 @@
+//! clap value parsers. Each one refuses a bad value with a reason; clap adds the flag and the
+//! value, so the user sees `error: invalid value 'abc' for '--update-delay <DURATION>': <reason>`
+//! (exit code 2) and nothing is sent to a manager.
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use shoal_types::units::{parse_memory_bytes, parse_nano_cpus};
+use shoal_types::{
+    Constraint, EndpointMode, FailureAction, GoDuration, PlacementPreference, RestartCondition, UpdateOrder,
+};
+
+/// A Go-style duration (`5s`, `1m30s`, `0`); negative durations are refused.
+pub fn duration(text: &str) -> Result<GoDuration, String> {
+    GoDuration::parse(text).map_err(|e| e.to_string())
+}
+
+/// A non-negative whole number (replicas, parallelism, attempts, pids).
+pub fn count(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err("must not be negative (expected a whole number >= 0)".to_string());
+    }
+    t.parse::<u64>().map_err(|_| "expected a whole number >= 0".to_string())
+}
+
+/// A non-negative whole number that fits in 32 bits (health retries).
+pub fn count_u32(text: &str) -> Result<u32, String> {
+    let n = count(text)?;
+    u32::try_from(n).map_err(|_| format!("must be at most {}", u32::MAX))
+}
+
+/// A failure ratio in [0, 1].
+pub fn ratio(text: &str) -> Result<f32, String> {
+    let value: f32 = text.trim().parse().map_err(|_| "expected a number between 0 and 1".to_string())?;
+    if !value.is_finite() || !(0.0..=1.0).contains(&value) {
+        return Err(format!("{value} is outside [0, 1]"));
+    }
+    Ok(value)
+}
+
+/// CPUs as a decimal (`0.5`), returned in nano-CPUs.
+pub fn nano_cpus(text: &str) -> Result<u64, String> {
+    parse_nano_cpus(text).map_err(|e| e.to_string())
+}
+
+/// A memory size (`512m`, `1GiB`), returned in bytes.
+pub fn memory_bytes(text: &str) -> Result<u64, String> {
+    parse_memory_bytes(text).map_err(|e| e.to_string())
+}
+
+pub fn constraint(text: &str) -> Result<Constraint, String> {
+    Constraint::parse(text).map_err(|e| e.to_string())
+}
+
+pub fn placement_pref(text: &str) -> Result<PlacementPreference, String> {
+    PlacementPreference::parse(text).map_err(|e| e.to_string())
+}
+
+/// A service name as Swarm allows it (letters, digits, `-`, `_`; at most 63 characters).
+pub fn service_name(text: &str) -> Result<String, String> {
+    shoal_types::validate_name("name", text).map_err(|e| e.message)?;
+    Ok(text.to_string())
+}
+
+/// `key=value` or a bare `key` (empty value), as docker's `--label`.
+pub fn key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').unwrap_or((text, ""));
+    if key.trim().is_empty() {
+        return Err("expected key=value with a non-empty key".to_string());
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// `KEY=VALUE`; a bare `KEY` takes its value from the CLI's environment when set there (docker
+/// does the same), otherwise it is kept as given.
+pub fn env_var(text: &str) -> Result<String, String> {
+    let key = text.split('=').next().unwrap_or_default();
+    if key.is_empty() || key.chars().any(char::is_whitespace) {
+        return Err("expected KEY=VALUE with a non-empty key without spaces".to_string());
+    }
+    if !text.contains('=')
+        && let Ok(value) = std::env::var(key)
+    {
+        return Ok(format!("{key}={value}"));
+    }
+    Ok(text.to_string())
+}
+
+/// A string that must not be empty (or only white space).
+pub fn non_empty(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    Ok(text.to_string())
+}
+
+/// `--update-failure-action`: pause, continue or rollback.
+pub fn failure_action() -> impl TypedValueParser<Value = FailureAction> {
+    PossibleValuesParser::new(["pause", "continue", "rollback"]).try_map(|s| to_failure_action(&s))
+}
+
+/// `--rollback-failure-action`: pause or continue (a rollback is never rolled back).
+pub fn rollback_failure_action() -> impl TypedValueParser<Value = FailureAction> {
+    PossibleValuesParser::new(["pause", "continue"]).try_map(|s| to_failure_action(&s))
+}
+
+fn to_failure_action(s: &str) -> Result<FailureAction, String> {
+    match s {
+        "pause" => Ok(FailureAction::Pause),
+        "continue" => Ok(FailureAction::Continue),
+        "rollback" => Ok(FailureAction::Rollback),
+        other => Err(format!("unknown failure action {other:?}")),
+    }
+}
+
+pub fn update_order() -> impl TypedValueParser<Value = UpdateOrder> {
+    PossibleValuesParser::new(["start-first", "stop-first"]).try_map(|s| match s.as_str() {
+        "start-first" => Ok(UpdateOrder::StartFirst),
+        "stop-first" => Ok(UpdateOrder::StopFirst),
+        other => Err(format!("unknown order {other:?}")),
+    })
+}
+
+pub fn restart_condition() -> impl TypedValueParser<Value = RestartCondition> {
+    PossibleValuesParser::new(["none", "on-failure", "any"]).try_map(|s| match s.as_str() {
+        "none" => Ok(RestartCondition::None),
+        "on-failure" => Ok(RestartCondition::OnFailure),
+        "any" => Ok(RestartCondition::Any),
+        other => Err(format!("unknown restart condition {other:?}")),
+    })
+}
+
+pub fn endpoint_mode() -> impl TypedValueParser<Value = EndpointMode> {
+    PossibleValuesParser::new(["vip", "dnsrr"]).try_map(|s| match s.as_str() {
+        "vip" => Ok(EndpointMode::Vip),
+        "dnsrr" => Ok(EndpointMode::Dnsrr),
+        other => Err(format!("unknown endpoint mode {other:?}")),
+    })
+}
+
+/// The service mode accepted by `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeKind {
+    Replicated,
+    Global,
+}
+
+pub fn mode() -> impl TypedValueParser<Value = ModeKind> {
+    PossibleValuesParser::new(["replicated", "global"]).try_map(|s| match s.as_str() {
+        "replicated" => Ok(ModeKind::Replicated),
+        "global" => Ok(ModeKind::Global),
+        other => Err(format!("unknown mode {other:?}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts() {
+        assert_eq!(count("3"), Ok(3));
+        assert_eq!(count("0"), Ok(0));
+        assert!(count("-1").unwrap_err().contains("negative"));
+        assert!(count("two").is_err());
+        assert!(count("1.5").is_err());
+        assert!(count_u32("4294967296").is_err());
+    }
+
+    #[test]
+    fn ratios() {
+        assert_eq!(ratio("0"), Ok(0.0));
+        assert_eq!(ratio("0.25"), Ok(0.25));
+        assert_eq!(ratio("1"), Ok(1.0));
+        assert_eq!(ratio("2").unwrap_err(), "2 is outside [0, 1]");
+        assert!(ratio("-0.1").is_err());
+        assert!(ratio("NaN").is_err());
+        assert!(ratio("half").is_err());
+    }
+
+    #[test]
+    fn key_values_and_env() {
+        assert_eq!(key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(key_value("flag"), Ok(("flag".into(), String::new())));
+        assert!(key_value("=x").is_err());
+        assert_eq!(env_var("A=1"), Ok("A=1".into()));
+        assert_eq!(env_var("A="), Ok("A=".into()));
+        assert_eq!(env_var("SHOAL_CLI_SURELY_UNSET_VAR"), Ok("SHOAL_CLI_SURELY_UNSET_VAR".into()));
+        assert!(env_var("=1").is_err());
+        assert!(env_var("A B=1").is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! `shoal service …` arguments and the pure flag → `ServiceSpec` conversion.
+
+use clap::{Args, Subcommand};
+use shoal_types::{ServiceMode, ServiceSpec};
+
+use super::flags::{
+    ContainerFlags, EndpointFlags, HealthFlags, PlacementFlags, ResourceFlags, RestartFlags, RollbackFlags, UpdateFlags,
+};
+use super::parsers::{self, ModeKind};
+use super::{InspectFormat, ListFormat};
+use crate::names;
+
+#[derive(Subcommand, Clone, Debug, PartialEq)]
+pub enum ServiceCommand {
+    /// Create a new service
+    #[command(override_usage = "shoal service create [OPTIONS] IMAGE [COMMAND] [ARG...]")]
+    Create(Box<CreateArgs>),
+    /// List services
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// Display detailed information on one or more services
+    Inspect(InspectArgs),
+    /// Remove one or more services
+    #[command(visible_alias = "remove")]
+    Rm(RmArgs),
+}
+
+/// `shoal service create [OPTIONS] IMAGE [COMMAND] [ARG...]`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct CreateArgs {
+    /// Service name [default: a generated adjective_surname]
+    #[arg(long, value_name = "NAME", value_parser = parsers::service_name)]
+    pub name: Option<String>,
+    /// Service mode [default: replicated]
+    #[arg(long, value_name = "MODE", value_parser = parsers::mode())]
+    pub mode: Option<ModeKind>,
+    /// Number of tasks (replicated mode only) [default: 1]
+    #[arg(long, value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub replicas: Option<u64>,
+    /// Service labels, key=value (repeatable)
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Exit immediately instead of waiting for the service to converge (creation returns at once for now)
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Suppress progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub container: ContainerFlags,
+    #[command(flatten)]
+    pub resources: ResourceFlags,
+    #[command(flatten)]
+    pub placement: PlacementFlags,
+    #[command(flatten)]
+    pub restart: RestartFlags,
+    #[command(flatten)]
+    pub health: HealthFlags,
+    #[command(flatten)]
+    pub update: UpdateFlags,
+    #[command(flatten)]
+    pub rollback: RollbackFlags,
+    #[command(flatten)]
+    pub endpoint: EndpointFlags,
+
+    /// The image, then optionally the command and its arguments (everything after IMAGE is passed on)
+    #[arg(
+        value_name = "IMAGE",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub image_and_args: Vec<String>,
+}
+
+pub const REPLICAS_WITH_GLOBAL: &str = "replicas can only be used with replicated mode";
+
+impl CreateArgs {
+    /// Flag combinations clap cannot express; reported as usage errors (exit code 2).
+    pub fn check_usage(&self) -> Result<(), String> {
+        if let Some(flag) = self.unknown_flag() {
+            return Err(format!("unexpected argument '{flag}' found"));
+        }
+        if self.mode == Some(ModeKind::Global) && self.replicas.is_some() {
+            return Err(REPLICAS_WITH_GLOBAL.to_string());
+        }
+        Ok(())
+    }
+
+    /// Everything from the first positional on is the image and its command (docker does not
+    /// intersperse flags there), so a mistyped flag before the image would be taken for the
+    /// image. No image reference starts with `-`: report it as the unknown flag it is.
+    pub fn unknown_flag(&self) -> Option<&str> {
+        self.image_and_args.first().map(String::as_str).filter(|first| first.starts_with('-'))
+    }
+
+    /// The spec to create; a generated name is used when `--name` was not given.
+    pub fn to_spec(&self) -> Result<ServiceSpec, String> {
+        let name = self.name.clone().unwrap_or_else(names::generate);
+        self.to_spec_named(name)
+    }
+
+    /// The spec to create with the given name: Swarm's defaults, changed only where a flag was given.
+    pub fn to_spec_named(&self, name: String) -> Result<ServiceSpec, String> {
+        self.check_usage()?;
+        let (image, args) = self.image_and_args.split_first().ok_or_else(|| "an image is required".to_string())?;
+        let mut spec = ServiceSpec::new(name, image.clone());
+        spec.mode = match self.mode {
+            Some(ModeKind::Global) => ServiceMode::Global,
+            Some(ModeKind::Replicated) | None => match self.replicas {
+                Some(replicas) => ServiceMode::Replicated { replicas },
+                None => ServiceMode::default(),
+            },
+        };
+        for (key, value) in &self.labels {
+            spec.labels.insert(key.clone(), value.clone());
+        }
+        let task = &mut spec.task;
+        task.container.args = args.to_vec();
+        self.container.apply(&mut task.container);
+        self.health.apply(&mut task.container.healthcheck);
+        self.resources.apply(&mut task.resources);
+        self.placement.apply(&mut task.placement);
+        self.restart.apply(&mut task.restart_policy);
+        self.update.apply(&mut spec.update_config);
+        self.rollback.apply(&mut spec.rollback_config);
+        self.endpoint.apply(&mut spec.endpoint);
+        Ok(spec)
+    }
+}
+
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct ListArgs {
+    /// Only display IDs
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Output format: a table, or a pretty-printed JSON array of the objects
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct InspectArgs {
+    /// Print the information in a human friendly format
+    #[arg(long, conflicts_with = "format")]
+    pub pretty: bool,
+    /// Output format (a pretty-printed JSON array, the default)
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub format: Option<InspectFormat>,
+    /// Service id, name or id prefix
+    #[arg(value_name = "SERVICE", required = true, num_args = 1..)]
+    pub services: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct RmArgs {
+    /// Service id, name or id prefix
+    #[arg(value_name = "SERVICE", required = true, num_args = 1..)]
+    pub services: Vec<String>,
+}

@@ -1,0 +1,186 @@
+//! A thin typed wrapper over the generated Control client: objects are decoded from the JSON the
+//! manager sends, errors become [`CliError`]s.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::control_client::ControlClient;
+use shoal_types::{ClusterInfo, Node, Service, ServiceSpec, Task};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{CliError, error_chain};
+
+/// How long a TCP connect may take before the manager is reported unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The whole connection set-up (TCP and HTTP/2 handshake) is bounded by this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each call must be answered within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `host:port` becomes `http://host:port`; anything with a scheme is used as given.
+pub fn endpoint_uri(addr: &str) -> String {
+    if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+}
+
+pub struct Client {
+    inner: ControlClient<Channel>,
+    addr: String,
+}
+
+impl Client {
+    /// Connects eagerly so a dead address fails fast with one clear line.
+    pub async fn connect(addr: &str) -> Result<Client, CliError> {
+        let unreachable = |reason: String| CliError::Unreachable { addr: addr.to_string(), reason };
+        let endpoint = Endpoint::from_shared(endpoint_uri(addr))
+            .map_err(|e| unreachable(format!("invalid address: {}", error_chain(&e))))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        let channel = match tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
+            Err(_) => {
+                return Err(unreachable(format!("no answer within {}s", HANDSHAKE_TIMEOUT.as_secs())));
+            }
+        };
+        Ok(Client { inner: ControlClient::new(channel), addr: addr.to_string() })
+    }
+
+    pub async fn create_service(&mut self, spec: &ServiceSpec) -> Result<Service, CliError> {
+        let spec_json = encode(spec)?;
+        let reply = self
+            .inner
+            .create_service(pb::CreateServiceRequest { spec_json })
+            .await
+            .map_err(|s| failed(&self.addr, s))?
+            .into_inner();
+        decode("service", &reply.service_json)
+    }
+
+    pub async fn get_service(&mut self, service: &str) -> Result<Service, CliError> {
+        let request = pb::GetServiceRequest { service: service.to_string() };
+        let reply = self
+            .inner
+            .get_service(request)
+            .await
+            .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?;
+        decode("service", &reply.into_inner().service_json)
+    }
+
+    pub async fn list_services(&mut self) -> Result<Vec<Service>, CliError> {
+        let reply =
+            self.inner.list_services(pb::ListServicesRequest {}).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+        reply.services_json.iter().map(|json| decode("service", json)).collect()
+    }
+
+    /// Removes a service and returns its id.
+    pub async fn remove_service(&mut self, service: &str) -> Result<String, CliError> {
+        let request = pb::RemoveServiceRequest { service: service.to_string() };
+        let reply = self
+            .inner
+            .remove_service(request)
+            .await
+            .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?;
+        Ok(reply.into_inner().id)
+    }
+
+    /// Tasks, optionally only those of one service and/or one node (empty = all).
+    pub async fn list_tasks(&mut self, service: &str, node: &str) -> Result<Vec<Task>, CliError> {
+        let request = pb::ListTasksRequest { service: service.to_string(), node: node.to_string() };
+        let reply = self.inner.list_tasks(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+        reply.tasks_json.iter().map(|json| decode("task", json)).collect()
+    }
+
+    pub async fn list_nodes(&mut self) -> Result<Vec<Node>, CliError> {
+        let reply =
+            self.inner.list_nodes(pb::ListNodesRequest {}).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+        reply.nodes_json.iter().map(|json| decode("node", json)).collect()
+    }
+
+    pub async fn get_node(&mut self, node: &str) -> Result<Node, CliError> {
+        let request = pb::GetNodeRequest { node: node.to_string() };
+        let reply = self.inner.get_node(request).await.map_err(|s| failed(&self.addr, s).not_found_as("node", node))?;
+        decode("node", &reply.into_inner().node_json)
+    }
+
+    /// Removes a node and returns its id.
+    pub async fn remove_node(&mut self, node: &str, force: bool) -> Result<String, CliError> {
+        let request = pb::RemoveNodeRequest { node: node.to_string(), force };
+        let reply =
+            self.inner.remove_node(request).await.map_err(|s| failed(&self.addr, s).not_found_as("node", node))?;
+        Ok(reply.into_inner().id)
+    }
+
+    pub async fn demote_node(&mut self, node: &str) -> Result<Node, CliError> {
+        let request = pb::DemoteNodeRequest { node: node.to_string() };
+        let reply =
+            self.inner.demote_node(request).await.map_err(|s| failed(&self.addr, s).not_found_as("node", node))?;
+        decode("node", &reply.into_inner().node_json)
+    }
+
+    /// The leader's view, or with `local` the contacted manager's own.
+    pub async fn cluster_info(&mut self, local: bool) -> Result<ClusterInfo, CliError> {
+        let reply = self
+            .inner
+            .cluster_info(pb::ClusterInfoRequest { local })
+            .await
+            .map_err(|s| failed(&self.addr, s))?
+            .into_inner();
+        decode("cluster info", &reply.info_json)
+    }
+}
+
+/// A failed call as a [`CliError`]; tonic's bare "Timeout expired" says which manager and how long.
+fn failed(addr: &str, status: tonic::Status) -> CliError {
+    if status.message() == "Timeout expired" {
+        return CliError::Message(format!(
+            "the manager at {addr} did not answer within {}s",
+            REQUEST_TIMEOUT.as_secs()
+        ));
+    }
+    CliError::from(status)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
+    serde_json::to_string(value).map_err(|e| CliError::Message(format!("cannot encode the request: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, CliError> {
+    serde_json::from_str(json)
+        .map_err(|e| CliError::Message(format!("cannot decode the {what} sent by the manager: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_become_http_uris() {
+        assert_eq!(endpoint_uri("127.0.0.1:4242"), "http://127.0.0.1:4242");
+        assert_eq!(endpoint_uri("https://m1:4242"), "https://m1:4242");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_fast_with_a_clear_line() {
+        // Bind then drop a listener so the port is (almost certainly) closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let err = match Client::connect(&addr).await {
+            Ok(_) => panic!("connected to a closed port"),
+            Err(e) => e,
+        };
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("cannot reach a manager at {addr}: ")), "{text}");
+        assert!(text.ends_with("(is shoal-manager running? use --host or SHOAL_HOST)"), "{text}");
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_address_is_reported_as_unreachable() {
+        let err = match Client::connect("not a host").await {
+            Ok(_) => panic!("connected to a malformed address"),
+            Err(e) => e,
+        };
+        assert!(err.to_string().starts_with("cannot reach a manager at not a host: invalid address"), "{err}");
+    }
+}

@@ -1,0 +1,443 @@
+//! Pure renderers: objects in, text out. Tables are laid out like docker's (Go's tabwriter with
+//! minimum cell width 10 and padding 3; trailing blanks trimmed).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use shoal_types::units::format_bytes;
+use shoal_types::{
+    ClusterInfo, EndpointMode, HealthConfig, ManagerRef, Node, NodeState, PublishMode, ResourceAmounts, Service,
+    ServiceMode, Task, TaskState, UpdateConfig,
+};
+
+use crate::args::publish::format_port;
+use crate::timefmt::format_timestamp;
+
+const MIN_CELL_WIDTH: usize = 10;
+const PADDING: usize = 3;
+
+/// Lays out rows under a header like `docker … ls`: every column but the last is padded to
+/// max(10, widest cell + 3) characters.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let columns = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(columns) {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate().take(columns) {
+            line.push_str(cell);
+            if i + 1 < columns {
+                let width = (widths[i] + PADDING).max(MIN_CELL_WIDTH);
+                let pad = width.saturating_sub(cell.chars().count());
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A JSON array of the objects, pretty-printed (what `--format json` and `inspect` print).
+pub fn json_array<T: Serialize>(items: &[T]) -> String {
+    match serde_json::to_string_pretty(items) {
+        Ok(mut text) => {
+            text.push('\n');
+            text
+        }
+        Err(e) => format!("[]\n// cannot encode as JSON: {e}\n"),
+    }
+}
+
+/// One object, pretty-printed JSON.
+pub fn json_object<T: Serialize>(item: &T) -> String {
+    match serde_json::to_string_pretty(item) {
+        Ok(mut text) => {
+            text.push('\n');
+            text
+        }
+        Err(e) => format!("{{}}\n// cannot encode as JSON: {e}\n"),
+    }
+}
+
+/// `ready` → `Ready`, `on-failure` → `On-failure`.
+pub fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Services sorted by name, as `service ls` lists them.
+pub fn sort_services(services: &[Service]) -> Vec<&Service> {
+    let mut sorted: Vec<&Service> = services.iter().collect();
+    sorted.sort_by(|a, b| a.spec.name.cmp(&b.spec.name).then_with(|| a.id.cmp(&b.id)));
+    sorted
+}
+
+/// Nodes sorted by hostname, as `node ls` lists them.
+pub fn sort_nodes(nodes: &[Node]) -> Vec<&Node> {
+    let mut sorted: Vec<&Node> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.description.hostname.cmp(&b.description.hostname).then_with(|| a.id.cmp(&b.id)));
+    sorted
+}
+
+/// `service ls`'s REPLICAS: `<running>/<desired>`, docker's way. Tasks on nodes known to be down
+/// are not counted. Replicated: desired = replicas; global: desired = tasks whose desired state is
+/// running. ` (max N per node)` is appended when the per-node cap is set.
+pub fn replicas_column(service: &Service, tasks: &[Task], nodes: &[Node]) -> String {
+    let down: BTreeSet<&str> =
+        nodes.iter().filter(|n| n.status.state == NodeState::Down).map(|n| n.id.as_str()).collect();
+    let counted = || tasks.iter().filter(|t| t.service_id == service.id && !down.contains(t.node_id.as_str()));
+    let running = counted().filter(|t| t.status.state == TaskState::Running).count();
+    let desired = match service.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas.to_string(),
+        ServiceMode::Global => counted().filter(|t| t.desired_state == TaskState::Running).count().to_string(),
+    };
+    let mut text = format!("{running}/{desired}");
+    let max = service.spec.task.placement.max_replicas_per_node;
+    if max > 0 {
+        let _ = write!(text, " (max {max} per node)");
+    }
+    text
+}
+
+/// `service ls`'s PORTS: published ports as `*:8080->80/tcp`, comma separated. Ports without a
+/// published number (the cluster would choose one) are left out.
+pub fn ports_column(service: &Service) -> String {
+    service.spec.endpoint.ports.iter().filter(|p| p.published != 0).map(format_port).collect::<Vec<_>>().join(", ")
+}
+
+/// `shoal service ls`: `ID  NAME  MODE  REPLICAS  IMAGE  PORTS`, sorted by name.
+pub fn service_table(services: &[Service], tasks: &[Task], nodes: &[Node]) -> String {
+    let rows: Vec<Vec<String>> = sort_services(services)
+        .into_iter()
+        .map(|s| {
+            vec![
+                s.short_id().to_string(),
+                s.spec.name.clone(),
+                s.spec.mode.as_str().to_string(),
+                replicas_column(s, tasks, nodes),
+                s.spec.task.container.image.clone(),
+                ports_column(s),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows)
+}
+
+/// `service ls -q`: short ids, one a line, in table order.
+pub fn service_ids(services: &[Service]) -> String {
+    sort_services(services).into_iter().map(|s| format!("{}\n", s.short_id())).collect()
+}
+
+/// `node ls`'s MANAGER STATUS: `Leader`, `Reachable`, `Unreachable`; empty for workers.
+pub fn manager_status(node: &Node) -> String {
+    match &node.manager {
+        None => String::new(),
+        Some(m) if m.leader => "Leader".to_string(),
+        Some(m) => m.reachability.as_deref().map(capitalize).unwrap_or_default(),
+    }
+}
+
+/// The address a node is reached at: its manager address, else the one it reported.
+pub fn node_address(node: &Node) -> &str {
+    match &node.manager {
+        Some(m) if !m.addr.is_empty() => &m.addr,
+        _ => &node.status.addr,
+    }
+}
+
+/// `shoal node ls`: `ID  HOSTNAME  STATUS  AVAILABILITY  MANAGER STATUS  ADDRESS`, sorted by hostname.
+pub fn node_table(nodes: &[Node]) -> String {
+    let rows: Vec<Vec<String>> = sort_nodes(nodes)
+        .into_iter()
+        .map(|n| {
+            vec![
+                n.id.clone(),
+                n.description.hostname.clone(),
+                capitalize(n.status.state.as_str()),
+                capitalize(n.spec.availability.as_str()),
+                manager_status(n),
+                node_address(n).to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ADDRESS"], &rows)
+}
+
+/// `node ls -q`: full ids, one a line, in table order.
+pub fn node_ids(nodes: &[Node]) -> String {
+    sort_nodes(nodes).into_iter().map(|n| format!("{}\n", n.id)).collect()
+}
+
+/// Key/value lines with values aligned in one column, like docker's `--pretty` output.
+struct Pretty {
+    out: String,
+}
+
+const KEY_WIDTH: usize = 24;
+
+impl Pretty {
+    fn new() -> Self {
+        Pretty { out: String::new() }
+    }
+
+    /// `key:` at `indent`, then the value in the value column.
+    fn kv(&mut self, indent: usize, key: &str, value: impl std::fmt::Display) {
+        let label = format!("{:indent$}{key}:", "");
+        let pad = KEY_WIDTH.saturating_sub(label.chars().count()).max(1);
+        let line = format!("{label}{:pad$}{value}", "");
+        self.out.push_str(line.trim_end());
+        self.out.push('\n');
+    }
+
+    /// A section heading (`key:` alone).
+    fn heading(&mut self, indent: usize, key: &str) {
+        let _ = writeln!(self.out, "{:indent$}{key}:", "");
+    }
+
+    /// A free line at `indent`.
+    fn line(&mut self, indent: usize, text: impl std::fmt::Display) {
+        let _ = writeln!(self.out, "{:indent$}{text}", "");
+    }
+}
+
+fn cpus(nano: u64) -> String {
+    format!("{}", nano as f64 / 1e9)
+}
+
+fn or_none(items: &[String]) -> String {
+    if items.is_empty() { "none".to_string() } else { items.join(", ") }
+}
+
+fn update_config_lines(p: &mut Pretty, heading: &str, order_key: &str, config: &UpdateConfig) {
+    p.heading(0, heading);
+    p.kv(1, "Parallelism", config.parallelism);
+    p.kv(1, "Delay", config.delay);
+    p.kv(1, "On failure", config.failure_action.as_str());
+    p.kv(1, "Monitoring Period", config.monitor);
+    p.kv(1, "Max failure ratio", config.max_failure_ratio);
+    p.kv(1, order_key, config.order.as_str());
+}
+
+fn resource_lines(p: &mut Pretty, heading: &str, amounts: &ResourceAmounts, pids: bool) {
+    if amounts.nano_cpus == 0 && amounts.memory_bytes == 0 && (!pids || amounts.pids == 0) {
+        return;
+    }
+    p.heading(1, heading);
+    if amounts.nano_cpus != 0 {
+        p.kv(2, "CPU", cpus(amounts.nano_cpus));
+    }
+    if amounts.memory_bytes != 0 {
+        p.kv(2, "Memory", format_bytes(amounts.memory_bytes));
+    }
+    if pids && amounts.pids != 0 {
+        p.kv(2, "PIDs", amounts.pids);
+    }
+}
+
+fn health_lines(p: &mut Pretty, health: &HealthConfig) {
+    p.heading(0, "Healthcheck");
+    let test = if health.test.is_empty() { "(image default)".to_string() } else { health.test.join(" ") };
+    p.kv(1, "Test", test);
+    p.kv(1, "Interval", health.interval);
+    p.kv(1, "Timeout", health.timeout);
+    p.kv(1, "Retries", health.retries);
+    p.kv(1, "Start period", health.start_period);
+}
+
+/// `service inspect --pretty`.
+pub fn service_pretty(service: &Service) -> String {
+    let spec = &service.spec;
+    let container = &spec.task.container;
+    let mut p = Pretty::new();
+    p.kv(0, "ID", &service.id);
+    p.kv(0, "Name", &spec.name);
+    if !spec.labels.is_empty() {
+        p.heading(0, "Labels");
+        for (k, v) in &spec.labels {
+            p.line(1, format!("{k}={v}"));
+        }
+    }
+    match spec.mode {
+        ServiceMode::Replicated { replicas } => {
+            p.kv(0, "Service Mode", "Replicated");
+            p.kv(1, "Replicas", replicas);
+        }
+        ServiceMode::Global => p.kv(0, "Service Mode", "Global"),
+    }
+    p.kv(0, "Created", format_timestamp(service.created_at));
+    p.kv(0, "Updated", format_timestamp(service.updated_at));
+    p.kv(0, "Version", service.version);
+    if let Some(status) = &service.update_status {
+        p.heading(0, "UpdateStatus");
+        p.kv(1, "State", status.state.as_str());
+        if let Some(at) = status.started_at {
+            p.kv(1, "Started", format_timestamp(at));
+        }
+        if let Some(at) = status.completed_at {
+            p.kv(1, "Completed", format_timestamp(at));
+        }
+        p.kv(1, "Message", &status.message);
+    }
+    let placement = &spec.task.placement;
+    p.heading(0, "Placement");
+    let constraints: Vec<String> = placement.constraints.iter().map(ToString::to_string).collect();
+    let preferences: Vec<String> = placement.preferences.iter().map(ToString::to_string).collect();
+    p.kv(1, "Constraints", or_none(&constraints));
+    p.kv(1, "Preferences", or_none(&preferences));
+    if placement.max_replicas_per_node > 0 {
+        p.kv(1, "Max Replicas Per Node", placement.max_replicas_per_node);
+    }
+    update_config_lines(&mut p, "UpdateConfig", "Update order", &spec.update_config);
+    update_config_lines(&mut p, "RollbackConfig", "Rollback order", &spec.rollback_config);
+    let restart = &spec.task.restart_policy;
+    p.heading(0, "RestartPolicy");
+    p.kv(1, "Condition", restart.condition.as_str());
+    p.kv(1, "Delay", restart.delay);
+    let attempts =
+        if restart.max_attempts == 0 { "0 (unlimited)".to_string() } else { restart.max_attempts.to_string() };
+    p.kv(1, "Max attempts", attempts);
+    let window = if restart.window.is_zero() { "0s (unbounded)".to_string() } else { restart.window.to_string() };
+    p.kv(1, "Window", window);
+    p.heading(0, "ContainerSpec");
+    p.kv(1, "Image", &container.image);
+    if !container.command.is_empty() {
+        p.kv(1, "Command", container.command.join(" "));
+    }
+    if !container.args.is_empty() {
+        p.kv(1, "Args", container.args.join(" "));
+    }
+    if !container.env.is_empty() {
+        p.kv(1, "Env", container.env.join(" "));
+    }
+    if !container.labels.is_empty() {
+        p.heading(1, "Labels");
+        for (k, v) in &container.labels {
+            p.line(2, format!("{k}={v}"));
+        }
+    }
+    if let Some(v) = &container.hostname {
+        p.kv(1, "Hostname", v);
+    }
+    if let Some(v) = &container.user {
+        p.kv(1, "User", v);
+    }
+    if let Some(v) = &container.workdir {
+        p.kv(1, "Dir", v);
+    }
+    p.kv(1, "Stop grace period", container.stop_grace_period);
+    if let Some(v) = &container.stop_signal {
+        p.kv(1, "Stop signal", v);
+    }
+    if let Some(health) = &container.healthcheck {
+        health_lines(&mut p, health);
+    }
+    let resources = &spec.task.resources;
+    if resources.limits != ResourceAmounts::default() || resources.reservations != ResourceAmounts::default() {
+        p.heading(0, "Resources");
+        resource_lines(&mut p, "Reservations", &resources.reservations, false);
+        resource_lines(&mut p, "Limits", &resources.limits, true);
+    }
+    let endpoint_mode = match spec.endpoint.mode {
+        EndpointMode::Vip => "vip",
+        EndpointMode::Dnsrr => "dnsrr",
+    };
+    p.kv(0, "Endpoint Mode", endpoint_mode);
+    if !spec.endpoint.ports.is_empty() {
+        p.heading(0, "Ports");
+        for port in &spec.endpoint.ports {
+            p.line(1, format!("PublishedPort = {}", port.published));
+            p.line(2, format!("Protocol = {}", port.protocol.as_str()));
+            p.line(2, format!("TargetPort = {}", port.target));
+            let mode = match port.mode {
+                PublishMode::Ingress => "ingress",
+                PublishMode::Host => "host",
+            };
+            p.line(2, format!("PublishMode = {mode}"));
+        }
+    }
+    p.out
+}
+
+/// `node inspect --pretty`.
+pub fn node_pretty(node: &Node) -> String {
+    let mut p = Pretty::new();
+    p.kv(0, "ID", &node.id);
+    p.kv(0, "Hostname", &node.description.hostname);
+    p.kv(0, "Joined at", format_timestamp(node.created_at));
+    p.kv(0, "Role", node.spec.role.as_str());
+    if !node.spec.labels.is_empty() {
+        p.heading(0, "Labels");
+        for (k, v) in &node.spec.labels {
+            p.line(1, format!("{k}={v}"));
+        }
+    }
+    p.heading(0, "Status");
+    p.kv(1, "State", capitalize(node.status.state.as_str()));
+    if !node.status.message.is_empty() {
+        p.kv(1, "Message", &node.status.message);
+    }
+    p.kv(1, "Availability", capitalize(node.spec.availability.as_str()));
+    p.kv(1, "Address", &node.status.addr);
+    if let Some(manager) = &node.manager {
+        p.heading(0, "Manager Status");
+        p.kv(1, "Address", &manager.addr);
+        p.kv(1, "Raft ID", manager.raft_id);
+        let reachability = manager.reachability.as_deref().map(capitalize).unwrap_or_else(|| "Unknown".to_string());
+        p.kv(1, "Raft Status", reachability);
+        p.kv(1, "Leader", if manager.leader { "Yes" } else { "No" });
+    }
+    p.heading(0, "Resources");
+    p.kv(1, "CPUs", cpus(node.description.nano_cpus));
+    p.kv(1, "Memory", format_bytes(node.description.memory_bytes));
+    if !node.description.engine_labels.is_empty() {
+        p.heading(0, "Engine Labels");
+        for (k, v) in &node.description.engine_labels {
+            p.line(1, format!("{k}={v}"));
+        }
+    }
+    p.out
+}
+
+fn manager_ref(manager: Option<&ManagerRef>) -> String {
+    match manager {
+        Some(m) => format!("{} ({}, raft id {})", m.node_id, m.addr, m.raft_id),
+        None => "none".to_string(),
+    }
+}
+
+fn id_list(ids: &[u64]) -> String {
+    or_none(&ids.iter().map(u64::to_string).collect::<Vec<_>>())
+}
+
+/// `cluster info`: one `Key: value` line per fact.
+pub fn cluster_info_text(info: &ClusterInfo) -> String {
+    let lines = [
+        ("Cluster ID", info.cluster_id.clone()),
+        ("Created", format_timestamp(info.created_at)),
+        ("Managers", info.managers.to_string()),
+        ("Leader", manager_ref(info.leader.as_ref())),
+        ("Answered by", manager_ref(info.answered_by.as_ref())),
+        ("Services", info.services.to_string()),
+        ("Tasks", info.tasks.to_string()),
+        ("Raft term", info.raft.term.to_string()),
+        ("Raft commit", info.raft.commit.to_string()),
+        ("Raft applied", info.raft.applied.to_string()),
+        ("Voters", id_list(&info.raft.voters)),
+        ("Learners", id_list(&info.raft.learners)),
+    ];
+    lines.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests;
