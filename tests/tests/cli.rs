@@ -1,0 +1,101 @@
+//! The real `shoal` binary against real managers: output, exit codes, and bad input that changes
+//! nothing.
+
+use anyhow::Result;
+use shoal_tests::*;
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "expected success, got {:?}\nstdout: {}\nstderr: {}", out.status.code(), stdout(out), stderr(out));
+    stdout(out)
+}
+
+fn fails(out: &std::process::Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "stdout: {}\nstderr: {}", stdout(out), stderr(out));
+    assert!(stderr(out).contains(needle), "stderr lacks {needle:?}: {}", stderr(out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_creates_lists_inspects_and_removes_services() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.managers[(leader + 1) % 3].addr.clone();
+
+    // Through a follower: the call is forwarded to the leader.
+    let id = ok(&shoal(&follower, &["service", "create", "--name", "web", "--replicas", "3", "--update-parallelism", "2", "--update-delay", "5s", "--env", "A=1", "shoal/busybox:1"]));
+    assert_eq!(id.trim().len(), 25, "prints the new id: {id:?}");
+
+    let ls = ok(&shoal(&follower, &["service", "ls"]));
+    let lines: Vec<&str> = ls.lines().collect();
+    assert!(lines[0].starts_with("ID") && lines[0].contains("NAME") && lines[0].contains("REPLICAS"), "{ls}");
+    assert!(lines[1].contains("web") && lines[1].contains("replicated") && lines[1].contains("0/3") && lines[1].contains("shoal/busybox:1"), "{ls}");
+    assert_eq!(ok(&shoal(&follower, &["service", "ls", "-q"])).trim(), &id.trim()[..12]);
+
+    let inspect = ok(&shoal(&follower, &["service", "inspect", "web"]));
+    let services: Vec<shoal_types::Service> = serde_json::from_str(&inspect)?;
+    assert_eq!(services.len(), 1);
+    let spec = &services[0].spec;
+    assert_eq!(spec.update_config.parallelism, 2);
+    assert_eq!(spec.update_config.delay.to_string(), "5s");
+    assert_eq!(spec.update_config.monitor.to_string(), "5s", "Swarm default");
+    assert_eq!(spec.task.container.env, vec!["A=1".to_string()]);
+    assert!(services[0].version > 0);
+    let pretty = ok(&shoal(&follower, &["service", "inspect", "--pretty", "web"]));
+    assert!(pretty.contains("web") && pretty.contains("shoal/busybox:1"), "{pretty}");
+
+    let nodes = ok(&shoal(&follower, &["node", "ls"]));
+    assert!(nodes.contains("MANAGER STATUS"), "{nodes}");
+    assert_eq!(nodes.matches("Leader").count(), 1, "{nodes}");
+    assert_eq!(nodes.matches("Reachable").count(), 2, "{nodes}");
+    let info = ok(&shoal(&follower, &["cluster", "info"]));
+    assert!(info.contains("Leader") && info.contains("Managers: 3"), "{info}");
+
+    ok(&shoal(&follower, &["service", "rm", "web"]));
+    assert_eq!(ok(&shoal(&follower, &["service", "ls", "-q"])).trim(), "");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_bad_input_is_refused_and_changes_nothing() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let host = cluster.managers[0].addr.clone();
+    ok(&shoal(&host, &["service", "create", "--name", "web", "shoal/busybox:1"]));
+    let before = ok(&shoal(&host, &["service", "inspect", "web"]));
+
+    let usage_errors: &[(&[&str], &str)] = &[
+        (&["--update-parallelism", "-1"], "--update-parallelism"),
+        (&["--update-delay", "abc"], "--update-delay"),
+        (&["--update-max-failure-ratio", "2"], "2 is outside [0, 1]"),
+        (&["--update-order", "sideways"], "--update-order"),
+        (&["--rollback-failure-action", "rollback"], "--rollback-failure-action"),
+        (&["--constraint", "node.labels.a=b"], "constraint expected one operator from ==, !="),
+        (&["--replicas", "-1"], "--replicas"),
+        (&["--mode", "global", "--replicas", "2"], "replicas can only be used with replicated mode"),
+        (&["--restart-condition", "sometimes"], "--restart-condition"),
+        (&["--placement-pref", "pack=node.labels.x"], "only spread is supported"),
+        (&["--limit-memory", "lots"], "--limit-memory"),
+        (&["--name", "bad name!"], "--name"),
+    ];
+    for (flags, needle) in usage_errors {
+        let mut args = vec!["service", "create", "--name", "api"];
+        args.extend_from_slice(flags);
+        args.push("shoal/busybox:1");
+        fails(&shoal(&host, &args), 2, needle);
+    }
+    // Errors only the spec validation or the cluster can see: exit 1, one line.
+    fails(&shoal(&host, &["service", "create", "--name", "api", "--reserve-memory", "1k", "shoal/busybox:1"]), 1, "task.resources.reservations.memory_bytes");
+    fails(&shoal(&host, &["service", "create", "--name", "web", "shoal/busybox:1"]), 1, "service web already exists");
+    fails(&shoal(&host, &["service", "inspect", "nope"]), 1, "service nope not found");
+    fails(&shoal(&host, &["service", "rm", "nope"]), 1, "service nope not found");
+    fails(&shoal(&host, &["node", "inspect", "nope"]), 1, "node nope not found");
+    fails(&shoal(&host, &["service", "frobnicate"]), 2, "frobnicate");
+
+    assert_eq!(ok(&shoal(&host, &["service", "ls", "-q"])).lines().count(), 1, "only web exists");
+    assert_eq!(ok(&shoal(&host, &["service", "inspect", "web"])), before, "web is unchanged");
+
+    // A manager address where nothing listens: one clear line, exit 1, quickly.
+    let dead = free_addr();
+    let out = shoal(&dead, &["service", "ls"]);
+    fails(&out, 1, &format!("cannot reach a manager at {dead}"));
+    assert_eq!(stderr(&out).lines().count(), 1, "one line: {}", stderr(&out));
+    Ok(())
+}
