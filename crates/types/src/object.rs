@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{Labels, ServiceSpec, TaskSpec};
+use crate::spec::{EndpointSpec, Labels, ServiceSpec, TaskSpec};
 use crate::state::{Availability, NodeRole, NodeState, TaskState};
 
 /// Milliseconds since the Unix epoch, stamped by the proposing manager so every replica agrees.
@@ -83,17 +83,54 @@ pub struct Task {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub service_id: String,
+    /// The service's name when the task was made (names containers `<service>.<slot>.<task>`).
+    #[serde(default)]
+    pub service_name: String,
     /// Replica slot, from 1; 0 for tasks of global services (they are keyed by node).
     pub slot: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_id: String,
     pub spec_version: u64,
     pub spec: TaskSpec,
+    /// The service's endpoint when the task was made (host-mode ports are per task).
+    #[serde(default)]
+    pub endpoint: EndpointSpec,
     pub desired_state: TaskState,
     pub status: TaskStatus,
+    /// Who made the task: failures of tasks an update made count against the update.
+    #[serde(default)]
+    pub origin: TaskOrigin,
+    /// For a task made with desired READY: when it may be raised to RUNNING. Kept in the store so
+    /// a new leader honours a restart delay the old one started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_gate: Option<StartGate>,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOrigin {
+    /// Created to fill a slot (service create, scale up, global node join).
+    #[default]
+    Orchestrator,
+    /// Replaces a failed task or one on a lost node.
+    Restart,
+    /// Replaces an out-of-date task during a rolling update or rollback.
+    Update,
+}
+
+/// Conditions for starting a task that was created with desired READY.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartGate {
+    /// Not before this time (restart delay).
+    pub not_before: Timestamp,
+    /// Not before this task has stopped (observed past RUNNING), is gone, or its node is down…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_task: Option<String>,
+    /// …or this time has passed (Swarm's one-minute old-task timeout).
+    pub deadline: Timestamp,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStatus {
     pub state: TaskState,
     pub timestamp: Timestamp,
@@ -101,6 +138,17 @@ pub struct TaskStatus {
     pub message: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub err: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+}
+
+impl Task {
+    /// `web.3` for a replica, `web.<node id>` for a global task: what `service ps` shows.
+    pub fn name(&self) -> String {
+        if self.slot > 0 { format!("{}.{}", self.service_name, self.slot) } else { format!("{}.{}", self.service_name, self.node_id) }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +182,12 @@ pub struct NodeDescription {
     pub memory_bytes: u64,
     #[serde(default)]
     pub engine_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub platform_os: String,
+    #[serde(default)]
+    pub platform_arch: String,
+    #[serde(default)]
+    pub engine_version: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

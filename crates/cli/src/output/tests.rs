@@ -36,8 +36,12 @@ fn task(service_id: &str, node_id: &str, state: TaskState, desired: TaskState) -
         node_id: node_id.to_string(),
         spec_version: 7,
         spec: Default::default(),
+        service_name: String::new(),
+        endpoint: Default::default(),
+        origin: Default::default(),
+        start_gate: None,
         desired_state: desired,
-        status: TaskStatus { state, timestamp: 0, message: String::new(), err: String::new() },
+        status: TaskStatus { state, timestamp: 0, message: String::new(), err: String::new(), ..Default::default() },
     }
 }
 
@@ -57,6 +61,7 @@ fn node(id: &str, hostname: &str, state: NodeState, availability: Availability, 
             nano_cpus: 2_000_000_000,
             memory_bytes: 2 << 30,
             engine_labels: Default::default(),
+            ..Default::default()
         },
         status: NodeStatus { state, message: String::new(), addr: "10.0.0.5".to_string() },
         manager,

@@ -22,8 +22,12 @@ fn task(id: &str, service: &str, node: &str) -> Task {
         node_id: node.into(),
         spec_version: 1,
         spec: TaskSpec::default(),
+        service_name: String::new(),
+        endpoint: Default::default(),
+        origin: Default::default(),
+        start_gate: None,
         desired_state: TaskState::Running,
-        status: TaskStatus { state: TaskState::New, timestamp: 0, message: "created".into(), err: String::new() },
+        status: TaskStatus { state: TaskState::New, timestamp: 0, message: "created".into(), err: String::new(), ..Default::default() },
     }
 }
 
