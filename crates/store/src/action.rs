@@ -1,5 +1,8 @@
 use serde::{Deserialize, Serialize};
-use shoal_types::{Cluster, Node, NodeSpec, ServiceSpec, Task, Timestamp, UpdateStatus};
+use shoal_types::{
+    Cluster, Node, NodeDescription, NodeSpec, NodeStatus, ServiceSpec, Task, TaskState, TaskStatus, Timestamp,
+    UpdateStatus,
+};
 
 /// One raft log entry's worth of changes, applied all or nothing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +31,22 @@ pub enum Action {
     RemoveNode { id: String },
     PutTask { task: Task },
     RemoveTask { id: String },
+    // The actions below are proposed by the leader's control loops from a view that may be a
+    // little behind the log. They never fail a batch: a task that is gone, or a change that would
+    // move a state backwards, is skipped.
+    /// Raises a task's desired state (never lowers it).
+    SetDesiredState { id: String, desired: TaskState },
+    /// An observed status from an agent; applied only if it moves forward (or, at the same state,
+    /// differs).
+    SetTaskStatus { id: String, status: TaskStatus },
+    /// The scheduler's decision: bind an unassigned task (or confirm a preassigned one) to a node.
+    AssignTask { id: String, node_id: String },
+    /// The scheduler could not place the task: PENDING with the reason.
+    MarkUnschedulable { id: String, err: String },
+    /// Deletes tasks that still exist (the task reaper).
+    DeleteTasks { ids: Vec<String> },
+    /// Node health and description as the dispatcher sees them.
+    SetNodeStatus { id: String, status: NodeStatus, description: Option<NodeDescription> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use shoal_types::{
     Cluster, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, SPEC_HISTORY_LIMIT,
-    Service, SpecRevision, Task, UpdateState, UpdateStatus,
+    Service, SpecRevision, Task, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 
 use crate::action::{Action, Batch, MembershipChange, MembershipKind};
@@ -368,6 +368,81 @@ impl State {
                 undo.push(Undo::Task(task.id.clone(), old));
                 changes.push(Change { kind, index, at, object: Object::Task(task) });
             }
+            Action::SetDesiredState { id, desired } => {
+                if let Some(task) = self.tasks.get(id)
+                    && *desired > task.desired_state
+                {
+                    let mut task = task.clone();
+                    task.desired_state = *desired;
+                    self.put_task_change(task, index, at, undo, changes);
+                }
+            }
+            Action::SetTaskStatus { id, status } => {
+                if let Some(task) = self.tasks.get(id)
+                    && (status.state > task.status.state
+                        || (status.state == task.status.state && *status != task.status))
+                {
+                    let mut task = task.clone();
+                    task.status = status.clone();
+                    self.put_task_change(task, index, at, undo, changes);
+                }
+            }
+            Action::AssignTask { id, node_id } => {
+                if let Some(task) = self.tasks.get(id)
+                    && task.status.state < TaskState::Assigned
+                    && (task.node_id.is_empty() || task.node_id == *node_id)
+                {
+                    let mut task = task.clone();
+                    let message = if task.node_id.is_empty() {
+                        "scheduler assigned task to node"
+                    } else {
+                        "scheduler confirmed task can run on preassigned node"
+                    };
+                    task.node_id = node_id.clone();
+                    task.status = TaskStatus { state: TaskState::Assigned, timestamp: at, message: message.into(), ..Default::default() };
+                    self.put_task_change(task, index, at, undo, changes);
+                }
+            }
+            Action::MarkUnschedulable { id, err } => {
+                if let Some(task) = self.tasks.get(id)
+                    && task.status.state < TaskState::Assigned
+                    && (task.status.state != TaskState::Pending || task.status.err != *err)
+                {
+                    let mut task = task.clone();
+                    task.status = TaskStatus {
+                        state: TaskState::Pending,
+                        timestamp: at,
+                        message: "pending task scheduling".into(),
+                        err: err.clone(),
+                        ..Default::default()
+                    };
+                    self.put_task_change(task, index, at, undo, changes);
+                }
+            }
+            Action::DeleteTasks { ids } => {
+                for id in ids {
+                    if let Some(task) = self.remove_task(id) {
+                        undo.push(Undo::Task(id.clone(), Some(task.clone())));
+                        changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Task(task) });
+                    }
+                }
+            }
+            Action::SetNodeStatus { id, status, description } => {
+                if let Some(node) = self.nodes.get(id)
+                    && (node.status != *status || description.as_ref().is_some_and(|d| *d != node.description))
+                {
+                    let mut node = node.clone();
+                    node.status = status.clone();
+                    if let Some(description) = description {
+                        node.description = description.clone();
+                    }
+                    node.version = index;
+                    node.updated_at = at;
+                    let old = self.nodes.insert(node.id.clone(), node.clone());
+                    undo.push(Undo::Node(node.id.clone(), old));
+                    changes.push(Change { kind: ChangeKind::Update, index, at, object: Object::Node(node) });
+                }
+            }
             Action::RemoveTask { id } => {
                 let task = self.remove_task(id).ok_or_else(|| StoreError::NotFound { kind: "task", id: id.clone() })?;
                 undo.push(Undo::Task(id.clone(), Some(task.clone())));
@@ -375,6 +450,14 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    fn put_task_change(&mut self, mut task: Task, index: u64, at: u64, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
+        task.version = index;
+        task.updated_at = at;
+        let old = self.set_task(task.clone());
+        undo.push(Undo::Task(task.id.clone(), old));
+        changes.push(Change { kind: ChangeKind::Update, index, at, object: Object::Task(task) });
     }
 
     fn checked_service(&self, id: &str, expected_version: u64) -> Result<&Service, StoreError> {

@@ -146,6 +146,60 @@ fn membership_changes_make_manager_nodes() {
     assert_eq!((node.spec.role, node.status.state), (shoal_types::NodeRole::Worker, shoal_types::NodeState::Down));
 }
 
+#[test]
+fn task_states_only_move_forward_and_stale_actions_are_skipped() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web"), Action::PutTask { task: task("t1", "s1", "") }])).unwrap();
+    state.apply(2, &batch(vec![Action::AssignTask { id: "t1".into(), node_id: "n1".into() }])).unwrap();
+    let running = TaskStatus { state: TaskState::Running, timestamp: 3, message: "started".into(), ..Default::default() };
+    state.apply(3, &batch(vec![Action::SetTaskStatus { id: "t1".into(), status: running.clone() }])).unwrap();
+    // Backwards status, backwards desired state, re-assignment and a missing task: all no-ops.
+    let accepted = TaskStatus { state: TaskState::Accepted, timestamp: 4, message: "accepted".into(), ..Default::default() };
+    let changes = state
+        .apply(
+            4,
+            &batch(vec![
+                Action::SetTaskStatus { id: "t1".into(), status: accepted },
+                Action::SetDesiredState { id: "t1".into(), desired: TaskState::Ready },
+                Action::AssignTask { id: "t1".into(), node_id: "n2".into() },
+                Action::SetTaskStatus { id: "gone".into(), status: running.clone() },
+                Action::DeleteTasks { ids: vec!["gone".into()] },
+            ]),
+        )
+        .unwrap();
+    assert!(changes.is_empty(), "{changes:?}");
+    let t = state.task("t1").unwrap();
+    assert_eq!((t.status.state, t.desired_state, t.node_id.as_str()), (TaskState::Running, TaskState::Running, "n1"));
+    state.apply(5, &batch(vec![Action::SetDesiredState { id: "t1".into(), desired: TaskState::Shutdown }])).unwrap();
+    assert_eq!(state.task("t1").unwrap().desired_state, TaskState::Shutdown);
+    state.apply(6, &batch(vec![Action::DeleteTasks { ids: vec!["t1".into()] }])).unwrap();
+    assert!(state.task("t1").is_none());
+}
+
+#[test]
+fn unschedulable_tasks_record_the_reason_once() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web"), Action::PutTask { task: task("t1", "s1", "") }])).unwrap();
+    let mark = Action::MarkUnschedulable { id: "t1".into(), err: "no suitable node".into() };
+    assert_eq!(state.apply(2, &batch(vec![mark.clone()])).unwrap().len(), 1);
+    assert!(state.apply(3, &batch(vec![mark])).unwrap().is_empty(), "same reason: no churn");
+    let t = state.task("t1").unwrap();
+    assert_eq!((t.status.state, t.status.err.as_str()), (TaskState::Pending, "no suitable node"));
+}
+
+/// The actions the leader's control loops propose (not the whole-object writes).
+fn arb_loop_action() -> impl Strategy<Value = Action> {
+    let task = prop::sample::select(vec!["t1", "t2", "gone"]);
+    let state = prop::sample::select(TaskState::ALL.to_vec());
+    prop_oneof![
+        (task.clone(), state.clone())
+            .prop_map(|(t, s)| Action::SetTaskStatus { id: t.into(), status: TaskStatus { state: s, ..Default::default() } }),
+        (task.clone(), state).prop_map(|(t, s)| Action::SetDesiredState { id: t.into(), desired: s }),
+        (task.clone(), prop::sample::select(vec!["n1", "n2"])).prop_map(|(t, n)| Action::AssignTask { id: t.into(), node_id: n.into() }),
+        (task, prop::sample::select(vec!["no suitable node", "x"])).prop_map(|(t, e)| Action::MarkUnschedulable { id: t.into(), err: e.into() }),
+    ]
+}
+
 fn arb_action() -> impl Strategy<Value = Action> {
     let id = prop::sample::select(vec!["a", "b", "c"]);
     let name = prop::sample::select(vec!["web", "api", "db"]);
@@ -160,10 +214,37 @@ fn arb_action() -> impl Strategy<Value = Action> {
         id.clone().prop_map(|i| Action::RemoveService { id: i.into() }),
         (prop::sample::select(vec!["t1", "t2"]), id.clone()).prop_map(|(t, s)| Action::PutTask { task: task(t, s, "n1") }),
         prop::sample::select(vec!["t1", "t2"]).prop_map(|t| Action::RemoveTask { id: t.into() }),
+        (prop::sample::select(vec!["t1", "t2"]), prop::sample::select(TaskState::ALL.to_vec()))
+            .prop_map(|(t, s)| Action::SetTaskStatus { id: t.into(), status: TaskStatus { state: s, ..Default::default() } }),
+        (prop::sample::select(vec!["t1", "t2"]), prop::sample::select(TaskState::ALL.to_vec()))
+            .prop_map(|(t, s)| Action::SetDesiredState { id: t.into(), desired: s }),
+        (prop::sample::select(vec!["t1", "t2"]), prop::sample::select(vec!["n1", "n2"]))
+            .prop_map(|(t, n)| Action::AssignTask { id: t.into(), node_id: n.into() }),
     ]
 }
 
 proptest! {
+    /// Whatever the leader's loops propose, a task's observed and desired states never go back.
+    #[test]
+    fn task_states_never_move_backwards(actions in prop::collection::vec(arb_loop_action(), 1..60)) {
+        let mut state = State::default();
+        state
+            .apply(1, &batch(vec![create("a", "web"), Action::PutTask { task: task("t1", "a", "") }, Action::PutTask { task: task("t2", "a", "") }]))
+            .unwrap();
+        let snapshot = |s: &State| s.tasks().map(|t| (t.id.clone(), (t.status.state, t.desired_state))).collect::<std::collections::BTreeMap<_, _>>();
+        let mut before = snapshot(&state);
+        for (i, action) in actions.into_iter().enumerate() {
+            state.apply(i as u64 + 2, &batch(vec![action])).expect("control-loop actions never fail a batch");
+            let after = snapshot(&state);
+            for (id, (obs, des)) in &after {
+                let (obs0, des0) = before[id];
+                prop_assert!(*obs >= obs0, "{id}: observed {obs0} -> {obs}");
+                prop_assert!(*des >= des0, "{id}: desired {des0} -> {des}");
+            }
+            before = after;
+        }
+    }
+
     /// Two managers applying the same entries hold equal state, and a snapshot restores it exactly.
     #[test]
     fn apply_is_deterministic_and_snapshots_restore(batches in prop::collection::vec(prop::collection::vec(arb_action(), 1..4), 1..12)) {
