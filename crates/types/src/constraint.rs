@@ -71,6 +71,20 @@ impl Constraint {
     }
 }
 
+impl Constraint {
+    /// Evaluates the constraint against a node whose attributes `attr` looks up by key
+    /// (`node.id`, `node.labels.zone`, …). As in Swarm: values compare case-insensitively, a
+    /// missing attribute is "" (so `!=x` matches and `==x` does not).
+    pub fn matches<'a>(&self, attr: impl Fn(&str) -> Option<&'a str>) -> bool {
+        let actual = attr(&self.key).unwrap_or("");
+        let equal = actual.eq_ignore_ascii_case(&self.value);
+        match self.op {
+            ConstraintOp::Eq => equal,
+            ConstraintOp::Ne => !equal,
+        }
+    }
+}
+
 impl fmt::Display for Constraint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let op = match self.op {
@@ -169,6 +183,20 @@ mod tests {
         assert!(matches!(Constraint::parse("node.labels.==x"), Err(ConstraintError::Key(..))));
         assert!(matches!(Constraint::parse("node.id=="), Err(ConstraintError::EmptyValue(_))));
         assert!(matches!(Constraint::parse("node.role==boss"), Err(ConstraintError::Role(..))));
+    }
+
+    #[test]
+    fn evaluates_against_attributes() {
+        let attrs = |k: &str| match k {
+            "node.labels.zone" => Some("East"),
+            "node.role" => Some("worker"),
+            _ => None,
+        };
+        assert!(Constraint::parse("node.labels.zone==east").unwrap().matches(attrs));
+        assert!(!Constraint::parse("node.labels.zone!=east").unwrap().matches(attrs));
+        assert!(!Constraint::parse("node.labels.rack==a").unwrap().matches(attrs), "missing is empty");
+        assert!(Constraint::parse("node.labels.rack!=a").unwrap().matches(attrs));
+        assert!(Constraint::parse("node.role==worker").unwrap().matches(attrs));
     }
 
     #[test]

@@ -249,6 +249,31 @@ impl Node {
     pub fn short_id(&self) -> &str {
         short(&self.id)
     }
+
+    /// The value a placement constraint key refers to on this node, if any.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        match key.to_ascii_lowercase().as_str() {
+            "node.id" => Some(&self.id),
+            "node.hostname" => Some(&self.description.hostname),
+            "node.role" => Some(self.spec.role.as_str()),
+            "node.platform.os" => Some(&self.description.platform_os),
+            "node.platform.arch" => Some(&self.description.platform_arch),
+            _ => {
+                if let Some(label) = key.strip_prefix("node.labels.") {
+                    self.spec.labels.get(label).map(String::as_str)
+                } else if let Some(label) = key.strip_prefix("engine.labels.") {
+                    self.description.engine_labels.get(label).map(String::as_str)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// shoal's managers do not run tasks; agents register as workers.
+    pub fn runs_tasks(&self) -> bool {
+        self.spec.role == NodeRole::Worker && self.manager.is_none()
+    }
 }
 
 fn short(id: &str) -> &str {

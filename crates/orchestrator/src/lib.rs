@@ -1,0 +1,337 @@
+//! The orchestrators as plain functions of state: given the store and the time, what should change.
+//! No IO, no clock, no randomness (ids come from the caller), so every rule is tested directly.
+//!
+//! [`reconcile`] covers the replicated and global orchestrators, the restart supervisor (its
+//! delays kept in the store as [`StartGate`]s), and the task reaper. The leader's runtime calls it
+//! after every applied change and at the wake-up time it returns, and proposes the actions.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_store::{Action, State};
+use shoal_types::{
+    Availability, Node, NodeState, RestartCondition, Service, ServiceMode, ServiceSpec, StartGate, Task, TaskOrigin,
+    TaskState, TaskStatus, Timestamp,
+};
+
+pub mod reaper;
+#[cfg(test)]
+mod tests;
+
+/// Swarm's `defaultOldTaskTimeout`: a replacement starts anyway if the old task has not stopped.
+pub const OLD_TASK_TIMEOUT_MS: u64 = 60_000;
+
+/// What one reconcile pass decided.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// The earliest time a pending start gate may open: call again then (if nothing else happens).
+    pub next_wakeup: Option<Timestamp>,
+}
+
+/// Inputs besides the store.
+pub struct Ctx<'a> {
+    pub now: Timestamp,
+    pub new_id: &'a mut dyn FnMut() -> String,
+}
+
+/// Whether the node a task sits on can still host it. A task with no node yet is fine.
+fn node_ok(state: &State, node_id: &str) -> bool {
+    if node_id.is_empty() {
+        return true;
+    }
+    match state.node(node_id) {
+        Some(node) => node.status.state != NodeState::Down && node.spec.availability != Availability::Drain,
+        None => false,
+    }
+}
+
+fn node_down_or_gone(state: &State, node_id: &str) -> bool {
+    !node_id.is_empty() && state.node(node_id).is_none_or(|n| n.status.state == NodeState::Down)
+}
+
+fn node_drained(state: &State, node_id: &str) -> bool {
+    state.node(node_id).is_some_and(|n| n.spec.availability == Availability::Drain)
+}
+
+/// Swarm's `shouldRestart`: the condition, then max_attempts within the window, counting the
+/// restarts (replacement tasks) of this slot made for the same spec version.
+pub fn should_restart(service: &ServiceSpec, failed: &Task, slot_tasks: &[&Task], now: Timestamp) -> bool {
+    let policy = &service.task.restart_policy;
+    let condition_allows = match policy.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => failed.status.state != TaskState::Complete,
+        RestartCondition::Any => true,
+    };
+    if !condition_allows {
+        return false;
+    }
+    if policy.max_attempts == 0 {
+        return true;
+    }
+    let reference = if failed.status.timestamp > 0 { failed.status.timestamp } else { now };
+    let window = policy.window.as_std().as_millis() as u64;
+    let restarts = slot_tasks
+        .iter()
+        .filter(|t| t.origin == TaskOrigin::Restart && t.spec_version == failed.spec_version)
+        .filter(|t| window == 0 || t.created_at + window > reference)
+        .count() as u64;
+    restarts < policy.max_attempts
+}
+
+/// A new task for `service` in `slot` (replicated) or on `node_id` (global).
+fn new_task(
+    ctx: &mut Ctx<'_>,
+    service: &Service,
+    slot: u64,
+    node_id: &str,
+    origin: TaskOrigin,
+    gate: Option<StartGate>,
+) -> Task {
+    let desired = if gate.is_some() { TaskState::Ready } else { TaskState::Running };
+    Task {
+        id: (ctx.new_id)(),
+        version: 0,
+        created_at: ctx.now,
+        updated_at: ctx.now,
+        service_id: service.id.clone(),
+        service_name: service.spec.name.clone(),
+        slot,
+        node_id: node_id.to_string(),
+        spec_version: service.spec_version,
+        spec: service.spec.task.clone(),
+        endpoint: service.spec.endpoint.clone(),
+        desired_state: desired,
+        status: TaskStatus { state: TaskState::New, timestamp: ctx.now, message: "created".into(), ..Default::default() },
+        origin,
+        start_gate: gate,
+    }
+}
+
+/// Whether a gated task may now be raised from READY to RUNNING.
+pub fn gate_open(state: &State, gate: &StartGate, now: Timestamp) -> bool {
+    if now < gate.not_before {
+        return false;
+    }
+    match &gate.after_task {
+        None => true,
+        Some(old) => match state.task(old) {
+            None => true,
+            Some(old) => old.status.state > TaskState::Running || node_down_or_gone(state, &old.node_id) || now >= gate.deadline,
+        },
+    }
+}
+
+/// Decides everything the orchestrators, the restart supervisor and the reaper want changed.
+pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
+    let mut plan = Plan::default();
+    let history_limit = state.cluster().map(|c| c.spec.task_history_limit).unwrap_or(5);
+    for service in state.services() {
+        match service.spec.mode {
+            ServiceMode::Replicated { replicas } => reconcile_replicated(state, service, replicas, ctx, &mut plan),
+            ServiceMode::Global => reconcile_global(state, service, ctx, &mut plan),
+        }
+    }
+    // Tasks whose service is gone are removed (Swarm: desired REMOVE, then the reaper).
+    for task in state.tasks() {
+        if state.service(&task.service_id).is_none() && task.desired_state < TaskState::Remove {
+            plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Remove });
+        }
+    }
+    let doomed = reaper::reap(state, history_limit);
+    if !doomed.is_empty() {
+        plan.actions.push(Action::DeleteTasks { ids: doomed });
+    }
+    plan
+}
+
+/// Opens start gates and restarts failed tasks or tasks on lost nodes; returns per-slot whether
+/// the slot still counts toward the replicas.
+fn supervise(
+    state: &State,
+    service: &Service,
+    slot_tasks: &[&Task],
+    ctx: &mut Ctx<'_>,
+    plan: &mut Plan,
+    global_node: Option<&str>,
+) -> bool {
+    let mut counts = false;
+    for task in slot_tasks {
+        if task.desired_state > TaskState::Running {
+            continue;
+        }
+        let failed = task.status.state > TaskState::Running;
+        let lost = !node_ok(state, &task.node_id);
+        if failed || lost {
+            plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Shutdown });
+            // A global task on a drained, down or paused node is not replaced (Swarm).
+            let global_blocked = global_node.is_some_and(|n| {
+                lost || state.node(n).is_some_and(|node| node.spec.availability != Availability::Active)
+            });
+            if global_blocked || !should_restart(&service.spec, task, slot_tasks, ctx.now) {
+                // A slot whose newest task should not be restarted keeps counting (Swarm's
+                // "updatable" slot), so no other task is made to compensate.
+                counts |= failed && !lost;
+                continue;
+            }
+            // The restart delay guards against crash loops. A drained node (Swarm) or a lost one
+            // (shoal: the node failed, not the task) starts the replacement at once.
+            let delay = if node_drained(state, &task.node_id) || node_down_or_gone(state, &task.node_id) {
+                0
+            } else {
+                service.spec.task.restart_policy.delay.as_std().as_millis() as u64
+            };
+            let wait_stop = !(failed || node_down_or_gone(state, &task.node_id));
+            let gate = (delay > 0 || wait_stop).then(|| StartGate {
+                not_before: ctx.now + delay,
+                after_task: wait_stop.then(|| task.id.clone()),
+                deadline: ctx.now + delay + OLD_TASK_TIMEOUT_MS,
+            });
+            let node = global_node.unwrap_or("");
+            let replacement = new_task(ctx, service, task.slot, node, TaskOrigin::Restart, gate);
+            note_wakeup(plan, replacement.start_gate.as_ref(), ctx.now);
+            plan.actions.push(Action::PutTask { task: replacement });
+            counts = true;
+            continue;
+        }
+        counts = true;
+        if task.desired_state == TaskState::Ready
+            && let Some(gate) = &task.start_gate
+        {
+            if gate_open(state, gate, ctx.now) {
+                plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Running });
+            } else {
+                note_wakeup(plan, Some(gate), ctx.now);
+            }
+        }
+    }
+    if !counts {
+        // The newest task ended and was not to be restarted in an earlier pass.
+        if let Some(newest) = slot_tasks.iter().max_by_key(|t| (t.created_at, t.id.as_str()))
+            && newest.desired_state == TaskState::Shutdown
+            && newest.status.state > TaskState::Running
+            && !should_restart(&service.spec, newest, slot_tasks, ctx.now)
+        {
+            counts = true;
+        }
+    }
+    counts
+}
+
+/// A closed gate opens at `not_before`, or, when it waits for an old task, at `deadline` at the
+/// latest (the old task stopping is a store change, which triggers a pass by itself).
+fn note_wakeup(plan: &mut Plan, gate: Option<&StartGate>, now: Timestamp) {
+    if let Some(gate) = gate {
+        let at = if now < gate.not_before { gate.not_before } else { gate.deadline };
+        plan.next_wakeup = Some(plan.next_wakeup.map_or(at, |w| w.min(at)));
+    }
+}
+
+fn reconcile_replicated(state: &State, service: &Service, replicas: u64, ctx: &mut Ctx<'_>, plan: &mut Plan) {
+    let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+    for task in state.tasks_of_service(&service.id) {
+        slots.entry(task.slot).or_default().push(task);
+    }
+    let mut counted: Vec<u64> = Vec::new();
+    for (slot, tasks) in &slots {
+        if supervise(state, service, tasks, ctx, plan, None) {
+            counted.push(*slot);
+        }
+    }
+    let counted_len = counted.len() as u64;
+    if counted_len < replicas {
+        let taken: BTreeSet<u64> = counted.iter().copied().collect();
+        let mut slot = 0;
+        for _ in 0..(replicas - counted_len) {
+            slot += 1;
+            while taken.contains(&slot) {
+                slot += 1;
+            }
+            let task = new_task(ctx, service, slot, "", TaskOrigin::Orchestrator, None);
+            plan.actions.push(Action::PutTask { task });
+        }
+    } else if counted_len > replicas {
+        let keep = scale_down_order(state, &slots, &counted);
+        for slot in keep.into_iter().skip(replicas as usize) {
+            for task in &slots[&slot] {
+                if task.desired_state < TaskState::Remove {
+                    plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Remove });
+                }
+            }
+        }
+    }
+}
+
+/// Swarm §5.3: slots with a running task first (then by slot number); then spread: a slot's rank
+/// is its ordinal among this service's slots on the same node, so nodes with the most copies lose
+/// theirs first. Returns slots best-to-keep first.
+pub fn scale_down_order(state: &State, slots: &BTreeMap<u64, Vec<&Task>>, counted: &[u64]) -> Vec<u64> {
+    let runnable = |slot: u64| -> Vec<&Task> {
+        slots[&slot].iter().copied().filter(|t| t.desired_state <= TaskState::Running).collect()
+    };
+    let mut order: Vec<u64> = counted.to_vec();
+    order.sort_by_key(|slot| {
+        let running = runnable(*slot).iter().any(|t| t.status.state == TaskState::Running);
+        (!running, *slot)
+    });
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    let mut ranked: Vec<(usize, usize, u64)> = Vec::new();
+    for (position, slot) in order.iter().enumerate() {
+        let tasks = runnable(*slot);
+        let rank = match tasks.as_slice() {
+            [only] if !only.node_id.is_empty() && state.node(&only.node_id).is_some() => {
+                let n = per_node.entry(only.node_id.clone()).or_default();
+                *n += 1;
+                *n
+            }
+            _ => usize::MAX,
+        };
+        ranked.push((rank, position, *slot));
+    }
+    ranked.sort();
+    ranked.into_iter().map(|(_, _, slot)| slot).collect()
+}
+
+fn global_eligible(node: &Node, service: &ServiceSpec) -> bool {
+    node.runs_tasks()
+        && node.spec.availability != Availability::Drain
+        && node.status.state != NodeState::Down
+        && service.task.placement.constraints.iter().all(|c| c.matches(|k| node.attribute(k)))
+}
+
+fn reconcile_global(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &mut Plan) {
+    let mut by_node: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for task in state.tasks_of_service(&service.id) {
+        by_node.entry(task.node_id.as_str()).or_default().push(task);
+    }
+    for (node_id, tasks) in &by_node {
+        let eligible = state.node(node_id).is_some_and(|n| global_eligible(n, &service.spec));
+        if !eligible {
+            // Drained, down, deleted or no longer matching: shut down, never replaced elsewhere.
+            for task in tasks {
+                if task.desired_state <= TaskState::Running {
+                    plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Shutdown });
+                }
+            }
+            continue;
+        }
+        supervise(state, service, tasks, ctx, plan, Some(node_id));
+    }
+    for node in state.nodes() {
+        if !global_eligible(node, &service.spec) || node.spec.availability == Availability::Pause {
+            continue;
+        }
+        let has_task = by_node.get(node.id.as_str()).is_some_and(|tasks| {
+            tasks.iter().any(|t| t.desired_state <= TaskState::Running)
+                || tasks.iter().max_by_key(|t| (t.created_at, t.id.as_str())).is_some_and(|newest| {
+                    newest.status.state > TaskState::Running
+                        && newest.desired_state == TaskState::Shutdown
+                        && !should_restart(&service.spec, newest, tasks, ctx.now)
+                })
+        });
+        if !has_task {
+            let task = new_task(ctx, service, 0, &node.id, TaskOrigin::Orchestrator, None);
+            plan.actions.push(Action::PutTask { task });
+        }
+    }
+}
