@@ -1,1 +1,91 @@
-fn main() {}
+//! `shoal-agent`: runs a node's tasks as Docker containers for a shoal cluster.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+
+/// Joins a shoal cluster as a worker node and runs the tasks it is assigned as Docker containers.
+#[derive(Parser, Debug)]
+#[command(name = "shoal-agent", version)]
+struct Args {
+    /// Where the agent keeps its node id.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// A manager's address (any manager; the agent finds the leader).
+    #[arg(long, value_name = "HOST:PORT", value_parser = shoal_agent::parse_manager_addr)]
+    join: String,
+    /// Host name shown by `shoal node ls` (default: the Docker engine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// A node label (`node.labels.<key>` in constraints); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The Docker engine to use.
+    #[arg(long, value_name = "URL", default_value = "unix:///var/run/docker.sock")]
+    docker_host: String,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let node_id = shoal_agent::load_identity(&args.data_dir)?;
+    let mut delay = std::time::Duration::from_millis(500);
+    let executor = loop {
+        match shoal_agent::shoal_executor::DockerExecutor::connect(Some(&args.docker_host), &node_id).await {
+            Ok(executor) => break executor,
+            Err(e) => {
+                tracing::error!(docker = %args.docker_host, error = %e, "cannot reach the Docker engine; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
+    };
+    let config = shoal_agent::AgentConfig {
+        data_dir: args.data_dir,
+        managers: vec![args.join],
+        hostname: args.hostname,
+        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+    };
+    tracing::info!(node = %node_id, "agent starting");
+    let agent = shoal_agent::Agent::new(node_id, config, Arc::new(executor));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = agent.run() => {}
+        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping the agent; its containers keep running and are adopted on restart"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping the agent"),
+    }
+    Ok(())
+}

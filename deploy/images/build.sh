@@ -28,7 +28,7 @@ trap 'rm -rf "$ctx"' EXIT
 cp "$busybox" "$ctx/busybox"
 
 # A loop that sleeps in the background and waits, so SIGTERM interrupts `wait` and the trap exits.
-forever='trap "exit 0" TERM INT; while :; do sleep 1 & wait $!; done'
+forever="trap 'exit 0' TERM INT; while :; do sleep 1 & wait \$!; done"
 
 build() { # tag, extra Dockerfile lines, CMD (JSON array)
     local tag=$1 extra=$2 cmd=$3

@@ -21,6 +21,8 @@ use shoal_types::{Cluster, ClusterSpec};
 use tokio::sync::{broadcast, watch};
 
 pub mod api;
+pub mod control_loop;
+pub mod dispatcher;
 pub mod error;
 pub mod identity;
 mod machine;
@@ -390,6 +392,9 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         shutdown,
     });
     tokio::spawn(manager.clone().promote_learners());
+    tokio::spawn(control_loop::run(manager.clone()));
+    let dispatcher = shoal_proto::v1::dispatcher_server::DispatcherServer::new(dispatcher::DispatcherApi(dispatcher::DispatcherService::new(manager.clone())))
+        .max_decoding_message_size(64 << 20);
 
     let raft_service = RaftTransportServer::new(RaftTransportService::new(identity.raft_id, raft))
         .max_decoding_message_size(64 << 20);
@@ -402,6 +407,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
             .tcp_nodelay(true)
             .add_service(raft_service)
             .add_service(control)
+            .add_service(dispatcher)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             }),

@@ -1,0 +1,341 @@
+//! The agent: holds a session with the leader, runs its assigned tasks through an [`Executor`]
+//! and reports every state change. `shoal-agent` wires it to Docker; tests wire it to the fake.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use shoal_executor::Executor;
+use shoal_proto::v1::dispatcher_client::DispatcherClient;
+use shoal_proto::v1::{AssignmentKind, HeartbeatRequest, SessionRequest, TaskStatusUpdate, UpdateTaskStatusRequest};
+use shoal_types::{NodeDescription, Task};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+mod report;
+mod runner;
+
+pub use report::Reporter;
+
+/// Response metadata a follower sets to name the leader (see the dispatcher).
+const LEADER_HEADER: &str = "x-shoal-leader";
+const IDENTITY_FILE: &str = "agent.json";
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    /// Managers to try, in order; the leader's address and the cluster's other managers are
+    /// learned from the session.
+    pub managers: Vec<String>,
+    pub hostname: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("data dir {0}: {1}")]
+    DataDir(PathBuf, String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    node_id: String,
+}
+
+/// Loads this agent's node id, creating it on first start. Refuses a directory that holds
+/// something else.
+pub fn load_identity(dir: &Path) -> Result<String, AgentError> {
+    let err = |m: String| AgentError::DataDir(dir.to_path_buf(), m);
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    let path = dir.join(IDENTITY_FILE);
+    if path.exists() {
+        let bytes = std::fs::read(&path).map_err(|e| err(format!("cannot read {IDENTITY_FILE}: {e}")))?;
+        let identity: Identity = serde_json::from_slice(&bytes)
+            .map_err(|e| err(format!("{IDENTITY_FILE} is corrupt or not a shoal agent's ({e})")))?;
+        return Ok(identity.node_id);
+    }
+    if std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?.next().is_some() {
+        return Err(err(format!("is not empty but holds no shoal agent state ({IDENTITY_FILE} is missing)")));
+    }
+    let identity = Identity { node_id: shoal_types::ids::new_id() };
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(&identity).expect("serialises")).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    Ok(identity.node_id)
+}
+
+pub struct Agent {
+    pub node_id: String,
+    config: AgentConfig,
+    executor: Arc<dyn Executor>,
+    reporter: Arc<Reporter>,
+    runners: Mutex<HashMap<String, runner::Runner>>,
+    /// Managers learned from the last session.
+    managers: Mutex<Vec<String>>,
+    connected: watch::Sender<bool>,
+}
+
+impl Agent {
+    pub fn new(node_id: String, config: AgentConfig, executor: Arc<dyn Executor>) -> Arc<Agent> {
+        let managers = config.managers.clone();
+        Arc::new(Agent {
+            node_id,
+            config,
+            executor,
+            reporter: Arc::new(Reporter::default()),
+            runners: Mutex::new(HashMap::new()),
+            managers: Mutex::new(managers),
+            connected: watch::channel(false).0,
+        })
+    }
+
+    /// True while a session with the leader is open.
+    pub fn watch_connected(&self) -> watch::Receiver<bool> {
+        self.connected.subscribe()
+    }
+
+    async fn description(&self) -> NodeDescription {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.executor.describe().await {
+                Ok(resources) => {
+                    let mut description = resources.to_description();
+                    if let Some(hostname) = &self.config.hostname {
+                        description.hostname = hostname.clone();
+                    }
+                    return description;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot describe this node: is the container engine reachable? retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Runs sessions with the cluster forever, reconnecting with backoff.
+    pub async fn run(self: Arc<Self>) {
+        let description = self.description().await;
+        self.remove_orphans_on_start().await;
+        let mut backoff = Duration::from_millis(100);
+        let mut next: Option<String> = None;
+        let mut attempt = 0usize;
+        loop {
+            let addr = next.take().unwrap_or_else(|| {
+                let managers = self.managers.lock().clone();
+                let addr = managers[attempt % managers.len().max(1)].clone();
+                attempt += 1;
+                addr
+            });
+            match self.clone().session(&addr, &description).await {
+                SessionEnd::Redirect(leader) => {
+                    next = Some(leader);
+                    continue;
+                }
+                SessionEnd::Ended(why) => {
+                    if *self.connected.borrow() {
+                        backoff = Duration::from_millis(100);
+                    }
+                    let _ = self.connected.send(false);
+                    tracing::warn!(manager = %addr, reason = %why, "session with the cluster ended; reconnecting");
+                }
+            }
+            let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(Duration::from_secs(8));
+        }
+    }
+
+    /// Containers left from a previous run whose tasks the cluster no longer knows are removed
+    /// once the first complete assignment arrives (see `apply_complete`); nothing to do here but
+    /// log what was found.
+    async fn remove_orphans_on_start(&self) {
+        match self.executor.list().await {
+            Ok(list) => tracing::info!(containers = list.len(), "containers of this node found at start"),
+            Err(e) => tracing::warn!(error = %e, "cannot list this node's containers yet"),
+        }
+    }
+
+    async fn session(self: Arc<Self>, addr: &str, description: &NodeDescription) -> SessionEnd {
+        let channel = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+            Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect().await,
+            Err(e) => return SessionEnd::Ended(format!("invalid manager address {addr}: {e}")),
+        };
+        let channel = match channel {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Ended(format!("cannot reach {addr}: {e}")),
+        };
+        let mut client = DispatcherClient::new(channel).max_decoding_message_size(256 << 20);
+        let request = SessionRequest {
+            node_id: self.node_id.clone(),
+            description_json: serde_json::to_string(description).expect("serialises"),
+            labels: self.config.labels.clone().into_iter().collect(),
+        };
+        let mut stream = match client.session(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                if status.code() == tonic::Code::Unavailable
+                    && let Some(leader) = status.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok())
+                    && leader != addr
+                {
+                    return SessionEnd::Redirect(leader.to_string());
+                }
+                return SessionEnd::Ended(format!("{}: {}", addr, status.message()));
+            }
+        };
+        let first = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return SessionEnd::Ended("the session closed at once".into()),
+            Err(e) => return SessionEnd::Ended(e.message().to_string()),
+        };
+        let session_id = first.session_id.clone();
+        let period = Duration::from_millis(first.heartbeat_period_ms.max(100));
+        if !first.managers.is_empty() {
+            *self.managers.lock() = first.managers.clone();
+        }
+        tracing::info!(manager = %addr, node = %self.node_id, tasks = first.tasks_json.len(), "session open");
+        self.apply(&first).await;
+        let _ = self.connected.send(true);
+        self.reporter.resend_all();
+
+        let heartbeat = {
+            let (mut client, node_id, session_id) = (client.clone(), self.node_id.clone(), session_id.clone());
+            async move {
+                let mut period = period;
+                loop {
+                    tokio::time::sleep(period).await;
+                    let beat = HeartbeatRequest { node_id: node_id.clone(), session_id: session_id.clone() };
+                    match tokio::time::timeout(Duration::from_secs(5), client.heartbeat(beat)).await {
+                        Ok(Ok(r)) => period = Duration::from_millis(r.into_inner().period_ms.max(100)),
+                        Ok(Err(e)) => return format!("heartbeat refused: {}", e.message()),
+                        Err(_) => return "heartbeat timed out".to_string(),
+                    }
+                }
+            }
+        };
+        let reports = {
+            let (mut client, node_id, session_id, reporter) =
+                (client.clone(), self.node_id.clone(), session_id.clone(), self.reporter.clone());
+            async move {
+                loop {
+                    let batch = reporter.take_batch();
+                    if batch.is_empty() {
+                        reporter.notify.notified().await;
+                        continue;
+                    }
+                    let updates = batch
+                        .iter()
+                        .map(|(id, s)| TaskStatusUpdate { task_id: id.clone(), status_json: serde_json::to_string(s).expect("serialises") })
+                        .collect();
+                    let request = UpdateTaskStatusRequest { node_id: node_id.clone(), session_id: session_id.clone(), updates };
+                    match client.update_task_status(request).await {
+                        Ok(_) => {}
+                        Err(e) if e.code() == tonic::Code::PermissionDenied || e.code() == tonic::Code::InvalidArgument && e.message() != "session invalid" => {
+                            tracing::error!(error = e.message(), "the leader refused task statuses; dropping them");
+                        }
+                        Err(e) => {
+                            reporter.requeue(batch);
+                            return format!("reporting task status failed: {}", e.message());
+                        }
+                    }
+                }
+            }
+        };
+        let assignments = async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(msg)) => self.apply(&msg).await,
+                    Ok(None) => return "the leader closed the session".to_string(),
+                    Err(e) => return format!("assignment stream: {}", e.message()),
+                }
+            }
+        };
+        let why = tokio::select! {
+            why = heartbeat => why,
+            why = reports => why,
+            why = assignments => why,
+        };
+        SessionEnd::Ended(why)
+    }
+
+    async fn apply(&self, msg: &shoal_proto::v1::SessionMessage) {
+        let mut tasks = Vec::with_capacity(msg.tasks_json.len());
+        for json in &msg.tasks_json {
+            match serde_json::from_str::<Task>(json) {
+                Ok(task) => tasks.push(task),
+                Err(e) => tracing::error!(error = %e, "unreadable task in an assignment; skipped"),
+            }
+        }
+        let complete = msg.kind == AssignmentKind::Complete as i32;
+        let mut to_remove: Vec<String> = msg.removed.clone();
+        {
+            let mut runners = self.runners.lock();
+            if complete {
+                let keep: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+                let gone: Vec<String> = runners.keys().filter(|id| !keep.contains(id.as_str())).cloned().collect();
+                to_remove.extend(gone);
+            }
+            for task in tasks {
+                match runners.get(&task.id) {
+                    Some(runner) => {
+                        runner.task.send_replace(task);
+                    }
+                    None => {
+                        let id = task.id.clone();
+                        let (tx, rx) = watch::channel(task);
+                        let handle = tokio::spawn(runner::run(rx, self.executor.clone(), self.reporter.clone()));
+                        runners.insert(id, runner::Runner { task: tx, handle });
+                    }
+                }
+            }
+            for id in &to_remove {
+                if let Some(runner) = runners.remove(id) {
+                    runner.handle.abort();
+                }
+                self.reporter.forget(id);
+            }
+        }
+        for id in &to_remove {
+            if let Err(e) = self.executor.remove(id).await {
+                tracing::warn!(task = %id, error = %e, "removing a container failed");
+            }
+        }
+        if complete {
+            // Containers of tasks this node no longer has (e.g. removed while the agent was down).
+            let known: HashSet<String> = self.runners.lock().keys().cloned().collect();
+            if let Ok(list) = self.executor.list().await {
+                for container in list.into_iter().filter(|c| !known.contains(&c.task_id)) {
+                    tracing::info!(task = %container.task_id, "removing a container of a task no longer assigned here");
+                    if let Err(e) = self.executor.remove(&container.task_id).await {
+                        tracing::warn!(task = %container.task_id, error = %e, "removing a container failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum SessionEnd {
+    Redirect(String),
+    Ended(String),
+}
+
+/// Checks `--join` is `host:port`.
+pub fn parse_manager_addr(text: &str) -> Result<String, String> {
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    if host.is_empty() || host.contains('/') || host.contains(' ') {
+        return Err(format!("{text:?} is not HOST:PORT (bad host)"));
+    }
+    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{text:?} is not HOST:PORT (bad port)"))?;
+    Ok(text.to_string())
+}
+
+pub use shoal_executor;
+
+/// Unused-client guard so the type stays referenced in docs.
+pub type ManagerClient = DispatcherClient<Channel>;

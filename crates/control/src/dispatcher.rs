@@ -1,0 +1,382 @@
+//! The dispatcher (leader only): agent sessions, heartbeats and node health, assignment streams,
+//! and batched task status writes. Followers answer `Unavailable` with the leader's address.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use shoal_proto::v1::dispatcher_server::Dispatcher;
+use shoal_proto::v1::*;
+use shoal_raft::RaftRole;
+use shoal_store::{Action, ChangeKind, Object};
+use shoal_types::{
+    Availability, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, Task, TaskState, TaskStatus,
+};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::{ApiError, Manager, now_millis};
+
+/// Response metadata naming the leader's address when a follower refuses an agent.
+pub const LEADER_HEADER: &str = "x-shoal-leader";
+/// A node is DOWN after this many missed heartbeats (Swarm: 3).
+const MISSED_BEATS: u32 = 3;
+/// After a leader change, nodes get this many periods to reconnect before they can be DOWN
+/// (Swarm: 6), so a failover does not reschedule healthy nodes' tasks.
+const FAILOVER_GRACE_BEATS: u32 = 6;
+/// Status updates are written at most this often (Swarm: 100 ms); small, because rolling
+/// updates wait on them.
+const STATUS_FLUSH: Duration = Duration::from_millis(5);
+const MAX_STATUS_BATCH: usize = 1000;
+
+struct Session {
+    id: String,
+    last_seen: Instant,
+    /// Dropping it ends the node's assignment stream.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+pub struct DispatcherService {
+    manager: Arc<Manager>,
+    sessions: Mutex<HashMap<String, Session>>,
+    statuses: Mutex<BTreeMap<String, TaskStatus>>,
+    flush: Notify,
+    /// When this manager last became leader, and in which term.
+    leadership: Mutex<Option<(u64, Instant)>>,
+}
+
+type SessionStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SessionMessage, Status>> + Send>>;
+
+impl DispatcherService {
+    pub fn new(manager: Arc<Manager>) -> Arc<Self> {
+        let dispatcher = Arc::new(DispatcherService {
+            manager,
+            sessions: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(BTreeMap::new()),
+            flush: Notify::new(),
+            leadership: Mutex::new(None),
+        });
+        tokio::spawn(dispatcher.clone().flush_statuses());
+        tokio::spawn(dispatcher.clone().watch_health());
+        dispatcher
+    }
+
+    fn period(&self) -> Duration {
+        self.manager.state().cluster().map(|c| c.spec.heartbeat_period.as_std()).unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Refuses the call unless this manager is the leader, pointing the agent at the leader.
+    fn check_leader(&self) -> Result<(), Status> {
+        let st = self.manager.raft_status();
+        if st.role == RaftRole::Leader && st.leader_ready {
+            return Ok(());
+        }
+        let mut status = Status::unavailable("this manager is not the leader; reconnect to the leader");
+        if let Some(leader) = st.members.get(&st.leader_id)
+            && let Ok(value) = leader.addr.parse()
+        {
+            status.metadata_mut().insert(LEADER_HEADER, value);
+        }
+        Err(status)
+    }
+
+    fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
+        let mut sessions = self.sessions.lock();
+        match sessions.get_mut(node_id) {
+            Some(s) if s.id == session_id => {
+                s.last_seen = Instant::now();
+                Ok(())
+            }
+            _ => Err(Status::invalid_argument("session invalid")),
+        }
+    }
+
+    /// Writes queued task statuses in one batch; the store keeps only forward transitions.
+    async fn flush_statuses(self: Arc<Self>) {
+        loop {
+            self.flush.notified().await;
+            tokio::time::sleep(STATUS_FLUSH).await;
+            loop {
+                let batch: Vec<(String, TaskStatus)> = {
+                    let mut queue = self.statuses.lock();
+                    let keys: Vec<String> = queue.keys().take(MAX_STATUS_BATCH).cloned().collect();
+                    keys.into_iter().filter_map(|k| queue.remove(&k).map(|v| (k, v))).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let actions = batch.into_iter().map(|(id, status)| Action::SetTaskStatus { id, status }).collect();
+                if let Err(e) = self.manager.propose(actions).await {
+                    // Agents re-report every task's status when they reconnect, so a lost batch heals.
+                    tracing::warn!(error = %e, "writing task statuses failed");
+                }
+            }
+        }
+    }
+
+    /// Marks nodes DOWN after missed heartbeats (leader only).
+    async fn watch_health(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            ticker.tick().await;
+            let st = self.manager.raft_status();
+            if st.role != RaftRole::Leader || !st.leader_ready {
+                if self.leadership.lock().take().is_some() {
+                    // Leadership lost: end every session so agents find the new leader.
+                    self.sessions.lock().clear();
+                }
+                continue;
+            }
+            let since = {
+                let mut leadership = self.leadership.lock();
+                match *leadership {
+                    Some((term, since)) if term == st.term => since,
+                    _ => {
+                        let now = Instant::now();
+                        *leadership = Some((st.term, now));
+                        self.sessions.lock().clear();
+                        now
+                    }
+                }
+            };
+            let period = self.period();
+            let now = Instant::now();
+            let mut down = Vec::new();
+            {
+                let state = self.manager.state();
+                let mut sessions = self.sessions.lock();
+                for node in state.nodes().filter(|n| n.runs_tasks() && n.status.state != NodeState::Down) {
+                    let expired = match sessions.get(&node.id) {
+                        Some(s) => now.duration_since(s.last_seen) > period * MISSED_BEATS,
+                        None => now.duration_since(since) > period * FAILOVER_GRACE_BEATS,
+                    };
+                    if expired {
+                        sessions.remove(&node.id);
+                        down.push(Action::SetNodeStatus {
+                            id: node.id.clone(),
+                            status: NodeStatus {
+                                state: NodeState::Down,
+                                message: "heartbeat failure".into(),
+                                addr: node.status.addr.clone(),
+                            },
+                            description: None,
+                        });
+                    }
+                }
+            }
+            if !down.is_empty() {
+                tracing::warn!(nodes = down.len(), "nodes missed their heartbeats; marking them down");
+                if let Err(e) = self.manager.propose(down).await {
+                    tracing::warn!(error = %e, "marking nodes down failed");
+                }
+            }
+        }
+    }
+
+    async fn register(&self, request: &SessionRequest, addr: String) -> Result<(), ApiError> {
+        if request.node_id.is_empty() {
+            return Err(ApiError::InvalidArgument("node_id is required".into()));
+        }
+        let description: NodeDescription = serde_json::from_str(&request.description_json)
+            .map_err(|e| ApiError::InvalidArgument(format!("invalid node description: {e}")))?;
+        let existing = self.manager.state().node(&request.node_id).cloned();
+        let status = NodeStatus { state: NodeState::Ready, message: String::new(), addr };
+        let action = match existing {
+            Some(node) if node.manager.is_some() || node.spec.role == NodeRole::Manager => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "node {} is a manager; an agent needs its own data dir (node id)",
+                    node.id
+                )));
+            }
+            Some(node) => Action::SetNodeStatus { id: node.id, status, description: Some(description) },
+            None => {
+                let at = now_millis();
+                Action::PutNode {
+                    node: Node {
+                        id: request.node_id.clone(),
+                        version: 0,
+                        created_at: at,
+                        updated_at: at,
+                        spec: NodeSpec {
+                            role: NodeRole::Worker,
+                            availability: Availability::Active,
+                            labels: request.labels.clone().into_iter().collect(),
+                        },
+                        description,
+                        status,
+                        manager: None,
+                    },
+                }
+            }
+        };
+        self.manager.propose(vec![action]).await?;
+        Ok(())
+    }
+}
+
+fn assignment(
+    session_id: &str,
+    period: Duration,
+    managers: &[String],
+    kind: AssignmentKind,
+    tasks: Vec<&Task>,
+    removed: Vec<String>,
+) -> SessionMessage {
+    SessionMessage {
+        session_id: session_id.to_string(),
+        heartbeat_period_ms: period.as_millis() as u64,
+        managers: managers.to_vec(),
+        kind: kind as i32,
+        tasks_json: tasks.into_iter().map(|t| serde_json::to_string(t).expect("tasks serialise")).collect(),
+        removed,
+    }
+}
+
+/// The tasks an agent is told about: bound to its node and past the scheduler.
+fn agent_visible(task: &Task, node_id: &str) -> bool {
+    task.node_id == node_id && task.status.state >= TaskState::Assigned
+}
+
+/// The gRPC face of the dispatcher (its state is shared with background tasks).
+pub struct DispatcherApi(pub Arc<DispatcherService>);
+
+impl std::ops::Deref for DispatcherApi {
+    type Target = DispatcherService;
+    fn deref(&self) -> &DispatcherService {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl Dispatcher for DispatcherApi {
+    type SessionStream = SessionStream;
+
+    async fn session(&self, request: Request<SessionRequest>) -> Result<Response<SessionStream>, Status> {
+        self.check_leader()?;
+        let addr = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let request = request.into_inner();
+        // Subscribe before registering so no change after the complete set is missed.
+        let mut events = self.manager.subscribe();
+        self.register(&request, addr).await.map_err(Status::from)?;
+        let node_id = request.node_id.clone();
+        let session_id = shoal_types::ids::new_id();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+        self.sessions
+            .lock()
+            .insert(node_id.clone(), Session { id: session_id.clone(), last_seen: Instant::now(), _stop: stop_tx });
+        let period = self.period();
+        let managers: Vec<String> = self.manager.raft_status().members.values().map(|m| m.addr.clone()).collect();
+        let (tx, rx) = mpsc::channel(256);
+        let mut sent: HashMap<String, TaskState> = HashMap::new();
+        let complete: Vec<Task> = {
+            let state = self.manager.state();
+            state.tasks_on_node(&node_id).filter(|t| agent_visible(t, &node_id)).cloned().collect()
+        };
+        for t in &complete {
+            sent.insert(t.id.clone(), t.desired_state);
+        }
+        tracing::info!(node = %node_id, tasks = complete.len(), "agent session opened");
+        let first = assignment(&session_id, period, &managers, AssignmentKind::Complete, complete.iter().collect(), Vec::new());
+        if tx.send(Ok(first)).await.is_err() {
+            return Err(Status::cancelled("agent went away"));
+        }
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    _ = &mut stop_rx => return,
+                    change = events.recv() => change,
+                };
+                let mut batch = match change {
+                    Ok(c) => vec![c],
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed changes: the agent must resync; ending the stream makes it reconnect.
+                        let _ = tx.send(Err(Status::aborted("assignment stream fell behind; reconnect"))).await;
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                while batch.len() < 1000 {
+                    match events.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
+                }
+                let mut updated: Vec<Task> = Vec::new();
+                let mut removed = Vec::new();
+                for change in batch {
+                    let Object::Task(task) = change.object else { continue };
+                    if change.kind == ChangeKind::Remove {
+                        if sent.remove(&task.id).is_some() {
+                            removed.push(task.id);
+                        }
+                        continue;
+                    }
+                    if !agent_visible(&task, &node_id) {
+                        continue;
+                    }
+                    // The agent reports statuses itself; it only needs new tasks and desired-state changes.
+                    if sent.get(&task.id) != Some(&task.desired_state) {
+                        sent.insert(task.id.clone(), task.desired_state);
+                        updated.retain(|t| t.id != task.id);
+                        updated.push(task);
+                    }
+                }
+                if updated.is_empty() && removed.is_empty() {
+                    continue;
+                }
+                let msg = assignment(&session_id, period, &managers, AssignmentKind::Incremental, updated.iter().collect(), removed);
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        self.check_leader()?;
+        let request = request.into_inner();
+        self.check_session(&request.node_id, &request.session_id)?;
+        Ok(Response::new(HeartbeatResponse { period_ms: self.period().as_millis() as u64 }))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        self.check_leader()?;
+        let request = request.into_inner();
+        self.check_session(&request.node_id, &request.session_id)?;
+        let mut parsed = Vec::with_capacity(request.updates.len());
+        {
+            let state = self.manager.state();
+            for update in &request.updates {
+                let status: TaskStatus = serde_json::from_str(&update.status_json)
+                    .map_err(|e| Status::invalid_argument(format!("invalid status for task {}: {e}", update.task_id)))?;
+                match state.task(&update.task_id) {
+                    // A deleted task's late status is simply dropped.
+                    None => continue,
+                    Some(task) if task.node_id != request.node_id => {
+                        tracing::warn!(node = %request.node_id, task = %update.task_id, "node reported a task of another node");
+                        return Err(Status::permission_denied("cannot update a task not assigned this node"));
+                    }
+                    Some(_) => parsed.push((update.task_id.clone(), status)),
+                }
+            }
+        }
+        {
+            let mut queue = self.statuses.lock();
+            for (id, status) in parsed {
+                // Later reports overwrite earlier ones; the store drops backwards moves.
+                let replace = queue.get(&id).is_none_or(|queued| status.state >= queued.state);
+                if replace {
+                    queue.insert(id, status);
+                }
+            }
+        }
+        self.flush.notify_one();
+        Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}

@@ -1,0 +1,598 @@
+//! [`Executor`] on a Docker engine, through bollard.
+//!
+//! Engines here speak API 1.41 (Docker 20.10) while bollard 0.21 is built for 1.53, so the client
+//! always negotiates the version and nothing relies on post-1.41 fields.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum, EventMessage,
+    EventMessageTypeEnum, HealthConfig, HealthStatusEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use crate::mapping::{container_body, container_name, grace_secs};
+use crate::{
+    ContainerEvent, ContainerInfo, ExecError, Executor, ExitStatus, LABEL_NODE_ID, LABEL_TASK_ID, NodeResources,
+    TaskPlan,
+};
+
+/// How often `start` looks at a container's health while it waits for it to become healthy.
+const HEALTH_POLL: Duration = Duration::from_millis(250);
+/// How often `wait` looks at a running container's health (for as long as it runs).
+const HEALTH_WATCH_POLL: Duration = Duration::from_secs(1);
+/// Extra time the client gives `stop` beyond the grace period before it calls the engine lost.
+const STOP_SLACK: Duration = Duration::from_secs(30);
+/// Reconnection backoff for the events stream.
+const EVENTS_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs tasks as containers on a Docker engine. Cheap to clone (the client is shared).
+#[derive(Clone, Debug)]
+pub struct DockerExecutor {
+    docker: Docker,
+    node_id: String,
+}
+
+impl DockerExecutor {
+    /// Connects to `docker_host` (`unix:///var/run/docker.sock`, a bare socket path, or
+    /// `tcp://host:port`; None uses `DOCKER_HOST` or the local socket) and negotiates the API
+    /// version. Containers made by this executor are labelled with `node_id`, and only those are
+    /// seen by its lookups.
+    pub async fn connect(docker_host: Option<&str>, node_id: &str) -> Result<Self, ExecError> {
+        if node_id.is_empty() {
+            return Err(ExecError::Fatal("executor needs a node id".into()));
+        }
+        let where_ = docker_host.unwrap_or("the default Docker socket").to_string();
+        let docker = match docker_host {
+            None => Docker::connect_with_local_defaults(),
+            Some(host) if host.starts_with('/') => Docker::connect_with_unix(host, 120, bollard::API_DEFAULT_VERSION),
+            Some(host) => Docker::connect_with_host(host),
+        }
+        .map_err(|e| engine_error(&format!("connecting to Docker at {where_}"), e))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| engine_error(&format!("connecting to Docker at {where_}"), e))?;
+        Ok(DockerExecutor { docker, node_id: node_id.to_string() })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The underlying client (for tools and tests).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn filters(&self, task_id: Option<&str>) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![format!("{LABEL_NODE_ID}={}", self.node_id)];
+        if let Some(task_id) = task_id {
+            labels.push(format!("{LABEL_TASK_ID}={task_id}"));
+        }
+        HashMap::from([("label".to_string(), labels)])
+    }
+
+    async fn list_summaries(&self, task_id: Option<&str>) -> Result<Vec<ContainerSummary>, ExecError> {
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&self.filters(task_id)).build();
+        self.docker.list_containers(Some(opts)).await.map_err(|e| engine_error("listing containers", e))
+    }
+
+    /// This node's container for `task_id`, if any.
+    async fn find(&self, task_id: &str) -> Result<Option<ContainerSummary>, ExecError> {
+        let mut found = self.list_summaries(Some(task_id)).await?;
+        // Several would mean someone made one by hand; prefer one that was started.
+        found.sort_by_key(|c| c.state == Some(ContainerSummaryStateEnum::CREATED));
+        Ok(found.into_iter().find(|c| c.id.is_some()))
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, ExecError> {
+        match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(engine_error(&format!("inspecting container {id}"), e)),
+        }
+    }
+
+    async fn stop(&self, id: &str, name: &str, grace: Duration) -> Result<(), ExecError> {
+        let t = grace_secs(grace);
+        let client = self.docker.clone().with_timeout(Duration::from_secs(t.unsigned_abs()) + STOP_SLACK);
+        let opts = StopContainerOptionsBuilder::default().t(i32::try_from(t).unwrap_or(i32::MAX)).build();
+        match client.stop_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped; 404: already gone.
+            Err(e) if matches!(status(&e), Some(304 | 404)) => Ok(()),
+            Err(e) => Err(engine_error(&format!("stopping container {name}"), e)),
+        }
+    }
+
+    /// Polls the container until its health check passes.
+    async fn wait_healthy(&self, plan: &TaskPlan, id: &str) -> Result<(), ExecError> {
+        let name = container_name(plan);
+        loop {
+            let Some(info) = self.inspect(id).await? else {
+                return Err(ExecError::Fatal(format!("container {name} was removed before it became healthy")));
+            };
+            let state = info.state.unwrap_or_default();
+            if state.running != Some(true) {
+                let code = state.exit_code.unwrap_or(-1);
+                return Err(ExecError::Fatal(format!(
+                    "container {name} exited with code {code} before it became healthy"
+                )));
+            }
+            let health = state.health.unwrap_or_default();
+            match health.status {
+                Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                Some(HealthStatusEnum::UNHEALTHY) => {
+                    let err = unhealthy_error(&name, health.log.as_deref());
+                    self.stop(id, &name, plan.container.stop_grace_period.as_std()).await?;
+                    return Err(err);
+                }
+                // No health state at all: the engine does not check this container.
+                None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) => return Ok(()),
+                Some(HealthStatusEnum::STARTING) => tokio::time::sleep(HEALTH_POLL).await,
+            }
+        }
+    }
+
+    /// Resolves once a running container turns unhealthy; never resolves otherwise. Does not
+    /// stop the container: the caller must, after it stopped waiting for the exit (or the exit
+    /// caused by the stop would win the race).
+    async fn watch_unhealthy(&self, plan: &TaskPlan, id: &str) -> ExecError {
+        let name = container_name(plan);
+        loop {
+            tokio::time::sleep(HEALTH_WATCH_POLL).await;
+            let Ok(Some(info)) = self.inspect(id).await else { continue };
+            let state = info.state.unwrap_or_default();
+            let health = state.health.unwrap_or_default();
+            if state.running == Some(true) && health.status == Some(HealthStatusEnum::UNHEALTHY) {
+                return unhealthy_error(&name, health.log.as_deref());
+            }
+        }
+    }
+
+    async fn exit_code_of(&self, summary: &ContainerSummary) -> Option<i64> {
+        if !matches!(summary.state, Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD)) {
+            return None;
+        }
+        if let Some(code) = summary.status.as_deref().and_then(parse_exit_status) {
+            return Some(code);
+        }
+        let id = summary.id.as_deref()?;
+        self.inspect(id).await.ok().flatten()?.state?.exit_code
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for DockerExecutor {
+    async fn describe(&self) -> Result<NodeResources, ExecError> {
+        let info = self.docker.info().await.map_err(|e| engine_error("reading Docker engine info", e))?;
+        let engine_labels = info
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (l, String::new()),
+            })
+            .collect();
+        Ok(NodeResources {
+            hostname: info.name.unwrap_or_default(),
+            nano_cpus: u64::try_from(info.ncpu.unwrap_or(0)).unwrap_or(0) * 1_000_000_000,
+            memory_bytes: u64::try_from(info.mem_total.unwrap_or(0)).unwrap_or(0),
+            engine_labels,
+            os: info.os_type.unwrap_or_default(),
+            arch: info.architecture.unwrap_or_default(),
+            engine_version: info.server_version.unwrap_or_default(),
+        })
+    }
+
+    async fn prepare(&self, plan: &TaskPlan) -> Result<String, ExecError> {
+        if let Some(id) = self.find(&plan.task_id).await?.and_then(|c| c.id) {
+            return Ok(id);
+        }
+        let image = &plan.container.image;
+        if image.is_empty() {
+            return Err(ExecError::Fatal(format!("task {} has no image", plan.task_id)));
+        }
+        match self.docker.inspect_image(image).await {
+            Ok(_) => {}
+            Err(e) if status(&e) == Some(404) => return Err(ExecError::ImageNotFound(image.clone())),
+            Err(e) => return Err(engine_error(&format!("inspecting image {image}"), e)),
+        }
+        let name = container_name(plan);
+        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+        match self.docker.create_container(Some(opts), container_body(plan, &self.node_id)).await {
+            Ok(created) => {
+                for warning in &created.warnings {
+                    tracing::warn!(container = %name, "{warning}");
+                }
+                Ok(created.id)
+            }
+            // The image went away between the check and the create.
+            Err(e) if status(&e) == Some(404) => Err(ExecError::ImageNotFound(image.clone())),
+            // Name taken: ours (a concurrent prepare) or a stranger's.
+            Err(e) if status(&e) == Some(409) => match self.find(&plan.task_id).await?.and_then(|c| c.id) {
+                Some(id) => Ok(id),
+                None => Err(engine_error(&format!("creating container {name}"), e)),
+            },
+            Err(e) => Err(engine_error(&format!("creating container {name}"), e)),
+        }
+    }
+
+    async fn start(&self, plan: &TaskPlan) -> Result<(), ExecError> {
+        let name = container_name(plan);
+        let Some(summary) = self.find(&plan.task_id).await? else {
+            return Err(ExecError::Fatal(format!("container {name} does not exist (it must be prepared first)")));
+        };
+        let id = summary.id.unwrap_or_default();
+        // Like Swarm: a container that has ever been started is not started again.
+        if summary.state != Some(ContainerSummaryStateEnum::CREATED) {
+            return Ok(());
+        }
+        self.docker
+            .start_container(&id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| engine_error(&format!("starting container {name}"), e))?;
+        let Some(info) = self.inspect(&id).await? else {
+            return Err(ExecError::Fatal(format!("container {name} was removed while starting")));
+        };
+        if has_healthcheck(info.config.as_ref().and_then(|c| c.healthcheck.as_ref())) {
+            self.wait_healthy(plan, &id).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, plan: &TaskPlan) -> Result<ExitStatus, ExecError> {
+        let name = container_name(plan);
+        let gone = || ExecError::Fatal(format!("container {name} no longer exists"));
+        let Some(summary) = self.find(&plan.task_id).await? else { return Err(gone()) };
+        let id = summary.id.unwrap_or_default();
+        let Some(info) = self.inspect(&id).await? else { return Err(gone()) };
+        let state = info.state.unwrap_or_default();
+        // "not-running" returns at once for a created container; wait for its first run instead.
+        let condition =
+            if state.status == Some(ContainerStateStatusEnum::CREATED) { "next-exit" } else { "not-running" };
+        let opts = WaitContainerOptionsBuilder::default().condition(condition).build();
+        let mut waiter = self.docker.wait_container(&id, Some(opts));
+        let exited = async {
+            match waiter.next().await {
+                Some(Ok(resp)) => Ok(ExitStatus { code: resp.status_code }),
+                // bollard reports a non-zero exit as an error.
+                Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(ExitStatus { code }),
+                Some(Err(e)) if status(&e) == Some(404) => Err(gone()),
+                Some(Err(e)) => Err(engine_error(&format!("waiting for container {name}"), e)),
+                None => Err(ExecError::Temporary(format!(
+                    "waiting for container {name}: the Docker engine closed the connection"
+                ))),
+            }
+        };
+        let watches_health =
+            state.running == Some(true) && has_healthcheck(info.config.as_ref().and_then(|c| c.healthcheck.as_ref()));
+        if !watches_health {
+            return exited.await;
+        }
+        let unhealthy = tokio::select! {
+            result = exited => return result,
+            err = self.watch_unhealthy(plan, &id) => err,
+        };
+        if let Err(stop_err) = self.stop(&id, &name, plan.container.stop_grace_period.as_std()).await {
+            tracing::warn!(container = %name, error = %stop_err, "stopping unhealthy container failed");
+        }
+        Err(unhealthy)
+    }
+
+    async fn shutdown(&self, plan: &TaskPlan) -> Result<(), ExecError> {
+        let Some(summary) = self.find(&plan.task_id).await? else { return Ok(()) };
+        let running = matches!(
+            summary.state,
+            Some(
+                ContainerSummaryStateEnum::RUNNING
+                    | ContainerSummaryStateEnum::PAUSED
+                    | ContainerSummaryStateEnum::RESTARTING
+            )
+        );
+        if !running {
+            return Ok(());
+        }
+        let id = summary.id.unwrap_or_default();
+        self.stop(&id, &container_name(plan), plan.container.stop_grace_period.as_std()).await
+    }
+
+    async fn remove(&self, task_id: &str) -> Result<(), ExecError> {
+        for summary in self.list_summaries(Some(task_id)).await? {
+            let Some(id) = summary.id else { continue };
+            let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+            match self.docker.remove_container(&id, Some(opts)).await {
+                Ok(()) => {}
+                // 404: already gone; 409: a removal is already in progress.
+                Err(e) if matches!(status(&e), Some(404 | 409)) => {}
+                Err(e) => return Err(engine_error(&format!("removing container of task {task_id}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerInfo>, ExecError> {
+        let mut out = Vec::new();
+        for summary in self.list_summaries(None).await? {
+            let Some(container_id) = summary.id.clone() else { continue };
+            let labels: BTreeMap<String, String> = summary.labels.clone().unwrap_or_default().into_iter().collect();
+            let exit_code = self.exit_code_of(&summary).await;
+            out.push(ContainerInfo {
+                task_id: labels.get(LABEL_TASK_ID).cloned().unwrap_or_default(),
+                container_id,
+                running: summary.state == Some(ContainerSummaryStateEnum::RUNNING),
+                exit_code,
+                labels,
+            });
+        }
+        out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        Ok(out)
+    }
+
+    fn events(&self) -> BoxStream<'static, ContainerEvent> {
+        let state = EventsState {
+            docker: self.docker.clone(),
+            node_id: self.node_id.clone(),
+            since: now_nanos(),
+            inner: None,
+            broken: false,
+            backoff: EVENTS_BACKOFF_MIN,
+        };
+        futures::stream::unfold(state, |mut st| async move {
+            let event = st.next_event().await;
+            Some((event, st))
+        })
+        .boxed()
+    }
+}
+
+struct EventsState {
+    docker: Docker,
+    node_id: String,
+    /// Nanoseconds since the epoch to ask the engine for events from when (re)connecting.
+    since: i128,
+    inner: Option<BoxStream<'static, Result<EventMessage, DockerError>>>,
+    broken: bool,
+    backoff: Duration,
+}
+
+impl EventsState {
+    async fn next_event(&mut self) -> ContainerEvent {
+        loop {
+            let inner = match &mut self.inner {
+                Some(inner) => inner,
+                None => {
+                    let reconnecting = self.broken;
+                    if reconnecting {
+                        tokio::time::sleep(self.backoff).await;
+                        self.backoff = (self.backoff * 2).min(EVENTS_BACKOFF_MAX);
+                        if self.docker.ping().await.is_err() {
+                            continue;
+                        }
+                        self.broken = false;
+                    }
+                    let filters = HashMap::from([
+                        ("type".to_string(), vec!["container".to_string()]),
+                        ("label".to_string(), vec![format!("{LABEL_NODE_ID}={}", self.node_id)]),
+                        (
+                            "event".to_string(),
+                            ["start", "die", "oom", "health_status", "destroy"].map(String::from).to_vec(),
+                        ),
+                    ]);
+                    let since =
+                        format!("{}.{:09}", self.since.div_euclid(1_000_000_000), self.since.rem_euclid(1_000_000_000));
+                    let opts = EventsOptionsBuilder::default().since(&since).filters(&filters).build();
+                    self.inner = Some(self.docker.events(Some(opts)).boxed());
+                    if reconnecting {
+                        return ContainerEvent::Resync;
+                    }
+                    continue;
+                }
+            };
+            match inner.next().await {
+                Some(Ok(msg)) => {
+                    self.backoff = EVENTS_BACKOFF_MIN;
+                    if let Some(nanos) = msg.time_nano.or(msg.time.map(|s| s.saturating_mul(1_000_000_000))) {
+                        // The engine replays events at or after `since`; skip the one we have.
+                        self.since = self.since.max(i128::from(nanos) + 1);
+                    }
+                    if let Some(event) = convert_event(&msg, &self.node_id) {
+                        return event;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Docker events stream failed; reconnecting");
+                    self.inner = None;
+                    self.broken = true;
+                }
+                None => {
+                    tracing::info!("Docker events stream ended; reconnecting");
+                    self.inner = None;
+                    self.broken = true;
+                }
+            }
+        }
+    }
+}
+
+fn convert_event(msg: &EventMessage, node_id: &str) -> Option<ContainerEvent> {
+    if msg.typ != Some(EventMessageTypeEnum::CONTAINER) {
+        return None;
+    }
+    let actor = msg.actor.as_ref()?;
+    let attrs = actor.attributes.as_ref()?;
+    if attrs.get(LABEL_NODE_ID).map(String::as_str) != Some(node_id) {
+        return None;
+    }
+    let task_id = attrs.get(LABEL_TASK_ID)?.clone();
+    let container_id = actor.id.clone().unwrap_or_default();
+    let action = msg.action.as_deref()?;
+    Some(match action {
+        "start" => ContainerEvent::Started { task_id, container_id },
+        "die" => ContainerEvent::Died {
+            task_id,
+            container_id,
+            exit_code: attrs.get("exitCode").and_then(|c| c.parse().ok()),
+        },
+        "oom" => ContainerEvent::Oom { task_id, container_id },
+        "destroy" => ContainerEvent::Destroyed { task_id, container_id },
+        "health_status: healthy" => ContainerEvent::Health { task_id, container_id, healthy: true },
+        "health_status: unhealthy" => ContainerEvent::Health { task_id, container_id, healthy: false },
+        _ => return None,
+    })
+}
+
+fn now_nanos() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+}
+
+/// The HTTP status of an engine refusal.
+fn status(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// Turns a bollard error into an [`ExecError`]: refusals by the engine are fatal, failures to
+/// reach it temporary.
+fn engine_error(context: &str, e: DockerError) -> ExecError {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => {
+            ExecError::Fatal(format!("{context}: {}", message.trim()))
+        }
+        DockerError::RequestTimeoutError => {
+            ExecError::Temporary(format!("{context}: the Docker engine did not answer in time"))
+        }
+        DockerError::SocketNotFoundError(path) => {
+            ExecError::Temporary(format!("{context}: Docker socket {path} not found (is the Docker daemon running?)"))
+        }
+        DockerError::IOError { .. }
+        | DockerError::HyperResponseError { .. }
+        | DockerError::HyperLegacyError { .. }
+        | DockerError::HttpClientError { .. } => {
+            ExecError::Temporary(format!("{context}: cannot reach the Docker engine: {e}"))
+        }
+        other => ExecError::Fatal(format!("{context}: {other}")),
+    }
+}
+
+fn has_healthcheck(hc: Option<&HealthConfig>) -> bool {
+    match hc.and_then(|h| h.test.as_deref()) {
+        None | Some([]) => false,
+        Some([first, ..]) => first != "NONE",
+    }
+}
+
+fn unhealthy_error(name: &str, log: Option<&[bollard::models::HealthcheckResult]>) -> ExecError {
+    let last = log.and_then(|l| l.last());
+    let detail = match last {
+        Some(probe) => {
+            let output = probe.output.as_deref().unwrap_or("").trim();
+            let code = probe.exit_code.unwrap_or(-1);
+            if output.is_empty() {
+                format!(" (health check exited with code {code})")
+            } else {
+                format!(" (health check exited with code {code}: {output})")
+            }
+        }
+        None => String::new(),
+    };
+    ExecError::Unhealthy(format!("container {name} is unhealthy{detail}"))
+}
+
+/// The exit code in a `docker ps` status such as `Exited (3) 2 seconds ago`.
+fn parse_exit_status(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split_once(')')?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::EventActor;
+
+    use super::*;
+
+    #[test]
+    fn exit_status_text_is_parsed() {
+        assert_eq!(parse_exit_status("Exited (3) 2 seconds ago"), Some(3));
+        assert_eq!(parse_exit_status("Exited (0) About a minute ago"), Some(0));
+        assert_eq!(parse_exit_status("Exited (137) 1 hour ago"), Some(137));
+        assert_eq!(parse_exit_status("Up 3 seconds"), None);
+        assert_eq!(parse_exit_status("Created"), None);
+    }
+
+    #[test]
+    fn healthcheck_detection() {
+        let hc = |test: &[&str]| HealthConfig {
+            test: Some(test.iter().map(|s| s.to_string()).collect()),
+            ..HealthConfig::default()
+        };
+        assert!(!has_healthcheck(None));
+        assert!(!has_healthcheck(Some(&HealthConfig::default())));
+        assert!(!has_healthcheck(Some(&hc(&[]))));
+        assert!(!has_healthcheck(Some(&hc(&["NONE"]))));
+        assert!(has_healthcheck(Some(&hc(&["CMD", "/bin/true"]))));
+        assert!(has_healthcheck(Some(&hc(&["CMD-SHELL", "true"]))));
+    }
+
+    fn msg(action: &str, attrs: &[(&str, &str)]) -> EventMessage {
+        EventMessage {
+            typ: Some(EventMessageTypeEnum::CONTAINER),
+            action: Some(action.into()),
+            actor: Some(EventActor {
+                id: Some("c1".into()),
+                attributes: Some(attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            }),
+            ..EventMessage::default()
+        }
+    }
+
+    #[test]
+    fn events_are_converted() {
+        let ours = [(LABEL_NODE_ID, "n1"), (LABEL_TASK_ID, "t1"), ("exitCode", "137")];
+        assert_eq!(
+            convert_event(&msg("die", &ours), "n1"),
+            Some(ContainerEvent::Died { task_id: "t1".into(), container_id: "c1".into(), exit_code: Some(137) })
+        );
+        assert_eq!(
+            convert_event(&msg("start", &ours), "n1"),
+            Some(ContainerEvent::Started { task_id: "t1".into(), container_id: "c1".into() })
+        );
+        assert_eq!(
+            convert_event(&msg("health_status: unhealthy", &ours), "n1"),
+            Some(ContainerEvent::Health { task_id: "t1".into(), container_id: "c1".into(), healthy: false })
+        );
+        assert_eq!(
+            convert_event(&msg("destroy", &ours), "n1"),
+            Some(ContainerEvent::Destroyed { task_id: "t1".into(), container_id: "c1".into() })
+        );
+        assert_eq!(convert_event(&msg("health_status: starting", &ours), "n1"), None);
+        assert_eq!(convert_event(&msg("die", &ours), "n2"), None, "another node's container");
+        assert_eq!(convert_event(&msg("die", &[(LABEL_NODE_ID, "n1")]), "n1"), None, "not a task");
+    }
+
+    #[test]
+    fn engine_errors_are_classified() {
+        let refused = DockerError::DockerResponseServerError { status_code: 500, message: "boom\n".into() };
+        assert_eq!(
+            engine_error("starting container x", refused),
+            ExecError::Fatal("starting container x: boom".into())
+        );
+        assert!(engine_error("x", DockerError::RequestTimeoutError).is_temporary());
+        let missing = engine_error("connecting", DockerError::SocketNotFoundError("/nope.sock".into()));
+        assert!(missing.is_temporary());
+        assert!(missing.to_string().contains("/nope.sock"), "{missing}");
+    }
+}
