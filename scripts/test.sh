@@ -11,6 +11,11 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+step "docker engine (the agent tests run real containers)"
+bash scripts/ensure-docker.sh
+step "test images (built locally; nothing is pulled)"
+bash deploy/images/build.sh
+
 step "build (binaries are spawned by the cluster tests)"
 cargo build --workspace --bins --tests --locked
 

@@ -116,10 +116,90 @@ pub async fn connect(addr: &str) -> Result<ControlClient<Channel>> {
     Ok(ControlClient::new(channel))
 }
 
+/// One `shoal-agent` process driving the local Docker engine.
+pub struct AgentProc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub node_id: String,
+    join: String,
+    log: PathBuf,
+    child: Option<Child>,
+    labels: Vec<String>,
+}
+
+impl AgentProc {
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut cmd = Command::new(bin("shoal-agent"));
+        cmd.arg("--data-dir").arg(&self.data_dir).arg("--join").arg(&self.join).arg("--hostname").arg(&self.name);
+        for label in &self.labels {
+            cmd.arg("--label").arg(label);
+        }
+        cmd.env("RUST_LOG", std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().context("spawning shoal-agent")?);
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Ids of this agent's containers (running only, or all).
+    pub fn containers(&self, all: bool) -> Vec<String> {
+        docker_ids(&format!("label=org.shoal.node.id={}", self.node_id), all)
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+        // Leave the engine as we found it.
+        let ids = self.containers(true);
+        if !ids.is_empty() {
+            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+        }
+    }
+}
+
+/// Container ids matching a `docker ps --filter`.
+pub fn docker_ids(filter: &str, all: bool) -> Vec<String> {
+    let mut cmd = Command::new("docker");
+    cmd.arg("ps").arg("-q").arg("--no-trunc").arg("--filter").arg(filter);
+    if all {
+        cmd.arg("-a");
+    }
+    let out = cmd.output().expect("running docker ps");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// `docker inspect -f FORMAT ID`.
+pub fn docker_inspect(id: &str, format: &str) -> String {
+    let out = Command::new("docker").args(["inspect", "-f", format, id]).output().expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A set of managers started from scratch in a temporary directory.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub managers: Vec<ManagerProc>,
+    pub agents: Vec<AgentProc>,
     extra_args: Vec<String>,
 }
 
@@ -133,6 +213,7 @@ impl Cluster {
         let mut cluster = Cluster {
             dir: tempfile::tempdir()?,
             managers: Vec::new(),
+            agents: Vec::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         for _ in 0..n {
@@ -161,6 +242,52 @@ impl Cluster {
             .await
             .with_context(|| format!("{name} did not become a voter; its log:\n{}", self.managers[index].log()))?;
         Ok(index)
+    }
+
+    /// Starts an agent joined through the first running manager and waits until its node is ready.
+    pub async fn add_agent(&mut self, labels: &[&str]) -> Result<usize> {
+        let index = self.agents.len();
+        let name = format!("agent{}", index + 1);
+        let join = self.running_addrs().first().cloned().ok_or_else(|| anyhow!("no manager runs"))?;
+        let data_dir = self.dir.path().join(&name);
+        let mut agent = AgentProc {
+            name: name.clone(),
+            data_dir: data_dir.clone(),
+            node_id: String::new(),
+            join,
+            log: self.dir.path().join(format!("{name}.log")),
+            child: None,
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+        };
+        agent.spawn()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(bytes) = std::fs::read(data_dir.join("agent.json")) {
+                let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+                agent.node_id = v["node_id"].as_str().unwrap_or_default().to_string();
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{name} wrote no identity; log:\n{}", agent.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let node_id = agent.node_id.clone();
+        self.agents.push(agent);
+        let addr = self.running_addrs()[0].clone();
+        loop {
+            let ready = list_nodes(&addr)
+                .await
+                .map(|nodes| nodes.iter().any(|n| n.id == node_id && n.status.state == shoal_types::NodeState::Ready))
+                .unwrap_or(false);
+            if ready {
+                return Ok(index);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{name} did not register; log:\n{}", self.agents[index].log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Polls cluster info through any running manager until `cond` holds.
@@ -196,7 +323,9 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        self.managers.iter().map(|m| format!("==== {} ({})\n{}", m.name, m.addr, m.log())).collect()
+        let managers: String = self.managers.iter().map(|m| format!("==== {} ({})\n{}", m.name, m.addr, m.log())).collect();
+        let agents: String = self.agents.iter().map(|a| format!("==== {} ({})\n{}", a.name, a.node_id, a.log())).collect();
+        managers + &agents
     }
 }
 
@@ -214,6 +343,45 @@ pub async fn create_service(addr: &str, spec: &ServiceSpec) -> Result<Service> {
 pub async fn list_services(addr: &str) -> Result<Vec<Service>> {
     let response = connect(addr).await?.list_services(ListServicesRequest {}).await?;
     response.into_inner().services_json.iter().map(|j| Ok(serde_json::from_str(j)?)).collect()
+}
+
+pub async fn list_tasks(addr: &str, service: &str) -> Result<Vec<shoal_types::Task>> {
+    let response =
+        connect(addr).await?.list_tasks(ListTasksRequest { service: service.to_string(), node: String::new() }).await?;
+    response.into_inner().tasks_json.iter().map(|j| Ok(serde_json::from_str(j)?)).collect()
+}
+
+/// Polls until `cond` holds for the service's tasks, or fails with what was last seen.
+pub async fn wait_tasks(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+    what: &str,
+    cond: impl Fn(&[shoal_types::Task]) -> bool,
+) -> Result<Vec<shoal_types::Task>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let tasks = list_tasks(addr, service).await.unwrap_or_default();
+        if cond(&tasks) {
+            return Ok(tasks);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let lines: Vec<String> = tasks
+                .iter()
+                .map(|t| format!("{} {} node={} {}/{} {}", t.id, t.name(), t.node_id, t.status.state, t.desired_state, t.status.err))
+                .collect();
+            bail!("{what}: not reached within {timeout:?}; tasks:\n{}", lines.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tasks observed and desired RUNNING.
+pub fn running(tasks: &[shoal_types::Task]) -> Vec<&shoal_types::Task> {
+    tasks
+        .iter()
+        .filter(|t| t.status.state == shoal_types::TaskState::Running && t.desired_state == shoal_types::TaskState::Running)
+        .collect()
 }
 
 pub async fn list_nodes(addr: &str) -> Result<Vec<Node>> {
