@@ -13,6 +13,13 @@ for pidfile in "$state"/*.pid; do
     rm -f "$pidfile"
 done
 if [[ ${1:-} == --purge ]]; then
+    # Containers of this cluster's agents (their node ids are in the agents' data dirs).
+    for id_file in "$state"/agent-*/agent.json; do
+        [[ -e $id_file ]] || continue
+        node=$(sed -n 's/.*"node_id":"\([^"]*\)".*/\1/p' "$id_file")
+        ids=$(docker ps -aq --filter "label=org.shoal.node.id=$node" 2>/dev/null || true)
+        [[ -n $ids ]] && docker rm -f $ids >/dev/null && echo "removed containers of $(basename "$(dirname "$id_file")")"
+    done
     rm -rf "$state"
     echo "deleted .shoal-local/"
 fi

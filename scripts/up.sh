@@ -8,6 +8,10 @@ root=$PWD
 state=$root/.shoal-local
 bin=$root/target/debug
 
+echo "==> Docker engine and the local test images (nothing is pulled)"
+bash scripts/ensure-docker.sh
+bash deploy/images/build.sh
+
 echo "==> building shoal (the first build takes a few minutes)"
 cargo build --workspace --bins --locked
 
@@ -44,18 +48,36 @@ start_manager manager-2 4243 127.0.0.1:4242
 wait_ready 4243
 start_manager manager-3 4244 127.0.0.1:4242
 wait_ready 4244
-sleep 1
+
+start_agent() { # name
+    local name=$1
+    local pidfile=$state/$name.pid
+    if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "    $name already running (pid $(cat "$pidfile"))"
+        return
+    fi
+    nohup "$bin/shoal-agent" --data-dir "$state/$name" --join 127.0.0.1:4242 --hostname "$name" >>"$state/$name.log" 2>&1 &
+    echo $! >"$pidfile"
+    echo "    $name (pid $!, log .shoal-local/$name.log), running containers on the local Docker engine"
+}
+echo "==> starting agents"
+start_agent agent-1
+start_agent agent-2
+sleep 2
 
 echo
 "$bin/shoal" --host 127.0.0.1:4242 node ls
 cat <<EOT
 
-shoal is running: three managers replicate the cluster state with raft.
+shoal is running: three managers replicate the cluster state with raft; two agents run tasks as
+Docker containers on this machine's engine.
 
 Next:
   export PATH="$bin:\$PATH"            # puts shoal, shoal-manager and shoal-agent on your PATH
-  shoal service create --name web --replicas 3 --update-parallelism 2 shoal/busybox:1
-  shoal service ls
+  shoal service create --name web --replicas 4 --update-parallelism 2 shoal/busybox:1
+  shoal service ls                     # REPLICAS 4/4 once the containers run
+  shoal service ps web
+  docker ps --filter label=org.shoal.service.name=web
   shoal service inspect web
   shoal cluster info
   kill -9 \$(cat .shoal-local/manager-1.pid)   # then: shoal --host 127.0.0.1:4243 service ls

@@ -40,6 +40,20 @@ struct Args {
     /// Applied entries between raft snapshots (older log entries are then compacted).
     #[arg(long, value_name = "ENTRIES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     snapshot_interval: u64,
+    /// When initialising a cluster: how often agents heartbeat (a node is down after 3 misses).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_heartbeat)]
+    dispatcher_heartbeat: shoal_types::GoDuration,
+    /// When initialising a cluster: finished tasks kept per slot.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    task_history_limit: u64,
+}
+
+fn parse_heartbeat(text: &str) -> Result<shoal_types::GoDuration, String> {
+    let d = shoal_types::GoDuration::parse(text).map_err(|e| e.to_string())?;
+    if d.as_std() < std::time::Duration::from_millis(100) {
+        return Err(format!("{d} is below the minimum of 100ms"));
+    }
+    Ok(d)
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,6 +101,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.election_tick = args.election_ticks as usize;
     config.heartbeat_tick = args.heartbeat_ticks as usize;
     config.snapshot_interval = args.snapshot_interval;
+    config.cluster_spec.heartbeat_period = args.dispatcher_heartbeat;
+    config.cluster_spec.task_history_limit = args.task_history_limit;
 
     let running = shoal_control::start(config).await?;
     let manager = running.manager.clone();

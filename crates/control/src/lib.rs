@@ -60,6 +60,8 @@ pub struct ManagerConfig {
     pub election_tick: usize,
     pub heartbeat_tick: usize,
     pub snapshot_interval: u64,
+    /// Cluster settings used when this manager initialises a new cluster.
+    pub cluster_spec: ClusterSpec,
 }
 
 impl ManagerConfig {
@@ -74,6 +76,7 @@ impl ManagerConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_interval: 10_000,
+            cluster_spec: ClusterSpec::default(),
         }
     }
 }
@@ -249,9 +252,9 @@ pub struct Running {
     pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
-fn initial_state(identity: &Identity, hostname: &str, at: u64) -> State {
+fn initial_state(identity: &Identity, hostname: &str, at: u64, spec: &ClusterSpec) -> State {
     let mut state = State::default();
-    let cluster = Cluster { id: identity.cluster_id.clone(), version: 0, created_at: at, spec: ClusterSpec::default() };
+    let cluster = Cluster { id: identity.cluster_id.clone(), version: 0, created_at: at, spec: spec.clone() };
     state
         .apply(1, &Batch { at, actions: vec![Action::InitCluster { cluster }] })
         .expect("a new store accepts the cluster object");
@@ -354,7 +357,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                     new_raft_id(),
                     config.advertise_addr.clone(),
                 );
-                let state = initial_state(&identity, &config.hostname, now_millis());
+                let state = initial_state(&identity, &config.hostname, now_millis(), &config.cluster_spec);
                 let members: Members = [(
                     identity.raft_id,
                     Member { node_id: identity.node_id.clone(), addr: identity.addr.clone(), hostname: config.hostname.clone() },

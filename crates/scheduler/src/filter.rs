@@ -40,18 +40,14 @@ fn plural(nodes: usize, before: &str, after: &str) -> String {
 /// (Go's sort of this 8-entry slice is an insertion sort, so Swarm keeps filter order too).
 pub(crate) fn no_suitable_node(counts: &[usize; 5]) -> String {
     let explanation = explanation(counts);
-    if explanation.is_empty() {
-        "no suitable node".to_string()
-    } else {
-        format!("no suitable node ({explanation})")
-    }
+    if explanation.is_empty() { "no suitable node".to_string() } else { format!("no suitable node ({explanation})") }
 }
 
 /// The pipeline's explanation alone (what Swarm reports for a preassigned task).
 pub(crate) fn explanation(counts: &[usize; 5]) -> String {
     let mut entries: Vec<(usize, Filter)> =
         Filter::ALL.iter().map(|&f| (counts[f as usize], f)).filter(|&(n, _)| n > 0).collect();
-    entries.sort_by(|a, b| b.0.cmp(&a.0)); // stable
+    entries.sort_by_key(|&(n, _)| std::cmp::Reverse(n)); // stable
     entries.iter().map(|&(n, f)| f.explain(n)).collect::<Vec<_>>().join("; ")
 }
 

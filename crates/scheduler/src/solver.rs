@@ -10,8 +10,8 @@ use std::rc::Rc;
 
 use crate::filter::{self, Filter, Spread};
 use crate::{
-    Amounts, Availability, Constraint, FAULTY_NODE_FAILURES, PendingTask, PlacementPreference, PortProtocol,
-    Problem, SchedNode, Solution,
+    Amounts, Availability, Constraint, FAULTY_NODE_FAILURES, PendingTask, PlacementPreference, PortProtocol, Problem,
+    SchedNode, Solution,
 };
 
 pub(crate) fn solve(problem: &Problem) -> Solution {
@@ -124,8 +124,15 @@ struct Group<'a, 't> {
     tasks: &'t [&'a PendingTask],
     /// Next task of `tasks` to place.
     next: usize,
-    /// Per node: recent failures of this service + spec version when ≥ FAULTY_NODE_FAILURES, else 0.
+    /// Per node: recent failures of this service + spec version when ≥ FAULTY_NODE_FAILURES, else 0
+    /// (empty when no node has failures of it).
     faulty: Vec<u32>,
+}
+
+impl Group<'_, '_> {
+    fn faulty(&self, i: usize) -> u32 {
+        self.faulty.get(i).copied().unwrap_or(0)
+    }
 }
 
 struct Solver<'a> {
@@ -133,6 +140,8 @@ struct Solver<'a> {
     nodes: Vec<NodeState<'a>>,
     by_id: HashMap<&'a str, usize>,
     services: HashMap<&'a str, u32>,
+    /// Active tasks per service (by service number) on all nodes.
+    service_totals: Vec<u64>,
     failures: HashMap<(&'a str, u64), Vec<(usize, u32)>>,
     /// Constraint set (as text) → which nodes match it.
     constraint_cache: HashMap<String, Rc<[bool]>>,
@@ -161,6 +170,7 @@ impl<'a> Solver<'a> {
             nodes,
             by_id,
             services: HashMap::new(),
+            service_totals: Vec::new(),
             failures: HashMap::new(),
             constraint_cache: HashMap::new(),
             solution: Solution::default(),
@@ -169,6 +179,7 @@ impl<'a> Solver<'a> {
             let Some(&i) = solver.by_id.get(task.node_id.as_str()) else { continue };
             let service = solver.service(&task.service_id);
             solver.nodes[i].add_task(service, task.reservations, task.host_ports.iter().copied().filter_map(port_key));
+            solver.service_totals[service as usize] += 1;
         }
         for f in &problem.failures {
             let Some(&i) = solver.by_id.get(f.node_id.as_str()) else { continue };
@@ -179,7 +190,11 @@ impl<'a> Solver<'a> {
 
     fn service(&mut self, id: &'a str) -> u32 {
         let next = self.services.len() as u32;
-        *self.services.entry(id).or_insert(next)
+        let service = *self.services.entry(id).or_insert(next);
+        if service == next {
+            self.service_totals.push(0);
+        }
+        service
     }
 
     fn spec(&mut self, task: &'a PendingTask) -> Spec<'a> {
@@ -203,7 +218,8 @@ impl<'a> Solver<'a> {
         if constraints.is_empty() {
             return None;
         }
-        let key = constraints.iter().map(|c| format!("{}\0{:?}\0{}", c.key, c.op, c.value)).collect::<Vec<_>>().join("\0\0");
+        let key =
+            constraints.iter().map(|c| format!("{}\0{:?}\0{}", c.key, c.op, c.value)).collect::<Vec<_>>().join("\0\0");
         let nodes = &self.nodes;
         let matches = self
             .constraint_cache
@@ -247,6 +263,7 @@ impl<'a> Solver<'a> {
     fn place(&mut self, task: &PendingTask, i: usize, spec: &Spec<'_>) {
         let node = &mut self.nodes[i];
         node.add_task(spec.service, spec.reservations, spec.ports.iter().copied());
+        self.service_totals[spec.service as usize] += 1;
         self.solution.assignments.push((task.id.clone(), node.src.id.clone()));
     }
 
@@ -270,11 +287,10 @@ impl<'a> Solver<'a> {
     }
 
     fn faulty(&self, spec: &Spec<'_>) -> Vec<u32> {
+        let Some(list) = self.failures.get(&(spec.service_id, spec.spec_version)) else { return Vec::new() };
         let mut failures = vec![0u32; self.nodes.len()];
-        if let Some(list) = self.failures.get(&(spec.service_id, spec.spec_version)) {
-            for &(i, count) in list {
-                failures[i] = failures[i].saturating_add(count);
-            }
+        for &(i, count) in list {
+            failures[i] = failures[i].saturating_add(count);
         }
         for f in &mut failures {
             if *f < FAULTY_NODE_FAILURES {
@@ -289,9 +305,10 @@ impl<'a> Solver<'a> {
         let constraints = self.constraint_matches(spec.constraints);
         let spreads: Vec<Spread<'a>> = spec.preferences.iter().filter_map(|p| Spread::parse(&p.spread)).collect();
 
+        let service_anywhere = self.service_totals[spec.service as usize] > 0;
         let mut root = Branch::default();
         for (i, node) in self.nodes.iter().enumerate() {
-            let count = u64::from(node.service_tasks(spec.service));
+            let count = if service_anywhere { u64::from(node.service_tasks(spec.service)) } else { 0 };
             let mut branch = &mut root;
             for spread in &spreads {
                 branch.tasks += count;
@@ -358,8 +375,8 @@ impl<'a> Solver<'a> {
                         let placed = self.schedule_subtree(child, share, group);
                         if placed < share {
                             *full = true;
-                        } else if remainder > 0 {
-                            remainder -= 1;
+                        } else {
+                            remainder = remainder.saturating_sub(1);
                         }
                         scheduled += placed;
                         progress = true;
@@ -381,11 +398,19 @@ impl<'a> Solver<'a> {
     fn schedule_leaf(&mut self, leaf: &mut Branch<'a>, n: usize, group: &mut Group<'a, '_>) -> usize {
         let key = |nodes: &[NodeState<'_>], i: usize, group: &Group<'_, '_>| -> Key {
             let node = &nodes[i];
-            (group.faulty[i], node.service_tasks(group.spec.service), node.active_tasks, i as u32)
+            (group.faulty(i), node.service_tasks(group.spec.service), node.active_tasks, i as u32)
         };
-        let heap = leaf
-            .heap
-            .get_or_insert_with(|| leaf.candidates.iter().map(|&i| Reverse(key(&self.nodes, i, group))).collect());
+        let heap = leaf.heap.get_or_insert_with(|| {
+            let mut keys: Vec<Key> = leaf.candidates.iter().map(|&i| key(&self.nodes, i, group)).collect();
+            // The group can use at most one new node per task, always the best ones left, so (as
+            // in Swarm) a leaf only needs its `group size` best nodes.
+            let limit = group.tasks.len();
+            if keys.len() > limit {
+                keys.select_nth_unstable(limit - 1);
+                keys.truncate(limit);
+            }
+            keys.into_iter().map(Reverse).collect()
+        });
         let mut placed = 0;
         while placed < n {
             let Some(Reverse((_, _, _, i))) = heap.pop() else { break };

@@ -183,8 +183,7 @@ fn ha_balances_service_then_total_counts() {
             s2_tasks
         };
         let s = solve(&q);
-        let on_id1: Vec<&str> =
-            s.assignments.iter().filter(|(_, n)| n == "id1").map(|(t, _)| t.as_str()).collect();
+        let on_id1: Vec<&str> = s.assignments.iter().filter(|(_, n)| n == "id1").map(|(t, _)| t.as_str()).collect();
         assert_eq!(on_id1.iter().filter(|t| t.starts_with("t1")).count(), 4, "{service1_first}");
         assert_eq!(on_id1.iter().filter(|t| t.starts_with("t2")).count(), 1, "{service1_first}");
     }
@@ -279,12 +278,7 @@ fn spread_equalises_totals_and_unlabelled_nodes_form_a_branch() {
     assert_eq!(per_node(&s), BTreeMap::from([("b".to_string(), 4)]));
 
     // Nodes without the label share the "" branch.
-    let nodes = vec![
-        labelled("a", &[("zone", "x")]),
-        labelled("b", &[("zone", "y")]),
-        node("c"),
-        node("d"),
-    ];
+    let nodes = vec![labelled("a", &[("zone", "x")]), labelled("b", &[("zone", "y")]), node("c"), node("d")];
     let mut pending = tasks("t", "s", 0..6);
     for t in &mut pending {
         t.preferences = vec![spread("node.labels.zone")];
@@ -381,11 +375,14 @@ fn faulty_node_sorted_last() {
         nodes: vec![node("id1"), node("id2")],
         placed: vec![placed("id1", "service1"), placed("id1", "service2")],
         pending: vec![PendingTask { spec_version, ..task("t", "service1") }],
-        failures: vec![Failure { node_id: "id2".into(), service_id: "service1".into(), spec_version: 1, count: failures }],
+        failures: vec![Failure {
+            node_id: "id2".into(),
+            service_id: "service1".into(),
+            spec_version: 1,
+            count: failures,
+        }],
     };
-    for (failures, spec_version, want) in
-        [(0, 1, "id2"), (4, 1, "id2"), (5, 1, "id1"), (9, 1, "id1"), (5, 2, "id2")]
-    {
+    for (failures, spec_version, want) in [(0, 1, "id2"), (4, 1, "id2"), (5, 1, "id1"), (9, 1, "id1"), (5, 2, "id2")] {
         let s = solve(&p(failures, spec_version));
         assert_eq!(s.assignments, vec![("t".into(), want.into())], "{failures} failures, v{spec_version}");
     }
@@ -414,10 +411,7 @@ fn host_port_message() {
     };
     let mut p = Problem {
         nodes,
-        pending: vec![
-            with_ports("id1", &[(PortProtocol::Tcp, 58)]),
-            with_ports("id2", &[(PortProtocol::Udp, 58)]),
-        ],
+        pending: vec![with_ports("id1", &[(PortProtocol::Tcp, 58)]), with_ports("id2", &[(PortProtocol::Udp, 58)])],
         ..Default::default()
     };
     let s = solve(&p);
@@ -433,7 +427,10 @@ fn host_port_message() {
     let s = solve(&q);
     assert_eq!(s.assignments.len(), 2);
     assert_ne!(s.assignments[0].1, s.assignments[1].1);
-    assert_eq!(s.unschedulable, vec![("c".into(), "no suitable node (host-mode port already in use on 2 nodes)".into())]);
+    assert_eq!(
+        s.unschedulable,
+        vec![("c".into(), "no suitable node (host-mode port already in use on 2 nodes)".into())]
+    );
 
     // Port 0 is not a published port.
     q.pending = ["a", "b", "c"].map(|id| with_ports(id, &[(PortProtocol::Tcp, 0)])).to_vec();
@@ -498,7 +495,10 @@ fn constraints_message_and_matching() {
         s.assignments,
         vec![("east".into(), "w1".into()), ("manager".into(), "m1".into()), ("missing".into(), "w2".into())]
     );
-    assert_eq!(s.unschedulable, vec![("nowhere".into(), "no suitable node (scheduling constraints not satisfied on 3 nodes)".into())]);
+    assert_eq!(
+        s.unschedulable,
+        vec![("nowhere".into(), "no suitable node (scheduling constraints not satisfied on 3 nodes)".into())]
+    );
 }
 
 #[test]

@@ -186,7 +186,10 @@ fn check(p: &Problem, s: &Solution) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn arb_node() -> impl Strategy<Value = (bool, u8, bool, Option<u8>, Option<u8>, Option<bool>, bool, u64, u64, u8)> {
+/// (ready, availability, manager, zone, rack, ssd, linux, half-CPUs, GB, hostname).
+type RawNode = (bool, u8, bool, Option<u8>, Option<u8>, Option<bool>, bool, u64, u64, u8);
+
+fn arb_node() -> impl Strategy<Value = RawNode> {
     (
         prop::bool::weighted(0.85),
         prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
@@ -208,8 +211,8 @@ fn arb_ports() -> impl Strategy<Value = Vec<(PortProtocol, u16)>> {
 /// A task spec: ((service, version, reservation kind, cpus, memory), constraints, spreads,
 /// max replicas, ports). Tasks pick one from a small pool so groups have several tasks.
 #[allow(clippy::type_complexity)]
-fn arb_spec()
--> impl Strategy<Value = ((u8, u64, u8, u64, u64), Vec<usize>, Vec<usize>, u64, Vec<(PortProtocol, u16)>)> {
+fn arb_spec() -> impl Strategy<Value = ((u8, u64, u8, u64, u64), Vec<usize>, Vec<usize>, u64, Vec<(PortProtocol, u16)>)>
+{
     (
         (0u8..3, 1u64..3, 0u8..4, 1u64..4, 1u64..4),
         prop::collection::vec(0..CONSTRAINTS.len(), 0..3),
