@@ -15,8 +15,11 @@ use shoal_types::{
 };
 
 pub mod reaper;
+pub mod update;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_tests;
 
 /// Swarm's `defaultOldTaskTimeout`: a replacement starts anyway if the old task has not stopped.
 pub const OLD_TASK_TIMEOUT_MS: u64 = 60_000;
@@ -105,6 +108,7 @@ fn new_task(
         status: TaskStatus { state: TaskState::New, timestamp: ctx.now, message: "created".into(), ..Default::default() },
         origin,
         start_gate: gate,
+        running_at: None,
     }
 }
 
@@ -127,9 +131,15 @@ pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
     let mut plan = Plan::default();
     let history_limit = state.cluster().map(|c| c.spec.task_history_limit).unwrap_or(5);
     for service in state.services() {
+        let before = plan.actions.len();
         match service.spec.mode {
             ServiceMode::Replicated { replicas } => reconcile_replicated(state, service, replicas, ctx, &mut plan),
             ServiceMode::Global => reconcile_global(state, service, ctx, &mut plan),
+        }
+        // One decision maker per service per pass: the rollout moves once the orchestrator has
+        // nothing left to fix (its changes come back as events and trigger the next pass).
+        if plan.actions.len() == before {
+            update::update_service(state, service, ctx, &mut plan);
         }
     }
     // Tasks whose service is gone are removed (Swarm: desired REMOVE, then the reaper).
@@ -156,6 +166,9 @@ fn supervise(
     global_node: Option<&str>,
 ) -> bool {
     let mut counts = false;
+    // During a rollback a slot whose tasks all stopped is dead and gets a fresh task with the
+    // restored spec, so a rollback always ends with every replica running (Swarm §3).
+    let rolling_back = service.update_status.as_ref().is_some_and(|s| s.state == shoal_types::UpdateState::RollbackStarted);
     for task in slot_tasks {
         if task.desired_state > TaskState::Running {
             continue;
@@ -171,7 +184,7 @@ fn supervise(
             if global_blocked || !should_restart(&service.spec, task, slot_tasks, ctx.now) {
                 // A slot whose newest task should not be restarted keeps counting (Swarm's
                 // "updatable" slot), so no other task is made to compensate.
-                counts |= failed && !lost;
+                counts |= failed && !lost && !rolling_back;
                 continue;
             }
             // The restart delay guards against crash loops. A drained node (Swarm) or a lost one
@@ -205,7 +218,7 @@ fn supervise(
             }
         }
     }
-    if !counts {
+    if !counts && !rolling_back {
         // The newest task ended and was not to be restarted in an earlier pass.
         if let Some(newest) = slot_tasks.iter().max_by_key(|t| (t.created_at, t.id.as_str()))
             && newest.desired_state == TaskState::Shutdown

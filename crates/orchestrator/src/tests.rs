@@ -5,15 +5,15 @@ use shoal_types::*;
 use super::*;
 
 /// A small world: a cluster, worker nodes, services and tasks, built through real store actions.
-struct World {
-    state: State,
+pub(crate) struct World {
+    pub state: State,
     index: u64,
     next_id: u64,
-    now: Timestamp,
+    pub now: Timestamp,
 }
 
 impl World {
-    fn new(nodes: &[&str]) -> World {
+    pub fn new(nodes: &[&str]) -> World {
         let mut w = World { state: State::default(), index: 0, next_id: 0, now: 1_000_000 };
         let cluster = Cluster { id: "c".into(), version: 0, created_at: 0, spec: ClusterSpec::default() };
         w.apply(vec![Action::InitCluster { cluster }]);
@@ -23,7 +23,7 @@ impl World {
         w
     }
 
-    fn add_node(&mut self, id: &str) {
+    pub fn add_node(&mut self, id: &str) {
         let node = Node {
             id: id.into(),
             version: 0,
@@ -37,19 +37,19 @@ impl World {
         self.apply(vec![Action::PutNode { node }]);
     }
 
-    fn apply(&mut self, actions: Vec<Action>) {
+    pub fn apply(&mut self, actions: Vec<Action>) {
         self.index += 1;
         self.state.apply(self.index, &Batch { at: self.now, actions }).expect("batch applies");
     }
 
-    fn service(&mut self, spec: ServiceSpec) -> String {
+    pub fn service(&mut self, spec: ServiceSpec) -> String {
         let id = format!("svc-{}", spec.name);
         self.apply(vec![Action::CreateService { id: id.clone(), spec }]);
         id
     }
 
     /// One reconcile pass, applied; returns the plan.
-    fn step(&mut self) -> Plan {
+    pub fn step(&mut self) -> Plan {
         let mut next_id = self.next_id;
         let mut ids = || {
             next_id += 1;
@@ -64,7 +64,7 @@ impl World {
     }
 
     /// Reconciles until nothing changes (as the runtime does after each applied batch).
-    fn settle(&mut self) {
+    pub fn settle(&mut self) {
         for _ in 0..20 {
             if self.step().actions.is_empty() {
                 return;
@@ -75,7 +75,7 @@ impl World {
 
     /// Plays the scheduler and agents: assigns unassigned runnable tasks round-robin and runs
     /// every task whose desired state is RUNNING.
-    fn run_all(&mut self) {
+    pub fn run_all(&mut self) {
         let nodes: Vec<String> = self.state.nodes().filter(|n| n.status.state == NodeState::Ready && n.spec.availability == Availability::Active).map(|n| n.id.clone()).collect();
         let mut actions = Vec::new();
         for (i, t) in self.state.tasks().enumerate() {
@@ -94,22 +94,22 @@ impl World {
         self.apply(actions);
     }
 
-    fn set_status(&mut self, task: &str, state: TaskState) {
+    pub fn set_status(&mut self, task: &str, state: TaskState) {
         let status = TaskStatus { state, timestamp: self.now, ..Default::default() };
         self.apply(vec![Action::SetTaskStatus { id: task.into(), status }]);
     }
 
-    fn tasks(&self, service: &str) -> Vec<Task> {
+    pub fn tasks(&self, service: &str) -> Vec<Task> {
         let mut tasks: Vec<Task> = self.state.tasks_of_service(service).cloned().collect();
         tasks.sort_by_key(|t| (t.slot, t.created_at, t.id.clone()));
         tasks
     }
 
-    fn runnable(&self, service: &str) -> Vec<Task> {
+    pub fn runnable(&self, service: &str) -> Vec<Task> {
         self.tasks(service).into_iter().filter(|t| t.desired_state <= TaskState::Running).collect()
     }
 
-    fn node_update(&mut self, id: &str, f: impl FnOnce(&mut Node)) {
+    pub fn node_update(&mut self, id: &str, f: impl FnOnce(&mut Node)) {
         let mut node = self.state.node(id).unwrap().clone();
         f(&mut node);
         self.apply(vec![Action::PutNode { node }]);

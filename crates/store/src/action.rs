@@ -23,6 +23,10 @@ pub enum Action {
     /// Push-style rollback: swaps spec and previous spec.
     RollbackService { id: String, expected_version: u64 },
     SetUpdateStatus { id: String, status: Option<UpdateStatus> },
+    /// The updater's automatic rollback: the previous spec becomes current (as a new version)
+    /// and is forgotten, so a later manual rollback has nothing to return to (Swarm). Skipped
+    /// if the service changed since `expected_version` or has no previous spec.
+    AutoRollback { id: String, expected_version: u64, status: UpdateStatus },
     RemoveService { id: String },
     PutNode { node: Node },
     /// Replaces a node's availability and labels if it is still at `expected_version`; the role

@@ -300,11 +300,28 @@ impl State {
                     message: "manually requested rollback".into(),
                     started_at: Some(at),
                     completed_at: None,
+                    slots: None,
                 });
                 push_revision(&mut service, index, at);
                 service.version = index;
                 service.updated_at = at;
                 self.put_service(service, ChangeKind::Update, undo, changes);
+            }
+            Action::AutoRollback { id, expected_version, status } => {
+                if let Some(current) = self.services.get(id)
+                    && current.version == *expected_version
+                    && current.previous_spec.is_some()
+                {
+                    let mut service = current.clone();
+                    service.spec = service.previous_spec.take().expect("checked");
+                    service.previous_spec_version = None;
+                    service.spec_version = index;
+                    service.update_status = Some(status.clone());
+                    push_revision(&mut service, index, at);
+                    service.version = index;
+                    service.updated_at = at;
+                    self.put_service(service, ChangeKind::Update, undo, changes);
+                }
             }
             Action::SetUpdateStatus { id, status } => {
                 let mut service = self
@@ -384,6 +401,9 @@ impl State {
                 {
                     let mut task = task.clone();
                     task.status = status.clone();
+                    if status.state == TaskState::Running && task.running_at.is_none() {
+                        task.running_at = Some(at);
+                    }
                     self.put_task_change(task, index, at, undo, changes);
                 }
             }

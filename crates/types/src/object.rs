@@ -74,6 +74,9 @@ pub struct UpdateStatus {
     pub started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Timestamp>,
+    /// Out-of-date slots when this rollout started: the denominator of the failure ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,6 +107,10 @@ pub struct Task {
     /// a new leader honours a restart delay the old one started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_gate: Option<StartGate>,
+    /// When the task was first observed RUNNING (set by the store): the update monitor measures
+    /// failures from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,6 +40,7 @@ fn task(service_id: &str, node_id: &str, state: TaskState, desired: TaskState) -
         endpoint: Default::default(),
         origin: Default::default(),
         start_gate: None,
+        running_at: None,
         desired_state: desired,
         status: TaskStatus { state, timestamp: 0, message: String::new(), err: String::new(), ..Default::default() },
     }
@@ -236,6 +237,7 @@ fn service_pretty_summary() {
         message: "update completed".into(),
         started_at: Some(1_709_296_496_789),
         completed_at: Some(1_709_296_500_000),
+        slots: None,
     });
     let text = service_pretty(&web);
     for line in [

@@ -26,6 +26,7 @@ fn task(id: &str, service: &str, node: &str) -> Task {
         endpoint: Default::default(),
         origin: Default::default(),
         start_gate: None,
+        running_at: None,
         desired_state: TaskState::Running,
         status: TaskStatus { state: TaskState::New, timestamp: 0, message: "created".into(), err: String::new(), ..Default::default() },
     }

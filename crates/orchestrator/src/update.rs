@@ -1,0 +1,280 @@
+//! The updater (Swarm §2) as a function of state. Everything it needs is in the store: the
+//! service's update status (with the slot count the failure ratio divides by), and the tasks it
+//! made (origin Update, this spec version) with their states and `running_at`. A new leader
+//! therefore resumes an update exactly where the old one was: finished slots are clean, and the
+//! slots still in transition occupy their workers.
+
+use std::collections::BTreeMap;
+
+use shoal_store::{Action, State};
+use shoal_types::{
+    FailureAction, Service, ServiceMode, StartGate, Task, TaskOrigin, TaskState, Timestamp, UpdateConfig, UpdateOrder,
+    UpdateState, UpdateStatus,
+};
+
+use crate::{Ctx, OLD_TASK_TIMEOUT_MS, Plan, new_task};
+
+/// Swarm §2.4: a task is out of date if its spec (or endpoint) differs from the service's; a
+/// placement-only change leaves a task alone if its node still satisfies the new constraints.
+pub fn is_dirty(state: &State, service: &Service, task: &Task) -> bool {
+    if task.spec_version == service.spec_version {
+        return false;
+    }
+    let wanted = &service.spec.task;
+    if task.endpoint != service.spec.endpoint {
+        return true;
+    }
+    if task.spec == *wanted {
+        return false;
+    }
+    let mut same_but_placement = task.spec.clone();
+    same_but_placement.placement = wanted.placement.clone();
+    if same_but_placement == *wanted && !task.node_id.is_empty() {
+        let fits = state
+            .node(&task.node_id)
+            .is_some_and(|node| wanted.placement.constraints.iter().all(|c| c.matches(|k| node.attribute(k))));
+        return !fits;
+    }
+    true
+}
+
+fn slot_key(service: &Service, task: &Task) -> String {
+    match service.spec.mode {
+        ServiceMode::Replicated { .. } => format!("{:020}", task.slot),
+        ServiceMode::Global => task.node_id.clone(),
+    }
+}
+
+/// When an update-made task finished its step: reached RUNNING, or ended before it.
+fn done_at(task: &Task) -> Option<Timestamp> {
+    if let Some(at) = task.running_at {
+        return Some(at);
+    }
+    task.status.state.is_terminal().then_some(task.status.timestamp)
+}
+
+fn ms(d: shoal_types::GoDuration) -> u64 {
+    d.as_std().as_millis() as u64
+}
+
+fn status(state: UpdateState, message: String, started_at: Option<Timestamp>, slots: Option<u64>) -> UpdateStatus {
+    UpdateStatus { state, message, started_at, completed_at: None, slots }
+}
+
+/// One step of the service's rolling update (or rollback), appended to `plan`.
+pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &mut Plan) {
+    let current = service.update_status.clone();
+    let rolling_back = current.as_ref().is_some_and(|s| s.state == UpdateState::RollbackStarted);
+    if current.as_ref().is_some_and(|s| matches!(s.state, UpdateState::Paused | UpdateState::RollbackPaused)) {
+        return;
+    }
+    let config: &UpdateConfig = if rolling_back { &service.spec.rollback_config } else { &service.spec.update_config };
+    let now = ctx.now;
+
+    let mut slots: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+    for task in state.tasks_of_service(&service.id) {
+        slots.entry(slot_key(service, task)).or_default().push(task);
+    }
+    let mine = |t: &Task| t.origin == TaskOrigin::Update && t.spec_version == service.spec_version;
+    let delay = ms(config.delay);
+    let monitor = ms(config.monitor);
+
+    let mut dirty: Vec<&String> = Vec::new();
+    let mut busy = 0usize;
+    let mut transition_wakeup: Option<Timestamp> = None;
+    let mut pending_reason: Option<String> = None;
+    for (key, tasks) in &slots {
+        let runnable: Vec<&Task> = tasks.iter().copied().filter(|t| t.desired_state <= TaskState::Running).collect();
+        let mut in_transition = false;
+        for t in tasks.iter().filter(|t| mine(t)) {
+            match done_at(t) {
+                None if t.desired_state <= TaskState::Running => {
+                    in_transition = true;
+                    if t.status.state == TaskState::Pending && !t.status.err.is_empty() {
+                        pending_reason.get_or_insert_with(|| format!("{}: {}", t.name(), t.status.err));
+                    }
+                }
+                Some(at) if now < at + delay => {
+                    in_transition = true;
+                    transition_wakeup = Some(transition_wakeup.map_or(at + delay, |w| w.min(at + delay)));
+                }
+                _ => {}
+            }
+        }
+        // start-first: once the new task runs, its slot's old tasks are shut down.
+        if config.order == UpdateOrder::StartFirst
+            && runnable.iter().any(|t| mine(t) && t.status.state == TaskState::Running)
+        {
+            for old in runnable.iter().filter(|t| is_dirty(state, service, t)) {
+                plan.actions.push(Action::SetDesiredState { id: old.id.clone(), desired: TaskState::Shutdown });
+            }
+        }
+        if in_transition {
+            busy += 1;
+        } else if runnable.len() > 1 || runnable.first().is_some_and(|t| is_dirty(state, service, t)) {
+            dirty.push(key);
+        }
+    }
+
+    // Failures of tasks this rollout made: ended before running, or within `monitor` of it.
+    let mut failures: Vec<&Task> = state
+        .tasks_of_service(&service.id)
+        .filter(|t| mine(t) && t.status.state.is_terminal())
+        .filter(|t| t.running_at.is_none_or(|at| t.status.timestamp <= at + monitor))
+        .collect();
+    failures.sort_by_key(|t| (t.status.timestamp, t.id.clone()));
+
+    let started_at = current.as_ref().and_then(|s| s.started_at).or(Some(now));
+    let mut current = current;
+    if current.is_none() {
+        if dirty.is_empty() {
+            return;
+        }
+        let fresh = status(UpdateState::Updating, "update in progress".into(), Some(now), Some(dirty.len() as u64));
+        plan.actions.push(Action::SetUpdateStatus { id: service.id.clone(), status: Some(fresh.clone()) });
+        current = Some(fresh);
+    }
+    let current = current.expect("set above");
+    if !matches!(current.state, UpdateState::Updating | UpdateState::RollbackStarted) {
+        return;
+    }
+    let total = current.slots.unwrap_or(dirty.len() as u64 + busy as u64).max(1);
+
+    if config.failure_action != FailureAction::Continue
+        && let Some(first) = failures.first()
+        && failures.len() as f32 / total as f32 > config.max_failure_ratio
+    {
+        let task = &first.id;
+        if rolling_back {
+            let paused = status(
+                UpdateState::RollbackPaused,
+                format!("rollback paused due to failure or early termination of task {task}"),
+                started_at,
+                current.slots,
+            );
+            plan.actions.push(Action::SetUpdateStatus { id: service.id.clone(), status: Some(paused) });
+        } else if config.failure_action == FailureAction::Rollback {
+            if service.previous_spec.is_some() {
+                let rollback = status(
+                    UpdateState::RollbackStarted,
+                    format!("update rolled back due to failure or early termination of task {task}"),
+                    started_at,
+                    None,
+                );
+                plan.actions.push(Action::AutoRollback {
+                    id: service.id.clone(),
+                    expected_version: service.version,
+                    status: rollback,
+                });
+            }
+            // Without a previous spec Swarm's rollback writes nothing and the update stops
+            // where it is (still "updating").
+        } else {
+            let paused = status(
+                UpdateState::Paused,
+                format!("update paused due to failure or early termination of task {task}"),
+                started_at,
+                current.slots,
+            );
+            plan.actions.push(Action::SetUpdateStatus { id: service.id.clone(), status: Some(paused) });
+        }
+        return;
+    }
+
+    if dirty.is_empty() {
+        if busy > 0 {
+            note(plan, transition_wakeup);
+            return;
+        }
+        // Converged means every task meant to run runs (a slot the orchestrator re-created during
+        // a rollback included); its change comes back as an event.
+        if state
+            .tasks_of_service(&service.id)
+            .any(|t| t.desired_state == TaskState::Running && t.status.state < TaskState::Running)
+        {
+            return;
+        }
+        // The final monitor window (Swarm: monitor, or delay + 1s when delay ≥ monitor) after
+        // the last slot's worker finished its delay, counting tasks this rollout made or re-made.
+        let since = current.started_at.unwrap_or(0);
+        let last = state
+            .tasks_of_service(&service.id)
+            .filter(|t| mine(t) || (t.spec_version == service.spec_version && t.created_at >= since))
+            .filter_map(done_at)
+            .max();
+        let window = if delay >= monitor && delay > 0 { delay + 1_000 } else { monitor };
+        let finish = last.map_or(now, |at| at + delay + window);
+        if now >= finish {
+            let (state_done, message) = if rolling_back {
+                (UpdateState::RollbackCompleted, "rollback completed")
+            } else {
+                (UpdateState::Completed, "update completed")
+            };
+            let mut done = status(state_done, message.into(), started_at, current.slots);
+            done.completed_at = Some(now);
+            plan.actions.push(Action::SetUpdateStatus { id: service.id.clone(), status: Some(done) });
+        } else {
+            note(plan, Some(finish));
+        }
+        return;
+    }
+
+    // Say why an update is stuck (a new task that cannot be scheduled).
+    if current.state == UpdateState::Updating {
+        let message = match &pending_reason {
+            Some(reason) => format!("update in progress; {reason}"),
+            None => "update in progress".to_string(),
+        };
+        if message != current.message {
+            let mut changed = current.clone();
+            changed.message = message;
+            plan.actions.push(Action::SetUpdateStatus { id: service.id.clone(), status: Some(changed) });
+        }
+    }
+
+    let parallelism = if config.parallelism == 0 { usize::MAX } else { config.parallelism as usize };
+    let free = parallelism.saturating_sub(busy);
+    for key in dirty.into_iter().take(free) {
+        start_slot(state, service, &slots[key], config.order, ctx, plan);
+    }
+    note(plan, transition_wakeup);
+}
+
+fn note(plan: &mut Plan, at: Option<Timestamp>) {
+    if let Some(at) = at {
+        plan.next_wakeup = Some(plan.next_wakeup.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// Replaces one slot's out-of-date task (Swarm's worker step).
+fn start_slot(state: &State, service: &Service, tasks: &[&Task], order: UpdateOrder, ctx: &mut Ctx<'_>, plan: &mut Plan) {
+    let runnable: Vec<&Task> = tasks.iter().copied().filter(|t| t.desired_state <= TaskState::Running).collect();
+    // A clean task already in the slot is used instead of making a new one.
+    let clean = runnable
+        .iter()
+        .filter(|t| !is_dirty(state, service, t))
+        .max_by_key(|t| (t.desired_state == TaskState::Running, t.created_at));
+    if let Some(clean) = clean {
+        for other in runnable.iter().filter(|t| t.id != clean.id) {
+            plan.actions.push(Action::SetDesiredState { id: other.id.clone(), desired: TaskState::Shutdown });
+        }
+        return;
+    }
+    let Some(old) = runnable.first() else { return };
+    let node = match service.spec.mode {
+        ServiceMode::Global => old.node_id.as_str(),
+        ServiceMode::Replicated { .. } => "",
+    };
+    let gate = match order {
+        // The new task is prepared (container created) while the old one stops, then started.
+        UpdateOrder::StopFirst => {
+            for t in &runnable {
+                plan.actions.push(Action::SetDesiredState { id: t.id.clone(), desired: TaskState::Shutdown });
+            }
+            Some(StartGate { not_before: ctx.now, after_task: Some(old.id.clone()), deadline: ctx.now + OLD_TASK_TIMEOUT_MS })
+        }
+        UpdateOrder::StartFirst => None,
+    };
+    let task = new_task(ctx, service, old.slot, node, TaskOrigin::Update, gate);
+    plan.actions.push(Action::PutTask { task });
+}

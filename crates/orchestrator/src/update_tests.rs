@@ -1,0 +1,422 @@
+//! The updater, driven step by step with simulated agents; invariants checked at every step.
+
+use std::collections::BTreeMap;
+
+use shoal_store::Action;
+use shoal_types::*;
+
+use crate::tests::World;
+
+/// How the simulated agents treat a task.
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    Works,
+    /// Fails at start, never reaching RUNNING.
+    FailsAtStart,
+    /// Runs, then fails 1 s later.
+    FailsAfterRunning,
+}
+
+struct Sim {
+    w: World,
+    svc: String,
+    behaviour: BTreeMap<String, Behaviour>,
+    /// Old tasks never stop when told to.
+    stuck: bool,
+    /// Most slots seen in transition at once.
+    max_in_transition: usize,
+    log: Vec<String>,
+}
+
+impl Sim {
+    fn new(replicas: u64, configure: impl FnOnce(&mut ServiceSpec)) -> Sim {
+        let mut w = World::new(&["n1", "n2", "n3"]);
+        let mut spec = ServiceSpec::new("web", "app:1");
+        spec.mode = ServiceMode::Replicated { replicas };
+        spec.task.restart_policy.delay = GoDuration::ZERO;
+        spec.task.restart_policy.condition = RestartCondition::None;
+        configure(&mut spec);
+        let svc = w.service(spec);
+        let mut sim = Sim { w, svc, behaviour: BTreeMap::new(), stuck: false, max_in_transition: 0, log: Vec::new() };
+        sim.behaviour.insert("app:1".into(), Behaviour::Works);
+        sim.run_until(|s| s.running_images().len() == replicas as usize, 200);
+        sim
+    }
+
+    fn service(&self) -> Service {
+        self.w.state.service(&self.svc).unwrap().clone()
+    }
+
+    fn update(&mut self, change: impl FnOnce(&mut ServiceSpec)) {
+        let s = self.service();
+        let mut spec = s.spec.clone();
+        change(&mut spec);
+        self.w.apply(vec![Action::UpdateService { id: self.svc.clone(), expected_version: s.version, spec }]);
+    }
+
+    fn rollback(&mut self) {
+        let s = self.service();
+        self.w.apply(vec![Action::RollbackService { id: self.svc.clone(), expected_version: s.version }]);
+    }
+
+    fn status(&self) -> Option<UpdateState> {
+        self.service().update_status.map(|s| s.state)
+    }
+
+    fn running_images(&self) -> Vec<String> {
+        self.w.runnable(&self.svc).iter().filter(|t| t.status.state == TaskState::Running).map(|t| t.spec.container.image.clone()).collect()
+    }
+
+    /// Simulated agents: assign, prepare/start up to the desired state, stop when told.
+    fn agents(&mut self) {
+        let now = self.w.now;
+        let nodes = ["n1", "n2", "n3"];
+        let mut actions = Vec::new();
+        let tasks: Vec<Task> = self.w.state.tasks_of_service(&self.svc).cloned().collect();
+        for (i, t) in tasks.iter().enumerate() {
+            let behaviour = self.behaviour.get(&t.spec.container.image).copied().unwrap_or(Behaviour::Works);
+            let status = |state: TaskState, err: &str| TaskStatus { state, timestamp: now, err: err.into(), ..Default::default() };
+            if t.desired_state >= TaskState::Shutdown {
+                if t.status.state <= TaskState::Running && !self.stuck {
+                    actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Shutdown, "") });
+                }
+                continue;
+            }
+            if t.node_id.is_empty() {
+                actions.push(Action::AssignTask { id: t.id.clone(), node_id: nodes[i % 3].into() });
+                continue;
+            }
+            match (t.status.state, t.desired_state) {
+                (s, TaskState::Ready) if s < TaskState::Ready => {
+                    actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Ready, "") })
+                }
+                (s, TaskState::Running) if s < TaskState::Running => {
+                    if behaviour == Behaviour::FailsAtStart {
+                        actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Failed, "boom") });
+                    } else {
+                        actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Running, "") });
+                    }
+                }
+                (TaskState::Running, TaskState::Running)
+                    if behaviour == Behaviour::FailsAfterRunning && t.running_at.is_some_and(|at| now >= at + 1_000) =>
+                {
+                    actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Failed, "late") });
+                }
+                _ => {}
+            }
+        }
+        if !actions.is_empty() {
+            self.w.apply(actions);
+        }
+    }
+
+    /// One round: control loop until quiet, check invariants, agents act, 100 ms pass.
+    fn round(&mut self) {
+        let before: BTreeMap<String, Task> = self.w.state.tasks_of_service(&self.svc).map(|t| (t.id.clone(), t.clone())).collect();
+        self.w.settle();
+        self.check(&before);
+        self.agents();
+        self.w.now += 100;
+    }
+
+    fn check(&mut self, before: &BTreeMap<String, Task>) {
+        let service = self.service();
+        let rolling_back = service.update_status.as_ref().is_some_and(|s| s.state == UpdateState::RollbackStarted);
+        let config = if rolling_back { &service.spec.rollback_config } else { &service.spec.update_config };
+        let tasks: Vec<Task> = self.w.state.tasks_of_service(&self.svc).cloned().collect();
+        let now = self.w.now;
+        let delay = config.delay.as_std().as_millis() as u64;
+        let mut in_transition = std::collections::BTreeSet::new();
+        for t in tasks.iter().filter(|t| t.origin == TaskOrigin::Update && t.spec_version == service.spec_version) {
+            let done = t.running_at.or(t.status.state.is_terminal().then_some(t.status.timestamp));
+            let busy = match done {
+                None => t.desired_state <= TaskState::Running,
+                Some(at) => now < at + delay,
+            };
+            if busy {
+                in_transition.insert(t.slot);
+            }
+        }
+        self.max_in_transition = self.max_in_transition.max(in_transition.len());
+        if config.parallelism > 0 {
+            assert!(in_transition.len() as u64 <= config.parallelism, "{} slots in transition > parallelism {}", in_transition.len(), config.parallelism);
+        }
+        for t in &tasks {
+            let Some(old) = before.get(&t.id) else { continue };
+            // stop-first: a new task is raised to RUNNING only after its slot's old task stopped.
+            if t.origin == TaskOrigin::Update && old.desired_state == TaskState::Ready && t.desired_state == TaskState::Running {
+                let olds: Vec<&Task> = tasks.iter().filter(|o| o.slot == t.slot && o.id != t.id && o.created_at < t.created_at && o.status.state <= TaskState::Running && o.desired_state >= TaskState::Shutdown).collect();
+                let timeout = t.start_gate.as_ref().is_some_and(|g| now >= g.deadline);
+                assert!(olds.is_empty() || timeout || self.stuck, "slot {} started before its old task stopped", t.slot);
+                self.log.push(format!("start {}", t.slot));
+            }
+            // start-first: an old task is told to stop only once its replacement runs.
+            if config.order == UpdateOrder::StartFirst && old.desired_state == TaskState::Running && t.desired_state == TaskState::Shutdown && t.status.state == TaskState::Running {
+                let replacement_running = tasks.iter().any(|n| n.slot == t.slot && n.id != t.id && n.origin == TaskOrigin::Update && n.status.state == TaskState::Running);
+                assert!(replacement_running, "start-first stopped slot {}'s old task before its replacement ran", t.slot);
+            }
+        }
+    }
+
+    fn run_until(&mut self, cond: impl Fn(&Sim) -> bool, max_rounds: usize) {
+        for _ in 0..max_rounds {
+            if cond(self) {
+                return;
+            }
+            self.round();
+        }
+        panic!("not reached; status {:?}; tasks {:?}", self.status(), self.w.tasks(&self.svc).iter().map(|t| (t.slot, t.spec.container.image.clone(), t.status.state, t.desired_state)).collect::<Vec<_>>());
+    }
+
+    fn settled_on(&self, image: &str, replicas: usize) -> bool {
+        let images = self.running_images();
+        images.len() == replicas && images.iter().all(|i| i == image)
+    }
+}
+
+fn image(s: &mut ServiceSpec, image: &str) {
+    s.task.container.image = image.into();
+}
+
+#[test]
+fn default_update_replaces_one_slot_at_a_time_stop_first() {
+    let mut sim = Sim::new(3, |_| {});
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    assert!(sim.settled_on("app:2", 3));
+    assert_eq!(sim.max_in_transition, 1);
+    assert_eq!(sim.log.iter().filter(|l| l.starts_with("start")).count(), 3);
+    let status = sim.service().update_status.unwrap();
+    assert_eq!(status.message, "update completed");
+    assert!(status.completed_at.unwrap() >= status.started_at.unwrap() + 5_000, "waits the 5 s monitor window");
+}
+
+#[test]
+fn parallelism_two_with_delay_never_exceeds_two() {
+    let mut sim = Sim::new(6, |s| {
+        s.update_config.parallelism = 2;
+        s.update_config.delay = GoDuration::from_secs(1);
+    });
+    sim.update(|s| image(s, "app:2"));
+    let start = sim.w.now;
+    sim.run_until(|s| s.settled_on("app:2", 6), 400);
+    assert_eq!(sim.max_in_transition, 2);
+    // Three batches of two, each worker waiting 1 s after its slot: at least ~2 s.
+    assert!(sim.w.now - start >= 2_000, "delay respected: {} ms", sim.w.now - start);
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 200);
+}
+
+#[test]
+fn parallelism_zero_updates_every_slot_at_once() {
+    let mut sim = Sim::new(5, |s| s.update_config.parallelism = 0);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.settled_on("app:2", 5), 100);
+    assert_eq!(sim.max_in_transition, 5);
+}
+
+#[test]
+fn start_first_runs_the_new_task_before_stopping_the_old() {
+    let mut sim = Sim::new(3, |s| s.update_config.order = UpdateOrder::StartFirst);
+    sim.update(|s| image(s, "app:2"));
+    // The invariant check in every round asserts the ordering; here, that both ran together.
+    let mut overlap = false;
+    for _ in 0..200 {
+        let running = sim.w.runnable(&sim.svc).iter().filter(|t| t.status.state == TaskState::Running).count();
+        let all_running = sim.w.tasks(&sim.svc).iter().filter(|t| t.status.state == TaskState::Running).count();
+        overlap |= all_running > 3 || running > 3;
+        if sim.settled_on("app:2", 3) {
+            break;
+        }
+        sim.round();
+    }
+    assert!(sim.settled_on("app:2", 3));
+    assert!(overlap, "old and new ran at the same time");
+}
+
+#[test]
+fn pause_on_failure_stops_after_exactly_one_failed_slot() {
+    let mut sim = Sim::new(3, |s| {
+        s.update_config.delay = GoDuration::from_millis(500);
+        s.update_config.monitor = GoDuration::from_millis(500);
+    });
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Paused), 200);
+    for _ in 0..30 {
+        sim.round();
+    }
+    let service = sim.service();
+    let status = service.update_status.unwrap();
+    assert!(status.message.starts_with("update paused due to failure or early termination of task "), "{}", status.message);
+    let tasks = sim.w.tasks(&sim.svc);
+    let new = tasks.iter().filter(|t| t.spec.container.image == "app:2").count();
+    assert_eq!(new, 1, "exactly one slot was tried");
+    assert_eq!(sim.running_images(), ["app:1", "app:1"], "the other two slots keep the old version");
+    // A paused update does nothing more until the next `service update`.
+    assert_eq!(sim.status(), Some(UpdateState::Paused));
+}
+
+#[test]
+fn continue_ignores_failures() {
+    let mut sim = Sim::new(3, |s| s.update_config.failure_action = FailureAction::Continue);
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    let tried: std::collections::BTreeSet<u64> = sim.w.tasks(&sim.svc).iter().filter(|t| t.spec.container.image == "app:2").map(|t| t.slot).collect();
+    assert_eq!(tried.len(), 3, "every slot was updated despite failures");
+}
+
+#[test]
+fn max_failure_ratio_is_strictly_greater_than() {
+    // 4 slots, ratio 0.25: one failure (0.25) is tolerated, the second (0.5) pauses.
+    let mut sim = Sim::new(4, |s| s.update_config.max_failure_ratio = 0.25);
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Paused), 400);
+    let failed = sim.w.tasks(&sim.svc).iter().filter(|t| t.spec.container.image == "app:2" && t.status.state == TaskState::Failed).count();
+    assert_eq!(failed, 2);
+    assert_eq!(sim.service().update_status.unwrap().slots, Some(4));
+}
+
+#[test]
+fn a_late_failure_within_monitor_counts_one_after_it_does_not() {
+    let mut sim = Sim::new(2, |s| s.update_config.monitor = GoDuration::from_secs(2));
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAfterRunning);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Paused), 200);
+    let mut sim = Sim::new(2, |s| s.update_config.monitor = GoDuration::from_millis(500));
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAfterRunning);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+}
+
+#[test]
+fn automatic_rollback_returns_to_the_previous_spec_and_forgets_it() {
+    let mut sim = Sim::new(3, |s| {
+        s.update_config.failure_action = FailureAction::Rollback;
+        s.rollback_config.parallelism = 3;
+    });
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted), 400);
+    assert!(sim.settled_on("app:1", 3), "{:?}", sim.w.tasks(&sim.svc).iter().map(|t| (t.slot, t.spec.container.image.clone(), t.status.state, t.desired_state, t.origin)).collect::<Vec<_>>());
+    let service = sim.service();
+    assert!(service.previous_spec.is_none(), "automatic rollback clears the previous spec");
+    assert_eq!(service.spec.task.container.image, "app:1");
+    assert_eq!(service.update_status.unwrap().message, "rollback completed");
+}
+
+#[test]
+fn a_failing_rollback_pauses_instead_of_rolling_back_again() {
+    let mut sim = Sim::new(2, |s| s.update_config.failure_action = FailureAction::Rollback);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    // The old version now fails too: rolling back to it must pause, not roll back the rollback.
+    sim.behaviour.insert("app:1".into(), Behaviour::FailsAtStart);
+    sim.rollback();
+    sim.run_until(|s| s.status() == Some(UpdateState::RollbackPaused), 400);
+    assert!(sim.service().update_status.unwrap().message.starts_with("rollback paused due to failure or early termination of task "));
+}
+
+#[test]
+fn manual_rollback_toggles_and_uses_the_rollback_config() {
+    let mut sim = Sim::new(4, |s| {
+        s.update_config.parallelism = 1;
+        s.rollback_config.parallelism = 4;
+    });
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    for expected in ["app:1", "app:2", "app:1"] {
+        sim.max_in_transition = 0;
+        sim.rollback();
+        assert_eq!(sim.service().update_status.as_ref().unwrap().message, "manually requested rollback");
+        sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted) && s.settled_on(expected, 4), 400);
+        assert_eq!(sim.max_in_transition, 4, "rollback_config.parallelism applies");
+    }
+}
+
+#[test]
+fn changes_that_do_not_touch_tasks_leave_tasks_and_status_alone() {
+    let mut sim = Sim::new(3, |_| {});
+    let before: Vec<String> = sim.w.runnable(&sim.svc).iter().map(|t| t.id.clone()).collect();
+    sim.update(|s| {
+        s.labels.insert("team".into(), "a".into());
+        s.update_config.parallelism = 3;
+    });
+    for _ in 0..20 {
+        sim.round();
+    }
+    let after: Vec<String> = sim.w.runnable(&sim.svc).iter().map(|t| t.id.clone()).collect();
+    assert_eq!(before, after);
+    assert_eq!(sim.status(), None, "no update status for a change that replaces nothing");
+}
+
+#[test]
+fn force_replaces_every_task() {
+    let mut sim = Sim::new(3, |_| {});
+    let before: Vec<String> = sim.w.runnable(&sim.svc).iter().map(|t| t.id.clone()).collect();
+    sim.update(|s| s.task.force_update += 1);
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    let after: Vec<String> = sim.w.runnable(&sim.svc).iter().map(|t| t.id.clone()).collect();
+    assert!(after.iter().all(|id| !before.contains(id)));
+}
+
+#[test]
+fn placement_only_change_keeps_tasks_on_matching_nodes() {
+    let mut sim = Sim::new(3, |_| {});
+    for n in ["n1", "n2", "n3"] {
+        sim.w.node_update(n, |node| {
+            node.spec.labels.insert("zone".into(), if n == "n3" { "b" } else { "a" }.into());
+        });
+    }
+    let before: BTreeMap<String, String> = sim.w.runnable(&sim.svc).iter().map(|t| (t.id.clone(), t.node_id.clone())).collect();
+    sim.update(|s| s.task.placement.constraints = vec![Constraint::parse("node.labels.zone==a").unwrap()]);
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    let after: BTreeMap<String, String> = sim.w.runnable(&sim.svc).iter().map(|t| (t.id.clone(), t.node_id.clone())).collect();
+    for (id, node) in &before {
+        assert_eq!(after.contains_key(id), node != "n3", "task on {node}");
+    }
+}
+
+#[test]
+fn an_old_task_that_never_stops_is_replaced_after_the_timeout() {
+    let mut sim = Sim::new(1, |_| {});
+    sim.stuck = true;
+    sim.update(|s| image(s, "app:2"));
+    let start = sim.w.now;
+    sim.run_until(|s| s.running_images().contains(&"app:2".to_string()), 1_000);
+    assert!(sim.w.now - start >= crate::OLD_TASK_TIMEOUT_MS, "started only after the one-minute timeout");
+}
+
+#[test]
+fn a_new_leader_resumes_without_redoing_slots_or_exceeding_parallelism() {
+    // The updater keeps no memory between passes: a "new leader" is simply the next pass over
+    // the same store. Interleave passes that stop half-way through a batch.
+    let mut sim = Sim::new(6, |s| s.update_config.parallelism = 2);
+    sim.update(|s| image(s, "app:2"));
+    let mut created = std::collections::BTreeSet::new();
+    for _ in 0..400 {
+        sim.round();
+        created.extend(sim.w.tasks(&sim.svc).iter().filter(|t| t.origin == TaskOrigin::Update).map(|t| t.id.clone()));
+        if sim.status() == Some(UpdateState::Completed) {
+            break;
+        }
+    }
+    assert_eq!(sim.status(), Some(UpdateState::Completed));
+    assert_eq!(created.len(), 6, "each slot replaced exactly once");
+    assert!(sim.max_in_transition <= 2);
+}
+
+#[test]
+fn an_unschedulable_new_task_keeps_the_update_going_and_says_why() {
+    let mut sim = Sim::new(2, |_| {});
+    sim.update(|s| image(s, "app:2"));
+    // Pretend the scheduler could not place the first new task.
+    sim.w.settle();
+    let new = sim.w.tasks(&sim.svc).into_iter().find(|t| t.origin == TaskOrigin::Update).unwrap();
+    sim.w.apply(vec![Action::MarkUnschedulable { id: new.id.clone(), err: "no suitable node (2 nodes not available for new tasks)".into() }]);
+    sim.w.settle();
+    let status = sim.service().update_status.unwrap();
+    assert_eq!(status.state, UpdateState::Updating);
+    assert!(status.message.contains("no suitable node (2 nodes not available for new tasks)"), "{}", status.message);
+}
