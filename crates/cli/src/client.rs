@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::control_client::ControlClient;
-use shoal_types::{ClusterInfo, Node, Service, ServiceSpec, Task};
+use shoal_types::{ClusterInfo, Node, NodeSpec, Service, ServiceSpec, Task};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{CliError, error_chain};
@@ -31,11 +31,22 @@ pub struct Client {
 impl Client {
     /// Connects eagerly so a dead address fails fast with one clear line.
     pub async fn connect(addr: &str) -> Result<Client, CliError> {
+        Client::connect_with(addr, Some(REQUEST_TIMEOUT)).await
+    }
+
+    /// Connects for a long-lived stream (`events`): no per-request timeout.
+    pub async fn connect_streaming(addr: &str) -> Result<Client, CliError> {
+        Client::connect_with(addr, None).await
+    }
+
+    async fn connect_with(addr: &str, request_timeout: Option<Duration>) -> Result<Client, CliError> {
         let unreachable = |reason: String| CliError::Unreachable { addr: addr.to_string(), reason };
-        let endpoint = Endpoint::from_shared(endpoint_uri(addr))
+        let mut endpoint = Endpoint::from_shared(endpoint_uri(addr))
             .map_err(|e| unreachable(format!("invalid address: {}", error_chain(&e))))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(timeout) = request_timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
         let channel = match tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
@@ -62,6 +73,43 @@ impl Client {
         let reply = self
             .inner
             .get_service(request)
+            .await
+            .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?;
+        decode("service", &reply.into_inner().service_json)
+    }
+
+    /// Replaces the spec of `service` (id, name or id prefix), based on the `version` read.
+    pub async fn update_service(
+        &mut self,
+        service: &str,
+        version: u64,
+        spec: &ServiceSpec,
+    ) -> Result<Service, CliError> {
+        let request = pb::UpdateServiceRequest {
+            service: service.to_string(),
+            version,
+            spec_json: encode(spec)?,
+            rollback: false,
+        };
+        let reply = self
+            .inner
+            .update_service(request)
+            .await
+            .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?;
+        decode("service", &reply.into_inner().service_json)
+    }
+
+    /// Makes the previous spec of `service` current again, based on the `version` read.
+    pub async fn rollback_service(&mut self, service: &str, version: u64) -> Result<Service, CliError> {
+        let request = pb::UpdateServiceRequest {
+            service: service.to_string(),
+            version,
+            spec_json: String::new(),
+            rollback: true,
+        };
+        let reply = self
+            .inner
+            .update_service(request)
             .await
             .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?;
         decode("service", &reply.into_inner().service_json)
@@ -101,6 +149,27 @@ impl Client {
         let request = pb::GetNodeRequest { node: node.to_string() };
         let reply = self.inner.get_node(request).await.map_err(|s| failed(&self.addr, s).not_found_as("node", node))?;
         decode("node", &reply.into_inner().node_json)
+    }
+
+    /// Replaces the spec (availability, labels) of `node`, based on the `version` read.
+    pub async fn update_node(&mut self, node: &str, version: u64, spec: &NodeSpec) -> Result<Node, CliError> {
+        let request = pb::UpdateNodeRequest { node: node.to_string(), version, spec_json: encode(spec)? };
+        let reply =
+            self.inner.update_node(request).await.map_err(|s| failed(&self.addr, s).not_found_as("node", node))?;
+        decode("node", &reply.into_inner().node_json)
+    }
+
+    /// Opens the stream of changes: only objects of `types` (empty: all), only those of `service`
+    /// (empty: all). Use a client from [`Client::connect_streaming`].
+    pub async fn watch(
+        &mut self,
+        types: Vec<String>,
+        service: &str,
+    ) -> Result<tonic::Streaming<pb::WatchEvent>, CliError> {
+        let request = pb::WatchRequest { types, service: service.to_string() };
+        let reply =
+            self.inner.watch(request).await.map_err(|s| failed(&self.addr, s).not_found_as("service", service))?;
+        Ok(reply.into_inner())
     }
 
     /// Removes a node and returns its id.

@@ -6,12 +6,15 @@ use clap::error::ErrorKind;
 use shoal_types::{Node, Service};
 
 use crate::args::{
-    self, Cli, ClusterCommand, Command, CreateArgs, InfoFormat, InspectArgs, ListArgs, ListFormat, NodeCommand,
-    NodeInspectArgs, ServiceCommand,
+    self, Cli, ClusterCommand, Command, CreateArgs, EventFormat, EventsArgs, InfoFormat, InspectArgs, ListArgs,
+    ListFormat, NodeCommand, NodeInspectArgs, NodePsArgs, NodeUpdateArgs, PsArgs, RollbackArgs, ScaleArgs,
+    ServiceCommand, TaskListFlags, UpdateArgs,
 };
 use crate::client::Client;
 use crate::error::CliError;
-use crate::{names, output};
+use crate::output::{PsOptions, ServiceNames};
+use crate::progress::{Operation, wait_for_convergence};
+use crate::{names, output, timefmt};
 
 /// How many fresh names `service create` tries when a generated name is already taken.
 const GENERATED_NAME_ATTEMPTS: usize = 3;
@@ -40,11 +43,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Service(ServiceCommand::Ls(args)) => service_ls(host, &args).await,
         Command::Service(ServiceCommand::Inspect(args)) => service_inspect(host, &args).await,
         Command::Service(ServiceCommand::Rm(args)) => service_rm(host, &args.services).await,
+        Command::Service(ServiceCommand::Ps(args)) => service_ps(host, &args).await,
+        Command::Service(ServiceCommand::Scale(args)) => service_scale(host, &args).await,
+        Command::Service(ServiceCommand::Update(args)) => service_update(host, &args).await,
+        Command::Service(ServiceCommand::Rollback(args)) => service_rollback(host, &args).await,
         Command::Node(NodeCommand::Ls(args)) => node_ls(host, &args).await,
         Command::Node(NodeCommand::Inspect(args)) => node_inspect(host, &args).await,
         Command::Node(NodeCommand::Demote(args)) => node_demote(host, &args.nodes).await,
         Command::Node(NodeCommand::Rm(args)) => node_rm(host, &args.nodes, args.force).await,
+        Command::Node(NodeCommand::Update(args)) => node_update(host, &args).await,
+        Command::Node(NodeCommand::Ps(args)) => node_ps(host, &args).await,
         Command::Cluster(ClusterCommand::Info(args)) => cluster_info(host, args.format, args.local).await,
+        Command::Events(args) => events(host, &args).await,
     }
 }
 
@@ -59,6 +69,9 @@ async fn service_create(host: &str, args: &CreateArgs) -> Result<(), CliError> {
         match client.create_service(&spec).await {
             Ok(service) => {
                 print_out(&format!("{}\n", service.id));
+                if !args.detach {
+                    wait_for_convergence(&mut client, &service, Operation::Create, args.quiet).await?;
+                }
                 return Ok(());
             }
             Err(e)
@@ -204,4 +217,193 @@ async fn cluster_info(host: &str, format: InfoFormat, local: bool) -> Result<(),
         InfoFormat::Text => print_out(&output::cluster_info_text(&info)),
     }
     Ok(())
+}
+
+/// Prints the tasks `ps` selected, as `flags` ask.
+fn print_tasks(tasks: &[shoal_types::Task], flags: &TaskListFlags, names: &ServiceNames, nodes: &[Node]) {
+    let selected = output::select_tasks(tasks, &flags.filters, names, nodes);
+    if flags.quiet {
+        print_out(&output::task_ids(&selected, flags.no_trunc));
+    } else if flags.format == ListFormat::Json {
+        print_out(&output::json_array(&selected));
+    } else {
+        let options = PsOptions { no_trunc: flags.no_trunc, no_resolve: flags.no_resolve, now: timefmt::now_millis() };
+        print_out(&output::task_table(&selected, names, nodes, &options));
+    }
+}
+
+async fn service_ps(host: &str, args: &PsArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let mut services: Vec<Service> = Vec::new();
+    let mut failed = false;
+    for name in &args.services {
+        match client.get_service(name).await {
+            Ok(service) if services.iter().any(|s| s.id == service.id) => {}
+            Ok(service) => services.push(service),
+            Err(e) => {
+                print_error(&e);
+                failed = true;
+            }
+        }
+    }
+    if !services.is_empty() {
+        let mut tasks = Vec::new();
+        for service in &services {
+            tasks.extend(client.list_tasks(&service.id, "").await?);
+        }
+        let names: ServiceNames = services.iter().map(|s| (s.id.clone(), s.spec.name.clone())).collect();
+        // Only used for hostnames and node filters; ids are shown without them.
+        let nodes = client.list_nodes().await.unwrap_or_default();
+        print_tasks(&tasks, &args.list, &names, &nodes);
+    }
+    if failed { Err(CliError::Reported) } else { Ok(()) }
+}
+
+async fn node_ps(host: &str, args: &NodePsArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let mut found: Vec<Node> = Vec::new();
+    let mut failed = false;
+    for name in &args.nodes {
+        match client.get_node(name).await {
+            Ok(node) if found.iter().any(|n| n.id == node.id) => {}
+            Ok(node) => found.push(node),
+            Err(e) => {
+                print_error(&e);
+                failed = true;
+            }
+        }
+    }
+    if !found.is_empty() {
+        let mut tasks = Vec::new();
+        for node in &found {
+            tasks.extend(client.list_tasks("", &node.id).await?);
+        }
+        let names: ServiceNames =
+            client.list_services().await.unwrap_or_default().into_iter().map(|s| (s.id, s.spec.name)).collect();
+        let nodes = client.list_nodes().await.unwrap_or(found);
+        print_tasks(&tasks, &args.list, &names, &nodes);
+    }
+    if failed { Err(CliError::Reported) } else { Ok(()) }
+}
+
+/// Sets the replicas of one service; refuses global services.
+async fn scale_one(client: &mut Client, name: &str, replicas: u64) -> Result<Service, CliError> {
+    let service = client.get_service(name).await?;
+    let mut spec = service.spec.clone();
+    match &mut spec.mode {
+        shoal_types::ServiceMode::Replicated { replicas: current } => *current = replicas,
+        shoal_types::ServiceMode::Global => {
+            return Err(CliError::Message(format!("{name}: scale can only be used with replicated mode")));
+        }
+    }
+    client.update_service(&service.id, service.version, &spec).await
+}
+
+async fn service_scale(host: &str, args: &ScaleArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let mut scaled = Vec::new();
+    let mut failed = false;
+    for (name, replicas) in &args.scales {
+        match scale_one(&mut client, name, *replicas).await {
+            Ok(service) => {
+                print_out(&format!("{name} scaled to {replicas}\n"));
+                scaled.push(service);
+            }
+            Err(e) => {
+                print_error(&e);
+                failed = true;
+            }
+        }
+    }
+    if !args.detach {
+        for service in &scaled {
+            wait_for_convergence(&mut client, service, Operation::Scale, false).await?;
+        }
+    }
+    if failed { Err(CliError::Reported) } else { Ok(()) }
+}
+
+async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
+    if args.rollback {
+        args.check_usage().map_err(|message| {
+            CliError::Usage(args::usage_error(&["service", "update"], ErrorKind::ArgumentConflict, message))
+        })?;
+        return rollback(host, &args.service, args.detach, args.quiet).await;
+    }
+    let mut client = Client::connect(host).await?;
+    let service = client.get_service(&args.service).await?;
+    let mut spec = service.spec.clone();
+    args.apply(&mut spec).map_err(CliError::Message)?;
+    spec.validate().map_err(|e| CliError::Message(e.to_string()))?;
+    let updated = client.update_service(&service.id, service.version, &spec).await?;
+    print_out(&format!("{}\n", args.service));
+    if !args.detach {
+        wait_for_convergence(&mut client, &updated, Operation::Update, args.quiet).await?;
+    }
+    Ok(())
+}
+
+async fn service_rollback(host: &str, args: &RollbackArgs) -> Result<(), CliError> {
+    rollback(host, &args.service, args.detach, args.quiet).await
+}
+
+/// `service rollback` and `service update --rollback`: the previous spec becomes current again.
+async fn rollback(host: &str, name: &str, detach: bool, quiet: bool) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let service = client.get_service(name).await?;
+    let updated = client.rollback_service(&service.id, service.version).await?;
+    print_out(&format!("{name}\n"));
+    if !detach {
+        wait_for_convergence(&mut client, &updated, Operation::Rollback, quiet).await?;
+    }
+    Ok(())
+}
+
+async fn node_update(host: &str, args: &NodeUpdateArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let node = client.get_node(&args.node).await?;
+    let mut spec = node.spec.clone();
+    args.apply(&mut spec).map_err(CliError::Message)?;
+    let updated = client.update_node(&node.id, node.version, &spec).await?;
+    print_out(&format!("{}\n", updated.id));
+    Ok(())
+}
+
+/// Writes one line and flushes it; an error means nobody reads any more (closed pipe).
+fn write_line(line: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(line.as_bytes())?;
+    stdout.write_all(b"\n")?;
+    stdout.flush()
+}
+
+async fn events(host: &str, args: &EventsArgs) -> Result<(), CliError> {
+    let selection = args
+        .selection()
+        .map_err(|message| CliError::Usage(args::usage_error(&["events"], ErrorKind::ArgumentConflict, message)))?;
+    let mut client = Client::connect_streaming(host).await?;
+    let mut stream = client.watch(selection.types.clone(), &selection.service).await?;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = &mut interrupted => return Ok(()),
+        };
+        let event = match message {
+            Ok(Some(event)) => event,
+            Ok(None) => return Err(CliError::Message(format!("the manager at {host} closed the event stream"))),
+            Err(status) => return Err(CliError::from(status)),
+        };
+        if !selection.actions.is_empty() && !selection.actions.contains(&output::event_action(&event.event_json)) {
+            continue;
+        }
+        let line = match args.format {
+            EventFormat::Json => event.event_json.trim_end().to_string(),
+            EventFormat::Text => output::event_line(&event.event_json),
+        };
+        if write_line(&line).is_err() {
+            return Ok(());
+        }
+    }
 }

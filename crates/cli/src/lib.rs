@@ -12,6 +12,7 @@ pub mod commands;
 pub mod error;
 pub mod names;
 pub mod output;
+pub mod progress;
 pub mod timefmt;
 
 pub use args::Cli;

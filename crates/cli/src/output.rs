@@ -14,6 +14,12 @@ use shoal_types::{
 use crate::args::publish::format_port;
 use crate::timefmt::format_timestamp;
 
+pub mod events;
+pub mod tasks;
+
+pub use events::{event_action, event_line};
+pub use tasks::{PsOptions, ServiceNames, select_tasks, task_ids, task_name, task_table};
+
 const MIN_CELL_WIDTH: usize = 10;
 const PADDING: usize = 3;
 

@@ -278,7 +278,8 @@ struct EventOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<&'a str>,
     index: u64,
-    object: &'a shoal_store::Object,
+    /// The object as it is after the change (before it, for a removal).
+    object: serde_json::Value,
 }
 
 fn event_json(change: &shoal_store::Change) -> String {
@@ -289,7 +290,14 @@ fn event_json(change: &shoal_store::Change) -> String {
         Object::Task(t) => ("task", t.id.as_str(), Some(t.service_id.as_str())),
         Object::Node(n) => ("node", n.id.as_str(), None),
     };
-    to_json(&EventOut { time: change.at, kind, action: change.kind, id, service, index: change.index, object: &change.object })
+    let object = match &change.object {
+        Object::Cluster(c) => serde_json::to_value(c),
+        Object::Service(s) => serde_json::to_value(s),
+        Object::Task(t) => serde_json::to_value(t),
+        Object::Node(n) => serde_json::to_value(n),
+    }
+    .expect("objects serialise");
+    to_json(&EventOut { time: change.at, kind, action: change.kind, id, service, index: change.index, object })
 }
 
 type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send>>;

@@ -112,6 +112,11 @@ fn new_task(
     }
 }
 
+/// A task cancelled before the scheduler placed it: no container exists or will.
+fn never_ran(task: &Task) -> bool {
+    task.status.state < TaskState::Assigned && task.desired_state > TaskState::Running
+}
+
 /// Whether a gated task may now be raised from READY to RUNNING.
 pub fn gate_open(state: &State, gate: &StartGate, now: Timestamp) -> bool {
     if now < gate.not_before {
@@ -121,7 +126,12 @@ pub fn gate_open(state: &State, gate: &StartGate, now: Timestamp) -> bool {
         None => true,
         Some(old) => match state.task(old) {
             None => true,
-            Some(old) => old.status.state > TaskState::Running || node_down_or_gone(state, &old.node_id) || now >= gate.deadline,
+            Some(old) => {
+                old.status.state > TaskState::Running
+                    || never_ran(old)
+                    || node_down_or_gone(state, &old.node_id)
+                    || now >= gate.deadline
+            }
         },
     }
 }
@@ -140,6 +150,14 @@ pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
         // nothing left to fix (its changes come back as events and trigger the next pass).
         if plan.actions.len() == before {
             update::update_service(state, service, ctx, &mut plan);
+        }
+    }
+    for task in state.tasks() {
+        // Swarm's scheduler marks tasks cancelled before placement SHUTDOWN, so nothing waits
+        // for them and they read as finished.
+        if never_ran(task) && task.status.state != TaskState::Shutdown {
+            let status = TaskStatus { state: TaskState::Shutdown, timestamp: ctx.now, message: "shutdown before it was scheduled".into(), ..Default::default() };
+            plan.actions.push(Action::SetTaskStatus { id: task.id.clone(), status });
         }
     }
     // Tasks whose service is gone are removed (Swarm: desired REMOVE, then the reaper).

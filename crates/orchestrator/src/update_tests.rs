@@ -420,3 +420,25 @@ fn an_unschedulable_new_task_keeps_the_update_going_and_says_why() {
     assert_eq!(status.state, UpdateState::Updating);
     assert!(status.message.contains("no suitable node (2 nodes not available for new tasks)"), "{}", status.message);
 }
+
+#[test]
+fn automatic_rollback_does_not_wait_for_cancelled_restarts() {
+    // Restarts on (with a delay): the failed task's restart is created, then cancelled by the
+    // rollback before it is ever scheduled. The rollback's new task must not wait a minute for it.
+    let mut sim = Sim::new(3, |s| {
+        s.update_config.failure_action = FailureAction::Rollback;
+        s.task.restart_policy.condition = RestartCondition::Any;
+        s.task.restart_policy.delay = GoDuration::from_secs(5);
+    });
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAfterRunning);
+    sim.update(|s| {
+        image(s, "app:2");
+        s.task.restart_policy.condition = RestartCondition::Any;
+    });
+    let start = sim.w.now;
+    sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted), 1_000);
+    assert!(sim.settled_on("app:1", 3));
+    assert!(sim.w.now - start < crate::OLD_TASK_TIMEOUT_MS, "took {} ms", sim.w.now - start);
+    let stuck: Vec<Task> = sim.w.tasks(&sim.svc).into_iter().filter(|t| t.status.state < TaskState::Assigned).collect();
+    assert!(stuck.is_empty(), "cancelled tasks are marked shut down: {stuck:?}");
+}

@@ -1,15 +1,16 @@
-//! Flag groups shared by `service create` (and, later, `service update`). Every flag is optional:
-//! `apply` changes only the fields whose flag was given, so `create` applies a group to the Swarm
-//! defaults and `update` can apply it to the service's current spec.
+//! Flag groups of `service create` and `service update`. Every flag is optional: `apply` changes
+//! only the fields whose flag was given, so `create` applies a group to the Swarm defaults and
+//! `update` applies it to the service's current spec. Where create takes a list (`--env`,
+//! `--constraint`, `--publish`) update takes `-add`/`-rm` pairs instead (the `*UpdateFlags` groups).
 
 use clap::Args;
 use shoal_types::{
-    Constraint, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, GoDuration, HealthConfig, Placement,
+    Constraint, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, GoDuration, HealthConfig, Labels, Placement,
     PlacementPreference, PortConfig, Resources, RestartCondition, RestartPolicy, UpdateConfig, UpdateOrder,
 };
 
-use super::parsers;
-use super::publish::parse_publish;
+use super::parsers::{self, ShellWords};
+use super::publish::{PortRemoval, parse_publish, parse_publish_rm};
 
 /// The six fields of an update or rollback config, whichever flag family they came from.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -207,8 +208,7 @@ impl ResourceFlags {
     }
 }
 
-/// Placement: constraints, preferences and the per-node replica cap. (`service update` will want
-/// `--constraint-add/-rm` and `--placement-pref-add/-rm` instead of the two list flags.)
+/// Placement at creation: constraints, preferences and the per-node replica cap.
 #[derive(Args, Clone, Debug, Default, PartialEq)]
 #[command(next_help_heading = "Placement options")]
 pub struct PlacementFlags {
@@ -230,6 +230,55 @@ impl PlacementFlags {
         if let Some(v) = self.max_replicas_per_node {
             placement.max_replicas_per_node = v;
         }
+    }
+}
+
+/// `service update`'s placement changes.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Placement options")]
+pub struct PlacementUpdateFlags {
+    /// Add a placement constraint, e.g. node.labels.zone==east (repeatable)
+    #[arg(id = "constraint-add", long = "constraint-add", value_name = "EXPR", value_parser = parsers::constraint)]
+    pub constraint_add: Vec<Constraint>,
+    /// Remove a placement constraint, written as it was added (repeatable)
+    #[arg(id = "constraint-rm", long = "constraint-rm", value_name = "EXPR", value_parser = parsers::non_empty)]
+    pub constraint_rm: Vec<String>,
+    /// Add a placement preference, e.g. spread=node.labels.zone (repeatable)
+    #[arg(id = "placement-pref-add", long = "placement-pref-add", value_name = "PREF", value_parser = parsers::placement_pref)]
+    pub pref_add: Vec<PlacementPreference>,
+    /// Remove a placement preference, e.g. spread=node.labels.zone (repeatable)
+    #[arg(id = "placement-pref-rm", long = "placement-pref-rm", value_name = "PREF", value_parser = parsers::placement_pref)]
+    pub pref_rm: Vec<PlacementPreference>,
+    /// Maximum number of tasks per node (0 = unlimited)
+    #[arg(id = "replicas-max-per-node", long = "replicas-max-per-node", value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub max_replicas_per_node: Option<u64>,
+}
+
+impl PlacementUpdateFlags {
+    /// docker's order: constraints are added (an existing one is not added twice) then removed;
+    /// preferences are removed then added. The order of what stays is kept, so an update that
+    /// changes nothing does not make tasks out of date.
+    pub fn apply(&self, placement: &mut Placement) {
+        for constraint in &self.constraint_add {
+            if !placement.constraints.contains(constraint) {
+                placement.constraints.push(constraint.clone());
+            }
+        }
+        placement.constraints.retain(|c| !self.constraint_rm.iter().any(|text| constraint_matches(c, text)));
+        placement.preferences.retain(|p| !self.pref_rm.contains(p));
+        placement.preferences.extend(self.pref_add.iter().cloned());
+        if let Some(v) = self.max_replicas_per_node {
+            placement.max_replicas_per_node = v;
+        }
+    }
+}
+
+/// Whether `--constraint-rm TEXT` names `constraint`: the same constraint once parsed (spaces
+/// around the operator do not matter), else the same text.
+fn constraint_matches(constraint: &Constraint, text: &str) -> bool {
+    match Constraint::parse(text) {
+        Ok(parsed) => parsed == *constraint,
+        Err(_) => constraint.to_string() == text.trim(),
     }
 }
 
@@ -302,16 +351,10 @@ impl HealthFlags {
     }
 }
 
-/// Container settings given at creation.
+/// Container settings that `create` and `update` share: each flag replaces one field.
 #[derive(Args, Clone, Debug, Default, PartialEq)]
 #[command(next_help_heading = "Container options")]
-pub struct ContainerFlags {
-    /// Set environment variables, KEY=VALUE (repeatable)
-    #[arg(short = 'e', id = "env", long = "env", value_name = "KEY=VALUE", value_parser = parsers::env_var)]
-    pub env: Vec<String>,
-    /// Container labels, key=value (repeatable)
-    #[arg(id = "container-label", long = "container-label", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
-    pub labels: Vec<(String, String)>,
+pub struct ContainerSettingFlags {
     /// Container hostname
     #[arg(id = "hostname", long = "hostname", value_name = "HOSTNAME")]
     pub hostname: Option<String>,
@@ -321,9 +364,9 @@ pub struct ContainerFlags {
     /// Working directory inside the container
     #[arg(short = 'w', id = "workdir", long = "workdir", value_name = "DIR", value_parser = parsers::non_empty)]
     pub workdir: Option<String>,
-    /// Overwrite the default ENTRYPOINT of the image (split on white space)
-    #[arg(id = "entrypoint", long = "entrypoint", value_name = "CMD", allow_hyphen_values = true)]
-    pub entrypoint: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image (split like a shell: quotes group words)
+    #[arg(id = "entrypoint", long = "entrypoint", value_name = "CMD", value_parser = parsers::shell_words, allow_hyphen_values = true)]
+    pub entrypoint: Option<ShellWords>,
     /// Time to wait before force killing a container (ns|us|ms|s|m|h) [default: 10s]
     #[arg(id = "stop-grace-period", long = "stop-grace-period", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
     pub stop_grace_period: Option<GoDuration>,
@@ -332,12 +375,8 @@ pub struct ContainerFlags {
     pub stop_signal: Option<String>,
 }
 
-impl ContainerFlags {
+impl ContainerSettingFlags {
     pub fn apply(&self, container: &mut ContainerSpec) {
-        container.env.extend(self.env.iter().cloned());
-        for (key, value) in &self.labels {
-            container.labels.insert(key.clone(), value.clone());
-        }
         if let Some(v) = &self.hostname {
             container.hostname = Some(v.clone());
         }
@@ -348,7 +387,7 @@ impl ContainerFlags {
             container.workdir = Some(v.clone());
         }
         if let Some(v) = &self.entrypoint {
-            container.command = v.split_whitespace().map(str::to_string).collect();
+            container.command = v.0.clone();
         }
         if let Some(v) = self.stop_grace_period {
             container.stop_grace_period = v;
@@ -356,6 +395,95 @@ impl ContainerFlags {
         if let Some(v) = &self.stop_signal {
             container.stop_signal = Some(v.clone());
         }
+    }
+}
+
+/// Container settings given at creation.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Container options")]
+pub struct ContainerFlags {
+    /// Set environment variables, KEY=VALUE (repeatable)
+    #[arg(short = 'e', id = "env", long = "env", value_name = "KEY=VALUE", value_parser = parsers::env_var)]
+    pub env: Vec<String>,
+    /// Container labels, key=value (repeatable)
+    #[arg(id = "container-label", long = "container-label", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub settings: ContainerSettingFlags,
+}
+
+impl ContainerFlags {
+    pub fn apply(&self, container: &mut ContainerSpec) {
+        container.env.extend(self.env.iter().cloned());
+        for (key, value) in &self.labels {
+            container.labels.insert(key.clone(), value.clone());
+        }
+        self.settings.apply(container);
+    }
+}
+
+/// `service update`'s container changes: environment variables and container labels added or
+/// removed by key, and the settings `create` has too.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Container options")]
+pub struct ContainerUpdateFlags {
+    /// Add or update an environment variable, KEY=VALUE (repeatable)
+    #[arg(id = "env-add", long = "env-add", value_name = "KEY=VALUE", value_parser = parsers::env_var)]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable by key (repeatable)
+    #[arg(id = "env-rm", long = "env-rm", value_name = "KEY", value_parser = parsers::env_key)]
+    pub env_rm: Vec<String>,
+    /// Add or update a container label, key=value (repeatable)
+    #[arg(id = "container-label-add", long = "container-label-add", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
+    pub label_add: Vec<(String, String)>,
+    /// Remove a container label by key (repeatable)
+    #[arg(id = "container-label-rm", long = "container-label-rm", value_name = "KEY", value_parser = parsers::non_empty)]
+    pub label_rm: Vec<String>,
+    #[command(flatten)]
+    pub settings: ContainerSettingFlags,
+}
+
+impl ContainerUpdateFlags {
+    pub fn apply(&self, container: &mut ContainerSpec) {
+        update_env(&mut container.env, &self.env_add, &self.env_rm);
+        update_labels(&mut container.labels, &self.label_add, &self.label_rm);
+        self.settings.apply(container);
+    }
+}
+
+/// The key of a `KEY=VALUE` environment entry.
+fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(key, _)| key)
+}
+
+/// docker's `--env-rm` then `--env-add`: removed keys go first; an added key replaces the entry
+/// with the same key where it stands (later duplicates are dropped), a new key is appended.
+pub fn update_env(env: &mut Vec<String>, add: &[String], remove: &[String]) {
+    env.retain(|entry| !remove.iter().any(|key| env_key(key) == env_key(entry)));
+    for entry in add {
+        let key = env_key(entry);
+        match env.iter().position(|e| env_key(e) == key) {
+            Some(first) => {
+                env[first] = entry.clone();
+                let mut index = 0;
+                env.retain(|e| {
+                    let keep = index <= first || env_key(e) != key;
+                    index += 1;
+                    keep
+                });
+            }
+            None => env.push(entry.clone()),
+        }
+    }
+}
+
+/// docker's `--label-add` then `--label-rm` (so a key both added and removed ends up removed).
+pub fn update_labels(labels: &mut Labels, add: &[(String, String)], remove: &[String]) {
+    for (key, value) in add {
+        labels.insert(key.clone(), value.clone());
+    }
+    for key in remove {
+        labels.remove(key);
     }
 }
 
@@ -374,6 +502,37 @@ pub struct EndpointFlags {
 impl EndpointFlags {
     pub fn apply(&self, endpoint: &mut EndpointSpec) {
         endpoint.ports.extend(self.publish.iter().cloned());
+        if let Some(v) = self.endpoint_mode {
+            endpoint.mode = v;
+        }
+    }
+}
+
+/// `service update`'s endpoint changes.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(next_help_heading = "Endpoint options")]
+pub struct EndpointUpdateFlags {
+    /// Add or update a published port: [published:]target[/protocol] or mode=host,target=80,published=8080 (repeatable)
+    #[arg(id = "publish-add", long = "publish-add", value_name = "PORT", value_parser = parse_publish)]
+    pub publish_add: Vec<PortConfig>,
+    /// Remove a published port by its target port: target[/protocol] or target=80,protocol=udp,mode=host (repeatable)
+    #[arg(id = "publish-rm", long = "publish-rm", value_name = "PORT", value_parser = parse_publish_rm)]
+    pub publish_rm: Vec<PortRemoval>,
+    /// Endpoint mode
+    #[arg(id = "endpoint-mode", long = "endpoint-mode", value_name = "MODE", value_parser = parsers::endpoint_mode())]
+    pub endpoint_mode: Option<EndpointMode>,
+}
+
+impl EndpointUpdateFlags {
+    /// docker's order: removals first, then additions (a port already published as given is not
+    /// added twice).
+    pub fn apply(&self, endpoint: &mut EndpointSpec) {
+        endpoint.ports.retain(|port| !self.publish_rm.iter().any(|rm| rm.matches(port)));
+        for port in &self.publish_add {
+            if !endpoint.ports.contains(port) {
+                endpoint.ports.push(port.clone());
+            }
+        }
         if let Some(v) = self.endpoint_mode {
             endpoint.mode = v;
         }

@@ -1,18 +1,26 @@
 //! The command line: clap definitions and the pure conversions from flags to specs.
 
+pub mod events;
 pub mod flags;
 pub mod node;
 pub mod parsers;
 pub mod publish;
 pub mod service;
+pub mod tasks;
+pub mod update;
 
 use std::ffi::OsString;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-pub use node::{ClusterCommand, ClusterInfoArgs, NodeCommand, NodeDemoteArgs, NodeInspectArgs, NodeRmArgs};
+pub use events::{EventFilter, EventFormat, EventSelection, EventsArgs};
+pub use node::{
+    ClusterCommand, ClusterInfoArgs, NodeCommand, NodeDemoteArgs, NodeInspectArgs, NodeRmArgs, NodeUpdateArgs,
+};
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
+pub use tasks::{NodePsArgs, PsArgs, TaskFilter, TaskListFlags};
+pub use update::{RollbackArgs, ScaleArgs, UpdateArgs};
 
 /// Where the CLI looks for a manager when neither `--host` nor `SHOAL_HOST` is given.
 pub const DEFAULT_HOST: &str = "127.0.0.1:4242";
@@ -39,6 +47,8 @@ pub enum Command {
     /// Show cluster-wide information
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Stream changes to services, tasks, nodes and the cluster until interrupted
+    Events(EventsArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,12 +80,28 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let cli = Cli::try_parse_from(args)?;
-        if let Command::Service(ServiceCommand::Create(create)) = &cli.command
-            && let Err(message) = create.check_usage()
-        {
-            let kind =
-                if create.unknown_flag().is_some() { ErrorKind::UnknownArgument } else { ErrorKind::ArgumentConflict };
-            return Err(usage_error(&["service", "create"], kind, message));
+        match &cli.command {
+            Command::Service(ServiceCommand::Create(create)) => {
+                if let Err(message) = create.check_usage() {
+                    let kind = if create.unknown_flag().is_some() {
+                        ErrorKind::UnknownArgument
+                    } else {
+                        ErrorKind::ArgumentConflict
+                    };
+                    return Err(usage_error(&["service", "create"], kind, message));
+                }
+            }
+            Command::Service(ServiceCommand::Update(update)) => {
+                if let Err(message) = update.check_usage() {
+                    return Err(usage_error(&["service", "update"], ErrorKind::ArgumentConflict, message));
+                }
+            }
+            Command::Events(events) => {
+                if let Err(message) = events.check_usage() {
+                    return Err(usage_error(&["events"], ErrorKind::ArgumentConflict, message));
+                }
+            }
+            _ => {}
         }
         Ok(cli)
     }

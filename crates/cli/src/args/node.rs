@@ -1,8 +1,12 @@
 //! `shoal node …` and `shoal cluster …` arguments.
 
 use clap::{Args, Subcommand};
+use shoal_types::{Availability, NodeSpec};
 
+use super::flags::update_labels;
+use super::parsers;
 use super::service::ListArgs;
+use super::tasks::NodePsArgs;
 use super::{InfoFormat, InspectFormat};
 
 #[derive(Subcommand, Clone, Debug, PartialEq)]
@@ -17,6 +21,10 @@ pub enum NodeCommand {
     /// Remove one or more nodes from the cluster
     #[command(visible_alias = "remove")]
     Rm(NodeRmArgs),
+    /// Update a node's availability or labels
+    Update(NodeUpdateArgs),
+    /// List tasks running on one or more nodes
+    Ps(NodePsArgs),
 }
 
 #[derive(Args, Clone, Debug, Default, PartialEq)]
@@ -47,6 +55,41 @@ pub struct NodeRmArgs {
     /// Node id, hostname or id prefix
     #[arg(value_name = "NODE", required = true, num_args = 1..)]
     pub nodes: Vec<String>,
+}
+
+/// `shoal node update [--availability A] [--label-add k=v]... [--label-rm k]... NODE`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct NodeUpdateArgs {
+    /// Availability of the node
+    #[arg(long, value_name = "AVAILABILITY", value_parser = parsers::availability())]
+    pub availability: Option<Availability>,
+    /// Add or update a node label, key=value (repeatable)
+    #[arg(long = "label-add", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
+    pub label_add: Vec<(String, String)>,
+    /// Remove a node label by key; the key must exist (repeatable)
+    #[arg(long = "label-rm", value_name = "KEY", value_parser = parsers::non_empty)]
+    pub label_rm: Vec<String>,
+    /// Node id, hostname or id prefix
+    #[arg(value_name = "NODE")]
+    pub node: String,
+}
+
+impl NodeUpdateArgs {
+    /// Changes `spec` (a copy of the node's current spec) where a flag was given. As docker,
+    /// removing a label the node does not have is an error.
+    pub fn apply(&self, spec: &mut NodeSpec) -> Result<(), String> {
+        if let Some(availability) = self.availability {
+            spec.availability = availability;
+        }
+        for key in &self.label_rm {
+            let added = self.label_add.iter().any(|(k, _)| k == key);
+            if !added && !spec.labels.contains_key(key) {
+                return Err(format!("key {key} doesn't exist in node's labels"));
+            }
+        }
+        update_labels(&mut spec.labels, &self.label_add, &self.label_rm);
+        Ok(())
+    }
 }
 
 #[derive(Subcommand, Clone, Debug, PartialEq)]

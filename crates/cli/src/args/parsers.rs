@@ -5,7 +5,8 @@
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use shoal_types::units::{parse_memory_bytes, parse_nano_cpus};
 use shoal_types::{
-    Constraint, EndpointMode, FailureAction, GoDuration, PlacementPreference, RestartCondition, UpdateOrder,
+    Availability, Constraint, EndpointMode, FailureAction, GoDuration, PlacementPreference, RestartCondition,
+    UpdateOrder,
 };
 
 /// A Go-style duration (`5s`, `1m30s`, `0`); negative durations are refused.
@@ -83,6 +84,107 @@ pub fn env_var(text: &str) -> Result<String, String> {
         return Ok(format!("{key}={value}"));
     }
     Ok(text.to_string())
+}
+
+/// `--env-rm KEY`: the key of an environment variable (anything from `=` on is ignored).
+pub fn env_key(text: &str) -> Result<String, String> {
+    let key = text.split('=').next().unwrap_or_default();
+    if key.is_empty() || key.chars().any(char::is_whitespace) {
+        return Err("expected an environment variable name (non-empty, without spaces)".to_string());
+    }
+    Ok(key.to_string())
+}
+
+/// Words split the way a POSIX shell splits them (docker's `--args` and `--entrypoint`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShellWords(pub Vec<String>);
+
+pub fn shell_words(text: &str) -> Result<ShellWords, String> {
+    split_shell_words(text).map(ShellWords)
+}
+
+/// Splits on unquoted white space. `'…'` is taken literally; in `"…"` a backslash escapes `"`,
+/// `\`, `$` and `` ` ``; outside quotes a backslash escapes any character. Nothing is expanded.
+pub fn split_shell_words(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated single quote".to_string()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
+                            Some('\n') => {}
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => return Err("unterminated double quote".to_string()),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated double quote".to_string()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some('\n') => {}
+                Some(c) => {
+                    in_word = true;
+                    word.push(c);
+                }
+                None => return Err("a trailing backslash escapes nothing".to_string()),
+            },
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// `service scale`'s `SERVICE=REPLICAS`.
+pub fn scale_spec(text: &str) -> Result<(String, u64), String> {
+    let (service, replicas) = match text.split_once('=') {
+        Some((service, replicas)) if !service.trim().is_empty() && !replicas.trim().is_empty() => (service, replicas),
+        _ => return Err("invalid scale specifier: expected SERVICE=REPLICAS, e.g. web=3".to_string()),
+    };
+    let replicas = count(replicas).map_err(|e| format!("invalid replicas value {replicas:?}: {e}"))?;
+    Ok((service.trim().to_string(), replicas))
+}
+
+/// `node update --availability`: active, pause or drain.
+pub fn availability() -> impl TypedValueParser<Value = Availability> {
+    PossibleValuesParser::new(["active", "pause", "drain"]).try_map(|s| match s.as_str() {
+        "active" => Ok(Availability::Active),
+        "pause" => Ok(Availability::Pause),
+        "drain" => Ok(Availability::Drain),
+        other => Err(format!("unknown availability {other:?}")),
+    })
 }
 
 /// A string that must not be empty (or only white space).
@@ -187,5 +289,36 @@ mod tests {
         assert_eq!(env_var("SHOAL_CLI_SURELY_UNSET_VAR"), Ok("SHOAL_CLI_SURELY_UNSET_VAR".into()));
         assert!(env_var("=1").is_err());
         assert!(env_var("A B=1").is_err());
+        assert_eq!(env_key("A"), Ok("A".into()));
+        assert_eq!(env_key("A=1"), Ok("A".into()));
+        assert!(env_key("").is_err());
+    }
+
+    #[test]
+    fn shell_words_split_like_a_shell() {
+        let split = |s: &str| split_shell_words(s).unwrap();
+        assert_eq!(split("a b  c"), ["a", "b", "c"]);
+        assert_eq!(split("  "), Vec::<String>::new());
+        assert_eq!(split(""), Vec::<String>::new());
+        assert_eq!(split("sh -c 'echo hi; sleep 1'"), ["sh", "-c", "echo hi; sleep 1"]);
+        assert_eq!(split(r#"echo "a \"b\" $x" c"#), ["echo", r#"a "b" $x"#, "c"]);
+        assert_eq!(split(r#"a\ b "x\ny""#), ["a b", r#"x\ny"#]);
+        assert_eq!(split("''"), [""]);
+        assert_eq!(split("a'b'\"c\""), ["abc"]);
+        assert_eq!(split_shell_words("'open").unwrap_err(), "unterminated single quote");
+        assert_eq!(split_shell_words("\"open").unwrap_err(), "unterminated double quote");
+        assert!(split_shell_words("a\\").is_err());
+    }
+
+    #[test]
+    fn scale_specifiers() {
+        assert_eq!(scale_spec("web=5"), Ok(("web".into(), 5)));
+        assert_eq!(scale_spec("web=0"), Ok(("web".into(), 0)));
+        for bad in ["web", "web=", "=3", ""] {
+            assert!(scale_spec(bad).unwrap_err().contains("expected SERVICE=REPLICAS"), "{bad}");
+        }
+        assert!(scale_spec("web=x").unwrap_err().starts_with("invalid replicas value \"x\""));
+        assert!(scale_spec("web=-1").unwrap_err().contains("must not be negative"));
+        assert!(scale_spec("web=1.5").is_err());
     }
 }

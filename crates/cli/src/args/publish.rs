@@ -8,6 +8,30 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, String> {
     if text.contains('=') { parse_long(text) } else { parse_short(text) }
 }
 
+/// A `--publish-rm` value: the published port with this target (and protocol) is removed; the
+/// publish mode must match too only when it was given (long syntax `mode=`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortRemoval {
+    pub target: u16,
+    pub protocol: PortProtocol,
+    pub mode: Option<PublishMode>,
+}
+
+impl PortRemoval {
+    pub fn matches(&self, port: &PortConfig) -> bool {
+        port.target == self.target && port.protocol == self.protocol && self.mode.is_none_or(|m| m == port.mode)
+    }
+}
+
+/// Parses one `--publish-rm` value: `target[/protocol]`, `published:target[/protocol]` (the
+/// published port is ignored, as docker does) or the long syntax.
+pub fn parse_publish_rm(text: &str) -> Result<PortRemoval, String> {
+    let long = text.contains('=');
+    let port = parse_publish(text)?;
+    let mode_given = long && text.split(',').any(|f| f.trim().to_ascii_lowercase().starts_with("mode="));
+    Ok(PortRemoval { target: port.target, protocol: port.protocol, mode: mode_given.then_some(port.mode) })
+}
+
 fn parse_short(text: &str) -> Result<PortConfig, String> {
     let (ports, protocol) = match text.rsplit_once('/') {
         Some((ports, proto)) => (ports, parse_protocol(proto)?),
@@ -119,6 +143,23 @@ mod tests {
         assert_eq!(parse_publish("published=80").unwrap_err(), "missing mandatory field \"target\"");
         assert!(parse_publish("target=80,mode=bridge").unwrap_err().contains("publish mode"));
         assert!(parse_publish("target=80,color=red").unwrap_err().contains("unknown field \"color\""));
+    }
+
+    #[test]
+    fn removals_match_target_and_protocol() {
+        use PortProtocol::*;
+        use PublishMode::*;
+        let rm = parse_publish_rm("80").unwrap();
+        assert_eq!(rm, PortRemoval { target: 80, protocol: Tcp, mode: None });
+        assert!(rm.matches(&port(8080, 80, Tcp, Ingress)));
+        assert!(rm.matches(&port(8080, 80, Tcp, Host)), "mode not given: any mode");
+        assert!(!rm.matches(&port(8080, 80, Udp, Ingress)));
+        assert!(!rm.matches(&port(80, 81, Tcp, Ingress)));
+        assert_eq!(parse_publish_rm("8080:80/udp").unwrap(), PortRemoval { target: 80, protocol: Udp, mode: None });
+        let host = parse_publish_rm("target=80,mode=host").unwrap();
+        assert!(host.matches(&port(8080, 80, Tcp, Host)));
+        assert!(!host.matches(&port(8080, 80, Tcp, Ingress)));
+        assert!(parse_publish_rm("x").is_err());
     }
 
     #[test]

@@ -7,6 +7,8 @@ use super::flags::{
     ContainerFlags, EndpointFlags, HealthFlags, PlacementFlags, ResourceFlags, RestartFlags, RollbackFlags, UpdateFlags,
 };
 use super::parsers::{self, ModeKind};
+use super::tasks::PsArgs;
+use super::update::{RollbackArgs, ScaleArgs, UpdateArgs};
 use super::{InspectFormat, ListFormat};
 use crate::names;
 
@@ -23,6 +25,15 @@ pub enum ServiceCommand {
     /// Remove one or more services
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
+    /// List the tasks of one or more services
+    Ps(PsArgs),
+    /// Scale one or multiple replicated services
+    #[command(override_usage = "shoal service scale [OPTIONS] SERVICE=REPLICAS [SERVICE=REPLICAS...]")]
+    Scale(ScaleArgs),
+    /// Update a service
+    Update(Box<UpdateArgs>),
+    /// Revert changes to a service's configuration
+    Rollback(RollbackArgs),
 }
 
 /// `shoal service create [OPTIONS] IMAGE [COMMAND] [ARG...]`.

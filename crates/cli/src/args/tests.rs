@@ -492,3 +492,593 @@ fn usage_mistakes_are_clap_errors() {
     // After the image, dashes belong to the command.
     assert_eq!(create_args(&["busybox", "-x"]).image_and_args, ["busybox", "-x"]);
 }
+
+// ---- service update / rollback / scale ----
+
+fn update_args(args: &[&str]) -> UpdateArgs {
+    let mut full = vec!["service", "update"];
+    full.extend_from_slice(args);
+    full.push("web");
+    match parse(&full) {
+        Ok(Cli { command: Command::Service(ServiceCommand::Update(update)), .. }) => *update,
+        Ok(other) => panic!("parsed as {other:?}"),
+        Err(e) => panic!("{args:?} refused: {}", e.render()),
+    }
+}
+
+/// A service spec with something in every field the update flags touch.
+fn current_spec() -> ServiceSpec {
+    let mut s = ServiceSpec::new("web", "shoal/busybox:1");
+    s.mode = ServiceMode::Replicated { replicas: 3 };
+    s.labels.insert("tier".into(), "web".into());
+    s.labels.insert("team".into(), "a".into());
+    let c = &mut s.task.container;
+    c.args = vec!["sleep".into(), "100".into()];
+    c.env = vec!["A=1".into(), "B=2".into(), "C=3".into()];
+    c.labels.insert("c1".into(), "v1".into());
+    c.hostname = Some("h".into());
+    s.task.force_update = 3;
+    s.task.placement.constraints =
+        vec![Constraint::parse("node.labels.zone==east").unwrap(), Constraint::parse("node.role!=manager").unwrap()];
+    s.task.placement.preferences = vec![PlacementPreference::parse("spread=node.labels.rack").unwrap()];
+    s.task.resources.limits.memory_bytes = 256 << 20;
+    s.task.restart_policy.max_attempts = 7;
+    s.update_config.parallelism = 2;
+    s.update_config.delay = secs(10);
+    s.rollback_config.order = UpdateOrder::StartFirst;
+    s.endpoint.ports = vec![
+        PortConfig { target: 80, published: 8080, protocol: PortProtocol::Tcp, mode: PublishMode::Ingress },
+        PortConfig { target: 53, published: 5353, protocol: PortProtocol::Udp, mode: PublishMode::Host },
+    ];
+    s.validate().unwrap();
+    s
+}
+
+/// `current_spec()` after `service update <args> web`.
+fn updated(args: &[&str]) -> ServiceSpec {
+    let mut s = current_spec();
+    update_args(args).apply(&mut s).unwrap();
+    s
+}
+
+#[test]
+fn update_without_flags_changes_nothing() {
+    assert_eq!(updated(&[]), current_spec());
+    assert_eq!(updated(&["-d", "-q"]), current_spec());
+    let args = update_args(&[]);
+    assert_eq!(args.service, "web");
+    assert!(!args.rollback && !args.force && !args.detach);
+}
+
+#[test]
+fn update_image_args_and_replicas() {
+    let mut expected = current_spec();
+    expected.task.container.image = "shoal/busybox:2".into();
+    assert_eq!(updated(&["--image", "shoal/busybox:2"]), expected);
+
+    let mut expected = current_spec();
+    expected.task.container.args = vec!["sh".into(), "-c".into(), "echo hi; sleep 1".into()];
+    assert_eq!(updated(&["--args", "sh -c 'echo hi; sleep 1'"]), expected);
+    expected.task.container.args = Vec::new();
+    assert_eq!(updated(&["--args", ""]), expected, "an empty --args clears them");
+
+    let mut expected = current_spec();
+    expected.mode = ServiceMode::Replicated { replicas: 5 };
+    assert_eq!(updated(&["--replicas", "5"]), expected);
+}
+
+#[test]
+fn update_replicas_of_a_global_service_is_refused() {
+    let mut s = current_spec();
+    s.mode = ServiceMode::Global;
+    let before = s.clone();
+    let err = update_args(&["--replicas", "2"]).apply(&mut s).unwrap_err();
+    assert_eq!(err, "replicas can only be used with replicated mode");
+    assert_eq!(s, before);
+    // Other flags work on global services.
+    update_args(&["--image", "nginx:1"]).apply(&mut s).unwrap();
+    assert_eq!(s.task.container.image, "nginx:1");
+}
+
+#[test]
+fn update_force_increments_force_update() {
+    assert_eq!(updated(&["--force"]).task.force_update, 4);
+    let mut s = current_spec();
+    let force = update_args(&["--force"]);
+    force.apply(&mut s).unwrap();
+    force.apply(&mut s).unwrap();
+    assert_eq!(s.task.force_update, 5);
+    let mut expected = current_spec();
+    expected.task.force_update = 4;
+    assert_eq!(updated(&["--force"]), expected, "nothing else changes");
+}
+
+#[test]
+fn update_env_add_and_rm() {
+    let env = |args: &[&str]| updated(args).task.container.env;
+    assert_eq!(env(&["--env-add", "D=4"]), ["A=1", "B=2", "C=3", "D=4"]);
+    assert_eq!(env(&["--env-add", "B=two"]), ["A=1", "B=two", "C=3"], "replaced where it stands");
+    assert_eq!(env(&["--env-rm", "B"]), ["A=1", "C=3"]);
+    assert_eq!(env(&["--env-rm", "B=whatever"]), ["A=1", "C=3"], "only the key counts");
+    assert_eq!(env(&["--env-rm", "NOPE"]), ["A=1", "B=2", "C=3"]);
+    assert_eq!(env(&["--env-rm", "A", "--env-rm", "C", "--env-add", "E=5"]), ["B=2", "E=5"]);
+    // docker removes first, then adds: a key both removed and added ends up added.
+    assert_eq!(env(&["--env-add", "A=9", "--env-rm", "A"]), ["B=2", "C=3", "A=9"]);
+    let mut expected = current_spec();
+    expected.task.container.env = vec!["A=1".into(), "B=2".into(), "C=3".into(), "D=4".into()];
+    assert_eq!(updated(&["--env-add", "D=4"]), expected, "nothing else changes");
+}
+
+#[test]
+fn update_env_drops_duplicates_of_a_replaced_key() {
+    let mut env = vec!["A=1".to_string(), "B=2".to_string(), "A=3".to_string()];
+    flags::update_env(&mut env, &["A=9".to_string()], &[]);
+    assert_eq!(env, ["A=9", "B=2"]);
+}
+
+#[test]
+fn update_service_and_container_labels() {
+    let s = updated(&["--label-add", "tier=api", "--label-add", "new=1", "--label-rm", "team"]);
+    let mut expected = current_spec();
+    expected.labels.insert("tier".into(), "api".into());
+    expected.labels.insert("new".into(), "1".into());
+    expected.labels.remove("team");
+    assert_eq!(s, expected);
+    // docker adds, then removes.
+    assert!(!updated(&["--label-add", "x=1", "--label-rm", "x"]).labels.contains_key("x"));
+    assert_eq!(updated(&["--label-rm", "absent"]), current_spec());
+
+    let s = updated(&["--container-label-add", "c2=v2", "--container-label-rm", "c1"]);
+    let mut expected = current_spec();
+    expected.task.container.labels.clear();
+    expected.task.container.labels.insert("c2".into(), "v2".into());
+    assert_eq!(s, expected);
+}
+
+#[test]
+fn update_container_settings() {
+    let s = updated(&[
+        "--hostname",
+        "h2",
+        "-u",
+        "nobody",
+        "-w",
+        "/tmp",
+        "--entrypoint",
+        "/bin/sh -c",
+        "--stop-grace-period",
+        "30s",
+        "--stop-signal",
+        "SIGINT",
+    ]);
+    let mut expected = current_spec();
+    let c = &mut expected.task.container;
+    c.hostname = Some("h2".into());
+    c.user = Some("nobody".into());
+    c.workdir = Some("/tmp".into());
+    c.command = vec!["/bin/sh".into(), "-c".into()];
+    c.stop_grace_period = secs(30);
+    c.stop_signal = Some("SIGINT".into());
+    assert_eq!(s, expected);
+}
+
+#[test]
+fn update_constraints_add_and_rm() {
+    let constraints = |args: &[&str]| -> Vec<String> {
+        updated(args).task.placement.constraints.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(
+        constraints(&["--constraint-add", "node.labels.rack==r1"]),
+        ["node.labels.zone==east", "node.role!=manager", "node.labels.rack==r1"]
+    );
+    assert_eq!(
+        constraints(&["--constraint-add", "node.labels.zone == east"]),
+        ["node.labels.zone==east", "node.role!=manager"],
+        "an existing constraint is not added twice"
+    );
+    assert_eq!(constraints(&["--constraint-rm", "node.labels.zone==east"]), ["node.role!=manager"]);
+    assert_eq!(constraints(&["--constraint-rm", "node.role != manager"]), ["node.labels.zone==east"]);
+    assert_eq!(constraints(&["--constraint-rm", "not a constraint"]), ["node.labels.zone==east", "node.role!=manager"]);
+    assert_eq!(
+        constraints(&["--constraint-rm", "node.labels.zone==east", "--constraint-add", "node.labels.zone==west"]),
+        ["node.role!=manager", "node.labels.zone==west"]
+    );
+    let mut expected = current_spec();
+    expected.task.placement.constraints.remove(0);
+    assert_eq!(updated(&["--constraint-rm", "node.labels.zone==east"]), expected, "nothing else changes");
+}
+
+#[test]
+fn update_placement_prefs_add_and_rm_and_max_replicas() {
+    let prefs = |args: &[&str]| -> Vec<String> {
+        updated(args).task.placement.preferences.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(
+        prefs(&["--placement-pref-add", "spread=node.labels.zone"]),
+        ["spread=node.labels.rack", "spread=node.labels.zone"]
+    );
+    assert!(prefs(&["--placement-pref-rm", "spread=node.labels.rack"]).is_empty());
+    // docker removes, then adds.
+    assert_eq!(
+        prefs(&["--placement-pref-add", "spread=node.labels.rack", "--placement-pref-rm", "spread=node.labels.rack"]),
+        ["spread=node.labels.rack"]
+    );
+    let mut expected = current_spec();
+    expected.task.placement.max_replicas_per_node = 2;
+    assert_eq!(updated(&["--replicas-max-per-node", "2"]), expected);
+}
+
+#[test]
+fn update_publish_add_and_rm() {
+    let ports = |args: &[&str]| updated(args).endpoint.ports;
+    let p8080 = PortConfig { target: 80, published: 8080, protocol: PortProtocol::Tcp, mode: PublishMode::Ingress };
+    let p5353 = PortConfig { target: 53, published: 5353, protocol: PortProtocol::Udp, mode: PublishMode::Host };
+    let p9090 = PortConfig { target: 90, published: 9090, protocol: PortProtocol::Tcp, mode: PublishMode::Ingress };
+    assert_eq!(ports(&["--publish-add", "9090:90"]), [p8080.clone(), p5353.clone(), p9090.clone()]);
+    assert_eq!(ports(&["--publish-add", "8080:80"]), [p8080.clone(), p5353.clone()], "not added twice");
+    assert_eq!(ports(&["--publish-rm", "80"]), vec![p5353.clone()]);
+    assert_eq!(ports(&["--publish-rm", "53"]), [p8080.clone(), p5353.clone()], "53/tcp is not published");
+    assert_eq!(ports(&["--publish-rm", "53/udp"]), vec![p8080.clone()]);
+    assert_eq!(ports(&["--publish-rm", "target=53,protocol=udp,mode=ingress"]), [p8080.clone(), p5353.clone()]);
+    let moved = PortConfig { published: 8081, ..p8080.clone() };
+    assert_eq!(ports(&["--publish-rm", "80", "--publish-add", "8081:80"]), [p5353.clone(), moved]);
+    let mut expected = current_spec();
+    expected.endpoint.mode = EndpointMode::Dnsrr;
+    expected.endpoint.ports.truncate(1);
+    assert_eq!(updated(&["--publish-rm", "53/udp", "--endpoint-mode", "dnsrr"]), expected);
+}
+
+#[test]
+fn update_resource_restart_and_health_groups_change_only_given_fields() {
+    let mut expected = current_spec();
+    expected.task.resources.reservations.nano_cpus = 500_000_000;
+    expected.task.resources.limits.pids = 50;
+    assert_eq!(updated(&["--reserve-cpu", "0.5", "--limit-pids", "50"]), expected);
+
+    let mut expected = current_spec();
+    expected.task.restart_policy.condition = RestartCondition::OnFailure;
+    assert_eq!(updated(&["--restart-condition", "on-failure"]), expected);
+    assert_eq!(updated(&["--restart-condition", "on-failure"]).task.restart_policy.max_attempts, 7);
+
+    let mut s = current_spec();
+    s.task.container.healthcheck = Some(HealthConfig { test: vec!["NONE".into()], ..HealthConfig::default() });
+    update_args(&["--health-cmd", "true", "--health-retries", "2"]).apply(&mut s).unwrap();
+    assert_eq!(
+        s.task.container.healthcheck,
+        Some(HealthConfig { test: vec!["CMD-SHELL".into(), "true".into()], retries: 2, ..HealthConfig::default() })
+    );
+    update_args(&["--health-interval", "7s"]).apply(&mut s).unwrap();
+    let health = s.task.container.healthcheck.clone().unwrap();
+    assert_eq!((health.interval, health.retries, health.test.len()), (secs(7), 2, 2), "the rest is kept");
+    update_args(&["--no-healthcheck"]).apply(&mut s).unwrap();
+    assert_eq!(s.task.container.healthcheck.unwrap().test, ["NONE"]);
+}
+
+#[test]
+fn update_and_rollback_config_groups_change_only_given_fields() {
+    let s = updated(&["--update-failure-action", "rollback", "--update-monitor", "1s"]);
+    assert_eq!(
+        s.update_config,
+        UpdateConfig {
+            parallelism: 2,
+            delay: secs(10),
+            failure_action: FailureAction::Rollback,
+            monitor: secs(1),
+            ..UpdateConfig::default()
+        }
+    );
+    assert_eq!(s.rollback_config, current_spec().rollback_config);
+    let s = updated(&["--rollback-parallelism", "0", "--rollback-max-failure-ratio", "0.5"]);
+    assert_eq!(
+        s.rollback_config,
+        UpdateConfig {
+            parallelism: 0,
+            max_failure_ratio: 0.5,
+            order: UpdateOrder::StartFirst,
+            ..UpdateConfig::default()
+        }
+    );
+    assert_eq!(s.update_config, current_spec().update_config);
+    let s = updated(&["--update-order", "start-first", "--update-parallelism", "0", "--update-delay", "0s"]);
+    assert_eq!(
+        (s.update_config.order, s.update_config.parallelism, s.update_config.delay),
+        (UpdateOrder::StartFirst, 0, secs(0))
+    );
+}
+
+#[test]
+fn rollback_cannot_be_combined_with_other_flags() {
+    for extra in [
+        &["--image", "x"][..],
+        &["--force"],
+        &["--replicas", "2"],
+        &["--env-add", "A=1"],
+        &["--update-delay", "1s"],
+        &["--rollback-parallelism", "2"],
+        &["--publish-rm", "80"],
+        &["--no-healthcheck"],
+    ] {
+        let mut args = vec!["service", "update", "--rollback"];
+        args.extend_from_slice(extra);
+        args.push("web");
+        let err = parse(&args).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{extra:?}");
+        assert_eq!(err.exit_code(), 2);
+        let text = err.render().to_string();
+        assert!(text.starts_with("error: other flags may not be combined with --rollback"), "{extra:?}: {text}");
+        assert!(text.contains("Usage: shoal service update"), "{text}");
+    }
+    let ok = update_args(&["--rollback", "-d", "-q"]);
+    assert!(ok.rollback && ok.detach && ok.quiet);
+    ok.check_usage().unwrap();
+    // The pure conversion refuses the combination too.
+    let combined = UpdateArgs { rollback: true, force: true, service: "web".into(), ..UpdateArgs::default() };
+    assert_eq!(combined.check_usage().unwrap_err(), "other flags may not be combined with --rollback");
+    assert_eq!(combined.apply(&mut current_spec()).unwrap_err(), "other flags may not be combined with --rollback");
+}
+
+#[test]
+fn rollback_command_parses() {
+    let cmd = |args: &[&str]| parse(args).unwrap().command;
+    assert_eq!(
+        cmd(&["service", "rollback", "web"]),
+        Command::Service(ServiceCommand::Rollback(RollbackArgs { detach: false, quiet: false, service: "web".into() }))
+    );
+    assert_eq!(
+        cmd(&["service", "rollback", "-d", "-q", "web"]),
+        Command::Service(ServiceCommand::Rollback(RollbackArgs { detach: true, quiet: true, service: "web".into() }))
+    );
+    assert_eq!(parse(&["service", "rollback"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+    assert_eq!(parse(&["service", "rollback", "--image", "x", "web"]).unwrap_err().kind(), ErrorKind::UnknownArgument);
+}
+
+#[test]
+fn update_bad_values_are_refused_naming_flag_and_value() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("--args", "sh -c 'oops", "unterminated single quote"),
+        ("--entrypoint", "\"x", "unterminated double quote"),
+        ("--image", " ", "must not be empty"),
+        ("--replicas", "-1", "must not be negative"),
+        ("--env-add", "=1", "non-empty key"),
+        ("--env-rm", "A B", "environment variable name"),
+        ("--label-add", "=x", "non-empty key"),
+        ("--container-label-add", "=x", "non-empty key"),
+        ("--constraint-add", "node.labels.a=b", "constraint expected one operator"),
+        ("--placement-pref-add", "pack=node.labels.x", "only spread is supported"),
+        ("--placement-pref-rm", "spread", "placement preference"),
+        ("--publish-add", "80/icmp", "invalid protocol"),
+        ("--publish-rm", "abc", "target port"),
+        ("--update-failure-action", "explode", "possible values: pause, continue, rollback"),
+        ("--rollback-failure-action", "rollback", "possible values: pause, continue"),
+        ("--update-order", "sideways", "possible values: start-first, stop-first"),
+        ("--restart-delay", "1x", "invalid duration"),
+        ("--limit-memory", "5x", "invalid size"),
+        ("--endpoint-mode", "rr", "possible values: vip, dnsrr"),
+    ];
+    for (flag, value, reason) in cases {
+        let err = match parse(&["service", "update", flag, value, "web"]) {
+            Ok(cli) => panic!("{flag} {value} was accepted: {cli:?}"),
+            Err(e) => e,
+        };
+        assert_eq!(err.exit_code(), 2, "{flag} {value}");
+        let text = err.render().to_string();
+        assert!(text.starts_with(&format!("error: invalid value '{value}' for '{flag} <")), "{flag} {value}: {text}");
+        assert!(text.contains(reason), "{flag} {value}: expected {reason:?} in {text}");
+    }
+    // Create-only flags are not update flags.
+    for flag in ["--env", "--constraint", "--publish", "--mode", "--name"] {
+        let err = parse(&["service", "update", flag, "x", "web"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownArgument, "{flag}");
+    }
+}
+
+#[test]
+fn update_result_is_validated_by_the_spec_rules() {
+    let mut s = current_spec();
+    update_args(&["--reserve-memory", "1k"]).apply(&mut s).unwrap();
+    assert_eq!(
+        s.validate().unwrap_err().to_string(),
+        "task.resources.reservations.memory_bytes: 1024 bytes is below the minimum of 4MiB"
+    );
+    let mut s = current_spec();
+    update_args(&["--image", "Busybox"]).apply(&mut s).unwrap();
+    assert!(s.validate().unwrap_err().to_string().starts_with("task.container.image:"));
+}
+
+#[test]
+fn scale_arguments() {
+    let scale = |args: &[&str]| {
+        let mut full = vec!["service", "scale"];
+        full.extend_from_slice(args);
+        parse(&full)
+    };
+    assert_eq!(
+        scale(&["web=5", "api=0"]).unwrap().command,
+        Command::Service(ServiceCommand::Scale(ScaleArgs {
+            detach: false,
+            scales: vec![("web".into(), 5), ("api".into(), 0)]
+        }))
+    );
+    assert_eq!(
+        scale(&["-d", "web=1"]).unwrap().command,
+        Command::Service(ServiceCommand::Scale(ScaleArgs { detach: true, scales: vec![("web".into(), 1)] }))
+    );
+    for (bad, reason) in [
+        ("web", "invalid scale specifier"),
+        ("web=", "invalid scale specifier"),
+        ("=3", "invalid scale specifier"),
+        ("web=x", "invalid replicas value \"x\""),
+        ("web=-1", "must not be negative"),
+        ("web=1.5", "invalid replicas value"),
+    ] {
+        let err = scale(&["api=1", bad]).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{bad}");
+        let text = err.render().to_string();
+        assert!(text.starts_with(&format!("error: invalid value '{bad}' for '<SERVICE=REPLICAS>...'")), "{text}");
+        assert!(text.contains(reason), "{bad}: expected {reason:?} in {text}");
+    }
+    assert_eq!(scale(&[]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+}
+
+// ---- service ps / node ps ----
+
+#[test]
+fn ps_arguments_and_filters() {
+    let cli = parse(&[
+        "service",
+        "ps",
+        "-f",
+        "name=web.1",
+        "--filter",
+        "desired-state=Running",
+        "--filter",
+        "node=m1",
+        "-f",
+        "id=abc",
+        "--no-trunc",
+        "-q",
+        "web",
+        "api",
+    ])
+    .unwrap();
+    let Command::Service(ServiceCommand::Ps(ps)) = cli.command else { panic!("not ps") };
+    assert_eq!(ps.services, ["web", "api"]);
+    assert_eq!(
+        ps.list.filters,
+        [
+            TaskFilter::Name("web.1".into()),
+            TaskFilter::DesiredState(shoal_types::TaskState::Running),
+            TaskFilter::Node("m1".into()),
+            TaskFilter::Id("abc".into()),
+        ]
+    );
+    assert!(ps.list.no_trunc && ps.list.quiet && !ps.list.no_resolve);
+    assert_eq!(ps.list.format, ListFormat::Table);
+    let accepted = parse(&["service", "ps", "-f", "desired-state=accepted", "web"]).unwrap();
+    let Command::Service(ServiceCommand::Ps(ps)) = accepted.command else { panic!("not ps") };
+    assert_eq!(ps.list.filters, [TaskFilter::DesiredState(shoal_types::TaskState::Accepted)]);
+
+    for (bad, reason) in [
+        ("color=red", "unknown filter key \"color\""),
+        ("desired-state=sideways", "invalid desired-state \"sideways\""),
+        ("name", "expected KEY=VALUE"),
+        ("name=", "must not be empty"),
+    ] {
+        let text = parse(&["service", "ps", "-f", bad, "web"]).unwrap_err().render().to_string();
+        assert!(text.starts_with(&format!("error: invalid value '{bad}' for '--filter <KEY=VALUE>'")), "{text}");
+        assert!(text.contains(reason), "{bad}: {text}");
+    }
+    assert_eq!(parse(&["service", "ps"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+    let node_ps = parse(&["node", "ps", "--format", "json", "n1"]).unwrap();
+    let Command::Node(NodeCommand::Ps(ps)) = node_ps.command else { panic!("not node ps") };
+    assert_eq!((ps.nodes, ps.list.format), (vec!["n1".to_string()], ListFormat::Json));
+}
+
+// ---- node update ----
+
+fn node_update_args(args: &[&str]) -> NodeUpdateArgs {
+    let mut full = vec!["node", "update"];
+    full.extend_from_slice(args);
+    full.push("n1");
+    match parse(&full) {
+        Ok(Cli { command: Command::Node(NodeCommand::Update(update)), .. }) => update,
+        Ok(other) => panic!("parsed as {other:?}"),
+        Err(e) => panic!("{args:?} refused: {}", e.render()),
+    }
+}
+
+#[test]
+fn node_update_availability_and_labels() {
+    use shoal_types::{Availability, NodeRole, NodeSpec};
+    let current = || {
+        let mut spec = NodeSpec { role: NodeRole::Worker, availability: Availability::Active, ..NodeSpec::default() };
+        spec.labels.insert("zone".into(), "east".into());
+        spec
+    };
+    let apply = |args: &[&str]| {
+        let mut spec = current();
+        node_update_args(args).apply(&mut spec).map(|()| spec)
+    };
+    assert_eq!(apply(&[]).unwrap(), current());
+    for (text, availability) in
+        [("drain", Availability::Drain), ("pause", Availability::Pause), ("active", Availability::Active)]
+    {
+        let spec = apply(&["--availability", text]).unwrap();
+        assert_eq!(spec, NodeSpec { availability, ..current() });
+    }
+    let spec = apply(&["--label-add", "rack=r1", "--label-add", "zone=west", "--label-add", "flag"]).unwrap();
+    assert_eq!(
+        spec.labels.into_iter().collect::<Vec<_>>(),
+        [("flag".into(), String::new()), ("rack".into(), "r1".into()), ("zone".into(), "west".into())]
+    );
+    let spec = apply(&["--label-rm", "zone", "--availability", "drain"]).unwrap();
+    assert!(spec.labels.is_empty());
+    assert_eq!(spec.availability, Availability::Drain);
+    assert_eq!(apply(&["--label-rm", "rack"]).unwrap_err(), "key rack doesn't exist in node's labels");
+    // A key added by the same command may be removed by it (docker adds first).
+    assert!(!apply(&["--label-add", "rack=1", "--label-rm", "rack"]).unwrap().labels.contains_key("rack"));
+
+    let err = parse(&["node", "update", "--availability", "off", "n1"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidValue);
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.render().to_string().contains("[possible values: active, pause, drain]"));
+    assert_eq!(parse(&["node", "update", "--label-add", "=x", "n1"]).unwrap_err().exit_code(), 2);
+    assert_eq!(parse(&["node", "update"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+}
+
+// ---- events ----
+
+#[test]
+fn events_filters() {
+    let events = |args: &[&str]| {
+        let mut full = vec!["events"];
+        full.extend_from_slice(args);
+        parse(&full)
+    };
+    let Command::Events(args) = events(&[]).unwrap().command else { panic!("not events") };
+    assert_eq!(args.format, EventFormat::Text);
+    assert_eq!(args.selection().unwrap(), EventSelection::default());
+
+    let cli = events(&[
+        "--filter",
+        "type=task",
+        "-f",
+        "type=Service",
+        "-f",
+        "type=task",
+        "-f",
+        "service=web",
+        "-f",
+        "event=update",
+        "--format",
+        "json",
+    ])
+    .unwrap();
+    let Command::Events(args) = cli.command else { panic!("not events") };
+    assert_eq!(args.format, EventFormat::Json);
+    assert_eq!(
+        args.selection().unwrap(),
+        EventSelection {
+            types: vec!["task".into(), "service".into()],
+            service: "web".into(),
+            actions: vec!["update".into()]
+        }
+    );
+
+    for (bad, reason) in [
+        ("type=pod", "unknown event type \"pod\" (allowed: service, task, node, cluster)"),
+        ("color=red", "unknown filter key \"color\""),
+        ("event=explode", "unknown event \"explode\""),
+        ("type", "expected KEY=VALUE"),
+    ] {
+        let err = events(&["-f", bad]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let text = err.render().to_string();
+        assert!(text.starts_with(&format!("error: invalid value '{bad}' for '--filter <KEY=VALUE>'")), "{text}");
+        assert!(text.contains(reason), "{bad}: {text}");
+    }
+    let err = events(&["-f", "service=a", "-f", "service=b"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+    assert!(err.render().to_string().starts_with("error: only one service filter may be given"));
+    assert_eq!(events(&["--format", "yaml"]).unwrap_err().kind(), ErrorKind::InvalidValue);
+}

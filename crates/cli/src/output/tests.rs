@@ -297,3 +297,244 @@ fn capitalizes_like_docker() {
     assert_eq!(capitalize("ready"), "Ready");
     assert_eq!(capitalize(""), "");
 }
+
+// ---- service ps / node ps ----
+
+const NOW: u64 = 1_800_000_000_000;
+const SEC: u64 = 1_000;
+
+/// A task of `web` in `slot` (0: global, keyed by `node`), created `created` ms before NOW, whose
+/// status changed `age` ms before NOW.
+fn ps_task(id: &str, slot: u64, node: &str, desired: TaskState, state: TaskState, created: u64, age: u64) -> Task {
+    let mut t = task(WEB, node, state, desired);
+    t.id = id.to_string();
+    t.service_name = "web".to_string();
+    t.slot = slot;
+    t.created_at = NOW - created;
+    t.status.timestamp = NOW - age;
+    t.spec.container.image = "shoal/busybox:2".to_string();
+    t
+}
+
+fn ps_tasks() -> Vec<Task> {
+    use TaskState::*;
+    let mut failed = ps_task("t1oldfailed0000000000000a", 1, N1, Shutdown, Failed, 600 * SEC, 125 * SEC);
+    failed.status.err = "task: non-zero exit (1): the container exited badly".to_string();
+    failed.spec.container.image = "shoal/busybox:1@sha256:abcdef".to_string();
+    let mut older = ps_task("t1older00000000000000000b", 1, N2, Shutdown, Shutdown, 900 * SEC, 400 * SEC);
+    older.spec.container.image = "shoal/busybox:1".to_string();
+    let mut pending = ps_task("t10pending000000000000000", 10, "", Running, Pending, 2 * SEC, 500);
+    pending.status.err = "no suitable node (max replicas per node limit exceed)".to_string();
+    let mut host = ps_task("t2running000000000000000c", 2, N2, Running, Running, 30 * SEC, 5 * SEC);
+    host.endpoint.ports = vec![
+        PortConfig { target: 80, published: 8080, protocol: PortProtocol::Tcp, mode: PublishMode::Host },
+        PortConfig { target: 53, published: 5353, protocol: PortProtocol::Udp, mode: PublishMode::Host },
+        PortConfig { target: 90, published: 9090, protocol: PortProtocol::Tcp, mode: PublishMode::Ingress },
+    ];
+    pending.endpoint.ports = host.endpoint.ports.clone();
+    vec![
+        pending,
+        older,
+        host,
+        ps_task("t1running000000000000000d", 1, N1, Running, Running, 60 * SEC, 61 * SEC),
+        failed,
+        ps_task("t3ready00000000000000000e", 3, W1, Ready, Ready, SEC, 3_700 * SEC),
+        ps_task("t3old0000000000000000000f", 3, N3, Remove, Complete, 5 * 86_400 * SEC, 3 * 86_400 * SEC),
+    ]
+}
+
+fn ps_options(no_trunc: bool) -> PsOptions {
+    PsOptions { no_trunc, no_resolve: false, now: NOW }
+}
+
+fn names() -> ServiceNames {
+    [(WEB.to_string(), "web".to_string())].into_iter().collect()
+}
+
+#[test]
+fn service_ps_table_lists_history_under_the_newest_task_of_each_slot() {
+    let tasks = ps_tasks();
+    let selected = select_tasks(&tasks, &[], &names(), &nodes());
+    let text = task_table(&selected, &names(), &nodes(), &ps_options(false));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "ID             NAME        IMAGE             NODE       DESIRED STATE   CURRENT STATE                    ERROR                              PORTS",
+            "t1running000   web.1       shoal/busybox:2   m1         Running         Running about a minute ago",
+            "t1oldfailed0    \\_ web.1   shoal/busybox:1   m1         Shutdown        Failed 2 minutes ago             \"task: non-zero exit (1): the …\"",
+            "t1older00000    \\_ web.1   shoal/busybox:1   m2         Shutdown        Shutdown 6 minutes ago",
+            "t2running000   web.2       shoal/busybox:2   m2         Running         Running 5 seconds ago                                               *:8080->80/tcp,*:5353->53/udp",
+            "t3ready00000   web.3       shoal/busybox:2   worker-1   Ready           Ready about an hour ago",
+            "t3old0000000    \\_ web.3   shoal/busybox:2   m3         Remove          Complete 3 days ago",
+            "t10pending00   web.10      shoal/busybox:2              Running         Pending less than a second ago   \"no suitable node (max replica…\"",
+        ]
+    );
+    assert_eq!(
+        task_ids(&selected, false),
+        "t1running000\nt1oldfailed0\nt1older00000\nt2running000\nt3ready00000\nt3old0000000\nt10pending00\n"
+    );
+}
+
+#[test]
+fn service_ps_no_trunc_shows_whole_ids_errors_and_images() {
+    let tasks = ps_tasks();
+    let selected = select_tasks(&tasks, &[], &names(), &nodes());
+    let text = task_table(&selected, &names(), &nodes(), &ps_options(true));
+    assert!(text.contains("t1oldfailed0000000000000a    \\_ web.1 "), "{text}");
+    assert!(text.contains("   shoal/busybox:1@sha256:abcdef   "), "{text}");
+    assert!(text.contains("   \"task: non-zero exit (1): the container exited badly\"\n"), "{text}");
+    assert!(text.contains("   \"no suitable node (max replicas per node limit exceed)\""), "{text}");
+    assert!(task_ids(&selected, true).starts_with("t1running000000000000000d\nt1oldfailed0000000000000a\n"));
+}
+
+#[test]
+fn service_ps_without_node_names_shows_node_ids() {
+    let tasks = ps_tasks();
+    let selected = select_tasks(&tasks, &[], &names(), &[]);
+    let text = task_table(&selected, &names(), &[], &ps_options(false));
+    assert!(text.lines().nth(1).unwrap().contains(&format!("   {N1}   ")), "{text}");
+    let resolved_but_unwanted = PsOptions { no_resolve: true, ..ps_options(false) };
+    let text = task_table(&selected, &names(), &nodes(), &resolved_but_unwanted);
+    assert!(text.lines().nth(1).unwrap().contains(&format!("   {N1}   ")), "{text}");
+}
+
+#[test]
+fn service_ps_of_no_tasks_is_the_header() {
+    assert_eq!(
+        task_table(&[], &names(), &[], &ps_options(false)),
+        "ID        NAME      IMAGE     NODE      DESIRED STATE   CURRENT STATE   ERROR     PORTS\n"
+    );
+}
+
+#[test]
+fn global_tasks_are_named_by_node_and_sorted_by_node() {
+    use TaskState::*;
+    let tasks = vec![
+        ps_task("g2", 0, N2, Running, Running, 10 * SEC, SEC),
+        ps_task("g1new", 0, N1, Running, Running, 10 * SEC, SEC),
+        ps_task("g1old", 0, N1, Shutdown, Failed, 20 * SEC, 15 * SEC),
+    ];
+    let selected = select_tasks(&tasks, &[], &names(), &nodes());
+    let ids: Vec<&str> = selected.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["g1new", "g1old", "g2"]);
+    assert_eq!(task_name(selected[0], &names()), format!("web.{N1}"));
+    let text = task_table(&selected, &names(), &nodes(), &ps_options(false));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].starts_with(&format!("g1new     web.{N1}      ")), "{text}");
+    assert!(lines[2].starts_with(&format!("g1old      \\_ web.{N1}  ")), "{text}");
+    assert!(lines[3].starts_with(&format!("g2        web.{N2}      ")), "{text}");
+}
+
+#[test]
+fn a_task_without_its_service_name_takes_the_services() {
+    let mut t = ps_task("x", 4, N1, TaskState::Running, TaskState::Running, SEC, SEC);
+    t.service_name = String::new();
+    assert_eq!(task_name(&t, &names()), "web.4");
+    assert_eq!(task_name(&t, &ServiceNames::new()), format!("{WEB}.4"));
+}
+
+#[test]
+fn ps_filters() {
+    use crate::args::TaskFilter::*;
+    let tasks = ps_tasks();
+    let ids = |filters: &[crate::args::TaskFilter]| -> Vec<String> {
+        select_tasks(&tasks, filters, &names(), &nodes()).iter().map(|t| t.id[..3].to_string()).collect()
+    };
+    assert_eq!(ids(&[DesiredState(TaskState::Running)]), ["t1r", "t2r", "t10"]);
+    assert_eq!(ids(&[DesiredState(TaskState::Shutdown)]), ["t1o", "t1o"]);
+    assert_eq!(ids(&[DesiredState(TaskState::Accepted)]), Vec::<String>::new());
+    assert_eq!(ids(&[Name("web.1".into())]), ["t1r", "t1o", "t1o"], "web.1 does not match web.10");
+    assert_eq!(ids(&[Name("web.1.t1ol".into())]), ["t1o", "t1o"], "name and id prefix");
+    assert_eq!(ids(&[Name("web".into())]).len(), 7, "the service name matches all its tasks");
+    assert_eq!(ids(&[Node("m2".into())]), ["t1o", "t2r"], "hostname");
+    assert_eq!(ids(&[Node(W1.into())]), ["t3r"], "id");
+    assert_eq!(ids(&[Node("n3c".into())]), ["t3o"], "id prefix");
+    assert_eq!(ids(&[Id("t3".into())]), ["t3r", "t3o"]);
+    // Same key: any; different keys: all.
+    assert_eq!(ids(&[Node("m1".into()), Node("m2".into())]), ["t1r", "t1o", "t1o", "t2r"]);
+    assert_eq!(ids(&[Node("m1".into()), Node("m2".into()), DesiredState(TaskState::Running)]), ["t1r", "t2r"]);
+}
+
+#[test]
+fn ps_columns() {
+    assert_eq!(tasks::error_column("", false), "");
+    assert_eq!(tasks::error_column("short", false), "\"short\"");
+    let exactly_30 = "x".repeat(30);
+    assert_eq!(tasks::error_column(&exactly_30, false), format!("\"{exactly_30}\""));
+    assert_eq!(tasks::error_column(&"x".repeat(31), false), format!("\"{}…\"", "x".repeat(29)));
+    assert_eq!(tasks::error_column("two\nlines", false), "\"two lines\"");
+    assert_eq!(tasks::ellipsis("héllo wörld", 5), "héll…");
+    let mut t = ps_task("x", 1, N1, TaskState::Remove, TaskState::Rejected, SEC, 7 * SEC);
+    assert_eq!(tasks::current_state_column(&t, NOW), "Rejected 7 seconds ago");
+    t.status.timestamp = NOW + 5 * SEC;
+    assert_eq!(tasks::current_state_column(&t, NOW), "Rejected less than a second ago", "clock skew");
+    t.status.timestamp = 0;
+    assert_eq!(tasks::current_state_column(&t, NOW), "Rejected");
+    assert_eq!(capitalize(t.desired_state.as_str()), "Remove");
+    t.endpoint.ports =
+        vec![PortConfig { target: 80, published: 0, protocol: PortProtocol::Tcp, mode: PublishMode::Host }];
+    assert_eq!(tasks::task_ports_column(&t), "", "no published port");
+}
+
+#[test]
+fn ps_json_is_an_array_of_whole_tasks() {
+    let tasks = ps_tasks();
+    let selected = select_tasks(&tasks, &[], &names(), &nodes());
+    let text = json_array(&selected);
+    let back: Vec<Task> = serde_json::from_str(&text).unwrap();
+    assert_eq!(back.len(), 7);
+    assert_eq!(back[0], tasks[3]);
+}
+
+// ---- events ----
+
+#[test]
+fn task_event_line() {
+    let json = r#"{"time":1795320200283,"type":"task","action":"update","id":"l05dax65xl1p5bcx75fygx03m",
+        "service":"nwga3jklzbrwchcpj42fg7r8z","index":7,
+        "object":{"type":"task","object":{"id":"l05dax65xl1p5bcx75fygx03m","service_id":"nwga3jklzbrwchcpj42fg7r8z",
+        "service_name":"web","slot":3,"desired_state":"running","status":{"state":"running","timestamp":1}}}}"#;
+    assert_eq!(
+        event_line(json),
+        "2026-11-22T04:03:20.283Z task update l05dax65xl1p5bcx75fygx03m (service=web, state=running, desired=running)"
+    );
+    assert_eq!(event_action(json), "update");
+    // A bare object, without the service's name: the service id is shown.
+    let json = r#"{"time":0,"type":"task","action":"create","id":"t1","service":"s1",
+        "object":{"id":"t1","service_id":"s1","desired_state":"running","status":{"state":"new"}}}"#;
+    assert_eq!(event_line(json), "1970-01-01T00:00:00.000Z task create t1 (service=s1, state=new, desired=running)");
+}
+
+#[test]
+fn service_node_and_cluster_event_lines() {
+    let service = r#"{"time":1795320200282,"type":"service","action":"update","id":"s1","service":"s1","index":6,
+        "object":{"type":"service","object":{"id":"s1","spec":{"name":"web"}}}}"#;
+    assert_eq!(event_line(service), "2026-11-22T04:03:20.282Z service update s1 (name=web)");
+    let updating = r#"{"time":1795320200282,"type":"service","action":"update","id":"s1",
+        "object":{"id":"s1","spec":{"name":"web"},"update_status":{"state":"rollback_started","message":"m"}}}"#;
+    assert_eq!(
+        event_line(updating),
+        "2026-11-22T04:03:20.282Z service update s1 (name=web, update_state=rollback_started)"
+    );
+    let node = r#"{"time":1795320200369,"type":"node","action":"update","id":"n1","index":9,
+        "object":{"type":"node","object":{"id":"n1","spec":{"role":"worker","availability":"drain","labels":{}},
+        "description":{"hostname":"m1"},"status":{"state":"ready"}}}}"#;
+    assert_eq!(
+        event_line(node),
+        "2026-11-22T04:03:20.369Z node update n1 (hostname=m1, state=ready, availability=drain)"
+    );
+    let cluster =
+        r#"{"time":1795320200369,"type":"cluster","action":"create","id":"c1","index":1,"object":{"id":"c1"}}"#;
+    assert_eq!(event_line(cluster), "2026-11-22T04:03:20.369Z cluster create c1");
+    assert_eq!(event_action(cluster), "create");
+}
+
+#[test]
+fn unreadable_events_are_shown_as_they_came() {
+    assert_eq!(event_line("not json\n"), "not json");
+    assert_eq!(event_line("[1,2]"), "[1,2]");
+    assert_eq!(event_action("not json"), "");
+    let removed = r#"{"time":1795320200369,"type":"task","action":"remove","id":"t9"}"#;
+    assert_eq!(event_line(removed), "2026-11-22T04:03:20.369Z task remove t9 (service=, state=, desired=)");
+}

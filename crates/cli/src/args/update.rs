@@ -1,0 +1,146 @@
+//! `shoal service update`, `rollback` and `scale` arguments, and the pure flag → spec change.
+
+use clap::Args;
+use shoal_types::{ServiceMode, ServiceSpec};
+
+use super::flags::{
+    ContainerUpdateFlags, EndpointUpdateFlags, HealthFlags, PlacementUpdateFlags, ResourceFlags, RestartFlags,
+    RollbackFlags, UpdateFlags, update_labels,
+};
+use super::parsers::{self, ShellWords};
+use super::service::REPLICAS_WITH_GLOBAL;
+
+/// docker's refusal of `update --rollback` with anything but `-d`/`-q`.
+pub const ROLLBACK_WITH_OTHER_FLAGS: &str = "other flags may not be combined with --rollback";
+
+/// `shoal service update [OPTIONS] SERVICE`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct UpdateArgs {
+    /// Service image tag
+    #[arg(long, value_name = "IMAGE", value_parser = parsers::non_empty)]
+    pub image: Option<String>,
+    /// Service command args, replacing the current ones (split like a shell: quotes group words)
+    #[arg(id = "args", long = "args", value_name = "ARGS", value_parser = parsers::shell_words, allow_hyphen_values = true)]
+    pub args: Option<ShellWords>,
+    /// Number of tasks (replicated mode only)
+    #[arg(long, value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub replicas: Option<u64>,
+    /// Force update even if no changes require it (replaces every task)
+    #[arg(long)]
+    pub force: bool,
+    /// Roll back to the previous specification (only -d and -q may be combined with it)
+    #[arg(long)]
+    pub rollback: bool,
+    /// Exit immediately instead of waiting for the service to converge (the update returns once accepted for now)
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Suppress progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Add or update a service label, key=value (repeatable)
+    #[arg(id = "label-add", long = "label-add", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
+    pub label_add: Vec<(String, String)>,
+    /// Remove a service label by key (repeatable)
+    #[arg(id = "label-rm", long = "label-rm", value_name = "KEY", value_parser = parsers::non_empty)]
+    pub label_rm: Vec<String>,
+
+    #[command(flatten)]
+    pub container: ContainerUpdateFlags,
+    #[command(flatten)]
+    pub resources: ResourceFlags,
+    #[command(flatten)]
+    pub placement: PlacementUpdateFlags,
+    #[command(flatten)]
+    pub restart: RestartFlags,
+    #[command(flatten)]
+    pub health: HealthFlags,
+    #[command(flatten)]
+    pub update: UpdateFlags,
+    #[command(flatten)]
+    pub rollback_config: RollbackFlags,
+    #[command(flatten)]
+    pub endpoint: EndpointUpdateFlags,
+
+    /// Service id, name or id prefix
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+}
+
+impl UpdateArgs {
+    /// Whether nothing but `--rollback`, `-d` and `-q` was given.
+    fn only_rollback_flags(&self) -> bool {
+        let bare = UpdateArgs {
+            service: self.service.clone(),
+            rollback: self.rollback,
+            detach: self.detach,
+            quiet: self.quiet,
+            ..UpdateArgs::default()
+        };
+        *self == bare
+    }
+
+    /// Flag combinations clap cannot express; reported as usage errors (exit code 2).
+    pub fn check_usage(&self) -> Result<(), String> {
+        if self.rollback && !self.only_rollback_flags() {
+            return Err(ROLLBACK_WITH_OTHER_FLAGS.to_string());
+        }
+        Ok(())
+    }
+
+    /// Changes `spec` (a copy of the service's current spec) where a flag was given. The caller
+    /// validates the result. Refuses `--replicas` on a global service.
+    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), String> {
+        self.check_usage()?;
+        if let Some(n) = self.replicas {
+            match &mut spec.mode {
+                ServiceMode::Replicated { replicas } => *replicas = n,
+                ServiceMode::Global => return Err(REPLICAS_WITH_GLOBAL.to_string()),
+            }
+        }
+        update_labels(&mut spec.labels, &self.label_add, &self.label_rm);
+        let task = &mut spec.task;
+        if let Some(image) = &self.image {
+            task.container.image = image.clone();
+        }
+        if let Some(args) = &self.args {
+            task.container.args = args.0.clone();
+        }
+        self.container.apply(&mut task.container);
+        self.health.apply(&mut task.container.healthcheck);
+        self.resources.apply(&mut task.resources);
+        self.placement.apply(&mut task.placement);
+        self.restart.apply(&mut task.restart_policy);
+        if self.force {
+            task.force_update = task.force_update.wrapping_add(1);
+        }
+        self.update.apply(&mut spec.update_config);
+        self.rollback_config.apply(&mut spec.rollback_config);
+        self.endpoint.apply(&mut spec.endpoint);
+        Ok(())
+    }
+}
+
+/// `shoal service rollback [-d] [-q] SERVICE`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct RollbackArgs {
+    /// Exit immediately instead of waiting for the rollback to converge (returns once accepted for now)
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Suppress progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Service id, name or id prefix
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+}
+
+/// `shoal service scale SERVICE=REPLICAS [SERVICE=REPLICAS...]`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct ScaleArgs {
+    /// Exit immediately instead of waiting for the services to converge (returns once accepted for now)
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Service (id, name or id prefix) and its new number of replicas
+    #[arg(value_name = "SERVICE=REPLICAS", required = true, num_args = 1.., value_parser = parsers::scale_spec)]
+    pub scales: Vec<(String, u64)>,
+}

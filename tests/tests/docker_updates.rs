@@ -1,0 +1,165 @@
+//! Rolling updates and rollbacks with real containers, watched through the event stream.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use shoal_proto::v1::{UpdateServiceRequest, WatchRequest};
+use shoal_tests::*;
+use shoal_types::{FailureAction, GoDuration, Service, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState, UpdateState};
+
+async fn get(addr: &str, name: &str) -> Result<Service> {
+    Ok(list_services(addr).await?.into_iter().find(|s| s.spec.name == name).expect("service exists"))
+}
+
+async fn update(addr: &str, name: &str, change: impl FnOnce(&mut ServiceSpec)) -> Result<()> {
+    let current = get(addr, name).await?;
+    let mut spec = current.spec.clone();
+    change(&mut spec);
+    connect(addr)
+        .await?
+        .update_service(UpdateServiceRequest { service: name.into(), version: current.version, spec_json: serde_json::to_string(&spec)?, rollback: false })
+        .await?;
+    Ok(())
+}
+
+async fn rollback(addr: &str, name: &str) -> Result<()> {
+    let current = get(addr, name).await?;
+    connect(addr)
+        .await?
+        .update_service(UpdateServiceRequest { service: name.into(), version: current.version, spec_json: String::new(), rollback: true })
+        .await?;
+    Ok(())
+}
+
+async fn wait_status(addr: &str, name: &str, want: UpdateState, timeout: Duration) -> Result<Service> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = get(addr, name).await?;
+        if s.update_status.as_ref().is_some_and(|u| u.state == want) {
+            return Ok(s);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let tasks = list_tasks(addr, name).await.unwrap_or_default();
+            let lines: Vec<String> = tasks
+                .iter()
+                .map(|t| format!("{} {} v{} {:?} {}/{} running_at={:?} {}", t.id, t.name(), t.spec_version, t.origin, t.status.state, t.desired_state, t.running_at, t.status.err))
+                .collect();
+            bail!("update status {:?} instead of {want:?}; service spec_version {}\n{}", s.update_status, s.spec_version, lines.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn images(tasks: &[Task]) -> Vec<String> {
+    let mut v: Vec<String> = running(tasks).iter().map(|t| t.spec.container.image.clone()).collect();
+    v.sort();
+    v
+}
+
+/// Counts, from task events, how many slots are between "old task told to stop" and "new task
+/// running" at each moment; returns the maximum seen.
+fn watch_transitions(addr: String, service_id: String) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut client = connect(&addr).await.expect("connect");
+        let mut stream = client
+            .watch(WatchRequest { types: vec!["task".into()], service: service_id })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut tasks: BTreeMap<String, Task> = BTreeMap::new();
+        let mut max = 0;
+        while let Ok(Ok(Some(event))) = tokio::time::timeout(Duration::from_secs(20), stream.message()).await {
+            let v: serde_json::Value = serde_json::from_str(&event.event_json).expect("event json");
+            let task: Task = serde_json::from_value(v["object"].clone()).expect("task object");
+            if v["action"] == "remove" {
+                tasks.remove(&task.id);
+            } else {
+                tasks.insert(task.id.clone(), task);
+            }
+            let mut slots = std::collections::BTreeSet::new();
+            for t in tasks.values() {
+                let old_stopping = t.desired_state >= TaskState::Shutdown && t.status.state <= TaskState::Running && t.origin != TaskOrigin::Update;
+                let new_starting = t.origin == TaskOrigin::Update && t.desired_state <= TaskState::Running && t.status.state < TaskState::Running;
+                if old_stopping || new_starting {
+                    slots.insert(t.slot);
+                }
+            }
+            max = max.max(slots.len());
+        }
+        max
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_respects_parallelism_and_rollback_toggles() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let mut spec = ServiceSpec::new("web", "shoal/busybox:1");
+    spec.mode = ServiceMode::Replicated { replicas: 6 };
+    spec.rollback_config.parallelism = 0;
+    spec.rollback_config.monitor = GoDuration::from_secs(1);
+    let svc = create_service(&addr, &spec).await?;
+    wait_tasks(&addr, "web", Duration::from_secs(30), "6 running", |t| running(t).len() == 6).await?;
+
+    let watcher = watch_transitions(addr.clone(), svc.id.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    update(&addr, "web", |s| {
+        s.task.container.image = "shoal/busybox:2".into();
+        s.update_config.parallelism = 2;
+        s.update_config.delay = GoDuration::from_secs(1);
+        s.update_config.monitor = GoDuration::from_secs(1);
+    })
+    .await?;
+    let done = wait_status(&addr, "web", UpdateState::Completed, Duration::from_secs(60)).await?;
+    assert_eq!(done.update_status.unwrap().message, "update completed");
+    let tasks = list_tasks(&addr, "web").await?;
+    assert_eq!(images(&tasks), vec!["shoal/busybox:2"; 6]);
+    let v2_containers: usize = cluster.agents.iter().map(|a| a.containers(false).iter().filter(|id| docker_inspect(id, "{{.Config.Image}}") == "shoal/busybox:2").count()).sum();
+    assert_eq!(v2_containers, 6, "six v2 containers run");
+    let max = watcher.await?;
+    assert!(max >= 1 && max <= 2, "slots in transition at once: {max}");
+
+    // Push-style rollback toggles between the last two specs.
+    rollback(&addr, "web").await?;
+    let s = wait_status(&addr, "web", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
+    assert_eq!(s.spec.task.container.image, "shoal/busybox:1");
+    wait_tasks(&addr, "web", Duration::from_secs(30), "v1 again", |t| images(t) == vec!["shoal/busybox:1"; 6]).await?;
+    rollback(&addr, "web").await?;
+    let s = wait_status(&addr, "web", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
+    assert_eq!(s.spec.task.container.image, "shoal/busybox:2");
+    wait_tasks(&addr, "web", Duration::from_secs(30), "v2 again", |t| images(t) == vec!["shoal/busybox:2"; 6]).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_image_rolls_back_automatically() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let mut spec = ServiceSpec::new("api", "shoal/busybox:1");
+    spec.mode = ServiceMode::Replicated { replicas: 3 };
+    spec.rollback_config.monitor = GoDuration::from_secs(1);
+    create_service(&addr, &spec).await?;
+    wait_tasks(&addr, "api", Duration::from_secs(30), "3 running", |t| running(t).len() == 3).await?;
+    update(&addr, "api", |s| {
+        s.task.container.image = "shoal/fail:1".into();
+        s.update_config.failure_action = FailureAction::Rollback;
+        // The new container fails 1 s after it starts: a 2 s per-slot delay lets the updater
+        // see that before it moves to the next slot.
+        s.update_config.delay = GoDuration::from_secs(2);
+    })
+    .await?;
+    let s = wait_status(&addr, "api", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
+    assert_eq!(s.spec.task.container.image, "shoal/busybox:1");
+    assert!(s.previous_spec.is_none());
+    let tasks = list_tasks(&addr, "api").await?;
+    assert_eq!(images(&tasks), vec!["shoal/busybox:1"; 3]);
+    let failed: Vec<&Task> =
+        tasks.iter().filter(|t| t.spec.container.image == "shoal/fail:1" && t.origin == TaskOrigin::Update).collect();
+    assert_eq!(failed.len(), 1, "the first failure rolled back (ratio 0)");
+    assert_eq!(failed[0].status.err, "task: non-zero exit (3)");
+    Ok(())
+}
