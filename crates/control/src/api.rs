@@ -570,9 +570,19 @@ impl Control for ControlApi {
                 }
             };
             let member = Member { node_id: request.node_id.clone(), addr: request.addr.clone(), hostname: request.hostname.clone() };
-            self.manager
-                .change_members(MemberChange { kind: MemberChangeKind::AddLearner, raft_id, member, at: now_millis() })
-                .await?;
+            // One membership change at a time: a join that races a learner's promotion waits.
+            let mut attempts = 0;
+            loop {
+                let change = MemberChange { kind: MemberChangeKind::AddLearner, raft_id, member: member.clone(), at: now_millis() };
+                match self.manager.change_members(change).await {
+                    Ok(()) => break,
+                    Err(ApiError::FailedPrecondition(msg)) if msg.contains("another membership change") && attempts < 40 => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             tracing::info!(raft_id, node = %request.node_id, addr = %request.addr, "manager joined as learner");
             Ok(JoinManagerResponse { raft_id, cluster_id, leader_raft_id: st.id, members_json })
         })

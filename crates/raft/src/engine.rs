@@ -139,6 +139,15 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             let (_, state) = decode_snapshot_data(snapshot.get_data())?;
             sm.restore(state).map_err(RaftError::Corrupt)?;
         }
+        // The stored configuration is the last one applied. An initialised manager is missing from
+        // it only after applying its own removal (raft-rs refuses snapshots whose configuration
+        // lacks the receiver); if a snapshot covers that removal it is never re-applied, so the
+        // flag must come from here.
+        let cs = storage.conf_state();
+        let removed = storage.is_initialised()
+            && ![&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next]
+                .iter()
+                .any(|ids| ids.contains(&config.id));
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_tick,
@@ -169,7 +178,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             last_role: StateRole::Follower,
             last_leader: 0,
             last_term: 0,
-            removed: false,
+            removed,
             snapshot_now: false,
         })
     }
@@ -269,6 +278,13 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
     pub fn propose_member_change(&mut self, change: MemberChange, reply: Reply<()>) {
         if !self.is_leader() {
             return reply(Err(self.not_leader()));
+        }
+        // raft-rs turns a conf change proposed while another is unapplied into an empty entry,
+        // which would leave `reply` pending forever; refuse it here on the same condition.
+        if self.raw.raft.has_pending_conf() {
+            return reply(Err(ProposeError::Refused(
+                "another membership change is still being applied; retry once it is".into(),
+            )));
         }
         let conf = self.raw.raft.prs().conf();
         let is_voter = conf.voters().contains(change.raft_id);
