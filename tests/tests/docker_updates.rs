@@ -163,3 +163,45 @@ async fn a_failing_image_rolls_back_automatically() -> Result<()> {
     assert_eq!(failed[0].status.err, "task: non-zero exit (3)");
     Ok(())
 }
+
+/// kill -9 of the leader in the middle of a rolling update: the new leader carries on from the
+/// store, without redoing finished slots and without exceeding parallelism.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_update_completes_it_once() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    cluster.add_agent(&[]).await?;
+    cluster.add_agent(&[]).await?;
+    let leader = cluster.leader().await?;
+    let watcher_addr = cluster.managers[(leader + 1) % 3].addr.clone();
+    let mut spec = ServiceSpec::new("web", "shoal/busybox:1");
+    spec.mode = ServiceMode::Replicated { replicas: 6 };
+    let svc = create_service(&watcher_addr, &spec).await?;
+    wait_tasks(&watcher_addr, "web", Duration::from_secs(30), "6 running", |t| running(t).len() == 6).await?;
+
+    let watcher = watch_transitions(watcher_addr.clone(), svc.id.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    update(&watcher_addr, "web", |s| {
+        s.task.container.image = "shoal/busybox:2".into();
+        s.update_config.parallelism = 2;
+        s.update_config.delay = GoDuration::from_secs(1);
+        s.update_config.monitor = GoDuration::from_secs(1);
+    })
+    .await?;
+    // Let the first batch get going, then kill the leader.
+    wait_tasks(&watcher_addr, "web", Duration::from_secs(20), "first slots updated", |t| {
+        running(t).iter().filter(|t| t.spec.container.image == "shoal/busybox:2").count() >= 2
+    })
+    .await?;
+    cluster.managers[leader].kill9();
+    let done = wait_status(&watcher_addr, "web", UpdateState::Completed, Duration::from_secs(90)).await?;
+    assert_eq!(done.spec.task.container.image, "shoal/busybox:2");
+    let tasks = list_tasks(&watcher_addr, "web").await?;
+    assert_eq!(images(&tasks), vec!["shoal/busybox:2"; 6]);
+    let made: Vec<&Task> = tasks.iter().filter(|t| t.origin == TaskOrigin::Update && t.spec_version == done.spec_version).collect();
+    let mut slots: Vec<u64> = made.iter().map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, vec![1, 2, 3, 4, 5, 6], "each slot replaced exactly once");
+    let max = watcher.await?;
+    assert!(max <= 2, "slots in transition at once: {max}");
+    Ok(())
+}
