@@ -120,7 +120,7 @@ async fn rolling_update_respects_parallelism_and_rollback_toggles() -> Result<()
     let v2_containers: usize = cluster.agents.iter().map(|a| a.containers(false).iter().filter(|id| docker_inspect(id, "{{.Config.Image}}") == "shoal/busybox:2").count()).sum();
     assert_eq!(v2_containers, 6, "six v2 containers run");
     let max = watcher.await?;
-    assert!(max >= 1 && max <= 2, "slots in transition at once: {max}");
+    assert!((1..=2).contains(&max), "slots in transition at once: {max}");
 
     // Push-style rollback toggles between the last two specs.
     rollback(&addr, "web").await?;
