@@ -19,6 +19,9 @@ bash deploy/images/build.sh
 step "build (binaries are spawned by the cluster tests)"
 cargo build --workspace --bins --tests --locked
 
+step "shoal/shoal:local image from the debug binaries (the fault tests run nodes as containers)"
+bash deploy/image/build.sh debug
+
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
