@@ -21,7 +21,7 @@ async fn cli_creates_lists_inspects_and_removes_services() -> Result<()> {
     let follower = cluster.managers[(leader + 1) % 3].addr.clone();
 
     // Through a follower: the call is forwarded to the leader.
-    let id = ok(&shoal(&follower, &["service", "create", "--name", "web", "--replicas", "3", "--update-parallelism", "2", "--update-delay", "5s", "--env", "A=1", "shoal/busybox:1"]));
+    let id = ok(&shoal(&follower, &["service", "create", "-d", "--name", "web", "--replicas", "3", "--update-parallelism", "2", "--update-delay", "5s", "--env", "A=1", "shoal/busybox:1"]));
     assert_eq!(id.trim().len(), 25, "prints the new id: {id:?}");
 
     let ls = ok(&shoal(&follower, &["service", "ls"]));
@@ -58,7 +58,7 @@ async fn cli_creates_lists_inspects_and_removes_services() -> Result<()> {
 async fn cli_bad_input_is_refused_and_changes_nothing() -> Result<()> {
     let cluster = Cluster::start(1).await?;
     let host = cluster.managers[0].addr.clone();
-    ok(&shoal(&host, &["service", "create", "--name", "web", "shoal/busybox:1"]));
+    ok(&shoal(&host, &["service", "create", "-d", "--name", "web", "shoal/busybox:1"]));
     let before = ok(&shoal(&host, &["service", "inspect", "web"]));
 
     let usage_errors: &[(&[&str], &str)] = &[
@@ -76,14 +76,14 @@ async fn cli_bad_input_is_refused_and_changes_nothing() -> Result<()> {
         (&["--name", "bad name!"], "--name"),
     ];
     for (flags, needle) in usage_errors {
-        let mut args = vec!["service", "create", "--name", "api"];
+        let mut args = vec!["service", "create", "-d", "--name", "api"];
         args.extend_from_slice(flags);
         args.push("shoal/busybox:1");
         fails(&shoal(&host, &args), 2, needle);
     }
     // Errors only the spec validation or the cluster can see: exit 1, one line.
-    fails(&shoal(&host, &["service", "create", "--name", "api", "--reserve-memory", "1k", "shoal/busybox:1"]), 1, "task.resources.reservations.memory_bytes");
-    fails(&shoal(&host, &["service", "create", "--name", "web", "shoal/busybox:1"]), 1, "service web already exists");
+    fails(&shoal(&host, &["service", "create", "-d", "--name", "api", "--reserve-memory", "1k", "shoal/busybox:1"]), 1, "task.resources.reservations.memory_bytes");
+    fails(&shoal(&host, &["service", "create", "-d", "--name", "web", "shoal/busybox:1"]), 1, "service web already exists");
     fails(&shoal(&host, &["service", "inspect", "nope"]), 1, "service nope not found");
     fails(&shoal(&host, &["service", "rm", "nope"]), 1, "service nope not found");
     fails(&shoal(&host, &["node", "inspect", "nope"]), 1, "node nope not found");

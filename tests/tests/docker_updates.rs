@@ -205,3 +205,40 @@ async fn killing_the_leader_mid_update_completes_it_once() -> Result<()> {
     assert!(max <= 2, "slots in transition at once: {max}");
     Ok(())
 }
+
+/// The CLI waits for the rollout and says how it ended in its exit code: 0 converged, 4 rolled
+/// back automatically (docker exits 0 there), and a stale or impossible request changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_update_waits_and_exits_non_zero_after_an_automatic_rollback() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let host = cluster.running_addrs()[0].clone();
+    let out = shoal(&host, &["service", "create", "--name", "web", "--replicas", "2", "--update-monitor", "1s", "--rollback-monitor", "1s", "shoal/busybox:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("verify: Service web converged"), "{}", stdout(&out));
+
+    let out = shoal(&host, &["service", "update", "--image", "shoal/busybox:2", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("overall progress: 2 out of 2 tasks"), "{}", stdout(&out));
+
+    let out = shoal(&host, &["service", "rollback", "web"]);
+    assert_eq!(out.status.code(), Some(0), "a manual rollback that completes is a success: {}", stderr(&out));
+    assert!(stdout(&out).contains("rollback: manually requested rollback"), "{}", stdout(&out));
+
+    let out = shoal(&host, &["service", "update", "--image", "shoal/fail:1", "--update-failure-action", "rollback", "--update-delay", "2s", "--update-monitor", "3s", "web"]);
+    assert_eq!(out.status.code(), Some(4), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("service rolled back: update rolled back due to failure or early termination of task"), "{}", stderr(&out));
+    let s = get(&host, "web").await?;
+    assert_eq!(s.update_status.unwrap().state, UpdateState::RollbackCompleted);
+    assert_eq!(s.spec.task.container.image, "shoal/busybox:1");
+
+    // No previous spec after an automatic rollback: refused, exit 1, nothing changes.
+    let out = shoal(&host, &["service", "rollback", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("service web does not have a previous spec"), "{}", stderr(&out));
+    let out = shoal(&host, &["service", "update", "--rollback", "--image", "x", "web"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("other flags may not be combined with --rollback"), "{}", stderr(&out));
+    assert_eq!(get(&host, "web").await?.version, s.version, "refused requests changed nothing");
+    Ok(())
+}

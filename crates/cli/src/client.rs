@@ -78,6 +78,21 @@ impl Client {
         decode("service", &reply.into_inner().service_json)
     }
 
+    /// Like [`Client::get_service`], but a service that does not exist (any more) is `None`.
+    pub async fn find_service(&mut self, service: &str) -> Result<Option<Service>, CliError> {
+        let request = pb::GetServiceRequest { service: service.to_string() };
+        match self.inner.get_service(request).await {
+            Ok(reply) => decode("service", &reply.into_inner().service_json).map(Some),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(failed(&self.addr, status)),
+        }
+    }
+
+    /// The manager address this client talks to, as given.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// Replaces the spec of `service` (id, name or id prefix), based on the `version` read.
     pub async fn update_service(
         &mut self,

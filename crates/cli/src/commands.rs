@@ -32,6 +32,8 @@ pub fn print_error(error: &CliError) {
     let _ = match error {
         CliError::Usage(e) => write!(stderr, "{}", e.render()),
         CliError::Reported => Ok(()),
+        // Not a failure of the command: the user stopped watching.
+        CliError::Interrupted => writeln!(stderr, "{error}"),
         other => writeln!(stderr, "Error: {other}"),
     };
 }

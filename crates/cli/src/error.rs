@@ -1,6 +1,65 @@
-//! The CLI's errors and their exit codes: 2 for usage errors (clap's), 1 for everything else.
+//! The CLI's errors and their exit codes, all mapped here: 2 for usage errors (clap's), 3/4/5 for
+//! an update or rollback that did not end where it was asked to go (only `service update` and
+//! `service rollback`), 130 for an interrupted wait, 1 for everything else.
 
 use std::fmt;
+
+/// Any error not listed below.
+pub const EXIT_FAILURE: u8 = 1;
+/// A usage error (clap's code).
+pub const EXIT_USAGE: u8 = 2;
+/// `service update`: the update ended `paused` (a task failed; `--update-failure-action pause`).
+pub const EXIT_UPDATE_PAUSED: u8 = 3;
+/// `service update`: the update failed and the cluster rolled it back on its own
+/// (`--update-failure-action rollback`); the rollback completed. docker exits 0 here.
+pub const EXIT_ROLLED_BACK: u8 = 4;
+/// `service update` / `service rollback`: the rollback ended `rollback_paused`.
+pub const EXIT_ROLLBACK_PAUSED: u8 = 5;
+/// Ctrl-C while waiting for convergence (128 + SIGINT); the cluster carries on.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The exit codes, as `service update --help` and `service rollback --help` list them.
+pub const EXIT_CODES_HELP: &str = "\
+Exit status (when waiting for the service to converge, i.e. without -d):
+  0    converged: the update completed, a manually requested rollback completed, or no task
+       needed replacing
+  1    any other error, including the service being removed while waiting and the manager
+       staying unreachable for more than 10 seconds
+  2    usage error
+  3    the update paused after a task failure (\"service update paused: <message>\")
+  4    the update failed and was rolled back automatically (--update-failure-action rollback);
+       the rollback completed (\"service rolled back: <message>\")
+  5    the rollback paused after a task failure (\"service rollback paused: <message>\")
+  130  interrupted (Ctrl-C) while waiting; the update continues in the cluster";
+
+/// How a rolling update or rollback that the CLI waited for ended short of its goal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutEnd {
+    /// The update status became `paused`.
+    UpdatePaused,
+    /// The update was rolled back automatically and the rollback completed.
+    RolledBack,
+    /// The update status became `rollback_paused`.
+    RollbackPaused,
+}
+
+impl RolloutEnd {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RolloutEnd::UpdatePaused => EXIT_UPDATE_PAUSED,
+            RolloutEnd::RolledBack => EXIT_ROLLED_BACK,
+            RolloutEnd::RollbackPaused => EXIT_ROLLBACK_PAUSED,
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            RolloutEnd::UpdatePaused => "service update paused",
+            RolloutEnd::RolledBack => "service rolled back",
+            RolloutEnd::RollbackPaused => "service rollback paused",
+        }
+    }
+}
 
 #[derive(Debug)]
 pub enum CliError {
@@ -14,13 +73,20 @@ pub enum CliError {
     Message(String),
     /// Errors were already printed (e.g. some of several `rm` targets failed).
     Reported,
+    /// The rollout waited for ended short of its goal. `own_code`: exit with the
+    /// [`RolloutEnd`]'s code (`service update`/`rollback`); otherwise with 1 (`create`, `scale`).
+    Rollout { end: RolloutEnd, message: String, own_code: bool },
+    /// Ctrl-C while waiting for convergence; nothing was changed in the cluster.
+    Interrupted,
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(e) => u8::try_from(e.exit_code()).unwrap_or(2),
-            _ => 1,
+            CliError::Usage(e) => u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE),
+            CliError::Rollout { end, own_code: true, .. } => end.exit_code(),
+            CliError::Interrupted => EXIT_INTERRUPTED,
+            _ => EXIT_FAILURE,
         }
     }
 
@@ -65,6 +131,8 @@ impl fmt::Display for CliError {
             }
             CliError::Message(message) => f.write_str(message),
             CliError::Reported => f.write_str("errors were reported"),
+            CliError::Rollout { end, message, .. } => write!(f, "{}: {message}", end.prefix()),
+            CliError::Interrupted => f.write_str("stopped waiting; the update continues in the cluster"),
         }
     }
 }
@@ -95,6 +163,20 @@ mod tests {
         let e = CliError::from(tonic::Status::invalid_argument("update_config.max_failure_ratio: 2 is outside [0, 1]"));
         assert_eq!(e.to_string(), "update_config.max_failure_ratio: 2 is outside [0, 1]");
         assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn rollout_ends_have_their_own_codes_only_where_asked() {
+        let paused = CliError::Rollout { end: RolloutEnd::UpdatePaused, message: "m".into(), own_code: true };
+        assert_eq!((paused.exit_code(), paused.to_string().as_str()), (3, "service update paused: m"));
+        let back = CliError::Rollout { end: RolloutEnd::RolledBack, message: "m".into(), own_code: true };
+        assert_eq!((back.exit_code(), back.to_string().as_str()), (4, "service rolled back: m"));
+        let stuck = CliError::Rollout { end: RolloutEnd::RollbackPaused, message: "m".into(), own_code: true };
+        assert_eq!((stuck.exit_code(), stuck.to_string().as_str()), (5, "service rollback paused: m"));
+        let scale = CliError::Rollout { end: RolloutEnd::UpdatePaused, message: "m".into(), own_code: false };
+        assert_eq!(scale.exit_code(), 1);
+        assert_eq!(CliError::Interrupted.exit_code(), 130);
+        assert_eq!(CliError::Interrupted.to_string(), "stopped waiting; the update continues in the cluster");
     }
 
     #[test]

@@ -1,16 +1,44 @@
 //! Waiting for a service to converge after `create`, `update`, `rollback` and `scale` when `-d`
-//! is not given (docker's progress display: "overall progress: N out of M tasks", "verify: …").
+//! is not given: docker's progress display ("overall progress: N out of M tasks", "verify: …").
 //!
-//! Not implemented yet: [`wait_for_convergence`] returns at once, so every command returns as
-//! soon as the manager accepted the change, with or without `-d`. This is the one place to add
-//! it; the commands already call it only when not detached and pass `--quiet`.
+//! [`wait_for_convergence`] polls the service and its tasks every [`POLL_INTERVAL`]. Each poll
+//! becomes a [`Frame`] (a pure function of the service, its tasks and the time, see [`frame`]),
+//! which is drawn in place on a terminal ([`Tty`]) or as plain lines, each printed only when it
+//! changed ([`Plain`]). When to stop, and with which error, is decided by [`Watch::outcome`]; the
+//! exit codes themselves live in [`crate::error`].
 
-use shoal_types::Service;
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use shoal_types::{Node, Service, ServiceMode, Task, TaskState, UpdateState};
 
 use crate::client::Client;
-use crate::error::CliError;
+use crate::commands::print_out;
+use crate::error::{CliError, RolloutEnd};
+use crate::timefmt;
 
-/// The change being waited for (decides the wording: "rolling back update: …" etc.).
+/// How often the service and its tasks are read.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// One poll (all its calls) must be answered within this, or it counts as a failed poll.
+pub const POLL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Polls may fail this long in a row (manager restarting, leader election) before giving up.
+pub const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
+/// At most this many slot lines are drawn on a terminal.
+pub const MAX_BARS: usize = 20;
+/// The message of a rollback a user asked for (`service rollback`, `update --rollback`).
+pub const MANUAL_ROLLBACK_MESSAGE: &str = "manually requested rollback";
+
+/// A bar is full (`running`) at this many steps.
+const MAX_PROGRESS: u64 = 9;
+/// The `=` characters of a full bar (docker's).
+const BAR_WIDTH: u64 = 50;
+/// Task errors are cut to this many characters on a terminal (docker's).
+const MAX_ERROR_CHARS: usize = 75;
+/// Longest state word shown with a bar ("preparing"); state words are padded to it.
+const STATE_WIDTH: usize = 9;
+
+/// The change being waited for (decides the wording and which exit codes apply).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
     Create,
@@ -19,14 +47,577 @@ pub enum Operation {
     Scale,
 }
 
-/// Waits until `service` (as the manager returned it after the change) has converged, printing
-/// progress unless `quiet`. Currently a no-op that reports success.
+impl Operation {
+    /// Only `update` and `rollback` exit 3/4/5; `create` and `scale` exit 1 on those ends.
+    fn has_rollout_codes(self) -> bool {
+        matches!(self, Operation::Update | Operation::Rollback)
+    }
+}
+
+/// What one poll shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The service's name (for `verify: Service <name> converged`).
+    pub service_name: String,
+    /// `overall progress: 2 out of 6 tasks`, `rolling back update: 2 out of 6 tasks`, or
+    /// `overall progress: waiting for new tasks` (a global service without tasks yet).
+    pub header: String,
+    /// One per replica slot (global: per node), sorted by slot (node id).
+    pub slots: Vec<SlotLine>,
+    /// The update status message while rolling back (`update rolled back due to …`).
+    pub rollback: Option<String>,
+    pub verify: Option<Verify>,
+    /// Slots whose current task runs the current spec.
+    pub running: u64,
+    /// Replicas, or for a global service the nodes with tasks meant to run.
+    pub total: u64,
+    /// `running == total` (and, for a global service, there are tasks at all).
+    pub all_running: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotLine {
+    /// On a terminal: `3/6` (position among the slots / total), or a global task's short node id.
+    pub label: String,
+    /// In plain output: `web.3`, or `web.<node id>` for a global task.
+    pub name: String,
+    /// The slot's task running the current spec; `None` while the slot is not replaced yet.
+    pub task: Option<SlotTask>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotTask {
+    pub state: TaskState,
+    pub err: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Every slot runs the new spec; the cluster watches them for the monitor period.
+    Waiting {
+        seconds: u64,
+    },
+    Converged,
+}
+
+/// A bar's steps for a state: new=1 … starting=7, running=9 (full); 0 for ended states.
+pub fn state_steps(state: TaskState) -> u64 {
+    match state {
+        TaskState::New => 1,
+        TaskState::Pending => 2,
+        TaskState::Assigned => 3,
+        TaskState::Accepted => 4,
+        TaskState::Preparing => 5,
+        TaskState::Ready => 6,
+        TaskState::Starting => 7,
+        TaskState::Running => MAX_PROGRESS,
+        _ => 0,
+    }
+}
+
+/// docker's bar: `[` + `=` × (steps/9 of 50) + `>` + spaces to 50 + `]`.
+pub fn bar(steps: u64) -> String {
+    let filled = (steps.min(MAX_PROGRESS) * 100 / MAX_PROGRESS / 2).min(BAR_WIDTH);
+    format!("[{}>{}]", "=".repeat(filled as usize), " ".repeat((BAR_WIDTH - filled) as usize))
+}
+
+/// Whether `task` runs the service's current spec (swarmkit's `IsTaskDirty`, negated): the same
+/// spec version, or the same task spec and endpoint. A change to the placement alone leaves a
+/// task current if its node still satisfies the constraints; without `nodes` that is assumed.
+pub fn up_to_date(service: &Service, task: &Task, nodes: Option<&[Node]>) -> bool {
+    if task.spec_version == service.spec_version {
+        return true;
+    }
+    if task.endpoint != service.spec.endpoint {
+        return false;
+    }
+    let wanted = &service.spec.task;
+    if task.spec == *wanted {
+        return true;
+    }
+    if !placement_only_change(service, task) {
+        return false;
+    }
+    match nodes {
+        None => true,
+        Some(nodes) => nodes
+            .iter()
+            .find(|n| n.id == task.node_id)
+            .is_some_and(|node| wanted.placement.constraints.iter().all(|c| c.matches(|k| node.attribute(k)))),
+    }
+}
+
+/// The task differs from the current spec in its placement only (and is placed on a node).
+fn placement_only_change(service: &Service, task: &Task) -> bool {
+    let wanted = &service.spec.task;
+    if task.node_id.is_empty() || task.spec.placement == wanted.placement {
+        return false;
+    }
+    let mut same = task.spec.clone();
+    same.placement = wanted.placement.clone();
+    same == *wanted
+}
+
+/// Whether judging the tasks needs the nodes (some task differs by placement only).
+pub fn needs_nodes(service: &Service, tasks: &[Task]) -> bool {
+    tasks.iter().any(|t| {
+        t.service_id == service.id
+            && t.spec_version != service.spec_version
+            && t.endpoint == service.spec.endpoint
+            && placement_only_change(service, t)
+    })
+}
+
+/// The frame for `service` and its `tasks` at `now_ms` (ms since the epoch, the clock the
+/// manager stamps `running_at` with). A placement-only change is taken to leave tasks current.
+pub fn frame(service: &Service, tasks: &[Task], now_ms: u64) -> Frame {
+    frame_on(service, tasks, None, now_ms)
+}
+
+fn newest<'a>(tasks: impl Iterator<Item = &'a Task>) -> Option<&'a Task> {
+    tasks.max_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())))
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// [`frame`], judging placement-only changes against `nodes` when given.
+pub fn frame_on(service: &Service, tasks: &[Task], nodes: Option<&[Node]>, now_ms: u64) -> Frame {
+    let status = service.update_status.as_ref();
+    let state = status.map(|s| s.state);
+    let rolling_back = matches!(
+        state,
+        Some(UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
+    );
+    let global = service.spec.mode == ServiceMode::Global;
+    let name = &service.spec.name;
+
+    let mut groups: BTreeMap<(u64, &str), Vec<&Task>> = BTreeMap::new();
+    for task in tasks.iter().filter(|t| t.service_id == service.id) {
+        let key = if global { (0, task.node_id.as_str()) } else { (task.slot, "") };
+        groups.entry(key).or_default().push(task);
+    }
+    let runnable = |t: &&Task| t.desired_state <= TaskState::Running;
+    let current = |t: &&Task| up_to_date(service, t, nodes);
+
+    // (slot or node, the task to show, whether the slot has a task meant to run)
+    let mut shown: Vec<((u64, &str), Option<&Task>, bool)> = Vec::new();
+    for (key, group) in &groups {
+        let has_runnable = group.iter().any(runnable);
+        // A slot whose newest task is current but ended without a replacement (e.g. restart
+        // condition none) is still shown, with its failure.
+        let ended_current =
+            newest(group.iter().copied()).filter(|t| t.desired_state < TaskState::Remove && current(t) && !runnable(t));
+        if !has_runnable && ended_current.is_none() {
+            continue;
+        }
+        let task = newest(group.iter().copied().filter(|t| runnable(t) && current(t))).or(ended_current);
+        shown.push((*key, task, has_runnable));
+    }
+
+    let total = match service.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => shown.iter().filter(|(_, _, has_runnable)| *has_runnable).count() as u64,
+    };
+    let is_running = |t: &Task| t.desired_state <= TaskState::Running && t.status.state == TaskState::Running;
+    let running = shown.iter().filter(|(_, task, _)| task.is_some_and(is_running)).count() as u64;
+    let all_running = running == total && (!global || total > 0);
+
+    let slots = shown
+        .iter()
+        .enumerate()
+        .map(|(position, ((slot, node), task, _))| {
+            let (label, name) = if global {
+                (short(node).to_string(), format!("{name}.{node}"))
+            } else {
+                (format!("{}/{total}", position + 1), format!("{name}.{slot}"))
+            };
+            let task = task.map(|t| SlotTask { state: t.status.state, err: t.status.err.clone() });
+            SlotLine { label, name, task }
+        })
+        .collect();
+
+    let header = if global && total == 0 {
+        "overall progress: waiting for new tasks".to_string()
+    } else if rolling_back {
+        format!("rolling back update: {running} out of {total} tasks")
+    } else {
+        format!("overall progress: {running} out of {total} tasks")
+    };
+
+    let rollback = status.filter(|_| rolling_back).map(|s| s.message.clone()).filter(|m| !m.is_empty());
+
+    let verify = match state {
+        None => all_running.then_some(Verify::Converged),
+        Some(UpdateState::Completed | UpdateState::RollbackCompleted) => Some(Verify::Converged),
+        Some(UpdateState::Paused | UpdateState::RollbackPaused) => None,
+        Some(UpdateState::Updating | UpdateState::RollbackStarted) => all_running.then(|| {
+            let config = if rolling_back { &service.spec.rollback_config } else { &service.spec.update_config };
+            let millis = |d: shoal_types::GoDuration| u64::try_from(d.as_std().as_millis()).unwrap_or(u64::MAX);
+            let (delay, monitor) = (millis(config.delay), millis(config.monitor));
+            // The manager's final window: monitor, or delay + 1s when the delay is not shorter,
+            // after the last slot's delay, counted from when its task was first seen running.
+            let window = if delay >= monitor && delay > 0 { delay.saturating_add(1_000) } else { monitor };
+            let span = delay.saturating_add(window);
+            let last = shown.iter().filter_map(|(_, task, _)| task.and_then(|t| t.running_at)).max();
+            let remaining = last.map_or(span, |at| at.saturating_add(span).saturating_sub(now_ms)).min(span);
+            Verify::Waiting { seconds: remaining.div_ceil(1_000).max(1) }
+        }),
+    };
+
+    Frame { service_name: name.clone(), header, slots, rollback, verify, running, total, all_running }
+}
+
+/// An error on one line, cut to `max` characters with `…`.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.replace(['\r', '\n'], " ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+impl SlotLine {
+    /// `1/6: running   [====…>]`, `2/6: pending   no suitable node (…)`, `3/6: failed    <error>`,
+    /// or `4/6:` while the slot is not replaced yet.
+    pub fn tty_line(&self) -> String {
+        let Some(task) = &self.task else {
+            return format!("{}:", self.label);
+        };
+        let state = task.state.as_str();
+        if !task.err.is_empty() {
+            format!("{}: {state:<STATE_WIDTH$} {}", self.label, one_line(&task.err, MAX_ERROR_CHARS))
+        } else if task.state.is_terminal() {
+            format!("{}: {state}", self.label)
+        } else {
+            format!("{}: {state:<STATE_WIDTH$} {}", self.label, bar(state_steps(task.state)))
+        }
+    }
+
+    /// `web.3: running`, `web.3: failed: <error>`; `None` while the slot is not replaced yet.
+    pub fn plain_line(&self) -> Option<String> {
+        let task = self.task.as_ref()?;
+        Some(if task.err.is_empty() {
+            format!("{}: {}", self.name, task.state)
+        } else {
+            format!("{}: {}: {}", self.name, task.state, one_line(&task.err, usize::MAX))
+        })
+    }
+}
+
+impl Frame {
+    /// What a terminal shows, top to bottom.
+    pub fn tty_lines(&self) -> Vec<String> {
+        let mut lines = vec![self.header.clone()];
+        lines.extend(self.slots.iter().take(MAX_BARS).map(SlotLine::tty_line));
+        if let Some(message) = &self.rollback {
+            lines.push(format!("rollback: {message}"));
+        }
+        match self.verify {
+            Some(Verify::Waiting { seconds }) => {
+                lines.push(format!("verify: Waiting {seconds} seconds to verify that tasks are stable..."));
+            }
+            Some(Verify::Converged) => lines.push(format!("verify: Service {} converged", self.service_name)),
+            None => {}
+        }
+        lines
+    }
+
+    /// Plain output as (key, line): a line is printed when the line under its key changed.
+    pub fn plain_lines(&self) -> Vec<(String, String)> {
+        let mut lines = vec![("overall".to_string(), self.header.clone())];
+        lines.extend(self.slots.iter().filter_map(|s| s.plain_line().map(|line| (s.name.clone(), line))));
+        if let Some(message) = &self.rollback {
+            lines.push(("rollback".to_string(), format!("rollback: {message}")));
+        }
+        match self.verify {
+            Some(Verify::Waiting { .. }) => {
+                lines.push(("verify".to_string(), "verify: waiting for tasks to be stable".to_string()));
+            }
+            Some(Verify::Converged) => {
+                lines.push(("verify".to_string(), format!("verify: Service {} converged", self.service_name)));
+            }
+            None => {}
+        }
+        lines
+    }
+}
+
+/// In-place drawing on a terminal: the cursor goes back up over the previous frame and every
+/// line is cleared before it is rewritten. Lines are cut to the terminal width so that none
+/// wraps (which would break the count of lines to go back over).
+#[derive(Debug)]
+pub struct Tty {
+    drawn: Vec<String>,
+    width: usize,
+}
+
+impl Tty {
+    pub fn new(width: usize) -> Tty {
+        Tty { drawn: Vec::new(), width: width.max(20) }
+    }
+
+    /// The bytes that replace the previous frame with `lines`; empty when nothing changed.
+    pub fn render(&mut self, lines: &[String]) -> String {
+        let lines: Vec<String> = lines.iter().map(|l| cut(l, self.width - 1)).collect();
+        if lines == self.drawn {
+            return String::new();
+        }
+        let mut out = String::new();
+        if !self.drawn.is_empty() {
+            out.push_str(&format!("\x1b[{}A", self.drawn.len()));
+        }
+        for line in &lines {
+            out.push_str("\r\x1b[2K");
+            out.push_str(line);
+            out.push('\n');
+        }
+        let extra = self.drawn.len().saturating_sub(lines.len());
+        if extra > 0 {
+            for _ in 0..extra {
+                out.push_str("\r\x1b[2K\n");
+            }
+            out.push_str(&format!("\x1b[{extra}A"));
+        }
+        self.drawn = lines;
+        out
+    }
+}
+
+fn cut(line: &str, width: usize) -> String {
+    if line.chars().count() <= width { line.to_string() } else { line.chars().take(width).collect() }
+}
+
+/// The terminal's width: `$COLUMNS` if set, else 80.
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse().ok()).filter(|w| *w > 0).unwrap_or(80)
+}
+
+/// Plain lines for pipes and logs: each printed when it differs from the last one printed
+/// under the same key (the header, each slot, `rollback`, `verify`).
+#[derive(Debug, Default)]
+pub struct Plain {
+    last: HashMap<String, String>,
+}
+
+impl Plain {
+    pub fn render(&mut self, frame: &Frame) -> String {
+        let mut out = String::new();
+        for (key, line) in frame.plain_lines() {
+            if self.last.get(&key) != Some(&line) {
+                out.push_str(&line);
+                out.push('\n');
+                self.last.insert(key, line);
+            }
+        }
+        out
+    }
+}
+
+enum Output {
+    Quiet,
+    Tty(Tty),
+    Plain(Plain),
+}
+
+impl Output {
+    fn new(quiet: bool) -> Output {
+        if quiet {
+            Output::Quiet
+        } else if std::io::stdout().is_terminal() {
+            Output::Tty(Tty::new(terminal_width()))
+        } else {
+            Output::Plain(Plain::default())
+        }
+    }
+
+    fn show(&mut self, frame: &Frame) {
+        let text = match self {
+            Output::Quiet => return,
+            Output::Tty(tty) => tty.render(&frame.tty_lines()),
+            Output::Plain(plain) => plain.render(frame),
+        };
+        if !text.is_empty() {
+            print_out(&text);
+        }
+    }
+}
+
+/// What the wait remembers between polls: the first rollback message seen tells a manual
+/// rollback from an automatic one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub operation: Operation,
+    /// Polls older than the service the change returned are ignored.
+    pub min_version: u64,
+    pub first_rollback: Option<String>,
+}
+
+impl Watch {
+    /// Starts from the service as the change returned it.
+    pub fn new(operation: Operation, service: &Service) -> Watch {
+        let mut watch = Watch { operation, min_version: service.version, first_rollback: None };
+        watch.observe(service);
+        watch
+    }
+
+    /// Notes what a poll showed (the first `rollback_started` message).
+    pub fn observe(&mut self, service: &Service) {
+        if self.first_rollback.is_none()
+            && let Some(status) = &service.update_status
+            && status.state == UpdateState::RollbackStarted
+        {
+            self.first_rollback = Some(status.message.clone());
+        }
+    }
+
+    /// Whether a rollback was asked for by a user (else the cluster rolled back a failed update).
+    fn manual_rollback(&self) -> bool {
+        match &self.first_rollback {
+            Some(message) => message == MANUAL_ROLLBACK_MESSAGE,
+            None => self.operation == Operation::Rollback,
+        }
+    }
+
+    fn failed(&self, end: RolloutEnd, message: &str) -> CliError {
+        CliError::Rollout { end, message: message.to_string(), own_code: self.operation.has_rollout_codes() }
+    }
+
+    /// `None` to keep waiting; otherwise how the wait ends. Without an update status the
+    /// service has converged once every slot runs the current spec; with one, when the status
+    /// says the update or rollback ended.
+    pub fn outcome(&self, service: &Service, frame: &Frame) -> Option<Result<(), CliError>> {
+        let Some(status) = &service.update_status else {
+            return frame.all_running.then_some(Ok(()));
+        };
+        match status.state {
+            UpdateState::Updating | UpdateState::RollbackStarted => None,
+            UpdateState::Completed => Some(Ok(())),
+            UpdateState::Paused => Some(Err(self.failed(RolloutEnd::UpdatePaused, &status.message))),
+            UpdateState::RollbackPaused => Some(Err(self.failed(RolloutEnd::RollbackPaused, &status.message))),
+            UpdateState::RollbackCompleted if self.manual_rollback() => Some(Ok(())),
+            UpdateState::RollbackCompleted => {
+                let message = self.first_rollback.as_deref().unwrap_or(&status.message);
+                Some(Err(self.failed(RolloutEnd::RolledBack, message)))
+            }
+        }
+    }
+}
+
+/// What one poll found.
+enum Poll {
+    Seen { service: Box<Service>, tasks: Vec<Task>, nodes: Option<Vec<Node>> },
+    Removed,
+    Failed { error: CliError, transient: bool },
+}
+
+/// Errors worth retrying: the manager restarting, a leader election, a lost connection.
+fn transient(error: &CliError) -> bool {
+    use tonic::Code;
+    matches!(error, CliError::Unreachable { .. })
+        || matches!(
+            error.code(),
+            Some(
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Unknown
+                    | Code::Cancelled
+                    | Code::Aborted
+                    | Code::ResourceExhausted
+                    | Code::Internal
+            )
+        )
+}
+
+async fn poll_once(client: &mut Client, id: &str) -> Poll {
+    let read = async {
+        let Some(service) = client.find_service(id).await? else { return Ok(None) };
+        let tasks = match client.list_tasks(id, "").await {
+            Ok(tasks) => tasks,
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let nodes = if needs_nodes(&service, &tasks) { Some(client.list_nodes().await?) } else { None };
+        Ok::<_, CliError>(Some((service, tasks, nodes)))
+    };
+    match tokio::time::timeout(POLL_TIMEOUT, read).await {
+        Ok(Ok(Some((service, tasks, nodes)))) => Poll::Seen { service: Box::new(service), tasks, nodes },
+        Ok(Ok(None)) => Poll::Removed,
+        Ok(Err(error)) => {
+            let transient = transient(&error);
+            Poll::Failed { error, transient }
+        }
+        Err(_) => Poll::Failed {
+            error: CliError::Message(format!("no answer within {}s", POLL_TIMEOUT.as_secs())),
+            transient: true,
+        },
+    }
+}
+
+/// Resolves on Ctrl-C; never if the handler cannot be installed.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits until `service` (as the manager returned it after the change) has converged, drawing
+/// progress unless `quiet`. Ends with the errors of [`Watch::outcome`], a "removed while
+/// waiting" error, a "lost contact" error after [`UNREACHABLE_GRACE`] of failed polls, or
+/// [`CliError::Interrupted`] on Ctrl-C (the cluster is left alone).
 pub async fn wait_for_convergence(
     client: &mut Client,
     service: &Service,
     operation: Operation,
     quiet: bool,
 ) -> Result<(), CliError> {
-    let _ = (client, service, operation, quiet);
-    Ok(())
+    let mut output = Output::new(quiet);
+    let mut watch = Watch::new(operation, service);
+    let name = service.spec.name.clone();
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    let stop = interrupted();
+    tokio::pin!(stop);
+    loop {
+        let poll = tokio::select! {
+            poll = poll_once(client, &service.id) => poll,
+            () = &mut stop => return Err(CliError::Interrupted),
+        };
+        match poll {
+            Poll::Seen { service, tasks, nodes } => {
+                failing_since = None;
+                if service.version >= watch.min_version {
+                    watch.observe(&service);
+                    let frame = frame_on(&service, &tasks, nodes.as_deref(), timefmt::now_millis());
+                    output.show(&frame);
+                    if let Some(result) = watch.outcome(&service, &frame) {
+                        return result;
+                    }
+                }
+            }
+            Poll::Removed => {
+                return Err(CliError::Message(format!("service {name} was removed while waiting for it to converge")));
+            }
+            Poll::Failed { error, transient: false } => return Err(error),
+            Poll::Failed { error, transient: true } => {
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= UNREACHABLE_GRACE {
+                    return Err(CliError::Message(format!(
+                        "lost contact with the manager at {} for more than {}s while waiting for service {name} to converge: {error}",
+                        client.addr(),
+                        UNREACHABLE_GRACE.as_secs()
+                    )));
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = &mut stop => return Err(CliError::Interrupted),
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

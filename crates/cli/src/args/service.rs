@@ -31,8 +31,10 @@ pub enum ServiceCommand {
     #[command(override_usage = "shoal service scale [OPTIONS] SERVICE=REPLICAS [SERVICE=REPLICAS...]")]
     Scale(ScaleArgs),
     /// Update a service
+    #[command(after_long_help = crate::error::EXIT_CODES_HELP)]
     Update(Box<UpdateArgs>),
     /// Revert changes to a service's configuration
+    #[command(after_long_help = crate::error::EXIT_CODES_HELP)]
     Rollback(RollbackArgs),
 }
 
@@ -51,7 +53,7 @@ pub struct CreateArgs {
     /// Service labels, key=value (repeatable)
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
     pub labels: Vec<(String, String)>,
-    /// Exit immediately instead of waiting for the service to converge (creation returns at once for now)
+    /// Exit immediately instead of waiting for the service to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// Suppress progress output

@@ -31,7 +31,7 @@ pub struct UpdateArgs {
     /// Roll back to the previous specification (only -d and -q may be combined with it)
     #[arg(long)]
     pub rollback: bool,
-    /// Exit immediately instead of waiting for the service to converge (the update returns once accepted for now)
+    /// Exit immediately instead of waiting for the service to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// Suppress progress output
@@ -123,7 +123,7 @@ impl UpdateArgs {
 /// `shoal service rollback [-d] [-q] SERVICE`.
 #[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct RollbackArgs {
-    /// Exit immediately instead of waiting for the rollback to converge (returns once accepted for now)
+    /// Exit immediately instead of waiting for the rollback to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// Suppress progress output
@@ -137,7 +137,7 @@ pub struct RollbackArgs {
 /// `shoal service scale SERVICE=REPLICAS [SERVICE=REPLICAS...]`.
 #[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct ScaleArgs {
-    /// Exit immediately instead of waiting for the services to converge (returns once accepted for now)
+    /// Exit immediately instead of waiting for the services to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// Service (id, name or id prefix) and its new number of replicas

@@ -1,0 +1,186 @@
+//! Normalised compose service → shoal `ServiceSpec`, the way `docker stack deploy` converts
+//! (`cli/compose/convert/service.go`): name `<stack>_<service>`, the stack namespace label on the
+//! service and its containers, `entrypoint` → command, `command` → args.
+
+use std::collections::BTreeMap;
+
+use shoal_types::units::parse_nano_cpus;
+use shoal_types::{
+    ContainerSpec, EndpointSpec, GoDuration, Labels, Placement, PlacementPreference, ResourceAmounts, Resources,
+    ServiceMode, ServiceSpec, TaskSpec, ValidationError,
+};
+
+use crate::error::{ComposeError, Location};
+use crate::model::{DeployMode, Service};
+use crate::parse::join;
+
+/// The label docker puts on every object of a stack.
+pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+
+pub(crate) fn to_service_spec(
+    stack: &str,
+    short: &str,
+    service: &Service,
+    locations: &BTreeMap<String, Location>,
+) -> Result<ServiceSpec, ComposeError> {
+    let with_namespace = |labels: &Labels| {
+        let mut labels = labels.clone();
+        labels.insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+        labels
+    };
+    let deploy = &service.deploy;
+    let container = ContainerSpec {
+        image: service.image.clone(),
+        command: service.entrypoint.clone().unwrap_or_default(),
+        args: service.command.clone().unwrap_or_default(),
+        env: service.environment.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        labels: with_namespace(&service.labels),
+        hostname: service.hostname.clone(),
+        user: service.user.clone(),
+        workdir: service.working_dir.clone(),
+        stop_grace_period: service.stop_grace_period.unwrap_or(GoDuration::from_secs(10)),
+        stop_signal: service.stop_signal.clone(),
+        healthcheck: service.healthcheck.clone(),
+    };
+    let resources = Resources {
+        limits: amounts(short, "limits", deploy.resources.limits.as_ref(), locations)?,
+        reservations: amounts(short, "reservations", deploy.resources.reservations.as_ref(), locations)?,
+    };
+    let placement = Placement {
+        constraints: deploy.placement.constraints.clone(),
+        preferences: deploy
+            .placement
+            .preferences
+            .iter()
+            .map(|p| PlacementPreference { spread: p.spread.clone() })
+            .collect(),
+        max_replicas_per_node: deploy.placement.max_replicas_per_node.unwrap_or(0),
+    };
+    let spec = ServiceSpec {
+        name: format!("{stack}_{short}"),
+        labels: with_namespace(&deploy.labels),
+        mode: match deploy.mode {
+            DeployMode::Replicated => ServiceMode::Replicated { replicas: deploy.replicas.unwrap_or(1) },
+            DeployMode::Global => ServiceMode::Global,
+        },
+        task: TaskSpec {
+            container,
+            resources,
+            restart_policy: deploy.restart_policy.clone().unwrap_or_default(),
+            placement,
+            force_update: 0,
+        },
+        update_config: deploy.update_config.clone().unwrap_or_default(),
+        rollback_config: deploy.rollback_config.clone().unwrap_or_default(),
+        endpoint: EndpointSpec { mode: deploy.endpoint_mode.unwrap_or_default(), ports: service.ports.clone() },
+    };
+    spec.validate().map_err(|e| validation_error(short, &e, locations))?;
+    Ok(spec)
+}
+
+fn amounts(
+    short: &str,
+    which: &str,
+    amounts: Option<&crate::model::ResourceAmounts>,
+    locations: &BTreeMap<String, Location>,
+) -> Result<ResourceAmounts, ComposeError> {
+    let Some(amounts) = amounts else { return Ok(ResourceAmounts::default()) };
+    let nano_cpus = match &amounts.cpus {
+        Some(cpus) => parse_nano_cpus(cpus).map_err(|e| {
+            let path = format!("services.{short}.deploy.resources.{which}.cpus");
+            ComposeError::invalid(find_location(locations, &path), path, e.to_string())
+        })?,
+        None => 0,
+    };
+    Ok(ResourceAmounts { nano_cpus, memory_bytes: amounts.memory.unwrap_or(0), pids: amounts.pids.unwrap_or(0) })
+}
+
+/// Maps a `ServiceSpec::validate` field (`task.resources.limits.memory_bytes`) back to the
+/// compose key it came from (`services.web.deploy.resources.limits.memory`).
+pub(crate) fn compose_path(short: &str, field: &str) -> String {
+    const PREFIXES: &[(&str, &str)] = &[
+        ("task.container.healthcheck", "healthcheck"),
+        ("task.container.image", "image"),
+        ("task.container.env", "environment"),
+        ("task.container.labels", "labels"),
+        ("task.container.workdir", "working_dir"),
+        ("task.container.command", "entrypoint"),
+        ("task.container.args", "command"),
+        ("task.container", ""),
+        ("task.resources", "deploy.resources"),
+        ("task.placement", "deploy.placement"),
+        ("task.restart_policy", "deploy.restart_policy"),
+        ("update_config", "deploy.update_config"),
+        ("rollback_config", "deploy.rollback_config"),
+        ("endpoint.mode", "deploy.endpoint_mode"),
+        ("endpoint", "ports"),
+        ("labels", "deploy.labels"),
+        ("mode", "deploy.mode"),
+        ("name", ""),
+    ];
+    let service = join("services", short);
+    if field.starts_with("endpoint.ports") {
+        return join(&service, "ports");
+    }
+    let mapped = PREFIXES.iter().find_map(|(prefix, replacement)| {
+        let rest = field.strip_prefix(prefix)?;
+        (rest.is_empty() || rest.starts_with('.')).then(|| format!("{replacement}{rest}"))
+    });
+    let Some(mapped) = mapped else { return service };
+    let mapped = mapped.trim_start_matches('.').replace(".nano_cpus", ".cpus").replace(".memory_bytes", ".memory");
+    if mapped.is_empty() { service } else { join(&service, &mapped) }
+}
+
+/// The location recorded for `path`, or for its closest ancestor.
+pub(crate) fn find_location(locations: &BTreeMap<String, Location>, path: &str) -> Option<Location> {
+    let mut path = path;
+    loop {
+        if let Some(location) = locations.get(path) {
+            return Some(location.clone());
+        }
+        path = &path[..path.rfind(['.', '['])?];
+    }
+}
+
+fn validation_error(short: &str, err: &ValidationError, locations: &BTreeMap<String, Location>) -> ComposeError {
+    let path = compose_path(short, &err.field);
+    ComposeError::invalid(find_location(locations, &path), path, err.message.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_spec_fields_to_compose_keys() {
+        let cases = [
+            ("name", "services.web"),
+            ("labels", "services.web.deploy.labels"),
+            ("task.container.image", "services.web.image"),
+            ("task.container.env", "services.web.environment"),
+            ("task.container.labels", "services.web.labels"),
+            ("task.container.stop_signal", "services.web.stop_signal"),
+            ("task.container.healthcheck.test", "services.web.healthcheck.test"),
+            ("task.resources.limits.nano_cpus", "services.web.deploy.resources.limits.cpus"),
+            ("task.resources.reservations.memory_bytes", "services.web.deploy.resources.reservations.memory"),
+            ("task.resources.reservations.pids", "services.web.deploy.resources.reservations.pids"),
+            ("task.placement.max_replicas_per_node", "services.web.deploy.placement.max_replicas_per_node"),
+            ("update_config.max_failure_ratio", "services.web.deploy.update_config.max_failure_ratio"),
+            ("rollback_config.failure_action", "services.web.deploy.rollback_config.failure_action"),
+            ("endpoint.ports.published", "services.web.ports"),
+            ("something.else", "services.web"),
+        ];
+        for (field, path) in cases {
+            assert_eq!(compose_path("web", field), path, "{field}");
+        }
+    }
+
+    #[test]
+    fn finds_the_nearest_recorded_location() {
+        let here = Location { file: "s.yml".into(), line: 3, column: 5 };
+        let locations = BTreeMap::from([("services.web.ports".to_string(), here.clone())]);
+        assert_eq!(find_location(&locations, "services.web.ports.published"), Some(here.clone()));
+        assert_eq!(find_location(&locations, "services.web.ports[1]"), Some(here));
+        assert_eq!(find_location(&locations, "services.db"), None);
+    }
+}

@@ -1,0 +1,134 @@
+//! The normalised stack model: what is left after merging the files, interpolating variables,
+//! resolving short syntaxes (ports, `command` strings, list-form `environment`/`labels`,
+//! `env_file`, legacy `restart:`) and applying compose's defaults. It serialises (in a fixed key
+//! order) to the YAML that `docker stack config` would print.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use shoal_types::{
+    Constraint, EndpointMode, GoDuration, HealthConfig, Labels, PortConfig, RestartPolicy, UpdateConfig,
+};
+
+/// A whole stack: every service by its short (unprefixed) name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StackFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub services: BTreeMap<String, Service>,
+}
+
+/// One compose service, normalised.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Service {
+    pub image: String,
+    /// Overrides the image's entrypoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Overrides the image's CMD.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// `env_file` entries overlaid by `environment`, sorted by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    /// Container labels (the service-level `labels:` key).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    /// Ports in long syntax, ranges expanded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    pub deploy: Deploy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployMode {
+    #[default]
+    Replicated,
+    Global,
+}
+
+/// The `deploy:` block.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Deploy {
+    pub mode: DeployMode,
+    /// Always set for replicated services (1 when omitted); never for global ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
+    /// Service labels.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    /// Present when the file has the block (with compose's defaults filled in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_config: Option<UpdateConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_config: Option<UpdateConfig>,
+    /// From `deploy.restart_policy`, or else from the legacy service-level `restart:` key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(skip_serializing_if = "DeployPlacement::is_empty")]
+    pub placement: DeployPlacement,
+    #[serde(skip_serializing_if = "DeployResources::is_empty")]
+    pub resources: DeployResources,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_mode: Option<EndpointMode>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeployPlacement {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<SpreadPreference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u64>,
+}
+
+impl DeployPlacement {
+    pub fn is_empty(&self) -> bool {
+        *self == DeployPlacement::default()
+    }
+}
+
+/// `{spread: node.labels.zone}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SpreadPreference {
+    pub spread: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeployResources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceAmounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<ResourceAmounts>,
+}
+
+impl DeployResources {
+    pub fn is_empty(&self) -> bool {
+        *self == DeployResources::default()
+    }
+}
+
+/// `cpus` as a decimal string (`"0.5"`), `memory` in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ResourceAmounts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}

@@ -1,0 +1,433 @@
+//! compose → ServiceSpec, key by key; loading from disk (`.env`, `env_file`); merging; warnings;
+//! stack names.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use shoal_compose::{ComposeError, Loaded, NAMESPACE_LABEL, load, load_str, load_with, validate_stack_name};
+use shoal_types::{
+    Constraint, EndpointMode, FailureAction, GoDuration, HealthConfig, PlacementPreference, PortConfig, PortProtocol,
+    PublishMode, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+};
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn load_one(yaml: &str) -> Result<Loaded, ComposeError> {
+    load_str("app", &[("stack.yml".to_string(), yaml.to_string())], &env(&[("FROM_SHELL", "shell")]), None)
+}
+
+/// The spec of service `web` from a stack whose `web` service has the given body (indented
+/// four spaces under `services: web:`).
+fn web(body: &str) -> ServiceSpec {
+    let yaml = format!("services:\n  web:\n    image: shoal/busybox:1\n{}", indent(body));
+    let loaded = load_one(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    loaded.services["web"].clone()
+}
+
+fn web_err(body: &str) -> String {
+    let yaml = format!("services:\n  web:\n    image: shoal/busybox:1\n{}", indent(body));
+    load_one(&yaml).map(|l| l.normalized_yaml).unwrap_err().to_string()
+}
+
+fn indent(body: &str) -> String {
+    body.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+fn secs(s: u64) -> GoDuration {
+    GoDuration::from_secs(s)
+}
+
+#[test]
+fn names_and_namespace_labels() {
+    let spec = web("");
+    assert_eq!(spec.name, "app_web");
+    assert_eq!(spec.labels, BTreeMap::from([(NAMESPACE_LABEL.to_string(), "app".to_string())]));
+    assert_eq!(spec.task.container.labels[NAMESPACE_LABEL], "app");
+    assert_eq!(spec.task.container.image, "shoal/busybox:1");
+    // Everything else is at Swarm's defaults.
+    let mut expected = ServiceSpec::new("app_web", "shoal/busybox:1");
+    expected.labels = spec.labels.clone();
+    expected.task.container.labels = spec.task.container.labels.clone();
+    assert_eq!(spec, expected);
+    // A user cannot take the namespace label over.
+    let spec =
+        web("labels: {com.docker.stack.namespace: other}\ndeploy:\n  labels: {com.docker.stack.namespace: other}");
+    assert_eq!(spec.labels[NAMESPACE_LABEL], "app");
+    assert_eq!(spec.task.container.labels[NAMESPACE_LABEL], "app");
+}
+
+#[test]
+fn command_and_entrypoint() {
+    let spec = web("entrypoint: [\"/bin/sh\", \"-c\"]\ncommand: echo 'hello world' \"a b\"");
+    assert_eq!(spec.task.container.command, ["/bin/sh", "-c"]);
+    assert_eq!(spec.task.container.args, ["echo", "hello world", "a b"]);
+    let spec = web("entrypoint: /entry.sh --flag\ncommand: [sleep, 10]");
+    assert_eq!(spec.task.container.command, ["/entry.sh", "--flag"]);
+    assert_eq!(spec.task.container.args, ["sleep", "10"]);
+}
+
+#[test]
+fn environment_in_both_forms() {
+    let list = web("environment:\n  - B=2\n  - A=1\n  - EMPTY=\n  - WITH_EQ=x=y\n  - FROM_SHELL\n  - UNSET_BARE");
+    assert_eq!(list.task.container.env, ["A=1", "B=2", "EMPTY=", "FROM_SHELL=shell", "WITH_EQ=x=y"]);
+    let map = web("environment:\n  B: 2\n  A: 1\n  EMPTY: \"\"\n  WITH_EQ: x=y\n  FROM_SHELL:\n  UNSET_BARE:");
+    assert_eq!(map.task.container.env, list.task.container.env);
+    let typed = web("environment:\n  BOOL: true\n  FLOAT: 1.10\n  OCTAL: 0755\n  YES: yes");
+    assert_eq!(typed.task.container.env, ["BOOL=true", "FLOAT=1.10", "OCTAL=0755", "YES=yes"]);
+}
+
+#[test]
+fn env_file_then_environment() {
+    let yaml = "services:\n  web:\n    image: shoal/busybox:1\n    env_file:\n      - conf/common.env\n      - path: conf/optional.env\n        required: false\n    environment:\n      - OVERRIDE=environment\n";
+    let files = BTreeMap::from([(
+        PathBuf::from("deploy/conf/common.env"),
+        "COMMON=1\nOVERRIDE=file\nFROM_SHELL\nNOT_IN_SHELL\n".to_string(),
+    )]);
+    let mut read =
+        |path: &Path| files.get(path).cloned().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"));
+    let loaded = load_with(
+        "app",
+        &[("deploy/stack.yml".to_string(), yaml.to_string())],
+        &env(&[("FROM_SHELL", "shell")]),
+        None,
+        &mut read,
+    )
+    .unwrap();
+    assert_eq!(loaded.services["web"].task.container.env, ["COMMON=1", "FROM_SHELL=shell", "OVERRIDE=environment"]);
+
+    let missing = "services:\n  web:\n    image: shoal/busybox:1\n    env_file: nope.env\n";
+    let err = load_with("app", &[("stack.yml".into(), missing.into())], &BTreeMap::new(), None, &mut read).unwrap_err();
+    assert_eq!(err.to_string(), "stack.yml:4:15: services.web.env_file: cannot read nope.env: no such file");
+}
+
+#[test]
+fn container_labels_and_service_labels() {
+    let spec = web("labels:\n  - a=1\n  - flag\ndeploy:\n  labels:\n    - svc=yes");
+    assert_eq!(spec.task.container.labels["a"], "1");
+    assert_eq!(spec.task.container.labels["flag"], "");
+    assert!(!spec.task.container.labels.contains_key("svc"));
+    assert_eq!(spec.labels["svc"], "yes");
+    assert!(!spec.labels.contains_key("a"));
+    let map = web("labels: {a: 1, flag: \"\"}\ndeploy:\n  labels: {svc: \"yes\"}");
+    assert_eq!((map.labels, map.task.container.labels), (spec.labels, spec.task.container.labels));
+}
+
+#[test]
+fn ports() {
+    let spec = web(
+        "ports:\n  - \"8080:80\"\n  - \"80\"\n  - \"5353:53/udp\"\n  - target: 443\n    published: 8443\n    protocol: tcp\n    mode: host",
+    );
+    let port = |target, published, protocol, mode| PortConfig { target, published, protocol, mode };
+    assert_eq!(
+        spec.endpoint.ports,
+        [
+            port(80, 8080, PortProtocol::Tcp, PublishMode::Ingress),
+            port(80, 0, PortProtocol::Tcp, PublishMode::Ingress),
+            port(53, 5353, PortProtocol::Udp, PublishMode::Ingress),
+            port(443, 8443, PortProtocol::Tcp, PublishMode::Host),
+        ]
+    );
+}
+
+#[test]
+fn healthcheck() {
+    let spec = web(
+        "healthcheck:\n  test: [\"CMD\", \"true\"]\n  interval: 10s\n  timeout: 3s\n  retries: 4\n  start_period: 1m",
+    );
+    assert_eq!(
+        spec.task.container.healthcheck,
+        Some(HealthConfig {
+            test: vec!["CMD".into(), "true".into()],
+            interval: secs(10),
+            timeout: secs(3),
+            retries: 4,
+            start_period: secs(60),
+        })
+    );
+    let shell = web("healthcheck:\n  test: curl -f http://localhost/ || exit 1");
+    assert_eq!(shell.task.container.healthcheck.unwrap().test, ["CMD-SHELL", "curl -f http://localhost/ || exit 1"]);
+    let disabled = web("healthcheck:\n  disable: true");
+    assert_eq!(disabled.task.container.healthcheck.unwrap().test, ["NONE"]);
+}
+
+#[test]
+fn container_settings() {
+    let spec = web(
+        "stop_grace_period: 1m30s\nstop_signal: SIGQUIT\nhostname: web-{{.Task.Slot}}\nuser: \"1000\"\nworking_dir: /srv",
+    );
+    let c = &spec.task.container;
+    assert_eq!(c.stop_grace_period, secs(90));
+    assert_eq!(c.stop_signal.as_deref(), Some("SIGQUIT"));
+    assert_eq!(c.hostname.as_deref(), Some("web-{{.Task.Slot}}"));
+    assert_eq!(c.user.as_deref(), Some("1000"));
+    assert_eq!(c.workdir.as_deref(), Some("/srv"));
+    assert_eq!(web("user: 1000").task.container.user.as_deref(), Some("1000"));
+}
+
+#[test]
+fn deploy_mode_and_replicas() {
+    assert_eq!(web("").mode, ServiceMode::Replicated { replicas: 1 });
+    assert_eq!(web("deploy:\n  replicas: 5").mode, ServiceMode::Replicated { replicas: 5 });
+    assert_eq!(web("deploy:\n  replicas: \"5\"").mode, ServiceMode::Replicated { replicas: 5 });
+    assert_eq!(web("deploy:\n  replicas: 0").mode, ServiceMode::Replicated { replicas: 0 });
+    assert_eq!(web("deploy:\n  mode: replicated").mode, ServiceMode::Replicated { replicas: 1 });
+    assert_eq!(web("deploy:\n  mode: global").mode, ServiceMode::Global);
+}
+
+#[test]
+fn update_and_rollback_config() {
+    // Without the block: Swarm's defaults.
+    assert_eq!(web("").update_config, UpdateConfig::default());
+    // A present block: parallelism 1 unless given, monitor 0 → 5s (swarm-semantics §2.9).
+    let spec = web("deploy:\n  update_config:\n    delay: 2s\n    monitor: 0s");
+    assert_eq!(spec.update_config, UpdateConfig { delay: secs(2), ..UpdateConfig::default() });
+    let spec = web(
+        "deploy:\n  update_config:\n    parallelism: 3\n    delay: 1s\n    failure_action: rollback\n    monitor: 20s\n    max_failure_ratio: 0.5\n    order: start-first\n  rollback_config:\n    parallelism: 0\n    failure_action: continue\n    order: stop-first",
+    );
+    assert_eq!(
+        spec.update_config,
+        UpdateConfig {
+            parallelism: 3,
+            delay: secs(1),
+            failure_action: FailureAction::Rollback,
+            monitor: secs(20),
+            max_failure_ratio: 0.5,
+            order: UpdateOrder::StartFirst,
+        }
+    );
+    assert_eq!(
+        spec.rollback_config,
+        UpdateConfig { parallelism: 0, failure_action: FailureAction::Continue, ..UpdateConfig::default() }
+    );
+}
+
+#[test]
+fn restart_policy() {
+    let spec = web(
+        "deploy:\n  restart_policy:\n    condition: on-failure\n    delay: 10s\n    max_attempts: 3\n    window: 1m",
+    );
+    assert_eq!(
+        spec.task.restart_policy,
+        RestartPolicy { condition: RestartCondition::OnFailure, delay: secs(10), max_attempts: 3, window: secs(60) }
+    );
+    let spec = web("deploy:\n  restart_policy:\n    condition: none");
+    assert_eq!(
+        spec.task.restart_policy,
+        RestartPolicy { condition: RestartCondition::None, ..RestartPolicy::default() }
+    );
+}
+
+#[test]
+fn legacy_restart_key() {
+    let policy = |body: &str| web(body).task.restart_policy;
+    let any = RestartPolicy::default();
+    let on_failure =
+        |n| RestartPolicy { condition: RestartCondition::OnFailure, max_attempts: n, ..RestartPolicy::default() };
+    assert_eq!(policy("restart: always"), any);
+    assert_eq!(policy("restart: unless-stopped"), any);
+    assert_eq!(policy("restart: on-failure"), on_failure(0));
+    assert_eq!(policy("restart: on-failure:3"), on_failure(3));
+    assert_eq!(policy("restart: \"no\""), any, "\"no\" leaves Swarm's default, any");
+    assert_eq!(policy("restart: no"), any);
+    // deploy.restart_policy wins, with a warning.
+    let yaml = "services:\n  web:\n    image: shoal/busybox:1\n    restart: on-failure:3\n    deploy:\n      restart_policy:\n        condition: none\n";
+    let loaded = load_one(yaml).unwrap();
+    assert_eq!(loaded.services["web"].task.restart_policy.condition, RestartCondition::None);
+    assert_eq!(loaded.warnings, ["services.web.restart: ignored because services.web.deploy.restart_policy is set"]);
+}
+
+#[test]
+fn placement() {
+    let spec = web(
+        "deploy:\n  placement:\n    constraints:\n      - node.role == manager\n      - node.labels.disk != hdd\n    preferences:\n      - spread: node.labels.zone\n      - spread: node.labels.rack\n    max_replicas_per_node: 1",
+    );
+    let p = &spec.task.placement;
+    assert_eq!(
+        p.constraints,
+        [Constraint::parse("node.role==manager").unwrap(), Constraint::parse("node.labels.disk!=hdd").unwrap()]
+    );
+    assert_eq!(
+        p.preferences,
+        [
+            PlacementPreference { spread: "node.labels.zone".into() },
+            PlacementPreference { spread: "node.labels.rack".into() }
+        ]
+    );
+    assert_eq!(p.max_replicas_per_node, 1);
+}
+
+#[test]
+fn resources() {
+    let spec = web(
+        "deploy:\n  resources:\n    limits:\n      cpus: \"0.5\"\n      memory: 1G\n      pids: 64\n    reservations:\n      cpus: 0.25\n      memory: 67108864",
+    );
+    let r = &spec.task.resources;
+    assert_eq!((r.limits.nano_cpus, r.limits.memory_bytes, r.limits.pids), (500_000_000, 1 << 30, 64));
+    assert_eq!((r.reservations.nano_cpus, r.reservations.memory_bytes), (250_000_000, 64 << 20));
+    let spec = web("deploy:\n  resources:\n    limits:\n      cpus: 2\n      memory: 128Mi");
+    assert_eq!(
+        (spec.task.resources.limits.nano_cpus, spec.task.resources.limits.memory_bytes),
+        (2_000_000_000, 128 << 20)
+    );
+}
+
+#[test]
+fn endpoint_mode() {
+    assert_eq!(web("").endpoint.mode, EndpointMode::Vip);
+    assert_eq!(web("deploy:\n  endpoint_mode: dnsrr").endpoint.mode, EndpointMode::Dnsrr);
+    assert_eq!(web("deploy:\n  endpoint_mode: vip").endpoint.mode, EndpointMode::Vip);
+}
+
+#[test]
+fn every_spec_passes_validation() {
+    let spec = web("deploy:\n  replicas: 2");
+    spec.validate().unwrap();
+}
+
+#[test]
+fn value_errors_name_file_line_column_and_key() {
+    assert_eq!(
+        web_err("deploy:\n  replicas: three"),
+        "stack.yml:5:17: services.web.deploy.replicas: invalid type: string \"three\", expected an integer"
+    );
+    assert_eq!(
+        web_err("deploy:\n  update_config:\n    order: sideways"),
+        "stack.yml:6:16: services.web.deploy.update_config.order: unknown order \"sideways\" (allowed: stop-first, start-first)"
+    );
+    assert_eq!(
+        web_err("stop_grace_period: -1s"),
+        "stack.yml:4:24: services.web.stop_grace_period: invalid duration \"-1s\": cannot be negative"
+    );
+    assert_eq!(web_err("imagee: x"), "stack.yml:4:5: services.web.imagee: unknown key (did you mean \"image\"?)");
+}
+
+#[test]
+fn unsupported_keys_are_warnings() {
+    let yaml = "services:\n  web:\n    image: shoal/busybox:1\n    volumes: [\"/data:/data\"]\n    networks: [front]\n    x-custom: 1\nnetworks:\n  front:\nx-top: {a: 1}\n";
+    let loaded = load_one(yaml).unwrap();
+    assert_eq!(
+        loaded.warnings,
+        [
+            "networks: not supported by shoal; ignored",
+            "services.web.volumes: not supported by shoal; ignored",
+            "services.web.networks: not supported by shoal; ignored",
+        ]
+    );
+}
+
+#[test]
+fn merge_of_two_files() {
+    let base = "services:\n  web:\n    image: shoal/busybox:1\n    environment: [A=1, B=1]\n    ports: [\"8080:80\", \"8443:443\"]\n    deploy:\n      replicas: 2\n      update_config: {parallelism: 2}\n";
+    let over = "services:\n  web:\n    image: shoal/busybox:2\n    environment: {B: 2}\n    ports: [\"9090:80\"]\n    deploy:\n      update_config: {order: start-first}\n  extra:\n    image: shoal/busybox:1\n";
+    let sources = [("a.yml".to_string(), base.to_string()), ("b.yml".to_string(), over.to_string())];
+    let loaded = load_str("app", &sources, &BTreeMap::new(), None).unwrap();
+    let web = &loaded.services["web"];
+    assert_eq!(web.task.container.image, "shoal/busybox:2", "scalars: later wins");
+    assert_eq!(web.task.container.env, ["A=1", "B=2"], "environment merges per variable");
+    assert_eq!(web.endpoint.ports.len(), 1, "lists: later replaces");
+    assert_eq!(web.endpoint.ports[0].published, 9090);
+    assert_eq!(web.mode, ServiceMode::Replicated { replicas: 2 }, "untouched keys stay");
+    assert_eq!((web.update_config.parallelism, web.update_config.order), (2, UpdateOrder::StartFirst));
+    assert!(loaded.services.contains_key("extra"));
+
+    // Errors point into the file the value came from.
+    let bad = "services:\n  web:\n    deploy:\n      replicas: lots\n";
+    let sources = [("a.yml".to_string(), base.to_string()), ("b.yml".to_string(), bad.to_string())];
+    let err = load_str("app", &sources, &BTreeMap::new(), None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "b.yml:4:17: services.web.deploy.replicas: invalid type: string \"lots\", expected an integer"
+    );
+}
+
+#[test]
+fn interpolation_environment_and_dotenv() {
+    let yaml =
+        "services:\n  web:\n    image: shoal/busybox:${TAG}\n    environment:\n      - ONLY_DOTENV=${ONLY_DOTENV}\n";
+    let sources = [("stack.yml".to_string(), yaml.to_string())];
+    let dotenv = "TAG=from-dotenv\nONLY_DOTENV=dot\n";
+    let loaded = load_str("app", &sources, &env(&[("TAG", "from-shell")]), Some(dotenv)).unwrap();
+    assert_eq!(loaded.services["web"].task.container.image, "shoal/busybox:from-shell", "the environment wins");
+    assert_eq!(loaded.services["web"].task.container.env, ["ONLY_DOTENV=dot"]);
+    let loaded = load_str("app", &sources, &BTreeMap::new(), Some(dotenv)).unwrap();
+    assert_eq!(loaded.services["web"].task.container.image, "shoal/busybox:from-dotenv");
+
+    let err = load_str("app", &sources, &BTreeMap::new(), Some("TAG=1\n2BAD=x\n")).unwrap_err();
+    assert_eq!(err.to_string(), ".env:2:1: invalid variable name \"2BAD\" (expected KEY=VALUE)");
+
+    let loaded = load_str("app", &sources, &env(&[("ONLY_DOTENV", "x")]), None).unwrap();
+    assert_eq!(loaded.services["web"].task.container.image, "shoal/busybox:");
+    assert_eq!(loaded.warnings, ["services.web.image: variable TAG is not set; substituting an empty string"]);
+
+    let required = "services:\n  web:\n    image: shoal/busybox:${TAG?tag is required}\n";
+    let err = load_str("app", &[("stack.yml".into(), required.into())], &BTreeMap::new(), None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stack.yml:3:12: services.web.image: required variable TAG is missing a value: tag is required"
+    );
+}
+
+#[test]
+fn load_reads_files_dotenv_and_env_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/dotenv");
+    let files = [dir.join("stack.yml")];
+    let loaded = load("app", &files, &env(&[("BARE_FROM_SHELL", "shell")])).unwrap();
+    let web = &loaded.services["web"];
+    assert_eq!(web.task.container.image, "shoal/busybox:from-dotenv");
+    assert_eq!(
+        web.task.container.env,
+        ["BARE_FROM_SHELL=shell", "DOTENV_VALUE=dot value", "FROM_FILE=1", "OVERRIDDEN=by-environment"]
+    );
+    let loaded = load("app", &files, &env(&[("TAG", "shell")])).unwrap();
+    assert_eq!(loaded.services["web"].task.container.image, "shoal/busybox:shell", "process env wins over .env");
+
+    let err = load("app", &[dir.join("missing-env-file.yml")], &BTreeMap::new()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("missing-env-file.yml:4:15: services.web.env_file: cannot read "), "{text}");
+    assert!(text.contains("missing.env"), "{text}");
+}
+
+#[test]
+fn missing_files() {
+    let err = load("app", &[PathBuf::from("/nonexistent/stack.yml")], &BTreeMap::new()).unwrap_err();
+    assert!(matches!(err, ComposeError::Read { .. }));
+    assert!(err.to_string().starts_with("/nonexistent/stack.yml: cannot read: "), "{err}");
+    assert!(matches!(load("app", &[], &BTreeMap::new()), Err(ComposeError::NoFiles)));
+    assert!(matches!(load_str("app", &[], &BTreeMap::new(), None), Err(ComposeError::NoFiles)));
+}
+
+#[test]
+fn stack_names() {
+    for good in ["app", "my-stack", "my_stack", "A1", &"s".repeat(61)] {
+        validate_stack_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    for bad in ["", "-app", "_app", "my stack", "a/b", "a.b", "ünï", &"s".repeat(62)] {
+        assert!(validate_stack_name(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(
+        validate_stack_name("my stack").unwrap_err().to_string(),
+        "invalid stack name \"my stack\": use letters, digits, '_', '.' and '-', starting with a letter or digit"
+    );
+    let err = load_str("a.b", &[("s.yml".into(), "services: {web: {image: x}}".into())], &BTreeMap::new(), None);
+    assert!(matches!(err, Err(ComposeError::StackName { .. })));
+    // A long stack name plus a long service name can still overflow 63 characters.
+    let yaml = format!("services:\n  {}:\n    image: x\n", "w".repeat(40));
+    let err = load_str(&"s".repeat(30), &[("s.yml".into(), yaml)], &BTreeMap::new(), None).unwrap_err();
+    assert!(err.to_string().starts_with("s.yml:2:3: services.wwww"), "{err}");
+    assert!(err.to_string().contains("at most 63 characters"), "{err}");
+}
+
+#[test]
+fn normalized_yaml_is_deterministic_and_reloadable() {
+    let yaml = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/full.yml")).unwrap();
+    let vars = env(&[("TAG", "1"), ("REPLICAS", "2")]);
+    let first = load_str("app", &[("full.yml".into(), yaml.clone())], &vars, None).unwrap();
+    let second = load_str("app", &[("full.yml".into(), yaml)], &vars, None).unwrap();
+    assert_eq!(first.normalized_yaml, second.normalized_yaml);
+    // The normalised form loads to the same services.
+    let again = load_str("app", &[("n.yml".into(), first.normalized_yaml.clone())], &BTreeMap::new(), None).unwrap();
+    assert_eq!(again.services, first.services);
+}
