@@ -428,3 +428,17 @@ pub async fn wait_applied(addr: &str, index: u64, timeout: Duration) -> Result<C
         }
     }
 }
+
+impl ManagerProc {
+    /// The process id while the manager runs (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl AgentProc {
+    /// The process id while the agent runs (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}

@@ -12,6 +12,9 @@ use shoal_types::{NodeState, PublishMode, TaskState};
 
 use crate::{Manager, now_millis};
 
+/// Actions per raft entry when the control loop writes a large pass.
+const MAX_ACTIONS_PER_ENTRY: usize = 200;
+
 /// Failures of one service version on one node that make the scheduler avoid the node (Swarm).
 const FAULTY_WINDOW_MS: u64 = 5 * 60_000;
 
@@ -58,14 +61,21 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
         };
         let wakeup = next;
         if !actions.is_empty() {
-            match manager.propose(actions).await {
-                Ok(_) => continue,
-                Err(e) => {
+            // The loop's actions are independent (each is stale-tolerant), so a large pass — a
+            // service of thousands of replicas — goes into the log as several entries, each well
+            // under the entry size limit (Swarm splits its batches at 200 changes too).
+            let mut failed = false;
+            for chunk in actions.chunks(MAX_ACTIONS_PER_ENTRY) {
+                if let Err(e) = manager.propose(chunk.to_vec()).await {
                     tracing::warn!(error = %e, "control loop proposal failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    failed = true;
+                    break;
                 }
             }
+            if failed {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            continue;
         }
         let sleep = wakeup.map(|at| Duration::from_millis(at.saturating_sub(now_millis()).max(1))).unwrap_or(Duration::from_secs(5));
         tokio::select! {

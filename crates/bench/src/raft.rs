@@ -1,0 +1,146 @@
+//! Raft scenarios: commit throughput and latency, leader failover.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use shoal_proto::v1::CreateServiceRequest;
+use shoal_tests::{Cluster, connect};
+use shoal_types::ServiceSpec;
+use tokio::time::Instant;
+
+use crate::report::{Figure, Report, percentile};
+
+fn spec(name: &str) -> String {
+    serde_json::to_string(&ServiceSpec::new(name, "shoal/busybox:1")).expect("spec serialises")
+}
+
+/// Sequential and pipelined commits through the leader of a 3-manager cluster.
+pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let addr = cluster.managers[leader].addr.clone();
+
+    let sequential = if quick { 200 } else { 3000 };
+    let mut client = connect(&addr).await?;
+    let mut latencies = Vec::with_capacity(sequential);
+    let started = Instant::now();
+    for i in 0..sequential {
+        let t = Instant::now();
+        client.create_service(CreateServiceRequest { spec_json: spec(&format!("seq-{i}")) }).await?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let scenario = "raft commits, 3 managers, 1 sequential client";
+    report.push(
+        Figure::new(scenario, "throughput", sequential as f64 / elapsed, "commits/s")
+            .target(">= 1000 commits/s")
+            .samples(sequential),
+    );
+    report.push(
+        Figure::new(scenario, "latency p50", percentile(&latencies, 50.0), "ms").target("<= 1 ms").samples(sequential),
+    );
+    report.push(Figure::new(scenario, "latency p99", percentile(&latencies, 99.0), "ms").samples(sequential));
+
+    let total = if quick { 2000 } else { 30_000 };
+    let in_flight = 256;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..in_flight {
+        let (next, mut client) = (next.clone(), client.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let t = Instant::now();
+                client.create_service(CreateServiceRequest { spec_json: spec(&format!("par-{i}")) }).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for w in workers {
+        latencies.extend(w.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let scenario = "raft commits, 3 managers, 256 in flight";
+    report.push(
+        Figure::new(scenario, "throughput", total as f64 / elapsed, "commits/s")
+            .target(">= 20000 commits/s")
+            .samples(total),
+    );
+    report.push(Figure::new(scenario, "latency p50", percentile(&latencies, 50.0), "ms").samples(total));
+    report.push(Figure::new(scenario, "latency p99", percentile(&latencies, 99.0), "ms").samples(total));
+    report.how(
+        "raft commits",
+        format!(
+            "3 `shoal-manager` processes on loopback. One client creates {sequential} services one after another \
+             through the leader (each call returns once the entry is committed, fsynced by a quorum and applied), \
+             then 256 concurrent calls create {total} more. Throughput = calls / wall time; latencies per call. \
+             No reference: Swarm's raft is not reachable on its own."
+        ),
+    );
+    let info = shoal_tests::cluster_info(&addr).await?;
+    if info.services != sequential + total {
+        bail!("expected {} services after the run, found {}", sequential + total, info.services);
+    }
+    Ok(())
+}
+
+/// kill -9 of the leader until a write succeeds through another manager.
+pub async fn leader_failover(quick: bool, report: &mut Report) -> Result<()> {
+    let trials = if quick { 3 } else { 20 };
+    let mut cluster = Cluster::start(3).await?;
+    let mut times = Vec::new();
+    for trial in 0..trials {
+        let leader = cluster.leader().await?;
+        let old = cluster.managers[leader].addr.clone();
+        let others: Vec<String> = cluster.running_addrs().into_iter().filter(|a| *a != old).collect();
+        let mut clients = Vec::new();
+        for addr in &others {
+            clients.push(connect(addr).await?);
+        }
+        cluster.managers[leader].kill9();
+        let killed = Instant::now();
+        let mut attempt = 0usize;
+        loop {
+            let n = clients.len();
+            let client = &mut clients[attempt % n];
+            attempt += 1;
+            let request = CreateServiceRequest { spec_json: spec(&format!("failover-{trial}-{attempt}")) };
+            match tokio::time::timeout(Duration::from_millis(500), client.create_service(request)).await {
+                Ok(Ok(_)) => break,
+                _ if killed.elapsed() > Duration::from_secs(30) => {
+                    bail!("no write succeeded within 30s of killing the leader")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        times.push(killed.elapsed().as_secs_f64() * 1e3);
+        cluster.managers[leader].restart()?;
+        let commit = cluster.wait_for(Duration::from_secs(10), |i| i.leader.is_some()).await?.raft.commit;
+        shoal_tests::wait_applied(&old, commit, Duration::from_secs(20))
+            .await
+            .context("restarted manager catching up")?;
+    }
+    report.how(
+        "leader failover",
+        format!(
+            "3 managers; {trials} trials of: SIGKILL the leader, then create a service through the other managers \
+             (500 ms per attempt, round robin) until one succeeds; the time is from the kill to that success. The \
+             killed manager is restarted and caught up before the next trial. Swarm elects after 10 ticks of 1 s \
+             (swarm-semantics §0), not measured here."
+        ),
+    );
+    times.sort_by(f64::total_cmp);
+    let scenario = "leader failover after kill -9 (3 managers; until a write succeeds)";
+    report.push(Figure::new(scenario, "p50", percentile(&times, 50.0), "ms").target("<= 500 ms").samples(trials));
+    report.push(Figure::new(scenario, "p99", percentile(&times, 99.0), "ms").target("<= 1500 ms").samples(trials));
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Rolling updates `shoal/busybox:1` → `shoal/busybox:2`, parallelism 5, delay 0, stop-first and
+//! start-first: shoal, the raw Docker floor and Docker Swarm.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use shoal_tests::{Cluster, connect};
+use shoal_types::{GoDuration, UpdateOrder, UpdateState};
+use tokio::time::Instant;
+
+use crate::Ctx;
+use crate::engine::{Engine, IMAGE_V1, IMAGE_V2, POLL, RAW_LABEL, RawGuard, Swarm, swarm_label};
+use crate::report::{Figure, Kind, Report, median};
+use crate::svc::{self, Client};
+
+const PARALLELISM: usize = 5;
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Clone, Copy)]
+struct Variant {
+    replicas: usize,
+    order: UpdateOrder,
+}
+
+impl Variant {
+    fn batches(self) -> usize {
+        self.replicas.div_ceil(PARALLELISM)
+    }
+}
+
+struct Images {
+    v1: String,
+    v2: String,
+}
+
+pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
+    let n = if ctx.quick { 6 } else { 30 };
+    let trials = if ctx.quick { 1 } else { 3 };
+    let variants = [
+        Variant { replicas: n, order: UpdateOrder::StopFirst },
+        Variant { replicas: n, order: UpdateOrder::StartFirst },
+        Variant { replicas: 1, order: UpdateOrder::StopFirst },
+        Variant { replicas: 1, order: UpdateOrder::StartFirst },
+    ];
+    let engine = Engine::connect().await?;
+    let images = Images { v1: engine.image_id(IMAGE_V1).await?, v2: engine.image_id(IMAGE_V2).await? };
+
+    // Raw Docker floor: (to all v2 running, total including the last stops), per variant and trial.
+    let mut raw: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+    {
+        let _guard = RawGuard;
+        for (i, v) in variants.iter().enumerate() {
+            for _ in 0..trials {
+                raw[i].push(raw_update(&engine, &images, *v).await?);
+            }
+        }
+    }
+
+    // shoal: (to all v2 running, to update completed).
+    let mut shoal: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+    {
+        let mut cluster = Cluster::start(1).await?;
+        cluster.add_agent(&[]).await?;
+        cluster.add_agent(&[]).await?;
+        let addr = cluster.running_addrs()[0].clone();
+        let mut client = connect(&addr).await?;
+        let mut k = 0;
+        for (i, v) in variants.iter().enumerate() {
+            for _ in 0..trials {
+                k += 1;
+                let name = format!("sb-update-{k}");
+                let result = shoal_update(&engine, &mut client, &images, *v, &name).await.with_context(|| {
+                    format!("shoal {} update of {} replicas; logs:\n{}", v.order.as_str(), v.replicas, cluster.logs())
+                })?;
+                shoal[i].push(result);
+            }
+        }
+    }
+
+    // Docker Swarm: to all v2 running.
+    let mut swarm_note = String::new();
+    let swarm: Option<Vec<Vec<f64>>> = match ctx.swarm() {
+        Err(e) => {
+            swarm_note = format!(" **Docker Swarm could not be measured in this run: {e}.**");
+            None
+        }
+        Ok(swarm) => {
+            let mut all = vec![Vec::new(); variants.len()];
+            let mut failure = None;
+            'outer: for (i, v) in variants.iter().enumerate() {
+                for _ in 0..trials {
+                    match swarm_update(&engine, swarm, &images, *v).await {
+                        Ok(t) => all[i].push(t),
+                        Err(e) => {
+                            failure = Some(format!("{e:#}"));
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+            match failure {
+                Some(e) => {
+                    eprintln!("    warning: Docker Swarm: {e}");
+                    swarm_note = format!(" **Docker Swarm failed in this run: {e}.**");
+                    None
+                }
+                None => Some(all),
+            }
+        }
+    };
+    ctx.leave_swarm();
+
+    let mut raw_totals = Vec::new();
+    for (i, v) in variants.iter().enumerate() {
+        let scenario = if v.replicas == 1 {
+            format!("rolling update, 1 replica, {}", v.order.as_str())
+        } else {
+            format!("rolling update, {} replicas, parallelism {PARALLELISM}, {}", v.replicas, v.order.as_str())
+        };
+        let shoal_v2 = median(&shoal[i].iter().map(|r| r.0).collect::<Vec<_>>());
+        let shoal_done = median(&shoal[i].iter().map(|r| r.1).collect::<Vec<_>>());
+        let raw_v2 = median(&raw[i].iter().map(|r| r.0).collect::<Vec<_>>());
+        let raw_total = median(&raw[i].iter().map(|r| r.1).collect::<Vec<_>>());
+        raw_totals.push(format!(
+            "{} {} {:.2} s",
+            if v.replicas == 1 { "1 replica".to_string() } else { format!("{} replicas", v.replicas) },
+            v.order.as_str(),
+            raw_total
+        ));
+        let mut figure = Figure::new(&scenario, "update call → all v2 running", shoal_v2, "s")
+            .reference("raw docker", raw_v2, Kind::Measured)
+            .target("<= 1.15× raw docker; <= 0.5× Docker Swarm")
+            .samples(trials);
+        if let Some(swarm) = &swarm {
+            figure = figure.reference("Docker Swarm", median(&swarm[i]), Kind::Measured);
+        }
+        report.push(figure);
+        report.push(
+            Figure::new(
+                &scenario,
+                "per-batch overhead over raw docker",
+                (shoal_v2 - raw_v2) * 1e3 / v.batches() as f64,
+                "ms",
+            )
+            .target("<= 50 ms")
+            .samples(v.batches()),
+        );
+        report.push(
+            Figure::new(&scenario, "update call → update_status completed (incl. 5 s monitor)", shoal_done, "s")
+                .samples(trials),
+        );
+    }
+    report.how(
+        "rolling update",
+        format!(
+            "N = {n} (and 1) replicas of `{IMAGE_V1}` updated to `{IMAGE_V2}`, parallelism {PARALLELISM}, delay 0, \
+             stop-first and start-first; median of {trials} trial(s) per variant; a fresh service per trial. \
+             **shoal** (1 manager + 2 agents): the service is created with that update config (other fields at \
+             their defaults, so monitor 5 s), all N v1 containers run, then the clock starts before the \
+             `UpdateService` call (spec with the new image, version just read) and \"all v2 running\" is when the \
+             engine lists N running containers of the service with the v2 image id (polled every 25 ms); \"update_status \
+             completed\" is when `GetService` shows `completed`, which includes the final 5 s monitor window, so it is \
+             not comparable. **raw docker** (floor, bollard): N v1 containers run; then batches of {PARALLELISM}, one \
+             after the other; within a batch, for each container in parallel: stop-first = stop the old one \
+             (`docker stop -t 10`) then create+start a v2 one; start-first = create+start v2 then stop the old one. The \
+             figure is the moment the last v2 start returned; the whole run, including the last stops, took: {}. \
+             **Docker Swarm**: the service is created with `--update-parallelism {PARALLELISM} --update-delay 0s \
+             --update-order <order>`, then the clock starts before `docker service update --detach \
+             --no-resolve-image --image {IMAGE_V2} --update-parallelism {PARALLELISM} --update-delay 0s \
+             --update-order <order>` and stops when N running containers labelled \
+             `com.docker.swarm.service.name=sb_update` have the v2 image id, polled like shoal's. Per-batch overhead \
+             = (shoal − raw docker) / ⌈N/{PARALLELISM}⌉ batches. The swarm exists only while Swarm is measured: raw Docker and shoal run on an engine outside swarm mode.{swarm_note}",
+            raw_totals.join(", ")
+        ),
+    );
+    Ok(())
+}
+
+async fn raw_update(engine: &Engine, images: &Images, v: Variant) -> Result<(f64, f64)> {
+    let olds = futures::future::try_join_all((0..v.replicas).map(|_| engine.run(IMAGE_V1))).await?;
+    let started = Instant::now();
+    let mut all_v2 = 0f64;
+    for batch in olds.chunks(PARALLELISM) {
+        let times = futures::future::try_join_all(batch.iter().map(|old| async move {
+            match v.order {
+                UpdateOrder::StopFirst => {
+                    engine.stop(old).await?;
+                    engine.run(IMAGE_V2).await?;
+                    Ok::<_, anyhow::Error>(started.elapsed().as_secs_f64())
+                }
+                UpdateOrder::StartFirst => {
+                    engine.run(IMAGE_V2).await?;
+                    let t = started.elapsed().as_secs_f64();
+                    engine.stop(old).await?;
+                    Ok(t)
+                }
+            }
+        }))
+        .await?;
+        all_v2 = times.into_iter().fold(all_v2, f64::max);
+    }
+    let total = started.elapsed().as_secs_f64();
+    let running = engine.running(RAW_LABEL, Some(&images.v2)).await?;
+    if running != v.replicas {
+        bail!("raw docker: {running} of {} v2 containers run", v.replicas);
+    }
+    engine.remove_all(RAW_LABEL).await?;
+    Ok((all_v2, total))
+}
+
+async fn shoal_update(
+    engine: &Engine,
+    client: &mut Client,
+    images: &Images,
+    v: Variant,
+    name: &str,
+) -> Result<(f64, f64)> {
+    let label = svc::label(name);
+    let mut spec = svc::replicated(name, IMAGE_V1, v.replicas);
+    spec.update_config.parallelism = PARALLELISM as u64;
+    spec.update_config.delay = GoDuration::from_secs(0);
+    spec.update_config.order = v.order;
+    svc::create(client, &spec).await?;
+    engine.wait_running(&label, Some(&images.v1), v.replicas, Instant::now(), TIMEOUT).await?;
+
+    let started = Instant::now();
+    svc::update(client, name, |s| s.task.container.image = IMAGE_V2.into()).await?;
+    let (mut v2_running, mut completed) = (None, None);
+    while v2_running.is_none() || completed.is_none() {
+        if v2_running.is_none() && engine.running(&label, Some(&images.v2)).await? >= v.replicas {
+            v2_running = Some(started.elapsed().as_secs_f64());
+        }
+        if completed.is_none() {
+            let service = svc::get(client, name).await?;
+            if service.update_status.as_ref().is_some_and(|u| u.state == UpdateState::Completed) {
+                completed = Some(started.elapsed().as_secs_f64());
+            }
+        }
+        if started.elapsed() > TIMEOUT {
+            bail!("update not done after {TIMEOUT:?}: v2 running at {v2_running:?}, completed at {completed:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    svc::remove(client, name).await?;
+    if let Err(e) = engine.wait_gone(&label, Duration::from_secs(60)).await {
+        eprintln!("    warning: shoal: {e:#}");
+    }
+    Ok((v2_running.expect("loop ended"), completed.expect("loop ended")))
+}
+
+async fn swarm_update(engine: &Engine, swarm: &mut Swarm, images: &Images, v: Variant) -> Result<f64> {
+    let name = "sb_update";
+    let label = swarm_label(name);
+    let parallelism = PARALLELISM.to_string();
+    let flags = ["--update-parallelism", &parallelism, "--update-delay", "0s", "--update-order", v.order.as_str()];
+    let outcome = async {
+        swarm.create(name, v.replicas, &flags, IMAGE_V1).await?;
+        engine.wait_running(&label, Some(&images.v1), v.replicas, Instant::now(), TIMEOUT).await?;
+        let started = Instant::now();
+        let mut args = vec!["--image", IMAGE_V2];
+        args.extend_from_slice(&flags);
+        swarm.update(name, &args).await?;
+        engine.wait_running(&label, Some(&images.v2), v.replicas, started, TIMEOUT).await
+    }
+    .await;
+    let removed = swarm.remove(engine, name).await;
+    let t = outcome?;
+    removed?;
+    Ok(t)
+}
