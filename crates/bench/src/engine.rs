@@ -181,12 +181,11 @@ impl Swarm {
             "inactive" => {
                 let mut swarm = Swarm { initialised: true, gwbridge_existed, services: Vec::new() };
                 eprintln!("    docker swarm init --advertise-addr 127.0.0.1 (left again at the end)");
-                docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).map_err(|e| {
+                docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).inspect_err(|_| {
                     // Drop leaves whatever half-made swarm there is.
                     swarm.initialised = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
                         .map(|s| s != "inactive")
                         .unwrap_or(true);
-                    e
                 })?;
                 Ok(swarm)
             }
