@@ -8,13 +8,13 @@ use shoal_types::{Node, Service};
 use crate::args::{
     self, Cli, ClusterCommand, Command, CreateArgs, EventFormat, EventsArgs, InfoFormat, InspectArgs, ListArgs,
     ListFormat, NodeCommand, NodeInspectArgs, NodePsArgs, NodeUpdateArgs, PsArgs, RollbackArgs, ScaleArgs,
-    ServiceCommand, TaskListFlags, UpdateArgs,
+    ServiceCommand, StackCommand, TaskListFlags, UpdateArgs,
 };
 use crate::client::Client;
 use crate::error::CliError;
 use crate::output::{PsOptions, ServiceNames};
 use crate::progress::{Operation, wait_for_convergence};
-use crate::{names, output, timefmt};
+use crate::{names, output, stack, timefmt};
 
 /// How many fresh names `service create` tries when a generated name is already taken.
 const GENERATED_NAME_ATTEMPTS: usize = 3;
@@ -31,7 +31,7 @@ pub fn print_error(error: &CliError) {
     let mut stderr = std::io::stderr().lock();
     let _ = match error {
         CliError::Usage(e) => write!(stderr, "{}", e.render()),
-        CliError::Reported => Ok(()),
+        CliError::Reported | CliError::ReportedExit(_) => Ok(()),
         // Not a failure of the command: the user stopped watching.
         CliError::Interrupted => writeln!(stderr, "{error}"),
         other => writeln!(stderr, "Error: {other}"),
@@ -57,6 +57,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(NodeCommand::Ps(args)) => node_ps(host, &args).await,
         Command::Cluster(ClusterCommand::Info(args)) => cluster_info(host, args.format, args.local).await,
         Command::Events(args) => events(host, &args).await,
+        Command::Stack(StackCommand::Deploy(args)) => stack::deploy(host, &args).await,
+        Command::Stack(StackCommand::Ls(args)) => stack::ls(host, &args).await,
+        Command::Stack(StackCommand::Services(args)) => stack::services(host, &args).await,
+        Command::Stack(StackCommand::Ps(args)) => stack::ps(host, &args).await,
+        Command::Stack(StackCommand::Rm(args)) => stack::rm(host, &args.stacks).await,
+        Command::Stack(StackCommand::Config(args)) => stack::config(&args),
     }
 }
 
@@ -222,7 +228,7 @@ async fn cluster_info(host: &str, format: InfoFormat, local: bool) -> Result<(),
 }
 
 /// Prints the tasks `ps` selected, as `flags` ask.
-fn print_tasks(tasks: &[shoal_types::Task], flags: &TaskListFlags, names: &ServiceNames, nodes: &[Node]) {
+pub(crate) fn print_tasks(tasks: &[shoal_types::Task], flags: &TaskListFlags, names: &ServiceNames, nodes: &[Node]) {
     let selected = output::select_tasks(tasks, &flags.filters, names, nodes);
     if flags.quiet {
         print_out(&output::task_ids(&selected, flags.no_trunc));

@@ -78,6 +78,11 @@ pub enum CliError {
     Rollout { end: RolloutEnd, message: String, own_code: bool },
     /// Ctrl-C while waiting for convergence; nothing was changed in the cluster.
     Interrupted,
+    /// One service of several failed (`stack deploy`): `app_web: service update paused: …`,
+    /// with that error's exit code.
+    InService { service: String, error: Box<CliError> },
+    /// Errors were already printed; exit with this code (`stack deploy`: the first failure's).
+    ReportedExit(u8),
 }
 
 impl CliError {
@@ -86,6 +91,8 @@ impl CliError {
             CliError::Usage(e) => u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE),
             CliError::Rollout { end, own_code: true, .. } => end.exit_code(),
             CliError::Interrupted => EXIT_INTERRUPTED,
+            CliError::InService { error, .. } => error.exit_code(),
+            CliError::ReportedExit(code) => *code,
             _ => EXIT_FAILURE,
         }
     }
@@ -130,7 +137,8 @@ impl fmt::Display for CliError {
                 }
             }
             CliError::Message(message) => f.write_str(message),
-            CliError::Reported => f.write_str("errors were reported"),
+            CliError::Reported | CliError::ReportedExit(_) => f.write_str("errors were reported"),
+            CliError::InService { service, error } => write!(f, "{service}: {error}"),
             CliError::Rollout { end, message, .. } => write!(f, "{}: {message}", end.prefix()),
             CliError::Interrupted => f.write_str("stopped waiting; the update continues in the cluster"),
         }
@@ -175,6 +183,9 @@ mod tests {
         assert_eq!((stuck.exit_code(), stuck.to_string().as_str()), (5, "service rollback paused: m"));
         let scale = CliError::Rollout { end: RolloutEnd::UpdatePaused, message: "m".into(), own_code: false };
         assert_eq!(scale.exit_code(), 1);
+        let web = CliError::InService { service: "app_web".into(), error: Box::new(paused) };
+        assert_eq!((web.exit_code(), web.to_string().as_str()), (3, "app_web: service update paused: m"));
+        assert_eq!(CliError::ReportedExit(4).exit_code(), 4);
         assert_eq!(CliError::Interrupted.exit_code(), 130);
         assert_eq!(CliError::Interrupted.to_string(), "stopped waiting; the update continues in the cluster");
     }

@@ -1,5 +1,5 @@
-//! The `shoal` command line: docker-style `service`, `node` and `cluster` commands talking gRPC to
-//! any manager's Control service.
+//! The `shoal` command line: docker-style `service`, `node`, `cluster` and `stack` commands talking
+//! gRPC to any manager's Control service.
 //!
 //! Layout: [`args`] holds the clap definitions and the pure flag → spec conversion, [`output`] the
 //! pure renderers (tables, `--pretty`, `cluster info`), [`client`] the typed gRPC wrapper and
@@ -13,6 +13,7 @@ pub mod error;
 pub mod names;
 pub mod output;
 pub mod progress;
+pub mod stack;
 pub mod timefmt;
 
 pub use args::Cli;

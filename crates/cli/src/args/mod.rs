@@ -6,6 +6,7 @@ pub mod node;
 pub mod parsers;
 pub mod publish;
 pub mod service;
+pub mod stack;
 pub mod tasks;
 pub mod update;
 
@@ -19,6 +20,9 @@ pub use node::{
     ClusterCommand, ClusterInfoArgs, NodeCommand, NodeDemoteArgs, NodeInspectArgs, NodeRmArgs, NodeUpdateArgs,
 };
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
+pub use stack::{
+    StackCommand, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackRmArgs, StackServicesArgs,
+};
 pub use tasks::{NodePsArgs, PsArgs, TaskFilter, TaskListFlags};
 pub use update::{RollbackArgs, ScaleArgs, UpdateArgs};
 
@@ -47,6 +51,9 @@ pub enum Command {
     /// Show cluster-wide information
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Manage stacks (services deployed together from compose-like stack files)
+    #[command(subcommand)]
+    Stack(StackCommand),
     /// Stream changes to services, tasks, nodes and the cluster until interrupted
     Events(EventsArgs),
 }

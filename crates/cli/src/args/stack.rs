@@ -1,0 +1,124 @@
+//! `shoal stack …` arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::ListFormat;
+use super::tasks::TaskListFlags;
+
+/// The stack name `stack config` uses when none is given (it only shows in labels, which the
+/// normalised file does not print).
+pub const DEFAULT_CONFIG_STACK: &str = "stack";
+
+/// What `stack deploy --help` adds after the flags.
+pub const DEPLOY_HELP: &str = "\
+Services are named <stack>_<service> and labelled com.docker.stack.namespace=<stack>. The whole
+file set is loaded and checked first: on any error nothing is created, updated or removed.
+Then each service is created if it does not exist, updated (with its update_config) if its spec
+changed, and left alone if not (\"Service app_web is unchanged\"); --prune removes the stack's
+services that are no longer in the files.
+
+Unlike docker (which detaches by default), shoal waits for every created or updated service to
+converge unless -d is given.
+
+Exit status:
+  0    deployed (and, without -d, every created or updated service converged)
+  1    bad stack file, name conflict, unreachable manager or any other error; a stack file
+       error changes nothing
+  2    usage error
+  3    an update paused after a task failure (\"Error: app_web: service update paused: ...\")
+  4    an update failed and was rolled back automatically
+  5    a rollback paused after a task failure
+  130  interrupted (Ctrl-C) while waiting; the updates continue in the cluster
+When several services fail, each is reported and the first failure's code is used.";
+
+#[derive(Subcommand, Clone, Debug, PartialEq)]
+pub enum StackCommand {
+    /// Deploy a new stack or update an existing stack
+    #[command(visible_alias = "up", after_long_help = DEPLOY_HELP)]
+    Deploy(StackDeployArgs),
+    /// List stacks
+    #[command(visible_alias = "list")]
+    Ls(StackLsArgs),
+    /// List the services in the stack
+    Services(StackServicesArgs),
+    /// List the tasks in the stack
+    Ps(StackPsArgs),
+    /// Remove one or more stacks
+    #[command(visible_aliases = ["remove", "down"])]
+    Rm(StackRmArgs),
+    /// Print the stack file as it would be deployed: merged, interpolated and normalised
+    Config(StackConfigArgs),
+}
+
+/// `shoal stack deploy -c FILE [-c FILE…] [--prune] [-d] [-q] STACK`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct StackDeployArgs {
+    /// Path to a stack file; repeat to merge several (later files override earlier ones)
+    #[arg(short = 'c', long = "compose-file", value_name = "FILE", required = true)]
+    pub compose_files: Vec<PathBuf>,
+    /// Remove the stack's services that are no longer in the stack files
+    #[arg(long)]
+    pub prune: bool,
+    /// Exit immediately instead of waiting for the created or updated services to converge
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Suppress progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Stack name
+    #[arg(value_name = "STACK")]
+    pub stack: String,
+}
+
+/// `shoal stack ls`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct StackLsArgs {
+    /// Output format: a table, or a pretty-printed JSON array of {name, services}
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+/// `shoal stack services [-q] [--format json] STACK`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct StackServicesArgs {
+    /// Only display IDs
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Output format: a table, or a pretty-printed JSON array of the services
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+    /// Stack name
+    #[arg(value_name = "STACK")]
+    pub stack: String,
+}
+
+/// `shoal stack ps [OPTIONS] STACK`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct StackPsArgs {
+    #[command(flatten)]
+    pub list: TaskListFlags,
+    /// Stack name
+    #[arg(value_name = "STACK")]
+    pub stack: String,
+}
+
+/// `shoal stack rm STACK [STACK…]`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct StackRmArgs {
+    /// Stack name
+    #[arg(value_name = "STACK", required = true, num_args = 1..)]
+    pub stacks: Vec<String>,
+}
+
+/// `shoal stack config -c FILE [-c FILE…] [STACK]`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct StackConfigArgs {
+    /// Path to a stack file; repeat to merge several (later files override earlier ones)
+    #[arg(short = 'c', long = "compose-file", value_name = "FILE", required = true)]
+    pub compose_files: Vec<PathBuf>,
+    /// Stack name (checked like deploy's; it does not change the output)
+    #[arg(value_name = "STACK")]
+    pub stack: Option<String>,
+}

@@ -1,0 +1,324 @@
+//! `shoal stack …`: services deployed together from compose-like stack files (shoal-compose).
+//!
+//! A stack is the set of services labelled `com.docker.stack.namespace=<stack>`; its services are
+//! named `<stack>_<service>`. `deploy` plans everything first ([`plan_deploy`], pure) and only
+//! then changes the cluster: a bad file or a name conflict changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use shoal_compose::{Loaded, NAMESPACE_LABEL};
+use shoal_types::{Service, ServiceSpec};
+
+use crate::args::stack::DEFAULT_CONFIG_STACK;
+use crate::args::{ListFormat, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackServicesArgs};
+use crate::client::Client;
+use crate::commands::{print_error, print_out, print_tasks};
+use crate::error::CliError;
+use crate::output::{self, ServiceNames};
+use crate::progress::{Operation, wait_for_convergence};
+
+/// The stack a service belongs to (its namespace label), if any.
+pub fn namespace(service: &Service) -> Option<&str> {
+    service.spec.labels.get(NAMESPACE_LABEL).map(String::as_str)
+}
+
+/// The services of `stack`, sorted by name.
+pub fn stack_services<'a>(services: &'a [Service], stack: &str) -> Vec<&'a Service> {
+    let mut found: Vec<&Service> = services.iter().filter(|s| namespace(s) == Some(stack)).collect();
+    found.sort_by(|a, b| a.spec.name.cmp(&b.spec.name).then_with(|| a.id.cmp(&b.id)));
+    found
+}
+
+/// One row of `stack ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StackSummary {
+    pub name: String,
+    pub services: usize,
+}
+
+/// Every stack that has services, sorted by name.
+pub fn stacks(services: &[Service]) -> Vec<StackSummary> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for stack in services.iter().filter_map(namespace) {
+        *counts.entry(stack).or_default() += 1;
+    }
+    counts.into_iter().map(|(name, services)| StackSummary { name: name.to_string(), services }).collect()
+}
+
+/// `stack ls`: `NAME  SERVICES`.
+pub fn stack_table(stacks: &[StackSummary]) -> String {
+    let rows: Vec<Vec<String>> = stacks.iter().map(|s| vec![s.name.clone(), s.services.to_string()]).collect();
+    output::table(&["NAME", "SERVICES"], &rows)
+}
+
+/// What `deploy` does to one service of the files.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// No service of that name exists.
+    Create(ServiceSpec),
+    /// It exists and its spec differs: replace it, based on the version read.
+    Update { current: Box<Service>, spec: ServiceSpec },
+    /// It exists with this very spec: not touched at all.
+    Unchanged(Box<Service>),
+}
+
+impl Step {
+    pub fn name(&self) -> &str {
+        match self {
+            Step::Create(spec) | Step::Update { spec, .. } => &spec.name,
+            Step::Unchanged(current) => &current.spec.name,
+        }
+    }
+}
+
+/// Everything `deploy` will do, decided before anything changes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeployPlan {
+    /// The stack's services no longer in the files (only with `--prune`), sorted by name.
+    pub remove: Vec<Service>,
+    /// One step per service of the files, sorted by name.
+    pub steps: Vec<Step>,
+}
+
+/// The spec as the manager will store and return it (a JSON round trip), so that comparing it
+/// with a spec read back is not fooled by how a value is represented.
+fn as_stored(spec: &ServiceSpec) -> ServiceSpec {
+    serde_json::to_string(spec).ok().and_then(|json| serde_json::from_str(&json).ok()).unwrap_or_else(|| spec.clone())
+}
+
+/// Decides what `deploy` does, given the services the files define (by short name) and the
+/// services that exist. Refuses, with every problem found, when a service of the stack's name
+/// exists outside the stack (no namespace label, or another stack's) or would change mode.
+///
+/// A service is unchanged when its spec equals the one from the files once `task.force_update`
+/// is carried over from the current spec (a deploy does not undo `service update --force`).
+pub fn plan_deploy(
+    stack: &str,
+    desired: &BTreeMap<String, ServiceSpec>,
+    existing: &[Service],
+    prune: bool,
+) -> Result<DeployPlan, Vec<String>> {
+    let by_name: BTreeMap<&str, &Service> = existing.iter().map(|s| (s.spec.name.as_str(), s)).collect();
+    let mut problems = Vec::new();
+    let mut steps = Vec::new();
+    let mut wanted: Vec<&ServiceSpec> = desired.values().collect();
+    wanted.sort_by(|a, b| a.name.cmp(&b.name));
+    for spec in wanted {
+        let Some(current) = by_name.get(spec.name.as_str()) else {
+            steps.push(Step::Create(spec.clone()));
+            continue;
+        };
+        if namespace(current) != Some(stack) {
+            let owner = match namespace(current) {
+                Some(other) => format!("it belongs to stack {other}"),
+                None => format!("it has no {NAMESPACE_LABEL} label"),
+            };
+            problems.push(format!(
+                "service {} already exists and is not part of stack {stack} ({owner}); remove or rename it, or use another stack name",
+                spec.name
+            ));
+            continue;
+        }
+        if std::mem::discriminant(&current.spec.mode) != std::mem::discriminant(&spec.mode) {
+            problems.push(format!(
+                "service {} cannot change from {} to {} mode: remove it first (shoal service rm {})",
+                spec.name,
+                current.spec.mode.as_str(),
+                spec.mode.as_str(),
+                spec.name
+            ));
+            continue;
+        }
+        let mut spec = as_stored(spec);
+        spec.task.force_update = current.spec.task.force_update;
+        if spec == current.spec {
+            steps.push(Step::Unchanged(Box::new((*current).clone())));
+        } else {
+            steps.push(Step::Update { current: Box::new((*current).clone()), spec });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut remove = Vec::new();
+    if prune {
+        let names: BTreeSet<&str> = desired.values().map(|s| s.name.as_str()).collect();
+        remove = stack_services(existing, stack)
+            .into_iter()
+            .filter(|s| !names.contains(s.spec.name.as_str()))
+            .cloned()
+            .collect();
+    }
+    Ok(DeployPlan { remove, steps })
+}
+
+/// The environment variables of this process that are valid UTF-8 (what `${VAR}` refers to).
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
+}
+
+/// Loads and checks the stack files, printing each warning to stderr as `warning: <text>`.
+fn load(stack: &str, files: &[PathBuf]) -> Result<Loaded, CliError> {
+    let loaded = shoal_compose::load(stack, files, &process_env()).map_err(|e| CliError::Message(e.to_string()))?;
+    let mut stderr = std::io::stderr().lock();
+    for warning in &loaded.warnings {
+        let _ = writeln!(stderr, "warning: {warning}");
+    }
+    Ok(loaded)
+}
+
+/// Prints each problem as `Error: …`; the command then exits 1.
+fn report(problems: Vec<String>) -> CliError {
+    for problem in problems {
+        print_error(&CliError::Message(problem));
+    }
+    CliError::Reported
+}
+
+pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> {
+    let loaded = load(&args.stack, &args.compose_files)?;
+    let mut client = Client::connect(host).await?;
+    let existing = client.list_services().await?;
+    let plan = plan_deploy(&args.stack, &loaded.services, &existing, args.prune).map_err(report)?;
+
+    for service in &plan.remove {
+        print_out(&format!("Removing service {}\n", service.spec.name));
+        client
+            .remove_service(&service.id)
+            .await
+            .map_err(|e| CliError::Message(format!("{}: {e}", service.spec.name)))?;
+    }
+    let mut changed: Vec<(Service, Operation)> = Vec::new();
+    for step in &plan.steps {
+        let in_service = |e: CliError| CliError::Message(format!("{}: {e}", step.name()));
+        match step {
+            Step::Create(spec) => {
+                print_out(&format!("Creating service {}\n", spec.name));
+                let created = client.create_service(spec).await.map_err(in_service)?;
+                changed.push((created, Operation::Create));
+            }
+            Step::Update { current, spec } => {
+                print_out(&format!("Updating service {} (id: {})\n", spec.name, current.id));
+                let updated = client.update_service(&current.id, current.version, spec).await.map_err(in_service)?;
+                changed.push((updated, Operation::Update));
+            }
+            Step::Unchanged(current) => print_out(&format!("Service {} is unchanged\n", current.spec.name)),
+        }
+    }
+    if args.detach {
+        return Ok(());
+    }
+
+    // One service after the other; each failure is reported as it happens, and the first one
+    // decides the exit code.
+    let mut first_failure: Option<u8> = None;
+    for (service, operation) in &changed {
+        if !args.quiet {
+            print_out(&format!("Waiting for service {} to converge\n", service.spec.name));
+        }
+        match wait_for_convergence(&mut client, service, *operation, args.quiet).await {
+            Ok(()) => {}
+            Err(CliError::Interrupted) => return Err(CliError::Interrupted),
+            Err(error) => {
+                let error = CliError::InService { service: service.spec.name.clone(), error: Box::new(error) };
+                print_error(&error);
+                first_failure.get_or_insert(error.exit_code());
+            }
+        }
+    }
+    match first_failure {
+        Some(code) => Err(CliError::ReportedExit(code)),
+        None => Ok(()),
+    }
+}
+
+pub async fn ls(host: &str, args: &StackLsArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let found = stacks(&client.list_services().await?);
+    match args.format {
+        ListFormat::Json => print_out(&output::json_array(&found)),
+        ListFormat::Table => print_out(&stack_table(&found)),
+    }
+    Ok(())
+}
+
+fn nothing_found(stack: &str) -> String {
+    format!("nothing found in stack: {stack}")
+}
+
+pub async fn services(host: &str, args: &StackServicesArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let all = client.list_services().await?;
+    let services: Vec<Service> = stack_services(&all, &args.stack).into_iter().cloned().collect();
+    if services.is_empty() {
+        // docker: a message on stderr, exit 0.
+        let _ = writeln!(std::io::stderr().lock(), "Nothing found in stack: {}", args.stack);
+        if args.format == ListFormat::Json && !args.quiet {
+            print_out("[]\n");
+        }
+        return Ok(());
+    }
+    if args.quiet {
+        print_out(&output::service_ids(&services));
+    } else if args.format == ListFormat::Json {
+        print_out(&output::json_array(&output::sort_services(&services)));
+    } else {
+        let tasks = client.list_tasks("", "").await?;
+        let nodes = client.list_nodes().await.unwrap_or_default();
+        print_out(&output::service_table(&services, &tasks, &nodes));
+    }
+    Ok(())
+}
+
+pub async fn ps(host: &str, args: &StackPsArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let all = client.list_services().await?;
+    let services = stack_services(&all, &args.stack);
+    if services.is_empty() {
+        return Err(CliError::Message(nothing_found(&args.stack)));
+    }
+    let mut tasks = Vec::new();
+    for service in &services {
+        tasks.extend(client.list_tasks(&service.id, "").await?);
+    }
+    let names: ServiceNames = services.iter().map(|s| (s.id.clone(), s.spec.name.clone())).collect();
+    let nodes = client.list_nodes().await.unwrap_or_default();
+    print_tasks(&tasks, &args.list, &names, &nodes);
+    Ok(())
+}
+
+pub async fn rm(host: &str, names: &[String]) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let all = client.list_services().await?;
+    let mut failed = false;
+    for stack in names {
+        let services = stack_services(&all, stack);
+        if services.is_empty() {
+            print_error(&CliError::Message(nothing_found(stack)));
+            failed = true;
+            continue;
+        }
+        for service in services {
+            print_out(&format!("Removing service {}\n", service.spec.name));
+            if let Err(e) = client.remove_service(&service.id).await {
+                print_error(&CliError::Message(format!("{}: {e}", service.spec.name)));
+                failed = true;
+            }
+        }
+    }
+    if failed { Err(CliError::Reported) } else { Ok(()) }
+}
+
+/// `stack config`: the merged, interpolated, normalised file; no manager needed.
+pub fn config(args: &StackConfigArgs) -> Result<(), CliError> {
+    let stack = args.stack.as_deref().unwrap_or(DEFAULT_CONFIG_STACK);
+    let loaded = load(stack, &args.compose_files)?;
+    print_out(&loaded.normalized_yaml);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
