@@ -194,3 +194,38 @@ fn tokio_stream_iter<T: Send + 'static>(items: Vec<T>) -> impl tonic::IntoStream
 fn futures_iter<T: Send + 'static>(items: Vec<T>) -> tokio_stream::Iter<std::vec::IntoIter<T>> {
     tokio_stream::iter(items)
 }
+
+#[test]
+fn agent_refuses_a_malformed_manager_address() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["nohost", "host:port", "host:0", ":4242"] {
+        let out = Command::new(bin("shoal-agent"))
+            .args(["--data-dir", dir.path().to_str().unwrap(), "--join", bad])
+            .output()
+            .expect("run shoal-agent");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--join") && err.contains("is not HOST:PORT"), "{bad}: {err}");
+    }
+}
+
+/// With no Docker engine at the given address the agent keeps running, says so, and retries.
+#[test]
+fn agent_reports_an_unreachable_docker_engine_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let mut child = Command::new(bin("shoal-agent"))
+        .args(["--data-dir", dir.path().join("a").to_str().unwrap(), "--join", "127.0.0.1:9", "--docker-host", "unix:///nonexistent/docker.sock"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn shoal-agent");
+    std::thread::sleep(Duration::from_secs(3));
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(still_running, "the agent exited instead of retrying: {text}");
+    let attempts = text.matches("cannot reach the Docker engine").count();
+    assert!(attempts >= 2, "the agent reports the engine and retries ({attempts} attempts): {text}");
+    assert!(text.contains("/nonexistent/docker.sock"), "{text}");
+}

@@ -191,3 +191,29 @@ mod parking_lot_free {
         }
     }
 }
+
+/// A manager joining a cluster whose state is larger than one snapshot chunk (1 MiB) receives it
+/// in several chunks and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_manager_catches_up_from_a_multi_chunk_snapshot() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    // 4000 pending tasks (no agents) make a store of a few MiB.
+    let mut spec = ServiceSpec::new("big", "shoal/busybox:1");
+    spec.mode = shoal_types::ServiceMode::Replicated { replicas: 4000 };
+    create_service(&addr, &spec).await?;
+    let full = cluster.wait_for(Duration::from_secs(30), |i| i.tasks == 4000).await?;
+    let index = cluster.add_manager().await?;
+    let joined = cluster.managers[index].addr.clone();
+    let info = wait_applied(&joined, full.raft.commit, Duration::from_secs(30)).await?;
+    assert_eq!(info.tasks, 4000, "the new manager's own store holds every task");
+    let log = cluster.managers[0].log();
+    let chunks: usize = log
+        .lines()
+        .filter(|l| l.contains("sending raft snapshot"))
+        .filter_map(|l| l.split("chunks=").nth(1).and_then(|c| c.split_whitespace().next()).and_then(|c| c.parse().ok()))
+        .max()
+        .unwrap_or(0);
+    assert!(chunks > 1, "the snapshot went in several chunks (saw {chunks})");
+    Ok(())
+}
