@@ -163,7 +163,15 @@ impl Agent {
 
     async fn session(self: Arc<Self>, addr: &str, description: &NodeDescription) -> SessionEnd {
         let channel = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect().await,
+            Ok(e) => {
+                e.connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(2))
+                    .keep_alive_while_idle(true)
+                    .connect()
+                    .await
+            }
             Err(e) => return SessionEnd::Ended(format!("invalid manager address {addr}: {e}")),
         };
         let channel = match channel {

@@ -54,6 +54,11 @@ impl ControlApi {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            // A forward over a connection that died silently fails within seconds instead of
+            // waiting forever.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .connect()
             .await?;
         let client = ControlClient::new(channel).max_decoding_message_size(256 << 20);
@@ -243,28 +248,44 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("objects serialise")
 }
 
-/// Serves the call here, or forwards it to the leader with the same request.
+/// Serves the call here, or forwards it to the leader with the same request. A forward that could
+/// not even connect (the leader just died) was never delivered, so it is routed again once a new
+/// leader is known, within the usual wait.
 macro_rules! routed {
     ($self:ident, $request:ident, $method:ident, $local:expr) => {{
-        match $self.route(&$request).await? {
-            Route::Forward(mut client, addr) => {
-                let mut forwarded = Request::new($request.into_inner());
-                forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-                let result = client.$method(forwarded).await;
-                if let Err(status) = &result
-                    && status.code() == tonic::Code::Unavailable
-                {
-                    $self.forget(&addr);
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            match $self.route(&$request).await? {
+                Route::Forward(mut client, addr) => {
+                    let mut forwarded = Request::new($request.get_ref().clone());
+                    forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                    match client.$method(forwarded).await {
+                        Ok(response) => break Ok(response),
+                        Err(status) if status.code() == tonic::Code::Unavailable => {
+                            $self.forget(&addr);
+                            if never_delivered(&status) && tokio::time::Instant::now() < deadline {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                            break Err(status);
+                        }
+                        Err(status) => break Err(status),
+                    }
                 }
-                result
-            }
-            Route::Local => {
-                let $request = $request.into_inner();
-                let result: Result<_, ApiError> = $local.await;
-                result.map(Response::new).map_err(Status::from)
+                Route::Local => {
+                    let $request = $request.into_inner();
+                    let result: Result<_, ApiError> = $local.await;
+                    break result.map(Response::new).map_err(Status::from);
+                }
             }
         }
     }};
+}
+
+/// The forwarded call failed while connecting: the leader never saw it.
+fn never_delivered(status: &Status) -> bool {
+    let message = status.message();
+    message.contains("connect error") || message.contains("Connection refused")
 }
 
 /// The JSON line `shoal events` prints for one change.

@@ -408,6 +408,9 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // Pings find clients (agents, peers) whose connection died without a reset.
+            .http2_keepalive_interval(Some(Duration::from_secs(1)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
             .add_service(raft_service)
             .add_service(control)
             .add_service(dispatcher)

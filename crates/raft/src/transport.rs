@@ -125,9 +125,17 @@ async fn peer_loop(
 ) {
     let url = format!("http://{addr}");
     let mut backoff = Duration::from_millis(50);
+    let mut reachable = true;
     loop {
         let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
-            Ok(e) => e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true),
+            // Keepalive pings find a connection that died silently (a partition, a peer that came
+            // back with another address) within seconds, so the stream is re-opened.
+            Ok(e) => e
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
+                .keep_alive_while_idle(true),
             Err(e) => {
                 tracing::error!(to, addr, error = %e, "invalid raft peer address");
                 return;
@@ -137,6 +145,10 @@ async fn peer_loop(
             Ok(c) => c,
             Err(e) => {
                 report(&feedback, |f| f.unreachable(to));
+                if reachable {
+                    tracing::warn!(peer = to, addr, error = %e, "raft peer unreachable; retrying");
+                    reachable = false;
+                }
                 if is_connection_refused(&e) {
                     // Jitter so two followers rarely campaign at the same instant (split vote).
                     let jitter = Duration::from_millis(rand::random::<u64>() % 120);
@@ -154,6 +166,10 @@ async fn peer_loop(
             }
         };
         backoff = Duration::from_millis(50);
+        if !reachable {
+            tracing::info!(peer = to, addr, "raft peer reachable again");
+            reachable = true;
+        }
         let mut client = RaftTransportClient::new(channel).max_decoding_message_size(64 << 20);
         let (batch_tx, batch_rx) = mpsc::channel::<RaftBatch>(64);
         let mut call_client = client.clone();
