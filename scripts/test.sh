@@ -33,3 +33,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast -- --test-threads=2
 fi
+
+step "benchmark smoke run (shoal-bench --quick: every scenario must still run; figures are not judged)"
+target/debug/shoal-bench --quick --no-write >/dev/null
+echo "shoal-bench --quick: all scenarios ran"
