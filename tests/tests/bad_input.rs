@@ -156,8 +156,11 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
 
     let services = list_services(&addr).await?;
     assert_eq!(services.len(), 1, "nothing created by refused calls");
+    // The accepted update started a rollout (which moves the version on); the stale one changed
+    // nothing: the spec is the accepted one and its previous spec is the original.
     assert_eq!(services[0].spec.task.container.image, "shoal/busybox:2", "stale update changed nothing");
-    assert_eq!(services[0].version, updated.version);
+    assert_eq!(services[0].previous_spec.as_ref().unwrap().task.container.image, "shoal/busybox:1");
+    assert_eq!(services[0].spec_version, updated.spec_version);
     Ok(())
 }
 
