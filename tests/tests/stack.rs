@@ -213,3 +213,42 @@ async fn bad_stack_files_and_conflicts_change_nothing() -> Result<()> {
     assert!(stderr(&out).contains("warning: services.web.volumes: not supported by shoal; ignored"), "{}", stderr(&out));
     Ok(())
 }
+
+/// A redeploy whose updates fail: `stack deploy` waits, names each failing service, and exits
+/// with the update's code (3 for the first one, which paused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_redeploy_exits_non_zero_naming_the_services() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let host = cluster.running_addrs()[0].clone();
+    let stack = unique("fail");
+    let dir = tempfile::tempdir()?;
+    let file = |image: &str| -> Result<PathBuf> {
+        let path = dir.path().join(format!("{}.yml", image.replace(['/', ':'], "_")));
+        std::fs::write(
+            &path,
+            format!(
+                "services:\n  web:\n    image: {image}\n    deploy:\n      update_config:\n        failure_action: pause\n        monitor: 3s\n  worker:\n    image: {image}\n    deploy:\n      update_config:\n        failure_action: rollback\n        monitor: 3s\n      rollback_config:\n        monitor: 1s\n"
+            ),
+        )?;
+        Ok(path)
+    };
+    let good = file("shoal/busybox:1")?;
+    ok(&shoal(&host, &["stack", "deploy", "-c", good.to_str().unwrap(), &stack]));
+    let bad = file("shoal/fail:1")?;
+    let out = shoal(&host, &["stack", "deploy", "-c", bad.to_str().unwrap(), &stack]);
+    fails(&out, 3, &format!("{stack}_web: service update paused: update paused due to failure or early termination of task"));
+    assert!(
+        stderr(&out).contains(&format!("{stack}_worker: service rolled back: update rolled back due to failure or early termination of task")),
+        "{}",
+        stderr(&out)
+    );
+    let web = service(&host, &format!("{stack}_web")).await?.expect("web exists");
+    assert_eq!(web.update_status.map(|s| s.state), Some(UpdateState::Paused));
+    let worker = service(&host, &format!("{stack}_worker")).await?.expect("worker exists");
+    assert_eq!(worker.update_status.map(|s| s.state), Some(UpdateState::RollbackCompleted));
+    assert_eq!(worker.spec.task.container.image, "shoal/busybox:1");
+    ok(&shoal(&host, &["stack", "rm", &stack]));
+    wait_no_containers(&format!("label={NAMESPACE_LABEL}={stack}"), Duration::from_secs(30)).await?;
+    Ok(())
+}
