@@ -228,7 +228,7 @@ async fn cluster_info(host: &str, format: InfoFormat, local: bool) -> Result<(),
 }
 
 /// Prints the tasks `ps` selected, as `flags` ask.
-pub(crate) fn print_tasks(tasks: &[shoal_types::Task], flags: &TaskListFlags, names: &ServiceNames, nodes: &[Node]) {
+fn print_tasks(tasks: &[shoal_types::Task], flags: &TaskListFlags, names: &ServiceNames, nodes: &[Node]) {
     let selected = output::select_tasks(tasks, &flags.filters, names, nodes);
     if flags.quiet {
         print_out(&output::task_ids(&selected, flags.no_trunc));
@@ -255,16 +255,26 @@ async fn service_ps(host: &str, args: &PsArgs) -> Result<(), CliError> {
         }
     }
     if !services.is_empty() {
-        let mut tasks = Vec::new();
-        for service in &services {
-            tasks.extend(client.list_tasks(&service.id, "").await?);
-        }
-        let names: ServiceNames = services.iter().map(|s| (s.id.clone(), s.spec.name.clone())).collect();
-        // Only used for hostnames and node filters; ids are shown without them.
-        let nodes = client.list_nodes().await.unwrap_or_default();
-        print_tasks(&tasks, &args.list, &names, &nodes);
+        print_service_tasks(&mut client, &services.iter().collect::<Vec<_>>(), &args.list).await?;
     }
     if failed { Err(CliError::Reported) } else { Ok(()) }
+}
+
+/// Prints the tasks of `services` as `service ps` and `stack ps` do.
+pub(crate) async fn print_service_tasks(
+    client: &mut Client,
+    services: &[&Service],
+    flags: &TaskListFlags,
+) -> Result<(), CliError> {
+    let mut tasks = Vec::new();
+    for service in services {
+        tasks.extend(client.list_tasks(&service.id, "").await?);
+    }
+    let names: ServiceNames = services.iter().map(|s| (s.id.clone(), s.spec.name.clone())).collect();
+    // Only used for hostnames and node filters; ids are shown without them.
+    let nodes = client.list_nodes().await.unwrap_or_default();
+    print_tasks(&tasks, flags, &names, &nodes);
+    Ok(())
 }
 
 async fn node_ps(host: &str, args: &NodePsArgs) -> Result<(), CliError> {

@@ -15,9 +15,9 @@ use shoal_types::{Service, ServiceSpec};
 use crate::args::stack::DEFAULT_CONFIG_STACK;
 use crate::args::{ListFormat, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackServicesArgs};
 use crate::client::Client;
-use crate::commands::{print_error, print_out, print_tasks};
+use crate::commands::{print_error, print_out, print_service_tasks};
 use crate::error::CliError;
-use crate::output::{self, ServiceNames};
+use crate::output;
 use crate::progress::{Operation, wait_for_convergence};
 
 /// The stack a service belongs to (its namespace label), if any.
@@ -280,14 +280,7 @@ pub async fn ps(host: &str, args: &StackPsArgs) -> Result<(), CliError> {
     if services.is_empty() {
         return Err(CliError::Message(nothing_found(&args.stack)));
     }
-    let mut tasks = Vec::new();
-    for service in &services {
-        tasks.extend(client.list_tasks(&service.id, "").await?);
-    }
-    let names: ServiceNames = services.iter().map(|s| (s.id.clone(), s.spec.name.clone())).collect();
-    let nodes = client.list_nodes().await.unwrap_or_default();
-    print_tasks(&tasks, &args.list, &names, &nodes);
-    Ok(())
+    print_service_tasks(&mut client, &services, &args.list).await
 }
 
 pub async fn rm(host: &str, names: &[String]) -> Result<(), CliError> {
