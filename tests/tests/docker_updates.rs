@@ -35,7 +35,16 @@ async fn rollback(addr: &str, name: &str) -> Result<()> {
 async fn wait_status(addr: &str, name: &str, want: UpdateState, timeout: Duration) -> Result<Service> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let s = get(addr, name).await?;
+        // A poll cut off by a leader change is retried; only the deadline ends the wait.
+        let s = match get(addr, name).await {
+            Ok(s) => s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("polling {name} failed ({e:#}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if s.update_status.as_ref().is_some_and(|u| u.state == want) {
             return Ok(s);
         }
