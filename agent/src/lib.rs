@@ -27,6 +27,8 @@ const IDENTITY_FILE: &str = "agent.json";
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
+    /// This node's certificate (from [`join_or_resume`]); renewed in place.
+    pub tls: Arc<shoal_tls::NodeTls>,
     pub data_dir: PathBuf,
     /// Managers to try, in order; the leader's address and the cluster's other managers are
     /// learned from the session.
@@ -39,16 +41,26 @@ pub struct AgentConfig {
 pub enum AgentError {
     #[error("data dir {0}: {1}")]
     DataDir(PathBuf, String),
+    #[error("{0}")]
+    Join(String),
 }
+
+/// Where the agent keeps its certificate and key, under its data dir.
+pub const TLS_DIR: &str = "tls";
 
 #[derive(Serialize, Deserialize)]
 struct Identity {
     node_id: String,
 }
 
-/// Loads this agent's node id, creating it on first start. Refuses a directory that holds
-/// something else.
-pub fn load_identity(dir: &Path) -> Result<String, AgentError> {
+/// This agent's node id and certificate: read from its data dir, or, on first start, obtained
+/// from the manager at `join` with the worker join token (the node id comes with the
+/// certificate). Refuses a directory that holds something else.
+pub async fn join_or_resume(
+    dir: &Path,
+    join: &str,
+    token: Option<&str>,
+) -> Result<(String, shoal_tls::Credentials), AgentError> {
     let err = |m: String| AgentError::DataDir(dir.to_path_buf(), m);
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
     let path = dir.join(IDENTITY_FILE);
@@ -56,16 +68,29 @@ pub fn load_identity(dir: &Path) -> Result<String, AgentError> {
         let bytes = std::fs::read(&path).map_err(|e| err(format!("cannot read {IDENTITY_FILE}: {e}")))?;
         let identity: Identity = serde_json::from_slice(&bytes)
             .map_err(|e| err(format!("{IDENTITY_FILE} is corrupt or not a shoal agent's ({e})")))?;
-        return Ok(identity.node_id);
+        let credentials = shoal_tls::Credentials::load(&dir.join(TLS_DIR))
+            .map_err(|e| err(e.to_string()))?
+            .ok_or_else(|| err(format!("{TLS_DIR}/ is missing: this node's certificate is gone; remove the node (`shoal node rm`), empty the data dir and join again with a token")))?;
+        let certified = credentials.identity().map_err(|e| err(e.to_string()))?;
+        if certified.node_id != identity.node_id {
+            return Err(err(format!("{TLS_DIR}/cert.pem is for node {}, not this node ({})", certified.node_id, identity.node_id)));
+        }
+        return Ok((identity.node_id, credentials));
     }
     if std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?.next().is_some() {
         return Err(err(format!("is not empty but holds no shoal agent state ({IDENTITY_FILE} is missing)")));
     }
-    let identity = Identity { node_id: shoal_types::ids::new_id() };
+    let credentials = shoal_tls::join::obtain_certificate(join, token, shoal_tls::Role::Worker)
+        .await
+        .map_err(|e| AgentError::Join(e.to_string()))?;
+    let node_id = credentials.identity().map_err(|e| AgentError::Join(e.to_string()))?.node_id;
+    credentials.save(&dir.join(TLS_DIR)).map_err(|e| err(e.to_string()))?;
+    let identity = Identity { node_id: node_id.clone() };
     let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
     std::fs::write(&tmp, serde_json::to_vec(&identity).expect("serialises")).map_err(|e| err(e.to_string()))?;
     std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
-    Ok(identity.node_id)
+    tracing::info!(node = %node_id, "joined the cluster as a worker");
+    Ok((node_id, credentials))
 }
 
 pub struct Agent {
@@ -76,13 +101,16 @@ pub struct Agent {
     runners: Mutex<HashMap<String, runner::Runner>>,
     /// Managers learned from the last session.
     managers: Mutex<Vec<String>>,
+    client_tls: shoal_tls::ClientConfig,
     connected: watch::Sender<bool>,
 }
 
 impl Agent {
-    pub fn new(node_id: String, config: AgentConfig, executor: Arc<dyn Executor>) -> Arc<Agent> {
+    pub fn new(node_id: String, config: AgentConfig, executor: Arc<dyn Executor>) -> Result<Arc<Agent>, AgentError> {
         let managers = config.managers.clone();
-        Arc::new(Agent {
+        let client_tls = config.tls.client_config().map_err(|e| AgentError::Join(e.to_string()))?;
+        Ok(Arc::new(Agent {
+            client_tls,
             node_id,
             config,
             executor,
@@ -90,7 +118,52 @@ impl Agent {
             runners: Mutex::new(HashMap::new()),
             managers: Mutex::new(managers),
             connected: watch::channel(false).0,
+        }))
+    }
+
+    /// Keeps this node's certificate renewed through whichever manager answers.
+    pub async fn renew_certificate(self: Arc<Self>) {
+        let tls = self.config.tls.clone();
+        let dir = self.config.data_dir.join(TLS_DIR);
+        shoal_tls::join::keep_renewed(tls, dir, |csr| {
+            let agent = self.clone();
+            async move { agent.renew_via_any_manager(csr).await }
         })
+        .await;
+    }
+
+    async fn renew_via_any_manager(&self, csr_pem: String) -> Result<String, String> {
+        let managers = self.managers.lock().clone();
+        let mut last = String::from("no manager known");
+        for addr in managers {
+            let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(&addr))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(10));
+            match shoal_tls::client::connect(endpoint, self.client_tls.clone()).await {
+                Ok(channel) => {
+                    let request = shoal_proto::v1::RenewNodeCertificateRequest { csr_pem: csr_pem.clone() };
+                    match shoal_proto::v1::control_client::ControlClient::new(channel).renew_node_certificate(request).await {
+                        Ok(r) => return Ok(r.into_inner().cert_pem),
+                        Err(status) => last = format!("{addr}: {}", status.message()),
+                    }
+                }
+                Err(e) => last = format!("{addr}: {}", shoal_tls::join::error_chain(&e)),
+            }
+        }
+        Err(last)
+    }
+
+    /// Adds why a connection may have been refused when this node's certificate has expired.
+    fn explain(&self, mut why: String) -> String {
+        let identity = self.config.tls.identity();
+        if identity.is_expired(std::time::SystemTime::now()) {
+            why.push_str(&format!(
+                " (this node's certificate expired {}s ago; remove the node, empty the data dir and join again with a token)",
+                std::time::SystemTime::now().duration_since(identity.not_after).unwrap_or_default().as_secs()
+            ));
+        }
+        why
     }
 
     /// True while a session with the leader is open.
@@ -162,21 +235,20 @@ impl Agent {
     }
 
     async fn session(self: Arc<Self>, addr: &str, description: &NodeDescription) -> SessionEnd {
-        let channel = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        let channel = match tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr)) {
             Ok(e) => {
-                e.connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
+                let e = e
+                    .connect_timeout(Duration::from_secs(2))
                     .http2_keep_alive_interval(Duration::from_secs(1))
                     .keep_alive_timeout(Duration::from_secs(2))
-                    .keep_alive_while_idle(true)
-                    .connect()
-                    .await
+                    .keep_alive_while_idle(true);
+                shoal_tls::client::connect(e, self.client_tls.clone()).await
             }
             Err(e) => return SessionEnd::Ended(format!("invalid manager address {addr}: {e}")),
         };
         let channel = match channel {
             Ok(c) => c,
-            Err(e) => return SessionEnd::Ended(format!("cannot reach {addr}: {e}")),
+            Err(e) => return SessionEnd::Ended(format!("cannot reach {addr}: {}", self.explain(shoal_tls::join::error_chain(&e)))),
         };
         let mut client = DispatcherClient::new(channel).max_decoding_message_size(256 << 20);
         let request = SessionRequest {
@@ -193,7 +265,7 @@ impl Agent {
                 {
                     return SessionEnd::Redirect(leader.to_string());
                 }
-                return SessionEnd::Ended(format!("{}: {}", addr, status.message()));
+                return SessionEnd::Ended(format!("{}: {}", addr, self.explain(status.message().to_string())));
             }
         };
         let first = match stream.message().await {
@@ -344,6 +416,7 @@ pub fn parse_manager_addr(text: &str) -> Result<String, String> {
 }
 
 pub use shoal_executor;
+pub use shoal_tls;
 
 /// Unused-client guard so the type stays referenced in docs.
 pub type ManagerClient = DispatcherClient<Channel>;

@@ -17,6 +17,10 @@ struct Args {
     /// A manager's address (any manager; the agent finds the leader).
     #[arg(long, value_name = "HOST:PORT", value_parser = shoal_agent::parse_manager_addr)]
     join: String,
+    /// The worker join token (`shoal cluster join-token worker` on a manager); needed on the first
+    /// start only (then the node has its certificate).
+    #[arg(long, value_name = "TOKEN", env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Host name shown by `shoal node ls` (default: the Docker engine's).
     #[arg(long)]
     hostname: Option<String>,
@@ -62,7 +66,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let node_id = shoal_agent::load_identity(&args.data_dir)?;
+    let (node_id, credentials) =
+        shoal_agent::join_or_resume(&args.data_dir, &args.join, args.token.as_deref()).await?;
+    let tls = shoal_agent::shoal_tls::NodeTls::new(&credentials)?;
     let mut delay = std::time::Duration::from_millis(500);
     let executor = loop {
         match shoal_agent::shoal_executor::DockerExecutor::connect(Some(&args.docker_host), &node_id).await {
@@ -75,13 +81,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let config = shoal_agent::AgentConfig {
+        tls,
         data_dir: args.data_dir,
         managers: vec![args.join],
         hostname: args.hostname,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
     };
     tracing::info!(node = %node_id, "agent starting");
-    let agent = shoal_agent::Agent::new(node_id, config, Arc::new(executor));
+    let agent = shoal_agent::Agent::new(node_id, config, Arc::new(executor))?;
+    tokio::spawn(agent.clone().renew_certificate());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = agent.run() => {}

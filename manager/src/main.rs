@@ -25,6 +25,13 @@ struct Args {
     /// Join the cluster of the manager at ADDR (any manager; the call is forwarded to the leader).
     #[arg(long, value_name = "ADDR")]
     join: Option<String>,
+    /// The manager join token (`shoal cluster join-token manager` on a manager); with --join.
+    #[arg(long, value_name = "TOKEN", env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// When initialising a cluster: how long node certificates are valid (nodes renew them at
+    /// 50-80% of that). At least 1h.
+    #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = parse_cert_expiry)]
+    cert_expiry: shoal_types::GoDuration,
     /// Host name shown by `shoal node ls` (default: this machine's).
     #[arg(long)]
     hostname: Option<String>,
@@ -52,6 +59,21 @@ fn parse_heartbeat(text: &str) -> Result<shoal_types::GoDuration, String> {
     let d = shoal_types::GoDuration::parse(text).map_err(|e| e.to_string())?;
     if d.as_std() < std::time::Duration::from_millis(100) {
         return Err(format!("{d} is below the minimum of 100ms"));
+    }
+    Ok(d)
+}
+
+/// Like Swarm, certificates live at least an hour. Tests of renewal set
+/// SHOAL_TEST_MIN_CERT_EXPIRY=1s to go lower (a test build knob, not for production).
+fn parse_cert_expiry(text: &str) -> Result<shoal_types::GoDuration, String> {
+    let d = shoal_types::GoDuration::parse(text).map_err(|e| e.to_string())?;
+    let minimum = std::env::var("SHOAL_TEST_MIN_CERT_EXPIRY")
+        .ok()
+        .and_then(|m| shoal_types::GoDuration::parse(&m).ok())
+        .map(|m| m.as_std())
+        .unwrap_or(Duration::from_secs(3600));
+    if d.as_std() < minimum {
+        return Err(format!("{d} is below the minimum of {}", shoal_types::GoDuration::from_millis(minimum.as_millis() as u64)));
     }
     Ok(d)
 }
@@ -95,6 +117,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.advertise_addr = addr;
     }
     config.join = args.join;
+    config.token = args.token;
+    config.cluster_spec.node_cert_expiry = args.cert_expiry;
     if let Some(hostname) = args.hostname {
         config.hostname = hostname;
     }

@@ -30,6 +30,47 @@ pub fn free_addr() -> String {
     listener.local_addr().expect("local addr").to_string()
 }
 
+/// Which admin bundle talks to which manager address: every cluster a test starts registers its
+/// managers here, so [`connect`] and [`shoal`] find the right certificate by address alone.
+static ADMIN_BUNDLES: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that the manager at `addr` belongs to the cluster whose admin bundle is `dir`.
+pub fn register_admin_bundle(addr: &str, dir: &std::path::Path) {
+    let mut bundles = ADMIN_BUNDLES.lock().expect("registry lock");
+    bundles.retain(|(a, _)| a != addr);
+    bundles.push((addr.to_string(), dir.to_path_buf()));
+}
+
+/// The admin bundle for `addr`; for an address no cluster registered (a dead one, in tests of
+/// unreachable managers), the most recently registered bundle.
+pub fn admin_bundle(addr: &str) -> Option<PathBuf> {
+    let bundles = ADMIN_BUNDLES.lock().expect("registry lock");
+    bundles.iter().find(|(a, _)| a == addr).or(bundles.last()).map(|(_, d)| d.clone())
+}
+
+/// A TLS client configuration from a bundle directory (`ca.pem`, `cert.pem`, `key.pem`).
+pub fn tls_from_dir(dir: &std::path::Path) -> Result<shoal_tls::ClientConfig> {
+    let credentials = shoal_tls::Credentials::load(dir)?.ok_or_else(|| anyhow!("no bundle in {}", dir.display()))?;
+    Ok(shoal_tls::NodeTls::new(&credentials)?.client_config()?)
+}
+
+/// A control client over mutual TLS with the certificate in `dir`.
+pub async fn connect_with(addr: &str, dir: &std::path::Path) -> Result<ControlClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15));
+    let channel = shoal_tls::client::connect(endpoint, tls_from_dir(dir)?)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(ControlClient::new(channel))
+}
+
+/// The current join token for "worker" or "manager".
+pub async fn join_token(addr: &str, role: &str) -> Result<String> {
+    let response = connect(addr).await?.join_token(JoinTokenRequest { role: role.into(), rotate: false }).await?;
+    Ok(response.into_inner().token)
+}
+
 /// One `shoal-manager` process and its data directory.
 pub struct ManagerProc {
     pub name: String,
@@ -38,17 +79,21 @@ pub struct ManagerProc {
     log: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// HOME of the process: the test's directory, so the admin bundle copy to `~/.shoal/tls`
+    /// lands there and not in the real home.
+    home: PathBuf,
 }
 
 impl ManagerProc {
-    fn spawn(&mut self, join: Option<&str>) -> Result<()> {
+    fn spawn(&mut self, join: Option<(&str, &str)>) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new(bin("shoal-manager"));
         cmd.arg("--data-dir").arg(&self.data_dir).arg("--listen-addr").arg(&self.addr).arg("--hostname").arg(&self.name);
-        if let Some(join) = join {
-            cmd.arg("--join").arg(join);
+        if let Some((join, token)) = join {
+            cmd.arg("--join").arg(join).arg("--token").arg(token);
         }
         cmd.args(&self.extra_args);
+        cmd.env("HOME", &self.home).env_remove("SHOAL_JOIN_TOKEN");
         cmd.env("RUST_LOG", std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info,raft=warn".into()));
         cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().context("spawning shoal-manager")?);
@@ -105,15 +150,10 @@ impl Drop for ManagerProc {
     }
 }
 
+/// A control client with the admin certificate of the cluster `addr` belongs to.
 pub async fn connect(addr: &str) -> Result<ControlClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    Ok(ControlClient::new(channel))
+    let dir = admin_bundle(addr).ok_or_else(|| anyhow!("no admin bundle is registered for {addr}"))?;
+    connect_with(addr, &dir).await
 }
 
 /// One `shoal-agent` process driving the local Docker engine.
@@ -122,6 +162,8 @@ pub struct AgentProc {
     pub data_dir: PathBuf,
     pub node_id: String,
     join: String,
+    /// The worker join token (used on the first start only).
+    pub token: String,
     log: PathBuf,
     child: Option<Child>,
     labels: Vec<String>,
@@ -132,6 +174,7 @@ impl AgentProc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new(bin("shoal-agent"));
         cmd.arg("--data-dir").arg(&self.data_dir).arg("--join").arg(&self.join).arg("--hostname").arg(&self.name);
+        cmd.arg("--token").arg(&self.token).env_remove("SHOAL_JOIN_TOKEN");
         for label in &self.labels {
             cmd.arg("--label").arg(label);
         }
@@ -227,6 +270,10 @@ impl Cluster {
         let index = self.managers.len();
         let name = format!("m{}", index + 1);
         let join = self.managers.iter_mut().find_map(|m| if m.is_running() { Some(m.addr.clone()) } else { None });
+        let token = match &join {
+            Some(addr) => Some(join_token(addr, "manager").await?),
+            None => None,
+        };
         let mut manager = ManagerProc {
             name: name.clone(),
             addr: free_addr(),
@@ -234,8 +281,21 @@ impl Cluster {
             log: self.dir.path().join(format!("{name}.log")),
             child: None,
             extra_args: self.extra_args.clone(),
+            home: self.dir.path().to_path_buf(),
         };
-        manager.spawn(join.as_deref())?;
+        manager.spawn(join.as_deref().zip(token.as_deref()))?;
+        if index == 0 {
+            // The first manager initialises the cluster and writes the admin bundle.
+            let bundle = self.admin_dir();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while !bundle.join("key.pem").exists() {
+                if tokio::time::Instant::now() > deadline || !manager.is_running() {
+                    bail!("{name} wrote no admin bundle; its log:\n{}", manager.log());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        register_admin_bundle(&manager.addr, &self.admin_dir());
         self.managers.push(manager);
         let expected = self.managers.len();
         self.wait_for(Duration::from_secs(20), |info| info.raft.voters.len() == expected && info.raft.learners.is_empty())
@@ -244,16 +304,23 @@ impl Cluster {
         Ok(index)
     }
 
+    /// The admin client bundle the first manager wrote when it initialised the cluster.
+    pub fn admin_dir(&self) -> PathBuf {
+        self.dir.path().join("m1").join("admin")
+    }
+
     /// Starts an agent joined through the first running manager and waits until its node is ready.
     pub async fn add_agent(&mut self, labels: &[&str]) -> Result<usize> {
         let index = self.agents.len();
         let name = format!("agent{}", index + 1);
         let join = self.running_addrs().first().cloned().ok_or_else(|| anyhow!("no manager runs"))?;
         let data_dir = self.dir.path().join(&name);
+        let token = join_token(&join, "worker").await?;
         let mut agent = AgentProc {
             name: name.clone(),
             data_dir: data_dir.clone(),
             node_id: String::new(),
+            token,
             join,
             log: self.dir.path().join(format!("{name}.log")),
             child: None,
@@ -390,14 +457,14 @@ pub async fn list_nodes(addr: &str) -> Result<Vec<Node>> {
 }
 
 /// Runs the `shoal` CLI against `host`.
+/// Runs the `shoal` CLI against `host` with the admin bundle of its cluster.
 pub fn shoal(host: &str, args: &[&str]) -> Output {
-    Command::new(bin("shoal"))
-        .arg("--host")
-        .arg(host)
-        .args(args)
-        .env_remove("SHOAL_HOST")
-        .output()
-        .expect("running shoal")
+    let mut cmd = Command::new(bin("shoal"));
+    cmd.arg("--host").arg(host).args(args).env_remove("SHOAL_HOST").env_remove("SHOAL_TLS_DIR");
+    if let Some(dir) = admin_bundle(host) {
+        cmd.env("SHOAL_TLS_DIR", dir);
+    }
+    cmd.output().expect("running shoal")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -441,4 +508,21 @@ impl AgentProc {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+}
+
+/// Certificate credentials for a new node of `role` ("worker" or "manager"), obtained with the
+/// cluster's current join token like a joining node would: a test can then call the manager
+/// exactly as that node could.
+pub async fn node_credentials(addr: &str, role: shoal_tls::Role) -> Result<shoal_tls::Credentials> {
+    let token = join_token(addr, role.as_str()).await?;
+    Ok(shoal_tls::join::obtain_certificate(addr, Some(&token), role).await?)
+}
+
+/// A channel to `addr` presenting `credentials`.
+pub async fn channel_as(addr: &str, credentials: &shoal_tls::Credentials) -> Result<Channel> {
+    let tls = shoal_tls::NodeTls::new(credentials)?.client_config()?;
+    let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15));
+    Ok(shoal_tls::client::connect(endpoint, tls).await?)
 }

@@ -79,7 +79,7 @@ async fn manager_refuses_busy_port_second_process_and_unreachable_join() -> Resu
     let (code, err) =
         manager_exits(&["--data-dir", joiner.to_str().unwrap(), "--listen-addr", &free_addr(), "--join", &dead]);
     assert_eq!(code, Some(1));
-    assert!(err.contains(&format!("cannot reach the manager at {dead} to join")), "{err}");
+    assert!(err.contains(&format!("cannot reach the manager at {dead}")), "{err}");
     assert!(!joiner.join("manager.json").exists(), "no identity written for a failed join");
 
     let (code, err) = manager_exits(&["--data-dir", joiner.to_str().unwrap(), "--listen-addr", "not-an-address"]);
@@ -171,8 +171,9 @@ async fn manager_survives_malformed_peer_messages() -> Result<()> {
     let addr = cluster.managers[0].addr.clone();
     let info = cluster_info(&addr).await?;
     let me = info.leader.unwrap().raft_id;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
-    let mut raft = RaftTransportClient::new(channel);
+    // A peer with a real manager certificate (raft refuses anyone else) that is no raft member.
+    let credentials = node_credentials(&addr, shoal_tls::Role::Manager).await?;
+    let mut raft = RaftTransportClient::new(channel_as(&addr, &credentials).await?);
     let garbage = vec![vec![0xff; 64], vec![], b"\x08\x96\x01not raft".to_vec(), vec![0x0a; 10_000]];
     let batches = vec![
         RaftBatch { from: 7, to: me, msgs: garbage.clone() },
@@ -213,12 +214,16 @@ fn agent_refuses_a_malformed_manager_address() {
 }
 
 /// With no Docker engine at the given address the agent keeps running, says so, and retries.
-#[test]
-fn agent_reports_an_unreachable_docker_engine_and_retries() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reports_an_unreachable_docker_engine_and_retries() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let addr = cluster.managers[0].addr.clone();
+    let token = join_token(&addr, "worker").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("agent.log");
     let mut child = Command::new(bin("shoal-agent"))
-        .args(["--data-dir", dir.path().join("a").to_str().unwrap(), "--join", "127.0.0.1:9", "--docker-host", "unix:///nonexistent/docker.sock"])
+        .args(["--data-dir", dir.path().join("a").to_str().unwrap(), "--join", &addr, "--token", &token])
+        .args(["--docker-host", "unix:///nonexistent/docker.sock"])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn shoal-agent");

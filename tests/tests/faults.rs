@@ -139,12 +139,13 @@ fn strip_ansi(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // gRPC
 
+/// A control client with the admin bundle manager1 wrote (copied out of its container).
 async fn client(addr: &str, timeout: Duration) -> Result<ControlClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    let bundle = shoal_tests::admin_bundle(addr).ok_or_else(|| anyhow!("no admin bundle for {addr}"))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
+        .timeout(timeout);
+    let channel = shoal_tls::client::connect(endpoint, shoal_tests::tls_from_dir(&bundle)?)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     Ok(ControlClient::new(channel))
@@ -220,6 +221,10 @@ struct Env {
     others: Vec<String>,
     /// Set at the end of a passing test; otherwise `Drop` prints the nodes' logs.
     passed: bool,
+    /// Holds the admin bundle copied out of manager1's data volume.
+    bundle_dir: tempfile::TempDir,
+    /// Join tokens (manager, worker), read once manager1 is up.
+    tokens: Option<(String, String)>,
 }
 
 impl Env {
@@ -246,6 +251,8 @@ impl Env {
             volumes: Vec::new(),
             others: Vec::new(),
             passed: false,
+            bundle_dir: tempfile::tempdir()?,
+            tokens: None,
         };
         docker(&["network", "create", "--label", "org.shoal.test=faults", &env.raft_net])?;
         docker(&["network", "create", "--label", "org.shoal.test=faults", &env.api_net])?;
@@ -267,6 +274,19 @@ impl Env {
         let alias = format!("manager{n}");
         let addr = self.api(i)?;
         let deadline = Instant::now() + Duration::from_secs(20);
+        let bundle = self.bundle_dir.path().join("admin");
+        if i == 0 {
+            // The first manager writes the admin bundle when it initialises; copy it out.
+            while docker(&["cp", &format!("{}:/data/admin", self.managers[0]), bundle.to_str().unwrap()]).is_err()
+                || !bundle.join("key.pem").exists()
+            {
+                if Instant::now() > deadline {
+                    bail!("{alias} wrote no admin bundle within 20s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        shoal_tests::register_admin_bundle(&addr, &bundle);
         loop {
             let ok = match info(&addr, false).await {
                 Ok(info) => info.leader.is_some() && info.raft.voters.len() == n && info.raft.learners.is_empty(),
@@ -282,6 +302,11 @@ impl Env {
         }
         let me = info(&addr, true).await?.answered_by.ok_or_else(|| anyhow!("no answered_by"))?;
         self.raft_ids.push(me.raft_id);
+        if i == 0 {
+            let manager = shoal_tests::join_token(&addr, "manager").await?;
+            let worker = shoal_tests::join_token(&addr, "worker").await?;
+            self.tokens = Some((manager, worker));
+        }
         Ok(())
     }
 
@@ -302,9 +327,10 @@ impl Env {
             "--hostname", &alias,
         ];
         let join = format!("manager1:{PORT}");
+        let token = self.tokens.as_ref().map(|(manager, _)| manager.clone()).unwrap_or_default();
         if i > 0 {
             // Ignored when the data dir already holds a manager (a restart).
-            args.extend(["--join", join.as_str()]);
+            args.extend(["--join", join.as_str(), "--token", token.as_str()]);
         }
         docker(&args)?;
         docker(&["network", "connect", &self.api_net, name])?;
@@ -327,11 +353,13 @@ impl Env {
         let name = format!("shoal-faults-{}-agent{n}", self.suffix);
         let hostname = format!("agent{n}");
         let join = format!("manager{}:{PORT}", i % managers + 1);
+        let token = self.tokens.as_ref().map(|(_, worker)| worker.clone()).ok_or_else(|| anyhow!("no worker token"))?;
         #[rustfmt::skip]
         let args = [
             "run", "-d", "--name", &name, "--label", "org.shoal.test=faults",
             "--network", &self.raft_net, "-v", "/var/run/docker.sock:/var/run/docker.sock", "-e", "RUST_LOG=info",
             IMAGE, "shoal-agent", "--data-dir", "/data", "--join", &join, "--hostname", &hostname,
+            "--token", &token,
         ];
         docker(&args)?;
         self.agents.push(name);

@@ -43,10 +43,13 @@ impl World {
             let addr = free_addr();
             let mut config = ManagerConfig::new(w.dir.path().join(format!("m{i}")), addr.parse()?);
             config.hostname = format!("m{i}");
+            config.admin_bundle_to_home = false;
             if i > 0 {
                 config.join = Some(w.managers[0].0.clone());
+                config.token = Some(shoal_tests::join_token(&w.managers[0].0, "manager").await?);
             }
             let running = shoal_control::start(config).await?;
+            shoal_tests::register_admin_bundle(&addr, &w.dir.path().join("m0").join("admin"));
             w.managers.push((addr, Some(running)));
             w.wait(Duration::from_secs(20), |info| info.raft.voters.len() == i + 1).await?;
         }
@@ -63,15 +66,17 @@ impl World {
     async fn add_agent(&mut self, labels: &[(&str, &str)]) -> Result<usize> {
         let i = self.agents.len();
         let dir = self.dir.path().join(format!("a{i}"));
-        let node_id = shoal_agent::load_identity(&dir)?;
+        let token = shoal_tests::join_token(&self.addr(), "worker").await?;
+        let (node_id, credentials) = shoal_agent::join_or_resume(&dir, &self.addr(), Some(&token)).await?;
         let fake = Arc::new(FakeExecutor::new(&node_id));
         let config = AgentConfig {
+            tls: shoal_agent::shoal_tls::NodeTls::new(&credentials)?,
             data_dir: dir,
             managers: self.managers.iter().map(|(a, _)| a.clone()).collect(),
             hostname: Some(format!("agent{i}")),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
-        let agent = Agent::new(node_id, config, fake.clone());
+        let agent = Agent::new(node_id, config, fake.clone())?;
         let handle = tokio::spawn(agent.clone().run());
         self.agents.push(TestAgent { agent, fake, handle: Some(handle) });
         let n = self.agents.len();

@@ -23,6 +23,37 @@ pub fn endpoint_uri(addr: &str) -> String {
     if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
 }
 
+/// Where the client certificate bundle is: `--tls-dir`/`SHOAL_TLS_DIR`, else `~/.shoal/tls`.
+static TLS_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the bundle directory for this process (from the command line); `None` means the default.
+pub fn use_tls_dir(dir: Option<std::path::PathBuf>) {
+    let dir = dir.unwrap_or_else(default_tls_dir);
+    let _ = TLS_DIR.set(dir);
+}
+
+fn default_tls_dir() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(|| "/".into());
+    home.join(".shoal").join("tls")
+}
+
+/// The TLS configuration of this CLI: the admin (or any) certificate in the bundle directory.
+fn client_tls() -> Result<(shoal_tls::ClientConfig, std::path::PathBuf), CliError> {
+    let dir = TLS_DIR.get_or_init(default_tls_dir).clone();
+    let credentials = shoal_tls::Credentials::load(&dir)
+        .map_err(|e| CliError::Message(format!("the client certificate bundle is unusable: {e}")))?
+        .ok_or_else(|| {
+            CliError::Message(format!(
+                "no client certificate in {}: copy a manager's <data-dir>/admin/ (ca.pem, cert.pem, key.pem) there, or use --tls-dir or SHOAL_TLS_DIR",
+                dir.display()
+            ))
+        })?;
+    let tls = shoal_tls::NodeTls::new(&credentials)
+        .and_then(|t| t.client_config())
+        .map_err(|e| CliError::Message(format!("the client certificate bundle in {} is unusable: {e}", dir.display())))?;
+    Ok((tls, dir))
+}
+
 pub struct Client {
     inner: ControlClient<Channel>,
     addr: String,
@@ -47,9 +78,20 @@ impl Client {
         if let Some(timeout) = request_timeout {
             endpoint = endpoint.timeout(timeout);
         }
-        let channel = match tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect()).await {
+        let (tls, dir) = client_tls()?;
+        let connecting = shoal_tls::client::connect(endpoint, tls);
+        let channel = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
             Ok(Ok(channel)) => channel,
-            Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
+            Ok(Err(e)) => {
+                let reason = error_chain(&e);
+                if reason.contains("certificate") || reason.contains("alert") || reason.contains("tls") {
+                    return Err(CliError::Message(format!(
+                        "TLS with the manager at {addr} failed: {reason} (the bundle in {} must be this cluster's admin bundle and not expired)",
+                        dir.display()
+                    )));
+                }
+                return Err(unreachable(reason));
+            }
             Err(_) => {
                 return Err(unreachable(format!("no answer within {}s", HANDSHAKE_TIMEOUT.as_secs())));
             }
@@ -86,6 +128,13 @@ impl Client {
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => Err(failed(&self.addr, status)),
         }
+    }
+
+    /// The current (or, with `rotate`, a new) join token for "worker" or "manager".
+    pub async fn join_token(&mut self, role: &str, rotate: bool) -> Result<String, CliError> {
+        let request = pb::JoinTokenRequest { role: role.to_string(), rotate };
+        let reply = self.inner.join_token(request).await.map_err(|s| failed(&self.addr, s))?;
+        Ok(reply.into_inner().token)
     }
 
     /// The manager address this client talks to, as given.

@@ -39,6 +39,7 @@ pub fn print_error(error: &CliError) {
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    crate::client::use_tls_dir(cli.tls_dir.clone());
     let host = cli.host.as_str();
     match cli.command {
         Command::Service(ServiceCommand::Create(args)) => service_create(host, &args).await,
@@ -56,6 +57,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(NodeCommand::Update(args)) => node_update(host, &args).await,
         Command::Node(NodeCommand::Ps(args)) => node_ps(host, &args).await,
         Command::Cluster(ClusterCommand::Info(args)) => cluster_info(host, args.format, args.local).await,
+        Command::Cluster(ClusterCommand::JoinToken(args)) => join_token(host, &args).await,
         Command::Events(args) => events(host, &args).await,
         Command::Stack(StackCommand::Deploy(args)) => stack::deploy(host, &args).await,
         Command::Stack(StackCommand::Ls(args)) => stack::ls(host, &args).await,
@@ -224,6 +226,32 @@ async fn cluster_info(host: &str, format: InfoFormat, local: bool) -> Result<(),
         InfoFormat::Json => print_out(&output::json_object(&info)),
         InfoFormat::Text => print_out(&output::cluster_info_text(&info)),
     }
+    Ok(())
+}
+
+async fn join_token(host: &str, args: &args::JoinTokenArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let token = client.join_token(args.role.as_str(), args.rotate).await?;
+    if args.quiet {
+        print_out(&format!("{token}\n"));
+        return Ok(());
+    }
+    let mut text = String::new();
+    if args.rotate {
+        text.push_str(&format!("Successfully rotated {} join token.\n\n", args.role.as_str()));
+    }
+    let addr = client.addr().trim_start_matches("http://").trim_start_matches("https://");
+    let command = match args.role {
+        args::JoinRole::Worker => format!("shoal-agent --data-dir DIR --join {addr} --token {token}"),
+        args::JoinRole::Manager => {
+            format!("shoal-manager --data-dir DIR --listen-addr ADDR --advertise-addr ADDR --join {addr} --token {token}")
+        }
+    };
+    text.push_str(&format!(
+        "To add a {} to this cluster, run the following command on it:\n\n    {command}\n\n",
+        args.role.as_str()
+    ));
+    print_out(&text);
     Ok(())
 }
 

@@ -51,16 +51,14 @@ impl ControlApi {
         if let Some(client) = self.clients.lock().get(addr) {
             return Ok(client.clone());
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             // A forward over a connection that died silently fails within seconds instead of
             // waiting forever.
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await?;
+            .keep_alive_while_idle(true);
+        let channel = shoal_tls::client::connect(endpoint, self.manager.client_tls.clone()).await?;
         let client = ControlClient::new(channel).max_decoding_message_size(256 << 20);
         self.clients.lock().insert(addr.to_string(), client.clone());
         Ok(client)
@@ -568,6 +566,21 @@ impl Control for ControlApi {
     }
 
     async fn join_manager(&self, request: Request<JoinManagerRequest>) -> Result<Response<JoinManagerResponse>, Status> {
+        // A manager joins under the node id its certificate names (a forwarded call carries the
+        // forwarding manager's certificate; the first manager checked it).
+        if !request.metadata().contains_key(FORWARDED)
+            && let Some(peer) = crate::auth::peer(&request)
+            && (peer.role != shoal_tls::Role::Manager || peer.node_id != request.get_ref().node_id)
+        {
+            let reason = format!(
+                "joining as manager {} needs that manager's certificate; {} {} presented its own",
+                request.get_ref().node_id,
+                peer.role,
+                peer.node_id
+            );
+            tracing::warn!(peer = %crate::auth::remote(&request), reason = %reason, "join refused");
+            return Err(ApiError::PermissionDenied(reason).into());
+        }
         routed!(self, request, join_manager, async {
             if request.node_id.is_empty() || request.addr.is_empty() {
                 return Err(ApiError::InvalidArgument("a joining manager must give its node id and address".into()));
@@ -606,6 +619,64 @@ impl Control for ControlApi {
             }
             tracing::info!(raft_id, node = %request.node_id, addr = %request.addr, "manager joined as learner");
             Ok(JoinManagerResponse { raft_id, cluster_id, leader_raft_id: st.id, members_json })
+        })
+    }
+
+    async fn issue_node_certificate(
+        &self,
+        request: Request<IssueNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let remote = crate::auth::remote(&request);
+        // The leader decides, so a token rotated a moment ago is never accepted by a lagging
+        // follower.
+        routed!(self, request, issue_node_certificate, async {
+            let issued = crate::security::issue(&self.manager.state(), &request.token, &request.role, &request.csr_pem);
+            match issued {
+                Ok((node_id, credentials, cluster_id)) => {
+                    tracing::info!(peer = %remote, node = %node_id, role = %request.role, "issued a certificate to a joining node");
+                    Ok(IssueNodeCertificateResponse {
+                        node_id,
+                        cert_pem: credentials.cert_pem,
+                        ca_pem: credentials.ca_pem,
+                        cluster_id,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %remote, role = %request.role, reason = %e, "join refused");
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    async fn renew_node_certificate(
+        &self,
+        request: Request<RenewNodeCertificateRequest>,
+    ) -> Result<Response<RenewNodeCertificateResponse>, Status> {
+        let Some(peer) = crate::auth::peer(&request).cloned() else {
+            return Err(ApiError::PermissionDenied("renewing needs the certificate to renew".into()).into());
+        };
+        let cert_pem = crate::security::renew(&self.manager.state(), &peer, &request.get_ref().csr_pem)?;
+        tracing::info!(node = %peer.node_id, role = %peer.role, "renewed a node certificate");
+        Ok(Response::new(RenewNodeCertificateResponse { cert_pem }))
+    }
+
+    async fn join_token(&self, request: Request<JoinTokenRequest>) -> Result<Response<JoinTokenResponse>, Status> {
+        routed!(self, request, join_token, async {
+            let role = match request.role.as_str() {
+                "worker" => shoal_types::NodeRole::Worker,
+                "manager" => shoal_types::NodeRole::Manager,
+                other => {
+                    return Err(ApiError::InvalidArgument(format!("role: {other:?} is not one of worker, manager")));
+                }
+            };
+            if request.rotate {
+                let token = crate::security::new_token(&self.manager.state())?;
+                self.manager.propose(vec![Action::SetJoinToken { role, token: token.clone() }]).await?;
+                tracing::info!(role = %request.role, "join token rotated");
+                return Ok(JoinTokenResponse { token });
+            }
+            Ok(JoinTokenResponse { token: crate::security::token(&self.manager.state(), role)? })
         })
     }
 }

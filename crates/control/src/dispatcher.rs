@@ -249,13 +249,33 @@ impl std::ops::Deref for DispatcherApi {
     }
 }
 
+/// A worker acts only for the node its certificate names: it cannot open another node's session
+/// or report another node's tasks.
+fn own_node<T>(request: &Request<T>, node_id: &str) -> Result<(), Status> {
+    match crate::auth::peer(request) {
+        Some(peer) if peer.node_id == node_id => Ok(()),
+        Some(peer) => {
+            let reason = format!("the certificate of node {} may not act for node {node_id}", peer.node_id);
+            tracing::warn!(peer = %crate::auth::remote(request), reason = %reason, "dispatcher call refused");
+            Err(Status::permission_denied(reason))
+        }
+        None => Err(Status::permission_denied("the dispatcher needs a worker certificate")),
+    }
+}
+
 #[tonic::async_trait]
 impl Dispatcher for DispatcherApi {
     type SessionStream = SessionStream;
 
     async fn session(&self, request: Request<SessionRequest>) -> Result<Response<SessionStream>, Status> {
         self.check_leader()?;
-        let addr = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        own_node(&request, &request.get_ref().node_id)?;
+        let addr = request
+            .extensions()
+            .get::<shoal_tls::PeerInfo>()
+            .and_then(|p| p.remote_addr)
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
         let request = request.into_inner();
         // Subscribe before registering so no change after the complete set is missed.
         let mut events = self.manager.subscribe();
@@ -337,6 +357,7 @@ impl Dispatcher for DispatcherApi {
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         self.check_leader()?;
+        own_node(&request, &request.get_ref().node_id)?;
         let request = request.into_inner();
         self.check_session(&request.node_id, &request.session_id)?;
         Ok(Response::new(HeartbeatResponse { period_ms: self.period().as_millis() as u64 }))
@@ -347,6 +368,7 @@ impl Dispatcher for DispatcherApi {
         request: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         self.check_leader()?;
+        own_node(&request, &request.get_ref().node_id)?;
         let request = request.into_inner();
         self.check_session(&request.node_id, &request.session_id)?;
         let mut parsed = Vec::with_capacity(request.updates.len());

@@ -16,6 +16,8 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("this manager is not the leader")]
     NotLeader,
     #[error("internal error: {0}")]
@@ -32,7 +34,9 @@ impl From<StoreError> for ApiError {
             | StoreError::NoPreviousSpec { .. }
             | StoreError::Rename { .. }
             | StoreError::ModeChange { .. }
-            | StoreError::ClusterExists => ApiError::FailedPrecondition(e.to_string()),
+            | StoreError::ClusterExists
+            | StoreError::SecurityExists
+            | StoreError::NoSecurity => ApiError::FailedPrecondition(e.to_string()),
             StoreError::Malformed(_) => ApiError::Internal(e.to_string()),
         }
     }
@@ -58,6 +62,7 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Unavailable(_) | ApiError::NotLeader => Code::Unavailable,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

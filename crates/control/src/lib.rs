@@ -21,11 +21,13 @@ use shoal_types::{Cluster, ClusterSpec};
 use tokio::sync::{broadcast, watch};
 
 pub mod api;
+pub mod auth;
 pub mod control_loop;
 pub mod dispatcher;
 pub mod error;
 pub mod identity;
 mod machine;
+pub mod security;
 
 pub use error::ApiError;
 pub use identity::Identity;
@@ -55,6 +57,10 @@ pub struct ManagerConfig {
     /// The address other managers and clients use to reach this one.
     pub advertise_addr: String,
     pub join: Option<String>,
+    /// The manager join token (`--token`), needed with `join`.
+    pub token: Option<String>,
+    /// On initialisation, also copy the admin bundle to `~/.shoal/tls` if that is empty.
+    pub admin_bundle_to_home: bool,
     pub hostname: String,
     pub tick: Duration,
     pub election_tick: usize,
@@ -71,6 +77,8 @@ impl ManagerConfig {
             listen_addr,
             advertise_addr: listen_addr.to_string(),
             join: None,
+            token: None,
+            admin_bundle_to_home: true,
             hostname: hostname(),
             tick: Duration::from_millis(100),
             election_tick: 10,
@@ -100,6 +108,10 @@ pub fn now_millis() -> u64 {
 pub struct Manager {
     pub identity: Identity,
     pub config: ManagerConfig,
+    /// This manager's certificate (served to clients, presented to peers); renewed in place.
+    pub tls: Arc<shoal_tls::NodeTls>,
+    /// For calls to other managers (raft, forwarding).
+    pub client_tls: shoal_tls::ClientConfig,
     raft: RaftHandle<ApplyResult>,
     state: Arc<RwLock<State>>,
     events: broadcast::Sender<Change>,
@@ -252,11 +264,17 @@ pub struct Running {
     pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
-fn initial_state(identity: &Identity, hostname: &str, at: u64, spec: &ClusterSpec) -> State {
+fn initial_state(
+    identity: &Identity,
+    hostname: &str,
+    at: u64,
+    spec: &ClusterSpec,
+    security: shoal_types::ClusterSecurity,
+) -> State {
     let mut state = State::default();
     let cluster = Cluster { id: identity.cluster_id.clone(), version: 0, created_at: at, spec: spec.clone() };
     state
-        .apply(1, &Batch { at, actions: vec![Action::InitCluster { cluster }] })
+        .apply(1, &Batch { at, actions: vec![Action::InitCluster { cluster }, Action::InitSecurity { security }] })
         .expect("a new store accepts the cluster object");
     state.apply_membership(
         1,
@@ -281,17 +299,23 @@ fn new_raft_id() -> u64 {
     }
 }
 
-async fn join_cluster(config: &ManagerConfig, target: &str) -> Result<(Identity, Members), ManagerError> {
-    let url = format!("http://{target}");
-    let endpoint = tonic::transport::Endpoint::from_shared(url)
+async fn join_cluster(
+    config: &ManagerConfig,
+    target: &str,
+) -> Result<(Identity, Members, shoal_tls::Credentials), ManagerError> {
+    let credentials = shoal_tls::join::obtain_certificate(target, config.token.as_deref(), shoal_tls::Role::Manager)
+        .await
+        .map_err(|e| ManagerError::Join(e.to_string()))?;
+    let node_id = credentials.identity().map_err(|e| ManagerError::Join(e.to_string()))?.node_id;
+    let tls = shoal_tls::NodeTls::new(&credentials).map_err(|e| ManagerError::Join(e.to_string()))?;
+    let client_tls = tls.client_config().map_err(|e| ManagerError::Join(e.to_string()))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(target))
         .map_err(|e| ManagerError::Join(format!("--join {target}: not a valid address: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30));
-    let channel = endpoint
-        .connect()
+    let channel = shoal_tls::client::connect(endpoint, client_tls)
         .await
-        .map_err(|e| ManagerError::Join(format!("cannot reach the manager at {target} to join: {e}")))?;
-    let node_id = shoal_types::ids::new_id();
+        .map_err(|e| ManagerError::Join(format!("cannot reach the manager at {target} to join: {}", shoal_tls::join::error_chain(&e))))?;
     let mut client = ControlClient::new(channel);
     let request = JoinManagerRequest {
         node_id: node_id.clone(),
@@ -315,7 +339,7 @@ async fn join_cluster(config: &ManagerConfig, target: &str) -> Result<(Identity,
     };
     let members: Members = serde_json::from_str(&response.members_json)
         .map_err(|e| ManagerError::Join(format!("the leader sent an unreadable member list: {e}")))?;
-    Ok((Identity::new(response.cluster_id, node_id, response.raft_id, config.advertise_addr.clone()), members))
+    Ok((Identity::new(response.cluster_id, node_id, response.raft_id, config.advertise_addr.clone()), members, credentials))
 }
 
 /// Starts a manager: initialises a cluster (empty data dir, no --join), joins one (--join), or
@@ -333,22 +357,35 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         .await
         .map_err(|e| ManagerError::Listen(config.listen_addr, e))?;
     let raft_path = config.data_dir.join(identity::RAFT_DIR);
-    let (identity, storage) = match data_dir {
+    let tls_dir = config.data_dir.join(security::TLS_DIR);
+    let (identity, storage, credentials) = match data_dir {
         identity::DataDir::Existing(identity) => {
             if config.join.is_some() {
                 tracing::warn!("the data dir already holds a manager; ignoring --join and resuming");
             }
+            let credentials = shoal_tls::Credentials::load(&tls_dir)
+                .map_err(|e| ManagerError::DataDir(format!("data dir {}: {e}", config.data_dir.display())))?
+                .ok_or_else(|| {
+                    ManagerError::DataDir(format!(
+                        "data dir {}: {}/ is missing; this manager's certificate is gone (remove the manager and join a new one)",
+                        config.data_dir.display(),
+                        security::TLS_DIR
+                    ))
+                })?;
             let durable = open_sled(&raft_path)?;
-            (identity, RaftStorage::open(durable)?)
+            (identity, RaftStorage::open(durable)?, credentials)
         }
         identity::DataDir::Empty => match &config.join {
             Some(target) => {
-                let (identity, members) = join_cluster(&config, target).await?;
+                let (identity, members, credentials) = join_cluster(&config, target).await?;
                 let mut storage = RaftStorage::open(open_sled(&raft_path)?)?;
                 storage.seed_members(&members)?;
+                credentials
+                    .save(&tls_dir)
+                    .map_err(|e| ManagerError::DataDir(format!("data dir {}: {e}", config.data_dir.display())))?;
                 identity::write(&config.data_dir, &identity)?;
                 tracing::info!(node = %identity.node_id, raft_id = identity.raft_id, "joined the cluster as a learner");
-                (identity, storage)
+                (identity, storage, credentials)
             }
             None => {
                 let identity = Identity::new(
@@ -357,7 +394,13 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                     new_raft_id(),
                     config.advertise_addr.clone(),
                 );
-                let state = initial_state(&identity, &config.hostname, now_millis(), &config.cluster_spec);
+                let material = security::init_material(
+                    &identity.cluster_id,
+                    &identity.node_id,
+                    config.cluster_spec.node_cert_expiry.as_std(),
+                )?;
+                let state =
+                    initial_state(&identity, &config.hostname, now_millis(), &config.cluster_spec, material.security);
                 let members: Members = [(
                     identity.raft_id,
                     Member { node_id: identity.node_id.clone(), addr: identity.addr.clone(), hostname: config.hostname.clone() },
@@ -365,12 +408,26 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                 .into_iter()
                 .collect();
                 let storage = shoal_raft::bootstrap(open_sled(&raft_path)?, &members, &state.snapshot())?;
+                material
+                    .manager
+                    .save(&tls_dir)
+                    .map_err(|e| ManagerError::DataDir(format!("data dir {}: {e}", config.data_dir.display())))?;
+                let copied = security::install_admin_bundle(&config.data_dir, &material.admin, config.admin_bundle_to_home)?;
                 identity::write(&config.data_dir, &identity)?;
-                tracing::info!(cluster = %identity.cluster_id, node = %identity.node_id, "initialised a new cluster");
-                (identity, storage)
+                tracing::info!(
+                    cluster = %identity.cluster_id,
+                    node = %identity.node_id,
+                    admin_bundle = %config.data_dir.join(security::ADMIN_DIR).display(),
+                    copied_to = %copied.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
+                    "initialised a new cluster"
+                );
+                (identity, storage, material.manager)
             }
         },
     };
+    let tls = shoal_tls::NodeTls::new(&credentials).map_err(|e| ManagerError::Config(e.to_string()))?;
+    let server_tls = tls.server_config().map_err(|e| ManagerError::Config(e.to_string()))?;
+    let client_tls = tls.client_config().map_err(|e| ManagerError::Config(e.to_string()))?;
 
     let state = Arc::new(RwLock::new(State::default()));
     let (events, _) = broadcast::channel(4096);
@@ -380,7 +437,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     engine_config.heartbeat_tick = config.heartbeat_tick;
     engine_config.snapshot_interval = config.snapshot_interval;
     let engine = Engine::open(engine_config, storage, machine, &shoal_raft::slog_logger())?;
-    let transport = GrpcTransport::new(identity.raft_id);
+    let transport = GrpcTransport::new(identity.raft_id, client_tls.clone());
     let (raft, raft_thread) = shoal_raft::spawn(engine, transport.clone(), config.tick);
     transport.set_feedback(Arc::new(raft.clone()));
 
@@ -388,6 +445,8 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     let manager = Arc::new(Manager {
         identity: identity.clone(),
         config: config.clone(),
+        tls: tls.clone(),
+        client_tls,
         raft: raft.clone(),
         state,
         events,
@@ -396,6 +455,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     });
     tokio::spawn(manager.clone().promote_learners());
     tokio::spawn(control_loop::run(manager.clone()));
+    tokio::spawn(renew_own_certificate(manager.clone(), tls_dir));
     let dispatcher = shoal_proto::v1::dispatcher_server::DispatcherServer::new(dispatcher::DispatcherApi(dispatcher::DispatcherService::new(manager.clone())))
         .max_decoding_message_size(64 << 20);
 
@@ -403,11 +463,11 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         .max_decoding_message_size(64 << 20);
     let control = ControlServer::new(api::ControlApi::new(manager.clone()));
     let mut stop = manager.shutdown.subscribe();
-    // Raft and API messages are small and latency-bound: no Nagle delay on accepted sockets.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Every connection is TLS; what each caller may do is decided per call (auth.rs).
+    let incoming = shoal_tls::server::incoming(listener, server_tls);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+            .layer(auth::AuthLayer { manager: manager.clone() })
             // Pings find clients (agents, peers) whose connection died without a reset.
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
@@ -420,6 +480,21 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     );
     tracing::info!(addr = %config.listen_addr, node = %identity.node_id, raft_id = identity.raft_id, "manager serving");
     Ok(Running { manager, server })
+}
+
+/// A manager signs its own renewed certificate with the CA in its copy of the store (every
+/// manager has it), so renewal works even while it cannot reach the leader.
+async fn renew_own_certificate(manager: Arc<Manager>, dir: PathBuf) {
+    let tls = manager.tls.clone();
+    let renewing = shoal_tls::join::keep_renewed(tls.clone(), dir, |csr| {
+        let signed = security::renew(&manager.state(), &tls.identity(), &csr).map_err(|e| e.to_string());
+        std::future::ready(signed)
+    });
+    let mut stop = manager.shutdown.subscribe();
+    tokio::select! {
+        _ = renewing => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
 }
 
 fn open_sled(path: &std::path::Path) -> Result<SledDurable, ManagerError> {

@@ -59,13 +59,16 @@ pub struct GrpcTransport {
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Peer>>,
     feedback: Arc<Mutex<Option<Arc<dyn Feedback>>>>,
+    /// This manager's certificate, presented to its peers (mutual TLS).
+    tls: shoal_tls::ClientConfig,
 }
 
 impl GrpcTransport {
     /// Must be called inside a tokio runtime; peer connections run on it.
-    pub fn new(me: u64) -> Arc<Self> {
+    pub fn new(me: u64, tls: shoal_tls::ClientConfig) -> Arc<Self> {
         Arc::new(GrpcTransport {
             me,
+            tls,
             runtime: tokio::runtime::Handle::current(),
             peers: Mutex::new(HashMap::new()),
             feedback: Arc::new(Mutex::new(None)),
@@ -104,7 +107,7 @@ impl Transport for GrpcTransport {
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let feedback = self.feedback.clone();
-            self.runtime.spawn(peer_loop(self.me, *id, member.addr.clone(), rx, feedback));
+            self.runtime.spawn(peer_loop(self.me, *id, member.addr.clone(), rx, feedback, self.tls.clone()));
             peers.insert(*id, Peer { addr: member.addr.clone(), queue: tx });
         }
     }
@@ -122,8 +125,9 @@ async fn peer_loop(
     addr: String,
     mut inbox: mpsc::Receiver<Message>,
     feedback: Arc<Mutex<Option<Arc<dyn Feedback>>>>,
+    tls: shoal_tls::ClientConfig,
 ) {
-    let url = format!("http://{addr}");
+    let url = shoal_tls::client::uri(&addr);
     let mut backoff = Duration::from_millis(50);
     let mut reachable = true;
     loop {
@@ -141,7 +145,7 @@ async fn peer_loop(
                 return;
             }
         };
-        let channel = match endpoint.connect().await {
+        let channel = match shoal_tls::client::connect(endpoint, tls.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 report(&feedback, |f| f.unreachable(to));

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 use shoal_types::{
-    Cluster, Node, NodeDescription, NodeSpec, NodeStatus, ServiceSpec, Task, TaskState, TaskStatus, Timestamp,
+    Cluster, ClusterSecurity, Node, NodeRole, NodeDescription, NodeSpec, NodeStatus, ServiceSpec, Task, TaskState, TaskStatus, Timestamp,
     UpdateStatus,
 };
 
@@ -17,6 +17,11 @@ pub struct Batch {
 pub enum Action {
     /// Creates the cluster object; refused if one exists.
     InitCluster { cluster: Cluster },
+    /// Stores the cluster CA and the first join tokens; refused if they exist (the CA never
+    /// changes, or every node certificate would stop verifying).
+    InitSecurity { security: ClusterSecurity },
+    /// `cluster join-token --rotate`: replaces one role's token; nodes that joined keep working.
+    SetJoinToken { role: NodeRole, token: String },
     CreateService { id: String, spec: ServiceSpec },
     /// Replaces the spec if the service is still at `expected_version` (optimistic concurrency).
     UpdateService { id: String, expected_version: u64, spec: ServiceSpec },

@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use shoal_types::{
-    Cluster, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, SPEC_HISTORY_LIMIT,
+    Cluster, ClusterSecurity, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, SPEC_HISTORY_LIMIT,
     Service, SpecRevision, Task, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 
@@ -31,6 +31,10 @@ pub enum StoreError {
     NoPreviousSpec { name: String },
     #[error("cluster is already initialised")]
     ClusterExists,
+    #[error("the cluster CA is already initialised")]
+    SecurityExists,
+    #[error("the cluster CA is not initialised")]
+    NoSecurity,
     #[error("malformed log entry: {0}")]
     Malformed(String),
 }
@@ -71,6 +75,11 @@ pub struct State {
     services: BTreeMap<String, Service>,
     nodes: BTreeMap<String, Node>,
     tasks: BTreeMap<String, Task>,
+    #[serde(default)]
+    security: Option<ClusterSecurity>,
+    /// Nodes removed (`node rm`) or demoted out of raft: their certificates are refused.
+    #[serde(default)]
+    revoked_nodes: BTreeSet<String>,
     /// Raft index of the last entry applied (batches and membership changes alike).
     applied_index: u64,
     #[serde(skip)]
@@ -85,6 +94,8 @@ pub struct State {
 #[allow(clippy::large_enum_variant)]
 enum Undo {
     Cluster(Option<Cluster>),
+    Security(Option<ClusterSecurity>),
+    Unrevoke(String),
     Service(String, Option<Service>),
     Node(String, Option<Node>),
     Task(String, Option<Task>),
@@ -97,6 +108,15 @@ impl State {
 
     pub fn cluster(&self) -> Option<&Cluster> {
         self.cluster.as_ref()
+    }
+
+    pub fn security(&self) -> Option<&ClusterSecurity> {
+        self.security.as_ref()
+    }
+
+    /// True if the node was removed from the cluster: its certificate no longer admits it.
+    pub fn is_revoked(&self, node_id: &str) -> bool {
+        self.revoked_nodes.contains(node_id)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Service> {
@@ -212,6 +232,8 @@ impl State {
             // Like a Swarm demotion: the node stays (as a worker) until `node rm` removes it.
             MembershipKind::Remove => match existing.cloned() {
                 Some(mut node) => {
+                    // Its manager certificate must not reach raft or the control API any more.
+                    self.revoked_nodes.insert(node.id.clone());
                     node.version = index;
                     node.updated_at = change.at.max(node.updated_at);
                     node.spec.role = NodeRole::Worker;
@@ -244,6 +266,22 @@ impl State {
                 undo.push(Undo::Cluster(None));
                 self.cluster = Some(cluster.clone());
                 changes.push(Change { kind: ChangeKind::Create, index, at, object: Object::Cluster(cluster) });
+            }
+            Action::InitSecurity { security } => {
+                if self.security.is_some() {
+                    return Err(StoreError::SecurityExists);
+                }
+                undo.push(Undo::Security(None));
+                self.security = Some(security.clone());
+            }
+            Action::SetJoinToken { role, token } => {
+                let security = self.security.as_mut().ok_or(StoreError::NoSecurity)?;
+                let old = security.clone();
+                match role {
+                    NodeRole::Worker => security.worker_token = token.clone(),
+                    NodeRole::Manager => security.manager_token = token.clone(),
+                }
+                undo.push(Undo::Security(Some(old)));
             }
             Action::CreateService { id, spec } => {
                 if self.services.contains_key(id) {
@@ -371,6 +409,9 @@ impl State {
             Action::RemoveNode { id } => {
                 let node = self.nodes.remove(id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?;
                 undo.push(Undo::Node(id.clone(), Some(node.clone())));
+                if self.revoked_nodes.insert(id.clone()) {
+                    undo.push(Undo::Unrevoke(id.clone()));
+                }
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Node(node) });
             }
             Action::PutTask { task } => {
@@ -544,6 +585,10 @@ impl State {
     fn undo(&mut self, step: Undo) {
         match step {
             Undo::Cluster(old) => self.cluster = old,
+            Undo::Security(old) => self.security = old,
+            Undo::Unrevoke(id) => {
+                self.revoked_nodes.remove(&id);
+            }
             Undo::Service(id, old) => {
                 self.remove_service(&id);
                 if let Some(old) = old {

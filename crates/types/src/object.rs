@@ -233,6 +233,31 @@ pub struct ClusterSpec {
     pub heartbeat_period: crate::GoDuration,
     /// Entries applied between raft snapshots.
     pub snapshot_interval: u64,
+    /// How long node certificates are valid (Swarm's `--cert-expiry`, default 90 days); nodes
+    /// renew theirs well before.
+    #[serde(default = "default_node_cert_expiry")]
+    pub node_cert_expiry: crate::GoDuration,
+}
+
+fn default_node_cert_expiry() -> crate::GoDuration {
+    crate::GoDuration::from_secs(90 * 24 * 3600)
+}
+
+/// The cluster's secrets: its CA (so any leader can sign node certificates) and its join tokens.
+/// Kept in the replicated store but apart from the cluster object, so `cluster info` and
+/// `events` never show them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSecurity {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub worker_token: String,
+    pub manager_token: String,
+}
+
+impl std::fmt::Debug for ClusterSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSecurity").finish_non_exhaustive()
+    }
 }
 
 impl Default for ClusterSpec {
@@ -241,6 +266,7 @@ impl Default for ClusterSpec {
             task_history_limit: 5,
             heartbeat_period: crate::GoDuration::from_secs(1),
             snapshot_interval: 10_000,
+            node_cert_expiry: default_node_cert_expiry(),
         }
     }
 }

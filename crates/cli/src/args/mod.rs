@@ -16,7 +16,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 pub use events::{EventFilter, EventFormat, EventSelection, EventsArgs};
-pub use node::{
+pub use node::{JoinRole, JoinTokenArgs, 
     ClusterCommand, ClusterInfoArgs, NodeCommand, NodeDemoteArgs, NodeInspectArgs, NodeRmArgs, NodeUpdateArgs,
 };
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
@@ -36,6 +36,9 @@ pub struct Cli {
     /// Manager address (host:port, or a URL such as http://host:port)
     #[arg(short = 'H', long, global = true, env = "SHOAL_HOST", default_value = DEFAULT_HOST, value_name = "ADDR")]
     pub host: String,
+    /// Directory with the client certificate bundle (ca.pem, cert.pem, key.pem) [default: ~/.shoal/tls]
+    #[arg(long, global = true, env = "SHOAL_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

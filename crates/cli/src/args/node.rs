@@ -96,6 +96,36 @@ impl NodeUpdateArgs {
 pub enum ClusterCommand {
     /// Show the cluster's identity, leader, raft state and object counts
     Info(ClusterInfoArgs),
+    /// Print (or rotate) the token a new worker or manager joins with
+    JoinToken(JoinTokenArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinRole {
+    Worker,
+    Manager,
+}
+
+impl JoinRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Worker => "worker",
+            JoinRole::Manager => "manager",
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct JoinTokenArgs {
+    /// Which token: worker (for shoal-agent) or manager (for shoal-manager)
+    #[arg(value_enum)]
+    pub role: JoinRole,
+    /// Replace the token: nodes that joined keep working, the old token no longer joins
+    #[arg(long)]
+    pub rotate: bool,
+    /// Only print the token
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Clone, Debug, Default, PartialEq)]
