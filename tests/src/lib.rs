@@ -82,6 +82,7 @@ pub struct ManagerProc {
     /// HOME of the process: the test's directory, so the admin bundle copy to `~/.shoal/tls`
     /// lands there and not in the real home.
     home: PathBuf,
+    extra_env: Vec<(String, String)>,
 }
 
 impl ManagerProc {
@@ -94,6 +95,7 @@ impl ManagerProc {
         }
         cmd.args(&self.extra_args);
         cmd.env("HOME", &self.home).env_remove("SHOAL_JOIN_TOKEN");
+        cmd.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info,raft=warn".into()));
         cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().context("spawning shoal-manager")?);
@@ -244,6 +246,7 @@ pub struct Cluster {
     pub managers: Vec<ManagerProc>,
     pub agents: Vec<AgentProc>,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -253,11 +256,17 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, extra_args: &[&str]) -> Result<Cluster> {
+        Cluster::start_with_env(n, extra_args, &[]).await
+    }
+
+    /// Like [`Cluster::start_with`], with extra environment variables for every manager.
+    pub async fn start_with_env(n: usize, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Result<Cluster> {
         let mut cluster = Cluster {
             dir: tempfile::tempdir()?,
             managers: Vec::new(),
             agents: Vec::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         for _ in 0..n {
             cluster.add_manager().await?;
@@ -282,6 +291,7 @@ impl Cluster {
             child: None,
             extra_args: self.extra_args.clone(),
             home: self.dir.path().to_path_buf(),
+            extra_env: self.extra_env.clone(),
         };
         manager.spawn(join.as_deref().zip(token.as_deref()))?;
         if index == 0 {

@@ -39,7 +39,11 @@ fn default_tls_dir() -> std::path::PathBuf {
 
 /// The TLS configuration of this CLI: the admin (or any) certificate in the bundle directory.
 fn client_tls() -> Result<(shoal_tls::ClientConfig, std::path::PathBuf), CliError> {
-    let dir = TLS_DIR.get_or_init(default_tls_dir).clone();
+    client_tls_from(TLS_DIR.get_or_init(default_tls_dir))
+}
+
+fn client_tls_from(dir: &std::path::Path) -> Result<(shoal_tls::ClientConfig, std::path::PathBuf), CliError> {
+    let dir = dir.to_path_buf();
     let credentials = shoal_tls::Credentials::load(&dir)
         .map_err(|e| CliError::Message(format!("the client certificate bundle is unusable: {e}")))?
         .ok_or_else(|| {
@@ -287,6 +291,30 @@ fn decode<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, CliError> {
 mod tests {
     use super::*;
 
+    /// Points this test process's CLI client at a throwaway admin bundle (the connection
+    /// errors below happen before any certificate is shown to anyone).
+    fn use_test_bundle() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let dir = std::env::temp_dir().join(format!("shoal-cli-test-bundle-{}", std::process::id()));
+            let now = std::time::SystemTime::now();
+            let ca = shoal_tls::ClusterCa::generate("test", now).unwrap();
+            let admin = ca
+                .issue_with_new_key("test", "admin", shoal_tls::Role::Admin, Duration::from_secs(3600), now)
+                .unwrap();
+            admin.save(&dir).unwrap();
+            use_tls_dir(Some(dir));
+        });
+    }
+
+    #[tokio::test]
+    async fn a_missing_bundle_is_named_with_what_to_do() {
+        let dir = std::env::temp_dir().join("shoal-cli-test-no-bundle-here");
+        let err = client_tls_from(&dir).err().expect("no bundle");
+        let text = err.to_string();
+        assert!(text.contains("no client certificate in") && text.contains("--tls-dir or SHOAL_TLS_DIR"), "{text}");
+    }
+
     #[test]
     fn addresses_become_http_uris() {
         assert_eq!(endpoint_uri("127.0.0.1:4242"), "http://127.0.0.1:4242");
@@ -295,6 +323,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_fails_fast_with_a_clear_line() {
+        use_test_bundle();
         // Bind then drop a listener so the port is (almost certainly) closed.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");

@@ -14,8 +14,14 @@ use crate::{MANAGER_SERVER_NAME, PeerIdentity, Role, TlsError, hex};
 
 /// The cluster CA lives this long (Swarm's root CA: 20 years).
 const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
-/// Certificates start a little in the past so a node whose clock is slightly behind accepts them.
+/// Certificates start a little in the past so a node whose clock is slightly behind accepts them:
+/// a minute, or a tenth of the validity for short-lived (test) certificates, so the renewal
+/// point (a fraction of the whole lifetime) stays ahead of the issue time.
 const BACKDATE: Duration = Duration::from_secs(60);
+
+fn backdate(validity: Duration) -> Duration {
+    BACKDATE.min(validity / 10)
+}
 
 /// SHA-256 of the CA certificate (DER): what a join token pins.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,7 +151,7 @@ fn node_params(
             MANAGER_SERVER_NAME.try_into().map_err(|e: rcgen::Error| TlsError::Certificate(e.to_string()))?,
         )];
     }
-    params.not_before = (now - BACKDATE).into();
+    params.not_before = (now - backdate(validity)).into();
     params.not_after = (now + validity).into();
     params.serial_number = Some(random_serial());
     params.use_authority_key_identifier_extension = true;
@@ -281,6 +287,8 @@ mod tests {
         assert_eq!((id.node_id.as_str(), id.role, id.cluster_id.as_str()), ("node-a", Role::Worker, "cluster-1"));
         let lifetime = id.not_after.duration_since(id.not_before).unwrap();
         assert_eq!(lifetime, Duration::from_secs(3600) + BACKDATE);
+        let renew_at = id.renew_at(0.5);
+        assert!(renew_at > now && renew_at < now + Duration::from_secs(1830), "renewal half way through");
         assert_eq!(credentials.ca_digest().unwrap(), ca.digest().unwrap());
     }
 

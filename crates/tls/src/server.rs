@@ -118,13 +118,14 @@ fn peer_info(stream: &TlsStream<TcpStream>, remote: SocketAddr) -> PeerInfo {
 
 fn log_refused(remote: SocketAddr, error: &io::Error) {
     let reason = error.to_string();
-    let hint = if reason.contains("InvalidContentType") || reason.contains("corrupt message") {
+    let lower = reason.to_lowercase();
+    let hint = if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
         " (the client does not speak TLS: a plaintext connection was refused)"
-    } else if reason.contains("Expired") {
+    } else if lower.contains("expired") {
         " (the client's certificate has expired: the node must rejoin with a token)"
-    } else if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
+    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("badsignature") {
         " (the client's certificate was not issued by this cluster's CA)"
-    } else if reason.contains("UnknownCA") {
+    } else if lower.contains("unknownca") || lower.contains("unknown ca") {
         " (the client does not trust this cluster's CA: its join token is for another cluster)"
     } else {
         ""
