@@ -20,6 +20,11 @@ if [[ ${1:-} == --purge ]]; then
         ids=$(docker ps -aq --filter "label=org.shoal.node.id=$node" 2>/dev/null || true)
         [[ -n $ids ]] && docker rm -f $ids >/dev/null && echo "removed containers of $(basename "$(dirname "$id_file")")"
     done
+    # The admin bundle copied to ~/.shoal/tls belongs to this cluster: it goes with it.
+    if [[ -f $HOME/.shoal/tls/ca.pem ]] && cmp -s "$HOME/.shoal/tls/ca.pem" "$state/manager-1/admin/ca.pem"; then
+        rm -rf "$HOME/.shoal/tls"
+        echo "removed ~/.shoal/tls (this cluster's admin bundle)"
+    fi
     rm -rf "$state"
     echo "deleted .shoal-local/"
 fi

@@ -16,8 +16,10 @@ echo "==> building shoal (the first build takes a few minutes)"
 cargo build --workspace --bins --locked
 
 mkdir -p "$state"
-start_manager() { # name port [join]
-    local name=$1 port=$2 join=${3:-}
+# The CLI authenticates with the admin bundle manager-1 writes when it initialises the cluster.
+export SHOAL_TLS_DIR=$state/manager-1/admin
+start_manager() { # name port [join token]
+    local name=$1 port=$2 join=${3:-} token=${4:-}
     local pidfile=$state/$name.pid
     if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
         echo "    $name already running (pid $(cat "$pidfile"))"
@@ -25,7 +27,7 @@ start_manager() { # name port [join]
     fi
     local args=(--data-dir "$state/$name" --listen-addr "127.0.0.1:$port" --hostname "$name")
     if [[ -n $join && ! -f $state/$name/manager.json ]]; then
-        args+=(--join "$join")
+        args+=(--join "$join" --token "$token")
     fi
     nohup "$bin/shoal-manager" "${args[@]}" >>"$state/$name.log" 2>&1 &
     echo $! >"$pidfile"
@@ -44,9 +46,11 @@ wait_ready() { # port
 echo "==> starting managers"
 start_manager manager-1 4242
 wait_ready 4242
-start_manager manager-2 4243 127.0.0.1:4242
+manager_token=$("$bin/shoal" --host 127.0.0.1:4242 cluster join-token -q manager)
+worker_token=$("$bin/shoal" --host 127.0.0.1:4242 cluster join-token -q worker)
+start_manager manager-2 4243 127.0.0.1:4242 "$manager_token"
 wait_ready 4243
-start_manager manager-3 4244 127.0.0.1:4242
+start_manager manager-3 4244 127.0.0.1:4242 "$manager_token"
 wait_ready 4244
 
 start_agent() { # name
@@ -56,7 +60,8 @@ start_agent() { # name
         echo "    $name already running (pid $(cat "$pidfile"))"
         return
     fi
-    nohup "$bin/shoal-agent" --data-dir "$state/$name" --join 127.0.0.1:4242 --hostname "$name" >>"$state/$name.log" 2>&1 &
+    nohup "$bin/shoal-agent" --data-dir "$state/$name" --join 127.0.0.1:4242 --token "$worker_token" \
+        --hostname "$name" >>"$state/$name.log" 2>&1 &
     echo $! >"$pidfile"
     echo "    $name (pid $!, log .shoal-local/$name.log), running containers on the local Docker engine"
 }
@@ -67,13 +72,20 @@ sleep 2
 
 echo
 "$bin/shoal" --host 127.0.0.1:4242 node ls
+if cmp -s "$HOME/.shoal/tls/ca.pem" "$SHOAL_TLS_DIR/ca.pem"; then
+    tls_hint="# the admin bundle is in ~/.shoal/tls: the CLI finds it there"
+else
+    tls_hint="export SHOAL_TLS_DIR=$SHOAL_TLS_DIR   # ~/.shoal/tls holds another cluster's bundle"
+fi
 cat <<EOT
 
 shoal is running: three managers replicate the cluster state with raft; two agents run tasks as
-Docker containers on this machine's engine.
+Docker containers on this machine's engine. Every connection is mutual TLS with the cluster's CA.
 
 Next:
   export PATH="$bin:\$PATH"            # puts shoal, shoal-manager and shoal-agent on your PATH
+  $tls_hint
+  shoal cluster join-token worker      # how another machine's agent joins
   shoal service create --name web --replicas 4 --update-parallelism 2 shoal/busybox:1
   shoal service ls                     # REPLICAS 4/4 once the containers run
   shoal service ps web
