@@ -73,7 +73,10 @@ pub async fn join_or_resume(
             .ok_or_else(|| err(format!("{TLS_DIR}/ is missing: this node's certificate is gone; remove the node (`shoal node rm`), empty the data dir and join again with a token")))?;
         let certified = credentials.identity().map_err(|e| err(e.to_string()))?;
         if certified.node_id != identity.node_id {
-            return Err(err(format!("{TLS_DIR}/cert.pem is for node {}, not this node ({})", certified.node_id, identity.node_id)));
+            return Err(err(format!(
+                "{TLS_DIR}/cert.pem is for node {}, not this node ({})",
+                certified.node_id, identity.node_id
+            )));
         }
         return Ok((identity.node_id, credentials));
     }
@@ -143,7 +146,10 @@ impl Agent {
             match shoal_tls::client::connect(endpoint, self.client_tls.clone()).await {
                 Ok(channel) => {
                     let request = shoal_proto::v1::RenewNodeCertificateRequest { csr_pem: csr_pem.clone() };
-                    match shoal_proto::v1::control_client::ControlClient::new(channel).renew_node_certificate(request).await {
+                    match shoal_proto::v1::control_client::ControlClient::new(channel)
+                        .renew_node_certificate(request)
+                        .await
+                    {
                         Ok(r) => return Ok(r.into_inner().cert_pem),
                         Err(status) => last = format!("{addr}: {}", status.message()),
                     }
@@ -248,7 +254,12 @@ impl Agent {
         };
         let channel = match channel {
             Ok(c) => c,
-            Err(e) => return SessionEnd::Ended(format!("cannot reach {addr}: {}", self.explain(shoal_tls::join::error_chain(&e)))),
+            Err(e) => {
+                return SessionEnd::Ended(format!(
+                    "cannot reach {addr}: {}",
+                    self.explain(shoal_tls::join::error_chain(&e))
+                ));
+            }
         };
         let mut client = DispatcherClient::new(channel).max_decoding_message_size(256 << 20);
         let request = SessionRequest {
@@ -310,12 +321,19 @@ impl Agent {
                     }
                     let updates = batch
                         .iter()
-                        .map(|(id, s)| TaskStatusUpdate { task_id: id.clone(), status_json: serde_json::to_string(s).expect("serialises") })
+                        .map(|(id, s)| TaskStatusUpdate {
+                            task_id: id.clone(),
+                            status_json: serde_json::to_string(s).expect("serialises"),
+                        })
                         .collect();
-                    let request = UpdateTaskStatusRequest { node_id: node_id.clone(), session_id: session_id.clone(), updates };
+                    let request =
+                        UpdateTaskStatusRequest { node_id: node_id.clone(), session_id: session_id.clone(), updates };
                     match client.update_task_status(request).await {
                         Ok(_) => {}
-                        Err(e) if e.code() == tonic::Code::PermissionDenied || e.code() == tonic::Code::InvalidArgument && e.message() != "session invalid" => {
+                        Err(e)
+                            if e.code() == tonic::Code::PermissionDenied
+                                || e.code() == tonic::Code::InvalidArgument && e.message() != "session invalid" =>
+                        {
                             tracing::error!(error = e.message(), "the leader refused task statuses; dropping them");
                         }
                         Err(e) => {

@@ -66,8 +66,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let (node_id, credentials) =
-        shoal_agent::join_or_resume(&args.data_dir, &args.join, args.token.as_deref()).await?;
+    let (node_id, credentials) = shoal_agent::join_or_resume(&args.data_dir, &args.join, args.token.as_deref()).await?;
     let tls = shoal_agent::shoal_tls::NodeTls::new(&credentials)?;
     let mut delay = std::time::Duration::from_millis(500);
     let executor = loop {

@@ -73,7 +73,10 @@ fn parse_cert_expiry(text: &str) -> Result<shoal_types::GoDuration, String> {
         .map(|m| m.as_std())
         .unwrap_or(Duration::from_secs(3600));
     if d.as_std() < minimum {
-        return Err(format!("{d} is below the minimum of {}", shoal_types::GoDuration::from_millis(minimum.as_millis() as u64)));
+        return Err(format!(
+            "{d} is below the minimum of {}",
+            shoal_types::GoDuration::from_millis(minimum.as_millis() as u64)
+        ));
     }
     Ok(d)
 }

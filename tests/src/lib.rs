@@ -89,7 +89,12 @@ impl ManagerProc {
     fn spawn(&mut self, join: Option<(&str, &str)>) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new(bin("shoal-manager"));
-        cmd.arg("--data-dir").arg(&self.data_dir).arg("--listen-addr").arg(&self.addr).arg("--hostname").arg(&self.name);
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-addr")
+            .arg(&self.addr)
+            .arg("--hostname")
+            .arg(&self.name);
         if let Some((join, token)) = join {
             cmd.arg("--join").arg(join).arg("--token").arg(token);
         }
@@ -308,9 +313,11 @@ impl Cluster {
         register_admin_bundle(&manager.addr, &self.admin_dir());
         self.managers.push(manager);
         let expected = self.managers.len();
-        self.wait_for(Duration::from_secs(20), |info| info.raft.voters.len() == expected && info.raft.learners.is_empty())
-            .await
-            .with_context(|| format!("{name} did not become a voter; its log:\n{}", self.managers[index].log()))?;
+        self.wait_for(Duration::from_secs(20), |info| {
+            info.raft.voters.len() == expected && info.raft.learners.is_empty()
+        })
+        .await
+        .with_context(|| format!("{name} did not become a voter; its log:\n{}", self.managers[index].log()))?;
         Ok(index)
     }
 
@@ -372,8 +379,11 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::from("no answer");
         loop {
-            let addrs: Vec<String> =
-                self.managers.iter_mut().filter_map(|m| if m.is_running() { Some(m.addr.clone()) } else { None }).collect();
+            let addrs: Vec<String> = self
+                .managers
+                .iter_mut()
+                .filter_map(|m| if m.is_running() { Some(m.addr.clone()) } else { None })
+                .collect();
             for addr in addrs {
                 match cluster_info(&addr).await {
                     Ok(info) if cond(&info) => return Ok(info),
@@ -400,8 +410,10 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        let managers: String = self.managers.iter().map(|m| format!("==== {} ({})\n{}", m.name, m.addr, m.log())).collect();
-        let agents: String = self.agents.iter().map(|a| format!("==== {} ({})\n{}", a.name, a.node_id, a.log())).collect();
+        let managers: String =
+            self.managers.iter().map(|m| format!("==== {} ({})\n{}", m.name, m.addr, m.log())).collect();
+        let agents: String =
+            self.agents.iter().map(|a| format!("==== {} ({})\n{}", a.name, a.node_id, a.log())).collect();
         managers + &agents
     }
 }
@@ -445,7 +457,17 @@ pub async fn wait_tasks(
         if tokio::time::Instant::now() > deadline {
             let lines: Vec<String> = tasks
                 .iter()
-                .map(|t| format!("{} {} node={} {}/{} {}", t.id, t.name(), t.node_id, t.status.state, t.desired_state, t.status.err))
+                .map(|t| {
+                    format!(
+                        "{} {} node={} {}/{} {}",
+                        t.id,
+                        t.name(),
+                        t.node_id,
+                        t.status.state,
+                        t.desired_state,
+                        t.status.err
+                    )
+                })
                 .collect();
             bail!("{what}: not reached within {timeout:?}; tasks:\n{}", lines.join("\n"));
         }
@@ -457,7 +479,9 @@ pub async fn wait_tasks(
 pub fn running(tasks: &[shoal_types::Task]) -> Vec<&shoal_types::Task> {
     tasks
         .iter()
-        .filter(|t| t.status.state == shoal_types::TaskState::Running && t.desired_state == shoal_types::TaskState::Running)
+        .filter(|t| {
+            t.status.state == shoal_types::TaskState::Running && t.desired_state == shoal_types::TaskState::Running
+        })
         .collect()
 }
 

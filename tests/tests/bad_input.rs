@@ -98,15 +98,15 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
 
     let mut bad = ServiceSpec::new("api", "shoal/busybox:1");
     bad.update_config.max_failure_ratio = 1.5;
-    let err = client
-        .create_service(CreateServiceRequest { spec_json: serde_json::to_string(&bad)? })
-        .await
-        .unwrap_err();
+    let err =
+        client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&bad)? }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(err.message(), "update_config.max_failure_ratio: 1.5 is outside [0, 1]");
 
     let err = client
-        .create_service(CreateServiceRequest { spec_json: r#"{"name":"api","task":{"container":{"imag":"x"}}}"#.into() })
+        .create_service(CreateServiceRequest {
+            spec_json: r#"{"name":"api","task":{"container":{"imag":"x"}}}"#.into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);

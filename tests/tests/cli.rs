@@ -5,7 +5,13 @@ use anyhow::Result;
 use shoal_tests::*;
 
 fn ok(out: &std::process::Output) -> String {
-    assert!(out.status.success(), "expected success, got {:?}\nstdout: {}\nstderr: {}", out.status.code(), stdout(out), stderr(out));
+    assert!(
+        out.status.success(),
+        "expected success, got {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
     stdout(out)
 }
 
@@ -21,13 +27,37 @@ async fn cli_creates_lists_inspects_and_removes_services() -> Result<()> {
     let follower = cluster.managers[(leader + 1) % 3].addr.clone();
 
     // Through a follower: the call is forwarded to the leader.
-    let id = ok(&shoal(&follower, &["service", "create", "-d", "--name", "web", "--replicas", "3", "--update-parallelism", "2", "--update-delay", "5s", "--env", "A=1", "shoal/busybox:1"]));
+    let id = ok(&shoal(
+        &follower,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "5s",
+            "--env",
+            "A=1",
+            "shoal/busybox:1",
+        ],
+    ));
     assert_eq!(id.trim().len(), 25, "prints the new id: {id:?}");
 
     let ls = ok(&shoal(&follower, &["service", "ls"]));
     let lines: Vec<&str> = ls.lines().collect();
     assert!(lines[0].starts_with("ID") && lines[0].contains("NAME") && lines[0].contains("REPLICAS"), "{ls}");
-    assert!(lines[1].contains("web") && lines[1].contains("replicated") && lines[1].contains("0/3") && lines[1].contains("shoal/busybox:1"), "{ls}");
+    assert!(
+        lines[1].contains("web")
+            && lines[1].contains("replicated")
+            && lines[1].contains("0/3")
+            && lines[1].contains("shoal/busybox:1"),
+        "{ls}"
+    );
     assert_eq!(ok(&shoal(&follower, &["service", "ls", "-q"])).trim(), &id.trim()[..12]);
 
     let inspect = ok(&shoal(&follower, &["service", "inspect", "web"]));
@@ -82,8 +112,16 @@ async fn cli_bad_input_is_refused_and_changes_nothing() -> Result<()> {
         fails(&shoal(&host, &args), 2, needle);
     }
     // Errors only the spec validation or the cluster can see: exit 1, one line.
-    fails(&shoal(&host, &["service", "create", "-d", "--name", "api", "--reserve-memory", "1k", "shoal/busybox:1"]), 1, "task.resources.reservations.memory_bytes");
-    fails(&shoal(&host, &["service", "create", "-d", "--name", "web", "shoal/busybox:1"]), 1, "service web already exists");
+    fails(
+        &shoal(&host, &["service", "create", "-d", "--name", "api", "--reserve-memory", "1k", "shoal/busybox:1"]),
+        1,
+        "task.resources.reservations.memory_bytes",
+    );
+    fails(
+        &shoal(&host, &["service", "create", "-d", "--name", "web", "shoal/busybox:1"]),
+        1,
+        "service web already exists",
+    );
     fails(&shoal(&host, &["service", "inspect", "nope"]), 1, "service nope not found");
     fails(&shoal(&host, &["service", "rm", "nope"]), 1, "service nope not found");
     fails(&shoal(&host, &["node", "inspect", "nope"]), 1, "node nope not found");

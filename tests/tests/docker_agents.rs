@@ -66,15 +66,21 @@ async fn replicas_run_spread_restart_adopt_scale_and_go_away() -> Result<()> {
 
     // Restart an agent: its running containers are adopted, not restarted or duplicated.
     let agent = &mut cluster.agents[1];
-    let before: BTreeMap<String, String> =
-        agent.containers(false).into_iter().map(|id| (id.clone(), docker_inspect(&id, "{{.State.StartedAt}}"))).collect();
+    let before: BTreeMap<String, String> = agent
+        .containers(false)
+        .into_iter()
+        .map(|id| (id.clone(), docker_inspect(&id, "{{.State.StartedAt}}")))
+        .collect();
     assert_eq!(before.len(), 2);
     agent.kill9();
     tokio::time::sleep(Duration::from_millis(500)).await;
     agent.restart()?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after: BTreeMap<String, String> =
-        agent.containers(false).into_iter().map(|id| (id.clone(), docker_inspect(&id, "{{.State.StartedAt}}"))).collect();
+    let after: BTreeMap<String, String> = agent
+        .containers(false)
+        .into_iter()
+        .map(|id| (id.clone(), docker_inspect(&id, "{{.State.StartedAt}}")))
+        .collect();
     assert_eq!(before, after, "same containers, same start times");
     wait_tasks(&addr, "web", Duration::from_secs(10), "still 6", |t| running(t).len() == 6).await?;
 
@@ -125,7 +131,11 @@ async fn a_lost_agents_tasks_run_elsewhere_and_no_duplicates_remain() -> Result<
     cluster.agents[0].restart()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !cluster.agents[0].containers(false).is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the returning agent kept its old containers\n{}", cluster.logs());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the returning agent kept its old containers\n{}",
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(per_agent(&cluster).iter().sum::<usize>(), 6, "exactly one container per slot");
@@ -139,7 +149,8 @@ async fn health_gates_running_and_missing_images_are_rejected() -> Result<()> {
     let addr = cluster.running_addrs()[0].clone();
 
     create_service(&addr, &replicated("healthy", "shoal/healthy:1", 1)).await?;
-    let tasks = wait_tasks(&addr, "healthy", Duration::from_secs(20), "healthy running", |t| running(t).len() == 1).await?;
+    let tasks =
+        wait_tasks(&addr, "healthy", Duration::from_secs(20), "healthy running", |t| running(t).len() == 1).await?;
     let id = &running(&tasks)[0].status.container_id;
     assert_eq!(docker_inspect(id, "{{.State.Health.Status}}"), "healthy", "RUNNING only once healthy");
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use shoal_proto::v1::{UpdateServiceRequest, WatchRequest};
 use shoal_tests::*;
-use shoal_types::{FailureAction, GoDuration, Service, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState, UpdateState};
+use shoal_types::{
+    FailureAction, GoDuration, Service, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState, UpdateState,
+};
 
 async fn get(addr: &str, name: &str) -> Result<Service> {
     Ok(list_services(addr).await?.into_iter().find(|s| s.spec.name == name).expect("service exists"))
@@ -18,7 +20,12 @@ async fn update(addr: &str, name: &str, change: impl FnOnce(&mut ServiceSpec)) -
     change(&mut spec);
     connect(addr)
         .await?
-        .update_service(UpdateServiceRequest { service: name.into(), version: current.version, spec_json: serde_json::to_string(&spec)?, rollback: false })
+        .update_service(UpdateServiceRequest {
+            service: name.into(),
+            version: current.version,
+            spec_json: serde_json::to_string(&spec)?,
+            rollback: false,
+        })
         .await?;
     Ok(())
 }
@@ -27,7 +34,12 @@ async fn rollback(addr: &str, name: &str) -> Result<()> {
     let current = get(addr, name).await?;
     connect(addr)
         .await?
-        .update_service(UpdateServiceRequest { service: name.into(), version: current.version, spec_json: String::new(), rollback: true })
+        .update_service(UpdateServiceRequest {
+            service: name.into(),
+            version: current.version,
+            spec_json: String::new(),
+            rollback: true,
+        })
         .await?;
     Ok(())
 }
@@ -52,9 +64,26 @@ async fn wait_status(addr: &str, name: &str, want: UpdateState, timeout: Duratio
             let tasks = list_tasks(addr, name).await.unwrap_or_default();
             let lines: Vec<String> = tasks
                 .iter()
-                .map(|t| format!("{} {} v{} {:?} {}/{} running_at={:?} {}", t.id, t.name(), t.spec_version, t.origin, t.status.state, t.desired_state, t.running_at, t.status.err))
+                .map(|t| {
+                    format!(
+                        "{} {} v{} {:?} {}/{} running_at={:?} {}",
+                        t.id,
+                        t.name(),
+                        t.spec_version,
+                        t.origin,
+                        t.status.state,
+                        t.desired_state,
+                        t.running_at,
+                        t.status.err
+                    )
+                })
                 .collect();
-            bail!("update status {:?} instead of {want:?}; service spec_version {}\n{}", s.update_status, s.spec_version, lines.join("\n"));
+            bail!(
+                "update status {:?} instead of {want:?}; service spec_version {}\n{}",
+                s.update_status,
+                s.spec_version,
+                lines.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -88,8 +117,12 @@ fn watch_transitions(addr: String, service_id: String) -> tokio::task::JoinHandl
             }
             let mut slots = std::collections::BTreeSet::new();
             for t in tasks.values() {
-                let old_stopping = t.desired_state >= TaskState::Shutdown && t.status.state <= TaskState::Running && t.origin != TaskOrigin::Update;
-                let new_starting = t.origin == TaskOrigin::Update && t.desired_state <= TaskState::Running && t.status.state < TaskState::Running;
+                let old_stopping = t.desired_state >= TaskState::Shutdown
+                    && t.status.state <= TaskState::Running
+                    && t.origin != TaskOrigin::Update;
+                let new_starting = t.origin == TaskOrigin::Update
+                    && t.desired_state <= TaskState::Running
+                    && t.status.state < TaskState::Running;
                 if old_stopping || new_starting {
                     slots.insert(t.slot);
                 }
@@ -126,7 +159,13 @@ async fn rolling_update_respects_parallelism_and_rollback_toggles() -> Result<()
     assert_eq!(done.update_status.unwrap().message, "update completed");
     let tasks = list_tasks(&addr, "web").await?;
     assert_eq!(images(&tasks), vec!["shoal/busybox:2"; 6]);
-    let v2_containers: usize = cluster.agents.iter().map(|a| a.containers(false).iter().filter(|id| docker_inspect(id, "{{.Config.Image}}") == "shoal/busybox:2").count()).sum();
+    let v2_containers: usize = cluster
+        .agents
+        .iter()
+        .map(|a| {
+            a.containers(false).iter().filter(|id| docker_inspect(id, "{{.Config.Image}}") == "shoal/busybox:2").count()
+        })
+        .sum();
     assert_eq!(v2_containers, 6, "six v2 containers run");
     let max = watcher.await?;
     assert!((1..=2).contains(&max), "slots in transition at once: {max}");
@@ -206,7 +245,8 @@ async fn killing_the_leader_mid_update_completes_it_once() -> Result<()> {
     assert_eq!(done.spec.task.container.image, "shoal/busybox:2");
     let tasks = list_tasks(&watcher_addr, "web").await?;
     assert_eq!(images(&tasks), vec!["shoal/busybox:2"; 6]);
-    let made: Vec<&Task> = tasks.iter().filter(|t| t.origin == TaskOrigin::Update && t.spec_version == done.spec_version).collect();
+    let made: Vec<&Task> =
+        tasks.iter().filter(|t| t.origin == TaskOrigin::Update && t.spec_version == done.spec_version).collect();
     let mut slots: Vec<u64> = made.iter().map(|t| t.slot).collect();
     slots.sort();
     assert_eq!(slots, vec![1, 2, 3, 4, 5, 6], "each slot replaced exactly once");
@@ -222,7 +262,22 @@ async fn cli_update_waits_and_exits_non_zero_after_an_automatic_rollback() -> Re
     let mut cluster = Cluster::start(1).await?;
     cluster.add_agent(&[]).await?;
     let host = cluster.running_addrs()[0].clone();
-    let out = shoal(&host, &["service", "create", "--name", "web", "--replicas", "2", "--update-monitor", "1s", "--rollback-monitor", "1s", "shoal/busybox:1"]);
+    let out = shoal(
+        &host,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--update-monitor",
+            "1s",
+            "--rollback-monitor",
+            "1s",
+            "shoal/busybox:1",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("verify: Service web converged"), "{}", stdout(&out));
 
@@ -234,9 +289,28 @@ async fn cli_update_waits_and_exits_non_zero_after_an_automatic_rollback() -> Re
     assert_eq!(out.status.code(), Some(0), "a manual rollback that completes is a success: {}", stderr(&out));
     assert!(stdout(&out).contains("rollback: manually requested rollback"), "{}", stdout(&out));
 
-    let out = shoal(&host, &["service", "update", "--image", "shoal/fail:1", "--update-failure-action", "rollback", "--update-delay", "2s", "--update-monitor", "3s", "web"]);
+    let out = shoal(
+        &host,
+        &[
+            "service",
+            "update",
+            "--image",
+            "shoal/fail:1",
+            "--update-failure-action",
+            "rollback",
+            "--update-delay",
+            "2s",
+            "--update-monitor",
+            "3s",
+            "web",
+        ],
+    );
     assert_eq!(out.status.code(), Some(4), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
-    assert!(stderr(&out).contains("service rolled back: update rolled back due to failure or early termination of task"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("service rolled back: update rolled back due to failure or early termination of task"),
+        "{}",
+        stderr(&out)
+    );
     let s = get(&host, "web").await?;
     assert_eq!(s.update_status.unwrap().state, UpdateState::RollbackCompleted);
     assert_eq!(s.spec.task.container.image, "shoal/busybox:1");

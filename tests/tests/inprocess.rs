@@ -106,7 +106,10 @@ impl World {
     }
 
     async fn tasks(&self) -> Result<Vec<Task>> {
-        let r = connect(&self.addr()).await?.list_tasks(ListTasksRequest { service: String::new(), node: String::new() }).await?;
+        let r = connect(&self.addr())
+            .await?
+            .list_tasks(ListTasksRequest { service: String::new(), node: String::new() })
+            .await?;
         Ok(r.into_inner().tasks_json.iter().map(|j| serde_json::from_str(j).unwrap()).collect())
     }
 
@@ -130,7 +133,20 @@ impl World {
             }
             if tokio::time::Instant::now() > deadline {
                 let tasks = self.tasks().await.unwrap_or_default();
-                let summary: Vec<String> = tasks.iter().map(|t| format!("{} slot{} node={} {}→{} {}", &t.id[..6], t.slot, t.node_id.get(..6).unwrap_or(""), t.status.state, t.desired_state, t.status.err)).collect();
+                let summary: Vec<String> = tasks
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} slot{} node={} {}→{} {}",
+                            &t.id[..6],
+                            t.slot,
+                            t.node_id.get(..6).unwrap_or(""),
+                            t.status.state,
+                            t.desired_state,
+                            t.status.err
+                        )
+                    })
+                    .collect();
                 bail!("{what}: not reached within {timeout:?}; tasks:\n{}", summary.join("\n"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -144,7 +160,12 @@ impl World {
 }
 
 fn running_of<'a>(tasks: &'a [Task], service: &str) -> Vec<&'a Task> {
-    tasks.iter().filter(|t| t.service_id == service && t.status.state == TaskState::Running && t.desired_state == TaskState::Running).collect()
+    tasks
+        .iter()
+        .filter(|t| {
+            t.service_id == service && t.status.state == TaskState::Running && t.desired_state == TaskState::Running
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +223,11 @@ async fn drain_moves_tasks_and_a_failed_container_is_restarted() -> Result<()> {
     let spec = NodeSpec { availability: Availability::Drain, ..node.spec.clone() };
     connect(&w.addr())
         .await?
-        .update_node(UpdateNodeRequest { node: node0.clone(), version: node.version, spec_json: serde_json::to_string(&spec)? })
+        .update_node(UpdateNodeRequest {
+            node: node0.clone(),
+            version: node.version,
+            spec_json: serde_json::to_string(&spec)?,
+        })
         .await?;
     w.until(Duration::from_secs(10), "drained", |t, _| {
         let running = running_of(t, &svc.id);
@@ -250,6 +275,12 @@ async fn leader_failover_restarts_no_task() -> Result<()> {
     assert_eq!(ids(&before), ids(&after), "the same tasks run");
     let started_after: usize = w.agents.iter().map(|a| a.fake.started()).sum();
     assert_eq!(started_before, started_after, "no container was started again");
-    assert!(w.nodes().await?.iter().filter(|n| n.manager.is_none()).all(|n| n.status.state == shoal_types::NodeState::Ready));
+    assert!(
+        w.nodes()
+            .await?
+            .iter()
+            .filter(|n| n.manager.is_none())
+            .all(|n| n.status.state == shoal_types::NodeState::Ready)
+    );
     Ok(())
 }

@@ -31,9 +31,8 @@ async fn three_managers_replicate_fail_over_restart_and_change_membership() -> R
     let old = cluster.leader().await?;
     let old_addr = cluster.managers[old].addr.clone();
     cluster.managers[old].kill9();
-    let info = cluster
-        .wait_for(Duration::from_secs(15), |i| i.leader.as_ref().is_some_and(|l| l.addr != old_addr))
-        .await?;
+    let info =
+        cluster.wait_for(Duration::from_secs(15), |i| i.leader.as_ref().is_some_and(|l| l.addr != old_addr)).await?;
     assert!(info.raft.term > 2, "a new term began: {info:?}");
     let survivor = cluster.running_addrs()[0].clone();
     assert_eq!(names(&list_services(&survivor).await?), expected);
@@ -136,7 +135,10 @@ async fn acknowledged_writes_survive_repeated_leader_kills() -> Result<()> {
                 n += 1;
                 let addr = &addrs[n % addrs.len()];
                 let spec = ServiceSpec::new(&name, "shoal/busybox:1");
-                if tokio::time::timeout(Duration::from_secs(5), create_service(addr, &spec)).await.is_ok_and(|r| r.is_ok()) {
+                if tokio::time::timeout(Duration::from_secs(5), create_service(addr, &spec))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
                     acked.push(name);
                 }
             }
@@ -147,9 +149,7 @@ async fn acknowledged_writes_survive_repeated_leader_kills() -> Result<()> {
         let leader = cluster.leader().await?;
         let leader_addr = cluster.managers[leader].addr.clone();
         cluster.managers[leader].kill9();
-        cluster
-            .wait_for(Duration::from_secs(15), |i| i.leader.as_ref().is_some_and(|l| l.addr != leader_addr))
-            .await?;
+        cluster.wait_for(Duration::from_secs(15), |i| i.leader.as_ref().is_some_and(|l| l.addr != leader_addr)).await?;
         cluster.managers[leader].restart()?;
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -211,7 +211,9 @@ async fn a_joining_manager_catches_up_from_a_multi_chunk_snapshot() -> Result<()
     let chunks: usize = log
         .lines()
         .filter(|l| l.contains("sending raft snapshot"))
-        .filter_map(|l| l.split("chunks=").nth(1).and_then(|c| c.split_whitespace().next()).and_then(|c| c.parse().ok()))
+        .filter_map(|l| {
+            l.split("chunks=").nth(1).and_then(|c| c.split_whitespace().next()).and_then(|c| c.parse().ok())
+        })
         .max()
         .unwrap_or(0);
     assert!(chunks > 1, "the snapshot went in several chunks (saw {chunks})");

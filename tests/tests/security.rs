@@ -36,7 +36,8 @@ fn exits(binary: &str, args: &[&str]) -> (Option<i32>, String) {
 
 /// A fresh agent data dir joining `addr` with `token` (if any); returns (exit code, stderr).
 fn agent_join(dir: &std::path::Path, addr: &str, token: Option<&str>) -> (Option<i32>, String) {
-    let mut args = vec!["--data-dir", dir.to_str().unwrap(), "--join", addr, "--docker-host", "unix:///nonexistent.sock"];
+    let mut args =
+        vec!["--data-dir", dir.to_str().unwrap(), "--join", addr, "--docker-host", "unix:///nonexistent.sock"];
     if let Some(token) = token {
         args.extend(["--token", token]);
     }
@@ -99,10 +100,22 @@ async fn joining_needs_the_right_token_for_the_right_role_and_cluster() -> Resul
     let joiner = dir.path().join("m2");
     let (code, err) = exits(
         "shoal-manager",
-        &["--data-dir", joiner.to_str().unwrap(), "--listen-addr", &free_addr(), "--join", &addr, "--token", &worker_token],
+        &[
+            "--data-dir",
+            joiner.to_str().unwrap(),
+            "--listen-addr",
+            &free_addr(),
+            "--join",
+            &addr,
+            "--token",
+            &worker_token,
+        ],
     );
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("this is the cluster's worker join token; joining as a manager needs the manager token"), "{err}");
+    assert!(
+        err.contains("this is the cluster's worker join token; joining as a manager needs the manager token"),
+        "{err}"
+    );
     assert!(!joiner.join("manager.json").exists(), "no identity written for a refused join");
 
     // Nothing of the refused joins reached the cluster state or the nodes' data dirs.
@@ -187,7 +200,11 @@ async fn certificates_decide_who_may_call_what() -> Result<()> {
     // Nor can it act for another node: open its session or report its tasks.
     let mut dispatcher = DispatcherClient::new(channel_as(&addr, &rogue).await?);
     let err = dispatcher
-        .session(SessionRequest { node_id: agent_node.clone(), description_json: "{}".into(), labels: Default::default() })
+        .session(SessionRequest {
+            node_id: agent_node.clone(),
+            description_json: "{}".into(),
+            labels: Default::default(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -249,7 +266,11 @@ async fn a_cluster_joined_with_tokens_survives_token_rotation() -> Result<()> {
 
     let out = shoal(&addr, &["cluster", "join-token", "worker"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains(&format!("shoal-agent --data-dir DIR --join {addr} --token {old_worker}")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("shoal-agent --data-dir DIR --join {addr} --token {old_worker}")),
+        "{}",
+        stdout(&out)
+    );
     let out = shoal(&addr, &["cluster", "join-token", "--rotate", "worker"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("Successfully rotated worker join token."), "{}", stdout(&out));
@@ -259,7 +280,11 @@ async fn a_cluster_joined_with_tokens_survives_token_rotation() -> Result<()> {
     let new_worker = join_token(&cluster.managers[2].addr, "worker").await?;
     assert_ne!(new_worker, old_worker);
     assert_ne!(new_manager, old_manager);
-    assert_eq!(join_token(&cluster.managers[0].addr, "manager").await?, new_manager, "every manager serves the new token");
+    assert_eq!(
+        join_token(&cluster.managers[0].addr, "manager").await?,
+        new_manager,
+        "every manager serves the new token"
+    );
 
     // The old tokens no longer join, through any manager.
     let dir = tempfile::tempdir()?;
@@ -268,7 +293,16 @@ async fn a_cluster_joined_with_tokens_survives_token_rotation() -> Result<()> {
     assert!(err.contains("was it rotated?"), "{err}");
     let (code, err) = exits(
         "shoal-manager",
-        &["--data-dir", dir.path().join("m4").to_str().unwrap(), "--listen-addr", &free_addr(), "--join", &addr, "--token", &old_manager],
+        &[
+            "--data-dir",
+            dir.path().join("m4").to_str().unwrap(),
+            "--listen-addr",
+            &free_addr(),
+            "--join",
+            &addr,
+            "--token",
+            &old_manager,
+        ],
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("was it rotated?"), "{err}");
@@ -289,7 +323,11 @@ async fn a_cluster_joined_with_tokens_survives_token_rotation() -> Result<()> {
         if ready && cluster.agents[0].log().matches("session open").count() >= 2 {
             break;
         }
-        ensure!(tokio::time::Instant::now() < deadline, "the restarted agent did not reconnect:\n{}", cluster.agents[0].log());
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted agent did not reconnect:\n{}",
+            cluster.agents[0].log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // And the new token joins a third agent and a fourth manager.

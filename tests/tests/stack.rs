@@ -23,7 +23,13 @@ fn unique(prefix: &str) -> String {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "expected success, got {:?}\nstdout: {}\nstderr: {}", out.status.code(), stdout(out), stderr(out));
+    assert!(
+        out.status.success(),
+        "expected success, got {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
     stdout(out)
 }
 
@@ -94,7 +100,10 @@ async fn stack_deploy_rolls_only_changed_services_then_prunes_and_removes() -> R
     assert!(table.lines().any(|l| l.contains(&worker) && l.contains("1/1")), "{table}");
     assert_eq!(ok(&shoal(&host, &["stack", "services", "-q", &stack])).lines().count(), 2);
     let ps = ok(&shoal(&host, &["stack", "ps", &stack]));
-    assert!(ps.contains(&format!("{web}.1")) && ps.contains(&format!("{web}.2")) && ps.contains(&format!("{worker}.1")), "{ps}");
+    assert!(
+        ps.contains(&format!("{web}.1")) && ps.contains(&format!("{web}.2")) && ps.contains(&format!("{worker}.1")),
+        "{ps}"
+    );
     assert_eq!(ok(&shoal(&host, &["stack", "ps", "-q", &stack])).lines().count(), 3);
 
     let worker_before = service(&host, &worker).await?.expect("worker exists");
@@ -127,7 +136,11 @@ async fn stack_deploy_rolls_only_changed_services_then_prunes_and_removes() -> R
 
     // The same files again: nothing to do.
     let out = ok(&shoal(&host, &["stack", "deploy", "-c", &example("web-worker-v2.yml"), &stack]));
-    assert!(out.contains(&format!("Service {web} is unchanged\n")) && out.contains(&format!("Service {worker} is unchanged\n")), "{out}");
+    assert!(
+        out.contains(&format!("Service {web} is unchanged\n"))
+            && out.contains(&format!("Service {worker} is unchanged\n")),
+        "{out}"
+    );
     assert_eq!(service(&host, &web).await?.expect("web").version, web_after.version);
 
     // --prune with a file without the worker: the worker goes, with its container.
@@ -167,7 +180,8 @@ async fn bad_stack_files_and_conflicts_change_nothing() -> Result<()> {
     };
 
     // `replicas: three`: file:line:column, exit 1, no service.
-    let three = write("three.yml", "services:\n  web:\n    image: shoal/busybox:1\n    deploy:\n      replicas: three\n")?;
+    let three =
+        write("three.yml", "services:\n  web:\n    image: shoal/busybox:1\n    deploy:\n      replicas: three\n")?;
     let out = shoal(&host, &["stack", "deploy", "-c", &three, &stack]);
     fails(&out, 1, &format!("Error: {three}:5:17: services.web.deploy.replicas: "));
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
@@ -181,11 +195,24 @@ async fn bad_stack_files_and_conflicts_change_nothing() -> Result<()> {
         "order.yml",
         "services:\n  a:\n    image: shoal/busybox:1\n  b:\n    image: shoal/busybox:1\n    deploy:\n      update_config:\n        order: sideways\n",
     )?;
-    fails(&shoal(&host, &["stack", "deploy", "-c", &order, &stack]), 1, &format!("{order}:8:16: services.b.deploy.update_config.order"));
-    let required = write("required.yml", "services:\n  a:\n    image: shoal/busybox:${SHOAL_TEST_UNSET_TAG:?set the tag}\n")?;
+    fails(
+        &shoal(&host, &["stack", "deploy", "-c", &order, &stack]),
+        1,
+        &format!("{order}:8:16: services.b.deploy.update_config.order"),
+    );
+    let required =
+        write("required.yml", "services:\n  a:\n    image: shoal/busybox:${SHOAL_TEST_UNSET_TAG:?set the tag}\n")?;
     fails(&shoal(&host, &["stack", "deploy", "-c", &required, &stack]), 1, "set the tag");
-    fails(&shoal(&host, &["stack", "deploy", "-c", &example("web-worker.yml"), "my stack"]), 1, "invalid stack name \"my stack\"");
-    fails(&shoal(&host, &["stack", "deploy", "-c", &dir.path().join("missing.yml").display().to_string(), &stack]), 1, "missing.yml: cannot read");
+    fails(
+        &shoal(&host, &["stack", "deploy", "-c", &example("web-worker.yml"), "my stack"]),
+        1,
+        "invalid stack name \"my stack\"",
+    );
+    fails(
+        &shoal(&host, &["stack", "deploy", "-c", &dir.path().join("missing.yml").display().to_string(), &stack]),
+        1,
+        "missing.yml: cannot read",
+    );
     fails(&shoal(&host, &["stack", "deploy", &stack]), 2, "--compose-file");
     assert!(list_services(&host).await?.is_empty(), "bad input created nothing");
 
@@ -203,14 +230,19 @@ async fn bad_stack_files_and_conflicts_change_nothing() -> Result<()> {
     assert_eq!(after[0].version, before.version, "the conflicting service was not touched");
 
     // `stack config` needs no manager; warnings go to stderr; the environment is interpolated.
-    let warned = write("warned.yml", "services:\n  web:\n    image: shoal/busybox:${WEB_TAG}\n    volumes: [\"data:/data\"]\n")?;
+    let warned =
+        write("warned.yml", "services:\n  web:\n    image: shoal/busybox:${WEB_TAG}\n    volumes: [\"data:/data\"]\n")?;
     let out = std::process::Command::new(bin("shoal"))
         .args(["--host", "127.0.0.1:1", "stack", "config", "-c", &warned])
         .env("WEB_TAG", "2")
         .output()?;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("image: shoal/busybox:2"), "{}", stdout(&out));
-    assert!(stderr(&out).contains("warning: services.web.volumes: not supported by shoal; ignored"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: services.web.volumes: not supported by shoal; ignored"),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }
 
@@ -237,9 +269,15 @@ async fn a_failing_redeploy_exits_non_zero_naming_the_services() -> Result<()> {
     ok(&shoal(&host, &["stack", "deploy", "-c", good.to_str().unwrap(), &stack]));
     let bad = file("shoal/fail:1")?;
     let out = shoal(&host, &["stack", "deploy", "-c", bad.to_str().unwrap(), &stack]);
-    fails(&out, 3, &format!("{stack}_web: service update paused: update paused due to failure or early termination of task"));
+    fails(
+        &out,
+        3,
+        &format!("{stack}_web: service update paused: update paused due to failure or early termination of task"),
+    );
     assert!(
-        stderr(&out).contains(&format!("{stack}_worker: service rolled back: update rolled back due to failure or early termination of task")),
+        stderr(&out).contains(&format!(
+            "{stack}_worker: service rolled back: update rolled back due to failure or early termination of task"
+        )),
         "{}",
         stderr(&out)
     );

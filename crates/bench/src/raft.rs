@@ -14,7 +14,6 @@ fn spec(name: &str) -> String {
     serde_json::to_string(&ServiceSpec::new(name, "shoal/busybox:1")).expect("spec serialises")
 }
 
-
 /// Commits one label update of `name`, sending the version it last saw; returns the new version.
 async fn update_label(
     client: &mut shoal_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
@@ -106,7 +105,9 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
     latencies.sort_by(f64::total_cmp);
     let scenario = "raft commits, 3 managers, 256 in flight";
     report.push(
-        Figure::new(scenario, "throughput", done as f64 / elapsed, "commits/s").target(">= 20000 commits/s").samples(done),
+        Figure::new(scenario, "throughput", done as f64 / elapsed, "commits/s")
+            .target(">= 20000 commits/s")
+            .samples(done),
     );
     report.push(Figure::new(scenario, "latency p50", percentile(&latencies, 50.0), "ms").samples(done));
     report.push(Figure::new(scenario, "latency p99", percentile(&latencies, 99.0), "ms").samples(done));

@@ -52,9 +52,9 @@ fn client_tls_from(dir: &std::path::Path) -> Result<(shoal_tls::ClientConfig, st
                 dir.display()
             ))
         })?;
-    let tls = shoal_tls::NodeTls::new(&credentials)
-        .and_then(|t| t.client_config())
-        .map_err(|e| CliError::Message(format!("the client certificate bundle in {} is unusable: {e}", dir.display())))?;
+    let tls = shoal_tls::NodeTls::new(&credentials).and_then(|t| t.client_config()).map_err(|e| {
+        CliError::Message(format!("the client certificate bundle in {} is unusable: {e}", dir.display()))
+    })?;
     Ok((tls, dir))
 }
 
@@ -299,9 +299,8 @@ mod tests {
             let dir = std::env::temp_dir().join(format!("shoal-cli-test-bundle-{}", std::process::id()));
             let now = std::time::SystemTime::now();
             let ca = shoal_tls::ClusterCa::generate("test", now).unwrap();
-            let admin = ca
-                .issue_with_new_key("test", "admin", shoal_tls::Role::Admin, Duration::from_secs(3600), now)
-                .unwrap();
+            let admin =
+                ca.issue_with_new_key("test", "admin", shoal_tls::Role::Admin, Duration::from_secs(3600), now).unwrap();
             admin.save(&dir).unwrap();
             use_tls_dir(Some(dir));
         });
@@ -310,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_bundle_is_named_with_what_to_do() {
         let dir = std::env::temp_dir().join("shoal-cli-test-no-bundle-here");
-        let err = client_tls_from(&dir).err().expect("no bundle");
+        let err = client_tls_from(&dir).expect_err("no bundle");
         let text = err.to_string();
         assert!(text.contains("no client certificate in") && text.contains("--tls-dir or SHOAL_TLS_DIR"), "{text}");
     }

@@ -244,7 +244,9 @@ async fn join_token(host: &str, args: &args::JoinTokenArgs) -> Result<(), CliErr
     let command = match args.role {
         args::JoinRole::Worker => format!("shoal-agent --data-dir DIR --join {addr} --token {token}"),
         args::JoinRole::Manager => {
-            format!("shoal-manager --data-dir DIR --listen-addr ADDR --advertise-addr ADDR --join {addr} --token {token}")
+            format!(
+                "shoal-manager --data-dir DIR --listen-addr ADDR --advertise-addr ADDR --join {addr} --token {token}"
+            )
         }
     };
     text.push_str(&format!(

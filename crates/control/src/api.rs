@@ -11,9 +11,7 @@ use shoal_proto::v1::control_server::Control;
 use shoal_proto::v1::*;
 use shoal_raft::{Member, MemberChange, MemberChangeKind, RaftRole, RaftStatus};
 use shoal_store::{Action, State};
-use shoal_types::{
-    ClusterInfo, ManagerRef, Node, NodeState, RaftSummary, Service, ServiceSpec, Task,
-};
+use shoal_types::{ClusterInfo, ManagerRef, Node, NodeState, RaftSummary, Service, ServiceSpec, Task};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -101,12 +99,12 @@ impl ControlApi {
     }
 
     fn find_service(state: &State, reference: &str) -> Result<Service, ApiError> {
-        find(state.services(), reference, |s| &s.id, |s| &s.spec.name)
-            .map_err(|e| e.for_kind("service", reference))
+        find(state.services(), reference, |s| &s.id, |s| &s.spec.name).map_err(|e| e.for_kind("service", reference))
     }
 
     fn find_node(state: &State, reference: &str) -> Result<Node, ApiError> {
-        find(state.nodes(), reference, |n| &n.id, |n| &n.description.hostname).map_err(|e| e.for_kind("node", reference))
+        find(state.nodes(), reference, |n| &n.id, |n| &n.description.hostname)
+            .map_err(|e| e.for_kind("node", reference))
     }
 
     /// Fills in what only the leader knows: which managers are reachable.
@@ -142,7 +140,9 @@ impl ControlApi {
     fn local_info(&self) -> Result<ClusterInfo, ApiError> {
         let st = self.manager.raft_status();
         let state = self.manager.state();
-        let cluster = state.cluster().ok_or_else(|| ApiError::Unavailable("this manager has not received the cluster state yet".into()))?;
+        let cluster = state
+            .cluster()
+            .ok_or_else(|| ApiError::Unavailable("this manager has not received the cluster state yet".into()))?;
         let leader = st.members.get(&st.leader_id).map(|m| ManagerRef {
             node_id: m.node_id.clone(),
             raft_id: st.leader_id,
@@ -349,7 +349,11 @@ impl Control for ControlApi {
                 let change = match rx.recv().await {
                     Ok(change) => change,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx.send(Err(Status::data_loss(format!("{n} events were dropped: the client reads too slowly")))).await;
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "{n} events were dropped: the client reads too slowly"
+                            ))))
+                            .await;
                         return;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -393,12 +397,20 @@ impl Control for ControlApi {
                 .propose(vec![Action::UpdateNodeSpec { id: node.id.clone(), expected_version: request.version, spec }])
                 .await?;
             let st = self.manager.raft_status();
-            let node = self.manager.state().node(&node.id).cloned().ok_or_else(|| ApiError::NotFound(format!("node {} not found", request.node)))?;
+            let node = self
+                .manager
+                .state()
+                .node(&node.id)
+                .cloned()
+                .ok_or_else(|| ApiError::NotFound(format!("node {} not found", request.node)))?;
             Ok(NodeResponse { node_json: to_json(&self.present_node(node, &st)) })
         })
     }
 
-    async fn create_service(&self, request: Request<CreateServiceRequest>) -> Result<Response<ServiceResponse>, Status> {
+    async fn create_service(
+        &self,
+        request: Request<CreateServiceRequest>,
+    ) -> Result<Response<ServiceResponse>, Status> {
         routed!(self, request, create_service, async {
             let spec = Self::parse_spec(&request.spec_json)?;
             let id = shoal_types::ids::new_id();
@@ -409,7 +421,10 @@ impl Control for ControlApi {
         })
     }
 
-    async fn update_service(&self, request: Request<UpdateServiceRequest>) -> Result<Response<ServiceResponse>, Status> {
+    async fn update_service(
+        &self,
+        request: Request<UpdateServiceRequest>,
+    ) -> Result<Response<ServiceResponse>, Status> {
         routed!(self, request, update_service, async {
             let current = Self::find_service(&self.manager.state(), &request.service)?;
             if request.version == 0 {
@@ -425,12 +440,17 @@ impl Control for ControlApi {
             };
             self.manager.propose(vec![action]).await?;
             let state = self.manager.state();
-            let service = state.service(&current.id).ok_or_else(|| ApiError::NotFound(format!("service {} not found", request.service)))?;
+            let service = state
+                .service(&current.id)
+                .ok_or_else(|| ApiError::NotFound(format!("service {} not found", request.service)))?;
             Ok(ServiceResponse { service_json: to_json(service) })
         })
     }
 
-    async fn remove_service(&self, request: Request<RemoveServiceRequest>) -> Result<Response<RemoveServiceResponse>, Status> {
+    async fn remove_service(
+        &self,
+        request: Request<RemoveServiceRequest>,
+    ) -> Result<Response<RemoveServiceResponse>, Status> {
         routed!(self, request, remove_service, async {
             let service = Self::find_service(&self.manager.state(), &request.service)?;
             self.manager.propose(vec![Action::RemoveService { id: service.id.clone() }]).await?;
@@ -445,7 +465,10 @@ impl Control for ControlApi {
         })
     }
 
-    async fn list_services(&self, request: Request<ListServicesRequest>) -> Result<Response<ListServicesResponse>, Status> {
+    async fn list_services(
+        &self,
+        request: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
         routed!(self, request, list_services, async {
             let _ = request;
             let state = self.manager.state();
@@ -458,7 +481,8 @@ impl Control for ControlApi {
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
         routed!(self, request, list_tasks, async {
             let state = self.manager.state();
-            let service = if request.service.is_empty() { None } else { Some(Self::find_service(&state, &request.service)?) };
+            let service =
+                if request.service.is_empty() { None } else { Some(Self::find_service(&state, &request.service)?) };
             let node = if request.node.is_empty() { None } else { Some(Self::find_node(&state, &request.node)?) };
             let tasks: Vec<&Task> = state
                 .tasks()
@@ -543,7 +567,10 @@ impl Control for ControlApi {
         })
     }
 
-    async fn cluster_info(&self, request: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoResponse>, Status> {
+    async fn cluster_info(
+        &self,
+        request: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
         let answered_by = {
             let me = &self.manager.identity;
             ManagerRef { node_id: me.node_id.clone(), raft_id: me.raft_id, addr: me.addr.clone() }
@@ -565,7 +592,10 @@ impl Control for ControlApi {
         Ok(response)
     }
 
-    async fn join_manager(&self, request: Request<JoinManagerRequest>) -> Result<Response<JoinManagerResponse>, Status> {
+    async fn join_manager(
+        &self,
+        request: Request<JoinManagerRequest>,
+    ) -> Result<Response<JoinManagerResponse>, Status> {
         // A manager joins under the node id its certificate names (a forwarded call carries the
         // forwarding manager's certificate; the first manager checked it).
         if !request.metadata().contains_key(FORWARDED)
@@ -603,14 +633,25 @@ impl Control for ControlApi {
                     break id;
                 }
             };
-            let member = Member { node_id: request.node_id.clone(), addr: request.addr.clone(), hostname: request.hostname.clone() };
+            let member = Member {
+                node_id: request.node_id.clone(),
+                addr: request.addr.clone(),
+                hostname: request.hostname.clone(),
+            };
             // One membership change at a time: a join that races a learner's promotion waits.
             let mut attempts = 0;
             loop {
-                let change = MemberChange { kind: MemberChangeKind::AddLearner, raft_id, member: member.clone(), at: now_millis() };
+                let change = MemberChange {
+                    kind: MemberChangeKind::AddLearner,
+                    raft_id,
+                    member: member.clone(),
+                    at: now_millis(),
+                };
                 match self.manager.change_members(change).await {
                     Ok(()) => break,
-                    Err(ApiError::FailedPrecondition(msg)) if msg.contains("another membership change") && attempts < 40 => {
+                    Err(ApiError::FailedPrecondition(msg))
+                        if msg.contains("another membership change") && attempts < 40 =>
+                    {
                         attempts += 1;
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }

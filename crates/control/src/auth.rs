@@ -57,10 +57,16 @@ pub fn authorize(
     if let Some(cluster_id) = cluster_id
         && peer.cluster_id != cluster_id
     {
-        return Err(format!("the certificate of {} {} belongs to cluster {}, not this one", peer.role, peer.node_id, peer.cluster_id));
+        return Err(format!(
+            "the certificate of {} {} belongs to cluster {}, not this one",
+            peer.role, peer.node_id, peer.cluster_id
+        ));
     }
     if peer.role != Role::Admin && revoked(&peer.node_id) {
-        return Err(format!("node {} was removed from the cluster; its certificate is no longer accepted", peer.node_id));
+        return Err(format!(
+            "node {} was removed from the cluster; its certificate is no longer accepted",
+            peer.node_id
+        ));
     }
     let allowed = match access {
         Access::Anyone => true,
@@ -210,7 +216,11 @@ mod tests {
 
     #[test]
     fn a_refusal_names_the_call_what_it_needs_and_what_was_presented() {
-        let err = authorize("/shoal.v1.Control/ListServices", Some(&id(Role::Worker, "w1")), Some("c1"), |_| false).unwrap_err();
-        assert_eq!(err, "/shoal.v1.Control/ListServices needs a manager or admin certificate; worker w1 presented a worker certificate");
+        let err = authorize("/shoal.v1.Control/ListServices", Some(&id(Role::Worker, "w1")), Some("c1"), |_| false)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "/shoal.v1.Control/ListServices needs a manager or admin certificate; worker w1 presented a worker certificate"
+        );
     }
 }

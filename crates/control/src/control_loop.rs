@@ -52,7 +52,10 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
         let (actions, next) = {
             let state = manager.state();
             let mut new_id = shoal_types::ids::new_id;
-            let plan = shoal_orchestrator::reconcile(&state, &mut shoal_orchestrator::Ctx { now: now_millis(), new_id: &mut new_id });
+            let plan = shoal_orchestrator::reconcile(
+                &state,
+                &mut shoal_orchestrator::Ctx { now: now_millis(), new_id: &mut new_id },
+            );
             let mut actions = plan.actions;
             if actions.is_empty() {
                 actions = schedule(&state, now_millis());
@@ -77,7 +80,9 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
             }
             continue;
         }
-        let sleep = wakeup.map(|at| Duration::from_millis(at.saturating_sub(now_millis()).max(1))).unwrap_or(Duration::from_secs(5));
+        let sleep = wakeup
+            .map(|at| Duration::from_millis(at.saturating_sub(now_millis()).max(1)))
+            .unwrap_or(Duration::from_secs(5));
         tokio::select! {
             change = events.recv() => {
                 if let Err(tokio::sync::broadcast::error::RecvError::Closed) = change {
@@ -164,11 +169,8 @@ pub fn schedule(state: &State, now: u64) -> Vec<Action> {
         .collect();
     let problem = Problem { nodes, placed, pending, failures };
     let solution = shoal_scheduler::solve(&problem);
-    let mut actions: Vec<Action> = solution
-        .assignments
-        .into_iter()
-        .map(|(id, node_id)| Action::AssignTask { id, node_id })
-        .collect();
+    let mut actions: Vec<Action> =
+        solution.assignments.into_iter().map(|(id, node_id)| Action::AssignTask { id, node_id }).collect();
     for (id, err) in solution.unschedulable {
         // Only when the reason changed: the store would skip it anyway, but not proposing keeps
         // an idle cluster's log quiet.

@@ -298,7 +298,8 @@ impl Dispatcher for DispatcherApi {
             sent.insert(t.id.clone(), t.desired_state);
         }
         tracing::info!(node = %node_id, tasks = complete.len(), "agent session opened");
-        let first = assignment(&session_id, period, &managers, AssignmentKind::Complete, complete.iter().collect(), Vec::new());
+        let first =
+            assignment(&session_id, period, &managers, AssignmentKind::Complete, complete.iter().collect(), Vec::new());
         if tx.send(Ok(first)).await.is_err() {
             return Err(Status::cancelled("agent went away"));
         }
@@ -346,7 +347,14 @@ impl Dispatcher for DispatcherApi {
                 if updated.is_empty() && removed.is_empty() {
                     continue;
                 }
-                let msg = assignment(&session_id, period, &managers, AssignmentKind::Incremental, updated.iter().collect(), removed);
+                let msg = assignment(
+                    &session_id,
+                    period,
+                    &managers,
+                    AssignmentKind::Incremental,
+                    updated.iter().collect(),
+                    removed,
+                );
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
@@ -375,8 +383,9 @@ impl Dispatcher for DispatcherApi {
         {
             let state = self.manager.state();
             for update in &request.updates {
-                let status: TaskStatus = serde_json::from_str(&update.status_json)
-                    .map_err(|e| Status::invalid_argument(format!("invalid status for task {}: {e}", update.task_id)))?;
+                let status: TaskStatus = serde_json::from_str(&update.status_json).map_err(|e| {
+                    Status::invalid_argument(format!("invalid status for task {}: {e}", update.task_id))
+                })?;
                 match state.task(&update.task_id) {
                     // A deleted task's late status is simply dropped.
                     None => continue,

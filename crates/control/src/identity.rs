@@ -75,7 +75,8 @@ pub fn inspect(dir: &Path) -> Result<DataDir, ManagerError> {
 
 /// Writes `manager.json` durably (temp file, fsync, rename, fsync of the directory).
 pub fn write(dir: &Path, identity: &Identity) -> Result<(), ManagerError> {
-    let err = |e: std::io::Error| ManagerError::DataDir(format!("data dir {}: writing {IDENTITY_FILE}: {e}", dir.display()));
+    let err =
+        |e: std::io::Error| ManagerError::DataDir(format!("data dir {}: writing {IDENTITY_FILE}: {e}", dir.display()));
     let tmp: PathBuf = dir.join(format!("{IDENTITY_FILE}.tmp"));
     let mut file = fs::File::create(&tmp).map_err(err)?;
     file.write_all(&serde_json::to_vec_pretty(identity).expect("identity serialises")).map_err(err)?;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use shoal_proto::v1::JoinManagerRequest;
 use shoal_proto::v1::control_client::ControlClient;
 use shoal_proto::v1::control_server::ControlServer;
 use shoal_proto::v1::raft_transport_server::RaftTransportServer;
-use shoal_proto::v1::JoinManagerRequest;
 use shoal_raft::{
     Engine, EngineConfig, GrpcTransport, Member, MemberChange, MemberChangeKind, Members, RaftHandle, RaftRole,
     RaftStatus, RaftStorage, RaftTransportService, SledDurable,
@@ -249,7 +249,9 @@ impl Manager {
                         at: now_millis(),
                     };
                     match self.raft.change_members(change).await {
-                        Ok(()) => tracing::info!(raft_id = learner, node = %member.node_id, "promoted manager to voter"),
+                        Ok(()) => {
+                            tracing::info!(raft_id = learner, node = %member.node_id, "promoted manager to voter")
+                        }
                         Err(e) => tracing::warn!(raft_id = learner, error = %e, "promoting learner failed; will retry"),
                     }
                 }
@@ -313,9 +315,12 @@ async fn join_cluster(
         .map_err(|e| ManagerError::Join(format!("--join {target}: not a valid address: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30));
-    let channel = shoal_tls::client::connect(endpoint, client_tls)
-        .await
-        .map_err(|e| ManagerError::Join(format!("cannot reach the manager at {target} to join: {}", shoal_tls::join::error_chain(&e))))?;
+    let channel = shoal_tls::client::connect(endpoint, client_tls).await.map_err(|e| {
+        ManagerError::Join(format!(
+            "cannot reach the manager at {target} to join: {}",
+            shoal_tls::join::error_chain(&e)
+        ))
+    })?;
     let mut client = ControlClient::new(channel);
     let request = JoinManagerRequest {
         node_id: node_id.clone(),
@@ -339,7 +344,11 @@ async fn join_cluster(
     };
     let members: Members = serde_json::from_str(&response.members_json)
         .map_err(|e| ManagerError::Join(format!("the leader sent an unreadable member list: {e}")))?;
-    Ok((Identity::new(response.cluster_id, node_id, response.raft_id, config.advertise_addr.clone()), members, credentials))
+    Ok((
+        Identity::new(response.cluster_id, node_id, response.raft_id, config.advertise_addr.clone()),
+        members,
+        credentials,
+    ))
 }
 
 /// Starts a manager: initialises a cluster (empty data dir, no --join), joins one (--join), or
@@ -403,7 +412,11 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                     initial_state(&identity, &config.hostname, now_millis(), &config.cluster_spec, material.security);
                 let members: Members = [(
                     identity.raft_id,
-                    Member { node_id: identity.node_id.clone(), addr: identity.addr.clone(), hostname: config.hostname.clone() },
+                    Member {
+                        node_id: identity.node_id.clone(),
+                        addr: identity.addr.clone(),
+                        hostname: config.hostname.clone(),
+                    },
                 )]
                 .into_iter()
                 .collect();
@@ -412,7 +425,8 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                     .manager
                     .save(&tls_dir)
                     .map_err(|e| ManagerError::DataDir(format!("data dir {}: {e}", config.data_dir.display())))?;
-                let copied = security::install_admin_bundle(&config.data_dir, &material.admin, config.admin_bundle_to_home)?;
+                let copied =
+                    security::install_admin_bundle(&config.data_dir, &material.admin, config.admin_bundle_to_home)?;
                 identity::write(&config.data_dir, &identity)?;
                 tracing::info!(
                     cluster = %identity.cluster_id,
@@ -456,11 +470,13 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     tokio::spawn(manager.clone().promote_learners());
     tokio::spawn(control_loop::run(manager.clone()));
     tokio::spawn(renew_own_certificate(manager.clone(), tls_dir));
-    let dispatcher = shoal_proto::v1::dispatcher_server::DispatcherServer::new(dispatcher::DispatcherApi(dispatcher::DispatcherService::new(manager.clone())))
-        .max_decoding_message_size(64 << 20);
+    let dispatcher = shoal_proto::v1::dispatcher_server::DispatcherServer::new(dispatcher::DispatcherApi(
+        dispatcher::DispatcherService::new(manager.clone()),
+    ))
+    .max_decoding_message_size(64 << 20);
 
-    let raft_service = RaftTransportServer::new(RaftTransportService::new(identity.raft_id, raft))
-        .max_decoding_message_size(64 << 20);
+    let raft_service =
+        RaftTransportServer::new(RaftTransportService::new(identity.raft_id, raft)).max_decoding_message_size(64 << 20);
     let control = ControlServer::new(api::ControlApi::new(manager.clone()));
     let mut stop = manager.shutdown.subscribe();
     // Every connection is TLS; what each caller may do is decided per call (auth.rs).

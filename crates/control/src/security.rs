@@ -22,14 +22,19 @@ pub struct InitMaterial {
 }
 
 /// A new CA, the first manager's certificate, an admin bundle and both join tokens.
-pub fn init_material(cluster_id: &str, node_id: &str, node_cert_expiry: Duration) -> Result<InitMaterial, ManagerError> {
+pub fn init_material(
+    cluster_id: &str,
+    node_id: &str,
+    node_cert_expiry: Duration,
+) -> Result<InitMaterial, ManagerError> {
     let err = |e: shoal_tls::TlsError| ManagerError::Config(format!("creating the cluster CA: {e}"));
     let now = SystemTime::now();
     let ca = ClusterCa::generate(cluster_id, now).map_err(err)?;
     let digest = ca.digest().map_err(err)?;
     let manager = ca.issue_with_new_key(cluster_id, node_id, Role::Manager, node_cert_expiry, now).map_err(err)?;
     let admin_id = format!("admin-{}", &shoal_types::ids::new_id()[..12]);
-    let admin = ca.issue_with_new_key(cluster_id, &admin_id, Role::Admin, shoal_tls::ADMIN_CERT_VALIDITY, now).map_err(err)?;
+    let admin =
+        ca.issue_with_new_key(cluster_id, &admin_id, Role::Admin, shoal_tls::ADMIN_CERT_VALIDITY, now).map_err(err)?;
     let security = ClusterSecurity {
         ca_cert_pem: ca.cert_pem,
         ca_key_pem: ca.key_pem,
@@ -41,7 +46,11 @@ pub fn init_material(cluster_id: &str, node_id: &str, node_cert_expiry: Duration
 
 /// Writes `<data-dir>/admin/{ca,cert,key}.pem` and, if `~/.shoal/tls` holds no bundle yet,
 /// copies it there so the CLI on this machine works without flags.
-pub fn install_admin_bundle(data_dir: &Path, admin: &Credentials, to_home: bool) -> Result<Option<PathBuf>, ManagerError> {
+pub fn install_admin_bundle(
+    data_dir: &Path,
+    admin: &Credentials,
+    to_home: bool,
+) -> Result<Option<PathBuf>, ManagerError> {
     let dir = data_dir.join(ADMIN_DIR);
     admin.save(&dir).map_err(|e| ManagerError::DataDir(format!("writing the admin bundle: {e}")))?;
     if !to_home {
@@ -84,7 +93,8 @@ pub fn issue(state: &State, token: &str, role: &str, csr_pem: &str) -> Result<(S
             return Err(ApiError::InvalidArgument(format!("role: {other:?} is not one of worker, manager")));
         }
     };
-    let security = state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
+    let security =
+        state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
     let cluster = state.cluster().ok_or_else(|| ApiError::Unavailable("the cluster is not initialised yet".into()))?;
     let token = token.trim();
     if token.is_empty() {
@@ -131,19 +141,28 @@ pub fn issue(state: &State, token: &str, role: &str, csr_pem: &str) -> Result<(S
 
 /// A new certificate for the holder of `peer` (same node id and role).
 pub fn renew(state: &State, peer: &PeerIdentity, csr_pem: &str) -> Result<String, ApiError> {
-    let security = state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
+    let security =
+        state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
     let cluster = state.cluster().ok_or_else(|| ApiError::Unavailable("the cluster is not initialised yet".into()))?;
     if state.is_revoked(&peer.node_id) {
         return Err(ApiError::PermissionDenied(format!("node {} was removed from the cluster", peer.node_id)));
     }
     ca(security)
-        .issue(csr_pem, &cluster.id, &peer.node_id, peer.role, cluster.spec.node_cert_expiry.as_std(), SystemTime::now())
+        .issue(
+            csr_pem,
+            &cluster.id,
+            &peer.node_id,
+            peer.role,
+            cluster.spec.node_cert_expiry.as_std(),
+            SystemTime::now(),
+        )
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))
 }
 
 /// The current token for `role` ("worker" or "manager").
 pub fn token(state: &State, role: NodeRole) -> Result<String, ApiError> {
-    let security = state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
+    let security =
+        state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
     Ok(match role {
         NodeRole::Worker => security.worker_token.clone(),
         NodeRole::Manager => security.manager_token.clone(),
@@ -152,7 +171,8 @@ pub fn token(state: &State, role: NodeRole) -> Result<String, ApiError> {
 
 /// A fresh token for `role` (rotation), pinned to the same CA.
 pub fn new_token(state: &State) -> Result<String, ApiError> {
-    let security = state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
+    let security =
+        state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
     let digest = ca(security).digest().map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(JoinToken::generate(digest).to_string())
 }

@@ -15,9 +15,9 @@ use shoal_types::{
 };
 
 pub mod reaper;
-pub mod update;
 #[cfg(test)]
 mod tests;
+pub mod update;
 #[cfg(test)]
 mod update_tests;
 
@@ -105,7 +105,12 @@ fn new_task(
         spec: service.spec.task.clone(),
         endpoint: service.spec.endpoint.clone(),
         desired_state: desired,
-        status: TaskStatus { state: TaskState::New, timestamp: ctx.now, message: "created".into(), ..Default::default() },
+        status: TaskStatus {
+            state: TaskState::New,
+            timestamp: ctx.now,
+            message: "created".into(),
+            ..Default::default()
+        },
         origin,
         start_gate: gate,
         running_at: None,
@@ -156,7 +161,12 @@ pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
         // Swarm's scheduler marks tasks cancelled before placement SHUTDOWN, so nothing waits
         // for them and they read as finished.
         if never_ran(task) && task.status.state != TaskState::Shutdown {
-            let status = TaskStatus { state: TaskState::Shutdown, timestamp: ctx.now, message: "shutdown before it was scheduled".into(), ..Default::default() };
+            let status = TaskStatus {
+                state: TaskState::Shutdown,
+                timestamp: ctx.now,
+                message: "shutdown before it was scheduled".into(),
+                ..Default::default()
+            };
             plan.actions.push(Action::SetTaskStatus { id: task.id.clone(), status });
         }
     }
@@ -186,7 +196,8 @@ fn supervise(
     let mut counts = false;
     // During a rollback a slot whose tasks all stopped is dead and gets a fresh task with the
     // restored spec, so a rollback always ends with every replica running (Swarm §3).
-    let rolling_back = service.update_status.as_ref().is_some_and(|s| s.state == shoal_types::UpdateState::RollbackStarted);
+    let rolling_back =
+        service.update_status.as_ref().is_some_and(|s| s.state == shoal_types::UpdateState::RollbackStarted);
     for task in slot_tasks {
         if task.desired_state > TaskState::Running {
             continue;

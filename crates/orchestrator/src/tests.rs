@@ -76,7 +76,12 @@ impl World {
     /// Plays the scheduler and agents: assigns unassigned runnable tasks round-robin and runs
     /// every task whose desired state is RUNNING.
     pub fn run_all(&mut self) {
-        let nodes: Vec<String> = self.state.nodes().filter(|n| n.status.state == NodeState::Ready && n.spec.availability == Availability::Active).map(|n| n.id.clone()).collect();
+        let nodes: Vec<String> = self
+            .state
+            .nodes()
+            .filter(|n| n.status.state == NodeState::Ready && n.spec.availability == Availability::Active)
+            .map(|n| n.id.clone())
+            .collect();
         let mut actions = Vec::new();
         for (i, t) in self.state.tasks().enumerate() {
             if t.node_id.is_empty() && t.desired_state <= TaskState::Running && !nodes.is_empty() {
@@ -87,8 +92,17 @@ impl World {
         let mut actions = Vec::new();
         for t in self.state.tasks() {
             if !t.node_id.is_empty() && t.status.state < TaskState::Running {
-                let state = if t.desired_state == TaskState::Running { TaskState::Running } else if t.desired_state == TaskState::Ready { TaskState::Ready } else { continue };
-                actions.push(Action::SetTaskStatus { id: t.id.clone(), status: TaskStatus { state, timestamp: self.now, ..Default::default() } });
+                let state = if t.desired_state == TaskState::Running {
+                    TaskState::Running
+                } else if t.desired_state == TaskState::Ready {
+                    TaskState::Ready
+                } else {
+                    continue;
+                };
+                actions.push(Action::SetTaskStatus {
+                    id: t.id.clone(),
+                    status: TaskStatus { state, timestamp: self.now, ..Default::default() },
+                });
             }
         }
         self.apply(actions);
@@ -130,7 +144,10 @@ fn creates_one_task_per_slot_from_one() {
     let tasks = w.tasks(&svc);
     assert_eq!(tasks.iter().map(|t| t.slot).collect::<Vec<_>>(), [1, 2, 3]);
     for t in &tasks {
-        assert_eq!((t.desired_state, t.status.state, t.origin), (TaskState::Running, TaskState::New, TaskOrigin::Orchestrator));
+        assert_eq!(
+            (t.desired_state, t.status.state, t.origin),
+            (TaskState::Running, TaskState::New, TaskOrigin::Orchestrator)
+        );
         assert_eq!(t.service_name, "web");
         assert!(t.node_id.is_empty(), "the scheduler assigns nodes");
     }
@@ -145,7 +162,11 @@ fn failed_task_is_replaced_after_the_restart_delay() {
     let old = w.tasks(&svc)[0].id.clone();
     w.set_status(&old, TaskState::Failed);
     let plan = w.step();
-    assert!(plan.actions.iter().any(|a| matches!(a, Action::SetDesiredState { id, desired: TaskState::Shutdown } if *id == old)));
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::SetDesiredState { id, desired: TaskState::Shutdown } if *id == old))
+    );
     let tasks = w.tasks(&svc);
     let new = tasks.iter().find(|t| t.id != old).expect("replacement");
     assert_eq!((new.slot, new.desired_state, new.origin), (1, TaskState::Ready, TaskOrigin::Restart));
@@ -257,7 +278,11 @@ fn down_node_tasks_are_replaced_at_once_drained_ones_wait_for_the_old_task() {
     w.settle();
     assert_eq!(w.state.task(&lost.id).unwrap().desired_state, TaskState::Shutdown);
     let replacement = w.runnable(&svc).into_iter().find(|t| t.slot == lost.slot).unwrap();
-    assert_eq!((replacement.desired_state, replacement.node_id.as_str()), (TaskState::Running, ""), "no delay, rescheduled anywhere");
+    assert_eq!(
+        (replacement.desired_state, replacement.node_id.as_str()),
+        (TaskState::Running, ""),
+        "no delay, rescheduled anywhere"
+    );
 
     let drained = on(&w, "n2");
     w.node_update("n2", |n| n.spec.availability = Availability::Drain);
@@ -311,7 +336,14 @@ fn scale_down_removes_from_the_busiest_nodes_and_non_running_first() {
     let mut w = World::new(&["n1", "n2", "n3"]);
     let svc = w.service(spec("web", 7));
     w.settle();
-    let placement = [("n1", TaskState::Starting), ("n2", TaskState::Running), ("n2", TaskState::Running), ("n3", TaskState::Running), ("n3", TaskState::Running), ("n3", TaskState::Running)];
+    let placement = [
+        ("n1", TaskState::Starting),
+        ("n2", TaskState::Running),
+        ("n2", TaskState::Running),
+        ("n3", TaskState::Running),
+        ("n3", TaskState::Running),
+        ("n3", TaskState::Running),
+    ];
     let tasks = w.tasks(&svc);
     for (task, (node, state)) in tasks.iter().zip(placement) {
         w.apply(vec![Action::AssignTask { id: task.id.clone(), node_id: node.into() }]);

@@ -247,7 +247,14 @@ fn note(plan: &mut Plan, at: Option<Timestamp>) {
 }
 
 /// Replaces one slot's out-of-date task (Swarm's worker step).
-fn start_slot(state: &State, service: &Service, tasks: &[&Task], order: UpdateOrder, ctx: &mut Ctx<'_>, plan: &mut Plan) {
+fn start_slot(
+    state: &State,
+    service: &Service,
+    tasks: &[&Task],
+    order: UpdateOrder,
+    ctx: &mut Ctx<'_>,
+    plan: &mut Plan,
+) {
     let runnable: Vec<&Task> = tasks.iter().copied().filter(|t| t.desired_state <= TaskState::Running).collect();
     // A clean task already in the slot is used instead of making a new one.
     let clean = runnable
@@ -271,7 +278,11 @@ fn start_slot(state: &State, service: &Service, tasks: &[&Task], order: UpdateOr
             for t in &runnable {
                 plan.actions.push(Action::SetDesiredState { id: t.id.clone(), desired: TaskState::Shutdown });
             }
-            Some(StartGate { not_before: ctx.now, after_task: Some(old.id.clone()), deadline: ctx.now + OLD_TASK_TIMEOUT_MS })
+            Some(StartGate {
+                not_before: ctx.now,
+                after_task: Some(old.id.clone()),
+                deadline: ctx.now + OLD_TASK_TIMEOUT_MS,
+            })
         }
         UpdateOrder::StartFirst => None,
     };

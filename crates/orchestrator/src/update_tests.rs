@@ -64,7 +64,12 @@ impl Sim {
     }
 
     fn running_images(&self) -> Vec<String> {
-        self.w.runnable(&self.svc).iter().filter(|t| t.status.state == TaskState::Running).map(|t| t.spec.container.image.clone()).collect()
+        self.w
+            .runnable(&self.svc)
+            .iter()
+            .filter(|t| t.status.state == TaskState::Running)
+            .map(|t| t.spec.container.image.clone())
+            .collect()
     }
 
     /// Simulated agents: assign, prepare/start up to the desired state, stop when told.
@@ -75,7 +80,12 @@ impl Sim {
         let tasks: Vec<Task> = self.w.state.tasks_of_service(&self.svc).cloned().collect();
         for (i, t) in tasks.iter().enumerate() {
             let behaviour = self.behaviour.get(&t.spec.container.image).copied().unwrap_or(Behaviour::Works);
-            let status = |state: TaskState, err: &str| TaskStatus { state, timestamp: now, err: err.into(), ..Default::default() };
+            let status = |state: TaskState, err: &str| TaskStatus {
+                state,
+                timestamp: now,
+                err: err.into(),
+                ..Default::default()
+            };
             if t.desired_state >= TaskState::Shutdown {
                 if t.status.state <= TaskState::Running && !self.stuck {
                     actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Shutdown, "") });
@@ -92,13 +102,18 @@ impl Sim {
                 }
                 (s, TaskState::Running) if s < TaskState::Running => {
                     if behaviour == Behaviour::FailsAtStart {
-                        actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Failed, "boom") });
+                        actions.push(Action::SetTaskStatus {
+                            id: t.id.clone(),
+                            status: status(TaskState::Failed, "boom"),
+                        });
                     } else {
-                        actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Running, "") });
+                        actions
+                            .push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Running, "") });
                     }
                 }
                 (TaskState::Running, TaskState::Running)
-                    if behaviour == Behaviour::FailsAfterRunning && t.running_at.is_some_and(|at| now >= at + 1_000) =>
+                    if behaviour == Behaviour::FailsAfterRunning
+                        && t.running_at.is_some_and(|at| now >= at + 1_000) =>
                 {
                     actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Failed, "late") });
                 }
@@ -112,7 +127,8 @@ impl Sim {
 
     /// One round: control loop until quiet, check invariants, agents act, 100 ms pass.
     fn round(&mut self) {
-        let before: BTreeMap<String, Task> = self.w.state.tasks_of_service(&self.svc).map(|t| (t.id.clone(), t.clone())).collect();
+        let before: BTreeMap<String, Task> =
+            self.w.state.tasks_of_service(&self.svc).map(|t| (t.id.clone(), t.clone())).collect();
         self.w.settle();
         self.check(&before);
         self.agents();
@@ -139,21 +155,55 @@ impl Sim {
         }
         self.max_in_transition = self.max_in_transition.max(in_transition.len());
         if config.parallelism > 0 {
-            assert!(in_transition.len() as u64 <= config.parallelism, "{} slots in transition > parallelism {}", in_transition.len(), config.parallelism);
+            assert!(
+                in_transition.len() as u64 <= config.parallelism,
+                "{} slots in transition > parallelism {}",
+                in_transition.len(),
+                config.parallelism
+            );
         }
         for t in &tasks {
             let Some(old) = before.get(&t.id) else { continue };
             // stop-first: a new task is raised to RUNNING only after its slot's old task stopped.
-            if t.origin == TaskOrigin::Update && old.desired_state == TaskState::Ready && t.desired_state == TaskState::Running {
-                let olds: Vec<&Task> = tasks.iter().filter(|o| o.slot == t.slot && o.id != t.id && o.created_at < t.created_at && o.status.state <= TaskState::Running && o.desired_state >= TaskState::Shutdown).collect();
+            if t.origin == TaskOrigin::Update
+                && old.desired_state == TaskState::Ready
+                && t.desired_state == TaskState::Running
+            {
+                let olds: Vec<&Task> = tasks
+                    .iter()
+                    .filter(|o| {
+                        o.slot == t.slot
+                            && o.id != t.id
+                            && o.created_at < t.created_at
+                            && o.status.state <= TaskState::Running
+                            && o.desired_state >= TaskState::Shutdown
+                    })
+                    .collect();
                 let timeout = t.start_gate.as_ref().is_some_and(|g| now >= g.deadline);
-                assert!(olds.is_empty() || timeout || self.stuck, "slot {} started before its old task stopped", t.slot);
+                assert!(
+                    olds.is_empty() || timeout || self.stuck,
+                    "slot {} started before its old task stopped",
+                    t.slot
+                );
                 self.log.push(format!("start {}", t.slot));
             }
             // start-first: an old task is told to stop only once its replacement runs.
-            if config.order == UpdateOrder::StartFirst && old.desired_state == TaskState::Running && t.desired_state == TaskState::Shutdown && t.status.state == TaskState::Running {
-                let replacement_running = tasks.iter().any(|n| n.slot == t.slot && n.id != t.id && n.origin == TaskOrigin::Update && n.status.state == TaskState::Running);
-                assert!(replacement_running, "start-first stopped slot {}'s old task before its replacement ran", t.slot);
+            if config.order == UpdateOrder::StartFirst
+                && old.desired_state == TaskState::Running
+                && t.desired_state == TaskState::Shutdown
+                && t.status.state == TaskState::Running
+            {
+                let replacement_running = tasks.iter().any(|n| {
+                    n.slot == t.slot
+                        && n.id != t.id
+                        && n.origin == TaskOrigin::Update
+                        && n.status.state == TaskState::Running
+                });
+                assert!(
+                    replacement_running,
+                    "start-first stopped slot {}'s old task before its replacement ran",
+                    t.slot
+                );
             }
         }
     }
@@ -165,7 +215,15 @@ impl Sim {
             }
             self.round();
         }
-        panic!("not reached; status {:?}; tasks {:?}", self.status(), self.w.tasks(&self.svc).iter().map(|t| (t.slot, t.spec.container.image.clone(), t.status.state, t.desired_state)).collect::<Vec<_>>());
+        panic!(
+            "not reached; status {:?}; tasks {:?}",
+            self.status(),
+            self.w
+                .tasks(&self.svc)
+                .iter()
+                .map(|t| (t.slot, t.spec.container.image.clone(), t.status.state, t.desired_state))
+                .collect::<Vec<_>>()
+        );
     }
 
     fn settled_on(&self, image: &str, replicas: usize) -> bool {
@@ -247,7 +305,11 @@ fn pause_on_failure_stops_after_exactly_one_failed_slot() {
     }
     let service = sim.service();
     let status = service.update_status.unwrap();
-    assert!(status.message.starts_with("update paused due to failure or early termination of task "), "{}", status.message);
+    assert!(
+        status.message.starts_with("update paused due to failure or early termination of task "),
+        "{}",
+        status.message
+    );
     let tasks = sim.w.tasks(&sim.svc);
     let new = tasks.iter().filter(|t| t.spec.container.image == "app:2").count();
     assert_eq!(new, 1, "exactly one slot was tried");
@@ -262,7 +324,8 @@ fn continue_ignores_failures() {
     sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
     sim.update(|s| image(s, "app:2"));
     sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
-    let tried: std::collections::BTreeSet<u64> = sim.w.tasks(&sim.svc).iter().filter(|t| t.spec.container.image == "app:2").map(|t| t.slot).collect();
+    let tried: std::collections::BTreeSet<u64> =
+        sim.w.tasks(&sim.svc).iter().filter(|t| t.spec.container.image == "app:2").map(|t| t.slot).collect();
     assert_eq!(tried.len(), 3, "every slot was updated despite failures");
 }
 
@@ -273,7 +336,12 @@ fn max_failure_ratio_is_strictly_greater_than() {
     sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
     sim.update(|s| image(s, "app:2"));
     sim.run_until(|s| s.status() == Some(UpdateState::Paused), 400);
-    let failed = sim.w.tasks(&sim.svc).iter().filter(|t| t.spec.container.image == "app:2" && t.status.state == TaskState::Failed).count();
+    let failed = sim
+        .w
+        .tasks(&sim.svc)
+        .iter()
+        .filter(|t| t.spec.container.image == "app:2" && t.status.state == TaskState::Failed)
+        .count();
     assert_eq!(failed, 2);
     assert_eq!(sim.service().update_status.unwrap().slots, Some(4));
 }
@@ -299,7 +367,15 @@ fn automatic_rollback_returns_to_the_previous_spec_and_forgets_it() {
     sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
     sim.update(|s| image(s, "app:2"));
     sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted), 400);
-    assert!(sim.settled_on("app:1", 3), "{:?}", sim.w.tasks(&sim.svc).iter().map(|t| (t.slot, t.spec.container.image.clone(), t.status.state, t.desired_state, t.origin)).collect::<Vec<_>>());
+    assert!(
+        sim.settled_on("app:1", 3),
+        "{:?}",
+        sim.w
+            .tasks(&sim.svc)
+            .iter()
+            .map(|t| (t.slot, t.spec.container.image.clone(), t.status.state, t.desired_state, t.origin))
+            .collect::<Vec<_>>()
+    );
     let service = sim.service();
     assert!(service.previous_spec.is_none(), "automatic rollback clears the previous spec");
     assert_eq!(service.spec.task.container.image, "app:1");
@@ -315,7 +391,13 @@ fn a_failing_rollback_pauses_instead_of_rolling_back_again() {
     sim.behaviour.insert("app:1".into(), Behaviour::FailsAtStart);
     sim.rollback();
     sim.run_until(|s| s.status() == Some(UpdateState::RollbackPaused), 400);
-    assert!(sim.service().update_status.unwrap().message.starts_with("rollback paused due to failure or early termination of task "));
+    assert!(
+        sim.service()
+            .update_status
+            .unwrap()
+            .message
+            .starts_with("rollback paused due to failure or early termination of task ")
+    );
 }
 
 #[test]
@@ -369,10 +451,12 @@ fn placement_only_change_keeps_tasks_on_matching_nodes() {
             node.spec.labels.insert("zone".into(), if n == "n3" { "b" } else { "a" }.into());
         });
     }
-    let before: BTreeMap<String, String> = sim.w.runnable(&sim.svc).iter().map(|t| (t.id.clone(), t.node_id.clone())).collect();
+    let before: BTreeMap<String, String> =
+        sim.w.runnable(&sim.svc).iter().map(|t| (t.id.clone(), t.node_id.clone())).collect();
     sim.update(|s| s.task.placement.constraints = vec![Constraint::parse("node.labels.zone==a").unwrap()]);
     sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
-    let after: BTreeMap<String, String> = sim.w.runnable(&sim.svc).iter().map(|t| (t.id.clone(), t.node_id.clone())).collect();
+    let after: BTreeMap<String, String> =
+        sim.w.runnable(&sim.svc).iter().map(|t| (t.id.clone(), t.node_id.clone())).collect();
     for (id, node) in &before {
         assert_eq!(after.contains_key(id), node != "n3", "task on {node}");
     }
@@ -414,7 +498,10 @@ fn an_unschedulable_new_task_keeps_the_update_going_and_says_why() {
     // Pretend the scheduler could not place the first new task.
     sim.w.settle();
     let new = sim.w.tasks(&sim.svc).into_iter().find(|t| t.origin == TaskOrigin::Update).unwrap();
-    sim.w.apply(vec![Action::MarkUnschedulable { id: new.id.clone(), err: "no suitable node (2 nodes not available for new tasks)".into() }]);
+    sim.w.apply(vec![Action::MarkUnschedulable {
+        id: new.id.clone(),
+        err: "no suitable node (2 nodes not available for new tasks)".into(),
+    }]);
     sim.w.settle();
     let status = sim.service().update_status.unwrap();
     assert_eq!(status.state, UpdateState::Updating);

@@ -132,7 +132,12 @@ fn raft_err(e: raft::Error) -> RaftError {
 impl<D: Durable, M: StateMachine> Engine<D, M> {
     /// Opens an engine over `storage`, restoring the state machine from the newest snapshot; the
     /// entries committed after it are re-applied by the first Readies.
-    pub fn open(config: EngineConfig, storage: RaftStorage<D>, mut sm: M, logger: &slog::Logger) -> Result<Self, RaftError> {
+    pub fn open(
+        config: EngineConfig,
+        storage: RaftStorage<D>,
+        mut sm: M,
+        logger: &slog::Logger,
+    ) -> Result<Self, RaftError> {
         let snapshot = storage.latest_snapshot();
         let applied = snapshot.get_metadata().index;
         if !snapshot.is_empty() {
@@ -447,7 +452,8 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         }
         let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
         let wanted = self.raw.store().snapshot_wanted();
-        let due = wanted || self.snapshot_now || self.applied - snap_index.min(self.applied) >= self.config.snapshot_interval;
+        let due =
+            wanted || self.snapshot_now || self.applied - snap_index.min(self.applied) >= self.config.snapshot_interval;
         if self.applied > snap_index && due {
             self.snapshot_now = false;
             self.take_snapshot()?;
@@ -485,7 +491,14 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
                 .iter()
                 .map(|(id, pr)| {
                     let active = *id == self.config.id || pr.recent_active;
-                    (*id, PeerProgress { matched: pr.matched, recent_active: active, learner: conf.learners().contains(id) })
+                    (
+                        *id,
+                        PeerProgress {
+                            matched: pr.matched,
+                            recent_active: active,
+                            learner: conf.learners().contains(id),
+                        },
+                    )
                 })
                 .collect()
         } else {

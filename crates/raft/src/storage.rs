@@ -305,10 +305,8 @@ impl<D: Durable> RaftStorage<D> {
     /// them from the join response, so it can answer the leader before the first snapshot).
     pub fn seed_members(&mut self, members: &Members) -> Result<(), RaftError> {
         self.members = members.clone();
-        self.durable.write(vec![Op::Put(
-            KEY_MEMBERS.to_vec(),
-            serde_json::to_vec(members).expect("members serialise"),
-        )])?;
+        self.durable
+            .write(vec![Op::Put(KEY_MEMBERS.to_vec(), serde_json::to_vec(members).expect("members serialise"))])?;
         self.durable.sync()
     }
 

@@ -177,9 +177,8 @@ async fn peer_loop(
         let mut client = RaftTransportClient::new(channel).max_decoding_message_size(64 << 20);
         let (batch_tx, batch_rx) = mpsc::channel::<RaftBatch>(64);
         let mut call_client = client.clone();
-        let mut call = tokio::spawn(async move {
-            call_client.send(tokio_stream::wrappers::ReceiverStream::new(batch_rx)).await
-        });
+        let mut call =
+            tokio::spawn(async move { call_client.send(tokio_stream::wrappers::ReceiverStream::new(batch_rx)).await });
         loop {
             tokio::select! {
                 msg = inbox.recv() => {

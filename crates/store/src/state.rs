@@ -2,8 +2,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use shoal_types::{
-    Cluster, ClusterSecurity, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, SPEC_HISTORY_LIMIT,
-    Service, SpecRevision, Task, TaskState, TaskStatus, UpdateState, UpdateStatus,
+    Cluster, ClusterSecurity, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
+    SPEC_HISTORY_LIMIT, Service, SpecRevision, Task, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 
 use crate::action::{Action, Batch, MembershipChange, MembershipKind};
@@ -213,7 +213,11 @@ impl State {
                         updated_at: change.at,
                         spec: NodeSpec { role: NodeRole::Manager, ..NodeSpec::default() },
                         description: NodeDescription { hostname: change.hostname.clone(), ..Default::default() },
-                        status: NodeStatus { state: NodeState::Ready, message: String::new(), addr: change.addr.clone() },
+                        status: NodeStatus {
+                            state: NodeState::Ready,
+                            message: String::new(),
+                            addr: change.addr.clone(),
+                        },
                         manager: None,
                     },
                 };
@@ -223,8 +227,12 @@ impl State {
                 node.version = index;
                 node.updated_at = change.at.max(node.updated_at);
                 node.spec.role = NodeRole::Manager;
-                node.manager =
-                    Some(ManagerInfo { raft_id: change.raft_id, addr: change.addr.clone(), reachability: None, leader: false });
+                node.manager = Some(ManagerInfo {
+                    raft_id: change.raft_id,
+                    addr: change.addr.clone(),
+                    reachability: None,
+                    leader: false,
+                });
                 let kind = if self.nodes.contains_key(&node.id) { ChangeKind::Update } else { ChangeKind::Create };
                 self.nodes.insert(node.id.clone(), node.clone());
                 vec![Change { kind, index, at: change.at, object: Object::Node(node) }]
@@ -407,7 +415,8 @@ impl State {
                 changes.push(Change { kind: ChangeKind::Update, index, at, object: Object::Node(node) });
             }
             Action::RemoveNode { id } => {
-                let node = self.nodes.remove(id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?;
+                let node =
+                    self.nodes.remove(id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?;
                 undo.push(Undo::Node(id.clone(), Some(node.clone())));
                 if self.revoked_nodes.insert(id.clone()) {
                     undo.push(Undo::Unrevoke(id.clone()));
@@ -460,7 +469,12 @@ impl State {
                         "scheduler confirmed task can run on preassigned node"
                     };
                     task.node_id = node_id.clone();
-                    task.status = TaskStatus { state: TaskState::Assigned, timestamp: at, message: message.into(), ..Default::default() };
+                    task.status = TaskStatus {
+                        state: TaskState::Assigned,
+                        timestamp: at,
+                        message: message.into(),
+                        ..Default::default()
+                    };
                     self.put_task_change(task, index, at, undo, changes);
                 }
             }
@@ -513,7 +527,14 @@ impl State {
         Ok(())
     }
 
-    fn put_task_change(&mut self, mut task: Task, index: u64, at: u64, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
+    fn put_task_change(
+        &mut self,
+        mut task: Task,
+        index: u64,
+        at: u64,
+        undo: &mut Vec<Undo>,
+        changes: &mut Vec<Change>,
+    ) {
         task.version = index;
         task.updated_at = at;
         let old = self.set_task(task.clone());
@@ -522,7 +543,8 @@ impl State {
     }
 
     fn checked_service(&self, id: &str, expected_version: u64) -> Result<&Service, StoreError> {
-        let service = self.services.get(id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.to_string() })?;
+        let service =
+            self.services.get(id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.to_string() })?;
         if service.version != expected_version {
             return Err(StoreError::OutOfSequence {
                 name: service.spec.name.clone(),

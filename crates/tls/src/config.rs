@@ -209,7 +209,9 @@ impl ServerCertVerifier for PinnedCa {
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
         };
         let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned()).map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;

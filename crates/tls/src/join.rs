@@ -71,7 +71,9 @@ pub async fn obtain_certificate(addr: &str, token: Option<&str>, role: Role) -> 
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 return Err(JoinError::Unreachable(format!("joining through {addr} failed: {}", status.message())));
             }
-            Err(status) => return Err(JoinError::Refused(format!("joining through {addr} was refused: {}", status.message()))),
+            Err(status) => {
+                return Err(JoinError::Refused(format!("joining through {addr} was refused: {}", status.message())));
+            }
         }
     };
     let pinned_ca = pinned.ca_pem().unwrap_or_default();
@@ -88,7 +90,10 @@ pub async fn obtain_certificate(addr: &str, token: Option<&str>, role: Role) -> 
     }
     let identity = credentials.identity().map_err(|e| JoinError::Refused(e.to_string()))?;
     if identity.role != role {
-        return Err(JoinError::Refused(format!("the manager issued a {} certificate, not a {role} one", identity.role)));
+        return Err(JoinError::Refused(format!(
+            "the manager issued a {} certificate, not a {role} one",
+            identity.role
+        )));
     }
     Ok(credentials)
 }

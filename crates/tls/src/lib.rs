@@ -21,8 +21,8 @@ mod token;
 
 pub use config::{NodeTls, PinnedCa};
 pub use pki::{CaDigest, ClusterCa, Credentials, new_key_and_csr};
-pub use token::{JoinToken, TokenError};
 pub use rustls;
+pub use token::{JoinToken, TokenError};
 
 /// The client side of a connection to managers.
 pub type ClientConfig = std::sync::Arc<rustls::ClientConfig>;

@@ -82,7 +82,8 @@ impl ClusterCa {
         dn.push(DnType::OrganizationName, cluster_id);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = (now - BACKDATE).into();
         params.not_after = (now + CA_VALIDITY).into();
         params.serial_number = Some(random_serial());
@@ -225,14 +226,19 @@ impl Credentials {
             })
         };
         let credentials = Credentials { ca_pem: read(CA_FILE)?, cert_pem: read(CERT_FILE)?, key_pem: read(KEY_FILE)? };
-        credentials.identity().map_err(|e| TlsError::Files { path: dir.join(CERT_FILE).display().to_string(), message: e.to_string() })?;
+        credentials
+            .identity()
+            .map_err(|e| TlsError::Files { path: dir.join(CERT_FILE).display().to_string(), message: e.to_string() })?;
         Ok(Some(credentials))
     }
 
     /// Writes the three files (the key readable by its owner only), each through a temporary
     /// file and a rename so a crash never leaves half a key.
     pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
-        let err = |path: &Path, e: std::io::Error| TlsError::Files { path: path.display().to_string(), message: e.to_string() };
+        let err = |path: &Path, e: std::io::Error| TlsError::Files {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
         std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
         for (name, contents, private) in
             [(CA_FILE, &self.ca_pem, false), (CERT_FILE, &self.cert_pem, false), (KEY_FILE, &self.key_pem, true)]
@@ -304,7 +310,8 @@ mod tests {
     #[test]
     fn a_garbage_csr_is_refused_with_a_message() {
         let ca = ClusterCa::generate("c", SystemTime::now()).unwrap();
-        let err = ca.issue("not a csr", "c", "n", Role::Worker, Duration::from_secs(60), SystemTime::now()).unwrap_err();
+        let err =
+            ca.issue("not a csr", "c", "n", Role::Worker, Duration::from_secs(60), SystemTime::now()).unwrap_err();
         assert!(err.to_string().contains("certificate signing request is invalid"), "{err}");
     }
 
@@ -313,7 +320,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(Credentials::load(dir.path()).unwrap().is_none());
         let ca = ClusterCa::generate("c", SystemTime::now()).unwrap();
-        let creds = ca.issue_with_new_key("c", "admin", Role::Admin, Duration::from_secs(60), SystemTime::now()).unwrap();
+        let creds =
+            ca.issue_with_new_key("c", "admin", Role::Admin, Duration::from_secs(60), SystemTime::now()).unwrap();
         creds.save(dir.path()).unwrap();
         assert_eq!(Credentials::load(dir.path()).unwrap(), Some(creds));
         std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();

@@ -25,7 +25,9 @@ impl fmt::Debug for JoinToken {
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid join token: {0} (expected {PREFIX}-{VERSION}-<64 hex digits>-<{SECRET_LEN} letters and digits>, as printed by `shoal cluster join-token`)")]
+#[error(
+    "invalid join token: {0} (expected {PREFIX}-{VERSION}-<64 hex digits>-<{SECRET_LEN} letters and digits>, as printed by `shoal cluster join-token`)"
+)]
 pub struct TokenError(String);
 
 impl JoinToken {
@@ -33,9 +35,8 @@ impl JoinToken {
     pub fn generate(ca_digest: CaDigest) -> JoinToken {
         use rand::Rng;
         let mut rng = rand::thread_rng();
-        let secret: String = (0..SECRET_LEN)
-            .map(|_| SECRET_ALPHABET[rng.gen_range(0..SECRET_ALPHABET.len())] as char)
-            .collect();
+        let secret: String =
+            (0..SECRET_LEN).map(|_| SECRET_ALPHABET[rng.gen_range(0..SECRET_ALPHABET.len())] as char).collect();
         JoinToken { ca_digest, secret }
     }
 

@@ -33,8 +33,7 @@ pub enum ConstraintError {
     Role(String, String),
 }
 
-const PLAIN_KEYS: [&str; 5] =
-    ["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"];
+const PLAIN_KEYS: [&str; 5] = ["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"];
 
 impl Constraint {
     pub fn parse(text: &str) -> Result<Self, ConstraintError> {
@@ -125,15 +124,13 @@ pub enum PreferenceError {
 
 impl PlacementPreference {
     pub fn parse(text: &str) -> Result<Self, PreferenceError> {
-        let (strategy, arg) =
-            text.split_once('=').ok_or_else(|| PreferenceError::Format(text.to_string()))?;
+        let (strategy, arg) = text.split_once('=').ok_or_else(|| PreferenceError::Format(text.to_string()))?;
         if !strategy.eq_ignore_ascii_case("spread") {
             return Err(PreferenceError::Strategy(text.to_string(), strategy.to_string()));
         }
         let arg = arg.trim();
-        let ok = ["node.labels.", "engine.labels."]
-            .iter()
-            .any(|p| arg.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+        let ok =
+            ["node.labels.", "engine.labels."].iter().any(|p| arg.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
         if !ok {
             return Err(PreferenceError::Descriptor(text.to_string()));
         }

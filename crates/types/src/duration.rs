@@ -83,20 +83,16 @@ impl GoDuration {
             } else {
                 whole.parse().map_err(|_| DurationError::Overflow(input.to_string()))?
             };
-            let mut part = whole
-                .checked_mul(unit_nanos)
-                .ok_or_else(|| DurationError::Overflow(input.to_string()))?;
+            let mut part = whole.checked_mul(unit_nanos).ok_or_else(|| DurationError::Overflow(input.to_string()))?;
             let mut scale = unit_nanos;
             for digit in frac.bytes() {
                 scale /= 10;
                 part += u128::from(digit - b'0') * scale;
             }
-            total_nanos = total_nanos
-                .checked_add(part)
-                .ok_or_else(|| DurationError::Overflow(input.to_string()))?;
+            total_nanos = total_nanos.checked_add(part).ok_or_else(|| DurationError::Overflow(input.to_string()))?;
         }
-        let secs = u64::try_from(total_nanos / 1_000_000_000)
-            .map_err(|_| DurationError::Overflow(input.to_string()))?;
+        let secs =
+            u64::try_from(total_nanos / 1_000_000_000).map_err(|_| DurationError::Overflow(input.to_string()))?;
         Ok(GoDuration(Duration::new(secs, (total_nanos % 1_000_000_000) as u32)))
     }
 }
@@ -191,14 +187,8 @@ mod tests {
 
     #[test]
     fn formats_like_go() {
-        let cases = [
-            (0, "0s"),
-            (250, "250ms"),
-            (1_500, "1.5s"),
-            (5_000, "5s"),
-            (90_000, "1m30s"),
-            (3_600_000, "1h0m0s"),
-        ];
+        let cases =
+            [(0, "0s"), (250, "250ms"), (1_500, "1.5s"), (5_000, "5s"), (90_000, "1m30s"), (3_600_000, "1h0m0s")];
         for (ms, text) in cases {
             assert_eq!(GoDuration::from_millis(ms).to_string(), text);
         }

@@ -154,7 +154,11 @@ pub struct TaskStatus {
 impl Task {
     /// `web.3` for a replica, `web.<node id>` for a global task: what `service ps` shows.
     pub fn name(&self) -> String {
-        if self.slot > 0 { format!("{}.{}", self.service_name, self.slot) } else { format!("{}.{}", self.service_name, self.node_id) }
+        if self.slot > 0 {
+            format!("{}.{}", self.service_name, self.slot)
+        } else {
+            format!("{}.{}", self.service_name, self.node_id)
+        }
     }
 }
 

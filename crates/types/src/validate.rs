@@ -69,10 +69,7 @@ fn validate_image(image: &str) -> Result<(), ValidationError> {
 fn validate_update_config(prefix: &str, config: &UpdateConfig, is_rollback: bool) -> Result<(), ValidationError> {
     let ratio = config.max_failure_ratio;
     if !(0.0..=1.0).contains(&ratio) {
-        return Err(ValidationError::new(
-            format!("{prefix}.max_failure_ratio"),
-            format!("{ratio} is outside [0, 1]"),
-        ));
+        return Err(ValidationError::new(format!("{prefix}.max_failure_ratio"), format!("{ratio} is outside [0, 1]")));
     }
     if is_rollback && config.failure_action == FailureAction::Rollback {
         return Err(ValidationError::new(
@@ -256,10 +253,7 @@ mod tests {
     fn resources() {
         let mut s = spec();
         s.task.resources.reservations.memory_bytes = 1024;
-        assert_eq!(
-            err_of(&s),
-            "task.resources.reservations.memory_bytes: 1024 bytes is below the minimum of 4MiB"
-        );
+        assert_eq!(err_of(&s), "task.resources.reservations.memory_bytes: 1024 bytes is below the minimum of 4MiB");
         s.task.resources.reservations.memory_bytes = 64 << 20;
         s.task.resources.limits.memory_bytes = 32 << 20;
         assert!(err_of(&s).starts_with("task.resources.reservations.memory_bytes:"));

@@ -16,8 +16,9 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 pub use events::{EventFilter, EventFormat, EventSelection, EventsArgs};
-pub use node::{JoinRole, JoinTokenArgs, 
-    ClusterCommand, ClusterInfoArgs, NodeCommand, NodeDemoteArgs, NodeInspectArgs, NodeRmArgs, NodeUpdateArgs,
+pub use node::{
+    ClusterCommand, ClusterInfoArgs, JoinRole, JoinTokenArgs, NodeCommand, NodeDemoteArgs, NodeInspectArgs, NodeRmArgs,
+    NodeUpdateArgs,
 };
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
 pub use stack::{

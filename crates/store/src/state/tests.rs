@@ -28,7 +28,13 @@ fn task(id: &str, service: &str, node: &str) -> Task {
         start_gate: None,
         running_at: None,
         desired_state: TaskState::Running,
-        status: TaskStatus { state: TaskState::New, timestamp: 0, message: "created".into(), err: String::new(), ..Default::default() },
+        status: TaskStatus {
+            state: TaskState::New,
+            timestamp: 0,
+            message: "created".into(),
+            err: String::new(),
+            ..Default::default()
+        },
     }
 }
 
@@ -58,11 +64,12 @@ fn stale_update_is_refused() {
     let mut state = State::default();
     state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
     let mut spec = ServiceSpec::new("web", "busybox:2");
-    state.apply(2, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: spec.clone() }])).unwrap();
+    state
+        .apply(2, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: spec.clone() }]))
+        .unwrap();
     spec.task.container.image = "busybox:3".into();
-    let err = state
-        .apply(3, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec }]))
-        .unwrap_err();
+    let err =
+        state.apply(3, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec }])).unwrap_err();
     assert!(matches!(err, StoreError::OutOfSequence { current: 2, expected: 1, .. }), "{err}");
     assert_eq!(state.service("s1").unwrap().spec.task.container.image, "busybox:2");
 }
@@ -72,11 +79,13 @@ fn rename_and_mode_change_are_refused() {
     let mut state = State::default();
     state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
     let renamed = ServiceSpec::new("api", "busybox");
-    let err = state.apply(2, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: renamed }]));
+    let err =
+        state.apply(2, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: renamed }]));
     assert!(matches!(err, Err(StoreError::Rename { .. })));
     let mut global = ServiceSpec::new("web", "busybox");
     global.mode = shoal_types::ServiceMode::Global;
-    let err = state.apply(3, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: global }]));
+    let err =
+        state.apply(3, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: global }]));
     assert!(matches!(err, Err(StoreError::ModeChange { .. })));
 }
 
@@ -84,7 +93,8 @@ fn rename_and_mode_change_are_refused() {
 fn rollback_toggles_and_needs_a_previous_spec() {
     let mut state = State::default();
     state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
-    let err = state.apply(2, &batch(vec![Action::RollbackService { id: "s1".into(), expected_version: 1 }])).unwrap_err();
+    let err =
+        state.apply(2, &batch(vec![Action::RollbackService { id: "s1".into(), expected_version: 1 }])).unwrap_err();
     assert_eq!(err.to_string(), "service web does not have a previous spec");
     let v2 = ServiceSpec::new("web", "busybox:2");
     state.apply(3, &batch(vec![Action::UpdateService { id: "s1".into(), expected_version: 1, spec: v2 }])).unwrap();
@@ -93,11 +103,16 @@ fn rollback_toggles_and_needs_a_previous_spec() {
     let mut version = 3;
     for (i, expected) in ["busybox", "busybox:2", "busybox"].into_iter().enumerate() {
         let index = 4 + i as u64;
-        state.apply(index, &batch(vec![Action::RollbackService { id: "s1".into(), expected_version: version }])).unwrap();
+        state
+            .apply(index, &batch(vec![Action::RollbackService { id: "s1".into(), expected_version: version }]))
+            .unwrap();
         version = index;
         assert_eq!(image(&state), expected);
         let status = state.service("s1").unwrap().update_status.clone().unwrap();
-        assert_eq!((status.state, status.message.as_str()), (UpdateState::RollbackStarted, "manually requested rollback"));
+        assert_eq!(
+            (status.state, status.message.as_str()),
+            (UpdateState::RollbackStarted, "manually requested rollback")
+        );
     }
     assert_eq!(state.service("s1").unwrap().revisions.len(), 5);
 }
@@ -107,7 +122,13 @@ fn tasks_are_indexed_and_need_their_service() {
     let mut state = State::default();
     state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
     state
-        .apply(2, &batch(vec![Action::PutTask { task: task("t1", "s1", "n1") }, Action::PutTask { task: task("t2", "s1", "n2") }]))
+        .apply(
+            2,
+            &batch(vec![
+                Action::PutTask { task: task("t1", "s1", "n1") },
+                Action::PutTask { task: task("t2", "s1", "n2") },
+            ]),
+        )
         .unwrap();
     assert_eq!(state.tasks_of_service("s1").count(), 2);
     assert_eq!(state.tasks_on_node("n2").map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t2"]);
@@ -152,10 +173,12 @@ fn task_states_only_move_forward_and_stale_actions_are_skipped() {
     let mut state = State::default();
     state.apply(1, &batch(vec![create("s1", "web"), Action::PutTask { task: task("t1", "s1", "") }])).unwrap();
     state.apply(2, &batch(vec![Action::AssignTask { id: "t1".into(), node_id: "n1".into() }])).unwrap();
-    let running = TaskStatus { state: TaskState::Running, timestamp: 3, message: "started".into(), ..Default::default() };
+    let running =
+        TaskStatus { state: TaskState::Running, timestamp: 3, message: "started".into(), ..Default::default() };
     state.apply(3, &batch(vec![Action::SetTaskStatus { id: "t1".into(), status: running.clone() }])).unwrap();
     // Backwards status, backwards desired state, re-assignment and a missing task: all no-ops.
-    let accepted = TaskStatus { state: TaskState::Accepted, timestamp: 4, message: "accepted".into(), ..Default::default() };
+    let accepted =
+        TaskStatus { state: TaskState::Accepted, timestamp: 4, message: "accepted".into(), ..Default::default() };
     let changes = state
         .apply(
             4,
@@ -193,11 +216,15 @@ fn arb_loop_action() -> impl Strategy<Value = Action> {
     let task = prop::sample::select(vec!["t1", "t2", "gone"]);
     let state = prop::sample::select(TaskState::ALL.to_vec());
     prop_oneof![
-        (task.clone(), state.clone())
-            .prop_map(|(t, s)| Action::SetTaskStatus { id: t.into(), status: TaskStatus { state: s, ..Default::default() } }),
+        (task.clone(), state.clone()).prop_map(|(t, s)| Action::SetTaskStatus {
+            id: t.into(),
+            status: TaskStatus { state: s, ..Default::default() }
+        }),
         (task.clone(), state).prop_map(|(t, s)| Action::SetDesiredState { id: t.into(), desired: s }),
-        (task.clone(), prop::sample::select(vec!["n1", "n2"])).prop_map(|(t, n)| Action::AssignTask { id: t.into(), node_id: n.into() }),
-        (task, prop::sample::select(vec!["no suitable node", "x"])).prop_map(|(t, e)| Action::MarkUnschedulable { id: t.into(), err: e.into() }),
+        (task.clone(), prop::sample::select(vec!["n1", "n2"]))
+            .prop_map(|(t, n)| Action::AssignTask { id: t.into(), node_id: n.into() }),
+        (task, prop::sample::select(vec!["no suitable node", "x"]))
+            .prop_map(|(t, e)| Action::MarkUnschedulable { id: t.into(), err: e.into() }),
     ]
 }
 
@@ -213,10 +240,12 @@ fn arb_action() -> impl Strategy<Value = Action> {
         }),
         (id.clone(), 0u64..12).prop_map(|(i, v)| Action::RollbackService { id: i.into(), expected_version: v }),
         id.clone().prop_map(|i| Action::RemoveService { id: i.into() }),
-        (prop::sample::select(vec!["t1", "t2"]), id.clone()).prop_map(|(t, s)| Action::PutTask { task: task(t, s, "n1") }),
+        (prop::sample::select(vec!["t1", "t2"]), id.clone())
+            .prop_map(|(t, s)| Action::PutTask { task: task(t, s, "n1") }),
         prop::sample::select(vec!["t1", "t2"]).prop_map(|t| Action::RemoveTask { id: t.into() }),
-        (prop::sample::select(vec!["t1", "t2"]), prop::sample::select(TaskState::ALL.to_vec()))
-            .prop_map(|(t, s)| Action::SetTaskStatus { id: t.into(), status: TaskStatus { state: s, ..Default::default() } }),
+        (prop::sample::select(vec!["t1", "t2"]), prop::sample::select(TaskState::ALL.to_vec())).prop_map(|(t, s)| {
+            Action::SetTaskStatus { id: t.into(), status: TaskStatus { state: s, ..Default::default() } }
+        }),
         (prop::sample::select(vec!["t1", "t2"]), prop::sample::select(TaskState::ALL.to_vec()))
             .prop_map(|(t, s)| Action::SetDesiredState { id: t.into(), desired: s }),
         (prop::sample::select(vec!["t1", "t2"]), prop::sample::select(vec!["n1", "n2"]))
