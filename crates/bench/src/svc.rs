@@ -45,6 +45,20 @@ pub async fn update(client: &mut Client, name: &str, change: impl FnOnce(&mut Se
     Ok(())
 }
 
+/// Push-style rollback: the previous spec becomes current again, with the version just read.
+pub async fn rollback(client: &mut Client, name: &str) -> Result<()> {
+    let current = get(client, name).await?;
+    client
+        .update_service(UpdateServiceRequest {
+            service: name.into(),
+            version: current.version,
+            spec_json: String::new(),
+            rollback: true,
+        })
+        .await?;
+    Ok(())
+}
+
 pub async fn remove(client: &mut Client, name: &str) -> Result<()> {
     client.remove_service(RemoveServiceRequest { service: name.into() }).await?;
     Ok(())

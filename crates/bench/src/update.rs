@@ -1,5 +1,5 @@
-//! Rolling updates `shoal/busybox:1` → `shoal/busybox:2`, parallelism 5, delay 0, stop-first and
-//! start-first: shoal, the raw Docker floor and Docker Swarm.
+//! Rolling updates `shoal/busybox:1` → `shoal/busybox:2` at several parallelism values, stop-first
+//! and start-first, and rollbacks back to `:1`: shoal, the raw Docker floor and Docker Swarm.
 
 use std::time::Duration;
 
@@ -19,12 +19,30 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 #[derive(Clone, Copy)]
 struct Variant {
     replicas: usize,
+    /// Tasks replaced at once; 0 = all (Swarm's meaning).
+    parallelism: usize,
     order: UpdateOrder,
+    /// Measure the rollback (`:2` back to `:1`, with the same settings) instead of the update.
+    rollback: bool,
 }
 
 impl Variant {
+    fn batch_size(self) -> usize {
+        if self.parallelism == 0 { self.replicas } else { self.parallelism }
+    }
+
     fn batches(self) -> usize {
-        self.replicas.div_ceil(PARALLELISM)
+        self.replicas.div_ceil(self.batch_size())
+    }
+
+    fn scenario(self) -> String {
+        let what = if self.rollback { "rollback" } else { "rolling update" };
+        if self.replicas == 1 {
+            return format!("{what}, 1 replica, {}", self.order.as_str());
+        }
+        let parallelism =
+            if self.parallelism == 0 { "0 (all at once)".to_string() } else { self.parallelism.to_string() };
+        format!("{what}, {} replicas, parallelism {parallelism}, {}", self.replicas, self.order.as_str())
     }
 }
 
@@ -36,11 +54,17 @@ struct Images {
 pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
     let n = if ctx.quick { 6 } else { 30 };
     let trials = if ctx.quick { 1 } else { 3 };
+    let v = |replicas, parallelism, order, rollback| Variant { replicas, parallelism, order, rollback };
     let variants = [
-        Variant { replicas: n, order: UpdateOrder::StopFirst },
-        Variant { replicas: n, order: UpdateOrder::StartFirst },
-        Variant { replicas: 1, order: UpdateOrder::StopFirst },
-        Variant { replicas: 1, order: UpdateOrder::StartFirst },
+        v(n, PARALLELISM, UpdateOrder::StopFirst, false),
+        v(n, PARALLELISM, UpdateOrder::StartFirst, false),
+        v(n, 1, UpdateOrder::StopFirst, false),
+        v(n, 0, UpdateOrder::StopFirst, false),
+        v(n, 0, UpdateOrder::StartFirst, false),
+        v(1, PARALLELISM, UpdateOrder::StopFirst, false),
+        v(1, PARALLELISM, UpdateOrder::StartFirst, false),
+        v(n, PARALLELISM, UpdateOrder::StopFirst, true),
+        v(n, PARALLELISM, UpdateOrder::StartFirst, true),
     ];
     let engine = Engine::connect().await?;
     let images = Images { v1: engine.image_id(IMAGE_V1).await?, v2: engine.image_id(IMAGE_V2).await? };
@@ -112,22 +136,14 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
 
     let mut raw_totals = Vec::new();
     for (i, v) in variants.iter().enumerate() {
-        let scenario = if v.replicas == 1 {
-            format!("rolling update, 1 replica, {}", v.order.as_str())
-        } else {
-            format!("rolling update, {} replicas, parallelism {PARALLELISM}, {}", v.replicas, v.order.as_str())
-        };
+        let scenario = v.scenario();
         let shoal_v2 = median(&shoal[i].iter().map(|r| r.0).collect::<Vec<_>>());
         let shoal_done = median(&shoal[i].iter().map(|r| r.1).collect::<Vec<_>>());
         let raw_v2 = median(&raw[i].iter().map(|r| r.0).collect::<Vec<_>>());
         let raw_total = median(&raw[i].iter().map(|r| r.1).collect::<Vec<_>>());
-        raw_totals.push(format!(
-            "{} {} {:.2} s",
-            if v.replicas == 1 { "1 replica".to_string() } else { format!("{} replicas", v.replicas) },
-            v.order.as_str(),
-            raw_total
-        ));
-        let mut figure = Figure::new(&scenario, "update call → all v2 running", shoal_v2, "s")
+        raw_totals.push(format!("{scenario}: {raw_total:.2} s"));
+        let measure = if v.rollback { "rollback call → all v1 running" } else { "update call → all v2 running" };
+        let mut figure = Figure::new(&scenario, measure, shoal_v2, "s")
             .reference("raw docker", raw_v2, Kind::Measured)
             .target("<= 1.15× raw docker; <= 0.5× Docker Swarm")
             .samples(trials);
@@ -145,16 +161,23 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             .target("<= 50 ms")
             .samples(v.batches()),
         );
-        report.push(
-            Figure::new(&scenario, "update call → update_status completed (incl. 5 s monitor)", shoal_done, "s")
-                .samples(trials),
-        );
+        let done = if v.rollback {
+            "rollback call → update_status rollback_completed (incl. 5 s monitor)"
+        } else {
+            "update call → update_status completed (incl. 5 s monitor)"
+        };
+        report.push(Figure::new(&scenario, done, shoal_done, "s").samples(trials));
     }
     report.how(
         "rolling update",
         format!(
-            "N = {n} (and 1) replicas of `{IMAGE_V1}` updated to `{IMAGE_V2}`, parallelism {PARALLELISM}, delay 0, \
-             stop-first and start-first; median of {trials} trial(s) per variant; a fresh service per trial. \
+            "N = {n} (and 1) replicas of `{IMAGE_V1}` updated to `{IMAGE_V2}` with parallelism {PARALLELISM}, 1 and 0 \
+             (all at once), delay 0, stop-first and start-first; median of {trials} trial(s) per variant; a fresh \
+             service per trial. **Rollback** variants: the service is created with the same rollback settings \
+             (`rollback_config` parallelism {PARALLELISM}, delay 0, same order), updated to `{IMAGE_V2}`; once all v2 \
+             containers run, the clock starts before the rollback call (shoal: `UpdateService` with `rollback`; Swarm: \
+             `docker service update --detach --rollback`) and stops when N containers run the v1 image; the raw \
+             floor replaces N v2 containers by v1 ones exactly as for an update. \
              **shoal** (1 manager + 2 agents): the service is created with that update config (other fields at \
              their defaults, so monitor 5 s), all N v1 containers run, then the clock starts before the \
              `UpdateService` call (spec with the new image, version just read) and \"all v2 running\" is when the \
@@ -162,14 +185,14 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
              completed\" is when `GetService` shows `completed`, which includes the final 5 s monitor window, so it is \
              not comparable. **raw docker** (floor, bollard): N v1 containers run; then batches of {PARALLELISM}, one \
              after the other; within a batch, for each container in parallel: stop-first = stop the old one \
-             (`docker stop -t 10`) then create+start a v2 one; start-first = create+start v2 then stop the old one. The \
+             (`docker stop -t 10`) then create+start a new one; start-first = create+start the new one then stop the old one. The \
              figure is the moment the last v2 start returned; the whole run, including the last stops, took: {}. \
-             **Docker Swarm**: the service is created with `--update-parallelism {PARALLELISM} --update-delay 0s \
-             --update-order <order>`, then the clock starts before `docker service update --detach \
-             --no-resolve-image --image {IMAGE_V2} --update-parallelism {PARALLELISM} --update-delay 0s \
+             **Docker Swarm**: the service is created with `--update-parallelism P --update-delay 0s \
+             --update-order <order>` (and the same `--rollback-*`), then the clock starts before `docker service update --detach \
+             --no-resolve-image --image {IMAGE_V2} --update-parallelism P --update-delay 0s \
              --update-order <order>` and stops when N running containers labelled \
              `com.docker.swarm.service.name=sb_update` have the v2 image id, polled like shoal's. Per-batch overhead \
-             = (shoal − raw docker) / ⌈N/{PARALLELISM}⌉ batches. The swarm exists only while Swarm is measured: raw Docker and shoal run on an engine outside swarm mode.{swarm_note}",
+             = (shoal − raw docker) / ⌈N/P⌉ batches. The swarm exists only while Swarm is measured: raw Docker and shoal run on an engine outside swarm mode.{swarm_note}",
             raw_totals.join(", ")
         ),
     );
@@ -177,19 +200,22 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
 }
 
 async fn raw_update(engine: &Engine, images: &Images, v: Variant) -> Result<(f64, f64)> {
-    let olds = futures::future::try_join_all((0..v.replicas).map(|_| engine.run(IMAGE_V1))).await?;
+    // A rollback replaces v2 containers by v1 ones: the same work the other way round.
+    let (from, to, to_id) =
+        if v.rollback { (IMAGE_V2, IMAGE_V1, &images.v1) } else { (IMAGE_V1, IMAGE_V2, &images.v2) };
+    let olds = futures::future::try_join_all((0..v.replicas).map(|_| engine.run(from))).await?;
     let started = Instant::now();
     let mut all_v2 = 0f64;
-    for batch in olds.chunks(PARALLELISM) {
+    for batch in olds.chunks(v.batch_size()) {
         let times = futures::future::try_join_all(batch.iter().map(|old| async move {
             match v.order {
                 UpdateOrder::StopFirst => {
                     engine.stop(old).await?;
-                    engine.run(IMAGE_V2).await?;
+                    engine.run(to).await?;
                     Ok::<_, anyhow::Error>(started.elapsed().as_secs_f64())
                 }
                 UpdateOrder::StartFirst => {
-                    engine.run(IMAGE_V2).await?;
+                    engine.run(to).await?;
                     let t = started.elapsed().as_secs_f64();
                     engine.stop(old).await?;
                     Ok(t)
@@ -200,9 +226,9 @@ async fn raw_update(engine: &Engine, images: &Images, v: Variant) -> Result<(f64
         all_v2 = times.into_iter().fold(all_v2, f64::max);
     }
     let total = started.elapsed().as_secs_f64();
-    let running = engine.running(RAW_LABEL, Some(&images.v2)).await?;
+    let running = engine.running(RAW_LABEL, Some(to_id)).await?;
     if running != v.replicas {
-        bail!("raw docker: {running} of {} v2 containers run", v.replicas);
+        bail!("raw docker: {running} of {} new containers run", v.replicas);
     }
     engine.remove_all(RAW_LABEL).await?;
     Ok((all_v2, total))
@@ -217,22 +243,32 @@ async fn shoal_update(
 ) -> Result<(f64, f64)> {
     let label = svc::label(name);
     let mut spec = svc::replicated(name, IMAGE_V1, v.replicas);
-    spec.update_config.parallelism = PARALLELISM as u64;
-    spec.update_config.delay = GoDuration::from_secs(0);
-    spec.update_config.order = v.order;
+    for config in [&mut spec.update_config, &mut spec.rollback_config] {
+        config.parallelism = v.parallelism as u64;
+        config.delay = GoDuration::from_secs(0);
+        config.order = v.order;
+    }
     svc::create(client, &spec).await?;
     engine.wait_running(&label, Some(&images.v1), v.replicas, Instant::now(), TIMEOUT).await?;
 
-    let started = Instant::now();
+    let mut started = Instant::now();
     svc::update(client, name, |s| s.task.container.image = IMAGE_V2.into()).await?;
+    let (target, done_state) = if v.rollback {
+        engine.wait_running(&label, Some(&images.v2), v.replicas, started, TIMEOUT).await?;
+        started = Instant::now();
+        svc::rollback(client, name).await?;
+        (&images.v1, UpdateState::RollbackCompleted)
+    } else {
+        (&images.v2, UpdateState::Completed)
+    };
     let (mut v2_running, mut completed) = (None, None);
     while v2_running.is_none() || completed.is_none() {
-        if v2_running.is_none() && engine.running(&label, Some(&images.v2)).await? >= v.replicas {
+        if v2_running.is_none() && engine.running(&label, Some(target)).await? >= v.replicas {
             v2_running = Some(started.elapsed().as_secs_f64());
         }
         if completed.is_none() {
             let service = svc::get(client, name).await?;
-            if service.update_status.as_ref().is_some_and(|u| u.state == UpdateState::Completed) {
+            if service.update_status.as_ref().is_some_and(|u| u.state == done_state) {
                 completed = Some(started.elapsed().as_secs_f64());
             }
         }
@@ -251,16 +287,25 @@ async fn shoal_update(
 async fn swarm_update(engine: &Engine, swarm: &mut Swarm, images: &Images, v: Variant) -> Result<f64> {
     let name = "sb_update";
     let label = swarm_label(name);
-    let parallelism = PARALLELISM.to_string();
-    let flags = ["--update-parallelism", &parallelism, "--update-delay", "0s", "--update-order", v.order.as_str()];
+    let parallelism = v.parallelism.to_string();
+    let order = v.order.as_str();
+    let flags = ["--update-parallelism", &parallelism, "--update-delay", "0s", "--update-order", order];
+    let rollback_flags = ["--rollback-parallelism", &parallelism, "--rollback-delay", "0s", "--rollback-order", order];
     let outcome = async {
-        swarm.create(name, v.replicas, &flags, IMAGE_V1).await?;
+        let create: Vec<&str> = flags.iter().chain(rollback_flags.iter()).copied().collect();
+        swarm.create(name, v.replicas, &create, IMAGE_V1).await?;
         engine.wait_running(&label, Some(&images.v1), v.replicas, Instant::now(), TIMEOUT).await?;
         let started = Instant::now();
         let mut args = vec!["--image", IMAGE_V2];
         args.extend_from_slice(&flags);
         swarm.update(name, &args).await?;
-        engine.wait_running(&label, Some(&images.v2), v.replicas, started, TIMEOUT).await
+        let to_v2 = engine.wait_running(&label, Some(&images.v2), v.replicas, started, TIMEOUT).await?;
+        if !v.rollback {
+            return Ok(to_v2);
+        }
+        let started = Instant::now();
+        swarm.update(name, &["--rollback"]).await?;
+        engine.wait_running(&label, Some(&images.v1), v.replicas, started, TIMEOUT).await
     }
     .await;
     let removed = swarm.remove(engine, name).await;

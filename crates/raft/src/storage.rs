@@ -47,6 +47,9 @@ impl SledDurable {
             .path(path)
             // Durability comes from our explicit flush per Ready, not sled's background timer.
             .flush_every_ms(None)
+            // sled's page cache defaults to 1 GiB; the store already lives in memory, and raft
+            // reads little but the log's tail, so a small cache keeps a loaded manager's RSS down.
+            .cache_capacity(64 << 20)
             .open()
             .map_err(|e| RaftError::Storage(format!("opening {}: {e}", path.display())))?;
         let tree = db.open_tree("raft").map_err(|e| RaftError::Storage(e.to_string()))?;
