@@ -219,6 +219,11 @@ impl Swarm {
         run_async(&args).await
     }
 
+    /// `docker service rollback --detach NAME` (`update --rollback` refuses other flags).
+    pub async fn rollback(&mut self, name: &str) -> Result<()> {
+        run_async(&["service", "rollback", "--detach", name]).await
+    }
+
     /// `docker service rm`, then waits until its containers are gone.
     pub async fn remove(&mut self, engine: &Engine, name: &str) -> Result<()> {
         run_async(&["service", "rm", name]).await?;

@@ -176,7 +176,7 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
              service per trial. **Rollback** variants: the service is created with the same rollback settings \
              (`rollback_config` parallelism {PARALLELISM}, delay 0, same order), updated to `{IMAGE_V2}`; once all v2 \
              containers run, the clock starts before the rollback call (shoal: `UpdateService` with `rollback`; Swarm: \
-             `docker service update --detach --rollback`) and stops when N containers run the v1 image; the raw \
+             `docker service rollback --detach`) and stops when N containers run the v1 image; the raw \
              floor replaces N v2 containers by v1 ones exactly as for an update. \
              **shoal** (1 manager + 2 agents): the service is created with that update config (other fields at \
              their defaults, so monitor 5 s), all N v1 containers run, then the clock starts before the \
@@ -304,7 +304,7 @@ async fn swarm_update(engine: &Engine, swarm: &mut Swarm, images: &Images, v: Va
             return Ok(to_v2);
         }
         let started = Instant::now();
-        swarm.update(name, &["--rollback"]).await?;
+        swarm.rollback(name).await?;
         engine.wait_running(&label, Some(&images.v1), v.replicas, started, TIMEOUT).await
     }
     .await;
