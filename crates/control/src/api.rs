@@ -673,13 +673,13 @@ impl Control for ControlApi {
         routed!(self, request, issue_node_certificate, async {
             let issued = crate::security::issue(&self.manager.state(), &request.token, &request.role, &request.csr_pem);
             match issued {
-                Ok((node_id, credentials, cluster_id)) => {
-                    tracing::info!(peer = %remote, node = %node_id, role = %request.role, "issued a certificate to a joining node");
+                Ok(issued) => {
+                    tracing::info!(peer = %remote, node = %issued.node_id, role = %request.role, "issued a certificate to a joining node");
                     Ok(IssueNodeCertificateResponse {
-                        node_id,
-                        cert_pem: credentials.cert_pem,
-                        ca_pem: credentials.ca_pem,
-                        cluster_id,
+                        node_id: issued.node_id,
+                        cert_pem: issued.cert_pem,
+                        ca_pem: issued.ca_pem,
+                        cluster_id: issued.cluster_id,
                     })
                 }
                 Err(e) => {
@@ -704,13 +704,7 @@ impl Control for ControlApi {
 
     async fn join_token(&self, request: Request<JoinTokenRequest>) -> Result<Response<JoinTokenResponse>, Status> {
         routed!(self, request, join_token, async {
-            let role = match request.role.as_str() {
-                "worker" => shoal_types::NodeRole::Worker,
-                "manager" => shoal_types::NodeRole::Manager,
-                other => {
-                    return Err(ApiError::InvalidArgument(format!("role: {other:?} is not one of worker, manager")));
-                }
-            };
+            let role = crate::security::parse_join_role(&request.role)?;
             if request.rotate {
                 let token = crate::security::new_token(&self.manager.state())?;
                 self.manager.propose(vec![Action::SetJoinToken { role, token: token.clone() }]).await?;

@@ -76,51 +76,56 @@ fn ca(security: &ClusterSecurity) -> ClusterCa {
     ClusterCa { cert_pem: security.ca_cert_pem.clone(), key_pem: security.ca_key_pem.clone() }
 }
 
-fn role_name(role: NodeRole) -> &'static str {
+/// A join role as the API names it: "worker" or "manager".
+pub fn parse_join_role(role: &str) -> Result<NodeRole, ApiError> {
     match role {
-        NodeRole::Manager => "manager",
-        NodeRole::Worker => "worker",
+        "worker" => Ok(NodeRole::Worker),
+        "manager" => Ok(NodeRole::Manager),
+        other => Err(ApiError::InvalidArgument(format!("role: {other:?} is not one of worker, manager"))),
     }
+}
+
+fn current_token(security: &ClusterSecurity, role: NodeRole) -> &str {
+    match role {
+        NodeRole::Worker => &security.worker_token,
+        NodeRole::Manager => &security.manager_token,
+    }
+}
+
+/// What a joining node receives.
+pub struct IssuedCertificate {
+    pub node_id: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub cluster_id: String,
 }
 
 /// Checks a join token for `role` and signs the CSR for a new node id. Reads the store only:
 /// a refused join writes nothing.
-pub fn issue(state: &State, token: &str, role: &str, csr_pem: &str) -> Result<(String, Credentials, String), ApiError> {
-    let (role, node_role) = match role {
-        "worker" => (Role::Worker, NodeRole::Worker),
-        "manager" => (Role::Manager, NodeRole::Manager),
-        other => {
-            return Err(ApiError::InvalidArgument(format!("role: {other:?} is not one of worker, manager")));
-        }
+pub fn issue(state: &State, token: &str, role: &str, csr_pem: &str) -> Result<IssuedCertificate, ApiError> {
+    let node_role = parse_join_role(role)?;
+    let (role, other_role) = match node_role {
+        NodeRole::Worker => (Role::Worker, NodeRole::Manager),
+        NodeRole::Manager => (Role::Manager, NodeRole::Worker),
     };
     let security =
         state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
     let cluster = state.cluster().ok_or_else(|| ApiError::Unavailable("the cluster is not initialised yet".into()))?;
     let token = token.trim();
+    let wanted = node_role.as_str();
     if token.is_empty() {
         return Err(ApiError::PermissionDenied(format!(
-            "a join token is required to join as a {}: get one with `shoal cluster join-token {}` on a manager",
-            role_name(node_role),
-            role_name(node_role)
+            "a join token is required to join as a {wanted}: get one with `shoal cluster join-token {wanted}` on a manager"
         )));
     }
-    let current = |r: NodeRole| match r {
-        NodeRole::Worker => &security.worker_token,
-        NodeRole::Manager => &security.manager_token,
+    let matches = |r: NodeRole| {
+        current_token(security, r).parse::<JoinToken>().map(|known| known.matches(token)).unwrap_or(false)
     };
-    let (wanted, other_role) = match node_role {
-        NodeRole::Worker => (current(NodeRole::Worker), NodeRole::Manager),
-        NodeRole::Manager => (current(NodeRole::Manager), NodeRole::Worker),
-    };
-    let matches = |t: &str| t.parse::<JoinToken>().map(|known| known.matches(token)).unwrap_or(false);
-    if !matches(wanted) {
-        if matches(current(other_role)) {
+    if !matches(node_role) {
+        if matches(other_role) {
             return Err(ApiError::PermissionDenied(format!(
-                "this is the cluster's {} join token; joining as a {} needs the {} token (`shoal cluster join-token {}`)",
-                role_name(other_role),
-                role_name(node_role),
-                role_name(node_role),
-                role_name(node_role)
+                "this is the cluster's {} join token; joining as a {wanted} needs the {wanted} token (`shoal cluster join-token {wanted}`)",
+                other_role.as_str()
             )));
         }
         let digest = ca(security).digest().map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -135,8 +140,7 @@ pub fn issue(state: &State, token: &str, role: &str, csr_pem: &str) -> Result<(S
     let cert_pem = ca(security)
         .issue(csr_pem, &cluster.id, &node_id, role, validity, SystemTime::now())
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-    let credentials = Credentials { ca_pem: security.ca_cert_pem.clone(), cert_pem, key_pem: String::new() };
-    Ok((node_id, credentials, cluster.id.clone()))
+    Ok(IssuedCertificate { node_id, cert_pem, ca_pem: security.ca_cert_pem.clone(), cluster_id: cluster.id.clone() })
 }
 
 /// A new certificate for the holder of `peer` (same node id and role).
@@ -163,10 +167,7 @@ pub fn renew(state: &State, peer: &PeerIdentity, csr_pem: &str) -> Result<String
 pub fn token(state: &State, role: NodeRole) -> Result<String, ApiError> {
     let security =
         state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
-    Ok(match role {
-        NodeRole::Worker => security.worker_token.clone(),
-        NodeRole::Manager => security.manager_token.clone(),
-    })
+    Ok(current_token(security, role).to_string())
 }
 
 /// A fresh token for `role` (rotation), pinned to the same CA.

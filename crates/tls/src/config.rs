@@ -123,32 +123,22 @@ impl ResolvesClientCert for Resolver {
 /// The server verifier of a node that joins with a token: it trusts a manager only if the chain
 /// the manager presents holds a CA certificate with the token's digest and the manager's
 /// certificate verifies against that CA. With no digest (no token given) it accepts any server,
-/// which is safe only because nothing secret is sent then. It remembers the CA it saw.
+/// which is safe only because nothing secret is sent then.
 #[derive(Debug)]
 pub struct PinnedCa {
     digest: Option<CaDigest>,
-    seen: Mutex<Seen>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct Seen {
-    ca: Option<CertificateDer<'static>>,
-    presented: Vec<CaDigest>,
+    /// Digests of the CA certificates a manager presented when none matched the token.
+    presented: Mutex<Vec<CaDigest>>,
 }
 
 impl PinnedCa {
     pub fn new(digest: Option<CaDigest>) -> Arc<PinnedCa> {
-        Arc::new(PinnedCa { digest, seen: Mutex::new(Seen::default()) })
-    }
-
-    /// The CA certificate (PEM) the manager presented and the token pinned.
-    pub fn ca_pem(&self) -> Option<String> {
-        self.seen.lock().ca.as_ref().map(|der| pem_of(der))
+        Arc::new(PinnedCa { digest, presented: Mutex::new(Vec::new()) })
     }
 
     /// Digests of the CA certificates the manager presented when none matched the token.
     pub fn presented(&self) -> Vec<CaDigest> {
-        self.seen.lock().presented.clone()
+        self.presented.lock().clone()
     }
 
     /// A client configuration without a client certificate that verifies the server with this.
@@ -163,34 +153,6 @@ impl PinnedCa {
     }
 }
 
-fn pem_of(der: &CertificateDer<'_>) -> String {
-    use std::fmt::Write as _;
-    let b64 = base64_encode(der.as_ref());
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", std::str::from_utf8(line).expect("base64 is ascii"));
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 impl ServerCertVerifier for PinnedCa {
     fn verify_server_cert(
         &self,
@@ -201,11 +163,10 @@ impl ServerCertVerifier for PinnedCa {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let Some(expected) = self.digest else {
-            self.seen.lock().ca = intermediates.last().map(|c| c.clone().into_owned());
             return Ok(ServerCertVerified::assertion());
         };
         let Some(ca) = intermediates.iter().find(|c| CaDigest::of_der(c.as_ref()) == expected) else {
-            self.seen.lock().presented = intermediates.iter().map(|c| CaDigest::of_der(c.as_ref())).collect();
+            *self.presented.lock() = intermediates.iter().map(|c| CaDigest::of_der(c.as_ref())).collect();
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
         };
         let mut roots = RootCertStore::empty();
@@ -216,7 +177,6 @@ impl ServerCertVerifier for PinnedCa {
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, &[], server_name, ocsp, now)?;
-        self.seen.lock().ca = Some(ca.clone().into_owned());
         Ok(ServerCertVerified::assertion())
     }
 
@@ -240,18 +200,5 @@ impl ServerCertVerifier for PinnedCa {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         provider().signature_verification_algorithms.supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pem_of_round_trips_through_the_pem_parser() {
-        let ca = crate::ClusterCa::generate("c", std::time::SystemTime::now()).unwrap();
-        let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
-        let again = CertificateDer::from_pem_slice(pem_of(&der).as_bytes()).unwrap();
-        assert_eq!(der, again);
     }
 }

@@ -76,15 +76,11 @@ pub async fn obtain_certificate(addr: &str, token: Option<&str>, role: Role) -> 
             }
         }
     };
-    let pinned_ca = pinned.ca_pem().unwrap_or_default();
     let credentials = Credentials { ca_pem: response.ca_pem, cert_pem: response.cert_pem, key_pem };
-    // With a token the CA is the one the handshake pinned; the answer must agree.
-    if parsed.is_some() {
+    // The handshake only trusted a CA with the token's digest; the CA in the answer must be it.
+    if let Some(token) = &parsed {
         let answered = credentials.ca_digest().map_err(|e| JoinError::Refused(e.to_string()))?;
-        let pinned_digest = crate::Credentials { ca_pem: pinned_ca, ..credentials.clone() }
-            .ca_digest()
-            .map_err(|e| JoinError::Refused(e.to_string()))?;
-        if answered != pinned_digest {
+        if answered != token.ca_digest {
             return Err(JoinError::Refused("the manager answered with a CA other than the one it presented".into()));
         }
     }
