@@ -48,21 +48,24 @@ pub fn admin_bundle(addr: &str) -> Option<PathBuf> {
     bundles.iter().find(|(a, _)| a == addr).or(bundles.last()).map(|(_, d)| d.clone())
 }
 
-/// A TLS client configuration from a bundle directory (`ca.pem`, `cert.pem`, `key.pem`).
-pub fn tls_from_dir(dir: &std::path::Path) -> Result<shoal_tls::ClientConfig> {
-    let credentials = shoal_tls::Credentials::load(dir)?.ok_or_else(|| anyhow!("no bundle in {}", dir.display()))?;
-    Ok(shoal_tls::NodeTls::new(&credentials)?.client_config()?)
+/// The credentials in a bundle directory (`ca.pem`, `cert.pem`, `key.pem`).
+pub fn load_bundle(dir: &std::path::Path) -> Result<shoal_tls::Credentials> {
+    shoal_tls::Credentials::load(dir)?.ok_or_else(|| anyhow!("no bundle in {}", dir.display()))
+}
+
+/// A channel to `addr` over mutual TLS presenting `credentials`; each call must be answered
+/// within `timeout`.
+pub async fn tls_channel(addr: &str, credentials: &shoal_tls::Credentials, timeout: Duration) -> Result<Channel> {
+    let tls = shoal_tls::NodeTls::new(credentials)?.client_config()?;
+    let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout);
+    shoal_tls::client::connect(endpoint, tls).await.with_context(|| format!("connecting to {addr}"))
 }
 
 /// A control client over mutual TLS with the certificate in `dir`.
 pub async fn connect_with(addr: &str, dir: &std::path::Path) -> Result<ControlClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15));
-    let channel = shoal_tls::client::connect(endpoint, tls_from_dir(dir)?)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    Ok(ControlClient::new(channel))
+    Ok(ControlClient::new(tls_channel(addr, &load_bundle(dir)?, Duration::from_secs(15)).await?))
 }
 
 /// The current join token for "worker" or "manager".
@@ -554,9 +557,74 @@ pub async fn node_credentials(addr: &str, role: shoal_tls::Role) -> Result<shoal
 
 /// A channel to `addr` presenting `credentials`.
 pub async fn channel_as(addr: &str, credentials: &shoal_tls::Credentials) -> Result<Channel> {
-    let tls = shoal_tls::NodeTls::new(credentials)?.client_config()?;
-    let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15));
-    Ok(shoal_tls::client::connect(endpoint, tls).await?)
+    tls_channel(addr, credentials, Duration::from_secs(15)).await
+}
+
+/// The stdout of a command that must have succeeded; otherwise panics showing both streams.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "expected success, got {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+/// Reads service `name` and sends its spec changed by `change`, with the version just read.
+pub async fn update_service(
+    client: &mut ControlClient<Channel>,
+    name: &str,
+    change: impl FnOnce(&mut ServiceSpec),
+) -> Result<()> {
+    let current = get_service(client, name).await?;
+    let mut spec = current.spec.clone();
+    change(&mut spec);
+    let request = UpdateServiceRequest {
+        service: name.into(),
+        version: current.version,
+        spec_json: serde_json::to_string(&spec)?,
+        rollback: false,
+    };
+    client.update_service(request).await?;
+    Ok(())
+}
+
+/// Push-style rollback of service `name` (its previous spec becomes current), with the version
+/// just read.
+pub async fn rollback_service(client: &mut ControlClient<Channel>, name: &str) -> Result<()> {
+    let current = get_service(client, name).await?;
+    let request = UpdateServiceRequest {
+        service: name.into(),
+        version: current.version,
+        spec_json: String::new(),
+        rollback: true,
+    };
+    client.update_service(request).await?;
+    Ok(())
+}
+
+pub async fn get_service(client: &mut ControlClient<Channel>, name: &str) -> Result<Service> {
+    let response = client.get_service(GetServiceRequest { service: name.into() }).await?;
+    Ok(serde_json::from_str(&response.into_inner().service_json)?)
+}
+
+/// Slots a rolling update has in transition: an old task being stopped that still runs, or an
+/// update's new task not running yet (what `parallelism` bounds).
+pub fn slots_in_transition<'a>(tasks: impl IntoIterator<Item = &'a shoal_types::Task>) -> usize {
+    use shoal_types::{TaskOrigin, TaskState};
+    let mut slots = std::collections::BTreeSet::new();
+    for t in tasks {
+        let old_stopping = t.desired_state >= TaskState::Shutdown
+            && t.status.state <= TaskState::Running
+            && t.origin != TaskOrigin::Update;
+        let new_starting = t.origin == TaskOrigin::Update
+            && t.desired_state <= TaskState::Running
+            && t.status.state < TaskState::Running;
+        if old_stopping || new_starting {
+            slots.insert(t.slot);
+        }
+    }
+    slots.len()
 }

@@ -4,44 +4,20 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use shoal_proto::v1::{UpdateServiceRequest, WatchRequest};
+use shoal_proto::v1::WatchRequest;
 use shoal_tests::*;
-use shoal_types::{
-    FailureAction, GoDuration, Service, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState, UpdateState,
-};
+use shoal_types::{FailureAction, GoDuration, Service, ServiceMode, ServiceSpec, Task, TaskOrigin, UpdateState};
 
 async fn get(addr: &str, name: &str) -> Result<Service> {
     Ok(list_services(addr).await?.into_iter().find(|s| s.spec.name == name).expect("service exists"))
 }
 
 async fn update(addr: &str, name: &str, change: impl FnOnce(&mut ServiceSpec)) -> Result<()> {
-    let current = get(addr, name).await?;
-    let mut spec = current.spec.clone();
-    change(&mut spec);
-    connect(addr)
-        .await?
-        .update_service(UpdateServiceRequest {
-            service: name.into(),
-            version: current.version,
-            spec_json: serde_json::to_string(&spec)?,
-            rollback: false,
-        })
-        .await?;
-    Ok(())
+    update_service(&mut connect(addr).await?, name, change).await
 }
 
 async fn rollback(addr: &str, name: &str) -> Result<()> {
-    let current = get(addr, name).await?;
-    connect(addr)
-        .await?
-        .update_service(UpdateServiceRequest {
-            service: name.into(),
-            version: current.version,
-            spec_json: String::new(),
-            rollback: true,
-        })
-        .await?;
-    Ok(())
+    rollback_service(&mut connect(addr).await?, name).await
 }
 
 async fn wait_status(addr: &str, name: &str, want: UpdateState, timeout: Duration) -> Result<Service> {
@@ -115,19 +91,7 @@ fn watch_transitions(addr: String, service_id: String) -> tokio::task::JoinHandl
             } else {
                 tasks.insert(task.id.clone(), task);
             }
-            let mut slots = std::collections::BTreeSet::new();
-            for t in tasks.values() {
-                let old_stopping = t.desired_state >= TaskState::Shutdown
-                    && t.status.state <= TaskState::Running
-                    && t.origin != TaskOrigin::Update;
-                let new_starting = t.origin == TaskOrigin::Update
-                    && t.desired_state <= TaskState::Running
-                    && t.status.state < TaskState::Running;
-                if old_stopping || new_starting {
-                    slots.insert(t.slot);
-                }
-            }
-            max = max.max(slots.len());
+            max = max.max(slots_in_transition(tasks.values()));
         }
         max
     })

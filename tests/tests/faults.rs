@@ -40,7 +40,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use rand::Rng;
 use shoal_proto::v1::control_client::ControlClient;
 use shoal_proto::v1::*;
-use shoal_tests::{list_nodes, list_tasks, running, wait_tasks};
+use shoal_tests::{list_nodes, list_tasks, running, slots_in_transition, wait_tasks};
 use shoal_types::{
     ClusterInfo, GoDuration, NodeState, Service, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState, UpdateState,
 };
@@ -142,13 +142,7 @@ fn strip_ansi(s: &str) -> String {
 /// A control client with the admin bundle manager1 wrote (copied out of its container).
 async fn client(addr: &str, timeout: Duration) -> Result<ControlClient<Channel>> {
     let bundle = shoal_tests::admin_bundle(addr).ok_or_else(|| anyhow!("no admin bundle for {addr}"))?;
-    let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout);
-    let channel = shoal_tls::client::connect(endpoint, shoal_tests::tls_from_dir(&bundle)?)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    Ok(ControlClient::new(channel))
+    Ok(ControlClient::new(shoal_tests::tls_channel(addr, &shoal_tests::load_bundle(&bundle)?, timeout).await?))
 }
 
 async fn info(addr: &str, local: bool) -> Result<ClusterInfo> {
@@ -834,19 +828,7 @@ fn watch_transitions(
             } else {
                 tasks.insert(task.id.clone(), task);
             }
-            let mut slots = BTreeSet::new();
-            for t in tasks.values() {
-                let old_stopping = t.desired_state >= TaskState::Shutdown
-                    && t.status.state <= TaskState::Running
-                    && t.origin != TaskOrigin::Update;
-                let new_starting = t.origin == TaskOrigin::Update
-                    && t.desired_state <= TaskState::Running
-                    && t.status.state < TaskState::Running;
-                if old_stopping || new_starting {
-                    slots.insert(t.slot);
-                }
-            }
-            max = max.max(slots.len());
+            max = max.max(slots_in_transition(tasks.values()));
         }
         Ok(max)
     })

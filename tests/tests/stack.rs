@@ -22,17 +22,6 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), rand::random::<u16>())
 }
 
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "expected success, got {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
-    stdout(out)
-}
-
 fn fails(out: &Output, code: i32, needle: &str) {
     assert_eq!(out.status.code(), Some(code), "stdout: {}\nstderr: {}", stdout(out), stderr(out));
     assert!(stderr(out).contains(needle), "stderr lacks {needle:?}: {}", stderr(out));

@@ -2,9 +2,11 @@
 
 use anyhow::Result;
 use shoal_proto::v1::control_client::ControlClient;
-use shoal_proto::v1::{CreateServiceRequest, GetServiceRequest, RemoveServiceRequest, UpdateServiceRequest};
-use shoal_types::{Service, ServiceMode, ServiceSpec, Task};
+use shoal_proto::v1::{CreateServiceRequest, RemoveServiceRequest};
+use shoal_types::{ServiceMode, ServiceSpec, Task};
 use tonic::transport::Channel;
+
+pub use shoal_tests::{get_service as get, rollback_service as rollback, update_service as update};
 
 pub type Client = ControlClient<Channel>;
 
@@ -21,41 +23,6 @@ pub fn replicated(name: &str, image: &str, replicas: usize) -> ServiceSpec {
 
 pub async fn create(client: &mut Client, spec: &ServiceSpec) -> Result<()> {
     client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(spec)? }).await?;
-    Ok(())
-}
-
-pub async fn get(client: &mut Client, name: &str) -> Result<Service> {
-    let response = client.get_service(GetServiceRequest { service: name.into() }).await?;
-    Ok(serde_json::from_str(&response.into_inner().service_json)?)
-}
-
-/// Sends `spec` as the service's new spec, with the version just read.
-pub async fn update(client: &mut Client, name: &str, change: impl FnOnce(&mut ServiceSpec)) -> Result<()> {
-    let current = get(client, name).await?;
-    let mut spec = current.spec.clone();
-    change(&mut spec);
-    client
-        .update_service(UpdateServiceRequest {
-            service: name.into(),
-            version: current.version,
-            spec_json: serde_json::to_string(&spec)?,
-            rollback: false,
-        })
-        .await?;
-    Ok(())
-}
-
-/// Push-style rollback: the previous spec becomes current again, with the version just read.
-pub async fn rollback(client: &mut Client, name: &str) -> Result<()> {
-    let current = get(client, name).await?;
-    client
-        .update_service(UpdateServiceRequest {
-            service: name.into(),
-            version: current.version,
-            spec_json: String::new(),
-            rollback: true,
-        })
-        .await?;
     Ok(())
 }
 
