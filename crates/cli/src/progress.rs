@@ -132,7 +132,7 @@ pub fn up_to_date(service: &Service, task: &Task, nodes: Option<&[Node]>) -> boo
         return false;
     }
     let wanted = &service.spec.task;
-    if task.spec == *wanted {
+    if *task.spec == *wanted {
         return true;
     }
     if !placement_only_change(service, task) {
@@ -153,7 +153,7 @@ fn placement_only_change(service: &Service, task: &Task) -> bool {
     if task.node_id.is_empty() || task.spec.placement == wanted.placement {
         return false;
     }
-    let mut same = task.spec.clone();
+    let mut same = (*task.spec).clone();
     same.placement = wanted.placement.clone();
     same == *wanted
 }

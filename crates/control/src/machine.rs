@@ -48,8 +48,8 @@ impl StateMachine for StoreMachine {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.state.read().snapshot()
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.state.read().write_snapshot(out)
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {

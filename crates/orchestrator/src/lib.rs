@@ -102,7 +102,7 @@ fn new_task(
         slot,
         node_id: node_id.to_string(),
         spec_version: service.spec_version,
-        spec: service.spec.task.clone(),
+        spec: std::sync::Arc::new(service.spec.task.clone()),
         endpoint: service.spec.endpoint.clone(),
         desired_state: desired,
         status: TaskStatus {

@@ -24,10 +24,10 @@ pub fn is_dirty(state: &State, service: &Service, task: &Task) -> bool {
     if task.endpoint != service.spec.endpoint {
         return true;
     }
-    if task.spec == *wanted {
+    if *task.spec == *wanted {
         return false;
     }
-    let mut same_but_placement = task.spec.clone();
+    let mut same_but_placement = (*task.spec).clone();
     same_but_placement.placement = wanted.placement.clone();
     if same_but_placement == *wanted && !task.node_id.is_empty() {
         let fits = state

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::storage::{Durable, RaftStorage};
 use crate::{
     MemberChange, MemberChangeKind, Members, ProposeError, RaftError, StateMachine, decode_snapshot_data,
-    encode_snapshot_data,
+    snapshot_header,
 };
 
 /// A callback that completes a proposal.
@@ -27,8 +27,13 @@ pub struct EngineConfig {
     pub heartbeat_tick: usize,
     /// Entries applied between snapshots of the state machine.
     pub snapshot_interval: u64,
-    /// Entries kept below a snapshot so a slow follower can catch up without a snapshot.
+    /// Bytes of entries applied since the last snapshot that also trigger one: the log is held
+    /// in memory, so a few huge entries must not wait for `snapshot_interval`.
+    pub snapshot_log_bytes: u64,
+    /// Entries kept below a snapshot so a slow follower can catch up without a snapshot...
     pub keep_entries: u64,
+    /// ...and at most about this many bytes of them.
+    pub keep_bytes: u64,
     pub max_size_per_msg: u64,
     pub max_inflight_msgs: usize,
 }
@@ -40,7 +45,9 @@ impl EngineConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_interval: 10_000,
+            snapshot_log_bytes: 16 << 20,
             keep_entries: 500,
+            keep_bytes: 4 << 20,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
         }
@@ -109,6 +116,8 @@ pub struct Engine<D: Durable, M: StateMachine> {
     /// raft-rs refuses a snapshot whose configuration lacks the receiver, so after a learner is
     /// added the next snapshot must be taken at (or after) that change.
     snapshot_now: bool,
+    /// Bytes of entries applied since the last snapshot (see `snapshot_log_bytes`).
+    applied_bytes: u64,
 }
 
 fn proposal_context(id: u64, seq: u64) -> Vec<u8> {
@@ -138,10 +147,12 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         mut sm: M,
         logger: &slog::Logger,
     ) -> Result<Self, RaftError> {
-        let snapshot = storage.latest_snapshot();
-        let applied = snapshot.get_metadata().index;
-        if !snapshot.is_empty() {
-            let (_, state) = decode_snapshot_data(snapshot.get_data())?;
+        let applied = storage.snapshot_metadata().index;
+        if applied > 0 {
+            let data = storage
+                .snapshot_data()?
+                .ok_or_else(|| RaftError::Corrupt(format!("the data of the snapshot at {applied} is missing")))?;
+            let (_, state) = decode_snapshot_data(&data)?;
             sm.restore(state).map_err(RaftError::Corrupt)?;
         }
         // The stored configuration is the last one applied. An initialised manager is missing from
@@ -185,6 +196,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             last_term: 0,
             removed,
             snapshot_now: false,
+            applied_bytes: 0,
         })
     }
 
@@ -337,21 +349,32 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         if !messages.is_empty() {
             send(messages);
         }
+        // Only new entries, a snapshot, a new term or a vote must be on disk before the messages
+        // below leave (etcd's MustSync); a Ready that only moves the commit index skips the
+        // fsync, which would otherwise delay the next proposal on the leader.
+        let old_hs = self.raw.store().hard_state();
+        let must_sync = !rd.entries().is_empty()
+            || !rd.snapshot().is_empty()
+            || rd.hs().is_some_and(|hs| hs.term != old_hs.term || hs.vote != old_hs.vote);
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot().clone())?;
         }
-        let committed = rd.take_committed_entries();
-        self.apply_entries(committed)?;
         self.raw.mut_store().append(rd.entries())?;
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs)?;
         }
         // Votes and append acknowledgements below promise durability.
-        self.raw.mut_store().sync()?;
+        if must_sync {
+            self.raw.mut_store().sync()?;
+        }
         let persisted = rd.take_persisted_messages();
         if !persisted.is_empty() {
             send(persisted);
         }
+        // Committed entries are applied once the acknowledgements are on their way, so a
+        // follower's apply never delays the leader's next commit.
+        let committed = rd.take_committed_entries();
+        self.apply_entries(committed)?;
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit)?;
@@ -373,13 +396,27 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         self.raw.mut_store().apply_snapshot(&snapshot, &members)?;
         self.applied = index;
         self.applied_term = snapshot.get_metadata().term;
+        self.applied_bytes = 0;
         tracing::info!(index, "installed raft snapshot from the leader");
         Ok(())
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        // A membership change is recorded on disk at once: a Ready that only moves the commit
+        // index skips the fsync, and a removed manager that lost the record of its removal in a
+        // crash would never learn it again (the others no longer talk to it).
+        let membership = entries.iter().any(|e| e.get_entry_type() != EntryType::EntryNormal);
+        self.apply_entries_inner(entries)?;
+        if membership {
+            self.raw.mut_store().sync()?;
+        }
+        Ok(())
+    }
+
+    fn apply_entries_inner(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
         for entry in entries {
             let index = entry.index;
+            self.applied_bytes += (entry.data.len() + entry.context.len()) as u64;
             let mine = parse_context(&entry.context).filter(|(id, _)| *id == self.config.id).map(|(_, seq)| seq);
             match entry.get_entry_type() {
                 EntryType::EntryNormal => {
@@ -450,10 +487,12 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             self.last_leader = leader;
             self.last_term = term;
         }
-        let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
+        let snap_index = self.raw.store().snapshot_metadata().index;
         let wanted = self.raw.store().snapshot_wanted();
-        let due =
-            wanted || self.snapshot_now || self.applied - snap_index.min(self.applied) >= self.config.snapshot_interval;
+        let due = wanted
+            || self.snapshot_now
+            || self.applied - snap_index.min(self.applied) >= self.config.snapshot_interval
+            || self.applied_bytes >= self.config.snapshot_log_bytes;
         if self.applied > snap_index && due {
             self.snapshot_now = false;
             self.take_snapshot()?;
@@ -466,15 +505,17 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         let index = self.applied;
         let term = self.raw.store().term(index).map_err(raft_err)?;
         let store = self.raw.store();
-        let data = encode_snapshot_data(store.members(), &self.sm.snapshot());
-        let mut snapshot = Snapshot::default();
-        snapshot.mut_metadata().index = index;
-        snapshot.mut_metadata().term = term;
-        snapshot.mut_metadata().set_conf_state(store.conf_state().clone());
-        snapshot.set_data(data.into());
-        let compact_to = index.saturating_sub(self.config.keep_entries);
-        self.raw.mut_store().save_snapshot(snapshot, compact_to)?;
+        let header = snapshot_header(store.members());
+        let mut meta = raft::prelude::SnapshotMetadata { index, term, ..Default::default() };
+        meta.set_conf_state(store.conf_state().clone());
+        let compact_to = store.compaction_point(index, self.config.keep_entries, self.config.keep_bytes);
+        let mut writer = self.raw.mut_store().snapshot_writer(index);
+        let written = std::io::Write::write_all(&mut writer, &header).and_then(|()| self.sm.snapshot(&mut writer));
+        written.map_err(|e| RaftError::Storage(format!("writing the snapshot at {index}: {e}")))?;
+        writer.finish()?;
+        self.raw.mut_store().save_snapshot(meta, compact_to)?;
         self.raw.mut_store().sync()?;
+        self.applied_bytes = 0;
         tracing::debug!(index, compact_to, "took raft snapshot");
         Ok(())
     }

@@ -59,7 +59,9 @@ pub trait StateMachine: Send + 'static {
     /// Applies a committed entry. Must be deterministic: same entries, same state.
     fn apply(&mut self, index: u64, data: &[u8]) -> Self::Output;
     fn apply_membership(&mut self, index: u64, change: &MemberChange);
-    fn snapshot(&self) -> Vec<u8>;
+    /// Writes the whole state to `out`, which stores it as it comes: a large state is never
+    /// held whole in memory a second time.
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
 }
 
@@ -91,11 +93,17 @@ pub enum ProposeError {
 
 /// Snapshot data: the membership (so a new manager learns every address) and the state machine.
 pub(crate) fn encode_snapshot_data(members: &Members, state: &[u8]) -> Vec<u8> {
+    let mut out = snapshot_header(members);
+    out.extend_from_slice(state);
+    out
+}
+
+/// The start of snapshot data: the membership.
+pub(crate) fn snapshot_header(members: &Members) -> Vec<u8> {
     let members = serde_json::to_vec(members).expect("members serialise");
-    let mut out = Vec::with_capacity(4 + members.len() + state.len());
+    let mut out = Vec::with_capacity(4 + members.len());
     out.extend_from_slice(&(members.len() as u32).to_be_bytes());
     out.extend_from_slice(&members);
-    out.extend_from_slice(state);
     out
 }
 

@@ -25,20 +25,36 @@ pub enum Op {
 /// Every key and value of a durable store, in key order.
 pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A narrow key-value store: atomic batches, an explicit sync, and a full scan at start-up.
+/// A narrow key-value store: atomic batches, an explicit sync, a scan at start-up and point reads.
 pub trait Durable: Send + 'static {
     /// Applies all operations atomically (all or none survive a crash once synced).
     fn write(&mut self, ops: Vec<Op>) -> Result<(), RaftError>;
     /// Makes every write so far durable.
     fn sync(&mut self) -> Result<(), RaftError>;
-    /// Every key and value, in key order.
-    fn scan(&self) -> Result<KeyValues, RaftError>;
+    /// Every key starting with `prefix` and its value, in key order.
+    fn scan(&self, prefix: &[u8]) -> Result<KeyValues, RaftError>;
+    /// One key's value.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError>;
+    /// The keys starting with `prefix`, without reading their values.
+    fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, RaftError>;
 }
 
 /// sled, pinned to 0.34.7. Everything raft keeps lives in one tree so a batch is atomic.
+///
+/// Writes are gathered in memory and applied as one sled batch at `sync`: every sled batch
+/// rolls sled's IO buffer twice (each roll is a write handed to sled's IO threads), so one batch
+/// per Ready instead of one per write cuts the disk writes and thread wake-ups of a commit by
+/// more than half. All writes between two syncs become durable together or not at all.
+///
+/// Snapshot data (keys starting with [`SNAPSHOT_DATA_PREFIX`]) lives in a tree of its own: sled
+/// rewrites a whole leaf when it consolidates one, so a multi-megabyte value next to the hard
+/// state would be rewritten (as a new blob file) every few commits.
 pub struct SledDurable {
     db: sled::Db,
     tree: sled::Tree,
+    snapshots: sled::Tree,
+    /// Writes not yet handed to sled: the newest value per key, `None` for a delete.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl SledDurable {
@@ -47,13 +63,19 @@ impl SledDurable {
             .path(path)
             // Durability comes from our explicit flush per Ready, not sled's background timer.
             .flush_every_ms(None)
-            // sled's page cache defaults to 1 GiB; the store already lives in memory, and raft
-            // reads little but the log's tail, so a small cache keeps a loaded manager's RSS down.
-            .cache_capacity(64 << 20)
+            // sled's page cache defaults to 1 GiB; the store already lives in memory and raft
+            // reads the log from its own copy (only snapshot data is read back from sled), so a
+            // small cache keeps a loaded manager's RSS down.
+            .cache_capacity(16 << 20)
             .open()
             .map_err(|e| RaftError::Storage(format!("opening {}: {e}", path.display())))?;
         let tree = db.open_tree("raft").map_err(|e| RaftError::Storage(e.to_string()))?;
-        Ok(SledDurable { db, tree })
+        let snapshots = db.open_tree("raft-snapshots").map_err(|e| RaftError::Storage(e.to_string()))?;
+        Ok(SledDurable { db, tree, snapshots, pending: BTreeMap::new() })
+    }
+
+    fn tree_for(&self, key: &[u8]) -> &sled::Tree {
+        if key.starts_with(SNAPSHOT_DATA_PREFIX) { &self.snapshots } else { &self.tree }
     }
 
     /// Bytes sled uses on disk, for benchmarks and the space soak test.
@@ -64,25 +86,78 @@ impl SledDurable {
 
 impl Durable for SledDurable {
     fn write(&mut self, ops: Vec<Op>) -> Result<(), RaftError> {
-        let mut batch = sled::Batch::default();
+        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
         for op in ops {
             match op {
-                Op::Put(k, v) => batch.insert(k, v),
-                Op::Delete(k) => batch.remove(k),
+                // Snapshot data goes to sled at once, chunk by chunk, so a large snapshot is
+                // never held whole in memory. It is keyed by its index and nothing points to it
+                // until the metadata naming it is synced (sled recovers a prefix of its log), so
+                // a crash never pairs metadata with data of another index; old data is deleted
+                // only once newer metadata is durable.
+                Op::Put(k, v) if k.starts_with(SNAPSHOT_DATA_PREFIX) => {
+                    self.snapshots.insert(k, v).map_err(storage_err)?;
+                }
+                Op::Delete(k) if k.starts_with(SNAPSHOT_DATA_PREFIX) => {
+                    self.snapshots.remove(k).map_err(storage_err)?;
+                }
+                Op::Put(k, v) => {
+                    self.pending.insert(k, Some(v));
+                }
+                Op::Delete(k) => {
+                    self.pending.insert(k, None);
+                }
             }
         }
-        self.tree.apply_batch(batch).map_err(|e| RaftError::Storage(e.to_string()))
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<(), RaftError> {
+        if !self.pending.is_empty() {
+            let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
+            let mut batch = sled::Batch::default();
+            for (k, v) in std::mem::take(&mut self.pending) {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            self.tree.apply_batch(batch).map_err(storage_err)?;
+        }
         self.db.flush().map(|_| ()).map_err(|e| RaftError::Storage(e.to_string()))
     }
 
-    fn scan(&self) -> Result<KeyValues, RaftError> {
-        self.tree
-            .iter()
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| RaftError::Storage(e.to_string())))
-            .collect()
+    fn scan(&self, prefix: &[u8]) -> Result<KeyValues, RaftError> {
+        let mut merged = BTreeMap::new();
+        for kv in self.tree_for(prefix).scan_prefix(prefix) {
+            let (k, v) = kv.map_err(|e| RaftError::Storage(e.to_string()))?;
+            merged.insert(k.to_vec(), Some(v.to_vec()));
+        }
+        for (k, v) in self.pending.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
+        if let Some(pending) = self.pending.get(key) {
+            return Ok(pending.clone());
+        }
+        self.tree_for(key).get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| RaftError::Storage(e.to_string()))
+    }
+
+    fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, RaftError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for key in self.tree_for(prefix).scan_prefix(prefix).keys() {
+            keys.insert(key.map_err(|e| RaftError::Storage(e.to_string()))?.to_vec());
+        }
+        for (k, v) in self.pending.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
     }
 }
 
@@ -130,16 +205,88 @@ impl Durable for MemDurable {
         Ok(())
     }
 
-    fn scan(&self) -> Result<KeyValues, RaftError> {
-        Ok(self.inner.lock().visible.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    fn scan(&self, prefix: &[u8]) -> Result<KeyValues, RaftError> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .visible
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
+        Ok(self.inner.lock().visible.get(key).cloned())
+    }
+
+    fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, RaftError> {
+        Ok(self.scan(prefix)?.into_iter().map(|(k, _)| k).collect())
     }
 }
 
 const LOG_PREFIX: u8 = b'l';
+const META_PREFIX: &[u8] = b"m:";
 const KEY_HARD_STATE: &[u8] = b"m:hard_state";
 const KEY_CONF_STATE: &[u8] = b"m:conf_state";
 const KEY_MEMBERS: &[u8] = b"m:members";
+/// The newest snapshot's metadata. (Before shoal kept the data apart, this held the data too.)
 const KEY_SNAPSHOT: &[u8] = b"m:snapshot";
+/// Snapshot data: the whole state machine, in chunks keyed by the snapshot's index and the
+/// chunk's number. Only read at start-up and when a follower needs a snapshot, so it is not kept
+/// in memory.
+pub const SNAPSHOT_DATA_PREFIX: &[u8] = b"s:";
+/// Snapshot data is written in chunks of this size as it is serialised.
+const SNAPSHOT_DATA_CHUNK: usize = 1 << 20;
+
+fn snapshot_data_prefix(index: u64) -> Vec<u8> {
+    let mut key = SNAPSHOT_DATA_PREFIX.to_vec();
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn snapshot_chunk_key(index: u64, chunk: u32) -> Vec<u8> {
+    let mut key = snapshot_data_prefix(index);
+    key.extend_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+/// Writes the data of the snapshot at `index` to the durable store as it is produced (see
+/// [`RaftStorage::snapshot_writer`]); `finish` writes the last chunk.
+pub struct SnapshotWriter<'a, D: Durable> {
+    durable: &'a mut D,
+    index: u64,
+    buf: Vec<u8>,
+    chunks: u32,
+}
+
+impl<D: Durable> SnapshotWriter<'_, D> {
+    fn put_chunk(&mut self, chunk: Vec<u8>) -> Result<(), RaftError> {
+        self.durable.write(vec![Op::Put(snapshot_chunk_key(self.index, self.chunks), chunk)])?;
+        self.chunks += 1;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<(), RaftError> {
+        let rest = std::mem::take(&mut self.buf);
+        self.put_chunk(rest)
+    }
+}
+
+impl<D: Durable> std::io::Write for SnapshotWriter<'_, D> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        while self.buf.len() >= SNAPSHOT_DATA_CHUNK {
+            let rest = self.buf.split_off(SNAPSHOT_DATA_CHUNK);
+            let chunk = std::mem::replace(&mut self.buf, rest);
+            self.put_chunk(chunk).map_err(std::io::Error::other)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 const KEY_TRUNCATED: &[u8] = b"m:truncated";
 
 fn log_key(index: u64) -> Vec<u8> {
@@ -163,13 +310,15 @@ pub struct RaftStorage<D: Durable> {
     hard_state: HardState,
     conf_state: ConfState,
     members: Members,
-    /// The newest snapshot, with the state machine's data.
-    snapshot: Snapshot,
+    /// The newest snapshot's metadata; its data stays on disk.
+    snapshot: SnapshotMetadata,
     /// Index and term of the entry just before the first one kept.
     truncated: (u64, u64),
     entries: VecDeque<Entry>,
     /// Set when raft asked for a snapshot newer than the one we hold.
     snapshot_wanted: Arc<AtomicBool>,
+    /// Indexes of replaced snapshots whose data is deleted after the next sync.
+    stale_snapshots: Vec<u64>,
 }
 
 impl<D: Durable> RaftStorage<D> {
@@ -180,15 +329,20 @@ impl<D: Durable> RaftStorage<D> {
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             members: Members::new(),
-            snapshot: Snapshot::default(),
+            snapshot: SnapshotMetadata::default(),
             truncated: (0, 0),
             entries: VecDeque::new(),
             snapshot_wanted: Arc::new(AtomicBool::new(false)),
+            stale_snapshots: Vec::new(),
         };
-        for (key, value) in storage.durable.scan()? {
-            if key.first() == Some(&LOG_PREFIX) && key.len() == 9 {
-                storage.entries.push_back(decode("log entry", &value)?);
-            } else if key == KEY_HARD_STATE {
+        for (key, value) in storage.durable.scan(&[LOG_PREFIX])? {
+            if key.len() != 9 {
+                return Err(RaftError::Corrupt(format!("unexpected key {:?}", String::from_utf8_lossy(&key))));
+            }
+            storage.entries.push_back(decode("log entry", &value)?);
+        }
+        for (key, value) in storage.durable.scan(META_PREFIX)? {
+            if key == KEY_HARD_STATE {
                 storage.hard_state = decode("hard state", &value)?;
             } else if key == KEY_CONF_STATE {
                 storage.conf_state = decode("conf state", &value)?;
@@ -196,7 +350,7 @@ impl<D: Durable> RaftStorage<D> {
                 storage.members =
                     serde_json::from_slice(&value).map_err(|e| RaftError::Corrupt(format!("members: {e}")))?;
             } else if key == KEY_SNAPSHOT {
-                storage.snapshot = decode("snapshot", &value)?;
+                storage.snapshot = decode::<Snapshot>("snapshot", &value)?.take_metadata();
             } else if key == KEY_TRUNCATED {
                 let bytes: [u8; 16] =
                     value.as_slice().try_into().map_err(|_| RaftError::Corrupt("truncated index".into()))?;
@@ -218,7 +372,20 @@ impl<D: Durable> RaftStorage<D> {
                 )));
             }
         }
-        let snap_index = storage.snapshot.get_metadata().index;
+        let snap_index = storage.snapshot.index;
+        // Data of other snapshots is left over from a crash between writing a snapshot and
+        // deleting the one it replaced.
+        let current = snapshot_data_prefix(snap_index);
+        let leftovers: Vec<Op> = storage
+            .durable
+            .keys(SNAPSHOT_DATA_PREFIX)?
+            .into_iter()
+            .filter(|k| !k.starts_with(&current))
+            .map(Op::Delete)
+            .collect();
+        if !leftovers.is_empty() {
+            storage.durable.write(leftovers)?;
+        }
         if storage.hard_state.commit < snap_index {
             storage.hard_state.commit = snap_index;
         }
@@ -242,8 +409,46 @@ impl<D: Durable> RaftStorage<D> {
         &self.hard_state
     }
 
-    pub fn latest_snapshot(&self) -> &Snapshot {
+    /// Index, term and configuration of the newest snapshot (index 0: none yet).
+    pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
         &self.snapshot
+    }
+
+    /// The newest snapshot's data, read from disk.
+    pub fn snapshot_data(&self) -> Result<Option<Vec<u8>>, RaftError> {
+        let chunks = self.durable.keys(&snapshot_data_prefix(self.snapshot.index))?;
+        if !chunks.is_empty() {
+            let mut data = Vec::new();
+            for (number, key) in chunks.iter().enumerate() {
+                if *key != snapshot_chunk_key(self.snapshot.index, number as u32) {
+                    return Err(RaftError::Corrupt(format!("snapshot data chunk {number} is missing")));
+                }
+                let chunk = self.durable.get(key)?.ok_or_else(|| RaftError::Corrupt("snapshot chunk vanished".into()))?;
+                data.extend_from_slice(&chunk);
+            }
+            return Ok(Some(data));
+        }
+        // A data dir written before the data had its own key keeps it inside the metadata.
+        let Some(bytes) = self.durable.get(KEY_SNAPSHOT)? else { return Ok(None) };
+        let mut snapshot: Snapshot = decode("snapshot", &bytes)?;
+        Ok((!snapshot.get_data().is_empty()).then(|| snapshot.take_data().to_vec()))
+    }
+
+    /// The index to compact the log to after a snapshot at `index` so that at most
+    /// `keep_entries` entries and about `keep_bytes` bytes of entries stay below it: large
+    /// entries (a pass creating thousands of tasks) must not pin hundreds of megabytes.
+    pub fn compaction_point(&self, index: u64, keep_entries: u64, keep_bytes: u64) -> u64 {
+        let mut compact_to = index.min(self.last());
+        let mut kept = 0u64;
+        while compact_to > self.truncated.0 && index - compact_to < keep_entries {
+            let entry = &self.entries[(compact_to - self.truncated.0 - 1) as usize];
+            kept += (entry.data.len() + entry.context.len()) as u64;
+            if kept > keep_bytes {
+                break;
+            }
+            compact_to -= 1;
+        }
+        compact_to
     }
 
     pub fn durable(&self) -> &D {
@@ -323,17 +528,32 @@ impl<D: Durable> RaftStorage<D> {
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.conf_state = meta.get_conf_state().clone();
         self.members = members.clone();
-        self.snapshot = snapshot.clone();
+        self.supersede_snapshot_data(meta.index);
+        self.snapshot = meta.clone();
+        for (number, chunk) in snapshot.get_data().chunks(SNAPSHOT_DATA_CHUNK).enumerate() {
+            ops.push(Op::Put(snapshot_chunk_key(meta.index, number as u32), chunk.to_vec()));
+        }
+        if snapshot.get_data().is_empty() {
+            ops.push(Op::Put(snapshot_chunk_key(meta.index, 0), Vec::new()));
+        }
         ops.extend(self.meta_ops());
         self.durable.write(ops)
     }
 
     /// Saves a snapshot the local state machine made at `meta.index` and drops log entries up to
     /// `compact_to` (kept below the snapshot so slow followers can still catch up from the log).
-    pub fn save_snapshot(&mut self, snapshot: Snapshot, compact_to: u64) -> Result<(), RaftError> {
-        let compact_to = compact_to.min(snapshot.get_metadata().index);
-        self.snapshot = snapshot;
+    /// Where the state machine writes the data of a snapshot at `index`, before
+    /// [`RaftStorage::save_snapshot`] records it.
+    pub fn snapshot_writer(&mut self, index: u64) -> SnapshotWriter<'_, D> {
+        SnapshotWriter { durable: &mut self.durable, index, buf: Vec::new(), chunks: 0 }
+    }
+
+    /// Records a snapshot whose data was written through [`RaftStorage::snapshot_writer`].
+    pub fn save_snapshot(&mut self, meta: SnapshotMetadata, compact_to: u64) -> Result<(), RaftError> {
+        let compact_to = compact_to.min(meta.index);
+        self.supersede_snapshot_data(meta.index);
         let mut ops = Vec::new();
+        self.snapshot = meta;
         if compact_to > self.truncated.0 {
             let term = self.term(compact_to).map_err(|e| RaftError::Storage(e.to_string()))?;
             for index in self.truncated.0 + 1..=compact_to {
@@ -350,8 +570,10 @@ impl<D: Durable> RaftStorage<D> {
         let mut truncated = Vec::with_capacity(16);
         truncated.extend_from_slice(&self.truncated.0.to_be_bytes());
         truncated.extend_from_slice(&self.truncated.1.to_be_bytes());
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(self.snapshot.clone());
         vec![
-            Op::Put(KEY_SNAPSHOT.to_vec(), encode(&self.snapshot)),
+            Op::Put(KEY_SNAPSHOT.to_vec(), encode(&snapshot)),
             Op::Put(KEY_TRUNCATED.to_vec(), truncated),
             Op::Put(KEY_HARD_STATE.to_vec(), encode(&self.hard_state)),
             Op::Put(KEY_CONF_STATE.to_vec(), encode(&self.conf_state)),
@@ -360,7 +582,21 @@ impl<D: Durable> RaftStorage<D> {
     }
 
     pub fn sync(&mut self) -> Result<(), RaftError> {
-        self.durable.sync()
+        self.durable.sync()?;
+        // The metadata naming the newer snapshot is durable now, so older data may go (with the
+        // next sync).
+        for index in std::mem::take(&mut self.stale_snapshots) {
+            let stale = self.durable.keys(&snapshot_data_prefix(index))?;
+            self.durable.write(stale.into_iter().map(Op::Delete).collect())?;
+        }
+        Ok(())
+    }
+
+    /// Notes that the snapshot data of the current snapshot is replaced by the one at `index`.
+    fn supersede_snapshot_data(&mut self, index: u64) {
+        if self.snapshot.index != 0 && self.snapshot.index != index {
+            self.stale_snapshots.push(self.snapshot.index);
+        }
     }
 
     /// Number of entries kept in the log (for compaction tests and benchmarks).
@@ -428,11 +664,109 @@ impl<D: Durable> Storage for RaftStorage<D> {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot.get_metadata().index >= request_index && !self.snapshot.is_empty() {
-            return Ok(self.snapshot.clone());
+        if self.snapshot.index >= request_index && self.snapshot.index > 0 {
+            let data = self
+                .snapshot_data()
+                .map_err(|e| raft::Error::Store(RaftStorageError::Other(Box::new(e))))?
+                .ok_or_else(|| {
+                    raft::Error::Store(RaftStorageError::Other(Box::new(RaftError::Corrupt(
+                        "the snapshot's data is missing".into(),
+                    ))))
+                })?;
+            let mut snapshot = Snapshot::default();
+            snapshot.set_metadata(self.snapshot.clone());
+            snapshot.set_data(data.into());
+            return Ok(snapshot);
         }
         // The engine notices the flag and snapshots the state machine at its applied index.
         self.snapshot_wanted.store(true, Ordering::SeqCst);
         Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry { index, term: 1, data: vec![b'x'; bytes].into(), ..Default::default() }
+    }
+
+    fn big_state() -> Vec<u8> {
+        (0..SNAPSHOT_DATA_CHUNK * 2 + 10).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn bootstrapped<D: Durable>(durable: D) -> RaftStorage<D> {
+        let mut storage = RaftStorage::open(durable).unwrap();
+        let mut meta = SnapshotMetadata { index: 1, term: 1, ..Default::default() };
+        meta.set_conf_state(ConfState::from((vec![1], vec![])));
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(meta);
+        snapshot.set_data(b"state-at-1".to_vec().into());
+        storage.apply_snapshot(&snapshot, &Members::new()).unwrap();
+        storage.sync().unwrap();
+        storage
+    }
+
+    #[test]
+    fn snapshot_data_is_read_from_disk_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = bootstrapped(SledDurable::open(dir.path()).unwrap());
+            let entries: Vec<Entry> = (2..=10).map(|i| entry(i, 10)).collect();
+            storage.append(&entries).unwrap();
+            let meta = SnapshotMetadata { index: 8, term: 1, ..Default::default() };
+            // Larger than a chunk, so it is stored in several.
+            let mut writer = storage.snapshot_writer(8);
+            std::io::Write::write_all(&mut writer, &big_state()).unwrap();
+            writer.finish().unwrap();
+            storage.save_snapshot(meta, 6).unwrap();
+            storage.sync().unwrap();
+            storage.sync().unwrap();
+            // The bootstrap snapshot's data is gone once the new metadata is durable.
+            assert!(storage.durable.keys(&snapshot_data_prefix(1)).unwrap().is_empty());
+        }
+        let storage = RaftStorage::open(SledDurable::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(storage.snapshot_metadata().index, 8);
+        assert_eq!(storage.durable.keys(&snapshot_data_prefix(8)).unwrap().len(), 3);
+        assert_eq!(storage.snapshot_data().unwrap(), Some(big_state()));
+        assert_eq!(storage.first_index().unwrap(), 7);
+        assert_eq!(storage.last_index().unwrap(), 10);
+        let snapshot = Storage::snapshot(&storage, 8, 2).unwrap();
+        assert_eq!(snapshot.get_metadata().index, 8);
+        assert_eq!(snapshot.get_data(), big_state().as_slice());
+        // A newer snapshot than the one held is asked of the engine.
+        assert!(Storage::snapshot(&storage, 9, 2).is_err());
+        assert!(storage.snapshot_wanted());
+    }
+
+    #[test]
+    fn a_data_dir_with_the_data_inside_the_snapshot_metadata_still_opens() {
+        let durable = MemDurable::default();
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 5;
+        snapshot.mut_metadata().term = 2;
+        snapshot.mut_metadata().set_conf_state(ConfState::from((vec![1], vec![])));
+        snapshot.set_data(b"old-layout".to_vec().into());
+        let mut writer = durable.clone();
+        writer.write(vec![Op::Put(KEY_SNAPSHOT.to_vec(), encode(&snapshot))]).unwrap();
+        let storage = RaftStorage::open(durable).unwrap();
+        assert_eq!(storage.snapshot_metadata().index, 5);
+        assert_eq!(storage.snapshot_data().unwrap().as_deref(), Some(&b"old-layout"[..]));
+    }
+
+    #[test]
+    fn compaction_keeps_at_most_the_entry_and_byte_budget() {
+        let mut storage = bootstrapped(MemDurable::default());
+        let entries: Vec<Entry> = (2..=21).map(|i| entry(i, 1000)).collect();
+        storage.append(&entries).unwrap();
+        // Entries are small enough: the count decides.
+        assert_eq!(storage.compaction_point(21, 5, 1 << 20), 16);
+        // 3.5 entries' worth of bytes: three are kept below index 21.
+        assert_eq!(storage.compaction_point(21, 500, 3500), 18);
+        // Never below what is already compacted.
+        assert_eq!(storage.compaction_point(21, 500, 1 << 20), 1);
+        assert_eq!(storage.compaction_point(21, 0, 1 << 20), 21);
+    }
+}
+

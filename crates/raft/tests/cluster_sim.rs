@@ -574,7 +574,7 @@ fn removed_node_remembers_removal_after_own_snapshot() {
             .map(|(i, _)| *i)
             .unwrap();
         sim.engine_mut(removed).take_snapshot().unwrap();
-        let snapshot_index = sim.engine(removed).storage().latest_snapshot().get_metadata().index;
+        let snapshot_index = sim.engine(removed).storage().snapshot_metadata().index;
         assert!(snapshot_index >= removal, "seed {seed}: snapshot at {snapshot_index} does not cover {removal}");
         sim.crash_restart(removed);
         assert!(sim.engine(removed).is_removed(), "seed {seed}: node {removed} forgot it was removed");

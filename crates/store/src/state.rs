@@ -3,7 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use shoal_types::{
     Cluster, ClusterSecurity, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
-    SPEC_HISTORY_LIMIT, Service, SpecRevision, Task, TaskState, TaskStatus, UpdateState, UpdateStatus,
+    SPEC_HISTORY_LIMIT, Service, SpecRevision, Task, TaskSpec, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 
 use crate::action::{Action, Batch, MembershipChange, MembershipKind};
@@ -88,6 +88,43 @@ pub struct State {
     tasks_by_service: BTreeMap<String, BTreeSet<String>>,
     #[serde(skip)]
     tasks_by_node: BTreeMap<String, BTreeSet<String>>,
+    #[serde(skip)]
+    task_specs: SpecPool,
+}
+
+/// The task specs of each service version, shared by its tasks: a service of 1000 replicas
+/// holds its spec once instead of 1000 times. A cache, not state: it never changes what a task
+/// holds, only whether equal specs share one allocation.
+#[derive(Clone, Default)]
+struct SpecPool(BTreeMap<String, Vec<(u64, std::sync::Weak<TaskSpec>)>>);
+
+impl PartialEq for SpecPool {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for SpecPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SpecPool({} services)", self.0.len())
+    }
+}
+
+impl SpecPool {
+    fn intern(&mut self, task: &mut Task) {
+        let versions = self.0.entry(task.service_id.clone()).or_default();
+        versions.retain(|(_, spec)| spec.strong_count() > 0);
+        match versions.iter().find(|(v, _)| *v == task.spec_version).and_then(|(_, spec)| spec.upgrade()) {
+            Some(shared) if std::sync::Arc::ptr_eq(&shared, &task.spec) => {}
+            Some(shared) if *shared == *task.spec => task.spec = shared,
+            Some(_) => {}
+            None => versions.push((task.spec_version, std::sync::Arc::downgrade(&task.spec))),
+        }
+    }
+
+    fn forget(&mut self, service_id: &str) {
+        self.0.remove(service_id);
+    }
 }
 
 /// How to put back what a failed batch changed.
@@ -160,12 +197,21 @@ impl State {
         serde_json::to_vec(self).expect("state serialises")
     }
 
+    /// Writes the snapshot to `out` as it is produced, without a copy of a large state.
+    pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut buffered = std::io::BufWriter::with_capacity(64 << 10, out);
+        serde_json::to_writer(&mut buffered, self).map_err(std::io::Error::other)?;
+        std::io::Write::flush(&mut buffered)
+    }
+
     pub fn restore(data: &[u8]) -> Result<State, StoreError> {
         let mut state: State = serde_json::from_slice(data).map_err(|e| StoreError::Malformed(e.to_string()))?;
-        let tasks: Vec<Task> = state.tasks.values().cloned().collect();
-        for task in &tasks {
+        let mut tasks = std::mem::take(&mut state.tasks);
+        for task in tasks.values_mut() {
+            state.task_specs.intern(task);
             state.index_task(task);
         }
+        state.tasks = tasks;
         state.service_names = state.services.values().map(|s| (s.spec.name.clone(), s.id.clone())).collect();
         Ok(state)
     }
@@ -308,7 +354,7 @@ impl State {
                     previous_spec: None,
                     previous_spec_version: None,
                     update_status: None,
-                    revisions: vec![SpecRevision { spec_version: index, created_at: at, spec: spec.clone() }],
+                    revisions: vec![SpecRevision { spec_version: index, created_at: at, spec: spec.clone().into() }],
                 };
                 self.put_service(service, ChangeKind::Create, undo, changes);
             }
@@ -577,7 +623,8 @@ impl State {
         Some(service)
     }
 
-    fn set_task(&mut self, task: Task) -> Option<Task> {
+    fn set_task(&mut self, mut task: Task) -> Option<Task> {
+        self.task_specs.intern(&mut task);
         let old = self.remove_task(&task.id);
         self.index_task(&task);
         self.tasks.insert(task.id.clone(), task);
@@ -600,6 +647,9 @@ impl State {
                     index.remove(key);
                 }
             }
+        }
+        if !self.tasks_by_service.contains_key(&task.service_id) {
+            self.task_specs.forget(&task.service_id);
         }
         Some(task)
     }
@@ -634,7 +684,7 @@ impl State {
 }
 
 fn push_revision(service: &mut Service, index: u64, at: u64) {
-    service.revisions.push(SpecRevision { spec_version: index, created_at: at, spec: service.spec.clone() });
+    service.revisions.push(SpecRevision { spec_version: index, created_at: at, spec: service.spec.clone().into() });
     let excess = service.revisions.len().saturating_sub(SPEC_HISTORY_LIMIT);
     service.revisions.drain(..excess);
 }

@@ -39,7 +39,8 @@ pub struct Service {
 pub struct SpecRevision {
     pub spec_version: u64,
     pub created_at: Timestamp,
-    pub spec: ServiceSpec,
+    /// Shared by every copy of the service, so copying a service does not copy its history.
+    pub spec: std::sync::Arc<ServiceSpec>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +95,9 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_id: String,
     pub spec_version: u64,
-    pub spec: TaskSpec,
+    /// Shared by the tasks of one service version (the store interns it), so 100k tasks do not
+    /// hold 100k copies of the same spec.
+    pub spec: std::sync::Arc<TaskSpec>,
     /// The service's endpoint when the task was made (host-mode ports are per task).
     #[serde(default)]
     pub endpoint: EndpointSpec,

@@ -312,7 +312,7 @@ fn ps_task(id: &str, slot: u64, node: &str, desired: TaskState, state: TaskState
     t.slot = slot;
     t.created_at = NOW - created;
     t.status.timestamp = NOW - age;
-    t.spec.container.image = "shoal/busybox:2".to_string();
+    std::sync::Arc::make_mut(&mut t.spec).container.image = "shoal/busybox:2".to_string();
     t
 }
 
@@ -320,9 +320,9 @@ fn ps_tasks() -> Vec<Task> {
     use TaskState::*;
     let mut failed = ps_task("t1oldfailed0000000000000a", 1, N1, Shutdown, Failed, 600 * SEC, 125 * SEC);
     failed.status.err = "task: non-zero exit (1): the container exited badly".to_string();
-    failed.spec.container.image = "shoal/busybox:1@sha256:abcdef".to_string();
+    std::sync::Arc::make_mut(&mut failed.spec).container.image = "shoal/busybox:1@sha256:abcdef".to_string();
     let mut older = ps_task("t1older00000000000000000b", 1, N2, Shutdown, Shutdown, 900 * SEC, 400 * SEC);
-    older.spec.container.image = "shoal/busybox:1".to_string();
+    std::sync::Arc::make_mut(&mut older.spec).container.image = "shoal/busybox:1".to_string();
     let mut pending = ps_task("t10pending000000000000000", 10, "", Running, Pending, 2 * SEC, 500);
     pending.status.err = "no suitable node (max replicas per node limit exceed)".to_string();
     let mut host = ps_task("t2running000000000000000c", 2, N2, Running, Running, 30 * SEC, 5 * SEC);

@@ -57,7 +57,7 @@ fn task(service: &Service, slot: u64, state: TaskState) -> Task {
         slot,
         node_id: String::new(),
         spec_version: service.spec_version,
-        spec: service.spec.task.clone(),
+        spec: service.spec.task.clone().into(),
         endpoint: service.spec.endpoint.clone(),
         desired_state: TaskState::Running,
         status: TaskStatus { state, timestamp: NOW - 5_000, ..Default::default() },
@@ -73,7 +73,7 @@ fn old_task(service: &Service, slot: u64, state: TaskState, desired: TaskState) 
     t.id = format!("old{slot}");
     t.created_at = NOW - 50_000;
     t.spec_version = 10;
-    t.spec = old_spec(service);
+    t.spec = old_spec(service).into();
     t.desired_state = desired;
     t
 }
@@ -314,10 +314,10 @@ fn a_rollback_is_worded_as_one_and_counts_the_restored_spec() {
     s.spec.task = old_spec(&s);
     s.spec_version = 25;
     let mut kept = old_task(&s, 1, TaskState::Running, TaskState::Running);
-    kept.spec = s.spec.task.clone();
+    kept.spec = s.spec.task.clone().into();
     let mut updated = task(&s, 2, TaskState::Running);
     updated.spec_version = 20;
-    updated.spec.container.image = "shoal/busybox:2".into();
+    std::sync::Arc::make_mut(&mut updated.spec).container.image = "shoal/busybox:2".into();
     let mut restored = task(&s, 3, TaskState::Preparing);
     restored.spec_version = 25;
     let f = frame(&s, &[kept, updated, restored], NOW);

@@ -87,8 +87,8 @@ impl StateMachine for TestSm {
         self.record(index, Applied::Member { kind: change.kind, raft_id: change.raft_id });
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.log).expect("log serialises")
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(out, &self.log).map_err(std::io::Error::other)
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
@@ -158,7 +158,7 @@ fn disk_view(storage: &RaftStorage<MemDurable>) -> DiskView {
         entries,
         term: storage.hard_state().term,
         vote: storage.hard_state().vote,
-        snapshot_index: storage.latest_snapshot().get_metadata().index,
+        snapshot_index: storage.snapshot_metadata().index,
         first_index: first,
     }
 }

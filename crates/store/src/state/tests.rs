@@ -21,7 +21,7 @@ fn task(id: &str, service: &str, node: &str) -> Task {
         slot: 1,
         node_id: node.into(),
         spec_version: 1,
-        spec: TaskSpec::default(),
+        spec: TaskSpec::default().into(),
         service_name: String::new(),
         endpoint: Default::default(),
         origin: Default::default(),
@@ -308,4 +308,29 @@ proptest! {
             prop_assert_eq!(state, expected);
         }
     }
+}
+
+#[test]
+fn tasks_of_one_service_version_share_their_spec_in_memory_and_after_a_restore() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    // Each task arrives with its own copy, as it does when decoded from a raft entry.
+    let mut other = task("t3", "s1", "n1");
+    other.spec_version = 2;
+    std::sync::Arc::make_mut(&mut other.spec).container.image = "busybox:2".into();
+    let actions = vec![
+        Action::PutTask { task: task("t1", "s1", "n1") },
+        Action::PutTask { task: task("t2", "s1", "n2") },
+        Action::PutTask { task: other },
+    ];
+    state.apply(2, &batch(actions)).unwrap();
+    let spec = |s: &State, id: &str| s.task(id).unwrap().spec.clone();
+    assert!(std::sync::Arc::ptr_eq(&spec(&state, "t1"), &spec(&state, "t2")));
+    assert!(!std::sync::Arc::ptr_eq(&spec(&state, "t1"), &spec(&state, "t3")));
+    assert_eq!(spec(&state, "t3").container.image, "busybox:2");
+
+    let restored = State::restore(&state.snapshot()).unwrap();
+    assert_eq!(restored, state);
+    assert!(std::sync::Arc::ptr_eq(&spec(&restored, "t1"), &spec(&restored, "t2")));
+    assert_eq!(spec(&restored, "t1").container.image, spec(&state, "t1").container.image);
 }
