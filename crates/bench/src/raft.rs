@@ -50,6 +50,15 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
     spec.mode = shoal_types::ServiceMode::Replicated { replicas: 0 };
     let created = client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&spec)? }).await?;
     let mut version = serde_json::from_str::<shoal_types::Service>(&created.into_inner().service_json)?.version;
+    // The floor under a commit's latency on this machine: a read served by the leader from memory
+    // over the same connection (TLS, gRPC, JSON), no raft.
+    let mut reads = Vec::with_capacity(sequential);
+    for _ in 0..sequential {
+        let t = Instant::now();
+        client.get_service(shoal_proto::v1::GetServiceRequest { service: "seq".into() }).await?;
+        reads.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    reads.sort_by(f64::total_cmp);
     let mut latencies = Vec::with_capacity(sequential);
     let started = Instant::now();
     for i in 0..sequential {
@@ -69,6 +78,10 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
         Figure::new(scenario, "latency p50", percentile(&latencies, 50.0), "ms").target("<= 1 ms").samples(sequential),
     );
     report.push(Figure::new(scenario, "latency p99", percentile(&latencies, 99.0), "ms").samples(sequential));
+    report.push(
+        Figure::new(scenario, "read round trip p50 (no raft; the floor)", percentile(&reads, 50.0), "ms")
+            .samples(sequential),
+    );
 
     let total = if quick { 2000 } else { 30_000 };
     let in_flight = 256;
