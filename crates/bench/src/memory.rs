@@ -100,6 +100,15 @@ pub async fn memory(quick: bool, report: &mut Report) -> Result<()> {
         format!("memory, manager with {}k pending tasks ({services} services × 1000, no agents)", total / 1000);
     report.push(Figure::new(&scenario, "RSS", manager_full, "MB").target("<= 400 MB at 100k tasks"));
 
+    report.push(
+        Figure::new(
+            &scenario,
+            &format!("newest raft snapshot's data (index {} of {})", info.raft.snapshot_index, info.raft.commit),
+            info.raft.snapshot_bytes as f64 / 1e6,
+            "MB",
+        )
+        .samples(1),
+    );
     let raft_dir = cluster.managers[0].data_dir.join("raft");
     let (allocated, apparent) = disk_usage(&raft_dir)?;
     report.push(Figure::new(&scenario, "raft data on disk (du of <data-dir>/raft)", allocated as f64 / 1e6, "MB"));
@@ -136,7 +145,7 @@ pub async fn memory(quick: bool, report: &mut Report) -> Result<()> {
              cluster without agents; {services} services of 1000 replicas are created one after another, each once the previous one's tasks are stored (all stored in \
              {filled:.1} s, raft commit index {}); with no node every task stays pending, so all {total} tasks stay in \
              the store and the scheduler runs against no node. Raft data = allocated size of `<data-dir>/raft` \
-             (sled: log, and a snapshot once 10,000 entries were applied), {:.1} MB apparent. Restore: SIGKILL and \
+             (sled: the log, and the newest snapshot, taken every 10,000 entries or 16 MiB of applied log); the snapshot row is the size of the newest snapshot's data as the manager reports it (`cluster info`), taken at the raft index shown, {:.1} MB apparent. Restore: SIGKILL and \
              restart of the manager on the same data dir; the time runs from the restart until `ClusterInfo` answers \
              (it includes process start, rebuilding the store from snapshot + log, the election of the lone voter \
              and applying an entry of its term) and reports all {total} tasks. No Swarm reference: Swarm's manager \

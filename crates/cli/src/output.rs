@@ -439,6 +439,10 @@ pub fn cluster_info_text(info: &ClusterInfo) -> String {
         ("Raft term", info.raft.term.to_string()),
         ("Raft commit", info.raft.commit.to_string()),
         ("Raft applied", info.raft.applied.to_string()),
+        (
+            "Raft snapshot",
+            format!("index {}, {}", info.raft.snapshot_index, shoal_types::units::format_bytes(info.raft.snapshot_bytes)),
+        ),
         ("Voters", id_list(&info.raft.voters)),
         ("Learners", id_list(&info.raft.learners)),
     ];

@@ -162,6 +162,8 @@ impl ControlApi {
                 applied: st.applied,
                 voters: st.voters.clone(),
                 learners: st.learners.clone(),
+                snapshot_index: st.snapshot_index,
+                snapshot_bytes: st.snapshot_bytes,
             },
         })
     }

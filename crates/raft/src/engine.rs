@@ -92,6 +92,11 @@ pub struct RaftStatus {
     pub progress: BTreeMap<u64, PeerProgress>,
     /// Set once this manager applied its own removal.
     pub removed: bool,
+    /// Index and size of the newest snapshot's data (0 before the first one is read or taken).
+    #[serde(default)]
+    pub snapshot_index: u64,
+    #[serde(default)]
+    pub snapshot_bytes: u64,
 }
 
 enum Pending<O> {
@@ -118,6 +123,8 @@ pub struct Engine<D: Durable, M: StateMachine> {
     snapshot_now: bool,
     /// Bytes of entries applied since the last snapshot (see `snapshot_log_bytes`).
     applied_bytes: u64,
+    /// Size of the newest snapshot's data.
+    snapshot_bytes: u64,
 }
 
 fn proposal_context(id: u64, seq: u64) -> Vec<u8> {
@@ -148,10 +155,12 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         logger: &slog::Logger,
     ) -> Result<Self, RaftError> {
         let applied = storage.snapshot_metadata().index;
+        let mut snapshot_bytes = 0;
         if applied > 0 {
             let data = storage
                 .snapshot_data()?
                 .ok_or_else(|| RaftError::Corrupt(format!("the data of the snapshot at {applied} is missing")))?;
+            snapshot_bytes = data.len() as u64;
             let (_, state) = decode_snapshot_data(&data)?;
             sm.restore(state).map_err(RaftError::Corrupt)?;
         }
@@ -197,6 +206,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             removed,
             snapshot_now: false,
             applied_bytes: 0,
+            snapshot_bytes,
         })
     }
 
@@ -397,6 +407,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         self.applied = index;
         self.applied_term = snapshot.get_metadata().term;
         self.applied_bytes = 0;
+        self.snapshot_bytes = snapshot.get_data().len() as u64;
         tracing::info!(index, "installed raft snapshot from the leader");
         Ok(())
     }
@@ -512,7 +523,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         let mut writer = self.raw.mut_store().snapshot_writer(index);
         let written = std::io::Write::write_all(&mut writer, &header).and_then(|()| self.sm.snapshot(&mut writer));
         written.map_err(|e| RaftError::Storage(format!("writing the snapshot at {index}: {e}")))?;
-        writer.finish()?;
+        self.snapshot_bytes = writer.finish()?;
         self.raw.mut_store().save_snapshot(meta, compact_to)?;
         self.raw.mut_store().sync()?;
         self.applied_bytes = 0;
@@ -564,6 +575,8 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             members: self.raw.store().members().clone(),
             progress,
             removed: self.removed,
+            snapshot_index: self.raw.store().snapshot_metadata().index,
+            snapshot_bytes: self.snapshot_bytes,
         }
     }
 

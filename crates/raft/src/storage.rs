@@ -257,18 +257,22 @@ pub struct SnapshotWriter<'a, D: Durable> {
     index: u64,
     buf: Vec<u8>,
     chunks: u32,
+    bytes: u64,
 }
 
 impl<D: Durable> SnapshotWriter<'_, D> {
     fn put_chunk(&mut self, chunk: Vec<u8>) -> Result<(), RaftError> {
+        self.bytes += chunk.len() as u64;
         self.durable.write(vec![Op::Put(snapshot_chunk_key(self.index, self.chunks), chunk)])?;
         self.chunks += 1;
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<(), RaftError> {
+    /// Writes what is left and returns the size of the whole data.
+    pub fn finish(mut self) -> Result<u64, RaftError> {
         let rest = std::mem::take(&mut self.buf);
-        self.put_chunk(rest)
+        self.put_chunk(rest)?;
+        Ok(self.bytes)
     }
 }
 
@@ -545,7 +549,7 @@ impl<D: Durable> RaftStorage<D> {
     /// Where the state machine writes the data of a snapshot at `index`, before
     /// [`RaftStorage::save_snapshot`] records it.
     pub fn snapshot_writer(&mut self, index: u64) -> SnapshotWriter<'_, D> {
-        SnapshotWriter { durable: &mut self.durable, index, buf: Vec::new(), chunks: 0 }
+        SnapshotWriter { durable: &mut self.durable, index, buf: Vec::new(), chunks: 0, bytes: 0 }
     }
 
     /// Records a snapshot whose data was written through [`RaftStorage::snapshot_writer`].

@@ -348,4 +348,10 @@ pub struct RaftSummary {
     pub applied: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// Raft index of the newest snapshot on the answering manager.
+    #[serde(default)]
+    pub snapshot_index: u64,
+    /// Size of that snapshot's data (the whole store, serialised), in bytes.
+    #[serde(default)]
+    pub snapshot_bytes: u64,
 }

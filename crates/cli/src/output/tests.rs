@@ -204,7 +204,15 @@ fn cluster_info_lines() {
         managers: 3,
         services: 2,
         tasks: 7,
-        raft: RaftSummary { term: 4, commit: 120, applied: 119, voters: vec![1, 2, 3], learners: vec![] },
+        raft: RaftSummary {
+            term: 4,
+            commit: 120,
+            applied: 119,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            snapshot_index: 100,
+            snapshot_bytes: 52_000,
+        },
     };
     let expected = format!(
         "Cluster ID: c0ffee\n\
@@ -217,6 +225,7 @@ fn cluster_info_lines() {
          Raft term: 4\n\
          Raft commit: 120\n\
          Raft applied: 119\n\
+         Raft snapshot: index 100, 50.781KiB\n\
          Voters: 1, 2, 3\n\
          Learners: none\n"
     );
