@@ -229,6 +229,7 @@ const META_PREFIX: &[u8] = b"m:";
 const KEY_HARD_STATE: &[u8] = b"m:hard_state";
 const KEY_CONF_STATE: &[u8] = b"m:conf_state";
 const KEY_MEMBERS: &[u8] = b"m:members";
+const KEY_TRUNCATED: &[u8] = b"m:truncated";
 /// The newest snapshot's metadata. (Before shoal kept the data apart, this held the data too.)
 const KEY_SNAPSHOT: &[u8] = b"m:snapshot";
 /// Snapshot data: the whole state machine, in chunks keyed by the snapshot's index and the
@@ -291,7 +292,6 @@ impl<D: Durable> std::io::Write for SnapshotWriter<'_, D> {
         Ok(())
     }
 }
-const KEY_TRUNCATED: &[u8] = b"m:truncated";
 
 fn log_key(index: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(9);
@@ -534,12 +534,10 @@ impl<D: Durable> RaftStorage<D> {
         self.members = members.clone();
         self.supersede_snapshot_data(meta.index);
         self.snapshot = meta.clone();
-        for (number, chunk) in snapshot.get_data().chunks(SNAPSHOT_DATA_CHUNK).enumerate() {
-            ops.push(Op::Put(snapshot_chunk_key(meta.index, number as u32), chunk.to_vec()));
-        }
-        if snapshot.get_data().is_empty() {
-            ops.push(Op::Put(snapshot_chunk_key(meta.index, 0), Vec::new()));
-        }
+        let mut writer = self.snapshot_writer(meta.index);
+        std::io::Write::write_all(&mut writer, snapshot.get_data())
+            .map_err(|e| RaftError::Storage(format!("writing the snapshot at {}: {e}", meta.index)))?;
+        writer.finish()?;
         ops.extend(self.meta_ops());
         self.durable.write(ops)
     }
@@ -587,8 +585,7 @@ impl<D: Durable> RaftStorage<D> {
 
     pub fn sync(&mut self) -> Result<(), RaftError> {
         self.durable.sync()?;
-        // The metadata naming the newer snapshot is durable now, so older data may go (with the
-        // next sync).
+        // The metadata naming the newer snapshot is durable now, so older data may go.
         for index in std::mem::take(&mut self.stale_snapshots) {
             let stale = self.durable.keys(&snapshot_data_prefix(index))?;
             self.durable.write(stale.into_iter().map(Op::Delete).collect())?;
