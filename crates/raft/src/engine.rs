@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use protobuf::Message as _;
-use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::prelude::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot,
+};
 use raft::{RawNode, StateRole, Storage};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -288,16 +290,44 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
 
     /// Proposes a state machine entry; `reply` runs once it is applied here, or fails.
     pub fn propose(&mut self, data: Vec<u8>, reply: Reply<M::Output>) {
-        if !self.is_leader() {
-            return reply(Err(self.not_leader()));
+        self.propose_many(vec![(data, reply)]);
+    }
+
+    /// Proposes entries in order as one raft message, so they go to each follower in one append
+    /// (and come back as one acknowledgement) instead of one append per entry. Each reply runs
+    /// once its entry is applied here, or fails; either all entries are taken or none.
+    pub fn propose_many(&mut self, proposals: Vec<(Vec<u8>, Reply<M::Output>)>) {
+        if proposals.is_empty() {
+            return;
         }
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
-        match self.raw.propose(proposal_context(self.config.id, seq), data) {
-            Ok(()) => {
-                self.pending.insert(seq, Pending::Data(reply));
+        if !self.is_leader() {
+            for (_, reply) in proposals {
+                reply(Err(self.not_leader()));
             }
-            Err(e) => reply(Err(ProposeError::Dropped(e.to_string()))),
+            return;
+        }
+        let mut entries = Vec::with_capacity(proposals.len());
+        let mut seqs = Vec::with_capacity(proposals.len());
+        for (data, reply) in proposals {
+            let seq = self.next_seq;
+            self.next_seq = self.next_seq.wrapping_add(1);
+            let mut entry = Entry::default();
+            entry.data = data.into();
+            entry.context = proposal_context(self.config.id, seq).into();
+            entries.push(entry);
+            self.pending.insert(seq, Pending::Data(reply));
+            seqs.push(seq);
+        }
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgPropose);
+        msg.from = self.config.id;
+        msg.set_entries(entries.into());
+        if let Err(e) = self.raw.raft.step(msg) {
+            for seq in seqs {
+                if let Some(Pending::Data(reply)) = self.pending.remove(&seq) {
+                    reply(Err(ProposeError::Dropped(e.to_string())));
+                }
+            }
         }
     }
 

@@ -84,6 +84,27 @@ impl<O: Send + 'static> RaftHandle<O> {
     }
 }
 
+fn reply_with<T: Send + 'static>(reply: oneshot::Sender<Result<T, ProposeError>>) -> crate::Reply<T> {
+    Box::new(move |r| {
+        let _ = reply.send(r);
+    })
+}
+
+/// Feeds one command to the engine; false when the node must stop.
+fn handle<D: Durable, M: StateMachine>(engine: &mut Engine<D, M>, cmd: Command<M::Output>) -> bool {
+    match cmd {
+        Command::Propose { data, reply } => engine.propose(data, reply_with(reply)),
+        Command::ChangeMembers { change, reply } => engine.propose_member_change(change, reply_with(reply)),
+        Command::Step(msg) => engine.step(*msg),
+        Command::Unreachable(peer) => engine.report_unreachable(peer),
+        Command::PeerDown(peer) => engine.leader_down(peer),
+        Command::SnapshotDone { peer, ok } => engine.report_snapshot(peer, ok),
+        Command::TransferLeader(to) => engine.transfer_leader(to),
+        Command::Shutdown => return false,
+    }
+    true
+}
+
 /// Starts `engine` on its own thread. `transport` receives outgoing messages.
 pub fn spawn<D, M>(
     engine: Engine<D, M>,
@@ -135,28 +156,21 @@ fn run<D: Durable, M: StateMachine>(
             }
         }
         let mut queued = first.into_iter().chain(std::iter::from_fn(|| commands.try_recv().ok())).take(4096);
+        // Proposals queued together go to raft as one message: one append per follower for the
+        // lot. Any other command first hands over the proposals before it, keeping the order.
+        let mut proposals: Vec<(Vec<u8>, crate::Reply<M::Output>)> = Vec::new();
         for cmd in &mut queued {
             match cmd {
-                Command::Propose { data, reply } => engine.propose(
-                    data,
-                    Box::new(move |r| {
-                        let _ = reply.send(r);
-                    }),
-                ),
-                Command::ChangeMembers { change, reply } => engine.propose_member_change(
-                    change,
-                    Box::new(move |r| {
-                        let _ = reply.send(r);
-                    }),
-                ),
-                Command::Step(msg) => engine.step(*msg),
-                Command::Unreachable(peer) => engine.report_unreachable(peer),
-                Command::PeerDown(peer) => engine.leader_down(peer),
-                Command::SnapshotDone { peer, ok } => engine.report_snapshot(peer, ok),
-                Command::TransferLeader(to) => engine.transfer_leader(to),
-                Command::Shutdown => break 'outer,
+                Command::Propose { data, reply } => proposals.push((data, reply_with(reply))),
+                other => {
+                    engine.propose_many(std::mem::take(&mut proposals));
+                    if !handle(&mut engine, other) {
+                        break 'outer;
+                    }
+                }
             }
         }
+        engine.propose_many(proposals);
         if let Err(e) = engine.process_ready(&mut |msgs| transport.send(msgs)) {
             // Storage failed: continuing could acknowledge writes that are not durable.
             tracing::error!(error = %e, "raft storage failed; stopping this raft node");

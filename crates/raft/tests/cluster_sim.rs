@@ -7,6 +7,7 @@ mod sim;
 
 use std::sync::{Arc, Mutex};
 
+use raft::prelude::MessageType;
 use rand::Rng;
 use rand::seq::SliceRandom;
 use shoal_raft::{MemDurable, MemberChange, MemberChangeKind, ProposeError, RaftRole};
@@ -588,5 +589,50 @@ fn removed_node_remembers_removal_after_own_snapshot() {
         }
         sim.write_acked(3, 500);
         sim.wait_converged(CONVERGE);
+    }
+}
+
+/// Proposals handed over together leave the leader as one append per follower (not one per
+/// entry), are acknowledged each with its own index, and are applied in the order given.
+#[test]
+fn proposals_handed_over_together_share_one_append() {
+    for seed in seeds(800_000, 20) {
+        let mut sim = Sim::new("batched", seed, 3, Options::default());
+        let leader = sim.wait_leader(ELECTION);
+        let before = sim.status(leader).last_index;
+        let proposed = sim.propose_many(leader, 10);
+        assert!(proposed.iter().all(|(_, taken)| *taken), "seed {seed}: the leader refused part of a batch");
+        sim.process_all();
+        let appends: Vec<(u64, usize)> = sim
+            .in_flight()
+            .filter(|m| m.from == leader && m.get_msg_type() == MessageType::MsgAppend && !m.entries.is_empty())
+            .map(|m| (m.to, m.entries.len()))
+            .collect();
+        let mut followers: Vec<u64> = sim.ids().into_iter().filter(|id| *id != leader).collect();
+        followers.sort_unstable();
+        let mut to: Vec<u64> = appends.iter().map(|(to, _)| *to).collect();
+        to.sort_unstable();
+        assert_eq!(to, followers, "seed {seed}: expected one append per follower, got {appends:?}");
+        assert!(appends.iter().all(|(_, n)| *n == 10), "seed {seed}: entries split across appends: {appends:?}");
+        sim.wait_converged(CONVERGE);
+        let values: Vec<String> = proposed.into_iter().map(|(v, _)| v).collect();
+        for (i, value) in values.iter().enumerate() {
+            assert_eq!(sim.outcome(value), Outcome::Acked(before + 1 + i as u64), "seed {seed}: {value}");
+        }
+        let applied: Vec<String> = sim
+            .log(leader)
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Applied::Data(v) => Some(v.clone()),
+                Applied::Member { .. } => None,
+            })
+            .collect();
+        assert_eq!(applied, values, "seed {seed}: applied order differs from proposal order");
+        // A follower refuses a whole batch and names the leader for each proposal.
+        let follower = followers[0];
+        for (value, taken) in sim.propose_many(follower, 3) {
+            assert!(!taken);
+            assert_eq!(sim.outcome(&value), Outcome::Failed(ProposeError::NotLeader { leader: Some(leader) }));
+        }
     }
 }

@@ -623,22 +623,45 @@ impl Sim {
     /// Proposes a new unique value at `node`. Returns the value and whether raft took it (a
     /// proposal refused at once, e.g. by a follower, has outcome `Failed`).
     pub fn propose(&mut self, node: u64) -> (String, bool) {
-        let value = self.fresh_value();
-        self.outcomes.lock().unwrap().insert(value.clone(), (node, Outcome::Pending));
-        let outcomes = self.outcomes.clone();
-        let key = value.clone();
-        let reply = Box::new(move |result: Result<u64, ProposeError>| {
-            let mut outcomes = outcomes.lock().unwrap();
-            let entry = outcomes.get_mut(&key).expect("proposal recorded");
-            assert_eq!(entry.1, Outcome::Pending, "proposal {key} completed twice");
-            entry.1 = match result {
-                Ok(index) => Outcome::Acked(index),
-                Err(e) => Outcome::Failed(e),
-            };
-        });
-        self.engine_mut(node).propose(value.clone().into_bytes(), reply);
-        let taken = self.outcome(&value) == Outcome::Pending;
-        (value, taken)
+        let mut proposed = self.propose_many(node, 1);
+        proposed.pop().expect("one proposal")
+    }
+
+    /// Proposes `count` new unique values at `node` together, as the raft thread hands over
+    /// proposals that queued up between two Readies.
+    pub fn propose_many(&mut self, node: u64, count: usize) -> Vec<(String, bool)> {
+        let mut batch = Vec::with_capacity(count);
+        let mut values = Vec::with_capacity(count);
+        for _ in 0..count {
+            let value = self.fresh_value();
+            self.outcomes.lock().unwrap().insert(value.clone(), (node, Outcome::Pending));
+            let outcomes = self.outcomes.clone();
+            let key = value.clone();
+            let reply: shoal_raft::Reply<u64> = Box::new(move |result: Result<u64, ProposeError>| {
+                let mut outcomes = outcomes.lock().unwrap();
+                let entry = outcomes.get_mut(&key).expect("proposal recorded");
+                assert_eq!(entry.1, Outcome::Pending, "proposal {key} completed twice");
+                entry.1 = match result {
+                    Ok(index) => Outcome::Acked(index),
+                    Err(e) => Outcome::Failed(e),
+                };
+            });
+            batch.push((value.clone().into_bytes(), reply));
+            values.push(value);
+        }
+        self.engine_mut(node).propose_many(batch);
+        values
+            .into_iter()
+            .map(|value| {
+                let taken = self.outcome(&value) == Outcome::Pending;
+                (value, taken)
+            })
+            .collect()
+    }
+
+    /// Messages sent and not yet delivered.
+    pub fn in_flight(&self) -> impl Iterator<Item = &Message> {
+        self.queue.iter()
     }
 
     /// Proposes at the current leader, if there is one.
@@ -667,11 +690,15 @@ impl Sim {
         self.outcomes.lock().unwrap().iter().map(|(v, (n, o))| (v.clone(), *n, o.clone())).collect()
     }
 
-    /// Steps `steps` times, proposing at the leader with probability `p` before each step.
+    /// Steps `steps` times, proposing one to three values together at the leader with
+    /// probability `p` before each step.
     pub fn run_with_writes(&mut self, steps: u64, p: f64) {
         for _ in 0..steps {
-            if self.rng.gen_bool(p) {
-                self.propose_at_leader();
+            if self.rng.gen_bool(p)
+                && let Some(leader) = self.leader()
+            {
+                let count = self.rng.gen_range(1..=3);
+                self.propose_many(leader, count);
             }
             self.step();
         }
