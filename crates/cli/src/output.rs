@@ -441,7 +441,11 @@ pub fn cluster_info_text(info: &ClusterInfo) -> String {
         ("Raft applied", info.raft.applied.to_string()),
         (
             "Raft snapshot",
-            format!("index {}, {}", info.raft.snapshot_index, shoal_types::units::format_bytes(info.raft.snapshot_bytes)),
+            format!(
+                "index {}, {}",
+                info.raft.snapshot_index,
+                shoal_types::units::format_bytes(info.raft.snapshot_bytes)
+            ),
         ),
         ("Voters", id_list(&info.raft.voters)),
         ("Learners", id_list(&info.raft.learners)),

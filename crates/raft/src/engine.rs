@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use protobuf::Message as _;
-use raft::prelude::{
-    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot,
-};
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole, Storage};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -311,10 +309,11 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         for (data, reply) in proposals {
             let seq = self.next_seq;
             self.next_seq = self.next_seq.wrapping_add(1);
-            let mut entry = Entry::default();
-            entry.data = data.into();
-            entry.context = proposal_context(self.config.id, seq).into();
-            entries.push(entry);
+            entries.push(Entry {
+                data: data.into(),
+                context: proposal_context(self.config.id, seq).into(),
+                ..Default::default()
+            });
             self.pending.insert(seq, Pending::Data(reply));
             seqs.push(seq);
         }

@@ -427,7 +427,8 @@ impl<D: Durable> RaftStorage<D> {
                 if *key != snapshot_chunk_key(self.snapshot.index, number as u32) {
                     return Err(RaftError::Corrupt(format!("snapshot data chunk {number} is missing")));
                 }
-                let chunk = self.durable.get(key)?.ok_or_else(|| RaftError::Corrupt("snapshot chunk vanished".into()))?;
+                let chunk =
+                    self.durable.get(key)?.ok_or_else(|| RaftError::Corrupt("snapshot chunk vanished".into()))?;
                 data.extend_from_slice(&chunk);
             }
             return Ok(Some(data));
@@ -770,4 +771,3 @@ mod tests {
         assert_eq!(storage.compaction_point(21, 0, 1 << 20), 21);
     }
 }
-
