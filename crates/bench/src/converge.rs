@@ -1,10 +1,9 @@
 //! Time from "create" to N running containers: shoal, the raw Docker floor and Docker Swarm.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use shoal_tests::{Cluster, connect};
-use tokio::time::Instant;
 
 use crate::Ctx;
 use crate::engine::{Engine, IMAGE_V1, RAW_LABEL, RawGuard, swarm_label};
@@ -23,13 +22,13 @@ pub async fn converge(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
     {
         let _guard = RawGuard;
         for _ in 0..trials {
-            let started = Instant::now();
+            let since = SystemTime::now();
             futures::future::try_join_all((0..n).map(|_| engine.run(IMAGE_V1))).await?;
-            raw.push(started.elapsed().as_secs_f64());
-            let running = engine.running(RAW_LABEL, None).await?;
-            if running != n {
-                bail!("raw docker: {running} of {n} containers run");
+            let running = engine.running_ids(RAW_LABEL, None).await?;
+            if running.len() != n {
+                bail!("raw docker: {} of {n} containers run", running.len());
             }
+            raw.push(engine.last_start(&running, since).await?);
             engine.remove_all(RAW_LABEL).await?;
         }
     }
@@ -45,10 +44,10 @@ pub async fn converge(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
         for trial in 0..trials {
             let name = format!("sb-converge-{trial}");
             let spec = svc::replicated(&name, IMAGE_V1, n);
-            let started = Instant::now();
+            let since = SystemTime::now();
             svc::create(&mut client, &spec).await?;
             let secs = engine
-                .wait_running(&svc::label(&name), None, n, started, TIMEOUT)
+                .wait_started(&svc::label(&name), None, n, since, TIMEOUT)
                 .await
                 .with_context(|| format!("shoal did not converge; logs:\n{}", cluster.logs()))?;
             shoal.push(secs);
@@ -71,10 +70,10 @@ pub async fn converge(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             let mut failure = None;
             for _ in 0..trials {
                 let name = "sb_converge";
-                let started = Instant::now();
+                let since = SystemTime::now();
                 let outcome = async {
                     swarm.create(name, n, &[], IMAGE_V1).await?;
-                    engine.wait_running(&swarm_label(name), None, n, started, TIMEOUT).await
+                    engine.wait_started(&swarm_label(name), None, n, since, TIMEOUT).await
                 }
                 .await;
                 let removed = swarm.remove(&engine, name).await;
@@ -112,14 +111,16 @@ pub async fn converge(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
         format!(
             "N = {n}, median of {trials} trial(s). One Docker engine runs everything. **shoal**: 1 `shoal-manager` + 2 \
              `shoal-agent` processes; the clock starts before the `CreateService` call ({n} replicas of \
-             `{IMAGE_V1}`) and stops when the engine lists {n} running containers labelled \
-             `org.shoal.service.name=<name>` (polled every 25 ms through the Docker API). **raw docker** (floor): {n} \
+             `{IMAGE_V1}`); the engine is polled every 25 ms until it lists {n} running containers labelled \
+             `org.shoal.service.name=<name>`, and the clock stops at the latest of their `State.StartedAt` (the \
+             engine's own record of when each container started, so the figure does not depend on the polling). **raw docker** (floor): {n} \
              concurrent create+start calls through the Docker API (bollard, the equivalent of `docker run -d`); the \
-             clock stops when the last start returned (Docker answers a start once the container runs). **Docker \
+             clock stops at the last of their start times, as for shoal. **Docker \
              Swarm**: `docker service create --detach --no-resolve-image --replicas {n}` on this engine (a one-node \
              swarm, initialised for the run with `docker swarm init --advertise-addr 127.0.0.1` if the engine was not \
-             in one, and left afterwards); the clock starts before the CLI runs and stops when {n} containers \
-             labelled `com.docker.swarm.service.name=sb_converge` run, polled the same way as shoal's. Services and \
+             in one, and left afterwards); the clock starts before the CLI runs; once {n} containers \
+             labelled `com.docker.swarm.service.name=sb_converge` run (polled the same way), it stops at the last of \
+             their start times, as for shoal. Services and \
              containers are removed between trials. The swarm exists only while Swarm is measured: raw Docker and shoal run on an engine outside swarm mode.{swarm_note}"
         ),
     );

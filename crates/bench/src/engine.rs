@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use bollard::Docker;
@@ -84,6 +84,77 @@ impl Engine {
         }
     }
 
+    /// Ids of the running containers carrying `label`, of image `image_id` if given.
+    pub async fn running_ids(&self, label: &str, image_id: Option<&str>) -> Result<Vec<String>> {
+        Ok(self
+            .list(label, false)
+            .await?
+            .into_iter()
+            .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+            .filter(|c| image_id.is_none_or(|id| c.image_id.as_deref() == Some(id)))
+            .filter_map(|c| c.id)
+            .collect())
+    }
+
+    /// Seconds from `since` to the latest start among the containers `ids`, as the engine recorded
+    /// it (`State.StartedAt`): a figure taken from these does not depend on how often the benchmark
+    /// polls, and is taken the same way for every system measured.
+    pub async fn last_start(&self, ids: &[String], since: SystemTime) -> Result<f64> {
+        let mut latest: Option<i128> = None;
+        for id in ids {
+            let info = self.docker.inspect_container(id, None).await.context("inspecting a container")?;
+            let started = info.state.and_then(|s| s.started_at).context("a running container without StartedAt")?;
+            let at = parse_rfc3339_nanos(&started)
+                .with_context(|| format!("container {id}: StartedAt {started:?} is not an RFC 3339 UTC time"))?;
+            latest = Some(latest.map_or(at, |l| l.max(at)));
+        }
+        let latest = latest.context("no containers to time")?;
+        let secs = (latest - nanos_since_epoch(since)) as f64 / 1e9;
+        if secs < 0.0 {
+            bail!("every one of the {} containers timed started before the clock did: old ones were counted", ids.len());
+        }
+        Ok(secs)
+    }
+
+    /// Polls until `n` containers with `label` (and of `image_id`) run, then returns the seconds from
+    /// `since` to the last of their starts (see [`Engine::last_start`]).
+    pub async fn wait_started(
+        &self,
+        label: &str,
+        image_id: Option<&str>,
+        n: usize,
+        since: SystemTime,
+        timeout: Duration,
+    ) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ids = self.running_ids(label, image_id).await?;
+            if ids.len() >= n {
+                return self.last_start(&ids, since).await;
+            }
+            if Instant::now() > deadline {
+                bail!("{} of {n} containers with {label} run after {timeout:?}", ids.len());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Polls until no container of `image_id` with `label` runs (e.g. a start-first update's old
+    /// containers, stopped after their replacements run).
+    pub async fn wait_none_running(&self, label: &str, image_id: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.running(label, Some(image_id)).await?;
+            if count == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{count} containers of {image_id} with {label} still run after {timeout:?}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Polls until no container (running or not) carries `label`.
     pub async fn wait_gone(&self, label: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
@@ -133,6 +204,36 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+fn nanos_since_epoch(t: SystemTime) -> i128 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+}
+
+/// Nanoseconds since the epoch of a time as Docker writes it: `2006-01-02T15:04:05.999999999Z`
+/// (UTC, up to nine fractional digits).
+fn parse_rfc3339_nanos(text: &str) -> Option<i128> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date_parts = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut clock_parts = clock.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (clock_parts.next()??, clock_parts.next()??, clock_parts.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || fraction.len() > 9 {
+        return None;
+    }
+    let nanos: i64 = if fraction.is_empty() { 0 } else { format!("{fraction:0<9}").parse().ok()? };
+    // Days from 1970-01-01 to the date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(i128::from(seconds) * 1_000_000_000 + i128::from(nanos))
 }
 
 /// Removes the raw-Docker floor's containers when dropped (also on error or panic).
@@ -270,5 +371,21 @@ impl Drop for Swarm {
                 let _ = docker(&["network", "rm", "docker_gwbridge"]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_times_parse_to_nanoseconds() {
+        assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
+        // `date -u -d 2026-11-30T20:35:35 +%s` = 1796070935
+        assert_eq!(parse_rfc3339_nanos("2026-11-30T20:35:35.528304641Z"), Some(1_796_070_935_528_304_641));
+        assert_eq!(parse_rfc3339_nanos("2000-02-29T23:59:59.000000001Z"), Some(951_868_799_000_000_001));
+        assert_eq!(parse_rfc3339_nanos("2026-11-30T20:35:35+01:00"), None);
+        assert_eq!(parse_rfc3339_nanos("2026-13-30T20:35:35Z"), None);
     }
 }

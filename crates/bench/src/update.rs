@@ -1,7 +1,7 @@
 //! Rolling updates `shoal/busybox:1` → `shoal/busybox:2` at several parallelism values, stop-first
 //! and start-first, and rollbacks back to `:1`: shoal, the raw Docker floor and Docker Swarm.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use shoal_tests::{Cluster, connect};
@@ -186,23 +186,26 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
              (all at once), delay 0, stop-first and start-first; median of {trials} trial(s) per variant; a fresh \
              service per trial. **Rollback** variants: the service is created with the same rollback settings \
              (`rollback_config` parallelism {PARALLELISM}, delay 0, same order), updated to `{IMAGE_V2}`; once all v2 \
-             containers run, the clock starts before the rollback call (shoal: `UpdateService` with `rollback`; Swarm: \
+             containers run and no v1 container runs any more, the clock starts before the rollback call (shoal: `UpdateService` with `rollback`; Swarm: \
              `docker service rollback --detach`) and stops when N containers run the v1 image; the raw \
              floor replaces N v2 containers by v1 ones exactly as for an update. \
              **shoal** (1 manager + 2 agents): the service is created with that update config (other fields at \
              their defaults, so monitor 5 s), all N v1 containers run, then the clock starts before the \
-             `UpdateService` call (spec with the new image, version just read) and \"all v2 running\" is when the \
-             engine lists N running containers of the service with the v2 image id (polled every 25 ms); \"update_status \
-             completed\" is when `GetService` shows `completed`, which includes the final 5 s monitor window, so it is \
+             `UpdateService` call (spec with the new image, version just read); the engine is polled every 25 ms until \
+             it lists N running containers of the service with the v2 image id, and \"all v2 running\" is the \
+             moment the last of those N containers started, taken from the engine's own record of it (`State.StartedAt`, so the \
+             figure does not depend on the polling). \"update_status completed\" is when `GetService` shows `completed`, which includes the final 5 s monitor window, so it is \
              not comparable. **raw docker** (floor, bollard): N v1 containers run; then batches of {PARALLELISM}, one \
              after the other; within a batch, for each container in parallel: stop-first = stop the old one \
              (`docker stop -t 10`) then create+start a new one; start-first = create+start the new one then stop the old one. The \
-             figure is the moment the last v2 start returned; the whole run, including the last stops, took: {}. \
+             figure is the moment the last of the N v2 containers started (its `State.StartedAt`, as for \
+             shoal); the whole run, including the last stops, took: {}. \
              **Docker Swarm**: the service is created with `--update-parallelism P --update-delay 0s \
              --update-order <order>` (and the same `--rollback-*`), then the clock starts before `docker service update --detach \
              --no-resolve-image --image {IMAGE_V2} --update-parallelism P --update-delay 0s \
-             --update-order <order>` and stops when N running containers labelled \
-             `com.docker.swarm.service.name=sb_update` have the v2 image id, polled like shoal's. Per-batch overhead \
+             --update-order <order>`; once N running containers labelled \
+             `com.docker.swarm.service.name=sb_update` have the v2 image id (polled like shoal's), the figure is \
+             the last of their start times, as for shoal. Per-batch overhead \
              = (shoal − raw docker) / ⌈N/P⌉ batches. The swarm exists only while Swarm is measured: raw Docker and shoal run on an engine outside swarm mode.{swarm_note}",
             raw_totals.join(", ")
         ),
@@ -215,32 +218,30 @@ async fn raw_update(engine: &Engine, images: &Images, v: Variant) -> Result<(f64
     let (from, to, to_id) =
         if v.rollback { (IMAGE_V2, IMAGE_V1, &images.v1) } else { (IMAGE_V1, IMAGE_V2, &images.v2) };
     let olds = futures::future::try_join_all((0..v.replicas).map(|_| engine.run(from))).await?;
+    let since = SystemTime::now();
     let started = Instant::now();
-    let mut all_v2 = 0f64;
     for batch in olds.chunks(v.batch_size()) {
-        let times = futures::future::try_join_all(batch.iter().map(|old| async move {
+        futures::future::try_join_all(batch.iter().map(|old| async move {
             match v.order {
                 UpdateOrder::StopFirst => {
                     engine.stop(old).await?;
                     engine.run(to).await?;
-                    Ok::<_, anyhow::Error>(started.elapsed().as_secs_f64())
                 }
                 UpdateOrder::StartFirst => {
                     engine.run(to).await?;
-                    let t = started.elapsed().as_secs_f64();
                     engine.stop(old).await?;
-                    Ok(t)
                 }
             }
+            Ok::<_, anyhow::Error>(())
         }))
         .await?;
-        all_v2 = times.into_iter().fold(all_v2, f64::max);
     }
     let total = started.elapsed().as_secs_f64();
-    let running = engine.running(RAW_LABEL, Some(to_id)).await?;
-    if running != v.replicas {
-        bail!("raw docker: {running} of {} new containers run", v.replicas);
+    let news = engine.running_ids(RAW_LABEL, Some(to_id)).await?;
+    if news.len() != v.replicas {
+        bail!("raw docker: {} of {} new containers run", news.len(), v.replicas);
     }
+    let all_v2 = engine.last_start(&news, since).await?;
     engine.remove_all(RAW_LABEL).await?;
     Ok((all_v2, total))
 }
@@ -262,10 +263,15 @@ async fn shoal_update(
     svc::create(client, &spec).await?;
     engine.wait_running(&label, Some(&images.v1), v.replicas, Instant::now(), TIMEOUT).await?;
 
+    let mut since = SystemTime::now();
     let mut started = Instant::now();
     svc::update(client, name, |s| s.task.container.image = IMAGE_V2.into()).await?;
     let (target, done_state) = if v.rollback {
         engine.wait_running(&label, Some(&images.v2), v.replicas, started, TIMEOUT).await?;
+        // The rollback starts from a finished update: a start-first update's last v1 containers
+        // may still be stopping, and must not count as rolled back.
+        engine.wait_none_running(&label, &images.v1, TIMEOUT).await?;
+        since = SystemTime::now();
         started = Instant::now();
         svc::rollback(client, name).await?;
         (&images.v1, UpdateState::RollbackCompleted)
@@ -274,8 +280,11 @@ async fn shoal_update(
     };
     let (mut v2_running, mut completed) = (None, None);
     while v2_running.is_none() || completed.is_none() {
-        if v2_running.is_none() && engine.running(&label, Some(target)).await? >= v.replicas {
-            v2_running = Some(started.elapsed().as_secs_f64());
+        if v2_running.is_none() {
+            let ids = engine.running_ids(&label, Some(target)).await?;
+            if ids.len() >= v.replicas {
+                v2_running = Some(engine.last_start(&ids, since).await?);
+            }
         }
         if completed.is_none() {
             let service = svc::get(client, name).await?;
@@ -306,17 +315,18 @@ async fn swarm_update(engine: &Engine, swarm: &mut Swarm, images: &Images, v: Va
         let create: Vec<&str> = flags.iter().chain(rollback_flags.iter()).copied().collect();
         swarm.create(name, v.replicas, &create, IMAGE_V1).await?;
         engine.wait_running(&label, Some(&images.v1), v.replicas, Instant::now(), TIMEOUT).await?;
-        let started = Instant::now();
+        let since = SystemTime::now();
         let mut args = vec!["--image", IMAGE_V2];
         args.extend_from_slice(&flags);
         swarm.update(name, &args).await?;
-        let to_v2 = engine.wait_running(&label, Some(&images.v2), v.replicas, started, TIMEOUT).await?;
+        let to_v2 = engine.wait_started(&label, Some(&images.v2), v.replicas, since, TIMEOUT).await?;
         if !v.rollback {
             return Ok(to_v2);
         }
-        let started = Instant::now();
+        engine.wait_none_running(&label, &images.v1, TIMEOUT).await?;
+        let since = SystemTime::now();
         swarm.rollback(name).await?;
-        engine.wait_running(&label, Some(&images.v1), v.replicas, started, TIMEOUT).await
+        engine.wait_started(&label, Some(&images.v1), v.replicas, since, TIMEOUT).await
     }
     .await;
     let removed = swarm.remove(engine, name).await;
