@@ -54,13 +54,7 @@ impl Engine {
 
     /// Running containers carrying `label` (`key=value`), of image `image_id` if given.
     pub async fn running(&self, label: &str, image_id: Option<&str>) -> Result<usize> {
-        Ok(self
-            .list(label, false)
-            .await?
-            .iter()
-            .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
-            .filter(|c| image_id.is_none_or(|id| c.image_id.as_deref() == Some(id)))
-            .count())
+        Ok(self.running_ids(label, image_id).await?.len())
     }
 
     /// Polls until `n` containers with `label` (and of `image_id`) run; returns the seconds since `since`.
@@ -111,7 +105,10 @@ impl Engine {
         let latest = latest.context("no containers to time")?;
         let secs = (latest - nanos_since_epoch(since)) as f64 / 1e9;
         if secs < 0.0 {
-            bail!("every one of the {} containers timed started before the clock did: old ones were counted", ids.len());
+            bail!(
+                "every one of the {} containers timed started before the clock did: old ones were counted",
+                ids.len()
+            );
         }
         Ok(secs)
     }

@@ -53,15 +53,7 @@ fn election_and_replication() {
                     sim.outcome(value)
                 );
             }
-            let applied: Vec<String> = sim
-                .log(leader)
-                .iter()
-                .filter_map(|(_, a)| match a {
-                    Applied::Data(v) => Some(v.clone()),
-                    Applied::Member { .. } => None,
-                })
-                .collect();
-            assert_eq!(applied, taken, "seed {seed}: applied order differs from proposal order");
+            assert_eq!(sim.applied_values(leader), taken, "seed {seed}: applied order differs from proposal order");
             for id in sim.ids() {
                 assert_eq!(sim.status(id).leader_id, leader);
             }
@@ -619,15 +611,7 @@ fn proposals_handed_over_together_share_one_append() {
         for (i, value) in values.iter().enumerate() {
             assert_eq!(sim.outcome(value), Outcome::Acked(before + 1 + i as u64), "seed {seed}: {value}");
         }
-        let applied: Vec<String> = sim
-            .log(leader)
-            .iter()
-            .filter_map(|(_, a)| match a {
-                Applied::Data(v) => Some(v.clone()),
-                Applied::Member { .. } => None,
-            })
-            .collect();
-        assert_eq!(applied, values, "seed {seed}: applied order differs from proposal order");
+        assert_eq!(sim.applied_values(leader), values, "seed {seed}: applied order differs from proposal order");
         // A follower refuses a whole batch and names the leader for each proposal.
         let follower = followers[0];
         for (value, taken) in sim.propose_many(follower, 3) {

@@ -326,6 +326,17 @@ impl Sim {
         &self.engine(id).state_machine().log
     }
 
+    /// The data values `id` applied, in order (membership changes left out).
+    pub fn applied_values(&self, id: u64) -> Vec<String> {
+        self.log(id)
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Applied::Data(v) => Some(v.clone()),
+                Applied::Member { .. } => None,
+            })
+            .collect()
+    }
+
     /// Power loss: the engine is gone and only synced writes remain.
     pub fn crash(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
