@@ -286,14 +286,9 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         ProposeError::NotLeader { leader: (leader != 0).then_some(leader) }
     }
 
-    /// Proposes a state machine entry; `reply` runs once it is applied here, or fails.
-    pub fn propose(&mut self, data: Vec<u8>, reply: Reply<M::Output>) {
-        self.propose_many(vec![(data, reply)]);
-    }
-
-    /// Proposes entries in order as one raft message, so they go to each follower in one append
-    /// (and come back as one acknowledgement) instead of one append per entry. Each reply runs
-    /// once its entry is applied here, or fails; either all entries are taken or none.
+    /// Proposes state machine entries, in order, as one raft message, so they go to each follower
+    /// in one append (and come back as one acknowledgement) instead of one append per entry. Each
+    /// reply runs once its entry is applied here, or fails; either all entries are taken or none.
     pub fn propose_many(&mut self, proposals: Vec<(Vec<u8>, Reply<M::Output>)>) {
         if proposals.is_empty() {
             return;

@@ -15,7 +15,16 @@ use crate::transport::Transport;
 use crate::{MemberChange, ProposeError, StateMachine};
 
 enum Command<O> {
-    Propose { data: Vec<u8>, reply: oneshot::Sender<Result<O, ProposeError>> },
+    /// Proposals are gathered and handed to the engine together (see `run`).
+    Propose {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<O, ProposeError>>,
+    },
+    Control(Control),
+}
+
+/// Every command other than a proposal, fed to the engine one at a time.
+enum Control {
     ChangeMembers { change: MemberChange, reply: oneshot::Sender<Result<(), ProposeError>> },
     Step(Box<Message>),
     Unreachable(u64),
@@ -47,32 +56,39 @@ impl<O: Send + 'static> RaftHandle<O> {
 
     pub async fn change_members(&self, change: MemberChange) -> Result<(), ProposeError> {
         let (reply, rx) = oneshot::channel();
-        self.commands.send(Command::ChangeMembers { change, reply }).map_err(|_| ProposeError::Stopped)?;
+        self.commands
+            .send(Command::Control(Control::ChangeMembers { change, reply }))
+            .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
     }
 
+    /// Sends a command that expects no answer; a stopped node ignores it.
+    fn control(&self, control: Control) {
+        let _ = self.commands.send(Command::Control(control));
+    }
+
     pub fn step(&self, msg: Message) {
-        let _ = self.commands.send(Command::Step(Box::new(msg)));
+        self.control(Control::Step(Box::new(msg)));
     }
 
     pub fn report_unreachable(&self, peer: u64) {
-        let _ = self.commands.send(Command::Unreachable(peer));
+        self.control(Control::Unreachable(peer));
     }
 
     pub fn report_peer_down(&self, peer: u64) {
-        let _ = self.commands.send(Command::PeerDown(peer));
+        self.control(Control::PeerDown(peer));
     }
 
     pub fn report_snapshot(&self, peer: u64, ok: bool) {
-        let _ = self.commands.send(Command::SnapshotDone { peer, ok });
+        self.control(Control::SnapshotDone { peer, ok });
     }
 
     pub fn transfer_leader(&self, to: u64) {
-        let _ = self.commands.send(Command::TransferLeader(to));
+        self.control(Control::TransferLeader(to));
     }
 
     pub fn shutdown(&self) {
-        let _ = self.commands.send(Command::Shutdown);
+        self.control(Control::Shutdown);
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -91,16 +107,15 @@ fn reply_with<T: Send + 'static>(reply: oneshot::Sender<Result<T, ProposeError>>
 }
 
 /// Feeds one command to the engine; false when the node must stop.
-fn handle<D: Durable, M: StateMachine>(engine: &mut Engine<D, M>, cmd: Command<M::Output>) -> bool {
-    match cmd {
-        Command::Propose { data, reply } => engine.propose(data, reply_with(reply)),
-        Command::ChangeMembers { change, reply } => engine.propose_member_change(change, reply_with(reply)),
-        Command::Step(msg) => engine.step(*msg),
-        Command::Unreachable(peer) => engine.report_unreachable(peer),
-        Command::PeerDown(peer) => engine.leader_down(peer),
-        Command::SnapshotDone { peer, ok } => engine.report_snapshot(peer, ok),
-        Command::TransferLeader(to) => engine.transfer_leader(to),
-        Command::Shutdown => return false,
+fn handle<D: Durable, M: StateMachine>(engine: &mut Engine<D, M>, control: Control) -> bool {
+    match control {
+        Control::ChangeMembers { change, reply } => engine.propose_member_change(change, reply_with(reply)),
+        Control::Step(msg) => engine.step(*msg),
+        Control::Unreachable(peer) => engine.report_unreachable(peer),
+        Control::PeerDown(peer) => engine.leader_down(peer),
+        Control::SnapshotDone { peer, ok } => engine.report_snapshot(peer, ok),
+        Control::TransferLeader(to) => engine.transfer_leader(to),
+        Control::Shutdown => return false,
     }
     true
 }
@@ -162,9 +177,9 @@ fn run<D: Durable, M: StateMachine>(
         for cmd in &mut queued {
             match cmd {
                 Command::Propose { data, reply } => proposals.push((data, reply_with(reply))),
-                other => {
+                Command::Control(control) => {
                     engine.propose_many(std::mem::take(&mut proposals));
-                    if !handle(&mut engine, other) {
+                    if !handle(&mut engine, control) {
                         break 'outer;
                     }
                 }
