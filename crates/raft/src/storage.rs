@@ -74,6 +74,11 @@ impl SledDurable {
         Ok(SledDurable { db, tree, snapshots, pending: BTreeMap::new() })
     }
 
+    /// Writes not yet handed to sled under `prefix`, in key order (`None`: a delete).
+    fn pending_under<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> {
+        self.pending.range(prefix.to_vec()..).take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
     fn tree_for(&self, key: &[u8]) -> &sled::Tree {
         if key.starts_with(SNAPSHOT_DATA_PREFIX) { &self.snapshots } else { &self.tree }
     }
@@ -132,7 +137,7 @@ impl Durable for SledDurable {
             let (k, v) = kv.map_err(|e| RaftError::Storage(e.to_string()))?;
             merged.insert(k.to_vec(), Some(v.to_vec()));
         }
-        for (k, v) in self.pending.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+        for (k, v) in self.pending_under(prefix) {
             merged.insert(k.clone(), v.clone());
         }
         Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
@@ -150,7 +155,7 @@ impl Durable for SledDurable {
         for key in self.tree_for(prefix).scan_prefix(prefix).keys() {
             keys.insert(key.map_err(|e| RaftError::Storage(e.to_string()))?.to_vec());
         }
-        for (k, v) in self.pending.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+        for (k, v) in self.pending_under(prefix) {
             if v.is_some() {
                 keys.insert(k.clone());
             } else {
@@ -543,15 +548,15 @@ impl<D: Durable> RaftStorage<D> {
         self.durable.write(ops)
     }
 
-    /// Saves a snapshot the local state machine made at `meta.index` and drops log entries up to
-    /// `compact_to` (kept below the snapshot so slow followers can still catch up from the log).
     /// Where the state machine writes the data of a snapshot at `index`, before
     /// [`RaftStorage::save_snapshot`] records it.
     pub fn snapshot_writer(&mut self, index: u64) -> SnapshotWriter<'_, D> {
         SnapshotWriter { durable: &mut self.durable, index, buf: Vec::new(), chunks: 0, bytes: 0 }
     }
 
-    /// Records a snapshot whose data was written through [`RaftStorage::snapshot_writer`].
+    /// Records a snapshot the local state machine made at `meta.index`, whose data was written
+    /// through [`RaftStorage::snapshot_writer`], and drops log entries up to `compact_to` (kept
+    /// below the snapshot so slow followers can still catch up from the log).
     pub fn save_snapshot(&mut self, meta: SnapshotMetadata, compact_to: u64) -> Result<(), RaftError> {
         let compact_to = compact_to.min(meta.index);
         self.supersede_snapshot_data(meta.index);
