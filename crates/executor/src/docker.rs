@@ -132,6 +132,18 @@ impl DockerExecutor {
         }
     }
 
+    /// After a start: a container whose configuration has a health check counts as started only
+    /// once the check passes (Swarm's RUNNING); any other is started already.
+    async fn healthy_after_start(&self, plan: &TaskPlan, id: &str) -> Result<(), ExecError> {
+        let Some(info) = self.inspect(id).await? else {
+            return Err(ExecError::Fatal(format!("container {} was removed while starting", container_name(plan))));
+        };
+        if has_healthcheck(info.config.as_ref().and_then(|c| c.healthcheck.as_ref())) {
+            self.wait_healthy(plan, id).await?;
+        }
+        Ok(())
+    }
+
     /// Polls the container until its health check passes.
     async fn wait_healthy(&self, plan: &TaskPlan, id: &str) -> Result<(), ExecError> {
         let name = container_name(plan);
@@ -263,17 +275,8 @@ impl Executor for DockerExecutor {
         });
         if let Some(made) = made {
             match self.docker.start_container(&made.id, None::<StartContainerOptions>).await {
-                Ok(()) => {
-                    if made.may_check_health {
-                        let Some(info) = self.inspect(&made.id).await? else {
-                            return Err(ExecError::Fatal(format!("container {name} was removed while starting")));
-                        };
-                        if has_healthcheck(info.config.as_ref().and_then(|c| c.healthcheck.as_ref())) {
-                            self.wait_healthy(plan, &made.id).await?;
-                        }
-                    }
-                    return Ok(());
-                }
+                Ok(()) if made.may_check_health => return self.healthy_after_start(plan, &made.id).await,
+                Ok(()) => return Ok(()),
                 // Gone or changed behind our back: the lookup below decides.
                 Err(e) if matches!(status(&e), Some(304 | 404)) => {}
                 Err(e) => return Err(engine_error(&format!("starting container {name}"), e)),
@@ -291,13 +294,7 @@ impl Executor for DockerExecutor {
             .start_container(&id, None::<StartContainerOptions>)
             .await
             .map_err(|e| engine_error(&format!("starting container {name}"), e))?;
-        let Some(info) = self.inspect(&id).await? else {
-            return Err(ExecError::Fatal(format!("container {name} was removed while starting")));
-        };
-        if has_healthcheck(info.config.as_ref().and_then(|c| c.healthcheck.as_ref())) {
-            self.wait_healthy(plan, &id).await?;
-        }
-        Ok(())
+        self.healthy_after_start(plan, &id).await
     }
 
     async fn wait(&self, plan: &TaskPlan) -> Result<ExitStatus, ExecError> {
