@@ -66,13 +66,31 @@ impl Engine {
         since: Instant,
         timeout: Duration,
     ) -> Result<f64> {
+        self.poll_running(label, image_id, since + timeout, &format!("at least {n}"), |count| count >= n).await?;
+        Ok(since.elapsed().as_secs_f64())
+    }
+
+    /// Polls the running containers with `label` (and of `image_id`) until their number satisfies
+    /// `done`; returns their ids. `wanted` says what `done` waits for, for the error at `deadline`.
+    async fn poll_running(
+        &self,
+        label: &str,
+        image_id: Option<&str>,
+        deadline: Instant,
+        wanted: &str,
+        done: impl Fn(usize) -> bool,
+    ) -> Result<Vec<String>> {
         loop {
-            let count = self.running(label, image_id).await?;
-            if count >= n {
-                return Ok(since.elapsed().as_secs_f64());
+            let ids = self.running_ids(label, image_id).await?;
+            if done(ids.len()) {
+                return Ok(ids);
             }
-            if since.elapsed() > timeout {
-                bail!("{count} of {n} containers with {label} run after {timeout:?}");
+            if Instant::now() > deadline {
+                let image = image_id.map(|id| format!(" of {id}")).unwrap_or_default();
+                bail!(
+                    "{} containers{image} with {label} run, waiting for {wanted}, when the wait timed out",
+                    ids.len()
+                );
             }
             tokio::time::sleep(POLL).await;
         }
@@ -124,32 +142,15 @@ impl Engine {
         timeout: Duration,
     ) -> Result<f64> {
         let deadline = Instant::now() + timeout;
-        loop {
-            let ids = self.running_ids(label, image_id).await?;
-            if ids.len() >= n {
-                return self.last_start(&ids, since).await;
-            }
-            if Instant::now() > deadline {
-                bail!("{} of {n} containers with {label} run after {timeout:?}", ids.len());
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let ids = self.poll_running(label, image_id, deadline, &format!("at least {n}"), |count| count >= n).await?;
+        self.last_start(&ids, since).await
     }
 
     /// Polls until no container of `image_id` with `label` runs (e.g. a start-first update's old
     /// containers, stopped after their replacements run).
     pub async fn wait_none_running(&self, label: &str, image_id: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let count = self.running(label, Some(image_id)).await?;
-            if count == 0 {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{count} containers of {image_id} with {label} still run after {timeout:?}");
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.poll_running(label, Some(image_id), Instant::now() + timeout, "none", |count| count == 0).await?;
+        Ok(())
     }
 
     /// Polls until no container (running or not) carries `label`.
