@@ -140,6 +140,7 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
             .service_json,
     )?;
     assert_eq!(updated.previous_spec.as_ref().unwrap().task.container.image, "shoal/busybox:1");
+    assert!(updated.revisions.is_empty(), "a write's response leaves out the spec history");
     let mut v3 = web.spec.clone();
     v3.task.container.image = "shoal/busybox:3".into();
     let err = client
@@ -161,6 +162,8 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
     assert_eq!(services[0].spec.task.container.image, "shoal/busybox:2", "stale update changed nothing");
     assert_eq!(services[0].previous_spec.as_ref().unwrap().task.container.image, "shoal/busybox:1");
     assert_eq!(services[0].spec_version, updated.spec_version);
+    let history: Vec<&str> = services[0].revisions.iter().map(|r| r.spec.task.container.image.as_str()).collect();
+    assert_eq!(history, ["shoal/busybox:1", "shoal/busybox:2"], "listing shows the spec history");
     Ok(())
 }
 

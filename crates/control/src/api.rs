@@ -248,6 +248,13 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("objects serialise")
 }
 
+/// A service as a create or update returns it: everything but its revision history, which holds
+/// up to ten full specs and made up most of every write's response (inspect shows it).
+fn written_service_json(service: &Service) -> String {
+    let without_history = Service { revisions: Vec::new(), ..service.clone() };
+    to_json(&without_history)
+}
+
 /// Serves the call here, or forwards it to the leader with the same request. A forward that could
 /// not even connect (the leader just died) was never delivered, so it is routed again once a new
 /// leader is known, within the usual wait.
@@ -419,7 +426,7 @@ impl Control for ControlApi {
             self.manager.propose(vec![Action::CreateService { id: id.clone(), spec }]).await?;
             let state = self.manager.state();
             let service = state.service(&id).ok_or_else(|| ApiError::Internal("created service vanished".into()))?;
-            Ok(ServiceResponse { service_json: to_json(service) })
+            Ok(ServiceResponse { service_json: written_service_json(service) })
         })
     }
 
@@ -445,7 +452,7 @@ impl Control for ControlApi {
             let service = state
                 .service(&current.id)
                 .ok_or_else(|| ApiError::NotFound(format!("service {} not found", request.service)))?;
-            Ok(ServiceResponse { service_json: to_json(service) })
+            Ok(ServiceResponse { service_json: written_service_json(service) })
         })
     }
 
