@@ -22,13 +22,36 @@ pub enum Op {
     Delete(Vec<u8>),
 }
 
+impl Op {
+    fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) => k,
+        }
+    }
+
+    /// The value the key has after this write (`None`: deleted).
+    fn value(&self) -> Option<&Vec<u8>> {
+        match self {
+            Op::Put(_, v) => Some(v),
+            Op::Delete(_) => None,
+        }
+    }
+}
+
 /// Every key and value of a durable store, in key order.
 pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A narrow key-value store: atomic batches, an explicit sync, a scan at start-up and point reads.
+///
+/// A crash keeps everything synced and, of the writes since the last sync, some prefix in the
+/// order they were made: an atomic write survives whole or not at all, each operation of an
+/// ordered write on its own.
 pub trait Durable: Send + 'static {
     /// Applies all operations atomically (all or none survive a crash once synced).
     fn write(&mut self, ops: Vec<Op>) -> Result<(), RaftError>;
+    /// Applies operations one after another: a crash before the next sync may keep any prefix
+    /// of them. Cheaper than [`Durable::write`] where every prefix is a consistent state.
+    fn write_in_order(&mut self, ops: Vec<Op>) -> Result<(), RaftError>;
     /// Makes every write so far durable.
     fn sync(&mut self) -> Result<(), RaftError>;
     /// Every key starting with `prefix` and its value, in key order.
@@ -41,10 +64,12 @@ pub trait Durable: Send + 'static {
 
 /// sled, pinned to 0.34.7. Everything raft keeps lives in one tree so a batch is atomic.
 ///
-/// Writes are gathered in memory and applied as one sled batch at `sync`: every sled batch
-/// rolls sled's IO buffer twice (each roll is a write handed to sled's IO threads), so one batch
-/// per Ready instead of one per write cuts the disk writes and thread wake-ups of a commit by
-/// more than half. All writes between two syncs become durable together or not at all.
+/// Writes are gathered in memory and handed to sled at `sync`. Every sled batch rolls sled's IO
+/// buffer twice (each roll is a disk write handed to sled's IO threads, waking all of them), so
+/// when only ordered and single-operation writes are pending (a Ready's entries and hard state,
+/// nearly every sync) they go in as plain inserts, in order, and the flush is the only disk
+/// write: sled recovers a prefix of its log, which is what [`Durable`] promises. Any pending
+/// atomic write of several operations makes the whole lot one batch instead.
 ///
 /// Snapshot data (keys starting with [`SNAPSHOT_DATA_PREFIX`]) lives in a tree of its own: sled
 /// rewrites a whole leaf when it consolidates one, so a multi-megabyte value next to the hard
@@ -53,8 +78,12 @@ pub struct SledDurable {
     db: sled::Db,
     tree: sled::Tree,
     snapshots: sled::Tree,
-    /// Writes not yet handed to sled: the newest value per key, `None` for a delete.
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Writes not yet handed to sled, in order.
+    pending: Vec<Op>,
+    /// The position in `pending` of each key's newest write, for reads before the sync.
+    newest: BTreeMap<Vec<u8>, usize>,
+    /// Some pending atomic write has several operations: the next sync must be one batch.
+    needs_batch: bool,
 }
 
 impl SledDurable {
@@ -71,12 +100,43 @@ impl SledDurable {
             .map_err(|e| RaftError::Storage(format!("opening {}: {e}", path.display())))?;
         let tree = db.open_tree("raft").map_err(|e| RaftError::Storage(e.to_string()))?;
         let snapshots = db.open_tree("raft-snapshots").map_err(|e| RaftError::Storage(e.to_string()))?;
-        Ok(SledDurable { db, tree, snapshots, pending: BTreeMap::new() })
+        Ok(SledDurable { db, tree, snapshots, pending: Vec::new(), newest: BTreeMap::new(), needs_batch: false })
     }
 
     /// Writes not yet handed to sled under `prefix`, in key order (`None`: a delete).
-    fn pending_under<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> {
-        self.pending.range(prefix.to_vec()..).take_while(move |(k, _)| k.starts_with(prefix))
+    fn pending_under<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, Option<&'a Vec<u8>>)> {
+        self.newest
+            .range(prefix.to_vec()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, at)| (k, self.pending[*at].value()))
+    }
+
+    /// Queues the writes that go through `pending` and applies snapshot data at once; returns
+    /// how many were queued.
+    fn queue(&mut self, ops: Vec<Op>) -> Result<usize, RaftError> {
+        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
+        let mut queued = 0;
+        for op in ops {
+            match op {
+                // Snapshot data goes to sled at once, chunk by chunk, so a large snapshot is
+                // never held whole in memory. It is keyed by its index and nothing points to it
+                // until the metadata naming it is synced (sled recovers a prefix of its log), so
+                // a crash never pairs metadata with data of another index; old data is deleted
+                // only once newer metadata is durable.
+                Op::Put(k, v) if k.starts_with(SNAPSHOT_DATA_PREFIX) => {
+                    self.snapshots.insert(k, v).map_err(storage_err)?;
+                }
+                Op::Delete(k) if k.starts_with(SNAPSHOT_DATA_PREFIX) => {
+                    self.snapshots.remove(k).map_err(storage_err)?;
+                }
+                op => {
+                    self.newest.insert(op.key().to_vec(), self.pending.len());
+                    self.pending.push(op);
+                    queued += 1;
+                }
+            }
+        }
+        Ok(queued)
     }
 
     fn tree_for(&self, key: &[u8]) -> &sled::Tree {
@@ -91,44 +151,41 @@ impl SledDurable {
 
 impl Durable for SledDurable {
     fn write(&mut self, ops: Vec<Op>) -> Result<(), RaftError> {
-        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
-        for op in ops {
-            match op {
-                // Snapshot data goes to sled at once, chunk by chunk, so a large snapshot is
-                // never held whole in memory. It is keyed by its index and nothing points to it
-                // until the metadata naming it is synced (sled recovers a prefix of its log), so
-                // a crash never pairs metadata with data of another index; old data is deleted
-                // only once newer metadata is durable.
-                Op::Put(k, v) if k.starts_with(SNAPSHOT_DATA_PREFIX) => {
-                    self.snapshots.insert(k, v).map_err(storage_err)?;
-                }
-                Op::Delete(k) if k.starts_with(SNAPSHOT_DATA_PREFIX) => {
-                    self.snapshots.remove(k).map_err(storage_err)?;
-                }
-                Op::Put(k, v) => {
-                    self.pending.insert(k, Some(v));
-                }
-                Op::Delete(k) => {
-                    self.pending.insert(k, None);
-                }
-            }
+        if self.queue(ops)? > 1 {
+            self.needs_batch = true;
         }
         Ok(())
     }
 
+    fn write_in_order(&mut self, ops: Vec<Op>) -> Result<(), RaftError> {
+        self.queue(ops).map(|_| ())
+    }
+
     fn sync(&mut self) -> Result<(), RaftError> {
-        if !self.pending.is_empty() {
-            let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
+        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
+        let pending = std::mem::take(&mut self.pending);
+        let newest = std::mem::take(&mut self.newest);
+        if std::mem::take(&mut self.needs_batch) {
             let mut batch = sled::Batch::default();
-            for (k, v) in std::mem::take(&mut self.pending) {
-                match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
+            let mut pending: Vec<Option<Op>> = pending.into_iter().map(Some).collect();
+            for at in newest.into_values() {
+                match pending[at].take() {
+                    Some(Op::Put(k, v)) => batch.insert(k, v),
+                    Some(Op::Delete(k)) => batch.remove(k),
+                    None => {}
                 }
             }
             self.tree.apply_batch(batch).map_err(storage_err)?;
+        } else {
+            for op in pending {
+                match op {
+                    Op::Put(k, v) => self.tree.insert(k, v).map(|_| ()),
+                    Op::Delete(k) => self.tree.remove(k).map(|_| ()),
+                }
+                .map_err(storage_err)?;
+            }
         }
-        self.db.flush().map(|_| ()).map_err(|e| RaftError::Storage(e.to_string()))
+        self.db.flush().map(|_| ()).map_err(storage_err)
     }
 
     fn scan(&self, prefix: &[u8]) -> Result<KeyValues, RaftError> {
@@ -138,14 +195,14 @@ impl Durable for SledDurable {
             merged.insert(k.to_vec(), Some(v.to_vec()));
         }
         for (k, v) in self.pending_under(prefix) {
-            merged.insert(k.clone(), v.clone());
+            merged.insert(k.clone(), v.cloned());
         }
         Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
-        if let Some(pending) = self.pending.get(key) {
-            return Ok(pending.clone());
+        if let Some(at) = self.newest.get(key) {
+            return Ok(self.pending[*at].value().cloned());
         }
         self.tree_for(key).get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| RaftError::Storage(e.to_string()))
     }
@@ -167,8 +224,9 @@ impl Durable for SledDurable {
 }
 
 /// An in-memory durable store for deterministic tests: writes are visible at once but only
-/// `sync` makes them survive [`MemDurable::crash`], so a test can prove nothing is promised
-/// before it is synced.
+/// `sync` makes them certain to survive [`MemDurable::crash`], so a test can prove nothing is
+/// promised before it is synced. [`MemDurable::crash_keeping`] also keeps a prefix of the writes
+/// made since, as a real disk may.
 #[derive(Clone, Default)]
 pub struct MemDurable {
     inner: Arc<Mutex<MemDurableInner>>,
@@ -178,35 +236,66 @@ pub struct MemDurable {
 struct MemDurableInner {
     synced: BTreeMap<Vec<u8>, Vec<u8>>,
     visible: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Writes since the last sync, in order; each unit survives a crash whole or not at all.
+    unsynced: Vec<Vec<Op>>,
+}
+
+fn apply_ops(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, ops: impl IntoIterator<Item = Op>) {
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                map.insert(k, v);
+            }
+            Op::Delete(k) => {
+                map.remove(&k);
+            }
+        }
+    }
 }
 
 impl MemDurable {
-    /// What a machine would find on disk after losing power now.
+    /// What a machine would find on disk after losing power now, if none of the writes since
+    /// the last sync reached the disk.
     pub fn crash(&self) -> MemDurable {
-        let synced = self.inner.lock().synced.clone();
-        MemDurable { inner: Arc::new(Mutex::new(MemDurableInner { visible: synced.clone(), synced })) }
+        self.crash_keeping(0)
+    }
+
+    /// Writes since the last sync that a crash may keep some of (see [`Durable`]).
+    pub fn unsynced_units(&self) -> usize {
+        self.inner.lock().unsynced.len()
+    }
+
+    /// What a machine would find on disk after losing power now, if the first `units` writes
+    /// since the last sync reached the disk (atomic writes count as one).
+    pub fn crash_keeping(&self, units: usize) -> MemDurable {
+        let inner = self.inner.lock();
+        let mut disk = inner.synced.clone();
+        apply_ops(&mut disk, inner.unsynced.iter().take(units).flatten().cloned());
+        MemDurable {
+            inner: Arc::new(Mutex::new(MemDurableInner { visible: disk.clone(), synced: disk, unsynced: Vec::new() })),
+        }
     }
 }
 
 impl Durable for MemDurable {
     fn write(&mut self, ops: Vec<Op>) -> Result<(), RaftError> {
         let mut inner = self.inner.lock();
-        for op in ops {
-            match op {
-                Op::Put(k, v) => {
-                    inner.visible.insert(k, v);
-                }
-                Op::Delete(k) => {
-                    inner.visible.remove(&k);
-                }
-            }
-        }
+        apply_ops(&mut inner.visible, ops.iter().cloned());
+        inner.unsynced.push(ops);
+        Ok(())
+    }
+
+    fn write_in_order(&mut self, ops: Vec<Op>) -> Result<(), RaftError> {
+        let mut inner = self.inner.lock();
+        apply_ops(&mut inner.visible, ops.iter().cloned());
+        inner.unsynced.extend(ops.into_iter().map(|op| vec![op]));
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), RaftError> {
         let mut inner = self.inner.lock();
         inner.synced = inner.visible.clone();
+        inner.unsynced.clear();
         Ok(())
     }
 
@@ -485,8 +574,10 @@ impl<D: Durable> RaftStorage<D> {
         if first.index > self.last() + 1 {
             return Err(RaftError::Storage(format!("append at {} leaves a gap after {}", first.index, self.last())));
         }
+        // Newest first, then the new entries oldest first: whatever prefix of these a crash
+        // keeps, the log on disk is contiguous and a prefix of either the old or the new log.
         let mut ops = Vec::with_capacity(entries.len() + 4);
-        for index in first.index..=self.last() {
+        for index in (first.index..=self.last()).rev() {
             ops.push(Op::Delete(log_key(index)));
         }
         let keep = (first.index - self.truncated.0 - 1) as usize;
@@ -495,7 +586,7 @@ impl<D: Durable> RaftStorage<D> {
             ops.push(Op::Put(log_key(entry.index), encode(entry)));
             self.entries.push_back(entry.clone());
         }
-        self.durable.write(ops)
+        self.durable.write_in_order(ops)
     }
 
     pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), RaftError> {
@@ -745,6 +836,65 @@ mod tests {
         // A newer snapshot than the one held is asked of the engine.
         assert!(Storage::snapshot(&storage, 9, 2).is_err());
         assert!(storage.snapshot_wanted());
+    }
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState { term, vote, commit, ..Default::default() }
+    }
+
+    fn termed(index: u64, term: u64) -> Entry {
+        Entry { index, term, data: format!("{index}@{term}").into_bytes().into(), ..Default::default() }
+    }
+
+    /// A follower replaces a conflicting suffix and moves its hard state in one Ready; the power
+    /// fails before the sync, after any number of those writes reached the disk.
+    #[test]
+    fn every_crash_prefix_of_a_conflicting_append_is_a_contiguous_old_or_new_log() {
+        let old: Vec<Entry> = (2..=6).map(|i| termed(i, 1)).collect();
+        let new: Vec<Entry> = (4..=8).map(|i| termed(i, 2)).collect();
+        let durable = MemDurable::default();
+        let mut storage = bootstrapped(durable.clone());
+        storage.append(&old).unwrap();
+        storage.set_hard_state(&hard_state(1, 1, 3)).unwrap();
+        storage.sync().unwrap();
+        storage.append(&new).unwrap();
+        storage.set_hard_state(&hard_state(2, 0, 7)).unwrap();
+        let units = durable.unsynced_units();
+        assert!(units >= new.len() + 4, "the append was not written op by op ({units} units)");
+        for kept in 0..=units {
+            let reopened = RaftStorage::open(durable.crash_keeping(kept))
+                .unwrap_or_else(|e| panic!("keeping {kept} of {units} writes: {e}"));
+            let log: Vec<Entry> = reopened.entries.iter().cloned().collect();
+            let old_prefix = old.starts_with(&log);
+            let new_prefix = log.len() >= 2 && log[..2] == old[..2] && new.starts_with(&log[2..]);
+            assert!(old_prefix || new_prefix, "keeping {kept} of {units} writes left the log {log:?}");
+            let hs = reopened.hard_state();
+            assert!(hs.commit <= reopened.last(), "keeping {kept}: commit {} beyond the log", hs.commit);
+            if hs.term == 2 {
+                assert_eq!(log, [&old[..2], &new[..]].concat(), "the new hard state came before the entries");
+            }
+        }
+    }
+
+    #[test]
+    fn ordered_writes_reach_sled_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = bootstrapped(SledDurable::open(dir.path()).unwrap());
+            storage.append(&(2..=6).map(|i| termed(i, 1)).collect::<Vec<_>>()).unwrap();
+            storage.set_hard_state(&hard_state(1, 1, 3)).unwrap();
+            storage.sync().unwrap();
+            assert!(!storage.durable.needs_batch, "entries and a hard state need no batch");
+            storage.append(&(4..=8).map(|i| termed(i, 2)).collect::<Vec<_>>()).unwrap();
+            storage.set_hard_state(&hard_state(2, 0, 7)).unwrap();
+            // Reads before the sync see the pending writes.
+            assert_eq!(storage.durable.get(&log_key(4)).unwrap(), Some(encode(&termed(4, 2))));
+            storage.sync().unwrap();
+        }
+        let storage = RaftStorage::open(SledDurable::open(dir.path()).unwrap()).unwrap();
+        let terms: Vec<(u64, u64)> = storage.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(terms, [(2, 1), (3, 1), (4, 2), (5, 2), (6, 2), (7, 2), (8, 2)]);
+        assert_eq!(storage.hard_state(), &hard_state(2, 0, 7));
     }
 
     #[test]

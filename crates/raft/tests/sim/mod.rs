@@ -337,13 +337,14 @@ impl Sim {
             .collect()
     }
 
-    /// Power loss: the engine is gone and only synced writes remain.
+    /// Power loss: the engine is gone; synced writes remain, and some prefix of the later ones.
     pub fn crash(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
         let engine = node.engine.take().unwrap_or_else(|| panic!("node {id} already down"));
         node.at_crash = Some(disk_view(engine.storage()));
         drop(engine);
-        node.durable = node.durable.crash();
+        let kept = self.rng.gen_range(0..=node.durable.unsynced_units());
+        node.durable = node.durable.crash_keeping(kept);
         self.event(format!("crash {id}"));
     }
 
@@ -459,11 +460,14 @@ impl Sim {
             // For a crash in the middle of a Ready: the disk as it was each time messages left.
             let mut images: Vec<(usize, MemDurable)> = Vec::new();
             let durable = node.durable.clone();
+            let rng = &mut self.rng;
             engine
                 .process_ready(&mut |msgs| {
                     out.extend(msgs);
                     if mid_ready {
-                        images.push((out.len(), durable.crash()));
+                        // The disk may hold any prefix of what was written since the last sync.
+                        let kept = rng.gen_range(0..=durable.unsynced_units());
+                        images.push((out.len(), durable.crash_keeping(kept)));
                     }
                 })
                 .unwrap_or_else(|e| panic!("seed {seed}: node {}: process_ready: {e}", node.id));
