@@ -824,7 +824,7 @@ mod tests {
             // The bootstrap snapshot's data is gone once the new metadata is durable.
             assert!(storage.durable.keys(&snapshot_data_prefix(1)).unwrap().is_empty());
         }
-        let storage = RaftStorage::open(SledDurable::open(dir.path()).unwrap()).unwrap();
+        let storage = RaftStorage::open(reopen(dir.path())).unwrap();
         assert_eq!(storage.snapshot_metadata().index, 8);
         assert_eq!(storage.durable.keys(&snapshot_data_prefix(8)).unwrap().len(), 3);
         assert_eq!(storage.snapshot_data().unwrap(), Some(big_state()));
@@ -836,6 +836,22 @@ mod tests {
         // A newer snapshot than the one held is asked of the engine.
         assert!(Storage::snapshot(&storage, 9, 2).is_err());
         assert!(storage.snapshot_wanted());
+    }
+
+    /// Opens a sled dir again in the same process. sled's IO threads may still hold the database
+    /// (and with it the lock on its files) for a moment after the last handle is dropped; a
+    /// manager never reopens in-process, a restart is a new process.
+    fn reopen(path: &std::path::Path) -> SledDurable {
+        for _ in 0..500 {
+            match SledDurable::open(path) {
+                Ok(durable) => return durable,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopening {}: {e}", path.display()),
+            }
+        }
+        panic!("{} stayed locked for 5 s after its handle was dropped", path.display())
     }
 
     fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
@@ -891,7 +907,7 @@ mod tests {
             assert_eq!(storage.durable.get(&log_key(4)).unwrap(), Some(encode(&termed(4, 2))));
             storage.sync().unwrap();
         }
-        let storage = RaftStorage::open(SledDurable::open(dir.path()).unwrap()).unwrap();
+        let storage = RaftStorage::open(reopen(dir.path())).unwrap();
         let terms: Vec<(u64, u64)> = storage.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(terms, [(2, 1), (3, 1), (4, 2), (5, 2), (6, 2), (7, 2), (8, 2)]);
         assert_eq!(storage.hard_state(), &hard_state(2, 0, 7));
