@@ -164,15 +164,14 @@ impl Durable for SledDurable {
     fn sync(&mut self) -> Result<(), RaftError> {
         let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
         let pending = std::mem::take(&mut self.pending);
-        let newest = std::mem::take(&mut self.newest);
+        self.newest.clear();
         if std::mem::take(&mut self.needs_batch) {
+            // A batch keeps the last write per key, so the writes go in as they came.
             let mut batch = sled::Batch::default();
-            let mut pending: Vec<Option<Op>> = pending.into_iter().map(Some).collect();
-            for at in newest.into_values() {
-                match pending[at].take() {
-                    Some(Op::Put(k, v)) => batch.insert(k, v),
-                    Some(Op::Delete(k)) => batch.remove(k),
-                    None => {}
+            for op in pending {
+                match op {
+                    Op::Put(k, v) => batch.insert(k, v),
+                    Op::Delete(k) => batch.remove(k),
                 }
             }
             self.tree.apply_batch(batch).map_err(storage_err)?;
