@@ -14,6 +14,67 @@ fn spec(name: &str) -> String {
     serde_json::to_string(&ServiceSpec::new(name, "shoal/busybox:1")).expect("spec serialises")
 }
 
+/// CPU time a process (all its threads, live and exited) has used so far, in µs, from
+/// `/proc/<pid>/stat`; `None` where the kernel does not expose it. The kernel reports it in
+/// USER_HZ ticks, which its ABI fixes at 100 per second: 10 ms resolution, fine over a phase of
+/// seconds.
+fn cpu_micros(pid: Option<u32>) -> Option<f64> {
+    const MICROS_PER_TICK: f64 = 10_000.0;
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
+    let user: f64 = fields.nth(11)?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some((user + system) * MICROS_PER_TICK)
+}
+
+/// CPU used by the leader, the followers and this client (the bench process) over one phase.
+struct CpuMeter {
+    leader: Option<u32>,
+    followers: Vec<Option<u32>>,
+    start: Option<[f64; 3]>,
+}
+
+impl CpuMeter {
+    fn new(cluster: &Cluster, leader: usize) -> CpuMeter {
+        let followers = (0..cluster.managers.len()).filter(|i| *i != leader).map(|i| cluster.managers[i].pid()).collect();
+        CpuMeter { leader: cluster.managers[leader].pid(), followers, start: None }
+    }
+
+    /// [leader, all followers together, client] in µs.
+    fn read(&self) -> Option<[f64; 3]> {
+        let mut followers = 0.0;
+        for pid in &self.followers {
+            followers += cpu_micros(Some((*pid)?))?;
+        }
+        Some([cpu_micros(Some(self.leader?))?, followers, cpu_micros(None)?])
+    }
+
+    fn start(&mut self) {
+        self.start = self.read();
+    }
+
+    /// CPU µs per operation since `start`: [leader, per follower, client].
+    fn per_op(&self, ops: usize) -> Option<[f64; 3]> {
+        let (start, end) = (self.start?, self.read()?);
+        let ops = ops.max(1) as f64;
+        let followers = self.followers.len().max(1) as f64;
+        Some([(end[0] - start[0]) / ops, (end[1] - start[1]) / ops / followers, (end[2] - start[2]) / ops])
+    }
+}
+
+/// Pushes the CPU cost per operation of one phase, by process.
+fn push_cpu(report: &mut Report, scenario: &str, what: &str, per_op: Option<[f64; 3]>, samples: usize) {
+    let Some([leader, follower, client]) = per_op else { return };
+    for (who, value) in [("leader", leader), ("each follower", follower), ("client", client)] {
+        report.push(Figure::new(scenario, &format!("CPU per {what}, {who}"), value, "µs").samples(samples));
+    }
+}
+
 /// Commits one label update of `name`, sending the version it last saw; returns the new version.
 async fn update_label(
     client: &mut shoal_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
@@ -96,6 +157,30 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
         let version = serde_json::from_str::<shoal_types::Service>(&created.into_inner().service_json)?.version;
         workers.push((client, name, spec, version));
     }
+    // The ceiling over the commit throughput below: the same clients, connection and response
+    // size, reading instead of writing (leader's memory, no raft, no followers).
+    let mut cpu = CpuMeter::new(&cluster, leader);
+    cpu.start();
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for (client, name, _, _) in &workers {
+        let mut client = client.clone();
+        let name = name.clone();
+        handles.push(tokio::spawn(async move {
+            for _ in 0..per_worker {
+                client.get_service(shoal_proto::v1::GetServiceRequest { service: name.clone() }).await?;
+            }
+            Ok::<_, anyhow::Error>(per_worker)
+        }));
+    }
+    let mut reads_done = 0;
+    for h in handles {
+        reads_done += h.await??;
+    }
+    let read_throughput = reads_done as f64 / started.elapsed().as_secs_f64();
+    let read_cpu = cpu.per_op(reads_done);
+
+    cpu.start();
     let started = Instant::now();
     let mut handles = Vec::new();
     for (mut client, name, mut spec, mut version) in workers {
@@ -115,6 +200,7 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let done = latencies.len();
+    let commit_cpu = cpu.per_op(done);
     latencies.sort_by(f64::total_cmp);
     let scenario = "raft commits, 3 managers, 256 in flight";
     report.push(
@@ -124,13 +210,23 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
     );
     report.push(Figure::new(scenario, "latency p50", percentile(&latencies, 50.0), "ms").samples(done));
     report.push(Figure::new(scenario, "latency p99", percentile(&latencies, 99.0), "ms").samples(done));
+    report.push(
+        Figure::new(scenario, "read throughput (no raft; the ceiling)", read_throughput, "reads/s")
+            .samples(reads_done),
+    );
+    push_cpu(report, scenario, "commit", commit_cpu, done);
+    push_cpu(report, scenario, "read", read_cpu, reads_done);
     report.how(
         "raft commits",
         format!(
             "3 `shoal-manager` processes on loopback. Each commit is a `service update` changing one label and \
              carrying the version read, sent to the leader; it returns once the entry is committed (fsynced by a \
              quorum) and applied. One client makes {sequential} updates of one service one after another; then \
-             256 clients each update their own service {per_worker} times concurrently ({done} commits). \
+             256 clients each update their own service {per_worker} times concurrently ({done} commits); before \
+             that, the same 256 clients read their service as often, which gives the API's ceiling on this \
+             machine without raft. CPU per operation is each process's CPU time over a phase \
+             (`/proc/<pid>/schedstat`) divided by the operations it completed; the client is `shoal-bench` \
+             itself, on the same 2 cores. \
              Services have 0 replicas so the orchestrator has nothing to do. No reference: Swarm's raft is not \
              reachable on its own."
         ),
