@@ -41,7 +41,8 @@ struct CpuMeter {
 
 impl CpuMeter {
     fn new(cluster: &Cluster, leader: usize) -> CpuMeter {
-        let followers = (0..cluster.managers.len()).filter(|i| *i != leader).map(|i| cluster.managers[i].pid()).collect();
+        let followers =
+            (0..cluster.managers.len()).filter(|i| *i != leader).map(|i| cluster.managers[i].pid()).collect();
         CpuMeter { leader: cluster.managers[leader].pid(), followers, start: None }
     }
 
@@ -211,8 +212,7 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
     report.push(Figure::new(scenario, "latency p50", percentile(&latencies, 50.0), "ms").samples(done));
     report.push(Figure::new(scenario, "latency p99", percentile(&latencies, 99.0), "ms").samples(done));
     report.push(
-        Figure::new(scenario, "read throughput (no raft; the ceiling)", read_throughput, "reads/s")
-            .samples(reads_done),
+        Figure::new(scenario, "read throughput (no raft; the ceiling)", read_throughput, "reads/s").samples(reads_done),
     );
     push_cpu(report, scenario, "commit", commit_cpu, done);
     push_cpu(report, scenario, "read", read_cpu, reads_done);

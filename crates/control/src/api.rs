@@ -98,11 +98,15 @@ impl ControlApi {
         self.clients.lock().remove(addr);
     }
 
-    fn find_service(state: &State, reference: &str) -> Result<Service, ApiError> {
+    fn find_service<'a>(state: &'a State, reference: &str) -> Result<&'a Service, ApiError> {
+        // Ids and names are indexed (and a name is unique), so only an id prefix needs a scan.
+        if let Some(service) = state.service(reference).or_else(|| state.service_by_name(reference)) {
+            return Ok(service);
+        }
         find(state.services(), reference, |s| &s.id, |s| &s.spec.name).map_err(|e| e.for_kind("service", reference))
     }
 
-    fn find_node(state: &State, reference: &str) -> Result<Node, ApiError> {
+    fn find_node<'a>(state: &'a State, reference: &str) -> Result<&'a Node, ApiError> {
         find(state.nodes(), reference, |n| &n.id, |n| &n.description.hostname)
             .map_err(|e| e.for_kind("node", reference))
     }
@@ -217,29 +221,29 @@ impl FindError {
 }
 
 /// Resolves an exact id, then an exact name, then a unique id prefix (as docker does).
-fn find<'a, T: Clone + 'a>(
+fn find<'a, T: 'a>(
     items: impl Iterator<Item = &'a T>,
     reference: &str,
     id: impl Fn(&T) -> &String,
     name: impl Fn(&T) -> &String,
-) -> Result<T, FindError> {
+) -> Result<&'a T, FindError> {
     let items: Vec<&T> = items.collect();
     if reference.is_empty() {
         return Err(FindError::None);
     }
     if let Some(found) = items.iter().find(|i| id(i) == reference) {
-        return Ok((*found).clone());
+        return Ok(found);
     }
     let by_name: Vec<_> = items.iter().filter(|i| name(i) == reference).collect();
     match by_name.len() {
-        1 => return Ok((*by_name[0]).clone()),
+        1 => return Ok(by_name[0]),
         n if n > 1 => return Err(FindError::Ambiguous(n)),
         _ => {}
     }
     let by_prefix: Vec<_> = items.iter().filter(|i| id(i).starts_with(reference)).collect();
     match by_prefix.len() {
         0 => Err(FindError::None),
-        1 => Ok((*by_prefix[0]).clone()),
+        1 => Ok(by_prefix[0]),
         n => Err(FindError::Ambiguous(n)),
     }
 }
@@ -251,8 +255,56 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 /// A service as a create or update returns it: everything but its revision history, which holds
 /// up to ten full specs and made up most of every write's response (inspect shows it).
 fn written_service_json(service: &Service) -> String {
-    let without_history = Service { revisions: Vec::new(), ..service.clone() };
-    to_json(&without_history)
+    to_json(&WrittenService::from(service))
+}
+
+/// [`Service`]'s JSON with an empty history, borrowed: a write's response need not copy its
+/// specs. Every field of `Service` is listed in the `From` below, so a new field does not compile
+/// until it is added here too.
+#[derive(serde::Serialize)]
+struct WrittenService<'a> {
+    id: &'a str,
+    version: u64,
+    created_at: u64,
+    updated_at: u64,
+    spec: &'a ServiceSpec,
+    spec_version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_spec: Option<&'a ServiceSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_spec_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    update_status: Option<&'a shoal_types::UpdateStatus>,
+    revisions: [(); 0],
+}
+
+impl<'a> From<&'a Service> for WrittenService<'a> {
+    fn from(service: &'a Service) -> Self {
+        let Service {
+            id,
+            version,
+            created_at,
+            updated_at,
+            spec,
+            spec_version,
+            previous_spec,
+            previous_spec_version,
+            update_status,
+            revisions: _,
+        } = service;
+        WrittenService {
+            id,
+            version: *version,
+            created_at: *created_at,
+            updated_at: *updated_at,
+            spec,
+            spec_version: *spec_version,
+            previous_spec: previous_spec.as_ref(),
+            previous_spec_version: *previous_spec_version,
+            update_status: update_status.as_ref(),
+            revisions: [],
+        }
+    }
 }
 
 /// Serves the call here, or forwards it to the leader with the same request. A forward that could
@@ -341,7 +393,7 @@ impl Control for ControlApi {
         let service_id = if request.service.is_empty() {
             None
         } else {
-            Some(Self::find_service(&self.manager.state(), &request.service).map_err(Status::from)?.id)
+            Some(Self::find_service(&self.manager.state(), &request.service).map_err(Status::from)?.id.clone())
         };
         for t in &request.types {
             if !matches!(t.as_str(), "service" | "task" | "node" | "cluster") {
@@ -391,7 +443,7 @@ impl Control for ControlApi {
 
     async fn update_node(&self, request: Request<UpdateNodeRequest>) -> Result<Response<NodeResponse>, Status> {
         routed!(self, request, update_node, async {
-            let node = Self::find_node(&self.manager.state(), &request.node)?;
+            let node = Self::find_node(&self.manager.state(), &request.node)?.clone();
             let spec: shoal_types::NodeSpec = serde_json::from_str(&request.spec_json)
                 .map_err(|e| ApiError::InvalidArgument(format!("invalid node spec: {e}")))?;
             for key in spec.labels.keys() {
@@ -435,22 +487,22 @@ impl Control for ControlApi {
         request: Request<UpdateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
         routed!(self, request, update_service, async {
-            let current = Self::find_service(&self.manager.state(), &request.service)?;
+            let id = Self::find_service(&self.manager.state(), &request.service)?.id.clone();
             if request.version == 0 {
                 return Err(ApiError::InvalidArgument(
                     "version is required: send the version you read with the spec you changed".into(),
                 ));
             }
             let action = if request.rollback {
-                Action::RollbackService { id: current.id.clone(), expected_version: request.version }
+                Action::RollbackService { id: id.clone(), expected_version: request.version }
             } else {
                 let spec = Self::parse_spec(&request.spec_json)?;
-                Action::UpdateService { id: current.id.clone(), expected_version: request.version, spec }
+                Action::UpdateService { id: id.clone(), expected_version: request.version, spec }
             };
             self.manager.propose(vec![action]).await?;
             let state = self.manager.state();
             let service = state
-                .service(&current.id)
+                .service(&id)
                 .ok_or_else(|| ApiError::NotFound(format!("service {} not found", request.service)))?;
             Ok(ServiceResponse { service_json: written_service_json(service) })
         })
@@ -461,16 +513,16 @@ impl Control for ControlApi {
         request: Request<RemoveServiceRequest>,
     ) -> Result<Response<RemoveServiceResponse>, Status> {
         routed!(self, request, remove_service, async {
-            let service = Self::find_service(&self.manager.state(), &request.service)?;
-            self.manager.propose(vec![Action::RemoveService { id: service.id.clone() }]).await?;
-            Ok(RemoveServiceResponse { id: service.id })
+            let id = Self::find_service(&self.manager.state(), &request.service)?.id.clone();
+            self.manager.propose(vec![Action::RemoveService { id: id.clone() }]).await?;
+            Ok(RemoveServiceResponse { id })
         })
     }
 
     async fn get_service(&self, request: Request<GetServiceRequest>) -> Result<Response<ServiceResponse>, Status> {
         routed!(self, request, get_service, async {
-            let service = Self::find_service(&self.manager.state(), &request.service)?;
-            Ok(ServiceResponse { service_json: to_json(&service) })
+            let state = self.manager.state();
+            Ok(ServiceResponse { service_json: to_json(Self::find_service(&state, &request.service)?) })
         })
     }
 
@@ -516,7 +568,7 @@ impl Control for ControlApi {
     async fn get_node(&self, request: Request<GetNodeRequest>) -> Result<Response<NodeResponse>, Status> {
         routed!(self, request, get_node, async {
             let st = self.manager.raft_status();
-            let node = Self::find_node(&self.manager.state(), &request.node)?;
+            let node = Self::find_node(&self.manager.state(), &request.node)?.clone();
             Ok(NodeResponse { node_json: to_json(&self.present_node(node, &st)) })
         })
     }
@@ -524,7 +576,7 @@ impl Control for ControlApi {
     async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
         routed!(self, request, remove_node, async {
             let st = self.manager.raft_status();
-            let node = self.present_node(Self::find_node(&self.manager.state(), &request.node)?, &st);
+            let node = self.present_node(Self::find_node(&self.manager.state(), &request.node)?.clone(), &st);
             if node.manager.is_some() {
                 return Err(ApiError::FailedPrecondition(format!(
                     "node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal",
@@ -546,7 +598,7 @@ impl Control for ControlApi {
         // A leader cannot remove itself safely: it hands leadership over first, then the new
         // leader performs the removal.
         if let Route::Local = self.route(&request).await? {
-            let node = Self::find_node(&self.manager.state(), &request.get_ref().node).map_err(Status::from)?;
+            let node = Self::find_node(&self.manager.state(), &request.get_ref().node).map_err(Status::from)?.clone();
             let st = self.manager.raft_status();
             if node.manager.as_ref().is_some_and(|m| m.raft_id == st.id) {
                 let Some(to) = self.manager.best_transferee() else {
@@ -567,7 +619,7 @@ impl Control for ControlApi {
         }
         routed!(self, request, demote_node, async {
             let st = self.manager.raft_status();
-            let node = Self::find_node(&self.manager.state(), &request.node)?;
+            let node = Self::find_node(&self.manager.state(), &request.node)?.clone();
             if node.manager.as_ref().is_some_and(|m| m.raft_id == st.id) {
                 return Err(ApiError::Unavailable("this manager is the leader; retry".into()));
             }
@@ -722,5 +774,63 @@ impl Control for ControlApi {
             }
             Ok(JoinTokenResponse { token: crate::security::token(&self.manager.state(), role)? })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_store::Batch;
+    use shoal_types::{UpdateState, UpdateStatus};
+
+    use super::*;
+
+    #[test]
+    fn a_written_service_is_the_service_without_its_history() {
+        let mut state = State::default();
+        let batch = |actions| Batch { at: 5, actions };
+        let spec = ServiceSpec::new("web", "busybox:1");
+        state.apply(1, &batch(vec![Action::CreateService { id: "s1".into(), spec: spec.clone() }])).unwrap();
+        let mut next = spec;
+        next.task.container.image = "busybox:2".into();
+        let status = UpdateStatus {
+            state: UpdateState::Updating,
+            message: "update in progress".into(),
+            started_at: Some(5),
+            completed_at: None,
+            slots: Some(3),
+        };
+        state
+            .apply(
+                2,
+                &batch(vec![
+                    Action::UpdateService { id: "s1".into(), expected_version: 1, spec: next },
+                    Action::SetUpdateStatus { id: "s1".into(), status: Some(status) },
+                ]),
+            )
+            .unwrap();
+        let service = state.service("s1").unwrap();
+        assert!(service.previous_spec.is_some() && service.update_status.is_some());
+        assert_eq!(service.revisions.len(), 2);
+
+        let without_history = Service { revisions: Vec::new(), ..service.clone() };
+        assert_eq!(written_service_json(service), to_json(&without_history));
+        let read_back: Service = serde_json::from_str(&written_service_json(service)).unwrap();
+        assert_eq!(read_back, without_history);
+    }
+
+    #[test]
+    fn services_are_found_by_id_name_or_unique_id_prefix() {
+        let mut state = State::default();
+        let create =
+            |id: &str, name: &str| Action::CreateService { id: id.into(), spec: ServiceSpec::new(name, "busybox") };
+        state.apply(1, &Batch { at: 1, actions: vec![create("abc123", "web"), create("abd456", "abc123x")] }).unwrap();
+        let found = |reference: &str| ControlApi::find_service(&state, reference).map(|s| s.id.clone());
+        assert_eq!(found("abc123").unwrap(), "abc123");
+        assert_eq!(found("web").unwrap(), "abc123");
+        assert_eq!(found("abc123x").unwrap(), "abd456");
+        assert_eq!(found("abd").unwrap(), "abd456");
+        assert!(found("ab").unwrap_err().to_string().contains("ambiguous"), "{:?}", found("ab"));
+        assert!(found("").is_err());
+        assert!(found("nope").is_err());
     }
 }

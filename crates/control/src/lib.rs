@@ -137,7 +137,7 @@ impl Manager {
     }
 
     /// Proposes a batch and waits until it is applied here (so reads see it).
-    pub async fn propose(&self, actions: Vec<Action>) -> Result<Vec<Change>, ApiError> {
+    pub async fn propose(&self, actions: Vec<Action>) -> Result<(), ApiError> {
         let batch = Batch { at: now_millis(), actions };
         let data = serde_json::to_vec(&batch).map_err(|e| ApiError::Internal(e.to_string()))?;
         if data.len() > MAX_ENTRY_BYTES {

@@ -7,7 +7,9 @@ use shoal_raft::{MemberChange, MemberChangeKind, StateMachine};
 use shoal_store::{Change, MembershipChange, MembershipKind, State, StoreError};
 use tokio::sync::broadcast;
 
-pub type ApplyResult = Result<Vec<Change>, StoreError>;
+/// What a proposer learns of its entry: applied, or refused by the store (and why). The changes
+/// themselves go to the event stream only, so applying copies no object.
+pub type ApplyResult = Result<(), StoreError>;
 
 pub struct StoreMachine {
     pub state: Arc<RwLock<State>>,
@@ -19,15 +21,18 @@ impl StateMachine for StoreMachine {
 
     fn apply(&mut self, index: u64, data: &[u8]) -> ApplyResult {
         let result = self.state.write().apply_entry(index, data);
-        match &result {
+        match result {
             Ok(changes) => {
                 for change in changes {
-                    let _ = self.events.send(change.clone());
+                    let _ = self.events.send(change);
                 }
+                Ok(())
             }
-            Err(e) => tracing::debug!(index, error = %e, "log entry refused by the store"),
+            Err(e) => {
+                tracing::debug!(index, error = %e, "log entry refused by the store");
+                Err(e)
+            }
         }
-        result
     }
 
     fn apply_membership(&mut self, index: u64, change: &MemberChange) {
