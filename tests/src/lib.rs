@@ -114,6 +114,11 @@ impl ManagerProc {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Everything the manager has logged so far (all its runs).
+    pub fn log_text(&self) -> Result<String> {
+        std::fs::read_to_string(&self.log).with_context(|| format!("reading {}", self.log.display()))
+    }
+
     /// SIGKILL: the process gets no chance to flush or hand over anything.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -124,19 +129,33 @@ impl ManagerProc {
 
     /// SIGTERM and wait for a graceful exit.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        self.send_sigterm()?;
+        self.wait_exit(Duration::from_secs(5))
+    }
+
+    /// Sends SIGTERM without waiting (to stop several managers at the same moment).
+    pub fn send_sigterm(&self) -> Result<()> {
+        let child = self.child.as_ref().ok_or_else(|| anyhow!("{} is not running", self.name))?;
         let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
         if !sent.success() {
             bail!("kill -TERM {} failed", child.id());
         }
-        for _ in 0..100 {
+        Ok(())
+    }
+
+    /// Waits for the process to exit; kills it and fails if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let poll = Duration::from_millis(20);
+        for _ in 0..=limit.as_millis() / poll.as_millis() {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(poll);
         }
         let _ = child.kill();
-        bail!("{} did not exit within 5s of SIGTERM", self.name)
+        let _ = child.wait();
+        bail!("{} did not exit within {limit:?}", self.name)
     }
 
     /// Starts the process again on the same data dir (resume).

@@ -219,3 +219,49 @@ async fn a_joining_manager_catches_up_from_a_multi_chunk_snapshot() -> Result<()
     assert!(chunks > 1, "the snapshot went in several chunks (saw {chunks})");
     Ok(())
 }
+
+/// SIGTERM is a clean stop: a leader hands leadership over before it exits, every manager exits
+/// with status 0 even when all of them are stopped at the same moment, and nothing acknowledged is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_managers_cleanly_and_keeps_every_write() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let leader_addr = cluster.managers[leader].addr.clone();
+    create_service(&leader_addr, &ServiceSpec::new("before", "shoal/busybox:1")).await?;
+    let term_before = cluster_info(&leader_addr).await?.raft.term;
+
+    let status = tokio::task::block_in_place(|| cluster.managers[leader].terminate())?;
+    assert!(status.success(), "the leader exits cleanly on SIGTERM: {status}");
+    let log = cluster.managers[leader].log_text()?;
+    assert!(log.contains("transferring leadership before shutting down"), "no handover logged:\n{log}");
+    let info =
+        cluster.wait_for(Duration::from_secs(10), |i| i.leader.as_ref().is_some_and(|l| l.addr != leader_addr)).await?;
+    assert_eq!(info.raft.term, term_before + 1, "one new term: the leader handed over ({info:?})");
+    let survivor = cluster.running_addrs()[0].clone();
+    create_service(&survivor, &ServiceSpec::new("after", "shoal/busybox:1")).await?;
+
+    cluster.managers[leader].restart()?;
+    cluster.wait_for(Duration::from_secs(20), |i| i.leader.is_some() && i.raft.voters.len() == 3).await?;
+    let commit = cluster_info(&survivor).await?.raft.commit;
+    wait_applied(&leader_addr, commit, Duration::from_secs(15)).await?;
+
+    // All three at once, as `docker compose down` does: each exits on its own, none hangs on the
+    // leadership transfer to a peer that is going away too.
+    for m in &cluster.managers {
+        m.send_sigterm()?;
+    }
+    for m in cluster.managers.iter_mut() {
+        let status = tokio::task::block_in_place(|| m.wait_exit(Duration::from_secs(10)))?;
+        assert!(status.success(), "{status}");
+    }
+    for m in cluster.managers.iter_mut() {
+        m.restart()?;
+    }
+    cluster.wait_for(Duration::from_secs(20), |i| i.leader.is_some()).await?;
+    let expected: BTreeSet<String> = ["before", "after"].into_iter().map(String::from).collect();
+    for addr in cluster.running_addrs() {
+        assert_eq!(names(&list_services(&addr).await?), expected, "after a clean stop of all, via {addr}");
+    }
+    Ok(())
+}
