@@ -12,9 +12,34 @@ pub struct Batch {
     pub actions: Vec<Action>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "action")]
-pub enum Action {
+/// Defines [`Action`] from one list of variants: the enum itself, serialised internally tagged
+/// (`{"action": "update_service", "id": ..}`, the raft log's format), and a twin of it tagged
+/// externally, which its deserialiser reads into once it has the tag.
+macro_rules! actions {
+    ($( $(#[$variant_meta:meta])* $variant:ident { $( $(#[$field_meta:meta])* $field:ident : $ty:ty ),* $(,)? } ),* $(,)?) => {
+        #[derive(Clone, Debug, PartialEq, Serialize)]
+        #[serde(rename_all = "snake_case", tag = "action")]
+        pub enum Action {
+            $( $(#[$variant_meta])* $variant { $( $(#[$field_meta])* $field: $ty ),* } ),*
+        }
+
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum TaggedAction {
+            $( $variant { $( $(#[$field_meta])* $field: $ty ),* } ),*
+        }
+
+        impl From<TaggedAction> for Action {
+            fn from(action: TaggedAction) -> Action {
+                match action {
+                    $( TaggedAction::$variant { $( $field ),* } => Action::$variant { $( $field ),* } ),*
+                }
+            }
+        }
+    };
+}
+
+actions! {
     /// Creates the cluster object; refused if one exists.
     InitCluster {
         cluster: Cluster,
@@ -112,6 +137,105 @@ pub enum Action {
         status: NodeStatus,
         description: Option<NodeDescription>,
     },
+}
+
+/// Every entry is decoded on every manager, so `Action` is read tag first: serde's derive for an
+/// internally tagged enum copies each action into a generic buffer before decoding it again
+/// (several microseconds for a service spec). Our serialiser always writes the tag first; an
+/// action from elsewhere with the tag later takes the buffered path.
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ActionVisitor)
+    }
+}
+
+struct ActionVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ActionVisitor {
+    type Value = Action;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an action: a map with an \"action\" tag")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Action, A::Error> {
+        use serde::de::Error;
+        let Some(first) = map.next_key::<String>()? else { return Err(A::Error::missing_field("action")) };
+        if first == "action" {
+            let tag: String = map.next_value()?;
+            return TaggedAction::deserialize(AfterTag { tag, map }).map(Action::from);
+        }
+        let mut fields = serde_json::Map::new();
+        fields.insert(first, map.next_value()?);
+        while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+            fields.insert(key, value);
+        }
+        let tag = match fields.remove("action") {
+            Some(serde_json::Value::String(tag)) => tag,
+            Some(other) => return Err(A::Error::custom(format!("action: {other} is not a string"))),
+            None => return Err(A::Error::missing_field("action")),
+        };
+        let tagged = serde_json::Value::Object(serde_json::Map::from_iter([(tag, serde_json::Value::Object(fields))]));
+        TaggedAction::deserialize(tagged).map(Action::from).map_err(A::Error::custom)
+    }
+}
+
+/// The rest of an action's map once its tag is read, presented as an externally tagged enum
+/// whose variant is the tag and whose fields are the map's remaining entries.
+struct AfterTag<A> {
+    tag: String,
+    map: A,
+}
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::Deserializer<'de> for AfterTag<A> {
+    type Error = A::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, A::Error> {
+        visitor.visit_enum(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::EnumAccess<'de> for AfterTag<A> {
+    type Error = A::Error;
+    type Variant = Fields<A>;
+
+    fn variant_seed<S: serde::de::DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, Fields<A>), A::Error> {
+        use serde::de::IntoDeserializer;
+        let variant = seed.deserialize(self.tag.into_deserializer())?;
+        Ok((variant, Fields(self.map)))
+    }
+}
+
+/// An action's fields: the entries after its tag.
+struct Fields<A>(A);
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::VariantAccess<'de> for Fields<A> {
+    type Error = A::Error;
+
+    fn unit_variant(self) -> Result<(), A::Error> {
+        Ok(())
+    }
+
+    fn newtype_variant_seed<S: serde::de::DeserializeSeed<'de>>(self, _seed: S) -> Result<S::Value, A::Error> {
+        Err(serde::de::Error::custom("every action has named fields"))
+    }
+
+    fn tuple_variant<V: serde::de::Visitor<'de>>(self, _len: usize, _visitor: V) -> Result<V::Value, A::Error> {
+        Err(serde::de::Error::custom("every action has named fields"))
+    }
+
+    fn struct_variant<V: serde::de::Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, A::Error> {
+        visitor.visit_map(self.0)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -294,6 +294,27 @@ proptest! {
         }
     }
 
+    /// Entries decode to exactly the actions encoded, whether the tag comes first (as shoal
+    /// writes it) or last (the buffered path).
+    #[test]
+    fn entries_decode_to_the_actions_encoded(actions in prop::collection::vec(prop_oneof![arb_action(), arb_loop_action()], 1..6)) {
+        let encoded = batch(actions.clone());
+        let entry = serde_json::to_vec(&encoded).unwrap();
+        prop_assert_eq!(&serde_json::from_slice::<Batch>(&entry).unwrap(), &encoded);
+
+        let tag_last: Vec<String> = actions
+            .iter()
+            .map(|a| {
+                let json = serde_json::to_string(a).unwrap();
+                let (tag, rest) = json.strip_prefix('{').unwrap().split_once(',').unwrap();
+                assert!(tag.starts_with("\"action\":"), "the tag is written first: {json}");
+                format!("{{{},{tag}}}", rest.strip_suffix('}').unwrap())
+            })
+            .collect();
+        let entry = format!("{{\"at\":1000,\"actions\":[{}]}}", tag_last.join(","));
+        prop_assert_eq!(&serde_json::from_str::<Batch>(&entry).unwrap(), &encoded);
+    }
+
     /// A refused batch leaves the state exactly as it was.
     #[test]
     fn refused_batches_change_nothing(setup in prop::collection::vec(arb_action(), 0..8), actions in prop::collection::vec(arb_action(), 1..5)) {
@@ -333,4 +354,17 @@ fn tasks_of_one_service_version_share_their_spec_in_memory_and_after_a_restore()
     assert_eq!(restored, state);
     assert!(std::sync::Arc::ptr_eq(&spec(&restored, "t1"), &spec(&restored, "t2")));
     assert_eq!(spec(&restored, "t1").container.image, spec(&state, "t1").container.image);
+}
+
+#[test]
+fn actions_that_do_not_decode_say_why() {
+    let err = |json: &str| serde_json::from_str::<Action>(json).unwrap_err().to_string();
+    assert!(err(r#"{"action":"explode","id":"a"}"#).contains("unknown variant `explode`"));
+    assert!(err(r#"{"id":"a","action":"explode"}"#).contains("unknown variant `explode`"));
+    assert!(err(r#"{"action":"remove_service"}"#).contains("missing field `id`"));
+    assert!(err(r#"{"id":"a"}"#).contains("missing field `action`"));
+    assert!(err(r#"{}"#).contains("missing field `action`"));
+    assert!(err(r#"{"id":"a","action":7}"#).contains("not a string"));
+    assert!(err(r#"{"action":"remove_service","id":5}"#).contains("invalid type"));
+    assert!(err(r#"[1]"#).contains("invalid type"));
 }
