@@ -225,7 +225,8 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
              256 clients each update their own service {per_worker} times concurrently ({done} commits); before \
              that, the same 256 clients read their service as often, which gives the API's ceiling on this \
              machine without raft. CPU per operation is each process's CPU time over a phase \
-             (`/proc/<pid>/schedstat`) divided by the operations it completed; the client is `shoal-bench` \
+             (user + system, all threads, from `/proc/<pid>/stat`, 10 ms ticks) divided by the operations it \
+             completed; the client is `shoal-bench` \
              itself, on the same 2 cores. \
              Services have 0 replicas so the orchestrator has nothing to do. No reference: Swarm's raft is not \
              reachable on its own."
