@@ -46,12 +46,21 @@ pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 /// A crash keeps everything synced and, of the writes since the last sync, some prefix in the
 /// order they were made: an atomic write survives whole or not at all, each operation of an
 /// ordered write on its own.
+///
+/// Log entries (keys made by [`log_key`]) are special: they are only written in order, and
+/// dropped with [`Durable::discard_log_before`] rather than deleted one by one, so a store can
+/// keep them in segments it frees whole.
 pub trait Durable: Send + 'static {
-    /// Applies all operations atomically (all or none survive a crash once synced).
+    /// Applies all operations atomically (all or none survive a crash once synced). Log entries
+    /// are refused here: they go through [`Durable::write_in_order`].
     fn write(&mut self, ops: Vec<Op>) -> Result<(), RaftError>;
     /// Applies operations one after another: a crash before the next sync may keep any prefix
     /// of them. Cheaper than [`Durable::write`] where every prefix is a consistent state.
     fn write_in_order(&mut self, ops: Vec<Op>) -> Result<(), RaftError>;
+    /// Log entries below `index` are no longer needed. They go only after every write made so
+    /// far is durable, and only as far as is cheap: some may stay on disk for good (the log
+    /// ignores entries at or below its truncation point when it loads).
+    fn discard_log_before(&mut self, index: u64) -> Result<(), RaftError>;
     /// Makes every write so far durable.
     fn sync(&mut self) -> Result<(), RaftError>;
     /// Every key starting with `prefix` and its value, in key order.
@@ -62,32 +71,71 @@ pub trait Durable: Send + 'static {
     fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, RaftError>;
 }
 
-/// sled, pinned to 0.34.7. Everything raft keeps lives in one tree so a batch is atomic.
+/// Refuses an atomic write that holds a log entry (see [`Durable`]).
+fn check_no_log_entries(ops: &[Op]) -> Result<(), RaftError> {
+    match ops.iter().find_map(|op| log_index(op.key())) {
+        Some(index) => Err(RaftError::Storage(format!(
+            "log entry {index} in an atomic write: log entries are written in order and discarded by index"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A log segment (a sled tree of its own) holds at most this many entries...
+const LOG_SEGMENT_ENTRIES: u64 = 4096;
+/// ...and is closed once this many bytes were written to it. Compaction drops whole segments
+/// instead of deleting entries one by one (each sled delete copies a leaf and merges emptied
+/// ones: about a quarter of a follower's CPU under load), and leaves the entries of a partly
+/// compacted segment on disk, so a segment's size bounds that waste.
+const LOG_SEGMENT_BYTES: u64 = 4 << 20;
+
+/// The sled tree of the log segment whose first index is `first`.
+fn log_segment_tree_name(first: u64) -> String {
+    format!("raft-log-{first:016x}")
+}
+
+/// sled, pinned to 0.34.7.
 ///
 /// Writes are gathered in memory and handed to sled at `sync`. Every sled batch rolls sled's IO
 /// buffer twice (each roll is a disk write handed to sled's IO threads, waking all of them), so
-/// when only ordered and single-operation writes are pending (a Ready's entries and hard state,
-/// nearly every sync) they go in as plain inserts, in order, and the flush is the only disk
-/// write: sled recovers a prefix of its log, which is what [`Durable`] promises. Any pending
-/// atomic write of several operations makes the whole lot one batch instead.
+/// ordered and single-operation writes (a Ready's entries and hard state, nearly every sync) go
+/// in as plain inserts, in order, and the flush is the only disk write: sled recovers a prefix
+/// of its log, which is what [`Durable`] promises. Only an atomic write of several operations
+/// becomes a batch.
 ///
-/// Snapshot data (keys starting with [`SNAPSHOT_DATA_PREFIX`]) lives in a tree of its own: sled
-/// rewrites a whole leaf when it consolidates one, so a multi-megabyte value next to the hard
-/// state would be rewritten (as a new blob file) every few commits.
+/// Three kinds of tree:
+/// - `raft`: hard state, configuration, snapshot metadata (one tree, so a batch is atomic);
+/// - `raft-log-<first index>`: log entries, a new tree every [`LOG_SEGMENT_ENTRIES`] entries or
+///   [`LOG_SEGMENT_BYTES`] bytes; an index belongs to the segment with the greatest first index
+///   at or below it, and a segment is dropped whole once the log is compacted past its end;
+/// - `raft-snapshots`: snapshot data (keys starting with [`SNAPSHOT_DATA_PREFIX`]). sled
+///   rewrites a whole leaf when it consolidates one, so a multi-megabyte value next to the hard
+///   state would be rewritten (as a new blob file) every few commits.
+///
+/// Data dirs written before the log had trees of its own keep entries in `raft`; opening one
+/// moves them over.
 pub struct SledDurable {
     db: sled::Db,
     tree: sled::Tree,
     snapshots: sled::Tree,
+    /// The log's trees by their first index.
+    log_segments: BTreeMap<u64, sled::Tree>,
+    /// Bytes written to the last segment since this process opened it (an estimate after a
+    /// restart: it only decides when the next segment starts).
+    last_segment_bytes: u64,
     /// Writes not yet handed to sled, in order.
     pending: Vec<Op>,
+    /// Where each pending atomic write of several operations starts and ends in `pending`.
+    atomic_groups: Vec<std::ops::Range<usize>>,
     /// The position in `pending` of each key's newest write, for reads before the sync.
     newest: BTreeMap<Vec<u8>, usize>,
-    /// Some pending atomic write has several operations: the next sync must be one batch.
-    needs_batch: bool,
+    /// Log entries below this index may go after the next flush.
+    discard_before: u64,
 }
 
 impl SledDurable {
     pub fn open(path: &std::path::Path) -> Result<Self, RaftError> {
+        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
         let db = sled::Config::new()
             .path(path)
             // Durability comes from our explicit flush per Ready, not sled's background timer.
@@ -98,9 +146,89 @@ impl SledDurable {
             .cache_capacity(16 << 20)
             .open()
             .map_err(|e| RaftError::Storage(format!("opening {}: {e}", path.display())))?;
-        let tree = db.open_tree("raft").map_err(|e| RaftError::Storage(e.to_string()))?;
-        let snapshots = db.open_tree("raft-snapshots").map_err(|e| RaftError::Storage(e.to_string()))?;
-        Ok(SledDurable { db, tree, snapshots, pending: Vec::new(), newest: BTreeMap::new(), needs_batch: false })
+        let tree = db.open_tree("raft").map_err(storage_err)?;
+        let snapshots = db.open_tree("raft-snapshots").map_err(storage_err)?;
+        let mut log_segments = BTreeMap::new();
+        for name in db.tree_names() {
+            let Some(first) = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|name| name.strip_prefix("raft-log-"))
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            else {
+                continue;
+            };
+            log_segments.insert(first, db.open_tree(&name).map_err(storage_err)?);
+        }
+        let mut durable = SledDurable {
+            db,
+            tree,
+            snapshots,
+            log_segments,
+            last_segment_bytes: 0,
+            pending: Vec::new(),
+            atomic_groups: Vec::new(),
+            newest: BTreeMap::new(),
+            discard_before: 0,
+        };
+        durable.move_log_out_of_the_main_tree()?;
+        Ok(durable)
+    }
+
+    /// Moves log entries an older shoal kept in the `raft` tree into their segment trees. The
+    /// copies are flushed before the originals are deleted, so a crash in between only leaves
+    /// the same entry in both places, and the next open moves it again.
+    fn move_log_out_of_the_main_tree(&mut self) -> Result<(), RaftError> {
+        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
+        let mut moved = sled::Batch::default();
+        let mut count = 0usize;
+        for kv in self.tree.scan_prefix([LOG_PREFIX]) {
+            let (key, value) = kv.map_err(storage_err)?;
+            // A malformed key stays where it is, for `RaftStorage::open` to report.
+            let Some(index) = log_index(&key) else { continue };
+            self.segment_for_write(index, value.len())?.insert(key.clone(), value).map_err(storage_err)?;
+            moved.remove(key);
+            count += 1;
+        }
+        if count > 0 {
+            self.db.flush().map_err(storage_err)?;
+            self.tree.apply_batch(moved).map_err(storage_err)?;
+            self.db.flush().map_err(storage_err)?;
+            tracing::info!(entries = count, "moved the raft log into per-segment trees");
+        }
+        Ok(())
+    }
+
+    /// The first index of the segment `index` belongs to.
+    fn segment_of(&self, index: u64) -> Option<u64> {
+        self.log_segments.range(..=index).next_back().map(|(first, _)| *first)
+    }
+
+    /// The tree to write the entry at `index` (`bytes` long) to, starting a new segment there
+    /// when the last one is full.
+    fn segment_for_write(&mut self, index: u64, bytes: usize) -> Result<&sled::Tree, RaftError> {
+        let last = self.log_segments.keys().next_back().copied();
+        let first = match (self.segment_of(index), last) {
+            (Some(first), Some(last))
+                if first != last
+                    || index == last
+                    || (index - last < LOG_SEGMENT_ENTRIES && self.last_segment_bytes < LOG_SEGMENT_BYTES) =>
+            {
+                first
+            }
+            _ => {
+                let tree =
+                    self.db.open_tree(log_segment_tree_name(index)).map_err(|e| RaftError::Storage(e.to_string()))?;
+                if last.is_none_or(|last| index > last) {
+                    self.last_segment_bytes = 0;
+                }
+                self.log_segments.insert(index, tree);
+                index
+            }
+        };
+        if Some(first) == self.log_segments.keys().next_back().copied() {
+            self.last_segment_bytes += bytes as u64;
+        }
+        Ok(&self.log_segments[&first])
     }
 
     /// Writes not yet handed to sled under `prefix`, in key order (`None`: a delete).
@@ -112,10 +240,10 @@ impl SledDurable {
     }
 
     /// Queues the writes that go through `pending` and applies snapshot data at once; returns
-    /// how many were queued.
-    fn queue(&mut self, ops: Vec<Op>) -> Result<usize, RaftError> {
+    /// where the queued ones sit in `pending`.
+    fn queue(&mut self, ops: Vec<Op>) -> Result<std::ops::Range<usize>, RaftError> {
         let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
-        let mut queued = 0;
+        let start = self.pending.len();
         for op in ops {
             match op {
                 // Snapshot data goes to sled at once, chunk by chunk, so a large snapshot is
@@ -132,15 +260,51 @@ impl SledDurable {
                 op => {
                     self.newest.insert(op.key().to_vec(), self.pending.len());
                     self.pending.push(op);
-                    queued += 1;
                 }
             }
         }
-        Ok(queued)
+        Ok(start..self.pending.len())
     }
 
-    fn tree_for(&self, key: &[u8]) -> &sled::Tree {
-        if key.starts_with(SNAPSHOT_DATA_PREFIX) { &self.snapshots } else { &self.tree }
+    /// The trees that may hold keys starting with `prefix`.
+    fn trees_under(&self, prefix: &[u8]) -> Vec<&sled::Tree> {
+        if prefix.starts_with(SNAPSHOT_DATA_PREFIX) {
+            vec![&self.snapshots]
+        } else if prefix.first() == Some(&LOG_PREFIX) {
+            self.log_segments.values().collect()
+        } else if prefix.is_empty() {
+            [&self.tree, &self.snapshots].into_iter().chain(self.log_segments.values()).collect()
+        } else {
+            vec![&self.tree]
+        }
+    }
+
+    /// The tree that holds `key`, if it exists yet.
+    fn tree_for(&self, key: &[u8]) -> Option<&sled::Tree> {
+        if key.starts_with(SNAPSHOT_DATA_PREFIX) {
+            Some(&self.snapshots)
+        } else if let Some(index) = log_index(key) {
+            self.segment_of(index).map(|first| &self.log_segments[&first])
+        } else {
+            Some(&self.tree)
+        }
+    }
+
+    /// Drops the log's segments that end below `discard_before`: those followed by a segment
+    /// that starts at or below it. The last segment always stays.
+    fn drop_discarded_segments(&mut self) -> Result<(), RaftError> {
+        let firsts: Vec<u64> = self.log_segments.keys().copied().collect();
+        let whole = firsts.windows(2).take_while(|pair| pair[1] <= self.discard_before).map(|pair| pair[0]);
+        for first in whole.collect::<Vec<_>>() {
+            self.log_segments.remove(&first);
+            self.db.drop_tree(log_segment_tree_name(first)).map_err(|e| RaftError::Storage(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The log's segment trees, for tests.
+    pub fn log_segment_count(&self) -> usize {
+        self.log_segments.len()
     }
 
     /// Bytes sled uses on disk, for benchmarks and the space soak test.
@@ -151,8 +315,10 @@ impl SledDurable {
 
 impl Durable for SledDurable {
     fn write(&mut self, ops: Vec<Op>) -> Result<(), RaftError> {
-        if self.queue(ops)? > 1 {
-            self.needs_batch = true;
+        check_no_log_entries(&ops)?;
+        let queued = self.queue(ops)?;
+        if queued.len() > 1 {
+            self.atomic_groups.push(queued);
         }
         Ok(())
     }
@@ -161,37 +327,58 @@ impl Durable for SledDurable {
         self.queue(ops).map(|_| ())
     }
 
+    fn discard_log_before(&mut self, index: u64) -> Result<(), RaftError> {
+        self.discard_before = self.discard_before.max(index);
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), RaftError> {
         let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
         let pending = std::mem::take(&mut self.pending);
+        let mut groups = std::mem::take(&mut self.atomic_groups).into_iter().peekable();
         self.newest.clear();
-        if std::mem::take(&mut self.needs_batch) {
-            // A batch keeps the last write per key, so the writes go in as they came.
-            let mut batch = sled::Batch::default();
-            for op in pending {
-                match op {
-                    Op::Put(k, v) => batch.insert(k, v),
-                    Op::Delete(k) => batch.remove(k),
+        let mut ops = pending.into_iter();
+        let mut at = 0;
+        while ops.len() > 0 {
+            if let Some(group) = groups.next_if(|group| group.start == at) {
+                // Atomic writes never hold log entries, so the whole group is in `raft`. A batch
+                // keeps the last write per key, so the writes go in as they came.
+                let mut batch = sled::Batch::default();
+                for op in ops.by_ref().take(group.len()) {
+                    match op {
+                        Op::Put(k, v) => batch.insert(k, v),
+                        Op::Delete(k) => batch.remove(k),
+                    }
                 }
+                self.tree.apply_batch(batch).map_err(storage_err)?;
+                at = group.end;
+                continue;
             }
-            self.tree.apply_batch(batch).map_err(storage_err)?;
-        } else {
-            for op in pending {
-                match op {
-                    Op::Put(k, v) => self.tree.insert(k, v).map(|_| ()),
-                    Op::Delete(k) => self.tree.remove(k).map(|_| ()),
-                }
-                .map_err(storage_err)?;
+            let op = ops.next().expect("checked: ops are left");
+            at += 1;
+            match (log_index(op.key()), op) {
+                (Some(index), Op::Put(k, v)) => self.segment_for_write(index, v.len())?.insert(k, v).map(|_| ()),
+                // An entry below every segment was never written (or was dropped with its segment).
+                (Some(index), Op::Delete(k)) => match self.segment_of(index) {
+                    Some(first) => self.log_segments[&first].remove(k).map(|_| ()),
+                    None => Ok(()),
+                },
+                (None, Op::Put(k, v)) => self.tree.insert(k, v).map(|_| ()),
+                (None, Op::Delete(k)) => self.tree.remove(k).map(|_| ()),
             }
+            .map_err(storage_err)?;
         }
-        self.db.flush().map(|_| ()).map_err(storage_err)
+        self.db.flush().map_err(storage_err)?;
+        self.drop_discarded_segments()
     }
 
     fn scan(&self, prefix: &[u8]) -> Result<KeyValues, RaftError> {
         let mut merged = BTreeMap::new();
-        for kv in self.tree_for(prefix).scan_prefix(prefix) {
-            let (k, v) = kv.map_err(|e| RaftError::Storage(e.to_string()))?;
-            merged.insert(k.to_vec(), Some(v.to_vec()));
+        for tree in self.trees_under(prefix) {
+            for kv in tree.scan_prefix(prefix) {
+                let (k, v) = kv.map_err(|e| RaftError::Storage(e.to_string()))?;
+                merged.insert(k.to_vec(), Some(v.to_vec()));
+            }
         }
         for (k, v) in self.pending_under(prefix) {
             merged.insert(k.clone(), v.cloned());
@@ -203,13 +390,16 @@ impl Durable for SledDurable {
         if let Some(at) = self.newest.get(key) {
             return Ok(self.pending[*at].value().cloned());
         }
-        self.tree_for(key).get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| RaftError::Storage(e.to_string()))
+        let Some(tree) = self.tree_for(key) else { return Ok(None) };
+        tree.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| RaftError::Storage(e.to_string()))
     }
 
     fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, RaftError> {
         let mut keys = std::collections::BTreeSet::new();
-        for key in self.tree_for(prefix).scan_prefix(prefix).keys() {
-            keys.insert(key.map_err(|e| RaftError::Storage(e.to_string()))?.to_vec());
+        for tree in self.trees_under(prefix) {
+            for key in tree.scan_prefix(prefix).keys() {
+                keys.insert(key.map_err(|e| RaftError::Storage(e.to_string()))?.to_vec());
+            }
         }
         for (k, v) in self.pending_under(prefix) {
             if v.is_some() {
@@ -278,6 +468,7 @@ impl MemDurable {
 
 impl Durable for MemDurable {
     fn write(&mut self, ops: Vec<Op>) -> Result<(), RaftError> {
+        check_no_log_entries(&ops)?;
         let mut inner = self.inner.lock();
         apply_ops(&mut inner.visible, ops.iter().cloned());
         inner.unsynced.push(ops);
@@ -289,6 +480,19 @@ impl Durable for MemDurable {
         apply_ops(&mut inner.visible, ops.iter().cloned());
         inner.unsynced.extend(ops.into_iter().map(|op| vec![op]));
         Ok(())
+    }
+
+    /// Deletes every entry below `index`, oldest first, each on its own (a crash may keep any
+    /// prefix of the deletes), after the writes made so far.
+    fn discard_log_before(&mut self, index: u64) -> Result<(), RaftError> {
+        let stale: Vec<Op> = self
+            .inner
+            .lock()
+            .visible
+            .range(log_key(0)..log_key(index))
+            .map(|(key, _)| Op::Delete(key.clone()))
+            .collect();
+        self.write_in_order(stale)
     }
 
     fn sync(&mut self) -> Result<(), RaftError> {
@@ -386,11 +590,20 @@ impl<D: Durable> std::io::Write for SnapshotWriter<'_, D> {
     }
 }
 
-fn log_key(index: u64) -> Vec<u8> {
+/// The key of the log entry at `index`.
+pub fn log_key(index: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(9);
     key.push(LOG_PREFIX);
     key.extend_from_slice(&index.to_be_bytes());
     key
+}
+
+/// The index of the log entry `key` names (`None`: not a log entry's key).
+fn log_index(key: &[u8]) -> Option<u64> {
+    match key {
+        [LOG_PREFIX, index @ ..] => Some(u64::from_be_bytes(index.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
@@ -432,12 +645,6 @@ impl<D: Durable> RaftStorage<D> {
             snapshot_wanted: Arc::new(AtomicBool::new(false)),
             stale_snapshots: Vec::new(),
         };
-        for (key, value) in storage.durable.scan(&[LOG_PREFIX])? {
-            if key.len() != 9 {
-                return Err(RaftError::Corrupt(format!("unexpected key {:?}", String::from_utf8_lossy(&key))));
-            }
-            storage.entries.push_back(decode("log entry", &value)?);
-        }
         for (key, value) in storage.durable.scan(META_PREFIX)? {
             if key == KEY_HARD_STATE {
                 storage.hard_state = decode("hard state", &value)?;
@@ -457,6 +664,16 @@ impl<D: Durable> RaftStorage<D> {
                 );
             } else {
                 return Err(RaftError::Corrupt(format!("unexpected key {:?}", String::from_utf8_lossy(&key))));
+            }
+        }
+        for (key, value) in storage.durable.scan(&[LOG_PREFIX])? {
+            let Some(index) = log_index(&key) else {
+                return Err(RaftError::Corrupt(format!("unexpected key {:?}", String::from_utf8_lossy(&key))));
+            };
+            // Compaction leaves entries at or below the truncation point on disk where deleting
+            // them is not cheap (see `Durable::discard_log_before`).
+            if index > storage.truncated.0 {
+                storage.entries.push_back(decode("log entry", &value)?);
             }
         }
         // The log must continue right after the truncation point without gaps.
@@ -483,6 +700,8 @@ impl<D: Durable> RaftStorage<D> {
         if !leftovers.is_empty() {
             storage.durable.write(leftovers)?;
         }
+        // Entries a crash kept between a compaction and their discarding.
+        storage.durable.discard_log_before(storage.truncated.0 + 1)?;
         if storage.hard_state.commit < snap_index {
             storage.hard_state.commit = snap_index;
         }
@@ -621,7 +840,12 @@ impl<D: Durable> RaftStorage<D> {
     /// Installs a snapshot received from the leader: the whole log is replaced by it.
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot, members: &Members) -> Result<(), RaftError> {
         let meta = snapshot.get_metadata();
-        let mut ops: Vec<Op> = (self.truncated.0 + 1..=self.last()).map(|i| Op::Delete(log_key(i))).collect();
+        // Entries above the snapshot go first, newest first: raft-rs installs a snapshot only
+        // when the log lacks its index or holds another term there, so none of them is
+        // committed, and any prefix of these deletes a crash keeps leaves a prefix of the old
+        // log. Entries at or below the snapshot are ignored once its metadata is durable.
+        let above: Vec<Op> = (meta.index + 1..=self.last()).rev().map(|i| Op::Delete(log_key(i))).collect();
+        self.durable.write_in_order(above)?;
         self.entries.clear();
         self.truncated = (meta.index, meta.term);
         self.hard_state.term = self.hard_state.term.max(meta.term);
@@ -634,8 +858,9 @@ impl<D: Durable> RaftStorage<D> {
         std::io::Write::write_all(&mut writer, snapshot.get_data())
             .map_err(|e| RaftError::Storage(format!("writing the snapshot at {}: {e}", meta.index)))?;
         writer.finish()?;
-        ops.extend(self.meta_ops());
-        self.durable.write(ops)
+        let meta_ops = self.meta_ops();
+        self.durable.write(meta_ops)?;
+        self.durable.discard_log_before(meta.index + 1)
     }
 
     /// Where the state machine writes the data of a snapshot at `index`, before
@@ -650,18 +875,19 @@ impl<D: Durable> RaftStorage<D> {
     pub fn save_snapshot(&mut self, meta: SnapshotMetadata, compact_to: u64) -> Result<(), RaftError> {
         let compact_to = compact_to.min(meta.index);
         self.supersede_snapshot_data(meta.index);
-        let mut ops = Vec::new();
         self.snapshot = meta;
-        if compact_to > self.truncated.0 {
+        let compacts = compact_to > self.truncated.0;
+        if compacts {
             let term = self.term(compact_to).map_err(|e| RaftError::Storage(e.to_string()))?;
-            for index in self.truncated.0 + 1..=compact_to {
-                ops.push(Op::Delete(log_key(index)));
-                self.entries.pop_front();
-            }
+            self.entries.drain(..(compact_to - self.truncated.0) as usize);
             self.truncated = (compact_to, term);
         }
-        ops.extend(self.meta_ops());
-        self.durable.write(ops)
+        let meta_ops = self.meta_ops();
+        self.durable.write(meta_ops)?;
+        if compacts {
+            self.durable.discard_log_before(compact_to + 1)?;
+        }
+        Ok(())
     }
 
     fn meta_ops(&self) -> Vec<Op> {
@@ -899,7 +1125,7 @@ mod tests {
             storage.append(&(2..=6).map(|i| termed(i, 1)).collect::<Vec<_>>()).unwrap();
             storage.set_hard_state(&hard_state(1, 1, 3)).unwrap();
             storage.sync().unwrap();
-            assert!(!storage.durable.needs_batch, "entries and a hard state need no batch");
+            assert!(storage.durable.atomic_groups.is_empty(), "entries and a hard state need no batch");
             storage.append(&(4..=8).map(|i| termed(i, 2)).collect::<Vec<_>>()).unwrap();
             storage.set_hard_state(&hard_state(2, 0, 7)).unwrap();
             // Reads before the sync see the pending writes.
@@ -925,6 +1151,168 @@ mod tests {
         let storage = RaftStorage::open(durable).unwrap();
         assert_eq!(storage.snapshot_metadata().index, 5);
         assert_eq!(storage.snapshot_data().unwrap().as_deref(), Some(&b"old-layout"[..]));
+    }
+
+    /// Compaction frees the log's sled trees that lie wholly below the new first index, and
+    /// only once the metadata naming that index is durable; entries left in a partly compacted
+    /// tree are ignored when the log loads.
+    #[test]
+    fn compaction_drops_whole_log_segments_and_ignores_what_it_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = 2 * LOG_SEGMENT_ENTRIES + 100;
+        let compact_to = 2 * LOG_SEGMENT_ENTRIES + 10;
+        {
+            let mut storage = bootstrapped(SledDurable::open(dir.path()).unwrap());
+            let entries: Vec<Entry> = (2..=last).map(|i| termed(i, 1)).collect();
+            storage.append(&entries).unwrap();
+            storage.sync().unwrap();
+            assert_eq!(storage.durable.log_segment_count(), 3);
+            storage
+                .save_snapshot(SnapshotMetadata { index: compact_to + 20, term: 1, ..Default::default() }, compact_to)
+                .unwrap();
+            // Nothing is freed before the metadata is durable.
+            assert_eq!(storage.durable.log_segment_count(), 3);
+            storage.sync().unwrap();
+            assert_eq!(storage.durable.log_segment_count(), 1);
+            // The last segment still holds entries at and below the truncation point.
+            assert!(storage.durable.get(&log_key(compact_to)).unwrap().is_some());
+            assert_eq!(storage.first_index().unwrap(), compact_to + 1);
+        }
+        let storage = RaftStorage::open(reopen(dir.path())).unwrap();
+        assert_eq!(storage.first_index().unwrap(), compact_to + 1);
+        assert_eq!(storage.last_index().unwrap(), last);
+        let loaded: Vec<Entry> = storage.entries.iter().cloned().collect();
+        assert_eq!(loaded, (compact_to + 1..=last).map(|i| termed(i, 1)).collect::<Vec<_>>());
+    }
+
+    /// Large entries close a segment early, so a partly compacted segment never leaves much more
+    /// than `LOG_SEGMENT_BYTES` on disk.
+    #[test]
+    fn large_entries_start_a_new_log_segment_once_one_holds_enough_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = (LOG_SEGMENT_BYTES * 3 / 4) as usize;
+        let mut storage = bootstrapped(SledDurable::open(dir.path()).unwrap());
+        storage.append(&(2..=4).map(|i| entry(i, big)).collect::<Vec<_>>()).unwrap();
+        storage.sync().unwrap();
+        // 2 and 3 fill the first segment past its budget; 4 starts the next.
+        assert_eq!(storage.durable.log_segments.keys().copied().collect::<Vec<_>>(), [2, 4]);
+        storage.save_snapshot(SnapshotMetadata { index: 4, term: 1, ..Default::default() }, 3).unwrap();
+        storage.sync().unwrap();
+        assert_eq!(storage.durable.log_segments.keys().copied().collect::<Vec<_>>(), [4]);
+        drop(storage);
+        let storage = RaftStorage::open(reopen(dir.path())).unwrap();
+        assert_eq!((storage.first_index().unwrap(), storage.last_index().unwrap()), (4, 4));
+        assert_eq!(storage.entries[0], entry(4, big));
+    }
+
+    /// A crash at any point of a compaction leaves a log that opens, holding either the old
+    /// first index or the new one, and the same entries above it.
+    #[test]
+    fn every_crash_prefix_of_a_compaction_opens_with_the_old_or_the_new_log() {
+        let durable = MemDurable::default();
+        let mut storage = bootstrapped(durable.clone());
+        let entries: Vec<Entry> = (2..=20).map(|i| termed(i, 1)).collect();
+        storage.append(&entries).unwrap();
+        storage.sync().unwrap();
+        storage.save_snapshot(SnapshotMetadata { index: 15, term: 1, ..Default::default() }, 12).unwrap();
+        let units = durable.unsynced_units();
+        assert!(units > 11, "the discarded entries were not deleted one by one ({units} units)");
+        for kept in 0..=units {
+            let reopened = RaftStorage::open(durable.crash_keeping(kept))
+                .unwrap_or_else(|e| panic!("keeping {kept} of {units} writes: {e}"));
+            let first = reopened.first_index().unwrap();
+            assert!(first == 2 || first == 13, "keeping {kept}: first index {first}");
+            let loaded: Vec<Entry> = reopened.entries.iter().cloned().collect();
+            assert_eq!(loaded, entries[(first - 2) as usize..], "keeping {kept}");
+        }
+    }
+
+    /// A follower installs a snapshot over a log that holds another term at its index: the
+    /// entries above go, and whatever part of that a crash keeps, the log opens as a prefix of
+    /// the old one or as the snapshot.
+    #[test]
+    fn every_crash_prefix_of_installing_a_snapshot_is_the_old_log_or_the_snapshot() {
+        let durable = MemDurable::default();
+        let mut storage = bootstrapped(durable.clone());
+        let old: Vec<Entry> = (2..=10).map(|i| termed(i, 1)).collect();
+        storage.append(&old).unwrap();
+        storage.sync().unwrap();
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 6;
+        snapshot.mut_metadata().term = 2;
+        snapshot.mut_metadata().set_conf_state(ConfState::from((vec![1], vec![])));
+        snapshot.set_data(b"state-at-6".to_vec().into());
+        storage.apply_snapshot(&snapshot, &Members::new()).unwrap();
+        let units = durable.unsynced_units();
+        for kept in 0..=units {
+            let reopened = RaftStorage::open(durable.crash_keeping(kept))
+                .unwrap_or_else(|e| panic!("keeping {kept} of {units} writes: {e}"));
+            let loaded: Vec<Entry> = reopened.entries.iter().cloned().collect();
+            if reopened.snapshot_metadata().index == 6 {
+                assert_eq!((reopened.first_index().unwrap(), reopened.last_index().unwrap()), (7, 6), "keeping {kept}");
+                assert_eq!(reopened.snapshot_data().unwrap().as_deref(), Some(&b"state-at-6"[..]));
+            } else {
+                assert!(old.starts_with(&loaded), "keeping {kept} of {units} writes left the log {loaded:?}");
+            }
+        }
+        storage.sync().unwrap();
+        let reopened = RaftStorage::open(durable.crash()).unwrap();
+        assert_eq!(reopened.snapshot_metadata().index, 6);
+        assert_eq!(reopened.last_index().unwrap(), 6);
+    }
+
+    /// An older shoal kept the log in the `raft` tree; opening its data dir moves the entries to
+    /// segment trees and loses none.
+    #[test]
+    fn a_data_dir_with_the_log_in_the_main_tree_is_moved_to_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = LOG_SEGMENT_ENTRIES + 5;
+        {
+            let mut storage = bootstrapped(SledDurable::open(dir.path()).unwrap());
+            storage.set_hard_state(&hard_state(1, 1, 3)).unwrap();
+            storage.sync().unwrap();
+        }
+        {
+            // Written as the older layout did: entries among the metadata.
+            let db = (0..500)
+                .find_map(|_| {
+                    let opened = sled::open(dir.path()).ok();
+                    if opened.is_none() {
+                        // Still locked by the handle just dropped (see `reopen`).
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    opened
+                })
+                .expect("the data dir stayed locked");
+            let tree = db.open_tree("raft").unwrap();
+            for i in 2..=last {
+                tree.insert(log_key(i), encode(&termed(i, 1))).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let durable = reopen(dir.path());
+        assert_eq!(durable.tree.scan_prefix([LOG_PREFIX]).count(), 0, "entries stayed in the main tree");
+        assert_eq!(durable.log_segment_count(), 2);
+        let storage = RaftStorage::open(durable).unwrap();
+        assert_eq!((storage.first_index().unwrap(), storage.last_index().unwrap()), (2, last));
+        assert_eq!(storage.entries[0], termed(2, 1));
+        assert_eq!(storage.hard_state(), &hard_state(1, 1, 3));
+        drop(storage);
+        let storage = RaftStorage::open(reopen(dir.path())).unwrap();
+        assert_eq!(storage.last_index().unwrap(), last);
+    }
+
+    #[test]
+    fn an_atomic_write_of_a_log_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ops = || vec![Op::Put(KEY_HARD_STATE.to_vec(), vec![]), Op::Put(log_key(7), vec![1])];
+        for mut durable in
+            [Box::new(MemDurable::default()) as Box<dyn Durable>, Box::new(SledDurable::open(dir.path()).unwrap())]
+        {
+            let error = durable.write(ops()).unwrap_err().to_string();
+            assert!(error.contains("log entry 7 in an atomic write"), "{error}");
+            assert_eq!(durable.get(KEY_HARD_STATE).unwrap(), None, "a refused write changed the store");
+        }
     }
 
     #[test]
