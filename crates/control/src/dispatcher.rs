@@ -327,21 +327,21 @@ impl Dispatcher for DispatcherApi {
                 let mut updated: Vec<Task> = Vec::new();
                 let mut removed = Vec::new();
                 for change in batch {
-                    let Object::Task(task) = change.object else { continue };
+                    let Object::Task(task) = &change.object else { continue };
                     if change.kind == ChangeKind::Remove {
                         if sent.remove(&task.id).is_some() {
-                            removed.push(task.id);
+                            removed.push(task.id.clone());
                         }
                         continue;
                     }
-                    if !agent_visible(&task, &node_id) {
+                    if !agent_visible(task, &node_id) {
                         continue;
                     }
                     // The agent reports statuses itself; it only needs new tasks and desired-state changes.
                     if sent.get(&task.id) != Some(&task.desired_state) {
                         sent.insert(task.id.clone(), task.desired_state);
                         updated.retain(|t| t.id != task.id);
-                        updated.push(task);
+                        updated.push(task.clone());
                     }
                 }
                 if updated.is_empty() && removed.is_empty() {

@@ -114,7 +114,7 @@ pub struct Manager {
     pub client_tls: shoal_tls::ClientConfig,
     raft: RaftHandle<ApplyResult>,
     state: Arc<RwLock<State>>,
-    events: broadcast::Sender<Change>,
+    events: broadcast::Sender<Arc<Change>>,
     raft_thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -132,7 +132,7 @@ impl Manager {
         self.state.read()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.events.subscribe()
     }
 

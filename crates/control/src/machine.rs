@@ -13,7 +13,9 @@ pub type ApplyResult = Result<(), StoreError>;
 
 pub struct StoreMachine {
     pub state: Arc<RwLock<State>>,
-    pub events: broadcast::Sender<Change>,
+    /// Every subscriber receives every change; sharing one copy keeps a receiver from copying
+    /// the object (a service with its specs) only to skip it.
+    pub events: broadcast::Sender<Arc<Change>>,
 }
 
 impl StateMachine for StoreMachine {
@@ -24,7 +26,7 @@ impl StateMachine for StoreMachine {
         match result {
             Ok(changes) => {
                 for change in changes {
-                    let _ = self.events.send(change);
+                    let _ = self.events.send(Arc::new(change));
                 }
                 Ok(())
             }
@@ -49,7 +51,7 @@ impl StateMachine for StoreMachine {
             at: change.at,
         };
         for change in self.state.write().apply_membership(index, &change) {
-            let _ = self.events.send(change);
+            let _ = self.events.send(Arc::new(change));
         }
     }
 
