@@ -89,6 +89,13 @@ const LOG_SEGMENT_ENTRIES: u64 = 4096;
 /// compacted segment on disk, so a segment's size bounds that waste.
 const LOG_SEGMENT_BYTES: u64 = 4 << 20;
 
+/// A segment that spans at most this many indexes was closed by size: its entries average 4 KiB
+/// or more. sled writes a leaf over about 128 KiB as a blob file of its own, and when it frees a
+/// dropped tree's page that is a lone blob it takes it for a moved pointer and keeps the file
+/// until the next start (sled 0.34.7, `mark_replace`). The entries of such a segment are deleted
+/// one by one before the drop (few of them, by definition), which lets sled remove the files.
+const LOG_SEGMENT_SPAN_OF_LARGE_ENTRIES: u64 = 1024;
+
 /// The sled tree of the log segment whose first index is `first`.
 fn log_segment_tree_name(first: u64) -> String {
     format!("raft-log-{first:016x}")
@@ -293,11 +300,17 @@ impl SledDurable {
     /// Drops the log's segments that end below `discard_before`: those followed by a segment
     /// that starts at or below it. The last segment always stays.
     fn drop_discarded_segments(&mut self) -> Result<(), RaftError> {
+        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
         let firsts: Vec<u64> = self.log_segments.keys().copied().collect();
-        let whole = firsts.windows(2).take_while(|pair| pair[1] <= self.discard_before).map(|pair| pair[0]);
-        for first in whole.collect::<Vec<_>>() {
-            self.log_segments.remove(&first);
-            self.db.drop_tree(log_segment_tree_name(first)).map_err(|e| RaftError::Storage(e.to_string()))?;
+        let whole = firsts.windows(2).take_while(|pair| pair[1] <= self.discard_before).map(|pair| (pair[0], pair[1]));
+        for (first, next) in whole.collect::<Vec<_>>() {
+            let Some(tree) = self.log_segments.remove(&first) else { continue };
+            if next - first <= LOG_SEGMENT_SPAN_OF_LARGE_ENTRIES {
+                for key in tree.iter().keys() {
+                    tree.remove(key.map_err(storage_err)?).map_err(storage_err)?;
+                }
+            }
+            self.db.drop_tree(log_segment_tree_name(first)).map_err(storage_err)?;
         }
         Ok(())
     }
@@ -1205,15 +1218,21 @@ mod tests {
         assert_eq!(storage.entries[0], entry(4, big));
     }
 
+    /// A bootstrapped in-memory log holding entries 2..=`last` of term 1, synced.
+    fn synced_log_in_memory(last: u64) -> (MemDurable, RaftStorage<MemDurable>, Vec<Entry>) {
+        let durable = MemDurable::default();
+        let mut storage = bootstrapped(durable.clone());
+        let entries: Vec<Entry> = (2..=last).map(|i| termed(i, 1)).collect();
+        storage.append(&entries).unwrap();
+        storage.sync().unwrap();
+        (durable, storage, entries)
+    }
+
     /// A crash at any point of a compaction leaves a log that opens, holding either the old
     /// first index or the new one, and the same entries above it.
     #[test]
     fn every_crash_prefix_of_a_compaction_opens_with_the_old_or_the_new_log() {
-        let durable = MemDurable::default();
-        let mut storage = bootstrapped(durable.clone());
-        let entries: Vec<Entry> = (2..=20).map(|i| termed(i, 1)).collect();
-        storage.append(&entries).unwrap();
-        storage.sync().unwrap();
+        let (durable, mut storage, entries) = synced_log_in_memory(20);
         storage.save_snapshot(SnapshotMetadata { index: 15, term: 1, ..Default::default() }, 12).unwrap();
         let units = durable.unsynced_units();
         assert!(units > 11, "the discarded entries were not deleted one by one ({units} units)");
@@ -1232,11 +1251,7 @@ mod tests {
     /// the old one or as the snapshot.
     #[test]
     fn every_crash_prefix_of_installing_a_snapshot_is_the_old_log_or_the_snapshot() {
-        let durable = MemDurable::default();
-        let mut storage = bootstrapped(durable.clone());
-        let old: Vec<Entry> = (2..=10).map(|i| termed(i, 1)).collect();
-        storage.append(&old).unwrap();
-        storage.sync().unwrap();
+        let (durable, mut storage, old) = synced_log_in_memory(10);
         let mut snapshot = Snapshot::default();
         snapshot.mut_metadata().index = 6;
         snapshot.mut_metadata().term = 2;
