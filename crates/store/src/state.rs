@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shoal_types::{
@@ -53,7 +54,7 @@ pub enum ChangeKind {
 #[serde(rename_all = "lowercase", tag = "type", content = "object")]
 pub enum Object {
     Cluster(Cluster),
-    Service(Service),
+    Service(Arc<Service>),
     Task(Task),
     Node(Node),
 }
@@ -72,7 +73,8 @@ pub struct Change {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     cluster: Option<Cluster>,
-    services: BTreeMap<String, Service>,
+    /// Shared with change events and undo records, so a write copies a service once at most.
+    services: BTreeMap<String, Arc<Service>>,
     nodes: BTreeMap<String, Node>,
     tasks: BTreeMap<String, Task>,
     #[serde(default)]
@@ -133,7 +135,7 @@ enum Undo {
     Cluster(Option<Cluster>),
     Security(Option<ClusterSecurity>),
     Unrevoke(String),
-    Service(String, Option<Service>),
+    Service(String, Option<Arc<Service>>),
     Node(String, Option<Node>),
     Task(String, Option<Task>),
 }
@@ -157,15 +159,15 @@ impl State {
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values()
+        self.services.values().map(|s| &**s)
     }
 
     pub fn service(&self, id: &str) -> Option<&Service> {
-        self.services.get(id)
+        self.services.get(id).map(|s| &**s)
     }
 
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
-        self.service_names.get(name).and_then(|id| self.services.get(id))
+        self.service_names.get(name).and_then(|id| self.service(id))
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
@@ -220,7 +222,7 @@ impl State {
     /// nothing but the applied index, identically on every manager.
     pub fn apply_entry(&mut self, index: u64, data: &[u8]) -> Result<Vec<Change>, StoreError> {
         match serde_json::from_slice::<Batch>(data) {
-            Ok(batch) => self.apply(index, &batch),
+            Ok(batch) => self.apply_owned(index, batch),
             Err(e) => {
                 self.applied_index = index;
                 Err(StoreError::Malformed(e.to_string()))
@@ -230,10 +232,16 @@ impl State {
 
     /// Applies a batch atomically at raft index `index`.
     pub fn apply(&mut self, index: u64, batch: &Batch) -> Result<Vec<Change>, StoreError> {
+        self.apply_owned(index, batch.clone())
+    }
+
+    /// [`State::apply`] for a batch the caller no longer needs: its specs and tasks move into
+    /// the store instead of being copied.
+    pub fn apply_owned(&mut self, index: u64, batch: Batch) -> Result<Vec<Change>, StoreError> {
         self.applied_index = index;
         let mut undo = Vec::new();
         let mut changes = Vec::new();
-        for action in &batch.actions {
+        for action in batch.actions {
             if let Err(e) = self.apply_action(index, batch.at, action, &mut undo, &mut changes) {
                 for step in undo.into_iter().rev() {
                     self.undo(step);
@@ -306,7 +314,7 @@ impl State {
         &mut self,
         index: u64,
         at: u64,
-        action: &Action,
+        action: Action,
         undo: &mut Vec<Undo>,
         changes: &mut Vec<Change>,
     ) -> Result<(), StoreError> {
@@ -315,7 +323,7 @@ impl State {
                 if self.cluster.is_some() {
                     return Err(StoreError::ClusterExists);
                 }
-                let mut cluster = cluster.clone();
+                let mut cluster = cluster;
                 cluster.version = index;
                 undo.push(Undo::Cluster(None));
                 self.cluster = Some(cluster.clone());
@@ -326,48 +334,60 @@ impl State {
                     return Err(StoreError::SecurityExists);
                 }
                 undo.push(Undo::Security(None));
-                self.security = Some(security.clone());
+                self.security = Some(security);
             }
             Action::SetJoinToken { role, token } => {
                 let security = self.security.as_mut().ok_or(StoreError::NoSecurity)?;
                 let old = security.clone();
                 match role {
-                    NodeRole::Worker => security.worker_token = token.clone(),
-                    NodeRole::Manager => security.manager_token = token.clone(),
+                    NodeRole::Worker => security.worker_token = token,
+                    NodeRole::Manager => security.manager_token = token,
                 }
                 undo.push(Undo::Security(Some(old)));
             }
             Action::CreateService { id, spec } => {
-                if self.services.contains_key(id) {
-                    return Err(StoreError::AlreadyExists { kind: "service", name: id.clone() });
+                if self.services.contains_key(&id) {
+                    return Err(StoreError::AlreadyExists { kind: "service", name: id });
                 }
                 if self.service_by_name(&spec.name).is_some() {
                     return Err(StoreError::AlreadyExists { kind: "service", name: spec.name.clone() });
                 }
+                let revision = SpecRevision { spec_version: index, created_at: at, spec: Arc::new(spec.clone()) };
                 let service = Service {
-                    id: id.clone(),
+                    id,
                     version: index,
                     created_at: at,
                     updated_at: at,
-                    spec: spec.clone(),
+                    spec,
                     spec_version: index,
                     previous_spec: None,
                     previous_spec_version: None,
                     update_status: None,
-                    revisions: vec![SpecRevision { spec_version: index, created_at: at, spec: spec.clone().into() }],
+                    revisions: vec![revision],
                 };
                 self.put_service(service, ChangeKind::Create, undo, changes);
             }
             Action::UpdateService { id, expected_version, spec } => {
-                let current = self.checked_service(id, *expected_version)?;
+                let current = self.checked_service(&id, expected_version)?;
                 if current.spec.name != spec.name {
                     return Err(StoreError::Rename { name: current.spec.name.clone() });
                 }
                 if std::mem::discriminant(&current.spec.mode) != std::mem::discriminant(&spec.mode) {
                     return Err(StoreError::ModeChange { name: current.spec.name.clone() });
                 }
-                let mut service = current.clone();
-                service.previous_spec = Some(std::mem::replace(&mut service.spec, spec.clone()));
+                // The outgoing previous spec is dropped, so it is not copied.
+                let mut service = Service {
+                    id: current.id.clone(),
+                    version: current.version,
+                    created_at: current.created_at,
+                    updated_at: current.updated_at,
+                    spec,
+                    spec_version: current.spec_version,
+                    previous_spec: Some(current.spec.clone()),
+                    previous_spec_version: None,
+                    update_status: None,
+                    revisions: current.revisions.clone(),
+                };
                 service.previous_spec_version = Some(service.spec_version);
                 service.spec_version = index;
                 service.update_status = None;
@@ -377,7 +397,7 @@ impl State {
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::RollbackService { id, expected_version } => {
-                let current = self.checked_service(id, *expected_version)?;
+                let current = self.checked_service(&id, expected_version)?;
                 let mut service = current.clone();
                 let Some(previous) = service.previous_spec.take() else {
                     return Err(StoreError::NoPreviousSpec { name: current.spec.name.clone() });
@@ -400,15 +420,15 @@ impl State {
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::AutoRollback { id, expected_version, status } => {
-                if let Some(current) = self.services.get(id)
-                    && current.version == *expected_version
+                if let Some(current) = self.services.get(&id)
+                    && current.version == expected_version
                     && current.previous_spec.is_some()
                 {
-                    let mut service = current.clone();
+                    let mut service = Service::clone(current);
                     service.spec = service.previous_spec.take().expect("checked");
                     service.previous_spec_version = None;
                     service.spec_version = index;
-                    service.update_status = Some(status.clone());
+                    service.update_status = Some(status);
                     push_revision(&mut service, index, at);
                     service.version = index;
                     service.updated_at = at;
@@ -416,24 +436,21 @@ impl State {
                 }
             }
             Action::SetUpdateStatus { id, status } => {
-                let mut service = self
-                    .services
-                    .get(id)
-                    .ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?
-                    .clone();
-                service.update_status = status.clone();
+                let mut service =
+                    self.service(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?.clone();
+                service.update_status = status;
                 service.version = index;
                 service.updated_at = at;
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::RemoveService { id } => {
                 let service =
-                    self.remove_service(id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
-                undo.push(Undo::Service(id.clone(), Some(service.clone())));
+                    self.remove_service(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                undo.push(Undo::Service(id, Some(service.clone())));
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Service(service) });
             }
             Action::PutNode { node } => {
-                let mut node = node.clone();
+                let mut node = node;
                 node.version = index;
                 node.updated_at = at;
                 let old = self.nodes.insert(node.id.clone(), node.clone());
@@ -443,16 +460,16 @@ impl State {
             }
             Action::UpdateNodeSpec { id, expected_version, spec } => {
                 let mut node =
-                    self.nodes.get(id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?.clone();
-                if node.version != *expected_version {
+                    self.nodes.get(&id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?.clone();
+                if node.version != expected_version {
                     return Err(StoreError::NodeOutOfSequence {
                         id: id.clone(),
                         current: node.version,
-                        expected: *expected_version,
+                        expected: expected_version,
                     });
                 }
                 let role = node.spec.role;
-                node.spec = spec.clone();
+                node.spec = spec;
                 node.spec.role = role;
                 node.version = index;
                 node.updated_at = at;
@@ -462,7 +479,7 @@ impl State {
             }
             Action::RemoveNode { id } => {
                 let node =
-                    self.nodes.remove(id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?;
+                    self.nodes.remove(&id).ok_or_else(|| StoreError::NotFound { kind: "node", id: id.clone() })?;
                 undo.push(Undo::Node(id.clone(), Some(node.clone())));
                 if self.revoked_nodes.insert(id.clone()) {
                     undo.push(Undo::Unrevoke(id.clone()));
@@ -473,7 +490,7 @@ impl State {
                 if !self.services.contains_key(&task.service_id) {
                     return Err(StoreError::NotFound { kind: "service", id: task.service_id.clone() });
                 }
-                let mut task = task.clone();
+                let mut task = task;
                 task.version = index;
                 task.updated_at = at;
                 let old = self.set_task(task.clone());
@@ -482,31 +499,31 @@ impl State {
                 changes.push(Change { kind, index, at, object: Object::Task(task) });
             }
             Action::SetDesiredState { id, desired } => {
-                if let Some(task) = self.tasks.get(id)
-                    && *desired > task.desired_state
+                if let Some(task) = self.tasks.get(&id)
+                    && desired > task.desired_state
                 {
                     let mut task = task.clone();
-                    task.desired_state = *desired;
+                    task.desired_state = desired;
                     self.put_task_change(task, index, at, undo, changes);
                 }
             }
             Action::SetTaskStatus { id, status } => {
-                if let Some(task) = self.tasks.get(id)
+                if let Some(task) = self.tasks.get(&id)
                     && (status.state > task.status.state
-                        || (status.state == task.status.state && *status != task.status))
+                        || (status.state == task.status.state && status != task.status))
                 {
                     let mut task = task.clone();
-                    task.status = status.clone();
-                    if status.state == TaskState::Running && task.running_at.is_none() {
+                    task.status = status;
+                    if task.status.state == TaskState::Running && task.running_at.is_none() {
                         task.running_at = Some(at);
                     }
                     self.put_task_change(task, index, at, undo, changes);
                 }
             }
             Action::AssignTask { id, node_id } => {
-                if let Some(task) = self.tasks.get(id)
+                if let Some(task) = self.tasks.get(&id)
                     && task.status.state < TaskState::Assigned
-                    && (task.node_id.is_empty() || task.node_id == *node_id)
+                    && (task.node_id.is_empty() || task.node_id == node_id)
                 {
                     let mut task = task.clone();
                     let message = if task.node_id.is_empty() {
@@ -514,7 +531,7 @@ impl State {
                     } else {
                         "scheduler confirmed task can run on preassigned node"
                     };
-                    task.node_id = node_id.clone();
+                    task.node_id = node_id;
                     task.status = TaskStatus {
                         state: TaskState::Assigned,
                         timestamp: at,
@@ -525,16 +542,16 @@ impl State {
                 }
             }
             Action::MarkUnschedulable { id, err } => {
-                if let Some(task) = self.tasks.get(id)
+                if let Some(task) = self.tasks.get(&id)
                     && task.status.state < TaskState::Assigned
-                    && (task.status.state != TaskState::Pending || task.status.err != *err)
+                    && (task.status.state != TaskState::Pending || task.status.err != err)
                 {
                     let mut task = task.clone();
                     task.status = TaskStatus {
                         state: TaskState::Pending,
                         timestamp: at,
                         message: "pending task scheduling".into(),
-                        err: err.clone(),
+                        err,
                         ..Default::default()
                     };
                     self.put_task_change(task, index, at, undo, changes);
@@ -542,20 +559,20 @@ impl State {
             }
             Action::DeleteTasks { ids } => {
                 for id in ids {
-                    if let Some(task) = self.remove_task(id) {
+                    if let Some(task) = self.remove_task(&id) {
                         undo.push(Undo::Task(id.clone(), Some(task.clone())));
                         changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Task(task) });
                     }
                 }
             }
             Action::SetNodeStatus { id, status, description } => {
-                if let Some(node) = self.nodes.get(id)
-                    && (node.status != *status || description.as_ref().is_some_and(|d| *d != node.description))
+                if let Some(node) = self.nodes.get(&id)
+                    && (node.status != status || description.as_ref().is_some_and(|d| *d != node.description))
                 {
                     let mut node = node.clone();
-                    node.status = status.clone();
+                    node.status = status;
                     if let Some(description) = description {
-                        node.description = description.clone();
+                        node.description = description;
                     }
                     node.version = index;
                     node.updated_at = at;
@@ -565,7 +582,8 @@ impl State {
                 }
             }
             Action::RemoveTask { id } => {
-                let task = self.remove_task(id).ok_or_else(|| StoreError::NotFound { kind: "task", id: id.clone() })?;
+                let task =
+                    self.remove_task(&id).ok_or_else(|| StoreError::NotFound { kind: "task", id: id.clone() })?;
                 undo.push(Undo::Task(id.clone(), Some(task.clone())));
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Task(task) });
             }
@@ -603,19 +621,20 @@ impl State {
 
     fn put_service(&mut self, service: Service, kind: ChangeKind, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
         let (index, at) = (service.version, service.updated_at);
+        let service = Arc::new(service);
         let old = self.set_service(service.clone());
         undo.push(Undo::Service(service.id.clone(), old));
         changes.push(Change { kind, index, at, object: Object::Service(service) });
     }
 
-    fn set_service(&mut self, service: Service) -> Option<Service> {
+    fn set_service(&mut self, service: Arc<Service>) -> Option<Arc<Service>> {
         let old = self.remove_service(&service.id);
         self.service_names.insert(service.spec.name.clone(), service.id.clone());
         self.services.insert(service.id.clone(), service);
         old
     }
 
-    fn remove_service(&mut self, id: &str) -> Option<Service> {
+    fn remove_service(&mut self, id: &str) -> Option<Arc<Service>> {
         let service = self.services.remove(id)?;
         if self.service_names.get(&service.spec.name).is_some_and(|owner| owner == id) {
             self.service_names.remove(&service.spec.name);

@@ -75,6 +75,52 @@ fn stale_update_is_refused() {
 }
 
 #[test]
+fn update_moves_the_spec_to_previous_and_shares_the_new_service_with_its_change() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let status = UpdateStatus {
+        state: UpdateState::Completed,
+        message: "update completed".into(),
+        started_at: Some(1_000),
+        completed_at: Some(1_500),
+        slots: Some(1),
+    };
+    state.apply(2, &batch(vec![Action::SetUpdateStatus { id: "s1".into(), status: Some(status) }])).unwrap();
+    let before = state.service("s1").unwrap().clone();
+    let v2 = ServiceSpec::new("web", "busybox:2");
+    let update = Action::UpdateService { id: "s1".into(), expected_version: 2, spec: v2.clone() };
+    let changes = state.apply(3, &Batch { at: 2_000, actions: vec![update] }).unwrap();
+    let service = state.service("s1").unwrap();
+    assert_eq!((service.version, service.spec_version, service.created_at, service.updated_at), (3, 3, 1_000, 2_000));
+    assert_eq!(service.spec, v2);
+    assert_eq!(service.previous_spec.as_ref(), Some(&before.spec));
+    assert_eq!(service.previous_spec_version, Some(1));
+    assert_eq!(service.update_status, None, "a new update starts without the last one's status");
+    let versions: Vec<u64> = service.revisions.iter().map(|r| r.spec_version).collect();
+    assert_eq!(versions, vec![1, 3]);
+    assert_eq!(*service.revisions[1].spec, v2);
+    let [Change { kind: ChangeKind::Update, index: 3, at: 2_000, object: Object::Service(changed) }] = &changes[..]
+    else {
+        panic!("expected one service update, got {changes:?}");
+    };
+    assert!(std::ptr::eq(&**changed, service), "the change event shares the stored service");
+}
+
+#[test]
+fn a_refused_batch_puts_an_updated_service_back() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web"), create("s2", "api")])).unwrap();
+    let before = state.clone();
+    let update =
+        Action::UpdateService { id: "s1".into(), expected_version: 1, spec: ServiceSpec::new("web", "busybox:2") };
+    let err = state.apply(2, &batch(vec![update, create("s3", "api")])).unwrap_err();
+    assert_eq!(err.to_string(), "service api already exists");
+    assert_eq!(state.service("s1"), before.service("s1"));
+    assert_eq!(state.service_by_name("web").map(|s| s.id.as_str()), Some("s1"));
+    assert_eq!(state.services().count(), 2);
+}
+
+#[test]
 fn rename_and_mode_change_are_refused() {
     let mut state = State::default();
     state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
