@@ -214,25 +214,26 @@ impl SledDurable {
     /// when the last one is full.
     fn segment_for_write(&mut self, index: u64, bytes: usize) -> Result<&sled::Tree, RaftError> {
         let last = self.log_segments.keys().next_back().copied();
-        let first = match (self.segment_of(index), last) {
+        let (first, is_last) = match (self.segment_of(index), last) {
             (Some(first), Some(last))
                 if first != last
                     || index == last
                     || (index - last < LOG_SEGMENT_ENTRIES && self.last_segment_bytes < LOG_SEGMENT_BYTES) =>
             {
-                first
+                (first, first == last)
             }
             _ => {
                 let tree =
                     self.db.open_tree(log_segment_tree_name(index)).map_err(|e| RaftError::Storage(e.to_string()))?;
-                if last.is_none_or(|last| index > last) {
+                let is_last = last.is_none_or(|last| index > last);
+                if is_last {
                     self.last_segment_bytes = 0;
                 }
                 self.log_segments.insert(index, tree);
-                index
+                (index, is_last)
             }
         };
-        if Some(first) == self.log_segments.keys().next_back().copied() {
+        if is_last {
             self.last_segment_bytes += bytes as u64;
         }
         Ok(&self.log_segments[&first])
@@ -313,11 +314,6 @@ impl SledDurable {
             self.db.drop_tree(log_segment_tree_name(first)).map_err(storage_err)?;
         }
         Ok(())
-    }
-
-    /// The log's segment trees, for tests.
-    pub fn log_segment_count(&self) -> usize {
-        self.log_segments.len()
     }
 
     /// Bytes sled uses on disk, for benchmarks and the space soak test.
@@ -1179,14 +1175,14 @@ mod tests {
             let entries: Vec<Entry> = (2..=last).map(|i| termed(i, 1)).collect();
             storage.append(&entries).unwrap();
             storage.sync().unwrap();
-            assert_eq!(storage.durable.log_segment_count(), 3);
+            assert_eq!(storage.durable.log_segments.len(), 3);
             storage
                 .save_snapshot(SnapshotMetadata { index: compact_to + 20, term: 1, ..Default::default() }, compact_to)
                 .unwrap();
             // Nothing is freed before the metadata is durable.
-            assert_eq!(storage.durable.log_segment_count(), 3);
+            assert_eq!(storage.durable.log_segments.len(), 3);
             storage.sync().unwrap();
-            assert_eq!(storage.durable.log_segment_count(), 1);
+            assert_eq!(storage.durable.log_segments.len(), 1);
             // The last segment still holds entries at and below the truncation point.
             assert!(storage.durable.get(&log_key(compact_to)).unwrap().is_some());
             assert_eq!(storage.first_index().unwrap(), compact_to + 1);
@@ -1307,7 +1303,7 @@ mod tests {
         }
         let durable = reopen(dir.path());
         assert_eq!(durable.tree.scan_prefix([LOG_PREFIX]).count(), 0, "entries stayed in the main tree");
-        assert_eq!(durable.log_segment_count(), 2);
+        assert_eq!(durable.log_segments.len(), 2);
         let storage = RaftStorage::open(durable).unwrap();
         assert_eq!((storage.first_index().unwrap(), storage.last_index().unwrap()), (2, last));
         assert_eq!(storage.entries[0], termed(2, 1));
