@@ -319,11 +319,10 @@ impl State {
         changes: &mut Vec<Change>,
     ) -> Result<(), StoreError> {
         match action {
-            Action::InitCluster { cluster } => {
+            Action::InitCluster { mut cluster } => {
                 if self.cluster.is_some() {
                     return Err(StoreError::ClusterExists);
                 }
-                let mut cluster = cluster;
                 cluster.version = index;
                 undo.push(Undo::Cluster(None));
                 self.cluster = Some(cluster.clone());
@@ -352,8 +351,7 @@ impl State {
                 if self.service_by_name(&spec.name).is_some() {
                     return Err(StoreError::AlreadyExists { kind: "service", name: spec.name.clone() });
                 }
-                let revision = SpecRevision { spec_version: index, created_at: at, spec: Arc::new(spec.clone()) };
-                let service = Service {
+                let mut service = Service {
                     id,
                     version: index,
                     created_at: at,
@@ -363,8 +361,9 @@ impl State {
                     previous_spec: None,
                     previous_spec_version: None,
                     update_status: None,
-                    revisions: vec![revision],
+                    revisions: Vec::new(),
                 };
+                push_revision(&mut service, index, at);
                 self.put_service(service, ChangeKind::Create, undo, changes);
             }
             Action::UpdateService { id, expected_version, spec } => {
@@ -375,25 +374,20 @@ impl State {
                 if std::mem::discriminant(&current.spec.mode) != std::mem::discriminant(&spec.mode) {
                     return Err(StoreError::ModeChange { name: current.spec.name.clone() });
                 }
-                // The outgoing previous spec is dropped, so it is not copied.
+                // Built field by field: the outgoing previous spec is dropped, so it is not copied.
                 let mut service = Service {
                     id: current.id.clone(),
-                    version: current.version,
+                    version: index,
                     created_at: current.created_at,
-                    updated_at: current.updated_at,
+                    updated_at: at,
                     spec,
-                    spec_version: current.spec_version,
+                    spec_version: index,
                     previous_spec: Some(current.spec.clone()),
-                    previous_spec_version: None,
+                    previous_spec_version: Some(current.spec_version),
                     update_status: None,
                     revisions: current.revisions.clone(),
                 };
-                service.previous_spec_version = Some(service.spec_version);
-                service.spec_version = index;
-                service.update_status = None;
                 push_revision(&mut service, index, at);
-                service.version = index;
-                service.updated_at = at;
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::RollbackService { id, expected_version } => {
@@ -449,8 +443,7 @@ impl State {
                 undo.push(Undo::Service(id, Some(service.clone())));
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Service(service) });
             }
-            Action::PutNode { node } => {
-                let mut node = node;
+            Action::PutNode { mut node } => {
                 node.version = index;
                 node.updated_at = at;
                 let old = self.nodes.insert(node.id.clone(), node.clone());
@@ -486,11 +479,10 @@ impl State {
                 }
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Node(node) });
             }
-            Action::PutTask { task } => {
+            Action::PutTask { mut task } => {
                 if !self.services.contains_key(&task.service_id) {
                     return Err(StoreError::NotFound { kind: "service", id: task.service_id.clone() });
                 }
-                let mut task = task;
                 task.version = index;
                 task.updated_at = at;
                 let old = self.set_task(task.clone());
