@@ -120,14 +120,16 @@ impl DockerExecutor {
         }
     }
 
-    async fn stop(&self, id: &str, name: &str, grace: Duration) -> Result<(), ExecError> {
+    /// Stops container `id` unless it is not running; `Ok(false)` if the engine does not know it.
+    async fn stop(&self, id: &str, name: &str, grace: Duration) -> Result<bool, ExecError> {
         let t = grace_secs(grace);
         let client = self.docker.clone().with_timeout(Duration::from_secs(t.unsigned_abs()) + STOP_SLACK);
         let opts = StopContainerOptionsBuilder::default().t(i32::try_from(t).unwrap_or(i32::MAX)).build();
         match client.stop_container(id, Some(opts)).await {
-            Ok(()) => Ok(()),
-            // 304: already stopped; 404: already gone.
-            Err(e) if matches!(status(&e), Some(304 | 404)) => Ok(()),
+            // 304: not running (created, exited or already stopping).
+            Ok(()) => Ok(true),
+            Err(e) if status(&e) == Some(304) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(false),
             Err(e) => Err(engine_error(&format!("stopping container {name}"), e)),
         }
     }
@@ -343,6 +345,18 @@ impl Executor for DockerExecutor {
     }
 
     async fn shutdown(&self, plan: &TaskPlan) -> Result<(), ExecError> {
+        let name = container_name(plan);
+        let grace = plan.container.stop_grace_period.as_std();
+        // The container this executor made: stop it without a lookup (the engine answers 304 for
+        // one that is not running). An all-at-once stop-first update stops every old container
+        // at once, on an engine busy creating the new ones. Gone from the engine: a container
+        // made behind our back may still carry the task's label, so look.
+        let made = self.made.lock().get(&plan.task_id).map(|made| made.id.clone());
+        if let Some(id) = made
+            && self.stop(&id, &name, grace).await?
+        {
+            return Ok(());
+        }
         let Some(summary) = self.find(&plan.task_id).await? else { return Ok(()) };
         let running = matches!(
             summary.state,
@@ -356,7 +370,7 @@ impl Executor for DockerExecutor {
             return Ok(());
         }
         let id = summary.id.unwrap_or_default();
-        self.stop(&id, &container_name(plan), plan.container.stop_grace_period.as_std()).await
+        self.stop(&id, &name, grace).await.map(|_| ())
     }
 
     async fn remove(&self, task_id: &str) -> Result<(), ExecError> {

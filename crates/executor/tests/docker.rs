@@ -216,6 +216,30 @@ async fn start_runs_and_shutdown_stops_promptly() {
     assert!(node.inspect(&id).await.is_none());
 }
 
+/// The executor stops a container it made by its id, without a lookup; one it did not make (an
+/// agent restarted since) or one replaced behind its back is found by the task's label.
+#[tokio::test]
+async fn shutdown_finds_containers_this_executor_did_not_make() {
+    let node = Node::new().await;
+    let plan = node.plan("shoal/busybox:1");
+    let first = node.exec.prepare(&plan).await.unwrap();
+    node.exec.start(&plan).await.unwrap();
+
+    // A restarted agent: a new executor of the same node knows nothing of the container.
+    let restarted = DockerExecutor::connect(None, &node.node_id).await.unwrap();
+    restarted.shutdown(&plan).await.expect("shutdown after a restart");
+    assert_eq!(node.status(&first).await, ContainerStateStatusEnum::EXITED, "found by label and stopped");
+
+    // Replaced behind the first executor's back: its id is stale, the task's new container runs.
+    let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+    node.exec.client().remove_container(&first, Some(remove)).await.unwrap();
+    let replacement = restarted.prepare(&plan).await.unwrap();
+    restarted.start(&plan).await.unwrap();
+    assert_ne!(replacement, first);
+    node.exec.shutdown(&plan).await.expect("shutdown with a stale id");
+    assert_eq!(node.status(&replacement).await, ContainerStateStatusEnum::EXITED, "the stale id did not hide it");
+}
+
 #[tokio::test]
 async fn shutdown_gives_the_grace_period_then_kills() {
     let node = Node::new().await;
