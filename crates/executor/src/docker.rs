@@ -57,6 +57,8 @@ struct Made {
     /// `start` was called once; a second call goes through the lookup, which never starts a
     /// container that has run before.
     start_called: bool,
+    /// That call succeeded: the container has run (it may have exited since).
+    started: bool,
 }
 
 impl DockerExecutor {
@@ -117,6 +119,25 @@ impl DockerExecutor {
             Ok(info) => Ok(Some(info)),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(engine_error(&format!("inspecting container {id}"), e)),
+        }
+    }
+
+    /// Waits until container `id` meets `condition` (`not-running` or `next-exit`) and returns
+    /// its exit code.
+    async fn wait_exit(&self, id: &str, name: &str, condition: &str) -> Result<ExitStatus, ExecError> {
+        let opts = WaitContainerOptionsBuilder::default().condition(condition).build();
+        let mut waiter = self.docker.wait_container(id, Some(opts));
+        match waiter.next().await {
+            Some(Ok(resp)) => Ok(ExitStatus { code: resp.status_code }),
+            // bollard reports a non-zero exit as an error.
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(ExitStatus { code }),
+            Some(Err(e)) if status(&e) == Some(404) => {
+                Err(ExecError::Fatal(format!("container {name} no longer exists")))
+            }
+            Some(Err(e)) => Err(engine_error(&format!("waiting for container {name}"), e)),
+            None => Err(ExecError::Temporary(format!(
+                "waiting for container {name}: the Docker engine closed the connection"
+            ))),
         }
     }
 
@@ -253,6 +274,7 @@ impl Executor for DockerExecutor {
                     id: created.id.clone(),
                     may_check_health: image_checks_health || plan.container.healthcheck.is_some(),
                     start_called: false,
+                    started: false,
                 };
                 self.made.lock().insert(plan.task_id.clone(), made);
                 Ok(created.id)
@@ -276,7 +298,13 @@ impl Executor for DockerExecutor {
             first.then(|| made.clone())
         });
         if let Some(made) = made {
-            match self.docker.start_container(&made.id, None::<StartContainerOptions>).await {
+            let started = self.docker.start_container(&made.id, None::<StartContainerOptions>).await;
+            if started.is_ok()
+                && let Some(made) = self.made.lock().get_mut(&plan.task_id)
+            {
+                made.started = true;
+            }
+            match started {
                 Ok(()) if made.may_check_health => return self.healthy_after_start(plan, &made.id).await,
                 Ok(()) => return Ok(()),
                 // Gone or changed behind our back: the lookup below decides.
@@ -302,8 +330,17 @@ impl Executor for DockerExecutor {
     async fn wait(&self, plan: &TaskPlan) -> Result<ExitStatus, ExecError> {
         let name = container_name(plan);
         let gone = || ExecError::Fatal(format!("container {name} no longer exists"));
-        let known = self.made.lock().get(&plan.task_id).filter(|m| m.start_called).map(|m| m.id.clone());
-        let id = match known {
+        let known = self.made.lock().get(&plan.task_id).filter(|m| m.start_called).cloned();
+        if let Some(made) = &known
+            && made.started
+            && !made.may_check_health
+        {
+            // Started by this executor and no health check can apply: nothing to inspect. Each
+            // inspect is another engine call while an all-at-once update is still starting the
+            // rest of its containers.
+            return self.wait_exit(&made.id, &name, "not-running").await;
+        }
+        let id = match known.map(|made| made.id) {
             Some(id) => id,
             None => {
                 let Some(summary) = self.find(&plan.task_id).await? else { return Err(gone()) };
@@ -315,20 +352,7 @@ impl Executor for DockerExecutor {
         // "not-running" returns at once for a created container; wait for its first run instead.
         let condition =
             if state.status == Some(ContainerStateStatusEnum::CREATED) { "next-exit" } else { "not-running" };
-        let opts = WaitContainerOptionsBuilder::default().condition(condition).build();
-        let mut waiter = self.docker.wait_container(&id, Some(opts));
-        let exited = async {
-            match waiter.next().await {
-                Some(Ok(resp)) => Ok(ExitStatus { code: resp.status_code }),
-                // bollard reports a non-zero exit as an error.
-                Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(ExitStatus { code }),
-                Some(Err(e)) if status(&e) == Some(404) => Err(gone()),
-                Some(Err(e)) => Err(engine_error(&format!("waiting for container {name}"), e)),
-                None => Err(ExecError::Temporary(format!(
-                    "waiting for container {name}: the Docker engine closed the connection"
-                ))),
-            }
-        };
+        let exited = self.wait_exit(&id, &name, condition);
         let watches_health =
             state.running == Some(true) && has_healthcheck(info.config.as_ref().and_then(|c| c.healthcheck.as_ref()));
         if !watches_health {
