@@ -131,9 +131,7 @@ impl DockerExecutor {
             Some(Ok(resp)) => Ok(ExitStatus { code: resp.status_code }),
             // bollard reports a non-zero exit as an error.
             Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(ExitStatus { code }),
-            Some(Err(e)) if status(&e) == Some(404) => {
-                Err(ExecError::Fatal(format!("container {name} no longer exists")))
-            }
+            Some(Err(e)) if status(&e) == Some(404) => Err(container_gone(name)),
             Some(Err(e)) => Err(engine_error(&format!("waiting for container {name}"), e)),
             None => Err(ExecError::Temporary(format!(
                 "waiting for container {name}: the Docker engine closed the connection"
@@ -147,8 +145,8 @@ impl DockerExecutor {
         let client = self.docker.clone().with_timeout(Duration::from_secs(t.unsigned_abs()) + STOP_SLACK);
         let opts = StopContainerOptionsBuilder::default().t(i32::try_from(t).unwrap_or(i32::MAX)).build();
         match client.stop_container(id, Some(opts)).await {
-            // 304: not running (created, exited or already stopping).
             Ok(()) => Ok(true),
+            // 304: not running (created, exited or already stopping).
             Err(e) if status(&e) == Some(304) => Ok(true),
             Err(e) if status(&e) == Some(404) => Ok(false),
             Err(e) => Err(engine_error(&format!("stopping container {name}"), e)),
@@ -329,7 +327,6 @@ impl Executor for DockerExecutor {
 
     async fn wait(&self, plan: &TaskPlan) -> Result<ExitStatus, ExecError> {
         let name = container_name(plan);
-        let gone = || ExecError::Fatal(format!("container {name} no longer exists"));
         let known = self.made.lock().get(&plan.task_id).filter(|m| m.start_called).cloned();
         if let Some(made) = &known
             && made.started
@@ -343,11 +340,11 @@ impl Executor for DockerExecutor {
         let id = match known.map(|made| made.id) {
             Some(id) => id,
             None => {
-                let Some(summary) = self.find(&plan.task_id).await? else { return Err(gone()) };
+                let Some(summary) = self.find(&plan.task_id).await? else { return Err(container_gone(&name)) };
                 summary.id.unwrap_or_default()
             }
         };
-        let Some(info) = self.inspect(&id).await? else { return Err(gone()) };
+        let Some(info) = self.inspect(&id).await? else { return Err(container_gone(&name)) };
         let state = info.state.unwrap_or_default();
         // "not-running" returns at once for a created container; wait for its first run instead.
         let condition =
@@ -553,6 +550,11 @@ fn status(e: &DockerError) -> Option<u16> {
         DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
     }
+}
+
+/// The task's container was removed behind the executor's back.
+fn container_gone(name: &str) -> ExecError {
+    ExecError::Fatal(format!("container {name} no longer exists"))
 }
 
 /// Turns a bollard error into an [`ExecError`]: refusals by the engine are fatal, failures to
