@@ -111,15 +111,16 @@ pub async fn converge(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
         format!(
             "N = {n}, median of {trials} trial(s). One Docker engine runs everything. **shoal**: 1 `shoal-manager` + 2 \
              `shoal-agent` processes; the clock starts before the `CreateService` call ({n} replicas of \
-             `{IMAGE_V1}`); the engine is polled every 25 ms until it lists {n} running containers labelled \
-             `org.shoal.service.name=<name>`, and the clock stops at the latest of their `State.StartedAt` (the \
+             `{IMAGE_V1}`); the benchmark follows the engine's `start` events (it does not poll the engine, whose \
+             list calls would slow the starts being timed; a safety look once a second) until {n} containers labelled \
+             `org.shoal.service.name=<name>` run, and the clock stops at the latest of their `State.StartedAt` (the \
              engine's own record of when each container started, so the figure does not depend on the polling). **raw docker** (floor): {n} \
              concurrent create+start calls through the Docker API (bollard, the equivalent of `docker run -d`); the \
              clock stops at the last of their start times, as for shoal. **Docker \
              Swarm**: `docker service create --detach --no-resolve-image --replicas {n}` on this engine (a one-node \
              swarm, initialised for the run with `docker swarm init --advertise-addr 127.0.0.1` if the engine was not \
              in one, and left afterwards); the clock starts before the CLI runs; once {n} containers \
-             labelled `com.docker.swarm.service.name=sb_converge` run (polled the same way), it stops at the last of \
+             labelled `com.docker.swarm.service.name=sb_converge` run (watched the same way), it stops at the last of \
              their start times, as for shoal. Services and \
              containers are removed between trials. The swarm exists only while Swarm is measured: raw Docker and shoal run on an engine outside swarm mode.{swarm_note}"
         ),

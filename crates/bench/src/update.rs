@@ -191,10 +191,12 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
              floor replaces N v2 containers by v1 ones exactly as for an update. \
              **shoal** (1 manager + 2 agents): the service is created with that update config (other fields at \
              their defaults, so monitor 5 s), all N v1 containers run, then the clock starts before the \
-             `UpdateService` call (spec with the new image, version just read); the engine is polled every 25 ms until \
-             it lists N running containers of the service with the v2 image id, and \"all v2 running\" is the \
+             `UpdateService` call (spec with the new image, version just read); the benchmark follows the engine's `start` events until \
+             N containers of the service run the v2 image id (it does not poll the engine meanwhile: a container \
+             list costs the engine milliseconds of CPU, which slowed the starts being timed, while the raw floor \
+             runs unobserved; a safety look once a second), and \"all v2 running\" is the \
              moment the last of those N containers started, taken from the engine's own record of it (`State.StartedAt`, so the \
-             figure does not depend on the polling). \"update_status completed\" is when `GetService` shows `completed`, which includes the final 5 s monitor window, so it is \
+             figure does not depend on when the benchmark looks). `GetService` is polled only after that. \"update_status completed\" is when `GetService` shows `completed`, which includes the final 5 s monitor window, so it is \
              not comparable. **raw docker** (floor, bollard): N v1 containers run; then batches of {PARALLELISM}, one \
              after the other; within a batch, for each container in parallel: stop-first = stop the old one \
              (`docker stop -t 10`) then create+start a new one; start-first = create+start the new one then stop the old one. The \
@@ -204,7 +206,7 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
              --update-order <order>` (and the same `--rollback-*`), then the clock starts before `docker service update --detach \
              --no-resolve-image --image {IMAGE_V2} --update-parallelism P --update-delay 0s \
              --update-order <order>`; once N running containers labelled \
-             `com.docker.swarm.service.name=sb_update` have the v2 image id (polled like shoal's), the figure is \
+             `com.docker.swarm.service.name=sb_update` have the v2 image id (watched like shoal's), the figure is \
              the last of their start times, as for shoal. Per-batch overhead \
              = (shoal − raw docker) / ⌈N/P⌉ batches. The swarm exists only while Swarm is measured: raw Docker and shoal run on an engine outside swarm mode.{swarm_note}",
             raw_totals.join(", ")
@@ -278,30 +280,24 @@ async fn shoal_update(
     } else {
         (&images.v2, UpdateState::Completed)
     };
-    let (mut v2_running, mut completed) = (None, None);
-    while v2_running.is_none() || completed.is_none() {
-        if v2_running.is_none() {
-            let ids = engine.running_ids(&label, Some(target)).await?;
-            if ids.len() >= v.replicas {
-                v2_running = Some(engine.last_start(&ids, since).await?);
-            }
-        }
-        if completed.is_none() {
-            let service = svc::get(client, name).await?;
-            if service.update_status.as_ref().is_some_and(|u| u.state == done_state) {
-                completed = Some(started.elapsed().as_secs_f64());
-            }
+    // The engine is not polled while it starts the new containers (see `Engine::wait_started`);
+    // the manager is asked for the update's state only once they all run.
+    let v2_running = engine.wait_started(&label, Some(target), v.replicas, since, TIMEOUT).await?;
+    let completed = loop {
+        let service = svc::get(client, name).await?;
+        if service.update_status.as_ref().is_some_and(|u| u.state == done_state) {
+            break started.elapsed().as_secs_f64();
         }
         if started.elapsed() > TIMEOUT {
-            bail!("update not done after {TIMEOUT:?}: v2 running at {v2_running:?}, completed at {completed:?}");
+            bail!("update not done after {TIMEOUT:?}: all new containers ran at {v2_running:.2} s");
         }
         tokio::time::sleep(POLL).await;
-    }
+    };
     svc::remove(client, name).await?;
     if let Err(e) = engine.wait_gone(&label, Duration::from_secs(60)).await {
         eprintln!("    warning: shoal: {e:#}");
     }
-    Ok((v2_running.expect("loop ended"), completed.expect("loop ended")))
+    Ok((v2_running, completed))
 }
 
 async fn swarm_update(engine: &Engine, swarm: &mut Swarm, images: &Images, v: Variant) -> Result<f64> {
