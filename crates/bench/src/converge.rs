@@ -114,7 +114,7 @@ pub async fn converge(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
              `{IMAGE_V1}`); the benchmark follows the engine's `start` events (it does not poll the engine, whose \
              list calls would slow the starts being timed; a safety look once a second) until {n} containers labelled \
              `org.shoal.service.name=<name>` run, and the clock stops at the latest of their `State.StartedAt` (the \
-             engine's own record of when each container started, so the figure does not depend on the polling). **raw docker** (floor): {n} \
+             engine's own record of when each container started, so the figure does not depend on when the benchmark looks). **raw docker** (floor): {n} \
              concurrent create+start calls through the Docker API (bollard, the equivalent of `docker run -d`); the \
              clock stops at the last of their start times, as for shoal. **Docker \
              Swarm**: `docker service create --detach --no-resolve-image --replicas {n}` on this engine (a one-node \
