@@ -16,6 +16,7 @@ pub mod client;
 mod config;
 pub mod join;
 mod pki;
+pub mod private_files;
 pub mod server;
 mod token;
 

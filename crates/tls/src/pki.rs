@@ -7,8 +7,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::{MANAGER_SERVER_NAME, PeerIdentity, Role, TlsError, hex};
 
@@ -213,49 +213,44 @@ pub const KEY_FILE: &str = "key.pem";
 
 impl Credentials {
     /// Reads `ca.pem`, `cert.pem`, `key.pem` from `dir`. `Ok(None)` when none of them exists.
+    /// Each file is checked (a certificate, a certificate naming its holder, a private key), so
+    /// a damaged one is reported by its path and what is wrong with it, not later by a TLS
+    /// handshake.
     pub fn load(dir: &Path) -> Result<Option<Credentials>, TlsError> {
         let files = [CA_FILE, CERT_FILE, KEY_FILE];
         let present: Vec<bool> = files.iter().map(|f| dir.join(f).exists()).collect();
         if present.iter().all(|p| !p) {
             return Ok(None);
         }
+        let damaged =
+            |name: &str, message: String| TlsError::Files { path: dir.join(name).display().to_string(), message };
         let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name)).map_err(|e| TlsError::Files {
-                path: dir.join(name).display().to_string(),
-                message: format!("cannot read it: {e}"),
-            })
+            std::fs::read_to_string(dir.join(name)).map_err(|e| damaged(name, format!("cannot read it: {e}")))
         };
         let credentials = Credentials { ca_pem: read(CA_FILE)?, cert_pem: read(CERT_FILE)?, key_pem: read(KEY_FILE)? };
-        credentials
-            .identity()
-            .map_err(|e| TlsError::Files { path: dir.join(CERT_FILE).display().to_string(), message: e.to_string() })?;
+        credentials.ca_der().map_err(|e| damaged(CA_FILE, format!("damaged: {e}")))?;
+        credentials.identity().map_err(|e| damaged(CERT_FILE, format!("damaged: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
+            .map_err(|e| damaged(KEY_FILE, format!("damaged: not a PEM private key ({e})")))?;
+        crate::provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| damaged(KEY_FILE, format!("damaged: not a usable private key ({e})")))?;
         Ok(Some(credentials))
     }
 
-    /// Writes the three files (the key readable by its owner only), each through a temporary
-    /// file and a rename so a crash never leaves half a key.
+    /// Writes the three files into `dir` (created 0700 if missing), each readable by its owner
+    /// only and each through a temporary file and a rename, so a crash never leaves half a key.
+    /// The certificates are not secret, but the whole bundle says who may act as this node, and
+    /// one rule for every file in a private directory is easier to check.
     pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
-        let err = |path: &Path, e: std::io::Error| TlsError::Files {
-            path: path.display().to_string(),
-            message: e.to_string(),
+        let err = |e: crate::private_files::PrivateFileError| TlsError::Files {
+            path: e.path.display().to_string(),
+            message: format!("{}: {}", e.what, e.source),
         };
-        std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
-        for (name, contents, private) in
-            [(CA_FILE, &self.ca_pem, false), (CERT_FILE, &self.cert_pem, false), (KEY_FILE, &self.key_pem, true)]
-        {
-            let path = dir.join(name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(if private { 0o600 } else { 0o644 });
-            }
-            let mut file = options.open(&tmp).map_err(|e| err(&tmp, e))?;
-            std::io::Write::write_all(&mut file, contents.as_bytes()).map_err(|e| err(&tmp, e))?;
-            file.sync_all().map_err(|e| err(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
+        crate::private_files::create_dir(dir).map_err(err)?;
+        for (name, contents) in [(CA_FILE, &self.ca_pem), (CERT_FILE, &self.cert_pem), (KEY_FILE, &self.key_pem)] {
+            crate::private_files::write(&dir.join(name), contents.as_bytes()).map_err(err)?;
         }
         Ok(())
     }
@@ -327,5 +322,27 @@ mod tests {
         std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
         let err = Credentials::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("key.pem") && err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn saved_files_are_private_and_a_truncated_file_is_named_when_loading() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("tls");
+        let ca = ClusterCa::generate("c", SystemTime::now()).unwrap();
+        let creds = ca.issue_with_new_key("c", "n", Role::Worker, Duration::from_secs(60), SystemTime::now()).unwrap();
+        creds.save(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        for name in [CA_FILE, CERT_FILE, KEY_FILE] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+        for name in [CA_FILE, CERT_FILE, KEY_FILE] {
+            creds.save(&dir).unwrap();
+            let full = std::fs::read(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name), &full[..full.len() / 2]).unwrap();
+            let err = Credentials::load(&dir).unwrap_err().to_string();
+            assert!(err.contains(&dir.join(name).display().to_string()) && err.contains("damaged"), "{name}: {err}");
+        }
     }
 }
