@@ -12,9 +12,6 @@ use shoal_types::{NodeState, PublishMode, TaskState};
 
 use crate::{Manager, now_millis};
 
-/// Actions per raft entry when the control loop writes a large pass.
-const MAX_ACTIONS_PER_ENTRY: usize = 200;
-
 /// Failures of one service version on one node that make the scheduler avoid the node (Swarm).
 const FAULTY_WINDOW_MS: u64 = 5 * 60_000;
 
@@ -65,20 +62,19 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
         let wakeup = next;
         if !actions.is_empty() {
             // The loop's actions are independent (each is stale-tolerant), so a large pass — a
-            // service of thousands of replicas — goes into the log as several entries, each well
-            // under the entry size limit (Swarm splits its batches at 200 changes too).
-            let mut failed = false;
-            for chunk in actions.chunks(MAX_ACTIONS_PER_ENTRY) {
-                if let Err(e) = manager.propose(chunk.to_vec()).await {
+            // service of thousands of replicas — goes into the log as several entries, each
+            // packed by encoded size to stay under the entry limit.
+            match manager.propose_in_entries(actions).await {
+                // Everything was over the entry limit (and dropped): wait for a change rather
+                // than decide the same thing again at once.
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(e) => {
                     tracing::warn!(error = %e, "control loop proposal failed; retrying");
-                    failed = true;
-                    break;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
             }
-            if failed {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            continue;
         }
         let sleep = wakeup
             .map(|at| Duration::from_millis(at.saturating_sub(now_millis()).max(1)))
@@ -114,6 +110,10 @@ pub fn schedule(state: &State, now: u64) -> Vec<Action> {
     let mut failures: std::collections::BTreeMap<(String, String, u64), u32> = Default::default();
     for t in state.tasks() {
         let runnable = t.desired_state <= TaskState::Running;
+        if runnable && shoal_orchestrator::held_by_backoff(t, now) {
+            // Not placed until its restart backoff ends: the orchestrator's wake-up opens it.
+            continue;
+        }
         if runnable && t.status.state < TaskState::Assigned {
             pending.push(PendingTask {
                 id: t.id.clone(),

@@ -18,6 +18,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A single change over the raft entry limit: refused, never retried.
+    #[error("the change is too large: {size} bytes encoded, at most {limit}")]
+    TooLarge { size: usize, limit: usize },
     #[error("this manager is not the leader")]
     NotLeader,
     #[error("internal error: {0}")]
@@ -34,6 +37,8 @@ impl From<StoreError> for ApiError {
             | StoreError::NoPreviousSpec { .. }
             | StoreError::Rename { .. }
             | StoreError::ModeChange { .. }
+            | StoreError::ClusterOutOfSequence { .. }
+            | StoreError::NoCluster
             | StoreError::ClusterExists
             | StoreError::SecurityExists
             | StoreError::NoSecurity => ApiError::FailedPrecondition(e.to_string()),
@@ -57,7 +62,7 @@ impl From<ProposeError> for ApiError {
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         let code = match &e {
-            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::InvalidArgument(_) | ApiError::TooLarge { .. } => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,

@@ -36,6 +36,62 @@ pub use machine::{ApplyResult, StoreMachine};
 /// Largest batch a proposal may carry (Swarm's limit).
 pub const MAX_ENTRY_BYTES: usize = 1536 * 1024;
 
+/// Room left in an entry for the batch's envelope (`{"at":…,"actions":[…]}`) when actions are packed.
+const ENVELOPE_BYTES: usize = 256;
+
+/// Independent actions packed into as few entries as fit under [`MAX_ENTRY_BYTES`], in order;
+/// an action that alone is over the limit comes back apart with its encoded size.
+pub struct Packed {
+    pub entries: Vec<Vec<Action>>,
+    pub too_large: Vec<(Action, usize)>,
+}
+
+/// Packs `actions` (which must not depend on landing together) into entries by encoded size.
+pub fn pack_entries(actions: Vec<Action>) -> Packed {
+    let limit = MAX_ENTRY_BYTES - ENVELOPE_BYTES;
+    let mut packed = Packed { entries: Vec::new(), too_large: Vec::new() };
+    let mut current: Vec<Action> = Vec::new();
+    let mut current_bytes = 0;
+    for action in actions {
+        let size = encoded_len(&action);
+        if size > limit {
+            packed.too_large.push((action, size));
+            continue;
+        }
+        // +1 for the comma between actions.
+        if current_bytes + size + 1 > limit {
+            packed.entries.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+        current_bytes += size + 1;
+        current.push(action);
+    }
+    if !current.is_empty() {
+        packed.entries.push(current);
+    }
+    packed
+}
+
+/// The length of an action's JSON, without keeping the bytes.
+fn encoded_len(action: &Action) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, action) {
+        Ok(()) => count.0,
+        // Cannot be encoded, so cannot be proposed either: treat as over any limit.
+        Err(_) => usize::MAX,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error("{0}")]
@@ -141,12 +197,30 @@ impl Manager {
         let batch = Batch { at: now_millis(), actions };
         let data = serde_json::to_vec(&batch).map_err(|e| ApiError::Internal(e.to_string()))?;
         if data.len() > MAX_ENTRY_BYTES {
-            return Err(ApiError::InvalidArgument(format!(
-                "raft message is too large ({} bytes, at most {MAX_ENTRY_BYTES})",
-                data.len()
-            )));
+            return Err(ApiError::TooLarge { size: data.len(), limit: MAX_ENTRY_BYTES });
         }
         Ok(self.raft.propose(data).await??)
+    }
+
+    /// Proposes independent actions (the control loop's, agents' statuses) as as many entries as
+    /// their size needs. An action that alone is over the limit is dropped with an error log:
+    /// retrying it could never succeed. Stops at the first entry that fails; returns how many
+    /// entries were written.
+    pub async fn propose_in_entries(&self, actions: Vec<Action>) -> Result<usize, ApiError> {
+        let packed = pack_entries(actions);
+        for (action, size) in &packed.too_large {
+            tracing::error!(
+                action = action_name(action),
+                size,
+                limit = MAX_ENTRY_BYTES,
+                "a change is over the raft entry limit on its own; dropped"
+            );
+        }
+        let written = packed.entries.len();
+        for entry in packed.entries {
+            self.propose(entry).await?;
+        }
+        Ok(written)
     }
 
     pub async fn change_members(&self, change: MemberChange) -> Result<(), ApiError> {
@@ -483,7 +557,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     let incoming = shoal_tls::server::incoming(listener, server_tls);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(auth::AuthLayer { manager: manager.clone() })
+            .layer(auth::AuthLayer::new(manager.clone()))
             // Pings find clients (agents, peers) whose connection died without a reset.
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
@@ -513,8 +587,51 @@ async fn renew_own_certificate(manager: Arc<Manager>, dir: PathBuf) {
     }
 }
 
+/// The action's tag as it appears in the log, for log lines.
+fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::PutTask { .. } => "put_task",
+        Action::DeleteTasks { .. } => "delete_tasks",
+        Action::SetTaskStatus { .. } => "set_task_status",
+        Action::SetUpdateStatus { .. } => "set_update_status",
+        _ => "other",
+    }
+}
+
 fn open_sled(path: &std::path::Path) -> Result<SledDurable, ManagerError> {
     SledDurable::open(path).map_err(|e| {
         ManagerError::DataDir(format!("{e} (is another shoal-manager using this data dir, or is it damaged?)"))
     })
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use super::*;
+
+    fn delete(n: usize, id_len: usize) -> Action {
+        Action::DeleteTasks { ids: (0..n).map(|i| format!("{i:0id_len$}")).collect() }
+    }
+
+    #[test]
+    fn entries_stay_under_the_limit_and_keep_order() {
+        // 400 actions of about 10 KB: about 150 fit an entry.
+        let actions: Vec<Action> = (0..400).map(|_| delete(400, 24)).collect();
+        let packed = pack_entries(actions.clone());
+        assert!(packed.too_large.is_empty());
+        assert!(packed.entries.len() >= 3, "{} entries", packed.entries.len());
+        for entry in &packed.entries {
+            let batch = Batch { at: u64::MAX, actions: entry.clone() };
+            assert!(serde_json::to_vec(&batch).unwrap().len() <= MAX_ENTRY_BYTES);
+        }
+        assert_eq!(packed.entries.concat(), actions);
+    }
+
+    #[test]
+    fn an_action_over_the_limit_alone_is_set_apart_with_its_size() {
+        let huge = delete(70_000, 24);
+        let size = serde_json::to_vec(&huge).unwrap().len();
+        let packed = pack_entries(vec![delete(1, 24), huge.clone(), delete(2, 24)]);
+        assert_eq!(packed.too_large, vec![(huge, size)]);
+        assert_eq!(packed.entries, vec![vec![delete(1, 24), delete(2, 24)]]);
+    }
 }

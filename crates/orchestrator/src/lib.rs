@@ -24,6 +24,33 @@ mod update_tests;
 /// Swarm's `defaultOldTaskTimeout`: a replacement starts anyway if the old task has not stopped.
 pub const OLD_TASK_TIMEOUT_MS: u64 = 60_000;
 
+/// The restart backoff never waits longer than this (Kubernetes' CrashLoopBackOff cap)…
+pub const MAX_RESTART_BACKOFF_MS: u64 = 5 * 60_000;
+/// …and doubles from at least this, so a restart delay of 0 still backs off.
+pub const MIN_RESTART_BACKOFF_MS: u64 = 1_000;
+/// A task that ran this long before it ended resets its slot's backoff (Kubernetes: 10 minutes).
+pub const BACKOFF_RESET_MS: u64 = 10 * 60_000;
+
+/// How long to wait before the replacement for the `failures`-th task in a row of a slot that
+/// ended without running for [`BACKOFF_RESET_MS`]: the restart policy's delay for the first, then
+/// doubling up to [`MAX_RESTART_BACKOFF_MS`] (never below the policy's delay).
+pub fn restart_backoff(policy_delay_ms: u64, failures: u32) -> u64 {
+    if failures <= 1 {
+        return policy_delay_ms;
+    }
+    let base = policy_delay_ms.max(MIN_RESTART_BACKOFF_MS);
+    let doubled = base.saturating_mul(1u64 << (failures - 1).min(32));
+    doubled.min(MAX_RESTART_BACKOFF_MS).max(policy_delay_ms)
+}
+
+/// Whether a restarted task is still held back by its backoff: the scheduler does not place it
+/// (so no node prepares it, and a task that fails in create cannot loop) until the gate opens.
+pub fn held_by_backoff(task: &Task, now: Timestamp) -> bool {
+    task.origin == TaskOrigin::Restart
+        && task.status.state < TaskState::Assigned
+        && task.start_gate.as_ref().is_some_and(|g| g.not_before > now)
+}
+
 /// What one reconcile pass decided.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -114,6 +141,7 @@ fn new_task(
         origin,
         start_gate: gate,
         running_at: None,
+        restart_failures: 0,
     }
 }
 
@@ -145,11 +173,19 @@ pub fn gate_open(state: &State, gate: &StartGate, now: Timestamp) -> bool {
 pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
     let mut plan = Plan::default();
     let history_limit = state.cluster().map(|c| c.spec.task_history_limit).unwrap_or(5);
+    // A spec over the cluster's limit can only come from a log written before the limit existed;
+    // it runs at the limit instead of exhausting memory.
+    let max_replicas =
+        state.cluster().map(|c| c.spec.max_replicas).unwrap_or(shoal_types::limits::DEFAULT_MAX_REPLICAS);
+    let mut budget = shoal_types::limits::MAX_NEW_TASKS_PER_PASS;
     for service in state.services() {
         let before = plan.actions.len();
         match service.spec.mode {
-            ServiceMode::Replicated { replicas } => reconcile_replicated(state, service, replicas, ctx, &mut plan),
-            ServiceMode::Global => reconcile_global(state, service, ctx, &mut plan),
+            ServiceMode::Replicated { replicas } => {
+                let replicas = replicas.min(max_replicas);
+                reconcile_replicated(state, service, replicas, ctx, &mut plan, &mut budget)
+            }
+            ServiceMode::Global => reconcile_global(state, service, ctx, &mut plan, &mut budget),
         }
         // One decision maker per service per pass: the rollout moves once the orchestrator has
         // nothing left to fix (its changes come back as events and trigger the next pass).
@@ -177,8 +213,9 @@ pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
         }
     }
     let doomed = reaper::reap(state, history_limit);
-    if !doomed.is_empty() {
-        plan.actions.push(Action::DeleteTasks { ids: doomed });
+    // In pieces, so removing a service of 100k tasks is not one action over the entry limit.
+    for ids in doomed.chunks(reaper::MAX_IDS_PER_DELETE) {
+        plan.actions.push(Action::DeleteTasks { ids: ids.to_vec() });
     }
     plan
 }
@@ -218,10 +255,20 @@ fn supervise(
             }
             // The restart delay guards against crash loops. A drained node (Swarm) or a lost one
             // (shoal: the node failed, not the task) starts the replacement at once.
-            let delay = if node_drained(state, &task.node_id) || node_down_or_gone(state, &task.node_id) {
+            // Every end of a task before it ran for a while counts toward the slot's backoff,
+            // whether it failed in create (a missing image) or exited at once.
+            let node_lost = node_drained(state, &task.node_id) || node_down_or_gone(state, &task.node_id);
+            let ran_long = task.running_at.is_some_and(|r| task.status.timestamp.saturating_sub(r) >= BACKOFF_RESET_MS);
+            let failures = match (failed && !node_lost, ran_long) {
+                (false, _) => 0,
+                (true, true) => 1,
+                (true, false) => task.restart_failures.saturating_add(1),
+            };
+            let delay = if node_lost {
                 0
             } else {
-                service.spec.task.restart_policy.delay.as_std().as_millis() as u64
+                let policy_delay = service.spec.task.restart_policy.delay.as_std().as_millis() as u64;
+                restart_backoff(policy_delay, failures)
             };
             let wait_stop = !(failed || node_down_or_gone(state, &task.node_id));
             let gate = (delay > 0 || wait_stop).then(|| StartGate {
@@ -230,7 +277,14 @@ fn supervise(
                 deadline: ctx.now + delay + OLD_TASK_TIMEOUT_MS,
             });
             let node = global_node.unwrap_or("");
-            let replacement = new_task(ctx, service, task.slot, node, TaskOrigin::Restart, gate);
+            let mut replacement = new_task(ctx, service, task.slot, node, TaskOrigin::Restart, gate);
+            replacement.restart_failures = failures;
+            if delay > 0 {
+                // What `service ps` shows while the task waits: why it is being restarted.
+                let reason = if task.status.err.is_empty() { &task.status.message } else { &task.status.err };
+                replacement.status.message = "restart delayed".into();
+                replacement.status.err = reason.clone();
+            }
             note_wakeup(plan, replacement.start_gate.as_ref(), ctx.now);
             plan.actions.push(Action::PutTask { task: replacement });
             counts = true;
@@ -269,7 +323,14 @@ fn note_wakeup(plan: &mut Plan, gate: Option<&StartGate>, now: Timestamp) {
     }
 }
 
-fn reconcile_replicated(state: &State, service: &Service, replicas: u64, ctx: &mut Ctx<'_>, plan: &mut Plan) {
+fn reconcile_replicated(
+    state: &State,
+    service: &Service,
+    replicas: u64,
+    ctx: &mut Ctx<'_>,
+    plan: &mut Plan,
+    budget: &mut usize,
+) {
     let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
     for task in state.tasks_of_service(&service.id) {
         slots.entry(task.slot).or_default().push(task);
@@ -284,7 +345,9 @@ fn reconcile_replicated(state: &State, service: &Service, replicas: u64, ctx: &m
     if counted_len < replicas {
         let taken: BTreeSet<u64> = counted.iter().copied().collect();
         let mut slot = 0;
-        for _ in 0..(replicas - counted_len) {
+        let missing = (replicas - counted_len).min(*budget as u64);
+        *budget -= missing as usize;
+        for _ in 0..missing {
             slot += 1;
             while taken.contains(&slot) {
                 slot += 1;
@@ -341,7 +404,7 @@ fn global_eligible(node: &Node, service: &ServiceSpec) -> bool {
         && service.task.placement.constraints.iter().all(|c| c.matches(|k| node.attribute(k)))
 }
 
-fn reconcile_global(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &mut Plan) {
+fn reconcile_global(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &mut Plan, budget: &mut usize) {
     let mut by_node: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for task in state.tasks_of_service(&service.id) {
         by_node.entry(task.node_id.as_str()).or_default().push(task);
@@ -371,7 +434,8 @@ fn reconcile_global(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &
                         && !should_restart(&service.spec, newest, tasks, ctx.now)
                 })
         });
-        if !has_task {
+        if !has_task && *budget > 0 {
+            *budget -= 1;
             let task = new_task(ctx, service, 0, &node.id, TaskOrigin::Orchestrator, None);
             plan.actions.push(Action::PutTask { task });
         }

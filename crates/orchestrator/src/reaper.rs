@@ -1,9 +1,12 @@
 //! The task reaper (Swarm §1.4): keeps a bounded history per slot and deletes removed tasks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use shoal_store::State;
 use shoal_types::{ServiceMode, Task, TaskState};
+
+/// Ids per `DeleteTasks` action: 1,000 ids are about 30 KB, far under a raft entry's limit.
+pub const MAX_IDS_PER_DELETE: usize = 1_000;
 
 /// Ids of tasks to delete now.
 pub fn reap(state: &State, history_limit: u64) -> Vec<String> {
@@ -17,6 +20,9 @@ pub fn reap(state: &State, history_limit: u64) -> Vec<String> {
             doomed.push(task.id.clone());
         }
     }
+    // A set, not the list: removing a large service dooms thousands of tasks, and every task of
+    // every other service is checked against them.
+    let already: HashSet<String> = doomed.iter().cloned().collect();
     for service in state.services() {
         let policy = &service.spec.task.restart_policy;
         let limit = if policy.max_attempts > 0 { policy.max_attempts + 1 } else { history_limit } as usize;
@@ -29,7 +35,7 @@ pub fn reap(state: &State, history_limit: u64) -> Vec<String> {
             slots.entry(key).or_default().push(task);
         }
         for mut tasks in slots.into_values() {
-            tasks.retain(|t| !doomed.contains(&t.id));
+            tasks.retain(|t| !already.contains(&t.id));
             if tasks.len() <= limit {
                 continue;
             }

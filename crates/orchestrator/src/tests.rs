@@ -500,3 +500,126 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn restart_backoff_doubles_to_five_minutes() {
+    let seconds: Vec<u64> = (1..=10).map(|n| restart_backoff(5_000, n) / 1_000).collect();
+    assert_eq!(seconds, [5, 10, 20, 40, 80, 160, 300, 300, 300, 300]);
+    // A delay of 0 restarts the first failure at once, then backs off from a second.
+    assert_eq!((1..=4).map(|n| restart_backoff(0, n)).collect::<Vec<_>>(), [0, 2_000, 4_000, 8_000]);
+    // Never shorter than the policy's own delay, and no overflow for absurd counts.
+    assert_eq!(restart_backoff(600_000, 3), 600_000);
+    assert_eq!(restart_backoff(5_000, u32::MAX), MAX_RESTART_BACKOFF_MS);
+}
+
+/// A slot whose task fails before it ever runs (a missing image fails in create) backs off
+/// exponentially, its replacement is held from the scheduler until then, and `service ps` has
+/// the reason to show.
+#[test]
+fn a_task_failing_in_create_backs_off_exponentially() {
+    let mut w = World::new(&["n1"]);
+    let svc = w.service(spec("web", 1));
+    w.settle();
+    let mut waits = Vec::new();
+    for round in 1..=6u32 {
+        w.run_all();
+        let current = w.runnable(&svc).pop().expect("a runnable task");
+        let status = TaskStatus {
+            state: TaskState::Rejected,
+            timestamp: w.now,
+            err: "No such image: shoal/busybox:99".into(),
+            ..Default::default()
+        };
+        w.apply(vec![Action::SetTaskStatus { id: current.id.clone(), status }]);
+        w.step();
+        let replacement = w.runnable(&svc).pop().expect("a replacement");
+        assert_ne!(replacement.id, current.id);
+        assert_eq!(replacement.restart_failures, round);
+        assert_eq!(replacement.status.err, "No such image: shoal/busybox:99");
+        let gate = replacement.start_gate.clone().expect("gated");
+        assert!(held_by_backoff(&replacement, w.now), "not placed while it waits");
+        waits.push((gate.not_before - w.now) / 1_000);
+        w.now = gate.not_before;
+        assert!(!held_by_backoff(&replacement, w.now));
+        w.settle();
+        assert_eq!(w.state.task(&replacement.id).unwrap().desired_state, TaskState::Running);
+    }
+    assert_eq!(waits, [5, 10, 20, 40, 80, 160]);
+}
+
+/// A task that ran for a while before it failed resets the backoff: the next restart waits only
+/// the policy's delay.
+#[test]
+fn a_task_that_ran_long_resets_the_backoff() {
+    let mut w = World::new(&["n1"]);
+    let svc = w.service(spec("web", 1));
+    w.settle();
+    for _ in 0..3 {
+        w.run_all();
+        let current = w.runnable(&svc).pop().unwrap();
+        w.set_status(&current.id, TaskState::Failed);
+        w.step();
+        w.now += 10 * 60_000;
+        w.settle();
+    }
+    assert_eq!(w.runnable(&svc).pop().unwrap().restart_failures, 3);
+    w.run_all();
+    let current = w.runnable(&svc).pop().unwrap();
+    assert!(current.running_at.is_some());
+    w.now += BACKOFF_RESET_MS;
+    w.set_status(&current.id, TaskState::Failed);
+    w.step();
+    let replacement = w.runnable(&svc).pop().unwrap();
+    assert_eq!(replacement.restart_failures, 1);
+    assert_eq!(replacement.start_gate.unwrap().not_before, w.now + 5_000);
+}
+
+/// A mistyped replica count (or one replayed from a log written before the limit existed) never
+/// makes a pass build more than a bounded number of tasks, nor a service more than the limit.
+#[test]
+fn task_creation_is_bounded_per_pass_and_per_service() {
+    let mut w = World::new(&["n1"]);
+    let mut cluster = w.state.cluster().unwrap().clone();
+    cluster.spec.max_replicas = 5_000;
+    w.apply(vec![Action::UpdateCluster { expected_version: cluster.version, spec: cluster.spec }]);
+    // Written straight to the store, as an old log would have it: no validation on this path.
+    let svc = w.service(spec("huge", 1_000_000_000));
+    let mut passes = 0;
+    loop {
+        let plan = w.step();
+        let created = plan.actions.iter().filter(|a| matches!(a, Action::PutTask { .. })).count();
+        assert!(created <= shoal_types::limits::MAX_NEW_TASKS_PER_PASS, "{created} tasks in one pass");
+        if created == 0 {
+            break;
+        }
+        passes += 1;
+        assert!(passes < 10, "creation does not stop");
+    }
+    assert_eq!(w.tasks(&svc).len(), 5_000);
+    assert_eq!(passes, 3);
+}
+
+/// Removing a service with many tasks deletes them in actions of bounded size.
+#[test]
+fn removal_of_a_large_service_deletes_in_pieces() {
+    let mut w = World::new(&["n1"]);
+    let svc = w.service(spec("big", 2_500));
+    w.settle();
+    assert_eq!(w.tasks(&svc).len(), 2_500);
+    w.apply(vec![Action::RemoveService { id: svc.clone() }]);
+    w.settle();
+    assert_eq!(w.state.tasks().count(), 0);
+    let mut w = World::new(&["n1"]);
+    let svc = w.service(spec("big", 2_500));
+    w.settle();
+    w.apply(vec![Action::RemoveService { id: svc }]);
+    let mut deletes = Vec::new();
+    for _ in 0..5 {
+        let plan = w.step();
+        deletes.extend(plan.actions.into_iter().filter_map(|a| match a {
+            Action::DeleteTasks { ids } => Some(ids.len()),
+            _ => None,
+        }));
+    }
+    assert_eq!(deletes, [1_000, 1_000, 500]);
+}

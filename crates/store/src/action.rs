@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use shoal_types::{
-    Cluster, ClusterSecurity, Node, NodeDescription, NodeRole, NodeSpec, NodeStatus, ServiceSpec, Task, TaskState,
-    TaskStatus, Timestamp, UpdateStatus,
+    Cluster, ClusterSecurity, ClusterSpec, Node, NodeDescription, NodeRole, NodeSpec, NodeStatus, ServiceSpec, Task,
+    TaskState, TaskStatus, Timestamp, UpdateStatus,
 };
 
 /// One raft log entry's worth of changes, applied all or nothing.
@@ -48,6 +48,11 @@ actions! {
     /// changes, or every node certificate would stop verifying).
     InitSecurity {
         security: ClusterSecurity,
+    },
+    /// `cluster update`: replaces the cluster's settings if it is still at `expected_version`.
+    UpdateCluster {
+        expected_version: u64,
+        spec: ClusterSpec,
     },
     /// `cluster join-token --rotate`: replaces one role's token; nodes that joined keep working.
     SetJoinToken {

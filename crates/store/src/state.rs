@@ -30,6 +30,12 @@ pub enum StoreError {
     ModeChange { name: String },
     #[error("service {name} does not have a previous spec")]
     NoPreviousSpec { name: String },
+    #[error(
+        "update out of sequence: the cluster is at version {current}, the update was based on version {expected}; inspect it again and retry"
+    )]
+    ClusterOutOfSequence { current: u64, expected: u64 },
+    #[error("the cluster is not initialised")]
+    NoCluster,
     #[error("cluster is already initialised")]
     ClusterExists,
     #[error("the cluster CA is already initialised")]
@@ -328,6 +334,20 @@ impl State {
                 self.cluster = Some(cluster.clone());
                 changes.push(Change { kind: ChangeKind::Create, index, at, object: Object::Cluster(cluster) });
             }
+            Action::UpdateCluster { expected_version, spec } => {
+                let Some(mut cluster) = self.cluster.clone() else { return Err(StoreError::NoCluster) };
+                if cluster.version != expected_version {
+                    return Err(StoreError::ClusterOutOfSequence {
+                        current: cluster.version,
+                        expected: expected_version,
+                    });
+                }
+                undo.push(Undo::Cluster(Some(cluster.clone())));
+                cluster.spec = spec;
+                cluster.version = index;
+                self.cluster = Some(cluster.clone());
+                changes.push(Change { kind: ChangeKind::Update, index, at, object: Object::Cluster(cluster) });
+            }
             Action::InitSecurity { security } => {
                 if self.security.is_some() {
                     return Err(StoreError::SecurityExists);
@@ -430,8 +450,9 @@ impl State {
                 }
             }
             Action::SetUpdateStatus { id, status } => {
-                let mut service =
-                    self.service(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?.clone();
+                // The updater's view may be older than a removal: nothing left to report on.
+                let Some(service) = self.service(&id) else { return Ok(()) };
+                let mut service = service.clone();
                 service.update_status = status;
                 service.version = index;
                 service.updated_at = at;
@@ -480,8 +501,11 @@ impl State {
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Node(node) });
             }
             Action::PutTask { mut task } => {
+                // Proposed by the control loop from a view that may predate the service's
+                // removal: a task for a service that is gone is skipped, so the rest of the
+                // entry (other services' tasks) still applies.
                 if !self.services.contains_key(&task.service_id) {
-                    return Err(StoreError::NotFound { kind: "service", id: task.service_id.clone() });
+                    return Ok(());
                 }
                 task.version = index;
                 task.updated_at = at;

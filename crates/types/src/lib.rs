@@ -4,6 +4,8 @@
 pub mod constraint;
 pub mod duration;
 pub mod ids;
+pub mod image_ref;
+pub mod limits;
 pub mod object;
 pub mod spec;
 pub mod state;

@@ -114,6 +114,14 @@ pub struct Task {
     /// failures from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_at: Option<Timestamp>,
+    /// How many tasks of this slot in a row ended without running for a while before this one
+    /// was made (0 for a task that is no restart): the restart backoff doubles with it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +252,14 @@ pub struct ClusterSpec {
     /// renew theirs well before.
     #[serde(default = "default_node_cert_expiry")]
     pub node_cert_expiry: crate::GoDuration,
+    /// The most replicas (tasks per slot set) one service may ask for (`--max-replicas`); a
+    /// mistyped `--replicas 1000000000` is refused instead of building a billion tasks.
+    #[serde(default = "default_max_replicas")]
+    pub max_replicas: u64,
+}
+
+fn default_max_replicas() -> u64 {
+    crate::limits::DEFAULT_MAX_REPLICAS
 }
 
 fn default_node_cert_expiry() -> crate::GoDuration {
@@ -274,6 +290,7 @@ impl Default for ClusterSpec {
             heartbeat_period: crate::GoDuration::from_secs(1),
             snapshot_interval: 10_000,
             node_cert_expiry: default_node_cert_expiry(),
+            max_replicas: default_max_replicas(),
         }
     }
 }

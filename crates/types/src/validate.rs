@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::limits;
 use crate::spec::{FailureAction, ServiceMode, ServiceSpec, UpdateConfig};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,24 +45,32 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
 }
 
 fn validate_image(image: &str) -> Result<(), ValidationError> {
-    let field = "task.container.image";
-    if image.is_empty() {
-        return Err(ValidationError::new(field, "must not be empty"));
-    }
-    if image.chars().any(char::is_whitespace) {
-        return Err(ValidationError::new(field, format!("{image:?} must not contain white space")));
-    }
-    // The repository part (before a tag or digest) must be lowercase, as Docker requires.
-    let without_digest = image.split('@').next().unwrap_or(image);
-    let repo = match without_digest.rfind(':') {
-        Some(colon) if !without_digest[colon..].contains('/') => &without_digest[..colon],
-        _ => without_digest,
-    };
-    if repo.is_empty() || repo.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(ValidationError::new(
-            field,
-            format!("{image:?} is not a valid image reference (repository names must be non-empty and lowercase)"),
-        ));
+    crate::image_ref::check(image).map_err(|e| match e {
+        crate::image_ref::ImageRefError::Empty => ValidationError::new("task.container.image", e.to_string()),
+        _ => ValidationError::new("task.container.image", format!("{image:?} is not a valid image reference: {e}")),
+    })
+}
+
+/// Lists and maps of a spec hold at most [`limits::MAX_LIST_ENTRIES`] entries.
+fn validate_counts(spec: &ServiceSpec) -> Result<(), ValidationError> {
+    let container = &spec.task.container;
+    let counts = [
+        ("labels", spec.labels.len()),
+        ("task.container.command", container.command.len()),
+        ("task.container.args", container.args.len()),
+        ("task.container.env", container.env.len()),
+        ("task.container.labels", container.labels.len()),
+        ("task.placement.constraints", spec.task.placement.constraints.len()),
+        ("task.placement.preferences", spec.task.placement.preferences.len()),
+        ("endpoint.ports", spec.endpoint.ports.len()),
+    ];
+    for (field, count) in counts {
+        if count > limits::MAX_LIST_ENTRIES {
+            return Err(ValidationError::new(
+                field,
+                format!("{count} entries is above the limit of {}", limits::MAX_LIST_ENTRIES),
+            ));
+        }
     }
     Ok(())
 }
@@ -85,6 +94,14 @@ impl ServiceSpec {
     /// change is proposed, so an invalid spec never reaches the log.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("name", &self.name)?;
+        validate_counts(self)?;
+        let encoded = serde_json::to_vec(self).map(|v| v.len()).unwrap_or(usize::MAX);
+        if encoded > limits::MAX_SPEC_BYTES {
+            return Err(ValidationError::new(
+                "spec",
+                format!("{encoded} bytes encoded is above the limit of {} bytes (1 MiB)", limits::MAX_SPEC_BYTES),
+            ));
+        }
         for key in self.labels.keys() {
             if key.is_empty() {
                 return Err(ValidationError::new("labels", "label keys must not be empty"));
@@ -189,6 +206,22 @@ impl ServiceSpec {
         }
         Ok(())
     }
+
+    /// Checks the spec against the cluster's limits (`shoal cluster update --max-replicas`).
+    pub fn validate_against(&self, cluster: &crate::ClusterSpec) -> Result<(), ValidationError> {
+        if let ServiceMode::Replicated { replicas } = self.mode
+            && replicas > cluster.max_replicas
+        {
+            return Err(ValidationError::new(
+                "replicas",
+                format!(
+                    "{replicas} is above the limit {}; raise it with shoal cluster update --max-replicas",
+                    cluster.max_replicas
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -247,6 +280,37 @@ mod tests {
         s.validate().unwrap();
         s.task.container.image = "".into();
         assert_eq!(err_of(&s), "task.container.image: must not be empty");
+        s.task.container.image = "shoal/busybox:".into();
+        assert!(
+            err_of(&s).starts_with(
+                "task.container.image: \"shoal/busybox:\" is not a valid image reference: has an empty tag"
+            )
+        );
+    }
+
+    #[test]
+    fn replicas_above_the_cluster_limit() {
+        let mut s = spec();
+        s.mode = ServiceMode::Replicated { replicas: 1_000_000_000 };
+        s.validate().unwrap();
+        assert_eq!(
+            s.validate_against(&crate::ClusterSpec::default()).unwrap_err().to_string(),
+            "replicas: 1000000000 is above the limit 100000; raise it with shoal cluster update --max-replicas"
+        );
+        s.mode = ServiceMode::Replicated { replicas: 100_000 };
+        s.validate_against(&crate::ClusterSpec::default()).unwrap();
+    }
+
+    #[test]
+    fn sizes_and_counts_are_bounded() {
+        let mut s = spec();
+        s.task.container.env = vec![format!("BIG={}", "x".repeat(limits::MAX_SPEC_BYTES))];
+        assert!(err_of(&s).starts_with("spec: "), "{}", err_of(&s));
+        assert!(err_of(&s).contains("above the limit of 1048576 bytes"));
+        s.task.container.env = vec![format!("BIG={}", "x".repeat(1_000_000))];
+        s.validate().unwrap();
+        s.task.container.env = (0..=limits::MAX_LIST_ENTRIES).map(|i| format!("K{i}=v")).collect();
+        assert_eq!(err_of(&s), "task.container.env: 10001 entries is above the limit of 10000");
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn task(service_id: &str, node_id: &str, state: TaskState, desired: TaskState) -
         origin: Default::default(),
         start_gate: None,
         running_at: None,
+        restart_failures: 0,
         desired_state: desired,
         status: TaskStatus { state, timestamp: 0, message: String::new(), err: String::new(), ..Default::default() },
     }

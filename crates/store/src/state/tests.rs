@@ -27,6 +27,7 @@ fn task(id: &str, service: &str, node: &str) -> Task {
         origin: Default::default(),
         start_gate: None,
         running_at: None,
+        restart_failures: 0,
         desired_state: TaskState::Running,
         status: TaskStatus {
             state: TaskState::New,
@@ -164,7 +165,7 @@ fn rollback_toggles_and_needs_a_previous_spec() {
 }
 
 #[test]
-fn tasks_are_indexed_and_need_their_service() {
+fn tasks_are_indexed_and_skipped_without_their_service() {
     let mut state = State::default();
     state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
     state
@@ -178,8 +179,21 @@ fn tasks_are_indexed_and_need_their_service() {
         .unwrap();
     assert_eq!(state.tasks_of_service("s1").count(), 2);
     assert_eq!(state.tasks_on_node("n2").map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t2"]);
-    let err = state.apply(3, &batch(vec![Action::PutTask { task: task("t3", "nope", "n1") }])).unwrap_err();
-    assert_eq!(err.to_string(), "service nope not found");
+    // A task for a service that is gone (the control loop's view predates the removal) is
+    // skipped, and the rest of its entry still applies.
+    let changes = state
+        .apply(
+            3,
+            &batch(vec![
+                Action::PutTask { task: task("t3", "nope", "n1") },
+                Action::PutTask { task: task("t4", "s1", "n1") },
+            ]),
+        )
+        .unwrap();
+    assert_eq!(changes.len(), 1);
+    assert!(state.task("t3").is_none());
+    assert!(state.task("t4").is_some());
+    state.apply(31, &batch(vec![Action::RemoveTask { id: "t4".into() }])).unwrap();
     state.apply(4, &batch(vec![Action::RemoveTask { id: "t1".into() }])).unwrap();
     assert_eq!(state.tasks_on_node("n1").count(), 0);
 }
@@ -413,4 +427,26 @@ fn actions_that_do_not_decode_say_why() {
     assert!(err(r#"{"id":"a","action":7}"#).contains("not a string"));
     assert!(err(r#"{"action":"remove_service","id":5}"#).contains("invalid type"));
     assert!(err(r#"[1]"#).contains("invalid type"));
+}
+
+#[test]
+fn cluster_update_needs_the_version_read() {
+    let mut state = State::default();
+    let cluster = shoal_types::Cluster {
+        id: "c".into(),
+        version: 0,
+        created_at: 1_000,
+        spec: shoal_types::ClusterSpec::default(),
+    };
+    let mut spec = shoal_types::ClusterSpec::default();
+    spec.max_replicas = 10;
+    let err = state.apply(1, &batch(vec![Action::UpdateCluster { expected_version: 1, spec: spec.clone() }]));
+    assert!(matches!(err, Err(StoreError::NoCluster)));
+    state.apply(2, &batch(vec![Action::InitCluster { cluster }])).unwrap();
+    let err = state.apply(3, &batch(vec![Action::UpdateCluster { expected_version: 1, spec: spec.clone() }]));
+    assert!(matches!(err, Err(StoreError::ClusterOutOfSequence { current: 2, expected: 1 })));
+    assert_eq!(state.cluster().unwrap().spec.max_replicas, shoal_types::limits::DEFAULT_MAX_REPLICAS);
+    state.apply(4, &batch(vec![Action::UpdateCluster { expected_version: 2, spec }])).unwrap();
+    let cluster = state.cluster().unwrap();
+    assert_eq!((cluster.version, cluster.spec.max_replicas), (4, 10));
 }
