@@ -65,7 +65,9 @@ pub async fn tls_channel(addr: &str, credentials: &shoal_tls::Credentials, timeo
 
 /// A control client over mutual TLS with the certificate in `dir`.
 pub async fn connect_with(addr: &str, dir: &std::path::Path) -> Result<ControlClient<Channel>> {
-    Ok(ControlClient::new(tls_channel(addr, &load_bundle(dir)?, Duration::from_secs(15)).await?))
+    Ok(ControlClient::new(tls_channel(addr, &load_bundle(dir)?, Duration::from_secs(15)).await?)
+        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }
 
 /// The current join token for "worker" or "manager".
@@ -452,7 +454,7 @@ pub async fn create_service(addr: &str, spec: &ServiceSpec) -> Result<Service> {
 }
 
 pub async fn list_services(addr: &str) -> Result<Vec<Service>> {
-    let response = connect(addr).await?.list_services(ListServicesRequest {}).await?;
+    let response = connect(addr).await?.list_services(ListServicesRequest::default()).await?;
     response.into_inner().services_json.iter().map(|j| Ok(serde_json::from_str(j)?)).collect()
 }
 
@@ -646,4 +648,42 @@ pub fn slots_in_transition<'a>(tasks: impl IntoIterator<Item = &'a shoal_types::
         }
     }
     slots.len()
+}
+
+/// A process stopped with SIGSTOP: what a VM pause or a hung host does to it (its sockets stay
+/// open, the kernel still accepts connections, nothing answers). Dropping it sends SIGCONT, so a
+/// failing test never leaves the process stopped.
+pub struct Frozen {
+    pid: u32,
+    running: bool,
+}
+
+impl Frozen {
+    /// `kill -STOP pid`.
+    pub fn stop(pid: u32) -> Result<Frozen> {
+        signal(pid, "-STOP")?;
+        Ok(Frozen { pid, running: false })
+    }
+
+    /// `kill -CONT pid`.
+    pub fn resume(mut self) -> Result<()> {
+        self.running = true;
+        signal(self.pid, "-CONT")
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.running {
+            let _ = signal(self.pid, "-CONT");
+        }
+    }
+}
+
+fn signal(pid: u32, which: &str) -> Result<()> {
+    let status = Command::new("kill").arg(which).arg(pid.to_string()).status()?;
+    if !status.success() {
+        bail!("kill {which} {pid} failed");
+    }
+    Ok(())
 }

@@ -181,7 +181,7 @@ async fn update_spec(addr: &str, name: &str, version: u64, spec: &ServiceSpec, t
 }
 
 async fn service_names(addr: &str) -> Result<BTreeSet<String>> {
-    let response = client(addr, Duration::from_secs(15)).await?.list_services(ListServicesRequest {}).await?;
+    let response = client(addr, Duration::from_secs(15)).await?.list_services(ListServicesRequest::default()).await?;
     response.into_inner().services_json.iter().map(|j| Ok(serde_json::from_str::<Service>(j)?.spec.name)).collect()
 }
 

@@ -164,7 +164,7 @@ async fn certificates_decide_who_may_call_what() -> Result<()> {
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5));
     let refused = match plain.connect().await {
-        Ok(channel) => ControlClient::new(channel).list_services(ListServicesRequest {}).await.is_err(),
+        Ok(channel) => ControlClient::new(channel).list_services(ListServicesRequest::default()).await.is_err(),
         Err(_) => true,
     };
     assert!(refused, "a plaintext call must fail");
@@ -174,7 +174,7 @@ async fn certificates_decide_who_may_call_what() -> Result<()> {
     let anonymous = shoal_tls::PinnedCa::new(None).client_config()?;
     let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(&addr))?;
     let channel = shoal_tls::client::connect(endpoint, anonymous).await?;
-    let err = ControlClient::new(channel).list_services(ListServicesRequest {}).await.unwrap_err();
+    let err = ControlClient::new(channel).list_services(ListServicesRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(err.message().contains("needs a client certificate"), "{}", err.message());
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::control_client::ControlClient;
-use shoal_types::{ClusterInfo, Node, NodeSpec, Service, ServiceSpec, Task};
+use shoal_types::{ClusterInfo, Node, NodeSpec, Service, ServiceSpec, ServiceSummary, Task};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{CliError, error_chain};
@@ -100,7 +100,12 @@ impl Client {
                 return Err(unreachable(format!("no answer within {}s", HANDSHAKE_TIMEOUT.as_secs())));
             }
         };
-        Ok(Client { inner: ControlClient::new(channel), addr: addr.to_string() })
+        // Explicit and equal to the manager's: tonic's default 4 MiB broke `service inspect` of a
+        // service with a large spec history.
+        let inner = ControlClient::new(channel)
+            .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+        Ok(Client { inner, addr: addr.to_string() })
     }
 
     pub async fn create_service(&mut self, spec: &ServiceSpec) -> Result<Service, CliError> {
@@ -139,6 +144,20 @@ impl Client {
         let request = pb::JoinTokenRequest { role: role.to_string(), rotate };
         let reply = self.inner.join_token(request).await.map_err(|s| failed(&self.addr, s))?;
         Ok(reply.into_inner().token)
+    }
+
+    /// Changes the cluster's settings; `None` leaves one as it is.
+    pub async fn update_cluster(
+        &mut self,
+        max_replicas: Option<u64>,
+        task_history_limit: Option<u64>,
+    ) -> Result<shoal_types::Cluster, CliError> {
+        let request = pb::UpdateClusterRequest {
+            max_replicas: max_replicas.unwrap_or(0),
+            task_history_limit: task_history_limit.unwrap_or(0),
+        };
+        let reply = self.inner.update_cluster(request).await.map_err(|s| failed(&self.addr, s))?;
+        decode("cluster", &reply.into_inner().cluster_json)
     }
 
     /// The manager address this client talks to, as given.
@@ -184,9 +203,16 @@ impl Client {
     }
 
     pub async fn list_services(&mut self) -> Result<Vec<Service>, CliError> {
-        let reply =
-            self.inner.list_services(pb::ListServicesRequest {}).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+        let request = pb::ListServicesRequest { summaries: false };
+        let reply = self.inner.list_services(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
         reply.services_json.iter().map(|json| decode("service", json)).collect()
+    }
+
+    /// What `service ls` shows, counted by the manager: never whole specs.
+    pub async fn list_service_summaries(&mut self) -> Result<Vec<ServiceSummary>, CliError> {
+        let request = pb::ListServicesRequest { summaries: true };
+        let reply = self.inner.list_services(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+        reply.summaries_json.iter().map(|json| decode("service", json)).collect()
     }
 
     /// Removes a service and returns its id.

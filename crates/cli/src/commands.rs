@@ -58,6 +58,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(NodeCommand::Ps(args)) => node_ps(host, &args).await,
         Command::Cluster(ClusterCommand::Info(args)) => cluster_info(host, args.format, args.local).await,
         Command::Cluster(ClusterCommand::JoinToken(args)) => join_token(host, &args).await,
+        Command::Cluster(ClusterCommand::Update(args)) => {
+            let mut client = Client::connect(host).await?;
+            client.update_cluster(args.max_replicas, args.task_history_limit).await?;
+            print_out("Cluster updated.\n");
+            Ok(())
+        }
         Command::Events(args) => events(host, &args).await,
         Command::Stack(StackCommand::Deploy(args)) => stack::deploy(host, &args).await,
         Command::Stack(StackCommand::Ls(args)) => stack::ls(host, &args).await,
@@ -99,20 +105,19 @@ async fn service_create(host: &str, args: &CreateArgs) -> Result<(), CliError> {
 
 async fn service_ls(host: &str, args: &ListArgs) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
-    let services = client.list_services().await?;
-    if args.quiet {
-        print_out(&output::service_ids(&services));
-        return Ok(());
-    }
-    if args.format == ListFormat::Json {
+    if args.format == ListFormat::Json && !args.quiet {
+        let services = client.list_services().await?;
         let sorted: Vec<&Service> = output::sort_services(&services);
         print_out(&output::json_array(&sorted));
         return Ok(());
     }
-    let tasks = client.list_tasks("", "").await?;
-    // Only used to leave out tasks on nodes that are down; the table is still useful without.
-    let nodes = client.list_nodes().await.unwrap_or_default();
-    print_out(&output::service_table(&services, &tasks, &nodes));
+    // Counted by the manager: the table needs neither whole specs nor the cluster's tasks.
+    let summaries = client.list_service_summaries().await?;
+    if args.quiet {
+        print_out(&output::service_ids(&summaries));
+    } else {
+        print_out(&output::service_table(&summaries));
+    }
     Ok(())
 }
 

@@ -1,14 +1,13 @@
 //! Pure renderers: objects in, text out. Tables are laid out like docker's (Go's tabwriter with
 //! minimum cell width 10 and padding 3; trailing blanks trimmed).
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 use shoal_types::units::format_bytes;
 use shoal_types::{
-    ClusterInfo, EndpointMode, HealthConfig, ManagerRef, Node, NodeState, PublishMode, ResourceAmounts, Service,
-    ServiceMode, Task, TaskState, UpdateConfig,
+    ClusterInfo, EndpointMode, HealthConfig, ManagerRef, Node, PublishMode, ResourceAmounts, Service, ServiceMode,
+    ServiceSummary, UpdateConfig,
 };
 
 use crate::args::publish::format_port;
@@ -96,20 +95,12 @@ pub fn sort_nodes(nodes: &[Node]) -> Vec<&Node> {
     sorted
 }
 
-/// `service ls`'s REPLICAS: `<running>/<desired>`, docker's way. Tasks on nodes known to be down
-/// are not counted. Replicated: desired = replicas; global: desired = tasks whose desired state is
-/// running. ` (max N per node)` is appended when the per-node cap is set.
-pub fn replicas_column(service: &Service, tasks: &[Task], nodes: &[Node]) -> String {
-    let down: BTreeSet<&str> =
-        nodes.iter().filter(|n| n.status.state == NodeState::Down).map(|n| n.id.as_str()).collect();
-    let counted = || tasks.iter().filter(|t| t.service_id == service.id && !down.contains(t.node_id.as_str()));
-    let running = counted().filter(|t| t.status.state == TaskState::Running).count();
-    let desired = match service.spec.mode {
-        ServiceMode::Replicated { replicas } => replicas.to_string(),
-        ServiceMode::Global => counted().filter(|t| t.desired_state == TaskState::Running).count().to_string(),
-    };
-    let mut text = format!("{running}/{desired}");
-    let max = service.spec.task.placement.max_replicas_per_node;
+/// `service ls`'s REPLICAS: `<running>/<desired>`, as the manager counted them (docker's way:
+/// tasks on nodes known to be down are not counted; global: desired = tasks whose desired state
+/// is running). ` (max N per node)` is appended when the per-node cap is set.
+pub fn replicas_column(service: &ServiceSummary) -> String {
+    let mut text = format!("{}/{}", service.running_tasks, service.desired_tasks);
+    let max = service.max_replicas_per_node;
     if max > 0 {
         let _ = write!(text, " (max {max} per node)");
     }
@@ -118,21 +109,28 @@ pub fn replicas_column(service: &Service, tasks: &[Task], nodes: &[Node]) -> Str
 
 /// `service ls`'s PORTS: published ports as `*:8080->80/tcp`, comma separated. Ports without a
 /// published number (the cluster would choose one) are left out.
-pub fn ports_column(service: &Service) -> String {
-    service.spec.endpoint.ports.iter().filter(|p| p.published != 0).map(format_port).collect::<Vec<_>>().join(", ")
+pub fn ports_column(service: &ServiceSummary) -> String {
+    service.ports.iter().filter(|p| p.published != 0).map(format_port).collect::<Vec<_>>().join(", ")
+}
+
+/// Summaries sorted by name, as `service ls` lists them.
+pub fn sort_summaries(services: &[ServiceSummary]) -> Vec<&ServiceSummary> {
+    let mut sorted: Vec<&ServiceSummary> = services.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    sorted
 }
 
 /// `shoal service ls`: `ID  NAME  MODE  REPLICAS  IMAGE  PORTS`, sorted by name.
-pub fn service_table(services: &[Service], tasks: &[Task], nodes: &[Node]) -> String {
-    let rows: Vec<Vec<String>> = sort_services(services)
+pub fn service_table(services: &[ServiceSummary]) -> String {
+    let rows: Vec<Vec<String>> = sort_summaries(services)
         .into_iter()
         .map(|s| {
             vec![
                 s.short_id().to_string(),
-                s.spec.name.clone(),
-                s.spec.mode.as_str().to_string(),
-                replicas_column(s, tasks, nodes),
-                s.spec.task.container.image.clone(),
+                s.name.clone(),
+                s.mode.as_str().to_string(),
+                replicas_column(s),
+                s.image.clone(),
                 ports_column(s),
             ]
         })
@@ -141,8 +139,8 @@ pub fn service_table(services: &[Service], tasks: &[Task], nodes: &[Node]) -> St
 }
 
 /// `service ls -q`: short ids, one a line, in table order.
-pub fn service_ids(services: &[Service]) -> String {
-    sort_services(services).into_iter().map(|s| format!("{}\n", s.short_id())).collect()
+pub fn service_ids(services: &[ServiceSummary]) -> String {
+    sort_summaries(services).into_iter().map(|s| format!("{}\n", s.short_id())).collect()
 }
 
 /// `node ls`'s MANAGER STATUS: `Leader`, `Reachable`, `Unreachable`; empty for workers.

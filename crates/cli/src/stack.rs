@@ -261,14 +261,17 @@ pub async fn services(host: &str, args: &StackServicesArgs) -> Result<(), CliErr
         }
         return Ok(());
     }
-    if args.quiet {
-        print_out(&output::service_ids(&services));
-    } else if args.format == ListFormat::Json {
+    if args.format == ListFormat::Json && !args.quiet {
         print_out(&output::json_array(&output::sort_services(&services)));
     } else {
-        let tasks = client.list_tasks("", "").await?;
-        let nodes = client.list_nodes().await.unwrap_or_default();
-        print_out(&output::service_table(&services, &tasks, &nodes));
+        let ids: std::collections::BTreeSet<&str> = services.iter().map(|s| s.id.as_str()).collect();
+        let summaries: Vec<_> =
+            client.list_service_summaries().await?.into_iter().filter(|s| ids.contains(s.id.as_str())).collect();
+        if args.quiet {
+            print_out(&output::service_ids(&summaries));
+        } else {
+            print_out(&output::service_table(&summaries));
+        }
     }
     Ok(())
 }

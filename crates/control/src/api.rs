@@ -57,7 +57,9 @@ impl ControlApi {
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true);
         let channel = shoal_tls::client::connect(endpoint, self.manager.client_tls.clone()).await?;
-        let client = ControlClient::new(channel).max_decoding_message_size(256 << 20);
+        let client = ControlClient::new(channel)
+            .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
         self.clients.lock().insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -134,10 +136,14 @@ impl ControlApi {
         node
     }
 
-    fn parse_spec(json: &str) -> Result<ServiceSpec, ApiError> {
+    /// A spec as the client sent it, checked on its own and against the cluster's limits.
+    fn parse_spec(&self, json: &str) -> Result<ServiceSpec, ApiError> {
         let spec: ServiceSpec =
             serde_json::from_str(json).map_err(|e| ApiError::InvalidArgument(format!("invalid service spec: {e}")))?;
         spec.validate().map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        if let Some(cluster) = self.manager.state().cluster() {
+            spec.validate_against(&cluster.spec).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        }
         Ok(spec)
     }
 
@@ -473,7 +479,7 @@ impl Control for ControlApi {
         request: Request<CreateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
         routed!(self, request, create_service, async {
-            let spec = Self::parse_spec(&request.spec_json)?;
+            let spec = self.parse_spec(&request.spec_json)?;
             let id = shoal_types::ids::new_id();
             self.manager.propose(vec![Action::CreateService { id: id.clone(), spec }]).await?;
             let state = self.manager.state();
@@ -496,7 +502,7 @@ impl Control for ControlApi {
             let action = if request.rollback {
                 Action::RollbackService { id: id.clone(), expected_version: request.version }
             } else {
-                let spec = Self::parse_spec(&request.spec_json)?;
+                let spec = self.parse_spec(&request.spec_json)?;
                 Action::UpdateService { id: id.clone(), expected_version: request.version, spec }
             };
             self.manager.propose(vec![action]).await?;
@@ -531,11 +537,23 @@ impl Control for ControlApi {
         request: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
         routed!(self, request, list_services, async {
-            let _ = request;
             let state = self.manager.state();
             let mut services: Vec<&Service> = state.services().collect();
             services.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-            Ok(ListServicesResponse { services_json: services.into_iter().map(to_json).collect() })
+            if request.summaries {
+                let down = |node: &str| {
+                    !node.is_empty() && state.node(node).is_some_and(|n| n.status.state == shoal_types::NodeState::Down)
+                };
+                let summaries = services
+                    .into_iter()
+                    .map(|s| to_json(&shoal_types::ServiceSummary::new(s, state.tasks_of_service(&s.id), down)))
+                    .collect();
+                return Ok(ListServicesResponse { services_json: Vec::new(), summaries_json: summaries });
+            }
+            Ok(ListServicesResponse {
+                services_json: services.into_iter().map(to_json).collect(),
+                summaries_json: Vec::new(),
+            })
         })
     }
 
@@ -651,6 +669,52 @@ impl Control for ControlApi {
             response.get_mut().info_json = to_json(&info);
         }
         Ok(response)
+    }
+
+    async fn update_cluster(
+        &self,
+        request: Request<UpdateClusterRequest>,
+    ) -> Result<Response<UpdateClusterResponse>, Status> {
+        routed!(self, request, update_cluster, async {
+            let (version, spec) = {
+                let state = self.manager.state();
+                let cluster = state
+                    .cluster()
+                    .ok_or_else(|| ApiError::Unavailable("this manager has not received the cluster state yet".into()))?;
+                let mut spec = cluster.spec.clone();
+                if request.max_replicas != 0 {
+                    let ceiling = shoal_types::limits::MAX_REPLICAS_CEILING;
+                    if request.max_replicas > ceiling {
+                        return Err(ApiError::InvalidArgument(format!(
+                            "max_replicas: {} is above the ceiling {ceiling} (every task is held in the managers' memory)",
+                            request.max_replicas
+                        )));
+                    }
+                    // Lowering the limit under a running service would leave it over the limit.
+                    let over = state.services().find_map(|s| match s.spec.mode {
+                        shoal_types::ServiceMode::Replicated { replicas } if replicas > request.max_replicas => {
+                            Some((s.spec.name.clone(), replicas))
+                        }
+                        _ => None,
+                    });
+                    if let Some((name, replicas)) = over {
+                        return Err(ApiError::InvalidArgument(format!(
+                            "max_replicas: {} is below the {replicas} replicas of service {name}; scale it down first",
+                            request.max_replicas
+                        )));
+                    }
+                    spec.max_replicas = request.max_replicas;
+                }
+                if request.task_history_limit != 0 {
+                    spec.task_history_limit = request.task_history_limit;
+                }
+                (cluster.version, spec)
+            };
+            self.manager.propose(vec![Action::UpdateCluster { expected_version: version, spec }]).await?;
+            let state = self.manager.state();
+            let cluster = state.cluster().ok_or_else(|| ApiError::Internal("the cluster object vanished".into()))?;
+            Ok(UpdateClusterResponse { cluster_json: to_json(cluster) })
+        })
     }
 
     async fn join_manager(

@@ -547,11 +547,15 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     let dispatcher = shoal_proto::v1::dispatcher_server::DispatcherServer::new(dispatcher::DispatcherApi(
         dispatcher::DispatcherService::new(manager.clone()),
     ))
-    .max_decoding_message_size(64 << 20);
+    .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
 
-    let raft_service =
-        RaftTransportServer::new(RaftTransportService::new(identity.raft_id, raft)).max_decoding_message_size(64 << 20);
-    let control = ControlServer::new(api::ControlApi::new(manager.clone()));
+    let raft_service = RaftTransportServer::new(RaftTransportService::new(identity.raft_id, raft))
+        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+    let control = ControlServer::new(api::ControlApi::new(manager.clone()))
+        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
     let mut stop = manager.shutdown.subscribe();
     // Every connection is TLS; what each caller may do is decided per call (auth.rs).
     let incoming = shoal_tls::server::incoming(listener, server_tls);

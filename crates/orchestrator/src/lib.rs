@@ -46,9 +46,7 @@ pub fn restart_backoff(policy_delay_ms: u64, failures: u32) -> u64 {
 /// Whether a restarted task is still held back by its backoff: the scheduler does not place it
 /// (so no node prepares it, and a task that fails in create cannot loop) until the gate opens.
 pub fn held_by_backoff(task: &Task, now: Timestamp) -> bool {
-    task.origin == TaskOrigin::Restart
-        && task.status.state < TaskState::Assigned
-        && task.start_gate.as_ref().is_some_and(|g| g.not_before > now)
+    task.restart_held_until(now).is_some()
 }
 
 /// What one reconcile pass decided.

@@ -240,7 +240,9 @@ async fn peer_loop(
             tracing::info!(peer = to, addr, "raft peer reachable again");
             reachable = true;
         }
-        let mut client = RaftTransportClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
         let (batch_tx, batch_rx) = mpsc::channel::<RaftBatch>(PEER_QUEUE);
         let mut call_client = client.clone();
         let mut call =

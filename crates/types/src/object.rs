@@ -163,6 +163,16 @@ pub struct TaskStatus {
 }
 
 impl Task {
+    /// For a restarted task still waiting out its restart backoff: when the wait ends. Such a
+    /// task is not scheduled (so no node prepares it) until then.
+    pub fn restart_held_until(&self, now: Timestamp) -> Option<Timestamp> {
+        let gate = self.start_gate.as_ref()?;
+        let held = self.origin == TaskOrigin::Restart
+            && self.status.state < crate::TaskState::Assigned
+            && gate.not_before > now;
+        held.then_some(gate.not_before)
+    }
+
     /// `web.3` for a replica, `web.<node id>` for a global task: what `service ps` shows.
     pub fn name(&self) -> String {
         if self.slot > 0 {
@@ -371,4 +381,58 @@ pub struct RaftSummary {
     /// Size of that snapshot's data (the whole store, serialised), in bytes.
     #[serde(default)]
     pub snapshot_bytes: u64,
+}
+
+/// What `service ls` shows of a service, counted by the manager (Docker's
+/// `ServiceStatus{RunningTasks, DesiredTasks}`): listing never carries whole specs or their
+/// revisions, so one large service cannot break `service ls` for everyone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub id: String,
+    pub name: String,
+    pub mode: crate::ServiceMode,
+    pub image: String,
+    #[serde(default)]
+    pub labels: crate::Labels,
+    #[serde(default)]
+    pub ports: Vec<crate::PortConfig>,
+    #[serde(default)]
+    pub max_replicas_per_node: u64,
+    pub running_tasks: u64,
+    pub desired_tasks: u64,
+}
+
+impl ServiceSummary {
+    /// Counts as docker does: tasks on nodes known to be down are left out; desired is the
+    /// replica count, or for a global service the tasks whose desired state is running.
+    pub fn new<'a>(
+        service: &Service,
+        tasks: impl Iterator<Item = &'a Task>,
+        node_down: impl Fn(&str) -> bool,
+    ) -> ServiceSummary {
+        let (mut running, mut desired_global) = (0, 0);
+        for task in tasks.filter(|t| t.service_id == service.id && !node_down(&t.node_id)) {
+            running += u64::from(task.status.state == crate::TaskState::Running);
+            desired_global += u64::from(task.desired_state == crate::TaskState::Running);
+        }
+        let spec = &service.spec;
+        ServiceSummary {
+            id: service.id.clone(),
+            name: spec.name.clone(),
+            mode: spec.mode,
+            image: spec.task.container.image.clone(),
+            labels: spec.labels.clone(),
+            ports: spec.endpoint.ports.clone(),
+            max_replicas_per_node: spec.task.placement.max_replicas_per_node,
+            running_tasks: running,
+            desired_tasks: match spec.mode {
+                crate::ServiceMode::Replicated { replicas } => replicas,
+                crate::ServiceMode::Global => desired_global,
+            },
+        }
+    }
+
+    pub fn short_id(&self) -> &str {
+        short(&self.id)
+    }
 }

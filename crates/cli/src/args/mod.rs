@@ -17,8 +17,8 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 pub use events::{EventFilter, EventFormat, EventSelection, EventsArgs};
 pub use node::{
-    ClusterCommand, ClusterInfoArgs, JoinRole, JoinTokenArgs, NodeCommand, NodeDemoteArgs, NodeInspectArgs, NodeRmArgs,
-    NodeUpdateArgs,
+    ClusterCommand, ClusterInfoArgs, ClusterUpdateArgs, JoinRole, JoinTokenArgs, NodeCommand, NodeDemoteArgs,
+    NodeInspectArgs, NodeRmArgs, NodeUpdateArgs,
 };
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
 pub use stack::{

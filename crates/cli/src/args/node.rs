@@ -98,6 +98,19 @@ pub enum ClusterCommand {
     Info(ClusterInfoArgs),
     /// Print (or rotate) the token a new worker or manager joins with
     JoinToken(JoinTokenArgs),
+    /// Change the cluster's settings
+    Update(ClusterUpdateArgs),
+}
+
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+#[command(group = clap::ArgGroup::new("setting").required(true).multiple(true))]
+pub struct ClusterUpdateArgs {
+    /// Most replicas one service may have (default 100000, at most 1000000)
+    #[arg(long, value_name = "N", group = "setting", value_parser = crate::args::parsers::positive)]
+    pub max_replicas: Option<u64>,
+    /// Terminal tasks kept per slot (default 5)
+    #[arg(long, value_name = "N", group = "setting", value_parser = crate::args::parsers::positive)]
+    pub task_history_limit: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,6 +23,14 @@ pub fn count(text: &str) -> Result<u64, String> {
     t.parse::<u64>().map_err(|_| "expected a whole number >= 0".to_string())
 }
 
+/// A whole number >= 1 (limits that cannot be zero).
+pub fn positive(text: &str) -> Result<u64, String> {
+    match count(text)? {
+        0 => Err("0 is below the minimum of 1".to_string()),
+        n => Ok(n),
+    }
+}
+
 /// A non-negative whole number that fits in 32 bits (health retries).
 pub fn count_u32(text: &str) -> Result<u32, String> {
     let n = count(text)?;

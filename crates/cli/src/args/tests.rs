@@ -476,6 +476,20 @@ fn other_commands_parse() {
         cmd(&["cluster", "info", "--format", "json", "--local"]),
         Command::Cluster(ClusterCommand::Info(ClusterInfoArgs { local: true, format: InfoFormat::Json }))
     );
+    assert_eq!(
+        cmd(&["cluster", "update", "--max-replicas", "200000"]),
+        Command::Cluster(ClusterCommand::Update(ClusterUpdateArgs {
+            max_replicas: Some(200_000),
+            task_history_limit: None
+        }))
+    );
+}
+
+#[test]
+fn cluster_update_needs_a_setting_and_refuses_zero() {
+    assert_eq!(parse(&["cluster", "update"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+    let err = parse(&["cluster", "update", "--max-replicas", "0"]).unwrap_err().to_string();
+    assert!(err.contains("invalid value '0' for '--max-replicas <N>': 0 is below the minimum of 1"), "{err}");
 }
 
 #[test]

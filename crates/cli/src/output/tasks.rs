@@ -91,6 +91,22 @@ pub fn error_column(err: &str, no_trunc: bool) -> String {
     format!("\"{err}\"")
 }
 
+/// The task's error; for a restart waiting out its backoff, when it will start and why it is
+/// restarted: `restarting in 40s: No such image: shoal/busybox:99`.
+pub fn error_text(task: &Task, now: u64) -> String {
+    match task.restart_held_until(now) {
+        Some(at) => {
+            let wait = shoal_types::GoDuration::from_secs((at - now).div_ceil(1_000)).to_string();
+            if task.status.err.is_empty() {
+                format!("restarting in {wait}")
+            } else {
+                format!("restarting in {wait}: {}", task.status.err)
+            }
+        }
+        None => task.status.err.clone(),
+    }
+}
+
 /// CURRENT STATE: `Running 5 seconds ago` (docker lowercases the duration's words:
 /// `Running less than a second ago`, `Failed about a minute ago`).
 pub fn current_state_column(task: &Task, now: u64) -> String {
@@ -154,7 +170,7 @@ pub fn task_table(tasks: &[&Task], names: &ServiceNames, nodes: &[Node], options
                 node_column(task, nodes, options.no_resolve),
                 capitalize(task.desired_state.as_str()),
                 current_state_column(task, options.now),
-                error_column(&task.status.err, options.no_trunc),
+                error_column(&error_text(task, options.now), options.no_trunc),
                 task_ports_column(task),
             ]
         })

@@ -2,8 +2,8 @@
 
 use shoal_types::{
     Availability, ClusterInfo, ManagerInfo, ManagerRef, Node, NodeDescription, NodeRole, NodeSpec, NodeState,
-    NodeStatus, PortConfig, PortProtocol, PublishMode, RaftSummary, Service, ServiceMode, ServiceSpec, Task, TaskState,
-    TaskStatus, UpdateState, UpdateStatus,
+    NodeStatus, PortConfig, PortProtocol, PublishMode, RaftSummary, Service, ServiceMode, ServiceSpec, ServiceSummary,
+    Task, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 
 use super::*;
@@ -125,9 +125,15 @@ fn tasks() -> Vec<Task> {
     ]
 }
 
+/// The summaries a manager would send for these services, tasks and nodes.
+fn summaries(services: &[Service], tasks: &[Task], nodes: &[Node]) -> Vec<ServiceSummary> {
+    let down = |id: &str| nodes.iter().any(|n| n.id == id && n.status.state == NodeState::Down);
+    services.iter().map(|s| ServiceSummary::new(s, tasks.iter(), down)).collect()
+}
+
 #[test]
 fn service_ls_table() {
-    let text = service_table(&services(), &tasks(), &nodes());
+    let text = service_table(&summaries(&services(), &tasks(), &nodes()));
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines,
@@ -143,19 +149,19 @@ fn service_ls_table() {
 
 #[test]
 fn service_ls_without_node_information_counts_every_running_task() {
-    let text = service_table(&services(), &tasks(), &[]);
+    let text = service_table(&summaries(&services(), &tasks(), &[]));
     assert!(text.contains("   3/3 (max 2 per node)   "), "{text}");
     assert!(text.contains("   global       2/3   "), "{text}");
 }
 
 #[test]
 fn service_ls_of_nothing_is_the_header() {
-    assert_eq!(service_table(&[], &[], &[]), "ID        NAME      MODE      REPLICAS   IMAGE     PORTS\n");
+    assert_eq!(service_table(&[]), "ID        NAME      MODE      REPLICAS   IMAGE     PORTS\n");
 }
 
 #[test]
 fn service_ids_are_short_and_in_table_order() {
-    assert_eq!(service_ids(&services()), "g0g0g0g0g0g0\na1a1a1a1a1a1\nw3bw3bw3bw3b\n");
+    assert_eq!(service_ids(&summaries(&services(), &[], &[])), "g0g0g0g0g0g0\na1a1a1a1a1a1\nw3bw3bw3bw3b\n");
 }
 
 #[test]
@@ -547,4 +553,17 @@ fn unreadable_events_are_shown_as_they_came() {
     assert_eq!(event_action("not json"), "");
     let removed = r#"{"time":1795320200369,"type":"task","action":"remove","id":"t9"}"#;
     assert_eq!(event_line(removed), "2026-11-22T04:03:20.369Z task remove t9 (service=, state=, desired=)");
+}
+
+#[test]
+fn a_restart_waiting_out_its_backoff_says_when_and_why() {
+    let mut t = ps_task("t1restart000000000000000", 1, "", TaskState::Ready, TaskState::New, 0, 0);
+    t.origin = shoal_types::TaskOrigin::Restart;
+    t.status.err = "No such image: shoal/busybox:99".to_string();
+    t.start_gate = Some(shoal_types::StartGate { not_before: NOW + 39_500, after_task: None, deadline: NOW + 99_500 });
+    assert_eq!(tasks::error_text(&t, NOW), "restarting in 40s: No such image: shoal/busybox:99");
+    // Once the wait is over (or the task was placed) it is an ordinary task again.
+    assert_eq!(tasks::error_text(&t, NOW + 39_500), "No such image: shoal/busybox:99");
+    t.status.state = TaskState::Assigned;
+    assert_eq!(tasks::error_text(&t, NOW), "No such image: shoal/busybox:99");
 }
