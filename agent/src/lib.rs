@@ -25,6 +25,19 @@ pub use report::Reporter;
 const LEADER_HEADER: &str = "x-shoal-leader";
 const IDENTITY_FILE: &str = "agent.json";
 
+/// How long dialling a manager (TCP and TLS) may take. The kernel of a stopped or hung manager
+/// still accepts the TCP connection and then nothing answers, so only this bound moves the agent
+/// on to another manager.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long opening a session may take until its first message: the leader writes the node's
+/// registration to the raft log before it answers.
+const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// The shortest time a heartbeat or status call may take, whatever the heartbeat period.
+const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Reconnection backoff after every known manager failed in turn (Swarm: 100 ms to 8 s).
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// This node's certificate (from [`join_or_resume`]); renewed in place.
@@ -43,6 +56,8 @@ pub enum AgentError {
     DataDir(PathBuf, String),
     #[error("{0}")]
     Join(String),
+    #[error("managers: the list is empty; an agent needs at least one manager address (HOST:PORT)")]
+    NoManagers,
 }
 
 /// Where the agent keeps its certificate and key, under its data dir.
@@ -111,6 +126,9 @@ pub struct Agent {
 impl Agent {
     pub fn new(node_id: String, config: AgentConfig, executor: Arc<dyn Executor>) -> Result<Arc<Agent>, AgentError> {
         let managers = config.managers.clone();
+        if managers.is_empty() {
+            return Err(AgentError::NoManagers);
+        }
         let client_tls = config.tls.client_config().map_err(|e| AgentError::Join(e.to_string()))?;
         Ok(Arc::new(Agent {
             client_tls,
@@ -197,36 +215,77 @@ impl Agent {
         }
     }
 
-    /// Runs sessions with the cluster forever, reconnecting with backoff.
+    /// Runs sessions with the cluster forever.
+    ///
+    /// When a session ends or a manager does not answer, the agent tries the next known manager
+    /// at once (following a follower's pointer to the leader), and backs off only after every
+    /// known manager failed in turn: a frozen leader must not hold the agent up for longer than a
+    /// connect timeout, because a new leader gives the agent only a few heartbeat periods.
     pub async fn run(self: Arc<Self>) {
         let description = self.description().await;
         self.remove_orphans_on_start().await;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = MIN_BACKOFF;
         let mut next: Option<String> = None;
-        let mut attempt = 0usize;
+        let mut cursor = 0usize;
+        // Failed attempts since the last open session or the last backoff.
+        let mut failures = 0usize;
+        // Redirects followed in a row (two stale followers could point at each other).
+        let mut redirects = 0usize;
         loop {
-            let addr = next.take().unwrap_or_else(|| {
-                let managers = self.managers.lock().clone();
-                let addr = managers[attempt % managers.len().max(1)].clone();
-                attempt += 1;
-                addr
-            });
+            let addr = match next.take() {
+                Some(leader) => leader,
+                None => {
+                    let Some(addr) = self.manager_at(cursor) else {
+                        tracing::error!("no manager address is known; the agent cannot reach the cluster");
+                        return;
+                    };
+                    cursor += 1;
+                    addr
+                }
+            };
+            let known = self.managers.lock().len();
             match self.clone().session(&addr, &description).await {
-                SessionEnd::Redirect(leader) => {
+                SessionEnd::Redirect(leader) if redirects < known => {
+                    tracing::debug!(manager = %addr, leader = %leader, "redirected to the leader");
+                    redirects += 1;
                     next = Some(leader);
                     continue;
                 }
-                SessionEnd::Ended(why) => {
-                    if *self.connected.borrow() {
-                        backoff = Duration::from_millis(100);
+                SessionEnd::Redirect(leader) => {
+                    redirects = 0;
+                    tracing::warn!(manager = %addr, leader = %leader, "redirected in a circle; trying the next manager");
+                }
+                SessionEnd::Ended { why, was_open } => {
+                    redirects = 0;
+                    if was_open {
+                        backoff = MIN_BACKOFF;
+                        failures = 0;
+                        // Start the next round after the manager that just failed.
+                        cursor = self.managers.lock().iter().position(|m| *m == addr).map_or(cursor, |i| i + 1);
                     }
                     let _ = self.connected.send(false);
-                    tracing::warn!(manager = %addr, reason = %why, "session with the cluster ended; reconnecting");
+                    tracing::warn!(manager = %addr, reason = %why, "session with the cluster ended; trying the next manager");
                 }
             }
+            failures += 1;
+            // Jitter so that the agents of a failed leader do not all arrive at the same instant.
             let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+            if failures < known {
+                tokio::time::sleep(jitter).await;
+                continue;
+            }
+            failures = 0;
             tokio::time::sleep(backoff + jitter).await;
-            backoff = (backoff * 2).min(Duration::from_secs(8));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The known manager at position `cursor` (modulo their number).
+    fn manager_at(&self, cursor: usize) -> Option<String> {
+        let managers = self.managers.lock();
+        match managers.len() {
+            0 => self.config.managers.first().cloned(),
+            n => managers.get(cursor % n).cloned(),
         }
     }
 
@@ -244,18 +303,18 @@ impl Agent {
         let channel = match tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr)) {
             Ok(e) => {
                 let e = e
-                    .connect_timeout(Duration::from_secs(2))
+                    .connect_timeout(CONNECT_TIMEOUT)
                     .http2_keep_alive_interval(Duration::from_secs(1))
                     .keep_alive_timeout(Duration::from_secs(2))
                     .keep_alive_while_idle(true);
                 shoal_tls::client::connect(e, self.client_tls.clone()).await
             }
-            Err(e) => return SessionEnd::Ended(format!("invalid manager address {addr}: {e}")),
+            Err(e) => return SessionEnd::failed(format!("invalid manager address {addr}: {e}")),
         };
         let channel = match channel {
             Ok(c) => c,
             Err(e) => {
-                return SessionEnd::Ended(format!(
+                return SessionEnd::failed(format!(
                     "cannot reach {addr}: {}",
                     self.explain(shoal_tls::join::error_chain(&e))
                 ));
@@ -267,22 +326,26 @@ impl Agent {
             description_json: serde_json::to_string(description).expect("serialises"),
             labels: self.config.labels.clone().into_iter().collect(),
         };
-        let mut stream = match client.session(request).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
+        let open = async {
+            let mut stream = client.session(request).await?.into_inner();
+            let first = stream.message().await?;
+            Ok::<_, tonic::Status>((stream, first))
+        };
+        let (mut stream, first) = match tokio::time::timeout(SESSION_OPEN_TIMEOUT, open).await {
+            Ok(Ok((stream, Some(first)))) => (stream, first),
+            Ok(Ok((_, None))) => return SessionEnd::failed(format!("{addr}: the session closed at once")),
+            Ok(Err(status)) => {
                 if status.code() == tonic::Code::Unavailable
                     && let Some(leader) = status.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok())
                     && leader != addr
                 {
                     return SessionEnd::Redirect(leader.to_string());
                 }
-                return SessionEnd::Ended(format!("{}: {}", addr, self.explain(status.message().to_string())));
+                return SessionEnd::failed(format!("{}: {}", addr, self.explain(status.message().to_string())));
             }
-        };
-        let first = match stream.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return SessionEnd::Ended("the session closed at once".into()),
-            Err(e) => return SessionEnd::Ended(e.message().to_string()),
+            Err(_) => {
+                return SessionEnd::failed(format!("{addr}: no session within {SESSION_OPEN_TIMEOUT:?}"));
+            }
         };
         let session_id = first.session_id.clone();
         let period = Duration::from_millis(first.heartbeat_period_ms.max(100));
@@ -294,6 +357,9 @@ impl Agent {
         let _ = self.connected.send(true);
         self.reporter.resend_all();
 
+        // The leader declares this node down 3 periods after its last heartbeat; a heartbeat
+        // that is not answered within a period ends the session, so at most 2 periods after the
+        // last answered one the agent is already looking for the leader elsewhere.
         let heartbeat = {
             let (mut client, node_id, session_id) = (client.clone(), self.node_id.clone(), session_id.clone());
             async move {
@@ -301,10 +367,11 @@ impl Agent {
                 loop {
                     tokio::time::sleep(period).await;
                     let beat = HeartbeatRequest { node_id: node_id.clone(), session_id: session_id.clone() };
-                    match tokio::time::timeout(Duration::from_secs(5), client.heartbeat(beat)).await {
+                    let timeout = call_timeout(period);
+                    match tokio::time::timeout(timeout, client.heartbeat(beat)).await {
                         Ok(Ok(r)) => period = Duration::from_millis(r.into_inner().period_ms.max(100)),
                         Ok(Err(e)) => return format!("heartbeat refused: {}", e.message()),
-                        Err(_) => return "heartbeat timed out".to_string(),
+                        Err(_) => return format!("heartbeat not answered within {timeout:?}"),
                     }
                 }
             }
@@ -328,17 +395,23 @@ impl Agent {
                         .collect();
                     let request =
                         UpdateTaskStatusRequest { node_id: node_id.clone(), session_id: session_id.clone(), updates };
-                    match client.update_task_status(request).await {
-                        Ok(_) => {}
-                        Err(e)
-                            if e.code() == tonic::Code::PermissionDenied
-                                || e.code() == tonic::Code::InvalidArgument && e.message() != "session invalid" =>
+                    let timeout = call_timeout(period);
+                    match tokio::time::timeout(timeout, client.update_task_status(request)).await {
+                        Ok(Ok(_)) => {}
+                        // Statuses the leader will never take (not this node's tasks, unreadable);
+                        // an unknown session is `NotFound` and is retried on the next session.
+                        Ok(Err(e))
+                            if matches!(e.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument) =>
                         {
                             tracing::error!(error = e.message(), "the leader refused task statuses; dropping them");
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             reporter.requeue(batch);
                             return format!("reporting task status failed: {}", e.message());
+                        }
+                        Err(_) => {
+                            reporter.requeue(batch);
+                            return format!("reporting task status not answered within {timeout:?}");
                         }
                     }
                 }
@@ -358,7 +431,7 @@ impl Agent {
             why = reports => why,
             why = assignments => why,
         };
-        SessionEnd::Ended(why)
+        SessionEnd::Ended { why, was_open: true }
     }
 
     async fn apply(&self, msg: &shoal_proto::v1::SessionMessage) {
@@ -419,8 +492,21 @@ impl Agent {
 }
 
 enum SessionEnd {
+    /// A follower named the leader.
     Redirect(String),
-    Ended(String),
+    /// The session ended, or never opened (`was_open` false).
+    Ended { why: String, was_open: bool },
+}
+
+impl SessionEnd {
+    fn failed(why: String) -> SessionEnd {
+        SessionEnd::Ended { why, was_open: false }
+    }
+}
+
+/// How long a heartbeat or status call may take with heartbeat period `period`.
+fn call_timeout(period: Duration) -> Duration {
+    period.max(MIN_CALL_TIMEOUT)
 }
 
 /// Checks `--join` is `host:port`.
