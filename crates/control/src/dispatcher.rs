@@ -26,12 +26,17 @@ const MISSED_BEATS: u32 = 3;
 /// After a leader change, nodes get this many periods to reconnect before they can be DOWN
 /// (Swarm: 6), so a failover does not reschedule healthy nodes' tasks.
 const FAILOVER_GRACE_BEATS: u32 = 6;
+/// A pause this long between two health checks (every 100 ms) means this manager did not run:
+/// the process was stopped, its VM paused or its runtime starved.
+const STALL: Duration = Duration::from_millis(500);
 /// Most task statuses written in one raft entry.
 const MAX_STATUS_BATCH: usize = 1000;
 
 struct Session {
     id: String,
     last_seen: Instant,
+    /// Not declared down before this, whatever `last_seen` says (set after a stall).
+    grace_until: Option<Instant>,
     /// Dropping it ends the node's assignment stream.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -87,7 +92,8 @@ impl DispatcherService {
                 s.last_seen = Instant::now();
                 Ok(())
             }
-            _ => Err(Status::invalid_argument("session invalid")),
+            // Its own code, so an agent tells "open a new session" from "this request is bad".
+            _ => Err(Status::not_found("session invalid: no such session on this leader; open a new session")),
         }
     }
 
@@ -119,10 +125,25 @@ impl DispatcherService {
     }
 
     /// Marks nodes DOWN after missed heartbeats (leader only).
+    ///
+    /// Only time this manager was running counts: after a stall (the process stopped, a VM
+    /// paused, the runtime starved) no heartbeat could have been received, so every node gets a
+    /// fresh grace (see `forgive_stall`). A stopped leader that is resumed would otherwise find
+    /// every session expired and declare every node down before it even learns that another
+    /// manager leads now (and with a single manager nobody else would stop it).
     async fn watch_health(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        let tick = Duration::from_millis(100);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = Instant::now();
         loop {
             ticker.tick().await;
+            let now = Instant::now();
+            let gap = now.duration_since(last_tick);
+            last_tick = now;
+            if gap > STALL.max(tick * 2) {
+                self.forgive_stall(gap - tick);
+            }
             let st = self.manager.raft_status();
             if st.role != RaftRole::Leader || !st.leader_ready {
                 if self.leadership.lock().take().is_some() {
@@ -144,14 +165,16 @@ impl DispatcherService {
                 }
             };
             let period = self.period();
-            let now = Instant::now();
             let mut down = Vec::new();
             {
                 let state = self.manager.state();
                 let mut sessions = self.sessions.lock();
                 for node in state.nodes().filter(|n| n.runs_tasks() && n.status.state != NodeState::Down) {
                     let expired = match sessions.get(&node.id) {
-                        Some(s) => now.duration_since(s.last_seen) > period * MISSED_BEATS,
+                        Some(s) => {
+                            now.duration_since(s.last_seen) > period * MISSED_BEATS
+                                && s.grace_until.is_none_or(|until| now > until)
+                        }
                         None => now.duration_since(since) > period * FAILOVER_GRACE_BEATS,
                     };
                     if expired {
@@ -174,6 +197,32 @@ impl DispatcherService {
                     tracing::warn!(error = %e, "marking nodes down failed");
                 }
             }
+        }
+    }
+
+    /// After `stalled`, a time during which this manager did not run, every node gets the grace
+    /// of a failover from now: its agent saw this manager stop answering, went looking for
+    /// another and may be waiting out its reconnection backoff.
+    fn forgive_stall(&self, stalled: Duration) {
+        let now = Instant::now();
+        let grace_until = now + self.period() * FAILOVER_GRACE_BEATS;
+        let leading = match self.leadership.lock().as_mut() {
+            Some((_, since)) => {
+                *since = now;
+                true
+            }
+            None => false,
+        };
+        let mut sessions = self.sessions.lock();
+        if leading || !sessions.is_empty() {
+            tracing::warn!(
+                stalled_ms = stalled.as_millis() as u64,
+                sessions = sessions.len(),
+                "this manager did not run for a while; every node gets a fresh heartbeat grace"
+            );
+        }
+        for session in sessions.values_mut() {
+            session.grace_until = Some(grace_until);
         }
     }
 
@@ -285,9 +334,10 @@ impl Dispatcher for DispatcherApi {
         let node_id = request.node_id.clone();
         let session_id = shoal_types::ids::new_id();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
-        self.sessions
-            .lock()
-            .insert(node_id.clone(), Session { id: session_id.clone(), last_seen: Instant::now(), _stop: stop_tx });
+        self.sessions.lock().insert(
+            node_id.clone(),
+            Session { id: session_id.clone(), last_seen: Instant::now(), grace_until: None, _stop: stop_tx },
+        );
         let period = self.period();
         let managers: Vec<String> = self.manager.raft_status().members.values().map(|m| m.addr.clone()).collect();
         let (tx, rx) = mpsc::channel(256);
