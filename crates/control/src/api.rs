@@ -21,6 +21,8 @@ use crate::{ApiError, Manager, now_millis};
 const FORWARDED: &str = "x-shoal-forwarded";
 /// How long a call waits for a leader to be elected (or to become ready) before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Log lines about refused joins (IssueNodeCertificate): at most one a second.
+static JOIN_REFUSED: shoal_tls::server::LogThrottle = shoal_tls::server::LogThrottle::per_second();
 
 pub struct ControlApi {
     manager: Arc<Manager>,
@@ -808,7 +810,11 @@ impl Control for ControlApi {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(peer = %remote, role = %request.role, reason = %e, "join refused");
+                    // Anyone may ask (no certificate needed), so a flood of bad tokens writes a
+                    // line a second, not a line per attempt.
+                    if let Some(suppressed) = JOIN_REFUSED.admit() {
+                        tracing::warn!(peer = %remote, role = %request.role, reason = %e, suppressed, "join refused");
+                    }
                     Err(e)
                 }
             }
