@@ -162,7 +162,15 @@ pub fn process_env() -> BTreeMap<String, String> {
 
 /// Loads and checks the stack files, printing each warning to stderr as `warning: <text>`.
 fn load(stack: &str, files: &[PathBuf]) -> Result<Loaded, CliError> {
-    let loaded = shoal_compose::load(stack, files, &process_env()).map_err(|e| CliError::Message(e.to_string()))?;
+    let loaded = shoal_compose::load(stack, files, &process_env()).map_err(|e| {
+        if let shoal_compose::ComposeError::Warned { warnings, .. } = &e {
+            let mut stderr = std::io::stderr().lock();
+            for warning in warnings {
+                let _ = writeln!(stderr, "warning: {warning}");
+            }
+        }
+        CliError::Message(e.to_string())
+    })?;
     let mut stderr = std::io::stderr().lock();
     for warning in &loaded.warnings {
         let _ = writeln!(stderr, "warning: {warning}");

@@ -36,6 +36,9 @@ pub enum ComposeError {
     /// A key or value is wrong. `path` is the compose key path (`services.web.deploy.replicas`).
     #[error("{}{path}: {message}", location.as_ref().map(|l| format!("{l}: ")).unwrap_or_default())]
     Invalid { location: Option<Location>, path: String, message: String },
+    /// An error that came after warnings which may explain it (`warnings` first, then `source`).
+    #[error("{source}")]
+    Warned { warnings: Vec<String>, source: Box<ComposeError> },
     /// The stack name is not usable as a prefix of service names.
     #[error("invalid stack name {name:?}: {reason}")]
     StackName { name: String, reason: String },
@@ -51,6 +54,7 @@ impl ComposeError {
         match self {
             ComposeError::Syntax { location, .. } => Some(location),
             ComposeError::Invalid { location, .. } => location.as_ref(),
+            ComposeError::Warned { source, .. } => source.location(),
             _ => None,
         }
     }

@@ -183,80 +183,95 @@ pub fn load_with(
     };
 
     let mut warnings = Vec::new();
-    let mut merged: Option<yaml::Val> = None;
-    for (index, (name, text)) in sources.iter().enumerate() {
-        let mut root = yaml::parse(index, name, text)?;
-        match root.kind {
-            yaml::Kind::Map(_) | yaml::Kind::Null => {}
-            _ => {
-                return Err(ComposeError::Syntax {
-                    location: location_of(root.loc),
-                    message: format!("the top level must be a mapping with a services key, not a {}", root.describe()),
-                });
+    // The warnings (an unset variable) explain many errors (an image left as `busybox:`), so an
+    // error that follows them carries them along.
+    let body = || -> Result<(StackFile, BTreeMap<String, ServiceSpec>, String), ComposeError> {
+        let mut merged: Option<yaml::Val> = None;
+        for (index, (name, text)) in sources.iter().enumerate() {
+            let mut root = yaml::parse(index, name, text)?;
+            match root.kind {
+                yaml::Kind::Map(_) | yaml::Kind::Null => {}
+                _ => {
+                    return Err(ComposeError::Syntax {
+                        location: location_of(root.loc),
+                        message: format!(
+                            "the top level must be a mapping with a services key, not a {}",
+                            root.describe()
+                        ),
+                    });
+                }
+            }
+            tree::interpolate_tree(&mut root, "", &lookup, &|v| location_of(v.loc), &mut warnings)?;
+            tree::normalize_lists(&mut root);
+            match &mut merged {
+                None => merged = Some(root),
+                Some(base) => tree::merge(base, root),
             }
         }
-        tree::interpolate_tree(&mut root, "", &lookup, &|v| location_of(v.loc), &mut warnings)?;
-        tree::normalize_lists(&mut root);
-        match &mut merged {
-            None => merged = Some(root),
-            Some(base) => tree::merge(base, root),
-        }
-    }
-    let merged = merged.ok_or(ComposeError::NoFiles)?;
+        let merged = merged.ok_or(ComposeError::NoFiles)?;
 
-    let mut walker = parse::Walker {
-        files: &names,
-        lookup: &lookup,
-        read_file,
-        base_dir,
-        warnings: Vec::new(),
-        locations: BTreeMap::new(),
-    };
-    let stack = walker.stack(&merged)?;
-    warnings.append(&mut walker.warnings);
-    let locations = walker.locations;
+        let mut walker = parse::Walker {
+            files: &names,
+            lookup: &lookup,
+            read_file,
+            base_dir,
+            warnings: Vec::new(),
+            locations: BTreeMap::new(),
+        };
+        let stack = walker.stack(&merged)?;
+        warnings.append(&mut walker.warnings);
+        let locations = walker.locations;
 
-    let mut services = BTreeMap::new();
-    let mut full_names: BTreeMap<String, String> = BTreeMap::new();
-    let mut ingress_ports: BTreeMap<(u16, &'static str), String> = BTreeMap::new();
-    for (short, service) in &stack.services {
-        let path = parse::join("services", short);
-        let spec = convert::to_service_spec(stack_name, short, service, &locations)?;
-        // Swarm compares service names case-insensitively.
-        if let Some(other) = full_names.insert(spec.name.to_ascii_lowercase(), short.clone()) {
-            return Err(ComposeError::invalid(
-                convert::find_location(&locations, &path),
-                path,
-                format!("service name {:?} collides with that of service {other:?}", spec.name),
-            ));
-        }
-        for port in spec.endpoint.ports.iter().filter(|p| p.mode == PublishMode::Ingress && p.published != 0) {
-            let key = (port.published, port.protocol.as_str());
-            if let Some(other) = ingress_ports.insert(key, short.clone()) {
-                let path = parse::join(&path, "ports");
+        let mut services = BTreeMap::new();
+        let mut full_names: BTreeMap<String, String> = BTreeMap::new();
+        let mut ingress_ports: BTreeMap<(u16, &'static str), String> = BTreeMap::new();
+        for (short, service) in &stack.services {
+            let path = parse::join("services", short);
+            let spec = convert::to_service_spec(stack_name, short, service, &locations)?;
+            // Swarm compares service names case-insensitively.
+            if let Some(other) = full_names.insert(spec.name.to_ascii_lowercase(), short.clone()) {
                 return Err(ComposeError::invalid(
                     convert::find_location(&locations, &path),
                     path,
-                    format!("port {}/{} is already published by service {other:?}", key.0, key.1),
+                    format!("service name {:?} collides with that of service {other:?}", spec.name),
                 ));
             }
+            for port in spec.endpoint.ports.iter().filter(|p| p.mode == PublishMode::Ingress && p.published != 0) {
+                let key = (port.published, port.protocol.as_str());
+                if let Some(other) = ingress_ports.insert(key, short.clone()) {
+                    let path = parse::join(&path, "ports");
+                    return Err(ComposeError::invalid(
+                        convert::find_location(&locations, &path),
+                        path,
+                        format!("port {}/{} is already published by service {other:?}", key.0, key.1),
+                    ));
+                }
+            }
+            if spec.endpoint.mode == shoal_types::EndpointMode::Dnsrr
+                && spec.endpoint.ports.iter().any(|p| p.mode == PublishMode::Ingress)
+            {
+                let path = parse::join(&path, "deploy.endpoint_mode");
+                return Err(ComposeError::invalid(
+                    convert::find_location(&locations, &path),
+                    path,
+                    "dnsrr cannot be used with ports published in ingress mode (publish them with mode: host)",
+                ));
+            }
+            services.insert(short.clone(), spec);
         }
-        if spec.endpoint.mode == shoal_types::EndpointMode::Dnsrr
-            && spec.endpoint.ports.iter().any(|p| p.mode == PublishMode::Ingress)
-        {
-            let path = parse::join(&path, "deploy.endpoint_mode");
-            return Err(ComposeError::invalid(
-                convert::find_location(&locations, &path),
-                path,
-                "dnsrr cannot be used with ports published in ingress mode (publish them with mode: host)",
-            ));
-        }
-        services.insert(short.clone(), spec);
-    }
 
-    let normalized_yaml = serde_saphyr::to_string(&stack)
-        .map_err(|e| ComposeError::invalid(None, "", format!("cannot serialise the normalised stack: {e}")))?;
-    let mut seen = BTreeSet::new();
-    warnings.retain(|w| seen.insert(w.clone()));
+        let normalized_yaml = serde_saphyr::to_string(&stack)
+            .map_err(|e| ComposeError::invalid(None, "", format!("cannot serialise the normalised stack: {e}")))?;
+        let mut seen = BTreeSet::new();
+        warnings.retain(|w| seen.insert(w.clone()));
+        Ok((stack, services, normalized_yaml))
+    };
+    let (stack, services, normalized_yaml) = match body() {
+        Ok(loaded) => loaded,
+        Err(source) if !warnings.is_empty() => {
+            return Err(ComposeError::Warned { warnings, source: Box::new(source) });
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Loaded { stack, services, warnings, normalized_yaml })
 }

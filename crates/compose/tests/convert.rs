@@ -431,3 +431,22 @@ fn normalized_yaml_is_deterministic_and_reloadable() {
     let again = load_str("app", &[("n.yml".into(), first.normalized_yaml.clone())], &BTreeMap::new(), None).unwrap();
     assert_eq!(again.services, first.services);
 }
+
+/// An unset variable stays a warning (docker's behaviour), and the image reference it leaves
+/// behind is refused with the rule it breaks, the warning carried along to explain it.
+#[test]
+fn an_unset_tag_variable_is_a_warning_and_the_empty_tag_an_error() {
+    let err = load_one("services:\n  web:\n    image: shoal/busybox:${UNSET_TAG}\n").unwrap_err();
+    let ComposeError::Warned { warnings, source } = &err else { panic!("not carrying its warnings: {err:?}") };
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("UNSET_TAG"), "{warnings:?}");
+    assert_eq!(
+        source.to_string(),
+        "stack.yml:3:12: services.web.image: \"shoal/busybox:\" is not a valid image reference: has an empty tag \
+         after ':' (an unset variable?); a tag is 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'"
+    );
+    assert_eq!(err.to_string(), source.to_string());
+    assert_eq!(err.location().map(|l| l.line), Some(3));
+    let err = load_one("services:\n  web:\n    image: shoal/Busy_box:1\n").unwrap_err();
+    assert!(err.to_string().contains("repository names must be lowercase"), "{err}");
+}

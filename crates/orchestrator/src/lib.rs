@@ -277,6 +277,12 @@ fn supervise(
             let node = global_node.unwrap_or("");
             let mut replacement = new_task(ctx, service, task.slot, node, TaskOrigin::Restart, gate);
             replacement.restart_failures = failures;
+            if !wait_stop {
+                // Nothing to wait for but time: the scheduler holds the task until `not_before`
+                // (no node sees it before), so it can be made RUNNING now, which saves the
+                // write that would open its gate later.
+                replacement.desired_state = TaskState::Running;
+            }
             if delay > 0 {
                 // What `service ps` shows while the task waits: why it is being restarted.
                 let reason = if task.status.err.is_empty() { &task.status.message } else { &task.status.err };
@@ -297,6 +303,9 @@ fn supervise(
             } else {
                 note_wakeup(plan, Some(gate), ctx.now);
             }
+        } else if task.restart_held_until(ctx.now).is_some() {
+            // Held from the scheduler until then: the loop must look again at that time.
+            note_wakeup(plan, task.start_gate.as_ref(), ctx.now);
         }
     }
     if !counts && !rolling_back {

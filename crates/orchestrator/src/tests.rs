@@ -169,18 +169,20 @@ fn failed_task_is_replaced_after_the_restart_delay() {
     );
     let tasks = w.tasks(&svc);
     let new = tasks.iter().find(|t| t.id != old).expect("replacement");
-    assert_eq!((new.slot, new.desired_state, new.origin), (1, TaskState::Ready, TaskOrigin::Restart));
+    // The old task already stopped, so only time gates the new one: it is RUNNING at once and
+    // held from the scheduler (no node sees it) until the delay has passed.
+    assert_eq!((new.slot, new.desired_state, new.origin), (1, TaskState::Running, TaskOrigin::Restart));
     let gate = new.start_gate.clone().expect("gated by the 5s default delay");
     assert_eq!(gate.not_before, w.now + 5_000);
     assert_eq!(gate.after_task, None, "the old task already stopped");
     assert_eq!(plan.next_wakeup, Some(w.now + 5_000));
-    // Not yet: 4.9 s later the task is still READY.
+    // Not yet: 4.9 s later the task is still held, and the pass asks to be woken at 5 s.
     w.now += 4_900;
-    w.settle();
-    assert_eq!(w.state.task(&new.id).unwrap().desired_state, TaskState::Ready);
+    assert_eq!(w.step().next_wakeup, Some(w.now + 100));
+    assert!(held_by_backoff(w.state.task(&new.id).unwrap(), w.now));
     w.now += 100;
-    w.settle();
-    assert_eq!(w.state.task(&new.id).unwrap().desired_state, TaskState::Running);
+    assert!(!held_by_backoff(w.state.task(&new.id).unwrap(), w.now));
+    assert!(w.step().actions.is_empty(), "no write is needed to release it");
 }
 
 #[test]
