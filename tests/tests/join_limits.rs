@@ -334,3 +334,47 @@ async fn refused_handshakes_log_a_line_a_second_with_a_count_of_the_others() -> 
     ensure!(suppressed > 0, "no line reported suppressed refusals");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_time_out_with_a_line_a_second() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let manager = &cluster.managers[0];
+    const NEEDLE: &str = "TLS handshake timed out";
+    let started = Instant::now();
+
+    // 150 connections that never start a handshake, then one more a moment later: all are dropped
+    // after the 10 s handshake limit, the last one's line reporting the others it left out.
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        idle.push(tokio::net::TcpStream::connect(&manager.addr).await?);
+    }
+    // The gap puts the last timeout in a later second than the others.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    idle.push(tokio::net::TcpStream::connect(&manager.addr).await?);
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (lines, suppressed) = loop {
+        let (lines, suppressed) = log_lines(&manager.log(), NEEDLE);
+        if lines as u64 + suppressed == idle.len() as u64 {
+            break (lines, suppressed);
+        }
+        if Instant::now() > deadline {
+            bail!("{lines} lines and {suppressed} suppressed for {} idle connections:\n{}", idle.len(), manager.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let elapsed = started.elapsed();
+    eprintln!("{} idle connections timed out: {lines} log lines, {suppressed} counted as suppressed", idle.len());
+    ensure!(lines <= throttled(elapsed), "{lines} lines in {elapsed:?}: not throttled to one a second");
+    // The manager closed them: reading gives end of file (or a reset), not a hang.
+    for mut tcp in idle {
+        let mut buf = [0u8; 16];
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)).await;
+        ensure!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "an idle connection is still open after its handshake limit: {read:?}"
+        );
+    }
+    Ok(())
+}
