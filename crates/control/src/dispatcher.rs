@@ -116,7 +116,8 @@ impl DispatcherService {
                     break;
                 }
                 let actions = batch.into_iter().map(|(id, status)| Action::SetTaskStatus { id, status }).collect();
-                if let Err(e) = self.manager.propose(actions).await {
+                // Packed by size: a thousand statuses with long error texts can exceed one entry.
+                if let Err(e) = self.manager.propose_in_entries(actions).await {
                     // Agents re-report every task's status when they reconnect, so a lost batch heals.
                     tracing::warn!(error = %e, "writing task statuses failed");
                 }
@@ -435,9 +436,13 @@ impl Dispatcher for DispatcherApi {
         {
             let state = self.manager.state();
             for update in &request.updates {
-                let status: TaskStatus = serde_json::from_str(&update.status_json).map_err(|e| {
+                let mut status: TaskStatus = serde_json::from_str(&update.status_json).map_err(|e| {
                     Status::invalid_argument(format!("invalid status for task {}: {e}", update.task_id))
                 })?;
+                // An engine's error text is the agent's to send but the store's to keep for every
+                // task of history: bounded, so no status can approach an entry's size.
+                cap_text(&mut status.message);
+                cap_text(&mut status.err);
                 match state.task(&update.task_id) {
                     // A deleted task's late status is simply dropped.
                     None => continue,
@@ -461,5 +466,38 @@ impl Dispatcher for DispatcherApi {
         }
         self.flush.notify_one();
         Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}
+
+/// The longest status message or error kept, in bytes.
+const MAX_STATUS_TEXT: usize = 4096;
+
+/// Cuts `text` to [`MAX_STATUS_TEXT`] bytes at a character boundary, marking the cut with `…`.
+fn cap_text(text: &mut String) {
+    if text.len() <= MAX_STATUS_TEXT {
+        return;
+    }
+    let mut end = MAX_STATUS_TEXT - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    #[test]
+    fn long_status_texts_are_cut_at_a_character_boundary() {
+        let mut short = "no such image".to_string();
+        cap_text(&mut short);
+        assert_eq!(short, "no such image");
+        let mut long = "é".repeat(5_000);
+        cap_text(&mut long);
+        assert!(long.len() <= MAX_STATUS_TEXT, "{}", long.len());
+        assert!(long.ends_with('…'));
+        assert!(long.trim_end_matches('…').chars().all(|c| c == 'é'));
     }
 }
