@@ -438,8 +438,7 @@ fn cluster_update_needs_the_version_read() {
         created_at: 1_000,
         spec: shoal_types::ClusterSpec::default(),
     };
-    let mut spec = shoal_types::ClusterSpec::default();
-    spec.max_replicas = 10;
+    let spec = shoal_types::ClusterSpec { max_replicas: 10, ..Default::default() };
     let err = state.apply(1, &batch(vec![Action::UpdateCluster { expected_version: 1, spec: spec.clone() }]));
     assert!(matches!(err, Err(StoreError::NoCluster)));
     state.apply(2, &batch(vec![Action::InitCluster { cluster }])).unwrap();
