@@ -524,3 +524,31 @@ pub use shoal_tls;
 
 /// Unused-client guard so the type stays referenced in docs.
 pub type ManagerClient = DispatcherClient<Channel>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_manager_list_is_refused() {
+        let now = std::time::SystemTime::now();
+        let ca = shoal_tls::ClusterCa::generate("cluster", now).expect("a CA");
+        let credentials = ca
+            .issue_with_new_key("cluster", "node1", shoal_tls::Role::Worker, Duration::from_secs(3600), now)
+            .expect("a certificate");
+        let config = AgentConfig {
+            tls: shoal_tls::NodeTls::new(&credentials).expect("TLS"),
+            data_dir: PathBuf::from("/nonexistent"),
+            managers: Vec::new(),
+            hostname: None,
+            labels: BTreeMap::new(),
+        };
+        let executor = Arc::new(shoal_executor::fake::FakeExecutor::new("node1"));
+        let err = Agent::new("node1".into(), config, executor).err().expect("refused");
+        assert!(matches!(err, AgentError::NoManagers));
+        assert_eq!(
+            err.to_string(),
+            "managers: the list is empty; an agent needs at least one manager address (HOST:PORT)"
+        );
+    }
+}
