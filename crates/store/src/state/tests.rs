@@ -283,8 +283,19 @@ fn arb_loop_action() -> impl Strategy<Value = Action> {
         (task.clone(), state).prop_map(|(t, s)| Action::SetDesiredState { id: t.into(), desired: s }),
         (task.clone(), prop::sample::select(vec!["n1", "n2"]))
             .prop_map(|(t, n)| Action::AssignTask { id: t.into(), node_id: n.into() }),
-        (task, prop::sample::select(vec!["no suitable node", "x"]))
+        (task.clone(), prop::sample::select(vec!["no suitable node", "x"]))
             .prop_map(|(t, e)| Action::MarkUnschedulable { id: t.into(), err: e.into() }),
+        // A new task (its id is made unique by the test) for the service or for one that is gone.
+        prop::sample::select(vec!["a", "gone"])
+            .prop_map(|s| Action::PutTask { task: super::tests::task("new", s, "") }),
+        prop::sample::select(vec!["a", "gone"]).prop_map(|s| Action::SetUpdateStatus { id: s.into(), status: None }),
+        prop::collection::vec(task, 0..3)
+            .prop_map(|ids| Action::DeleteTasks { ids: ids.into_iter().map(String::from).collect() }),
+        prop::sample::select(vec!["n1", "gone"]).prop_map(|n| Action::SetNodeStatus {
+            id: n.into(),
+            status: NodeStatus { state: NodeState::Down, ..Default::default() },
+            description: None,
+        }),
     ]
 }
 
@@ -323,11 +334,15 @@ proptest! {
             .unwrap();
         let snapshot = |s: &State| s.tasks().map(|t| (t.id.clone(), (t.status.state, t.desired_state))).collect::<std::collections::BTreeMap<_, _>>();
         let mut before = snapshot(&state);
-        for (i, action) in actions.into_iter().enumerate() {
+        for (i, mut action) in actions.into_iter().enumerate() {
+            if let Action::PutTask { task } = &mut action {
+                // The loop makes each task with a fresh id.
+                task.id = format!("new{i}");
+            }
             state.apply(i as u64 + 2, &batch(vec![action])).expect("control-loop actions never fail a batch");
             let after = snapshot(&state);
             for (id, (obs, des)) in &after {
-                let (obs0, des0) = before[id];
+                let Some((obs0, des0)) = before.get(id).copied() else { continue };
                 prop_assert!(*obs >= obs0, "{id}: observed {obs0} -> {obs}");
                 prop_assert!(*des >= des0, "{id}: desired {des0} -> {des}");
             }
