@@ -68,6 +68,26 @@ async fn replicas_over_the_cluster_limit_are_refused_and_change_nothing() -> Res
     fails(&shoal(&addr, &["service", "scale", "-d", "web=5"]), "replicas: 5 is above the limit 4");
     ok(&shoal(&addr, &["service", "scale", "-d", "web=4"]));
     wait_info(&addr, Duration::from_secs(20), "4 tasks", |i| i.tasks == 4).await?;
+
+    // A change over the raft entry limit (2 MB of node labels) is refused with its size and the
+    // limit, and nothing is written.
+    let node = list_nodes(&addr).await?.into_iter().next().expect("the manager's node");
+    let mut spec = node.spec.clone();
+    spec.labels.insert("big".into(), "x".repeat(2_000_000));
+    let before = cluster_info(&addr).await?.raft.commit;
+    let err = connect(&addr)
+        .await?
+        .update_node(shoal_proto::v1::UpdateNodeRequest {
+            node: node.id.clone(),
+            version: node.version,
+            spec_json: serde_json::to_string(&spec)?,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("the change is too large: "), "{}", err.message());
+    assert!(err.message().ends_with("bytes encoded, at most 1572864"), "{}", err.message());
+    assert_eq!(cluster_info(&addr).await?.raft.commit, before);
     Ok(())
 }
 
