@@ -230,11 +230,21 @@ async fn agent_reports_an_unreachable_docker_engine_and_retries() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn shoal-agent");
-    std::thread::sleep(Duration::from_secs(3));
-    let still_running = child.try_wait().unwrap().is_none();
+    // Until it has said so twice (a retry), however slow the host; it must not exit meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (still_running, text) = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let running = child.try_wait().unwrap().is_none();
+        if !running || text.matches("cannot reach the Docker engine").count() >= 2 {
+            break (running, text);
+        }
+        if tokio::time::Instant::now() > deadline {
+            break (running, text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let _ = child.kill();
     let _ = child.wait();
-    let text = std::fs::read_to_string(&log).unwrap();
     assert!(still_running, "the agent exited instead of retrying: {text}");
     let attempts = text.matches("cannot reach the Docker engine").count();
     assert!(attempts >= 2, "the agent reports the engine and retries ({attempts} attempts): {text}");

@@ -94,7 +94,22 @@ async fn demotion_that_would_lose_quorum_is_refused() -> Result<()> {
     // one reachable voter out of two.
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     cluster.managers[followers[0]].kill9();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Until the leader sees it gone (raft's recent_active lapses), which the quorum check uses.
+    let killed_addr = cluster.managers[followers[0]].addr.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = list_nodes(&leader_addr).await?;
+        let seen_gone = nodes.iter().any(|n| {
+            n.manager
+                .as_ref()
+                .is_some_and(|m| m.addr == killed_addr && m.reachability.as_deref() == Some("unreachable"))
+        });
+        if seen_gone {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the leader never saw the killed follower as unreachable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let nodes = list_nodes(&leader_addr).await?;
     let target_addr = cluster.managers[followers[1]].addr.clone();
     let target = nodes.iter().find(|n| n.manager.as_ref().is_some_and(|m| m.addr == target_addr)).unwrap();

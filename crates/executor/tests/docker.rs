@@ -201,12 +201,10 @@ async fn start_runs_and_shutdown_stops_promptly() {
     let listed = node.exec.list().await.unwrap();
     assert!(listed[0].running);
 
-    let t0 = Instant::now();
     node.exec.shutdown(&plan).await.expect("shutdown");
-    let took = t0.elapsed();
-    assert!(took < Duration::from_secs(3), "shutdown took {took:?}; the container exits on SIGTERM");
     assert_eq!(node.status(&id).await, ContainerStateStatusEnum::EXITED);
     node.exec.shutdown(&plan).await.expect("stopping a stopped container is fine");
+    // 0, not 137: it exited on SIGTERM, it was not killed at the end of the 10s grace period.
     assert_eq!(node.exec.wait(&plan).await.unwrap(), ExitStatus { code: 0 });
     let listed = node.exec.list().await.unwrap();
     assert_eq!((listed[0].running, listed[0].exit_code), (false, Some(0)));
@@ -252,8 +250,8 @@ async fn shutdown_gives_the_grace_period_then_kills() {
     let t0 = Instant::now();
     node.exec.shutdown(&plan).await.expect("shutdown");
     let took = t0.elapsed();
+    // A lower bound only: a loaded host can make a stop slower, never faster than the grace.
     assert!(took >= Duration::from_millis(900), "stopped after {took:?}, before the 1s grace period");
-    assert!(took < Duration::from_secs(8), "stop took {took:?}");
     assert_eq!(node.exec.wait(&plan).await.unwrap(), ExitStatus { code: 137 }, "killed after the grace period");
 }
 
