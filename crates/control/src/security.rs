@@ -45,7 +45,9 @@ pub fn init_material(
 }
 
 /// Writes `<data-dir>/admin/{ca,cert,key}.pem` and, if `~/.shoal/tls` holds no bundle yet,
-/// copies it there so the CLI on this machine works without flags.
+/// copies it there so the CLI on this machine works without flags. Both copies are the cluster's
+/// admin credentials: their directories are 0700 and the files 0600 (`Credentials::save`), and a
+/// missing `~/.shoal` is created 0700 too.
 pub fn install_admin_bundle(
     data_dir: &Path,
     admin: &Credentials,

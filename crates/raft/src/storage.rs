@@ -101,6 +101,50 @@ fn log_segment_tree_name(first: u64) -> String {
     format!("raft-log-{first:016x}")
 }
 
+/// A sled error as a [`RaftError`]: what sled reports as damage (corruption, or a file it
+/// cannot read) is [`RaftError::Corrupt`], so callers tell a damaged data dir from an IO error by
+/// type.
+fn sled_error(e: sled::Error) -> RaftError {
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) | sled::Error::ReportableBug(_) => {
+            RaftError::Corrupt(e.to_string())
+        }
+        sled::Error::Io(_) | sled::Error::CollectionNotFound(_) => RaftError::Storage(e.to_string()),
+    }
+}
+
+thread_local! {
+    /// Set while [`catch_panic`] runs on this thread: its panics are reported as errors, so the
+    /// default hook's message would only be noise.
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it (sled and raft-rs panic on some damaged files) into
+/// [`RaftError::Corrupt`] with the panic's message, without the panic being printed. Other
+/// threads' panics are printed as before: the hook stays quiet only on the calling thread.
+pub fn catch_panic<T>(what: &str, f: impl FnOnce() -> Result<T, RaftError>) -> Result<T, RaftError> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was_quiet = QUIET_PANICS.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(was_quiet));
+    result.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(RaftError::Corrupt(format!("{what}: the data could not be read (it made the reader panic: {message})")))
+    })
+}
+
 /// sled, pinned to 0.34.7.
 ///
 /// Writes are gathered in memory and handed to sled at `sync`. Every sled batch rolls sled's IO
@@ -141,8 +185,19 @@ pub struct SledDurable {
 }
 
 impl SledDurable {
+    /// Opens (or creates) the sled database in `path`. Damage sled detects is
+    /// [`RaftError::Corrupt`], naming the path; so is a panic of sled's recovery on a damaged
+    /// file (caught here: a damaged data dir must give an error, not a crash).
     pub fn open(path: &std::path::Path) -> Result<Self, RaftError> {
-        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
+        catch_panic(&format!("opening {}", path.display()), || Self::open_unguarded(path)).map_err(|e| match e {
+            RaftError::Corrupt(m) if !m.contains(&path.display().to_string()) => {
+                RaftError::Corrupt(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        })
+    }
+
+    fn open_unguarded(path: &std::path::Path) -> Result<Self, RaftError> {
         let db = sled::Config::new()
             .path(path)
             // Durability comes from our explicit flush per Ready, not sled's background timer.
@@ -152,9 +207,13 @@ impl SledDurable {
             // small cache keeps a loaded manager's RSS down.
             .cache_capacity(16 << 20)
             .open()
-            .map_err(|e| RaftError::Storage(format!("opening {}: {e}", path.display())))?;
-        let tree = db.open_tree("raft").map_err(storage_err)?;
-        let snapshots = db.open_tree("raft-snapshots").map_err(storage_err)?;
+            .map_err(|e| match sled_error(e) {
+                RaftError::Corrupt(m) => RaftError::Corrupt(format!("{}: {m}", path.display())),
+                RaftError::Storage(m) => RaftError::Storage(format!("opening {}: {m}", path.display())),
+                other => other,
+            })?;
+        let tree = db.open_tree("raft").map_err(sled_error)?;
+        let snapshots = db.open_tree("raft-snapshots").map_err(sled_error)?;
         let mut log_segments = BTreeMap::new();
         for name in db.tree_names() {
             let Some(first) = std::str::from_utf8(&name)
@@ -164,7 +223,7 @@ impl SledDurable {
             else {
                 continue;
             };
-            log_segments.insert(first, db.open_tree(&name).map_err(storage_err)?);
+            log_segments.insert(first, db.open_tree(&name).map_err(sled_error)?);
         }
         let mut durable = SledDurable {
             db,
@@ -185,21 +244,20 @@ impl SledDurable {
     /// copies are flushed before the originals are deleted, so a crash in between only leaves
     /// the same entry in both places, and the next open moves it again.
     fn move_log_out_of_the_main_tree(&mut self) -> Result<(), RaftError> {
-        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
         let mut moved = sled::Batch::default();
         let mut count = 0usize;
         for kv in self.tree.scan_prefix([LOG_PREFIX]) {
-            let (key, value) = kv.map_err(storage_err)?;
+            let (key, value) = kv.map_err(sled_error)?;
             // A malformed key stays where it is, for `RaftStorage::open` to report.
             let Some(index) = log_index(&key) else { continue };
-            self.segment_for_write(index, value.len())?.insert(key.clone(), value).map_err(storage_err)?;
+            self.segment_for_write(index, value.len())?.insert(key.clone(), value).map_err(sled_error)?;
             moved.remove(key);
             count += 1;
         }
         if count > 0 {
-            self.db.flush().map_err(storage_err)?;
-            self.tree.apply_batch(moved).map_err(storage_err)?;
-            self.db.flush().map_err(storage_err)?;
+            self.db.flush().map_err(sled_error)?;
+            self.tree.apply_batch(moved).map_err(sled_error)?;
+            self.db.flush().map_err(sled_error)?;
             tracing::info!(entries = count, "moved the raft log into per-segment trees");
         }
         Ok(())
@@ -223,8 +281,7 @@ impl SledDurable {
                 (first, first == last)
             }
             _ => {
-                let tree =
-                    self.db.open_tree(log_segment_tree_name(index)).map_err(|e| RaftError::Storage(e.to_string()))?;
+                let tree = self.db.open_tree(log_segment_tree_name(index)).map_err(sled_error)?;
                 let is_last = last.is_none_or(|last| index > last);
                 if is_last {
                     self.last_segment_bytes = 0;
@@ -250,7 +307,6 @@ impl SledDurable {
     /// Queues the writes that go through `pending` and applies snapshot data at once; returns
     /// where the queued ones sit in `pending`.
     fn queue(&mut self, ops: Vec<Op>) -> Result<std::ops::Range<usize>, RaftError> {
-        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
         let start = self.pending.len();
         for op in ops {
             match op {
@@ -260,10 +316,10 @@ impl SledDurable {
                 // a crash never pairs metadata with data of another index; old data is deleted
                 // only once newer metadata is durable.
                 Op::Put(k, v) if k.starts_with(SNAPSHOT_DATA_PREFIX) => {
-                    self.snapshots.insert(k, v).map_err(storage_err)?;
+                    self.snapshots.insert(k, v).map_err(sled_error)?;
                 }
                 Op::Delete(k) if k.starts_with(SNAPSHOT_DATA_PREFIX) => {
-                    self.snapshots.remove(k).map_err(storage_err)?;
+                    self.snapshots.remove(k).map_err(sled_error)?;
                 }
                 op => {
                     self.newest.insert(op.key().to_vec(), self.pending.len());
@@ -301,17 +357,16 @@ impl SledDurable {
     /// Drops the log's segments that end below `discard_before`: those followed by a segment
     /// that starts at or below it. The last segment always stays.
     fn drop_discarded_segments(&mut self) -> Result<(), RaftError> {
-        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
         let firsts: Vec<u64> = self.log_segments.keys().copied().collect();
         let whole = firsts.windows(2).take_while(|pair| pair[1] <= self.discard_before).map(|pair| (pair[0], pair[1]));
         for (first, next) in whole.collect::<Vec<_>>() {
             let Some(tree) = self.log_segments.remove(&first) else { continue };
             if next - first <= LOG_SEGMENT_SPAN_OF_LARGE_ENTRIES {
                 for key in tree.iter().keys() {
-                    tree.remove(key.map_err(storage_err)?).map_err(storage_err)?;
+                    tree.remove(key.map_err(sled_error)?).map_err(sled_error)?;
                 }
             }
-            self.db.drop_tree(log_segment_tree_name(first)).map_err(storage_err)?;
+            self.db.drop_tree(log_segment_tree_name(first)).map_err(sled_error)?;
         }
         Ok(())
     }
@@ -342,7 +397,6 @@ impl Durable for SledDurable {
     }
 
     fn sync(&mut self) -> Result<(), RaftError> {
-        let storage_err = |e: sled::Error| RaftError::Storage(e.to_string());
         let pending = std::mem::take(&mut self.pending);
         let mut groups = std::mem::take(&mut self.atomic_groups).into_iter().peekable();
         self.newest.clear();
@@ -359,7 +413,7 @@ impl Durable for SledDurable {
                         Op::Delete(k) => batch.remove(k),
                     }
                 }
-                self.tree.apply_batch(batch).map_err(storage_err)?;
+                self.tree.apply_batch(batch).map_err(sled_error)?;
                 at = group.end;
                 continue;
             }
@@ -375,9 +429,9 @@ impl Durable for SledDurable {
                 (None, Op::Put(k, v)) => self.tree.insert(k, v).map(|_| ()),
                 (None, Op::Delete(k)) => self.tree.remove(k).map(|_| ()),
             }
-            .map_err(storage_err)?;
+            .map_err(sled_error)?;
         }
-        self.db.flush().map_err(storage_err)?;
+        self.db.flush().map_err(sled_error)?;
         self.drop_discarded_segments()
     }
 
@@ -385,7 +439,7 @@ impl Durable for SledDurable {
         let mut merged = BTreeMap::new();
         for tree in self.trees_under(prefix) {
             for kv in tree.scan_prefix(prefix) {
-                let (k, v) = kv.map_err(|e| RaftError::Storage(e.to_string()))?;
+                let (k, v) = kv.map_err(sled_error)?;
                 merged.insert(k.to_vec(), Some(v.to_vec()));
             }
         }
@@ -400,14 +454,14 @@ impl Durable for SledDurable {
             return Ok(self.pending[*at].value().cloned());
         }
         let Some(tree) = self.tree_for(key) else { return Ok(None) };
-        tree.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| RaftError::Storage(e.to_string()))
+        tree.get(key).map(|v| v.map(|v| v.to_vec())).map_err(sled_error)
     }
 
     fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, RaftError> {
         let mut keys = std::collections::BTreeSet::new();
         for tree in self.trees_under(prefix) {
             for key in tree.scan_prefix(prefix).keys() {
-                keys.insert(key.map_err(|e| RaftError::Storage(e.to_string()))?.to_vec());
+                keys.insert(key.map_err(sled_error)?.to_vec());
             }
         }
         for (k, v) in self.pending_under(prefix) {
@@ -714,7 +768,22 @@ impl<D: Durable> RaftStorage<D> {
         if storage.hard_state.commit < snap_index {
             storage.hard_state.commit = snap_index;
         }
+        // Every append writes its entries before the hard state that commits them, so a crash
+        // never leaves a commit index past the log's end: missing committed entries mean the
+        // files lost data (raft-rs would panic on it later).
+        if storage.hard_state.commit > storage.log_end() {
+            return Err(RaftError::Corrupt(format!(
+                "entries up to index {} were committed but the log ends at {}: committed entries are missing",
+                storage.hard_state.commit,
+                storage.log_end()
+            )));
+        }
         Ok(storage)
+    }
+
+    /// The index of the last entry on disk (or of the snapshot when the log is empty).
+    pub fn log_end(&self) -> u64 {
+        self.last().max(self.snapshot.index)
     }
 
     /// True once the log holds a configuration (a bootstrap or a received snapshot).
