@@ -77,9 +77,15 @@ pub async fn join_or_resume(
     token: Option<&str>,
 ) -> Result<(String, shoal_tls::Credentials), AgentError> {
     let err = |m: String| AgentError::DataDir(dir.to_path_buf(), m);
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    let private = |e: shoal_tls::private_files::PrivateFileError| err(e.to_string());
+    // The directory holds this node's key: 0700 before anything is written in it.
+    let existed = dir.exists();
+    if !existed {
+        shoal_tls::private_files::create_dir(dir).map_err(private)?;
+    }
     let path = dir.join(IDENTITY_FILE);
     if path.exists() {
+        shoal_tls::private_files::harden_and_warn(dir).map_err(private)?;
         let bytes = std::fs::read(&path).map_err(|e| err(format!("cannot read {IDENTITY_FILE}: {e}")))?;
         let identity: Identity = serde_json::from_slice(&bytes)
             .map_err(|e| err(format!("{IDENTITY_FILE} is corrupt or not a shoal agent's ({e})")))?;
@@ -98,15 +104,16 @@ pub async fn join_or_resume(
     if std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?.next().is_some() {
         return Err(err(format!("is not empty but holds no shoal agent state ({IDENTITY_FILE} is missing)")));
     }
+    if existed {
+        shoal_tls::private_files::create_dir(dir).map_err(private)?;
+    }
     let credentials = shoal_tls::join::obtain_certificate(join, token, shoal_tls::Role::Worker)
         .await
         .map_err(|e| AgentError::Join(e.to_string()))?;
     let node_id = credentials.identity().map_err(|e| AgentError::Join(e.to_string()))?.node_id;
     credentials.save(&dir.join(TLS_DIR)).map_err(|e| err(e.to_string()))?;
     let identity = Identity { node_id: node_id.clone() };
-    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(&identity).expect("serialises")).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    shoal_tls::private_files::write(&path, &serde_json::to_vec(&identity).expect("serialises")).map_err(private)?;
     tracing::info!(node = %node_id, "joined the cluster as a worker");
     Ok((node_id, credentials))
 }

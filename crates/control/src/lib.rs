@@ -14,7 +14,7 @@ use shoal_proto::v1::control_server::ControlServer;
 use shoal_proto::v1::raft_transport_server::RaftTransportServer;
 use shoal_raft::{
     Engine, EngineConfig, GrpcTransport, Member, MemberChange, MemberChangeKind, Members, RaftHandle, RaftRole,
-    RaftStatus, RaftStorage, RaftTransportService, SledDurable,
+    RaftStatus, RaftStorage, RaftTransportService,
 };
 use shoal_store::{Action, Batch, Change, MembershipChange, MembershipKind, State};
 use shoal_types::{Cluster, ClusterSpec};
@@ -278,6 +278,13 @@ impl Manager {
         let thread = self.raft_thread.lock().take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            // The raft thread owned sled; with it closed, record how far the log reached.
+            let data_dir = self.config.data_dir.clone();
+            match tokio::task::spawn_blocking(move || identity::record_stopped(&data_dir)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not record the raft log's end for the next start"),
+                Err(e) => tracing::warn!(error = %e, "could not record the raft log's end for the next start"),
+            }
         }
     }
 
@@ -439,7 +446,6 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .map_err(|e| ManagerError::Listen(config.listen_addr, e))?;
-    let raft_path = config.data_dir.join(identity::RAFT_DIR);
     let tls_dir = config.data_dir.join(security::TLS_DIR);
     let (identity, storage, credentials) = match data_dir {
         identity::DataDir::Existing(identity) => {
@@ -455,13 +461,12 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                         security::TLS_DIR
                     ))
                 })?;
-            let durable = open_sled(&raft_path)?;
-            (identity, RaftStorage::open(durable)?, credentials)
+            (identity, identity::open_existing_raft(&config.data_dir)?, credentials)
         }
         identity::DataDir::Empty => match &config.join {
             Some(target) => {
                 let (identity, members, credentials) = join_cluster(&config, target).await?;
-                let mut storage = RaftStorage::open(open_sled(&raft_path)?)?;
+                let mut storage = RaftStorage::open(identity::open_sled(&config.data_dir)?)?;
                 storage.seed_members(&members)?;
                 credentials
                     .save(&tls_dir)
@@ -494,7 +499,8 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                 )]
                 .into_iter()
                 .collect();
-                let storage = shoal_raft::bootstrap(open_sled(&raft_path)?, &members, &state.snapshot())?;
+                let storage =
+                    shoal_raft::bootstrap(identity::open_sled(&config.data_dir)?, &members, &state.snapshot())?;
                 material
                     .manager
                     .save(&tls_dir)
@@ -524,7 +530,10 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     engine_config.election_tick = config.election_tick;
     engine_config.heartbeat_tick = config.heartbeat_tick;
     engine_config.snapshot_interval = config.snapshot_interval;
-    let engine = Engine::open(engine_config, storage, machine, &shoal_raft::slog_logger())?;
+    let engine = shoal_raft::storage::catch_panic("restoring the raft state", || {
+        Engine::open(engine_config, storage, machine, &shoal_raft::slog_logger())
+    })
+    .map_err(|e| identity::raft_error(&config.data_dir, e))?;
     let transport = GrpcTransport::new(identity.raft_id, client_tls.clone());
     let (raft, raft_thread) = shoal_raft::spawn(engine, transport.clone(), config.tick);
     transport.set_feedback(Arc::new(raft.clone()));
@@ -600,12 +609,6 @@ fn action_name(action: &Action) -> &'static str {
         Action::SetUpdateStatus { .. } => "set_update_status",
         _ => "other",
     }
-}
-
-fn open_sled(path: &std::path::Path) -> Result<SledDurable, ManagerError> {
-    SledDurable::open(path).map_err(|e| {
-        ManagerError::DataDir(format!("{e} (is another shoal-manager using this data dir, or is it damaged?)"))
-    })
 }
 
 #[cfg(test)]
