@@ -358,9 +358,12 @@ fn interpolation_environment_and_dotenv() {
     let err = load_str("app", &sources, &BTreeMap::new(), Some("TAG=1\n2BAD=x\n")).unwrap_err();
     assert_eq!(err.to_string(), ".env:2:1: invalid variable name \"2BAD\" (expected KEY=VALUE)");
 
-    let loaded = load_str("app", &sources, &env(&[("ONLY_DOTENV", "x")]), None).unwrap();
-    assert_eq!(loaded.services["web"].task.container.image, "shoal/busybox:");
-    assert_eq!(loaded.warnings, ["services.web.image: variable TAG is not set; substituting an empty string"]);
+    // An unset variable is a warning (as in docker); the empty tag it leaves is refused, and the
+    // warning comes with the error.
+    let err = load_str("app", &sources, &env(&[("ONLY_DOTENV", "x")]), None).unwrap_err();
+    let ComposeError::Warned { warnings, source } = err else { panic!("no warnings carried") };
+    assert_eq!(warnings, ["services.web.image: variable TAG is not set; substituting an empty string"]);
+    assert!(source.to_string().contains("\"shoal/busybox:\" is not a valid image reference"), "{source}");
 
     let required = "services:\n  web:\n    image: shoal/busybox:${TAG?tag is required}\n";
     let err = load_str("app", &[("stack.yml".into(), required.into())], &BTreeMap::new(), None).unwrap_err();
