@@ -14,6 +14,7 @@ use shoal_types::{
     TaskState, TaskStatus, Timestamp,
 };
 
+pub mod constraint_enforcer;
 pub mod reaper;
 #[cfg(test)]
 mod tests;
@@ -202,6 +203,9 @@ pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
                 ..Default::default()
             };
             plan.actions.push(Action::SetTaskStatus { id: task.id.clone(), status });
+    // Replicated tasks whose node stopped meeting their constraints or reservations: rejected
+    // here, replaced elsewhere by the restart supervisor in the next pass.
+    plan.actions.extend(constraint_enforcer::enforce(state, ctx.now));
         }
     }
     // Tasks whose service is gone are removed (Swarm: desired REMOVE, then the reaper).
