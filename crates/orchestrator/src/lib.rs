@@ -192,6 +192,9 @@ pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
             update::update_service(state, service, ctx, &mut plan);
         }
     }
+    // Replicated tasks whose node stopped meeting their constraints or reservations: rejected
+    // here, replaced elsewhere by the restart supervisor in the next pass.
+    plan.actions.extend(constraint_enforcer::enforce(state, ctx.now));
     for task in state.tasks() {
         // Swarm's scheduler marks tasks cancelled before placement SHUTDOWN, so nothing waits
         // for them and they read as finished.
@@ -203,9 +206,6 @@ pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
                 ..Default::default()
             };
             plan.actions.push(Action::SetTaskStatus { id: task.id.clone(), status });
-    // Replicated tasks whose node stopped meeting their constraints or reservations: rejected
-    // here, replaced elsewhere by the restart supervisor in the next pass.
-    plan.actions.extend(constraint_enforcer::enforce(state, ctx.now));
         }
     }
     // Tasks whose service is gone are removed (Swarm: desired REMOVE, then the reaper).
