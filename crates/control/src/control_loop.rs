@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_raft::RaftRole;
-use shoal_store::{Action, State};
+use shoal_scheduler::FailureLog;
+use shoal_store::{Action, Change, Object, State};
 use shoal_types::{NodeState, PublishMode, TaskState};
 
 use crate::{Manager, now_millis};
-
-/// Failures of one service version on one node that make the scheduler avoid the node (Swarm).
-const FAULTY_WINDOW_MS: u64 = 5 * 60_000;
 
 /// Runs forever; acts only while this manager is the ready leader.
 pub async fn run(manager: Arc<Manager>) {
@@ -38,6 +36,14 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
     tracing::info!(term, "leading: orchestrators and scheduler running");
     let mut events = manager.subscribe();
     let mut raft = manager.watch_raft();
+    // The faulty-node rule's failures, kept in this leader's memory as Swarm's scheduler keeps
+    // them: fed from every task change, so a failed task the reaper deletes still counts. They
+    // start from the failed tasks the store holds (a new leader knows no more), and a lagging
+    // event stream falls back to that too; a leader change loses at most the failures beyond
+    // those, as in Swarm. Writing them to the raft log instead would cost an entry per failure
+    // and grow the replicated state for a placement hint.
+    let mut failures = FailureLog::new();
+    observe_stored_failures(manager, &mut failures);
     loop {
         {
             let st = raft.borrow_and_update();
@@ -55,7 +61,8 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
             );
             let mut actions = plan.actions;
             if actions.is_empty() {
-                actions = schedule(&state, now_millis());
+                let now = now_millis();
+                actions = schedule(&state, now, failures.failures(now));
             }
             (actions, plan.next_wakeup)
         };
@@ -81,11 +88,24 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
             .unwrap_or(Duration::from_secs(5));
         tokio::select! {
             change = events.recv() => {
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = change {
-                    return;
+                use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+                let mut lagged = false;
+                match change {
+                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Lagged(_)) => lagged = true,
+                    Ok(change) => observe_failure(&change, &mut failures),
                 }
                 // Drain the burst: one pass covers all of it.
-                while events.try_recv().is_ok() {}
+                loop {
+                    match events.try_recv() {
+                        Ok(change) => observe_failure(&change, &mut failures),
+                        Err(TryRecvError::Lagged(_)) => lagged = true,
+                        Err(_) => break,
+                    }
+                }
+                if lagged {
+                    observe_stored_failures(manager, &mut failures);
+                }
             }
             _ = tokio::time::sleep(sleep) => {}
             _ = raft.changed() => {}
@@ -93,9 +113,26 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
     }
 }
 
-/// Builds the scheduling problem from the store and turns the solution into actions.
-pub fn schedule(state: &State, now: u64) -> Vec<Action> {
-    use shoal_scheduler::{Amounts, Failure, PendingTask, PlacedTask, Problem, SchedNode};
+/// Records a task that failed or was rejected on a node (a no-op for anything else).
+fn observe_failure(change: &Change, failures: &mut FailureLog) {
+    if let Object::Task(task) = &change.object {
+        failures.observe(task, change.at);
+    }
+}
+
+/// Records every failed task the store holds (counted once each, however often seen).
+fn observe_stored_failures(manager: &Manager, failures: &mut FailureLog) {
+    let state = manager.state();
+    let now = now_millis();
+    for task in state.tasks() {
+        failures.observe(task, now);
+    }
+}
+
+/// Builds the scheduling problem from the store and the recent failures per node and service
+/// version, and turns the solution into actions.
+pub fn schedule(state: &State, now: u64, failures: Vec<shoal_scheduler::Failure>) -> Vec<Action> {
+    use shoal_scheduler::{Amounts, PendingTask, PlacedTask, Problem, SchedNode};
     let host_ports = |t: &shoal_types::Task| -> Vec<(shoal_types::PortProtocol, u16)> {
         t.endpoint
             .ports
@@ -107,7 +144,6 @@ pub fn schedule(state: &State, now: u64) -> Vec<Action> {
     let amounts = |r: &shoal_types::ResourceAmounts| Amounts { nano_cpus: r.nano_cpus, memory_bytes: r.memory_bytes };
     let mut pending = Vec::new();
     let mut placed = Vec::new();
-    let mut failures: std::collections::BTreeMap<(String, String, u64), u32> = Default::default();
     for t in state.tasks() {
         let runnable = t.desired_state <= TaskState::Running;
         if runnable && shoal_orchestrator::held_by_backoff(t, now) {
@@ -136,11 +172,6 @@ pub fn schedule(state: &State, now: u64) -> Vec<Action> {
                 reservations: amounts(&t.spec.resources.reservations),
                 host_ports: host_ports(t),
             });
-        } else if matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
-            && !t.node_id.is_empty()
-            && t.status.timestamp + FAULTY_WINDOW_MS > now
-        {
-            *failures.entry((t.node_id.clone(), t.service_id.clone(), t.spec_version)).or_default() += 1;
         }
     }
     if pending.is_empty() {
@@ -162,10 +193,6 @@ pub fn schedule(state: &State, now: u64) -> Vec<Action> {
             addr: n.status.addr.clone(),
             capacity: Amounts { nano_cpus: n.description.nano_cpus, memory_bytes: n.description.memory_bytes },
         })
-        .collect();
-    let failures = failures
-        .into_iter()
-        .map(|((node_id, service_id, spec_version), count)| Failure { node_id, service_id, spec_version, count })
         .collect();
     let problem = Problem { nodes, placed, pending, failures };
     let solution = shoal_scheduler::solve(&problem);

@@ -31,10 +31,12 @@ use std::collections::BTreeMap;
 
 pub use shoal_types::{Availability, Constraint, ConstraintOp, NodeRole, PlacementPreference, PortProtocol};
 
+mod failures;
 mod filter;
 mod solver;
 mod synthetic;
 
+pub use failures::{FAULTY_WINDOW_MS, FailureLog};
 pub use synthetic::synthetic_problem;
 
 /// A node with at least this many recent failures of a service + spec version is sorted after
@@ -105,7 +107,8 @@ pub struct PendingTask {
     pub preassigned_node: Option<String>,
 }
 
-/// Recent failures (the caller applies the 5-minute window) of a service + spec version on a node.
+/// Recent failures (the caller applies the 5-minute window; [`FailureLog`] does) of a service + spec
+/// version on a node.
 /// Several entries for the same triple add up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Failure {
