@@ -52,9 +52,10 @@ impl From<ProposeError> for ApiError {
         match e {
             ProposeError::NotLeader { .. } => ApiError::NotLeader,
             ProposeError::Refused(msg) => ApiError::FailedPrecondition(msg),
-            ProposeError::LeadershipLost | ProposeError::Dropped(_) | ProposeError::Stopped => {
-                ApiError::Unavailable(e.to_string())
-            }
+            ProposeError::LeadershipLost
+            | ProposeError::Dropped(_)
+            | ProposeError::Stopped
+            | ProposeError::Overloaded { .. } => ApiError::Unavailable(e.to_string()),
         }
     }
 }

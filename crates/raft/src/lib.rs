@@ -87,6 +87,10 @@ pub enum ProposeError {
     Dropped(String),
     #[error("the raft node has stopped")]
     Stopped,
+    /// More proposals are waiting than the node takes (see `MAX_PENDING_PROPOSALS`): refused at
+    /// once instead of queueing without bound.
+    #[error("manager overloaded: {pending} changes are waiting to be committed; retry")]
+    Overloaded { pending: usize },
     #[error("{0}")]
     Refused(String),
 }

@@ -34,21 +34,42 @@ enum Control {
     Shutdown,
 }
 
+/// Proposals waiting for their entry to be applied, at most. Far above what a healthy manager
+/// holds (group commit drains them every fsync), so only a manager that cannot keep up refuses.
+pub const MAX_PENDING_PROPOSALS: usize = 10_000;
+
 /// A cheap, cloneable handle to a running raft node.
 pub struct RaftHandle<O> {
     commands: mpsc::Sender<Command<O>>,
     status: watch::Receiver<RaftStatus>,
+    /// Proposals sent and not yet answered, over every clone of the handle.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl<O> Clone for RaftHandle<O> {
     fn clone(&self) -> Self {
-        RaftHandle { commands: self.commands.clone(), status: self.status.clone() }
+        RaftHandle { commands: self.commands.clone(), status: self.status.clone(), pending: self.pending.clone() }
+    }
+}
+
+/// One proposal counted in [`RaftHandle::pending`] until it is answered or abandoned.
+struct PendingProposal(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for PendingProposal {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
 impl<O: Send + 'static> RaftHandle<O> {
-    /// Proposes an entry and waits until it is applied on this manager.
+    /// Proposes an entry and waits until it is applied on this manager. Refused with
+    /// [`ProposeError::Overloaded`] when [`MAX_PENDING_PROPOSALS`] are already waiting.
     pub async fn propose(&self, data: Vec<u8>) -> Result<O, ProposeError> {
+        let before = self.pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _counted = PendingProposal(self.pending.clone());
+        if before >= MAX_PENDING_PROPOSALS {
+            return Err(ProposeError::Overloaded { pending: before });
+        }
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Propose { data, reply }).map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
@@ -133,7 +154,7 @@ where
     let (tx, rx) = mpsc::channel();
     let (status_tx, status_rx) = watch::channel(engine.status());
     transport.set_members(&engine.status().members);
-    let handle = RaftHandle { commands: tx, status: status_rx };
+    let handle = RaftHandle { commands: tx, status: status_rx, pending: Arc::default() };
     let thread = std::thread::Builder::new()
         .name(format!("raft-{}", engine.id()))
         .spawn(move || run(engine, rx, status_tx, transport, tick))
@@ -216,4 +237,38 @@ fn run<D: Durable, M: StateMachine>(
     last.leader_ready = false;
     last.leader_id = 0;
     let _ = status.send(last);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that takes no proposals (its command queue is never read): the queue stops growing
+    /// at [`MAX_PENDING_PROPOSALS`], later proposals are refused at once, and the count goes back
+    /// down as the waiting ones end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn proposals_beyond_the_bound_are_refused_as_overloaded() {
+        let (tx, rx) = mpsc::channel::<Command<()>>();
+        let (_status_tx, status_rx) = watch::channel(RaftStatus::default());
+        let handle = RaftHandle { commands: tx, status: status_rx, pending: Arc::default() };
+        let waiting: Vec<_> = (0..MAX_PENDING_PROPOSALS)
+            .map(|_| {
+                let handle = handle.clone();
+                tokio::spawn(async move { handle.propose(Vec::new()).await })
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while handle.pending.load(std::sync::atomic::Ordering::Acquire) < MAX_PENDING_PROPOSALS {
+            assert!(tokio::time::Instant::now() < deadline, "the proposals never queued");
+            tokio::task::yield_now().await;
+        }
+        let refused = handle.propose(Vec::new()).await;
+        assert_eq!(refused, Err(ProposeError::Overloaded { pending: MAX_PENDING_PROPOSALS }));
+        // The node stops: every waiting proposal ends, and none is left counted.
+        drop(rx);
+        for proposal in waiting {
+            assert_eq!(proposal.await.unwrap(), Err(ProposeError::Stopped));
+        }
+        assert_eq!(handle.pending.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
 }
