@@ -108,6 +108,17 @@ pub fn should_restart(service: &ServiceSpec, failed: &Task, slot_tasks: &[&Task]
     restarts < policy.max_attempts
 }
 
+/// The task of a slot that stopped for good: its newest task ended, was shut down and is not to
+/// be restarted. Swarm counts such a slot toward the replicas and hands it to the updater (its
+/// `UpdatableTasksInSlot`), so a later update replaces it.
+pub fn stopped_for_good<'a>(service: &ServiceSpec, slot_tasks: &[&'a Task], now: Timestamp) -> Option<&'a Task> {
+    let newest = slot_tasks.iter().copied().max_by_key(|t| (t.created_at, t.id.as_str()))?;
+    (newest.desired_state == TaskState::Shutdown
+        && newest.status.state > TaskState::Running
+        && !should_restart(service, newest, slot_tasks, now))
+    .then_some(newest)
+}
+
 /// A new task for `service` in `slot` (replicated) or on `node_id` (global).
 fn new_task(
     ctx: &mut Ctx<'_>,
@@ -314,13 +325,7 @@ fn supervise(
     }
     if !counts && !rolling_back {
         // The newest task ended and was not to be restarted in an earlier pass.
-        if let Some(newest) = slot_tasks.iter().max_by_key(|t| (t.created_at, t.id.as_str()))
-            && newest.desired_state == TaskState::Shutdown
-            && newest.status.state > TaskState::Running
-            && !should_restart(&service.spec, newest, slot_tasks, ctx.now)
-        {
-            counts = true;
-        }
+        counts = stopped_for_good(&service.spec, slot_tasks, ctx.now).is_some();
     }
     counts
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use shoal_store::{Action, State};
 use shoal_types::{
-    FailureAction, Service, ServiceMode, StartGate, Task, TaskOrigin, TaskState, Timestamp, UpdateConfig, UpdateOrder,
-    UpdateState, UpdateStatus,
+    Availability, FailureAction, Service, ServiceMode, StartGate, Task, TaskOrigin, TaskState, Timestamp, UpdateConfig,
+    UpdateOrder, UpdateState, UpdateStatus,
 };
 
 use crate::{Ctx, OLD_TASK_TIMEOUT_MS, Plan, new_task};
@@ -79,12 +79,21 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let delay = ms(config.delay);
     let monitor = ms(config.monitor);
 
+    // Per slot, the tasks the update replaces: its runnable tasks, or the task of a slot that
+    // stopped for good (Swarm's `UpdatableTasksInSlot`), so an update brings such a slot back.
+    // While rolling back, the orchestrator re-creates those slots itself.
+    let mut updatable: BTreeMap<&String, Vec<&Task>> = BTreeMap::new();
     let mut dirty: Vec<&String> = Vec::new();
     let mut busy = 0usize;
     let mut transition_wakeup: Option<Timestamp> = None;
     let mut pending_reason: Option<String> = None;
     for (key, tasks) in &slots {
         let runnable: Vec<&Task> = tasks.iter().copied().filter(|t| t.desired_state <= TaskState::Running).collect();
+        let candidates = if runnable.is_empty() && !rolling_back && may_revive(state, service, key) {
+            crate::stopped_for_good(&service.spec, tasks, now).into_iter().collect()
+        } else {
+            runnable.clone()
+        };
         let mut in_transition = false;
         for t in tasks.iter().filter(|t| mine(t)) {
             match done_at(t) {
@@ -111,9 +120,10 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         }
         if in_transition {
             busy += 1;
-        } else if runnable.len() > 1 || runnable.first().is_some_and(|t| is_dirty(state, service, t)) {
+        } else if candidates.len() > 1 || candidates.first().is_some_and(|t| is_dirty(state, service, t)) {
             dirty.push(key);
         }
+        updatable.insert(key, candidates);
     }
 
     // Failures of tasks this rollout made: ended before running, or within `monitor` of it.
@@ -140,11 +150,15 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     }
     let total = current.slots.unwrap_or(dirty.len() as u64 + busy as u64).max(1);
 
+    // Swarm names the task whose failure made the ratio cross `max_failure_ratio`, not the first.
     if config.failure_action != FailureAction::Continue
-        && let Some(first) = failures.first()
-        && failures.len() as f32 / total as f32 > config.max_failure_ratio
+        && let Some(crossing) = failures
+            .iter()
+            .enumerate()
+            .find(|(seen, _)| (seen + 1) as f32 / total as f32 > config.max_failure_ratio)
+            .map(|(_, t)| t)
     {
-        let task = &first.id;
+        let task = &crossing.id;
         if rolling_back {
             let paused = status(
                 UpdateState::RollbackPaused,
@@ -187,10 +201,13 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
             return;
         }
         // Converged means every task meant to run runs (a slot the orchestrator re-created during
-        // a rollback included); its change comes back as an event.
+        // a rollback included); its change comes back as an event. Restarts of crashed tasks are
+        // not waited for (Swarm's workers are done once their new task reached RUNNING or ended):
+        // a crash-looping new version would otherwise keep the update open for ever.
+        let counted = |t: &Task| t.origin != TaskOrigin::Restart;
         if state
             .tasks_of_service(&service.id)
-            .any(|t| t.desired_state == TaskState::Running && t.status.state < TaskState::Running)
+            .any(|t| counted(t) && t.desired_state == TaskState::Running && t.status.state < TaskState::Running)
         {
             return;
         }
@@ -199,6 +216,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         let since = current.started_at.unwrap_or(0);
         let last = state
             .tasks_of_service(&service.id)
+            .filter(|t| counted(t))
             .filter(|t| mine(t) || (t.spec_version == service.spec_version && t.created_at >= since))
             .filter_map(done_at)
             .max();
@@ -235,7 +253,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let parallelism = if config.parallelism == 0 { usize::MAX } else { config.parallelism as usize };
     let free = parallelism.saturating_sub(busy);
     for key in dirty.into_iter().take(free) {
-        start_slot(state, service, &slots[key], config.order, ctx, plan);
+        start_slot(state, service, &updatable[key], config.order, ctx, plan);
     }
     note(plan, transition_wakeup);
 }
@@ -246,36 +264,49 @@ fn note(plan: &mut Plan, at: Option<Timestamp>) {
     }
 }
 
-/// Replaces one slot's out-of-date task (Swarm's worker step).
+/// Whether a slot that stopped for good may get a new task: a global service's node must still
+/// be one the global orchestrator would put a task on (active, eligible).
+fn may_revive(state: &State, service: &Service, key: &str) -> bool {
+    match service.spec.mode {
+        ServiceMode::Replicated { .. } => true,
+        ServiceMode::Global => state.node(key).is_some_and(|node| {
+            crate::global_eligible(node, &service.spec) && node.spec.availability == Availability::Active
+        }),
+    }
+}
+
+/// Replaces one slot's out-of-date task (Swarm's worker step). `updatable` holds the slot's
+/// runnable tasks, or the one task of a slot that stopped for good.
 fn start_slot(
     state: &State,
     service: &Service,
-    tasks: &[&Task],
+    updatable: &[&Task],
     order: UpdateOrder,
     ctx: &mut Ctx<'_>,
     plan: &mut Plan,
 ) {
-    let runnable: Vec<&Task> = tasks.iter().copied().filter(|t| t.desired_state <= TaskState::Running).collect();
     // A clean task already in the slot is used instead of making a new one.
-    let clean = runnable
+    let clean = updatable
         .iter()
         .filter(|t| !is_dirty(state, service, t))
         .max_by_key(|t| (t.desired_state == TaskState::Running, t.created_at));
     if let Some(clean) = clean {
-        for other in runnable.iter().filter(|t| t.id != clean.id) {
+        for other in updatable.iter().filter(|t| t.id != clean.id) {
             plan.actions.push(Action::SetDesiredState { id: other.id.clone(), desired: TaskState::Shutdown });
         }
         return;
     }
-    let Some(old) = runnable.first() else { return };
+    let Some(old) = updatable.first() else { return };
     let node = match service.spec.mode {
         ServiceMode::Global => old.node_id.as_str(),
         ServiceMode::Replicated { .. } => "",
     };
     let gate = match order {
+        // A slot that stopped for good has nothing to wait for: its new task starts at once.
+        _ if updatable.iter().all(|t| t.desired_state > TaskState::Running) => None,
         // The new task is prepared (container created) while the old one stops, then started.
         UpdateOrder::StopFirst => {
-            for t in &runnable {
+            for t in updatable {
                 plan.actions.push(Action::SetDesiredState { id: t.id.clone(), desired: TaskState::Shutdown });
             }
             Some(StartGate {

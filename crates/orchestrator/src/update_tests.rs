@@ -529,3 +529,155 @@ fn automatic_rollback_does_not_wait_for_cancelled_restarts() {
     let stuck: Vec<Task> = sim.w.tasks(&sim.svc).into_iter().filter(|t| t.status.state < TaskState::Assigned).collect();
     assert!(stuck.is_empty(), "cancelled tasks are marked shut down: {stuck:?}");
 }
+
+/// Ends every running task of the service with `end` (an exit, or a container killed).
+fn end_running(sim: &mut Sim, end: TaskState) {
+    for t in sim.w.runnable(&sim.svc) {
+        if t.status.state == TaskState::Running {
+            sim.w.set_status(&t.id, end);
+        }
+    }
+}
+
+#[test]
+fn slots_stopped_for_good_are_brought_back_by_an_update_slot_by_slot() {
+    // (restart condition, how the tasks end, max attempts, update by --force rather than image)
+    for (condition, end, max_attempts, force) in [
+        (RestartCondition::OnFailure, TaskState::Complete, 0, true),
+        (RestartCondition::OnFailure, TaskState::Complete, 0, false),
+        (RestartCondition::None, TaskState::Failed, 0, true),
+        (RestartCondition::None, TaskState::Complete, 0, false),
+        (RestartCondition::Any, TaskState::Failed, 1, false),
+    ] {
+        let case = format!("{condition:?} after {end:?}, max attempts {max_attempts}, force {force}");
+        let mut sim = Sim::new(3, |s| {
+            s.task.restart_policy.condition = condition;
+            s.task.restart_policy.max_attempts = max_attempts;
+        });
+        if max_attempts > 0 {
+            // The one restart each slot is allowed fails too.
+            sim.behaviour.insert("app:1".into(), Behaviour::FailsAtStart);
+        }
+        end_running(&mut sim, end);
+        sim.run_until(|s| s.w.runnable(&s.svc).is_empty(), 200);
+        for _ in 0..20 {
+            sim.round();
+        }
+        assert!(sim.w.runnable(&sim.svc).is_empty(), "{case}: stopped slots stay stopped without an update");
+        let stopped: Vec<String> = sim.w.tasks(&sim.svc).iter().map(|t| t.id.clone()).collect();
+
+        let want = if force { "app:1" } else { "app:2" };
+        if force {
+            sim.behaviour.insert("app:1".into(), Behaviour::Works);
+            sim.update(|s| s.task.force_update += 1);
+        } else {
+            sim.update(|s| image(s, "app:2"));
+        }
+        sim.run_until(|s| s.status() == Some(UpdateState::Completed) && s.settled_on(want, 3), 400);
+        assert_eq!(sim.max_in_transition, 1, "{case}: one slot at a time (parallelism 1)");
+        let new: Vec<Task> = sim.w.runnable(&sim.svc).into_iter().filter(|t| !stopped.contains(&t.id)).collect();
+        assert_eq!(new.len(), 3, "{case}");
+        assert!(new.iter().all(|t| t.origin == TaskOrigin::Update), "{case}: the updater brought them back");
+        let slots: std::collections::BTreeSet<u64> = new.iter().map(|t| t.slot).collect();
+        assert_eq!(slots, [1, 2, 3].into(), "{case}: in their own slots");
+    }
+}
+
+#[test]
+fn a_rollback_does_not_double_a_slot_that_stopped_for_good() {
+    // Restart none: the failed new task stops its slot for good; while rolling back, the
+    // orchestrator re-creates that slot and the updater must not add a second task to it.
+    let mut sim = Sim::new(3, |s| s.update_config.failure_action = FailureAction::Rollback);
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted), 400);
+    assert!(sim.settled_on("app:1", 3));
+    let runnable = sim.w.runnable(&sim.svc);
+    assert_eq!(runnable.len(), 3, "{runnable:?}");
+}
+
+#[test]
+fn continue_completes_while_the_new_tasks_crash_and_restart() {
+    let mut sim = Sim::new(3, |s| {
+        s.update_config.failure_action = FailureAction::Continue;
+        s.update_config.monitor = GoDuration::from_secs(1);
+        s.task.restart_policy.condition = RestartCondition::Any;
+        s.task.restart_policy.delay = GoDuration::from_millis(100);
+    });
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 600);
+    let restarts = sim
+        .w
+        .tasks(&sim.svc)
+        .iter()
+        .filter(|t| t.origin == TaskOrigin::Restart && t.spec.container.image == "app:2")
+        .count();
+    assert!(restarts > 0, "the new tasks were being restarted while the update completed");
+    let service = sim.service();
+    let status = service.update_status.unwrap();
+    assert_eq!(status.message, "update completed");
+    // Every slot was handed the new version, even though none of them ever ran (the update's
+    // own tasks may already be reaped behind their restarts).
+    let tried: std::collections::BTreeSet<u64> =
+        sim.w.tasks(&sim.svc).iter().filter(|t| t.spec.container.image == "app:2").map(|t| t.slot).collect();
+    assert_eq!(tried.len(), 3);
+}
+
+#[test]
+fn the_failure_action_names_the_task_whose_failure_crossed_the_ratio() {
+    for action in [FailureAction::Pause, FailureAction::Rollback] {
+        // 4 slots, ratio 0.25: the first failure (0.25) is tolerated, the second (0.5) crosses.
+        let mut sim = Sim::new(4, |s| {
+            s.update_config.max_failure_ratio = 0.25;
+            s.update_config.failure_action = action;
+        });
+        sim.behaviour.insert("app:2".into(), Behaviour::FailsAtStart);
+        sim.update(|s| image(s, "app:2"));
+        sim.run_until(
+            |s| s.service().update_status.is_some_and(|u| u.message.contains("due to failure or early termination")),
+            400,
+        );
+        let mut failed: Vec<Task> = sim
+            .w
+            .tasks(&sim.svc)
+            .into_iter()
+            .filter(|t| t.spec.container.image == "app:2" && t.status.state == TaskState::Failed)
+            .collect();
+        failed.sort_by_key(|t| (t.status.timestamp, t.id.clone()));
+        assert_eq!(failed.len(), 2, "{action:?}");
+        assert!(failed[0].status.timestamp < failed[1].status.timestamp, "one slot at a time");
+        let message = sim.service().update_status.unwrap().message;
+        assert!(message.ends_with(&format!("of task {}", failed[1].id)), "{action:?}: {message}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// Whichever slots stopped for good (and how), an update ends with every replica running
+    /// the new version, never more slots in transition than `parallelism` (checked each round).
+    #[test]
+    fn an_update_revives_any_mix_of_stopped_slots(
+        ends in proptest::collection::vec(0u8..3, 4),
+        parallelism in 1u64..4,
+    ) {
+        let mut sim = Sim::new(4, |s| {
+            s.task.restart_policy.condition = RestartCondition::OnFailure;
+            s.update_config.parallelism = parallelism;
+        });
+        let tasks = sim.w.runnable(&sim.svc);
+        for (t, end) in tasks.iter().zip(&ends) {
+            match end {
+                // exit 0: not restarted under on-failure
+                0 => sim.w.set_status(&t.id, TaskState::Complete),
+                // a crash: restarted
+                1 => sim.w.set_status(&t.id, TaskState::Failed),
+                _ => {}
+            }
+        }
+        sim.run_until(|s| s.w.runnable(&s.svc).len() == 4 - ends.iter().filter(|e| **e == 0).count(), 100);
+        sim.update(|s| image(s, "app:2"));
+        sim.run_until(|s| s.status() == Some(UpdateState::Completed) && s.settled_on("app:2", 4), 600);
+        proptest::prop_assert!(sim.max_in_transition as u64 <= parallelism);
+    }
+}
