@@ -160,8 +160,28 @@ pub fn process_env() -> BTreeMap<String, String> {
     std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
 
+/// Refuses a stack that uses keys shoal does not support yet (volumes, secrets, configs,
+/// networks), one `Error: file:line:column: key.path: …` line each; the services would run
+/// without their data, secrets or networks. `--ignore-unsupported` deploys them anyway.
+pub fn refuse_unsupported(loaded: &Loaded) -> Result<(), Vec<String>> {
+    if loaded.unsupported.is_empty() {
+        return Ok(());
+    }
+    Err(loaded
+        .unsupported
+        .iter()
+        .map(|key| format!("{key}; refused (deploy with --ignore-unsupported to run the services without it)"))
+        .collect())
+}
+
 /// Loads and checks the stack files, printing each warning to stderr as `warning: <text>`.
 fn load(stack: &str, files: &[PathBuf]) -> Result<Loaded, CliError> {
+    load_and_warn(stack, files, true)
+}
+
+/// Loads and checks the stack files, printing warnings to stderr as `warning: <text>`; those of
+/// the keys [`refuse_unsupported`] refuses only if `warn_unsupported`.
+fn load_and_warn(stack: &str, files: &[PathBuf], warn_unsupported: bool) -> Result<Loaded, CliError> {
     let loaded = shoal_compose::load(stack, files, &process_env()).map_err(|e| {
         if let shoal_compose::ComposeError::Warned { warnings, .. } = &e {
             let mut stderr = std::io::stderr().lock();
@@ -171,8 +191,10 @@ fn load(stack: &str, files: &[PathBuf]) -> Result<Loaded, CliError> {
         }
         CliError::Message(e.to_string())
     })?;
+    let refused: BTreeSet<String> =
+        if warn_unsupported { BTreeSet::new() } else { loaded.unsupported.iter().map(|k| k.warning()).collect() };
     let mut stderr = std::io::stderr().lock();
-    for warning in &loaded.warnings {
+    for warning in loaded.warnings.iter().filter(|w| !refused.contains(*w)) {
         let _ = writeln!(stderr, "warning: {warning}");
     }
     Ok(loaded)
@@ -187,7 +209,10 @@ fn report(problems: Vec<String>) -> CliError {
 }
 
 pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> {
-    let loaded = load(&args.stack, &args.compose_files)?;
+    let loaded = load_and_warn(&args.stack, &args.compose_files, args.ignore_unsupported)?;
+    if !args.ignore_unsupported {
+        refuse_unsupported(&loaded).map_err(report)?;
+    }
     let mut client = Client::connect(host).await?;
     let existing = client.list_services().await?;
     let plan = plan_deploy(&args.stack, &loaded.services, &existing, args.prune).map_err(report)?;

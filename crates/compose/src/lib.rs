@@ -53,6 +53,9 @@
 //! `reservations.generic_resources`, …) produce a warning such as
 //! `services.web.volumes: not supported by shoal; ignored`. A key compose does not know is an
 //! error: `stack.yml:3:5: services.web.imagee: unknown key (did you mean "image"?)`.
+//! `volumes`, `networks`, `secrets` and `configs` at the top level or in a service are also
+//! listed in [`Loaded::unsupported`], with where they are written: `shoal stack deploy` refuses
+//! them unless `--ignore-unsupported` is given.
 //!
 //! # Errors
 //! [`ComposeError`]'s messages read `file:line:column: key.path: problem`, e.g.
@@ -79,7 +82,7 @@ use shoal_types::{PublishMode, ServiceSpec, validate_name};
 
 pub use convert::NAMESPACE_LABEL;
 pub use envfile::{EnvFileError, parse_env_file};
-pub use error::{ComposeError, Location};
+pub use error::{ComposeError, Location, UnsupportedKey};
 pub use model::{
     Deploy, DeployMode, DeployPlacement, DeployResources, ResourceAmounts, Service, SpreadPreference, StackFile,
 };
@@ -95,6 +98,11 @@ pub struct Loaded {
     /// Things that were ignored or substituted, one sentence each, e.g.
     /// `services.web.volumes: not supported by shoal; ignored`.
     pub warnings: Vec<String>,
+    /// The `volumes`, `secrets`, `configs` and `networks` keys (top level and per service), in
+    /// file order. They are also in `warnings` (as ignored); `stack deploy` refuses a stack that
+    /// has any unless `--ignore-unsupported` is given, since the services would run without
+    /// their data, secrets or networks.
+    pub unsupported: Vec<UnsupportedKey>,
     /// `stack` as YAML, in a fixed key order (what `docker stack config` prints).
     pub normalized_yaml: String,
 }
@@ -185,7 +193,8 @@ pub fn load_with(
     let mut warnings = Vec::new();
     // The warnings (an unset variable) explain many errors (an image left as `busybox:`), so an
     // error that follows them carries them along.
-    let body = || -> Result<(StackFile, BTreeMap<String, ServiceSpec>, String), ComposeError> {
+    type Body = (StackFile, BTreeMap<String, ServiceSpec>, Vec<UnsupportedKey>, String);
+    let body = || -> Result<Body, ComposeError> {
         let mut merged: Option<yaml::Val> = None;
         for (index, (name, text)) in sources.iter().enumerate() {
             let mut root = yaml::parse(index, name, text)?;
@@ -216,10 +225,12 @@ pub fn load_with(
             read_file,
             base_dir,
             warnings: Vec::new(),
+            unsupported: Vec::new(),
             locations: BTreeMap::new(),
         };
         let stack = walker.stack(&merged)?;
         warnings.append(&mut walker.warnings);
+        let unsupported = std::mem::take(&mut walker.unsupported);
         let locations = walker.locations;
 
         let mut services = BTreeMap::new();
@@ -264,14 +275,14 @@ pub fn load_with(
             .map_err(|e| ComposeError::invalid(None, "", format!("cannot serialise the normalised stack: {e}")))?;
         let mut seen = BTreeSet::new();
         warnings.retain(|w| seen.insert(w.clone()));
-        Ok((stack, services, normalized_yaml))
+        Ok((stack, services, unsupported, normalized_yaml))
     };
-    let (stack, services, normalized_yaml) = match body() {
+    let (stack, services, unsupported, normalized_yaml) = match body() {
         Ok(loaded) => loaded,
         Err(source) if !warnings.is_empty() => {
             return Err(ComposeError::Warned { warnings, source: Box::new(source) });
         }
         Err(e) => return Err(e),
     };
-    Ok(Loaded { stack, services, warnings, normalized_yaml })
+    Ok(Loaded { stack, services, warnings, unsupported, normalized_yaml })
 }

@@ -13,7 +13,7 @@ use shoal_types::{
 };
 
 use crate::envfile::parse_env_file;
-use crate::error::{ComposeError, Location};
+use crate::error::{ComposeError, Location, UnsupportedKey};
 use crate::model::{
     Deploy, DeployMode, DeployPlacement, DeployResources, ResourceAmounts, Service, SpreadPreference, StackFile,
 };
@@ -30,6 +30,10 @@ pub(crate) fn join(parent: &str, key: &str) -> String {
 }
 
 const TOP_SUPPORTED: &[&str] = &["version", "name", "services"];
+/// Keys whose absence changes what a service does (its data, its secrets, who it can reach):
+/// at the top level and in a service they are refused unless the caller opts out, instead of
+/// being ignored quietly.
+const REFUSED_UNLESS_IGNORED: &[&str] = &["volumes", "secrets", "configs", "networks"];
 const TOP_UNSUPPORTED: &[&str] = &["networks", "volumes", "secrets", "configs", "include", "models"];
 
 const SERVICE_SUPPORTED: &[&str] = &[
@@ -163,6 +167,9 @@ pub(crate) struct Walker<'a> {
     /// Relative `env_file` paths are resolved against the directory of the first stack file.
     pub base_dir: PathBuf,
     pub warnings: Vec<String>,
+    /// The top-level and service-level keys of [`REFUSED_UNLESS_IGNORED`] that were found (also
+    /// in `warnings`, as ignored).
+    pub unsupported: Vec<UnsupportedKey>,
     /// Where each compose key path was written, for errors found after the walk.
     pub locations: BTreeMap<String, Location>,
 }
@@ -213,6 +220,10 @@ impl Walker<'_> {
                 out.push((key, value, child));
             } else if unsupported.contains(&key.name.as_str()) {
                 self.unsupported(&child);
+                let refusable = unsupported == TOP_UNSUPPORTED || unsupported == SERVICE_UNSUPPORTED;
+                if refusable && REFUSED_UNLESS_IGNORED.contains(&key.name.as_str()) {
+                    self.unsupported.push(UnsupportedKey { location: self.location(key.loc), path: child.clone() });
+                }
             } else {
                 let message = match suggest(&key.name, supported.iter().chain(unsupported)) {
                     Some(near) => format!("unknown key (did you mean {near:?}?)"),

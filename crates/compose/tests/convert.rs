@@ -318,6 +318,35 @@ fn unsupported_keys_are_warnings() {
     );
 }
 
+/// `volumes`, `secrets`, `configs` and `networks` (top level and per service) are listed with
+/// where they are written, so that `stack deploy` can refuse them; others (`build`, a port's
+/// `host_ip`, `logging`) and nested keys of the same names are only warnings.
+#[test]
+fn resource_keys_are_listed_with_their_location() {
+    let yaml = "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n    secrets: [pw]\n    logging: {driver: none}\n  web:\n    image: shoal/busybox:1\n    configs: [site]\n    networks: [front]\nvolumes:\n  data:\nsecrets:\n  pw: {file: ./pw}\n";
+    let loaded = load_one(yaml).unwrap();
+    let listed: Vec<String> = loaded.unsupported.iter().map(|k| k.to_string()).collect();
+    assert_eq!(
+        listed,
+        [
+            "stack.yml:11:1: volumes: not supported by shoal yet",
+            "stack.yml:13:1: secrets: not supported by shoal yet",
+            "stack.yml:4:5: services.db.volumes: not supported by shoal yet",
+            "stack.yml:5:5: services.db.secrets: not supported by shoal yet",
+            "stack.yml:9:5: services.web.configs: not supported by shoal yet",
+            "stack.yml:10:5: services.web.networks: not supported by shoal yet",
+        ]
+    );
+    for key in &loaded.unsupported {
+        assert!(loaded.warnings.contains(&key.warning()), "{key} is also a warning: {:?}", loaded.warnings);
+    }
+    assert!(loaded.warnings.contains(&"services.db.logging: not supported by shoal; ignored".to_string()));
+
+    let plain = load_one("services:\n  web:\n    image: shoal/busybox:1\n    build: .\n").unwrap();
+    assert!(plain.unsupported.is_empty(), "{:?}", plain.unsupported);
+    assert_eq!(plain.warnings, ["services.web.build: not supported by shoal; ignored"]);
+}
+
 #[test]
 fn merge_of_two_files() {
     let base = "services:\n  web:\n    image: shoal/busybox:1\n    environment: [A=1, B=1]\n    ports: [\"8080:80\", \"8443:443\"]\n    deploy:\n      replicas: 2\n      update_config: {parallelism: 2}\n";

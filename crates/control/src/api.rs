@@ -565,11 +565,15 @@ impl Control for ControlApi {
             let service =
                 if request.service.is_empty() { None } else { Some(Self::find_service(&state, &request.service)?) };
             let node = if request.node.is_empty() { None } else { Some(Self::find_node(&state, &request.node)?) };
-            let tasks: Vec<&Task> = state
-                .tasks()
-                .filter(|t| service.as_ref().is_none_or(|s| t.service_id == s.id))
-                .filter(|t| node.as_ref().is_none_or(|n| t.node_id == n.id))
-                .collect();
+            // Through the store's indexes: `service ps` of one service costs its own tasks, not
+            // every task in the cluster (D9).
+            let tasks: Vec<&Task> = match (service, node) {
+                (Some(s), node) => {
+                    state.tasks_of_service(&s.id).filter(|t| node.is_none_or(|n| t.node_id == n.id)).collect()
+                }
+                (None, Some(n)) => state.tasks_on_node(&n.id).collect(),
+                (None, None) => state.tasks().collect(),
+            };
             Ok(ListTasksResponse { tasks_json: tasks.into_iter().map(to_json).collect() })
         })
     }

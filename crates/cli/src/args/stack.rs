@@ -15,6 +15,8 @@ pub const DEFAULT_CONFIG_STACK: &str = "stack";
 pub const DEPLOY_HELP: &str = "\
 Services are named <stack>_<service> and labelled com.docker.stack.namespace=<stack>. The whole
 file set is loaded and checked first: on any error nothing is created, updated or removed.
+A file that uses volumes, secrets, configs or networks (top level or in a service) is refused,
+naming each key, unless --ignore-unsupported is given: shoal does not support them yet.
 Then each service is created if it does not exist, updated (with its update_config) if its spec
 changed, and left alone if not (\"Service app_web is unchanged\"); --prune removes the stack's
 services that are no longer in the files.
@@ -67,6 +69,10 @@ pub struct StackDeployArgs {
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Deploy even though the files use volumes, secrets, configs or networks, which shoal does
+    /// not support yet: the services then run without them
+    #[arg(long)]
+    pub ignore_unsupported: bool,
     /// Stack name
     #[arg(value_name = "STACK")]
     pub stack: String,

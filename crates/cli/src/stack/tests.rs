@@ -261,3 +261,41 @@ fn the_other_stack_commands_parse() {
     let StackCommand::Ls(ls) = stack_command(&["stack", "ls", "--format", "json"]) else { panic!() };
     assert_eq!(ls.format, ListFormat::Json);
 }
+
+#[test]
+fn volumes_secrets_configs_and_networks_are_refused_naming_each_key() {
+    let dir = tempdir();
+    let path = dir.join("db.yml");
+    std::fs::write(
+        &path,
+        "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n    secrets: [pw]\nvolumes:\n  data:\n",
+    )
+    .unwrap();
+    let loaded = load("app", std::slice::from_ref(&path)).unwrap();
+    let problems = refuse_unsupported(&loaded).unwrap_err();
+    let file = path.display();
+    assert_eq!(
+        problems,
+        [
+            format!(
+                "{file}:6:1: volumes: not supported by shoal yet; refused (deploy with --ignore-unsupported to run the services without it)"
+            ),
+            format!(
+                "{file}:4:5: services.db.volumes: not supported by shoal yet; refused (deploy with --ignore-unsupported to run the services without it)"
+            ),
+            format!(
+                "{file}:5:5: services.db.secrets: not supported by shoal yet; refused (deploy with --ignore-unsupported to run the services without it)"
+            ),
+        ]
+    );
+    assert_eq!(refuse_unsupported(&load_example("app", "web-worker.yml")), Ok(()));
+
+    let StackCommand::Deploy(args) = stack_command(&["stack", "deploy", "-c", "db.yml", "--ignore-unsupported", "app"])
+    else {
+        panic!()
+    };
+    assert!(args.ignore_unsupported);
+    let StackCommand::Deploy(args) = stack_command(&["stack", "deploy", "-c", "db.yml", "app"]) else { panic!() };
+    assert!(!args.ignore_unsupported);
+    let _ = std::fs::remove_dir_all(&dir);
+}
