@@ -7,7 +7,7 @@
 //! changed ([`Plain`]). When to stop, and with which error, is decided by [`Watch::outcome`]; the
 //! exit codes themselves live in [`crate::error`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -71,7 +71,8 @@ pub struct Frame {
     pub running: u64,
     /// Replicas, or for a global service the nodes with tasks meant to run.
     pub total: u64,
-    /// `running == total` (and, for a global service, there are tasks at all).
+    /// `running == total` (and, for a global service, there are tasks at all), and no task of a
+    /// slot removed by a scale-down is still on a node.
     pub all_running: bool,
 }
 
@@ -216,13 +217,43 @@ pub fn frame_on(service: &Service, tasks: &[Task], nodes: Option<&[Node]>, now_m
         shown.push((*key, task, has_runnable));
     }
 
+    let is_running = |t: &Task| t.desired_state <= TaskState::Running && t.status.state == TaskState::Running;
+    // Scaling down: until the orchestrator has picked the slots to remove, more slots have a task
+    // meant to run than there are replicas. Only `replicas` of them remain, so only those are
+    // shown and counted: the orchestrator's order (slots with a running task first, then the
+    // lowest), less its spreading across nodes, which the tasks alone do not tell.
+    if let ServiceMode::Replicated { replicas } = service.spec.mode {
+        let mut meant_to_run: Vec<(bool, u64)> = shown
+            .iter()
+            .filter(|(_, _, has_runnable)| *has_runnable)
+            .map(|((slot, _), task, _)| (!task.is_some_and(is_running), *slot))
+            .collect();
+        if meant_to_run.len() as u64 > replicas {
+            meant_to_run.sort_unstable();
+            let removed: BTreeSet<u64> = meant_to_run
+                .into_iter()
+                .skip(usize::try_from(replicas).unwrap_or(usize::MAX))
+                .map(|(_, slot)| slot)
+                .collect();
+            shown.retain(|((slot, _), _, _)| !removed.contains(slot));
+        }
+    }
+    // Tasks of removed slots that an agent may still run: `service ls` counts them until they
+    // stop, so the service has not converged before they are gone.
+    let kept: BTreeSet<(u64, &str)> = shown.iter().map(|(key, _, _)| *key).collect();
+    let leaving = !global
+        && groups
+            .iter()
+            .filter(|(key, _)| !kept.contains(*key))
+            .flat_map(|(_, group)| group)
+            .any(|t| t.status.state >= TaskState::Assigned && t.status.state <= TaskState::Running);
+
     let total = match service.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
         ServiceMode::Global => shown.iter().filter(|(_, _, has_runnable)| *has_runnable).count() as u64,
     };
-    let is_running = |t: &Task| t.desired_state <= TaskState::Running && t.status.state == TaskState::Running;
     let running = shown.iter().filter(|(_, task, _)| task.is_some_and(is_running)).count() as u64;
-    let all_running = running == total && (!global || total > 0);
+    let all_running = running == total && (!global || total > 0) && !leaving;
 
     let slots = shown
         .iter()

@@ -417,11 +417,46 @@ fn a_placement_only_change_keeps_tasks_on_fitting_nodes() {
 #[test]
 fn scaled_away_slots_are_not_shown() {
     let s = service(1, None);
-    let mut removed = task(&s, 2, TaskState::Running);
+    let mut removed = task(&s, 2, TaskState::Shutdown);
     removed.desired_state = TaskState::Remove;
     let f = frame(&s, &[task(&s, 1, TaskState::Running), removed], NOW);
     assert_eq!(f.slots.len(), 1);
     assert!(f.all_running);
+}
+
+/// Issue 21 (changes the case above, where the removed task still ran and that counted as
+/// converged): scaling 6 -> 3 counts only the slots that remain, and is not converged while a
+/// removed slot's task still runs (`service ls` would show 6/3).
+#[test]
+fn scaling_down_counts_only_remaining_slots_and_waits_for_removed_tasks() {
+    let s = service(3, None);
+    // Before the orchestrator acted: six slots meant to run, one of them still starting.
+    let mut tasks: Vec<Task> = (1..=6).map(|slot| task(&s, slot, TaskState::Running)).collect();
+    tasks[1] = task(&s, 2, TaskState::Starting);
+    let f = frame(&s, &tasks, NOW);
+    assert_eq!(f.header, "overall progress: 3 out of 3 tasks");
+    let names: Vec<&str> = f.slots.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["web.1", "web.3", "web.4"], "running slots first, then the lowest");
+    assert_eq!((f.running, f.total, f.all_running, f.verify), (3, 3, false, None));
+
+    // The orchestrator removed slots 4-6; their containers still run.
+    for t in &mut tasks[3..] {
+        t.desired_state = TaskState::Remove;
+    }
+    tasks[1] = task(&s, 2, TaskState::Running);
+    let f = frame(&s, &tasks, NOW);
+    assert_eq!(f.header, "overall progress: 3 out of 3 tasks");
+    assert_eq!(f.slots.len(), 3);
+    assert_eq!((f.all_running, f.verify), (false, None), "removed tasks still run");
+    assert!(Watch::new(Operation::Scale, &s).outcome(&s, &f).is_none());
+
+    // Two have stopped, one is gone: converged.
+    tasks[3].status.state = TaskState::Shutdown;
+    tasks[4].status.state = TaskState::Shutdown;
+    tasks.pop();
+    let f = frame(&s, &tasks, NOW);
+    assert_eq!((f.running, f.total, f.all_running, f.verify), (3, 3, true, Some(Verify::Converged)));
+    assert_eq!(code(Watch::new(Operation::Scale, &s).outcome(&s, &f)), Some(0));
 }
 
 #[test]
