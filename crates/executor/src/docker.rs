@@ -558,25 +558,27 @@ fn container_gone(name: &str) -> ExecError {
 }
 
 /// Turns a bollard error into an [`ExecError`]: refusals by the engine are fatal, failures to
-/// reach it temporary.
+/// reach it temporary. The cause comes first and `context` (which names the container, a long
+/// `<service>.<slot>.<task id>`) after it, so that `service ps`, which cuts the error column,
+/// shows why rather than what (docker's order too).
 fn engine_error(context: &str, e: DockerError) -> ExecError {
     match e {
         DockerError::DockerResponseServerError { message, .. } => {
-            ExecError::Fatal(format!("{context}: {}", message.trim()))
+            ExecError::Fatal(format!("{} ({context})", message.trim()))
         }
         DockerError::RequestTimeoutError => {
-            ExecError::Temporary(format!("{context}: the Docker engine did not answer in time"))
+            ExecError::Temporary(format!("the Docker engine did not answer in time ({context})"))
         }
         DockerError::SocketNotFoundError(path) => {
-            ExecError::Temporary(format!("{context}: Docker socket {path} not found (is the Docker daemon running?)"))
+            ExecError::Temporary(format!("Docker socket {path} not found (is the Docker daemon running?) ({context})"))
         }
         DockerError::IOError { .. }
         | DockerError::HyperResponseError { .. }
         | DockerError::HyperLegacyError { .. }
         | DockerError::HttpClientError { .. } => {
-            ExecError::Temporary(format!("{context}: cannot reach the Docker engine: {e}"))
+            ExecError::Temporary(format!("cannot reach the Docker engine: {e} ({context})"))
         }
-        other => ExecError::Fatal(format!("{context}: {other}")),
+        other => ExecError::Fatal(format!("{other} ({context})")),
     }
 }
 
@@ -678,9 +680,10 @@ mod tests {
     #[test]
     fn engine_errors_are_classified() {
         let refused = DockerError::DockerResponseServerError { status_code: 500, message: "boom\n".into() };
+        // The cause first (issue 21: `service ps` cuts the column and hid it behind the name).
         assert_eq!(
             engine_error("starting container x", refused),
-            ExecError::Fatal("starting container x: boom".into())
+            ExecError::Fatal("boom (starting container x)".into())
         );
         assert!(engine_error("x", DockerError::RequestTimeoutError).is_temporary());
         let missing = engine_error("connecting", DockerError::SocketNotFoundError("/nope.sock".into()));

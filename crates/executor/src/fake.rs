@@ -138,7 +138,7 @@ impl FakeExecutor {
 
     /// Every `start` of `task_id` fails with a fatal error (the container stays created).
     pub fn fail_start(&self, task_id: &str) {
-        let err = ExecError::Fatal(format!("starting container of task {task_id}: fake start failure"));
+        let err = ExecError::Fatal(format!("fake start failure (starting container of task {task_id})"));
         self.fail_start_with(task_id, err);
     }
 
