@@ -393,3 +393,72 @@ async fn certificates_are_renewed_before_they_expire_and_expired_ones_are_refuse
     assert_eq!(state, Some(NodeState::Down), "the expired agent did not get a session");
     Ok(())
 }
+
+/// `shoal --tls-dir DIR ARGS` against `host`, with nothing else to find a bundle in (no
+/// SHOAL_TLS_DIR, a HOME without `.shoal`).
+fn shoal_with_bundle(host: &str, dir: &std::path::Path, home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("shoal"))
+        .arg("--host")
+        .arg(host)
+        .arg("--tls-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("SHOAL_HOST")
+        .env_remove("SHOAL_TLS_DIR")
+        .env("HOME", home)
+        .output()
+        .expect("running shoal")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_joined_manager_has_an_admin_bundle_of_its_own() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cluster = Cluster::start(3).await?;
+    let home = tempfile::tempdir()?;
+    let first = load_bundle(&cluster.admin_dir())?.identity()?;
+    let mut admin_ids = vec![first.node_id.clone()];
+    for i in 1..3 {
+        let manager = &cluster.managers[i];
+        let dir = manager.data_dir.join("admin");
+        let mode = |p: &std::path::Path| -> Result<u32> { Ok(std::fs::metadata(p)?.permissions().mode() & 0o777) };
+        ensure!(mode(&dir)? == 0o700, "{}: mode {:o}", dir.display(), mode(&dir)?);
+        for file in ["ca.pem", "cert.pem", "key.pem"] {
+            let path = dir.join(file);
+            ensure!(mode(&path)? == 0o600, "{}: mode {:o}", path.display(), mode(&path)?);
+        }
+        let identity = load_bundle(&dir)?.identity()?;
+        ensure!(identity.role == Role::Admin, "{}: a {} certificate", dir.display(), identity.role);
+        ensure!(identity.cluster_id == first.cluster_id, "{}: another cluster's bundle", dir.display());
+        admin_ids.push(identity.node_id);
+        // The CLI on this manager's machine works with this manager's own bundle.
+        let out = shoal_with_bundle(&manager.addr, &dir, home.path(), &["node", "ls", "-q"]);
+        let listed = ok(&out);
+        ensure!(listed.lines().count() == 3, "{} listed:\n{listed}", manager.name);
+    }
+    admin_ids.sort();
+    admin_ids.dedup();
+    ensure!(admin_ids.len() == 3, "each manager's bundle is a certificate of its own: {admin_ids:?}");
+
+    // With the manager that initialised the cluster gone, the others' bundles still work (the
+    // containerised cluster's partitioned manager1).
+    cluster.managers[0].kill9();
+    for i in 1..3 {
+        let manager = &cluster.managers[i];
+        let dir = manager.data_dir.join("admin");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = shoal_with_bundle(&manager.addr, &dir, home.path(), &["service", "ls", "-q"]);
+            if out.status.success() {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{} with its own bundle after m1 died: {}",
+                manager.name,
+                stderr(&out)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}

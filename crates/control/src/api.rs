@@ -749,8 +749,21 @@ impl Control for ControlApi {
             let st = self.manager.raft_status();
             let cluster_id = self.manager.state().cluster().map(|c| c.id.clone()).unwrap_or_default();
             let members_json = to_json(&st.members);
+            // Signed before the membership change, so a bad CSR refuses the join with nothing
+            // written; a retried join gets a fresh certificate for its fresh key.
+            let admin_cert_pem = if request.admin_csr_pem.is_empty() {
+                String::new()
+            } else {
+                crate::security::issue_admin(&self.manager.state(), &request.admin_csr_pem)?
+            };
             if let Some((raft_id, _)) = st.members.iter().find(|(_, m)| m.node_id == request.node_id) {
-                return Ok(JoinManagerResponse { raft_id: *raft_id, cluster_id, leader_raft_id: st.id, members_json });
+                return Ok(JoinManagerResponse {
+                    raft_id: *raft_id,
+                    cluster_id,
+                    leader_raft_id: st.id,
+                    members_json,
+                    admin_cert_pem,
+                });
             }
             if let Some((_, m)) = st.members.iter().find(|(_, m)| m.addr == request.addr) {
                 return Err(ApiError::AlreadyExists(format!(
@@ -789,8 +802,14 @@ impl Control for ControlApi {
                     Err(e) => return Err(e),
                 }
             }
-            tracing::info!(raft_id, node = %request.node_id, addr = %request.addr, "manager joined as learner");
-            Ok(JoinManagerResponse { raft_id, cluster_id, leader_raft_id: st.id, members_json })
+            tracing::info!(
+                raft_id,
+                node = %request.node_id,
+                addr = %request.addr,
+                admin_bundle = !admin_cert_pem.is_empty(),
+                "manager joined as learner"
+            );
+            Ok(JoinManagerResponse { raft_id, cluster_id, leader_raft_id: st.id, members_json, admin_cert_pem })
         })
     }
 

@@ -382,10 +382,16 @@ fn new_raft_id() -> u64 {
     }
 }
 
-async fn join_cluster(
-    config: &ManagerConfig,
-    target: &str,
-) -> Result<(Identity, Members, shoal_tls::Credentials), ManagerError> {
+/// What a manager brings back from joining.
+struct Joined {
+    identity: Identity,
+    members: Members,
+    credentials: shoal_tls::Credentials,
+    /// The admin client bundle for `<data-dir>/admin/` (none from a leader that signs none).
+    admin: Option<shoal_tls::Credentials>,
+}
+
+async fn join_cluster(config: &ManagerConfig, target: &str) -> Result<Joined, ManagerError> {
     let credentials = shoal_tls::join::obtain_certificate(target, config.token.as_deref(), shoal_tls::Role::Manager)
         .await
         .map_err(|e| ManagerError::Join(e.to_string()))?;
@@ -403,10 +409,14 @@ async fn join_cluster(
         ))
     })?;
     let mut client = ControlClient::new(channel);
+    // The admin key is made here and never leaves this machine; the leader signs its CSR.
+    let (admin_key_pem, admin_csr_pem) =
+        shoal_tls::new_key_and_csr().map_err(|e| ManagerError::Join(format!("creating the admin key: {e}")))?;
     let request = JoinManagerRequest {
         node_id: node_id.clone(),
         addr: config.advertise_addr.clone(),
         hostname: config.hostname.clone(),
+        admin_csr_pem,
     };
     // The same node id makes a retry idempotent; retry while the cluster is electing a leader.
     let mut attempts = 0;
@@ -425,11 +435,40 @@ async fn join_cluster(
     };
     let members: Members = serde_json::from_str(&response.members_json)
         .map_err(|e| ManagerError::Join(format!("the leader sent an unreadable member list: {e}")))?;
-    Ok((
-        Identity::new(response.cluster_id, node_id, response.raft_id, config.advertise_addr.clone()),
+    let admin = admin_bundle(&credentials, admin_key_pem, response.admin_cert_pem)?;
+    Ok(Joined {
+        identity: Identity::new(response.cluster_id, node_id, response.raft_id, config.advertise_addr.clone()),
         members,
         credentials,
-    ))
+        admin,
+    })
+}
+
+/// The admin bundle made of the key this manager generated and the certificate the leader signed,
+/// checked to be an admin certificate of this cluster's CA.
+fn admin_bundle(
+    node: &shoal_tls::Credentials,
+    key_pem: String,
+    cert_pem: String,
+) -> Result<Option<shoal_tls::Credentials>, ManagerError> {
+    if cert_pem.is_empty() {
+        tracing::warn!(
+            "the leader signed no admin bundle for this manager (an older version?); the CLI needs one copied from another manager"
+        );
+        return Ok(None);
+    }
+    let admin = shoal_tls::Credentials { ca_pem: node.ca_pem.clone(), cert_pem, key_pem };
+    let identity = admin.identity().map_err(|e| ManagerError::Join(format!("the leader's admin certificate: {e}")))?;
+    if identity.role != shoal_tls::Role::Admin {
+        return Err(ManagerError::Join(format!(
+            "the leader signed a {} certificate where an admin one was asked for",
+            identity.role
+        )));
+    }
+    // Loads key and certificate as the CLI's TLS setup will, so a bad bundle fails the join and
+    // not the first CLI call on this machine.
+    shoal_tls::NodeTls::new(&admin).map_err(|e| ManagerError::Join(format!("the leader's admin certificate: {e}")))?;
+    Ok(Some(admin))
 }
 
 /// Starts a manager: initialises a cluster (empty data dir, no --join), joins one (--join), or
@@ -465,14 +504,26 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         }
         identity::DataDir::Empty => match &config.join {
             Some(target) => {
-                let (identity, members, credentials) = join_cluster(&config, target).await?;
+                let Joined { identity, members, credentials, admin } = join_cluster(&config, target).await?;
                 let mut storage = RaftStorage::open(identity::open_sled(&config.data_dir)?)?;
                 storage.seed_members(&members)?;
                 credentials
                     .save(&tls_dir)
                     .map_err(|e| ManagerError::DataDir(format!("data dir {}: {e}", config.data_dir.display())))?;
+                let copied = match &admin {
+                    Some(admin) => {
+                        security::install_admin_bundle(&config.data_dir, admin, config.admin_bundle_to_home)?
+                    }
+                    None => None,
+                };
                 identity::write(&config.data_dir, &identity)?;
-                tracing::info!(node = %identity.node_id, raft_id = identity.raft_id, "joined the cluster as a learner");
+                tracing::info!(
+                    node = %identity.node_id,
+                    raft_id = identity.raft_id,
+                    admin_bundle = %admin.as_ref().map(|_| config.data_dir.join(security::ADMIN_DIR).display().to_string()).unwrap_or_else(|| "-".into()),
+                    copied_to = %copied.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
+                    "joined the cluster as a learner"
+                );
                 (identity, storage, credentials)
             }
             None => {

@@ -32,9 +32,9 @@ pub fn init_material(
     let ca = ClusterCa::generate(cluster_id, now).map_err(err)?;
     let digest = ca.digest().map_err(err)?;
     let manager = ca.issue_with_new_key(cluster_id, node_id, Role::Manager, node_cert_expiry, now).map_err(err)?;
-    let admin_id = format!("admin-{}", &shoal_types::ids::new_id()[..12]);
-    let admin =
-        ca.issue_with_new_key(cluster_id, &admin_id, Role::Admin, shoal_tls::ADMIN_CERT_VALIDITY, now).map_err(err)?;
+    let admin = ca
+        .issue_with_new_key(cluster_id, &new_admin_id(), Role::Admin, shoal_tls::ADMIN_CERT_VALIDITY, now)
+        .map_err(err)?;
     let security = ClusterSecurity {
         ca_cert_pem: ca.cert_pem,
         ca_key_pem: ca.key_pem,
@@ -72,6 +72,24 @@ pub fn install_admin_bundle(
             Ok(None)
         }
     }
+}
+
+/// Admin certificates are not nodes: each gets an id of its own, never listed by `node ls`.
+fn new_admin_id() -> String {
+    let id = shoal_types::ids::new_id();
+    format!("admin-{}", id.get(..12).unwrap_or(&id))
+}
+
+/// Signs an admin client certificate over `csr_pem` for a manager that joins, so the CLI works on
+/// its machine as on the first manager's. Only a caller holding a manager certificate reaches
+/// this (`JoinManager` checks it), and a manager may act as an admin anyway.
+pub fn issue_admin(state: &State, csr_pem: &str) -> Result<String, ApiError> {
+    let security =
+        state.security().ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
+    let cluster = state.cluster().ok_or_else(|| ApiError::Unavailable("the cluster is not initialised yet".into()))?;
+    ca(security)
+        .issue(csr_pem, &cluster.id, &new_admin_id(), Role::Admin, shoal_tls::ADMIN_CERT_VALIDITY, SystemTime::now())
+        .map_err(|e| ApiError::InvalidArgument(format!("admin_csr_pem: {e}")))
 }
 
 fn ca(security: &ClusterSecurity) -> ClusterCa {
