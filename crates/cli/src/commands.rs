@@ -417,8 +417,9 @@ async fn node_update(host: &str, args: &NodeUpdateArgs) -> Result<(), CliError> 
     let node = client.get_node(&args.node).await?;
     let mut spec = node.spec.clone();
     args.apply(&mut spec).map_err(CliError::Message)?;
-    let updated = client.update_node(&node.id, node.version, &spec).await?;
-    print_out(&format!("{}\n", updated.id));
+    client.update_node(&node.id, node.version, &spec).await?;
+    // docker prints the node as it was named on the command line.
+    print_out(&format!("{}\n", args.node));
     Ok(())
 }
 

@@ -10,6 +10,9 @@ fn main() -> ExitCode {
         // Usage errors exit 2; --help and --version exit 0.
         Err(e) => e.exit(),
     };
+    if cli.with_registry_auth() {
+        eprintln!("{}", shoal_cli::args::REGISTRY_AUTH_NOTE);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -30,15 +30,19 @@ pub use update::{RollbackArgs, ScaleArgs, UpdateArgs};
 /// Where the CLI looks for a manager when neither `--host` nor `SHOAL_HOST` is given.
 pub const DEFAULT_HOST: &str = "127.0.0.1:4242";
 
+/// The help heading of the flags every command takes, so that a command's help lists its own
+/// options apart from them.
+pub const GLOBAL_OPTIONS: &str = "Global options";
+
 /// shoal: a Docker-Swarm-style container orchestrator.
 #[derive(Parser, Clone, Debug, PartialEq)]
 #[command(name = "shoal", version, about, propagate_version = true)]
 pub struct Cli {
     /// Manager address (host:port, or a URL such as http://host:port)
-    #[arg(short = 'H', long, global = true, env = "SHOAL_HOST", default_value = DEFAULT_HOST, value_name = "ADDR")]
+    #[arg(short = 'H', long, global = true, help_heading = GLOBAL_OPTIONS, env = "SHOAL_HOST", default_value = DEFAULT_HOST, value_name = "ADDR")]
     pub host: String,
     /// Directory with the client certificate bundle (ca.pem, cert.pem, key.pem) [default: ~/.shoal/tls]
-    #[arg(long, global = true, env = "SHOAL_TLS_DIR", value_name = "DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS, env = "SHOAL_TLS_DIR", value_name = "DIR")]
     pub tls_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -82,7 +86,22 @@ pub enum InfoFormat {
     Json,
 }
 
+/// Said once on stderr when `--with-registry-auth` is given: scripts written for docker pass it
+/// to every create, update and deploy, so it is accepted, but it cannot do anything here.
+pub const REGISTRY_AUTH_NOTE: &str =
+    "note: --with-registry-auth has no effect: shoal never pulls images (each node uses the images its engine has)";
+
 impl Cli {
+    /// Whether `--with-registry-auth` was given (it is accepted and ignored).
+    pub fn with_registry_auth(&self) -> bool {
+        match &self.command {
+            Command::Service(ServiceCommand::Create(args)) => args.with_registry_auth,
+            Command::Service(ServiceCommand::Update(args)) => args.with_registry_auth,
+            Command::Stack(StackCommand::Deploy(args)) => args.with_registry_auth,
+            _ => false,
+        }
+    }
+
     /// Parses the arguments and checks flag combinations clap cannot express. Every refusal is a
     /// clap error (usage, exit code 2); `--help` and `--version` are clap "errors" too (exit 0).
     pub fn parse_checked<I, T>(args: I) -> Result<Cli, clap::Error>

@@ -59,6 +59,20 @@ pub struct CreateArgs {
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Accepted for docker compatibility; has no effect (shoal never pulls images)
+    #[arg(long)]
+    pub with_registry_auth: bool,
+    // Before the flattened groups: each sets the help heading of what follows it, and IMAGE
+    // belongs under "Arguments", not under the last group's heading.
+    /// The image, then optionally the command and its arguments (everything after IMAGE is passed on)
+    #[arg(
+        value_name = "IMAGE",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub image_and_args: Vec<String>,
 
     #[command(flatten)]
     pub container: ContainerFlags,
@@ -76,16 +90,6 @@ pub struct CreateArgs {
     pub rollback: RollbackFlags,
     #[command(flatten)]
     pub endpoint: EndpointFlags,
-
-    /// The image, then optionally the command and its arguments (everything after IMAGE is passed on)
-    #[arg(
-        value_name = "IMAGE",
-        required = true,
-        num_args = 1..,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    pub image_and_args: Vec<String>,
 }
 
 pub const REPLICAS_WITH_GLOBAL: &str = "replicas can only be used with replicated mode";

@@ -73,6 +73,9 @@ pub struct StackDeployArgs {
     /// not support yet: the services then run without them
     #[arg(long)]
     pub ignore_unsupported: bool,
+    /// Accepted for docker compatibility; has no effect (shoal never pulls images)
+    #[arg(long)]
+    pub with_registry_auth: bool,
     /// Stack name
     #[arg(value_name = "STACK")]
     pub stack: String,

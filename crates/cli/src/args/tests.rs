@@ -1,5 +1,7 @@
 //! Flag → spec conversion and refusal of bad input, without a manager.
 
+use std::collections::BTreeMap;
+
 use clap::CommandFactory;
 use clap::error::ErrorKind;
 use shoal_types::{
@@ -39,6 +41,51 @@ fn secs(s: u64) -> GoDuration {
 #[test]
 fn the_command_definition_is_consistent() {
     Cli::command().debug_assert();
+}
+
+/// The long help of a subcommand, as `shoal <path> --help` prints it.
+fn help_of(path: &[&str]) -> String {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut sub = &mut cmd;
+    for name in path {
+        sub = sub.find_subcommand_mut(name).expect("subcommand");
+    }
+    sub.render_long_help().to_string()
+}
+
+/// The lines of each section of a help text, by heading (`Arguments`, `Options`, …).
+fn help_sections(help: &str) -> BTreeMap<String, String> {
+    let mut sections: BTreeMap<String, String> = BTreeMap::new();
+    let mut heading = String::new();
+    for line in help.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            heading = line.trim_end_matches(':').to_string();
+        } else {
+            let text = sections.entry(heading.clone()).or_default();
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    sections
+}
+
+/// Issue 21: the global flags are listed apart from a command's own options, and the
+/// positionals under "Arguments" (they were under the last flag group's heading).
+#[test]
+fn help_lists_arguments_and_global_flags_under_their_own_headings() {
+    for (path, positional) in [(&["service", "create"][..], "<IMAGE>"), (&["service", "update"][..], "<SERVICE>")] {
+        let help = help_of(path);
+        let sections = help_sections(&help);
+        let section = |name: &str| sections.get(name).unwrap_or_else(|| panic!("{path:?}: no {name}:\n{help}"));
+        assert!(section("Arguments").contains(positional), "{path:?}: {positional} under Arguments:\n{help}");
+        assert!(!section("Endpoint options").contains(positional), "{path:?}:\n{help}");
+        for flag in ["--host <ADDR>", "--tls-dir <DIR>"] {
+            assert!(section("Global options").contains(flag), "{path:?}: {flag} under Global options:\n{help}");
+            assert!(!section("Options").contains(flag), "{path:?}: {flag} not among the options:\n{help}");
+        }
+        assert!(section("Options").contains("--detach"), "{path:?}:\n{help}");
+    }
 }
 
 #[test]
@@ -345,6 +392,31 @@ fn detach_and_quiet_are_accepted() {
     assert!(args.detach && args.quiet);
     let args = create_args(&["--detach", "--quiet", "busybox"]);
     assert!(args.detach && args.quiet);
+}
+
+/// `--with-registry-auth` is accepted where docker has it and changes nothing in the spec.
+#[test]
+fn with_registry_auth_is_accepted_and_changes_nothing() {
+    let args = create_args(&["--with-registry-auth", "--name", "web", "busybox"]);
+    assert!(args.with_registry_auth);
+    assert_eq!(args.to_spec().unwrap(), spec(&["busybox"]));
+    assert!(parse(&["service", "create", "--with-registry-auth", "busybox"]).unwrap().with_registry_auth());
+    assert!(!parse(&["service", "create", "busybox"]).unwrap().with_registry_auth());
+
+    let update = update_args(&["--with-registry-auth", "--image", "busybox:2"]);
+    assert!(update.with_registry_auth);
+    let mut with = current_spec();
+    update.apply(&mut with).unwrap();
+    let mut without = current_spec();
+    update_args(&["--image", "busybox:2"]).apply(&mut without).unwrap();
+    assert_eq!(with, without);
+    // Scripts pass it to every update, --rollback included.
+    assert!(update_args(&["--rollback", "--with-registry-auth"]).check_usage().is_ok());
+    assert!(parse(&["service", "update", "--with-registry-auth", "web"]).unwrap().with_registry_auth());
+
+    let deploy = parse(&["stack", "deploy", "--with-registry-auth", "-c", "a.yml", "app"]).unwrap();
+    assert!(deploy.with_registry_auth());
+    assert!(!parse(&["stack", "deploy", "-c", "a.yml", "app"]).unwrap().with_registry_auth());
 }
 
 #[test]

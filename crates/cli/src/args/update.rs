@@ -37,12 +37,19 @@ pub struct UpdateArgs {
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Accepted for docker compatibility; has no effect (shoal never pulls images)
+    #[arg(long)]
+    pub with_registry_auth: bool,
     /// Add or update a service label, key=value (repeatable)
     #[arg(id = "label-add", long = "label-add", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
     pub label_add: Vec<(String, String)>,
     /// Remove a service label by key (repeatable)
     #[arg(id = "label-rm", long = "label-rm", value_name = "KEY", value_parser = parsers::non_empty)]
     pub label_rm: Vec<String>,
+    /// Service id, name or id prefix
+    // Before the flattened groups, so that it is listed under "Arguments" (see CreateArgs).
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
 
     #[command(flatten)]
     pub container: ContainerUpdateFlags,
@@ -60,10 +67,6 @@ pub struct UpdateArgs {
     pub rollback_config: RollbackFlags,
     #[command(flatten)]
     pub endpoint: EndpointUpdateFlags,
-
-    /// Service id, name or id prefix
-    #[arg(value_name = "SERVICE")]
-    pub service: String,
 }
 
 impl UpdateArgs {
@@ -74,6 +77,8 @@ impl UpdateArgs {
             rollback: self.rollback,
             detach: self.detach,
             quiet: self.quiet,
+            // It does nothing, and scripts pass it to every update.
+            with_registry_auth: self.with_registry_auth,
             ..UpdateArgs::default()
         };
         *self == bare

@@ -1,0 +1,135 @@
+//! Rough edges of the real `shoal` binary against real managers (issue 21): stack files with
+//! keys shoal does not support yet, `--with-registry-auth`, `node update`'s output, help,
+//! completion and man pages. Run `cargo build --workspace --bins` first so the binaries are
+//! current.
+
+use anyhow::Result;
+use shoal_tests::*;
+
+fn fails(out: &std::process::Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "stdout: {}\nstderr: {}", stdout(out), stderr(out));
+    assert!(stderr(out).contains(needle), "stderr lacks {needle:?}: {}", stderr(out));
+}
+
+/// A stack file with volumes and secrets is refused, naming each key with its place, and nothing
+/// is created; with `--ignore-unsupported` it deploys, warning about what is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_with_volumes_or_secrets_is_refused_unless_ignored() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let host = cluster.managers[0].addr.clone();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("db.yml");
+    std::fs::write(
+        &path,
+        "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n    secrets: [pw]\n  \
+         web:\n    image: shoal/busybox:1\n    networks: [front]\nvolumes:\n  data:\nsecrets:\n  pw: {file: ./pw}\n",
+    )?;
+    let file = path.display().to_string();
+
+    let out = shoal(&host, &["stack", "deploy", "-d", "-c", &file, "app"]);
+    fails(&out, 1, &format!("Error: {file}:9:1: volumes: not supported by shoal yet; refused"));
+    for key in
+        [":11:1: secrets", ":4:5: services.db.volumes", ":5:5: services.db.secrets", ":8:5: services.web.networks"]
+    {
+        assert!(stderr(&out).contains(&format!("{file}{key}: not supported")), "{key}: {}", stderr(&out));
+    }
+    assert!(stderr(&out).contains("--ignore-unsupported"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("ignored"), "refused keys are not called ignored: {}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert!(list_services(&host).await?.is_empty(), "nothing was created");
+
+    let out = shoal(&host, &["stack", "deploy", "-d", "--ignore-unsupported", "-c", &file, "app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: services.db.volumes: not supported by shoal; ignored"), "{}", stderr(&out));
+    let names: Vec<String> = list_services(&host).await?.into_iter().map(|s| s.spec.name).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"app_db".to_string()) && names.contains(&"app_web".to_string()), "{names:?}");
+    Ok(())
+}
+
+/// `--with-registry-auth` is accepted by create, update and deploy, changes nothing and says so
+/// once on stderr; `node update` prints the node as it was named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_flags_and_outputs_scripts_rely_on() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let host = cluster.managers[0].addr.clone();
+    let note = "note: --with-registry-auth has no effect";
+
+    let out = shoal(&host, &["service", "create", "-d", "--with-registry-auth", "--name", "reg", "shoal/busybox:1"]);
+    let id = ok(&out);
+    assert_eq!(stderr(&out).matches(note).count(), 1, "said once: {}", stderr(&out));
+    let out = shoal(&host, &["service", "update", "-d", "--with-registry-auth", "--replicas", "2", "reg"]);
+    ok(&out);
+    assert_eq!(stderr(&out).matches(note).count(), 1, "said once: {}", stderr(&out));
+    let services = list_services(&host).await?;
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].id, id.trim());
+    assert_eq!(services[0].spec.mode, shoal_types::ServiceMode::Replicated { replicas: 2 });
+    let out = shoal(&host, &["service", "ls"]);
+    assert!(!stderr(&out).contains(note), "only where the flag is given: {}", stderr(&out));
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("s.yml");
+    std::fs::write(&file, "services:\n  web:\n    image: shoal/busybox:1\n")?;
+    let out =
+        shoal(&host, &["stack", "deploy", "-d", "--with-registry-auth", "-c", &file.display().to_string(), "app"]);
+    assert!(ok(&out).contains("Creating service app_web"), "{}", stdout(&out));
+    assert_eq!(stderr(&out).matches(note).count(), 1, "said once: {}", stderr(&out));
+
+    // node update: what was typed, whether a hostname or an id prefix.
+    let node = list_nodes(&host).await?.into_iter().next().expect("the manager's node");
+    let hostname = node.description.hostname.clone();
+    let out = ok(&shoal(&host, &["node", "update", "--label-add", "zone=a", &hostname]));
+    assert_eq!(out, format!("{hostname}\n"));
+    let prefix = &node.id[..6];
+    let out = ok(&shoal(&host, &["node", "update", "--label-rm", "zone", prefix]));
+    assert_eq!(out, format!("{prefix}\n"));
+    let node = list_nodes(&host).await?.into_iter().find(|n| n.id == node.id).expect("still there");
+    assert!(node.spec.labels.is_empty(), "{:?}", node.spec.labels);
+    Ok(())
+}
+
+/// `service create --help` from the real binary: IMAGE under Arguments, the global flags under
+/// their own heading.
+#[test]
+fn service_create_help_separates_global_flags() {
+    let out = std::process::Command::new(bin("shoal")).args(["service", "create", "--help"]).output().expect("shoal");
+    let help = ok(&out);
+    let arguments = help.find("Arguments:").expect("an Arguments section");
+    let options = help.find("\nOptions:").expect("an Options section");
+    let global = help.find("Global options:").expect("a Global options section");
+    let image = help.find("<IMAGE>").expect("<IMAGE>");
+    assert!(arguments < image && image < options, "{help}");
+    let host = help.find("--host <ADDR>").expect("--host");
+    assert!(host > global, "{help}");
+    assert!(!help[options..global].contains("--host <ADDR>"), "{help}");
+}
+
+/// A container that cannot start: the error names the cause first, so `service ps`, which cuts
+/// the column, still shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_failure_shows_its_cause_first_in_service_ps() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let host = cluster.managers[0].addr.clone();
+    let name = format!("nostart{}x{}", std::process::id(), rand::random::<u16>());
+    ok(&shoal(
+        &host,
+        &["service", "create", "-d", "--restart-condition", "none", "--name", &name, "shoal/busybox:1", "/nonexistent"],
+    ));
+    let marker = format!(" container {name}.1.");
+    let tasks = wait_tasks(&host, &name, std::time::Duration::from_secs(60), "the start fails", |tasks| {
+        tasks.iter().any(|t| t.status.err.contains(&marker))
+    })
+    .await?;
+    let failed = tasks.iter().find(|t| t.status.err.contains(&marker)).expect("found");
+    let err = &failed.status.err;
+    assert!(err.ends_with(&format!("{marker}{})", failed.id)), "the container comes last: {err}");
+    assert!(!err.starts_with("starting container") && !err.starts_with("creating container"), "{err}");
+
+    let ps = ok(&shoal(&host, &["service", "ps", &name]));
+    let start: String = err.chars().take(20).collect();
+    assert!(ps.contains(&format!("\"{start}")), "the cause starts the ERROR column: {ps}");
+    let _ = shoal(&host, &["service", "rm", &name]);
+    Ok(())
+}
