@@ -126,3 +126,44 @@ async fn cli_bad_input_is_refused_and_changes_nothing() -> Result<()> {
     assert_eq!(stderr(&out).lines().count(), 1, "one line: {}", stderr(&out));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_info_shows_the_settings_cluster_update_changes() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.managers[(leader + 1) % 3].addr.clone();
+
+    let info = ok(&shoal(&follower, &["cluster", "info"]));
+    for line in [
+        "Task history limit: 5\n",
+        "Max replicas: 100000\n",
+        "Heartbeat period: 1s\n",
+        "Certificate expiry: 2160h0m0s\n",
+    ] {
+        assert!(info.contains(line), "defaults: lacks {line:?}:\n{info}");
+    }
+
+    assert_eq!(ok(&shoal(&follower, &["cluster", "update", "--task-history-limit", "2"])), "Cluster updated.\n");
+    let info = ok(&shoal(&follower, &["cluster", "info"]));
+    assert!(info.contains("Task history limit: 2\n") && info.contains("Max replicas: 100000\n"), "{info}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&shoal(&follower, &["cluster", "info", "--format", "json"])))?;
+    assert_eq!(json["spec"]["task_history_limit"], 2, "{json}");
+    assert_eq!(json["spec"]["max_replicas"], 100_000, "{json}");
+    assert_eq!(json["spec"]["heartbeat_period"], "1s", "{json}");
+    assert_eq!(json["spec"]["node_cert_expiry"], "2160h0m0s", "{json}");
+
+    // The setting is replicated: every manager's own view shows it once it has caught up.
+    for manager in cluster.running_addrs() {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let local = ok(&shoal(&manager, &["cluster", "info", "--local"]));
+            if local.contains("Task history limit: 2\n") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{manager} never showed the new limit:\n{local}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}

@@ -448,7 +448,19 @@ pub fn cluster_info_text(info: &ClusterInfo) -> String {
         ("Voters", id_list(&info.raft.voters)),
         ("Learners", id_list(&info.raft.learners)),
     ];
-    lines.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
+    let mut text: String = lines.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    // A manager from before settings were reported sends none: show nothing rather than defaults
+    // that may not be the cluster's.
+    if let Some(spec) = &info.spec {
+        let settings = [
+            ("Task history limit", spec.task_history_limit.to_string()),
+            ("Max replicas", spec.max_replicas.to_string()),
+            ("Heartbeat period", spec.heartbeat_period.to_string()),
+            ("Certificate expiry", spec.node_cert_expiry.to_string()),
+        ];
+        text.extend(settings.iter().map(|(k, v)| format!("{k}: {v}\n")));
+    }
+    text
 }
 
 #[cfg(test)]

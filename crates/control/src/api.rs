@@ -177,6 +177,7 @@ impl ControlApi {
                 snapshot_index: st.snapshot_index,
                 snapshot_bytes: st.snapshot_bytes,
             },
+            spec: Some(cluster.spec.clone()),
         })
     }
 
@@ -684,9 +685,9 @@ impl Control for ControlApi {
         routed!(self, request, update_cluster, async {
             let (version, spec) = {
                 let state = self.manager.state();
-                let cluster = state
-                    .cluster()
-                    .ok_or_else(|| ApiError::Unavailable("this manager has not received the cluster state yet".into()))?;
+                let cluster = state.cluster().ok_or_else(|| {
+                    ApiError::Unavailable("this manager has not received the cluster state yet".into())
+                })?;
                 let mut spec = cluster.spec.clone();
                 if request.max_replicas != 0 {
                     let ceiling = shoal_types::limits::MAX_REPLICAS_CEILING;

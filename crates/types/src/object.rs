@@ -359,6 +359,10 @@ pub struct ClusterInfo {
     pub services: usize,
     pub tasks: usize,
     pub raft: RaftSummary,
+    /// The cluster's settings (`shoal cluster update` changes them); absent from managers that
+    /// predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ClusterSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -220,6 +220,7 @@ fn cluster_info_lines() {
             snapshot_index: 100,
             snapshot_bytes: 52_000,
         },
+        spec: Some(shoal_types::ClusterSpec { task_history_limit: 2, ..Default::default() }),
     };
     let expected = format!(
         "Cluster ID: c0ffee\n\
@@ -234,11 +235,18 @@ fn cluster_info_lines() {
          Raft applied: 119\n\
          Raft snapshot: index 100, 50.781KiB\n\
          Voters: 1, 2, 3\n\
-         Learners: none\n"
+         Learners: none\n\
+         Task history limit: 2\n\
+         Max replicas: 100000\n\
+         Heartbeat period: 1s\n\
+         Certificate expiry: 2160h0m0s\n"
     );
     assert_eq!(cluster_info_text(&info), expected);
-    let leaderless = ClusterInfo { leader: None, ..info };
+    let leaderless = ClusterInfo { leader: None, ..info.clone() };
     assert!(cluster_info_text(&leaderless).contains("\nLeader: none\n"));
+    // An older manager reports no settings: none are shown (not defaults it may not have).
+    let without_settings = ClusterInfo { spec: None, ..info };
+    assert!(cluster_info_text(&without_settings).ends_with("Learners: none\n"));
 }
 
 #[test]
