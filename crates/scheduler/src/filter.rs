@@ -43,6 +43,26 @@ pub(crate) fn no_suitable_node(counts: &[usize; 5]) -> String {
     if explanation.is_empty() { "no suitable node".to_string() } else { format!("no suitable node ({explanation})") }
 }
 
+/// A constraint on `node.role` that only a manager satisfies (`node.role==manager`,
+/// `node.role!=worker`), if `constraints` hold one.
+pub(crate) fn manager_only(constraints: &[Constraint]) -> Option<&Constraint> {
+    let as_role = |role| SchedNode { role, ..SchedNode::default() };
+    let (manager, worker) = (as_role(NodeRole::Manager), as_role(NodeRole::Worker));
+    constraints
+        .iter()
+        .filter(|c| c.key.eq_ignore_ascii_case("node.role"))
+        .find(|c| matches_one(c, &manager) && !matches_one(c, &worker))
+}
+
+/// Why a task whose constraints only a manager satisfies waits when no manager is among the nodes:
+/// shoal's managers run no tasks, which Swarm users do not expect, so the reason says so and what
+/// to do instead (an agent on that machine registers as a worker, so the constraint must change).
+pub(crate) fn managers_run_no_tasks(constraint: &Constraint) -> String {
+    format!(
+        "no suitable node (managers run no tasks, so {constraint} matches no node; run shoal-agent on a manager's machine and constrain on its node.hostname or a node label)"
+    )
+}
+
 /// The pipeline's explanation alone (what Swarm reports for a preassigned task).
 pub(crate) fn explanation(counts: &[usize; 5]) -> String {
     let mut entries: Vec<(usize, Filter)> =

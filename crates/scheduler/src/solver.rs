@@ -10,8 +10,8 @@ use std::rc::Rc;
 
 use crate::filter::{self, Filter, Spread};
 use crate::{
-    Amounts, Availability, Constraint, FAULTY_NODE_FAILURES, PendingTask, PlacementPreference, PortProtocol, Problem,
-    SchedNode, Solution,
+    Amounts, Availability, Constraint, FAULTY_NODE_FAILURES, NodeRole, PendingTask, PlacementPreference, PortProtocol,
+    Problem, SchedNode, Solution,
 };
 
 pub(crate) fn solve(problem: &Problem) -> Solution {
@@ -325,7 +325,12 @@ impl<'a> Solver<'a> {
         self.schedule_subtree(&mut root, tasks.len(), &mut group);
 
         if group.next < tasks.len() {
-            let reason = if self.nodes.is_empty() {
+            // Nodes, but none a manager: what the control loop hands over, since shoal's managers
+            // run no tasks. (With no node at all, that is the reason, as in Swarm.)
+            let only_workers = !self.nodes.is_empty() && self.nodes.iter().all(|n| n.src.role != NodeRole::Manager);
+            let reason = if let Some(c) = filter::manager_only(group.spec.constraints).filter(|_| only_workers) {
+                filter::managers_run_no_tasks(c)
+            } else if self.nodes.is_empty() {
                 "no suitable node".to_string()
             } else {
                 let mut counts = [0usize; 5];

@@ -599,3 +599,47 @@ fn synthetic_problem_is_fully_placed_and_balanced() {
     assert!(counts.keys().all(|n| gold.contains(&n.as_str())));
     assert!(counts.values().all(|&c| c == 30));
 }
+
+#[test]
+fn a_manager_only_constraint_says_that_managers_run_no_tasks() {
+    // The nodes the control loop hands over are agents' worker nodes: managers run no tasks.
+    let with = |id: &str, cs: &[&str]| PendingTask {
+        constraints: cs.iter().map(|c| constraint(c)).collect(),
+        ..task(id, "s")
+    };
+    let p = Problem {
+        nodes: vec![node("w1"), node("w2")],
+        pending: vec![
+            with("manager", &["node.role==manager"]),
+            with("not-worker", &["node.labels.zone==east", "NODE.ROLE!=worker"]),
+            with("worker", &["node.role==worker"]),
+            with("nowhere", &["node.labels.zone==north", "node.role!=manager"]),
+        ],
+        ..Default::default()
+    };
+    let s = solve(&p);
+    assert_eq!(s.assignments.len(), 1, "{s:?}");
+    assert_eq!(s.assignments[0].0, "worker");
+    let hint =
+        "matches no node; run shoal-agent on a manager's machine and constrain on its node.hostname or a node label)";
+    assert_eq!(
+        s.unschedulable,
+        vec![
+            ("manager".into(), format!("no suitable node (managers run no tasks, so node.role==manager {hint}")),
+            ("not-worker".into(), format!("no suitable node (managers run no tasks, so NODE.ROLE!=worker {hint}")),
+            ("nowhere".into(), "no suitable node (scheduling constraints not satisfied on 2 nodes)".into()),
+        ]
+    );
+    // With no node at all, that is the reason (as in Swarm), whatever the constraints.
+    let empty = Problem { nodes: vec![], ..p.clone() };
+    assert_eq!(reasons(&solve(&empty))[0], "no suitable node");
+    // A problem that does hold a manager (the scheduler itself is general) places the task there.
+    let mut manager = node("m1");
+    manager.role = NodeRole::Manager;
+    let with_manager = Problem {
+        nodes: vec![manager, node("w1")],
+        pending: vec![with("m", &["node.role==manager"])],
+        ..Default::default()
+    };
+    assert_eq!(solve(&with_manager).assignments, vec![("m".to_string(), "m1".to_string())]);
+}
