@@ -167,3 +167,90 @@ async fn cluster_info_shows_the_settings_cluster_update_changes() -> Result<()> 
     }
     Ok(())
 }
+
+/// Lines a child process writes to one of its pipes, gathered by a thread.
+fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().expect("lines lock").push(line);
+        }
+    });
+    lines
+}
+
+/// Waits until one of `lines` contains `needle`.
+async fn wait_line(lines: &std::sync::Mutex<Vec<String>>, needle: &str, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if lines.lock().expect("lines lock").iter().any(|l| l.contains(needle)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("{what}: no line with {needle:?}; got:\n{}", lines.lock().expect("lines lock").join("\n"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills the child when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_on_through_another_manager_when_theirs_dies() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let hosts: Vec<String> = cluster.managers.iter().map(|m| m.addr.clone()).collect();
+    let mut child = std::process::Command::new(bin("shoal"))
+        .args(["--host", &hosts.join(","), "events", "--filter", "type=service", "--format", "json"])
+        .env_remove("SHOAL_HOST")
+        .env("SHOAL_TLS_DIR", cluster.admin_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let out = collect_lines(child.stdout.take().expect("stdout"));
+    let err = collect_lines(child.stderr.take().expect("stderr"));
+    let mut events = KillOnDrop(child);
+
+    // The stream is open once a change made after the start shows (a watch sees only new ones).
+    let mut n = 0;
+    loop {
+        n += 1;
+        let name = format!("before{n}");
+        ok(&shoal(&hosts[1], &["service", "create", "-d", "--name", &name, "shoal/busybox:1"]));
+        if wait_line(&out, &format!("\"name\":\"{name}\""), "first event").await.is_ok() {
+            break;
+        }
+        anyhow::ensure!(n < 3, "events printed nothing:\n{}", err.lock().expect("lines lock").join("\n"));
+    }
+
+    // It talks to the first manager of the list: kill it.
+    cluster.managers[0].kill9();
+    wait_line(&err, "continuing through", "reconnection note").await?;
+    anyhow::ensure!(events.0.try_wait()?.is_none(), "events exited:\n{}", err.lock().expect("lines lock").join("\n"));
+
+    // Changes made now are printed: the stream goes on through another manager.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = shoal(&hosts[2], &["service", "create", "-d", "--name", "after", "shoal/busybox:1"]);
+        if out.status.success() {
+            break;
+        }
+        // A new leader is being elected.
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "create after the kill: {}", stderr(&out));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    wait_line(&out, "\"name\":\"after\"", "event after the kill").await?;
+    let note = err.lock().expect("lines lock").join("\n");
+    anyhow::ensure!(note.contains(&format!("lost the manager at {}", hosts[0])), "{note}");
+    anyhow::ensure!(events.0.try_wait()?.is_none(), "events exited:\n{note}");
+    Ok(())
+}

@@ -18,6 +18,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Each call must be answered within this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often a long-lived stream pings its manager, and how long a ping may go unanswered before
+/// the connection counts as dead: a manager that froze or was cut off closes nothing, so without
+/// pings `events` would wait on it forever.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// The managers named by `--host`/`SHOAL_HOST`: one address, or several separated by commas
+/// (`m1:4242,m2:4242`), tried in order.
+pub fn host_addrs(host: &str) -> Vec<&str> {
+    let addrs: Vec<&str> = host.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+    // Nothing but commas and blanks: keep it whole, so the error names what was given.
+    if addrs.is_empty() { vec![host] } else { addrs }
+}
+
 /// `host:port` becomes `http://host:port`; anything with a scheme is used as given.
 pub fn endpoint_uri(addr: &str) -> String {
     if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
@@ -64,14 +77,50 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects eagerly so a dead address fails fast with one clear line.
-    pub async fn connect(addr: &str) -> Result<Client, CliError> {
-        Client::connect_with(addr, Some(REQUEST_TIMEOUT)).await
+    /// Connects eagerly so a dead address fails fast with one clear line. `host` may name several
+    /// managers (comma-separated): the first that answers is used.
+    pub async fn connect(host: &str) -> Result<Client, CliError> {
+        Client::connect_any(&host_addrs(host), Some(REQUEST_TIMEOUT)).await
     }
 
-    /// Connects for a long-lived stream (`events`): no per-request timeout.
-    pub async fn connect_streaming(addr: &str) -> Result<Client, CliError> {
-        Client::connect_with(addr, None).await
+    /// Connects for a long-lived stream (`events`): no per-request timeout, pings instead.
+    pub async fn connect_streaming(host: &str) -> Result<Client, CliError> {
+        Client::connect_any(&host_addrs(host), None).await
+    }
+
+    /// Like [`Client::connect_streaming`], but tries the managers of `host` that come after
+    /// `away_from` first and `away_from` last: the stream through it just broke.
+    pub async fn reconnect_streaming(host: &str, away_from: &str) -> Result<Client, CliError> {
+        let mut addrs = host_addrs(host);
+        if let Some(i) = addrs.iter().position(|a| *a == away_from) {
+            addrs.rotate_left(i + 1);
+        }
+        Client::connect_any(&addrs, None).await
+    }
+
+    /// The first of `addrs` that answers. A manager that cannot be reached is skipped; any other
+    /// failure (an unusable bundle, a refused certificate) would be the same with every manager
+    /// and ends the search.
+    async fn connect_any(addrs: &[&str], request_timeout: Option<Duration>) -> Result<Client, CliError> {
+        let mut unreachable: Vec<(String, String)> = Vec::new();
+        for addr in addrs {
+            match Client::connect_with(addr, request_timeout).await {
+                Ok(client) => return Ok(client),
+                Err(CliError::Unreachable { addr, reason }) => unreachable.push((addr, reason)),
+                Err(e) => return Err(e),
+            }
+        }
+        match unreachable.len() {
+            0 => Err(CliError::Unreachable { addr: String::new(), reason: "no manager address given".into() }),
+            1 => {
+                let (addr, reason) = unreachable.remove(0);
+                Err(CliError::Unreachable { addr, reason })
+            }
+            _ => Err(CliError::Unreachable {
+                addr: addrs.join(","),
+                reason: unreachable.iter().map(|(a, r)| format!("{a}: {r}")).collect::<Vec<_>>().join("; "),
+            }),
+        }
     }
 
     async fn connect_with(addr: &str, request_timeout: Option<Duration>) -> Result<Client, CliError> {
@@ -79,9 +128,13 @@ impl Client {
         let mut endpoint = Endpoint::from_shared(endpoint_uri(addr))
             .map_err(|e| unreachable(format!("invalid address: {}", error_chain(&e))))?
             .connect_timeout(CONNECT_TIMEOUT);
-        if let Some(timeout) = request_timeout {
-            endpoint = endpoint.timeout(timeout);
-        }
+        endpoint = match request_timeout {
+            Some(timeout) => endpoint.timeout(timeout),
+            None => endpoint
+                .http2_keep_alive_interval(STREAM_KEEPALIVE)
+                .keep_alive_timeout(STREAM_KEEPALIVE)
+                .keep_alive_while_idle(true),
+        };
         let (tls, dir) = client_tls()?;
         let connecting = shoal_tls::client::connect(endpoint, tls);
         let channel = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
@@ -338,6 +391,31 @@ mod tests {
         let err = client_tls_from(&dir).expect_err("no bundle");
         let text = err.to_string();
         assert!(text.contains("no client certificate in") && text.contains("--tls-dir or SHOAL_TLS_DIR"), "{text}");
+    }
+
+    #[test]
+    fn host_names_one_or_several_managers() {
+        assert_eq!(host_addrs("127.0.0.1:4242"), vec!["127.0.0.1:4242"]);
+        assert_eq!(host_addrs("m1:4242, m2:4242,,m3:4242 "), vec!["m1:4242", "m2:4242", "m3:4242"]);
+        assert_eq!(host_addrs(" , "), vec![" , "]);
+    }
+
+    #[tokio::test]
+    async fn the_next_manager_is_tried_when_one_does_not_answer() {
+        use_test_bundle();
+        let closed = || {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            format!("127.0.0.1:{port}")
+        };
+        let (a, b) = (closed(), closed());
+        let err = match Client::connect(&format!("{a},{b}")).await {
+            Ok(_) => panic!("connected to closed ports"),
+            Err(e) => e,
+        };
+        // Both were tried, and the error names each with its reason.
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("cannot reach a manager at {a},{b}: {a}: ")), "{text}");
+        assert!(text.contains(&format!("; {b}: ")), "{text}");
     }
 
     #[test]

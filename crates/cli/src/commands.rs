@@ -431,6 +431,54 @@ fn write_line(line: &str) -> std::io::Result<()> {
     stdout.flush()
 }
 
+/// How long `events` keeps looking for a manager after its stream broke: long enough for an
+/// election and a restarted manager, short enough that a cluster that is gone ends the command.
+const EVENTS_RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A stream that ended this way broke with its connection or its manager (killed, stopped,
+/// cut off); refusals (a bad filter, a missing service, too slow a reader) end `events`.
+fn stream_broken(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::Aborted | Code::DeadlineExceeded
+    )
+}
+
+fn worth_retrying(error: &CliError) -> bool {
+    match error {
+        CliError::Unreachable { .. } => true,
+        CliError::Status(status) => stream_broken(status),
+        _ => false,
+    }
+}
+
+/// Opens the stream again through the managers of `host`, the others than `from` first, retrying
+/// until one answers or [`EVENTS_RECONNECT_FOR`] has passed.
+async fn rewatch(
+    host: &str,
+    from: &str,
+    selection: &args::EventSelection,
+) -> Result<(Client, tonic::Streaming<shoal_proto::v1::WatchEvent>), CliError> {
+    let deadline = tokio::time::Instant::now() + EVENTS_RECONNECT_FOR;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut client = Client::reconnect_streaming(host, from).await?;
+            let stream = client.watch(selection.types.clone(), &selection.service).await?;
+            Ok::<_, CliError>((client, stream))
+        };
+        match attempt.await {
+            Ok(found) => return Ok(found),
+            // No manager answers yet, or the one that does has no leader yet: wait and retry.
+            Err(e) if tokio::time::Instant::now() < deadline && worth_retrying(&e) => {}
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+    }
+}
+
 async fn events(host: &str, args: &EventsArgs) -> Result<(), CliError> {
     let selection = args
         .selection()
@@ -444,10 +492,31 @@ async fn events(host: &str, args: &EventsArgs) -> Result<(), CliError> {
             message = stream.message() => message,
             _ = &mut interrupted => return Ok(()),
         };
-        let event = match message {
-            Ok(Some(event)) => event,
-            Ok(None) => return Err(CliError::Message(format!("the manager at {host} closed the event stream"))),
+        let lost = match message {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Err("it closed the stream".to_string()),
+            Err(status) if stream_broken(&status) => Err(CliError::from(status).to_string()),
             Err(status) => return Err(CliError::from(status)),
+        };
+        let event = match lost {
+            Ok(event) => event,
+            Err(why) => {
+                // Each manager streams the changes it applies, so any other one carries on.
+                let from = client.addr().to_string();
+                let reconnecting = rewatch(host, &from, &selection);
+                let (new_client, new_stream) = tokio::select! {
+                    result = reconnecting => result.map_err(|e| {
+                        CliError::Message(format!("lost the manager at {from} ({why}) and found no other: {e}"))
+                    })?,
+                    _ = &mut interrupted => return Ok(()),
+                };
+                eprintln!(
+                    "events: lost the manager at {from} ({why}); continuing through {} (changes in between are not shown)",
+                    new_client.addr()
+                );
+                (client, stream) = (new_client, new_stream);
+                continue;
+            }
         };
         if !selection.actions.is_empty() && !selection.actions.contains(&output::event_action(&event.event_json)) {
             continue;
