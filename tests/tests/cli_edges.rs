@@ -133,3 +133,34 @@ async fn a_start_failure_shows_its_cause_first_in_service_ps() -> Result<()> {
     let _ = shoal(&host, &["service", "rm", &name]);
     Ok(())
 }
+
+/// `shoal completion` and `shoal man` from the real binary: no manager needed; an unknown shell
+/// is a usage error naming the allowed ones.
+#[test]
+fn completion_scripts_and_man_pages() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin("shoal"))
+            .args(["--host", "127.0.0.1:1"])
+            .args(args)
+            .env_remove("SHOAL_HOST")
+            .output()
+            .expect("shoal")
+    };
+    let bash = ok(&run(&["completion", "bash"]));
+    assert!(bash.contains("complete -F") && bash.contains("with-registry-auth"), "{bash}");
+    let fish = ok(&run(&["completion", "fish"]));
+    assert!(fish.contains("complete -c shoal"), "{fish}");
+    fails(&run(&["completion", "tcsh"]), 2, "[possible values: bash, zsh, fish]");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let man = dir.path().join("man1");
+    let out = ok(&run(&["man", &man.display().to_string()]));
+    assert!(out.starts_with("Wrote ") && out.contains("man pages to"), "{out}");
+    let page = std::fs::read_to_string(man.join("shoal-service-create.1")).expect("shoal-service-create.1");
+    assert!(page.contains(".TH") && page.contains("update\\-parallelism"), "{page}");
+    assert!(man.join("shoal.1").exists() && man.join("shoal-stack-deploy.1").exists());
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").expect("write");
+    fails(&run(&["man", &file.join("man1").display().to_string()]), 1, "cannot write man pages to");
+}

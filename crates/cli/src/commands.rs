@@ -71,6 +71,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stack(StackCommand::Ps(args)) => stack::ps(host, &args).await,
         Command::Stack(StackCommand::Rm(args)) => stack::rm(host, &args.stacks).await,
         Command::Stack(StackCommand::Config(args)) => stack::config(&args),
+        Command::Completion(args) => {
+            print_out(&crate::generate::completion(args.shell));
+            Ok(())
+        }
+        Command::Man(args) => {
+            let pages = crate::generate::man_pages(&args.dir)?;
+            print_out(&format!("Wrote {} man pages to {}\n", pages.len(), args.dir.display()));
+            Ok(())
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod error;
+pub mod generate;
 pub mod names;
 pub mod output;
 pub mod progress;

@@ -64,6 +64,33 @@ pub enum Command {
     Stack(StackCommand),
     /// Stream changes to services, tasks, nodes and the cluster until interrupted
     Events(EventsArgs),
+    /// Print a shell completion script (e.g. shoal completion bash > /etc/bash_completion.d/shoal)
+    Completion(CompletionArgs),
+    /// Write man pages for shoal and each of its commands into a directory
+    Man(ManArgs),
+}
+
+/// `shoal completion SHELL`.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct CompletionArgs {
+    /// The shell to complete for
+    #[arg(value_name = "SHELL", value_enum)]
+    pub shell: CompletionShell,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `shoal man DIR`.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing)
+    #[arg(value_name = "DIR")]
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -394,6 +394,19 @@ fn detach_and_quiet_are_accepted() {
     assert!(args.detach && args.quiet);
 }
 
+#[test]
+fn completion_and_man_parse_and_refuse_other_shells() {
+    let Cli { command: Command::Completion(args), .. } = parse(&["completion", "zsh"]).unwrap() else { panic!() };
+    assert_eq!(args.shell, CompletionShell::Zsh);
+    let err = parse(&["completion", "tcsh"]).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let text = err.render().to_string();
+    assert!(text.contains("'tcsh'") && text.contains("bash, zsh, fish"), "{text}");
+    let Cli { command: Command::Man(args), .. } = parse(&["man", "out/man1"]).unwrap() else { panic!() };
+    assert_eq!(args.dir, std::path::PathBuf::from("out/man1"));
+    assert_eq!(parse(&["man"]).unwrap_err().exit_code(), 2);
+}
+
 /// `--with-registry-auth` is accepted where docker has it and changes nothing in the spec.
 #[test]
 fn with_registry_auth_is_accepted_and_changes_nothing() {
