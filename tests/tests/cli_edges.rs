@@ -164,3 +164,28 @@ fn completion_scripts_and_man_pages() {
     std::fs::write(&file, "").expect("write");
     fails(&run(&["man", &file.join("man1").display().to_string()]), 1, "cannot write man pages to");
 }
+
+/// Scaling 6 -> 3 with real containers: the progress never counts more tasks than replicas, and
+/// once `service scale` has said converged, `service ls` shows 3/3 (the removed slots' tasks
+/// have stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_down_converges_only_once_removed_tasks_stopped() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let host = cluster.managers[0].addr.clone();
+    let name = format!("down{}x{}", std::process::id(), rand::random::<u16>());
+    ok(&shoal(&host, &["service", "create", "--replicas", "6", "--name", &name, "shoal/busybox:1"]));
+
+    let out = ok(&shoal(&host, &["service", "scale", &format!("{name}=3")]));
+    assert!(out.contains(&format!("verify: Service {name} converged")), "{out}");
+    for line in out.lines().filter(|l| l.starts_with("overall progress: ")) {
+        let counted: u64 = line["overall progress: ".len()..].split(' ').next().unwrap_or("").parse()?;
+        assert!(counted <= 3, "more tasks counted than replicas: {line}\n{out}");
+        assert!(line.ends_with(" out of 3 tasks"), "{line}");
+    }
+    let ls = ok(&shoal(&host, &["service", "ls"]));
+    let row = ls.lines().find(|l| l.contains(&name)).unwrap_or_default();
+    assert!(row.contains(" 3/3 "), "service ls right after convergence: {ls}");
+    let _ = shoal(&host, &["service", "rm", &name]);
+    Ok(())
+}
