@@ -18,10 +18,15 @@ cargo build --workspace --bins --locked
 mkdir -p "$state"
 # The CLI authenticates with the admin bundle manager-1 writes when it initialises the cluster.
 export SHOAL_TLS_DIR=$state/manager-1/admin
+# A process that runs: `kill -0` alone also succeeds for a zombie (a killed manager nobody reaped,
+# as under an init that does not reap), which would stop a killed manager from being restarted.
+running() { # pid
+    kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]
+}
 start_manager() { # name port [join token]
     local name=$1 port=$2 join=${3:-} token=${4:-}
     local pidfile=$state/$name.pid
-    if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if [[ -f $pidfile ]] && running "$(cat "$pidfile")"; then
         echo "    $name already running (pid $(cat "$pidfile"))"
         return
     fi
@@ -56,7 +61,7 @@ wait_ready 4244
 start_agent() { # name
     local name=$1
     local pidfile=$state/$name.pid
-    if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if [[ -f $pidfile ]] && running "$(cat "$pidfile")"; then
         echo "    $name already running (pid $(cat "$pidfile"))"
         return
     fi
@@ -70,21 +75,24 @@ start_agent agent-1
 start_agent agent-2
 sleep 2
 
+# What the CLI needs to talk to this cluster, whatever ~/.shoal/tls holds (another cluster's
+# bundle would otherwise be used): the README tour sources it.
+cat >"$state/env" <<EOT
+# Written by scripts/up.sh: points the shoal CLI at the cluster in .shoal-local/. Use: . .shoal-local/env
+export PATH="$bin:\$PATH"
+export SHOAL_TLS_DIR="$SHOAL_TLS_DIR"
+export SHOAL_HOST=127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244
+EOT
+
 echo
 "$bin/shoal" --host 127.0.0.1:4242 node ls
-if cmp -s "$HOME/.shoal/tls/ca.pem" "$SHOAL_TLS_DIR/ca.pem"; then
-    tls_hint="# the admin bundle is in ~/.shoal/tls: the CLI finds it there"
-else
-    tls_hint="export SHOAL_TLS_DIR=$SHOAL_TLS_DIR   # ~/.shoal/tls holds another cluster's bundle"
-fi
 cat <<EOT
 
 shoal is running: three managers replicate the cluster state with raft; two agents run tasks as
 Docker containers on this machine's engine. Every connection is mutual TLS with the cluster's CA.
 
 Next:
-  export PATH="$bin:\$PATH"            # puts shoal, shoal-manager and shoal-agent on your PATH
-  $tls_hint
+  . .shoal-local/env                   # shoal on your PATH, talking to this cluster with its admin bundle
   shoal cluster join-token worker      # how another machine's agent joins
   shoal service create --name web --replicas 4 --update-parallelism 2 shoal/busybox:1
   shoal service ls                     # REPLICAS 4/4 once the containers run
