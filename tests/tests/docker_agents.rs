@@ -170,3 +170,39 @@ async fn health_gates_running_and_missing_images_are_rejected() -> Result<()> {
     assert_eq!(rejected.status.err, "image shoal/does-not-exist:1 not found locally (shoal never pulls images)");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_update_task_history_limit_changes_how_many_tasks_a_slot_keeps() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.managers[0].addr.clone();
+    ok(&shoal(&addr, &["service", "create", "--quiet", "--name", "hist", "shoal/busybox:1"]));
+    // Each forced update replaces the slot's task: one running, the others shut down.
+    for _ in 0..5 {
+        ok(&shoal(&addr, &["service", "update", "--quiet", "--force", "hist"]));
+    }
+    // 6 tasks made; the default history (5) keeps 5 of them.
+    let tasks =
+        wait_tasks(&addr, "hist", Duration::from_secs(30), "5 kept", |t| t.len() == 5 && running(t).len() == 1).await?;
+    assert!(tasks.iter().all(|t| t.slot == 1), "one slot");
+
+    assert_eq!(ok(&shoal(&addr, &["cluster", "update", "--task-history-limit", "2"])), "Cluster updated.\n");
+    // The reaper applies the new limit at once: the running task and the newest old one stay.
+    let kept =
+        wait_tasks(&addr, "hist", Duration::from_secs(30), "2 kept", |t| t.len() == 2 && running(t).len() == 1).await?;
+    let newest_old = tasks
+        .iter()
+        .filter(|t| t.desired_state > TaskState::Running)
+        .max_by_key(|t| (t.status.timestamp.max(t.created_at), t.id.clone()))
+        .expect("old tasks");
+    assert!(kept.iter().any(|t| t.id == newest_old.id), "the newest old task is kept: {kept:?}");
+    // And it holds for the next replacement too.
+    ok(&shoal(&addr, &["service", "update", "--quiet", "--force", "hist"]));
+    let after = wait_tasks(&addr, "hist", Duration::from_secs(30), "2 kept after another update", |t| {
+        t.len() == 2 && running(t).len() == 1 && !t.iter().any(|t| t.id == newest_old.id)
+    })
+    .await?;
+    assert!(after.iter().all(|t| t.slot == 1));
+    ok(&shoal(&addr, &["service", "rm", "hist"]));
+    Ok(())
+}
