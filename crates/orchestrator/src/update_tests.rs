@@ -675,7 +675,16 @@ proptest::proptest! {
                 _ => {}
             }
         }
-        sim.run_until(|s| s.w.runnable(&s.svc).len() == 4 - ends.iter().filter(|e| **e == 0).count(), 100);
+        // Until the crashed slots' replacements run (of the old version): otherwise the update
+        // would find them not yet replaced, and the restarts would take the new spec on their own.
+        let alive = 4 - ends.iter().filter(|e| **e == 0).count();
+        sim.run_until(
+            |s| {
+                let runnable = s.w.runnable(&s.svc);
+                runnable.len() == alive && runnable.iter().all(|t| t.status.state == TaskState::Running)
+            },
+            100,
+        );
         sim.update(|s| image(s, "app:2"));
         sim.run_until(|s| s.status() == Some(UpdateState::Completed) && s.settled_on("app:2", 4), 600);
         proptest::prop_assert!(sim.max_in_transition as u64 <= parallelism);
