@@ -3,7 +3,7 @@
 # with a fake HOME whose ~/.shoal/tls holds another cluster's admin bundle (what used to make the
 # tour's first command fail). Needs .shoal-local/ to be free. Afterwards it stops the cluster and
 # deletes .shoal-local/, the tour's containers and the fake HOME, pass or fail.
-# It builds shoal and starts a cluster with agents, so it takes minutes: not part of scripts/test.sh.
+# It starts a cluster with agents (about 100 s); scripts/test.sh runs it last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
