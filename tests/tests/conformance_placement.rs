@@ -144,3 +144,26 @@ async fn five_failures_on_a_node_send_a_crash_looping_slot_to_the_other_node() -
     assert_eq!(moved.slot, before[0].slot);
     Ok(())
 }
+
+/// `--constraint node.role==manager` cannot be met (managers run no tasks): the task stays
+/// pending, and its error says why and what to do, instead of a bare "no suitable node".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_only_constraint_says_that_managers_run_no_tasks() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.managers[0].addr.clone();
+    ok(&shoal(
+        &addr,
+        &["service", "create", "-d", "--name", "onmgr", "--constraint", "node.role==manager", "shoal/busybox:1"],
+    ));
+    let tasks = wait_tasks(&addr, "onmgr", Duration::from_secs(30), "an unschedulable reason", |tasks| {
+        tasks.iter().any(|t| t.status.state == TaskState::Pending && !t.status.err.is_empty())
+    })
+    .await?;
+    let err = &tasks[0].status.err;
+    assert!(err.starts_with("no suitable node (managers run no tasks"), "{}", ps(&tasks));
+    assert!(err.contains("run shoal-agent on a manager's machine"), "{err}");
+    let ps_out = ok(&shoal(&addr, &["service", "ps", "--no-trunc", "onmgr"]));
+    assert!(ps_out.contains("managers run no tasks"), "{ps_out}");
+    Ok(())
+}
