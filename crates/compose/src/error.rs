@@ -62,6 +62,9 @@ pub enum ComposeError {
     /// An error that came after warnings which may explain it (`warnings` first, then `source`).
     #[error("{source}")]
     Warned { warnings: Vec<String>, source: Box<ComposeError> },
+    /// `-` (standard input) was given as a stack file more than once.
+    #[error("-c - (read the stack file from standard input) may be given only once")]
+    StdinTwice,
     /// The stack name is not usable as a prefix of service names.
     #[error("invalid stack name {name:?}: {reason}")]
     StackName { name: String, reason: String },

@@ -128,16 +128,45 @@ pub fn validate_stack_name(name: &str) -> Result<(), ComposeError> {
     Ok(())
 }
 
+/// The file name `-` stands for standard input (as in `docker stack deploy -c -`).
+pub const STDIN_FILE: &str = "-";
+
+/// How a stack file read from standard input is named in messages.
+pub const STDIN_NAME: &str = "<stdin>";
+
 /// Loads a stack from files: reads them and the `.env` file beside the first one (if any),
-/// and any `env_file` they name (relative to the first file's directory).
+/// and any `env_file` they name (relative to the first file's directory). A file named `-` is
+/// read from standard input; as in docker, the current directory then stands for its directory.
 pub fn load(stack_name: &str, files: &[PathBuf], env: &BTreeMap<String, String>) -> Result<Loaded, ComposeError> {
+    load_from(stack_name, files, env, &mut || std::io::read_to_string(io::stdin()))
+}
+
+/// Like [`load`], with `read_stdin` answering for the file `-` (at most one may be given:
+/// standard input can be read only once).
+pub fn load_from(
+    stack_name: &str,
+    files: &[PathBuf],
+    env: &BTreeMap<String, String>,
+    read_stdin: &mut dyn FnMut() -> io::Result<String>,
+) -> Result<Loaded, ComposeError> {
     validate_stack_name(stack_name)?;
     let first = files.first().ok_or(ComposeError::NoFiles)?;
+    if files.iter().filter(|p| p.as_os_str() == STDIN_FILE).count() > 1 {
+        return Err(ComposeError::StdinTwice);
+    }
     let mut sources = Vec::with_capacity(files.len());
     for path in files {
+        if path.as_os_str() == STDIN_FILE {
+            let text = read_stdin().map_err(|source| ComposeError::Read { path: PathBuf::from(STDIN_NAME), source })?;
+            sources.push((STDIN_NAME.to_string(), text));
+            continue;
+        }
         let text = std::fs::read_to_string(path).map_err(|source| ComposeError::Read { path: path.clone(), source })?;
         sources.push((path.display().to_string(), text));
     }
+    // `<stdin>` has the empty parent, so `.env` and `env_file`s are looked up in the current
+    // directory.
+    let first = if first.as_os_str() == STDIN_FILE { Path::new(STDIN_NAME) } else { first.as_path() };
     let dotenv_path = first.parent().unwrap_or(Path::new("")).join(".env");
     let dotenv = match std::fs::read_to_string(&dotenv_path) {
         Ok(text) => Some(text),

@@ -482,3 +482,26 @@ fn an_unset_tag_variable_is_a_warning_and_the_empty_tag_an_error() {
     let err = load_one("services:\n  web:\n    image: shoal/Busy_box:1\n").unwrap_err();
     assert!(err.to_string().contains("repository names must be lowercase"), "{err}");
 }
+
+#[test]
+fn a_stack_file_from_stdin_is_named_stdin_and_merges_with_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/dotenv");
+    let files = [dir.join("stack.yml"), PathBuf::from("-")];
+    let mut stdin = || Ok("services:\n  web:\n    deploy:\n      replicas: 3\n".to_string());
+    let loaded = shoal_compose::load_from("app", &files, &env(&[]), &mut stdin).expect("loads");
+    assert_eq!(loaded.services["web"].mode, ServiceMode::Replicated { replicas: 3 });
+    assert_eq!(loaded.services["web"].task.container.image, "shoal/busybox:from-dotenv", "the file's .env is read");
+
+    let mut bad = || Ok("services:\n  web:\n    image: [1\n".to_string());
+    let err = shoal_compose::load_from("app", &[PathBuf::from("-")], &env(&[]), &mut bad).expect_err("bad yaml");
+    assert!(err.to_string().starts_with("<stdin>:"), "{err}");
+}
+
+#[test]
+fn stdin_can_be_given_once() {
+    let files = [PathBuf::from("-"), PathBuf::from("-")];
+    let mut stdin = || Ok("services: {}\n".to_string());
+    let err = shoal_compose::load_from("app", &files, &env(&[]), &mut stdin).expect_err("refused");
+    assert!(matches!(err, ComposeError::StdinTwice), "{err}");
+    assert_eq!(err.to_string(), "-c - (read the stack file from standard input) may be given only once");
+}

@@ -57,7 +57,8 @@ pub enum StackCommand {
 /// `shoal stack deploy -c FILE [-c FILE…] [--prune] [-d] [-q] STACK`.
 #[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct StackDeployArgs {
-    /// Path to a stack file; repeat to merge several (later files override earlier ones)
+    /// Path to a stack file, or - for standard input; repeat to merge several (later files
+    /// override earlier ones)
     #[arg(short = 'c', long = "compose-file", value_name = "FILE", required = true)]
     pub compose_files: Vec<PathBuf>,
     /// Remove the stack's services that are no longer in the stack files
