@@ -13,7 +13,7 @@ use crate::args::{
 use crate::client::Client;
 use crate::error::CliError;
 use crate::output::{PsOptions, ServiceNames};
-use crate::progress::{Operation, wait_for_convergence};
+use crate::progress::{Deadline, Operation, wait_for_convergence, wait_for_convergence_until};
 use crate::{names, output, stack, timefmt};
 
 /// How many fresh names `service create` tries when a generated name is already taken.
@@ -95,7 +95,8 @@ async fn service_create(host: &str, args: &CreateArgs) -> Result<(), CliError> {
             Ok(service) => {
                 print_out(&format!("{}\n", service.id));
                 if !args.detach {
-                    wait_for_convergence(&mut client, &service, Operation::Create, args.quiet).await?;
+                    let deadline = Deadline::after(args.timeout);
+                    wait_for_convergence_until(&mut client, &service, Operation::Create, args.quiet, deadline).await?;
                 }
                 return Ok(());
             }
@@ -390,7 +391,7 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
         args.check_usage().map_err(|message| {
             CliError::Usage(args::usage_error(&["service", "update"], ErrorKind::ArgumentConflict, message))
         })?;
-        return rollback(host, &args.service, args.detach, args.quiet).await;
+        return rollback(host, &args.service, args.detach, args.quiet, Deadline::after(args.timeout)).await;
     }
     let mut client = Client::connect(host).await?;
     let service = client.get_service(&args.service).await?;
@@ -400,23 +401,30 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
     let updated = client.update_service(&service.id, service.version, &spec).await?;
     print_out(&format!("{}\n", args.service));
     if !args.detach {
-        wait_for_convergence(&mut client, &updated, Operation::Update, args.quiet).await?;
+        let deadline = Deadline::after(args.timeout);
+        wait_for_convergence_until(&mut client, &updated, Operation::Update, args.quiet, deadline).await?;
     }
     Ok(())
 }
 
 async fn service_rollback(host: &str, args: &RollbackArgs) -> Result<(), CliError> {
-    rollback(host, &args.service, args.detach, args.quiet).await
+    rollback(host, &args.service, args.detach, args.quiet, None).await
 }
 
 /// `service rollback` and `service update --rollback`: the previous spec becomes current again.
-async fn rollback(host: &str, name: &str, detach: bool, quiet: bool) -> Result<(), CliError> {
+async fn rollback(
+    host: &str,
+    name: &str,
+    detach: bool,
+    quiet: bool,
+    deadline: Option<Deadline>,
+) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
     let service = client.get_service(name).await?;
     let updated = client.rollback_service(&service.id, service.version).await?;
     print_out(&format!("{name}\n"));
     if !detach {
-        wait_for_convergence(&mut client, &updated, Operation::Rollback, quiet).await?;
+        wait_for_convergence_until(&mut client, &updated, Operation::Rollback, quiet, deadline).await?;
     }
     Ok(())
 }

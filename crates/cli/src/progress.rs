@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use shoal_types::{Node, Service, ServiceMode, Task, TaskState, UpdateState};
+use shoal_types::{GoDuration, Node, Service, ServiceMode, Task, TaskState, UpdateState};
 
 use crate::client::Client;
 use crate::commands::print_out;
 use crate::error::{CliError, RolloutEnd};
+use crate::output::tasks::error_text;
 use crate::timefmt;
 
 /// How often the service and its tasks are read.
@@ -89,7 +90,14 @@ pub struct SlotLine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotTask {
     pub state: TaskState,
+    /// What the slot's line shows as its error, as `service ps` shows it: the task's error, or
+    /// for a restart waiting out its backoff `restarting in 40s: <why>`.
     pub err: String,
+    /// The task's own error, without the countdown.
+    pub cause: String,
+    /// When a restart waiting out its backoff may start (ms since the epoch): plain output tells
+    /// one wait from the next by it, as the countdown alone is no change worth a line.
+    pub restart_at: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,7 +272,12 @@ pub fn frame_on(service: &Service, tasks: &[Task], nodes: Option<&[Node]>, now_m
             } else {
                 (format!("{}/{total}", position + 1), format!("{name}.{slot}"))
             };
-            let task = task.map(|t| SlotTask { state: t.status.state, err: t.status.err.clone() });
+            let task = task.map(|t| SlotTask {
+                state: t.status.state,
+                err: error_text(t, now_ms),
+                cause: t.status.err.clone(),
+                restart_at: t.restart_held_until(now_ms),
+            });
             SlotLine { label, name, task }
         })
         .collect();
@@ -320,7 +333,14 @@ impl SlotLine {
         };
         let state = task.state.as_str();
         if !task.err.is_empty() {
-            format!("{}: {state:<STATE_WIDTH$} {}", self.label, one_line(&task.err, MAX_ERROR_CHARS))
+            // The cut is docker's for the task's error; a restart's countdown comes on top of it.
+            let err = match task.err.strip_suffix(task.cause.as_str()) {
+                Some(countdown) if !task.cause.is_empty() => {
+                    format!("{countdown}{}", one_line(&task.cause, MAX_ERROR_CHARS))
+                }
+                _ => one_line(&task.err, MAX_ERROR_CHARS),
+            };
+            format!("{}: {state:<STATE_WIDTH$} {err}", self.label)
         } else if task.state.is_terminal() {
             format!("{}: {state}", self.label)
         } else {
@@ -328,7 +348,15 @@ impl SlotLine {
         }
     }
 
-    /// `web.3: running`, `web.3: failed: <error>`; `None` while the slot is not replaced yet.
+    /// What must differ for plain output to print the slot's line again: its state, its error
+    /// or the restart it waits for, but not the countdown to that restart.
+    fn plain_change(&self) -> Option<String> {
+        let task = self.task.as_ref()?;
+        Some(format!("{}\n{}\n{:?}", task.state, task.cause, task.restart_at))
+    }
+
+    /// `web.3: running`, `web.3: failed: <error>`, `web.3: new: restarting in 40s: <error>`;
+    /// `None` while the slot is not replaced yet.
     pub fn plain_line(&self) -> Option<String> {
         let task = self.task.as_ref()?;
         Some(if task.err.is_empty() {
@@ -357,19 +385,25 @@ impl Frame {
         lines
     }
 
-    /// Plain output as (key, line): a line is printed when the line under its key changed.
+    /// Plain output as (key, line): a line is printed when what it says under its key changed.
     pub fn plain_lines(&self) -> Vec<(String, String)> {
-        let mut lines = vec![("overall".to_string(), self.header.clone())];
-        lines.extend(self.slots.iter().filter_map(|s| s.plain_line().map(|line| (s.name.clone(), line))));
+        self.plain_entries().into_iter().map(|(key, _, line)| (key, line)).collect()
+    }
+
+    /// (key, what must change for the line to be printed again, line).
+    fn plain_entries(&self) -> Vec<(String, String, String)> {
+        let same = |key: &str, line: String| (key.to_string(), line.clone(), line);
+        let mut lines = vec![same("overall", self.header.clone())];
+        lines.extend(self.slots.iter().filter_map(|s| Some((s.name.clone(), s.plain_change()?, s.plain_line()?))));
         if let Some(message) = &self.rollback {
-            lines.push(("rollback".to_string(), format!("rollback: {message}")));
+            lines.push(same("rollback", format!("rollback: {message}")));
         }
         match self.verify {
             Some(Verify::Waiting { .. }) => {
-                lines.push(("verify".to_string(), "verify: waiting for tasks to be stable".to_string()));
+                lines.push(same("verify", "verify: waiting for tasks to be stable".to_string()));
             }
             Some(Verify::Converged) => {
-                lines.push(("verify".to_string(), format!("verify: Service {} converged", self.service_name)));
+                lines.push(same("verify", format!("verify: Service {} converged", self.service_name)));
             }
             None => {}
         }
@@ -427,8 +461,10 @@ fn terminal_width() -> usize {
     std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse().ok()).filter(|w| *w > 0).unwrap_or(80)
 }
 
-/// Plain lines for pipes and logs: each printed when it differs from the last one printed
-/// under the same key (the header, each slot, `rollback`, `verify`).
+/// Plain lines for pipes and logs, never redrawn: a line is printed only when what it says
+/// differs from the last one printed under the same key (the header, i.e. the count; each slot's
+/// state, error or awaited restart; `rollback`; `verify`), so a service that cannot come up adds
+/// a few lines per attempt, not one per poll.
 #[derive(Debug, Default)]
 pub struct Plain {
     last: HashMap<String, String>,
@@ -437,11 +473,11 @@ pub struct Plain {
 impl Plain {
     pub fn render(&mut self, frame: &Frame) -> String {
         let mut out = String::new();
-        for (key, line) in frame.plain_lines() {
-            if self.last.get(&key) != Some(&line) {
+        for (key, change, line) in frame.plain_entries() {
+            if self.last.get(&key) != Some(&change) {
                 out.push_str(&line);
                 out.push('\n');
-                self.last.insert(key, line);
+                self.last.insert(key, change);
             }
         }
         out
@@ -595,6 +631,49 @@ async fn interrupted() {
     }
 }
 
+/// `--timeout`: the end of the wait, and the duration given (for the message).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: tokio::time::Instant,
+    pub given: GoDuration,
+}
+
+impl Deadline {
+    /// `given` from now; `None` without a timeout.
+    pub fn after(given: Option<GoDuration>) -> Option<Deadline> {
+        given.map(|given| Deadline { at: tokio::time::Instant::now() + given.as_std(), given })
+    }
+}
+
+/// Resolves when `deadline` passes; never without one.
+async fn expired(deadline: Option<Deadline>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.at).await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// The error of a wait that reached its `--timeout`: the count and a slot's error say why.
+pub fn timeout_error(name: &str, given: GoDuration, last: Option<&Frame>) -> CliError {
+    let progress = match last {
+        Some(frame) => {
+            let why = frame
+                .slots
+                .iter()
+                .filter_map(|s| {
+                    s.task.as_ref().filter(|t| !t.err.is_empty()).map(|t| format!("; {}: {}", s.name, t.err))
+                })
+                .next()
+                .unwrap_or_default();
+            format!(" ({} out of {} tasks running{why})", frame.running, frame.total)
+        }
+        None => String::new(),
+    };
+    CliError::Message(format!(
+        "service {name} did not converge within --timeout {given}{progress}; it goes on converging in the cluster (see `shoal service ps {name}`)"
+    ))
+}
+
 /// Waits until `service` (as the manager returned it after the change) has converged, drawing
 /// progress unless `quiet`. Ends with the errors of [`Watch::outcome`], a "removed while
 /// waiting" error, a "lost contact" error after [`UNREACHABLE_GRACE`] of failed polls, or
@@ -605,16 +684,38 @@ pub async fn wait_for_convergence(
     operation: Operation,
     quiet: bool,
 ) -> Result<(), CliError> {
+    wait_for_convergence_until(client, service, operation, quiet, None).await
+}
+
+/// [`wait_for_convergence`], ending with [`timeout_error`] once `deadline` has passed (the
+/// cluster is left alone, as on Ctrl-C). A poll that shows the service converged wins over a
+/// deadline that passed meanwhile.
+pub async fn wait_for_convergence_until(
+    client: &mut Client,
+    service: &Service,
+    operation: Operation,
+    quiet: bool,
+    deadline: Option<Deadline>,
+) -> Result<(), CliError> {
     let mut output = Output::new(quiet);
     let mut watch = Watch::new(operation, service);
     let name = service.spec.name.clone();
     let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut last: Option<Frame> = None;
     let stop = interrupted();
     tokio::pin!(stop);
+    let timed_out = |last: Option<&Frame>| match deadline {
+        Some(deadline) => Err(timeout_error(&name, deadline.given, last)),
+        None => Ok(()),
+    };
     loop {
         let poll = tokio::select! {
-            poll = poll_once(client, &service.id) => poll,
+            poll = poll_once(client, &service.id) => Some(poll),
+            () = expired(deadline) => None,
             () = &mut stop => return Err(CliError::Interrupted),
+        };
+        let Some(poll) = poll else {
+            return timed_out(last.as_ref());
         };
         match poll {
             Poll::Seen { service, tasks, nodes } => {
@@ -626,6 +727,7 @@ pub async fn wait_for_convergence(
                     if let Some(result) = watch.outcome(&service, &frame) {
                         return result;
                     }
+                    last = Some(frame);
                 }
             }
             Poll::Removed => {
@@ -643,8 +745,12 @@ pub async fn wait_for_convergence(
                 }
             }
         }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d.at) {
+            return timed_out(last.as_ref());
+        }
         tokio::select! {
             () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = expired(deadline) => return timed_out(last.as_ref()),
             () = &mut stop => return Err(CliError::Interrupted),
         }
     }

@@ -18,7 +18,7 @@ use crate::client::Client;
 use crate::commands::{print_error, print_out, print_service_tasks};
 use crate::error::CliError;
 use crate::output;
-use crate::progress::{Operation, wait_for_convergence};
+use crate::progress::{Deadline, Operation, wait_for_convergence_until};
 
 /// The stack a service belongs to (its namespace label), if any.
 pub fn namespace(service: &Service) -> Option<&str> {
@@ -248,11 +248,14 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
     // One service after the other; each failure is reported as it happens, and the first one
     // decides the exit code.
     let mut first_failure: Option<u8> = None;
+    // One --timeout for the whole deploy: a service that converged in time is still reported
+    // as such after the deadline, the others as timed out.
+    let deadline = Deadline::after(args.timeout);
     for (service, operation) in &changed {
         if !args.quiet {
             print_out(&format!("Waiting for service {} to converge\n", service.spec.name));
         }
-        match wait_for_convergence(&mut client, service, *operation, args.quiet).await {
+        match wait_for_convergence_until(&mut client, service, *operation, args.quiet, deadline).await {
             Ok(()) => {}
             Err(CliError::Interrupted) => return Err(CliError::Interrupted),
             Err(error) => {

@@ -14,6 +14,15 @@ pub fn duration(text: &str) -> Result<GoDuration, String> {
     GoDuration::parse(text).map_err(|e| e.to_string())
 }
 
+/// `--timeout` of a wait: a Go-style duration longer than zero.
+pub fn wait_timeout(text: &str) -> Result<GoDuration, String> {
+    let d = duration(text)?;
+    if d.is_zero() {
+        return Err("must be longer than 0 (e.g. 30s, 5m; leave --timeout out to wait without a limit)".to_string());
+    }
+    Ok(d)
+}
+
 /// A non-negative whole number (replicas, parallelism, attempts, pids).
 pub fn count(text: &str) -> Result<u64, String> {
     let t = text.trim();

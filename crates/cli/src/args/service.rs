@@ -1,7 +1,7 @@
 //! `shoal service …` arguments and the pure flag → `ServiceSpec` conversion.
 
 use clap::{Args, Subcommand};
-use shoal_types::{ServiceMode, ServiceSpec};
+use shoal_types::{GoDuration, ServiceMode, ServiceSpec};
 
 use super::flags::{
     ContainerFlags, EndpointFlags, HealthFlags, PlacementFlags, ResourceFlags, RestartFlags, RollbackFlags, UpdateFlags,
@@ -59,6 +59,15 @@ pub struct CreateArgs {
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Give up waiting after this long (e.g. 30s, 5m) and exit 1; the service goes on converging
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parsers::wait_timeout,
+        conflicts_with = "detach",
+        allow_hyphen_values = true
+    )]
+    pub timeout: Option<GoDuration>,
     /// Accepted for docker compatibility; has no effect (shoal never pulls images)
     #[arg(long)]
     pub with_registry_auth: bool,

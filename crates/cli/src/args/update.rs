@@ -1,7 +1,7 @@
 //! `shoal service update`, `rollback` and `scale` arguments, and the pure flag → spec change.
 
 use clap::Args;
-use shoal_types::{ServiceMode, ServiceSpec};
+use shoal_types::{GoDuration, ServiceMode, ServiceSpec};
 
 use super::flags::{
     ContainerUpdateFlags, EndpointUpdateFlags, HealthFlags, PlacementUpdateFlags, ResourceFlags, RestartFlags,
@@ -28,7 +28,7 @@ pub struct UpdateArgs {
     /// Force update even if no changes require it (replaces every task)
     #[arg(long)]
     pub force: bool,
-    /// Roll back to the previous specification (only -d and -q may be combined with it)
+    /// Roll back to the previous specification (only -d, -q and --timeout may be combined with it)
     #[arg(long)]
     pub rollback: bool,
     /// Exit immediately instead of waiting for the service to converge
@@ -37,6 +37,15 @@ pub struct UpdateArgs {
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Give up waiting after this long (e.g. 30s, 5m) and exit 1; the service goes on converging
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parsers::wait_timeout,
+        conflicts_with = "detach",
+        allow_hyphen_values = true
+    )]
+    pub timeout: Option<GoDuration>,
     /// Accepted for docker compatibility; has no effect (shoal never pulls images)
     #[arg(long)]
     pub with_registry_auth: bool,
@@ -77,6 +86,7 @@ impl UpdateArgs {
             rollback: self.rollback,
             detach: self.detach,
             quiet: self.quiet,
+            timeout: self.timeout,
             // It does nothing, and scripts pass it to every update.
             with_registry_auth: self.with_registry_auth,
             ..UpdateArgs::default()

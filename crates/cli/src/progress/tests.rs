@@ -636,3 +636,76 @@ fn waiting_goes_on_until_the_status_or_the_tasks_say_done() {
         assert!(Watch::new(Operation::Update, &s).outcome(&s, &f).is_none(), "{state:?} keeps waiting");
     }
 }
+
+/// A replacement holding out its restart backoff until `at`, carrying the failure it replaces.
+fn held(service: &Service, slot: u64, err: &str, at: u64) -> Task {
+    let mut t = with_err(task(service, slot, TaskState::New), err);
+    t.id = format!("t{slot}-held-{at}");
+    t.origin = TaskOrigin::Restart;
+    t.desired_state = TaskState::Ready;
+    t.start_gate = Some(shoal_types::StartGate { not_before: at, after_task: None, deadline: at });
+    t
+}
+
+#[test]
+fn a_held_restart_shows_its_countdown_and_cause_on_the_slot_line() {
+    let s = service(1, None);
+    let why = "image shoal/busybox:99 not found locally (shoal never pulls images)";
+    let f = frame(&s, &[held(&s, 1, why, NOW + 37_000)], NOW);
+    assert_eq!(f.tty_lines()[1], format!("1/1: new       restarting in 37s: {why}"));
+    assert_eq!(f.plain_lines()[1].1, format!("web.1: new: restarting in 37s: {why}"));
+}
+
+#[test]
+fn plain_output_prints_a_line_per_state_change_not_per_poll() {
+    let s = service(1, None);
+    let why = "image shoal/busybox:99 not found locally (shoal never pulls images)";
+    let mut plain = Plain::default();
+    let mut out = String::new();
+    // A slot that cannot come up, polled every 100 ms for 80 s: it is rejected, waits out its
+    // backoff (the countdown changes every second), tries again and is rejected again.
+    let mut at = NOW;
+    for poll in 0..800u64 {
+        let now = NOW + poll * 100;
+        let attempt = poll / 200;
+        let tasks = match poll % 200 {
+            0..=4 => vec![task(&s, 1, TaskState::Pending)],
+            5..=9 => vec![task(&s, 1, TaskState::Preparing)],
+            10..=19 => vec![with_err(task(&s, 1, TaskState::Rejected), why)],
+            _ => {
+                if poll % 200 == 20 {
+                    at = now + 5_000 * (attempt + 1);
+                }
+                vec![held(&s, 1, why, at)]
+            }
+        };
+        out.push_str(&plain.render(&frame(&s, &tasks, now)));
+    }
+    let lines: Vec<&str> = out.lines().collect();
+    // The header once, then per attempt: pending, preparing, rejected, the held restart and,
+    // once its backoff has passed, the restart waiting to be placed.
+    assert_eq!(lines[0], "overall progress: 0 out of 1 tasks");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("overall")).count(), 1);
+    assert!(lines.len() <= 1 + 4 * 5, "{} lines:\n{out}", lines.len());
+    assert!(lines.contains(&format!("web.1: rejected: {why}").as_str()), "{out}");
+    assert!(lines.contains(&format!("web.1: new: restarting in 5s: {why}").as_str()), "{out}");
+    assert!(lines.contains(&format!("web.1: new: restarting in 10s: {why}").as_str()), "{out}");
+    assert!(!lines.iter().any(|l| l.contains("restarting in 4s")), "a countdown alone prints nothing:\n{out}");
+}
+
+#[test]
+fn a_timeout_names_the_duration_the_count_and_a_slot_error() {
+    let s = service(2, None);
+    let why = "image shoal/busybox:99 not found locally (shoal never pulls images)";
+    let f = frame(&s, &[task(&s, 1, TaskState::Running), held(&s, 2, why, NOW + 5_000)], NOW);
+    let message = timeout_error("web", GoDuration::from_secs(5), Some(&f)).to_string();
+    assert_eq!(
+        message,
+        format!(
+            "service web did not converge within --timeout 5s (1 out of 2 tasks running; web.2: restarting in 5s: {why}); \
+             it goes on converging in the cluster (see `shoal service ps web`)"
+        )
+    );
+    let bare = timeout_error("web", GoDuration::from_secs(90), None).to_string();
+    assert!(bare.starts_with("service web did not converge within --timeout 1m30s;"), "{bare}");
+}
