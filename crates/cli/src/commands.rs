@@ -354,9 +354,12 @@ async fn scale_one(client: &mut Client, name: &str, replicas: u64) -> Result<Ser
     let service = client.get_service(name).await?;
     let mut spec = service.spec.clone();
     match &mut spec.mode {
-        shoal_types::ServiceMode::Replicated { replicas: current } => *current = replicas,
-        shoal_types::ServiceMode::Global => {
-            return Err(CliError::Message(format!("{name}: scale can only be used with replicated mode")));
+        shoal_types::ServiceMode::Replicated { replicas: current }
+        | shoal_types::ServiceMode::ReplicatedJob { total_completions: current, .. } => *current = replicas,
+        shoal_types::ServiceMode::Global | shoal_types::ServiceMode::GlobalJob => {
+            return Err(CliError::Message(format!(
+                "{name}: scale can only be used with replicated or replicated-job mode"
+            )));
         }
     }
     client.update_service(&service.id, service.version, &spec).await

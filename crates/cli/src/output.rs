@@ -100,6 +100,15 @@ pub fn sort_nodes(nodes: &[Node]) -> Vec<&Node> {
 /// is running). ` (max N per node)` is appended when the per-node cap is set.
 pub fn replicas_column(service: &ServiceSummary) -> String {
     let mut text = format!("{}/{}", service.running_tasks, service.desired_tasks);
+    // Jobs, as docker shows them: `3/5 (2/10 completed)`.
+    let total = match service.mode {
+        ServiceMode::ReplicatedJob { total_completions, .. } => Some(total_completions),
+        ServiceMode::GlobalJob => Some(service.desired_tasks + service.completed_tasks),
+        ServiceMode::Replicated { .. } | ServiceMode::Global => None,
+    };
+    if let Some(total) = total {
+        let _ = write!(text, " ({}/{total} completed)", service.completed_tasks);
+    }
     let max = service.max_replicas_per_node;
     if max > 0 {
         let _ = write!(text, " (max {max} per node)");
@@ -278,6 +287,12 @@ pub fn service_pretty(service: &Service) -> String {
             p.kv(1, "Replicas", replicas);
         }
         ServiceMode::Global => p.kv(0, "Service Mode", "Global"),
+        ServiceMode::ReplicatedJob { total_completions, max_concurrent } => {
+            p.kv(0, "Service Mode", "Replicated Job");
+            p.kv(1, "Max Concurrent", max_concurrent);
+            p.kv(1, "Total Completions", total_completions);
+        }
+        ServiceMode::GlobalJob => p.kv(0, "Service Mode", "Global Job"),
     }
     p.kv(0, "Created", format_timestamp(service.created_at));
     p.kv(0, "Updated", format_timestamp(service.updated_at));

@@ -199,7 +199,7 @@ pub fn frame_on(service: &Service, tasks: &[Task], nodes: Option<&[Node]>, now_m
         state,
         Some(UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
     );
-    let global = service.spec.mode == ServiceMode::Global;
+    let global = service.spec.mode.is_global();
     let name = &service.spec.name;
 
     let mut groups: BTreeMap<(u64, &str), Vec<&Task>> = BTreeMap::new();
@@ -258,7 +258,10 @@ pub fn frame_on(service: &Service, tasks: &[Task], nodes: Option<&[Node]>, now_m
 
     let total = match service.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
-        ServiceMode::Global => shown.iter().filter(|(_, _, has_runnable)| *has_runnable).count() as u64,
+        // Jobs are not waited for (see `wait_for_convergence`); shown as their slots at work.
+        ServiceMode::Global | ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => {
+            shown.iter().filter(|(_, _, has_runnable)| *has_runnable).count() as u64
+        }
     };
     let running = shown.iter().filter(|(_, task, _)| task.is_some_and(is_running)).count() as u64;
     let all_running = running == total && (!global || total > 0) && !leaving;
@@ -697,6 +700,11 @@ pub async fn wait_for_convergence_until(
     quiet: bool,
     deadline: Option<Deadline>,
 ) -> Result<(), CliError> {
+    // A job converges by ending: its tasks run to completion, which may take as long as the
+    // job's work. So the CLI does not wait for it; `service ls` shows its completions.
+    if service.spec.mode.is_job() {
+        return Ok(());
+    }
     let mut output = Output::new(quiet);
     let mut watch = Watch::new(operation, service);
     let name = service.spec.name.clone();

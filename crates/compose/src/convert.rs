@@ -62,11 +62,18 @@ pub(crate) fn to_service_spec(
         mode: match deploy.mode {
             DeployMode::Replicated => ServiceMode::Replicated { replicas: deploy.replicas.unwrap_or(1) },
             DeployMode::Global => ServiceMode::Global,
+            // Docker's compose conversion: the replicas are both the completions and the
+            // concurrency.
+            DeployMode::ReplicatedJob => {
+                let n = deploy.replicas.unwrap_or(1);
+                ServiceMode::ReplicatedJob { total_completions: n, max_concurrent: n.max(1) }
+            }
+            DeployMode::GlobalJob => ServiceMode::GlobalJob,
         },
         task: TaskSpec {
             container,
             resources,
-            restart_policy: deploy.restart_policy.clone().unwrap_or_default(),
+            restart_policy: deploy.restart_policy.clone().unwrap_or_else(|| default_restart(deploy.mode)),
             placement,
             force_update: 0,
         },
@@ -145,6 +152,15 @@ pub(crate) fn find_location(locations: &BTreeMap<String, Location>, path: &str) 
 fn validation_error(short: &str, err: &ValidationError, locations: &BTreeMap<String, Location>) -> ComposeError {
     let path = compose_path(short, &err.field);
     ComposeError::invalid(find_location(locations, &path), path, err.message.clone())
+}
+
+/// Swarm's default restart policy, but a job's tasks are restarted only when they fail (docker).
+fn default_restart(mode: DeployMode) -> shoal_types::RestartPolicy {
+    let mut policy = shoal_types::RestartPolicy::default();
+    if matches!(mode, DeployMode::ReplicatedJob | DeployMode::GlobalJob) {
+        policy.condition = shoal_types::RestartCondition::OnFailure;
+    }
+    policy
 }
 
 #[cfg(test)]

@@ -58,6 +58,10 @@ pub enum DeployMode {
     #[default]
     Replicated,
     Global,
+    #[serde(rename = "replicated-job")]
+    ReplicatedJob,
+    #[serde(rename = "global-job")]
+    GlobalJob,
 }
 
 /// The `deploy:` block.

@@ -662,18 +662,15 @@ impl Walker<'_> {
                     deploy.mode = match text.as_str() {
                         "" | "replicated" => DeployMode::Replicated,
                         "global" => DeployMode::Global,
-                        "replicated-job" | "global-job" => {
-                            return Err(self.error(
-                                value.loc,
-                                &p,
-                                format!("{text} is not supported by shoal (allowed: replicated, global)"),
-                            ));
-                        }
+                        "replicated-job" => DeployMode::ReplicatedJob,
+                        "global-job" => DeployMode::GlobalJob,
                         _ => {
                             return Err(self.error(
                                 value.loc,
                                 &p,
-                                format!("unknown mode {text:?} (allowed: replicated, global)"),
+                                format!(
+                                    "unknown mode {text:?} (allowed: replicated, global, replicated-job, global-job)"
+                                ),
                             ));
                         }
                     };
@@ -700,9 +697,11 @@ impl Walker<'_> {
             }
         }
         match (deploy.mode, replicas) {
-            (DeployMode::Replicated, replicas) => deploy.replicas = Some(replicas.map_or(1, |(n, _, _)| n)),
-            (DeployMode::Global, None) => {}
-            (DeployMode::Global, Some((_, loc, p))) => {
+            (DeployMode::Replicated | DeployMode::ReplicatedJob, replicas) => {
+                deploy.replicas = Some(replicas.map_or(1, |(n, _, _)| n))
+            }
+            (DeployMode::Global | DeployMode::GlobalJob, None) => {}
+            (DeployMode::Global | DeployMode::GlobalJob, Some((_, loc, p))) => {
                 return Err(self.error(loc, &p, "replicas can only be used with replicated mode"));
             }
         }

@@ -175,6 +175,12 @@ fn deploy_mode_and_replicas() {
     assert_eq!(web("deploy:\n  replicas: 0").mode, ServiceMode::Replicated { replicas: 0 });
     assert_eq!(web("deploy:\n  mode: replicated").mode, ServiceMode::Replicated { replicas: 1 });
     assert_eq!(web("deploy:\n  mode: global").mode, ServiceMode::Global);
+    let job = web("deploy:\n  mode: replicated-job\n  replicas: 3");
+    assert_eq!(job.mode, ServiceMode::ReplicatedJob { total_completions: 3, max_concurrent: 3 });
+    assert_eq!(job.task.restart_policy.condition, RestartCondition::OnFailure);
+    let job = web("deploy:\n  mode: global-job\n  restart_policy:\n    condition: any");
+    assert_eq!(job.mode, ServiceMode::GlobalJob);
+    assert_eq!(job.task.restart_policy.condition, RestartCondition::Any);
 }
 
 #[test]

@@ -699,7 +699,10 @@ impl Control for ControlApi {
                     }
                     // Lowering the limit under a running service would leave it over the limit.
                     let over = state.services().find_map(|s| match s.spec.mode {
-                        shoal_types::ServiceMode::Replicated { replicas } if replicas > request.max_replicas => {
+                        shoal_types::ServiceMode::Replicated { replicas }
+                        | shoal_types::ServiceMode::ReplicatedJob { total_completions: replicas, .. }
+                            if replicas > request.max_replicas =>
+                        {
                             Some((s.spec.name.clone(), replicas))
                         }
                         _ => None,

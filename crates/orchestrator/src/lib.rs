@@ -15,6 +15,7 @@ use shoal_types::{
 };
 
 pub mod constraint_enforcer;
+mod jobs;
 pub mod reaper;
 #[cfg(test)]
 mod tests;
@@ -196,6 +197,11 @@ pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
                 reconcile_replicated(state, service, replicas, ctx, &mut plan, &mut budget)
             }
             ServiceMode::Global => reconcile_global(state, service, ctx, &mut plan, &mut budget),
+            ServiceMode::ReplicatedJob { total_completions, max_concurrent } => {
+                let total = total_completions.min(max_replicas);
+                jobs::reconcile_replicated_job(state, service, total, max_concurrent, ctx, &mut plan, &mut budget)
+            }
+            ServiceMode::GlobalJob => jobs::reconcile_global_job(state, service, ctx, &mut plan, &mut budget),
         }
         // One decision maker per service per pass: the rollout moves once the orchestrator has
         // nothing left to fix (its changes come back as events and trigger the next pass).

@@ -29,8 +29,8 @@ pub fn reap(state: &State, history_limit: u64) -> Vec<String> {
         let mut slots: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
         for task in state.tasks_of_service(&service.id) {
             let key = match service.spec.mode {
-                ServiceMode::Replicated { .. } => task.slot.to_string(),
-                ServiceMode::Global => task.node_id.clone(),
+                ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => task.slot.to_string(),
+                ServiceMode::Global | ServiceMode::GlobalJob => task.node_id.clone(),
             };
             slots.entry(key).or_default().push(task);
         }

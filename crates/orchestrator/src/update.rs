@@ -40,8 +40,8 @@ pub fn is_dirty(state: &State, service: &Service, task: &Task) -> bool {
 
 fn slot_key(service: &Service, task: &Task) -> String {
     match service.spec.mode {
-        ServiceMode::Replicated { .. } => format!("{:020}", task.slot),
-        ServiceMode::Global => task.node_id.clone(),
+        ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => format!("{:020}", task.slot),
+        ServiceMode::Global | ServiceMode::GlobalJob => task.node_id.clone(),
     }
 }
 
@@ -63,6 +63,11 @@ fn status(state: UpdateState, message: String, started_at: Option<Timestamp>, sl
 
 /// One step of the service's rolling update (or rollback), appended to `plan`.
 pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &mut Plan) {
+    // A job is not rolled: every update starts a new run of it instead (Swarm's JobIteration),
+    // which the job orchestrator does.
+    if service.spec.mode.is_job() {
+        return;
+    }
     let current = service.update_status.clone();
     let rolling_back = current.as_ref().is_some_and(|s| s.state == UpdateState::RollbackStarted);
     if current.as_ref().is_some_and(|s| matches!(s.state, UpdateState::Paused | UpdateState::RollbackPaused)) {
@@ -268,8 +273,8 @@ fn note(plan: &mut Plan, at: Option<Timestamp>) {
 /// be one the global orchestrator would put a task on (active, eligible).
 fn may_revive(state: &State, service: &Service, key: &str) -> bool {
     match service.spec.mode {
-        ServiceMode::Replicated { .. } => true,
-        ServiceMode::Global => state.node(key).is_some_and(|node| {
+        ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => true,
+        ServiceMode::Global | ServiceMode::GlobalJob => state.node(key).is_some_and(|node| {
             crate::global_eligible(node, &service.spec) && node.spec.availability == Availability::Active
         }),
     }
@@ -298,8 +303,8 @@ fn start_slot(
     }
     let Some(old) = updatable.first() else { return };
     let node = match service.spec.mode {
-        ServiceMode::Global => old.node_id.as_str(),
-        ServiceMode::Replicated { .. } => "",
+        ServiceMode::Global | ServiceMode::GlobalJob => old.node_id.as_str(),
+        ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => "",
     };
     let gate = match order {
         // A slot that stopped for good has nothing to wait for: its new task starts at once.

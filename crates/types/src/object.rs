@@ -404,6 +404,9 @@ pub struct ServiceSummary {
     pub max_replicas_per_node: u64,
     pub running_tasks: u64,
     pub desired_tasks: u64,
+    /// Jobs: tasks of the current run (spec version) that completed; docker's `CompletedTasks`.
+    #[serde(default)]
+    pub completed_tasks: u64,
 }
 
 impl ServiceSummary {
@@ -414,10 +417,15 @@ impl ServiceSummary {
         tasks: impl Iterator<Item = &'a Task>,
         node_down: impl Fn(&str) -> bool,
     ) -> ServiceSummary {
-        let (mut running, mut desired_global) = (0, 0);
+        let (mut running, mut desired_global, mut completed, mut job_nodes) = (0, 0, 0, 0);
         for task in tasks.filter(|t| t.service_id == service.id && !node_down(&t.node_id)) {
             running += u64::from(task.status.state == crate::TaskState::Running);
             desired_global += u64::from(task.desired_state == crate::TaskState::Running);
+            if task.spec_version == service.spec_version {
+                completed += u64::from(task.status.state == crate::TaskState::Complete);
+                // A global job's run on a node: its first task there (restarts share the node).
+                job_nodes += u64::from(task.origin == crate::TaskOrigin::Orchestrator);
+            }
         }
         let spec = &service.spec;
         ServiceSummary {
@@ -432,7 +440,13 @@ impl ServiceSummary {
             desired_tasks: match spec.mode {
                 crate::ServiceMode::Replicated { replicas } => replicas,
                 crate::ServiceMode::Global => desired_global,
+                // Docker: what may run now, the concurrency capped by the completions left.
+                crate::ServiceMode::ReplicatedJob { total_completions, max_concurrent } => {
+                    max_concurrent.min(total_completions.saturating_sub(completed))
+                }
+                crate::ServiceMode::GlobalJob => job_nodes.saturating_sub(completed),
             },
+            completed_tasks: completed,
         }
     }
 

@@ -30,8 +30,21 @@ pub struct ServiceSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ServiceMode {
-    Replicated { replicas: u64 },
+    Replicated {
+        replicas: u64,
+    },
     Global,
+    /// Swarm's replicated job: tasks run to completion (never restarted after exit 0) until
+    /// `total_completions` of them have completed, at most `max_concurrent` at a time. Every
+    /// update of the service starts the job again (Swarm's JobIteration: here the spec version).
+    #[serde(rename = "replicated_job")]
+    ReplicatedJob {
+        total_completions: u64,
+        max_concurrent: u64,
+    },
+    /// Swarm's global job: one task run to completion on every eligible node, once per update.
+    #[serde(rename = "global_job")]
+    GlobalJob,
 }
 
 impl Default for ServiceMode {
@@ -45,7 +58,19 @@ impl ServiceMode {
         match self {
             ServiceMode::Replicated { .. } => "replicated",
             ServiceMode::Global => "global",
+            ServiceMode::ReplicatedJob { .. } => "replicated-job",
+            ServiceMode::GlobalJob => "global-job",
         }
+    }
+
+    /// Jobs run their tasks to completion and are never rolled by the updater.
+    pub fn is_job(&self) -> bool {
+        matches!(self, ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob)
+    }
+
+    /// One task per eligible node (global services and global jobs).
+    pub fn is_global(&self) -> bool {
+        matches!(self, ServiceMode::Global | ServiceMode::GlobalJob)
     }
 }
 
@@ -379,7 +404,8 @@ impl ServiceSpec {
     pub fn replicas(&self) -> Option<u64> {
         match self.mode {
             ServiceMode::Replicated { replicas } => Some(replicas),
-            ServiceMode::Global => None,
+            ServiceMode::ReplicatedJob { total_completions, .. } => Some(total_completions),
+            ServiceMode::Global | ServiceMode::GlobalJob => None,
         }
     }
 }

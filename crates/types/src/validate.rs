@@ -184,7 +184,10 @@ impl ServiceSpec {
             }
         }
         let placement = &self.task.placement;
-        if placement.max_replicas_per_node != 0 && self.mode == ServiceMode::Global {
+        if let ServiceMode::ReplicatedJob { max_concurrent: 0, .. } = self.mode {
+            return Err(ValidationError::new("mode.replicated_job.max_concurrent", "0 is below the minimum 1"));
+        }
+        if placement.max_replicas_per_node != 0 && self.mode.is_global() {
             return Err(ValidationError::new(
                 "task.placement.max_replicas_per_node",
                 "can only be used with replicated mode",
@@ -209,9 +212,13 @@ impl ServiceSpec {
 
     /// Checks the spec against the cluster's limits (`shoal cluster update --max-replicas`).
     pub fn validate_against(&self, cluster: &crate::ClusterSpec) -> Result<(), ValidationError> {
-        if let ServiceMode::Replicated { replicas } = self.mode
-            && replicas > cluster.max_replicas
-        {
+        let replicas = match self.mode {
+            ServiceMode::Replicated { replicas } => replicas,
+            // A job never runs more than its completions, but they are tasks all the same.
+            ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
+            ServiceMode::Global | ServiceMode::GlobalJob => 0,
+        };
+        if replicas > cluster.max_replicas {
             return Err(ValidationError::new(
                 "replicas",
                 format!(
@@ -329,6 +336,21 @@ mod tests {
         s.mode = ServiceMode::Global;
         s.task.placement.max_replicas_per_node = 2;
         assert_eq!(err_of(&s), "task.placement.max_replicas_per_node: can only be used with replicated mode");
+    }
+
+    #[test]
+    fn job_modes() {
+        let mut s = spec();
+        s.mode = ServiceMode::ReplicatedJob { total_completions: 3, max_concurrent: 0 };
+        assert_eq!(err_of(&s), "mode.replicated_job.max_concurrent: 0 is below the minimum 1");
+        s.mode = ServiceMode::ReplicatedJob { total_completions: 3, max_concurrent: 2 };
+        assert!(s.validate().is_ok());
+        // Existing encodings are unchanged; the job modes get their own tags.
+        let json = |m: ServiceMode| serde_json::to_string(&m).unwrap_or_default();
+        assert_eq!(json(ServiceMode::Replicated { replicas: 2 }), r#"{"replicated":{"replicas":2}}"#);
+        assert_eq!(json(ServiceMode::Global), r#""global""#);
+        assert_eq!(json(s.mode), r#"{"replicated_job":{"total_completions":3,"max_concurrent":2}}"#);
+        assert_eq!(json(ServiceMode::GlobalJob), r#""global_job""#);
     }
 
     #[test]

@@ -203,12 +203,16 @@ pub fn endpoint_mode() -> impl TypedValueParser<Value = EndpointMode> {
 pub enum ModeKind {
     Replicated,
     Global,
+    ReplicatedJob,
+    GlobalJob,
 }
 
 pub fn mode() -> impl TypedValueParser<Value = ModeKind> {
-    PossibleValuesParser::new(["replicated", "global"]).try_map(|s| match s.as_str() {
+    PossibleValuesParser::new(["replicated", "global", "replicated-job", "global-job"]).try_map(|s| match s.as_str() {
         "replicated" => Ok(ModeKind::Replicated),
         "global" => Ok(ModeKind::Global),
+        "replicated-job" => Ok(ModeKind::ReplicatedJob),
+        "global-job" => Ok(ModeKind::GlobalJob),
         other => Err(format!("unknown mode {other:?}")),
     })
 }

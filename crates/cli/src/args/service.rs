@@ -47,9 +47,12 @@ pub struct CreateArgs {
     /// Service mode [default: replicated]
     #[arg(long, value_name = "MODE", value_parser = parsers::mode())]
     pub mode: Option<ModeKind>,
-    /// Number of tasks (replicated mode only) [default: 1]
+    /// Number of tasks (replicated mode), or of completions (replicated-job mode) [default: 1]
     #[arg(long, value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
     pub replicas: Option<u64>,
+    /// Number of job tasks to run at once (replicated-job mode only) [default: --replicas]
+    #[arg(long, value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub max_concurrent: Option<u64>,
     /// Service labels, key=value (repeatable)
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
     pub labels: Vec<(String, String)>,
@@ -109,8 +112,16 @@ impl CreateArgs {
         if let Some(flag) = self.unknown_flag() {
             return Err(format!("unexpected argument '{flag}' found"));
         }
-        if self.mode == Some(ModeKind::Global) && self.replicas.is_some() {
+        if matches!(self.mode, Some(ModeKind::Global | ModeKind::GlobalJob)) && self.replicas.is_some() {
             return Err(REPLICAS_WITH_GLOBAL.to_string());
+        }
+        if let Some(n) = self.max_concurrent
+            && self.mode != Some(ModeKind::ReplicatedJob)
+        {
+            return Err(format!("--max-concurrent {n}: can only be used with --mode replicated-job"));
+        }
+        if self.max_concurrent == Some(0) {
+            return Err("invalid value '0' for '--max-concurrent <N>': 0 is below the minimum 1".to_string());
         }
         Ok(())
     }
@@ -135,6 +146,12 @@ impl CreateArgs {
         let mut spec = ServiceSpec::new(name, image.clone());
         spec.mode = match self.mode {
             Some(ModeKind::Global) => ServiceMode::Global,
+            Some(ModeKind::GlobalJob) => ServiceMode::GlobalJob,
+            // Docker's defaults: max concurrent = replicas; completions = max concurrent; else 1.
+            Some(ModeKind::ReplicatedJob) => ServiceMode::ReplicatedJob {
+                total_completions: self.replicas.or(self.max_concurrent).unwrap_or(1),
+                max_concurrent: self.max_concurrent.or(self.replicas).unwrap_or(1),
+            },
             Some(ModeKind::Replicated) | None => match self.replicas {
                 Some(replicas) => ServiceMode::Replicated { replicas },
                 None => ServiceMode::default(),
@@ -149,6 +166,10 @@ impl CreateArgs {
         self.health.apply(&mut task.container.healthcheck);
         self.resources.apply(&mut task.resources);
         self.placement.apply(&mut task.placement);
+        if spec.mode.is_job() {
+            // Docker: a job's tasks are restarted only when they fail.
+            task.restart_policy.condition = shoal_types::RestartCondition::OnFailure;
+        }
         self.restart.apply(&mut task.restart_policy);
         self.update.apply(&mut spec.update_config);
         self.rollback.apply(&mut spec.rollback_config);

@@ -109,7 +109,9 @@ impl UpdateArgs {
         if let Some(n) = self.replicas {
             match &mut spec.mode {
                 ServiceMode::Replicated { replicas } => *replicas = n,
-                ServiceMode::Global => return Err(REPLICAS_WITH_GLOBAL.to_string()),
+                // Docker: a replicated job's replicas are its completions.
+                ServiceMode::ReplicatedJob { total_completions, .. } => *total_completions = n,
+                ServiceMode::Global | ServiceMode::GlobalJob => return Err(REPLICAS_WITH_GLOBAL.to_string()),
             }
         }
         update_labels(&mut spec.labels, &self.label_add, &self.label_rm);
