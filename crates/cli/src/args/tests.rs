@@ -122,6 +122,29 @@ fn mode_and_replicas() {
 }
 
 #[test]
+fn job_modes_take_dockers_defaults() {
+    let job = |total, max_concurrent| ServiceMode::ReplicatedJob { total_completions: total, max_concurrent };
+    assert_eq!(spec(&["--mode", "replicated-job", "busybox"]).mode, job(1, 1));
+    assert_eq!(spec(&["--mode", "replicated-job", "--replicas", "5", "busybox"]).mode, job(5, 5));
+    assert_eq!(spec(&["--mode", "replicated-job", "--max-concurrent", "2", "busybox"]).mode, job(2, 2));
+    let both = spec(&["--mode", "replicated-job", "--replicas", "5", "--max-concurrent", "2", "busybox"]);
+    assert_eq!(both.mode, job(5, 2));
+    assert_eq!(both.task.restart_policy.condition, shoal_types::RestartCondition::OnFailure);
+    let global = spec(&["--mode", "global-job", "--restart-condition", "none", "busybox"]);
+    assert_eq!(global.mode, ServiceMode::GlobalJob);
+    assert_eq!(global.task.restart_policy.condition, shoal_types::RestartCondition::None);
+    for bad in [
+        &["--mode", "replicated", "--max-concurrent", "2", "busybox"][..],
+        &["--mode", "global-job", "--replicas", "2", "busybox"],
+        &["--mode", "replicated-job", "--max-concurrent", "0", "busybox"],
+    ] {
+        let mut argv = vec!["service", "create"];
+        argv.extend_from_slice(bad);
+        assert!(parse(&argv).is_err(), "{bad:?} was accepted");
+    }
+}
+
+#[test]
 fn replicas_with_global_mode_is_a_usage_error() {
     let err = parse(&["service", "create", "--mode", "global", "--replicas", "2", "busybox"]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
@@ -466,7 +489,7 @@ fn bad_values_are_refused_naming_flag_and_value() {
         ("--replicas", "-1", "must not be negative"),
         ("--replicas", "many", "whole number"),
         ("--replicas-max-per-node", "-1", "must not be negative"),
-        ("--mode", "replicated-job", "possible values: replicated, global"),
+        ("--mode", "job", "possible values: replicated, global, replicated-job, global-job"),
         ("--constraint", "node.labels.a=b", "constraint expected one operator from ==, !="),
         ("--constraint", "color==red", "unsupported key"),
         ("--placement-pref", "pack=node.labels.x", "only spread is supported"),
