@@ -71,3 +71,117 @@ async fn stack_deploy_reads_the_file_from_stdin_and_resolves_env_files_in_the_cu
     fails(&out, 1, "-c - (read the stack file from standard input) may be given only once");
     Ok(())
 }
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_ls_filters_and_templates() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    let host = cluster.running_addrs()[0].clone();
+    let create = |args: &[&str]| {
+        let mut full = vec!["service", "create", "-d"];
+        full.extend_from_slice(args);
+        ok(&shoal(&host, &full)).trim().to_string()
+    };
+    let web = create(&["--name", "web", "--replicas", "2", "--label", "tier=front", "shoal/busybox:1"]);
+    create(&["--name", "webhook", "--label", "tier=back", "--label", "team=a", "shoal/busybox:2"]);
+    create(&["--name", "agentx", "--mode", "global", "--label", "team=a", "shoal/busybox:1"]);
+
+    let ls = |args: &[&str]| {
+        let mut full = vec!["service", "ls"];
+        full.extend_from_slice(args);
+        ok(&shoal(&host, &full))
+    };
+    // No agents: nothing runs, so REPLICAS is 0/N (a global service with no node wants 0).
+    assert_eq!(lines(&ls(&["--format", "{{.Name}} {{.Replicas}}"])), ["agentx 0/0", "web 0/2", "webhook 0/1"]);
+    assert_eq!(lines(&ls(&["--filter", "name=web", "--format", "{{.Name}}"])), ["web", "webhook"], "name prefix");
+    assert_eq!(
+        lines(&ls(&["-f", "name=agentx", "-f", "name=webhook", "--format", "{{.Name}}"])),
+        ["agentx", "webhook"]
+    );
+    assert_eq!(lines(&ls(&["-f", "name=web", "-f", "mode=replicated", "-f", "label=tier=front", "-q"])), [&web[..12]]);
+    assert_eq!(lines(&ls(&["-f", "label=team=a", "-f", "label=tier", "--format", "{{.Name}}"])), ["webhook"]);
+    assert_eq!(
+        lines(&ls(&["-f", "mode=global", "--format", "{{.Name}}:{{.Mode}}:{{.Image}}"])),
+        ["agentx:global:shoal/busybox:1"]
+    );
+    assert_eq!(lines(&ls(&["-f", &format!("id={}", &web[..6]), "--format", "{{.ID}}"])), [&web[..12]]);
+    assert_eq!(ls(&["-f", "name=nothing"]), "ID        NAME      MODE      REPLICAS   IMAGE     PORTS\n");
+    assert_eq!(
+        ls(&["-f", "label=tier", "--format", r"table {{.Name}}\t{{.Replicas}}"]),
+        "NAME      REPLICAS\nweb       0/2\nwebhook   0/1\n"
+    );
+    let json: Vec<shoal_types::Service> = serde_json::from_str(&ls(&["-f", "label=team=a", "--format", "json"]))?;
+    let names: Vec<&str> = json.iter().map(|s| s.spec.name.as_str()).collect();
+    assert_eq!(names, ["agentx", "webhook"], "json output is filtered too");
+
+    fails(
+        &shoal(&host, &["service", "ls", "--filter", "nmae=web"]),
+        2,
+        "unknown filter key \"nmae\" (allowed: id, label, mode, name)",
+    );
+    fails(&shoal(&host, &["service", "ls", "--filter", "mode=batch"]), 2, "invalid mode filter \"batch\"");
+    fails(
+        &shoal(&host, &["service", "ls", "--format", "{{.Replicas}} {{.Nodes}}"]),
+        2,
+        "unknown template field .Nodes (fields: .ID, .Name, .Mode, .Replicas, .Image, .Ports)",
+    );
+
+    // service ps: a template over the same columns as the table.
+    let ps = ok(&shoal(&host, &["service", "ps", "--format", "{{.Name}}|{{.Node}}|{{.DesiredState}}", "web"]));
+    assert_eq!(lines(&ps), ["web.1||Running", "web.2||Running"], "no node to run them");
+    let ps = ok(&shoal(&host, &["service", "ps", "--format", r"table {{.Name}}\t{{.DesiredState}}", "web"]));
+    assert_eq!(lines(&ps), ["NAME      DESIRED STATE", "web.1     Running", "web.2     Running"]);
+    fails(
+        &shoal(&host, &["service", "ps", "--format", "{{.Replicas}}", "web"]),
+        2,
+        "unknown template field .Replicas (fields: .ID, .Name, .Image, .Node, .DesiredState, .CurrentState, .Error, .Ports)",
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ls_filters_and_templates() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let host = cluster.managers[leader].addr.clone();
+    let nodes = list_nodes(&host).await?;
+    let mut hostnames: Vec<String> = nodes.iter().map(|n| n.description.hostname.clone()).collect();
+    hostnames.sort();
+    let labelled = &nodes[0];
+    ok(&shoal(&host, &["node", "update", "--label-add", "zone=z1", &labelled.id]));
+
+    let ls = |args: &[&str]| {
+        let mut full = vec!["node", "ls"];
+        full.extend_from_slice(args);
+        ok(&shoal(&host, &full))
+    };
+    assert_eq!(lines(&ls(&["--format", "{{.Hostname}}"])), hostnames);
+    assert_eq!(
+        lines(&ls(&["-f", "node.label=zone=z1", "--format", "{{.ID}} {{.Hostname}}"])),
+        [format!("{} {}", labelled.id, labelled.description.hostname)]
+    );
+    assert_eq!(lines(&ls(&["-f", "node.label=zone=z2", "-q"])).len(), 0);
+    assert_eq!(lines(&ls(&["-f", "role=manager", "-q"])).len(), 3);
+    assert_eq!(lines(&ls(&["-f", "role=worker", "-q"])).len(), 0);
+    assert_eq!(lines(&ls(&["-f", &format!("name={}", labelled.description.hostname), "-q"])), [labelled.id.as_str()]);
+    assert_eq!(lines(&ls(&["-f", &format!("id={}", &labelled.id[..8]), "-q"])), [labelled.id.as_str()]);
+
+    let status = ls(&["--format", "{{.Status}} {{.Availability}} {{.ManagerStatus}}"]);
+    assert_eq!(lines(&status).iter().filter(|l| l.starts_with("Ready Active ")).count(), 3, "{status}");
+    assert_eq!(lines(&status).iter().filter(|l| l.ends_with(" Leader")).count(), 1, "{status}");
+    let table = ls(&["--format", r"table {{.Hostname}}\t{{.Availability}}"]);
+    let widest = hostnames.iter().map(String::len).max().unwrap_or(0).max("HOSTNAME".len());
+    assert_eq!(lines(&table)[0], format!("{:<w$}AVAILABILITY", "HOSTNAME", w = (widest + 3).max(10)));
+    assert_eq!(lines(&table).len(), 4, "{table}");
+
+    fails(
+        &shoal(&host, &["node", "ls", "--filter", "membership=accepted"]),
+        2,
+        "unknown filter key \"membership\" (allowed: id, label, name, node.label, role)",
+    );
+    fails(&shoal(&host, &["node", "ls", "--format", "{{.Replicas}}"]), 2, "unknown template field .Replicas");
+    Ok(())
+}

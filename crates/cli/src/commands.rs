@@ -5,9 +5,10 @@ use std::io::Write;
 use clap::error::ErrorKind;
 use shoal_types::{Node, Service};
 
+use crate::args::filters::ServiceFacts;
 use crate::args::{
     self, Cli, ClusterCommand, Command, CreateArgs, EventFormat, EventsArgs, InfoFormat, InspectArgs, ListArgs,
-    ListFormat, NodeCommand, NodeInspectArgs, NodePsArgs, NodeUpdateArgs, PsArgs, RollbackArgs, ScaleArgs,
+    ListOutput, NodeCommand, NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, PsArgs, RollbackArgs, ScaleArgs,
     ServiceCommand, StackCommand, TaskListFlags, UpdateArgs,
 };
 use crate::client::Client;
@@ -115,16 +116,26 @@ async fn service_create(host: &str, args: &CreateArgs) -> Result<(), CliError> {
 
 async fn service_ls(host: &str, args: &ListArgs) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
-    if args.format == ListFormat::Json && !args.quiet {
-        let services = client.list_services().await?;
+    if args.format.is_json() && !args.quiet {
+        let mut services = client.list_services().await?;
+        services.retain(|s| {
+            let facts = ServiceFacts { id: &s.id, name: &s.spec.name, mode: &s.spec.mode, labels: &s.spec.labels };
+            args::filters::service_passes(&args.filters, &facts)
+        });
         let sorted: Vec<&Service> = output::sort_services(&services);
         print_out(&output::json_array(&sorted));
         return Ok(());
     }
     // Counted by the manager: the table needs neither whole specs nor the cluster's tasks.
-    let summaries = client.list_service_summaries().await?;
+    let mut summaries = client.list_service_summaries().await?;
+    summaries.retain(|s| {
+        let facts = ServiceFacts { id: &s.id, name: &s.name, mode: &s.mode, labels: &s.labels };
+        args::filters::service_passes(&args.filters, &facts)
+    });
     if args.quiet {
         print_out(&output::service_ids(&summaries));
+    } else if let ListOutput::Template(template) = &args.format {
+        print_out(&output::template_rows(template, args::format::SERVICE_FIELDS, &output::service_rows(&summaries)));
     } else {
         print_out(&output::service_table(&summaries));
     }
@@ -168,12 +179,15 @@ async fn service_rm(host: &str, services: &[String]) -> Result<(), CliError> {
     if failed { Err(CliError::Reported) } else { Ok(()) }
 }
 
-async fn node_ls(host: &str, args: &ListArgs) -> Result<(), CliError> {
+async fn node_ls(host: &str, args: &NodeLsArgs) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
-    let nodes = client.list_nodes().await?;
+    let mut nodes = client.list_nodes().await?;
+    nodes.retain(|n| args::filters::node_passes(&args.filters, n));
     if args.quiet {
         print_out(&output::node_ids(&nodes));
-    } else if args.format == ListFormat::Json {
+    } else if let ListOutput::Template(template) = &args.format {
+        print_out(&output::template_rows(template, args::format::NODE_FIELDS, &output::node_rows(&nodes)));
+    } else if args.format.is_json() {
         let sorted: Vec<&Node> = output::sort_nodes(&nodes);
         print_out(&output::json_array(&sorted));
     } else {
@@ -277,11 +291,17 @@ fn print_tasks(tasks: &[shoal_types::Task], flags: &TaskListFlags, names: &Servi
     let selected = output::select_tasks(tasks, &flags.filters, names, nodes);
     if flags.quiet {
         print_out(&output::task_ids(&selected, flags.no_trunc));
-    } else if flags.format == ListFormat::Json {
+    } else if flags.format.is_json() {
         print_out(&output::json_array(&selected));
     } else {
         let options = PsOptions { no_trunc: flags.no_trunc, no_resolve: flags.no_resolve, now: timefmt::now_millis() };
-        print_out(&output::task_table(&selected, names, nodes, &options));
+        match &flags.format {
+            ListOutput::Template(template) => {
+                let rows = output::task_rows(&selected, names, nodes, &options);
+                print_out(&output::template_rows(template, args::format::TASK_FIELDS, &rows));
+            }
+            _ => print_out(&output::task_table(&selected, names, nodes, &options)),
+        }
     }
 }
 

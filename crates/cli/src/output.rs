@@ -10,6 +10,7 @@ use shoal_types::{
     ServiceSummary, UpdateConfig,
 };
 
+use crate::args::format::{Part, Template};
 use crate::args::publish::format_port;
 use crate::timefmt::format_timestamp;
 
@@ -17,7 +18,7 @@ pub mod events;
 pub mod tasks;
 
 pub use events::{event_action, event_line};
-pub use tasks::{PsOptions, ServiceNames, select_tasks, task_ids, task_name, task_table};
+pub use tasks::{PsOptions, ServiceNames, select_tasks, task_ids, task_name, task_rows, task_table};
 
 const MIN_CELL_WIDTH: usize = 10;
 const PADDING: usize = 3;
@@ -131,7 +132,13 @@ pub fn sort_summaries(services: &[ServiceSummary]) -> Vec<&ServiceSummary> {
 
 /// `shoal service ls`: `ID  NAME  MODE  REPLICAS  IMAGE  PORTS`, sorted by name.
 pub fn service_table(services: &[ServiceSummary]) -> String {
-    let rows: Vec<Vec<String>> = sort_summaries(services)
+    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &service_rows(services))
+}
+
+/// The cells of `service ls`, one row per service in table order (those of
+/// [`crate::args::format::SERVICE_FIELDS`]).
+pub fn service_rows(services: &[ServiceSummary]) -> Vec<Vec<String>> {
+    sort_summaries(services)
         .into_iter()
         .map(|s| {
             vec![
@@ -143,8 +150,7 @@ pub fn service_table(services: &[ServiceSummary]) -> String {
                 ports_column(s),
             ]
         })
-        .collect();
-    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows)
+        .collect()
 }
 
 /// `service ls -q`: short ids, one a line, in table order.
@@ -171,7 +177,13 @@ pub fn node_address(node: &Node) -> &str {
 
 /// `shoal node ls`: `ID  HOSTNAME  STATUS  AVAILABILITY  MANAGER STATUS  ADDRESS`, sorted by hostname.
 pub fn node_table(nodes: &[Node]) -> String {
-    let rows: Vec<Vec<String>> = sort_nodes(nodes)
+    table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ADDRESS"], &node_rows(nodes))
+}
+
+/// The cells of `node ls`, one row per node in table order (those of
+/// [`crate::args::format::NODE_FIELDS`]).
+pub fn node_rows(nodes: &[Node]) -> Vec<Vec<String>> {
+    sort_nodes(nodes)
         .into_iter()
         .map(|n| {
             vec![
@@ -183,8 +195,63 @@ pub fn node_table(nodes: &[Node]) -> String {
                 node_address(n).to_string(),
             ]
         })
-        .collect();
-    table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ADDRESS"], &rows)
+        .collect()
+}
+
+/// Rows rendered with a `--format` template. `fields` are the template's field names with their
+/// headers, in the order of the cells of each row. A `table` template gets a header row (each
+/// field replaced by its header) and its `\t`-separated cells laid out like [`table`]; every
+/// row ends with a newline, as docker prints them.
+pub fn template_rows(template: &Template, fields: &[(&str, &str)], rows: &[Vec<String>]) -> String {
+    let render = |cell: &dyn Fn(usize) -> String| -> String {
+        let mut line = String::new();
+        for part in &template.parts {
+            match part {
+                Part::Text(text) => line.push_str(text),
+                Part::Field(name) => {
+                    if let Some(index) = fields.iter().position(|(f, _)| f == name) {
+                        line.push_str(&cell(index));
+                    }
+                }
+            }
+        }
+        line
+    };
+    let mut lines: Vec<String> = Vec::with_capacity(rows.len() + 1);
+    if template.table {
+        lines.push(render(&|i| fields[i].1.to_string()));
+    }
+    for row in rows {
+        lines.push(render(&|i| row.get(i).cloned().unwrap_or_default()));
+    }
+    if !template.table {
+        return lines.into_iter().map(|l| l + "\n").collect();
+    }
+    // Aligned as docker's tabwriter does: every cell followed by a tab is padded to its column.
+    let cells: Vec<Vec<&str>> = lines.iter().flat_map(|l| l.split('\n')).map(|l| l.split('\t').collect()).collect();
+    let mut widths: Vec<usize> = Vec::new();
+    for row in &cells {
+        for (i, cell) in row.iter().enumerate().take(row.len().saturating_sub(1)) {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &cells {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let width = (widths[i] + PADDING).max(MIN_CELL_WIDTH);
+                line.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count())));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `node ls -q`: full ids, one a line, in table order.

@@ -1,7 +1,9 @@
 //! The command line: clap definitions and the pure conversions from flags to specs.
 
 pub mod events;
+pub mod filters;
 pub mod flags;
+pub mod format;
 pub mod node;
 pub mod parsers;
 pub mod publish;
@@ -16,9 +18,11 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 pub use events::{EventFilter, EventFormat, EventSelection, EventsArgs};
+pub use filters::{NodeFilter, ServiceFilter};
+pub use format::ListOutput;
 pub use node::{
     ClusterCommand, ClusterInfoArgs, ClusterUpdateArgs, JoinRole, JoinTokenArgs, NodeCommand, NodeDemoteArgs,
-    NodeInspectArgs, NodeRmArgs, NodeUpdateArgs,
+    NodeInspectArgs, NodeLsArgs, NodeRmArgs, NodeUpdateArgs,
 };
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
 pub use stack::{
@@ -182,3 +186,6 @@ fn error_at(cmd: &mut clap::Command, path: &[&str], kind: ErrorKind, message: im
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod list_tests;

@@ -3,9 +3,10 @@
 use clap::{Args, Subcommand};
 use shoal_types::{Availability, NodeSpec};
 
+use super::filters::{self, NodeFilter};
 use super::flags::update_labels;
+use super::format::{self, ListOutput};
 use super::parsers;
-use super::service::ListArgs;
 use super::tasks::NodePsArgs;
 use super::{InfoFormat, InspectFormat};
 
@@ -13,7 +14,7 @@ use super::{InfoFormat, InspectFormat};
 pub enum NodeCommand {
     /// List nodes in the cluster
     #[command(visible_alias = "list")]
-    Ls(ListArgs),
+    Ls(NodeLsArgs),
     /// Display detailed information on one or more nodes
     Inspect(NodeInspectArgs),
     /// Demote one or more managers
@@ -25,6 +26,23 @@ pub enum NodeCommand {
     Update(NodeUpdateArgs),
     /// List tasks running on one or more nodes
     Ps(NodePsArgs),
+}
+
+/// `shoal node ls [-q] [--filter KEY=VALUE]... [--format FORMAT]`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct NodeLsArgs {
+    /// Only display IDs
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Filter output: id=ID, name=HOSTNAME (prefixes), label=KEY[=VALUE] (engine labels),
+    /// node.label=KEY[=VALUE], role=manager|worker (repeatable)
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE", value_parser = filters::node_filter)]
+    pub filters: Vec<NodeFilter>,
+    /// Output format: table, json (a pretty-printed JSON array), or a template such as
+    /// '{{.Hostname}}\t{{.Status}}' ('table {{…}}' adds a header); fields: .ID, .Hostname,
+    /// .Status, .Availability, .ManagerStatus, .Address
+    #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = format::FormatParser(format::NODE_FIELDS))]
+    pub format: ListOutput,
 }
 
 #[derive(Args, Clone, Debug, Default, PartialEq)]

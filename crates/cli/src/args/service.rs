@@ -3,13 +3,15 @@
 use clap::{Args, Subcommand};
 use shoal_types::{GoDuration, ServiceMode, ServiceSpec};
 
+use super::InspectFormat;
+use super::filters::{self, ServiceFilter};
 use super::flags::{
     ContainerFlags, EndpointFlags, HealthFlags, PlacementFlags, ResourceFlags, RestartFlags, RollbackFlags, UpdateFlags,
 };
+use super::format::{self, ListOutput};
 use super::parsers::{self, ModeKind};
 use super::tasks::PsArgs;
 use super::update::{RollbackArgs, ScaleArgs, UpdateArgs};
-use super::{InspectFormat, ListFormat};
 use crate::names;
 
 #[derive(Subcommand, Clone, Debug, PartialEq)]
@@ -183,9 +185,14 @@ pub struct ListArgs {
     /// Only display IDs
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Output format: a table, or a pretty-printed JSON array of the objects
-    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ListFormat::Table)]
-    pub format: ListFormat,
+    /// Filter output: id=ID, name=NAME (prefixes), label=KEY[=VALUE], mode=MODE (repeatable)
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE", value_parser = filters::service_filter)]
+    pub filters: Vec<ServiceFilter>,
+    /// Output format: table, json (a pretty-printed JSON array), or a template such as
+    /// '{{.Name}}\t{{.Replicas}}' ('table {{…}}' adds a header); fields: .ID, .Name, .Mode,
+    /// .Replicas, .Image, .Ports
+    #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = format::FormatParser(format::SERVICE_FIELDS))]
+    pub format: ListOutput,
 }
 
 #[derive(Args, Clone, Debug, Default, PartialEq)]

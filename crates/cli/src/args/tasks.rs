@@ -3,7 +3,7 @@
 use clap::Args;
 use shoal_types::{Node, Task, TaskState};
 
-use super::ListFormat;
+use super::format::{self, ListOutput};
 
 /// One `--filter KEY=VALUE` of `ps`. Filters with the same key are alternatives (any may match);
 /// filters with different keys must all match, as in docker.
@@ -90,9 +90,11 @@ pub struct TaskListFlags {
     /// Filter output: id=ID, name=NAME, node=NODE, desired-state=STATE (repeatable)
     #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE", value_parser = task_filter)]
     pub filters: Vec<TaskFilter>,
-    /// Output format: a table, or a pretty-printed JSON array of the tasks
-    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ListFormat::Table)]
-    pub format: ListFormat,
+    /// Output format: table, json (a pretty-printed JSON array), or a template such as
+    /// '{{.Name}}\t{{.CurrentState}}' ('table {{…}}' adds a header); fields: .ID, .Name, .Image,
+    /// .Node, .DesiredState, .CurrentState, .Error, .Ports
+    #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = format::FormatParser(format::TASK_FIELDS))]
+    pub format: ListOutput,
     /// Do not truncate output (full ids, whole error messages)
     #[arg(long)]
     pub no_trunc: bool,

@@ -541,11 +541,11 @@ fn other_commands_parse() {
     let cmd = |args: &[&str]| parse(args).unwrap().command;
     assert_eq!(
         cmd(&["service", "ls", "-q"]),
-        Command::Service(ServiceCommand::Ls(ListArgs { quiet: true, format: ListFormat::Table }))
+        Command::Service(ServiceCommand::Ls(ListArgs { quiet: true, filters: vec![], format: ListOutput::Table }))
     );
     assert_eq!(
         cmd(&["service", "list", "--format", "json"]),
-        Command::Service(ServiceCommand::Ls(ListArgs { quiet: false, format: ListFormat::Json }))
+        Command::Service(ServiceCommand::Ls(ListArgs { quiet: false, filters: vec![], format: ListOutput::Json }))
     );
     assert_eq!(
         cmd(&["service", "inspect", "--pretty", "a", "b"]),
@@ -567,7 +567,7 @@ fn other_commands_parse() {
         cmd(&["service", "rm", "a", "b"]),
         Command::Service(ServiceCommand::Rm(RmArgs { services: vec!["a".into(), "b".into()] }))
     );
-    assert_eq!(cmd(&["node", "ls"]), Command::Node(NodeCommand::Ls(ListArgs::default())));
+    assert_eq!(cmd(&["node", "ls"]), Command::Node(NodeCommand::Ls(NodeLsArgs::default())));
     assert_eq!(
         cmd(&["node", "rm", "--force", "n1"]),
         Command::Node(NodeCommand::Rm(NodeRmArgs { force: true, nodes: vec!["n1".into()] }))
@@ -1075,7 +1075,7 @@ fn ps_arguments_and_filters() {
         ]
     );
     assert!(ps.list.no_trunc && ps.list.quiet && !ps.list.no_resolve);
-    assert_eq!(ps.list.format, ListFormat::Table);
+    assert_eq!(ps.list.format, ListOutput::Table);
     let accepted = parse(&["service", "ps", "-f", "desired-state=accepted", "web"]).unwrap();
     let Command::Service(ServiceCommand::Ps(ps)) = accepted.command else { panic!("not ps") };
     assert_eq!(ps.list.filters, [TaskFilter::DesiredState(shoal_types::TaskState::Accepted)]);
@@ -1093,7 +1093,7 @@ fn ps_arguments_and_filters() {
     assert_eq!(parse(&["service", "ps"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
     let node_ps = parse(&["node", "ps", "--format", "json", "n1"]).unwrap();
     let Command::Node(NodeCommand::Ps(ps)) = node_ps.command else { panic!("not node ps") };
-    assert_eq!((ps.nodes, ps.list.format), (vec!["n1".to_string()], ListFormat::Json));
+    assert_eq!((ps.nodes, ps.list.format), (vec!["n1".to_string()], ListOutput::Json));
 }
 
 // ---- node update ----

@@ -156,8 +156,15 @@ fn node_column(task: &Task, nodes: &[Node], no_resolve: bool) -> String {
 /// `ps`: `ID  NAME  IMAGE  NODE  DESIRED STATE  CURRENT STATE  ERROR  PORTS`. `tasks` must be in
 /// [`select_tasks`] order: an older task of the name above it is shown as ` \_ web.3`.
 pub fn task_table(tasks: &[&Task], names: &ServiceNames, nodes: &[Node], options: &PsOptions) -> String {
+    let rows = task_rows(tasks, names, nodes, options);
+    table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], &rows)
+}
+
+/// The cells of `ps`, one row per task in table order (those of
+/// [`crate::args::format::TASK_FIELDS`]).
+pub fn task_rows(tasks: &[&Task], names: &ServiceNames, nodes: &[Node], options: &PsOptions) -> Vec<Vec<String>> {
     let mut previous = String::new();
-    let rows: Vec<Vec<String>> = tasks
+    tasks
         .iter()
         .map(|task| {
             let name = task_name(task, names);
@@ -174,8 +181,7 @@ pub fn task_table(tasks: &[&Task], names: &ServiceNames, nodes: &[Node], options
                 task_ports_column(task),
             ]
         })
-        .collect();
-    table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], &rows)
+        .collect()
 }
 
 /// `ps -q`: task ids (short unless `no_trunc`), one a line, in table order.

@@ -575,3 +575,63 @@ fn a_restart_waiting_out_its_backoff_says_when_and_why() {
     t.status.state = TaskState::Assigned;
     assert_eq!(tasks::error_text(&t, NOW), "No such image: shoal/busybox:99");
 }
+
+fn template(text: &str, fields: &[(&str, &str)]) -> Template {
+    match crate::args::format::parse_list_output(text, fields) {
+        Ok(crate::args::ListOutput::Template(t)) => t,
+        other => panic!("not a template: {other:?}"),
+    }
+}
+
+#[test]
+fn service_ls_template_prints_one_line_per_service_without_a_header() {
+    use crate::args::format::SERVICE_FIELDS;
+    let rows = service_rows(&summaries(&services(), &tasks(), &nodes()));
+    let text = template_rows(&template("{{.Name}} {{.Replicas}}", SERVICE_FIELDS), SERVICE_FIELDS, &rows);
+    assert_eq!(text, "agent-x 1/2\napi 1/2\nweb 2/3 (max 2 per node)\n");
+    let text = template_rows(&template(r"{{.ID}}:{{.Mode}}\n", SERVICE_FIELDS), SERVICE_FIELDS, &rows[..1]);
+    assert_eq!(text, "g0g0g0g0g0g0:global\n\n", "\\n is a newline, as in docker");
+}
+
+#[test]
+fn table_templates_print_a_header_and_align_tab_separated_cells() {
+    use crate::args::format::{NODE_FIELDS, SERVICE_FIELDS};
+    let rows = service_rows(&summaries(&services(), &tasks(), &nodes()));
+    let text =
+        template_rows(&template(r"table {{.Name}}\t{{.Image}}\t{{.Ports}}", SERVICE_FIELDS), SERVICE_FIELDS, &rows);
+    assert_eq!(
+        text,
+        "NAME      IMAGE             PORTS\n\
+         agent-x   nginx:1.25\n\
+         api       shoal/busybox:2\n\
+         web       shoal/busybox:1   *:8080->80/tcp, *:5353->53/udp\n"
+    );
+    let text = template_rows(
+        &template(r"table {{.Hostname}}\t{{.ManagerStatus}}", NODE_FIELDS),
+        NODE_FIELDS,
+        &node_rows(&nodes()),
+    );
+    assert_eq!(
+        text,
+        "HOSTNAME   MANAGER STATUS\nm1         Leader\nm2         Reachable\nm3         Unreachable\nworker-1\n"
+    );
+    assert_eq!(
+        template_rows(&template("table {{.Hostname}}", NODE_FIELDS), NODE_FIELDS, &[]),
+        "HOSTNAME\n",
+        "no rows: the header alone"
+    );
+}
+
+#[test]
+fn task_templates_use_the_ps_columns() {
+    use crate::args::format::TASK_FIELDS;
+    let tasks = ps_tasks();
+    let selected = select_tasks(&tasks, &[], &names(), &nodes());
+    let rows = task_rows(&selected, &names(), &nodes(), &ps_options(false));
+    let text =
+        template_rows(&template("{{.Name}}|{{.Node}}|{{.DesiredState}}|{{.Error}}", TASK_FIELDS), TASK_FIELDS, &rows);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "web.1|m1|Running|");
+    assert_eq!(lines[1], " \\_ web.1|m1|Shutdown|\"task: non-zero exit (1): the …\"");
+    assert_eq!(lines[6], "web.10||Running|\"no suitable node (max replica…\"");
+}

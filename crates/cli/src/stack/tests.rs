@@ -252,7 +252,7 @@ fn the_other_stack_commands_parse() {
     let StackCommand::Ps(ps) = stack_command(&["stack", "ps", "--no-trunc", "--format", "json", "-q", "app"]) else {
         panic!()
     };
-    assert!(ps.list.no_trunc && ps.list.quiet && ps.list.format == ListFormat::Json);
+    assert!(ps.list.no_trunc && ps.list.quiet && ps.list.format == crate::args::ListOutput::Json);
     assert_eq!(ps.stack, "app");
     let StackCommand::Services(services) = stack_command(&["stack", "services", "-q", "app"]) else { panic!() };
     assert!(services.quiet);
