@@ -244,6 +244,23 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_runs_the_previous_spec_and_completes_at_once() {
+        let mut w = World::new(&["n1"]);
+        let svc = w.service(job(1, 1));
+        w.settle();
+        force_update(&mut w, &svc);
+        w.settle();
+        let s = w.state.service(&svc).expect("service").clone();
+        w.apply(vec![Action::RollbackService { id: svc.clone(), expected_version: s.version }]);
+        w.settle();
+        let s = w.state.service(&svc).expect("service").clone();
+        assert_eq!(s.update_status.map(|u| u.state), Some(shoal_types::UpdateState::RollbackCompleted));
+        let run: Vec<Task> = w.tasks(&svc).into_iter().filter(|t| t.spec_version == s.spec_version).collect();
+        assert_eq!(run.len(), 1, "a new run");
+        assert_eq!(run[0].spec.force_update, 0, "with the previous spec");
+    }
+
+    #[test]
     fn a_global_job_runs_once_per_node_and_on_nodes_that_join() {
         let mut w = World::new(&["n1", "n2"]);
         let mut spec = job(0, 1);

@@ -66,6 +66,13 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     // A job is not rolled: every update starts a new run of it instead (Swarm's JobIteration),
     // which the job orchestrator does.
     if service.spec.mode.is_job() {
+        // A rollback of a job is the same: a new run, with the previous spec; it is done at once.
+        if let Some(current) = service.update_status.as_ref().filter(|s| s.state == UpdateState::RollbackStarted) {
+            let mut done =
+                status(UpdateState::RollbackCompleted, "rollback completed".into(), current.started_at, None);
+            done.completed_at = Some(ctx.now);
+            plan.actions.push(Action::SetUpdateStatus { id: service.id.clone(), status: Some(done) });
+        }
         return;
     }
     let current = service.update_status.clone();
