@@ -54,6 +54,8 @@ async fn stack_deploy_reads_the_file_from_stdin_and_resolves_env_files_in_the_cu
     let web = services.iter().find(|s| s.spec.name == "fromstdin_web").expect("created");
     assert_eq!(web.spec.task.container.env, ["FROM_ENV_FILE=yes"]);
     assert_eq!(web.spec.mode, shoal_types::ServiceMode::Replicated { replicas: 2 });
+    assert_eq!(ok(&shoal(&host, &["stack", "ls", "--format", "{{.Name}}: {{.Services}}"])), "fromstdin: 1\n");
+    assert_eq!(ok(&shoal(&host, &["stack", "ls", "--format", "table {{.Name}}"])), "NAME\nfromstdin\n");
 
     // Errors name the file <stdin>; nothing is deployed.
     let bad = "services:\n  web:\n    image: shoal/busybox:1\n    deploy:\n      replicas: three\n";

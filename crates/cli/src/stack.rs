@@ -13,7 +13,9 @@ use shoal_compose::{Loaded, NAMESPACE_LABEL};
 use shoal_types::{Service, ServiceSpec};
 
 use crate::args::stack::DEFAULT_CONFIG_STACK;
-use crate::args::{ListFormat, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackServicesArgs};
+use crate::args::{
+    ListFormat, ListOutput, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackServicesArgs,
+};
 use crate::client::Client;
 use crate::commands::{print_error, print_out, print_service_tasks};
 use crate::error::CliError;
@@ -50,8 +52,12 @@ pub fn stacks(services: &[Service]) -> Vec<StackSummary> {
 
 /// `stack ls`: `NAME  SERVICES`.
 pub fn stack_table(stacks: &[StackSummary]) -> String {
-    let rows: Vec<Vec<String>> = stacks.iter().map(|s| vec![s.name.clone(), s.services.to_string()]).collect();
-    output::table(&["NAME", "SERVICES"], &rows)
+    output::table(&["NAME", "SERVICES"], &stack_rows(stacks))
+}
+
+/// The cells of `stack ls` (those of [`crate::args::format::STACK_FIELDS`]).
+pub fn stack_rows(stacks: &[StackSummary]) -> Vec<Vec<String>> {
+    stacks.iter().map(|s| vec![s.name.clone(), s.services.to_string()]).collect()
 }
 
 /// What `deploy` does to one service of the files.
@@ -274,9 +280,12 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
 pub async fn ls(host: &str, args: &StackLsArgs) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
     let found = stacks(&client.list_services().await?);
-    match args.format {
-        ListFormat::Json => print_out(&output::json_array(&found)),
-        ListFormat::Table => print_out(&stack_table(&found)),
+    match &args.format {
+        ListOutput::Json => print_out(&output::json_array(&found)),
+        ListOutput::Table => print_out(&stack_table(&found)),
+        ListOutput::Template(template) => {
+            print_out(&output::template_rows(template, crate::args::format::STACK_FIELDS, &stack_rows(&found)))
+        }
     }
     Ok(())
 }

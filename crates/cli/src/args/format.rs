@@ -54,6 +54,9 @@ pub const NODE_FIELDS: &[(&str, &str)] = &[
     ("Address", "ADDRESS"),
 ];
 
+/// The template fields of `stack ls`, each with its column header.
+pub const STACK_FIELDS: &[(&str, &str)] = &[("Name", "NAME"), ("Services", "SERVICES")];
+
 /// The template fields of `service ps`, `node ps` and `stack ps`, each with its column header.
 pub const TASK_FIELDS: &[(&str, &str)] = &[
     ("ID", "ID"),

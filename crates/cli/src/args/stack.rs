@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use shoal_types::GoDuration;
 
 use super::ListFormat;
+use super::format::{self, ListOutput};
 use super::parsers;
 use super::tasks::TaskListFlags;
 
@@ -97,9 +98,11 @@ pub struct StackDeployArgs {
 /// `shoal stack ls`.
 #[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct StackLsArgs {
-    /// Output format: a table, or a pretty-printed JSON array of {name, services}
-    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ListFormat::Table)]
-    pub format: ListFormat,
+    /// Output format: table, json (a pretty-printed JSON array of {name, services}), or a
+    /// template such as '{{.Name}}: {{.Services}}' ('table {{…}}' adds a header); fields: .Name,
+    /// .Services
+    #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = format::FormatParser(format::STACK_FIELDS))]
+    pub format: ListOutput,
 }
 
 /// `shoal stack services [-q] [--format json] STACK`.

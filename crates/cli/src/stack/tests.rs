@@ -259,7 +259,29 @@ fn the_other_stack_commands_parse() {
     let StackCommand::Config(config) = stack_command(&["stack", "config", "-c", "a.yml"]) else { panic!() };
     assert_eq!(config.stack, None);
     let StackCommand::Ls(ls) = stack_command(&["stack", "ls", "--format", "json"]) else { panic!() };
-    assert_eq!(ls.format, ListFormat::Json);
+    assert_eq!(ls.format, crate::args::ListOutput::Json);
+}
+
+#[test]
+fn stack_ls_templates() {
+    let stacks = [
+        StackSummary { name: "app".to_string(), services: 2 },
+        StackSummary { name: "monitoring".to_string(), services: 11 },
+    ];
+    let StackCommand::Ls(ls) = stack_command(&["stack", "ls", "--format", "{{.Name}}: {{.Services}}"]) else {
+        panic!()
+    };
+    let crate::args::ListOutput::Template(template) = ls.format else { panic!("{:?}", ls.format) };
+    let text = output::template_rows(&template, crate::args::format::STACK_FIELDS, &stack_rows(&stacks));
+    assert_eq!(text, "app: 2\nmonitoring: 11\n");
+    let StackCommand::Ls(ls) = stack_command(&["stack", "ls", "--format", r"table {{.Services}}\t{{.Name}}"]) else {
+        panic!()
+    };
+    let crate::args::ListOutput::Template(template) = ls.format else { panic!("{:?}", ls.format) };
+    let text = output::template_rows(&template, crate::args::format::STACK_FIELDS, &stack_rows(&stacks));
+    assert_eq!(text, "SERVICES   NAME\n2          app\n11         monitoring\n");
+    let err = Cli::parse_checked(["shoal", "stack", "ls", "--format", "{{.Replicas}}"]).unwrap_err().to_string();
+    assert!(err.contains("unknown template field .Replicas (fields: .Name, .Services)"), "{err}");
 }
 
 #[test]
