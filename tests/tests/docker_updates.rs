@@ -77,7 +77,7 @@ fn watch_transitions(addr: String, service_id: String) -> tokio::task::JoinHandl
     tokio::spawn(async move {
         let mut client = connect(&addr).await.expect("connect");
         let mut stream = client
-            .watch(WatchRequest { types: vec!["task".into()], service: service_id })
+            .watch(WatchRequest { types: vec!["task".into()], service: service_id, ..Default::default() })
             .await
             .expect("watch")
             .into_inner();

@@ -809,7 +809,7 @@ fn watch_transitions(
     tokio::spawn(async move {
         let mut stream = client(&addr, Duration::from_secs(3600))
             .await?
-            .watch(WatchRequest { types: vec!["task".into()], service: service_id })
+            .watch(WatchRequest { types: vec!["task".into()], service: service_id, ..Default::default() })
             .await?
             .into_inner();
         let mut tasks: BTreeMap<String, Task> = BTreeMap::new();

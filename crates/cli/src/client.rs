@@ -308,12 +308,21 @@ impl Client {
 
     /// Opens the stream of changes: only objects of `types` (empty: all), only those of `service`
     /// (empty: all). Use a client from [`Client::connect_streaming`].
+    /// Streams the changes of `types` (all if empty) of `service` (all if empty), after replaying
+    /// the objects changed since `since`.
     pub async fn watch(
         &mut self,
         types: Vec<String>,
         service: &str,
+        since: Option<crate::args::events::Since>,
     ) -> Result<tonic::Streaming<pb::WatchEvent>, CliError> {
-        let request = pb::WatchRequest { types, service: service.to_string() };
+        use crate::args::events::Since;
+        let (since_index, since_time) = match since {
+            None => (0, 0),
+            Some(Since::Index(index)) => (index, 0),
+            Some(Since::Time(at)) => (0, at),
+        };
+        let request = pb::WatchRequest { types, service: service.to_string(), since_index, since_time };
         let reply =
             self.inner.watch(request).await.map_err(|s| failed(&self.addr, s).not_found_as("service", service))?;
         Ok(reply.into_inner())

@@ -494,18 +494,19 @@ fn worth_retrying(error: &CliError) -> bool {
 }
 
 /// Opens the stream again through the managers of `host`, the others than `from` first, retrying
-/// until one answers or [`EVENTS_RECONNECT_FOR`] has passed.
+/// until one answers or [`EVENTS_RECONNECT_FOR`] has passed; it replays what changed after `since`.
 async fn rewatch(
     host: &str,
     from: &str,
     selection: &args::EventSelection,
+    since: Option<args::events::Since>,
 ) -> Result<(Client, tonic::Streaming<shoal_proto::v1::WatchEvent>), CliError> {
     let deadline = tokio::time::Instant::now() + EVENTS_RECONNECT_FOR;
     let mut pause = std::time::Duration::from_millis(100);
     loop {
         let attempt = async {
             let mut client = Client::reconnect_streaming(host, from).await?;
-            let stream = client.watch(selection.types.clone(), &selection.service).await?;
+            let stream = client.watch(selection.types.clone(), &selection.service, since).await?;
             Ok::<_, CliError>((client, stream))
         };
         match attempt.await {
@@ -524,7 +525,13 @@ async fn events(host: &str, args: &EventsArgs) -> Result<(), CliError> {
         .selection()
         .map_err(|message| CliError::Usage(args::usage_error(&["events"], ErrorKind::ArgumentConflict, message)))?;
     let mut client = Client::connect_streaming(host).await?;
-    let mut stream = client.watch(selection.types.clone(), &selection.service).await?;
+    // Where a reconnect resumes: the last event's index, or before any, what this manager had
+    // applied when the stream opened (changes from then on are in the stream or the replay).
+    let mut resume = match args.since {
+        Some(since) => Some(since),
+        None => client.cluster_info(true).await.ok().map(|info| args::events::Since::Index(info.raft.applied.max(1))),
+    };
+    let mut stream = client.watch(selection.types.clone(), &selection.service, args.since).await?;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
@@ -543,21 +550,33 @@ async fn events(host: &str, args: &EventsArgs) -> Result<(), CliError> {
             Err(why) => {
                 // Each manager streams the changes it applies, so any other one carries on.
                 let from = client.addr().to_string();
-                let reconnecting = rewatch(host, &from, &selection);
+                let reconnecting = rewatch(host, &from, &selection, resume);
                 let (new_client, new_stream) = tokio::select! {
                     result = reconnecting => result.map_err(|e| {
                         CliError::Message(format!("lost the manager at {from} ({why}) and found no other: {e}"))
                     })?,
                     _ = &mut interrupted => return Ok(()),
                 };
+                let gap = match resume {
+                    Some(args::events::Since::Index(index)) => {
+                        format!("replaying the objects changed after index {index}; removals in between are not shown")
+                    }
+                    Some(args::events::Since::Time(_)) => {
+                        "replaying the objects changed since --since; removals in between are not shown".to_string()
+                    }
+                    None => "changes in between are not shown".to_string(),
+                };
                 eprintln!(
-                    "events: lost the manager at {from} ({why}); continuing through {} (changes in between are not shown)",
+                    "events: lost the manager at {from} ({why}); continuing through {} ({gap})",
                     new_client.addr()
                 );
                 (client, stream) = (new_client, new_stream);
                 continue;
             }
         };
+        if let Some(index) = output::events::event_index(&event.event_json) {
+            resume = Some(args::events::Since::Index(index));
+        }
         if !selection.actions.is_empty() && !selection.actions.contains(&output::event_action(&event.event_json)) {
             continue;
         }

@@ -389,6 +389,40 @@ fn event_json(change: &shoal_store::Change) -> String {
     to_json(&EventOut { time: change.at, kind, action: change.kind, id, service, index: change.index, object })
 }
 
+/// What `Watch` replays for `since_index` / `since_time`: the objects that exist and changed
+/// after the index (their version is the raft index of their last change) and at or after the
+/// time, oldest first, as updates. Removed objects have nothing left to replay.
+fn changed_since(state: &shoal_store::State, since_index: u64, since_time: u64) -> Vec<shoal_store::Change> {
+    use shoal_store::{Change, ChangeKind, Object};
+    let recent = |version: u64, at: u64| version > since_index && at >= since_time;
+    let change = |index: u64, at: u64, object: Object| Change { kind: ChangeKind::Update, index, at, object };
+    let mut changes: Vec<Change> = Vec::new();
+    // The cluster object records no time of change; only an index asks for it.
+    if let Some(cluster) = state.cluster().filter(|c| since_index > 0 && recent(c.version, since_time)) {
+        changes.push(change(cluster.version, 0, Object::Cluster(cluster.clone())));
+    }
+    changes.extend(
+        state
+            .services()
+            .filter(|s| recent(s.version, s.updated_at))
+            .map(|s| change(s.version, s.updated_at, Object::Service(std::sync::Arc::new(s.clone())))),
+    );
+    changes.extend(
+        state
+            .nodes()
+            .filter(|n| recent(n.version, n.updated_at))
+            .map(|n| change(n.version, n.updated_at, Object::Node(n.clone()))),
+    );
+    changes.extend(
+        state
+            .tasks()
+            .filter(|t| recent(t.version, t.updated_at))
+            .map(|t| change(t.version, t.updated_at, Object::Task(t.clone()))),
+    );
+    changes.sort_by_key(|c| c.index);
+    changes
+}
+
 type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -412,9 +446,32 @@ impl Control for ControlApi {
                 .into());
             }
         }
+        // Subscribed before the state is read: every change after the state's applied index
+        // arrives live, and those up to it are in the replay.
         let mut rx = self.manager.subscribe();
+        let (replay, replayed_to) = if request.since_index > 0 || request.since_time > 0 {
+            let state = self.manager.state();
+            (changed_since(&state, request.since_index, request.since_time), state.applied_index())
+        } else {
+            (Vec::new(), 0)
+        };
         let (tx, out) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move {
+            let wanted = |change: &shoal_store::Change| {
+                let (kind, service) = match &change.object {
+                    shoal_store::Object::Cluster(_) => ("cluster", None),
+                    shoal_store::Object::Service(s) => ("service", Some(s.id.as_str())),
+                    shoal_store::Object::Task(t) => ("task", Some(t.service_id.as_str())),
+                    shoal_store::Object::Node(_) => ("node", None),
+                };
+                (request.types.is_empty() || request.types.iter().any(|t| t == kind))
+                    && service_id.as_ref().is_none_or(|wanted| service == Some(wanted.as_str()))
+            };
+            for change in replay.iter().filter(|c| wanted(c)) {
+                if tx.send(Ok(WatchEvent { event_json: event_json(change) })).await.is_err() {
+                    return;
+                }
+            }
             loop {
                 let change = match rx.recv().await {
                     Ok(change) => change,
@@ -428,18 +485,7 @@ impl Control for ControlApi {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                let (kind, service) = match &change.object {
-                    shoal_store::Object::Cluster(_) => ("cluster", None),
-                    shoal_store::Object::Service(s) => ("service", Some(s.id.clone())),
-                    shoal_store::Object::Task(t) => ("task", Some(t.service_id.clone())),
-                    shoal_store::Object::Node(_) => ("node", None),
-                };
-                if !request.types.is_empty() && !request.types.iter().any(|t| t == kind) {
-                    continue;
-                }
-                if let Some(wanted) = &service_id
-                    && service.as_ref() != Some(wanted)
-                {
+                if change.index <= replayed_to || !wanted(&change) {
                     continue;
                 }
                 if tx.send(Ok(WatchEvent { event_json: event_json(&change) })).await.is_err() {

@@ -57,7 +57,31 @@ pub enum EventFormat {
     Json,
 }
 
-/// `shoal events [--filter KEY=VALUE]... [--format text|json]`.
+/// `--since`: the changes to replay before the live ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// After this raft index (the `index` of the events).
+    Index(u64),
+    /// At or after this time, Unix milliseconds.
+    Time(u64),
+}
+
+/// `--since`: a raft index (digits) or a Go duration ago (`10m`, `1h30m`).
+pub fn since(text: &str) -> Result<Since, String> {
+    let text = text.trim();
+    let allowed = "expected a raft index (the events' index, e.g. 1234) or a duration ago (e.g. 10m, 1h30m)";
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return match text.parse::<u64>() {
+            Ok(0) | Err(_) => Err(format!("{allowed}; an index is at least 1")),
+            Ok(index) => Ok(Since::Index(index)),
+        };
+    }
+    let ago = shoal_types::GoDuration::parse(text).map_err(|e| format!("{allowed}: {e}"))?;
+    let ago = u64::try_from(ago.as_std().as_millis()).unwrap_or(u64::MAX);
+    Ok(Since::Time(crate::timefmt::now_millis().saturating_sub(ago).max(1)))
+}
+
+/// `shoal events [--filter KEY=VALUE]... [--format text|json] [--since INDEX|DURATION]`.
 #[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct EventsArgs {
     /// Filter events: type=service|task|node|cluster, service=NAME, event=create|update|remove (repeatable)
@@ -66,6 +90,10 @@ pub struct EventsArgs {
     /// Output format
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = EventFormat::Text)]
     pub format: EventFormat,
+    /// First replay the objects changed after this raft index (the events' index) or this long
+    /// ago (10m), as update events, oldest first; objects removed meanwhile are not replayed
+    #[arg(long, value_name = "INDEX|DURATION", value_parser = since)]
+    pub since: Option<Since>,
 }
 
 /// What to ask the manager for, and what to filter out here.

@@ -93,3 +93,8 @@ pub fn event_line(json: &str) -> String {
 pub fn event_action(json: &str) -> String {
     serde_json::from_str::<Value>(json).map(|event| text(&event, "action").to_string()).unwrap_or_default()
 }
+
+/// The event's raft index (where `events` resumes after a reconnect); `None` if unreadable.
+pub fn event_index(json: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(json).ok()?.get("index")?.as_u64()
+}

@@ -1,0 +1,143 @@
+//! `shoal events --since` and a reconnect without gaps (issue 21 item 10), with the real `shoal`
+//! binary against real managers. Run `cargo build --workspace --bins` first.
+
+use anyhow::Result;
+use shoal_tests::*;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Lines a child process writes to one of its pipes, gathered by a thread.
+fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().expect("lines lock").push(line);
+        }
+    });
+    lines
+}
+
+/// Waits until one of `lines` contains `needle`.
+async fn wait_line(lines: &Mutex<Vec<String>>, needle: &str, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if lines.lock().expect("lines lock").iter().any(|l| l.contains(needle)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("{what}: no line with {needle:?}; got:\n{}", lines.lock().expect("lines lock").join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `shoal events` as a child, killed when the test ends however it ends.
+struct Events {
+    child: std::process::Child,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<Vec<String>>>,
+}
+
+impl Events {
+    fn start(hosts: &str, tls_dir: &std::path::Path, args: &[&str]) -> Result<Events> {
+        let mut child = std::process::Command::new(bin("shoal"))
+            .args(["--host", hosts, "events", "--format", "json"])
+            .args(args)
+            .env_remove("SHOAL_HOST")
+            .env("SHOAL_TLS_DIR", tls_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let out = collect_lines(child.stdout.take().expect("stdout"));
+        let err = collect_lines(child.stderr.take().expect("stderr"));
+        Ok(Events { child, out, err })
+    }
+
+    fn out_text(&self) -> String {
+        self.out.lock().expect("lines lock").join("\n")
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--since INDEX` replays the objects changed after the index (and not those before), then goes
+/// on live; `--since 1h` replays by time; bad values are usage errors naming what is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_replays_what_changed_after_an_index_or_a_time() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let host = cluster.managers[0].addr.clone();
+    ok(&shoal(&host, &["service", "create", "-d", "--name", "early", "shoal/busybox:1"]));
+    let early = list_services(&host).await?.into_iter().find(|s| s.spec.name == "early").expect("early");
+    ok(&shoal(&host, &["service", "create", "-d", "--name", "late", "shoal/busybox:1"]));
+
+    let since = early.version.to_string();
+    let events = Events::start(&host, &cluster.admin_dir(), &["--filter", "type=service", "--since", &since])?;
+    wait_line(&events.out, "\"name\":\"late\"", "replayed service").await?;
+    assert!(
+        !events.out_text().contains("\"name\":\"early\""),
+        "replayed a change before the index:\n{}",
+        events.out_text()
+    );
+    // Live changes follow the replay.
+    ok(&shoal(&host, &["service", "create", "-d", "--name", "live", "shoal/busybox:1"]));
+    wait_line(&events.out, "\"name\":\"live\"", "live service").await?;
+    drop(events);
+
+    let events = Events::start(&host, &cluster.admin_dir(), &["--filter", "type=service", "--since", "1h"])?;
+    wait_line(&events.out, "\"name\":\"early\"", "replayed by time").await?;
+    wait_line(&events.out, "\"name\":\"late\"", "replayed by time").await?;
+    drop(events);
+
+    for (value, needle) in [
+        ("0", "invalid value '0' for '--since <INDEX|DURATION>'"),
+        ("yesterday", "expected a raft index (the events' index, e.g. 1234) or a duration ago"),
+    ] {
+        let out = shoal(&host, &["events", "--since", value]);
+        assert_eq!(out.status.code(), Some(2), "{value}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{value}: {}", stderr(&out));
+    }
+    Ok(())
+}
+
+/// The manager `events` watches through hangs (SIGSTOP): a change made while it hangs reaches
+/// the stream only through the replay of the manager it reconnects to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_replays_the_changes_made_while_the_manager_hung() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let other = (0..3).find(|i| *i != leader && *i != follower).expect("another follower");
+    let addr = |i: usize| cluster.managers[i].addr.clone();
+    let hosts = format!("{},{}", addr(follower), addr(other));
+    let events = Events::start(&hosts, &cluster.admin_dir(), &["--filter", "type=service"])?;
+
+    // The stream is open once a change made after the start shows.
+    let mut n = 0;
+    loop {
+        n += 1;
+        let name = format!("before{n}");
+        ok(&shoal(&addr(leader), &["service", "create", "-d", "--name", &name, "shoal/busybox:1"]));
+        if wait_line(&events.out, &format!("\"name\":\"{name}\""), "first event").await.is_ok() {
+            break;
+        }
+        anyhow::ensure!(n < 3, "events printed nothing:\n{}", events.err.lock().expect("lines lock").join("\n"));
+    }
+
+    // The watched follower hangs; the leader and the other follower still commit.
+    let pid = cluster.managers[follower].pid().expect("the follower runs");
+    let frozen = Frozen::stop(pid)?;
+    ok(&shoal(&addr(leader), &["service", "create", "-d", "--name", "gap", "shoal/busybox:1"]));
+    wait_line(&events.err, "continuing through", "reconnection note").await?;
+    wait_line(&events.out, "\"name\":\"gap\"", "the change made while the manager hung").await?;
+    let note = events.err.lock().expect("lines lock").join("\n");
+    assert!(note.contains("replaying the objects changed after index"), "{note}");
+    frozen.resume()?;
+    Ok(())
+}
