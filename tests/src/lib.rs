@@ -687,3 +687,70 @@ fn signal(pid: u32, which: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The service named `name` (it must exist).
+pub async fn service_by_name(addr: &str, name: &str) -> Result<Service> {
+    list_services(addr).await?.into_iter().find(|s| s.spec.name == name).ok_or_else(|| anyhow!("no service {name}"))
+}
+
+/// Reads the service, applies `change` to its spec and sends it back with the version read.
+pub async fn update_by_name(addr: &str, name: &str, change: impl FnOnce(&mut ServiceSpec)) -> Result<()> {
+    update_service(&mut connect(addr).await?, name, change).await
+}
+
+/// `service rollback` through the API.
+pub async fn rollback_by_name(addr: &str, name: &str) -> Result<()> {
+    rollback_service(&mut connect(addr).await?, name).await
+}
+
+/// Polls until the service's update status is `want`; fails at the deadline with every task of
+/// the service. A poll cut off by a leader change is retried; only the deadline ends the wait.
+pub async fn wait_update_status(
+    addr: &str,
+    name: &str,
+    want: shoal_types::UpdateState,
+    timeout: Duration,
+) -> Result<Service> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = match service_by_name(addr, name).await {
+            Ok(s) => s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("polling {name} failed ({e:#}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if s.update_status.as_ref().is_some_and(|u| u.state == want) {
+            return Ok(s);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let tasks = list_tasks(addr, name).await.unwrap_or_default();
+            let lines: Vec<String> = tasks
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {} {} v{} {:?} {}/{} running_at={:?} {}",
+                        t.id,
+                        t.name(),
+                        t.spec.container.image,
+                        t.spec_version,
+                        t.origin,
+                        t.status.state,
+                        t.desired_state,
+                        t.running_at,
+                        t.status.err
+                    )
+                })
+                .collect();
+            bail!(
+                "update status {:?} instead of {want:?}; service spec_version {}\n{}",
+                s.update_status,
+                s.spec_version,
+                lines.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -6,49 +6,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use shoal_tests::*;
 use shoal_types::{
-    FailureAction, GoDuration, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState,
-    UpdateState,
+    FailureAction, GoDuration, RestartCondition, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState, UpdateState,
 };
-
-async fn get(addr: &str, name: &str) -> Result<Service> {
-    Ok(list_services(addr).await?.into_iter().find(|s| s.spec.name == name).expect("service exists"))
-}
-
-async fn update(addr: &str, name: &str, change: impl FnOnce(&mut ServiceSpec)) -> Result<()> {
-    update_service(&mut connect(addr).await?, name, change).await
-}
-
-/// Polls until the service's update status is `want`; fails with the tasks seen at the deadline.
-async fn wait_status(addr: &str, name: &str, want: UpdateState, timeout: Duration) -> Result<Service> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let s = get(addr, name).await?;
-        if s.update_status.as_ref().is_some_and(|u| u.state == want) {
-            return Ok(s);
-        }
-        if tokio::time::Instant::now() > deadline {
-            let tasks = list_tasks(addr, name).await.unwrap_or_default();
-            let lines: Vec<String> = tasks
-                .iter()
-                .map(|t| {
-                    format!(
-                        "{} {} {} v{} {:?} {}/{} {}",
-                        t.id,
-                        t.name(),
-                        t.spec.container.image,
-                        t.spec_version,
-                        t.origin,
-                        t.status.state,
-                        t.desired_state,
-                        t.status.err
-                    )
-                })
-                .collect();
-            bail!("update status {:?} instead of {want:?}\n{}", s.update_status, lines.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Every task of the service stopped and none is meant to run: the slots stopped for good.
 fn all_stopped(tasks: &[Task], at_least: usize) -> bool {
@@ -147,7 +106,7 @@ async fn an_update_brings_back_slots_that_stopped_for_good() -> Result<()> {
 
     // A new image for two of them, `service update --force` for the one whose image still works.
     for name in ["done", "spent"] {
-        update(&addr, name, |s| s.task.container.image = "shoal/busybox:2".into()).await?;
+        update_by_name(&addr, name, |s| s.task.container.image = "shoal/busybox:2".into()).await?;
     }
     let out = shoal(&addr, &["service", "update", "--force", "--detach", "none"]);
     ok(&out);
@@ -157,7 +116,7 @@ async fn an_update_brings_back_slots_that_stopped_for_good() -> Result<()> {
         let mut slots: Vec<u64> = running(&tasks).iter().map(|t| t.slot).collect();
         slots.sort();
         assert_eq!(slots, vec![1, 2], "{name}: each slot brought back in place");
-        wait_status(&addr, name, UpdateState::Completed, Duration::from_secs(30)).await?;
+        wait_update_status(&addr, name, UpdateState::Completed, Duration::from_secs(30)).await?;
     }
     Ok(())
 }
@@ -176,13 +135,13 @@ async fn continue_completes_while_the_new_tasks_crash_and_restart() -> Result<()
     });
     create_service(&addr, &spec).await?;
     wait_tasks(&addr, "crash", Duration::from_secs(30), "2 running", |t| running(t).len() == 2).await?;
-    update(&addr, "crash", |s| {
+    update_by_name(&addr, "crash", |s| {
         s.task.container.image = "shoal/fail:1".into();
         s.update_config.failure_action = FailureAction::Continue;
         s.update_config.monitor = GoDuration::from_secs(2);
     })
     .await?;
-    let s = wait_status(&addr, "crash", UpdateState::Completed, Duration::from_secs(60)).await?;
+    let s = wait_update_status(&addr, "crash", UpdateState::Completed, Duration::from_secs(60)).await?;
     assert_eq!(s.update_status.as_ref().map(|u| u.message.as_str()), Some("update completed"));
     let tasks = list_tasks(&addr, "crash").await?;
     let mut updated: Vec<u64> = tasks
@@ -213,7 +172,7 @@ async fn the_rollback_names_the_task_that_crossed_the_ratio() -> Result<()> {
     });
     create_service(&addr, &spec).await?;
     wait_tasks(&addr, "ratio", Duration::from_secs(30), "4 running", |t| running(t).len() == 4).await?;
-    update(&addr, "ratio", |s| {
+    update_by_name(&addr, "ratio", |s| {
         s.task.container.image = "shoal/fail:1".into();
         s.update_config.failure_action = FailureAction::Rollback;
         s.update_config.max_failure_ratio = 0.25;
@@ -223,7 +182,7 @@ async fn the_rollback_names_the_task_that_crossed_the_ratio() -> Result<()> {
         s.update_config.delay = GoDuration::from_secs(2);
     })
     .await?;
-    let s = wait_status(&addr, "ratio", UpdateState::RollbackStarted, Duration::from_secs(60)).await?;
+    let s = wait_update_status(&addr, "ratio", UpdateState::RollbackStarted, Duration::from_secs(60)).await?;
     let message = s.update_status.map(|u| u.message).unwrap_or_default();
     let tasks = list_tasks(&addr, "ratio").await?;
     let mut failed: Vec<&Task> = tasks
@@ -242,7 +201,7 @@ async fn the_rollback_names_the_task_that_crossed_the_ratio() -> Result<()> {
         "the second failure crossed 0.25 (the first was {})",
         failed[0].id
     );
-    let s = wait_status(&addr, "ratio", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
+    let s = wait_update_status(&addr, "ratio", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
     assert_eq!(s.spec.task.container.image, "shoal/busybox:1");
     wait_tasks(&addr, "ratio", Duration::from_secs(30), "4 running the old image", |t| {
         running(t).iter().filter(|t| t.spec.container.image == "shoal/busybox:1").count() == 4

@@ -3,67 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use shoal_proto::v1::WatchRequest;
 use shoal_tests::*;
-use shoal_types::{FailureAction, GoDuration, Service, ServiceMode, ServiceSpec, Task, TaskOrigin, UpdateState};
-
-async fn get(addr: &str, name: &str) -> Result<Service> {
-    Ok(list_services(addr).await?.into_iter().find(|s| s.spec.name == name).expect("service exists"))
-}
-
-async fn update(addr: &str, name: &str, change: impl FnOnce(&mut ServiceSpec)) -> Result<()> {
-    update_service(&mut connect(addr).await?, name, change).await
-}
-
-async fn rollback(addr: &str, name: &str) -> Result<()> {
-    rollback_service(&mut connect(addr).await?, name).await
-}
-
-async fn wait_status(addr: &str, name: &str, want: UpdateState, timeout: Duration) -> Result<Service> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        // A poll cut off by a leader change is retried; only the deadline ends the wait.
-        let s = match get(addr, name).await {
-            Ok(s) => s,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                eprintln!("polling {name} failed ({e:#}); retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if s.update_status.as_ref().is_some_and(|u| u.state == want) {
-            return Ok(s);
-        }
-        if tokio::time::Instant::now() > deadline {
-            let tasks = list_tasks(addr, name).await.unwrap_or_default();
-            let lines: Vec<String> = tasks
-                .iter()
-                .map(|t| {
-                    format!(
-                        "{} {} v{} {:?} {}/{} running_at={:?} {}",
-                        t.id,
-                        t.name(),
-                        t.spec_version,
-                        t.origin,
-                        t.status.state,
-                        t.desired_state,
-                        t.running_at,
-                        t.status.err
-                    )
-                })
-                .collect();
-            bail!(
-                "update status {:?} instead of {want:?}; service spec_version {}\n{}",
-                s.update_status,
-                s.spec_version,
-                lines.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use shoal_types::{FailureAction, GoDuration, ServiceMode, ServiceSpec, Task, TaskOrigin, UpdateState};
 
 fn images(tasks: &[Task]) -> Vec<String> {
     let mut v: Vec<String> = running(tasks).iter().map(|t| t.spec.container.image.clone()).collect();
@@ -112,14 +55,14 @@ async fn rolling_update_respects_parallelism_and_rollback_toggles() -> Result<()
 
     let watcher = watch_transitions(addr.clone(), svc.id.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    update(&addr, "web", |s| {
+    update_by_name(&addr, "web", |s| {
         s.task.container.image = "shoal/busybox:2".into();
         s.update_config.parallelism = 2;
         s.update_config.delay = GoDuration::from_secs(1);
         s.update_config.monitor = GoDuration::from_secs(1);
     })
     .await?;
-    let done = wait_status(&addr, "web", UpdateState::Completed, Duration::from_secs(60)).await?;
+    let done = wait_update_status(&addr, "web", UpdateState::Completed, Duration::from_secs(60)).await?;
     assert_eq!(done.update_status.unwrap().message, "update completed");
     let tasks = list_tasks(&addr, "web").await?;
     assert_eq!(images(&tasks), vec!["shoal/busybox:2"; 6]);
@@ -135,12 +78,12 @@ async fn rolling_update_respects_parallelism_and_rollback_toggles() -> Result<()
     assert!((1..=2).contains(&max), "slots in transition at once: {max}");
 
     // Push-style rollback toggles between the last two specs.
-    rollback(&addr, "web").await?;
-    let s = wait_status(&addr, "web", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
+    rollback_by_name(&addr, "web").await?;
+    let s = wait_update_status(&addr, "web", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
     assert_eq!(s.spec.task.container.image, "shoal/busybox:1");
     wait_tasks(&addr, "web", Duration::from_secs(30), "v1 again", |t| images(t) == vec!["shoal/busybox:1"; 6]).await?;
-    rollback(&addr, "web").await?;
-    let s = wait_status(&addr, "web", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
+    rollback_by_name(&addr, "web").await?;
+    let s = wait_update_status(&addr, "web", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
     assert_eq!(s.spec.task.container.image, "shoal/busybox:2");
     wait_tasks(&addr, "web", Duration::from_secs(30), "v2 again", |t| images(t) == vec!["shoal/busybox:2"; 6]).await?;
     Ok(())
@@ -156,7 +99,7 @@ async fn a_failing_image_rolls_back_automatically() -> Result<()> {
     spec.rollback_config.monitor = GoDuration::from_secs(1);
     create_service(&addr, &spec).await?;
     wait_tasks(&addr, "api", Duration::from_secs(30), "3 running", |t| running(t).len() == 3).await?;
-    update(&addr, "api", |s| {
+    update_by_name(&addr, "api", |s| {
         s.task.container.image = "shoal/fail:1".into();
         s.update_config.failure_action = FailureAction::Rollback;
         // The new container fails 1 s after it starts: a 2 s per-slot delay lets the updater
@@ -164,7 +107,7 @@ async fn a_failing_image_rolls_back_automatically() -> Result<()> {
         s.update_config.delay = GoDuration::from_secs(2);
     })
     .await?;
-    let s = wait_status(&addr, "api", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
+    let s = wait_update_status(&addr, "api", UpdateState::RollbackCompleted, Duration::from_secs(60)).await?;
     assert_eq!(s.spec.task.container.image, "shoal/busybox:1");
     assert!(s.previous_spec.is_none());
     let tasks = list_tasks(&addr, "api").await?;
@@ -192,7 +135,7 @@ async fn killing_the_leader_mid_update_completes_it_once() -> Result<()> {
 
     let watcher = watch_transitions(watcher_addr.clone(), svc.id.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    update(&watcher_addr, "web", |s| {
+    update_by_name(&watcher_addr, "web", |s| {
         s.task.container.image = "shoal/busybox:2".into();
         s.update_config.parallelism = 2;
         s.update_config.delay = GoDuration::from_secs(1);
@@ -205,7 +148,7 @@ async fn killing_the_leader_mid_update_completes_it_once() -> Result<()> {
     })
     .await?;
     cluster.managers[leader].kill9();
-    let done = wait_status(&watcher_addr, "web", UpdateState::Completed, Duration::from_secs(90)).await?;
+    let done = wait_update_status(&watcher_addr, "web", UpdateState::Completed, Duration::from_secs(90)).await?;
     assert_eq!(done.spec.task.container.image, "shoal/busybox:2");
     let tasks = list_tasks(&watcher_addr, "web").await?;
     assert_eq!(images(&tasks), vec!["shoal/busybox:2"; 6]);
@@ -275,7 +218,7 @@ async fn cli_update_waits_and_exits_non_zero_after_an_automatic_rollback() -> Re
         "{}",
         stderr(&out)
     );
-    let s = get(&host, "web").await?;
+    let s = service_by_name(&host, "web").await?;
     assert_eq!(s.update_status.unwrap().state, UpdateState::RollbackCompleted);
     assert_eq!(s.spec.task.container.image, "shoal/busybox:1");
 
@@ -286,6 +229,6 @@ async fn cli_update_waits_and_exits_non_zero_after_an_automatic_rollback() -> Re
     let out = shoal(&host, &["service", "update", "--rollback", "--image", "x", "web"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("other flags may not be combined with --rollback"), "{}", stderr(&out));
-    assert_eq!(get(&host, "web").await?.version, s.version, "refused requests changed nothing");
+    assert_eq!(service_by_name(&host, "web").await?.version, s.version, "refused requests changed nothing");
     Ok(())
 }
