@@ -96,7 +96,7 @@ async fn service_create(host: &str, args: &CreateArgs) -> Result<(), CliError> {
             Ok(service) => {
                 print_out(&format!("{}\n", service.id));
                 if !args.detach {
-                    let deadline = Deadline::after(args.timeout);
+                    let deadline = Deadline::after(args.wait.timeout);
                     wait_for_convergence_until(&mut client, &service, Operation::Create, args.quiet, deadline).await?;
                 }
                 return Ok(());
@@ -414,7 +414,7 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
         args.check_usage().map_err(|message| {
             CliError::Usage(args::usage_error(&["service", "update"], ErrorKind::ArgumentConflict, message))
         })?;
-        return rollback(host, &args.service, args.detach, args.quiet, Deadline::after(args.timeout)).await;
+        return rollback(host, &args.service, args.detach, args.quiet, Deadline::after(args.wait.timeout)).await;
     }
     let mut client = Client::connect(host).await?;
     let service = client.get_service(&args.service).await?;
@@ -424,7 +424,7 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
     let updated = client.update_service(&service.id, service.version, &spec).await?;
     print_out(&format!("{}\n", args.service));
     if !args.detach {
-        let deadline = Deadline::after(args.timeout);
+        let deadline = Deadline::after(args.wait.timeout);
         wait_for_convergence_until(&mut client, &updated, Operation::Update, args.quiet, deadline).await?;
     }
     Ok(())

@@ -256,7 +256,7 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
     let mut first_failure: Option<u8> = None;
     // One --timeout for the whole deploy: a service that converged in time is still reported
     // as such after the deadline, the others as timed out.
-    let deadline = Deadline::after(args.timeout);
+    let deadline = Deadline::after(args.wait.timeout);
     for (service, operation) in &changed {
         if !args.quiet {
             print_out(&format!("Waiting for service {} to converge\n", service.spec.name));

@@ -538,3 +538,21 @@ impl EndpointUpdateFlags {
         }
     }
 }
+
+/// What the commands that wait for convergence (`service create|update`, `stack deploy`) share:
+/// how long to wait, and docker's registry flag, accepted so scripts that always pass it work.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct WaitFlags {
+    /// Give up waiting after this long (e.g. 30s, 5m) and exit 1; the cluster goes on converging
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parsers::wait_timeout,
+        conflicts_with = "detach",
+        allow_hyphen_values = true
+    )]
+    pub timeout: Option<GoDuration>,
+    /// Accepted for docker compatibility; has no effect (shoal never pulls images)
+    #[arg(long)]
+    pub with_registry_auth: bool,
+}

@@ -126,9 +126,9 @@ impl Cli {
     /// Whether `--with-registry-auth` was given (it is accepted and ignored).
     pub fn with_registry_auth(&self) -> bool {
         match &self.command {
-            Command::Service(ServiceCommand::Create(args)) => args.with_registry_auth,
-            Command::Service(ServiceCommand::Update(args)) => args.with_registry_auth,
-            Command::Stack(StackCommand::Deploy(args)) => args.with_registry_auth,
+            Command::Service(ServiceCommand::Create(args)) => args.wait.with_registry_auth,
+            Command::Service(ServiceCommand::Update(args)) => args.wait.with_registry_auth,
+            Command::Stack(StackCommand::Deploy(args)) => args.wait.with_registry_auth,
             _ => false,
         }
     }

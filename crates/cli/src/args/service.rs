@@ -1,12 +1,13 @@
 //! `shoal service …` arguments and the pure flag → `ServiceSpec` conversion.
 
 use clap::{Args, Subcommand};
-use shoal_types::{GoDuration, ServiceMode, ServiceSpec};
+use shoal_types::{ServiceMode, ServiceSpec};
 
 use super::InspectFormat;
 use super::filters::{self, ServiceFilter};
 use super::flags::{
-    ContainerFlags, EndpointFlags, HealthFlags, PlacementFlags, ResourceFlags, RestartFlags, RollbackFlags, UpdateFlags,
+    ContainerFlags, EndpointFlags, HealthFlags, PlacementFlags, ResourceFlags, RestartFlags, RollbackFlags,
+    UpdateFlags, WaitFlags,
 };
 use super::format::{self, ListOutput};
 use super::parsers::{self, ModeKind};
@@ -64,18 +65,8 @@ pub struct CreateArgs {
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Give up waiting after this long (e.g. 30s, 5m) and exit 1; the service goes on converging
-    #[arg(
-        long,
-        value_name = "DURATION",
-        value_parser = parsers::wait_timeout,
-        conflicts_with = "detach",
-        allow_hyphen_values = true
-    )]
-    pub timeout: Option<GoDuration>,
-    /// Accepted for docker compatibility; has no effect (shoal never pulls images)
-    #[arg(long)]
-    pub with_registry_auth: bool,
+    #[command(flatten)]
+    pub wait: WaitFlags,
     // Before the flattened groups: each sets the help heading of what follows it, and IMAGE
     // belongs under "Arguments", not under the last group's heading.
     /// The image, then optionally the command and its arguments (everything after IMAGE is passed on)

@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use shoal_types::GoDuration;
 
 use super::ListFormat;
+use super::flags::WaitFlags;
 use super::format::{self, ListOutput};
-use super::parsers;
 use super::tasks::TaskListFlags;
 
 /// The stack name `stack config` uses when none is given (it only shows in labels, which the
@@ -73,23 +72,12 @@ pub struct StackDeployArgs {
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Give up waiting after this long for all the services together (e.g. 30s, 5m) and exit 1;
-    /// the services go on converging
-    #[arg(
-        long,
-        value_name = "DURATION",
-        value_parser = parsers::wait_timeout,
-        conflicts_with = "detach",
-        allow_hyphen_values = true
-    )]
-    pub timeout: Option<GoDuration>,
+    #[command(flatten)]
+    pub wait: WaitFlags,
     /// Deploy even though the files use volumes, secrets, configs or networks, which shoal does
     /// not support yet: the services then run without them
     #[arg(long)]
     pub ignore_unsupported: bool,
-    /// Accepted for docker compatibility; has no effect (shoal never pulls images)
-    #[arg(long)]
-    pub with_registry_auth: bool,
     /// Stack name
     #[arg(value_name = "STACK")]
     pub stack: String,

@@ -434,13 +434,13 @@ fn completion_and_man_parse_and_refuse_other_shells() {
 #[test]
 fn with_registry_auth_is_accepted_and_changes_nothing() {
     let args = create_args(&["--with-registry-auth", "--name", "web", "busybox"]);
-    assert!(args.with_registry_auth);
+    assert!(args.wait.with_registry_auth);
     assert_eq!(args.to_spec().unwrap(), spec(&["busybox"]));
     assert!(parse(&["service", "create", "--with-registry-auth", "busybox"]).unwrap().with_registry_auth());
     assert!(!parse(&["service", "create", "busybox"]).unwrap().with_registry_auth());
 
     let update = update_args(&["--with-registry-auth", "--image", "busybox:2"]);
-    assert!(update.with_registry_auth);
+    assert!(update.wait.with_registry_auth);
     let mut with = current_spec();
     update.apply(&mut with).unwrap();
     let mut without = current_spec();

@@ -1,11 +1,11 @@
 //! `shoal service update`, `rollback` and `scale` arguments, and the pure flag → spec change.
 
 use clap::Args;
-use shoal_types::{GoDuration, ServiceMode, ServiceSpec};
+use shoal_types::{ServiceMode, ServiceSpec};
 
 use super::flags::{
     ContainerUpdateFlags, EndpointUpdateFlags, HealthFlags, PlacementUpdateFlags, ResourceFlags, RestartFlags,
-    RollbackFlags, UpdateFlags, update_labels,
+    RollbackFlags, UpdateFlags, WaitFlags, update_labels,
 };
 use super::parsers::{self, ShellWords};
 use super::service::REPLICAS_WITH_GLOBAL;
@@ -37,18 +37,8 @@ pub struct UpdateArgs {
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Give up waiting after this long (e.g. 30s, 5m) and exit 1; the service goes on converging
-    #[arg(
-        long,
-        value_name = "DURATION",
-        value_parser = parsers::wait_timeout,
-        conflicts_with = "detach",
-        allow_hyphen_values = true
-    )]
-    pub timeout: Option<GoDuration>,
-    /// Accepted for docker compatibility; has no effect (shoal never pulls images)
-    #[arg(long)]
-    pub with_registry_auth: bool,
+    #[command(flatten)]
+    pub wait: WaitFlags,
     /// Add or update a service label, key=value (repeatable)
     #[arg(id = "label-add", long = "label-add", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
     pub label_add: Vec<(String, String)>,
@@ -86,9 +76,8 @@ impl UpdateArgs {
             rollback: self.rollback,
             detach: self.detach,
             quiet: self.quiet,
-            timeout: self.timeout,
-            // It does nothing, and scripts pass it to every update.
-            with_registry_auth: self.with_registry_auth,
+            // --with-registry-auth does nothing, and scripts pass it to every update.
+            wait: self.wait.clone(),
             ..UpdateArgs::default()
         };
         *self == bare
