@@ -159,17 +159,26 @@ async fn listing_works_beside_a_service_with_a_1mb_env() -> Result<()> {
     create_service(&addr, &big).await?;
     let mut client = connect(&addr).await?;
     for round in 0..3 {
-        let current = get_service(&mut client, "big").await?;
-        let mut spec = current.spec.clone();
-        spec.task.container.env.push(format!("ROUND={round}"));
-        client
-            .update_service(UpdateServiceRequest {
+        // The updater's status writes move the service's version too, so an update read just
+        // before one is refused as out of sequence: read again and retry, as the message says.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let current = get_service(&mut client, "big").await?;
+            let mut spec = current.spec.clone();
+            spec.task.container.env.push(format!("ROUND={round}"));
+            let request = UpdateServiceRequest {
                 service: "big".into(),
                 version: current.version,
                 spec_json: serde_json::to_string(&spec)?,
                 rollback: false,
-            })
-            .await?;
+            };
+            match client.update_service(request).await {
+                Ok(_) => break,
+                Err(e) if e.code() == tonic::Code::FailedPrecondition && attempts < 20 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     let ls = ok(&shoal(&addr, &["service", "ls"]));
     assert!(ls.contains(" big ") && ls.contains(" small "), "{ls}");
