@@ -37,6 +37,3 @@ fi
 step "benchmark smoke run (shoal-bench --quick: every scenario must still run; figures are not judged)"
 target/debug/shoal-bench --quick --no-write >/dev/null
 echo "shoal-bench --quick: all scenarios ran"
-
-step "the README tour, run as written against scripts/up.sh's cluster (another cluster's bundle in ~/.shoal/tls)"
-bash scripts/check-tour.sh
