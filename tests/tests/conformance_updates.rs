@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use shoal_tests::*;
 use shoal_types::{
     FailureAction, GoDuration, RestartCondition, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState, UpdateState,
@@ -26,37 +26,17 @@ fn replicated(name: &str, image: &str, replicas: u64, configure: impl FnOnce(&mu
 /// Waits for `want` tasks running `image` in the update's own tasks, checking by polling that the
 /// update never has more than one slot in transition (parallelism 1).
 async fn wait_revived(addr: &str, name: &str, image: &str, want: usize) -> Result<Vec<Task>> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut max_in_transition = 0;
-    loop {
-        let tasks = list_tasks(addr, name).await?;
-        max_in_transition = max_in_transition.max(slots_in_transition(&tasks));
-        let revived: Vec<&Task> = running(&tasks)
-            .into_iter()
-            .filter(|t| t.spec.container.image == image && t.origin == TaskOrigin::Update)
-            .collect();
-        if revived.len() == want {
-            assert!(max_in_transition <= 1, "{name}: {max_in_transition} slots in transition at once");
-            return Ok(tasks);
-        }
-        if tokio::time::Instant::now() > deadline {
-            let lines: Vec<String> = tasks
-                .iter()
-                .map(|t| {
-                    format!(
-                        "{} {} {:?} {}/{}",
-                        t.name(),
-                        t.spec.container.image,
-                        t.origin,
-                        t.status.state,
-                        t.desired_state
-                    )
-                })
-                .collect();
-            bail!("{name}: {want} revived tasks not reached; tasks:\n{}", lines.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The shared wait, with the most slots seen in transition at any poll kept on the side.
+    let max_in_transition = std::cell::Cell::new(0);
+    let tasks = wait_tasks(addr, name, Duration::from_secs(60), &format!("{want} revived tasks"), |tasks| {
+        max_in_transition.set(max_in_transition.get().max(slots_in_transition(tasks)));
+        running(tasks).iter().filter(|t| t.spec.container.image == image && t.origin == TaskOrigin::Update).count()
+            == want
+    })
+    .await?;
+    let max_in_transition = max_in_transition.get();
+    assert!(max_in_transition <= 1, "{name}: {max_in_transition} slots in transition at once");
+    Ok(tasks)
 }
 
 /// Item 1: a slot whose task stopped for good — completed under on-failure, stopped under none,
