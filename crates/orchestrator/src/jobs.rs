@@ -6,14 +6,15 @@
 //! or a node (global) is done once one of its tasks completed: it is never restarted then. A
 //! task that failed is restarted in its slot by the restart supervisor, with the restart
 //! policy's delay and backoff, as for services; the condition `any` acts as `on-failure`, since
-//! a completed task is never run again.
+//! a completed task is never run again. A completed task's desired state becomes `Complete`, as
+//! docker shows it; tasks stopped before they completed get `Shutdown`.
 
 use std::collections::BTreeMap;
 
 use shoal_store::{Action, State};
-use shoal_types::{Availability, RestartCondition, Service, Task, TaskOrigin, TaskState};
+use shoal_types::{Availability, RestartCondition, Service, Task, TaskOrigin, TaskState, Timestamp};
 
-use crate::{Ctx, Plan, global_eligible, new_task, node_ok, supervise};
+use crate::{Ctx, Plan, global_eligible, new_task, node_ok, should_restart, supervise};
 
 /// The service as the restart supervisor must see it for a job: a completed task is final.
 fn job_view(service: &Service) -> Service {
@@ -28,12 +29,29 @@ fn completed(tasks: &[&Task]) -> bool {
     tasks.iter().any(|t| t.status.state == TaskState::Complete)
 }
 
+/// Ends the tasks still meant to run: one that completed is marked desired `Complete` (Swarm's
+/// job tasks are desired `Complete` from the start), any other is stopped (`Shutdown`).
 fn stop_all(tasks: &[&Task], plan: &mut Plan) {
     for task in tasks {
         if task.desired_state <= TaskState::Running {
-            plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Shutdown });
+            let desired =
+                if task.status.state == TaskState::Complete { TaskState::Complete } else { TaskState::Shutdown };
+            plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired });
         }
     }
+}
+
+/// Whether a global job's node needs no new task in this run: one of its tasks completed, one is
+/// meant to run (or waits for its restart), or the newest failed and is not to be restarted. A
+/// task stopped because its node went down or was drained did not fail: once the node is
+/// eligible again, the job runs there again.
+fn node_settled(service: &Service, tasks: &[&Task], now: Timestamp) -> bool {
+    completed(tasks)
+        || tasks.iter().any(|t| t.desired_state <= TaskState::Running)
+        || tasks.iter().max_by_key(|t| (t.created_at, t.id.as_str())).is_some_and(|newest| {
+            matches!(newest.status.state, TaskState::Failed | TaskState::Rejected)
+                && !should_restart(&service.spec, newest, tasks, now)
+        })
 }
 
 /// Splits the service's tasks into those of the current run (by `key`) and stops the running
@@ -95,7 +113,8 @@ pub(crate) fn reconcile_replicated_job(
 }
 
 /// One completed task on every eligible node per run; a node that joins (or becomes eligible)
-/// during a run gets its task too, as in Swarm.
+/// during a run gets its task too, as in Swarm, and so does a node whose task was stopped when
+/// it went down or was drained (its new task is a restart of that node's run).
 pub(crate) fn reconcile_global_job(
     state: &State,
     service: &Service,
@@ -114,22 +133,25 @@ pub(crate) fn reconcile_global_job(
         supervise(state, service, tasks, ctx, plan, Some(node_id));
     }
     for node in state.nodes() {
-        if !global_eligible(node, &service.spec)
-            || node.spec.availability == Availability::Pause
-            || by_node.contains_key(node.id.as_str())
-            || *budget == 0
-        {
+        if !global_eligible(node, &service.spec) || node.spec.availability == Availability::Pause || *budget == 0 {
             continue;
         }
+        let origin = match by_node.get(node.id.as_str()) {
+            None => TaskOrigin::Orchestrator,
+            Some(tasks) if !node_settled(service, tasks, ctx.now) => TaskOrigin::Restart,
+            Some(_) => continue,
+        };
         *budget -= 1;
-        let task = new_task(ctx, service, 0, &node.id, TaskOrigin::Orchestrator, None);
+        let task = new_task(ctx, service, 0, &node.id, origin, None);
         plan.actions.push(Action::PutTask { task });
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use shoal_types::{RestartCondition, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState};
+    use shoal_types::{
+        Availability, NodeState, RestartCondition, ServiceMode, ServiceSpec, Task, TaskOrigin, TaskState,
+    };
 
     use crate::tests::World;
     use shoal_store::Action;
@@ -179,9 +201,10 @@ mod tests {
         let tasks = w.tasks(&svc);
         assert_eq!(tasks.iter().map(|t| t.slot).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert!(tasks.iter().all(|t| t.status.state == TaskState::Complete && t.origin == TaskOrigin::Orchestrator));
-        // Completed: nothing is restarted (the default condition `any` acts as on-failure).
+        // Completed: nothing is restarted (the default condition `any` acts as on-failure), and
+        // every task shows desired Complete, as docker's do.
         assert!(w.step().actions.is_empty());
-        assert!(tasks.iter().all(|t| w.state.task(&t.id).is_some_and(|t| t.desired_state == TaskState::Shutdown)));
+        assert!(tasks.iter().all(|t| t.desired_state == TaskState::Complete), "{tasks:#?}");
     }
 
     #[test]
@@ -234,11 +257,15 @@ mod tests {
         let new: Vec<Task> = w.tasks(&svc).into_iter().filter(|t| t.spec_version == version).collect();
         assert_eq!(new.len(), 3, "a new run of three");
         assert!(new.iter().all(|t| t.origin == TaskOrigin::Orchestrator), "not rolled by the updater");
-        // Updated again while that run is at work: its tasks stop and a third run starts.
+        // Updated again while that run is at work: its tasks stop and a third run starts; the
+        // first run's completed tasks stay desired Complete.
         w.run_all();
         force_update(&mut w, &svc);
         w.settle();
         assert!(new.iter().all(|t| w.state.task(&t.id).is_some_and(|t| t.desired_state == TaskState::Shutdown)));
+        let first: Vec<Task> = w.tasks(&svc).into_iter().filter(|t| t.status.state == TaskState::Complete).collect();
+        assert_eq!(first.len(), 3);
+        assert!(first.iter().all(|t| t.desired_state == TaskState::Complete), "{first:#?}");
         let version = w.state.service(&svc).expect("service").spec_version;
         assert_eq!(w.tasks(&svc).iter().filter(|t| t.spec_version == version).count(), 3);
     }
@@ -281,5 +308,92 @@ mod tests {
         w.settle();
         let version = w.state.service(&svc).expect("service").spec_version;
         assert_eq!(w.tasks(&svc).iter().filter(|t| t.spec_version == version).count(), 3);
+    }
+
+    fn global_job(w: &mut World) -> String {
+        let mut spec = job(0, 1);
+        spec.mode = ServiceMode::GlobalJob;
+        w.service(spec)
+    }
+
+    fn on_node(w: &World, svc: &str, node: &str) -> Vec<Task> {
+        w.tasks(svc).into_iter().filter(|t| t.node_id == node).collect()
+    }
+
+    #[test]
+    fn a_global_job_runs_again_on_a_node_that_was_drained_or_down_while_its_task_was_at_work() {
+        let mut w = World::new(&["n1", "n2"]);
+        let svc = global_job(&mut w);
+        w.settle();
+        w.run_all();
+        // n1 is drained while its task runs: the task is stopped, nothing replaces it elsewhere.
+        w.node_update("n1", |n| n.spec.availability = Availability::Drain);
+        w.settle();
+        let stopped = on_node(&w, &svc, "n1");
+        assert_eq!(stopped.len(), 1);
+        assert_eq!(stopped[0].desired_state, TaskState::Shutdown);
+        w.set_status(&stopped[0].id, TaskState::Shutdown);
+        w.settle();
+        assert_eq!(w.tasks(&svc).len(), 2, "not while n1 is drained");
+        // Active again, and no task completed there: the job runs there again.
+        w.node_update("n1", |n| n.spec.availability = Availability::Active);
+        w.settle();
+        let again = on_node(&w, &svc, "n1");
+        assert_eq!(again.len(), 2, "{again:#?}");
+        assert_eq!((again[1].desired_state, again[1].origin), (TaskState::Running, TaskOrigin::Restart));
+        w.run_all();
+        complete_all(&mut w, &svc);
+        w.settle();
+        assert_eq!(w.tasks(&svc).len(), 3, "completed on both nodes: no more tasks");
+
+        // n2 goes down while a new run's task is at work, and comes back.
+        force_update(&mut w, &svc);
+        w.settle();
+        w.run_all();
+        w.node_update("n2", |n| n.status.state = NodeState::Down);
+        w.settle();
+        let version = w.state.service(&svc).expect("service").spec_version;
+        let current = |w: &World| -> Vec<Task> {
+            on_node(w, &svc, "n2").into_iter().filter(|t| t.spec_version == version).collect()
+        };
+        assert_eq!(current(&w).len(), 1);
+        assert_eq!(current(&w)[0].desired_state, TaskState::Shutdown);
+        w.node_update("n2", |n| n.status.state = NodeState::Ready);
+        w.settle();
+        let tasks = current(&w);
+        assert_eq!(tasks.len(), 2, "{tasks:#?}");
+        assert_eq!(tasks[1].desired_state, TaskState::Running);
+        // Once it completed there, it is not run again.
+        w.run_all();
+        w.set_status(&tasks[1].id, TaskState::Complete);
+        w.settle();
+        assert_eq!(current(&w).len(), 2);
+        assert_eq!(w.state.task(&tasks[1].id).expect("task").desired_state, TaskState::Complete);
+    }
+
+    #[test]
+    fn a_global_job_does_not_run_again_where_its_task_failed_for_good_or_completed() {
+        let mut w = World::new(&["n1", "n2"]);
+        let mut spec = job(0, 1);
+        spec.mode = ServiceMode::GlobalJob;
+        spec.task.restart_policy.condition = RestartCondition::None;
+        let svc = w.service(spec);
+        w.settle();
+        w.run_all();
+        let tasks = w.tasks(&svc);
+        let (n1, n2) = if tasks[0].node_id == "n1" { (&tasks[0], &tasks[1]) } else { (&tasks[1], &tasks[0]) };
+        w.set_status(&n1.id, TaskState::Failed);
+        w.set_status(&n2.id, TaskState::Complete);
+        w.settle();
+        // Drained and back: neither node runs the job again.
+        for node in ["n1", "n2"] {
+            w.node_update(node, |n| n.spec.availability = Availability::Drain);
+            w.settle();
+            w.node_update(node, |n| n.spec.availability = Availability::Active);
+            w.settle();
+        }
+        assert_eq!(w.tasks(&svc).len(), 2, "{:#?}", w.tasks(&svc));
+        assert_eq!(w.state.task(&n2.id).expect("task").desired_state, TaskState::Complete);
+        assert_eq!(w.state.task(&n1.id).expect("task").desired_state, TaskState::Shutdown);
     }
 }
