@@ -27,6 +27,11 @@ impl fmt::Display for ValidationError {
 
 impl std::error::Error for ValidationError {}
 
+/// Swarm's refusal of a job service whose update config is not the default.
+pub const JOB_UPDATE_CONFIG: &str = "Jobs may not have an update config";
+/// Swarm's refusal of a job service whose rollback config is not the default.
+pub const JOB_ROLLBACK_CONFIG: &str = "Jobs may not have a rollback config";
+
 const MIN_NANO_CPUS: u64 = 1_000_000;
 const MIN_MEMORY_BYTES: u64 = 4 << 20;
 const MAX_NAME_LEN: usize = 63;
@@ -193,6 +198,15 @@ impl ServiceSpec {
                 "can only be used with replicated mode",
             ));
         }
+        // A job is never rolled out: each update runs it again (Swarm refuses both configs).
+        if self.mode.is_job() {
+            if self.update_config != UpdateConfig::default() {
+                return Err(ValidationError::new("update_config", JOB_UPDATE_CONFIG));
+            }
+            if self.rollback_config != UpdateConfig::default() {
+                return Err(ValidationError::new("rollback_config", JOB_ROLLBACK_CONFIG));
+            }
+        }
         validate_update_config("update_config", &self.update_config, false)?;
         validate_update_config("rollback_config", &self.rollback_config, true)?;
         let mut published = BTreeSet::new();
@@ -351,6 +365,25 @@ mod tests {
         assert_eq!(json(ServiceMode::Global), r#""global""#);
         assert_eq!(json(s.mode), r#"{"replicated_job":{"total_completions":3,"max_concurrent":2}}"#);
         assert_eq!(json(ServiceMode::GlobalJob), r#""global_job""#);
+    }
+
+    #[test]
+    fn jobs_may_not_have_an_update_or_rollback_config() {
+        for mode in [ServiceMode::ReplicatedJob { total_completions: 1, max_concurrent: 1 }, ServiceMode::GlobalJob] {
+            let mut s = spec();
+            s.mode = mode;
+            s.validate().unwrap();
+            s.update_config.parallelism = 2;
+            assert_eq!(err_of(&s), "update_config: Jobs may not have an update config");
+            s.update_config = UpdateConfig::default();
+            s.rollback_config.delay = crate::GoDuration::from_secs(1);
+            assert_eq!(err_of(&s), "rollback_config: Jobs may not have a rollback config");
+        }
+        // Services may.
+        let mut s = spec();
+        s.update_config.parallelism = 2;
+        s.rollback_config.parallelism = 2;
+        s.validate().unwrap();
     }
 
     #[test]
