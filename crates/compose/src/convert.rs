@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use shoal_types::units::parse_nano_cpus;
 use shoal_types::{
-    ContainerSpec, EndpointSpec, GoDuration, Labels, Placement, PlacementPreference, ResourceAmounts, Resources,
-    ServiceMode, ServiceSpec, TaskSpec, ValidationError,
+    ContainerSpec, EndpointSpec, GoDuration, JOB_ROLLBACK_CONFIG, JOB_UPDATE_CONFIG, Labels, Placement,
+    PlacementPreference, ResourceAmounts, Resources, ServiceMode, ServiceSpec, TaskSpec, ValidationError,
 };
 
 use crate::error::{ComposeError, Location};
@@ -29,6 +29,16 @@ pub(crate) fn to_service_spec(
         labels
     };
     let deploy = &service.deploy;
+    // docker sends a present block as a config, which Swarm refuses for a job whatever it holds.
+    if matches!(deploy.mode, DeployMode::ReplicatedJob | DeployMode::GlobalJob) {
+        let refusals = [
+            (deploy.update_config.is_some(), "update_config", JOB_UPDATE_CONFIG),
+            (deploy.rollback_config.is_some(), "rollback_config", JOB_ROLLBACK_CONFIG),
+        ];
+        if let Some((_, field, message)) = refusals.into_iter().find(|(present, _, _)| *present) {
+            return Err(validation_error(short, &ValidationError::new(field, message), locations));
+        }
+    }
     let container = ContainerSpec {
         image: service.image.clone(),
         command: service.entrypoint.clone().unwrap_or_default(),

@@ -41,9 +41,10 @@
 //!   (`test` string or list, `interval`, `timeout`, `retries`, `start_period`, `disable`),
 //!   `stop_grace_period`, `stop_signal`, `hostname`, `user`, `working_dir`, `restart` (legacy,
 //!   used only without `deploy.restart_policy`), `deploy`.
-//! - deploy: `mode` (replicated|global), `replicas`, `labels` (service labels),
-//!   `update_config`/`rollback_config` (`parallelism` 1 when omitted, `delay`, `failure_action`,
-//!   `monitor` (0 ⇒ 5s), `max_failure_ratio`, `order`), `restart_policy` (`condition`, `delay`,
+//! - deploy: `mode` (replicated|global|replicated-job|global-job), `replicas`, `labels` (service
+//!   labels), `update_config`/`rollback_config` (`parallelism` 1 when omitted, `delay`,
+//!   `failure_action`, `monitor` (0 ⇒ 5s), `max_failure_ratio`, `order`; refused with a job
+//!   mode, as Swarm refuses them for jobs), `restart_policy` (`condition`, `delay`,
 //!   `max_attempts`, `window`), `placement` (`constraints`, `preferences: [{spread: …}]`,
 //!   `max_replicas_per_node`), `resources` (`limits`/`reservations`: `cpus` string or number,
 //!   `memory` size or bytes, `pids`), `endpoint_mode` (vip|dnsrr).

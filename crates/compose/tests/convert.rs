@@ -184,6 +184,21 @@ fn deploy_mode_and_replicas() {
 }
 
 #[test]
+fn jobs_may_not_have_an_update_or_rollback_config() {
+    // Refused whatever the block holds, as docker sends it and Swarm refuses it.
+    assert_eq!(
+        web_err("deploy:\n  mode: replicated-job\n  update_config:\n    parallelism: 1"),
+        "stack.yml:6:7: services.web.deploy.update_config: Jobs may not have an update config"
+    );
+    assert_eq!(
+        web_err("deploy:\n  mode: global-job\n  rollback_config:\n    delay: 1s"),
+        "stack.yml:6:7: services.web.deploy.rollback_config: Jobs may not have a rollback config"
+    );
+    // Services may.
+    assert_eq!(web("deploy:\n  update_config:\n    parallelism: 2").update_config.parallelism, 2);
+}
+
+#[test]
 fn update_and_rollback_config() {
     // Without the block: Swarm's defaults.
     assert_eq!(web("").update_config, UpdateConfig::default());
