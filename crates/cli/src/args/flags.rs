@@ -28,6 +28,20 @@ impl UpdateConfigDelta {
         *self == UpdateConfigDelta::default()
     }
 
+    /// The first field given, spelled as in its flag (`parallelism`, `failure-action`, …).
+    pub fn first_given(&self) -> Option<&'static str> {
+        [
+            ("parallelism", self.parallelism.is_some()),
+            ("delay", self.delay.is_some()),
+            ("failure-action", self.failure_action.is_some()),
+            ("monitor", self.monitor.is_some()),
+            ("max-failure-ratio", self.max_failure_ratio.is_some()),
+            ("order", self.order.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, given)| given.then_some(name))
+    }
+
     pub fn apply(&self, config: &mut UpdateConfig) {
         if let Some(v) = self.parallelism {
             config.parallelism = v;
@@ -130,6 +144,19 @@ impl RollbackFlags {
     pub fn apply(&self, config: &mut UpdateConfig) {
         self.delta().apply(config);
     }
+}
+
+/// Refuses `--update-*` and `--rollback-*` for a job, naming the first such flag given and
+/// `context` (what makes it a job: `--mode replicated-job`, …). A job is never rolled out, so
+/// Swarm refuses both configs for it.
+pub fn refuse_rollout_flags(update: &UpdateFlags, rollback: &RollbackFlags, context: &str) -> Result<(), String> {
+    if let Some(field) = update.delta().first_given() {
+        return Err(format!("--update-{field} cannot be used with {context}: jobs may not have an update config"));
+    }
+    if let Some(field) = rollback.delta().first_given() {
+        return Err(format!("--rollback-{field} cannot be used with {context}: jobs may not have a rollback config"));
+    }
+    Ok(())
 }
 
 /// `--restart-*`: when and how failed tasks are restarted.

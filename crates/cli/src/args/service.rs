@@ -7,7 +7,7 @@ use super::InspectFormat;
 use super::filters::{self, ServiceFilter};
 use super::flags::{
     ContainerFlags, EndpointFlags, HealthFlags, PlacementFlags, ResourceFlags, RestartFlags, RollbackFlags,
-    UpdateFlags, WaitFlags,
+    UpdateFlags, WaitFlags, refuse_rollout_flags,
 };
 use super::format::{self, ListOutput};
 use super::parsers::{self, ModeKind};
@@ -99,6 +99,9 @@ pub struct CreateArgs {
 
 pub const REPLICAS_WITH_GLOBAL: &str = "replicas can only be used with replicated mode";
 
+/// `--max-concurrent 0` (create and update): a job runs at least one task at once.
+pub const MAX_CONCURRENT_ZERO: &str = "invalid value '0' for '--max-concurrent <N>': 0 is below the minimum 1";
+
 impl CreateArgs {
     /// Flag combinations clap cannot express; reported as usage errors (exit code 2).
     pub fn check_usage(&self) -> Result<(), String> {
@@ -114,7 +117,15 @@ impl CreateArgs {
             return Err(format!("--max-concurrent {n}: can only be used with --mode replicated-job"));
         }
         if self.max_concurrent == Some(0) {
-            return Err("invalid value '0' for '--max-concurrent <N>': 0 is below the minimum 1".to_string());
+            return Err(MAX_CONCURRENT_ZERO.to_string());
+        }
+        let job_mode = match self.mode {
+            Some(ModeKind::ReplicatedJob) => Some("replicated-job"),
+            Some(ModeKind::GlobalJob) => Some("global-job"),
+            _ => None,
+        };
+        if let Some(mode) = job_mode {
+            refuse_rollout_flags(&self.update, &self.rollback, &format!("--mode {mode}"))?;
         }
         Ok(())
     }

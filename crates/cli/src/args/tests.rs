@@ -145,6 +145,39 @@ fn job_modes_take_dockers_defaults() {
 }
 
 #[test]
+fn job_modes_refuse_update_and_rollback_flags_naming_the_flag() {
+    for (args, message) in [
+        (
+            &["--mode", "replicated-job", "--update-parallelism", "2"][..],
+            "--update-parallelism cannot be used with --mode replicated-job: jobs may not have an update config",
+        ),
+        (
+            &["--mode", "global-job", "--update-order", "start-first", "--update-delay", "1s"],
+            "--update-delay cannot be used with --mode global-job: jobs may not have an update config",
+        ),
+        (
+            &["--mode", "replicated-job", "--rollback-max-failure-ratio", "0.5"],
+            "--rollback-max-failure-ratio cannot be used with --mode replicated-job: jobs may not have a rollback config",
+        ),
+    ] {
+        let mut argv = vec!["service", "create"];
+        argv.extend_from_slice(args);
+        argv.push("busybox");
+        let err = parse(&argv).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{args:?}");
+        assert!(err.to_string().contains(message), "{args:?}: {err}");
+    }
+    // Without those flags a job's spec has the default configs the API accepts.
+    for mode in ["replicated-job", "global-job"] {
+        let s = spec(&["--mode", mode, "busybox"]);
+        assert_eq!((&s.update_config, &s.rollback_config), (&UpdateConfig::default(), &UpdateConfig::default()));
+        s.validate().unwrap();
+    }
+    // Services take them.
+    assert_eq!(spec(&["--update-parallelism", "2", "busybox"]).update_config.parallelism, 2);
+}
+
+#[test]
 fn replicas_with_global_mode_is_a_usage_error() {
     let err = parse(&["service", "create", "--mode", "global", "--replicas", "2", "busybox"]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
@@ -687,6 +720,69 @@ fn update_image_args_and_replicas() {
     let mut expected = current_spec();
     expected.mode = ServiceMode::Replicated { replicas: 5 };
     assert_eq!(updated(&["--replicas", "5"]), expected);
+}
+
+/// A replicated job as the CLI creates it (default update and rollback configs).
+fn job_spec() -> ServiceSpec {
+    let mut s = ServiceSpec::new("web", "shoal/busybox:1");
+    s.mode = ServiceMode::ReplicatedJob { total_completions: 4, max_concurrent: 2 };
+    s
+}
+
+#[test]
+fn update_replicas_and_max_concurrent_of_a_replicated_job() {
+    let job = |total_completions, max_concurrent| ServiceMode::ReplicatedJob { total_completions, max_concurrent };
+    let apply = |args: &[&str]| {
+        let mut s = job_spec();
+        update_args(args).apply(&mut s).map(|()| s.mode)
+    };
+    assert_eq!(apply(&["--replicas", "6"]), Ok(job(6, 2)), "--replicas is the completions");
+    assert_eq!(apply(&["--max-concurrent", "3"]), Ok(job(4, 3)));
+    assert_eq!(apply(&["--replicas", "1", "--max-concurrent", "1"]), Ok(job(1, 1)));
+    assert_eq!(apply(&[]), Ok(job(4, 2)));
+
+    // Any other mode: refused naming the flag and the mode, the spec unchanged.
+    for (mode, name) in [
+        (ServiceMode::Replicated { replicas: 2 }, "replicated"),
+        (ServiceMode::Global, "global"),
+        (ServiceMode::GlobalJob, "global-job"),
+    ] {
+        let mut s = job_spec();
+        s.mode = mode;
+        let before = s.clone();
+        let err = update_args(&["--max-concurrent", "3", "--image", "nginx:1"]).apply(&mut s).unwrap_err();
+        assert_eq!(
+            err,
+            format!("--max-concurrent 3: can only be used with a replicated-job service (this one is {name})")
+        );
+        assert_eq!(s, before);
+    }
+    let err = parse(&["service", "update", "--max-concurrent", "0", "web"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+    assert!(err.to_string().contains("'--max-concurrent <N>': 0 is below the minimum 1"), "{err}");
+}
+
+#[test]
+fn update_flags_of_a_job_are_refused_naming_the_flag() {
+    let mut s = job_spec();
+    let before = s.clone();
+    let err = update_args(&["--update-monitor", "1s"]).apply(&mut s).unwrap_err();
+    assert_eq!(
+        err,
+        "--update-monitor cannot be used with a replicated-job service: jobs may not have an update config"
+    );
+    let err = update_args(&["--image", "nginx:1", "--rollback-parallelism", "0"]).apply(&mut s).unwrap_err();
+    assert_eq!(
+        err,
+        "--rollback-parallelism cannot be used with a replicated-job service: jobs may not have a rollback config"
+    );
+    s.mode = ServiceMode::GlobalJob;
+    let err = update_args(&["--update-failure-action", "continue"]).apply(&mut s).unwrap_err();
+    assert!(err.starts_with("--update-failure-action cannot be used with a global-job service"), "{err}");
+    s.mode = before.mode;
+    assert_eq!(s, before);
+    // Services take them.
+    assert_eq!(updated(&["--update-monitor", "1s"]).update_config.monitor, secs(1));
 }
 
 #[test]

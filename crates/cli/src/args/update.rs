@@ -5,10 +5,10 @@ use shoal_types::{ServiceMode, ServiceSpec};
 
 use super::flags::{
     ContainerUpdateFlags, EndpointUpdateFlags, HealthFlags, PlacementUpdateFlags, ResourceFlags, RestartFlags,
-    RollbackFlags, UpdateFlags, WaitFlags, update_labels,
+    RollbackFlags, UpdateFlags, WaitFlags, refuse_rollout_flags, update_labels,
 };
 use super::parsers::{self, ShellWords};
-use super::service::REPLICAS_WITH_GLOBAL;
+use super::service::{MAX_CONCURRENT_ZERO, REPLICAS_WITH_GLOBAL};
 
 /// docker's refusal of `update --rollback` with anything but `-d`/`-q`.
 pub const ROLLBACK_WITH_OTHER_FLAGS: &str = "other flags may not be combined with --rollback";
@@ -22,9 +22,12 @@ pub struct UpdateArgs {
     /// Service command args, replacing the current ones (split like a shell: quotes group words)
     #[arg(id = "args", long = "args", value_name = "ARGS", value_parser = parsers::shell_words, allow_hyphen_values = true)]
     pub args: Option<ShellWords>,
-    /// Number of tasks (replicated mode only)
+    /// Number of tasks (replicated mode), or of completions (replicated-job mode)
     #[arg(long, value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
     pub replicas: Option<u64>,
+    /// Number of job tasks to run at once (replicated-job mode only)
+    #[arg(long, value_name = "N", value_parser = parsers::count, allow_hyphen_values = true)]
+    pub max_concurrent: Option<u64>,
     /// Force update even if no changes require it (replaces every task)
     #[arg(long)]
     pub force: bool,
@@ -88,13 +91,29 @@ impl UpdateArgs {
         if self.rollback && !self.only_rollback_flags() {
             return Err(ROLLBACK_WITH_OTHER_FLAGS.to_string());
         }
+        if self.max_concurrent == Some(0) {
+            return Err(MAX_CONCURRENT_ZERO.to_string());
+        }
         Ok(())
     }
 
     /// Changes `spec` (a copy of the service's current spec) where a flag was given. The caller
-    /// validates the result. Refuses `--replicas` on a global service.
+    /// validates the result. Refuses `--replicas` on a global service, `--max-concurrent` on
+    /// anything but a replicated job, and `--update-*` / `--rollback-*` on a job.
     pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), String> {
         self.check_usage()?;
+        // Refusals first: a refused update leaves `spec` as it was.
+        let mode = spec.mode.as_str();
+        if let Some(n) = self.max_concurrent
+            && !matches!(spec.mode, ServiceMode::ReplicatedJob { .. })
+        {
+            return Err(format!(
+                "--max-concurrent {n}: can only be used with a replicated-job service (this one is {mode})"
+            ));
+        }
+        if spec.mode.is_job() {
+            refuse_rollout_flags(&self.update, &self.rollback_config, &format!("a {mode} service"))?;
+        }
         if let Some(n) = self.replicas {
             match &mut spec.mode {
                 ServiceMode::Replicated { replicas } => *replicas = n,
@@ -102,6 +121,9 @@ impl UpdateArgs {
                 ServiceMode::ReplicatedJob { total_completions, .. } => *total_completions = n,
                 ServiceMode::Global | ServiceMode::GlobalJob => return Err(REPLICAS_WITH_GLOBAL.to_string()),
             }
+        }
+        if let (Some(n), ServiceMode::ReplicatedJob { max_concurrent, .. }) = (self.max_concurrent, &mut spec.mode) {
+            *max_concurrent = n;
         }
         update_labels(&mut spec.labels, &self.label_add, &self.label_rm);
         let task = &mut spec.task;
