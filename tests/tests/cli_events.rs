@@ -33,6 +33,16 @@ async fn wait_line(lines: &Mutex<Vec<String>>, needle: &str, what: &str) -> Resu
     }
 }
 
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ`, from the system's `date` (not from the code
+/// under test).
+fn format_utc(millis: u64) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{}", millis / 1000), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date runs");
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+}
+
 /// `shoal events` as a child, killed when the test ends however it ends.
 struct Events {
     child: std::process::Child,
@@ -67,8 +77,9 @@ impl Drop for Events {
     }
 }
 
-/// `--since INDEX` replays the objects changed after the index (and not those before), then goes
-/// on live; `--since 1h` replays by time; bad values are usage errors naming what is allowed.
+/// `--since INDEX` replays the objects changed after the index (and not those before), removals
+/// included, then goes on live; `--since 1h` and `--since <date-time>` replay by time; bad values
+/// are usage errors naming what is allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn since_replays_what_changed_after_an_index_or_a_time() -> Result<()> {
     let cluster = Cluster::start(1).await?;
@@ -76,10 +87,17 @@ async fn since_replays_what_changed_after_an_index_or_a_time() -> Result<()> {
     ok(&shoal(&host, &["service", "create", "-d", "--name", "early", "shoal/busybox:1"]));
     let early = list_services(&host).await?.into_iter().find(|s| s.spec.name == "early").expect("early");
     ok(&shoal(&host, &["service", "create", "-d", "--name", "late", "shoal/busybox:1"]));
+    ok(&shoal(&host, &["service", "create", "-d", "--name", "gone", "shoal/busybox:1"]));
+    ok(&shoal(&host, &["service", "rm", "gone"]));
 
     let since = early.version.to_string();
     let events = Events::start(&host, &cluster.admin_dir(), &["--filter", "type=service", "--since", &since])?;
     wait_line(&events.out, "\"name\":\"late\"", "replayed service").await?;
+    // The removed service is replayed as its removal (its creation left nothing to replay).
+    wait_line(&events.out, "\"name\":\"gone\"", "replayed removal").await?;
+    let gone: Vec<String> =
+        events.out.lock().expect("lines lock").iter().filter(|l| l.contains("\"name\":\"gone\"")).cloned().collect();
+    assert!(gone.len() == 1 && gone[0].contains("\"action\":\"remove\""), "{gone:?}");
     assert!(
         !events.out_text().contains("\"name\":\"early\""),
         "replayed a change before the index:\n{}",
@@ -94,10 +112,18 @@ async fn since_replays_what_changed_after_an_index_or_a_time() -> Result<()> {
     wait_line(&events.out, "\"name\":\"early\"", "replayed by time").await?;
     wait_line(&events.out, "\"name\":\"late\"", "replayed by time").await?;
     drop(events);
+    // A date-time as docker takes it: a minute before `late` was last changed.
+    let late = list_services(&host).await?.into_iter().find(|s| s.spec.name == "late").expect("late");
+    let since = format_utc(late.updated_at.saturating_sub(60_000));
+    let events = Events::start(&host, &cluster.admin_dir(), &["--filter", "type=service", "--since", &since])?;
+    wait_line(&events.out, "\"name\":\"late\"", "replayed by date-time").await?;
+    wait_line(&events.out, "\"name\":\"gone\"", "removal replayed by date-time").await?;
+    drop(events);
 
     for (value, needle) in [
         ("0", "invalid value '0' for '--since <INDEX|DURATION>'"),
-        ("yesterday", "expected a raft index (the events' index, e.g. 1234) or a duration ago"),
+        ("yesterday", "expected a raft index (the events' index, e.g. 1234), a duration ago"),
+        ("2024-02-30", "or a time (e.g. 2024-03-01T12:34:56Z)"),
     ] {
         let out = shoal(&host, &["events", "--since", value]);
         assert_eq!(out.status.code(), Some(2), "{value}: {}", stderr(&out));

@@ -132,6 +132,40 @@ async fn demotion_that_would_lose_quorum_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// A call through a follower right after the leader is killed: the follower's forward to the
+/// dead leader fails (connection refused, or the request dropped from the dying connection's
+/// queue), and the follower routes it again to the new leader instead of returning a raw
+/// transport error ("operation was canceled") to the caller. Reads always; writes because they
+/// never reached the dead leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_through_a_follower_right_after_the_leader_dies_are_routed_to_the_new_leader() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    for round in 0..2 {
+        let leader = cluster.leader().await?;
+        let follower = (leader + 1) % cluster.managers.len();
+        let follower_addr = cluster.managers[follower].addr.clone();
+        // The follower holds an open connection to the leader, as it does in use.
+        list_services(&follower_addr).await?;
+        let mut client = connect(&follower_addr).await?;
+        cluster.managers[leader].kill9();
+        let info = client.cluster_info(shoal_proto::v1::ClusterInfoRequest { local: false }).await;
+        let info = info.map_err(|s| anyhow::anyhow!("round {round}: cluster info through the follower: {s:?}"))?;
+        let info: shoal_types::ClusterInfo = serde_json::from_str(&info.get_ref().info_json)?;
+        let new_leader = info.leader.expect("answered by a leader");
+        assert_ne!(new_leader.addr, cluster.managers[leader].addr, "round {round}: answered by the new leader");
+        let name = format!("after-kill-{round}");
+        create_service(&follower_addr, &ServiceSpec::new(&name, "shoal/busybox:1"))
+            .await
+            .map_err(|e| anyhow::anyhow!("round {round}: create through the follower: {e:?}"))?;
+        assert!(names(&list_services(&follower_addr).await?).contains(&name));
+        cluster.managers[leader].restart()?;
+        let commit = cluster.wait_for(Duration::from_secs(10), |_| true).await?.raft.commit;
+        let restarted = cluster.managers[leader].addr.clone();
+        wait_applied(&restarted, commit, Duration::from_secs(15)).await?;
+    }
+    Ok(())
+}
+
 /// Writers keep creating services through every manager while the leader is killed with -9 again
 /// and again; every create that was acknowledged must exist at the end, also after restarting all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,7 +141,7 @@ impl Client {
             Ok(Ok(channel)) => channel,
             Ok(Err(e)) => {
                 let reason = error_chain(&e);
-                if reason.contains("certificate") || reason.contains("alert") || reason.contains("tls") {
+                if shoal_tls::client::is_handshake_failure(&e) {
                     return Err(CliError::Message(format!(
                         "TLS with the manager at {addr} failed: {reason} (the bundle in {} must be this cluster's admin bundle and not expired)",
                         dir.display()

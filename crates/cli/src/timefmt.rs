@@ -63,6 +63,74 @@ pub fn format_timestamp(millis: u64) -> String {
     )
 }
 
+/// Unix milliseconds of a date or date-time as `docker events --since` takes them:
+/// `2024-03-01`, `2024-03-01T12:34:56`, with optional fractional seconds, and `Z` or an offset
+/// (`+01:00`). Without a zone the time is UTC. `None` if it is not such a text or before 1970.
+pub fn parse_timestamp(text: &str) -> Option<u64> {
+    fn number(text: &str, digits: usize) -> Option<i64> {
+        (text.len() == digits && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok())?
+    }
+    let (date, rest) = text.split_at_checked(10)?;
+    let year = number(date.get(0..4)?, 4)?;
+    let month = number(date.get(5..7)?, 2)?;
+    let day = number(date.get(8..10)?, 2)?;
+    if date.as_bytes()[4] != b'-' || date.as_bytes()[7] != b'-' || !(1..=12).contains(&month) || day < 1 {
+        return None;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if day > month_days[month as usize - 1] {
+        return None;
+    }
+    let (mut seconds, mut millis, mut zone) = (0i64, 0i64, rest);
+    if let Some(time) = rest.strip_prefix('T') {
+        let hms = time.get(0..8)?;
+        let (h, m, s) = (number(&hms[0..2], 2)?, number(&hms[3..5], 2)?, number(&hms[6..8], 2)?);
+        if &hms[2..3] != ":" || &hms[5..6] != ":" || h > 23 || m > 59 || s > 59 {
+            return None;
+        }
+        seconds = h * 3600 + m * 60 + s;
+        zone = &time[8..];
+        if let Some(fraction) = zone.strip_prefix('.') {
+            let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return None;
+            }
+            let ms: String = fraction[..digits].chars().chain("000".chars()).take(3).collect();
+            millis = ms.parse().ok()?;
+            zone = &fraction[digits..];
+        }
+    }
+    let offset = match zone {
+        "" | "Z" => 0,
+        _ => {
+            let sign = match zone.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (h, m) = (number(zone.get(1..3)?, 2)?, number(zone.get(4..6)?, 2)?);
+            if zone.len() != 6 || &zone[3..4] != ":" || h > 23 || m > 59 {
+                return None;
+            }
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    let total = (days_from_civil(year, month, day) * 86_400 + seconds - offset) * 1000 + millis;
+    u64::try_from(total).ok()
+}
+
+/// (year, month, day) to days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's `civil_from_days`, for non-negative day counts).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -81,6 +149,22 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_what_it_formats_and_docker_since_forms() {
+        for millis in [0, 951_782_400_000, 1_709_296_496_789, 4_102_444_799_999] {
+            assert_eq!(parse_timestamp(&format_timestamp(millis)), Some(millis));
+        }
+        assert_eq!(parse_timestamp("2024-03-01"), Some(1_709_251_200_000));
+        assert_eq!(parse_timestamp("2024-03-01T12:34:56"), Some(1_709_296_496_000));
+        assert_eq!(parse_timestamp("2024-03-01T13:34:56.7+01:00"), Some(1_709_296_496_700));
+        assert_eq!(parse_timestamp("2024-03-01T10:34:56-02:00"), Some(1_709_296_496_000));
+        for bad in ["", "2024", "2024-13-01", "2023-02-29", "2024-03-01T24:00:00", "2024-03-01T12:34", "2024-03-01Tx",
+            "2024-03-01T12:34:56.Z", "2024-03-01T12:34:56+1", "1969-12-31", "２０２４-03-01"]
+        {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn formats_known_instants() {

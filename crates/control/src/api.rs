@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use shoal_proto::v1::control_client::ControlClient;
 use shoal_proto::v1::control_server::Control;
 use shoal_proto::v1::*;
-use shoal_raft::{Member, MemberChange, MemberChangeKind, RaftRole, RaftStatus};
+use shoal_raft::{Member, MemberChange, MemberChangeKind, ProposeError, RaftRole, RaftStatus};
 use shoal_store::{Action, State};
 use shoal_types::{ClusterInfo, ManagerRef, Node, NodeState, RaftSummary, Service, ServiceSpec, Task};
 use tonic::transport::Channel;
@@ -284,6 +284,7 @@ struct WrittenService<'a> {
     previous_spec_version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     update_status: Option<&'a shoal_types::UpdateStatus>,
+    status_version: u64,
     revisions: [(); 0],
 }
 
@@ -299,6 +300,7 @@ impl<'a> From<&'a Service> for WrittenService<'a> {
             previous_spec,
             previous_spec_version,
             update_status,
+            status_version,
             revisions: _,
         } = service;
         WrittenService {
@@ -311,16 +313,28 @@ impl<'a> From<&'a Service> for WrittenService<'a> {
             previous_spec: previous_spec.as_ref(),
             previous_spec_version: *previous_spec_version,
             update_status: update_status.as_ref(),
+            status_version: *status_version,
             revisions: [],
         }
     }
 }
 
-/// Serves the call here, or forwards it to the leader with the same request. A forward that could
-/// not even connect (the leader just died) was never delivered, so it is routed again once a new
-/// leader is known, within the usual wait.
+/// Whether a forwarded call may be sent again after the leader went away in the middle of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// A read: sending it again is harmless.
+    Always,
+    /// A write: sent again only if the leader cannot have received it.
+    IfNeverSent,
+}
+
+/// Serves the call here, or forwards it to the leader with the same request. When the leader
+/// goes away (killed, partitioned) the call is routed again once a new leader is known, within
+/// the usual wait: always for a read, and for a write only if it never left this manager. A
+/// write that was cut off in flight may have been applied, so it is not repeated behind the
+/// caller's back; the caller gets `Unavailable` saying so.
 macro_rules! routed {
-    ($self:ident, $request:ident, $method:ident, $local:expr) => {{
+    ($self:ident, $request:ident, $method:ident, $retry:expr, $local:expr) => {{
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
             match $self.route(&$request).await? {
@@ -329,15 +343,19 @@ macro_rules! routed {
                     forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
                     match client.$method(forwarded).await {
                         Ok(response) => break Ok(response),
-                        Err(status) if status.code() == tonic::Code::Unavailable => {
-                            $self.forget(&addr);
-                            if never_delivered(&status) && tokio::time::Instant::now() < deadline {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                continue;
+                        Err(status) => match forward_failure(&status) {
+                            ForwardFailure::Answered => break Err(status),
+                            failure => {
+                                $self.forget(&addr);
+                                let retry = failure == ForwardFailure::NeverSent || $retry == Retry::Always;
+                                if retry && tokio::time::Instant::now() < deadline {
+                                    tracing::debug!(leader = %addr, error = %status, "forwarded call failed; routing it again");
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    continue;
+                                }
+                                break Err(interrupted_forward(&addr, failure, &status));
                             }
-                            break Err(status);
-                        }
-                        Err(status) => break Err(status),
+                        },
                     }
                 }
                 Route::Local => {
@@ -350,10 +368,52 @@ macro_rules! routed {
     }};
 }
 
-/// The forwarded call failed while connecting: the leader never saw it.
-fn never_delivered(status: &Status) -> bool {
-    let message = status.message();
-    message.contains("connect error") || message.contains("Connection refused")
+/// How a forwarded call failed, told by the type of the error, never by its text.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ForwardFailure {
+    /// The leader answered with this status (an answer carries no local error source).
+    Answered,
+    /// The call never left this manager: no connection could be made, or the request was
+    /// dropped from the connection's queue before it was written (hyper's `Canceled`).
+    NeverSent,
+    /// The connection broke while the call was in flight: the leader may have applied it.
+    InFlight,
+}
+
+fn forward_failure(status: &Status) -> ForwardFailure {
+    use std::error::Error as _;
+    // A status decoded from the leader's response has no source; a transport failure always
+    // carries the error it came from.
+    let mut next = status.source();
+    if next.is_none() {
+        return ForwardFailure::Answered;
+    }
+    while let Some(error) = next {
+        if error.is::<tonic::ConnectError>() || error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)
+        {
+            return ForwardFailure::NeverSent;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotConnected)
+        {
+            return ForwardFailure::NeverSent;
+        }
+        next = error.source();
+    }
+    ForwardFailure::InFlight
+}
+
+/// What the caller is told when a forward failed and was not (or no longer) retried.
+fn interrupted_forward(addr: &str, failure: ForwardFailure, status: &Status) -> Status {
+    match failure {
+        ForwardFailure::InFlight => Status::unavailable(format!(
+            "the leader ({addr}) went away while handling this call, so it may or may not have been applied; \
+             check the current state (inspect or ls) before retrying ({status})"
+        )),
+        _ => Status::unavailable(format!(
+            "the leader ({addr}) could not be reached and no other leader was elected in time; retry ({status})"
+        )),
+    }
 }
 
 /// The JSON line `shoal events` prints for one change.
@@ -391,7 +451,7 @@ fn event_json(change: &shoal_store::Change) -> String {
 
 /// What `Watch` replays for `since_index` / `since_time`: the objects that exist and changed
 /// after the index (their version is the raft index of their last change) and at or after the
-/// time, oldest first, as updates. Removed objects have nothing left to replay.
+/// time, oldest first, as updates. Removals come from the manager's removal log (see `watch`).
 fn changed_since(state: &shoal_store::State, since_index: u64, since_time: u64) -> Vec<shoal_store::Change> {
     use shoal_store::{Change, ChangeKind, Object};
     let recent = |version: u64, at: u64| version > since_index && at >= since_time;
@@ -404,8 +464,11 @@ fn changed_since(state: &shoal_store::State, since_index: u64, since_time: u64) 
     changes.extend(
         state
             .services()
-            .filter(|s| recent(s.version, s.updated_at))
-            .map(|s| change(s.version, s.updated_at, Object::Service(std::sync::Arc::new(s.clone())))),
+            .filter(|s| recent(s.version.max(s.status_version), s.updated_at))
+            .map(|s| {
+                let index = s.version.max(s.status_version);
+                change(index, s.updated_at, Object::Service(std::sync::Arc::new(s.clone())))
+            }),
     );
     changes.extend(
         state
@@ -451,7 +514,11 @@ impl Control for ControlApi {
         let mut rx = self.manager.subscribe();
         let (replay, replayed_to) = if request.since_index > 0 || request.since_time > 0 {
             let state = self.manager.state();
-            (changed_since(&state, request.since_index, request.since_time), state.applied_index())
+            let mut replay = changed_since(&state, request.since_index, request.since_time);
+            // Read under the state's lock: exactly the removals up to its applied index.
+            replay.extend(self.manager.removals_since(request.since_index, request.since_time));
+            replay.sort_by_key(|c| c.index);
+            (replay, state.applied_index())
         } else {
             (Vec::new(), 0)
         };
@@ -497,7 +564,7 @@ impl Control for ControlApi {
     }
 
     async fn update_node(&self, request: Request<UpdateNodeRequest>) -> Result<Response<NodeResponse>, Status> {
-        routed!(self, request, update_node, async {
+        routed!(self, request, update_node, Retry::IfNeverSent, async {
             let node = Self::find_node(&self.manager.state(), &request.node)?.clone();
             let spec: shoal_types::NodeSpec = serde_json::from_str(&request.spec_json)
                 .map_err(|e| ApiError::InvalidArgument(format!("invalid node spec: {e}")))?;
@@ -527,7 +594,7 @@ impl Control for ControlApi {
         &self,
         request: Request<CreateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
-        routed!(self, request, create_service, async {
+        routed!(self, request, create_service, Retry::IfNeverSent, async {
             let spec = self.parse_spec(&request.spec_json)?;
             let id = shoal_types::ids::new_id();
             self.manager.propose(vec![Action::CreateService { id: id.clone(), spec }]).await?;
@@ -541,7 +608,7 @@ impl Control for ControlApi {
         &self,
         request: Request<UpdateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
-        routed!(self, request, update_service, async {
+        routed!(self, request, update_service, Retry::IfNeverSent, async {
             let id = Self::find_service(&self.manager.state(), &request.service)?.id.clone();
             if request.version == 0 {
                 return Err(ApiError::InvalidArgument(
@@ -567,7 +634,7 @@ impl Control for ControlApi {
         &self,
         request: Request<RemoveServiceRequest>,
     ) -> Result<Response<RemoveServiceResponse>, Status> {
-        routed!(self, request, remove_service, async {
+        routed!(self, request, remove_service, Retry::IfNeverSent, async {
             let id = Self::find_service(&self.manager.state(), &request.service)?.id.clone();
             self.manager.propose(vec![Action::RemoveService { id: id.clone() }]).await?;
             Ok(RemoveServiceResponse { id })
@@ -575,7 +642,7 @@ impl Control for ControlApi {
     }
 
     async fn get_service(&self, request: Request<GetServiceRequest>) -> Result<Response<ServiceResponse>, Status> {
-        routed!(self, request, get_service, async {
+        routed!(self, request, get_service, Retry::Always, async {
             let state = self.manager.state();
             Ok(ServiceResponse { service_json: to_json(Self::find_service(&state, &request.service)?) })
         })
@@ -585,7 +652,7 @@ impl Control for ControlApi {
         &self,
         request: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        routed!(self, request, list_services, async {
+        routed!(self, request, list_services, Retry::Always, async {
             let state = self.manager.state();
             let mut services: Vec<&Service> = state.services().collect();
             services.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
@@ -607,7 +674,7 @@ impl Control for ControlApi {
     }
 
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
-        routed!(self, request, list_tasks, async {
+        routed!(self, request, list_tasks, Retry::Always, async {
             let state = self.manager.state();
             let service =
                 if request.service.is_empty() { None } else { Some(Self::find_service(&state, &request.service)?) };
@@ -626,7 +693,7 @@ impl Control for ControlApi {
     }
 
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
-        routed!(self, request, list_nodes, async {
+        routed!(self, request, list_nodes, Retry::Always, async {
             let _ = request;
             let st = self.manager.raft_status();
             let state = self.manager.state();
@@ -637,7 +704,7 @@ impl Control for ControlApi {
     }
 
     async fn get_node(&self, request: Request<GetNodeRequest>) -> Result<Response<NodeResponse>, Status> {
-        routed!(self, request, get_node, async {
+        routed!(self, request, get_node, Retry::Always, async {
             let st = self.manager.raft_status();
             let node = Self::find_node(&self.manager.state(), &request.node)?.clone();
             Ok(NodeResponse { node_json: to_json(&self.present_node(node, &st)) })
@@ -645,7 +712,7 @@ impl Control for ControlApi {
     }
 
     async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
-        routed!(self, request, remove_node, async {
+        routed!(self, request, remove_node, Retry::IfNeverSent, async {
             let st = self.manager.raft_status();
             let node = self.present_node(Self::find_node(&self.manager.state(), &request.node)?.clone(), &st);
             if node.manager.is_some() {
@@ -688,7 +755,7 @@ impl Control for ControlApi {
                 }
             }
         }
-        routed!(self, request, demote_node, async {
+        routed!(self, request, demote_node, Retry::IfNeverSent, async {
             let st = self.manager.raft_status();
             let node = Self::find_node(&self.manager.state(), &request.node)?.clone();
             if node.manager.as_ref().is_some_and(|m| m.raft_id == st.id) {
@@ -713,7 +780,7 @@ impl Control for ControlApi {
             return Ok(Response::new(ClusterInfoResponse { info_json: to_json(&info) }));
         }
         let forwarded = request.metadata().contains_key(FORWARDED);
-        let mut response = routed!(self, request, cluster_info, async {
+        let mut response = routed!(self, request, cluster_info, Retry::Always, async {
             let _ = request;
             self.local_info().map(|info| ClusterInfoResponse { info_json: to_json(&info) })
         })?;
@@ -728,7 +795,7 @@ impl Control for ControlApi {
         &self,
         request: Request<UpdateClusterRequest>,
     ) -> Result<Response<UpdateClusterResponse>, Status> {
-        routed!(self, request, update_cluster, async {
+        routed!(self, request, update_cluster, Retry::IfNeverSent, async {
             let (version, spec) = {
                 let state = self.manager.state();
                 let cluster = state.cluster().ok_or_else(|| {
@@ -792,7 +859,7 @@ impl Control for ControlApi {
             tracing::warn!(peer = %crate::auth::remote(&request), reason = %reason, "join refused");
             return Err(ApiError::PermissionDenied(reason).into());
         }
-        routed!(self, request, join_manager, async {
+        routed!(self, request, join_manager, Retry::IfNeverSent, async {
             if request.node_id.is_empty() || request.addr.is_empty() {
                 return Err(ApiError::InvalidArgument("a joining manager must give its node id and address".into()));
             }
@@ -843,13 +910,11 @@ impl Control for ControlApi {
                 };
                 match self.manager.change_members(change).await {
                     Ok(()) => break,
-                    Err(ApiError::FailedPrecondition(msg))
-                        if msg.contains("another membership change") && attempts < 40 =>
-                    {
+                    Err(ProposeError::MemberChangePending) if attempts < 40 => {
                         attempts += 1;
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             }
             tracing::info!(
@@ -870,7 +935,7 @@ impl Control for ControlApi {
         let remote = crate::auth::remote(&request);
         // The leader decides, so a token rotated a moment ago is never accepted by a lagging
         // follower.
-        routed!(self, request, issue_node_certificate, async {
+        routed!(self, request, issue_node_certificate, Retry::IfNeverSent, async {
             let issued = crate::security::issue(&self.manager.state(), &request.token, &request.role, &request.csr_pem);
             match issued {
                 Ok(issued) => {
@@ -907,7 +972,7 @@ impl Control for ControlApi {
     }
 
     async fn join_token(&self, request: Request<JoinTokenRequest>) -> Result<Response<JoinTokenResponse>, Status> {
-        routed!(self, request, join_token, async {
+        routed!(self, request, join_token, if request.get_ref().rotate { Retry::IfNeverSent } else { Retry::Always }, async {
             let role = crate::security::parse_join_role(&request.role)?;
             if request.rotate {
                 let token = crate::security::new_token(&self.manager.state())?;
@@ -926,6 +991,30 @@ mod tests {
     use shoal_types::{UpdateState, UpdateStatus};
 
     use super::*;
+
+    /// A forward to an address where nothing listens fails before anything is sent; an answer
+    /// from the leader is an answer, whatever its code; any other transport failure may have
+    /// reached the leader.
+    #[tokio::test]
+    async fn forward_failures_are_told_apart_by_type() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = closed.local_addr().expect("address").to_string();
+        drop(closed);
+        let tls = shoal_tls::PinnedCa::new(None).client_config().expect("a client configuration");
+        let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(&addr)).expect("uri");
+        let channel = shoal_tls::client::connect_lazy(endpoint, tls);
+        let refused = ControlClient::new(channel).list_services(ListServicesRequest::default()).await;
+        let refused = refused.expect_err("nothing listens there");
+        assert_eq!(forward_failure(&refused), ForwardFailure::NeverSent, "{refused:?}");
+
+        let answered = Status::unavailable("no leader is available");
+        assert_eq!(forward_failure(&answered), ForwardFailure::Answered);
+        let broken = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe)));
+        assert_eq!(forward_failure(&broken), ForwardFailure::InFlight, "{broken:?}");
+        let message = interrupted_forward(&addr, ForwardFailure::InFlight, &broken);
+        assert_eq!(message.code(), tonic::Code::Unavailable);
+        assert!(message.message().contains("may or may not have been applied"), "{}", message.message());
+    }
 
     #[test]
     fn a_written_service_is_the_service_without_its_history() {

@@ -52,6 +52,7 @@ impl From<ProposeError> for ApiError {
         match e {
             ProposeError::NotLeader { .. } => ApiError::NotLeader,
             ProposeError::Refused(msg) => ApiError::FailedPrecondition(msg),
+            ProposeError::MemberChangePending => ApiError::FailedPrecondition(e.to_string()),
             ProposeError::LeadershipLost
             | ProposeError::Dropped(_)
             | ProposeError::Stopped

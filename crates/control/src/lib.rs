@@ -13,8 +13,8 @@ use shoal_proto::v1::control_client::ControlClient;
 use shoal_proto::v1::control_server::ControlServer;
 use shoal_proto::v1::raft_transport_server::RaftTransportServer;
 use shoal_raft::{
-    Engine, EngineConfig, GrpcTransport, Member, MemberChange, MemberChangeKind, Members, RaftHandle, RaftRole,
-    RaftStatus, RaftStorage, RaftTransportService,
+    Engine, EngineConfig, GrpcTransport, Member, MemberChange, MemberChangeKind, Members, ProposeError, RaftHandle,
+    RaftRole, RaftStatus, RaftStorage, RaftTransportService,
 };
 use shoal_store::{Action, Batch, Change, MembershipChange, MembershipKind, State};
 use shoal_types::{Cluster, ClusterSpec};
@@ -171,6 +171,7 @@ pub struct Manager {
     raft: RaftHandle<ApplyResult>,
     state: Arc<RwLock<State>>,
     events: broadcast::Sender<Arc<Change>>,
+    removals: Arc<machine::RemovalLog>,
     raft_thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -190,6 +191,11 @@ impl Manager {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.events.subscribe()
+    }
+
+    /// The recent removals (the last 10,000) after raft index `index` and at or after `at`.
+    pub fn removals_since(&self, index: u64, at: u64) -> Vec<Change> {
+        self.removals.since(index, at)
     }
 
     /// Proposes a batch and waits until it is applied here (so reads see it).
@@ -223,8 +229,9 @@ impl Manager {
         Ok(written)
     }
 
-    pub async fn change_members(&self, change: MemberChange) -> Result<(), ApiError> {
-        Ok(self.raft.change_members(change).await?)
+    /// The raft error itself, so a caller can tell "another change is under way" by its type.
+    pub async fn change_members(&self, change: MemberChange) -> Result<(), ProposeError> {
+        self.raft.change_members(change).await
     }
 
     pub fn transfer_leader(&self, to: u64) {
@@ -576,7 +583,8 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
 
     let state = Arc::new(RwLock::new(State::default()));
     let (events, _) = broadcast::channel(4096);
-    let machine = StoreMachine { state: state.clone(), events: events.clone() };
+    let removals = Arc::new(machine::RemovalLog::default());
+    let machine = StoreMachine { state: state.clone(), events: events.clone(), removals: removals.clone() };
     let mut engine_config = EngineConfig::new(identity.raft_id);
     engine_config.election_tick = config.election_tick;
     engine_config.heartbeat_tick = config.heartbeat_tick;
@@ -598,6 +606,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         raft: raft.clone(),
         state,
         events,
+        removals,
         raft_thread: parking_lot::Mutex::new(Some(raft_thread)),
         shutdown,
     });

@@ -1,10 +1,11 @@
 //! The store as raft's state machine: applies entries under a write lock and publishes changes.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use shoal_raft::{MemberChange, MemberChangeKind, StateMachine};
-use shoal_store::{Change, MembershipChange, MembershipKind, State, StoreError};
+use shoal_store::{Change, ChangeKind, MembershipChange, MembershipKind, State, StoreError};
 use tokio::sync::broadcast;
 
 /// What a proposer learns of its entry: applied, or refused by the store (and why). The changes
@@ -16,17 +17,52 @@ pub struct StoreMachine {
     /// Every subscriber receives every change; sharing one copy keeps a receiver from copying
     /// the object (a service with its specs) only to skip it.
     pub events: broadcast::Sender<Arc<Change>>,
+    pub removals: Arc<RemovalLog>,
+}
+
+/// How many removals [`RemovalLog`] keeps.
+pub const REMOVALS_KEPT: usize = 10_000;
+
+/// The most recent removals, oldest first, so `Watch --since` can replay them: a removed object
+/// leaves nothing in the state to replay. Bounded, as the Docker daemon's event buffer behind
+/// `docker events --since` is; every manager applies the same entries, so each holds the same
+/// removals (back to its last restart).
+#[derive(Default)]
+pub struct RemovalLog(parking_lot::Mutex<VecDeque<Arc<Change>>>);
+
+impl RemovalLog {
+    fn record(&self, changes: &[Arc<Change>]) {
+        let mut log = self.0.lock();
+        for change in changes.iter().filter(|c| c.kind == ChangeKind::Remove) {
+            if log.len() == REMOVALS_KEPT {
+                log.pop_front();
+            }
+            log.push_back(change.clone());
+        }
+    }
+
+    /// The removals after raft index `index` and at or after `at` (Unix milliseconds). Read while
+    /// holding the state's read lock, it holds exactly the removals up to the state's applied
+    /// index: they are recorded under the write lock of the same apply.
+    pub fn since(&self, index: u64, at: u64) -> Vec<Change> {
+        let log = self.0.lock();
+        let start = log.partition_point(|c| c.index <= index);
+        log.range(start..).filter(|c| c.at >= at).map(|c| Change::clone(c)).collect()
+    }
 }
 
 impl StateMachine for StoreMachine {
     type Output = ApplyResult;
 
     fn apply(&mut self, index: u64, data: &[u8]) -> ApplyResult {
-        let result = self.state.write().apply_entry(index, data);
-        match result {
+        let mut state = self.state.write();
+        match state.apply_entry(index, data) {
             Ok(changes) => {
+                let changes: Vec<Arc<Change>> = changes.into_iter().map(Arc::new).collect();
+                self.removals.record(&changes);
+                drop(state);
                 for change in changes {
-                    let _ = self.events.send(Arc::new(change));
+                    let _ = self.events.send(change);
                 }
                 Ok(())
             }
@@ -50,8 +86,12 @@ impl StateMachine for StoreMachine {
             hostname: change.member.hostname.clone(),
             at: change.at,
         };
-        for change in self.state.write().apply_membership(index, &change) {
-            let _ = self.events.send(Arc::new(change));
+        let mut state = self.state.write();
+        let changes: Vec<Arc<Change>> = state.apply_membership(index, &change).into_iter().map(Arc::new).collect();
+        self.removals.record(&changes);
+        drop(state);
+        for change in changes {
+            let _ = self.events.send(change);
         }
     }
 

@@ -340,9 +340,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         // raft-rs turns a conf change proposed while another is unapplied into an empty entry,
         // which would leave `reply` pending forever; refuse it here on the same condition.
         if self.raw.raft.has_pending_conf() {
-            return reply(Err(ProposeError::Refused(
-                "another membership change is still being applied; retry once it is".into(),
-            )));
+            return reply(Err(ProposeError::MemberChangePending));
         }
         let conf = self.raw.raft.prs().conf();
         let is_voter = conf.voters().contains(change.raft_id);

@@ -91,6 +91,9 @@ pub enum ProposeError {
     /// once instead of queueing without bound.
     #[error("manager overloaded: {pending} changes are waiting to be committed; retry")]
     Overloaded { pending: usize },
+    /// raft takes one membership change at a time; this one came while another is unapplied.
+    #[error("another membership change is still being applied; retry once it is")]
+    MemberChangePending,
     #[error("{0}")]
     Refused(String),
 }

@@ -40,10 +40,29 @@ impl tower::Service<Uri> for ManagerConnector {
             let tcp = TcpStream::connect((host, port)).await?;
             let _ = tcp.set_nodelay(true);
             let name = ServerName::try_from(crate::MANAGER_SERVER_NAME).expect("a valid DNS name");
-            let tls = TlsConnector::from(config).connect(name, tcp).await?;
+            let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(HandshakeError)?;
             Ok(TokioIo::new(tls))
         })
     }
+}
+
+/// The TCP connection was made but the TLS handshake failed (another cluster's CA, an expired
+/// or foreign certificate, a refused client certificate). A type of its own, so a caller tells it
+/// from an unreachable address without reading the message.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake failed: {0}")]
+pub struct HandshakeError(#[source] pub std::io::Error);
+
+/// Whether `error` or anything in its source chain is a failed TLS handshake.
+pub fn is_handshake_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<HandshakeError>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// The connector for `config`.

@@ -66,10 +66,15 @@ pub enum Since {
     Time(u64),
 }
 
-/// `--since`: a raft index (digits) or a Go duration ago (`10m`, `1h30m`).
+/// `--since`: a raft index (digits), a Go duration ago (`10m`, `1h30m`), or a date or date-time
+/// (`2024-03-01`, `2024-03-01T12:34:56Z`, UTC without a zone).
 pub fn since(text: &str) -> Result<Since, String> {
     let text = text.trim();
-    let allowed = "expected a raft index (the events' index, e.g. 1234) or a duration ago (e.g. 10m, 1h30m)";
+    let allowed = "expected a raft index (the events' index, e.g. 1234), a duration ago (e.g. 10m, 1h30m) \
+                   or a time (e.g. 2024-03-01T12:34:56Z)";
+    if let Some(millis) = crate::timefmt::parse_timestamp(text) {
+        return Ok(Since::Time(millis.max(1)));
+    }
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return match text.parse::<u64>() {
             Ok(0) | Err(_) => Err(format!("{allowed}; an index is at least 1")),
