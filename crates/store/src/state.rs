@@ -381,6 +381,7 @@ impl State {
                     previous_spec: None,
                     previous_spec_version: None,
                     update_status: None,
+                    status_version: 0,
                     revisions: Vec::new(),
                 };
                 push_revision(&mut service, index, at);
@@ -405,6 +406,7 @@ impl State {
                     previous_spec: Some(current.spec.clone()),
                     previous_spec_version: Some(current.spec_version),
                     update_status: None,
+                    status_version: current.status_version,
                     revisions: current.revisions.clone(),
                 };
                 push_revision(&mut service, index, at);
@@ -454,7 +456,7 @@ impl State {
                 let Some(service) = self.service(&id) else { return Ok(()) };
                 let mut service = service.clone();
                 service.update_status = status;
-                service.version = index;
+                service.status_version = index;
                 service.updated_at = at;
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
@@ -636,7 +638,8 @@ impl State {
     }
 
     fn put_service(&mut self, service: Service, kind: ChangeKind, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
-        let (index, at) = (service.version, service.updated_at);
+        // The entry that wrote it: a status-only write leaves `version` and sets `status_version`.
+        let (index, at) = (service.version.max(service.status_version), service.updated_at);
         let service = Arc::new(service);
         let old = self.set_service(service.clone());
         undo.push(Undo::Service(service.id.clone(), old));

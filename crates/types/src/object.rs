@@ -30,6 +30,11 @@ pub struct Service {
     pub previous_spec_version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_status: Option<UpdateStatus>,
+    /// Raft index of the last write of `update_status` alone (the updater's progress). Such a
+    /// write leaves `version` as it is: `version` is what a read-modify-write of the spec must
+    /// match, and the updater's progress is no conflict with it.
+    #[serde(default)]
+    pub status_version: u64,
     /// Past specs, oldest first, at most [`SPEC_HISTORY_LIMIT`] (current one included).
     #[serde(default)]
     pub revisions: Vec<SpecRevision>,

@@ -21,6 +21,7 @@ fn service(id: &str, name: &str, mode: ServiceMode, image: &str) -> Service {
         previous_spec: None,
         previous_spec_version: None,
         update_status: None,
+        status_version: 0,
         revisions: Vec::new(),
     }
 }

@@ -29,6 +29,7 @@ fn service(replicas: u64, status: Option<(UpdateState, &str)>) -> Service {
             completed_at: None,
             slots: None,
         }),
+        status_version: 0,
         revisions: Vec::new(),
     }
 }

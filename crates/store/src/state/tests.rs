@@ -86,10 +86,15 @@ fn update_moves_the_spec_to_previous_and_shares_the_new_service_with_its_change(
         completed_at: Some(1_500),
         slots: Some(1),
     };
+    let read_before_the_status = state.service("s1").unwrap().version;
     state.apply(2, &batch(vec![Action::SetUpdateStatus { id: "s1".into(), status: Some(status) }])).unwrap();
     let before = state.service("s1").unwrap().clone();
+    // The updater's progress is not a change of the spec: a read-modify-write of the spec made
+    // from a read before it still applies (it used to fail "out of sequence").
+    assert_eq!((before.version, before.status_version), (1, 2));
     let v2 = ServiceSpec::new("web", "busybox:2");
-    let update = Action::UpdateService { id: "s1".into(), expected_version: 2, spec: v2.clone() };
+    let update =
+        Action::UpdateService { id: "s1".into(), expected_version: read_before_the_status, spec: v2.clone() };
     let changes = state.apply(3, &Batch { at: 2_000, actions: vec![update] }).unwrap();
     let service = state.service("s1").unwrap();
     assert_eq!((service.version, service.spec_version, service.created_at, service.updated_at), (3, 3, 1_000, 2_000));
