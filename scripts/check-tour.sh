@@ -3,9 +3,7 @@
 # with a fake HOME whose ~/.shoal/tls holds another cluster's admin bundle (what used to make the
 # tour's first command fail). Needs .shoal-local/ to be free. Afterwards it stops the cluster and
 # deletes .shoal-local/, the tour's containers and the fake HOME, pass or fail.
-# It starts a cluster with agents (about 100 s). Not part of scripts/test.sh yet: right after the tour's
-# kill -9 of the leader, a call through a follower can fail with "operation was canceled" (the
-# follower forwards to the dead leader); one of two fresh-clone runs hit it.
+# It starts a cluster with agents (about 100 s); scripts/test.sh runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

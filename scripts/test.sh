@@ -34,6 +34,9 @@ else
     cargo test --workspace --locked --no-fail-fast -- --test-threads=2
 fi
 
+step "the README tour, run as written (scripts/check-tour.sh)"
+bash scripts/check-tour.sh
+
 step "benchmark smoke run (shoal-bench --quick: every scenario must still run; figures are not judged)"
 target/debug/shoal-bench --quick --no-write >/dev/null
 echo "shoal-bench --quick: all scenarios ran"
