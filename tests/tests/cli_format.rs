@@ -1,5 +1,5 @@
 //! The real `shoal` binary against real managers: `stack deploy -c -` (stack file from standard
-//! input), `--filter` on `service ls` and `node ls`, and Go-template `--format`. Run
+//! input), `--filter` on `service ls`, `stack services` and `node ls`, and Go-template `--format`. Run
 //! `cargo build --workspace --bins` first so the binaries are current.
 
 use std::io::Write;
@@ -179,11 +179,80 @@ async fn node_ls_filters_and_templates() -> Result<()> {
     assert_eq!(lines(&table)[0], format!("{:<w$}AVAILABILITY", "HOSTNAME", w = (widest + 3).max(10)));
     assert_eq!(lines(&table).len(), 4, "{table}");
 
+    // Every node that joined is accepted; none is pending.
+    assert_eq!(lines(&ls(&["-f", "membership=accepted", "-q"])).len(), 3);
+    assert_eq!(lines(&ls(&["-f", "membership=pending", "-q"])).len(), 0);
     fails(
-        &shoal(&host, &["node", "ls", "--filter", "membership=accepted"]),
+        &shoal(&host, &["node", "ls", "--filter", "membership=joined"]),
         2,
-        "unknown filter key \"membership\" (allowed: id, label, name, node.label, role)",
+        "invalid membership filter \"joined\" (allowed: accepted, pending)",
+    );
+    fails(
+        &shoal(&host, &["node", "ls", "--filter", "state=ready"]),
+        2,
+        "unknown filter key \"state\" (allowed: id, label, membership, name, node.label, role)",
     );
     fails(&shoal(&host, &["node", "ls", "--format", "{{.Replicas}}"]), 2, "unknown template field .Replicas");
+    Ok(())
+}
+
+const FILTER_STACK: &str = "\
+services:
+  web:
+    image: shoal/busybox:1
+    deploy:
+      replicas: 2
+      labels: {tier: front}
+  worker:
+    image: shoal/busybox:2
+    deploy:
+      mode: global
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_services_takes_service_ls_filters_templates_and_quiet() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    let host = cluster.running_addrs()[0].clone();
+    let dir = tempfile::tempdir()?;
+    ok(&shoal_stdin(&host, dir.path(), &["stack", "deploy", "-d", "-c", "-", "app"], FILTER_STACK));
+    // Not in the stack, though its name and mode would pass the filters below.
+    ok(&shoal(&host, &["service", "create", "-d", "--name", "app_web2", "--mode", "global", "shoal/busybox:1"]));
+    let services = list_services(&host).await?;
+    let id = |name: &str| services.iter().find(|s| s.spec.name == name).map(|s| s.id.clone()).expect("created");
+
+    let services = |args: &[&str]| {
+        let mut full = vec!["stack", "services"];
+        full.extend_from_slice(args);
+        full.push("app");
+        ok(&shoal(&host, &full))
+    };
+    // No agents: nothing runs, so REPLICAS is 0/N.
+    assert_eq!(
+        lines(&services(&["--format", "{{.Name}} {{.Mode}} {{.Replicas}}"])),
+        ["app_web replicated 0/2", "app_worker global 0/0"]
+    );
+    assert_eq!(lines(&services(&["-f", "mode=global", "-q"])), [&id("app_worker")[..12]]);
+    assert_eq!(lines(&services(&["-f", "name=app_w", "-f", "label=tier=front", "--format", "{{.Name}}"])), ["app_web"]);
+    assert_eq!(lines(&services(&["-f", "name=app_worker", "-f", "name=app_web", "-q"])).len(), 2, "same key: any");
+    let table = services(&["--format", r"table {{.Name}}\t{{.Image}}"]);
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows, [["NAME", "IMAGE"], ["app_web", "shoal/busybox:1"], ["app_worker", "shoal/busybox:2"]], "{table}");
+    let json: Vec<shoal_types::Service> =
+        serde_json::from_str(&services(&["-f", "mode=replicated", "--format", "json"]))?;
+    let names: Vec<&str> = json.iter().map(|s| s.spec.name.as_str()).collect();
+    assert_eq!(names, ["app_web"], "json output is filtered too");
+
+    // Nothing passes: docker's message on stderr, exit 0 (JSON: an empty array).
+    let out = shoal(&host, &["stack", "services", "-f", "label=tier=back", "app"]);
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), ""), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Nothing found in stack: app"), "{}", stderr(&out));
+    assert_eq!(services(&["-f", "label=tier=back", "--format", "json"]).trim(), "[]");
+
+    fails(
+        &shoal(&host, &["stack", "services", "--filter", "node=x", "app"]),
+        2,
+        "unknown filter key \"node\" (allowed: id, label, mode, name)",
+    );
+    fails(&shoal(&host, &["stack", "services", "--format", "{{.Nodes}}", "app"]), 2, "unknown template field .Nodes");
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::error::ErrorKind;
-use shoal_types::{Node, Service};
+use shoal_types::{Node, Service, ServiceSummary};
 
 use crate::args::filters::ServiceFacts;
 use crate::args::{
@@ -116,30 +116,58 @@ async fn service_create(host: &str, args: &CreateArgs) -> Result<(), CliError> {
 
 async fn service_ls(host: &str, args: &ListArgs) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
+    service_list(&mut client, args).await?.print(args);
+    Ok(())
+}
+
+/// What `service ls` and `stack services` list: whole services for `--format json`, otherwise
+/// the manager's summaries (the table needs neither whole specs nor the cluster's tasks).
+pub enum ServiceList {
+    Services(Vec<Service>),
+    Summaries(Vec<ServiceSummary>),
+}
+
+/// The services that pass `args.filters`, in the form `args` prints them in.
+pub async fn service_list(client: &mut Client, args: &ListArgs) -> Result<ServiceList, CliError> {
     if args.format.is_json() && !args.quiet {
         let mut services = client.list_services().await?;
         services.retain(|s| {
             let facts = ServiceFacts { id: &s.id, name: &s.spec.name, mode: &s.spec.mode, labels: &s.spec.labels };
             args::filters::service_passes(&args.filters, &facts)
         });
-        let sorted: Vec<&Service> = output::sort_services(&services);
-        print_out(&output::json_array(&sorted));
-        return Ok(());
+        return Ok(ServiceList::Services(services));
     }
-    // Counted by the manager: the table needs neither whole specs nor the cluster's tasks.
     let mut summaries = client.list_service_summaries().await?;
     summaries.retain(|s| {
         let facts = ServiceFacts { id: &s.id, name: &s.name, mode: &s.mode, labels: &s.labels };
         args::filters::service_passes(&args.filters, &facts)
     });
-    if args.quiet {
-        print_out(&output::service_ids(&summaries));
-    } else if let ListOutput::Template(template) = &args.format {
-        print_out(&output::template_rows(template, args::format::SERVICE_FIELDS, &output::service_rows(&summaries)));
-    } else {
-        print_out(&output::service_table(&summaries));
+    Ok(ServiceList::Summaries(summaries))
+}
+
+impl ServiceList {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            ServiceList::Services(services) => services.is_empty(),
+            ServiceList::Summaries(summaries) => summaries.is_empty(),
+        }
     }
-    Ok(())
+
+    /// Prints the list as `args` asks: ids (`-q`), a JSON array, a template, or the table.
+    pub fn print(&self, args: &ListArgs) {
+        match self {
+            ServiceList::Services(services) => print_out(&output::json_array(&output::sort_services(services))),
+            ServiceList::Summaries(summaries) if args.quiet => print_out(&output::service_ids(summaries)),
+            ServiceList::Summaries(summaries) => match &args.format {
+                ListOutput::Template(template) => print_out(&output::template_rows(
+                    template,
+                    args::format::SERVICE_FIELDS,
+                    &output::service_rows(summaries),
+                )),
+                _ => print_out(&output::service_table(summaries)),
+            },
+        }
+    }
 }
 
 async fn service_inspect(host: &str, args: &InspectArgs) -> Result<(), CliError> {

@@ -12,12 +12,11 @@ use serde::Serialize;
 use shoal_compose::{Loaded, NAMESPACE_LABEL};
 use shoal_types::{Service, ServiceSpec};
 
+use crate::args::filters::ServiceFilter;
 use crate::args::stack::DEFAULT_CONFIG_STACK;
-use crate::args::{
-    ListFormat, ListOutput, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackServicesArgs,
-};
+use crate::args::{ListOutput, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackServicesArgs};
 use crate::client::Client;
-use crate::commands::{print_error, print_out, print_service_tasks};
+use crate::commands::{ServiceList, print_error, print_out, print_service_tasks, service_list};
 use crate::error::CliError;
 use crate::output;
 use crate::progress::{Deadline, Operation, wait_for_convergence_until};
@@ -294,30 +293,21 @@ fn nothing_found(stack: &str) -> String {
     format!("nothing found in stack: {stack}")
 }
 
+/// `stack services`: `service ls` of the stack's services (its namespace is one more label
+/// filter, as in docker).
 pub async fn services(host: &str, args: &StackServicesArgs) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
-    let all = client.list_services().await?;
-    let services: Vec<Service> = stack_services(&all, &args.stack).into_iter().cloned().collect();
-    if services.is_empty() {
-        // docker: a message on stderr, exit 0.
+    let mut list = args.list.clone();
+    list.filters.push(ServiceFilter::Label(NAMESPACE_LABEL.to_string(), Some(args.stack.clone())));
+    let found = service_list(&mut client, &list).await?;
+    if found.is_empty() {
+        // docker: a message on stderr, exit 0 (JSON still prints its empty array).
         let _ = writeln!(std::io::stderr().lock(), "Nothing found in stack: {}", args.stack);
-        if args.format == ListFormat::Json && !args.quiet {
-            print_out("[]\n");
-        }
-        return Ok(());
-    }
-    if args.format == ListFormat::Json && !args.quiet {
-        print_out(&output::json_array(&output::sort_services(&services)));
-    } else {
-        let ids: std::collections::BTreeSet<&str> = services.iter().map(|s| s.id.as_str()).collect();
-        let summaries: Vec<_> =
-            client.list_service_summaries().await?.into_iter().filter(|s| ids.contains(s.id.as_str())).collect();
-        if args.quiet {
-            print_out(&output::service_ids(&summaries));
-        } else {
-            print_out(&output::service_table(&summaries));
+        if !matches!(found, ServiceList::Services(_)) {
+            return Ok(());
         }
     }
+    found.print(&list);
     Ok(())
 }
 

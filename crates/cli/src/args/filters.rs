@@ -1,4 +1,4 @@
-//! `--filter KEY=VALUE` of `service ls` and `node ls`, with docker's keys and matching: ids and
+//! `--filter KEY=VALUE` of `service ls`, `stack services` and `node ls`, with docker's keys and matching: ids and
 //! names by prefix; filters with the same key are alternatives (any may match) and filters with
 //! different keys must all match, except labels: every `label` filter must match, as in swarmkit.
 
@@ -35,9 +35,12 @@ pub enum NodeFilter {
     NodeLabel(String, Option<String>),
     /// `manager` or `worker`.
     Role(String),
+    /// `accepted` or `pending`: every node that joined is accepted (a join is refused, never
+    /// left pending), so `pending` matches none.
+    Membership(String),
 }
 
-pub const NODE_FILTER_KEYS: &str = "id, label, name, node.label, role";
+pub const NODE_FILTER_KEYS: &str = "id, label, membership, name, node.label, role";
 
 fn split(text: &str, keys: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').ok_or_else(|| format!("expected KEY=VALUE with KEY one of {keys}"))?;
@@ -94,6 +97,7 @@ pub fn node_filter(text: &str) -> Result<NodeFilter, String> {
             Ok(NodeFilter::NodeLabel(k, v))
         }
         "role" => one_of("role", &value, &["manager", "worker"]).map(NodeFilter::Role),
+        "membership" => one_of("membership", &value, &["accepted", "pending"]).map(NodeFilter::Membership),
         other => Err(format!("unknown filter key {other:?} (allowed: {NODE_FILTER_KEYS})")),
     }
 }
@@ -138,6 +142,7 @@ impl NodeFilter {
             NodeFilter::Label(..) => "label",
             NodeFilter::NodeLabel(..) => "node.label",
             NodeFilter::Role(_) => "role",
+            NodeFilter::Membership(_) => "membership",
         }
     }
 
@@ -148,6 +153,7 @@ impl NodeFilter {
             NodeFilter::Label(k, v) => has_label(&node.description.engine_labels, k, v.as_deref()),
             NodeFilter::NodeLabel(k, v) => has_label(&node.spec.labels, k, v.as_deref()),
             NodeFilter::Role(role) => node.spec.role.as_str() == role,
+            NodeFilter::Membership(membership) => membership == "accepted",
         }
     }
 }

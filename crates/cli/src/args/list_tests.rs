@@ -92,6 +92,24 @@ fn list_commands_take_filters_and_templates() {
     let Command::Node(NodeCommand::Ls(ls)) = cli.command else { panic!("{cli:?}") };
     assert_eq!(ls.filters, [NodeFilter::Role("manager".into()), NodeFilter::NodeLabel("zone".into(), None)]);
     assert_eq!(ls.format, ListOutput::Table);
+
+    // stack services: service ls's flags.
+    let cli = parse(&["stack", "services", "-f", "mode=global", "--format", "table {{.Name}}\t{{.Mode}}", "-q", "app"])
+        .expect("parses");
+    let Command::Stack(StackCommand::Services(services)) = cli.command else { panic!("{cli:?}") };
+    assert_eq!(services.stack, "app");
+    assert_eq!(services.list.filters, [ServiceFilter::Mode("global".into())]);
+    assert!(services.list.quiet);
+    assert!(matches!(services.list.format, ListOutput::Template(Template { table: true, .. })));
+    let cli = parse(&["stack", "services", "--format", "json", "app"]).expect("parses");
+    let Command::Stack(StackCommand::Services(services)) = cli.command else { panic!("{cli:?}") };
+    assert_eq!((services.list.format, services.list.filters.len()), (ListOutput::Json, 0));
+    let text =
+        usage_error(&["stack", "services", "--filter", "node=x", "app"], clap::error::ErrorKind::ValueValidation);
+    assert!(text.contains("unknown filter key \"node\" (allowed: id, label, mode, name)"), "{text}");
+    let text =
+        usage_error(&["stack", "services", "--format", "{{.Hostname}}", "app"], clap::error::ErrorKind::InvalidValue);
+    assert!(text.contains("unknown template field .Hostname (fields: .ID, .Name, .Mode,"), "{text}");
 }
 
 #[test]
@@ -103,13 +121,20 @@ fn bad_filters_name_the_key_or_value_and_what_is_allowed() {
     );
     assert_eq!(node_filter("role=boss"), Err("invalid role filter \"boss\" (allowed: manager, worker)".into()));
     assert_eq!(
-        node_filter("membership=accepted"),
-        Err("unknown filter key \"membership\" (allowed: id, label, name, node.label, role)".into())
+        node_filter("membership=joined"),
+        Err("invalid membership filter \"joined\" (allowed: accepted, pending)".into())
     );
-    assert_eq!(node_filter("name"), Err("expected KEY=VALUE with KEY one of id, label, name, node.label, role".into()));
+    assert_eq!(
+        node_filter("state=ready"),
+        Err("unknown filter key \"state\" (allowed: id, label, membership, name, node.label, role)".into())
+    );
+    assert_eq!(
+        node_filter("name"),
+        Err("expected KEY=VALUE with KEY one of id, label, membership, name, node.label, role".into())
+    );
     assert_eq!(service_filter("name="), Err("the value of filter \"name\" must not be empty".into()));
-    let text = usage_error(&["node", "ls", "--filter", "membership=accepted"], clap::error::ErrorKind::ValueValidation);
-    assert!(text.contains("'--filter <KEY=VALUE>'") && text.contains("membership"), "{text}");
+    let text = usage_error(&["node", "ls", "--filter", "membership=joined"], clap::error::ErrorKind::ValueValidation);
+    assert!(text.contains("'--filter <KEY=VALUE>'") && text.contains("allowed: accepted, pending"), "{text}");
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -154,4 +179,9 @@ fn node_filters_match_hostname_role_and_both_kinds_of_label() {
     assert!(node_passes(&f(&["node.label=zone=z1", "label=disk"]), &node));
     assert!(!node_passes(&f(&["label=zone"]), &node), "label= is the engine's labels");
     assert!(node_passes(&f(&["name=m", "name=agent-1"]), &node));
+    // Every node that joined is accepted; none is pending.
+    assert_eq!(node_filter("membership=Accepted"), Ok(NodeFilter::Membership("accepted".into())));
+    assert!(node_passes(&f(&["membership=accepted", "role=worker"]), &node));
+    assert!(!node_passes(&f(&["membership=pending"]), &node));
+    assert!(node_passes(&f(&["membership=pending", "membership=accepted"]), &node), "same key: any");
 }

@@ -98,13 +98,6 @@ pub struct ManArgs {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ListFormat {
-    #[default]
-    Table,
-    Json,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum InspectFormat {
     #[default]
     Json,

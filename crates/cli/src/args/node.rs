@@ -35,7 +35,7 @@ pub struct NodeLsArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
     /// Filter output: id=ID, name=HOSTNAME (prefixes), label=KEY[=VALUE] (engine labels),
-    /// node.label=KEY[=VALUE], role=manager|worker (repeatable)
+    /// node.label=KEY[=VALUE], role=manager|worker, membership=accepted|pending (repeatable)
     #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE", value_parser = filters::node_filter)]
     pub filters: Vec<NodeFilter>,
     /// Output format: table, json (a pretty-printed JSON array), or a template such as

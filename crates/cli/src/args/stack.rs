@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::ListFormat;
+use super::ListArgs;
 use super::flags::WaitFlags;
 use super::format::{self, ListOutput};
 use super::tasks::TaskListFlags;
@@ -93,15 +93,12 @@ pub struct StackLsArgs {
     pub format: ListOutput,
 }
 
-/// `shoal stack services [-q] [--format json] STACK`.
+/// `shoal stack services [-q] [--filter KEY=VALUE]... [--format FORMAT] STACK`: `service ls`'s
+/// flags, for the stack's services.
 #[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct StackServicesArgs {
-    /// Only display IDs
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Output format: a table, or a pretty-printed JSON array of the services
-    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ListFormat::Table)]
-    pub format: ListFormat,
+    #[command(flatten)]
+    pub list: ListArgs,
     /// Stack name
     #[arg(value_name = "STACK")]
     pub stack: String,

@@ -256,7 +256,7 @@ fn the_other_stack_commands_parse() {
     assert!(ps.list.no_trunc && ps.list.quiet && ps.list.format == crate::args::ListOutput::Json);
     assert_eq!(ps.stack, "app");
     let StackCommand::Services(services) = stack_command(&["stack", "services", "-q", "app"]) else { panic!() };
-    assert!(services.quiet);
+    assert!(services.list.quiet);
     let StackCommand::Config(config) = stack_command(&["stack", "config", "-c", "a.yml"]) else { panic!() };
     assert_eq!(config.stack, None);
     let StackCommand::Ls(ls) = stack_command(&["stack", "ls", "--format", "json"]) else { panic!() };
