@@ -103,6 +103,25 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(err.message(), "update_config.max_failure_ratio: 1.5 is outside [0, 1]");
 
+    // Swarm's refusal of a job that has an update or rollback config.
+    let mut job = ServiceSpec::new("api", "shoal/busybox:1");
+    job.mode = shoal_types::ServiceMode::GlobalJob;
+    job.update_config.parallelism = 2;
+    let err =
+        client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&job)? }).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::InvalidArgument, "update_config: Jobs may not have an update config")
+    );
+    job.update_config = Default::default();
+    job.rollback_config.monitor = shoal_types::GoDuration::from_secs(1);
+    let err =
+        client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&job)? }).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::InvalidArgument, "rollback_config: Jobs may not have a rollback config")
+    );
+
     let err = client
         .create_service(CreateServiceRequest {
             spec_json: r#"{"name":"api","task":{"container":{"imag":"x"}}}"#.into(),

@@ -66,6 +66,15 @@ async fn wait_completed(addr: &str, name: &str, spec_version: u64, count: usize,
     }
 }
 
+/// Waits until `count` tasks of the job completed and every completed one is desired Complete.
+async fn wait_desired_complete(addr: &str, name: &str, count: usize) -> Result<Vec<Task>> {
+    wait_tasks(addr, name, Duration::from_secs(30), "completed tasks desired Complete", |tasks| {
+        let done: Vec<&Task> = tasks.iter().filter(|t| t.status.state == TaskState::Complete).collect();
+        done.len() == count && done.iter().all(|t| t.desired_state == TaskState::Complete)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_job_runs_to_its_completions_at_most_max_concurrent_at_once_and_reruns_on_force() -> Result<()> {
     let mut cluster = Cluster::start(1).await?;
@@ -118,21 +127,39 @@ async fn replicated_job_runs_to_its_completions_at_most_max_concurrent_at_once_a
     let line = ls.lines().find(|l| l.contains(" job ")).unwrap_or_default();
     assert!(line.contains("replicated-job"), "{ls}");
     assert!(line.contains("0/0 (3/3 completed)"), "{ls}");
+    // Completed tasks are desired Complete, as docker shows them.
+    wait_desired_complete(&addr, "job", 3).await?;
+    let ps = ok(&shoal(&addr, &["service", "ps", "--format", "{{.Name}} {{.DesiredState}} {{.CurrentState}}", "job"]));
+    let mut shown: Vec<String> =
+        ps.lines().map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).collect();
+    shown.sort();
+    assert_eq!(shown, ["job.1 Complete Complete", "job.2 Complete Complete", "job.3 Complete Complete"], "{ps}");
 
-    // `service update --force` runs the job again: three new tasks, the old ones left as they are.
-    ok(&shoal(&addr, &["service", "update", "--force", "job"]));
+    // `service update --force` runs the job again: three new tasks, the old ones left as they are;
+    // `--max-concurrent 1` runs them one at a time.
+    let out = shoal(&addr, &["service", "update", "--update-parallelism", "2", "job"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--update-parallelism cannot be used with a replicated-job service"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&shoal(&addr, &["service", "update", "--force", "--max-concurrent", "1", "job"]));
     let service = list_services(&addr).await?.into_iter().find(|s| s.spec.name == "job").expect("exists");
     assert!(service.spec_version > first_run);
-    let tasks = wait_completed(&addr, "job", service.spec_version, 3, 2).await?;
+    assert_eq!(service.spec.mode, ServiceMode::ReplicatedJob { total_completions: 3, max_concurrent: 1 });
+    let tasks = wait_completed(&addr, "job", service.spec_version, 3, 1).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let tasks_after = list_tasks(&addr, "job").await?;
     assert_eq!(tasks_after.len(), 6, "{tasks_after:#?}");
     let second: Vec<&Task> = tasks.iter().filter(|t| t.spec_version == service.spec_version).collect();
     assert_eq!(second.len(), 3);
     assert!(second.iter().all(|t| t.origin == TaskOrigin::Orchestrator), "not rolled by the updater");
-    assert!(max_overlap(&second)? <= 2);
+    assert!(max_overlap(&second)? <= 1);
     let ls = ok(&shoal(&addr, &["service", "ls"]));
     assert!(ls.lines().any(|l| l.contains(" job ") && l.contains("(3/3 completed)")), "{ls}");
+    // Both runs' tasks stay desired Complete.
+    wait_desired_complete(&addr, "job", 6).await?;
     Ok(())
 }
 
@@ -157,6 +184,17 @@ async fn global_job_completes_once_per_agent_and_bad_job_flags_are_refused() -> 
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = shoal(
         &addr,
+        &["service", "create", "-d", "--mode", "global-job", "--rollback-order", "start-first", "shoal/busybox:1"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("--rollback-order cannot be used with --mode global-job: jobs may not have a rollback config"),
+        "{}",
+        stderr(&out)
+    );
+    let out = shoal(
+        &addr,
         &["service", "create", "-d", "--mode", "replicated-job", "--max-concurrent", "0", "shoal/busybox:1"],
     );
     assert!(!out.status.success());
@@ -175,5 +213,8 @@ async fn global_job_completes_once_per_agent_and_bad_job_flags_are_refused() -> 
     assert_eq!(list_tasks(&addr, "once").await?.len(), 2, "completed tasks are not restarted");
     let ls = ok(&shoal(&addr, &["service", "ls"]));
     assert!(ls.lines().any(|l| l.contains(" once ") && l.contains("0/0 (2/2 completed)")), "{ls}");
+    wait_desired_complete(&addr, "once", 2).await?;
+    let ps = ok(&shoal(&addr, &["service", "ps", "-q", "--filter", "desired-state=complete", "once"]));
+    assert_eq!(ps.lines().count(), 2, "{ps}");
     Ok(())
 }
