@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use shoal_raft::RaftRole;
 use shoal_scheduler::FailureLog;
+use shoal_orchestrator::Dirty;
 use shoal_store::{Action, Change, Object, State};
 use shoal_types::{NodeState, PublishMode, TaskState};
 
@@ -32,6 +33,10 @@ pub async fn run(manager: Arc<Manager>) {
     }
 }
 
+/// How often the leader reconciles everything although nothing changed: the safety net behind
+/// the incremental passes (kube-rs's periodic resync).
+const RESYNC: Duration = Duration::from_secs(60);
+
 async fn lead(manager: &Arc<Manager>, term: u64) {
     tracing::info!(term, "leading: orchestrators and scheduler running");
     let mut events = manager.subscribe();
@@ -44,6 +49,13 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
     // and grow the replicated state for a placement hint.
     let mut failures = FailureLog::new();
     observe_stored_failures(manager, &mut failures);
+    // What changed since the last pass (a new leader looks at everything once), when each
+    // service must be looked at again although nothing changes, and when the scheduler must
+    // (a restarted task's backoff ends).
+    let mut dirty = Dirty::everything();
+    let mut timers = Timers::default();
+    let mut schedule_at: Option<u64> = None;
+    let mut resync_at = now_millis() + RESYNC.as_millis() as u64;
     loop {
         {
             let st = raft.borrow_and_update();
@@ -52,21 +64,48 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
                 return;
             }
         }
-        let (actions, next) = {
-            let state = manager.state();
+        let now = now_millis();
+        if now >= resync_at {
+            dirty.all = true;
+            dirty.schedule = true;
+            resync_at = now + RESYNC.as_millis() as u64;
+        }
+        if timers.take_due(now, &mut dirty.services) {
+            // A backoff or start delay may have ended: held tasks become placeable by time alone.
+            dirty.schedule = true;
+        }
+        if schedule_at.is_some_and(|at| at <= now) {
+            schedule_at = None;
+            dirty.schedule = true;
+        }
+        let pass = dirty.take();
+        let mut actions = Vec::new();
+        if pass.all || !pass.services.is_empty() || !pass.nodes.is_empty() {
             let mut new_id = shoal_types::ids::new_id;
-            let plan = shoal_orchestrator::reconcile(
-                &state,
-                &mut shoal_orchestrator::Ctx { now: now_millis(), new_id: &mut new_id },
+            // The store's read lock is taken per service, never for the whole pass.
+            let plan = shoal_orchestrator::reconcile_dirty(
+                || manager.state(),
+                &mut shoal_orchestrator::Ctx { now, new_id: &mut new_id },
+                &pass,
             );
-            let mut actions = plan.actions;
+            timers.replace(&pass, plan.wakeups);
+            if plan.unfinished {
+                // Services past the point where the budget ran out get their turn next pass.
+                dirty.merge(Dirty { schedule: false, ..pass.clone() });
+            }
+            actions = plan.actions;
+        }
+        if pass.schedule {
             if actions.is_empty() {
                 let now = now_millis();
-                actions = schedule(&state, now, failures.failures(now));
+                let (scheduled, held_until) = schedule(manager, now, failures.failures(now));
+                actions = scheduled;
+                schedule_at = held_until;
+            } else {
+                // The orchestrators go first; the scheduler places what they decided next pass.
+                dirty.schedule = true;
             }
-            (actions, plan.next_wakeup)
-        };
-        let wakeup = next;
+        }
         if !actions.is_empty() {
             // The loop's actions are independent (each is stale-tolerant), so a large pass — a
             // service of thousands of replicas — goes into the log as several entries, each
@@ -75,35 +114,42 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
                 // Everything was over the entry limit (and dropped): wait for a change rather
                 // than decide the same thing again at once.
                 Ok(0) => {}
-                Ok(_) => continue,
+                Ok(_) => {
+                    // Applied here before the proposal returns: its changes are waiting.
+                    if drain(manager, &mut events, &mut dirty, &mut failures) {
+                        observe_stored_failures(manager, &mut failures);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "control loop proposal failed; retrying");
+                    // Whatever this pass looked at is looked at again.
+                    dirty.merge(pass);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             }
         }
-        let sleep = wakeup
-            .map(|at| Duration::from_millis(at.saturating_sub(now_millis()).max(1)))
-            .unwrap_or(Duration::from_secs(5));
+        if !dirty.is_empty() {
+            continue;
+        }
+        let wake = [timers.next(), schedule_at, Some(resync_at)].into_iter().flatten().min().unwrap_or(resync_at);
+        let sleep = Duration::from_millis(wake.saturating_sub(now_millis()).max(1));
         tokio::select! {
             change = events.recv() => {
-                use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-                let mut lagged = false;
-                match change {
+                use tokio::sync::broadcast::error::RecvError;
+                let lagged = match change {
                     Err(RecvError::Closed) => return,
-                    Err(RecvError::Lagged(_)) => lagged = true,
-                    Ok(change) => observe_failure(&change, &mut failures),
-                }
-                // Drain the burst: one pass covers all of it.
-                loop {
-                    match events.try_recv() {
-                        Ok(change) => observe_failure(&change, &mut failures),
-                        Err(TryRecvError::Lagged(_)) => lagged = true,
-                        Err(_) => break,
+                    Err(RecvError::Lagged(_)) => true,
+                    Ok(change) => {
+                        observe(manager, &change, &mut dirty, &mut failures);
+                        false
                     }
-                }
-                if lagged {
+                };
+                // Drain the burst: one pass covers all of it.
+                if drain(manager, &mut events, &mut dirty, &mut failures) || lagged {
+                    // Changes were lost: look at everything.
+                    dirty.merge(Dirty::everything());
                     observe_stored_failures(manager, &mut failures);
                 }
             }
@@ -111,6 +157,80 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
             _ = raft.changed() => {}
         }
     }
+}
+
+/// The services' wake-up times (a timer heap: by time, and by service to replace a service's).
+#[derive(Default)]
+struct Timers {
+    by_time: std::collections::BTreeSet<(u64, String)>,
+    by_service: std::collections::HashMap<String, u64>,
+}
+
+impl Timers {
+    /// Moves the services whose time came into `due`; whether there were any.
+    fn take_due(&mut self, now: u64, due: &mut std::collections::BTreeSet<String>) -> bool {
+        let mut any = false;
+        while let Some((at, _)) = self.by_time.first()
+            && *at <= now
+        {
+            let (_, service) = self.by_time.pop_first().expect("checked");
+            self.by_service.remove(&service);
+            due.insert(service);
+            any = true;
+        }
+        any
+    }
+
+    /// After a pass over `pass`: its services' times are what the pass returned.
+    fn replace(&mut self, pass: &Dirty, wakeups: std::collections::BTreeMap<String, u64>) {
+        if pass.all {
+            self.by_time.clear();
+            self.by_service.clear();
+        } else {
+            for service in &pass.services {
+                if let Some(at) = self.by_service.remove(service) {
+                    self.by_time.remove(&(at, service.clone()));
+                }
+            }
+        }
+        for (service, at) in wakeups {
+            if let Some(old) = self.by_service.insert(service.clone(), at) {
+                self.by_time.remove(&(old, service.clone()));
+            }
+            self.by_time.insert((at, service));
+        }
+    }
+
+    fn next(&self) -> Option<u64> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+}
+
+/// Takes every change waiting in `events` into `dirty`; whether some were lost (lagged).
+fn drain(
+    manager: &Manager,
+    events: &mut tokio::sync::broadcast::Receiver<Arc<Change>>,
+    dirty: &mut Dirty,
+    failures: &mut FailureLog,
+) -> bool {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut lagged = false;
+    loop {
+        match events.try_recv() {
+            Ok(change) => observe(manager, &change, dirty, failures),
+            Err(TryRecvError::Lagged(_)) => lagged = true,
+            Err(_) => break,
+        }
+    }
+    if lagged {
+        dirty.merge(Dirty::everything());
+    }
+    lagged
+}
+
+fn observe(manager: &Manager, change: &Change, dirty: &mut Dirty, failures: &mut FailureLog) {
+    observe_failure(change, failures);
+    dirty.observe(change, || manager.state());
 }
 
 /// Records a task that failed or was rejected on a node (a no-op for anything else).
@@ -129,9 +249,42 @@ fn observe_stored_failures(manager: &Manager, failures: &mut FailureLog) {
     }
 }
 
-/// Builds the scheduling problem from the store and the recent failures per node and service
-/// version, and turns the solution into actions.
-pub fn schedule(state: &State, now: u64, failures: Vec<shoal_scheduler::Failure>) -> Vec<Action> {
+/// Places the pending tasks: the problem is built from the store under its read lock (pending
+/// tasks from the store's index; nothing at all when none wait), solved after the lock is
+/// dropped, and turned into actions. Also returns when a task held by its restart backoff
+/// becomes placeable, to be called again then.
+fn schedule(manager: &Manager, now: u64, failures: Vec<shoal_scheduler::Failure>) -> (Vec<Action>, Option<u64>) {
+    let (problem, held_until) = {
+        let state = manager.state();
+        scheduling_problem(&state, now, failures)
+    };
+    let Some(problem) = problem else { return (Vec::new(), held_until) };
+    let solution = shoal_scheduler::solve(&problem);
+    let mut actions: Vec<Action> =
+        solution.assignments.into_iter().map(|(id, node_id)| Action::AssignTask { id, node_id }).collect();
+    if !solution.unschedulable.is_empty() {
+        let state = manager.state();
+        for (id, err) in solution.unschedulable {
+            // Only when the reason changed: the store would skip it anyway, but not proposing
+            // keeps an idle cluster's log quiet.
+            let unchanged =
+                state.task(&id).is_some_and(|t| t.status.state == TaskState::Pending && t.status.err == err);
+            if !unchanged {
+                actions.push(Action::MarkUnschedulable { id, err });
+            }
+        }
+    }
+    (actions, held_until)
+}
+
+/// The scheduling problem from the store and the recent failures per node and service version:
+/// `None` when no task waits to be placed now; and the earliest end of a restart backoff among
+/// the waiting tasks.
+pub fn scheduling_problem(
+    state: &State,
+    now: u64,
+    failures: Vec<shoal_scheduler::Failure>,
+) -> (Option<shoal_scheduler::Problem>, Option<u64>) {
     use shoal_scheduler::{Amounts, PendingTask, PlacedTask, Problem, SchedNode};
     let host_ports = |t: &shoal_types::Task| -> Vec<(shoal_types::PortProtocol, u16)> {
         t.endpoint
@@ -143,43 +296,45 @@ pub fn schedule(state: &State, now: u64, failures: Vec<shoal_scheduler::Failure>
     };
     let amounts = |r: &shoal_types::ResourceAmounts| Amounts { nano_cpus: r.nano_cpus, memory_bytes: r.memory_bytes };
     let mut pending = Vec::new();
-    let mut placed = Vec::new();
-    for t in state.tasks() {
-        let runnable = t.desired_state <= TaskState::Running;
-        if runnable && shoal_orchestrator::held_by_backoff(t, now) {
-            // Not placed until its restart backoff ends: the orchestrator's wake-up opens it.
+    let mut held_until: Option<u64> = None;
+    for t in state.pending_tasks() {
+        if let Some(until) = t.restart_held_until(now) {
+            // Not placed until its restart backoff ends.
+            held_until = Some(held_until.map_or(until, |h| h.min(until)));
             continue;
         }
-        if runnable && t.status.state < TaskState::Assigned {
-            pending.push(PendingTask {
-                id: t.id.clone(),
-                service_id: t.service_id.clone(),
-                spec_version: t.spec_version,
-                reservations: amounts(&t.spec.resources.reservations),
-                constraints: t.spec.placement.constraints.clone(),
-                preferences: t.spec.placement.preferences.clone(),
-                max_replicas_per_node: t.spec.placement.max_replicas_per_node,
-                host_ports: host_ports(t),
-                preassigned_node: (!t.node_id.is_empty()).then(|| t.node_id.clone()),
-            });
-        } else if !t.node_id.is_empty()
-            && t.desired_state <= TaskState::Complete
-            && (TaskState::Assigned..=TaskState::Running).contains(&t.status.state)
-        {
-            placed.push(PlacedTask {
-                node_id: t.node_id.clone(),
-                service_id: t.service_id.clone(),
-                reservations: amounts(&t.spec.resources.reservations),
-                host_ports: host_ports(t),
-            });
-        }
+        pending.push(PendingTask {
+            id: t.id.clone(),
+            service_id: t.service_id.clone(),
+            spec_version: t.spec_version,
+            reservations: amounts(&t.spec.resources.reservations),
+            constraints: t.spec.placement.constraints.clone(),
+            preferences: t.spec.placement.preferences.clone(),
+            max_replicas_per_node: t.spec.placement.max_replicas_per_node,
+            host_ports: host_ports(t),
+            preassigned_node: (!t.node_id.is_empty()).then(|| t.node_id.clone()),
+        });
     }
     if pending.is_empty() {
-        return Vec::new();
+        return (None, held_until);
     }
-    let nodes = state
-        .nodes()
-        .filter(|n| n.runs_tasks())
+    let runs_tasks: Vec<&shoal_types::Node> = state.nodes().filter(|n| n.runs_tasks()).collect();
+    let mut placed = Vec::new();
+    for node in &runs_tasks {
+        for t in state.tasks_on_node(&node.id) {
+            if t.desired_state <= TaskState::Complete && (TaskState::Assigned..=TaskState::Running).contains(&t.status.state)
+            {
+                placed.push(PlacedTask {
+                    node_id: t.node_id.clone(),
+                    service_id: t.service_id.clone(),
+                    reservations: amounts(&t.spec.resources.reservations),
+                    host_ports: host_ports(t),
+                });
+            }
+        }
+    }
+    let nodes = runs_tasks
+        .into_iter()
         .map(|n| SchedNode {
             id: n.id.clone(),
             hostname: n.description.hostname.clone(),
@@ -194,17 +349,5 @@ pub fn schedule(state: &State, now: u64, failures: Vec<shoal_scheduler::Failure>
             capacity: Amounts { nano_cpus: n.description.nano_cpus, memory_bytes: n.description.memory_bytes },
         })
         .collect();
-    let problem = Problem { nodes, placed, pending, failures };
-    let solution = shoal_scheduler::solve(&problem);
-    let mut actions: Vec<Action> =
-        solution.assignments.into_iter().map(|(id, node_id)| Action::AssignTask { id, node_id }).collect();
-    for (id, err) in solution.unschedulable {
-        // Only when the reason changed: the store would skip it anyway, but not proposing keeps
-        // an idle cluster's log quiet.
-        let unchanged = state.task(&id).is_some_and(|t| t.status.state == TaskState::Pending && t.status.err == err);
-        if !unchanged {
-            actions.push(Action::MarkUnschedulable { id, err });
-        }
-    }
-    actions
+    (Some(Problem { nodes, placed, pending, failures }), held_until)
 }

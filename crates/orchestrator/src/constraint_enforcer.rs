@@ -67,12 +67,18 @@ fn noncompliant<'a>(state: &'a State, node: &Node) -> Vec<&'a Task> {
 /// Each rejection is one `SetTaskStatus` to REJECTED; the store drops it if the task ended
 /// meanwhile, so a decision made on a slightly old view changes nothing.
 pub fn enforce(state: &State, now: Timestamp) -> Vec<Action> {
-    let mut actions = Vec::new();
-    for node in state.nodes() {
-        if node.spec.availability != Availability::Active || node.status.state == NodeState::Down {
-            continue;
-        }
-        for task in noncompliant(state, node) {
+    state.nodes().flat_map(|node| enforce_node(state, &node.id, now)).collect()
+}
+
+/// [`enforce`] for the tasks on one node (a node that changed, or received or lost a task).
+pub fn enforce_node(state: &State, node_id: &str, now: Timestamp) -> Vec<Action> {
+    let Some(node) = state.node(node_id) else { return Vec::new() };
+    if node.spec.availability != Availability::Active || node.status.state == NodeState::Down {
+        return Vec::new();
+    }
+    noncompliant(state, node)
+        .into_iter()
+        .map(|task| {
             let status = TaskStatus {
                 state: TaskState::Rejected,
                 timestamp: now,
@@ -80,10 +86,9 @@ pub fn enforce(state: &State, now: Timestamp) -> Vec<Action> {
                 err: REJECT_ERR.into(),
                 ..Default::default()
             };
-            actions.push(Action::SetTaskStatus { id: task.id.clone(), status });
-        }
-    }
-    actions
+            Action::SetTaskStatus { id: task.id.clone(), status }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -57,6 +57,125 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// The earliest time a pending start gate may open: call again then (if nothing else happens).
     pub next_wakeup: Option<Timestamp>,
+    /// The same per service: when each service of the pass must be looked at again although
+    /// nothing changes (a start gate's delay, an update's monitor window).
+    pub wakeups: BTreeMap<String, Timestamp>,
+    /// The pass used up its budget of new tasks: services after that point may want more, so
+    /// what it looked at must be looked at again.
+    pub unfinished: bool,
+}
+
+impl Plan {
+    /// Asks for `service_id` to be reconciled again at `at` at the latest.
+    pub fn wake(&mut self, service_id: &str, at: Timestamp) {
+        self.next_wakeup = Some(self.next_wakeup.map_or(at, |w| w.min(at)));
+        let entry = self.wakeups.entry(service_id.to_string()).or_insert(at);
+        *entry = (*entry).min(at);
+    }
+}
+
+/// What the next pass must look at, gathered from the store's changes (kube-rs's trigger queue:
+/// each object once however often it changed). A service is dirty when it, one of its tasks or a
+/// node its tasks sit on changed; every global service is dirty when any node changed (a node
+/// may become eligible). Nodes are dirty for the constraint enforcer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Everything: a new leader's first pass, a cluster change, a lost event, the periodic resync.
+    pub all: bool,
+    pub services: BTreeSet<String>,
+    pub nodes: BTreeSet<String>,
+    /// Whether the scheduler may now place something it could not before: a task became
+    /// pending, a node changed, or a task left its node (freeing its resources and ports).
+    pub schedule: bool,
+}
+
+impl Dirty {
+    /// A pass over everything.
+    pub fn everything() -> Dirty {
+        Dirty { all: true, schedule: true, ..Dirty::default() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && !self.schedule && self.services.is_empty() && self.nodes.is_empty()
+    }
+
+    /// Hands over what was gathered and starts again empty.
+    pub fn take(&mut self) -> Dirty {
+        std::mem::take(self)
+    }
+
+    /// Adds what `other` marks.
+    pub fn merge(&mut self, other: Dirty) {
+        self.all |= other.all;
+        self.schedule |= other.schedule;
+        self.services.extend(other.services);
+        self.nodes.extend(other.nodes);
+    }
+
+    /// Marks what `change` may affect. Only a node change reads the store (after the change, or
+    /// later) through `read`: which services have tasks on the node, which are global.
+    pub fn observe<G: std::ops::Deref<Target = State>>(&mut self, change: &shoal_store::Change, read: impl FnOnce() -> G) {
+        use shoal_store::Object;
+        match &change.object {
+            Object::Cluster(_) => {
+                // The history limit or the replica ceiling may have changed: every service.
+                self.all = true;
+                self.schedule = true;
+            }
+            Object::Service(service) => {
+                self.services.insert(service.id.clone());
+            }
+            Object::Task(task) => {
+                self.services.insert(task.service_id.clone());
+                if !task.node_id.is_empty() {
+                    self.nodes.insert(task.node_id.clone());
+                }
+                let left_node = !task.node_id.is_empty()
+                    && (task.status.state > TaskState::Running || task.desired_state > TaskState::Running);
+                if shoal_store::is_pending(task) || left_node || change.kind == shoal_store::ChangeKind::Remove {
+                    self.schedule = true;
+                }
+            }
+            Object::Node(node) => {
+                self.nodes.insert(node.id.clone());
+                self.schedule = true;
+                let state = read();
+                for task in state.tasks_on_node(&node.id) {
+                    if !self.services.contains(&task.service_id) {
+                        self.services.insert(task.service_id.clone());
+                    }
+                }
+                for service in state.services() {
+                    if matches!(service.spec.mode, ServiceMode::Global | ServiceMode::GlobalJob) {
+                        self.services.insert(service.id.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What every service's reconcile in one pass shares: the cluster's limits and the budget of
+/// new tasks.
+struct PassLimits {
+    history_limit: u64,
+    max_replicas: u64,
+    budget: usize,
+}
+
+impl PassLimits {
+    fn new(state: &State) -> PassLimits {
+        PassLimits {
+            history_limit: state.cluster().map(|c| c.spec.task_history_limit).unwrap_or(5),
+            // A spec over the cluster's limit can only come from a log written before the limit
+            // existed; it runs at the limit instead of exhausting memory.
+            max_replicas: state
+                .cluster()
+                .map(|c| c.spec.max_replicas)
+                .unwrap_or(shoal_types::limits::DEFAULT_MAX_REPLICAS),
+            budget: shoal_types::limits::MAX_NEW_TASKS_PER_PASS,
+        }
+    }
 }
 
 /// Inputs besides the store.
@@ -180,39 +299,75 @@ pub fn gate_open(state: &State, gate: &StartGate, now: Timestamp) -> bool {
     }
 }
 
-/// Decides everything the orchestrators, the restart supervisor and the reaper want changed.
+/// Decides everything the orchestrators, the restart supervisor and the reaper want changed,
+/// looking at every service and node (what a resync does).
 pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
+    reconcile_dirty(|| state, ctx, &Dirty::everything())
+}
+
+/// Decides what the orchestrators, the restart supervisor, the constraint enforcer and the reaper
+/// want changed for what `dirty` names only. The store is read through `read`, once per service
+/// and per node, so a caller holding the store behind a lock holds it for one service's work at
+/// a time (the raft thread applies between two), never for a whole pass; every action is
+/// stale-tolerant, so a later service's view being newer is harmless.
+pub fn reconcile_dirty<G: std::ops::Deref<Target = State>>(
+    read: impl Fn() -> G,
+    ctx: &mut Ctx<'_>,
+    dirty: &Dirty,
+) -> Plan {
     let mut plan = Plan::default();
-    let history_limit = state.cluster().map(|c| c.spec.task_history_limit).unwrap_or(5);
-    // A spec over the cluster's limit can only come from a log written before the limit existed;
-    // it runs at the limit instead of exhausting memory.
-    let max_replicas =
-        state.cluster().map(|c| c.spec.max_replicas).unwrap_or(shoal_types::limits::DEFAULT_MAX_REPLICAS);
-    let mut budget = shoal_types::limits::MAX_NEW_TASKS_PER_PASS;
-    for service in state.services() {
+    let (mut limits, services, nodes) = {
+        let state = read();
+        let (services, nodes): (Vec<String>, Vec<String>) = if dirty.all {
+            let mut services: BTreeSet<String> = state.services().map(|s| s.id.clone()).collect();
+            // Removed services whose tasks are still to be removed and reaped.
+            services.extend(state.services_with_tasks().map(str::to_string));
+            (services.into_iter().collect(), state.nodes().map(|n| n.id.clone()).collect())
+        } else {
+            (dirty.services.iter().cloned().collect(), dirty.nodes.iter().cloned().collect())
+        };
+        (PassLimits::new(&state), services, nodes)
+    };
+    for service_id in &services {
+        let state = read();
+        reconcile_service(&state, service_id, ctx, &mut limits, &mut plan);
+    }
+    plan.unfinished = limits.budget == 0;
+    // Replicated tasks whose node stopped meeting their constraints or reservations: rejected
+    // here, replaced elsewhere by the restart supervisor in the next pass.
+    for node_id in &nodes {
+        let state = read();
+        plan.actions.extend(constraint_enforcer::enforce_node(&state, node_id, ctx.now));
+    }
+    plan
+}
+
+/// One service's part of a pass: its orchestrator (or its rollout), the tasks cancelled before
+/// placement, and its reaper. A service that is gone has its remaining tasks removed.
+fn reconcile_service(state: &State, service_id: &str, ctx: &mut Ctx<'_>, limits: &mut PassLimits, plan: &mut Plan) {
+    if let Some(service) = state.service(service_id) {
         let before = plan.actions.len();
+        let budget = &mut limits.budget;
         match service.spec.mode {
             ServiceMode::Replicated { replicas } => {
-                let replicas = replicas.min(max_replicas);
-                reconcile_replicated(state, service, replicas, ctx, &mut plan, &mut budget)
+                let replicas = replicas.min(limits.max_replicas);
+                reconcile_replicated(state, service, replicas, ctx, plan, budget)
             }
-            ServiceMode::Global => reconcile_global(state, service, ctx, &mut plan, &mut budget),
+            ServiceMode::Global => reconcile_global(state, service, ctx, plan, budget),
             ServiceMode::ReplicatedJob { total_completions, max_concurrent } => {
-                let total = total_completions.min(max_replicas);
-                jobs::reconcile_replicated_job(state, service, total, max_concurrent, ctx, &mut plan, &mut budget)
+                let total = total_completions.min(limits.max_replicas);
+                jobs::reconcile_replicated_job(state, service, total, max_concurrent, ctx, plan, budget)
             }
-            ServiceMode::GlobalJob => jobs::reconcile_global_job(state, service, ctx, &mut plan, &mut budget),
+            ServiceMode::GlobalJob => jobs::reconcile_global_job(state, service, ctx, plan, budget),
         }
         // One decision maker per service per pass: the rollout moves once the orchestrator has
         // nothing left to fix (its changes come back as events and trigger the next pass).
         if plan.actions.len() == before {
-            update::update_service(state, service, ctx, &mut plan);
+            update::update_service(state, service, ctx, plan);
         }
     }
-    // Replicated tasks whose node stopped meeting their constraints or reservations: rejected
-    // here, replaced elsewhere by the restart supervisor in the next pass.
-    plan.actions.extend(constraint_enforcer::enforce(state, ctx.now));
-    for task in state.tasks() {
+    let service_exists = state.service(service_id).is_some();
+    for task in state.tasks_of_service(service_id) {
         // Swarm's scheduler marks tasks cancelled before placement SHUTDOWN, so nothing waits
         // for them and they read as finished.
         if never_ran(task) && task.status.state != TaskState::Shutdown {
@@ -224,19 +379,16 @@ pub fn reconcile(state: &State, ctx: &mut Ctx<'_>) -> Plan {
             };
             plan.actions.push(Action::SetTaskStatus { id: task.id.clone(), status });
         }
-    }
-    // Tasks whose service is gone are removed (Swarm: desired REMOVE, then the reaper).
-    for task in state.tasks() {
-        if state.service(&task.service_id).is_none() && task.desired_state < TaskState::Remove {
+        // Tasks whose service is gone are removed (Swarm: desired REMOVE, then the reaper).
+        if !service_exists && task.desired_state < TaskState::Remove {
             plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Remove });
         }
     }
-    let doomed = reaper::reap(state, history_limit);
+    let doomed = reaper::reap_service(state, service_id, limits.history_limit);
     // In pieces, so removing a service of 100k tasks is not one action over the entry limit.
     for ids in doomed.chunks(reaper::MAX_IDS_PER_DELETE) {
         plan.actions.push(Action::DeleteTasks { ids: ids.to_vec() });
     }
-    plan
 }
 
 /// Opens start gates and restarts failed tasks or tasks on lost nodes; returns per-slot whether
@@ -310,7 +462,7 @@ fn supervise(
                 replacement.status.message = "restart delayed".into();
                 replacement.status.err = reason.clone();
             }
-            note_wakeup(plan, replacement.start_gate.as_ref(), ctx.now);
+            note_wakeup(plan, &service.id, replacement.start_gate.as_ref(), ctx.now);
             plan.actions.push(Action::PutTask { task: replacement });
             counts = true;
             continue;
@@ -322,11 +474,11 @@ fn supervise(
             if gate_open(state, gate, ctx.now) {
                 plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Running });
             } else {
-                note_wakeup(plan, Some(gate), ctx.now);
+                note_wakeup(plan, &service.id, Some(gate), ctx.now);
             }
         } else if task.restart_held_until(ctx.now).is_some() {
             // Held from the scheduler until then: the loop must look again at that time.
-            note_wakeup(plan, task.start_gate.as_ref(), ctx.now);
+            note_wakeup(plan, &service.id, task.start_gate.as_ref(), ctx.now);
         }
     }
     if !counts && !rolling_back {
@@ -338,10 +490,10 @@ fn supervise(
 
 /// A closed gate opens at `not_before`, or, when it waits for an old task, at `deadline` at the
 /// latest (the old task stopping is a store change, which triggers a pass by itself).
-fn note_wakeup(plan: &mut Plan, gate: Option<&StartGate>, now: Timestamp) {
+fn note_wakeup(plan: &mut Plan, service_id: &str, gate: Option<&StartGate>, now: Timestamp) {
     if let Some(gate) = gate {
         let at = if now < gate.not_before { gate.not_before } else { gate.deadline };
-        plan.next_wakeup = Some(plan.next_wakeup.map_or(at, |w| w.min(at)));
+        plan.wake(service_id, at);
     }
 }
 

@@ -10,11 +10,22 @@ pub(crate) struct World {
     index: u64,
     next_id: u64,
     pub now: Timestamp,
+    /// What the changes since the last step made dirty, and the services' wake-up times: the
+    /// control loop's bookkeeping, so every test here runs the incremental pass.
+    dirty: Dirty,
+    timers: BTreeMap<String, Timestamp>,
 }
 
 impl World {
     pub fn new(nodes: &[&str]) -> World {
-        let mut w = World { state: State::default(), index: 0, next_id: 0, now: 1_000_000 };
+        let mut w = World {
+            state: State::default(),
+            index: 0,
+            next_id: 0,
+            now: 1_000_000,
+            dirty: Dirty::default(),
+            timers: BTreeMap::new(),
+        };
         let cluster = Cluster { id: "c".into(), version: 0, created_at: 0, spec: ClusterSpec::default() };
         w.apply(vec![Action::InitCluster { cluster }]);
         for n in nodes {
@@ -39,7 +50,10 @@ impl World {
 
     pub fn apply(&mut self, actions: Vec<Action>) {
         self.index += 1;
-        self.state.apply(self.index, &Batch { at: self.now, actions }).expect("batch applies");
+        let changes = self.state.apply(self.index, &Batch { at: self.now, actions }).expect("batch applies");
+        for change in &changes {
+            self.dirty.observe(change, || &self.state);
+        }
     }
 
     pub fn service(&mut self, spec: ServiceSpec) -> String {
@@ -48,15 +62,44 @@ impl World {
         id
     }
 
-    /// One reconcile pass, applied; returns the plan.
+    /// One reconcile pass, applied; returns the plan. The pass is the incremental one, over what
+    /// changed since the last step and the services whose wake-up time came; it must decide
+    /// exactly what a pass over everything decides.
     pub fn step(&mut self) -> Plan {
+        let mut dirty = self.dirty.take();
+        let due: Vec<String> = self.timers.iter().filter(|(_, at)| **at <= self.now).map(|(s, _)| s.clone()).collect();
+        dirty.services.extend(due);
+        let ids_from = |mut next_id: u64| {
+            move || {
+                next_id += 1;
+                format!("t{next_id:03}")
+            }
+        };
+        let mut ids = ids_from(self.next_id);
+        let full = reconcile(&self.state, &mut Ctx { now: self.now, new_id: &mut ids });
         let mut next_id = self.next_id;
         let mut ids = || {
             next_id += 1;
             format!("t{next_id:03}")
         };
-        let plan = reconcile(&self.state, &mut Ctx { now: self.now, new_id: &mut ids });
+        let plan = reconcile_dirty(|| &self.state, &mut Ctx { now: self.now, new_id: &mut ids }, &dirty);
         self.next_id = next_id;
+        assert_eq!(
+            format!("{:?}", plan.actions),
+            format!("{:?}", full.actions),
+            "the incremental pass over {dirty:?} decided otherwise than a full pass"
+        );
+        if dirty.all {
+            self.timers.clear();
+        } else {
+            for service in &dirty.services {
+                self.timers.remove(service);
+            }
+        }
+        self.timers.extend(plan.wakeups.iter().map(|(s, at)| (s.clone(), *at)));
+        if plan.unfinished {
+            self.dirty.merge(dirty);
+        }
         if !plan.actions.is_empty() {
             self.apply(plan.actions.clone());
         }
@@ -624,4 +667,21 @@ fn removal_of_a_large_service_deletes_in_pieces() {
         }));
     }
     assert_eq!(deletes, [1_000, 1_000, 500]);
+}
+
+/// A pass that runs out of its budget of new tasks in one service leaves the services after it
+/// dirty: they get their tasks in the next passes, not at the next resync.
+#[test]
+fn services_past_the_new_task_budget_get_their_turn_in_the_next_pass() {
+    let mut w = World::new(&["n1"]);
+    let budget = shoal_types::limits::MAX_NEW_TASKS_PER_PASS as u64;
+    let big = w.service(spec("a-big", budget + 500));
+    let small = w.service(spec("b-small", 1));
+    let plan = w.step();
+    assert!(plan.unfinished, "the budget ran out");
+    assert_eq!(w.tasks(&big).len() as u64, budget);
+    assert!(w.tasks(&small).is_empty(), "after the budget ran out");
+    w.settle();
+    assert_eq!(w.tasks(&big).len() as u64, budget + 500);
+    assert_eq!(w.tasks(&small).len(), 1);
 }

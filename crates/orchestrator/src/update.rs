@@ -209,7 +209,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
 
     if dirty.is_empty() {
         if busy > 0 {
-            note(plan, transition_wakeup);
+            note(plan, &service.id, transition_wakeup);
             return;
         }
         // Converged means every task meant to run runs (a slot the orchestrator re-created during
@@ -244,7 +244,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
             done.completed_at = Some(now);
             plan.actions.push(Action::SetUpdateStatus { id: service.id.clone(), status: Some(done) });
         } else {
-            note(plan, Some(finish));
+            note(plan, &service.id, Some(finish));
         }
         return;
     }
@@ -267,12 +267,12 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     for key in dirty.into_iter().take(free) {
         start_slot(state, service, &updatable[key], config.order, ctx, plan);
     }
-    note(plan, transition_wakeup);
+    note(plan, &service.id, transition_wakeup);
 }
 
-fn note(plan: &mut Plan, at: Option<Timestamp>) {
+fn note(plan: &mut Plan, service_id: &str, at: Option<Timestamp>) {
     if let Some(at) = at {
-        plan.next_wakeup = Some(plan.next_wakeup.map_or(at, |w| w.min(at)));
+        plan.wake(service_id, at);
     }
 }
 

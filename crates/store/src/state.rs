@@ -75,6 +75,11 @@ pub struct Change {
     pub object: Object,
 }
 
+/// A task the scheduler has to place: meant to run and not assigned to a node yet.
+pub fn is_pending(task: &Task) -> bool {
+    task.desired_state <= TaskState::Running && task.status.state < TaskState::Assigned
+}
+
 /// The whole desired and observed state of the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -96,6 +101,10 @@ pub struct State {
     tasks_by_service: BTreeMap<String, BTreeSet<String>>,
     #[serde(skip)]
     tasks_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Tasks waiting for the scheduler (see [`is_pending`]): it returns at once when there are
+    /// none, instead of walking every task.
+    #[serde(skip)]
+    pending: BTreeSet<String>,
     #[serde(skip)]
     task_specs: SpecPool,
 }
@@ -194,6 +203,16 @@ impl State {
 
     pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks_by_service.get(service_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// The tasks waiting to be placed, by id.
+    pub fn pending_tasks(&self) -> impl Iterator<Item = &Task> {
+        self.pending.iter().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// Ids of the services that have tasks, removed services whose tasks remain included.
+    pub fn services_with_tasks(&self) -> impl Iterator<Item = &str> {
+        self.tasks_by_service.keys().map(String::as_str)
     }
 
     pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
@@ -671,6 +690,9 @@ impl State {
 
     fn index_task(&mut self, task: &Task) {
         self.tasks_by_service.entry(task.service_id.clone()).or_default().insert(task.id.clone());
+        if is_pending(task) {
+            self.pending.insert(task.id.clone());
+        }
         if !task.node_id.is_empty() {
             self.tasks_by_node.entry(task.node_id.clone()).or_default().insert(task.id.clone());
         }
@@ -678,6 +700,7 @@ impl State {
 
     fn remove_task(&mut self, id: &str) -> Option<Task> {
         let task = self.tasks.remove(id)?;
+        self.pending.remove(id);
         for (index, key) in [(&mut self.tasks_by_service, &task.service_id), (&mut self.tasks_by_node, &task.node_id)] {
             if let Some(set) = index.get_mut(key) {
                 set.remove(id);
