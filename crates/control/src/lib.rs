@@ -27,7 +27,10 @@ pub mod dispatcher;
 pub mod error;
 pub mod identity;
 mod machine;
+pub mod router;
 pub mod security;
+#[cfg(test)]
+mod testing;
 
 pub use error::ApiError;
 pub use identity::Identity;
@@ -171,6 +174,9 @@ pub struct Manager {
     raft: RaftHandle<ApplyResult>,
     state: Arc<RwLock<State>>,
     events: broadcast::Sender<Arc<Change>>,
+    /// Each agent session's changes, routed by node (the broadcast is for watchers and the
+    /// control loop).
+    router: Arc<router::ChangeRouter>,
     removals: Arc<machine::RemovalLog>,
     raft_thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
@@ -191,6 +197,11 @@ impl Manager {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.events.subscribe()
+    }
+
+    /// The routing of changes to agent sessions by node.
+    pub fn router(&self) -> &Arc<router::ChangeRouter> {
+        &self.router
     }
 
     /// The recent removals (the last 10,000) after raft index `index` and at or after `at`.
@@ -584,7 +595,13 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     let state = Arc::new(RwLock::new(State::default()));
     let (events, _) = broadcast::channel(4096);
     let removals = Arc::new(machine::RemovalLog::default());
-    let machine = StoreMachine { state: state.clone(), events: events.clone(), removals: removals.clone() };
+    let router = Arc::new(router::ChangeRouter::default());
+    let machine = StoreMachine {
+        state: state.clone(),
+        events: events.clone(),
+        removals: removals.clone(),
+        router: router.clone(),
+    };
     let mut engine_config = EngineConfig::new(identity.raft_id);
     engine_config.election_tick = config.election_tick;
     engine_config.heartbeat_tick = config.heartbeat_tick;
@@ -606,6 +623,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         raft: raft.clone(),
         state,
         events,
+        router,
         removals,
         raft_thread: parking_lot::Mutex::new(Some(raft_thread)),
         shutdown,

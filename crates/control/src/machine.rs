@@ -8,6 +8,8 @@ use shoal_raft::{MemberChange, MemberChangeKind, StateMachine};
 use shoal_store::{Change, ChangeKind, MembershipChange, MembershipKind, State, StoreError};
 use tokio::sync::broadcast;
 
+use crate::router::ChangeRouter;
+
 /// What a proposer learns of its entry: applied, or refused by the store (and why). The changes
 /// themselves go to the event stream only, so applying copies no object.
 pub type ApplyResult = Result<(), StoreError>;
@@ -18,6 +20,10 @@ pub struct StoreMachine {
     /// the object (a service with its specs) only to skip it.
     pub events: broadcast::Sender<Arc<Change>>,
     pub removals: Arc<RemovalLog>,
+    /// The dispatcher's per-node routing, fed here rather than from the broadcast: a routing
+    /// task reading the broadcast would lag behind a pass's burst exactly as the sessions did,
+    /// while routing on this thread costs a few hash lookups per change and never waits.
+    pub router: Arc<ChangeRouter>,
 }
 
 /// How many removals [`RemovalLog`] keeps.
@@ -61,9 +67,7 @@ impl StateMachine for StoreMachine {
                 let changes: Vec<Arc<Change>> = changes.into_iter().map(Arc::new).collect();
                 self.removals.record(&changes);
                 drop(state);
-                for change in changes {
-                    let _ = self.events.send(change);
-                }
+                self.publish(changes);
                 Ok(())
             }
             Err(e) => {
@@ -90,9 +94,7 @@ impl StateMachine for StoreMachine {
         let changes: Vec<Arc<Change>> = state.apply_membership(index, &change).into_iter().map(Arc::new).collect();
         self.removals.record(&changes);
         drop(state);
-        for change in changes {
-            let _ = self.events.send(change);
-        }
+        self.publish(changes);
     }
 
     fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
@@ -102,6 +104,19 @@ impl StateMachine for StoreMachine {
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         let restored = State::restore(data).map_err(|e| e.to_string())?;
         *self.state.write() = restored;
+        // No change describes what the snapshot replaced: every agent session reads its node afresh.
+        self.router.resync_all();
         Ok(())
+    }
+}
+
+impl StoreMachine {
+    /// Hands an applied entry's changes to the dispatcher's sessions and to the broadcast's
+    /// subscribers, after the write lock is released so readers are not held up.
+    fn publish(&self, changes: Vec<Arc<Change>>) {
+        self.router.route(&changes);
+        for change in changes {
+            let _ = self.events.send(change);
+        }
     }
 }
