@@ -2,22 +2,68 @@
 //! and batched task status writes. Followers answer `Unavailable` with the leader's address.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLockReadGuard};
 use shoal_proto::v1::dispatcher_server::Dispatcher;
 use shoal_proto::v1::*;
-use shoal_raft::RaftRole;
-use shoal_store::{Action, ChangeKind, Object};
+use shoal_raft::{RaftRole, RaftStatus};
+use shoal_store::{Action, Change, ChangeKind, Object, State};
 use shoal_types::{
     Availability, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, Task, TaskState, TaskStatus,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::{ApiError, Manager, now_millis};
+use crate::router::{ChangeRouter, Subscription, Taken};
+use crate::{ApiError, Manager};
+
+/// What the dispatcher needs of the manager it runs in, and nothing more: the state as applied
+/// here, proposals, the raft status (is this manager the leader, where are the others), the
+/// changes of each node and the wall clock. [`Manager`] provides it over raft; the unit tests
+/// over an in-memory store, as swarmkit tests its dispatcher on `NewMemoryStore(nil)`.
+/// Heartbeat deadlines use tokio's clock, which a test can pause.
+pub trait Backend: Send + Sync + 'static {
+    fn state(&self) -> RwLockReadGuard<'_, State>;
+    fn raft_status(&self) -> RaftStatus;
+    /// Proposes a batch; resolves once it is applied here (so reads see it).
+    fn propose(&self, actions: Vec<Action>) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Proposes independent actions in as many entries as their size needs.
+    fn propose_in_entries(&self, actions: Vec<Action>) -> impl Future<Output = Result<usize, ApiError>> + Send;
+    /// Where every applied change is routed to the sessions of the nodes it concerns.
+    fn router(&self) -> &Arc<ChangeRouter>;
+    /// Unix milliseconds, for the objects the dispatcher creates.
+    fn now_millis(&self) -> u64;
+}
+
+impl Backend for Manager {
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        Manager::state(self)
+    }
+
+    fn raft_status(&self) -> RaftStatus {
+        Manager::raft_status(self)
+    }
+
+    fn propose(&self, actions: Vec<Action>) -> impl Future<Output = Result<(), ApiError>> + Send {
+        Manager::propose(self, actions)
+    }
+
+    fn propose_in_entries(&self, actions: Vec<Action>) -> impl Future<Output = Result<usize, ApiError>> + Send {
+        Manager::propose_in_entries(self, actions)
+    }
+
+    fn router(&self) -> &Arc<ChangeRouter> {
+        Manager::router(self)
+    }
+
+    fn now_millis(&self) -> u64 {
+        crate::now_millis()
+    }
+}
 
 /// Response metadata naming the leader's address when a follower refuses an agent.
 pub const LEADER_HEADER: &str = "x-shoal-leader";
@@ -31,6 +77,11 @@ const FAILOVER_GRACE_BEATS: u32 = 6;
 const STALL: Duration = Duration::from_millis(500);
 /// Most task statuses written in one raft entry.
 const MAX_STATUS_BATCH: usize = 1000;
+/// Most task changes sent to an agent in one assignment message.
+const MAX_ASSIGNMENT_CHANGES: usize = 1000;
+/// Assignment messages waiting for a slow agent. Beyond them the session stops taking from its
+/// queue, where further changes coalesce per task.
+const ASSIGNMENT_BUFFER: usize = 256;
 
 struct Session {
     id: String,
@@ -38,11 +89,11 @@ struct Session {
     /// Not declared down before this, whatever `last_seen` says (set after a stall).
     grace_until: Option<Instant>,
     /// Dropping it ends the node's assignment stream.
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: oneshot::Sender<()>,
 }
 
-pub struct DispatcherService {
-    manager: Arc<Manager>,
+pub struct DispatcherService<B: Backend = Manager> {
+    backend: Arc<B>,
     sessions: Mutex<HashMap<String, Session>>,
     statuses: Mutex<BTreeMap<String, TaskStatus>>,
     flush: Notify,
@@ -52,10 +103,10 @@ pub struct DispatcherService {
 
 type SessionStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SessionMessage, Status>> + Send>>;
 
-impl DispatcherService {
-    pub fn new(manager: Arc<Manager>) -> Arc<Self> {
+impl<B: Backend> DispatcherService<B> {
+    pub fn new(backend: Arc<B>) -> Arc<Self> {
         let dispatcher = Arc::new(DispatcherService {
-            manager,
+            backend,
             sessions: Mutex::new(HashMap::new()),
             statuses: Mutex::new(BTreeMap::new()),
             flush: Notify::new(),
@@ -67,12 +118,12 @@ impl DispatcherService {
     }
 
     fn period(&self) -> Duration {
-        self.manager.state().cluster().map(|c| c.spec.heartbeat_period.as_std()).unwrap_or(Duration::from_secs(1))
+        self.backend.state().cluster().map(|c| c.spec.heartbeat_period.as_std()).unwrap_or(Duration::from_secs(1))
     }
 
     /// Refuses the call unless this manager is the leader, pointing the agent at the leader.
     fn check_leader(&self) -> Result<(), Status> {
-        let st = self.manager.raft_status();
+        let st = self.backend.raft_status();
         if st.role == RaftRole::Leader && st.leader_ready {
             return Ok(());
         }
@@ -117,7 +168,7 @@ impl DispatcherService {
                 }
                 let actions = batch.into_iter().map(|(id, status)| Action::SetTaskStatus { id, status }).collect();
                 // Packed by size: a thousand statuses with long error texts can exceed one entry.
-                if let Err(e) = self.manager.propose_in_entries(actions).await {
+                if let Err(e) = self.backend.propose_in_entries(actions).await {
                     // Agents re-report every task's status when they reconnect, so a lost batch heals.
                     tracing::warn!(error = %e, "writing task statuses failed");
                 }
@@ -145,7 +196,7 @@ impl DispatcherService {
             if gap > STALL.max(tick * 2) {
                 self.forgive_stall(gap - tick);
             }
-            let st = self.manager.raft_status();
+            let st = self.backend.raft_status();
             if st.role != RaftRole::Leader || !st.leader_ready {
                 if self.leadership.lock().take().is_some() {
                     // Leadership lost: end every session so agents find the new leader.
@@ -168,7 +219,7 @@ impl DispatcherService {
             let period = self.period();
             let mut down = Vec::new();
             {
-                let state = self.manager.state();
+                let state = self.backend.state();
                 let mut sessions = self.sessions.lock();
                 for node in state.nodes().filter(|n| n.runs_tasks() && n.status.state != NodeState::Down) {
                     let expired = match sessions.get(&node.id) {
@@ -194,7 +245,7 @@ impl DispatcherService {
             }
             if !down.is_empty() {
                 tracing::warn!(nodes = down.len(), "nodes missed their heartbeats; marking them down");
-                if let Err(e) = self.manager.propose(down).await {
+                if let Err(e) = self.backend.propose(down).await {
                     tracing::warn!(error = %e, "marking nodes down failed");
                 }
             }
@@ -233,7 +284,7 @@ impl DispatcherService {
         }
         let description: NodeDescription = serde_json::from_str(&request.description_json)
             .map_err(|e| ApiError::InvalidArgument(format!("invalid node description: {e}")))?;
-        let existing = self.manager.state().node(&request.node_id).cloned();
+        let existing = self.backend.state().node(&request.node_id).cloned();
         let status = NodeStatus { state: NodeState::Ready, message: String::new(), addr };
         let action = match existing {
             Some(node) if node.manager.is_some() || node.spec.role == NodeRole::Manager => {
@@ -244,7 +295,7 @@ impl DispatcherService {
             }
             Some(node) => Action::SetNodeStatus { id: node.id, status, description: Some(description) },
             None => {
-                let at = now_millis();
+                let at = self.backend.now_millis();
                 Action::PutNode {
                     node: Node {
                         id: request.node_id.clone(),
@@ -263,8 +314,16 @@ impl DispatcherService {
                 }
             }
         };
-        self.manager.propose(vec![action]).await?;
+        self.backend.propose(vec![action]).await?;
         Ok(())
+    }
+
+    /// Forgets the session of `node_id` if it is still `session_id` (its stream ended for good).
+    fn end_session(&self, node_id: &str, session_id: &str) {
+        let mut sessions = self.sessions.lock();
+        if sessions.get(node_id).is_some_and(|s| s.id == session_id) {
+            sessions.remove(node_id);
+        }
     }
 }
 
@@ -291,12 +350,140 @@ fn agent_visible(task: &Task, node_id: &str) -> bool {
     task.node_id == node_id && task.status.state >= TaskState::Assigned
 }
 
-/// The gRPC face of the dispatcher (its state is shared with background tasks).
-pub struct DispatcherApi(pub Arc<DispatcherService>);
+/// The node's tasks its agent is told about, and the index of the state they were read from.
+fn node_tasks(state: &State, node_id: &str) -> (Vec<Task>, u64) {
+    let tasks = state.tasks_on_node(node_id).filter(|t| agent_visible(t, node_id)).cloned().collect();
+    (tasks, state.applied_index())
+}
 
-impl std::ops::Deref for DispatcherApi {
-    type Target = DispatcherService;
-    fn deref(&self) -> &DispatcherService {
+fn node_removed(node_id: &str) -> Status {
+    Status::permission_denied(format!("node {node_id} was removed from the cluster"))
+}
+
+/// One agent session's assignment stream: the node's complete task set, then what changes.
+struct AssignmentStream {
+    node_id: String,
+    session_id: String,
+    period: Duration,
+    managers: Vec<String>,
+    /// The desired state each task was last sent with.
+    sent: HashMap<String, TaskState>,
+    /// The applied index of the state the complete set was read from: it already holds every
+    /// change up to there, which the router may still deliver (it routes after applying).
+    floor: u64,
+    subscription: Subscription,
+    tx: mpsc::Sender<Result<SessionMessage, Status>>,
+}
+
+impl AssignmentStream {
+    fn complete(&mut self, tasks: Vec<Task>, floor: u64) -> SessionMessage {
+        self.sent = tasks.iter().map(|t| (t.id.clone(), t.desired_state)).collect();
+        self.floor = floor;
+        assignment(
+            &self.session_id,
+            self.period,
+            &self.managers,
+            AssignmentKind::Complete,
+            tasks.iter().collect(),
+            Vec::new(),
+        )
+    }
+
+    /// Reads the node's tasks afresh after its queue dropped changes; `None` if the node is gone.
+    fn resync<B: Backend>(&mut self, backend: &B) -> Option<SessionMessage> {
+        let (tasks, floor) = {
+            let state = backend.state();
+            state.node(&self.node_id)?;
+            self.subscription.claim(state.tasks_on_node(&self.node_id).map(|t| t.id.as_str()));
+            node_tasks(&state, &self.node_id)
+        };
+        tracing::info!(node = %self.node_id, tasks = tasks.len(), "agent session resent its node's complete task set");
+        Some(self.complete(tasks, floor))
+    }
+
+    /// The message for a batch of the node's changes, if the agent needs one: new tasks,
+    /// desired-state changes and removals (the agent reports statuses itself).
+    fn incremental(
+        &mut self,
+        tasks: Vec<Arc<Change>>,
+        node: Option<Arc<Change>>,
+    ) -> Result<Option<SessionMessage>, Status> {
+        if node.is_some_and(|change| change.kind == ChangeKind::Remove && change.index > self.floor) {
+            return Err(node_removed(&self.node_id));
+        }
+        let mut updated: Vec<&Task> = Vec::new();
+        let mut removed = Vec::new();
+        for change in &tasks {
+            let Object::Task(task) = &change.object else { continue };
+            if change.index <= self.floor {
+                continue;
+            }
+            if change.kind != ChangeKind::Remove && agent_visible(task, &self.node_id) {
+                if self.sent.insert(task.id.clone(), task.desired_state) != Some(task.desired_state) {
+                    updated.push(task);
+                }
+            } else if self.sent.remove(&task.id).is_some() {
+                // Removed, or moved to another node.
+                removed.push(task.id.clone());
+            }
+        }
+        if updated.is_empty() && removed.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(assignment(
+            &self.session_id,
+            self.period,
+            &self.managers,
+            AssignmentKind::Incremental,
+            updated,
+            removed,
+        )))
+    }
+
+    /// Sends the node's changes as they come until the session is stopped (replaced, expired,
+    /// leadership lost), the agent goes away, or the node is removed.
+    async fn run<B: Backend>(mut self, dispatcher: Arc<DispatcherService<B>>, mut stop: oneshot::Receiver<()>) {
+        let why = 'stream: loop {
+            tokio::select! {
+                _ = &mut stop => break "stopped",
+                _ = self.subscription.changed() => {}
+            }
+            loop {
+                let message = match self.subscription.take(MAX_ASSIGNMENT_CHANGES) {
+                    taken if taken.is_empty() => break,
+                    Taken::Resync => self.resync(&*dispatcher.backend).ok_or_else(|| node_removed(&self.node_id)),
+                    Taken::Changes { tasks, node } => match self.incremental(tasks, node) {
+                        Ok(Some(message)) => Ok(message),
+                        Ok(None) => continue,
+                        Err(status) => Err(status),
+                    },
+                };
+                let last = message.is_err();
+                // A slow agent holds this send up; meanwhile its node's changes coalesce in the queue.
+                let sent = tokio::select! {
+                    _ = &mut stop => break 'stream "stopped",
+                    sent = self.tx.send(message) => sent.is_ok(),
+                };
+                if last {
+                    // Its heartbeats must fail too (ending the session drops `stop`, so only now).
+                    dispatcher.end_session(&self.node_id, &self.session_id);
+                    break 'stream "the node was removed";
+                }
+                if !sent {
+                    break 'stream "the agent went away";
+                }
+            }
+        };
+        tracing::debug!(node = %self.node_id, session = %self.session_id, routed = self.subscription.routed(), why, "assignment stream ended");
+    }
+}
+
+/// The gRPC face of the dispatcher (its state is shared with background tasks).
+pub struct DispatcherApi<B: Backend = Manager>(pub Arc<DispatcherService<B>>);
+
+impl<B: Backend> std::ops::Deref for DispatcherApi<B> {
+    type Target = DispatcherService<B>;
+    fn deref(&self) -> &DispatcherService<B> {
         &self.0
     }
 }
@@ -316,7 +503,7 @@ fn own_node<T>(request: &Request<T>, node_id: &str) -> Result<(), Status> {
 }
 
 #[tonic::async_trait]
-impl Dispatcher for DispatcherApi {
+impl<B: Backend> Dispatcher for DispatcherApi<B> {
     type SessionStream = SessionStream;
 
     async fn session(&self, request: Request<SessionRequest>) -> Result<Response<SessionStream>, Status> {
@@ -329,90 +516,43 @@ impl Dispatcher for DispatcherApi {
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         let request = request.into_inner();
-        // Subscribe before registering so no change after the complete set is missed.
-        let mut events = self.manager.subscribe();
         self.register(&request, addr).await.map_err(Status::from)?;
         let node_id = request.node_id.clone();
+        // Subscribed in the same view of the state the complete set is read from: every later
+        // change reaches the session, including one that moves a task of the set elsewhere.
+        let (subscription, complete, floor) = {
+            let state = self.backend.state();
+            if state.node(&node_id).is_none() {
+                return Err(node_removed(&node_id));
+            }
+            let subscription =
+                self.backend.router().subscribe(&node_id, state.tasks_on_node(&node_id).map(|t| t.id.as_str()));
+            let (complete, floor) = node_tasks(&state, &node_id);
+            (subscription, complete, floor)
+        };
         let session_id = shoal_types::ids::new_id();
-        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
         self.sessions.lock().insert(
             node_id.clone(),
             Session { id: session_id.clone(), last_seen: Instant::now(), grace_until: None, _stop: stop_tx },
         );
-        let period = self.period();
-        let managers: Vec<String> = self.manager.raft_status().members.values().map(|m| m.addr.clone()).collect();
-        let (tx, rx) = mpsc::channel(256);
-        let mut sent: HashMap<String, TaskState> = HashMap::new();
-        let complete: Vec<Task> = {
-            let state = self.manager.state();
-            state.tasks_on_node(&node_id).filter(|t| agent_visible(t, &node_id)).cloned().collect()
+        let (tx, rx) = mpsc::channel(ASSIGNMENT_BUFFER);
+        let mut stream = AssignmentStream {
+            node_id,
+            session_id,
+            period: self.period(),
+            managers: self.backend.raft_status().members.values().map(|m| m.addr.clone()).collect(),
+            sent: HashMap::new(),
+            floor,
+            subscription,
+            tx,
         };
-        for t in &complete {
-            sent.insert(t.id.clone(), t.desired_state);
-        }
-        tracing::info!(node = %node_id, tasks = complete.len(), "agent session opened");
-        let first =
-            assignment(&session_id, period, &managers, AssignmentKind::Complete, complete.iter().collect(), Vec::new());
-        if tx.send(Ok(first)).await.is_err() {
+        tracing::info!(node = %stream.node_id, tasks = complete.len(), "agent session opened");
+        let first = stream.complete(complete, floor);
+        if stream.tx.send(Ok(first)).await.is_err() {
             return Err(Status::cancelled("agent went away"));
         }
-        tokio::spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    _ = &mut stop_rx => return,
-                    change = events.recv() => change,
-                };
-                let mut batch = match change {
-                    Ok(c) => vec![c],
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed changes: the agent must resync; ending the stream makes it reconnect.
-                        let _ = tx.send(Err(Status::aborted("assignment stream fell behind; reconnect"))).await;
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                while batch.len() < 1000 {
-                    match events.try_recv() {
-                        Ok(c) => batch.push(c),
-                        Err(_) => break,
-                    }
-                }
-                let mut updated: Vec<Task> = Vec::new();
-                let mut removed = Vec::new();
-                for change in batch {
-                    let Object::Task(task) = &change.object else { continue };
-                    if change.kind == ChangeKind::Remove {
-                        if sent.remove(&task.id).is_some() {
-                            removed.push(task.id.clone());
-                        }
-                        continue;
-                    }
-                    if !agent_visible(task, &node_id) {
-                        continue;
-                    }
-                    // The agent reports statuses itself; it only needs new tasks and desired-state changes.
-                    if sent.get(&task.id) != Some(&task.desired_state) {
-                        sent.insert(task.id.clone(), task.desired_state);
-                        updated.retain(|t| t.id != task.id);
-                        updated.push(task.clone());
-                    }
-                }
-                if updated.is_empty() && removed.is_empty() {
-                    continue;
-                }
-                let msg = assignment(
-                    &session_id,
-                    period,
-                    &managers,
-                    AssignmentKind::Incremental,
-                    updated.iter().collect(),
-                    removed,
-                );
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(stream.run(self.0.clone(), stop_rx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -434,7 +574,7 @@ impl Dispatcher for DispatcherApi {
         self.check_session(&request.node_id, &request.session_id)?;
         let mut parsed = Vec::with_capacity(request.updates.len());
         {
-            let state = self.manager.state();
+            let state = self.backend.state();
             for update in &request.updates {
                 let mut status: TaskStatus = serde_json::from_str(&update.status_json).map_err(|e| {
                     Status::invalid_argument(format!("invalid status for task {}: {e}", update.task_id))
@@ -501,3 +641,6 @@ mod cap_tests {
         assert!(long.trim_end_matches('…').chars().all(|c| c == 'é'));
     }
 }
+
+#[cfg(test)]
+mod tests;
