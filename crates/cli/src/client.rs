@@ -307,9 +307,8 @@ impl Client {
     }
 
     /// Opens the stream of changes: only objects of `types` (empty: all), only those of `service`
-    /// (empty: all). Use a client from [`Client::connect_streaming`].
-    /// Streams the changes of `types` (all if empty) of `service` (all if empty), after replaying
-    /// the objects changed since `since`.
+    /// (empty: all), after replaying the objects changed (and removed) since `since`. Use a client
+    /// from [`Client::connect_streaming`].
     pub async fn watch(
         &mut self,
         types: Vec<String>,
@@ -325,6 +324,19 @@ impl Client {
         let request = pb::WatchRequest { types, service: service.to_string(), since_index, since_time };
         let reply =
             self.inner.watch(request).await.map_err(|s| failed(&self.addr, s).not_found_as("service", service))?;
+        Ok(reply.into_inner())
+    }
+
+    /// [`Client::watch`] replaying from a raft index (0: live changes only), with the manager's
+    /// errors as they are (a missing service is `NotFound`): what the progress display follows.
+    pub async fn watch_from(
+        &mut self,
+        types: Vec<String>,
+        service: &str,
+        since_index: u64,
+    ) -> Result<tonic::Streaming<pb::WatchEvent>, CliError> {
+        let request = pb::WatchRequest { types, service: service.to_string(), since_index, since_time: 0 };
+        let reply = self.inner.watch(request).await.map_err(|s| failed(&self.addr, s))?;
         Ok(reply.into_inner())
     }
 

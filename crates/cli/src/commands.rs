@@ -97,7 +97,7 @@ async fn service_create(host: &str, args: &CreateArgs) -> Result<(), CliError> {
                 print_out(&format!("{}\n", service.id));
                 if !args.detach {
                     let deadline = Deadline::after(args.wait.timeout);
-                    wait_for_convergence_until(&mut client, &service, Operation::Create, args.quiet, deadline).await?;
+                    wait_for_convergence_until(host, &service, Operation::Create, args.quiet, deadline).await?;
                 }
                 return Ok(());
             }
@@ -431,7 +431,7 @@ async fn service_scale(host: &str, args: &ScaleArgs) -> Result<(), CliError> {
     }
     if !args.detach {
         for service in &scaled {
-            wait_for_convergence(&mut client, service, Operation::Scale, false).await?;
+            wait_for_convergence(host, service, Operation::Scale, false).await?;
         }
     }
     if failed { Err(CliError::Reported) } else { Ok(()) }
@@ -453,7 +453,7 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
     print_out(&format!("{}\n", args.service));
     if !args.detach {
         let deadline = Deadline::after(args.wait.timeout);
-        wait_for_convergence_until(&mut client, &updated, Operation::Update, args.quiet, deadline).await?;
+        wait_for_convergence_until(host, &updated, Operation::Update, args.quiet, deadline).await?;
     }
     Ok(())
 }
@@ -475,7 +475,7 @@ async fn rollback(
     let updated = client.rollback_service(&service.id, service.version).await?;
     print_out(&format!("{name}\n"));
     if !detach {
-        wait_for_convergence_until(&mut client, &updated, Operation::Rollback, quiet, deadline).await?;
+        wait_for_convergence_until(host, &updated, Operation::Rollback, quiet, deadline).await?;
     }
     Ok(())
 }

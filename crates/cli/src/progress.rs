@@ -1,30 +1,45 @@
 //! Waiting for a service to converge after `create`, `update`, `rollback` and `scale` when `-d`
 //! is not given: docker's progress display ("overall progress: N out of M tasks", "verify: …").
 //!
-//! [`wait_for_convergence`] polls the service and its tasks every [`POLL_INTERVAL`]. Each poll
-//! becomes a [`Frame`] (a pure function of the service, its tasks and the time, see [`frame`]),
-//! which is drawn in place on a terminal ([`Tty`]) or as plain lines, each printed only when it
-//! changed ([`Plain`]). When to stop, and with which error, is decided by [`Watch::outcome`]; the
-//! exit codes themselves live in [`crate::error`].
+//! [`wait_for_convergence`] reads the service and its tasks once, then follows the manager's
+//! change stream (`Watch`, filtered to the service) and keeps a [`View`] of them up to date from
+//! its events, so a large service costs one `ListTasks`, not one per redraw. A broken stream
+//! (the manager died, dropped events for a slow reader) is resumed through the next manager of
+//! `--host`, replaying what changed since the last event seen. Every [`REDRAW_INTERVAL`] the view
+//! becomes a [`Frame`] if it changed (a pure function of the service, its tasks and the time, see
+//! [`frame`]), which is drawn in place on a terminal ([`Tty`]) or as plain lines, each printed
+//! only when it changed ([`Plain`]). When to stop, and with which error, is decided by
+//! [`Watch::outcome`]; the exit codes themselves live in [`crate::error`].
+
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use shoal_proto::v1 as pb;
 use shoal_types::{GoDuration, Node, Service, ServiceMode, Task, TaskState, UpdateState};
 
+pub use self::view::{Action, Changed, Event, View, parse_event};
 use crate::client::Client;
 use crate::commands::print_out;
 use crate::error::{CliError, RolloutEnd};
 use crate::output::tasks::error_text;
 use crate::timefmt;
 
-/// How often the service and its tasks are read.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// One poll (all its calls) must be answered within this, or it counts as a failed poll.
-pub const POLL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Polls may fail this long in a row (manager restarting, leader election) before giving up.
+/// How often the display is redrawn from what the stream brought (if anything changed, or a
+/// countdown on it did).
+pub const REDRAW_INTERVAL: Duration = Duration::from_millis(100);
+/// Connecting, opening a stream and each read (the service, its tasks, the nodes) must be
+/// answered within this, or the manager counts as lost.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// No manager may be followed for this long in a row (managers restarting, a leader election)
+/// before giving up.
 pub const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
+/// The first pause between attempts to reach a manager again; it doubles up to
+/// [`MAX_RETRY_PAUSE`].
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// At most this many slot lines are drawn on a terminal.
 pub const MAX_BARS: usize = 20;
 /// The message of a rollback a user asked for (`service rollback`, `update --rollback`).
@@ -55,7 +70,7 @@ impl Operation {
     }
 }
 
-/// What one poll shows.
+/// What one redraw shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     /// The service's name (for `verify: Service <name> converged`).
@@ -168,8 +183,8 @@ fn placement_only_change(service: &Service, task: &Task) -> bool {
 }
 
 /// Whether judging the tasks needs the nodes (some task differs by placement only).
-pub fn needs_nodes(service: &Service, tasks: &[Task]) -> bool {
-    tasks.iter().any(|t| {
+pub fn needs_nodes<'a>(service: &Service, tasks: impl IntoIterator<Item = &'a Task>) -> bool {
+    tasks.into_iter().any(|t| {
         t.service_id == service.id
             && t.spec_version != service.spec_version
             && t.endpoint == service.spec.endpoint
@@ -179,7 +194,7 @@ pub fn needs_nodes(service: &Service, tasks: &[Task]) -> bool {
 
 /// The frame for `service` and its `tasks` at `now_ms` (ms since the epoch, the clock the
 /// manager stamps `running_at` with). A placement-only change is taken to leave tasks current.
-pub fn frame(service: &Service, tasks: &[Task], now_ms: u64) -> Frame {
+pub fn frame<'a>(service: &Service, tasks: impl IntoIterator<Item = &'a Task>, now_ms: u64) -> Frame {
     frame_on(service, tasks, None, now_ms)
 }
 
@@ -191,8 +206,14 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// [`frame`], judging placement-only changes against `nodes` when given.
-pub fn frame_on(service: &Service, tasks: &[Task], nodes: Option<&[Node]>, now_ms: u64) -> Frame {
+/// [`frame`], judging placement-only changes against `nodes` when given. The order of `tasks`
+/// does not matter.
+pub fn frame_on<'a>(
+    service: &Service,
+    tasks: impl IntoIterator<Item = &'a Task>,
+    nodes: Option<&[Node]>,
+    now_ms: u64,
+) -> Frame {
     let status = service.update_status.as_ref();
     let state = status.map(|s| s.state);
     let rolling_back = matches!(
@@ -203,7 +224,7 @@ pub fn frame_on(service: &Service, tasks: &[Task], nodes: Option<&[Node]>, now_m
     let name = &service.spec.name;
 
     let mut groups: BTreeMap<(u64, &str), Vec<&Task>> = BTreeMap::new();
-    for task in tasks.iter().filter(|t| t.service_id == service.id) {
+    for task in tasks.into_iter().filter(|t| t.service_id == service.id) {
         let key = if global { (0, task.node_id.as_str()) } else { (task.slot, "") };
         groups.entry(key).or_default().push(task);
     }
@@ -371,6 +392,12 @@ impl SlotLine {
 }
 
 impl Frame {
+    /// Whether time alone changes the frame: the verify countdown, or a restart's on a slot.
+    pub fn changes_with_time(&self) -> bool {
+        matches!(self.verify, Some(Verify::Waiting { .. }))
+            || self.slots.iter().any(|s| s.task.as_ref().is_some_and(|t| t.restart_at.is_some()))
+    }
+
     /// What a terminal shows, top to bottom.
     pub fn tty_lines(&self) -> Vec<String> {
         let mut lines = vec![self.header.clone()];
@@ -467,7 +494,7 @@ fn terminal_width() -> usize {
 /// Plain lines for pipes and logs, never redrawn: a line is printed only when what it says
 /// differs from the last one printed under the same key (the header, i.e. the count; each slot's
 /// state, error or awaited restart; `rollback`; `verify`), so a service that cannot come up adds
-/// a few lines per attempt, not one per poll.
+/// a few lines per attempt, not one per redraw.
 #[derive(Debug, Default)]
 pub struct Plain {
     last: HashMap<String, String>,
@@ -516,12 +543,12 @@ impl Output {
     }
 }
 
-/// What the wait remembers between polls: the first rollback message seen tells a manual
+/// What the wait remembers between frames: the first rollback message seen tells a manual
 /// rollback from an automatic one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watch {
     pub operation: Operation,
-    /// Polls older than the service the change returned are ignored.
+    /// Views of the service older than the one the change returned are ignored.
     pub min_version: u64,
     pub first_rollback: Option<String>,
 }
@@ -534,7 +561,7 @@ impl Watch {
         watch
     }
 
-    /// Notes what a poll showed (the first `rollback_started` message).
+    /// Notes a state of the service (the first `rollback_started` message).
     pub fn observe(&mut self, service: &Service) {
         if self.first_rollback.is_none()
             && let Some(status) = &service.update_status
@@ -577,13 +604,6 @@ impl Watch {
     }
 }
 
-/// What one poll found.
-enum Poll {
-    Seen { service: Box<Service>, tasks: Vec<Task>, nodes: Option<Vec<Node>> },
-    Removed,
-    Failed { error: CliError, transient: bool },
-}
-
 /// Errors worth retrying: the manager restarting, a leader election, a lost connection.
 fn transient(error: &CliError) -> bool {
     use tonic::Code;
@@ -602,29 +622,22 @@ fn transient(error: &CliError) -> bool {
         )
 }
 
-async fn poll_once(client: &mut Client, id: &str) -> Poll {
-    let read = async {
-        let Some(service) = client.find_service(id).await? else { return Ok(None) };
-        let tasks = match client.list_tasks(id, "").await {
-            Ok(tasks) => tasks,
-            Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let nodes = if needs_nodes(&service, &tasks) { Some(client.list_nodes().await?) } else { None };
-        Ok::<_, CliError>(Some((service, tasks, nodes)))
-    };
-    match tokio::time::timeout(POLL_TIMEOUT, read).await {
-        Ok(Ok(Some((service, tasks, nodes)))) => Poll::Seen { service: Box::new(service), tasks, nodes },
-        Ok(Ok(None)) => Poll::Removed,
-        Ok(Err(error)) => {
-            let transient = transient(&error);
-            Poll::Failed { error, transient }
-        }
-        Err(_) => Poll::Failed {
-            error: CliError::Message(format!("no answer within {}s", POLL_TIMEOUT.as_secs())),
-            transient: true,
-        },
-    }
+/// A stream that ended with this status is resumed, through another manager if need be: it broke
+/// with its connection or its manager (killed, restarting, `h2 protocol error`), or the manager
+/// dropped events this reader was too slow for (`DataLoss`), which the resumed stream replays.
+fn resumable(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::DataLoss
+    )
 }
 
 /// Resolves on Ctrl-C; never if the handler cannot be installed.
@@ -679,22 +692,22 @@ pub fn timeout_error(name: &str, given: GoDuration, last: Option<&Frame>) -> Cli
 
 /// Waits until `service` (as the manager returned it after the change) has converged, drawing
 /// progress unless `quiet`. Ends with the errors of [`Watch::outcome`], a "removed while
-/// waiting" error, a "lost contact" error after [`UNREACHABLE_GRACE`] of failed polls, or
-/// [`CliError::Interrupted`] on Ctrl-C (the cluster is left alone).
+/// waiting" error, a "lost contact" error once no manager of `host` could be followed for
+/// [`UNREACHABLE_GRACE`], or [`CliError::Interrupted`] on Ctrl-C (the cluster is left alone).
 pub async fn wait_for_convergence(
-    client: &mut Client,
+    host: &str,
     service: &Service,
     operation: Operation,
     quiet: bool,
 ) -> Result<(), CliError> {
-    wait_for_convergence_until(client, service, operation, quiet, None).await
+    wait_for_convergence_until(host, service, operation, quiet, None).await
 }
 
 /// [`wait_for_convergence`], ending with [`timeout_error`] once `deadline` has passed (the
-/// cluster is left alone, as on Ctrl-C). A poll that shows the service converged wins over a
+/// cluster is left alone, as on Ctrl-C). A change that shows the service converged wins over a
 /// deadline that passed meanwhile.
 pub async fn wait_for_convergence_until(
-    client: &mut Client,
+    host: &str,
     service: &Service,
     operation: Operation,
     quiet: bool,
@@ -705,62 +718,271 @@ pub async fn wait_for_convergence_until(
     if service.spec.mode.is_job() {
         return Ok(());
     }
-    let mut output = Output::new(quiet);
-    let mut watch = Watch::new(operation, service);
-    let name = service.spec.name.clone();
-    let mut failing_since: Option<tokio::time::Instant> = None;
-    let mut last: Option<Frame> = None;
+    let mut progress = Progress { output: Output::new(quiet), watch: Watch::new(operation, service), last: None };
     let stop = interrupted();
     tokio::pin!(stop);
-    let timed_out = |last: Option<&Frame>| match deadline {
-        Some(deadline) => Err(timeout_error(&name, deadline.given, last)),
-        None => Ok(()),
-    };
-    loop {
-        let poll = tokio::select! {
-            poll = poll_once(client, &service.id) => Some(poll),
+    let end = {
+        let follow = follow(host, service, &mut progress);
+        tokio::pin!(follow);
+        tokio::select! {
+            biased;
+            result = &mut follow => Some(result),
             () = expired(deadline) => None,
             () = &mut stop => return Err(CliError::Interrupted),
+        }
+    };
+    match (end, deadline) {
+        (Some(result), _) => result,
+        (None, Some(deadline)) => Err(timeout_error(&service.spec.name, deadline.given, progress.last.as_ref())),
+        (None, None) => unreachable!("only a deadline expires"),
+    }
+}
+
+/// What the display keeps between redraws.
+struct Progress {
+    output: Output,
+    watch: Watch,
+    /// The last frame drawn: the `--timeout` error tells its count and a slot's error.
+    last: Option<Frame>,
+}
+
+impl Progress {
+    /// Notes the service as the view has it (see [`Watch::observe`]); a service older than the
+    /// one the command's change returned is not the one waited for.
+    fn observe(&mut self, view: &View) {
+        if let Some(service) = view.service().filter(|s| s.version >= self.watch.min_version) {
+            self.watch.observe(service);
+        }
+    }
+
+    /// Draws the view if it changed (or the last frame counts down) and says whether the wait is
+    /// over.
+    fn redraw(&mut self, view: &mut View, now_ms: u64) -> Option<Result<(), CliError>> {
+        let changed = view.take_changed();
+        if !changed && !self.last.as_ref().is_some_and(Frame::changes_with_time) {
+            return None;
+        }
+        let service = view.service().filter(|s| s.version >= self.watch.min_version)?;
+        let nodes = view.nodes();
+        let frame = frame_on(service, view.tasks(), nodes.as_deref(), now_ms);
+        self.output.show(&frame);
+        let result = self.watch.outcome(service, &frame);
+        self.last = Some(frame);
+        result
+    }
+}
+
+/// Why following the service stopped.
+enum Stop {
+    /// The wait is over, with this result.
+    Done(Result<(), CliError>),
+    /// Worth another try, through another manager if need be: the manager died, restarts or
+    /// does not answer, a leader is being elected, or events were dropped.
+    Broken(CliError),
+}
+
+fn removed(name: &str) -> Stop {
+    Stop::Done(Err(CliError::Message(format!("service {name} was removed while waiting for it to converge"))))
+}
+
+/// A failed call: another try if the error is [`transient`], else the end of the wait.
+fn stop_on(error: CliError) -> Stop {
+    if transient(&error) { Stop::Broken(error) } else { Stop::Done(Err(error)) }
+}
+
+/// `call`, answered within [`READ_TIMEOUT`]; a manager that does not answer counts as lost.
+async fn timed<T>(call: impl std::future::Future<Output = Result<T, CliError>>) -> Result<T, Stop> {
+    match tokio::time::timeout(READ_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(stop_on(error)),
+        Err(_) => Err(Stop::Broken(CliError::Message(format!("no answer within {}s", READ_TIMEOUT.as_secs())))),
+    }
+}
+
+/// What one message of a stream means for the wait.
+fn received(message: Result<Option<pb::WatchEvent>, tonic::Status>) -> Result<Event, Stop> {
+    match message {
+        Ok(Some(event)) => parse_event(&event.event_json).map_err(|m| Stop::Done(Err(CliError::Message(m)))),
+        Ok(None) => Err(Stop::Broken(CliError::Message("the manager closed the stream".to_string()))),
+        Err(status) if resumable(&status) => Err(Stop::Broken(status.into())),
+        Err(status) => Err(Stop::Done(Err(status.into()))),
+    }
+}
+
+/// The next message of `stream`; never while there is none.
+async fn next_message(
+    stream: &mut Option<tonic::Streaming<pb::WatchEvent>>,
+) -> Result<Option<pb::WatchEvent>, tonic::Status> {
+    match stream {
+        Some(stream) => stream.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the service's stream carries: the service's changes and its tasks'.
+fn service_types() -> Vec<String> {
+    vec!["service".to_string(), "task".to_string()]
+}
+
+/// A connection to one manager following the service: the stream of its service's and tasks'
+/// changes and, once the display needs the nodes, the stream of node changes.
+struct Feed {
+    client: Client,
+    changes: tonic::Streaming<pb::WatchEvent>,
+    nodes: Option<tonic::Streaming<pb::WatchEvent>>,
+}
+
+impl Feed {
+    /// Connects (to the managers of `host` other than `away_from` first, when a stream through
+    /// it just broke) and opens the service's stream. With a `view`, the stream resumes after
+    /// the last change the view has (the manager replays the objects changed and removed since).
+    /// Without one, or if the manager refuses to resume, everything is read again: the stream
+    /// is opened first, replaying from `since` (the index of the command's change, which every
+    /// later read includes), then the service and its tasks are read (one `ListTasks`), so no
+    /// change between the read and the stream is lost; changes the read already has are
+    /// ignored by the view.
+    async fn open(
+        host: &str,
+        away_from: Option<&str>,
+        service: &Service,
+        since: u64,
+        view: &mut Option<View>,
+    ) -> Result<Feed, Stop> {
+        let name = &service.spec.name;
+        let gone = |stop: Stop| match stop {
+            Stop::Done(Err(e)) if e.code() == Some(tonic::Code::NotFound) => removed(name),
+            other => other,
         };
-        let Some(poll) = poll else {
-            return timed_out(last.as_ref());
+        let connecting = async {
+            match away_from {
+                Some(from) => Client::reconnect_streaming(host, from).await,
+                None => Client::connect_streaming(host).await,
+            }
         };
-        match poll {
-            Poll::Seen { service, tasks, nodes } => {
-                failing_since = None;
-                if service.version >= watch.min_version {
-                    watch.observe(&service);
-                    let frame = frame_on(&service, &tasks, nodes.as_deref(), timefmt::now_millis());
-                    output.show(&frame);
-                    if let Some(result) = watch.outcome(&service, &frame) {
-                        return result;
+        let mut client = timed(connecting).await?;
+        if let Some(current) = view.as_mut() {
+            match timed(client.watch_from(service_types(), &service.id, current.resume_index())).await {
+                Ok(changes) => {
+                    current.touch();
+                    let mut feed = Feed { client, changes, nodes: None };
+                    if current.has_nodes() {
+                        feed.watch_nodes(current, since).await?;
                     }
-                    last = Some(frame);
+                    return Ok(feed);
+                }
+                Err(Stop::Done(Err(e))) if e.code() == Some(tonic::Code::NotFound) => return Err(removed(name)),
+                // Refused for another reason: everything is read again below.
+                Err(Stop::Done(Err(_))) => *view = None,
+                Err(stop) => return Err(stop),
+            }
+        }
+        let changes = timed(client.watch_from(service_types(), &service.id, since)).await.map_err(gone)?;
+        let read = async {
+            let Some(found) = client.find_service(&service.id).await? else { return Ok(None) };
+            match client.list_tasks(&service.id, "").await {
+                Ok(tasks) => Ok(Some((found, tasks))),
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let Some((found, tasks)) = timed(read).await? else { return Err(removed(name)) };
+        let fresh = view.insert(View::new(found, tasks, since));
+        let mut feed = Feed { client, changes, nodes: None };
+        if fresh.needs_nodes() {
+            feed.watch_nodes(fresh, since).await?;
+        }
+        Ok(feed)
+    }
+
+    /// Opens the stream of node changes, replaying from `since`, and reads the nodes (few: they
+    /// are read again on every reconnect rather than resumed).
+    async fn watch_nodes(&mut self, view: &mut View, since: u64) -> Result<(), Stop> {
+        let stream = timed(self.client.watch_from(vec!["node".to_string()], "", since)).await?;
+        let nodes = timed(self.client.list_nodes()).await?;
+        view.set_nodes(nodes);
+        self.nodes = Some(stream);
+        Ok(())
+    }
+
+    /// Applies the streams' events to `view` and redraws it every [`REDRAW_INTERVAL`] (at once
+    /// first) until the wait is over or a stream breaks.
+    async fn follow(&mut self, view: &mut View, progress: &mut Progress, since: u64, name: &str) -> Stop {
+        let mut redraw = tokio::time::interval(REDRAW_INTERVAL);
+        redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = self.changes.message() => {
+                    let event = match received(message) {
+                        Ok(event) => event,
+                        Err(stop) => return stop,
+                    };
+                    let of_service = matches!(event.object, Changed::Service(_));
+                    if view.apply(event) && of_service {
+                        if view.service().is_none() {
+                            return removed(name);
+                        }
+                        progress.observe(view);
+                    }
+                }
+                message = next_message(&mut self.nodes) => match received(message) {
+                    Ok(event) => {
+                        view.apply_node(event);
+                    }
+                    Err(stop) => return stop,
+                },
+                _ = redraw.tick() => {
+                    if !view.has_nodes() && view.changed() && view.needs_nodes()
+                        && let Err(stop) = self.watch_nodes(view, since).await
+                    {
+                        return stop;
+                    }
+                    if let Some(result) = progress.redraw(view, timefmt::now_millis()) {
+                        return Stop::Done(result);
+                    }
                 }
             }
-            Poll::Removed => {
-                return Err(CliError::Message(format!("service {name} was removed while waiting for it to converge")));
-            }
-            Poll::Failed { error, transient: false } => return Err(error),
-            Poll::Failed { error, transient: true } => {
-                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= UNREACHABLE_GRACE {
-                    return Err(CliError::Message(format!(
-                        "lost contact with the manager at {} for more than {}s while waiting for service {name} to converge: {error}",
-                        client.addr(),
-                        UNREACHABLE_GRACE.as_secs()
-                    )));
+        }
+    }
+}
+
+/// Follows the service through the managers of `host` until the wait is over: a broken stream
+/// is resumed through another manager (or the same one), for as long as one answers within
+/// [`UNREACHABLE_GRACE`].
+async fn follow(host: &str, service: &Service, progress: &mut Progress) -> Result<(), CliError> {
+    let name = &service.spec.name;
+    let since = service.version.max(1);
+    let mut view: Option<View> = None;
+    // The manager lost, and since when no other could be followed.
+    let mut lost: Option<(String, tokio::time::Instant)> = None;
+    let mut pause = RETRY_PAUSE;
+    loop {
+        let opened = Feed::open(host, lost.as_ref().map(|(addr, _)| addr.as_str()), service, since, &mut view).await;
+        let error = match opened {
+            Ok(mut feed) => {
+                pause = RETRY_PAUSE;
+                let view = view.as_mut().expect("an open feed has a view");
+                progress.observe(view);
+                match feed.follow(view, progress, since, name).await {
+                    Stop::Done(result) => return result,
+                    Stop::Broken(_) => {
+                        // Straight back, through another manager first.
+                        lost = Some((feed.client.addr().to_string(), tokio::time::Instant::now()));
+                        continue;
+                    }
                 }
             }
+            Err(Stop::Done(result)) => return result,
+            Err(Stop::Broken(error)) => error,
+        };
+        let (addr, since_when) = lost.get_or_insert_with(|| (host.to_string(), tokio::time::Instant::now()));
+        if since_when.elapsed() >= UNREACHABLE_GRACE {
+            return Err(CliError::Message(format!(
+                "lost contact with the manager at {addr} for more than {}s while waiting for service {name} to converge: {error}",
+                UNREACHABLE_GRACE.as_secs()
+            )));
         }
-        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d.at) {
-            return timed_out(last.as_ref());
-        }
-        tokio::select! {
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
-            () = expired(deadline) => return timed_out(last.as_ref()),
-            () = &mut stop => return Err(CliError::Interrupted),
-        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_RETRY_PAUSE);
     }
 }
 

@@ -260,7 +260,7 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
         if !args.quiet {
             print_out(&format!("Waiting for service {} to converge\n", service.spec.name));
         }
-        match wait_for_convergence_until(&mut client, service, *operation, args.quiet, deadline).await {
+        match wait_for_convergence_until(host, service, *operation, args.quiet, deadline).await {
             Ok(()) => {}
             Err(CliError::Interrupted) => return Err(CliError::Interrupted),
             Err(error) => {

@@ -710,3 +710,252 @@ fn a_timeout_names_the_duration_the_count_and_a_slot_error() {
     let bare = timeout_error("web", GoDuration::from_secs(90), None).to_string();
     assert!(bare.starts_with("service web did not converge within --timeout 1m30s;"), "{bare}");
 }
+
+// --- Following the change stream: the view the frames are drawn from ---
+
+/// An event as the manager's `Watch` sends it.
+fn event_json(kind: &str, action: &str, index: u64, id: &str, object: serde_json::Value) -> String {
+    serde_json::json!({
+        "time": NOW,
+        "type": kind,
+        "action": action,
+        "id": id,
+        "service": "svc1",
+        "index": index,
+        "object": object,
+    })
+    .to_string()
+}
+
+fn task_event(action: &str, index: u64, t: &Task) -> Event {
+    parse_event(&event_json("task", action, index, &t.id, serde_json::to_value(t).unwrap())).unwrap()
+}
+
+fn service_event(action: &str, index: u64, s: &Service) -> Event {
+    parse_event(&event_json("service", action, index, &s.id, serde_json::to_value(s).unwrap())).unwrap()
+}
+
+fn node_event(action: &str, index: u64, n: &Node) -> Event {
+    parse_event(&event_json("node", action, index, &n.id, serde_json::to_value(n).unwrap())).unwrap()
+}
+
+/// The ids of the view's tasks, sorted.
+fn ids(view: &View) -> Vec<String> {
+    let mut ids: Vec<String> = view.tasks().map(|t| t.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+fn at_version(mut t: Task, version: u64) -> Task {
+    t.version = version;
+    t
+}
+
+#[test]
+fn events_decode_into_the_objects_they_carry() {
+    let s = service(2, None);
+    let t = task(&s, 1, TaskState::Running);
+    let e = task_event("create", 41, &t);
+    assert_eq!((e.index, e.action, e.id.as_str()), (41, Action::Create, t.id.as_str()));
+    assert_eq!(e.object, Changed::Task(Box::new(t.clone())));
+    let e = service_event("update", 42, &s);
+    assert_eq!((e.action, e.object), (Action::Update, Changed::Service(Box::new(s.clone()))));
+    let n = node("n1", &[("zone", "a")]);
+    assert_eq!(node_event("remove", 43, &n).object, Changed::Node(Box::new(n)));
+    // The store's tagged form of an object is read too; other types are carried as such.
+    let tagged = serde_json::json!({"type": "task", "object": serde_json::to_value(&t).unwrap()});
+    assert_eq!(
+        parse_event(&event_json("task", "update", 44, &t.id, tagged)).unwrap().object,
+        Changed::Task(Box::new(t))
+    );
+    let cluster = parse_event(&event_json("cluster", "update", 45, "c1", serde_json::json!({"id": "c1"}))).unwrap();
+    assert_eq!(cluster.object, Changed::Other);
+    // Garbage is an error naming what could not be read.
+    assert!(parse_event("{").unwrap_err().starts_with("cannot decode the event sent by the manager"));
+    let bad = parse_event(&event_json("task", "update", 46, "t", serde_json::json!({"id": 3}))).unwrap_err();
+    assert!(bad.starts_with("cannot decode the task sent by the manager"), "{bad}");
+}
+
+#[test]
+fn task_events_create_update_and_remove_tasks_of_the_view() {
+    let s = service(2, None);
+    let one = at_version(task(&s, 1, TaskState::Pending), 50);
+    let mut view = View::new(s.clone(), vec![one.clone()], 40);
+    assert!(view.take_changed(), "a new view is drawn");
+    assert!(!view.take_changed());
+
+    // Create.
+    let two = at_version(task(&s, 2, TaskState::New), 51);
+    assert!(view.apply(task_event("create", 51, &two)));
+    assert_eq!(ids(&view), vec![one.id.clone(), two.id.clone()]);
+    assert!(view.take_changed());
+
+    // Update: the task as the event carries it replaces the one kept.
+    let mut running = one.clone();
+    running.status.state = TaskState::Running;
+    assert!(view.apply(task_event("update", 52, &running)));
+    let kept = view.tasks().find(|t| t.id == one.id).unwrap();
+    assert_eq!(kept.status.state, TaskState::Running);
+
+    // Remove.
+    assert!(view.apply(task_event("remove", 53, &two)));
+    assert_eq!(ids(&view), vec![one.id.clone()]);
+    assert_eq!(view.resume_index(), 52, "resumes with the last index seen replayed");
+}
+
+#[test]
+fn events_older_than_what_the_view_holds_are_ignored() {
+    let s = service(2, None);
+    let one = at_version(task(&s, 1, TaskState::Running), 60);
+    let mut view = View::new(s.clone(), vec![one.clone()], 40);
+    view.take_changed();
+
+    // The read already has index 60: an earlier change of the task (the stream starts before
+    // the read, and a resumed stream replays) changes nothing.
+    let mut older = one.clone();
+    older.status.state = TaskState::Pending;
+    assert!(!view.apply(task_event("update", 55, &older)));
+    assert_eq!(view.tasks().next().unwrap().status.state, TaskState::Running);
+    assert!(!view.take_changed());
+    // The same index is applied: one raft entry may change a task twice, in order.
+    let mut same = one.clone();
+    same.desired_state = TaskState::Shutdown;
+    assert!(view.apply(task_event("update", 60, &same)));
+    assert_eq!(view.tasks().next().unwrap().desired_state, TaskState::Shutdown);
+
+    // A removed task stays removed: an older create or update does not bring it back.
+    assert!(view.apply(task_event("remove", 70, &one)));
+    assert!(!view.apply(task_event("update", 65, &one)));
+    assert!(!view.apply(task_event("create", 41, &one)));
+    assert!(ids(&view).is_empty());
+
+    // Older events still count as seen for resuming, but never move it back.
+    assert_eq!(view.resume_index(), 69);
+    view.apply(task_event("update", 42, &one));
+    assert_eq!(view.resume_index(), 69);
+}
+
+#[test]
+fn service_events_update_or_remove_the_service() {
+    let s = service(2, None);
+    let mut view = View::new(s.clone(), Vec::new(), s.version);
+    let mut updating = at(UpdateState::Updating, "update in progress");
+    updating.status_version = 35;
+    assert!(view.apply(service_event("update", 35, &updating)));
+    assert_eq!(view.service().unwrap().update_status.as_ref().unwrap().state, UpdateState::Updating);
+    // A replayed older state of the service is ignored.
+    assert!(!view.apply(service_event("update", 31, &s)));
+    assert_eq!(view.service().unwrap().update_status.as_ref().unwrap().state, UpdateState::Updating);
+    assert!(view.apply(service_event("remove", 36, &updating)));
+    assert!(view.service().is_none());
+    assert!(!view.needs_nodes());
+    // Another service's events (not sent to a filtered stream) change nothing.
+    let mut other = service(1, None);
+    other.id = "svc2".into();
+    let mut view = View::new(s.clone(), Vec::new(), s.version);
+    assert!(!view.apply(service_event("update", 99, &other)));
+    assert!(!view.apply(task_event("create", 99, &task(&other, 1, TaskState::New))));
+    assert!(ids(&view).is_empty());
+}
+
+#[test]
+fn node_events_apply_once_the_nodes_were_read() {
+    let mut s = service(2, None);
+    let mut placed = task(&s, 1, TaskState::Running);
+    placed.spec_version = 10;
+    placed.node_id = "n1".into();
+    s.spec.task.placement.constraints.push(Constraint::parse("node.labels.zone==a").unwrap());
+    let mut view = View::new(s.clone(), vec![placed], 40);
+    assert!(view.needs_nodes());
+    let n1 = at_version_node(node("n1", &[("zone", "b")]), 30);
+    // Before the nodes are read, their events change nothing.
+    assert!(!view.apply_node(node_event("update", 41, &n1)));
+    assert!(!view.has_nodes());
+    view.set_nodes(vec![n1.clone()]);
+    let f = frame_on(view.service().unwrap(), view.tasks(), view.nodes().as_deref(), NOW);
+    assert_eq!(f.running, 0, "n1 is not in zone a");
+    // n1 is relabelled: the task now fits.
+    let relabelled = at_version_node(node("n1", &[("zone", "a")]), 45);
+    assert!(view.apply_node(node_event("update", 45, &relabelled)));
+    assert!(!view.apply_node(node_event("update", 44, &n1)), "older than what is kept");
+    let f = frame_on(view.service().unwrap(), view.tasks(), view.nodes().as_deref(), NOW);
+    assert_eq!(f.running, 1);
+    assert!(view.apply_node(node_event("remove", 46, &relabelled)));
+    assert_eq!(view.nodes().unwrap().len(), 0);
+}
+
+fn at_version_node(mut n: Node, version: u64) -> Node {
+    n.version = version;
+    n
+}
+
+#[test]
+fn a_view_fed_by_events_draws_what_a_read_of_the_same_tasks_draws() {
+    let (s, tasks) = mid_update();
+    let mut view = View::new(s.clone(), Vec::new(), s.version);
+    for (i, t) in tasks.iter().enumerate() {
+        view.apply(task_event("create", 100 + i as u64, t));
+    }
+    let from_events = frame_on(view.service().unwrap(), view.tasks(), None, NOW);
+    assert_eq!(from_events, frame(&s, &tasks, NOW));
+    let read = View::new(s.clone(), tasks.clone(), s.version);
+    assert_eq!(frame_on(read.service().unwrap(), read.tasks(), None, NOW), from_events);
+}
+
+#[test]
+fn only_countdowns_make_a_frame_change_with_time() {
+    let s = service(1, None);
+    assert!(!frame(&s, &[task(&s, 1, TaskState::Starting)], NOW).changes_with_time());
+    let why = "image shoal/busybox:99 not found locally (shoal never pulls images)";
+    assert!(frame(&s, &[held(&s, 1, why, NOW + 5_000)], NOW).changes_with_time());
+    let updating = at(UpdateState::Updating, "x");
+    let f = frame(&updating, &[task(&updating, 1, TaskState::Running)], NOW);
+    assert!(matches!(f.verify, Some(Verify::Waiting { .. })));
+    assert!(f.changes_with_time());
+}
+
+#[test]
+fn a_redraw_happens_when_the_view_changed_and_ends_the_wait_on_convergence() {
+    let s = service(1, None);
+    let starting = at_version(task(&s, 1, TaskState::Starting), 50);
+    let mut view = View::new(s.clone(), vec![starting.clone()], 40);
+    let mut progress = Progress { output: Output::Quiet, watch: Watch::new(Operation::Create, &s), last: None };
+    assert!(progress.redraw(&mut view, NOW).is_none());
+    assert_eq!(progress.last.as_ref().unwrap().header, "overall progress: 0 out of 1 tasks");
+    // Nothing changed: no new frame.
+    progress.last = None;
+    assert!(progress.redraw(&mut view, NOW).is_none());
+    assert!(progress.last.is_none());
+    let mut running = starting.clone();
+    running.status.state = TaskState::Running;
+    view.apply(task_event("update", 51, &running));
+    assert_eq!(code(progress.redraw(&mut view, NOW)), Some(0));
+    assert_eq!(progress.last.as_ref().unwrap().verify, Some(Verify::Converged));
+}
+
+#[test]
+fn a_service_older_than_the_change_is_not_drawn() {
+    let s = service(1, None);
+    let mut old = s.clone();
+    old.version = 10;
+    let mut view = View::new(old, vec![task(&s, 1, TaskState::Running)], 10);
+    let mut progress = Progress { output: Output::Quiet, watch: Watch::new(Operation::Create, &s), last: None };
+    assert!(progress.redraw(&mut view, NOW).is_none(), "converged, but not yet the service the change made");
+    assert!(progress.last.is_none());
+    view.apply(service_event("update", s.version, &s));
+    assert_eq!(code(progress.redraw(&mut view, NOW)), Some(0));
+}
+
+#[test]
+fn broken_streams_are_resumed_and_refusals_end_the_wait() {
+    use tonic::{Code, Status};
+    for code in [Code::Unavailable, Code::Internal, Code::Unknown, Code::Cancelled, Code::DataLoss] {
+        assert!(matches!(received(Err(Status::new(code, "x"))), Err(Stop::Broken(_))), "{code:?}");
+    }
+    assert!(matches!(received(Ok(None)), Err(Stop::Broken(_))), "a closed stream is resumed");
+    for code in [Code::PermissionDenied, Code::InvalidArgument, Code::NotFound] {
+        assert!(matches!(received(Err(Status::new(code, "x"))), Err(Stop::Done(Err(_)))), "{code:?}");
+    }
+    let bad = pb::WatchEvent { event_json: "{".into() };
+    assert!(matches!(received(Ok(Some(bad))), Err(Stop::Done(Err(_)))));
+}
