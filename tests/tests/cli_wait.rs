@@ -107,3 +107,206 @@ fn bad_timeouts_are_usage_errors() {
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
 }
+
+// --- The wait follows the manager's change stream (issue 22 item 3) ---
+
+/// A `shoal` process running in the background, its output gathered line by line; killed when
+/// the test ends, however it ends.
+struct Running {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    err: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(host: &str, admin_dir: &std::path::Path, args: &[&str]) -> Result<Running> {
+        let mut child = std::process::Command::new(bin("shoal"))
+            .arg("--host")
+            .arg(host)
+            .args(args)
+            .env_remove("SHOAL_HOST")
+            .env("SHOAL_TLS_DIR", admin_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let out = collect_lines(child.stdout.take().expect("stdout"));
+        let err = collect_lines(child.stderr.take().expect("stderr"));
+        Ok(Running { child, out, err })
+    }
+
+    fn out(&self) -> Vec<String> {
+        self.out.lock().expect("lines lock").clone()
+    }
+
+    fn err(&self) -> String {
+        self.err.lock().expect("lines lock").join("\n")
+    }
+
+    /// Waits (up to a minute) until the output has a line for which `found` holds.
+    async fn wait_for(&mut self, what: &str, found: impl Fn(&[String]) -> bool) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if found(&self.out()) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "{what}: shoal exited ({status}) first:\n{}\nstderr: {}",
+                    self.out().join("\n"),
+                    self.err()
+                );
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not seen; output so far:\n{}\nstderr: {}",
+                self.out().join("\n"),
+                self.err()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (up to a minute) for the process to exit; its exit code.
+    async fn exit_code(&mut self) -> Result<Option<i32>> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                // The pipes' last lines are read by their threads.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                return Ok(status.code());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "shoal did not exit; output:\n{}\nstderr: {}",
+                self.out().join("\n"),
+                self.err()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Ctrl-C.
+    fn interrupt(&self) -> Result<()> {
+        let sent = std::process::Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status()?;
+        anyhow::ensure!(sent.success(), "kill -INT failed");
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines a child process writes to one of its pipes, gathered by a thread.
+fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().expect("lines lock").push(line);
+        }
+    });
+    lines
+}
+
+/// The slots (`<name>.<slot>: …` lines) plain output has shown.
+fn slots_shown(lines: &[String], name: &str) -> std::collections::BTreeSet<u64> {
+    let prefix = format!("{name}.");
+    lines.iter().filter_map(|l| l.strip_prefix(&prefix)?.split(':').next()?.parse().ok()).collect()
+}
+
+/// A service of 5,000 replicas on a cluster without agents (its tasks stay pending): the wait of
+/// `service create` shows every slot (read once, then followed through the change stream while
+/// the tasks are being made), `service scale` shows the new slot, Ctrl-C ends either wait with
+/// 130, and `service update --timeout` ends as it always did, naming the timeout and the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_on_a_large_service_follow_its_changes() -> Result<()> {
+    const REPLICAS: u64 = 5_000;
+    let cluster = Cluster::start(1).await?;
+    let host = cluster.managers[0].addr.clone();
+    let replicas = REPLICAS.to_string();
+
+    let mut create = Running::start(
+        &host,
+        &cluster.admin_dir(),
+        &["service", "create", "--replicas", &replicas, "--name", "big", "shoal/busybox:1"],
+    )?;
+    create
+        .wait_for("every slot of the new service", |lines| slots_shown(lines, "big").len() as u64 == REPLICAS)
+        .await?;
+    create.interrupt()?;
+    assert_eq!(create.exit_code().await?, Some(130), "stderr: {}", create.err());
+    assert!(create.err().contains("stopped waiting; the update continues in the cluster"), "{}", create.err());
+    let lines = create.out();
+    assert_eq!(lines.iter().filter(|l| l.starts_with("overall progress:")).count(), 1, "{}", lines[..5].join("\n"));
+    assert!(lines.contains(&format!("overall progress: 0 out of {REPLICAS} tasks")), "{}", lines[..5].join("\n"));
+    assert!(lines.iter().all(|l| !l.contains('\x1b')), "no terminal control codes in a pipe");
+
+    // Scaling up by one: the new slot's task is made after the wait read the tasks.
+    let more = (REPLICAS + 1).to_string();
+    let mut scale = Running::start(&host, &cluster.admin_dir(), &["service", "scale", &format!("big={more}")])?;
+    scale.wait_for("the new slot", |lines| slots_shown(lines, "big").contains(&(REPLICAS + 1))).await?;
+    let lines = scale.out();
+    assert_eq!(lines[0], format!("big scaled to {more}"));
+    assert!(lines.contains(&format!("overall progress: 0 out of {more} tasks")), "{}", lines[..3].join("\n"));
+    scale.interrupt()?;
+    assert_eq!(scale.exit_code().await?, Some(130), "stderr: {}", scale.err());
+
+    // An update that cannot progress (nothing runs the new tasks) ends at its --timeout.
+    let out = shoal(&host, &["service", "update", "--timeout", "3s", "--env-add", "X=1", "big"]);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{text}\nstderr:\n{err}");
+    assert!(
+        err.contains(&format!(
+            "Error: service big did not converge within --timeout 3s (0 out of {more} tasks running"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("it goes on converging in the cluster (see `shoal service ps big`)"), "{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "big");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("overall progress:")).count(), 1, "{text}");
+    assert!(lines.contains(&format!("overall progress: 0 out of {more} tasks").as_str()), "{text}");
+    Ok(())
+}
+
+/// The manager a wait follows is killed: the wait goes on through another manager of `--host`
+/// (resuming after the last change it saw) and ends when the service converges, a change made
+/// through another manager after the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_goes_on_through_another_manager_when_its_manager_dies() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let hosts: Vec<String> = cluster.managers.iter().map(|m| m.addr.clone()).collect();
+    let name = unique("w");
+
+    // No agents: the two tasks stay pending, and the wait with them.
+    let mut create = Running::start(
+        &hosts.join(","),
+        &cluster.admin_dir(),
+        &["service", "create", "--replicas", "2", "--name", &name, "shoal/busybox:1"],
+    )?;
+    create.wait_for("the first frame", |lines| lines.iter().any(|l| l == "overall progress: 0 out of 2 tasks")).await?;
+    create.wait_for("both slots", |lines| slots_shown(lines, &name).len() == 2).await?;
+
+    // It follows the first manager of the list: kill it.
+    cluster.managers[0].kill9();
+    // Scaled to 0 through another manager (once a new leader is elected): converged.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = shoal(&hosts[1..].join(","), &["service", "scale", "-d", &format!("{name}=0")]);
+        if out.status.success() {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "scale after the kill: {}", stderr(&out));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(create.exit_code().await?, Some(0), "stdout:\n{}\nstderr: {}", create.out().join("\n"), create.err());
+    let lines = create.out();
+    assert!(lines.contains(&"overall progress: 0 out of 0 tasks".to_string()), "{}", lines.join("\n"));
+    assert_eq!(lines.last().map(String::as_str), Some(format!("verify: Service {name} converged").as_str()));
+    Ok(())
+}
