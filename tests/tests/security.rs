@@ -185,6 +185,22 @@ async fn certificates_decide_who_may_call_what() -> Result<()> {
     assert!(stderr(&out).contains("TLS with the manager at"), "{}", stderr(&out));
     log_shows(&cluster.managers[0], "TLS handshake refused").await?;
 
+    // The forwarded marker counts only on a manager's call: an admin setting it to join a
+    // manager under another node id is refused, and no raft member is added.
+    let mut join = tonic::Request::new(shoal_proto::v1::JoinManagerRequest {
+        node_id: "intruder".into(),
+        addr: "127.0.0.1:9".into(),
+        hostname: "intruder".into(),
+        admin_csr_pem: String::new(),
+    });
+    join.metadata_mut().insert("x-shoal-forwarded", tonic::metadata::MetadataValue::from_static("1"));
+    join.metadata_mut().insert("x-shoal-forwarded-for", tonic::metadata::MetadataValue::from_static("manager intruder"));
+    let err = connect(&addr).await?.join_manager(join).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("needs that manager's certificate; admin"), "{}", err.message());
+    let raft = cluster_info(&addr).await?.raft;
+    assert!(raft.voters.len() == 1 && raft.learners.is_empty(), "no raft member was added: {raft:?}");
+
     // A worker certificate cannot use the control API, through the CLI or otherwise.
     let rogue = node_credentials(&addr, Role::Worker).await?;
     let rogue_id = rogue.identity()?.node_id;

@@ -19,6 +19,28 @@ use crate::{ApiError, Manager, now_millis};
 
 /// Set on calls a follower forwarded, so they are never forwarded twice.
 const FORWARDED: &str = "x-shoal-forwarded";
+/// Set by a forwarding manager: who called it (`<role> <node id>`), so the leader checks the
+/// original caller, not the forwarder.
+const FORWARDED_FOR: &str = "x-shoal-forwarded-for";
+
+/// Whether `request` was forwarded by another manager. The marker counts only on a call made
+/// with a manager's certificate: an admin or anyone else setting it is ignored, since it makes
+/// the leader take the caller's identity from the forwarder.
+fn forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+        && crate::auth::peer(request).is_some_and(|p| p.role == shoal_tls::Role::Manager)
+}
+
+/// Who made the call: its certificate's identity, or for a call a manager forwarded, the
+/// identity the forwarding manager names. `None` for a call without a certificate.
+fn caller<T>(request: &Request<T>) -> Option<(shoal_tls::Role, String)> {
+    if forwarded(request) {
+        let value = request.metadata().get(FORWARDED_FOR)?.to_str().ok()?;
+        let (role, node_id) = value.split_once(' ')?;
+        return Some((shoal_tls::Role::parse(role)?, node_id.to_string()));
+    }
+    crate::auth::peer(request).map(|p| (p.role, p.node_id.clone()))
+}
 /// How long a call waits for a leader to be elected (or to become ready) before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// Log lines about refused joins (IssueNodeCertificate): at most one a second.
@@ -69,7 +91,7 @@ impl ControlApi {
     /// Decides whether this manager serves the call or forwards it to the leader, waiting out an
     /// election if there is no leader right now.
     async fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
-        let forwarded = request.metadata().contains_key(FORWARDED);
+        let forwarded = forwarded(request);
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut rx = self.manager.watch_raft();
         loop {
@@ -341,6 +363,11 @@ macro_rules! routed {
                 Route::Forward(mut client, addr) => {
                     let mut forwarded = Request::new($request.get_ref().clone());
                     forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                    if let Some((role, node_id)) = caller(&$request)
+                        && let Ok(value) = tonic::metadata::MetadataValue::try_from(format!("{role} {node_id}"))
+                    {
+                        forwarded.metadata_mut().insert(FORWARDED_FOR, value);
+                    }
                     match client.$method(forwarded).await {
                         Ok(response) => break Ok(response),
                         Err(status) => match forward_failure(&status) {
@@ -779,7 +806,7 @@ impl Control for ControlApi {
             info.answered_by = Some(answered_by);
             return Ok(Response::new(ClusterInfoResponse { info_json: to_json(&info) }));
         }
-        let forwarded = request.metadata().contains_key(FORWARDED);
+        let forwarded = forwarded(&request);
         let mut response = routed!(self, request, cluster_info, Retry::Always, async {
             let _ = request;
             self.local_info().map(|info| ClusterInfoResponse { info_json: to_json(&info) })
@@ -844,17 +871,20 @@ impl Control for ControlApi {
         &self,
         request: Request<JoinManagerRequest>,
     ) -> Result<Response<JoinManagerResponse>, Status> {
-        // A manager joins under the node id its certificate names (a forwarded call carries the
-        // forwarding manager's certificate; the first manager checked it).
-        if !request.metadata().contains_key(FORWARDED)
-            && let Some(peer) = crate::auth::peer(&request)
-            && (peer.role != shoal_tls::Role::Manager || peer.node_id != request.get_ref().node_id)
-        {
+        // A manager joins under the node id its certificate names; for a forwarded call, the
+        // certificate of the caller the forwarding manager names (checked here again, so a
+        // forwarded marker set by anyone but a manager changes nothing).
+        let joiner = caller(&request);
+        if joiner.as_ref().is_none_or(|(role, node_id)| {
+            *role != shoal_tls::Role::Manager || *node_id != request.get_ref().node_id
+        }) {
+            let presented = match &joiner {
+                Some((role, node_id)) => format!("{role} {node_id} presented its own"),
+                None => "the call came without one".to_string(),
+            };
             let reason = format!(
-                "joining as manager {} needs that manager's certificate; {} {} presented its own",
+                "joining as manager {} needs that manager's certificate; {presented}",
                 request.get_ref().node_id,
-                peer.role,
-                peer.node_id
             );
             tracing::warn!(peer = %crate::auth::remote(&request), reason = %reason, "join refused");
             return Err(ApiError::PermissionDenied(reason).into());
