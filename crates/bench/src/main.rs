@@ -16,6 +16,7 @@ mod memory;
 mod nodeloss;
 mod raft;
 mod report;
+mod scale;
 mod sched;
 mod svc;
 mod update;
@@ -57,9 +58,11 @@ enum Scenario {
     NodeLoss,
     /// Resident memory, raft data size and restart time.
     Memory,
+    /// One write's latency and the leader's CPU with 0, 10k and 100k tasks in the store.
+    WriteCost,
 }
 
-const ALL: [Scenario; 7] = [
+const ALL: [Scenario; 8] = [
     Scenario::Raft,
     Scenario::Failover,
     Scenario::Scheduler,
@@ -67,6 +70,7 @@ const ALL: [Scenario; 7] = [
     Scenario::Update,
     Scenario::NodeLoss,
     Scenario::Memory,
+    Scenario::WriteCost,
 ];
 
 /// What the scenarios share: the mode, and a Docker Swarm made on first use and left when a scenario is done
@@ -108,6 +112,7 @@ async fn run(args: &Args, scenarios: &[Scenario], report: &mut Report) -> Result
             Scenario::Update => update::rolling_update(&mut ctx, report).await,
             Scenario::NodeLoss => nodeloss::node_loss(args.quick, report).await,
             Scenario::Memory => memory::memory(args.quick, report).await,
+            Scenario::WriteCost => scale::write_cost(args.quick, report).await,
         };
         result.with_context(|| format!("{name} scenario"))?;
     }

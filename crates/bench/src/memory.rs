@@ -8,14 +8,13 @@ use anyhow::{Context, Result, bail};
 use shoal_tests::{Cluster, connect};
 use tokio::time::Instant;
 
-use crate::engine::IMAGE_V1;
 use crate::report::{Figure, Report};
 use crate::svc;
 
 const REPLICAS_PER_SERVICE: usize = 1000;
 
 /// VmRSS of a process, in MB (10^6 bytes).
-fn rss_mb(pid: Option<u32>) -> Result<f64> {
+pub fn rss_mb(pid: Option<u32>) -> Result<f64> {
     let pid = pid.context("the process does not run")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
@@ -70,28 +69,9 @@ pub async fn memory(quick: bool, report: &mut Report) -> Result<()> {
     let addr = cluster.managers[0].addr.clone();
     let mut client = connect(&addr).await?;
     let started = Instant::now();
-    // One service at a time, each waited for until its tasks are stored: the leader's control loop
-    // proposes all the tasks it creates in one pass as one raft entry, and an entry holding several
-    // services' 1000 tasks exceeds the 1.5 MB entry limit (refused, retried forever).
+    // One service at a time, each waited for until its tasks are stored.
     let timeout = Duration::from_secs(if quick { 120 } else { 600 });
-    for i in 0..services {
-        svc::create(&mut client, &svc::replicated(&format!("sb-mem-{i}"), IMAGE_V1, REPLICAS_PER_SERVICE)).await?;
-        let want = (i + 1) * REPLICAS_PER_SERVICE;
-        loop {
-            let info = shoal_tests::cluster_info(&addr).await?;
-            if info.tasks >= want {
-                break;
-            }
-            if started.elapsed() > timeout {
-                bail!(
-                    "the store holds {} tasks instead of {want} after {timeout:?}; log:\n{}",
-                    info.tasks,
-                    cluster.managers[0].log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    svc::fill(&cluster, &mut client, "sb-mem", services, REPLICAS_PER_SERVICE, timeout).await?;
     let info = shoal_tests::cluster_info(&addr).await?;
     let filled = started.elapsed().as_secs_f64();
     tokio::time::sleep(settle).await;

@@ -31,6 +31,41 @@ pub async fn remove(client: &mut Client, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Creates `services` services of `replicas` replicas named `{prefix}-{i}`, one after another,
+/// each once the previous one's tasks are stored (on a cluster without agents they all stay
+/// pending). Fails with the manager's log if the store does not get there within `timeout`.
+pub async fn fill(
+    cluster: &shoal_tests::Cluster,
+    client: &mut Client,
+    prefix: &str,
+    services: usize,
+    replicas: usize,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let addr = &cluster.managers[0].addr;
+    let started = tokio::time::Instant::now();
+    let already = shoal_tests::cluster_info(addr).await?.tasks;
+    for i in 0..services {
+        create(client, &replicated(&format!("{prefix}-{i}"), crate::engine::IMAGE_V1, replicas)).await?;
+        let want = already + (i + 1) * replicas;
+        loop {
+            let info = shoal_tests::cluster_info(addr).await?;
+            if info.tasks >= want {
+                break;
+            }
+            if started.elapsed() > timeout {
+                anyhow::bail!(
+                    "the store holds {} tasks instead of {want} after {timeout:?}; log:\n{}",
+                    info.tasks,
+                    cluster.managers[0].log()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
 pub async fn tasks(client: &mut Client, name: &str) -> Result<Vec<Task>> {
     let response =
         client.list_tasks(shoal_proto::v1::ListTasksRequest { service: name.to_string(), node: String::new() }).await?;

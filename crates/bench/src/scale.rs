@@ -1,0 +1,152 @@
+//! The control plane's cost as the cluster grows (issue 22): one write's latency and the
+//! leader's CPU per write with 0, 10k and 100k tasks in the store, the idle leader's CPU, and
+//! what `service ls` and `service ps` cost at that size.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shoal_proto::v1::{ListServicesRequest, ListTasksRequest, UpdateServiceRequest};
+use shoal_tests::{Cluster, connect};
+use tokio::time::Instant;
+
+use crate::report::{Figure, Report, median, percentile};
+use crate::svc;
+
+/// Replicas per service used to fill the store.
+const REPLICAS_PER_SERVICE: usize = 1000;
+
+/// CPU time (user + system) a process used so far, in seconds. `/proc/<pid>/stat` counts in
+/// clock ticks, which are 1/100 s on Linux (USER_HZ).
+fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
+    let pid = pid.context("the process does not run")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces; the fields after it are space-separated.
+    let after_name = stat.rsplit_once(')').context("no ')' in /proc/<pid>/stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc/<pid>/stat")?.parse::<f64>()?) };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Milliseconds of `f`'s call, median of `runs`.
+async fn timed<F, Fut>(runs: usize, mut f: F) -> Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        f().await?;
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(&samples))
+}
+
+pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
+    let sizes: &[usize] = if quick { &[0, 2_000] } else { &[0, 10_000, 100_000] };
+    let writes = if quick { 20 } else { 200 };
+    let idle_window = Duration::from_secs(if quick { 2 } else { 20 });
+    let mut p50_at = Vec::new();
+    for &tasks in sizes {
+        let cluster = Cluster::start(1).await?;
+        let addr = cluster.managers[0].addr.clone();
+        let pid = cluster.managers[0].pid();
+        let mut client = connect(&addr).await?;
+        let fill_timeout = Duration::from_secs(if quick { 120 } else { 900 });
+        svc::fill(&cluster, &mut client, "sb-scale", tasks / REPLICAS_PER_SERVICE, REPLICAS_PER_SERVICE, fill_timeout)
+            .await?;
+        let size = if tasks == 0 { "no tasks".to_string() } else { format!("{}k pending tasks", tasks / 1000) };
+        let scenario = format!("write cost, {size} in the store (1 manager, no agents)");
+        // Let the passes the fill triggered end, then the idle leader.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu_before = cpu_seconds(pid)?;
+        tokio::time::sleep(idle_window).await;
+        let idle = (cpu_seconds(pid)? - cpu_before) / idle_window.as_secs_f64() * 100.0;
+        report.push(Figure::new(&scenario, "idle leader CPU", idle, "% of a core").target("<= 1 % at 100k tasks"));
+
+        // Sequential updates of a 0-replica service (a label changes), as `service update -d
+        // --label-add` does, through the API: the latency is the manager's, not a CLI start.
+        let mut spec = svc::replicated("sb-tiny", crate::engine::IMAGE_V1, 0);
+        svc::create(&mut client, &spec).await?;
+        let mut version = svc::get(&mut client, "sb-tiny").await?.version;
+        let mut latencies = Vec::with_capacity(writes);
+        let cpu_before = cpu_seconds(pid)?;
+        for i in 0..writes {
+            spec.labels.insert("k".into(), i.to_string());
+            let started = Instant::now();
+            let response = client
+                .update_service(UpdateServiceRequest {
+                    service: "sb-tiny".into(),
+                    version,
+                    spec_json: serde_json::to_string(&spec)?,
+                    rollback: false,
+                })
+                .await?;
+            latencies.push(started.elapsed().as_secs_f64() * 1e3);
+            let written: shoal_types::Service = serde_json::from_str(&response.into_inner().service_json)?;
+            version = written.version;
+        }
+        // The passes the last writes triggered finish before the CPU is read.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cpu_per_write = (cpu_seconds(pid)? - cpu_before) / writes as f64 * 1e3;
+        latencies.sort_by(f64::total_cmp);
+        let p50 = percentile(&latencies, 50.0);
+        p50_at.push((tasks, p50));
+        report.push(Figure::new(&scenario, "service update p50", p50, "ms").samples(writes));
+        report.push(Figure::new(&scenario, "service update p99", percentile(&latencies, 99.0), "ms").samples(writes));
+        report.push(
+            Figure::new(&scenario, "leader CPU per write (incl. the 500 ms after)", cpu_per_write, "ms").samples(writes),
+        );
+
+        // What `service ls` and `service ps` of one 1000-task service cost at this size.
+        let ls = timed(5, || {
+            let mut client = client.clone();
+            async move {
+                client.list_services(ListServicesRequest { summaries: true }).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        report.push(Figure::new(&scenario, "service ls (summaries)", ls, "ms").samples(5).target("<= 200 ms"));
+        if tasks > 0 {
+            let ps = timed(5, || {
+                let mut client = client.clone();
+                async move {
+                    let request = ListTasksRequest { service: "sb-scale-0".into(), node: String::new() };
+                    client.list_tasks(request).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            report.push(
+                Figure::new(&scenario, "service ps of a 1000-task service", ps, "ms").samples(5).target("<= 200 ms"),
+            );
+        }
+    }
+    if let (Some((_, base)), Some((largest, p50))) = (p50_at.first(), p50_at.last()) {
+        report.push(
+            Figure::new(
+                &format!("write cost, {}k tasks vs none", largest / 1000),
+                "p50 ratio",
+                p50 / base,
+                "×",
+            )
+            .target("<= 1.5×"),
+        );
+    }
+    report.how(
+        "write cost",
+        format!(
+            "For each size a fresh 1-manager cluster without agents is filled with services of {REPLICAS_PER_SERVICE} \
+             replicas (every task stays pending, the worst case for the scheduler: it has work it cannot do). Idle \
+             CPU: utime+stime of the manager from `/proc/<pid>/stat` over {idle_window:?}, 2 s after the fill. \
+             Writes: {writes} sequential `UpdateService` calls on a 0-replica service, each changing a label (what \
+             `service update -d --label-add` sends), timed at the caller over mutual TLS on loopback; CPU per write \
+             is the manager's CPU over the writes and the 500 ms after, divided by the writes. `service ls`: \
+             `ListServices` with server-side summaries; `service ps`: `ListTasks` of one 1000-task service; medians \
+             of 5."
+        ),
+    );
+    Ok(())
+}
