@@ -108,7 +108,7 @@ impl World {
     async fn tasks(&self) -> Result<Vec<Task>> {
         let r = connect(&self.addr())
             .await?
-            .list_tasks(ListTasksRequest { service: String::new(), node: String::new() })
+            .list_tasks(ListTasksRequest::default())
             .await?;
         Ok(r.into_inner().tasks_json.iter().map(|j| serde_json::from_str(j).unwrap()).collect())
     }

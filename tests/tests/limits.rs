@@ -233,3 +233,53 @@ async fn a_missing_image_costs_a_handful_of_raft_entries_a_minute() -> Result<()
     assert!(tasks.len() >= 2, "it was retried: {tasks:?}");
     Ok(())
 }
+
+/// `ListTasks` pages through the store's indexes: a service of 12,000 tasks comes in pages of
+/// at most the limit, in id order, none twice, none missing; the desired-state filter is
+/// applied on the server; a state that does not exist is refused naming it; `service ps`
+/// pages on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_tasks_pages_through_a_large_service_and_filters_by_desired_state() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let addr = cluster.managers[0].addr.clone();
+    create_service(&addr, &replicated("big", "shoal/busybox:1", 12_000)).await?;
+    create_service(&addr, &replicated("small", "shoal/busybox:1", 3)).await?;
+    wait_info(&addr, Duration::from_secs(120), "12,003 tasks stored", |i| i.tasks == 12_003).await?;
+    let mut client = connect(&addr).await?;
+    let page = |after: String, limit: u32, desired: &[&str]| shoal_proto::v1::ListTasksRequest {
+        service: "big".into(),
+        limit,
+        after,
+        desired_states: desired.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let (mut ids, mut after, mut pages) = (Vec::<String>::new(), String::new(), 0);
+    loop {
+        let reply = client.list_tasks(page(after, 5_000, &[])).await?.into_inner();
+        assert!(reply.tasks_json.len() <= 5_000, "a page of {}", reply.tasks_json.len());
+        pages += 1;
+        for json in &reply.tasks_json {
+            let task: shoal_types::Task = serde_json::from_str(json)?;
+            assert_eq!(task.service_name, "big");
+            ids.push(task.id);
+        }
+        if reply.next_after.is_empty() {
+            break;
+        }
+        after = reply.next_after;
+    }
+    assert_eq!((pages, ids.len()), (3, 12_000));
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in id order, none twice");
+
+    let running = client.list_tasks(page(String::new(), 0, &["running"])).await?.into_inner();
+    assert_eq!((running.tasks_json.len(), running.next_after.as_str()), (12_000, ""));
+    let shutdown = client.list_tasks(page(String::new(), 0, &["Shutdown"])).await?.into_inner();
+    assert!(shutdown.tasks_json.is_empty());
+    let err = client.list_tasks(page(String::new(), 0, &["runing"])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("desired state \"runing\" is not a task state (allowed: new,"), "{}", err.message());
+
+    let out = shoal(&addr, &["service", "ps", "-q", "big"]);
+    assert_eq!(ok(&out).lines().count(), 12_000);
+    Ok(())
+}

@@ -113,7 +113,7 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
             let ps = timed(5, || {
                 let mut client = client.clone();
                 async move {
-                    let request = ListTasksRequest { service: "sb-scale-0".into(), node: String::new() };
+                    let request = ListTasksRequest { service: "sb-scale-0".into(), ..Default::default() };
                     client.list_tasks(request).await?;
                     Ok(())
                 }

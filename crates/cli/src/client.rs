@@ -11,6 +11,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{CliError, error_chain};
 
+/// Tasks per `ListTasks` page: about 5 MB of JSON, far under the message limit.
+pub const TASK_PAGE: u32 = 5_000;
 /// How long a TCP connect may take before the manager is reported unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The whole connection set-up (TCP and HTTP/2 handshake) is bounded by this.
@@ -279,11 +281,28 @@ impl Client {
         Ok(reply.into_inner().id)
     }
 
-    /// Tasks, optionally only those of one service and/or one node (empty = all).
+    /// Tasks, optionally only those of one service and/or one node (empty = all), fetched in
+    /// pages of [`TASK_PAGE`] so no answer grows with the cluster.
     pub async fn list_tasks(&mut self, service: &str, node: &str) -> Result<Vec<Task>, CliError> {
-        let request = pb::ListTasksRequest { service: service.to_string(), node: node.to_string() };
-        let reply = self.inner.list_tasks(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
-        reply.tasks_json.iter().map(|json| decode("task", json)).collect()
+        let mut tasks = Vec::new();
+        let mut after = String::new();
+        loop {
+            let request = pb::ListTasksRequest {
+                service: service.to_string(),
+                node: node.to_string(),
+                limit: TASK_PAGE,
+                after,
+                ..Default::default()
+            };
+            let reply = self.inner.list_tasks(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+            for json in &reply.tasks_json {
+                tasks.push(decode("task", json)?);
+            }
+            if reply.next_after.is_empty() {
+                return Ok(tasks);
+            }
+            after = reply.next_after;
+        }
     }
 
     pub async fn list_nodes(&mut self) -> Result<Vec<Node>, CliError> {

@@ -702,20 +702,39 @@ impl Control for ControlApi {
 
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
         routed!(self, request, list_tasks, Retry::Always, async {
-            let state = self.manager.state();
-            let service =
-                if request.service.is_empty() { None } else { Some(Self::find_service(&state, &request.service)?) };
-            let node = if request.node.is_empty() { None } else { Some(Self::find_node(&state, &request.node)?) };
-            // Through the store's indexes: `service ps` of one service costs its own tasks, not
-            // every task in the cluster (D9).
-            let tasks: Vec<&Task> = match (service, node) {
-                (Some(s), node) => {
-                    state.tasks_of_service(&s.id).filter(|t| node.is_none_or(|n| t.node_id == n.id)).collect()
-                }
-                (None, Some(n)) => state.tasks_on_node(&n.id).collect(),
-                (None, None) => state.tasks().collect(),
+            let mut desired = Vec::with_capacity(request.desired_states.len());
+            for name in &request.desired_states {
+                desired.push(shoal_types::TaskState::parse(name).ok_or_else(|| {
+                    let allowed: Vec<&str> = shoal_types::TaskState::ALL.iter().map(|s| s.as_str()).collect();
+                    ApiError::InvalidArgument(format!(
+                        "desired state {name:?} is not a task state (allowed: {})",
+                        allowed.join(", ")
+                    ))
+                })?);
+            }
+            let limit = if request.limit == 0 { usize::MAX } else { request.limit as usize };
+            // Copied under the lock (a task's spec is shared, not copied), serialised after it
+            // is dropped, so a large answer never holds up the raft thread's applies.
+            let (tasks, more) = {
+                let state = self.manager.state();
+                let service = if request.service.is_empty() {
+                    None
+                } else {
+                    Some(Self::find_service(&state, &request.service)?.id.clone())
+                };
+                let node =
+                    if request.node.is_empty() { None } else { Some(Self::find_node(&state, &request.node)?.id.clone()) };
+                // Through the store's indexes: `service ps` of one service costs its own tasks,
+                // not every task in the cluster (D9).
+                let mut matching = state
+                    .tasks_after(service.as_deref(), node.as_deref(), &request.after)
+                    .filter(|t| desired.is_empty() || desired.contains(&t.desired_state));
+                let tasks: Vec<Task> = matching.by_ref().take(limit).cloned().collect();
+                let more = matching.next().is_some();
+                (tasks, more)
             };
-            Ok(ListTasksResponse { tasks_json: tasks.into_iter().map(to_json).collect() })
+            let next_after = if more { tasks.last().map(|t| t.id.clone()).unwrap_or_default() } else { String::new() };
+            Ok(ListTasksResponse { tasks_json: tasks.iter().map(to_json).collect(), next_after })
         })
     }
 

@@ -201,6 +201,32 @@ impl State {
         self.tasks.get(id)
     }
 
+    /// The tasks in id order after `after` (all of them for ""), of one service and/or one node
+    /// (`None`: any) through the indexes: a page of one service's tasks costs that page.
+    pub fn tasks_after<'a>(
+        &'a self,
+        service_id: Option<&str>,
+        node_id: Option<&str>,
+        after: &'a str,
+    ) -> Box<dyn Iterator<Item = &'a Task> + 'a> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let ids = |index: Option<&'a BTreeSet<String>>| {
+            index.into_iter().flat_map(move |set| set.range::<str, _>((Excluded(after), Unbounded)))
+        };
+        match (service_id, node_id) {
+            (Some(service), node) => {
+                let node = node.map(str::to_string);
+                Box::new(
+                    ids(self.tasks_by_service.get(service))
+                        .filter_map(|id| self.tasks.get(id))
+                        .filter(move |t| node.as_ref().is_none_or(|n| t.node_id == *n)),
+                )
+            }
+            (None, Some(node)) => Box::new(ids(self.tasks_by_node.get(node)).filter_map(|id| self.tasks.get(id))),
+            (None, None) => Box::new(self.tasks.range::<str, _>((Excluded(after), Unbounded)).map(|(_, t)| t)),
+        }
+    }
+
     pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks_by_service.get(service_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }

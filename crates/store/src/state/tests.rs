@@ -204,6 +204,34 @@ fn tasks_are_indexed_and_skipped_without_their_service() {
 }
 
 #[test]
+fn pages_of_tasks_and_the_pending_index_follow_every_change() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web"), create("s2", "api")])).unwrap();
+    let mut puts: Vec<Action> = Vec::new();
+    for (id, service, node) in [("a", "s1", "n1"), ("b", "s2", "n1"), ("c", "s1", ""), ("d", "s1", "n2"), ("e", "s2", "")] {
+        puts.push(Action::PutTask { task: task(id, service, node) });
+    }
+    state.apply(2, &batch(puts)).unwrap();
+    let page = |state: &State, service: Option<&str>, node: Option<&str>, after: &str| -> Vec<String> {
+        state.tasks_after(service, node, after).map(|t| t.id.clone()).collect()
+    };
+    assert_eq!(page(&state, None, None, ""), ["a", "b", "c", "d", "e"]);
+    assert_eq!(page(&state, None, None, "b"), ["c", "d", "e"]);
+    assert_eq!(page(&state, Some("s1"), None, "a"), ["c", "d"]);
+    assert_eq!(page(&state, Some("s1"), Some("n1"), ""), ["a"]);
+    assert_eq!(page(&state, None, Some("n1"), "a"), ["b"]);
+    assert!(page(&state, Some("gone"), None, "").is_empty());
+    // Pending: meant to run and not on a node yet; kept by every write and on restore.
+    let pending = |state: &State| -> Vec<String> { state.pending_tasks().map(|t| t.id.clone()).collect() };
+    assert_eq!(pending(&state), ["a", "b", "c", "d", "e"]);
+    state.apply(3, &batch(vec![Action::AssignTask { id: "a".into(), node_id: "n1".into() }])).unwrap();
+    state.apply(4, &batch(vec![Action::SetDesiredState { id: "c".into(), desired: TaskState::Shutdown }])).unwrap();
+    state.apply(5, &batch(vec![Action::RemoveTask { id: "e".into() }])).unwrap();
+    assert_eq!(pending(&state), ["b", "d"]);
+    assert_eq!(pending(&State::restore(&state.snapshot()).unwrap()), ["b", "d"]);
+}
+
+#[test]
 fn malformed_entries_change_nothing_but_the_index() {
     let mut state = State::default();
     state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
