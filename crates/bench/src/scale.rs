@@ -43,6 +43,32 @@ where
     Ok(median(&samples))
 }
 
+/// `writes` sequential updates of a new 0-replica service, each changing a label; their
+/// latencies in ms, sorted.
+async fn sequential_updates(client: &mut svc::Client, writes: usize) -> Result<Vec<f64>> {
+    let mut spec = svc::replicated("sb-tiny", crate::engine::IMAGE_V1, 0);
+    svc::create(client, &spec).await?;
+    let mut version = svc::get(client, "sb-tiny").await?.version;
+    let mut latencies = Vec::with_capacity(writes);
+    for i in 0..writes {
+        spec.labels.insert("k".into(), i.to_string());
+        let started = Instant::now();
+        let response = client
+            .update_service(UpdateServiceRequest {
+                service: "sb-tiny".into(),
+                version,
+                spec_json: serde_json::to_string(&spec)?,
+                rollback: false,
+            })
+            .await?;
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+        let written: shoal_types::Service = serde_json::from_str(&response.into_inner().service_json)?;
+        version = written.version;
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
 pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
     let sizes: &[usize] = if quick { &[0, 2_000] } else { &[0, 10_000, 100_000] };
     let writes = if quick { 20 } else { 200 };
@@ -67,30 +93,11 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
 
         // Sequential updates of a 0-replica service (a label changes), as `service update -d
         // --label-add` does, through the API: the latency is the manager's, not a CLI start.
-        let mut spec = svc::replicated("sb-tiny", crate::engine::IMAGE_V1, 0);
-        svc::create(&mut client, &spec).await?;
-        let mut version = svc::get(&mut client, "sb-tiny").await?.version;
-        let mut latencies = Vec::with_capacity(writes);
         let cpu_before = cpu_seconds(pid)?;
-        for i in 0..writes {
-            spec.labels.insert("k".into(), i.to_string());
-            let started = Instant::now();
-            let response = client
-                .update_service(UpdateServiceRequest {
-                    service: "sb-tiny".into(),
-                    version,
-                    spec_json: serde_json::to_string(&spec)?,
-                    rollback: false,
-                })
-                .await?;
-            latencies.push(started.elapsed().as_secs_f64() * 1e3);
-            let written: shoal_types::Service = serde_json::from_str(&response.into_inner().service_json)?;
-            version = written.version;
-        }
+        let latencies = sequential_updates(&mut client, writes).await?;
         // The passes the last writes triggered finish before the CPU is read.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let cpu_per_write = (cpu_seconds(pid)? - cpu_before) / writes as f64 * 1e3;
-        latencies.sort_by(f64::total_cmp);
         let p50 = percentile(&latencies, 50.0);
         p50_at.push((tasks, p50));
         report.push(Figure::new(&scenario, "service update p50", p50, "ms").samples(writes));
@@ -124,6 +131,29 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
             );
         }
     }
+    // The raft thread serialises a snapshot of the whole store itself (code review D7): with a
+    // snapshot every 100 entries, some of these writes wait for one at the largest size.
+    let largest = *sizes.last().expect("sizes");
+    {
+        let cluster = Cluster::start_with(1, &["--snapshot-interval", "100"]).await?;
+        let mut client = connect(&cluster.managers[0].addr).await?;
+        let fill_timeout = Duration::from_secs(if quick { 120 } else { 900 });
+        let services = largest / REPLICAS_PER_SERVICE;
+        svc::fill(&cluster, &mut client, "sb-snap", services, REPLICAS_PER_SERVICE, fill_timeout).await?;
+        let latencies = sequential_updates(&mut client, 300).await?;
+        let info = shoal_tests::cluster_info(&cluster.managers[0].addr).await?;
+        let scenario = format!(
+            "write cost, {}k pending tasks, a raft snapshot every 100 entries ({:.0} MB each)",
+            largest / 1000,
+            info.raft.snapshot_bytes as f64 / 1e6
+        );
+        report.push(Figure::new(&scenario, "service update p50", percentile(&latencies, 50.0), "ms").samples(300));
+        report.push(Figure::new(&scenario, "service update p99", percentile(&latencies, 99.0), "ms").samples(300));
+        report.push(
+            Figure::new(&scenario, "service update max (a write that waited for a snapshot)", latencies[299], "ms")
+                .samples(300),
+        );
+    }
     if let (Some((_, base)), Some((largest, p50))) = (p50_at.first(), p50_at.last()) {
         report.push(
             Figure::new(
@@ -145,7 +175,8 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
              `service update -d --label-add` sends), timed at the caller over mutual TLS on loopback; CPU per write \
              is the manager's CPU over the writes and the 500 ms after, divided by the writes. `service ls`: \
              `ListServices` with server-side summaries; `service ps`: `ListTasks` of one 1000-task service; medians \
-             of 5."
+             of 5. The snapshot rows: the largest size again on a manager started with `--snapshot-interval 100`, \
+             300 writes, so about three snapshots of the whole store are taken on the raft thread among them."
         ),
     );
     Ok(())
