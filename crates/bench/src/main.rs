@@ -14,6 +14,7 @@ mod converge;
 mod engine;
 mod memory;
 mod nodeloss;
+mod nodes;
 mod raft;
 mod report;
 mod scale;
@@ -60,9 +61,11 @@ enum Scenario {
     Memory,
     /// One write's latency and the leader's CPU with 0, 10k and 100k tasks in the store.
     WriteCost,
+    /// 1,000 simulated nodes (in-process agents, real managers): converge, roll, lose 100.
+    Nodes,
 }
 
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::Raft,
     Scenario::Failover,
     Scenario::Scheduler,
@@ -71,6 +74,7 @@ const ALL: [Scenario; 8] = [
     Scenario::NodeLoss,
     Scenario::Memory,
     Scenario::WriteCost,
+    Scenario::Nodes,
 ];
 
 /// What the scenarios share: the mode, and a Docker Swarm made on first use and left when a scenario is done
@@ -113,6 +117,7 @@ async fn run(args: &Args, scenarios: &[Scenario], report: &mut Report) -> Result
             Scenario::NodeLoss => nodeloss::node_loss(args.quick, report).await,
             Scenario::Memory => memory::memory(args.quick, report).await,
             Scenario::WriteCost => scale::write_cost(args.quick, report).await,
+            Scenario::Nodes => nodes::simulated_nodes(args.quick, report).await,
         };
         result.with_context(|| format!("{name} scenario"))?;
     }
