@@ -12,6 +12,7 @@ use clap::{Parser, ValueEnum};
 
 mod converge;
 mod engine;
+mod etcd;
 mod memory;
 mod nodeloss;
 mod nodes;
@@ -63,9 +64,11 @@ enum Scenario {
     WriteCost,
     /// 1,000 simulated nodes (in-process agents, real managers): converge, roll, lose 100.
     Nodes,
+    /// shoal's raft write path against a 3-member etcd, with and without TLS.
+    Etcd,
 }
 
-const ALL: [Scenario; 9] = [
+const ALL: [Scenario; 10] = [
     Scenario::Raft,
     Scenario::Failover,
     Scenario::Scheduler,
@@ -75,6 +78,7 @@ const ALL: [Scenario; 9] = [
     Scenario::Memory,
     Scenario::WriteCost,
     Scenario::Nodes,
+    Scenario::Etcd,
 ];
 
 /// What the scenarios share: the mode, and a Docker Swarm made on first use and left when a scenario is done
@@ -118,6 +122,7 @@ async fn run(args: &Args, scenarios: &[Scenario], report: &mut Report) -> Result
             Scenario::Memory => memory::memory(args.quick, report).await,
             Scenario::WriteCost => scale::write_cost(args.quick, report).await,
             Scenario::Nodes => nodes::simulated_nodes(args.quick, report).await,
+            Scenario::Etcd => etcd::raft_vs_etcd(args.quick, report).await,
         };
         result.with_context(|| format!("{name} scenario"))?;
     }

@@ -33,17 +33,22 @@ fn cpu_micros(pid: Option<u32>) -> Option<f64> {
 }
 
 /// CPU used by the leader, the followers and this client (the bench process) over one phase.
-struct CpuMeter {
+pub struct CpuMeter {
     leader: Option<u32>,
     followers: Vec<Option<u32>>,
     start: Option<[f64; 3]>,
 }
 
 impl CpuMeter {
-    fn new(cluster: &Cluster, leader: usize) -> CpuMeter {
+    pub fn new(cluster: &Cluster, leader: usize) -> CpuMeter {
         let followers =
             (0..cluster.managers.len()).filter(|i| *i != leader).map(|i| cluster.managers[i].pid()).collect();
-        CpuMeter { leader: cluster.managers[leader].pid(), followers, start: None }
+        CpuMeter::of(cluster.managers[leader].pid(), followers)
+    }
+
+    /// For any replicated process (the etcd comparison's members).
+    pub fn of(leader: Option<u32>, followers: Vec<Option<u32>>) -> CpuMeter {
+        CpuMeter { leader, followers, start: None }
     }
 
     /// [leader, all followers together, client] in µs.
@@ -55,12 +60,12 @@ impl CpuMeter {
         Some([cpu_micros(Some(self.leader?))?, followers, cpu_micros(None)?])
     }
 
-    fn start(&mut self) {
+    pub fn start(&mut self) {
         self.start = self.read();
     }
 
     /// CPU µs per operation since `start`: [leader, per follower, client].
-    fn per_op(&self, ops: usize) -> Option<[f64; 3]> {
+    pub fn per_op(&self, ops: usize) -> Option<[f64; 3]> {
         let (start, end) = (self.start?, self.read()?);
         let ops = ops.max(1) as f64;
         let followers = self.followers.len().max(1) as f64;
@@ -76,24 +81,125 @@ fn push_cpu(report: &mut Report, scenario: &str, what: &str, per_op: Option<[f64
     }
 }
 
-/// Commits one label update of `name`, sending the version it last saw; returns the new version.
-async fn update_label(
-    client: &mut shoal_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
-    name: &str,
-    spec: &mut ServiceSpec,
+/// One client of a write load: [`sequential`] and [`in_flight`] time its writes, whatever system
+/// it writes to (shoal here, etcd in `etcd.rs`), so both are driven the same way.
+pub trait Writer: Send + 'static {
+    /// Makes the `i`-th write of this client and returns once the system acknowledged it.
+    fn write(&mut self, i: usize) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The latencies (ms, sorted) and wall time (s) of one load phase.
+pub struct Phase {
+    pub latencies: Vec<f64>,
+    pub elapsed: f64,
+}
+
+impl Phase {
+    pub fn writes(&self) -> usize {
+        self.latencies.len()
+    }
+
+    pub fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed
+    }
+
+    pub fn p50(&self) -> f64 {
+        percentile(&self.latencies, 50.0)
+    }
+
+    pub fn p99(&self) -> f64 {
+        percentile(&self.latencies, 99.0)
+    }
+}
+
+/// `writes` writes of one client, one after another.
+pub async fn sequential<W: Writer>(writer: &mut W, writes: usize) -> Result<Phase> {
+    let mut latencies = Vec::with_capacity(writes);
+    let started = Instant::now();
+    for i in 0..writes {
+        let t = Instant::now();
+        writer.write(i).await?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Ok(Phase { latencies, elapsed })
+}
+
+/// Every writer makes `per_writer` writes one after another, all writers at once (a task each):
+/// as many writes in flight as writers. The writers come back for another phase.
+pub async fn in_flight<W: Writer>(writers: Vec<W>, per_writer: usize) -> Result<(Phase, Vec<W>)> {
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(writers.len());
+    for mut writer in writers {
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_writer);
+            for i in 0..per_writer {
+                let t = Instant::now();
+                writer.write(i).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok::<_, anyhow::Error>((writer, latencies))
+        }));
+    }
+    let mut latencies = Vec::with_capacity(handles.len() * per_writer);
+    let mut writers = Vec::with_capacity(handles.len());
+    for h in handles {
+        let (writer, l) = h.await??;
+        writers.push(writer);
+        latencies.extend(l);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Ok((Phase { latencies, elapsed }, writers))
+}
+
+/// A shoal client that commits label updates of its own 0-replica service, each sending the
+/// version it last saw (what `service update -d --label-add` sends).
+pub struct LabelWriter {
+    client: crate::svc::Client,
+    name: String,
+    spec: ServiceSpec,
     version: u64,
-    value: usize,
-) -> Result<u64> {
-    spec.labels.insert("bench.counter".into(), value.to_string());
-    let response = client
-        .update_service(UpdateServiceRequest {
-            service: name.to_string(),
-            version,
-            spec_json: serde_json::to_string(spec)?,
-            rollback: false,
-        })
-        .await?;
-    Ok(serde_json::from_str::<Versioned>(&response.into_inner().service_json)?.version)
+}
+
+impl LabelWriter {
+    /// Creates the 0-replica service `name` through `client`.
+    pub async fn create(mut client: crate::svc::Client, name: &str) -> Result<LabelWriter> {
+        let mut spec = ServiceSpec::new(name, "shoal/busybox:1");
+        spec.mode = shoal_types::ServiceMode::Replicated { replicas: 0 };
+        let created = client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&spec)? }).await?;
+        let version = serde_json::from_str::<shoal_types::Service>(&created.into_inner().service_json)?.version;
+        Ok(LabelWriter { client, name: name.to_string(), spec, version })
+    }
+
+    /// Bytes of the spec JSON one update sends.
+    pub fn request_bytes(&self) -> usize {
+        serde_json::to_string(&self.spec).map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Bytes of the service JSON the manager returns for this service (the object a write replaces).
+    pub async fn service_bytes(&mut self) -> Result<usize> {
+        let request = shoal_proto::v1::GetServiceRequest { service: self.name.clone() };
+        Ok(self.client.get_service(request).await?.into_inner().service_json.len())
+    }
+}
+
+impl Writer for LabelWriter {
+    async fn write(&mut self, i: usize) -> Result<()> {
+        self.spec.labels.insert("bench.counter".into(), i.to_string());
+        let response = self
+            .client
+            .update_service(UpdateServiceRequest {
+                service: self.name.clone(),
+                version: self.version,
+                spec_json: serde_json::to_string(&self.spec)?,
+                rollback: false,
+            })
+            .await?;
+        self.version = serde_json::from_str::<Versioned>(&response.into_inner().service_json)?.version;
+        Ok(())
+    }
 }
 
 /// All the load generator reads of a written service: it shares the managers' 2 cores, so
@@ -113,56 +219,37 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
     let addr = cluster.managers[leader].addr.clone();
     let mut client = connect(&addr).await?;
 
-    let sequential = if quick { 200 } else { 3000 };
-    let mut spec = ServiceSpec::new("seq", "shoal/busybox:1");
-    spec.mode = shoal_types::ServiceMode::Replicated { replicas: 0 };
-    let created = client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&spec)? }).await?;
-    let mut version = serde_json::from_str::<shoal_types::Service>(&created.into_inner().service_json)?.version;
+    let sequential_writes = if quick { 200 } else { 3000 };
+    let mut writer = LabelWriter::create(client.clone(), "seq").await?;
     // The floor under a commit's latency on this machine: a read served by the leader from memory
     // over the same connection (TLS, gRPC, JSON), no raft.
-    let mut reads = Vec::with_capacity(sequential);
-    for _ in 0..sequential {
+    let mut reads = Vec::with_capacity(sequential_writes);
+    for _ in 0..sequential_writes {
         let t = Instant::now();
         client.get_service(shoal_proto::v1::GetServiceRequest { service: "seq".into() }).await?;
         reads.push(t.elapsed().as_secs_f64() * 1e3);
     }
     reads.sort_by(f64::total_cmp);
-    let mut latencies = Vec::with_capacity(sequential);
-    let started = Instant::now();
-    for i in 0..sequential {
-        let t = Instant::now();
-        version = update_label(&mut client, "seq", &mut spec, version, i).await?;
-        latencies.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
+    let phase = sequential(&mut writer, sequential_writes).await?;
     let scenario = "raft commits, 3 managers, 1 sequential client";
     report.push(
-        Figure::new(scenario, "throughput", sequential as f64 / elapsed, "commits/s")
+        Figure::new(scenario, "throughput", phase.throughput(), "commits/s")
             .target(">= 1000 commits/s")
-            .samples(sequential),
+            .samples(sequential_writes),
     );
-    report.push(
-        Figure::new(scenario, "latency p50", percentile(&latencies, 50.0), "ms").target("<= 1 ms").samples(sequential),
-    );
-    report.push(Figure::new(scenario, "latency p99", percentile(&latencies, 99.0), "ms").samples(sequential));
+    report.push(Figure::new(scenario, "latency p50", phase.p50(), "ms").target("<= 1 ms").samples(sequential_writes));
+    report.push(Figure::new(scenario, "latency p99", phase.p99(), "ms").samples(sequential_writes));
     report.push(
         Figure::new(scenario, "read round trip p50 (no raft; the floor)", percentile(&reads, 50.0), "ms")
-            .samples(sequential),
+            .samples(sequential_writes),
     );
 
     let total = if quick { 2000 } else { 30_000 };
-    let in_flight = 256;
-    let per_worker = total / in_flight;
+    let in_flight_writers = 256;
+    let per_worker = total / in_flight_writers;
     let mut workers = Vec::new();
-    for w in 0..in_flight {
-        let mut client = client.clone();
-        let name = format!("par-{w}");
-        let mut spec = ServiceSpec::new(&name, "shoal/busybox:1");
-        spec.mode = shoal_types::ServiceMode::Replicated { replicas: 0 };
-        let created = client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&spec)? }).await?;
-        let version = serde_json::from_str::<shoal_types::Service>(&created.into_inner().service_json)?.version;
-        workers.push((client, name, spec, version));
+    for w in 0..in_flight_writers {
+        workers.push(LabelWriter::create(client.clone(), &format!("par-{w}")).await?);
     }
     // The ceiling over the commit throughput below: the same clients, connection and response
     // size, reading instead of writing (leader's memory, no raft, no followers).
@@ -170,9 +257,9 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
     cpu.start();
     let started = Instant::now();
     let mut handles = Vec::new();
-    for (client, name, _, _) in &workers {
-        let mut client = client.clone();
-        let name = name.clone();
+    for worker in &workers {
+        let mut client = worker.client.clone();
+        let name = worker.name.clone();
         handles.push(tokio::spawn(async move {
             for _ in 0..per_worker {
                 client.get_service(shoal_proto::v1::GetServiceRequest { service: name.clone() }).await?;
@@ -188,35 +275,15 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
     let read_cpu = cpu.per_op(reads_done);
 
     cpu.start();
-    let started = Instant::now();
-    let mut handles = Vec::new();
-    for (mut client, name, mut spec, mut version) in workers {
-        handles.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(per_worker);
-            for i in 0..per_worker {
-                let t = Instant::now();
-                version = update_label(&mut client, &name, &mut spec, version, i).await?;
-                latencies.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(total);
-    for h in handles {
-        latencies.extend(h.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let done = latencies.len();
+    let (phase, _) = in_flight(workers, per_worker).await?;
+    let done = phase.writes();
     let commit_cpu = cpu.per_op(done);
-    latencies.sort_by(f64::total_cmp);
     let scenario = "raft commits, 3 managers, 256 in flight";
     report.push(
-        Figure::new(scenario, "throughput", done as f64 / elapsed, "commits/s")
-            .target(">= 20000 commits/s")
-            .samples(done),
+        Figure::new(scenario, "throughput", phase.throughput(), "commits/s").target(">= 20000 commits/s").samples(done),
     );
-    report.push(Figure::new(scenario, "latency p50", percentile(&latencies, 50.0), "ms").samples(done));
-    report.push(Figure::new(scenario, "latency p99", percentile(&latencies, 99.0), "ms").samples(done));
+    report.push(Figure::new(scenario, "latency p50", phase.p50(), "ms").samples(done));
+    report.push(Figure::new(scenario, "latency p99", phase.p99(), "ms").samples(done));
     report.push(
         Figure::new(scenario, "read throughput (no raft; the ceiling)", read_throughput, "reads/s").samples(reads_done),
     );
@@ -227,7 +294,7 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
         format!(
             "3 `shoal-manager` processes on loopback. Each commit is a `service update` changing one label and \
              carrying the version read, sent to the leader; it returns once the entry is committed (fsynced by a \
-             quorum) and applied, and the client reads only the new version from the service it returns. One client makes {sequential} updates of one service one after another; then \
+             quorum) and applied, and the client reads only the new version from the service it returns. One client makes {sequential_writes} updates of one service one after another; then \
              256 clients each update their own service {per_worker} times concurrently ({done} commits); before \
              that, the same 256 clients read their service as often, which gives the API's ceiling on this \
              machine without raft. CPU per operation is each process's CPU time over a phase \
@@ -239,8 +306,8 @@ pub async fn raft_commits(quick: bool, report: &mut Report) -> Result<()> {
         ),
     );
     let info = shoal_tests::cluster_info(&addr).await?;
-    if info.services != 1 + in_flight {
-        bail!("expected {} services after the run, found {}", 1 + in_flight, info.services);
+    if info.services != 1 + in_flight_writers {
+        bail!("expected {} services after the run, found {}", 1 + in_flight_writers, info.services);
     }
     Ok(())
 }
