@@ -125,6 +125,16 @@ pub struct Engine<D: Durable, M: StateMachine> {
     applied_bytes: u64,
     /// Size of the newest snapshot's data.
     snapshot_bytes: u64,
+    /// A snapshot whose data is being written and made durable on another thread.
+    snapshot_job: Option<SnapshotJob>,
+}
+
+/// A snapshot taken at `meta.index` whose data a thread of its own writes: once it is durable,
+/// the raft thread records the metadata and compacts the log (see `finish_snapshot`).
+struct SnapshotJob {
+    meta: raft::prelude::SnapshotMetadata,
+    compact_to: u64,
+    done: std::sync::mpsc::Receiver<Result<u64, RaftError>>,
 }
 
 fn proposal_context(id: u64, seq: u64) -> Vec<u8> {
@@ -214,6 +224,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             snapshot_now: false,
             applied_bytes: 0,
             snapshot_bytes,
+            snapshot_job: None,
         })
     }
 
@@ -533,9 +544,49 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             || self.snapshot_now
             || self.applied - snap_index.min(self.applied) >= self.config.snapshot_interval
             || self.applied_bytes >= self.config.snapshot_log_bytes;
-        if self.applied > snap_index && due {
+        self.finish_snapshot()?;
+        if self.applied > snap_index && due && self.snapshot_job.is_none() {
             self.snapshot_now = false;
             self.take_snapshot()?;
+        }
+        Ok(())
+    }
+
+    /// Records a snapshot whose data the writer thread has made durable: its metadata, then the
+    /// log compaction below it. A snapshot installed from the leader meanwhile supersedes it
+    /// (its data is dropped); a failed write is logged and taken again when next due.
+    fn finish_snapshot(&mut self) -> Result<(), RaftError> {
+        let Some(job) = &self.snapshot_job else { return Ok(()) };
+        let written = match job.done.try_recv() {
+            Ok(written) => written,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Err(RaftError::Storage("the snapshot writer thread ended without an answer".into()))
+            }
+        };
+        let job = self.snapshot_job.take().expect("checked");
+        let index = job.meta.index;
+        match written {
+            Ok(bytes) if index > self.raw.store().snapshot_metadata().index => {
+                self.snapshot_bytes = bytes;
+                self.raw.mut_store().save_snapshot(job.meta, job.compact_to)?;
+                self.raw.mut_store().sync()?;
+                tracing::debug!(
+                    index,
+                    compact_to = job.compact_to,
+                    bytes,
+                    "took raft snapshot (written off the raft thread)"
+                );
+            }
+            Ok(_) => {
+                self.raw.mut_store().discard_snapshot_data(index);
+                tracing::debug!(index, "own snapshot superseded by one installed from the leader");
+            }
+            Err(e) => {
+                self.raw.mut_store().discard_snapshot_data(index);
+                self.snapshot_now = true;
+                tracing::warn!(index, error = %e, "writing the raft snapshot failed; taking it again");
+            }
         }
         Ok(())
     }
@@ -549,9 +600,24 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         let mut meta = raft::prelude::SnapshotMetadata { index, term, ..Default::default() };
         meta.set_conf_state(store.conf_state().clone());
         let compact_to = store.compaction_point(index, self.config.keep_entries, self.config.keep_bytes);
+        // Serialised here (the state machine is this thread's), written and made durable on a
+        // thread of its own where the store allows: writing tens of megabytes to disk and
+        // syncing them held up heartbeats and applies for most of a second at 100k tasks.
+        let mut data = header;
+        self.sm
+            .snapshot(&mut data)
+            .map_err(|e| RaftError::Storage(format!("serialising the snapshot at {index}: {e}")))?;
+        self.applied_bytes = 0;
+        let data = match self.raw.store().write_snapshot_detached(index, data) {
+            Ok(done) => {
+                self.snapshot_job = Some(SnapshotJob { meta, compact_to, done });
+                return Ok(());
+            }
+            Err(data) => data,
+        };
         let mut writer = self.raw.mut_store().snapshot_writer(index);
-        let written = std::io::Write::write_all(&mut writer, &header).and_then(|()| self.sm.snapshot(&mut writer));
-        written.map_err(|e| RaftError::Storage(format!("writing the snapshot at {index}: {e}")))?;
+        std::io::Write::write_all(&mut writer, &data)
+            .map_err(|e| RaftError::Storage(format!("writing the snapshot at {index}: {e}")))?;
         self.snapshot_bytes = writer.finish()?;
         self.raw.mut_store().save_snapshot(meta, compact_to)?;
         self.raw.mut_store().sync()?;

@@ -69,6 +69,38 @@ pub trait Durable: Send + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError>;
     /// The keys starting with `prefix`, without reading their values.
     fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, RaftError>;
+    /// A writer for snapshot data that works on another thread, if this store has one: a large
+    /// snapshot is then written and made durable without holding up the raft thread.
+    fn detached_snapshot_writer(&self) -> Option<Box<dyn DetachedSnapshotWriter>> {
+        None
+    }
+}
+
+/// Writes snapshot data chunks from a thread of its own (see
+/// [`Durable::detached_snapshot_writer`]).
+pub trait DetachedSnapshotWriter: Send {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), RaftError>;
+    /// Makes every chunk put so far durable.
+    fn flush(&mut self) -> Result<(), RaftError>;
+}
+
+/// Snapshot data straight into sled's snapshot tree, which sled lets any thread write.
+struct SledSnapshotWriter {
+    db: sled::Db,
+    snapshots: sled::Tree,
+}
+
+impl DetachedSnapshotWriter for SledSnapshotWriter {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), RaftError> {
+        debug_assert!(key.starts_with(SNAPSHOT_DATA_PREFIX));
+        self.snapshots.insert(key, value).map_err(sled_error)?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), RaftError> {
+        self.db.flush().map_err(sled_error)?;
+        Ok(())
+    }
 }
 
 /// Refuses an atomic write that holds a log entry (see [`Durable`]).
@@ -389,6 +421,12 @@ impl Durable for SledDurable {
 
     fn write_in_order(&mut self, ops: Vec<Op>) -> Result<(), RaftError> {
         self.queue(ops).map(|_| ())
+    }
+
+    fn detached_snapshot_writer(&self) -> Option<Box<dyn DetachedSnapshotWriter>> {
+        // Chunks go straight to the snapshot tree, as `queue` puts them: nothing points to
+        // them until the metadata naming their index is synced on the raft thread.
+        Some(Box::new(SledSnapshotWriter { db: self.db.clone(), snapshots: self.snapshots.clone() }))
     }
 
     fn discard_log_before(&mut self, index: u64) -> Result<(), RaftError> {
@@ -943,6 +981,46 @@ impl<D: Durable> RaftStorage<D> {
 
     /// Where the state machine writes the data of a snapshot at `index`, before
     /// [`RaftStorage::save_snapshot`] records it.
+    /// Writes `data` as the data of the snapshot at `index` on a thread of its own and makes it
+    /// durable there, if the durable store can (see [`Durable::detached_snapshot_writer`]); the
+    /// receiver then yields the data's size, or why it failed. `None`: write it with
+    /// [`RaftStorage::snapshot_writer`] instead (`data` is handed back).
+    pub fn write_snapshot_detached(
+        &self,
+        index: u64,
+        data: Vec<u8>,
+    ) -> Result<std::sync::mpsc::Receiver<Result<u64, RaftError>>, Vec<u8>> {
+        let Some(mut writer) = self.durable.detached_snapshot_writer() else { return Err(data) };
+        let (done, receiver) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new().name("raft-snapshot".into()).spawn(move || {
+            let written = data
+                .chunks(SNAPSHOT_DATA_CHUNK)
+                .enumerate()
+                .try_for_each(|(number, chunk)| writer.put(snapshot_chunk_key(index, number as u32), chunk.to_vec()))
+                .and_then(|()| writer.flush());
+            let _ = done.send(written.map(|()| data.len() as u64));
+        });
+        match spawned {
+            Ok(_) => Ok(receiver),
+            // No thread to be had: the data was moved into the closure and is gone with it, so
+            // say so; the caller takes the snapshot again inline.
+            Err(e) => {
+                tracing::warn!(index, error = %e, "no thread for the snapshot write; writing it inline next time");
+                let (failed, receiver) = std::sync::mpsc::sync_channel(1);
+                let _ = failed.send(Err(RaftError::Storage(format!("spawning the snapshot writer: {e}"))));
+                Ok(receiver)
+            }
+        }
+    }
+
+    /// Data of a snapshot at `index` that will never be named by the metadata (a newer
+    /// snapshot was installed meanwhile): deleted after the next sync.
+    pub fn discard_snapshot_data(&mut self, index: u64) {
+        if index != self.snapshot.index {
+            self.stale_snapshots.push(index);
+        }
+    }
+
     pub fn snapshot_writer(&mut self, index: u64) -> SnapshotWriter<'_, D> {
         SnapshotWriter { durable: &mut self.durable, index, buf: Vec::new(), chunks: 0, bytes: 0 }
     }
@@ -1139,6 +1217,35 @@ mod tests {
         // A newer snapshot than the one held is asked of the engine.
         assert!(Storage::snapshot(&storage, 9, 2).is_err());
         assert!(storage.snapshot_wanted());
+    }
+
+    /// The data written on the snapshot writer's own thread is what a reopen reads, in the same
+    /// chunks; data the metadata never named (superseded) is deleted after the next sync; the
+    /// in-memory store has no such thread and hands the data back.
+    #[test]
+    fn snapshot_data_written_off_the_raft_thread_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = bootstrapped(SledDurable::open(dir.path()).unwrap());
+            let entries: Vec<Entry> = (2..=10).map(|i| entry(i, 10)).collect();
+            storage.append(&entries).unwrap();
+            let done = storage.write_snapshot_detached(8, big_state()).expect("sled writes on its own thread");
+            assert_eq!(done.recv().unwrap().unwrap(), big_state().len() as u64);
+            storage.save_snapshot(SnapshotMetadata { index: 8, term: 1, ..Default::default() }, 6).unwrap();
+            storage.sync().unwrap();
+            // A snapshot superseded before its metadata was written leaves no data behind.
+            let done = storage.write_snapshot_detached(9, big_state()).expect("sled writes on its own thread");
+            done.recv().unwrap().unwrap();
+            storage.discard_snapshot_data(9);
+            storage.sync().unwrap();
+            assert!(storage.durable.keys(&snapshot_data_prefix(9)).unwrap().is_empty());
+        }
+        let storage = RaftStorage::open(reopen(dir.path())).unwrap();
+        assert_eq!(storage.snapshot_metadata().index, 8);
+        assert_eq!(storage.durable.keys(&snapshot_data_prefix(8)).unwrap().len(), 3);
+        assert_eq!(storage.snapshot_data().unwrap(), Some(big_state()));
+        let memory = bootstrapped(MemDurable::default());
+        assert_eq!(memory.write_snapshot_detached(8, big_state()).err(), Some(big_state()));
     }
 
     /// Opens a sled dir again in the same process. sled's IO threads may still hold the database
