@@ -459,8 +459,10 @@ pub async fn list_services(addr: &str) -> Result<Vec<Service>> {
 }
 
 pub async fn list_tasks(addr: &str, service: &str) -> Result<Vec<shoal_types::Task>> {
-    let response =
-        connect(addr).await?.list_tasks(ListTasksRequest { service: service.to_string(), ..Default::default() }).await?;
+    let response = connect(addr)
+        .await?
+        .list_tasks(ListTasksRequest { service: service.to_string(), ..Default::default() })
+        .await?;
     response.into_inner().tasks_json.iter().map(|j| Ok(serde_json::from_str(j)?)).collect()
 }
 

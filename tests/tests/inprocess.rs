@@ -106,10 +106,7 @@ impl World {
     }
 
     async fn tasks(&self) -> Result<Vec<Task>> {
-        let r = connect(&self.addr())
-            .await?
-            .list_tasks(ListTasksRequest::default())
-            .await?;
+        let r = connect(&self.addr()).await?.list_tasks(ListTasksRequest::default()).await?;
         Ok(r.into_inner().tasks_json.iter().map(|j| serde_json::from_str(j).unwrap()).collect())
     }
 

@@ -194,7 +194,8 @@ async fn certificates_decide_who_may_call_what() -> Result<()> {
         admin_csr_pem: String::new(),
     });
     join.metadata_mut().insert("x-shoal-forwarded", tonic::metadata::MetadataValue::from_static("1"));
-    join.metadata_mut().insert("x-shoal-forwarded-for", tonic::metadata::MetadataValue::from_static("manager intruder"));
+    join.metadata_mut()
+        .insert("x-shoal-forwarded-for", tonic::metadata::MetadataValue::from_static("manager intruder"));
     let err = connect(&addr).await?.join_manager(join).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("needs that manager's certificate; admin"), "{}", err.message());

@@ -226,7 +226,8 @@ pub async fn simulated_nodes(quick: bool, report: &mut Report) -> Result<()> {
         let (addr, mut c) = (leader_addr.clone(), c.clone());
         async move {
             let listed = shoal_tests::list_nodes(&addr).await?;
-            let down = listed.iter().filter(|n| killed_ref.contains(&n.id) && n.status.state == NodeState::Down).count();
+            let down =
+                listed.iter().filter(|n| killed_ref.contains(&n.id) && n.status.state == NodeState::Down).count();
             Ok(down == killed_ref.len() && running(&mut c).await? == total)
         }
     })
@@ -276,8 +277,13 @@ pub async fn simulated_nodes(quick: bool, report: &mut Report) -> Result<()> {
     })
     .await?;
     report.push(
-        Figure::new(&scenario, "leader failover after kill -9 (→ a new leader answers)", started.elapsed().as_secs_f64() * 1e3, "ms")
-            .samples(1),
+        Figure::new(
+            &scenario,
+            "leader failover after kill -9 (→ a new leader answers)",
+            started.elapsed().as_secs_f64() * 1e3,
+            "ms",
+        )
+        .samples(1),
     );
     for (_, handle) in &agents {
         handle.abort();

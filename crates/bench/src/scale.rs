@@ -19,7 +19,8 @@ const REPLICAS_PER_SERVICE: usize = 1000;
 /// clock ticks, which are 1/100 s on Linux (USER_HZ).
 fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
     let pid = pid.context("the process does not run")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name may hold spaces; the fields after it are space-separated.
     let after_name = stat.rsplit_once(')').context("no ')' in /proc/<pid>/stat")?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
@@ -103,7 +104,8 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
         report.push(Figure::new(&scenario, "service update p50", p50, "ms").samples(writes));
         report.push(Figure::new(&scenario, "service update p99", percentile(&latencies, 99.0), "ms").samples(writes));
         report.push(
-            Figure::new(&scenario, "leader CPU per write (incl. the 500 ms after)", cpu_per_write, "ms").samples(writes),
+            Figure::new(&scenario, "leader CPU per write (incl. the 500 ms after)", cpu_per_write, "ms")
+                .samples(writes),
         );
 
         // What `service ls` and `service ps` of one 1000-task service cost at this size.
@@ -156,13 +158,8 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
     }
     if let (Some((_, base)), Some((largest, p50))) = (p50_at.first(), p50_at.last()) {
         report.push(
-            Figure::new(
-                &format!("write cost, {}k tasks vs none", largest / 1000),
-                "p50 ratio",
-                p50 / base,
-                "×",
-            )
-            .target("<= 1.5×"),
+            Figure::new(&format!("write cost, {}k tasks vs none", largest / 1000), "p50 ratio", p50 / base, "×")
+                .target("<= 1.5×"),
         );
     }
     report.how(

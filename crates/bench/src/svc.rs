@@ -67,7 +67,8 @@ pub async fn fill(
 }
 
 pub async fn tasks(client: &mut Client, name: &str) -> Result<Vec<Task>> {
-    let response =
-        client.list_tasks(shoal_proto::v1::ListTasksRequest { service: name.to_string(), ..Default::default() }).await?;
+    let response = client
+        .list_tasks(shoal_proto::v1::ListTasksRequest { service: name.to_string(), ..Default::default() })
+        .await?;
     response.into_inner().tasks_json.iter().map(|j| Ok(serde_json::from_str(j)?)).collect()
 }

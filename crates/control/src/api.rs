@@ -416,7 +416,8 @@ fn forward_failure(status: &Status) -> ForwardFailure {
         return ForwardFailure::Answered;
     }
     while let Some(error) = next {
-        if error.is::<tonic::ConnectError>() || error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)
+        if error.is::<tonic::ConnectError>()
+            || error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)
         {
             return ForwardFailure::NeverSent;
         }
@@ -488,15 +489,10 @@ fn changed_since(state: &shoal_store::State, since_index: u64, since_time: u64) 
     if let Some(cluster) = state.cluster().filter(|c| since_index > 0 && recent(c.version, since_time)) {
         changes.push(change(cluster.version, 0, Object::Cluster(cluster.clone())));
     }
-    changes.extend(
-        state
-            .services()
-            .filter(|s| recent(s.version.max(s.status_version), s.updated_at))
-            .map(|s| {
-                let index = s.version.max(s.status_version);
-                change(index, s.updated_at, Object::Service(std::sync::Arc::new(s.clone())))
-            }),
-    );
+    changes.extend(state.services().filter(|s| recent(s.version.max(s.status_version), s.updated_at)).map(|s| {
+        let index = s.version.max(s.status_version);
+        change(index, s.updated_at, Object::Service(std::sync::Arc::new(s.clone())))
+    }));
     changes.extend(
         state
             .nodes()
@@ -722,8 +718,11 @@ impl Control for ControlApi {
                 } else {
                     Some(Self::find_service(&state, &request.service)?.id.clone())
                 };
-                let node =
-                    if request.node.is_empty() { None } else { Some(Self::find_node(&state, &request.node)?.id.clone()) };
+                let node = if request.node.is_empty() {
+                    None
+                } else {
+                    Some(Self::find_node(&state, &request.node)?.id.clone())
+                };
                 // Through the store's indexes: `service ps` of one service costs its own tasks,
                 // not every task in the cluster (D9).
                 let mut matching = state
@@ -894,9 +893,10 @@ impl Control for ControlApi {
         // certificate of the caller the forwarding manager names (checked here again, so a
         // forwarded marker set by anyone but a manager changes nothing).
         let joiner = caller(&request);
-        if joiner.as_ref().is_none_or(|(role, node_id)| {
-            *role != shoal_tls::Role::Manager || *node_id != request.get_ref().node_id
-        }) {
+        if joiner
+            .as_ref()
+            .is_none_or(|(role, node_id)| *role != shoal_tls::Role::Manager || *node_id != request.get_ref().node_id)
+        {
             let presented = match &joiner {
                 Some((role, node_id)) => format!("{role} {node_id} presented its own"),
                 None => "the call came without one".to_string(),
@@ -1021,16 +1021,22 @@ impl Control for ControlApi {
     }
 
     async fn join_token(&self, request: Request<JoinTokenRequest>) -> Result<Response<JoinTokenResponse>, Status> {
-        routed!(self, request, join_token, if request.get_ref().rotate { Retry::IfNeverSent } else { Retry::Always }, async {
-            let role = crate::security::parse_join_role(&request.role)?;
-            if request.rotate {
-                let token = crate::security::new_token(&self.manager.state())?;
-                self.manager.propose(vec![Action::SetJoinToken { role, token: token.clone() }]).await?;
-                tracing::info!(role = %request.role, "join token rotated");
-                return Ok(JoinTokenResponse { token });
+        routed!(
+            self,
+            request,
+            join_token,
+            if request.get_ref().rotate { Retry::IfNeverSent } else { Retry::Always },
+            async {
+                let role = crate::security::parse_join_role(&request.role)?;
+                if request.rotate {
+                    let token = crate::security::new_token(&self.manager.state())?;
+                    self.manager.propose(vec![Action::SetJoinToken { role, token: token.clone() }]).await?;
+                    tracing::info!(role = %request.role, "join token rotated");
+                    return Ok(JoinTokenResponse { token });
+                }
+                Ok(JoinTokenResponse { token: crate::security::token(&self.manager.state(), role)? })
             }
-            Ok(JoinTokenResponse { token: crate::security::token(&self.manager.state(), role)? })
-        })
+        )
     }
 }
 

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_orchestrator::Dirty;
 use shoal_raft::RaftRole;
 use shoal_scheduler::FailureLog;
-use shoal_orchestrator::Dirty;
 use shoal_store::{Action, Change, Object, State};
 use shoal_types::{NodeState, PublishMode, TaskState};
 
@@ -322,7 +322,8 @@ pub fn scheduling_problem(
     let mut placed = Vec::new();
     for node in &runs_tasks {
         for t in state.tasks_on_node(&node.id) {
-            if t.desired_state <= TaskState::Complete && (TaskState::Assigned..=TaskState::Running).contains(&t.status.state)
+            if t.desired_state <= TaskState::Complete
+                && (TaskState::Assigned..=TaskState::Running).contains(&t.status.state)
             {
                 placed.push(PlacedTask {
                     node_id: t.node_id.clone(),

@@ -114,7 +114,11 @@ impl Dirty {
 
     /// Marks what `change` may affect. Only a node change reads the store (after the change, or
     /// later) through `read`: which services have tasks on the node, which are global.
-    pub fn observe<G: std::ops::Deref<Target = State>>(&mut self, change: &shoal_store::Change, read: impl FnOnce() -> G) {
+    pub fn observe<G: std::ops::Deref<Target = State>>(
+        &mut self,
+        change: &shoal_store::Change,
+        read: impl FnOnce() -> G,
+    ) {
         use shoal_store::Object;
         match &change.object {
             Object::Cluster(_) => {

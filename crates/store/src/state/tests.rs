@@ -93,8 +93,7 @@ fn update_moves_the_spec_to_previous_and_shares_the_new_service_with_its_change(
     // from a read before it still applies (it used to fail "out of sequence").
     assert_eq!((before.version, before.status_version), (1, 2));
     let v2 = ServiceSpec::new("web", "busybox:2");
-    let update =
-        Action::UpdateService { id: "s1".into(), expected_version: read_before_the_status, spec: v2.clone() };
+    let update = Action::UpdateService { id: "s1".into(), expected_version: read_before_the_status, spec: v2.clone() };
     let changes = state.apply(3, &Batch { at: 2_000, actions: vec![update] }).unwrap();
     let service = state.service("s1").unwrap();
     assert_eq!((service.version, service.spec_version, service.created_at, service.updated_at), (3, 3, 1_000, 2_000));
@@ -208,7 +207,9 @@ fn pages_of_tasks_and_the_pending_index_follow_every_change() {
     let mut state = State::default();
     state.apply(1, &batch(vec![create("s1", "web"), create("s2", "api")])).unwrap();
     let mut puts: Vec<Action> = Vec::new();
-    for (id, service, node) in [("a", "s1", "n1"), ("b", "s2", "n1"), ("c", "s1", ""), ("d", "s1", "n2"), ("e", "s2", "")] {
+    for (id, service, node) in
+        [("a", "s1", "n1"), ("b", "s2", "n1"), ("c", "s1", ""), ("d", "s1", "n2"), ("e", "s2", "")]
+    {
         puts.push(Action::PutTask { task: task(id, service, node) });
     }
     state.apply(2, &batch(puts)).unwrap();
