@@ -79,38 +79,39 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
             dirty.schedule = true;
         }
         let pass = dirty.take();
-        let mut actions = Vec::new();
+        let mut steps: Vec<Vec<Action>> = Vec::new();
         if pass.all || !pass.services.is_empty() || !pass.nodes.is_empty() {
             let mut new_id = shoal_types::ids::new_id;
             // The store's read lock is taken per service, never for the whole pass.
-            let plan = shoal_orchestrator::reconcile_dirty(
+            let mut plan = shoal_orchestrator::reconcile_dirty(
                 || manager.state(),
                 &mut shoal_orchestrator::Ctx { now, new_id: &mut new_id },
                 &pass,
             );
-            timers.replace(&pass, plan.wakeups);
+            timers.replace(&pass, std::mem::take(&mut plan.wakeups));
             if plan.unfinished {
                 // Services past the point where the budget ran out get their turn next pass.
                 dirty.merge(Dirty { schedule: false, ..pass.clone() });
             }
-            actions = plan.actions;
+            steps = plan.into_steps();
         }
         if pass.schedule {
-            if actions.is_empty() {
+            if steps.is_empty() {
                 let now = now_millis();
                 let (scheduled, held_until) = schedule(manager, now, failures.failures(now));
-                actions = scheduled;
+                steps = scheduled.into_iter().map(|action| vec![action]).collect();
                 schedule_at = held_until;
             } else {
                 // The orchestrators go first; the scheduler places what they decided next pass.
                 dirty.schedule = true;
             }
         }
-        if !actions.is_empty() {
-            // The loop's actions are independent (each is stale-tolerant), so a large pass — a
-            // service of thousands of replicas — goes into the log as several entries, each
-            // packed by encoded size to stay under the entry limit.
-            match manager.propose_in_entries(actions).await {
+        if !steps.is_empty() {
+            // The loop's steps are independent (each action is stale-tolerant; a step's actions
+            // go together), so a large pass — a service of thousands of replicas — goes into the
+            // log as several entries, packed by encoded size to stay under the entry limit and
+            // cut only between steps.
+            match manager.propose_steps(steps).await {
                 // Everything was over the entry limit (and dropped): wait for a change rather
                 // than decide the same thing again at once.
                 Ok(0) => {}

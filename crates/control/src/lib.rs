@@ -51,23 +51,30 @@ pub struct Packed {
 
 /// Packs `actions` (which must not depend on landing together) into entries by encoded size.
 pub fn pack_entries(actions: Vec<Action>) -> Packed {
+    pack_steps(actions.into_iter().map(|action| vec![action]).collect())
+}
+
+/// [`pack_entries`] for steps: the actions of one step always share an entry (entries are cut
+/// only between steps); a step over the limit on its own is refused whole.
+pub fn pack_steps(steps: Vec<Vec<Action>>) -> Packed {
     let limit = MAX_ENTRY_BYTES - ENVELOPE_BYTES;
     let mut packed = Packed { entries: Vec::new(), too_large: Vec::new() };
     let mut current: Vec<Action> = Vec::new();
     let mut current_bytes = 0;
-    for action in actions {
-        let size = encoded_len(&action);
+    for step in steps {
+        // +1 for the comma after each action.
+        let sizes: Vec<usize> = step.iter().map(encoded_len).collect();
+        let size: usize = sizes.iter().map(|s| s + 1).sum();
         if size > limit {
-            packed.too_large.push((action, size));
+            packed.too_large.extend(step.into_iter().zip(sizes));
             continue;
         }
-        // +1 for the comma between actions.
-        if current_bytes + size + 1 > limit {
+        if current_bytes + size > limit {
             packed.entries.push(std::mem::take(&mut current));
             current_bytes = 0;
         }
-        current_bytes += size + 1;
-        current.push(action);
+        current_bytes += size;
+        current.extend(step);
     }
     if !current.is_empty() {
         packed.entries.push(current);
@@ -224,7 +231,13 @@ impl Manager {
     /// retrying it could never succeed. Stops at the first entry that fails; returns how many
     /// entries were written.
     pub async fn propose_in_entries(&self, actions: Vec<Action>) -> Result<usize, ApiError> {
-        let packed = pack_entries(actions);
+        self.propose_steps(actions.into_iter().map(|action| vec![action]).collect()).await
+    }
+
+    /// [`Manager::propose_in_entries`] for steps whose actions must share an entry (see
+    /// [`pack_steps`]).
+    pub async fn propose_steps(&self, steps: Vec<Vec<Action>>) -> Result<usize, ApiError> {
+        let packed = pack_steps(steps);
         for (action, size) in &packed.too_large {
             tracing::error!(
                 action = action_name(action),
@@ -718,5 +731,29 @@ mod pack_tests {
         let packed = pack_entries(vec![delete(1, 24), huge.clone(), delete(2, 24)]);
         assert_eq!(packed.too_large, vec![(huge, size)]);
         assert_eq!(packed.entries, vec![vec![delete(1, 24), delete(2, 24)]]);
+    }
+
+    /// Entries are cut only between steps: however the sizes fall, a step's actions share an
+    /// entry, and the order is kept.
+    #[test]
+    fn a_step_is_never_split_across_entries() {
+        // Steps of one to three actions of about 10 KB: an entry holds about 150 actions, so
+        // many steps sit where a cut by action would fall.
+        let steps: Vec<Vec<Action>> = (0..300).map(|i| (0..=(i % 3)).map(|_| delete(400, 24)).collect()).collect();
+        let packed = pack_steps(steps.clone());
+        assert!(packed.too_large.is_empty() && packed.entries.len() >= 4, "{} entries", packed.entries.len());
+        let mut rest = packed.entries.iter().map(Vec::len);
+        let mut room = rest.next().expect("an entry");
+        for step in &steps {
+            if room == 0 {
+                room = rest.next().expect("another entry");
+            }
+            assert!(step.len() <= room, "a step of {} actions was split ({room} left in its entry)", step.len());
+            room -= step.len();
+        }
+        assert_eq!(packed.entries.concat(), steps.concat());
+        for entry in &packed.entries {
+            assert!(serde_json::to_vec(&Batch { at: u64::MAX, actions: entry.clone() }).unwrap().len() <= MAX_ENTRY_BYTES);
+        }
     }
 }

@@ -63,9 +63,34 @@ pub struct Plan {
     /// The pass used up its budget of new tasks: services after that point may want more, so
     /// what it looked at must be looked at again.
     pub unfinished: bool,
+    /// Runs of `actions` that must reach the store in one raft entry (a stop-first slot's
+    /// "shut the old task down" and "create its replacement"): split, the slot could lose its
+    /// task between the two and be refilled without the update's gate.
+    pub atomic: Vec<std::ops::Range<usize>>,
 }
 
 impl Plan {
+    /// The actions as steps, in order: each atomic run is one step, every other action a step
+    /// of its own. A step is written in one raft entry; entries are cut only between steps.
+    pub fn into_steps(self) -> Vec<Vec<Action>> {
+        let mut steps = Vec::with_capacity(self.actions.len());
+        let mut atomic = self.atomic.into_iter().peekable();
+        let mut actions = self.actions.into_iter().enumerate().peekable();
+        while let Some((at, action)) = actions.next() {
+            match atomic.next_if(|run| run.start == at) {
+                Some(run) => {
+                    let mut step = vec![action];
+                    while let Some((_, next)) = actions.next_if(|(i, _)| *i < run.end) {
+                        step.push(next);
+                    }
+                    steps.push(step);
+                }
+                None => steps.push(vec![action]),
+            }
+        }
+        steps
+    }
+
     /// Asks for `service_id` to be reconciled again at `at` at the latest.
     pub fn wake(&mut self, service_id: &str, at: Timestamp) {
         self.next_wakeup = Some(self.next_wakeup.map_or(at, |w| w.min(at)));

@@ -309,6 +309,7 @@ fn start_slot(
         return;
     }
     let Some(old) = updatable.first() else { return };
+    let step_start = plan.actions.len();
     let node = match service.spec.mode {
         ServiceMode::Global | ServiceMode::GlobalJob => old.node_id.as_str(),
         ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => "",
@@ -331,4 +332,9 @@ fn start_slot(
     };
     let task = new_task(ctx, service, old.slot, node, TaskOrigin::Update, gate);
     plan.actions.push(Action::PutTask { task });
+    // The old task's shutdown and its replacement are one step (SwarmKit writes them in one
+    // store batch).
+    if plan.actions.len() - step_start > 1 {
+        plan.atomic.push(step_start..plan.actions.len());
+    }
 }

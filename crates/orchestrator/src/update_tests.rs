@@ -690,3 +690,36 @@ proptest::proptest! {
         proptest::prop_assert!(sim.max_in_transition as u64 <= parallelism);
     }
 }
+
+/// A stop-first slot's "shut the old task down" and "create its replacement" are one step of
+/// the plan, so the control loop writes them in one raft entry.
+#[test]
+fn a_stop_first_slot_is_one_atomic_step() {
+    let mut w = World::new(&["n1", "n2"]);
+    let mut s = ServiceSpec::new("web", "shoal/busybox:1");
+    s.mode = ServiceMode::Replicated { replicas: 3 };
+    s.update_config.parallelism = 2;
+    let svc = w.service(s);
+    w.settle();
+    w.run_all();
+    w.settle();
+    let service = w.state.service(&svc).expect("service").clone();
+    let mut spec = service.spec.clone();
+    spec.task.force_update += 1;
+    w.apply(vec![Action::UpdateService { id: svc.clone(), expected_version: service.version, spec }]);
+    let plan = w.step();
+    let starts = plan.actions.iter().filter(|a| matches!(a, Action::PutTask { .. })).count();
+    assert_eq!((starts, plan.atomic.len()), (2, 2), "{plan:?}");
+    let steps = crate::Plan { actions: plan.actions.clone(), atomic: plan.atomic.clone(), ..crate::Plan::default() }
+        .into_steps();
+    let pairs: Vec<&Vec<Action>> = steps.iter().filter(|s| s.len() > 1).collect();
+    assert_eq!(pairs.len(), 2);
+    for pair in pairs {
+        let [Action::SetDesiredState { id: old, desired: TaskState::Shutdown }, Action::PutTask { task }] = &pair[..]
+        else {
+            panic!("expected shut down old + put new: {pair:?}");
+        };
+        assert_eq!(task.start_gate.as_ref().and_then(|g| g.after_task.as_ref()), Some(old));
+    }
+    assert_eq!(steps.concat(), plan.actions, "the steps keep every action in order");
+}

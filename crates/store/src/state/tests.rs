@@ -323,6 +323,17 @@ fn arb_loop_action() -> impl Strategy<Value = Action> {
         prop::sample::select(vec!["a", "gone"])
             .prop_map(|s| Action::PutTask { task: super::tests::task("new", s, "") }),
         prop::sample::select(vec!["a", "gone"]).prop_map(|s| Action::SetUpdateStatus { id: s.into(), status: None }),
+        (prop::sample::select(vec!["a", "gone"]), 0u64..4).prop_map(|(s, v)| Action::AutoRollback {
+            id: s.into(),
+            expected_version: v,
+            status: UpdateStatus {
+                state: UpdateState::RollbackStarted,
+                message: "update rolled back".into(),
+                started_at: None,
+                completed_at: None,
+                slots: None,
+            },
+        }),
         prop::collection::vec(task, 0..3)
             .prop_map(|ids| Action::DeleteTasks { ids: ids.into_iter().map(String::from).collect() }),
         prop::sample::select(vec!["n1", "gone"]).prop_map(|n| Action::SetNodeStatus {
