@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use clap::{Parser, ValueEnum};
 
 mod converge;
@@ -107,8 +107,23 @@ impl Ctx {
     }
 }
 
+/// Ctrl-C during the run.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Runs every scenario; one that breaks is reported and the others still run (the report is
+/// written either way); the error names every scenario that broke.
 async fn run(args: &Args, scenarios: &[Scenario], report: &mut Report) -> Result<()> {
     let mut ctx = Ctx { quick: args.quick, swarm: None };
+    let mut broken = Vec::new();
     for scenario in scenarios {
         let name = scenario.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
         eprintln!("==> {name}");
@@ -124,9 +139,13 @@ async fn run(args: &Args, scenarios: &[Scenario], report: &mut Report) -> Result
             Scenario::Nodes => nodes::simulated_nodes(args.quick, report).await,
             Scenario::Etcd => etcd::raft_vs_etcd(args.quick, report).await,
         };
-        result.with_context(|| format!("{name} scenario"))?;
+        if let Err(e) = result {
+            eprintln!("shoal-bench: the {name} scenario broke: {e:#}");
+            report.how(&format!("{name} (broke)"), format!("This scenario broke in this run: {e:#}"));
+            broken.push(name);
+        }
     }
-    Ok(())
+    if broken.is_empty() { Ok(()) } else { Err(anyhow!("scenarios that broke: {}", broken.join(", "))) }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -167,9 +186,12 @@ async fn main() -> Result<()> {
     // Ctrl-C drops the running scenario, whose guards clean up after it.
     let outcome = tokio::select! {
         r = run(&args, &scenarios, &mut report) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
     };
-    outcome?;
+    // Ctrl-C: no report of a run cut short.
+    if outcome.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+        return outcome;
+    }
 
     let markdown = report::render(&report, &meta);
     println!("{markdown}");
@@ -178,5 +200,6 @@ async fn main() -> Result<()> {
         std::fs::write(args.out.with_extension("json"), report::json(&report, &meta)?)?;
         eprintln!("wrote {} and {}", args.out.display(), args.out.with_extension("json").display());
     }
+    outcome?;
     Ok(())
 }

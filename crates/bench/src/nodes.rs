@@ -28,12 +28,17 @@ fn count(n: u64) -> String {
 }
 
 /// Updates a 0-replica service every 100 ms through a follower-or-leader manager and records
-/// each latency under the current phase.
+/// each latency under the current phase; a write that fails is counted (and the probe
+/// reconnects): the 2 cores are shared with a thousand agents, and a connection whose pings go
+/// unanswered for 2 s is closed by the manager.
 struct WriteProbe {
     phase: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    handle: tokio::task::JoinHandle<Result<Vec<(usize, f64)>>>,
+    handle: tokio::task::JoinHandle<Result<ProbeResult>>,
 }
+
+/// The probe's latencies by phase (ms) and how many of its writes failed.
+type ProbeResult = (Vec<(usize, f64)>, usize);
 
 impl WriteProbe {
     async fn start(addr: String) -> Result<WriteProbe> {
@@ -46,6 +51,7 @@ impl WriteProbe {
         let (p, s) = (phase.clone(), stop.clone());
         let handle = tokio::spawn(async move {
             let mut samples = Vec::new();
+            let mut failed = 0;
             let mut i = 0u64;
             while !s.load(Ordering::SeqCst) {
                 i += 1;
@@ -57,13 +63,26 @@ impl WriteProbe {
                     spec_json: serde_json::to_string(&spec)?,
                     rollback: false,
                 };
-                let response = client.update_service(request).await.context("a probe write failed")?;
-                samples.push((p.load(Ordering::SeqCst), started.elapsed().as_secs_f64() * 1e3));
-                let written: shoal_types::Service = serde_json::from_str(&response.into_inner().service_json)?;
-                version = written.version;
+                match client.update_service(request).await {
+                    Ok(response) => {
+                        samples.push((p.load(Ordering::SeqCst), started.elapsed().as_secs_f64() * 1e3));
+                        let written: shoal_types::Service =
+                            serde_json::from_str(&response.into_inner().service_json)?;
+                        version = written.version;
+                    }
+                    Err(_) => {
+                        failed += 1;
+                        if let Ok(fresh) = connect(&addr).await {
+                            client = fresh;
+                        }
+                        if let Ok(service) = svc::get(&mut client, "sb-probe").await {
+                            version = service.version;
+                        }
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Ok(samples)
+            Ok((samples, failed))
         });
         Ok(WriteProbe { phase, stop, handle })
     }
@@ -72,7 +91,7 @@ impl WriteProbe {
         self.phase.store(phase, Ordering::SeqCst);
     }
 
-    async fn finish(self) -> Result<Vec<(usize, f64)>> {
+    async fn finish(self) -> Result<ProbeResult> {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.await?
     }
@@ -91,19 +110,26 @@ async fn running(client: &mut svc::Client) -> Result<u64> {
     Ok(running)
 }
 
-/// Polls `cond` every `every` until it holds; the seconds it took, or an error after `timeout`.
+/// Polls `cond` every `every` until it holds; the seconds it took, or an error after `timeout`
+/// (with the last failed poll's error: a poll may fail while the process is overloaded).
 async fn until<F, Fut>(what: &str, timeout: Duration, every: Duration, mut cond: F) -> Result<f64>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
 {
     let started = Instant::now();
+    let mut last_error = None;
     loop {
-        if cond().await? {
-            return Ok(started.elapsed().as_secs_f64());
+        match cond().await {
+            Ok(true) => return Ok(started.elapsed().as_secs_f64()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
         }
         if started.elapsed() > timeout {
-            bail!("{what}: not reached within {timeout:?}");
+            match last_error {
+                Some(e) => bail!("{what}: not reached within {timeout:?}; last poll: {e:#}"),
+                None => bail!("{what}: not reached within {timeout:?}"),
+            }
         }
         tokio::time::sleep(every).await;
     }
@@ -118,7 +144,6 @@ pub async fn simulated_nodes(quick: bool, report: &mut Report) -> Result<()> {
     let addrs = cluster.running_addrs();
     let leader = cluster.leader().await?;
     let leader_addr = cluster.managers[leader].addr.clone();
-    let mut client = connect(&leader_addr).await?;
     let probe = WriteProbe::start(addrs[(leader + 1) % addrs.len()].clone()).await?;
 
     // The nodes join (each with its own key and certificate) and open their sessions.
@@ -153,6 +178,9 @@ pub async fn simulated_nodes(quick: bool, report: &mut Report) -> Result<()> {
     let scenario = format!("{nodes} simulated nodes, {} tasks, 3 managers", count(total));
     report.push(Figure::new(&scenario, "all nodes joined and ready", joined, "s").samples(1));
 
+    // The joins kept this process's 2 threads busy: a connection made before them may have been
+    // closed for unanswered pings.
+    let mut client = connect(&leader_addr).await?;
     // Converge: every service created at once; the time until all tasks run.
     probe.phase(1);
     let started = Instant::now();
@@ -247,7 +275,11 @@ pub async fn simulated_nodes(quick: bool, report: &mut Report) -> Result<()> {
     );
     report.push(Figure::new(&scenario, "leader RSS", rss_mb(cluster.managers[leader].pid())?, "MB").samples(1));
 
-    let samples = probe.finish().await?;
+    let (samples, probe_failures) = probe.finish().await?;
+    report.push(
+        Figure::new(&scenario, "probe writes that failed (connection closed under load)", probe_failures as f64, "writes")
+            .samples(samples.len() + probe_failures),
+    );
     for (phase, name) in PHASES.iter().enumerate() {
         let mut latencies: Vec<f64> = samples.iter().filter(|(p, _)| *p == phase).map(|(_, ms)| *ms).collect();
         if latencies.is_empty() {
