@@ -753,7 +753,9 @@ mod pack_tests {
         }
         assert_eq!(packed.entries.concat(), steps.concat());
         for entry in &packed.entries {
-            assert!(serde_json::to_vec(&Batch { at: u64::MAX, actions: entry.clone() }).unwrap().len() <= MAX_ENTRY_BYTES);
+            assert!(
+                serde_json::to_vec(&Batch { at: u64::MAX, actions: entry.clone() }).unwrap().len() <= MAX_ENTRY_BYTES
+            );
         }
     }
 }

@@ -53,15 +53,21 @@ pub struct MemberChange {
     pub at: u64,
 }
 
+/// Writes a state machine's snapshot (see [`StateMachine::snapshot`]).
+pub type SnapshotWriteFn = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send>;
+
 /// The replicated state machine that committed entries are applied to.
 pub trait StateMachine: Send + 'static {
     type Output: Send + 'static;
     /// Applies a committed entry. Must be deterministic: same entries, same state.
     fn apply(&mut self, index: u64, data: &[u8]) -> Self::Output;
     fn apply_membership(&mut self, index: u64, change: &MemberChange);
-    /// Writes the whole state to `out`, which stores it as it comes: a large state is never
-    /// held whole in memory a second time.
-    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+    /// The whole state as it is now, to be written later: the engine calls it on the raft
+    /// thread and runs the writer on a thread of its own where the storage allows, so the copy
+    /// must be cheap (shared, copy-on-write) and serialising it must not need the state machine.
+    /// The writer's `out` stores the data as it comes: a large state is never held whole in
+    /// memory a second time.
+    fn snapshot(&self) -> SnapshotWriteFn;
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
 }
 

@@ -691,6 +691,55 @@ impl<D: Durable> std::io::Write for SnapshotWriter<'_, D> {
     }
 }
 
+/// Snapshot data cut into chunks as it is serialised, each put through a
+/// [`DetachedSnapshotWriter`] (see [`RaftStorage::write_snapshot_detached`]).
+struct DetachedChunks {
+    writer: Box<dyn DetachedSnapshotWriter>,
+    index: u64,
+    buf: Vec<u8>,
+    chunks: u32,
+    bytes: u64,
+    /// Why storing a chunk failed: the serialiser only sees an `io::Error`.
+    failed: Option<RaftError>,
+}
+
+impl DetachedChunks {
+    fn put_chunk(&mut self, chunk: Vec<u8>) -> Result<(), RaftError> {
+        self.bytes += chunk.len() as u64;
+        self.writer.put(snapshot_chunk_key(self.index, self.chunks), chunk)?;
+        self.chunks += 1;
+        Ok(())
+    }
+
+    /// Stores what is left, makes every chunk durable and returns the size of the whole data.
+    fn finish(&mut self) -> Result<u64, RaftError> {
+        let rest = std::mem::take(&mut self.buf);
+        self.put_chunk(rest)?;
+        self.writer.flush()?;
+        Ok(self.bytes)
+    }
+}
+
+impl std::io::Write for DetachedChunks {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        while self.buf.len() >= SNAPSHOT_DATA_CHUNK {
+            let rest = self.buf.split_off(SNAPSHOT_DATA_CHUNK);
+            let chunk = std::mem::replace(&mut self.buf, rest);
+            if let Err(e) = self.put_chunk(chunk) {
+                let error = std::io::Error::other(e.to_string());
+                self.failed = Some(e);
+                return Err(error);
+            }
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The key of the log entry at `index`.
 pub fn log_key(index: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(9);
@@ -981,28 +1030,31 @@ impl<D: Durable> RaftStorage<D> {
 
     /// Where the state machine writes the data of a snapshot at `index`, before
     /// [`RaftStorage::save_snapshot`] records it.
-    /// Writes `data` as the data of the snapshot at `index` on a thread of its own and makes it
-    /// durable there, if the durable store can (see [`Durable::detached_snapshot_writer`]); the
-    /// receiver then yields the data's size, or why it failed. `None`: write it with
-    /// [`RaftStorage::snapshot_writer`] instead (`data` is handed back).
+    /// Serialises the data of the snapshot at `index` with `write` on a thread of its own, storing
+    /// it chunk by chunk as it comes and making it durable there, if the durable store can (see
+    /// [`Durable::detached_snapshot_writer`]); the receiver then yields the data's size, or why it
+    /// failed. `Err`: write it with [`RaftStorage::snapshot_writer`] instead (`write` is handed
+    /// back).
     pub fn write_snapshot_detached(
         &self,
         index: u64,
-        data: Vec<u8>,
-    ) -> Result<std::sync::mpsc::Receiver<Result<u64, RaftError>>, Vec<u8>> {
-        let Some(mut writer) = self.durable.detached_snapshot_writer() else { return Err(data) };
+        write: crate::SnapshotWriteFn,
+    ) -> Result<std::sync::mpsc::Receiver<Result<u64, RaftError>>, crate::SnapshotWriteFn> {
+        let Some(writer) = self.durable.detached_snapshot_writer() else { return Err(write) };
         let (done, receiver) = std::sync::mpsc::sync_channel(1);
         let spawned = std::thread::Builder::new().name("raft-snapshot".into()).spawn(move || {
-            let written = data
-                .chunks(SNAPSHOT_DATA_CHUNK)
-                .enumerate()
-                .try_for_each(|(number, chunk)| writer.put(snapshot_chunk_key(index, number as u32), chunk.to_vec()))
-                .and_then(|()| writer.flush());
-            let _ = done.send(written.map(|()| data.len() as u64));
+            let mut chunks = DetachedChunks { writer, index, buf: Vec::new(), chunks: 0, bytes: 0, failed: None };
+            let serialised = write(&mut chunks);
+            let written = match (serialised, chunks.failed.take()) {
+                (_, Some(stored)) => Err(stored),
+                (Err(e), None) => Err(RaftError::Storage(format!("serialising the snapshot at {index}: {e}"))),
+                (Ok(()), None) => chunks.finish(),
+            };
+            let _ = done.send(written);
         });
         match spawned {
             Ok(_) => Ok(receiver),
-            // No thread to be had: the data was moved into the closure and is gone with it, so
+            // No thread to be had: the writer was moved into the closure and is gone with it, so
             // say so; the caller takes the snapshot again inline.
             Err(e) => {
                 tracing::warn!(index, error = %e, "no thread for the snapshot write; writing it inline next time");
@@ -1171,6 +1223,10 @@ mod tests {
         Entry { index, term: 1, data: vec![b'x'; bytes].into(), ..Default::default() }
     }
 
+    fn writes(data: Vec<u8>) -> crate::SnapshotWriteFn {
+        Box::new(move |out| out.write_all(&data))
+    }
+
     fn big_state() -> Vec<u8> {
         (0..SNAPSHOT_DATA_CHUNK * 2 + 10).map(|i| (i % 251) as u8).collect()
     }
@@ -1221,7 +1277,7 @@ mod tests {
 
     /// The data written on the snapshot writer's own thread is what a reopen reads, in the same
     /// chunks; data the metadata never named (superseded) is deleted after the next sync; the
-    /// in-memory store has no such thread and hands the data back.
+    /// in-memory store has no such thread and hands the writer back.
     #[test]
     fn snapshot_data_written_off_the_raft_thread_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1229,12 +1285,14 @@ mod tests {
             let mut storage = bootstrapped(SledDurable::open(dir.path()).unwrap());
             let entries: Vec<Entry> = (2..=10).map(|i| entry(i, 10)).collect();
             storage.append(&entries).unwrap();
-            let done = storage.write_snapshot_detached(8, big_state()).expect("sled writes on its own thread");
+            let done =
+                storage.write_snapshot_detached(8, writes(big_state())).ok().expect("sled writes on its own thread");
             assert_eq!(done.recv().unwrap().unwrap(), big_state().len() as u64);
             storage.save_snapshot(SnapshotMetadata { index: 8, term: 1, ..Default::default() }, 6).unwrap();
             storage.sync().unwrap();
             // A snapshot superseded before its metadata was written leaves no data behind.
-            let done = storage.write_snapshot_detached(9, big_state()).expect("sled writes on its own thread");
+            let done =
+                storage.write_snapshot_detached(9, writes(big_state())).ok().expect("sled writes on its own thread");
             done.recv().unwrap().unwrap();
             storage.discard_snapshot_data(9);
             storage.sync().unwrap();
@@ -1244,8 +1302,16 @@ mod tests {
         assert_eq!(storage.snapshot_metadata().index, 8);
         assert_eq!(storage.durable.keys(&snapshot_data_prefix(8)).unwrap().len(), 3);
         assert_eq!(storage.snapshot_data().unwrap(), Some(big_state()));
+        // A serialiser that fails leaves the snapshot unwritten and says why.
+        let failing: crate::SnapshotWriteFn = Box::new(|out| {
+            out.write_all(&big_state())?;
+            Err(std::io::Error::other("the state machine could not serialise"))
+        });
+        let done = storage.write_snapshot_detached(10, failing).ok().expect("sled writes on its own thread");
+        let error = done.recv().unwrap().unwrap_err();
+        assert!(matches!(error, RaftError::Storage(_)), "{error:?}");
         let memory = bootstrapped(MemDurable::default());
-        assert_eq!(memory.write_snapshot_detached(8, big_state()).err(), Some(big_state()));
+        assert!(memory.write_snapshot_detached(8, writes(big_state())).is_err());
     }
 
     /// Opens a sled dir again in the same process. sled's IO threads may still hold the database

@@ -87,7 +87,9 @@ pub struct State {
     /// Shared with change events and undo records, so a write copies a service once at most.
     services: BTreeMap<String, Arc<Service>>,
     nodes: BTreeMap<String, Node>,
-    tasks: BTreeMap<String, Task>,
+    /// Persistent, so [`State::snapshot_view`] copies it in O(1): a write after the copy copies
+    /// only the path to the task it changes, not 100,000 tasks.
+    tasks: imbl::OrdMap<String, Task>,
     #[serde(default)]
     security: Option<ClusterSecurity>,
     /// Nodes removed (`node rm`) or demoted out of raft: their certificates are refused.
@@ -107,6 +109,29 @@ pub struct State {
     pending: BTreeSet<String>,
     #[serde(skip)]
     task_specs: SpecPool,
+}
+
+/// The replicated part of a [`State`] at one applied index, taken by [`State::snapshot_view`].
+/// It serialises to exactly what [`State`] does (same fields, same order), so
+/// [`State::restore`] reads either.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotView {
+    cluster: Option<Cluster>,
+    services: BTreeMap<String, Arc<Service>>,
+    nodes: BTreeMap<String, Node>,
+    tasks: imbl::OrdMap<String, Task>,
+    security: Option<ClusterSecurity>,
+    revoked_nodes: BTreeSet<String>,
+    applied_index: u64,
+}
+
+impl SnapshotView {
+    /// Writes the snapshot to `out` as it is produced, without a copy of a large state.
+    pub fn write(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut buffered = std::io::BufWriter::with_capacity(64 << 10, out);
+        serde_json::to_writer(&mut buffered, self).map_err(std::io::Error::other)?;
+        std::io::Write::flush(&mut buffered)
+    }
 }
 
 /// The task specs of each service version, shared by its tasks: a service of 1000 replicas
@@ -223,7 +248,7 @@ impl State {
                 )
             }
             (None, Some(node)) => Box::new(ids(self.tasks_by_node.get(node)).filter_map(|id| self.tasks.get(id))),
-            (None, None) => Box::new(self.tasks.range::<str, _>((Excluded(after), Unbounded)).map(|(_, t)| t)),
+            (None, None) => Box::new(self.tasks.range::<_, str>((Excluded(after), Unbounded)).map(|(_, t)| t)),
         }
     }
 
@@ -252,17 +277,32 @@ impl State {
 
     /// Writes the snapshot to `out` as it is produced, without a copy of a large state.
     pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let mut buffered = std::io::BufWriter::with_capacity(64 << 10, out);
-        serde_json::to_writer(&mut buffered, self).map_err(std::io::Error::other)?;
-        std::io::Write::flush(&mut buffered)
+        self.snapshot_view().write(out)
+    }
+
+    /// A copy of everything a snapshot holds, cheap enough to take on the raft thread (the tasks
+    /// are shared, see [`State::tasks`]); it is serialised later, on another thread, while the
+    /// state goes on applying entries.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        SnapshotView {
+            cluster: self.cluster.clone(),
+            services: self.services.clone(),
+            nodes: self.nodes.clone(),
+            tasks: self.tasks.clone(),
+            security: self.security.clone(),
+            revoked_nodes: self.revoked_nodes.clone(),
+            applied_index: self.applied_index,
+        }
     }
 
     pub fn restore(data: &[u8]) -> Result<State, StoreError> {
         let mut state: State = serde_json::from_slice(data).map_err(|e| StoreError::Malformed(e.to_string()))?;
-        let mut tasks = std::mem::take(&mut state.tasks);
-        for task in tasks.values_mut() {
-            state.task_specs.intern(task);
-            state.index_task(task);
+        let restored = std::mem::take(&mut state.tasks);
+        let mut tasks = imbl::OrdMap::new();
+        for (id, mut task) in restored {
+            state.task_specs.intern(&mut task);
+            state.index_task(&task);
+            tasks.insert(id, task);
         }
         state.tasks = tasks;
         state.service_names = state.services.values().map(|s| (s.spec.name.clone(), s.id.clone())).collect();

@@ -87,8 +87,9 @@ impl StateMachine for TestSm {
         self.record(index, Applied::Member { kind: change.kind, raft_id: change.raft_id });
     }
 
-    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        serde_json::to_writer(out, &self.log).map_err(std::io::Error::other)
+    fn snapshot(&self) -> shoal_raft::SnapshotWriteFn {
+        let log = self.log.clone();
+        Box::new(move |out| serde_json::to_writer(out, &log).map_err(std::io::Error::other))
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {

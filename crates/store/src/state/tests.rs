@@ -414,6 +414,31 @@ proptest! {
         }
     }
 
+    /// A snapshot view taken between entries keeps the state of that moment while the state goes
+    /// on applying (it shares the tasks), and writes the same bytes the state itself did then.
+    #[test]
+    fn a_snapshot_view_is_the_state_when_it_was_taken(
+        before in prop::collection::vec(prop::collection::vec(arb_action(), 1..4), 1..8),
+        after in prop::collection::vec(prop::collection::vec(prop_oneof![arb_action(), arb_loop_action()], 1..4), 1..8),
+    ) {
+        let mut state = State::default();
+        let mut index = 0;
+        for actions in before {
+            index += 1;
+            let _ = state.apply_entry(index, &serde_json::to_vec(&batch(actions)).unwrap());
+        }
+        let then = state.clone();
+        let view = state.snapshot_view();
+        for actions in after {
+            index += 1;
+            let _ = state.apply_entry(index, &serde_json::to_vec(&batch(actions)).unwrap());
+        }
+        let mut written = Vec::new();
+        view.write(&mut written).unwrap();
+        prop_assert_eq!(&written, &then.snapshot());
+        prop_assert_eq!(&State::restore(&written).unwrap(), &then);
+    }
+
     /// Entries decode to exactly the actions encoded, whether the tag comes first (as shoal
     /// writes it) or last (the buffered path).
     #[test]
