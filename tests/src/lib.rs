@@ -516,7 +516,6 @@ pub async fn list_nodes(addr: &str) -> Result<Vec<Node>> {
     response.into_inner().nodes_json.iter().map(|j| Ok(serde_json::from_str(j)?)).collect()
 }
 
-/// Runs the `shoal` CLI against `host`.
 /// Runs the `shoal` CLI against `host` with the admin bundle of its cluster.
 pub fn shoal(host: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new(bin("shoal"));

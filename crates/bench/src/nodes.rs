@@ -42,41 +42,23 @@ type ProbeResult = (Vec<(usize, f64)>, usize);
 
 impl WriteProbe {
     async fn start(addr: String) -> Result<WriteProbe> {
-        let mut client = connect(&addr).await?;
-        let mut spec = svc::replicated("sb-probe", crate::engine::IMAGE_V1, 0);
-        svc::create(&mut client, &spec).await?;
-        let mut version = svc::get(&mut client, "sb-probe").await?.version;
+        let mut writer = crate::raft::LabelWriter::create(connect(&addr).await?, "sb-probe").await?;
         let phase = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (phase.clone(), stop.clone());
         let handle = tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut failed = 0;
-            let mut i = 0u64;
+            let mut i = 0;
             while !s.load(Ordering::SeqCst) {
                 i += 1;
-                spec.labels.insert("probe".into(), i.to_string());
                 let started = Instant::now();
-                let request = UpdateServiceRequest {
-                    service: "sb-probe".into(),
-                    version,
-                    spec_json: serde_json::to_string(&spec)?,
-                    rollback: false,
-                };
-                match client.update_service(request).await {
-                    Ok(response) => {
-                        samples.push((p.load(Ordering::SeqCst), started.elapsed().as_secs_f64() * 1e3));
-                        let written: shoal_types::Service =
-                            serde_json::from_str(&response.into_inner().service_json)?;
-                        version = written.version;
-                    }
+                match crate::raft::Writer::write(&mut writer, i).await {
+                    Ok(()) => samples.push((p.load(Ordering::SeqCst), started.elapsed().as_secs_f64() * 1e3)),
                     Err(_) => {
                         failed += 1;
                         if let Ok(fresh) = connect(&addr).await {
-                            client = fresh;
-                        }
-                        if let Ok(service) = svc::get(&mut client, "sb-probe").await {
-                            version = service.version;
+                            let _ = writer.resume(fresh).await;
                         }
                     }
                 }
@@ -277,8 +259,13 @@ pub async fn simulated_nodes(quick: bool, report: &mut Report) -> Result<()> {
 
     let (samples, probe_failures) = probe.finish().await?;
     report.push(
-        Figure::new(&scenario, "probe writes that failed (connection closed under load)", probe_failures as f64, "writes")
-            .samples(samples.len() + probe_failures),
+        Figure::new(
+            &scenario,
+            "probe writes that failed (connection closed under load)",
+            probe_failures as f64,
+            "writes",
+        )
+        .samples(samples.len() + probe_failures),
     );
     for (phase, name) in PHASES.iter().enumerate() {
         let mut latencies: Vec<f64> = samples.iter().filter(|(p, _)| *p == phase).map(|(_, ms)| *ms).collect();

@@ -173,6 +173,16 @@ impl LabelWriter {
         Ok(LabelWriter { client, name: name.to_string(), spec, version })
     }
 
+    /// Goes on through `client` (a new connection after a failed write), from the version the
+    /// manager holds now: the failed write may have been applied.
+    pub async fn resume(&mut self, client: crate::svc::Client) -> Result<()> {
+        self.client = client;
+        let request = shoal_proto::v1::GetServiceRequest { service: self.name.clone() };
+        let json = self.client.get_service(request).await?.into_inner().service_json;
+        self.version = serde_json::from_str::<Versioned>(&json)?.version;
+        Ok(())
+    }
+
     /// Bytes of the spec JSON one update sends.
     pub fn request_bytes(&self) -> usize {
         serde_json::to_string(&self.spec).map(|s| s.len()).unwrap_or(0)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use shoal_proto::v1::{ListServicesRequest, ListTasksRequest, UpdateServiceRequest};
+use shoal_proto::v1::{ListServicesRequest, ListTasksRequest};
 use shoal_tests::{Cluster, connect};
 use tokio::time::Instant;
 
@@ -44,31 +44,33 @@ where
     Ok(median(&samples))
 }
 
-/// `writes` sequential updates of a new 0-replica service, each changing a label; their
-/// latencies in ms, sorted.
-async fn sequential_updates(client: &mut svc::Client, writes: usize) -> Result<Vec<f64>> {
-    let mut spec = svc::replicated("sb-tiny", crate::engine::IMAGE_V1, 0);
-    svc::create(client, &spec).await?;
-    let mut version = svc::get(client, "sb-tiny").await?.version;
-    let mut latencies = Vec::with_capacity(writes);
-    for i in 0..writes {
-        spec.labels.insert("k".into(), i.to_string());
-        let started = Instant::now();
-        let response = client
-            .update_service(UpdateServiceRequest {
-                service: "sb-tiny".into(),
-                version,
-                spec_json: serde_json::to_string(&spec)?,
-                rollback: false,
-            })
-            .await?;
-        latencies.push(started.elapsed().as_secs_f64() * 1e3);
-        let written: shoal_types::Service = serde_json::from_str(&response.into_inner().service_json)?;
-        version = written.version;
-    }
-    latencies.sort_by(f64::total_cmp);
-    Ok(latencies)
+/// `writes` sequential updates of a new 0-replica service, each changing a label (what `service
+/// update -d --label-add` sends); their latencies in ms, sorted.
+async fn sequential_updates(client: &svc::Client, writes: usize) -> Result<Vec<f64>> {
+    let mut writer = crate::raft::LabelWriter::create(client.clone(), "sb-tiny").await?;
+    Ok(crate::raft::sequential(&mut writer, writes).await?.latencies)
 }
+
+/// Milliseconds of the `shoal` CLI run with `args` against `addr`, start to exit (process start,
+/// TLS handshake, every page, the table printed), median of `runs`.
+async fn cli_timed(addr: &str, args: &[&str], runs: usize) -> Result<f64> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (addr, owned) = (addr.to_string(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        let started = Instant::now();
+        let output = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+            shoal_tests::shoal(&addr, &args)
+        })
+        .await?;
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(output.status.success(), "shoal {args:?} failed: {}", shoal_tests::stderr(&output));
+    }
+    Ok(median(&samples))
+}
+
+/// Replicas of the one large service at the largest size, whose `service ps` is measured.
+const LARGE_SERVICE: usize = 10_000;
 
 pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
     let sizes: &[usize] = if quick { &[0, 2_000] } else { &[0, 10_000, 100_000] };
@@ -81,8 +83,21 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
         let pid = cluster.managers[0].pid();
         let mut client = connect(&addr).await?;
         let fill_timeout = Duration::from_secs(if quick { 120 } else { 900 });
-        svc::fill(&cluster, &mut client, "sb-scale", tasks / REPLICAS_PER_SERVICE, REPLICAS_PER_SERVICE, fill_timeout)
-            .await?;
+        // At 100k, one service of 10k replicas among services of 1000: `service ps` of a large
+        // service in a large cluster.
+        let large = if tasks >= 10 * LARGE_SERVICE { LARGE_SERVICE } else { 0 };
+        svc::fill(
+            &cluster,
+            &mut client,
+            "sb-scale",
+            (tasks - large) / REPLICAS_PER_SERVICE,
+            REPLICAS_PER_SERVICE,
+            fill_timeout,
+        )
+        .await?;
+        if large > 0 {
+            svc::fill(&cluster, &mut client, "sb-large", 1, large, fill_timeout).await?;
+        }
         let size = if tasks == 0 { "no tasks".to_string() } else { format!("{}k pending tasks", tasks / 1000) };
         let scenario = format!("write cost, {size} in the store (1 manager, no agents)");
         // Let the passes the fill triggered end, then the idle leader.
@@ -95,7 +110,7 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
         // Sequential updates of a 0-replica service (a label changes), as `service update -d
         // --label-add` does, through the API: the latency is the manager's, not a CLI start.
         let cpu_before = cpu_seconds(pid)?;
-        let latencies = sequential_updates(&mut client, writes).await?;
+        let latencies = sequential_updates(&client, writes).await?;
         // The passes the last writes triggered finish before the CPU is read.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let cpu_per_write = (cpu_seconds(pid)? - cpu_before) / writes as f64 * 1e3;
@@ -132,6 +147,25 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
                 Figure::new(&scenario, "service ps of a 1000-task service", ps, "ms").samples(5).target("<= 200 ms"),
             );
         }
+        // The same as a user sees it: the CLI, from its start to its exit.
+        report.push(
+            Figure::new(
+                &scenario,
+                "`shoal service ls` (CLI, start to exit)",
+                cli_timed(&addr, &["service", "ls"], 5).await?,
+                "ms",
+            )
+            .samples(5)
+            .target("<= 200 ms"),
+        );
+        if large > 0 {
+            let ps = cli_timed(&addr, &["service", "ps", "sb-large-0"], 5).await?;
+            report.push(
+                Figure::new(&scenario, "`shoal service ps` of a 10k-task service (CLI, start to exit)", ps, "ms")
+                    .samples(5)
+                    .target("<= 200 ms"),
+            );
+        }
     }
     // The raft thread serialises a snapshot of the whole store itself (code review D7): with a
     // snapshot every 100 entries, some of these writes wait for one at the largest size.
@@ -142,7 +176,7 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
         let fill_timeout = Duration::from_secs(if quick { 120 } else { 900 });
         let services = largest / REPLICAS_PER_SERVICE;
         svc::fill(&cluster, &mut client, "sb-snap", services, REPLICAS_PER_SERVICE, fill_timeout).await?;
-        let latencies = sequential_updates(&mut client, 300).await?;
+        let latencies = sequential_updates(&client, 300).await?;
         let info = shoal_tests::cluster_info(&cluster.managers[0].addr).await?;
         let scenario = format!(
             "write cost, {}k pending tasks, a raft snapshot every 100 entries ({:.0} MB each)",
@@ -166,14 +200,17 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
         "write cost",
         format!(
             "For each size a fresh 1-manager cluster without agents is filled with services of {REPLICAS_PER_SERVICE} \
-             replicas (every task stays pending, the worst case for the scheduler: it has work it cannot do). Idle \
+             replicas (at 100k: 90 of them and one of {LARGE_SERVICE}) (every task stays pending, the worst case for the scheduler: it has work it cannot do). Idle \
              CPU: utime+stime of the manager from `/proc/<pid>/stat` over {idle_window:?}, 2 s after the fill. \
              Writes: {writes} sequential `UpdateService` calls on a 0-replica service, each changing a label (what \
              `service update -d --label-add` sends), timed at the caller over mutual TLS on loopback; CPU per write \
              is the manager's CPU over the writes and the 500 ms after, divided by the writes. `service ls`: \
              `ListServices` with server-side summaries; `service ps`: `ListTasks` of one 1000-task service; medians \
-             of 5. The snapshot rows: the largest size again on a manager started with `--snapshot-interval 100`, \
-             300 writes, so about three snapshots of the whole store are taken on the raft thread among them."
+             of 5; the CLI rows run the `shoal` binary as a user does (process start, TLS, every page of 5,000 \
+             tasks, the table), median of 5. The snapshot rows: the largest size again on a manager started with \
+             `--snapshot-interval 100`, 300 writes, so about three snapshots of the whole store are taken among \
+             them: the raft thread takes a copy-on-write view of the store, and its serialisation, write and sync \
+             happen on a thread of their own."
         ),
     );
     Ok(())
