@@ -3,19 +3,59 @@
 //! sequential, so the scheduler always sees the orchestrator's latest tasks and no decision is
 //! made twice from the same view.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLockReadGuard;
 use shoal_orchestrator::Dirty;
-use shoal_raft::RaftRole;
+use shoal_raft::{RaftRole, RaftStatus};
 use shoal_scheduler::FailureLog;
 use shoal_store::{Action, Change, Object, State};
 use shoal_types::{NodeState, PublishMode, TaskState};
+use tokio::sync::{broadcast, watch};
 
-use crate::{Manager, now_millis};
+use crate::{ApiError, Manager};
+
+/// What the control loop needs of the manager it runs in: the state as applied here, its
+/// changes, the raft status, proposals and the wall clock. [`Manager`] provides it over raft;
+/// the unit tests over an in-memory store (see the dispatcher's `Backend`).
+pub trait LoopBackend: Send + Sync + 'static {
+    fn state(&self) -> RwLockReadGuard<'_, State>;
+    /// Every change applied from now on, in order.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Change>>;
+    fn watch_raft(&self) -> watch::Receiver<RaftStatus>;
+    /// Proposes steps (each one entry's worth, see `Plan::into_steps`), packed into as few
+    /// entries as fit; resolves once they are applied here, with how many entries were written.
+    fn propose_steps(&self, steps: Vec<Vec<Action>>) -> impl Future<Output = Result<usize, ApiError>> + Send;
+    /// Unix milliseconds.
+    fn now_millis(&self) -> u64;
+}
+
+impl LoopBackend for Manager {
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        Manager::state(self)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        Manager::subscribe(self)
+    }
+
+    fn watch_raft(&self) -> watch::Receiver<RaftStatus> {
+        Manager::watch_raft(self)
+    }
+
+    fn propose_steps(&self, steps: Vec<Vec<Action>>) -> impl Future<Output = Result<usize, ApiError>> + Send {
+        Manager::propose_steps(self, steps)
+    }
+
+    fn now_millis(&self) -> u64 {
+        crate::now_millis()
+    }
+}
 
 /// Runs forever; acts only while this manager is the ready leader.
-pub async fn run(manager: Arc<Manager>) {
+pub async fn run<B: LoopBackend>(manager: Arc<B>) {
     let mut raft = manager.watch_raft();
     loop {
         let term = {
@@ -23,7 +63,7 @@ pub async fn run(manager: Arc<Manager>) {
             (st.role == RaftRole::Leader && st.leader_ready).then_some(st.term)
         };
         match term {
-            Some(term) => lead(&manager, term).await,
+            Some(term) => lead(manager.as_ref(), term).await,
             None => {
                 if raft.changed().await.is_err() {
                     return;
@@ -37,7 +77,7 @@ pub async fn run(manager: Arc<Manager>) {
 /// the incremental passes (kube-rs's periodic resync).
 const RESYNC: Duration = Duration::from_secs(60);
 
-async fn lead(manager: &Arc<Manager>, term: u64) {
+async fn lead<B: LoopBackend>(manager: &B, term: u64) {
     tracing::info!(term, "leading: orchestrators and scheduler running");
     let mut events = manager.subscribe();
     let mut raft = manager.watch_raft();
@@ -55,7 +95,7 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
     let mut dirty = Dirty::everything();
     let mut timers = Timers::default();
     let mut schedule_at: Option<u64> = None;
-    let mut resync_at = now_millis() + RESYNC.as_millis() as u64;
+    let mut resync_at = manager.now_millis() + RESYNC.as_millis() as u64;
     loop {
         {
             let st = raft.borrow_and_update();
@@ -64,7 +104,7 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
                 return;
             }
         }
-        let now = now_millis();
+        let now = manager.now_millis();
         if now >= resync_at {
             dirty.all = true;
             dirty.schedule = true;
@@ -97,7 +137,7 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
         }
         if pass.schedule {
             if steps.is_empty() {
-                let now = now_millis();
+                let now = manager.now_millis();
                 let (scheduled, held_until) = schedule(manager, now, failures.failures(now));
                 steps = scheduled.into_iter().map(|action| vec![action]).collect();
                 schedule_at = held_until;
@@ -135,7 +175,7 @@ async fn lead(manager: &Arc<Manager>, term: u64) {
             continue;
         }
         let wake = [timers.next(), schedule_at, Some(resync_at)].into_iter().flatten().min().unwrap_or(resync_at);
-        let sleep = Duration::from_millis(wake.saturating_sub(now_millis()).max(1));
+        let sleep = Duration::from_millis(wake.saturating_sub(manager.now_millis()).max(1));
         tokio::select! {
             change = events.recv() => {
                 use tokio::sync::broadcast::error::RecvError;
@@ -208,8 +248,8 @@ impl Timers {
 }
 
 /// Takes every change waiting in `events` into `dirty`; whether some were lost (lagged).
-fn drain(
-    manager: &Manager,
+fn drain<B: LoopBackend>(
+    manager: &B,
     events: &mut tokio::sync::broadcast::Receiver<Arc<Change>>,
     dirty: &mut Dirty,
     failures: &mut FailureLog,
@@ -229,7 +269,7 @@ fn drain(
     lagged
 }
 
-fn observe(manager: &Manager, change: &Change, dirty: &mut Dirty, failures: &mut FailureLog) {
+fn observe<B: LoopBackend>(manager: &B, change: &Change, dirty: &mut Dirty, failures: &mut FailureLog) {
     observe_failure(change, failures);
     dirty.observe(change, || manager.state());
 }
@@ -242,9 +282,9 @@ fn observe_failure(change: &Change, failures: &mut FailureLog) {
 }
 
 /// Records every failed task the store holds (counted once each, however often seen).
-fn observe_stored_failures(manager: &Manager, failures: &mut FailureLog) {
+fn observe_stored_failures<B: LoopBackend>(manager: &B, failures: &mut FailureLog) {
     let state = manager.state();
-    let now = now_millis();
+    let now = manager.now_millis();
     for task in state.tasks() {
         failures.observe(task, now);
     }
@@ -254,7 +294,11 @@ fn observe_stored_failures(manager: &Manager, failures: &mut FailureLog) {
 /// tasks from the store's index; nothing at all when none wait), solved after the lock is
 /// dropped, and turned into actions. Also returns when a task held by its restart backoff
 /// becomes placeable, to be called again then.
-fn schedule(manager: &Manager, now: u64, failures: Vec<shoal_scheduler::Failure>) -> (Vec<Action>, Option<u64>) {
+fn schedule<B: LoopBackend>(
+    manager: &B,
+    now: u64,
+    failures: Vec<shoal_scheduler::Failure>,
+) -> (Vec<Action>, Option<u64>) {
     let (problem, held_until) = {
         let state = manager.state();
         scheduling_problem(&state, now, failures)
@@ -353,3 +397,6 @@ pub fn scheduling_problem(
         .collect();
     (Some(Problem { nodes, placed, pending, failures }), held_until)
 }
+
+#[cfg(test)]
+mod tests;
