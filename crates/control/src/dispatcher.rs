@@ -69,6 +69,18 @@ impl Backend for Manager {
 pub const LEADER_HEADER: &str = "x-shoal-leader";
 /// A node is DOWN after this many missed heartbeats (Swarm: 3).
 const MISSED_BEATS: u32 = 3;
+/// The leader answers about this many heartbeats a second at most: past 200 nodes the period
+/// grows with their number, as Nomad's `max_heartbeats_per_second` makes it, so a thousand nodes
+/// beat every 5 s (Swarm's default) instead of a thousand times a second, and a leader busy with
+/// a large change is not also flooded with heartbeats it must answer in time.
+const MAX_HEARTBEATS_PER_SECOND: u32 = 200;
+
+/// The heartbeat period when the cluster asks for `configured` and `nodes` nodes run tasks.
+pub(crate) fn heartbeat_period(configured: Duration, nodes: usize) -> Duration {
+    let nodes = u32::try_from(nodes).unwrap_or(u32::MAX);
+    configured.max(Duration::from_secs(1) * nodes / MAX_HEARTBEATS_PER_SECOND)
+}
+
 /// After a leader change, nodes get this many periods to reconnect before they can be DOWN
 /// (Swarm: 6), so a failover does not reschedule healthy nodes' tasks.
 const FAILOVER_GRACE_BEATS: u32 = 6;
@@ -86,6 +98,9 @@ const ASSIGNMENT_BUFFER: usize = 256;
 struct Session {
     id: String,
     last_seen: Instant,
+    /// The period the agent was last told: it waits that long before its next beat, even if
+    /// the period has shrunk since (nodes left).
+    told: Duration,
     /// Not declared down before this, whatever `last_seen` says (set after a stall).
     grace_until: Option<Instant>,
     /// Dropping it ends the node's assignment stream.
@@ -99,6 +114,8 @@ pub struct DispatcherService<B: Backend = Manager> {
     flush: Notify,
     /// When this manager last became leader, and in which term.
     leadership: Mutex<Option<(u64, Instant)>>,
+    /// Nodes that run tasks, counted every health tick: the heartbeat period grows with them.
+    nodes: std::sync::atomic::AtomicUsize,
 }
 
 type SessionStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SessionMessage, Status>> + Send>>;
@@ -111,14 +128,19 @@ impl<B: Backend> DispatcherService<B> {
             statuses: Mutex::new(BTreeMap::new()),
             flush: Notify::new(),
             leadership: Mutex::new(None),
+            nodes: std::sync::atomic::AtomicUsize::new(0),
         });
         tokio::spawn(dispatcher.clone().flush_statuses());
         tokio::spawn(dispatcher.clone().watch_health());
         dispatcher
     }
 
+    /// The heartbeat period now: the cluster's, longer in a large cluster (see
+    /// [`MAX_HEARTBEATS_PER_SECOND`]).
     fn period(&self) -> Duration {
-        self.backend.state().cluster().map(|c| c.spec.heartbeat_period.as_std()).unwrap_or(Duration::from_secs(1))
+        let configured =
+            self.backend.state().cluster().map(|c| c.spec.heartbeat_period.as_std()).unwrap_or(Duration::from_secs(1));
+        heartbeat_period(configured, self.nodes.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Refuses the call unless this manager is the leader, pointing the agent at the leader.
@@ -136,11 +158,16 @@ impl<B: Backend> DispatcherService<B> {
         Err(status)
     }
 
-    fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
+    /// Checks the session is the node's current one and counts the call as a sign of life;
+    /// `told`: the heartbeat period this call's answer tells the agent.
+    fn check_session(&self, node_id: &str, session_id: &str, told: Option<Duration>) -> Result<(), Status> {
         let mut sessions = self.sessions.lock();
         match sessions.get_mut(node_id) {
             Some(s) if s.id == session_id => {
                 s.last_seen = Instant::now();
+                if let Some(told) = told {
+                    s.told = told;
+                }
                 Ok(())
             }
             // Its own code, so an agent tells "open a new session" from "this request is bad".
@@ -196,6 +223,9 @@ impl<B: Backend> DispatcherService<B> {
             if gap > STALL.max(tick * 2) {
                 self.forgive_stall(gap - tick);
             }
+            // Counted on every manager, so a new leader tells agents the period they already use.
+            let nodes = self.backend.state().nodes().filter(|n| n.runs_tasks()).count();
+            self.nodes.store(nodes, std::sync::atomic::Ordering::Relaxed);
             let st = self.backend.raft_status();
             if st.role != RaftRole::Leader || !st.leader_ready {
                 if self.leadership.lock().take().is_some() {
@@ -224,7 +254,7 @@ impl<B: Backend> DispatcherService<B> {
                 for node in state.nodes().filter(|n| n.runs_tasks() && n.status.state != NodeState::Down) {
                     let expired = match sessions.get(&node.id) {
                         Some(s) => {
-                            now.duration_since(s.last_seen) > period * MISSED_BEATS
+                            now.duration_since(s.last_seen) > period.max(s.told) * MISSED_BEATS
                                 && s.grace_until.is_none_or(|until| now > until)
                         }
                         None => now.duration_since(since) > period * FAILOVER_GRACE_BEATS,
@@ -532,15 +562,22 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
         };
         let session_id = shoal_types::ids::new_id();
         let (stop_tx, stop_rx) = oneshot::channel();
+        let period = self.period();
         self.sessions.lock().insert(
             node_id.clone(),
-            Session { id: session_id.clone(), last_seen: Instant::now(), grace_until: None, _stop: stop_tx },
+            Session {
+                id: session_id.clone(),
+                last_seen: Instant::now(),
+                told: period,
+                grace_until: None,
+                _stop: stop_tx,
+            },
         );
         let (tx, rx) = mpsc::channel(ASSIGNMENT_BUFFER);
         let mut stream = AssignmentStream {
             node_id,
             session_id,
-            period: self.period(),
+            period,
             managers: self.backend.raft_status().members.values().map(|m| m.addr.clone()).collect(),
             sent: HashMap::new(),
             floor,
@@ -560,8 +597,9 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
         self.check_leader()?;
         own_node(&request, &request.get_ref().node_id)?;
         let request = request.into_inner();
-        self.check_session(&request.node_id, &request.session_id)?;
-        Ok(Response::new(HeartbeatResponse { period_ms: self.period().as_millis() as u64 }))
+        let period = self.period();
+        self.check_session(&request.node_id, &request.session_id, Some(period))?;
+        Ok(Response::new(HeartbeatResponse { period_ms: period.as_millis() as u64 }))
     }
 
     async fn update_task_status(
@@ -571,7 +609,7 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
         self.check_leader()?;
         own_node(&request, &request.get_ref().node_id)?;
         let request = request.into_inner();
-        self.check_session(&request.node_id, &request.session_id)?;
+        self.check_session(&request.node_id, &request.session_id, None)?;
         let mut parsed = Vec::with_capacity(request.updates.len());
         {
             let state = self.backend.state();

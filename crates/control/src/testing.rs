@@ -1,6 +1,6 @@
 //! Fixtures shared by this crate's unit tests.
 
-use shoal_types::{Task, TaskState, TaskStatus};
+use shoal_types::{Availability, Node, NodeRole, NodeSpec, NodeState, NodeStatus, Task, TaskState, TaskStatus};
 
 /// A task of service `service` on `node` ("" for none), desired RUNNING, observed `state`.
 pub(crate) fn task(id: &str, service: &str, node: &str, state: TaskState) -> Task {
@@ -22,5 +22,19 @@ pub(crate) fn task(id: &str, service: &str, node: &str, state: TaskState) -> Tas
         start_gate: None,
         running_at: None,
         restart_failures: 0,
+    }
+}
+
+/// A ready worker node `id`.
+pub(crate) fn worker(id: &str) -> Node {
+    Node {
+        id: id.into(),
+        version: 0,
+        created_at: 0,
+        updated_at: 0,
+        spec: NodeSpec { role: NodeRole::Worker, availability: Availability::Active, labels: Default::default() },
+        description: Default::default(),
+        status: NodeStatus { state: NodeState::Ready, message: String::new(), addr: "127.0.0.1".into() },
+        manager: None,
     }
 }

@@ -8,14 +8,13 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use shoal_raft::StateMachine;
 use shoal_store::Batch;
-use shoal_types::{
-    Availability, GoDuration, Node, NodeRole, NodeSpec, NodeStatus, ServiceMode, ServiceSpec, Task, TaskStatus,
-};
+use shoal_types::{GoDuration, ServiceMode, ServiceSpec, Task, TaskStatus};
 
 use super::*;
 use crate::StoreMachine;
 use crate::machine::RemovalLog;
 use crate::router::ChangeRouter;
+use crate::testing::worker;
 
 /// How long a test waits for something that should happen at once.
 const WAIT: Duration = Duration::from_secs(10);
@@ -140,19 +139,6 @@ impl LoopBackend for MemLoop {
 
     fn now_millis(&self) -> u64 {
         crate::now_millis()
-    }
-}
-
-fn worker(id: &str) -> Node {
-    Node {
-        id: id.into(),
-        version: 0,
-        created_at: 0,
-        updated_at: 0,
-        spec: NodeSpec { role: NodeRole::Worker, availability: Availability::Active, labels: Default::default() },
-        description: Default::default(),
-        status: NodeStatus { state: NodeState::Ready, message: String::new(), addr: "127.0.0.1".into() },
-        manager: None,
     }
 }
 

@@ -15,7 +15,7 @@ use super::*;
 use crate::StoreMachine;
 use crate::machine::RemovalLog;
 use crate::router::MAX_PENDING_TASKS;
-use crate::testing::task;
+use crate::testing::{task, worker};
 
 /// How long a test waits for something that should happen at once.
 const WAIT: Duration = Duration::from_secs(10);
@@ -382,4 +382,40 @@ async fn a_removed_node_loses_its_session() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     let beat = HeartbeatRequest { node_id: "a".into(), session_id: a.session_id.clone() };
     assert_eq!(api.heartbeat(from_node("a", beat)).await.unwrap_err().code(), tonic::Code::NotFound);
+}
+
+#[test]
+fn the_heartbeat_period_grows_past_200_nodes() {
+    let second = Duration::from_secs(1);
+    assert_eq!(heartbeat_period(second, 0), second);
+    assert_eq!(heartbeat_period(second, 200), second);
+    assert_eq!(heartbeat_period(second, 1_000), Duration::from_secs(5));
+    assert_eq!(heartbeat_period(Duration::from_secs(10), 1_000), Duration::from_secs(10));
+    assert_eq!(heartbeat_period(second, usize::MAX), second * u32::MAX / 200);
+}
+
+/// A thousand nodes are told to beat every 5 s; once most have left, the period shrinks again,
+/// but an agent still waiting out the long period it was told is not declared down for it.
+#[tokio::test(start_paused = true)]
+async fn a_large_cluster_beats_less_often_and_a_shrinking_one_waits_for_the_period_it_told() {
+    let (backend, api) = setup(MAX_PENDING_TASKS).await;
+    let cluster = backend.state().cluster().cloned().unwrap();
+    let spec = ClusterSpec { heartbeat_period: GoDuration::from_secs(1), ..cluster.spec.clone() };
+    backend.write(vec![Action::UpdateCluster { expected_version: cluster.version, spec }]);
+    let others: Vec<String> = (0..999).map(|i| format!("n{i}")).collect();
+    backend.write(others.iter().map(|id| Action::PutNode { node: worker(id) }).collect());
+    let (a, _) = connect(&api, "a").await;
+    let beat =
+        || api.heartbeat(from_node("a", HeartbeatRequest { node_id: "a".into(), session_id: a.session_id.clone() }));
+    // The health tick counts the nodes (every 100 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(beat().await.unwrap().into_inner().period_ms, 5_000);
+    // All but `a` leave: the period is the cluster's again, but `a` was told 5 s.
+    backend.write(others.iter().map(|id| Action::RemoveNode { id: id.clone() }).collect());
+    tokio::time::sleep(Duration::from_millis(4_900)).await;
+    assert_eq!(backend.state().node("a").unwrap().status.state, NodeState::Ready);
+    assert_eq!(beat().await.unwrap().into_inner().period_ms, 1_000);
+    // Told 1 s now: 3 missed beats and it is down.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    wait_until("a is down", || backend.state().node("a").unwrap().status.state == NodeState::Down).await;
 }
