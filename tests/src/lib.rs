@@ -526,6 +526,33 @@ pub fn shoal(host: &str, args: &[&str]) -> Output {
     cmd.output().expect("running shoal")
 }
 
+/// Lines a child process writes to one of its pipes, gathered by a thread.
+pub fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().expect("lines lock").push(line);
+        }
+    });
+    lines
+}
+
+/// Waits (up to 30 s) until one of `lines` contains `needle`; `what` names the wait in the error.
+pub async fn wait_line(lines: &std::sync::Mutex<Vec<String>>, needle: &str, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if lines.lock().expect("lines lock").iter().any(|l| l.contains(needle)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: no line with {needle:?}; got:\n{}", lines.lock().expect("lines lock").join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

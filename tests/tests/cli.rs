@@ -168,33 +168,6 @@ async fn cluster_info_shows_the_settings_cluster_update_changes() -> Result<()> 
     Ok(())
 }
 
-/// Lines a child process writes to one of its pipes, gathered by a thread.
-fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
-    use std::io::BufRead;
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-            sink.lock().expect("lines lock").push(line);
-        }
-    });
-    lines
-}
-
-/// Waits until one of `lines` contains `needle`.
-async fn wait_line(lines: &std::sync::Mutex<Vec<String>>, needle: &str, what: &str) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if lines.lock().expect("lines lock").iter().any(|l| l.contains(needle)) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("{what}: no line with {needle:?}; got:\n{}", lines.lock().expect("lines lock").join("\n"));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// Kills the child when the test ends, however it ends.
 struct KillOnDrop(std::process::Child);
 
@@ -216,8 +189,8 @@ async fn events_carry_on_through_another_manager_when_theirs_dies() -> Result<()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let out = collect_lines(child.stdout.take().expect("stdout"));
-    let err = collect_lines(child.stderr.take().expect("stderr"));
+    let out = shoal_tests::collect_lines(child.stdout.take().expect("stdout"));
+    let err = shoal_tests::collect_lines(child.stderr.take().expect("stderr"));
     let mut events = KillOnDrop(child);
 
     // The stream is open once a change made after the start shows (a watch sees only new ones).

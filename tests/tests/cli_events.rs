@@ -4,34 +4,6 @@
 use anyhow::Result;
 use shoal_tests::*;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-/// Lines a child process writes to one of its pipes, gathered by a thread.
-fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    use std::io::BufRead;
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-            sink.lock().expect("lines lock").push(line);
-        }
-    });
-    lines
-}
-
-/// Waits until one of `lines` contains `needle`.
-async fn wait_line(lines: &Mutex<Vec<String>>, needle: &str, what: &str) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if lines.lock().expect("lines lock").iter().any(|l| l.contains(needle)) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("{what}: no line with {needle:?}; got:\n{}", lines.lock().expect("lines lock").join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ`, from the system's `date` (not from the code
 /// under test).

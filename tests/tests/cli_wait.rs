@@ -129,8 +129,8 @@ impl Running {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()?;
-        let out = collect_lines(child.stdout.take().expect("stdout"));
-        let err = collect_lines(child.stderr.take().expect("stderr"));
+        let out = shoal_tests::collect_lines(child.stdout.take().expect("stdout"));
+        let err = shoal_tests::collect_lines(child.stderr.take().expect("stderr"));
         Ok(Running { child, out, err })
     }
 
@@ -198,19 +198,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Lines a child process writes to one of its pipes, gathered by a thread.
-fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
-    use std::io::BufRead;
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-            sink.lock().expect("lines lock").push(line);
-        }
-    });
-    lines
 }
 
 /// The slots (`<name>.<slot>: …` lines) plain output has shown.

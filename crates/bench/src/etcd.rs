@@ -431,40 +431,28 @@ pub async fn raft_vs_etcd(quick: bool, report: &mut Report) -> Result<()> {
     let size = |tasks: usize| {
         if tasks == 0 { "empty store".to_string() } else { format!("{}k pending tasks in shoal's store", tasks / 1000) }
     };
+    /// The sequential phase and the in-flight one: how each is named, read and targeted.
+    type PhaseOf = fn(&Measured) -> &Phase;
+    let phases: [(String, PhaseOf, &str); 2] = [
+        ("1 sequential client".to_string(), |m| &m.sequential, ">= 1.5× etcd mTLS"),
+        (format!("{IN_FLIGHT} in flight"), |m| &m.in_flight, ">= 1.5× etcd mTLS; >= 1× etcd no TLS"),
+    ];
     for (tasks, measured) in [(0, &shoal.empty), (filled, &shoal.filled)] {
-        let scenario = format!("{TITLE}, 3 members, 1 sequential client, {}", size(tasks));
-        let phase = &measured.sequential;
-        let n = phase.writes();
-        report.push(
-            compare(
-                &scenario,
-                "throughput",
-                "commits/s",
-                phase.throughput(),
-                n,
-                &refs(&|m| Some(m.sequential.throughput())),
-            )
-            .target(">= 1.5× etcd mTLS"),
-        );
-        report.push(compare(&scenario, "latency p50", "ms", phase.p50(), n, &refs(&|m| Some(m.sequential.p50()))));
-        report.push(compare(&scenario, "latency p99", "ms", phase.p99(), n, &refs(&|m| Some(m.sequential.p99()))));
-
-        let scenario = format!("{TITLE}, 3 members, {IN_FLIGHT} in flight, {}", size(tasks));
-        let phase = &measured.in_flight;
-        let n = phase.writes();
-        report.push(
-            compare(
-                &scenario,
-                "throughput",
-                "commits/s",
-                phase.throughput(),
-                n,
-                &refs(&|m| Some(m.in_flight.throughput())),
-            )
-            .target(">= 1.5× etcd mTLS; >= 1× etcd no TLS"),
-        );
-        report.push(compare(&scenario, "latency p50", "ms", phase.p50(), n, &refs(&|m| Some(m.in_flight.p50()))));
-        report.push(compare(&scenario, "latency p99", "ms", phase.p99(), n, &refs(&|m| Some(m.in_flight.p99()))));
+        let mut scenario = String::new();
+        let mut n = 0;
+        for (load, phase_of, target) in &phases {
+            scenario = format!("{TITLE}, 3 members, {load}, {}", size(tasks));
+            let phase = phase_of(measured);
+            n = phase.writes();
+            let reference = |f: fn(&Phase) -> f64| refs(&|m| Some(f(phase_of(m))));
+            report.push(
+                compare(&scenario, "throughput", "commits/s", phase.throughput(), n, &reference(Phase::throughput))
+                    .target(target),
+            );
+            report.push(compare(&scenario, "latency p50", "ms", phase.p50(), n, &reference(Phase::p50)));
+            report.push(compare(&scenario, "latency p99", "ms", phase.p99(), n, &reference(Phase::p99)));
+        }
+        // CPU is measured over the in-flight phase: its rows follow that phase's.
         for (who, i) in [("leader", 0), ("each follower", 1)] {
             if let Some(cpu) = measured.cpu {
                 let metric = format!("CPU per write, {who}");

@@ -116,19 +116,8 @@ pub fn parse_timestamp(text: &str) -> Option<u64> {
             sign * (h * 3600 + m * 60)
         }
     };
-    let total = (days_from_civil(year, month, day) * 86_400 + seconds - offset) * 1000 + millis;
+    let total = (shoal_types::duration::days_from_civil(year, month, day) * 86_400 + seconds - offset) * 1000 + millis;
     u64::try_from(total).ok()
-}
-
-/// (year, month, day) to days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
