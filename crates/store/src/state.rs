@@ -88,8 +88,8 @@ pub struct State {
     services: BTreeMap<String, Arc<Service>>,
     nodes: BTreeMap<String, Node>,
     /// Persistent, so [`State::snapshot_view`] copies it in O(1): a write after the copy copies
-    /// only the path to the task it changes, not 100,000 tasks.
-    tasks: imbl::OrdMap<String, Task>,
+    /// only the path to the task it changes (pointers to the tasks beside it), not 100,000 tasks.
+    tasks: imbl::OrdMap<String, Arc<Task>>,
     #[serde(default)]
     security: Option<ClusterSecurity>,
     /// Nodes removed (`node rm`) or demoted out of raft: their certificates are refused.
@@ -119,7 +119,7 @@ pub struct SnapshotView {
     cluster: Option<Cluster>,
     services: BTreeMap<String, Arc<Service>>,
     nodes: BTreeMap<String, Node>,
-    tasks: imbl::OrdMap<String, Task>,
+    tasks: imbl::OrdMap<String, Arc<Task>>,
     security: Option<ClusterSecurity>,
     revoked_nodes: BTreeSet<String>,
     applied_index: u64,
@@ -219,11 +219,11 @@ impl State {
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
 
     pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|t| &**t)
     }
 
     /// The tasks in id order after `after` (all of them for ""), of one service and/or one node
@@ -243,22 +243,22 @@ impl State {
                 let node = node.map(str::to_string);
                 Box::new(
                     ids(self.tasks_by_service.get(service))
-                        .filter_map(|id| self.tasks.get(id))
+                        .filter_map(|id| self.task(id))
                         .filter(move |t| node.as_ref().is_none_or(|n| t.node_id == *n)),
                 )
             }
-            (None, Some(node)) => Box::new(ids(self.tasks_by_node.get(node)).filter_map(|id| self.tasks.get(id))),
-            (None, None) => Box::new(self.tasks.range::<_, str>((Excluded(after), Unbounded)).map(|(_, t)| t)),
+            (None, Some(node)) => Box::new(ids(self.tasks_by_node.get(node)).filter_map(|id| self.task(id))),
+            (None, None) => Box::new(self.tasks.range::<_, str>((Excluded(after), Unbounded)).map(|(_, t)| &**t)),
         }
     }
 
     pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks_by_service.get(service_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.tasks_by_service.get(service_id).into_iter().flatten().filter_map(|id| self.task(id))
     }
 
     /// The tasks waiting to be placed, by id.
     pub fn pending_tasks(&self) -> impl Iterator<Item = &Task> {
-        self.pending.iter().filter_map(|id| self.tasks.get(id))
+        self.pending.iter().filter_map(|id| self.task(id))
     }
 
     /// Ids of the services that have tasks, removed services whose tasks remain included.
@@ -267,7 +267,7 @@ impl State {
     }
 
     pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks_by_node.get(node_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.tasks_by_node.get(node_id).into_iter().flatten().filter_map(|id| self.task(id))
     }
 
     /// Serialises the whole state (indexes are rebuilt on restore).
@@ -299,10 +299,11 @@ impl State {
         let mut state: State = serde_json::from_slice(data).map_err(|e| StoreError::Malformed(e.to_string()))?;
         let restored = std::mem::take(&mut state.tasks);
         let mut tasks = imbl::OrdMap::new();
-        for (id, mut task) in restored {
+        for (id, task) in restored {
+            let mut task = Arc::unwrap_or_clone(task);
             state.task_specs.intern(&mut task);
             state.index_task(&task);
-            tasks.insert(id, task);
+            tasks.insert(id, Arc::new(task));
         }
         state.tasks = tasks;
         state.service_names = state.services.values().map(|s| (s.spec.name.clone(), s.id.clone())).collect();
@@ -602,7 +603,7 @@ impl State {
                 changes.push(Change { kind, index, at, object: Object::Task(task) });
             }
             Action::SetDesiredState { id, desired } => {
-                if let Some(task) = self.tasks.get(&id)
+                if let Some(task) = self.task(&id)
                     && desired > task.desired_state
                 {
                     let mut task = task.clone();
@@ -611,7 +612,7 @@ impl State {
                 }
             }
             Action::SetTaskStatus { id, status } => {
-                if let Some(task) = self.tasks.get(&id)
+                if let Some(task) = self.task(&id)
                     && (status.state > task.status.state
                         || (status.state == task.status.state && status != task.status))
                 {
@@ -624,7 +625,7 @@ impl State {
                 }
             }
             Action::AssignTask { id, node_id } => {
-                if let Some(task) = self.tasks.get(&id)
+                if let Some(task) = self.task(&id)
                     && task.status.state < TaskState::Assigned
                     && (task.node_id.is_empty() || task.node_id == node_id)
                 {
@@ -645,7 +646,7 @@ impl State {
                 }
             }
             Action::MarkUnschedulable { id, err } => {
-                if let Some(task) = self.tasks.get(&id)
+                if let Some(task) = self.task(&id)
                     && task.status.state < TaskState::Assigned
                     && (task.status.state != TaskState::Pending || task.status.err != err)
                 {
@@ -750,7 +751,7 @@ impl State {
         self.task_specs.intern(&mut task);
         let old = self.remove_task(&task.id);
         self.index_task(&task);
-        self.tasks.insert(task.id.clone(), task);
+        self.tasks.insert(task.id.clone(), Arc::new(task));
         old
     }
 
@@ -765,7 +766,8 @@ impl State {
     }
 
     fn remove_task(&mut self, id: &str) -> Option<Task> {
-        let task = self.tasks.remove(id)?;
+        // Shared only with a snapshot view being written; copied then, moved otherwise.
+        let task = Arc::unwrap_or_clone(self.tasks.remove(id)?);
         self.pending.remove(id);
         for (index, key) in [(&mut self.tasks_by_service, &task.service_id), (&mut self.tasks_by_node, &task.node_id)] {
             if let Some(set) = index.get_mut(key) {
