@@ -167,7 +167,7 @@ pub async fn write_cost(quick: bool, report: &mut Report) -> Result<()> {
             );
         }
     }
-    // The raft thread serialises a snapshot of the whole store itself (code review D7): with a
+    // A snapshot of the whole store is copied on the raft thread and serialised off it: with a
     // snapshot every 100 entries, some of these writes wait for one at the largest size.
     let largest = *sizes.last().expect("sizes");
     {
