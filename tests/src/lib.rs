@@ -448,8 +448,10 @@ pub async fn cluster_info(addr: &str) -> Result<ClusterInfo> {
 }
 
 pub async fn create_service(addr: &str, spec: &ServiceSpec) -> Result<Service> {
-    let response =
-        connect(addr).await?.create_service(CreateServiceRequest { spec_json: serde_json::to_string(spec)? }).await?;
+    let response = connect(addr)
+        .await?
+        .create_service(CreateServiceRequest { spec_json: serde_json::to_string(spec)?, ..Default::default() })
+        .await?;
     Ok(serde_json::from_str(&response.into_inner().service_json)?)
 }
 
@@ -635,6 +637,7 @@ pub async fn update_service(
         version: current.version,
         spec_json: serde_json::to_string(&spec)?,
         rollback: false,
+        ..Default::default()
     };
     client.update_service(request).await?;
     Ok(())
@@ -649,6 +652,7 @@ pub async fn rollback_service(client: &mut ControlClient<Channel>, name: &str) -
         version: current.version,
         spec_json: String::new(),
         rollback: true,
+        ..Default::default()
     };
     client.update_service(request).await?;
     Ok(())

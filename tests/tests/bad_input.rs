@@ -98,8 +98,10 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
 
     let mut bad = ServiceSpec::new("api", "shoal/busybox:1");
     bad.update_config.max_failure_ratio = 1.5;
-    let err =
-        client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&bad)? }).await.unwrap_err();
+    let err = client
+        .create_service(CreateServiceRequest { spec_json: serde_json::to_string(&bad)?, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(err.message(), "update_config.max_failure_ratio: 1.5 is outside [0, 1]");
 
@@ -107,16 +109,20 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
     let mut job = ServiceSpec::new("api", "shoal/busybox:1");
     job.mode = shoal_types::ServiceMode::GlobalJob;
     job.update_config.parallelism = 2;
-    let err =
-        client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&job)? }).await.unwrap_err();
+    let err = client
+        .create_service(CreateServiceRequest { spec_json: serde_json::to_string(&job)?, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.code(), err.message()),
         (tonic::Code::InvalidArgument, "update_config: Jobs may not have an update config")
     );
     job.update_config = Default::default();
     job.rollback_config.monitor = shoal_types::GoDuration::from_secs(1);
-    let err =
-        client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&job)? }).await.unwrap_err();
+    let err = client
+        .create_service(CreateServiceRequest { spec_json: serde_json::to_string(&job)?, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.code(), err.message()),
         (tonic::Code::InvalidArgument, "rollback_config: Jobs may not have a rollback config")
@@ -125,6 +131,7 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
     let err = client
         .create_service(CreateServiceRequest {
             spec_json: r#"{"name":"api","task":{"container":{"imag":"x"}}}"#.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -132,7 +139,10 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
     assert!(err.message().contains("unknown field `imag`"), "{}", err.message());
 
     let err = client
-        .create_service(CreateServiceRequest { spec_json: serde_json::to_string(&ServiceSpec::new("web", "other"))? })
+        .create_service(CreateServiceRequest {
+            spec_json: serde_json::to_string(&ServiceSpec::new("web", "other"))?,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
@@ -153,13 +163,14 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
                 version: web.version,
                 spec_json: serde_json::to_string(&v2)?,
                 rollback: false,
+                ..Default::default()
             })
             .await?
             .into_inner()
             .service_json,
     )?;
     assert_eq!(updated.previous_spec.as_ref().unwrap().task.container.image, "shoal/busybox:1");
-    assert!(updated.revisions.is_empty(), "a write's response leaves out the spec history");
+    assert_eq!(updated.revision, 2, "the update is the service's second revision");
     let mut v3 = web.spec.clone();
     v3.task.container.image = "shoal/busybox:3".into();
     let err = client
@@ -168,6 +179,7 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
             version: web.version,
             spec_json: serde_json::to_string(&v3)?,
             rollback: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -181,8 +193,28 @@ async fn api_refuses_invalid_specs_duplicates_unknown_and_stale_versions() -> Re
     assert_eq!(services[0].spec.task.container.image, "shoal/busybox:2", "stale update changed nothing");
     assert_eq!(services[0].previous_spec.as_ref().unwrap().task.container.image, "shoal/busybox:1");
     assert_eq!(services[0].spec_version, updated.spec_version);
-    let history: Vec<&str> = services[0].revisions.iter().map(|r| r.spec.task.container.image.as_str()).collect();
-    assert_eq!(history, ["shoal/busybox:1", "shoal/busybox:2"], "listing shows the spec history");
+    let revisions = client.list_revisions(ListRevisionsRequest { service: "web".into() }).await?.into_inner();
+    let history: Vec<String> = revisions
+        .revisions_json
+        .iter()
+        .map(|json| Ok(serde_json::from_str::<shoal_types::Revision>(json)?.spec.task.container.image.clone()))
+        .collect::<Result<_>>()?;
+    assert_eq!(history, ["shoal/busybox:1", "shoal/busybox:2"], "the refused update made no revision");
+    // A change cause over the limit is refused, naming the limit; nothing changes.
+    let err = client
+        .update_service(UpdateServiceRequest {
+            service: "web".into(),
+            version: services[0].version,
+            spec_json: serde_json::to_string(&v3)?,
+            change_cause: "x".repeat(4097),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), err.message()), (tonic::Code::InvalidArgument, "change cause: 4097 bytes, at most 4096"));
+    let err = client.list_revisions(ListRevisionsRequest { service: "nope".into() }).await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (tonic::Code::NotFound, "service nope not found"));
+    assert_eq!(list_services(&addr).await?[0].version, services[0].version);
     Ok(())
 }
 

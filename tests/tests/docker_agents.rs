@@ -27,6 +27,7 @@ async fn scale(addr: &str, service: &str, replicas: u64) -> Result<()> {
             version: current.version,
             spec_json: serde_json::to_string(&spec)?,
             rollback: false,
+            ..Default::default()
         })
         .await?;
     Ok(())

@@ -162,7 +162,7 @@ async fn create(addr: &str, spec: &ServiceSpec) -> Result<Service> {
 async fn create_with(addr: &str, spec: &ServiceSpec, timeout: Duration) -> Result<Service> {
     let response = client(addr, timeout)
         .await?
-        .create_service(CreateServiceRequest { spec_json: serde_json::to_string(spec)? })
+        .create_service(CreateServiceRequest { spec_json: serde_json::to_string(spec)?, ..Default::default() })
         .await?;
     Ok(serde_json::from_str(&response.into_inner().service_json)?)
 }
@@ -175,6 +175,7 @@ async fn update_spec(addr: &str, name: &str, version: u64, spec: &ServiceSpec, t
             version,
             spec_json: serde_json::to_string(spec)?,
             rollback: false,
+            ..Default::default()
         })
         .await?;
     Ok(serde_json::from_str(&response.into_inner().service_json)?)

@@ -155,6 +155,7 @@ async fn scale_up_reaches_both_agents(cluster: &Cluster, addr: &str, steady: &St
             version: current.version,
             spec_json: serde_json::to_string(&spec)?,
             rollback: false,
+            ..Default::default()
         })
         .await?;
     let tasks =

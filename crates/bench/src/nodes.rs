@@ -197,6 +197,7 @@ pub async fn simulated_nodes(quick: bool, report: &mut Report) -> Result<()> {
             version: current.version,
             spec_json: serde_json::to_string(&spec)?,
             rollback: false,
+            ..Default::default()
         };
         c.update_service(request).await?;
     }

@@ -168,7 +168,9 @@ impl LabelWriter {
     pub async fn create(mut client: crate::svc::Client, name: &str) -> Result<LabelWriter> {
         let mut spec = ServiceSpec::new(name, "shoal/busybox:1");
         spec.mode = shoal_types::ServiceMode::Replicated { replicas: 0 };
-        let created = client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(&spec)? }).await?;
+        let created = client
+            .create_service(CreateServiceRequest { spec_json: serde_json::to_string(&spec)?, ..Default::default() })
+            .await?;
         let version = serde_json::from_str::<shoal_types::Service>(&created.into_inner().service_json)?.version;
         Ok(LabelWriter { client, name: name.to_string(), spec, version })
     }
@@ -205,6 +207,7 @@ impl Writer for LabelWriter {
                 version: self.version,
                 spec_json: serde_json::to_string(&self.spec)?,
                 rollback: false,
+                ..Default::default()
             })
             .await?;
         self.version = serde_json::from_str::<Versioned>(&response.into_inner().service_json)?.version;
@@ -342,7 +345,8 @@ pub async fn leader_failover(quick: bool, report: &mut Report) -> Result<()> {
             let n = clients.len();
             let client = &mut clients[attempt % n];
             attempt += 1;
-            let request = CreateServiceRequest { spec_json: spec(&format!("failover-{trial}-{attempt}")) };
+            let request =
+                CreateServiceRequest { spec_json: spec(&format!("failover-{trial}-{attempt}")), ..Default::default() };
             match tokio::time::timeout(Duration::from_millis(500), client.create_service(request)).await {
                 Ok(Ok(_)) => break,
                 _ if killed.elapsed() > Duration::from_secs(30) => {

@@ -22,7 +22,9 @@ pub fn replicated(name: &str, image: &str, replicas: usize) -> ServiceSpec {
 }
 
 pub async fn create(client: &mut Client, spec: &ServiceSpec) -> Result<()> {
-    client.create_service(CreateServiceRequest { spec_json: serde_json::to_string(spec)? }).await?;
+    client
+        .create_service(CreateServiceRequest { spec_json: serde_json::to_string(spec)?, ..Default::default() })
+        .await?;
     Ok(())
 }
 

@@ -76,6 +76,9 @@ fn client_tls_from(dir: &std::path::Path) -> Result<(shoal_tls::ClientConfig, st
 pub struct Client {
     inner: ControlClient<Channel>,
     addr: String,
+    /// Sent with every service write, recorded with the revision it makes (see
+    /// [`Client::set_change_cause`]).
+    change_cause: String,
 }
 
 impl Client {
@@ -160,14 +163,20 @@ impl Client {
         let inner = ControlClient::new(channel)
             .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
-        Ok(Client { inner, addr: addr.to_string() })
+        Ok(Client { inner, addr: addr.to_string(), change_cause: String::new() })
+    }
+
+    /// Why the service writes made through this client are made (`--change-cause`, or the
+    /// command line): kept with the revisions they make.
+    pub fn set_change_cause(&mut self, cause: String) {
+        self.change_cause = cause;
     }
 
     pub async fn create_service(&mut self, spec: &ServiceSpec) -> Result<Service, CliError> {
         let spec_json = encode(spec)?;
         let reply = self
             .inner
-            .create_service(pb::CreateServiceRequest { spec_json })
+            .create_service(pb::CreateServiceRequest { spec_json, change_cause: self.change_cause.clone() })
             .await
             .map_err(|s| failed(&self.addr, s))?
             .into_inner();
@@ -202,14 +211,27 @@ impl Client {
     }
 
     /// Changes the cluster's settings; `None` leaves one as it is.
+    /// A service's kept revisions, oldest first.
+    pub async fn list_revisions(&mut self, service: &str) -> Result<Vec<shoal_types::Revision>, CliError> {
+        let request = pb::ListRevisionsRequest { service: service.to_string() };
+        let reply = self
+            .inner
+            .list_revisions(request)
+            .await
+            .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?
+            .into_inner();
+        reply.revisions_json.iter().map(|json| decode("revision", json)).collect()
+    }
+
+    /// Changes the settings given (`None` leaves one as it is).
     pub async fn update_cluster(
         &mut self,
-        max_replicas: Option<u64>,
-        task_history_limit: Option<u64>,
+        settings: &crate::args::ClusterUpdateArgs,
     ) -> Result<shoal_types::Cluster, CliError> {
         let request = pb::UpdateClusterRequest {
-            max_replicas: max_replicas.unwrap_or(0),
-            task_history_limit: task_history_limit.unwrap_or(0),
+            max_replicas: settings.max_replicas.unwrap_or(0),
+            task_history_limit: settings.task_history_limit.unwrap_or(0),
+            revision_history_limit: settings.revision_history_limit.unwrap_or(0),
         };
         let reply = self.inner.update_cluster(request).await.map_err(|s| failed(&self.addr, s))?;
         decode("cluster", &reply.into_inner().cluster_json)
@@ -231,7 +253,8 @@ impl Client {
             service: service.to_string(),
             version,
             spec_json: encode(spec)?,
-            rollback: false,
+            change_cause: self.change_cause.clone(),
+            ..Default::default()
         };
         let reply = self
             .inner
@@ -242,18 +265,26 @@ impl Client {
     }
 
     /// Makes the previous spec of `service` current again, based on the `version` read.
-    pub async fn rollback_service(&mut self, service: &str, version: u64) -> Result<Service, CliError> {
+    /// Push-style rollback, or with `to_revision` a rollback to that kept revision.
+    pub async fn rollback_service(
+        &mut self,
+        service: &str,
+        version: u64,
+        to_revision: Option<u64>,
+    ) -> Result<Service, CliError> {
         let request = pb::UpdateServiceRequest {
             service: service.to_string(),
             version,
-            spec_json: String::new(),
             rollback: true,
+            rollback_to_revision: to_revision.unwrap_or(0),
+            change_cause: self.change_cause.clone(),
+            ..Default::default()
         };
-        let reply = self
-            .inner
-            .update_service(request)
-            .await
-            .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?;
+        let reply = self.inner.update_service(request).await.map_err(|s| match to_revision {
+            // The manager's own words: `revision 7 not found for service web (kept: 3-12)`.
+            Some(_) => failed(&self.addr, s),
+            None => failed(&self.addr, s).not_found_as("service", service),
+        })?;
         decode("service", &reply.into_inner().service_json)
     }
 

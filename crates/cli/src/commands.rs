@@ -8,8 +8,8 @@ use shoal_types::{Node, Service, ServiceSummary};
 use crate::args::filters::ServiceFacts;
 use crate::args::{
     self, Cli, ClusterCommand, Command, CreateArgs, EventFormat, EventsArgs, InfoFormat, InspectArgs, ListArgs,
-    ListOutput, NodeCommand, NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, PsArgs, RollbackArgs, ScaleArgs,
-    ServiceCommand, StackCommand, TaskListFlags, UpdateArgs,
+    ListOutput, NodeCommand, NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, PsArgs, RollbackArgs,
+    RolloutCommand, RolloutHistoryArgs, ScaleArgs, ServiceCommand, StackCommand, TaskListFlags, UpdateArgs,
 };
 use crate::client::Client;
 use crate::error::CliError;
@@ -51,6 +51,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Service(ServiceCommand::Scale(args)) => service_scale(host, &args).await,
         Command::Service(ServiceCommand::Update(args)) => service_update(host, &args).await,
         Command::Service(ServiceCommand::Rollback(args)) => service_rollback(host, &args).await,
+        Command::Rollout(RolloutCommand::History(args)) => rollout_history(host, &args).await,
+        Command::Rollout(RolloutCommand::Undo(args)) => {
+            let to = Rollback { to_revision: args.to_revision, cause: change_cause(&args.change_cause) };
+            rollback(host, &args.service, to, args.detach, args.quiet, None).await
+        }
         Command::Node(NodeCommand::Ls(args)) => node_ls(host, &args).await,
         Command::Node(NodeCommand::Inspect(args)) => node_inspect(host, &args).await,
         Command::Node(NodeCommand::Demote(args)) => node_demote(host, &args.nodes).await,
@@ -61,7 +66,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cluster(ClusterCommand::JoinToken(args)) => join_token(host, &args).await,
         Command::Cluster(ClusterCommand::Update(args)) => {
             let mut client = Client::connect(host).await?;
-            client.update_cluster(args.max_replicas, args.task_history_limit).await?;
+            client.update_cluster(&args).await?;
             print_out("Cluster updated.\n");
             Ok(())
         }
@@ -90,6 +95,7 @@ async fn service_create(host: &str, args: &CreateArgs) -> Result<(), CliError> {
     })?;
     spec.validate().map_err(|e| CliError::Message(e.to_string()))?;
     let mut client = Client::connect(host).await?;
+    client.set_change_cause(change_cause(&args.change_cause));
     let mut attempts = 1;
     loop {
         match client.create_service(&spec).await {
@@ -415,6 +421,7 @@ async fn scale_one(client: &mut Client, name: &str, replicas: u64) -> Result<Ser
 
 async fn service_scale(host: &str, args: &ScaleArgs) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
+    client.set_change_cause(change_cause(&args.change_cause));
     let mut scaled = Vec::new();
     let mut failed = false;
     for (name, replicas) in &args.scales {
@@ -442,9 +449,11 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
         args.check_usage().map_err(|message| {
             CliError::Usage(args::usage_error(&["service", "update"], ErrorKind::ArgumentConflict, message))
         })?;
-        return rollback(host, &args.service, args.detach, args.quiet, Deadline::after(args.wait.timeout)).await;
+        let to = Rollback { to_revision: None, cause: change_cause(&args.change_cause) };
+        return rollback(host, &args.service, to, args.detach, args.quiet, Deadline::after(args.wait.timeout)).await;
     }
     let mut client = Client::connect(host).await?;
+    client.set_change_cause(change_cause(&args.change_cause));
     let service = client.get_service(&args.service).await?;
     let mut spec = service.spec.clone();
     args.apply(&mut spec).map_err(CliError::Message)?;
@@ -459,20 +468,81 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
 }
 
 async fn service_rollback(host: &str, args: &RollbackArgs) -> Result<(), CliError> {
-    rollback(host, &args.service, args.detach, args.quiet, None).await
+    let to = Rollback { to_revision: args.to_revision, cause: change_cause(&args.change_cause) };
+    rollback(host, &args.service, to, args.detach, args.quiet, None).await
 }
 
-/// `service rollback` and `service update --rollback`: the previous spec becomes current again.
+/// `rollout history`: the kept revisions as a table (or JSON), or one revision in full with
+/// what changed from the one before it.
+async fn rollout_history(host: &str, args: &RolloutHistoryArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let revisions = client.list_revisions(&args.service).await?;
+    let Some(number) = args.revision else {
+        match args.format {
+            InfoFormat::Json => print_out(&output::json_array(&revisions)),
+            InfoFormat::Text => print_out(&output::revision_table(&revisions, timefmt::now_millis())),
+        }
+        return Ok(());
+    };
+    let Some(at) = revisions.iter().position(|r| r.number == number) else {
+        let kept = match (revisions.first(), revisions.last()) {
+            (Some(first), Some(last)) => format!("{}-{}", first.number, last.number),
+            _ => "none".into(),
+        };
+        return Err(CliError::Message(format!(
+            "revision {number} not found for service {} (kept: {kept})",
+            args.service
+        )));
+    };
+    let revision = &revisions[at];
+    match args.format {
+        InfoFormat::Json => print_out(&output::json_object(revision)),
+        InfoFormat::Text => {
+            let before = at.checked_sub(1).map(|i| &*revisions[i].spec);
+            print_out(&output::revision_detail(revision, before));
+        }
+    }
+    Ok(())
+}
+
+/// `--change-cause`, or else the command line as it was typed (what `kubectl --record` kept),
+/// cut to the limit a manager accepts.
+pub fn change_cause(flag: &Option<String>) -> String {
+    if let Some(cause) = flag {
+        return cause.clone();
+    }
+    let mut line = std::env::args().collect::<Vec<_>>().join(" ");
+    let most = shoal_types::limits::MAX_CHANGE_CAUSE_BYTES;
+    if line.len() > most {
+        let mut end = most;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line
+}
+
+/// Where a rollback goes (the previous spec, or a kept revision) and why.
+pub struct Rollback {
+    pub to_revision: Option<u64>,
+    pub cause: String,
+}
+
+/// `service rollback`, `service update --rollback` and `rollout undo`: the previous spec, or the
+/// spec of a kept revision, becomes current again.
 async fn rollback(
     host: &str,
     name: &str,
+    to: Rollback,
     detach: bool,
     quiet: bool,
     deadline: Option<Deadline>,
 ) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
+    client.set_change_cause(to.cause);
     let service = client.get_service(name).await?;
-    let updated = client.rollback_service(&service.id, service.version).await?;
+    let updated = client.rollback_service(&service.id, service.version, to.to_revision).await?;
     print_out(&format!("{name}\n"));
     if !detach {
         wait_for_convergence_until(host, &updated, Operation::Rollback, quiet, deadline).await?;

@@ -545,5 +545,85 @@ pub fn cluster_info_text(info: &ClusterInfo) -> String {
     text
 }
 
+/// `rollout history`: one row a revision, oldest first (REVISION, CREATED, CHANGE-CAUSE, IMAGE).
+pub fn revision_table(revisions: &[shoal_types::Revision], now: u64) -> String {
+    let rows: Vec<Vec<String>> = revisions
+        .iter()
+        .map(|r| {
+            let age = std::time::Duration::from_millis(now.saturating_sub(r.created_at));
+            vec![
+                r.number.to_string(),
+                format!("{} ago", crate::timefmt::human_duration(age)),
+                if r.change_cause.is_empty() { "<none>".to_string() } else { r.change_cause.replace('\n', " ") },
+                r.spec.task.container.image.clone(),
+            ]
+        })
+        .collect();
+    table(&["REVISION", "CREATED", "CHANGE-CAUSE", "IMAGE"], &rows)
+}
+
+/// `rollout history --revision N`: who made it, when and why, the whole spec, and the lines of
+/// the spec that differ from the revision before it (`-` before, `+` this one).
+pub fn revision_detail(revision: &shoal_types::Revision, before: Option<&shoal_types::ServiceSpec>) -> String {
+    let pretty = |spec: &shoal_types::ServiceSpec| serde_json::to_string_pretty(spec).unwrap_or_default();
+    let spec = pretty(&revision.spec);
+    let mut out = format!(
+        "Revision:      {}\nCreated:       {}\nCreated by:    {}\nChange cause:  {}\nSpec:\n",
+        revision.number,
+        crate::timefmt::format_timestamp(revision.created_at),
+        if revision.created_by.is_empty() { "the cluster" } else { &revision.created_by },
+        if revision.change_cause.is_empty() { "<none>" } else { &revision.change_cause },
+    );
+    for line in spec.lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    match before {
+        None => out.push_str("Changes: none (the first revision kept)\n"),
+        Some(before) => {
+            let changes = line_diff(&pretty(before), &spec);
+            if changes.is_empty() {
+                out.push_str("Changes: none (the same spec as the revision before)\n");
+            } else {
+                out.push_str("Changes from the revision before:\n");
+                for line in changes {
+                    out.push_str("  ");
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The lines that differ between `old` and `new`, in order: `- line` removed, `+ line` added
+/// (a longest-common-subsequence diff; specs are a few hundred lines at most).
+pub fn line_diff(old: &str, new: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    // common[i][j]: the longest common subsequence of a[i..] and b[j..].
+    let mut common = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            common[i][j] = if a[i] == b[j] { common[i + 1][j + 1] + 1 } else { common[i + 1][j].max(common[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || common[i + 1][j] >= common[i][j + 1]) {
+            out.push(format!("- {}", a[i].trim()));
+            i += 1;
+        } else {
+            out.push(format!("+ {}", b[j].trim()));
+            j += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

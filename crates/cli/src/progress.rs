@@ -574,7 +574,8 @@ impl Watch {
     /// Whether a rollback was asked for by a user (else the cluster rolled back a failed update).
     fn manual_rollback(&self) -> bool {
         match &self.first_rollback {
-            Some(message) => message == MANUAL_ROLLBACK_MESSAGE,
+            // Also "manually requested rollback to revision N".
+            Some(message) => message.starts_with(MANUAL_ROLLBACK_MESSAGE),
             None => self.operation == Operation::Rollback,
         }
     }

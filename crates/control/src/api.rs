@@ -10,7 +10,7 @@ use shoal_proto::v1::control_client::ControlClient;
 use shoal_proto::v1::control_server::Control;
 use shoal_proto::v1::*;
 use shoal_raft::{Member, MemberChange, MemberChangeKind, ProposeError, RaftRole, RaftStatus};
-use shoal_store::{Action, State};
+use shoal_store::{Action, Origin, State};
 use shoal_types::{ClusterInfo, ManagerRef, Node, NodeState, RaftSummary, Service, ServiceSpec, Task};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -41,6 +41,20 @@ fn caller<T>(request: &Request<T>) -> Option<(shoal_tls::Role, String)> {
     }
     crate::auth::peer(request).map(|p| (p.role, p.node_id.clone()))
 }
+/// The caller's identity as a revision records it: `role:node-id`, empty without a certificate.
+fn caller_name<T>(request: &Request<T>) -> String {
+    caller(request).map(|(role, node_id)| format!("{role}:{node_id}")).unwrap_or_default()
+}
+
+/// Who and why, for the revisions a write makes; a cause over the limit is refused.
+fn origin(by: String, cause: String) -> Result<Origin, ApiError> {
+    let most = shoal_types::limits::MAX_CHANGE_CAUSE_BYTES;
+    if cause.len() > most {
+        return Err(ApiError::InvalidArgument(format!("change cause: {} bytes, at most {most}", cause.len())));
+    }
+    Ok(Origin { by, cause })
+}
+
 /// How long a call waits for a leader to be elected (or to become ready) before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// Log lines about refused joins (IssueNodeCertificate): at most one a second.
@@ -281,64 +295,6 @@ fn find<'a, T: 'a>(
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("objects serialise")
-}
-
-/// A service as a create or update returns it: everything but its revision history, which holds
-/// up to ten full specs and made up most of every write's response (inspect shows it).
-fn written_service_json(service: &Service) -> String {
-    to_json(&WrittenService::from(service))
-}
-
-/// [`Service`]'s JSON with an empty history, borrowed: a write's response need not copy its
-/// specs. Every field of `Service` is listed in the `From` below, so a new field does not compile
-/// until it is added here too.
-#[derive(serde::Serialize)]
-struct WrittenService<'a> {
-    id: &'a str,
-    version: u64,
-    created_at: u64,
-    updated_at: u64,
-    spec: &'a ServiceSpec,
-    spec_version: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous_spec: Option<&'a ServiceSpec>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous_spec_version: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    update_status: Option<&'a shoal_types::UpdateStatus>,
-    status_version: u64,
-    revisions: [(); 0],
-}
-
-impl<'a> From<&'a Service> for WrittenService<'a> {
-    fn from(service: &'a Service) -> Self {
-        let Service {
-            id,
-            version,
-            created_at,
-            updated_at,
-            spec,
-            spec_version,
-            previous_spec,
-            previous_spec_version,
-            update_status,
-            status_version,
-            revisions: _,
-        } = service;
-        WrittenService {
-            id,
-            version: *version,
-            created_at: *created_at,
-            updated_at: *updated_at,
-            spec,
-            spec_version: *spec_version,
-            previous_spec: previous_spec.as_ref(),
-            previous_spec_version: *previous_spec_version,
-            update_status: update_status.as_ref(),
-            status_version: *status_version,
-            revisions: [],
-        }
-    }
 }
 
 /// Whether a forwarded call may be sent again after the leader went away in the middle of it.
@@ -617,13 +573,15 @@ impl Control for ControlApi {
         &self,
         request: Request<CreateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
+        let by = caller_name(&request);
         routed!(self, request, create_service, Retry::IfNeverSent, async {
             let spec = self.parse_spec(&request.spec_json)?;
+            let origin = origin(by, request.change_cause)?;
             let id = shoal_types::ids::new_id();
-            self.manager.propose(vec![Action::CreateService { id: id.clone(), spec }]).await?;
+            self.manager.propose_as(vec![Action::CreateService { id: id.clone(), spec }], origin).await?;
             let state = self.manager.state();
             let service = state.service(&id).ok_or_else(|| ApiError::Internal("created service vanished".into()))?;
-            Ok(ServiceResponse { service_json: written_service_json(service) })
+            Ok(ServiceResponse { service_json: to_json(service) })
         })
     }
 
@@ -631,6 +589,7 @@ impl Control for ControlApi {
         &self,
         request: Request<UpdateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
+        let by = caller_name(&request);
         routed!(self, request, update_service, Retry::IfNeverSent, async {
             let id = Self::find_service(&self.manager.state(), &request.service)?.id.clone();
             if request.version == 0 {
@@ -638,18 +597,25 @@ impl Control for ControlApi {
                     "version is required: send the version you read with the spec you changed".into(),
                 ));
             }
-            let action = if request.rollback {
+            let origin = origin(by, request.change_cause)?;
+            let action = if request.rollback_to_revision != 0 {
+                Action::RollbackServiceTo {
+                    id: id.clone(),
+                    expected_version: request.version,
+                    revision: request.rollback_to_revision,
+                }
+            } else if request.rollback {
                 Action::RollbackService { id: id.clone(), expected_version: request.version }
             } else {
                 let spec = self.parse_spec(&request.spec_json)?;
                 Action::UpdateService { id: id.clone(), expected_version: request.version, spec }
             };
-            self.manager.propose(vec![action]).await?;
+            self.manager.propose_as(vec![action], origin).await?;
             let state = self.manager.state();
             let service = state
                 .service(&id)
                 .ok_or_else(|| ApiError::NotFound(format!("service {} not found", request.service)))?;
-            Ok(ServiceResponse { service_json: written_service_json(service) })
+            Ok(ServiceResponse { service_json: to_json(service) })
         })
     }
 
@@ -661,6 +627,20 @@ impl Control for ControlApi {
             let id = Self::find_service(&self.manager.state(), &request.service)?.id.clone();
             self.manager.propose(vec![Action::RemoveService { id: id.clone() }]).await?;
             Ok(RemoveServiceResponse { id })
+        })
+    }
+
+    async fn list_revisions(
+        &self,
+        request: Request<ListRevisionsRequest>,
+    ) -> Result<Response<ListRevisionsResponse>, Status> {
+        routed!(self, request, list_revisions, Retry::Always, async {
+            let revisions: Vec<Arc<shoal_types::Revision>> = {
+                let state = self.manager.state();
+                let id = &Self::find_service(&state, &request.service)?.id;
+                state.revisions(id).to_vec()
+            };
+            Ok(ListRevisionsResponse { revisions_json: revisions.iter().map(|r| to_json(&**r)).collect() })
         })
     }
 
@@ -892,6 +872,16 @@ impl Control for ControlApi {
                 if request.task_history_limit != 0 {
                     spec.task_history_limit = request.task_history_limit;
                 }
+                if request.revision_history_limit != 0 {
+                    let most = shoal_types::limits::MAX_REVISION_HISTORY_LIMIT;
+                    if request.revision_history_limit > most {
+                        return Err(ApiError::InvalidArgument(format!(
+                            "revision_history_limit: {} is above {most} (each revision holds a whole spec)",
+                            request.revision_history_limit
+                        )));
+                    }
+                    spec.revision_history_limit = request.revision_history_limit;
+                }
                 (cluster.version, spec)
             };
             self.manager.propose(vec![Action::UpdateCluster { expected_version: version, spec }]).await?;
@@ -1059,7 +1049,6 @@ impl Control for ControlApi {
 #[cfg(test)]
 mod tests {
     use shoal_store::Batch;
-    use shoal_types::{UpdateState, UpdateStatus};
 
     use super::*;
 
@@ -1088,45 +1077,11 @@ mod tests {
     }
 
     #[test]
-    fn a_written_service_is_the_service_without_its_history() {
-        let mut state = State::default();
-        let batch = |actions| Batch { at: 5, actions };
-        let spec = ServiceSpec::new("web", "busybox:1");
-        state.apply(1, &batch(vec![Action::CreateService { id: "s1".into(), spec: spec.clone() }])).unwrap();
-        let mut next = spec;
-        next.task.container.image = "busybox:2".into();
-        let status = UpdateStatus {
-            state: UpdateState::Updating,
-            message: "update in progress".into(),
-            started_at: Some(5),
-            completed_at: None,
-            slots: Some(3),
-        };
-        state
-            .apply(
-                2,
-                &batch(vec![
-                    Action::UpdateService { id: "s1".into(), expected_version: 1, spec: next },
-                    Action::SetUpdateStatus { id: "s1".into(), status: Some(status) },
-                ]),
-            )
-            .unwrap();
-        let service = state.service("s1").unwrap();
-        assert!(service.previous_spec.is_some() && service.update_status.is_some());
-        assert_eq!(service.revisions.len(), 2);
-
-        let without_history = Service { revisions: Vec::new(), ..service.clone() };
-        assert_eq!(written_service_json(service), to_json(&without_history));
-        let read_back: Service = serde_json::from_str(&written_service_json(service)).unwrap();
-        assert_eq!(read_back, without_history);
-    }
-
-    #[test]
     fn services_are_found_by_id_name_or_unique_id_prefix() {
         let mut state = State::default();
         let create =
             |id: &str, name: &str| Action::CreateService { id: id.into(), spec: ServiceSpec::new(name, "busybox") };
-        state.apply(1, &Batch { at: 1, actions: vec![create("abc123", "web"), create("abd456", "abc123x")] }).unwrap();
+        state.apply(1, &Batch::new(1, vec![create("abc123", "web"), create("abd456", "abc123x")])).unwrap();
         let found = |reference: &str| ControlApi::find_service(&state, reference).map(|s| s.id.clone());
         assert_eq!(found("abc123").unwrap(), "abc123");
         assert_eq!(found("web").unwrap(), "abc123");

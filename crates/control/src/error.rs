@@ -31,7 +31,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AlreadyExists { .. } => ApiError::AlreadyExists(e.to_string()),
-            StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::NotFound { .. } | StoreError::RevisionNotFound { .. } => ApiError::NotFound(e.to_string()),
             StoreError::OutOfSequence { .. }
             | StoreError::NodeOutOfSequence { .. }
             | StoreError::NoPreviousSpec { .. }

@@ -218,7 +218,13 @@ impl Manager {
 
     /// Proposes a batch and waits until it is applied here (so reads see it).
     pub async fn propose(&self, actions: Vec<Action>) -> Result<(), ApiError> {
-        let batch = Batch { at: now_millis(), actions };
+        self.propose_as(actions, shoal_store::Origin::default()).await
+    }
+
+    /// [`Manager::propose`] of a user's change: who made it and why go with the revisions it
+    /// makes.
+    pub async fn propose_as(&self, actions: Vec<Action>, origin: shoal_store::Origin) -> Result<(), ApiError> {
+        let batch = Batch { origin, ..Batch::new(now_millis(), actions) };
         let data = serde_json::to_vec(&batch).map_err(|e| ApiError::Internal(e.to_string()))?;
         if data.len() > MAX_ENTRY_BYTES {
             return Err(ApiError::TooLarge { size: data.len(), limit: MAX_ENTRY_BYTES });
@@ -388,7 +394,7 @@ fn initial_state(
     let mut state = State::default();
     let cluster = Cluster { id: identity.cluster_id.clone(), version: 0, created_at: at, spec: spec.clone() };
     state
-        .apply(1, &Batch { at, actions: vec![Action::InitCluster { cluster }, Action::InitSecurity { security }] })
+        .apply(1, &Batch::new(at, vec![Action::InitCluster { cluster }, Action::InitSecurity { security }]))
         .expect("a new store accepts the cluster object");
     state.apply_membership(
         1,
@@ -718,7 +724,7 @@ mod pack_tests {
         assert!(packed.too_large.is_empty());
         assert!(packed.entries.len() >= 3, "{} entries", packed.entries.len());
         for entry in &packed.entries {
-            let batch = Batch { at: u64::MAX, actions: entry.clone() };
+            let batch = Batch::new(u64::MAX, entry.clone());
             assert!(serde_json::to_vec(&batch).unwrap().len() <= MAX_ENTRY_BYTES);
         }
         assert_eq!(packed.entries.concat(), actions);
@@ -753,9 +759,7 @@ mod pack_tests {
         }
         assert_eq!(packed.entries.concat(), steps.concat());
         for entry in &packed.entries {
-            assert!(
-                serde_json::to_vec(&Batch { at: u64::MAX, actions: entry.clone() }).unwrap().len() <= MAX_ENTRY_BYTES
-            );
+            assert!(serde_json::to_vec(&Batch::new(u64::MAX, entry.clone())).unwrap().len() <= MAX_ENTRY_BYTES);
         }
     }
 }

@@ -50,7 +50,7 @@ impl World {
 
     pub fn apply(&mut self, actions: Vec<Action>) {
         self.index += 1;
-        let changes = self.state.apply(self.index, &Batch { at: self.now, actions }).expect("batch applies");
+        let changes = self.state.apply(self.index, &Batch::new(self.now, actions)).expect("batch applies");
         for change in &changes {
             self.dirty.observe(change, || &self.state);
         }

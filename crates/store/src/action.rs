@@ -10,6 +10,33 @@ pub struct Batch {
     /// Wall-clock time at the proposing leader; becomes created_at/updated_at.
     pub at: Timestamp,
     pub actions: Vec<Action>,
+    /// Who asked for the change and why: recorded with the revisions it makes. Empty for the
+    /// control loop's and the agents' writes.
+    #[serde(default, skip_serializing_if = "Origin::is_empty")]
+    pub origin: Origin,
+}
+
+impl Batch {
+    /// A batch of no particular origin (the control loop's, the dispatcher's).
+    pub fn new(at: Timestamp, actions: Vec<Action>) -> Batch {
+        Batch { at, actions, origin: Origin::default() }
+    }
+}
+
+/// Who made a change (a certificate identity, `role:node-id`) and why (`--change-cause`, or the
+/// command line).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cause: String,
+}
+
+impl Origin {
+    pub fn is_empty(&self) -> bool {
+        self.by.is_empty() && self.cause.is_empty()
+    }
 }
 
 /// Defines [`Action`] from one list of variants: the enum itself, serialised internally tagged
@@ -73,6 +100,13 @@ actions! {
     RollbackService {
         id: String,
         expected_version: u64,
+    },
+    /// Rollback to a kept revision: its spec becomes current as a new revision and what was
+    /// current becomes the previous spec, so a plain rollback afterwards toggles back.
+    RollbackServiceTo {
+        id: String,
+        expected_version: u64,
+        revision: u64,
     },
     SetUpdateStatus {
         id: String,

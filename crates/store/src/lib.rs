@@ -7,5 +7,5 @@
 mod action;
 mod state;
 
-pub use action::{Action, Batch, MembershipChange, MembershipKind};
+pub use action::{Action, Batch, MembershipChange, MembershipKind, Origin};
 pub use state::{Change, ChangeKind, Object, SnapshotView, State, StoreError, is_pending};

@@ -3,11 +3,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shoal_types::{
-    Cluster, ClusterSecurity, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
-    SPEC_HISTORY_LIMIT, Service, SpecRevision, Task, TaskSpec, TaskState, TaskStatus, UpdateState, UpdateStatus,
+    Cluster, ClusterSecurity, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, Revision,
+    Service, ServiceSpec, Task, TaskSpec, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 
-use crate::action::{Action, Batch, MembershipChange, MembershipKind};
+use crate::action::{Action, Batch, MembershipChange, MembershipKind, Origin};
 
 /// Why a batch was refused. The store is left exactly as it was.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -30,6 +30,8 @@ pub enum StoreError {
     ModeChange { name: String },
     #[error("service {name} does not have a previous spec")]
     NoPreviousSpec { name: String },
+    #[error("revision {revision} not found for service {name} (kept: {kept})")]
+    RevisionNotFound { name: String, revision: u64, kept: String },
     #[error(
         "update out of sequence: the cluster is at version {current}, the update was based on version {expected}; inspect it again and retry"
     )]
@@ -97,6 +99,9 @@ pub struct State {
     revoked_nodes: BTreeSet<String>,
     /// Raft index of the last entry applied (batches and membership changes alike).
     applied_index: u64,
+    /// Each service's kept revisions, oldest first (see [`Revision`]).
+    #[serde(default)]
+    revisions: BTreeMap<String, Vec<Arc<Revision>>>,
     #[serde(skip)]
     service_names: BTreeMap<String, String>,
     #[serde(skip)]
@@ -123,6 +128,7 @@ pub struct SnapshotView {
     security: Option<ClusterSecurity>,
     revoked_nodes: BTreeSet<String>,
     applied_index: u64,
+    revisions: BTreeMap<String, Vec<Arc<Revision>>>,
 }
 
 impl SnapshotView {
@@ -178,6 +184,7 @@ enum Undo {
     Service(String, Option<Arc<Service>>),
     Node(String, Option<Node>),
     Task(String, Option<Task>),
+    Revisions(String, Option<Vec<Arc<Revision>>>),
 }
 
 impl State {
@@ -216,6 +223,11 @@ impl State {
 
     pub fn node(&self, id: &str) -> Option<&Node> {
         self.nodes.get(id)
+    }
+
+    /// The kept revisions of service `id`, oldest first.
+    pub fn revisions(&self, id: &str) -> &[Arc<Revision>] {
+        self.revisions.get(id).map(Vec::as_slice).unwrap_or_default()
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
@@ -292,6 +304,7 @@ impl State {
             security: self.security.clone(),
             revoked_nodes: self.revoked_nodes.clone(),
             applied_index: self.applied_index,
+            revisions: self.revisions.clone(),
         }
     }
 
@@ -334,7 +347,7 @@ impl State {
         let mut undo = Vec::new();
         let mut changes = Vec::new();
         for action in batch.actions {
-            if let Err(e) = self.apply_action(index, batch.at, action, &mut undo, &mut changes) {
+            if let Err(e) = self.apply_action(index, batch.at, &batch.origin, action, &mut undo, &mut changes) {
                 for step in undo.into_iter().rev() {
                     self.undo(step);
                 }
@@ -406,6 +419,7 @@ impl State {
         &mut self,
         index: u64,
         at: u64,
+        origin: &Origin,
         action: Action,
         undo: &mut Vec<Undo>,
         changes: &mut Vec<Change>,
@@ -468,9 +482,9 @@ impl State {
                     previous_spec_version: None,
                     update_status: None,
                     status_version: 0,
-                    revisions: Vec::new(),
+                    revision: 0,
                 };
-                push_revision(&mut service, index, at);
+                self.record_revision(&mut service, origin, undo);
                 self.put_service(service, ChangeKind::Create, undo, changes);
             }
             Action::UpdateService { id, expected_version, spec } => {
@@ -493,9 +507,9 @@ impl State {
                     previous_spec_version: Some(current.spec_version),
                     update_status: None,
                     status_version: current.status_version,
-                    revisions: current.revisions.clone(),
+                    revision: current.revision,
                 };
-                push_revision(&mut service, index, at);
+                self.record_revision(&mut service, origin, undo);
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::RollbackService { id, expected_version } => {
@@ -516,9 +530,35 @@ impl State {
                     completed_at: None,
                     slots: None,
                 });
-                push_revision(&mut service, index, at);
                 service.version = index;
                 service.updated_at = at;
+                self.record_revision(&mut service, origin, undo);
+                self.put_service(service, ChangeKind::Update, undo, changes);
+            }
+            Action::RollbackServiceTo { id, expected_version, revision } => {
+                let current = self.checked_service(&id, expected_version)?;
+                let kept = self.revisions(&id);
+                let Some(target) = kept.iter().find(|r| r.number == revision) else {
+                    let kept = match (kept.first(), kept.last()) {
+                        (Some(first), Some(last)) => format!("{}-{}", first.number, last.number),
+                        _ => "none".into(),
+                    };
+                    return Err(StoreError::RevisionNotFound { name: current.spec.name.clone(), revision, kept });
+                };
+                let mut service = current.clone();
+                service.previous_spec = Some(std::mem::replace(&mut service.spec, ServiceSpec::clone(&target.spec)));
+                service.previous_spec_version = Some(service.spec_version);
+                service.spec_version = index;
+                service.update_status = Some(UpdateStatus {
+                    state: UpdateState::RollbackStarted,
+                    message: format!("manually requested rollback to revision {revision}"),
+                    started_at: Some(at),
+                    completed_at: None,
+                    slots: None,
+                });
+                service.version = index;
+                service.updated_at = at;
+                self.record_revision(&mut service, origin, undo);
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::AutoRollback { id, expected_version, status } => {
@@ -530,10 +570,11 @@ impl State {
                     service.spec = service.previous_spec.take().expect("checked");
                     service.previous_spec_version = None;
                     service.spec_version = index;
+                    let cause = format!("automatic rollback: {}", status.message);
                     service.update_status = Some(status);
-                    push_revision(&mut service, index, at);
                     service.version = index;
                     service.updated_at = at;
+                    self.record_revision(&mut service, &Origin { by: String::new(), cause }, undo);
                     self.put_service(service, ChangeKind::Update, undo, changes);
                 }
             }
@@ -549,6 +590,7 @@ impl State {
             Action::RemoveService { id } => {
                 let service =
                     self.remove_service(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                undo.push(Undo::Revisions(id.clone(), self.revisions.remove(&id)));
                 undo.push(Undo::Service(id, Some(service.clone())));
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Service(service) });
             }
@@ -723,6 +765,31 @@ impl State {
         Ok(service)
     }
 
+    /// `service`'s spec (just made current at `service.spec_version`, `service.updated_at`) as its
+    /// next revision, keeping the newest `revision_history_limit` of the service.
+    fn record_revision(&mut self, service: &mut Service, origin: &Origin, undo: &mut Vec<Undo>) {
+        let limit = self
+            .cluster
+            .as_ref()
+            .map_or(shoal_types::limits::DEFAULT_REVISION_HISTORY_LIMIT, |c| c.spec.revision_history_limit)
+            .max(1);
+        service.revision += 1;
+        let revision = Revision {
+            service_id: service.id.clone(),
+            number: service.revision,
+            spec_version: service.spec_version,
+            created_at: service.updated_at,
+            created_by: origin.by.clone(),
+            change_cause: origin.cause.clone(),
+            spec: Arc::new(service.spec.clone()),
+        };
+        undo.push(Undo::Revisions(service.id.clone(), self.revisions.get(&service.id).cloned()));
+        let kept = self.revisions.entry(service.id.clone()).or_default();
+        kept.push(Arc::new(revision));
+        let excess = kept.len().saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+        kept.drain(..excess);
+    }
+
     fn put_service(&mut self, service: Service, kind: ChangeKind, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
         // The entry that wrote it: a status-only write leaves `version` and sets `status_version`.
         let (index, at) = (service.version.max(service.status_version), service.updated_at);
@@ -808,14 +875,14 @@ impl State {
                     self.set_task(old);
                 }
             }
+            Undo::Revisions(id, Some(old)) => {
+                self.revisions.insert(id, old);
+            }
+            Undo::Revisions(id, None) => {
+                self.revisions.remove(&id);
+            }
         }
     }
-}
-
-fn push_revision(service: &mut Service, index: u64, at: u64) {
-    service.revisions.push(SpecRevision { spec_version: index, created_at: at, spec: service.spec.clone().into() });
-    let excess = service.revisions.len().saturating_sub(SPEC_HISTORY_LIMIT);
-    service.revisions.drain(..excess);
 }
 
 #[cfg(test)]

@@ -19,3 +19,10 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 /// The most tasks the orchestrators create in one pass, over all services: a large scale-up is
 /// written in steps, each a few raft entries, so no pass builds an unbounded list.
 pub const MAX_NEW_TASKS_PER_PASS: usize = 2_000;
+
+/// Revisions kept per service unless the cluster says otherwise (Kubernetes' default too).
+pub const DEFAULT_REVISION_HISTORY_LIMIT: u64 = 10;
+/// The most `--revision-history-limit` may be: each revision holds a whole spec.
+pub const MAX_REVISION_HISTORY_LIMIT: u64 = 100;
+/// The longest change cause kept with a revision, in bytes.
+pub const MAX_CHANGE_CAUSE_BYTES: usize = 4096;

@@ -11,10 +11,6 @@ use crate::state::{Availability, NodeRole, NodeState, TaskState};
 /// Milliseconds since the Unix epoch, stamped by the proposing manager so every replica agrees.
 pub type Timestamp = u64;
 
-/// How many specs a service remembers (newest last). `spec` and `previous_spec` are its last two
-/// in the common case; the list is the base for revision history.
-pub const SPEC_HISTORY_LIMIT: usize = 10;
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub id: String,
@@ -35,16 +31,30 @@ pub struct Service {
     /// match, and the updater's progress is no conflict with it.
     #[serde(default)]
     pub status_version: u64,
-    /// Past specs, oldest first, at most [`SPEC_HISTORY_LIMIT`] (current one included).
+    /// The number of the revision `spec` is: 1 at the create, one more at each spec change
+    /// (Kubernetes' `deployment.kubernetes.io/revision`). The revisions themselves are kept in
+    /// the store's own table, not here, so copying a service never copies its history.
     #[serde(default)]
-    pub revisions: Vec<SpecRevision>,
+    pub revision: u64,
 }
 
+/// One spec a service had: `shoal rollout history`. Made by every spec change (create, update,
+/// rollback, automatic rollback), numbered per service from 1; the store keeps the newest
+/// `revision_history_limit` of each service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SpecRevision {
+pub struct Revision {
+    pub service_id: String,
+    pub number: u64,
+    /// The service's `spec_version` when this spec became current (a raft index).
     pub spec_version: u64,
     pub created_at: Timestamp,
-    /// Shared by every copy of the service, so copying a service does not copy its history.
+    /// Who made the change: the caller's certificate identity (`role:node-id`), empty for the
+    /// cluster itself (an automatic rollback).
+    #[serde(default)]
+    pub created_by: String,
+    /// Why: the caller's `--change-cause`, or the command line that made the change.
+    #[serde(default)]
+    pub change_cause: String,
     pub spec: std::sync::Arc<ServiceSpec>,
 }
 
@@ -271,6 +281,14 @@ pub struct ClusterSpec {
     /// mistyped `--replicas 1000000000` is refused instead of building a billion tasks.
     #[serde(default = "default_max_replicas")]
     pub max_replicas: u64,
+    /// Revisions kept per service, the current one included (`--revision-history-limit`, as
+    /// Kubernetes' `revisionHistoryLimit`, default 10).
+    #[serde(default = "default_revision_history_limit")]
+    pub revision_history_limit: u64,
+}
+
+fn default_revision_history_limit() -> u64 {
+    crate::limits::DEFAULT_REVISION_HISTORY_LIMIT
 }
 
 fn default_max_replicas() -> u64 {
@@ -306,6 +324,7 @@ impl Default for ClusterSpec {
             snapshot_interval: 10_000,
             node_cert_expiry: default_node_cert_expiry(),
             max_replicas: default_max_replicas(),
+            revision_history_limit: default_revision_history_limit(),
         }
     }
 }

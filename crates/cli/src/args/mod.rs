@@ -7,6 +7,7 @@ pub mod format;
 pub mod node;
 pub mod parsers;
 pub mod publish;
+pub mod rollout;
 pub mod service;
 pub mod stack;
 pub mod tasks;
@@ -24,6 +25,7 @@ pub use node::{
     ClusterCommand, ClusterInfoArgs, ClusterUpdateArgs, JoinRole, JoinTokenArgs, NodeCommand, NodeDemoteArgs,
     NodeInspectArgs, NodeLsArgs, NodeRmArgs, NodeUpdateArgs,
 };
+pub use rollout::{RolloutCommand, RolloutHistoryArgs, RolloutUndoArgs};
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
 pub use stack::{
     StackCommand, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackRmArgs, StackServicesArgs,
@@ -66,6 +68,9 @@ pub enum Command {
     /// Manage stacks (services deployed together from compose-like stack files)
     #[command(subcommand)]
     Stack(StackCommand),
+    /// See a service's revisions and roll back to any of them
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Stream changes to services, tasks, nodes and the cluster until interrupted
     Events(EventsArgs),
     /// Print a shell completion script (e.g. shoal completion bash > /etc/bash_completion.d/shoal)

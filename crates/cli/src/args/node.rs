@@ -129,6 +129,9 @@ pub struct ClusterUpdateArgs {
     /// Terminal tasks kept per slot (default 5)
     #[arg(long, value_name = "N", group = "setting", value_parser = crate::args::parsers::positive)]
     pub task_history_limit: Option<u64>,
+    /// Revisions kept per service, the current one included (default 10, at most 100)
+    #[arg(long, value_name = "N", group = "setting", value_parser = crate::args::parsers::revision_history_limit, allow_hyphen_values = true)]
+    pub revision_history_limit: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,6 +32,24 @@ pub fn count(text: &str) -> Result<u64, String> {
     t.parse::<u64>().map_err(|_| "expected a whole number >= 0".to_string())
 }
 
+/// A revision history limit: 1 to 100.
+pub fn revision_history_limit(text: &str) -> Result<u64, String> {
+    let most = shoal_types::limits::MAX_REVISION_HISTORY_LIMIT;
+    match positive(text)? {
+        n if n > most => Err(format!("{n} is above the maximum of {most}")),
+        n => Ok(n),
+    }
+}
+
+/// A change cause: at most 4096 bytes.
+pub fn change_cause(text: &str) -> Result<String, String> {
+    let most = shoal_types::limits::MAX_CHANGE_CAUSE_BYTES;
+    if text.len() > most {
+        return Err(format!("{} bytes is above the maximum of {most}", text.len()));
+    }
+    Ok(text.to_string())
+}
+
 /// A whole number >= 1 (limits that cannot be zero).
 pub fn positive(text: &str) -> Result<u64, String> {
     match count(text)? {

@@ -62,6 +62,9 @@ pub struct CreateArgs {
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Why this change is made, kept with the revision it makes (default: this command line)
+    #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
+    pub change_cause: Option<String>,
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,

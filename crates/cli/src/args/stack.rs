@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use super::ListArgs;
 use super::flags::WaitFlags;
 use super::format::{self, ListOutput};
+use super::parsers;
 use super::tasks::TaskListFlags;
 
 /// The stack name `stack config` uses when none is given (it only shows in labels, which the
@@ -69,6 +70,9 @@ pub struct StackDeployArgs {
     /// Exit immediately instead of waiting for the created or updated services to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Why this change is made, kept with the revision it makes (default: this command line)
+    #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
+    pub change_cause: Option<String>,
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,

@@ -621,7 +621,8 @@ fn other_commands_parse() {
         cmd(&["cluster", "update", "--max-replicas", "200000"]),
         Command::Cluster(ClusterCommand::Update(ClusterUpdateArgs {
             max_replicas: Some(200_000),
-            task_history_limit: None
+            task_history_limit: None,
+            revision_history_limit: None
         }))
     );
 }
@@ -1040,11 +1041,21 @@ fn rollback_command_parses() {
     let cmd = |args: &[&str]| parse(args).unwrap().command;
     assert_eq!(
         cmd(&["service", "rollback", "web"]),
-        Command::Service(ServiceCommand::Rollback(RollbackArgs { detach: false, quiet: false, service: "web".into() }))
+        Command::Service(ServiceCommand::Rollback(RollbackArgs {
+            detach: false,
+            quiet: false,
+            service: "web".into(),
+            ..Default::default()
+        }))
     );
     assert_eq!(
         cmd(&["service", "rollback", "-d", "-q", "web"]),
-        Command::Service(ServiceCommand::Rollback(RollbackArgs { detach: true, quiet: true, service: "web".into() }))
+        Command::Service(ServiceCommand::Rollback(RollbackArgs {
+            detach: true,
+            quiet: true,
+            service: "web".into(),
+            ..Default::default()
+        }))
     );
     assert_eq!(parse(&["service", "rollback"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
     assert_eq!(parse(&["service", "rollback", "--image", "x", "web"]).unwrap_err().kind(), ErrorKind::UnknownArgument);
@@ -1114,12 +1125,17 @@ fn scale_arguments() {
         scale(&["web=5", "api=0"]).unwrap().command,
         Command::Service(ServiceCommand::Scale(ScaleArgs {
             detach: false,
-            scales: vec![("web".into(), 5), ("api".into(), 0)]
+            scales: vec![("web".into(), 5), ("api".into(), 0)],
+            change_cause: None
         }))
     );
     assert_eq!(
         scale(&["-d", "web=1"]).unwrap().command,
-        Command::Service(ServiceCommand::Scale(ScaleArgs { detach: true, scales: vec![("web".into(), 1)] }))
+        Command::Service(ServiceCommand::Scale(ScaleArgs {
+            detach: true,
+            scales: vec![("web".into(), 1)],
+            ..Default::default()
+        }))
     );
     for (bad, reason) in [
         ("web", "invalid scale specifier"),
@@ -1299,4 +1315,41 @@ fn events_filters() {
     assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
     assert!(err.render().to_string().starts_with("error: only one service filter may be given"));
     assert_eq!(events(&["--format", "yaml"]).unwrap_err().kind(), ErrorKind::InvalidValue);
+}
+
+// ---- revisions: --change-cause, --to-revision, rollout, --revision-history-limit ----
+
+#[test]
+fn revision_flags_parse_and_refuse_bad_values() {
+    let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+    let text = err(&["service", "rollback", "--to-revision", "0", "web"]);
+    assert!(text.contains("invalid value '0' for '--to-revision <N>': 0 is below the minimum of 1"), "{text}");
+    let text = err(&["rollout", "undo", "--to-revision", "abc", "web"]);
+    assert!(text.contains("invalid value 'abc' for '--to-revision <N>'"), "{text}");
+    let text = err(&["cluster", "update", "--revision-history-limit", "-1"]);
+    assert!(text.contains("invalid value '-1' for '--revision-history-limit <N>': must not be negative"), "{text}");
+    let text = err(&["cluster", "update", "--revision-history-limit", "101"]);
+    assert!(text.contains("101 is above the maximum of 100"), "{text}");
+    let long = "x".repeat(4097);
+    let text = err(&["service", "update", "--change-cause", &long, "web"]);
+    assert!(
+        text.contains("--change-cause <TEXT>") && text.contains("4097 bytes is above the maximum of 4096"),
+        "{text}"
+    );
+
+    match parse(&["service", "rollback", "--to-revision", "3", "--change-cause", "bad release", "web"]).unwrap() {
+        Cli { command: Command::Service(ServiceCommand::Rollback(args)), .. } => {
+            assert_eq!((args.to_revision, args.change_cause.as_deref()), (Some(3), Some("bad release")));
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+    match parse(&["rollout", "history", "--revision", "2", "--format", "json", "web"]).unwrap() {
+        Cli { command: Command::Rollout(RolloutCommand::History(args)), .. } => {
+            assert_eq!((args.revision, args.format, args.service.as_str()), (Some(2), InfoFormat::Json, "web"));
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+    // A cause may go with --rollback, as -d and -q may.
+    let args = update_args(&["--rollback", "--change-cause", "why"]);
+    assert_eq!(args.check_usage(), Ok(()));
 }

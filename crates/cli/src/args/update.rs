@@ -37,6 +37,9 @@ pub struct UpdateArgs {
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Why this change is made, kept with the revision it makes (default: this command line)
+    #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
+    pub change_cause: Option<String>,
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -79,6 +82,7 @@ impl UpdateArgs {
             rollback: self.rollback,
             detach: self.detach,
             quiet: self.quiet,
+            change_cause: self.change_cause.clone(),
             // --with-registry-auth does nothing, and scripts pass it to every update.
             wait: self.wait.clone(),
             ..UpdateArgs::default()
@@ -154,9 +158,15 @@ pub struct RollbackArgs {
     /// Exit immediately instead of waiting for the rollback to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Why this change is made, kept with the revision it makes (default: this command line)
+    #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
+    pub change_cause: Option<String>,
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Roll back to this kept revision (see `shoal rollout history`) instead of the previous spec
+    #[arg(long, value_name = "N", value_parser = parsers::positive)]
+    pub to_revision: Option<u64>,
     /// Service id, name or id prefix
     #[arg(value_name = "SERVICE")]
     pub service: String,
@@ -168,6 +178,9 @@ pub struct ScaleArgs {
     /// Exit immediately instead of waiting for the services to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Why this change is made, kept with the revision it makes (default: this command line)
+    #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
+    pub change_cause: Option<String>,
     /// Service (id, name or id prefix) and its new number of replicas
     #[arg(value_name = "SERVICE=REPLICAS", required = true, num_args = 1.., value_parser = parsers::scale_spec)]
     pub scales: Vec<(String, u64)>,

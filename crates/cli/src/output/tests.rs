@@ -22,7 +22,7 @@ fn service(id: &str, name: &str, mode: ServiceMode, image: &str) -> Service {
         previous_spec_version: None,
         update_status: None,
         status_version: 0,
-        revisions: Vec::new(),
+        revision: 1,
     }
 }
 
@@ -635,4 +635,47 @@ fn task_templates_use_the_ps_columns() {
     assert_eq!(lines[0], "web.1|m1|Running|");
     assert_eq!(lines[1], " \\_ web.1|m1|Shutdown|\"task: non-zero exit (1): the …\"");
     assert_eq!(lines[6], "web.10||Running|\"no suitable node (max replica…\"");
+}
+
+fn revision(number: u64, image: &str, cause: &str, created_at: u64) -> shoal_types::Revision {
+    shoal_types::Revision {
+        service_id: "s1".into(),
+        number,
+        spec_version: number * 10,
+        created_at,
+        created_by: "admin:a1".into(),
+        change_cause: cause.into(),
+        spec: std::sync::Arc::new(ServiceSpec::new("web", image)),
+    }
+}
+
+#[test]
+fn revision_history_is_a_table_oldest_first() {
+    let now = 10 * 3_600_000;
+    let revisions =
+        [revision(3, "busybox:1", "", now - 2 * 3_600_000), revision(4, "busybox:2", "deploy\nv2", now - 90_000)];
+    assert_eq!(
+        revision_table(&revisions, now),
+        "REVISION   CREATED              CHANGE-CAUSE   IMAGE\n\
+         3          2 hours ago          <none>         busybox:1\n\
+         4          About a minute ago   deploy v2      busybox:2\n"
+    );
+}
+
+#[test]
+fn a_revision_in_full_shows_what_changed_from_the_one_before() {
+    let before = ServiceSpec::new("web", "busybox:1");
+    let shown = revision_detail(&revision(4, "busybox:2", "deploy v2", 0), Some(&before));
+    assert!(shown.starts_with("Revision:      4\nCreated:       1970-01-01T00:00:00.000Z\nCreated by:    admin:a1\nChange cause:  deploy v2\nSpec:\n"), "{shown}");
+    let changes = shown.split("Changes from the revision before:\n").nth(1).expect("a changes section");
+    assert_eq!(changes, "  - \"image\": \"busybox:1\",\n  + \"image\": \"busybox:2\",\n");
+    let first = revision_detail(&revision(1, "busybox:1", "", 0), None);
+    assert!(first.ends_with("Changes: none (the first revision kept)\n"), "{first}");
+}
+
+#[test]
+fn line_diff_lists_removed_and_added_lines_in_order() {
+    assert_eq!(line_diff("a\nb\nc\n", "a\nc\nd\n"), ["- b", "+ d"]);
+    assert!(line_diff("a\nb", "a\nb").is_empty());
+    assert_eq!(line_diff("", "x"), ["+ x"]);
 }

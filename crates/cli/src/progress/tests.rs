@@ -30,7 +30,7 @@ fn service(replicas: u64, status: Option<(UpdateState, &str)>) -> Service {
             slots: None,
         }),
         status_version: 0,
-        revisions: Vec::new(),
+        revision: 1,
     }
 }
 

@@ -28,7 +28,7 @@ fn service(id: &str, spec: &ServiceSpec) -> Service {
         previous_spec_version: None,
         update_status: None,
         status_version: 0,
-        revisions: Vec::new(),
+        revision: 1,
     }
 }
 

@@ -65,7 +65,7 @@ impl MemLoop {
         let mut machine = self.machine.lock();
         machine.1 += 1;
         let index = machine.1;
-        let data = serde_json::to_vec(&Batch { at: crate::now_millis(), actions }).expect("serialises");
+        let data = serde_json::to_vec(&Batch::new(crate::now_millis(), actions)).expect("serialises");
         Ok(machine.0.apply(index, &data)?)
     }
 

@@ -68,7 +68,7 @@ impl MemBackend {
         let mut machine = self.machine.lock();
         machine.1 += 1;
         let index = machine.1;
-        let data = serde_json::to_vec(&Batch { at: 1_000, actions }).expect("serialises");
+        let data = serde_json::to_vec(&Batch::new(1_000, actions)).expect("serialises");
         Ok(machine.0.apply(index, &data)?)
     }
 

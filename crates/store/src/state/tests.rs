@@ -4,7 +4,7 @@ use shoal_types::{ServiceSpec, TaskSpec, TaskState, TaskStatus};
 use super::*;
 
 fn batch(actions: Vec<Action>) -> Batch {
-    Batch { at: 1_000, actions }
+    Batch::new(1_000, actions)
 }
 
 fn create(id: &str, name: &str) -> Action {
@@ -94,16 +94,17 @@ fn update_moves_the_spec_to_previous_and_shares_the_new_service_with_its_change(
     assert_eq!((before.version, before.status_version), (1, 2));
     let v2 = ServiceSpec::new("web", "busybox:2");
     let update = Action::UpdateService { id: "s1".into(), expected_version: read_before_the_status, spec: v2.clone() };
-    let changes = state.apply(3, &Batch { at: 2_000, actions: vec![update] }).unwrap();
+    let changes = state.apply(3, &Batch::new(2_000, vec![update])).unwrap();
     let service = state.service("s1").unwrap();
     assert_eq!((service.version, service.spec_version, service.created_at, service.updated_at), (3, 3, 1_000, 2_000));
     assert_eq!(service.spec, v2);
     assert_eq!(service.previous_spec.as_ref(), Some(&before.spec));
     assert_eq!(service.previous_spec_version, Some(1));
     assert_eq!(service.update_status, None, "a new update starts without the last one's status");
-    let versions: Vec<u64> = service.revisions.iter().map(|r| r.spec_version).collect();
-    assert_eq!(versions, vec![1, 3]);
-    assert_eq!(*service.revisions[1].spec, v2);
+    let revisions: Vec<(u64, u64)> = state.revisions("s1").iter().map(|r| (r.number, r.spec_version)).collect();
+    assert_eq!(revisions, vec![(1, 1), (2, 3)]);
+    assert_eq!(service.revision, 2);
+    assert_eq!(*state.revisions("s1")[1].spec, v2);
     let [Change { kind: ChangeKind::Update, index: 3, at: 2_000, object: Object::Service(changed) }] = &changes[..]
     else {
         panic!("expected one service update, got {changes:?}");
@@ -165,7 +166,79 @@ fn rollback_toggles_and_needs_a_previous_spec() {
             (UpdateState::RollbackStarted, "manually requested rollback")
         );
     }
-    assert_eq!(state.service("s1").unwrap().revisions.len(), 5);
+    assert_eq!(state.revisions("s1").len(), 5);
+}
+
+/// Revisions: numbered per service from 1, each with who and why (the batch's origin), kept up
+/// to the cluster's limit; a rollback to one makes its spec current as a new revision, keeps
+/// what was current as the previous spec (so a plain rollback toggles back), and an unknown
+/// number is refused naming the ones kept.
+#[test]
+fn revisions_are_numbered_kept_to_the_limit_and_rolled_back_to() {
+    let mut state = State::default();
+    let cluster = shoal_types::Cluster {
+        id: "c".into(),
+        version: 0,
+        created_at: 0,
+        spec: shoal_types::ClusterSpec { revision_history_limit: 3, ..Default::default() },
+    };
+    state.apply(1, &batch(vec![Action::InitCluster { cluster }])).unwrap();
+    let origin = |cause: &str| Origin { by: "admin:a1".into(), cause: cause.into() };
+    let with_origin = |actions, cause: &str| Batch { origin: origin(cause), ..Batch::new(1_000, actions) };
+    state.apply(2, &with_origin(vec![create("s1", "web")], "shoal service create web")).unwrap();
+    let mut version = 2;
+    for (i, image) in ["busybox:2", "busybox:3", "busybox:4"].into_iter().enumerate() {
+        let index = 3 + i as u64;
+        let update =
+            Action::UpdateService { id: "s1".into(), expected_version: version, spec: ServiceSpec::new("web", image) };
+        state.apply(index, &with_origin(vec![update], &format!("deploy {image}"))).unwrap();
+        version = index;
+    }
+    let kept: Vec<(u64, String, String)> = state
+        .revisions("s1")
+        .iter()
+        .map(|r| (r.number, r.spec.task.container.image.clone(), r.change_cause.clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (2, "busybox:2".to_string(), "deploy busybox:2".to_string()),
+            (3, "busybox:3".to_string(), "deploy busybox:3".to_string()),
+            (4, "busybox:4".to_string(), "deploy busybox:4".to_string()),
+        ]
+    );
+    assert!(state.revisions("s1").iter().all(|r| r.created_by == "admin:a1"));
+
+    // Revision 1 is no longer kept: refused, naming what is, and nothing changes.
+    let before = state.clone();
+    let to = |revision, expected_version| Action::RollbackServiceTo { id: "s1".into(), expected_version, revision };
+    let err = state.apply(6, &batch(vec![to(1, version)])).unwrap_err();
+    assert_eq!(err.to_string(), "revision 1 not found for service web (kept: 2-4)");
+    assert!(matches!(err, StoreError::RevisionNotFound { revision: 1, .. }));
+    assert_eq!(state.revisions("s1"), before.revisions("s1"));
+    assert_eq!(state.service("s1"), before.service("s1"));
+
+    state.apply(7, &with_origin(vec![to(2, version)], "back to 2")).unwrap();
+    let service = state.service("s1").unwrap();
+    assert_eq!(service.spec.task.container.image, "busybox:2");
+    assert_eq!(service.previous_spec.as_ref().unwrap().task.container.image, "busybox:4");
+    assert_eq!((service.revision, service.spec_version), (5, 7));
+    let status = service.update_status.clone().unwrap();
+    assert_eq!(
+        (status.state, status.message.as_str()),
+        (UpdateState::RollbackStarted, "manually requested rollback to revision 2")
+    );
+    let numbers: Vec<u64> = state.revisions("s1").iter().map(|r| r.number).collect();
+    assert_eq!(numbers, [3, 4, 5]);
+    // A plain rollback toggles back to what was current before.
+    state.apply(8, &batch(vec![Action::RollbackService { id: "s1".into(), expected_version: 7 }])).unwrap();
+    assert_eq!(state.service("s1").unwrap().spec.task.container.image, "busybox:4");
+    assert_eq!(state.service("s1").unwrap().revision, 6);
+
+    // A removed service takes its revisions with it; a refused removal keeps them.
+    state.apply(9, &batch(vec![Action::RemoveService { id: "s1".into() }])).unwrap();
+    assert!(state.revisions("s1").is_empty());
+    assert_eq!(State::restore(&state.snapshot()).unwrap(), state);
 }
 
 #[test]
@@ -355,6 +428,11 @@ fn arb_action() -> impl Strategy<Value = Action> {
             spec: ServiceSpec::new(n, "busybox:2"),
         }),
         (id.clone(), 0u64..12).prop_map(|(i, v)| Action::RollbackService { id: i.into(), expected_version: v }),
+        (id.clone(), 0u64..12, 0u64..6).prop_map(|(i, v, revision)| Action::RollbackServiceTo {
+            id: i.into(),
+            expected_version: v,
+            revision
+        }),
         id.clone().prop_map(|i| Action::RemoveService { id: i.into() }),
         (prop::sample::select(vec!["t1", "t2"]), id.clone())
             .prop_map(|(t, s)| Action::PutTask { task: task(t, s, "n1") }),

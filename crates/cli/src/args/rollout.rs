@@ -1,0 +1,48 @@
+//! `shoal rollout`: a service's revision history and rollbacks (Kubernetes' `kubectl rollout`).
+
+use clap::{Args, Subcommand};
+
+use super::InfoFormat;
+use super::parsers;
+
+#[derive(Subcommand, Clone, Debug, PartialEq)]
+pub enum RolloutCommand {
+    /// List a service's kept revisions, or show one with its difference from the one before
+    History(RolloutHistoryArgs),
+    /// Roll a service back to its previous spec, or to a kept revision
+    Undo(RolloutUndoArgs),
+}
+
+/// `shoal rollout history [--revision N] [--format text|json] SERVICE`.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct RolloutHistoryArgs {
+    /// Show this revision: its whole spec and what changed from the one before
+    #[arg(long, value_name = "N", value_parser = parsers::positive)]
+    pub revision: Option<u64>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = InfoFormat::Text)]
+    pub format: InfoFormat,
+    /// Service id, name or id prefix
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+}
+
+/// `shoal rollout undo [--to-revision N] SERVICE`.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct RolloutUndoArgs {
+    /// Roll back to this kept revision instead of the previous spec
+    #[arg(long, value_name = "N", value_parser = parsers::positive)]
+    pub to_revision: Option<u64>,
+    /// Why this change is made, kept with the revision it makes (default: this command line)
+    #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
+    pub change_cause: Option<String>,
+    /// Exit immediately instead of waiting for the rollback to converge
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Suppress progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Service id, name or id prefix
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+}
