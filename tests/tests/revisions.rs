@@ -1,4 +1,5 @@
-//! Revision history and rollback to any revision (issue 23, items 1 and 2), with the real `shoal`
+//! Revision history, rollback to any revision and pause/resume by hand (issue 23, items 1, 2
+//! and 4 without abort), with the real `shoal`
 //! binary, a real manager and an agent running real containers. Run `cargo build --workspace
 //! --bins` and `deploy/images/build.sh` first.
 
@@ -21,11 +22,11 @@ fn inspect(addr: &str) -> Result<Service> {
     Ok(services.remove(0))
 }
 
-async fn wait_image(addr: &str, image: &str) -> Result<()> {
-    let what = format!("2 tasks running {image}");
+async fn wait_image(addr: &str, image: &str, replicas: usize) -> Result<()> {
+    let what = format!("{replicas} tasks running {image}");
     wait_tasks(addr, "web", Duration::from_secs(60), &what, |tasks| {
         let running = running(tasks);
-        running.len() == 2 && running.iter().all(|t| t.spec.container.image == image)
+        running.len() == replicas && running.iter().all(|t| t.spec.container.image == image)
     })
     .await?;
     Ok(())
@@ -56,7 +57,7 @@ async fn history_records_every_spec_change_and_rollback_goes_to_any_revision() -
     ok(addr, &["service", "update", "--label-add", "tier=front", "-d", "web"])?;
     ok(addr, &["service", "update", "--env-add", "MODE=fast", "web"])?;
     ok(addr, &["service", "rollback", "web"])?;
-    wait_image(addr, "shoal/busybox:2").await?;
+    wait_image(addr, "shoal/busybox:2", 2).await?;
 
     // Five revisions: the create, three updates, the rollback; each with its cause (the command
     // line when none was given), newest last.
@@ -82,7 +83,7 @@ async fn history_records_every_spec_change_and_rollback_goes_to_any_revision() -
     // Back to the first image, as a new revision; a plain rollback afterwards toggles back.
     let before = inspect(addr)?;
     ok(addr, &["service", "rollback", "--to-revision", "1", "web"])?;
-    wait_image(addr, "shoal/busybox:1").await?;
+    wait_image(addr, "shoal/busybox:1", 2).await?;
     let service = inspect(addr)?;
     assert_eq!(service.spec, *revisions[0].spec);
     assert_eq!(service.previous_spec.as_ref(), Some(&before.spec));
@@ -90,7 +91,7 @@ async fn history_records_every_spec_change_and_rollback_goes_to_any_revision() -
     let status = service.update_status.expect("the rollback's status");
     assert_eq!(status.state, shoal_types::UpdateState::RollbackCompleted, "{status:?}");
     ok(addr, &["rollout", "undo", "-q", "web"])?;
-    wait_image(addr, "shoal/busybox:2").await?;
+    wait_image(addr, "shoal/busybox:2", 2).await?;
     assert_eq!(inspect(addr)?.revision, 7);
 
     // An unknown revision: one clear line, non-zero, nothing changed.
@@ -108,5 +109,59 @@ async fn history_records_every_spec_change_and_rollback_goes_to_any_revision() -
     let revisions: Vec<Revision> =
         serde_json::from_str(&ok(addr, &["rollout", "history", "--format", "json", "web"])?)?;
     assert_eq!(revisions.iter().map(|r| r.number).collect::<Vec<_>>(), [6, 7, 8]);
+    Ok(())
+}
+
+/// `rollout pause` mid-update: sampled for longer than the update's delay, no new slot starts;
+/// `rollout resume` carries on to completion; pausing or resuming what cannot be is one line,
+/// exit 1, nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_update_starts_no_new_slot_until_resumed() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let addr = addr.as_str();
+    ok(addr, &["service", "create", "--name", "web", "--replicas", "3", "--update-delay", "2s", "shoal/busybox:1"])?;
+
+    let out = shoal(addr, &["rollout", "pause", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: service web is not rolling out (no update has run): there is nothing to pause"
+    );
+
+    ok(addr, &["service", "update", "-d", "--image", "shoal/busybox:2", "web"])?;
+    let new =
+        |tasks: &[shoal_types::Task]| tasks.iter().filter(|t| t.spec.container.image == "shoal/busybox:2").count();
+    wait_tasks(addr, "web", Duration::from_secs(30), "the first new task", |tasks| new(tasks) >= 1).await?;
+    ok(addr, &["rollout", "pause", "web"])?;
+    let status = inspect(addr)?.update_status.expect("a status");
+    assert_eq!((status.state, status.message.as_str()), (shoal_types::UpdateState::Paused, "manually paused"));
+    // Longer than the delay after the first slot: unpaused, the second slot would have started.
+    let paused_with = new(&list_tasks(addr, "web").await?);
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let tasks = list_tasks(addr, "web").await?;
+        assert_eq!(new(&tasks), paused_with, "a new slot started while paused");
+    }
+    assert!(paused_with <= 2, "at most the slot in transition finished: {paused_with}");
+
+    ok(addr, &["rollout", "resume", "web"])?;
+    wait_image(addr, "shoal/busybox:2", 3).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while inspect(addr)?.update_status.map(|s| s.state) != Some(shoal_types::UpdateState::Completed) {
+        assert!(tokio::time::Instant::now() < deadline, "the resumed update did not complete");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let before = inspect(addr)?;
+    let out = shoal(addr, &["rollout", "resume", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: service web is not paused (its update is completed): there is nothing to resume"
+    );
+    let out = shoal(addr, &["rollout", "pause", "nope"]);
+    assert_eq!((out.status.code(), stderr(&out).trim()), (Some(1), "Error: service nope not found"));
+    assert_eq!(inspect(addr)?.status_version, before.status_version);
     Ok(())
 }

@@ -211,6 +211,19 @@ impl Client {
     }
 
     /// Changes the cluster's settings; `None` leaves one as it is.
+    /// Pauses (`pause`) or resumes a service's update or rollback.
+    pub async fn control_rollout(&mut self, service: &str, pause: bool) -> Result<Service, CliError> {
+        let op = if pause { pb::RolloutOp::Pause } else { pb::RolloutOp::Resume };
+        let request = pb::ControlRolloutRequest { service: service.to_string(), op: op as i32 };
+        let reply = self
+            .inner
+            .control_rollout(request)
+            .await
+            .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?
+            .into_inner();
+        decode("service", &reply.service_json)
+    }
+
     /// A service's kept revisions, oldest first.
     pub async fn list_revisions(&mut self, service: &str) -> Result<Vec<shoal_types::Revision>, CliError> {
         let request = pb::ListRevisionsRequest { service: service.to_string() };

@@ -52,6 +52,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Service(ServiceCommand::Update(args)) => service_update(host, &args).await,
         Command::Service(ServiceCommand::Rollback(args)) => service_rollback(host, &args).await,
         Command::Rollout(RolloutCommand::History(args)) => rollout_history(host, &args).await,
+        Command::Rollout(RolloutCommand::Pause(args)) => {
+            let mut client = Client::connect(host).await?;
+            client.control_rollout(&args.service, true).await?;
+            print_out(&format!("{}: rollout paused\n", args.service));
+            Ok(())
+        }
+        Command::Rollout(RolloutCommand::Resume(args)) => {
+            let mut client = Client::connect(host).await?;
+            client.control_rollout(&args.service, false).await?;
+            print_out(&format!("{}: rollout resumed\n", args.service));
+            Ok(())
+        }
         Command::Rollout(RolloutCommand::Undo(args)) => {
             let to = Rollback { to_revision: args.to_revision, cause: change_cause(&args.change_cause) };
             rollback(host, &args.service, to, args.detach, args.quiet, None).await

@@ -644,6 +644,28 @@ impl Control for ControlApi {
         })
     }
 
+    async fn control_rollout(
+        &self,
+        request: Request<ControlRolloutRequest>,
+    ) -> Result<Response<ServiceResponse>, Status> {
+        routed!(self, request, control_rollout, Retry::IfNeverSent, async {
+            let id = Self::find_service(&self.manager.state(), &request.service)?.id.clone();
+            let action = match RolloutOp::try_from(request.op) {
+                Ok(RolloutOp::Pause) => Action::PauseRollout { id: id.clone() },
+                Ok(RolloutOp::Resume) => Action::ResumeRollout { id: id.clone() },
+                _ => {
+                    return Err(ApiError::InvalidArgument(format!("op: {} is not pause (1) or resume (2)", request.op)));
+                }
+            };
+            self.manager.propose(vec![action]).await?;
+            let state = self.manager.state();
+            let service = state
+                .service(&id)
+                .ok_or_else(|| ApiError::NotFound(format!("service {} not found", request.service)))?;
+            Ok(ServiceResponse { service_json: to_json(service) })
+        })
+    }
+
     async fn get_service(&self, request: Request<GetServiceRequest>) -> Result<Response<ServiceResponse>, Status> {
         routed!(self, request, get_service, Retry::Always, async {
             let state = self.manager.state();

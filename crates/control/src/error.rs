@@ -35,6 +35,8 @@ impl From<StoreError> for ApiError {
             StoreError::OutOfSequence { .. }
             | StoreError::NodeOutOfSequence { .. }
             | StoreError::NoPreviousSpec { .. }
+            | StoreError::NothingToPause { .. }
+            | StoreError::NothingToResume { .. }
             | StoreError::Rename { .. }
             | StoreError::ModeChange { .. }
             | StoreError::ClusterOutOfSequence { .. }

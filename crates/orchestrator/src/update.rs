@@ -77,9 +77,10 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     }
     let current = service.update_status.clone();
     let rolling_back = current.as_ref().is_some_and(|s| s.state == UpdateState::RollbackStarted);
-    if current.as_ref().is_some_and(|s| matches!(s.state, UpdateState::Paused | UpdateState::RollbackPaused)) {
-        return;
-    }
+    // Paused (by a failure or by hand): no new slot starts, but a slot in transition finishes;
+    // for stop-first the slot supervisor opens its new task's gate, for start-first the loop
+    // below shuts the old task down once the new one runs.
+    let paused = current.as_ref().is_some_and(|s| matches!(s.state, UpdateState::Paused | UpdateState::RollbackPaused));
     let config: &UpdateConfig = if rolling_back { &service.spec.rollback_config } else { &service.spec.update_config };
     let now = ctx.now;
 
@@ -136,6 +137,10 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
             dirty.push(key);
         }
         updatable.insert(key, candidates);
+    }
+    if paused {
+        note(plan, &service.id, transition_wakeup);
+        return;
     }
 
     // Failures of tasks this rollout made: ended before running, or within `monitor` of it.

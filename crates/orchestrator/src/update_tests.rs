@@ -723,3 +723,31 @@ fn a_stop_first_slot_is_one_atomic_step() {
     }
     assert_eq!(steps.concat(), plan.actions, "the steps keep every action in order");
 }
+
+/// `rollout pause` mid-update: the slots in transition finish (start-first: the old task stops
+/// once its replacement runs) but no new slot starts, however long it stays paused; `resume`
+/// carries on where it stopped and completes.
+#[test]
+fn a_paused_update_starts_no_new_slot_and_resumes_where_it_stopped() {
+    for order in [UpdateOrder::StopFirst, UpdateOrder::StartFirst] {
+        let mut sim = Sim::new(4, |s| s.update_config.order = order);
+        sim.update(|s| image(s, "app:2"));
+        sim.run_until(|s| s.w.tasks(&s.svc).iter().any(|t| t.spec.container.image == "app:2"), 100);
+        sim.w.apply(vec![Action::PauseRollout { id: sim.svc.clone() }]);
+        assert_eq!(sim.status(), Some(UpdateState::Paused));
+        for _ in 0..100 {
+            sim.round();
+        }
+        let new_tasks = sim.w.tasks(&sim.svc).iter().filter(|t| t.spec.container.image == "app:2").count();
+        assert_eq!(new_tasks, 1, "{order:?}: one slot was in transition when paused, and no other started");
+        let running = sim.running_images();
+        assert_eq!(running.len(), 4, "{order:?}: the slot in transition finished: {running:?}");
+        assert_eq!(running.iter().filter(|i| *i == "app:2").count(), 1, "{order:?}");
+        assert_eq!(sim.status(), Some(UpdateState::Paused), "{order:?}: still paused");
+
+        sim.w.apply(vec![Action::ResumeRollout { id: sim.svc.clone() }]);
+        sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+        assert!(sim.settled_on("app:2", 4), "{order:?}");
+        assert_eq!(sim.max_in_transition, 1, "{order:?}");
+    }
+}

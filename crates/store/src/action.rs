@@ -112,6 +112,15 @@ actions! {
         id: String,
         status: Option<UpdateStatus>,
     },
+    /// `rollout pause`: an update (or rollback) in progress starts no new slot until resumed.
+    /// Refused unless one is in progress.
+    PauseRollout {
+        id: String,
+    },
+    /// `rollout resume`: a paused update (or rollback) carries on. Refused unless one is paused.
+    ResumeRollout {
+        id: String,
+    },
     /// The updater's automatic rollback: the previous spec becomes current (as a new version)
     /// and is forgotten, so a later manual rollback has nothing to return to (Swarm). Skipped
     /// if the service changed since `expected_version` or has no previous spec.

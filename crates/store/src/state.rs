@@ -30,6 +30,10 @@ pub enum StoreError {
     ModeChange { name: String },
     #[error("service {name} does not have a previous spec")]
     NoPreviousSpec { name: String },
+    #[error("service {name} is not rolling out ({now}): there is nothing to pause")]
+    NothingToPause { name: String, now: String },
+    #[error("service {name} is not paused ({now}): there is nothing to resume")]
+    NothingToResume { name: String, now: String },
     #[error("revision {revision} not found for service {name} (kept: {kept})")]
     RevisionNotFound { name: String, revision: u64, kept: String },
     #[error(
@@ -587,6 +591,48 @@ impl State {
                 service.updated_at = at;
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
+            Action::PauseRollout { id } => {
+                let current =
+                    self.services.get(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                let paused = match current.update_status.as_ref().map(|s| s.state) {
+                    Some(UpdateState::Updating) => UpdateState::Paused,
+                    Some(UpdateState::RollbackStarted) => UpdateState::RollbackPaused,
+                    _ => {
+                        return Err(StoreError::NothingToPause {
+                            name: current.spec.name.clone(),
+                            now: rollout_state(current),
+                        });
+                    }
+                };
+                let mut service = Service::clone(current);
+                let status = service.update_status.as_mut().expect("checked");
+                status.state = paused;
+                status.message = MANUALLY_PAUSED.into();
+                service.status_version = index;
+                service.updated_at = at;
+                self.put_service(service, ChangeKind::Update, undo, changes);
+            }
+            Action::ResumeRollout { id } => {
+                let current =
+                    self.services.get(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                let (resumed, message) = match current.update_status.as_ref().map(|s| s.state) {
+                    Some(UpdateState::Paused) => (UpdateState::Updating, "update resumed"),
+                    Some(UpdateState::RollbackPaused) => (UpdateState::RollbackStarted, "rollback resumed"),
+                    _ => {
+                        return Err(StoreError::NothingToResume {
+                            name: current.spec.name.clone(),
+                            now: rollout_state(current),
+                        });
+                    }
+                };
+                let mut service = Service::clone(current);
+                let status = service.update_status.as_mut().expect("checked");
+                status.state = resumed;
+                status.message = message.into();
+                service.status_version = index;
+                service.updated_at = at;
+                self.put_service(service, ChangeKind::Update, undo, changes);
+            }
             Action::RemoveService { id } => {
                 let service =
                     self.remove_service(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
@@ -882,6 +928,17 @@ impl State {
                 self.revisions.remove(&id);
             }
         }
+    }
+}
+
+/// The update status message of a rollout paused by hand (`rollout pause`).
+pub const MANUALLY_PAUSED: &str = "manually paused";
+
+/// Where a service's rollout stands, in words, for a refused pause or resume.
+fn rollout_state(service: &Service) -> String {
+    match &service.update_status {
+        None => "no update has run".into(),
+        Some(status) => format!("its update is {}", status.state.as_str().replace('_', " ")),
     }
 }
 

@@ -11,6 +11,18 @@ pub enum RolloutCommand {
     History(RolloutHistoryArgs),
     /// Roll a service back to its previous spec, or to a kept revision
     Undo(RolloutUndoArgs),
+    /// Pause a service's update or rollback in progress: no new slot starts, slots in transition finish
+    Pause(RolloutServiceArgs),
+    /// Resume a paused update or rollback where it stopped
+    Resume(RolloutServiceArgs),
+}
+
+/// `shoal rollout pause|resume SERVICE`.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct RolloutServiceArgs {
+    /// Service id, name or id prefix
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
 }
 
 /// `shoal rollout history [--revision N] [--format text|json] SERVICE`.

@@ -433,6 +433,8 @@ fn arb_action() -> impl Strategy<Value = Action> {
             expected_version: v,
             revision
         }),
+        id.clone().prop_map(|i| Action::PauseRollout { id: i.into() }),
+        id.clone().prop_map(|i| Action::ResumeRollout { id: i.into() }),
         id.clone().prop_map(|i| Action::RemoveService { id: i.into() }),
         (prop::sample::select(vec!["t1", "t2"]), id.clone())
             .prop_map(|(t, s)| Action::PutTask { task: task(t, s, "n1") }),
@@ -611,4 +613,50 @@ fn cluster_update_needs_the_version_read() {
     state.apply(4, &batch(vec![Action::UpdateCluster { expected_version: 2, spec }])).unwrap();
     let cluster = state.cluster().unwrap();
     assert_eq!((cluster.version, cluster.spec.max_replicas), (4, 10));
+}
+
+/// `rollout pause` and `resume`: only an update or rollback in progress pauses, only a paused one
+/// resumes, each refusal says where the rollout stands and changes nothing; the spec version
+/// (what tasks are compared with) is left as it is.
+#[test]
+fn pause_and_resume_move_only_a_rollout_that_can() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let pause = || batch(vec![Action::PauseRollout { id: "s1".into() }]);
+    let resume = || batch(vec![Action::ResumeRollout { id: "s1".into() }]);
+    assert_eq!(
+        state.apply(2, &pause()).unwrap_err().to_string(),
+        "service web is not rolling out (no update has run): there is nothing to pause"
+    );
+    let update =
+        Action::UpdateService { id: "s1".into(), expected_version: 1, spec: ServiceSpec::new("web", "busybox:2") };
+    let updating = UpdateStatus {
+        state: UpdateState::Updating,
+        message: "update in progress".into(),
+        started_at: Some(1),
+        completed_at: None,
+        slots: Some(3),
+    };
+    state.apply(3, &batch(vec![update, Action::SetUpdateStatus { id: "s1".into(), status: Some(updating) }])).unwrap();
+    assert_eq!(
+        state.apply(4, &resume()).unwrap_err().to_string(),
+        "service web is not paused (its update is updating): there is nothing to resume"
+    );
+    let before = state.service("s1").unwrap().clone();
+    state.apply(5, &pause()).unwrap();
+    let paused = state.service("s1").unwrap().clone();
+    let status = paused.update_status.clone().unwrap();
+    assert_eq!((status.state, status.message.as_str(), status.slots), (UpdateState::Paused, MANUALLY_PAUSED, Some(3)));
+    assert_eq!((paused.version, paused.spec_version, paused.status_version), (before.version, before.spec_version, 5));
+    assert!(state.apply(6, &pause()).unwrap_err().to_string().contains("(its update is paused)"));
+    state.apply(7, &resume()).unwrap();
+    let status = state.service("s1").unwrap().update_status.clone().unwrap();
+    assert_eq!((status.state, status.message.as_str()), (UpdateState::Updating, "update resumed"));
+
+    // A rollback pauses and resumes as a rollback.
+    state.apply(8, &batch(vec![Action::RollbackService { id: "s1".into(), expected_version: 3 }])).unwrap();
+    state.apply(9, &pause()).unwrap();
+    assert_eq!(state.service("s1").unwrap().update_status.as_ref().unwrap().state, UpdateState::RollbackPaused);
+    state.apply(10, &resume()).unwrap();
+    assert_eq!(state.service("s1").unwrap().update_status.as_ref().unwrap().state, UpdateState::RollbackStarted);
 }
