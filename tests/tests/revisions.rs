@@ -113,10 +113,10 @@ async fn history_records_every_spec_change_and_rollback_goes_to_any_revision() -
 }
 
 /// `rollout pause` mid-update: sampled for longer than the update's delay, no new slot starts;
-/// `rollout resume` carries on to completion; pausing or resuming what cannot be is one line,
-/// exit 1, nothing changed.
+/// `rollout resume` carries on to completion; `rollout abort` mid-update rolls back to the spec
+/// before it; pausing, resuming or aborting what cannot be is one line, exit 1, nothing changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_update_starts_no_new_slot_until_resumed() -> Result<()> {
+async fn a_paused_update_starts_no_new_slot_until_resumed_and_an_abort_rolls_it_back() -> Result<()> {
     let mut cluster = Cluster::start(1).await?;
     cluster.add_agent(&[]).await?;
     let addr = cluster.running_addrs()[0].clone();
@@ -163,5 +163,26 @@ async fn a_paused_update_starts_no_new_slot_until_resumed() -> Result<()> {
     let out = shoal(addr, &["rollout", "pause", "nope"]);
     assert_eq!((out.status.code(), stderr(&out).trim()), (Some(1), "Error: service nope not found"));
     assert_eq!(inspect(addr)?.status_version, before.status_version);
+
+    // Abort mid-update: back to the spec before it, as a new revision, waited for like a rollback.
+    ok(addr, &["service", "update", "-d", "--image", "shoal/busybox:1", "web"])?;
+    let old =
+        |tasks: &[shoal_types::Task]| tasks.iter().filter(|t| t.spec.container.image == "shoal/busybox:1").count();
+    wait_tasks(addr, "web", Duration::from_secs(30), "the first task of the update", |tasks| old(tasks) >= 1).await?;
+    ok(addr, &["rollout", "abort", "-q", "--change-cause", "bad canary", "web"])?;
+    wait_image(addr, "shoal/busybox:2", 3).await?;
+    let service = inspect(addr)?;
+    assert_eq!(service.spec.task.container.image, "shoal/busybox:2");
+    assert_eq!(service.update_status.map(|s| s.state), Some(shoal_types::UpdateState::RollbackCompleted));
+    let revisions: Vec<Revision> =
+        serde_json::from_str(&ok(addr, &["rollout", "history", "--format", "json", "web"])?)?;
+    let last = revisions.last().expect("revisions");
+    assert_eq!((last.number, last.change_cause.as_str()), (service.revision, "bad canary"));
+    let out = shoal(addr, &["rollout", "abort", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: service web is not updating (its update is rollback completed): there is nothing to abort"
+    );
     Ok(())
 }

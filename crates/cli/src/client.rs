@@ -211,10 +211,13 @@ impl Client {
     }
 
     /// Changes the cluster's settings; `None` leaves one as it is.
-    /// Pauses (`pause`) or resumes a service's update or rollback.
-    pub async fn control_rollout(&mut self, service: &str, pause: bool) -> Result<Service, CliError> {
-        let op = if pause { pb::RolloutOp::Pause } else { pb::RolloutOp::Resume };
-        let request = pb::ControlRolloutRequest { service: service.to_string(), op: op as i32 };
+    /// Pauses, resumes or aborts a service's update or rollback.
+    pub async fn control_rollout(&mut self, service: &str, op: pb::RolloutOp) -> Result<Service, CliError> {
+        let request = pb::ControlRolloutRequest {
+            service: service.to_string(),
+            op: op as i32,
+            change_cause: self.change_cause.clone(),
+        };
         let reply = self
             .inner
             .control_rollout(request)

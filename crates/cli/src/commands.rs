@@ -9,7 +9,8 @@ use crate::args::filters::ServiceFacts;
 use crate::args::{
     self, Cli, ClusterCommand, Command, CreateArgs, EventFormat, EventsArgs, InfoFormat, InspectArgs, ListArgs,
     ListOutput, NodeCommand, NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, PsArgs, RollbackArgs,
-    RolloutCommand, RolloutHistoryArgs, ScaleArgs, ServiceCommand, StackCommand, TaskListFlags, UpdateArgs,
+    RolloutCommand, RolloutHistoryArgs, RolloutUndoArgs, ScaleArgs, ServiceCommand, StackCommand, TaskListFlags,
+    UpdateArgs,
 };
 use crate::client::Client;
 use crate::error::CliError;
@@ -54,13 +55,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rollout(RolloutCommand::History(args)) => rollout_history(host, &args).await,
         Command::Rollout(RolloutCommand::Pause(args)) => {
             let mut client = Client::connect(host).await?;
-            client.control_rollout(&args.service, true).await?;
+            client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Pause).await?;
             print_out(&format!("{}: rollout paused\n", args.service));
             Ok(())
         }
+        Command::Rollout(RolloutCommand::Abort(args)) => rollout_abort(host, &args).await,
         Command::Rollout(RolloutCommand::Resume(args)) => {
             let mut client = Client::connect(host).await?;
-            client.control_rollout(&args.service, false).await?;
+            client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Resume).await?;
             print_out(&format!("{}: rollout resumed\n", args.service));
             Ok(())
         }
@@ -513,6 +515,26 @@ async fn rollout_history(host: &str, args: &RolloutHistoryArgs) -> Result<(), Cl
             let before = at.checked_sub(1).map(|i| &*revisions[i].spec);
             print_out(&output::revision_detail(revision, before));
         }
+    }
+    Ok(())
+}
+
+/// `rollout abort`: the update stops and the service rolls back to the spec before it; waits for
+/// the rollback like `service rollback` unless `-d`.
+async fn rollout_abort(host: &str, args: &RolloutUndoArgs) -> Result<(), CliError> {
+    if args.to_revision.is_some() {
+        return Err(CliError::Usage(args::usage_error(
+            &["rollout", "abort"],
+            ErrorKind::ArgumentConflict,
+            "--to-revision cannot be used with abort: an abort returns to the spec before the update",
+        )));
+    }
+    let mut client = Client::connect(host).await?;
+    client.set_change_cause(change_cause(&args.change_cause));
+    let service = client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Abort).await?;
+    print_out(&format!("{}\n", args.service));
+    if !args.detach {
+        wait_for_convergence_until(host, &service, Operation::Rollback, args.quiet, None).await?;
     }
     Ok(())
 }

@@ -574,8 +574,10 @@ impl Watch {
     /// Whether a rollback was asked for by a user (else the cluster rolled back a failed update).
     fn manual_rollback(&self) -> bool {
         match &self.first_rollback {
-            // Also "manually requested rollback to revision N".
-            Some(message) => message.starts_with(MANUAL_ROLLBACK_MESSAGE),
+            // Also "manually requested rollback to revision N", and an abort by hand.
+            Some(message) => {
+                message.starts_with(MANUAL_ROLLBACK_MESSAGE) || message.starts_with(shoal_types::MANUALLY_ABORTED)
+            }
             None => self.operation == Operation::Rollback,
         }
     }

@@ -648,16 +648,21 @@ impl Control for ControlApi {
         &self,
         request: Request<ControlRolloutRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
+        let by = caller_name(&request);
         routed!(self, request, control_rollout, Retry::IfNeverSent, async {
             let id = Self::find_service(&self.manager.state(), &request.service)?.id.clone();
             let action = match RolloutOp::try_from(request.op) {
                 Ok(RolloutOp::Pause) => Action::PauseRollout { id: id.clone() },
                 Ok(RolloutOp::Resume) => Action::ResumeRollout { id: id.clone() },
+                Ok(RolloutOp::Abort) => Action::AbortRollout { id: id.clone() },
                 _ => {
-                    return Err(ApiError::InvalidArgument(format!("op: {} is not pause (1) or resume (2)", request.op)));
+                    return Err(ApiError::InvalidArgument(format!(
+                        "op: {} is not pause (1), resume (2) or abort (3)",
+                        request.op
+                    )));
                 }
             };
-            self.manager.propose(vec![action]).await?;
+            self.manager.propose_as(vec![action], origin(by, request.change_cause)?).await?;
             let state = self.manager.state();
             let service = state
                 .service(&id)

@@ -37,6 +37,7 @@ impl From<StoreError> for ApiError {
             | StoreError::NoPreviousSpec { .. }
             | StoreError::NothingToPause { .. }
             | StoreError::NothingToResume { .. }
+            | StoreError::NothingToAbort { .. }
             | StoreError::Rename { .. }
             | StoreError::ModeChange { .. }
             | StoreError::ClusterOutOfSequence { .. }

@@ -121,6 +121,12 @@ actions! {
     ResumeRollout {
         id: String,
     },
+    /// `rollout abort`: an update in progress or paused stops and the service rolls back to the
+    /// spec it had before (push-style, with `rollback_config`). Refused unless an update (not a
+    /// rollback) is in progress or paused.
+    AbortRollout {
+        id: String,
+    },
     /// The updater's automatic rollback: the previous spec becomes current (as a new version)
     /// and is forgotten, so a later manual rollback has nothing to return to (Swarm). Skipped
     /// if the service changed since `expected_version` or has no previous spec.

@@ -8,4 +8,4 @@ mod action;
 mod state;
 
 pub use action::{Action, Batch, MembershipChange, MembershipKind, Origin};
-pub use state::{Change, ChangeKind, MANUALLY_PAUSED, Object, SnapshotView, State, StoreError, is_pending};
+pub use state::{Change, ChangeKind, Object, SnapshotView, State, StoreError, is_pending};

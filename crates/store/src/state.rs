@@ -8,6 +8,7 @@ use shoal_types::{
 };
 
 use crate::action::{Action, Batch, MembershipChange, MembershipKind, Origin};
+use shoal_types::{MANUALLY_ABORTED, MANUALLY_PAUSED};
 
 /// Why a batch was refused. The store is left exactly as it was.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -34,6 +35,8 @@ pub enum StoreError {
     NothingToPause { name: String, now: String },
     #[error("service {name} is not paused ({now}): there is nothing to resume")]
     NothingToResume { name: String, now: String },
+    #[error("service {name} is not updating ({now}): there is nothing to abort")]
+    NothingToAbort { name: String, now: String },
     #[error("revision {revision} not found for service {name} (kept: {kept})")]
     RevisionNotFound { name: String, revision: u64, kept: String },
     #[error(
@@ -633,6 +636,36 @@ impl State {
                 service.updated_at = at;
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
+            Action::AbortRollout { id } => {
+                let current =
+                    self.services.get(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                let abortable = matches!(
+                    current.update_status.as_ref().map(|s| s.state),
+                    Some(UpdateState::Updating | UpdateState::Paused)
+                );
+                let Some(previous) = current.previous_spec.clone().filter(|_| abortable) else {
+                    return Err(StoreError::NothingToAbort {
+                        name: current.spec.name.clone(),
+                        now: rollout_state(current),
+                    });
+                };
+                let mut service = Service::clone(current);
+                let from = service.revision;
+                service.previous_spec = Some(std::mem::replace(&mut service.spec, previous));
+                service.previous_spec_version = Some(service.spec_version);
+                service.spec_version = index;
+                service.update_status = Some(UpdateStatus {
+                    state: UpdateState::RollbackStarted,
+                    message: format!("{MANUALLY_ABORTED} (revision {from}); rolling back"),
+                    started_at: Some(at),
+                    completed_at: None,
+                    slots: None,
+                });
+                service.version = index;
+                service.updated_at = at;
+                self.record_revision(&mut service, origin, undo);
+                self.put_service(service, ChangeKind::Update, undo, changes);
+            }
             Action::RemoveService { id } => {
                 let service =
                     self.remove_service(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
@@ -930,9 +963,6 @@ impl State {
         }
     }
 }
-
-/// The update status message of a rollout paused by hand (`rollout pause`).
-pub const MANUALLY_PAUSED: &str = "manually paused";
 
 /// Where a service's rollout stands, in words, for a refused pause or resume.
 fn rollout_state(service: &Service) -> String {

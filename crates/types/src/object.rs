@@ -69,6 +69,11 @@ pub enum UpdateState {
     RollbackCompleted,
 }
 
+/// The update status message of a rollout paused by hand (`rollout pause`).
+pub const MANUALLY_PAUSED: &str = "manually paused";
+/// How the update status message of a rollout aborted by hand (`rollout abort`) starts.
+pub const MANUALLY_ABORTED: &str = "update aborted by hand";
+
 impl UpdateState {
     pub fn as_str(self) -> &'static str {
         match self {

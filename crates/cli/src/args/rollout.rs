@@ -15,6 +15,8 @@ pub enum RolloutCommand {
     Pause(RolloutServiceArgs),
     /// Resume a paused update or rollback where it stopped
     Resume(RolloutServiceArgs),
+    /// Stop an update in progress or paused and roll back to the spec before it
+    Abort(RolloutUndoArgs),
 }
 
 /// `shoal rollout pause|resume SERVICE`.

@@ -1,5 +1,5 @@
 use proptest::prelude::*;
-use shoal_types::{ServiceSpec, TaskSpec, TaskState, TaskStatus};
+use shoal_types::{MANUALLY_ABORTED, MANUALLY_PAUSED, ServiceSpec, TaskSpec, TaskState, TaskStatus};
 
 use super::*;
 
@@ -435,6 +435,7 @@ fn arb_action() -> impl Strategy<Value = Action> {
         }),
         id.clone().prop_map(|i| Action::PauseRollout { id: i.into() }),
         id.clone().prop_map(|i| Action::ResumeRollout { id: i.into() }),
+        id.clone().prop_map(|i| Action::AbortRollout { id: i.into() }),
         id.clone().prop_map(|i| Action::RemoveService { id: i.into() }),
         (prop::sample::select(vec!["t1", "t2"]), id.clone())
             .prop_map(|(t, s)| Action::PutTask { task: task(t, s, "n1") }),
@@ -659,4 +660,41 @@ fn pause_and_resume_move_only_a_rollout_that_can() {
     assert_eq!(state.service("s1").unwrap().update_status.as_ref().unwrap().state, UpdateState::RollbackPaused);
     state.apply(10, &resume()).unwrap();
     assert_eq!(state.service("s1").unwrap().update_status.as_ref().unwrap().state, UpdateState::RollbackStarted);
+}
+
+/// `rollout abort`: an update in progress or paused rolls back to the spec before it, as a new
+/// revision; anything else has nothing to abort and changes nothing.
+#[test]
+fn abort_rolls_an_update_back_and_refuses_anything_else() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let abort = || batch(vec![Action::AbortRollout { id: "s1".into() }]);
+    assert_eq!(
+        state.apply(2, &abort()).unwrap_err().to_string(),
+        "service web is not updating (no update has run): there is nothing to abort"
+    );
+    let update =
+        Action::UpdateService { id: "s1".into(), expected_version: 1, spec: ServiceSpec::new("web", "busybox:2") };
+    let updating = UpdateStatus {
+        state: UpdateState::Updating,
+        message: "update in progress".into(),
+        started_at: Some(1),
+        completed_at: None,
+        slots: Some(3),
+    };
+    state.apply(3, &batch(vec![update, Action::SetUpdateStatus { id: "s1".into(), status: Some(updating) }])).unwrap();
+    state.apply(4, &batch(vec![Action::PauseRollout { id: "s1".into() }])).unwrap();
+    state.apply(5, &abort()).unwrap();
+    let service = state.service("s1").unwrap();
+    assert_eq!(service.spec.task.container.image, "busybox");
+    assert_eq!(service.previous_spec.as_ref().unwrap().task.container.image, "busybox:2");
+    assert_eq!((service.revision, service.spec_version), (3, 5));
+    let status = service.update_status.clone().unwrap();
+    assert_eq!(status.state, UpdateState::RollbackStarted);
+    assert_eq!(status.message, format!("{MANUALLY_ABORTED} (revision 2); rolling back"));
+    // A rollback in progress is not an update: nothing to abort.
+    let before = state.clone();
+    assert!(state.apply(6, &abort()).unwrap_err().to_string().contains("(its update is rollback started)"));
+    assert_eq!(state.service("s1"), before.service("s1"));
+    assert_eq!(state.revisions("s1"), before.revisions("s1"));
 }
