@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use shoal_tests::*;
-use shoal_types::{Revision, Service};
+use shoal_types::{GoDuration, Revision, Service, Task, TaskOrigin, UpdateState};
 
 /// Runs the CLI and fails with its output unless it succeeded.
 fn ok(addr: &str, args: &[&str]) -> Result<String> {
@@ -184,5 +184,69 @@ async fn a_paused_update_starts_no_new_slot_until_resumed_and_an_abort_rolls_it_
         stderr(&out).trim(),
         "Error: service web is not updating (its update is rollback completed): there is nothing to abort"
     );
+    Ok(())
+}
+
+/// A pause is part of the replicated state: kill -9 of the leader while an update is paused, and
+/// the next leader keeps it paused (no new slot, sampled); resumed through another manager, the
+/// update completes with every slot replaced once and never more than `parallelism` at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_update_stays_paused_across_a_leader_kill_and_resumes_through_another_manager() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    cluster.add_agent(&[]).await?;
+    cluster.add_agent(&[]).await?;
+    let leader = cluster.leader().await?;
+    let other = cluster.managers[(leader + 1) % 3].addr.clone();
+    let other = other.as_str();
+    let mut spec = shoal_types::ServiceSpec::new("web", "shoal/busybox:1");
+    spec.mode = shoal_types::ServiceMode::Replicated { replicas: 6 };
+    create_service(other, &spec).await?;
+    wait_tasks(other, "web", Duration::from_secs(30), "6 running", |t| running(t).len() == 6).await?;
+    update_by_name(other, "web", |s| {
+        s.task.container.image = "shoal/busybox:2".into();
+        s.update_config.parallelism = 2;
+        s.update_config.delay = GoDuration::from_secs(2);
+        s.update_config.monitor = GoDuration::from_secs(1);
+    })
+    .await?;
+    let new = |tasks: &[Task]| tasks.iter().filter(|t| t.spec.container.image == "shoal/busybox:2").count();
+    wait_tasks(other, "web", Duration::from_secs(30), "the first batch", |t| new(t) >= 2).await?;
+    ok(other, &["rollout", "pause", "web"])?;
+    cluster.managers[leader].kill9();
+
+    // Longer than the update's delay, through the failover: still paused, no new slot.
+    let mut seen = None;
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(tasks) = list_tasks(other, "web").await else { continue };
+        let now = new(&tasks);
+        assert!(seen.is_none_or(|before| now == before), "a new slot started while paused: {seen:?} → {now}");
+        seen = Some(now);
+        assert!(now <= 4, "more than the batch in transition finished: {now}");
+    }
+    let service = inspect(other)?;
+    let status = service.update_status.expect("a status");
+    assert_eq!((status.state, status.message.as_str()), (UpdateState::Paused, "manually paused"));
+
+    ok(other, &["rollout", "resume", "web"])?;
+    let mut most_in_transition = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        assert!(tokio::time::Instant::now() < deadline, "the resumed update did not complete in 90 s");
+        let tasks = list_tasks(other, "web").await?;
+        most_in_transition = most_in_transition.max(slots_in_transition(tasks.iter()));
+        let service = inspect(other)?;
+        if service.update_status.as_ref().map(|s| s.state) == Some(UpdateState::Completed) {
+            break service;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let tasks = list_tasks(other, "web").await?;
+    let made: Vec<&Task> =
+        tasks.iter().filter(|t| t.origin == TaskOrigin::Update && t.spec_version == done.spec_version).collect();
+    let mut slots: Vec<u64> = made.iter().map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, vec![1, 2, 3, 4, 5, 6], "each slot replaced exactly once");
+    assert!(most_in_transition <= 2, "slots in transition at once: {most_in_transition}");
     Ok(())
 }
