@@ -250,3 +250,36 @@ async fn a_paused_update_stays_paused_across_a_leader_kill_and_resumes_through_a
     assert!(most_in_transition <= 2, "slots in transition at once: {most_in_transition}");
     Ok(())
 }
+
+/// A stack deploy makes one revision per service it changes, all with the same cause: the stack
+/// file's `x-change-cause`, or `--change-cause` over it. Services it does not change get none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_deploy_makes_one_revision_per_changed_service_with_its_cause() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let addr = addr.as_str();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("stack.yml");
+    let write = |web_image: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "x-change-cause: release of ${{USER_NOTE:-the week}}\nservices:\n  web:\n    image: {web_image}\n  api:\n    image: shoal/busybox:1\n"
+            ),
+        )
+    };
+    write("shoal/busybox:1")?;
+    let path = file.to_str().expect("utf-8 path");
+    ok(addr, &["stack", "deploy", "-d", "-c", path, "app"])?;
+    write("shoal/busybox:2")?;
+    ok(addr, &["stack", "deploy", "-d", "--change-cause", "hotfix 2", "-c", path, "app"])?;
+
+    let history = |service: &str| -> Result<Vec<(u64, String)>> {
+        let json = ok(addr, &["rollout", "history", "--format", "json", service])?;
+        let revisions: Vec<Revision> = serde_json::from_str(&json)?;
+        Ok(revisions.into_iter().map(|r| (r.number, r.change_cause)).collect())
+    };
+    assert_eq!(history("app_web")?, [(1, "release of the week".to_string()), (2, "hotfix 2".to_string())]);
+    assert_eq!(history("app_api")?, [(1, "release of the week".to_string())], "an unchanged service gets no revision");
+    Ok(())
+}

@@ -219,7 +219,9 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
         refuse_unsupported(&loaded).map_err(report)?;
     }
     let mut client = Client::connect(host).await?;
-    client.set_change_cause(crate::commands::change_cause(&args.change_cause));
+    // `--change-cause`, else the stack file's `x-change-cause`, else the command line.
+    let cause = args.change_cause.clone().or_else(|| loaded.stack.change_cause.clone());
+    client.set_change_cause(crate::commands::change_cause(&cause));
     let existing = client.list_services().await?;
     let plan = plan_deploy(&args.stack, &loaded.services, &existing, args.prune).map_err(report)?;
 

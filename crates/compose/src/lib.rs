@@ -18,7 +18,8 @@
 //!    keys expanded; duplicate keys are errors).
 //! 2. String values are interpolated (see [`interpolate`]) from the given environment, then from
 //!    the `.env` file beside the first stack file (the environment wins). `x-*` subtrees are not
-//!    interpolated in place: their content is, wherever it is merged or aliased in.
+//!    interpolated in place: their content is, wherever it is merged or aliased in. The one
+//!    extension shoal reads, the top-level `x-change-cause`, is interpolated in place.
 //! 3. List-form `environment`, `labels` and `deploy.labels` become mappings, then the files are
 //!    merged in order: **mappings merge key by key (recursively), everything else — scalars and
 //!    lists such as `ports`, `command`, `env_file` or `placement.constraints` — is replaced

@@ -16,6 +16,10 @@ pub struct StackFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     pub services: BTreeMap<String, Service>,
+    /// `x-change-cause`: why this deploy is made, kept with the revision of each service it
+    /// changes (`stack deploy --change-cause` wins over it).
+    #[serde(rename = "x-change-cause", skip_serializing_if = "Option::is_none")]
+    pub change_cause: Option<String>,
 }
 
 /// One compose service, normalised.

@@ -410,6 +410,21 @@ impl Walker<'_> {
                 _ => {}
             }
         }
+        // The one extension shoal reads; every other `x-*` key is skipped.
+        if let Kind::Map(entries) = &root.kind
+            && let Some((_, value)) = entries.iter().find(|(key, _)| key.name == "x-change-cause")
+        {
+            let cause = self.string(value, "x-change-cause")?;
+            let most = shoal_types::limits::MAX_CHANGE_CAUSE_BYTES;
+            if cause.len() > most {
+                return Err(self.error(
+                    value.loc,
+                    "x-change-cause",
+                    format!("{} bytes is above the maximum of {most}", cause.len()),
+                ));
+            }
+            stack.change_cause = Some(cause);
+        }
         let Some(services) = services else {
             let location = Location { file: self.files.first().cloned().unwrap_or_default(), line: 1, column: 1 };
             return Err(ComposeError::invalid(

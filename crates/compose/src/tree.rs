@@ -41,7 +41,9 @@ pub(crate) fn interpolate_tree(
             // Under environment/labels an `x-` key is a variable or label name, not an extension.
             let holds_names = path.ends_with(".environment") || path.ends_with(".labels");
             for (key, value) in entries.iter_mut() {
-                if key.name.starts_with("x-") && !holds_names {
+                // `x-change-cause` is read by shoal, so it is interpolated like any value.
+                let read = path.is_empty() && key.name == "x-change-cause";
+                if key.name.starts_with("x-") && !holds_names && !read {
                     continue;
                 }
                 interpolate_tree(value, &join(path, &key.name), lookup, location, warnings)?;

@@ -526,3 +526,19 @@ fn stdin_can_be_given_once() {
     assert!(matches!(err, ComposeError::StdinTwice), "{err}");
     assert_eq!(err.to_string(), "-c - (read the stack file from standard input) may be given only once");
 }
+
+/// `x-change-cause` at the top: kept (after interpolation) as the deploy's change cause; not a
+/// string, or over 4096 bytes, is refused naming the key.
+#[test]
+fn x_change_cause_is_the_deploys_cause() {
+    let loaded =
+        load_one("x-change-cause: release ${FROM_SHELL}\nservices:\n  web:\n    image: shoal/busybox:1\n").unwrap();
+    assert_eq!(loaded.stack.change_cause.as_deref(), Some("release shell"));
+    assert!(load_one("services:\n  web:\n    image: shoal/busybox:1\n").unwrap().stack.change_cause.is_none());
+    let long = "x".repeat(4097);
+    let err =
+        load_one(&format!("x-change-cause: {long}\nservices:\n  web:\n    image: shoal/busybox:1\n")).unwrap_err();
+    assert!(err.to_string().contains("x-change-cause: 4097 bytes is above the maximum of 4096"), "{err}");
+    let err = load_one("x-change-cause: [a]\nservices:\n  web:\n    image: shoal/busybox:1\n").unwrap_err();
+    assert!(err.to_string().contains("x-change-cause"), "{err}");
+}
