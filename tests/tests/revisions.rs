@@ -146,13 +146,16 @@ async fn a_paused_update_starts_no_new_slot_until_resumed_and_an_abort_rolls_it_
     }
     assert!(paused_with <= 2, "at most the slot in transition finished: {paused_with}");
 
+    // `rollout status` of a paused update ends at once as `service update` would: exit 3.
+    let out = shoal(addr, &["rollout", "status", "-q", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("manually paused"), "{}", stderr(&out));
+
     ok(addr, &["rollout", "resume", "web"])?;
+    // Followed to its end: exit 0 once the update completed.
+    ok(addr, &["rollout", "status", "-q", "--timeout", "60s", "web"])?;
+    assert_eq!(inspect(addr)?.update_status.map(|s| s.state), Some(shoal_types::UpdateState::Completed));
     wait_image(addr, "shoal/busybox:2", 3).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while inspect(addr)?.update_status.map(|s| s.state) != Some(shoal_types::UpdateState::Completed) {
-        assert!(tokio::time::Instant::now() < deadline, "the resumed update did not complete");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
     let before = inspect(addr)?;
     let out = shoal(addr, &["rollout", "resume", "web"]);
     assert_eq!(out.status.code(), Some(1));

@@ -9,8 +9,8 @@ use crate::args::filters::ServiceFacts;
 use crate::args::{
     self, Cli, ClusterCommand, Command, CreateArgs, EventFormat, EventsArgs, InfoFormat, InspectArgs, ListArgs,
     ListOutput, NodeCommand, NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, PsArgs, RollbackArgs,
-    RolloutCommand, RolloutHistoryArgs, RolloutUndoArgs, ScaleArgs, ServiceCommand, StackCommand, TaskListFlags,
-    UpdateArgs,
+    RolloutCommand, RolloutHistoryArgs, RolloutStatusArgs, RolloutUndoArgs, ScaleArgs, ServiceCommand, StackCommand,
+    TaskListFlags, UpdateArgs,
 };
 use crate::client::Client;
 use crate::error::CliError;
@@ -60,6 +60,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Rollout(RolloutCommand::Abort(args)) => rollout_abort(host, &args).await,
+        Command::Rollout(RolloutCommand::Status(args)) => rollout_status(host, &args).await,
         Command::Rollout(RolloutCommand::Resume(args)) => {
             let mut client = Client::connect(host).await?;
             client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Resume).await?;
@@ -517,6 +518,19 @@ async fn rollout_history(host: &str, args: &RolloutHistoryArgs) -> Result<(), Cl
         }
     }
     Ok(())
+}
+
+/// `rollout status`: follows the service's update or rollback with `service update`'s progress
+/// display and exit codes; one that already ended is reported at once (0 when it completed).
+async fn rollout_status(host: &str, args: &RolloutStatusArgs) -> Result<(), CliError> {
+    use shoal_types::UpdateState;
+    let mut client = Client::connect(host).await?;
+    let service = client.get_service(&args.service).await?;
+    let rollback = service.update_status.as_ref().is_some_and(|s| {
+        matches!(s.state, UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
+    });
+    let operation = if rollback { Operation::Rollback } else { Operation::Update };
+    wait_for_convergence_until(host, &service, operation, args.quiet, Deadline::after(args.timeout)).await
 }
 
 /// `rollout abort`: the update stops and the service rolls back to the spec before it; waits for

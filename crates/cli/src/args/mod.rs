@@ -25,7 +25,7 @@ pub use node::{
     ClusterCommand, ClusterInfoArgs, ClusterUpdateArgs, JoinRole, JoinTokenArgs, NodeCommand, NodeDemoteArgs,
     NodeInspectArgs, NodeLsArgs, NodeRmArgs, NodeUpdateArgs,
 };
-pub use rollout::{RolloutCommand, RolloutHistoryArgs, RolloutServiceArgs, RolloutUndoArgs};
+pub use rollout::{RolloutCommand, RolloutHistoryArgs, RolloutServiceArgs, RolloutStatusArgs, RolloutUndoArgs};
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
 pub use stack::{
     StackCommand, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackRmArgs, StackServicesArgs,

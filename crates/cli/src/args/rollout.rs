@@ -17,6 +17,23 @@ pub enum RolloutCommand {
     Resume(RolloutServiceArgs),
     /// Stop an update in progress or paused and roll back to the spec before it
     Abort(RolloutUndoArgs),
+    /// Follow a service's update or rollback until it ends (exit 0 completed; as `service update`
+    /// when it pauses or rolls back)
+    Status(RolloutStatusArgs),
+}
+
+/// `shoal rollout status [--timeout D] [-q] SERVICE`.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct RolloutStatusArgs {
+    /// Give up waiting after this long (e.g. 30s, 5m) and exit 1; the rollout goes on
+    #[arg(long, value_name = "DURATION", value_parser = parsers::wait_timeout, allow_hyphen_values = true)]
+    pub timeout: Option<shoal_types::GoDuration>,
+    /// Suppress progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Service id, name or id prefix
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
 }
 
 /// `shoal rollout pause|resume SERVICE`.
