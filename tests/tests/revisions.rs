@@ -286,3 +286,53 @@ async fn a_stack_deploy_makes_one_revision_per_changed_service_with_its_cause() 
     assert_eq!(history("app_api")?, [(1, "release of the week".to_string())], "an unchanged service gets no revision");
     Ok(())
 }
+
+/// `service update --dry-run`: prints what the update would do and writes nothing (the raft log
+/// does not move; versions and task ids are equal before and after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_prints_the_plan_and_changes_nothing() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let addr = addr.as_str();
+    ok(addr, &["service", "create", "--name", "web", "--replicas", "3", "shoal/busybox:1"])?;
+    let ids = |tasks: &[Task]| {
+        let mut ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let before = (inspect(addr)?, ids(&list_tasks(addr, "web").await?), cluster_info(addr).await?.raft.commit);
+
+    let args = ["service", "update", "--dry-run", "--image", "shoal/busybox:2", "--update-parallelism", "2", "web"];
+    let text = ok(addr, &args)?;
+    for expected in [
+        "Dry run: nothing was changed. An update of web would:",
+        "- \"image\": \"shoal/busybox:1\",",
+        "+ \"image\": \"shoal/busybox:2\",",
+        "Out of date: 3 of 3 tasks",
+        "web.1 on ",
+        ": image shoal/busybox:1 → shoal/busybox:2",
+        "Batches (parallelism 2, stop-first):\n  1: web.1, web.2\n  2: web.3\n",
+        "Estimated duration: about ",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    let plan: shoal_types::UpdatePlan = serde_json::from_str(&ok(
+        addr,
+        &["service", "update", "--dry-run", "--format", "json", "--image", "shoal/busybox:2", "web"],
+    )?)?;
+    assert_eq!((plan.tasks, plan.out_of_date.len(), plan.batches.len()), (3, 3, 3));
+    let plan: shoal_types::UpdatePlan = serde_json::from_str(&ok(
+        addr,
+        &["service", "update", "--dry-run", "--format", "json", "--label-add", "a=b", "web"],
+    )?)?;
+    assert!(plan.out_of_date.is_empty() && plan.spec_changes.iter().any(|l| l.contains("\"a\": \"b\"")), "{plan:?}");
+    let out = shoal(addr, &["service", "update", "--format", "json", "web"]);
+    assert_eq!(out.status.code(), Some(2), "--format needs --dry-run: {}", stderr(&out));
+
+    let after = (inspect(addr)?, ids(&list_tasks(addr, "web").await?), cluster_info(addr).await?.raft.commit);
+    assert_eq!(after.0.version, before.0.version);
+    assert_eq!(after.1, before.1, "the same tasks");
+    assert_eq!(after.2, before.2, "nothing was written to the raft log");
+    Ok(())
+}

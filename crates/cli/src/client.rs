@@ -227,6 +227,22 @@ impl Client {
         decode("service", &reply.service_json)
     }
 
+    /// What an update of `service` to `spec` would do (nothing is written).
+    pub async fn plan_update(
+        &mut self,
+        service: &str,
+        spec: &ServiceSpec,
+    ) -> Result<shoal_types::UpdatePlan, CliError> {
+        let request = pb::PlanUpdateRequest { service: service.to_string(), spec_json: encode(spec)? };
+        let reply = self
+            .inner
+            .plan_update(request)
+            .await
+            .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?
+            .into_inner();
+        decode("plan", &reply.plan_json)
+    }
+
     /// A service's kept revisions, oldest first.
     pub async fn list_revisions(&mut self, service: &str) -> Result<Vec<shoal_types::Revision>, CliError> {
         let request = pb::ListRevisionsRequest { service: service.to_string() };

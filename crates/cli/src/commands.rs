@@ -473,6 +473,16 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
     let mut spec = service.spec.clone();
     args.apply(&mut spec).map_err(CliError::Message)?;
     spec.validate().map_err(|e| CliError::Message(e.to_string()))?;
+    if args.dry_run {
+        let mut plan = client.plan_update(&service.id, &spec).await?;
+        let pretty = |spec: &shoal_types::ServiceSpec| serde_json::to_string_pretty(spec).unwrap_or_default();
+        plan.spec_changes = output::line_diff(&pretty(&service.spec), &pretty(&spec));
+        match args.plan_format.unwrap_or_default() {
+            InfoFormat::Json => print_out(&output::json_object(&plan)),
+            InfoFormat::Text => print_out(&output::update_plan(&plan)),
+        }
+        return Ok(());
+    }
     let updated = client.update_service(&service.id, service.version, &spec).await?;
     print_out(&format!("{}\n", args.service));
     if !args.detach {

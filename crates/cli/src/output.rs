@@ -598,6 +598,49 @@ pub fn revision_detail(revision: &shoal_types::Revision, before: Option<&shoal_t
     out
 }
 
+/// `service update --dry-run`: what the update would do, for a person.
+pub fn update_plan(plan: &shoal_types::UpdatePlan) -> String {
+    let mut out = format!("Dry run: nothing was changed. An update of {} would:\n", plan.service);
+    if plan.spec_changes.is_empty() {
+        out.push_str("\nSpec changes: none\n");
+    } else {
+        out.push_str("\nSpec changes:\n");
+        for line in &plan.spec_changes {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out.push_str(&format!("\nOut of date: {} of {} tasks\n", plan.out_of_date.len(), plan.tasks));
+    for task in &plan.out_of_date {
+        let node = if task.node.is_empty() { "not placed".to_string() } else { format!("on {}", task.node) };
+        out.push_str(&format!("  {} {}: {}\n", task.name, node, task.reasons.join("; ")));
+    }
+    if !plan.batches.is_empty() {
+        let parallelism = if plan.parallelism == 0 { "all at once".to_string() } else { plan.parallelism.to_string() };
+        let order = match plan.order {
+            shoal_types::UpdateOrder::StopFirst => "stop-first",
+            shoal_types::UpdateOrder::StartFirst => "start-first",
+        };
+        out.push_str(&format!("\nBatches (parallelism {parallelism}, {order}):\n"));
+        for (i, batch) in plan.batches.iter().enumerate() {
+            out.push_str(&format!("  {}: {}\n", i + 1, batch.join(", ")));
+        }
+        out.push_str(&format!(
+            "\nEstimated duration: about {:.0} s ({} batches × ({:.1} s to start a task + the update delay), then \
+             the monitor window)\n",
+            plan.estimate_secs,
+            plan.batches.len(),
+            plan.task_start_secs
+        ));
+    }
+    if !plan.warnings.is_empty() {
+        out.push_str("\nWarnings:\n");
+        for warning in &plan.warnings {
+            out.push_str(&format!("  - {warning}\n"));
+        }
+    }
+    out
+}
+
 /// The lines that differ between `old` and `new`, in order: `- line` removed, `+ line` added
 /// (a longest-common-subsequence diff; specs are a few hundred lines at most).
 pub fn line_diff(old: &str, new: &str) -> Vec<String> {

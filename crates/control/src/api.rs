@@ -644,6 +644,24 @@ impl Control for ControlApi {
         })
     }
 
+    async fn plan_update(&self, request: Request<PlanUpdateRequest>) -> Result<Response<PlanUpdateResponse>, Status> {
+        routed!(self, request, plan_update, Retry::Always, async {
+            let next = self.parse_spec(&request.spec_json)?;
+            let state = self.manager.state();
+            let service = Self::find_service(&state, &request.service)?;
+            // Refused as the update itself would be.
+            if service.spec.name != next.name {
+                return Err(shoal_store::StoreError::Rename { name: service.spec.name.clone() }.into());
+            }
+            if std::mem::discriminant(&service.spec.mode) != std::mem::discriminant(&next.mode) {
+                return Err(shoal_store::StoreError::ModeChange { name: service.spec.name.clone() }.into());
+            }
+            let plan = shoal_orchestrator::plan::plan_update(&state, service, &next);
+            drop(state);
+            Ok(PlanUpdateResponse { plan_json: to_json(&plan) })
+        })
+    }
+
     async fn control_rollout(
         &self,
         request: Request<ControlRolloutRequest>,

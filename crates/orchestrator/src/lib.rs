@@ -16,6 +16,7 @@ use shoal_types::{
 
 pub mod constraint_enforcer;
 mod jobs;
+pub mod plan;
 pub mod reaper;
 #[cfg(test)]
 mod tests;

@@ -751,3 +751,56 @@ fn a_paused_update_starts_no_new_slot_and_resumes_where_it_stopped() {
         assert_eq!(sim.max_in_transition, 1, "{order:?}");
     }
 }
+
+/// `--dry-run`: the plan names the tasks the update then replaces, in its batches, with why; a
+/// change that replaces nothing plans nothing; warnings come before the harm.
+#[test]
+fn the_dry_run_plan_is_what_the_update_then_does() {
+    let mut sim = Sim::new(5, |s| {
+        s.update_config.parallelism = 2;
+        s.update_config.delay = GoDuration::from_secs(1);
+        s.update_config.monitor = GoDuration::from_secs(2);
+    });
+    let service = sim.service();
+    let mut next = service.spec.clone();
+    next.labels.insert("tier".into(), "front".into());
+    let plan = crate::plan::plan_update(&sim.w.state, &service, &next);
+    assert!(plan.out_of_date.is_empty() && plan.batches.is_empty() && plan.estimate_secs == 0.0, "{plan:?}");
+
+    image(&mut next, "app:2");
+    let plan = crate::plan::plan_update(&sim.w.state, &service, &next);
+    assert_eq!(plan.tasks, 5);
+    assert_eq!(plan.batches, [vec!["web.1", "web.2"], vec!["web.3", "web.4"], vec!["web.5"]]);
+    assert!(plan.out_of_date.iter().all(|t| t.reasons == ["image app:1 → app:2"] && !t.node.is_empty()), "{plan:?}");
+    // 3 batches × (start + 1 s delay) + 2 s monitor.
+    assert_eq!(plan.estimate_secs, 3.0 * (plan.task_start_secs + 1.0) + 2.0);
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+
+    let planned: Vec<String> = plan.out_of_date.iter().map(|t| t.name.clone()).collect();
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    let done = sim.service();
+    let mut replaced: Vec<String> = sim
+        .w
+        .tasks(&sim.svc)
+        .iter()
+        .filter(|t| t.origin == TaskOrigin::Update && t.spec_version == done.spec_version)
+        .map(|t| t.name())
+        .collect();
+    replaced.sort();
+    assert_eq!(replaced, planned, "the update replaced what the plan said");
+
+    let mut risky = done.spec.clone();
+    risky.mode = ServiceMode::Replicated { replicas: 1 };
+    risky.task.placement.constraints = vec![Constraint::parse("node.labels.zone==mars").unwrap()];
+    let plan = crate::plan::plan_update(&sim.w.state, &done, &risky);
+    assert_eq!(
+        plan.warnings,
+        [
+            "no new task can be placed: no ready, active node satisfies node.labels.zone==mars",
+            "stop-first with 1 replica: the service has no running task while it is replaced (--update-order \
+             start-first keeps the old one until the new one runs)"
+        ]
+    );
+    assert!(plan.out_of_date.iter().all(|t| t.reasons == ["placement: its node no longer satisfies the constraints"]));
+}

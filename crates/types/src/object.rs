@@ -38,6 +38,44 @@ pub struct Service {
     pub revision: u64,
 }
 
+/// What an update to a new spec would do, decided from the store as the updater would decide
+/// it, with nothing written (`service update --dry-run`, Nomad's `job plan`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdatePlan {
+    pub service: String,
+    /// The lines of the spec (as `service inspect` prints it) that would change: `- old`,
+    /// `+ new`. Filled in by the CLI, which has both specs.
+    #[serde(default)]
+    pub spec_changes: Vec<String>,
+    /// Tasks meant to run, now.
+    pub tasks: u64,
+    /// The tasks the update would replace, in the order it would, and why each is out of date.
+    pub out_of_date: Vec<OutOfDateTask>,
+    /// The slots (task names) of each batch, `parallelism` at a time, in order.
+    pub batches: Vec<Vec<String>>,
+    pub parallelism: u64,
+    pub order: crate::UpdateOrder,
+    /// The seconds one task of this service took from created to running, median of those it
+    /// has (1 s when none has run yet): what the estimate counts per batch.
+    pub task_start_secs: f64,
+    /// batches × (task start + delay) + the monitor window, in seconds.
+    pub estimate_secs: f64,
+    /// What is likely to hurt: a new task that cannot be placed, a gap in service, a new task
+    /// that must wait for the old one, failures nobody watches.
+    pub warnings: Vec<String>,
+}
+
+/// One task an update would replace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutOfDateTask {
+    /// `web.3`, as `service ps` names it.
+    pub name: String,
+    pub task_id: String,
+    /// The node's hostname (its id if it has none), empty if not placed.
+    pub node: String,
+    pub reasons: Vec<String>,
+}
+
 /// One spec a service had: `shoal rollout history`. Made by every spec change (create, update,
 /// rollback, automatic rollback), numbered per service from 1; the store keeps the newest
 /// `revision_history_limit` of each service.

@@ -34,6 +34,13 @@ pub struct UpdateArgs {
     /// Roll back to the previous specification (only -d, -q and --timeout may be combined with it)
     #[arg(long)]
     pub rollback: bool,
+    /// Change nothing: print what the update would do (spec changes, out-of-date tasks and why,
+    /// the batches, a duration estimate, warnings)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: text (the default) or json
+    #[arg(id = "format", long = "format", value_enum, requires = "dry_run")]
+    pub plan_format: Option<super::InfoFormat>,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short = 'd', long)]
     pub detach: bool,

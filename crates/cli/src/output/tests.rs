@@ -679,3 +679,46 @@ fn line_diff_lists_removed_and_added_lines_in_order() {
     assert!(line_diff("a\nb", "a\nb").is_empty());
     assert_eq!(line_diff("", "x"), ["+ x"]);
 }
+
+#[test]
+fn a_dry_run_plan_reads_top_to_bottom() {
+    let plan = shoal_types::UpdatePlan {
+        service: "web".into(),
+        spec_changes: vec!["- \"image\": \"a:1\",".into(), "+ \"image\": \"a:2\",".into()],
+        tasks: 3,
+        out_of_date: vec![
+            shoal_types::OutOfDateTask {
+                name: "web.1".into(),
+                task_id: "t1".into(),
+                node: "n1".into(),
+                reasons: vec!["image a:1 → a:2".into()],
+            },
+            shoal_types::OutOfDateTask {
+                name: "web.2".into(),
+                task_id: "t2".into(),
+                node: String::new(),
+                reasons: vec!["image a:1 → a:2".into(), "env changed".into()],
+            },
+        ],
+        batches: vec![vec!["web.1".into()], vec!["web.2".into()]],
+        parallelism: 1,
+        order: shoal_types::UpdateOrder::StopFirst,
+        task_start_secs: 0.5,
+        estimate_secs: 8.0,
+        warnings: vec!["stop-first with 1 replica: …".into()],
+    };
+    assert_eq!(
+        update_plan(&plan),
+        "Dry run: nothing was changed. An update of web would:\n\
+         \n\
+         Spec changes:\n  - \"image\": \"a:1\",\n  + \"image\": \"a:2\",\n\
+         \n\
+         Out of date: 2 of 3 tasks\n  web.1 on n1: image a:1 → a:2\n  web.2 not placed: image a:1 → a:2; env changed\n\
+         \n\
+         Batches (parallelism 1, stop-first):\n  1: web.1\n  2: web.2\n\
+         \n\
+         Estimated duration: about 8 s (2 batches × (0.5 s to start a task + the update delay), then the monitor window)\n\
+         \n\
+         Warnings:\n  - stop-first with 1 replica: …\n"
+    );
+}

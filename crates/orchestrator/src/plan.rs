@@ -1,0 +1,171 @@
+//! `service update --dry-run`: what an update to a new spec would do, as the updater would
+//! decide it from the same store, with nothing written (Nomad's `job plan`). Pure: a function of
+//! the state, the service, the spec it would get and nothing else.
+
+use shoal_store::State;
+use shoal_types::{
+    Availability, FailureAction, NodeState, OutOfDateTask, PublishMode, Service, ServiceMode, ServiceSpec, Task,
+    TaskOrigin, TaskState, UpdateOrder, UpdatePlan,
+};
+
+use crate::update::is_dirty;
+
+/// The plan of an update of `service` to `next`.
+pub fn plan_update(state: &State, service: &Service, next: &ServiceSpec) -> UpdatePlan {
+    // The service as the update would leave it: a spec version newer than every task's.
+    let updated = Service { spec: next.clone(), spec_version: u64::MAX, ..service.clone() };
+    let mut runnable: Vec<&Task> =
+        state.tasks_of_service(&service.id).filter(|t| t.desired_state <= TaskState::Running).collect();
+    // The updater's order: by slot (replicated) or node (global).
+    runnable.sort_by(|a, b| (a.slot, &a.node_id, &a.id).cmp(&(b.slot, &b.node_id, &b.id)));
+    let hostname = |node_id: &str| match state.node(node_id) {
+        Some(node) if !node.description.hostname.is_empty() => node.description.hostname.clone(),
+        _ => node_id.to_string(),
+    };
+    let out_of_date: Vec<OutOfDateTask> = runnable
+        .iter()
+        .filter(|t| is_dirty(state, &updated, t))
+        .map(|t| OutOfDateTask {
+            name: t.name(),
+            task_id: t.id.clone(),
+            node: if t.node_id.is_empty() { String::new() } else { hostname(&t.node_id) },
+            reasons: reasons(state, t, next),
+        })
+        .collect();
+    let config = &next.update_config;
+    let per_batch = if config.parallelism == 0 { out_of_date.len().max(1) } else { config.parallelism as usize };
+    let batches: Vec<Vec<String>> =
+        out_of_date.chunks(per_batch).map(|chunk| chunk.iter().map(|t| t.name.clone()).collect()).collect();
+    let task_start_secs = median_start_secs(state, service);
+    let secs = |d: shoal_types::GoDuration| d.as_std().as_secs_f64();
+    let estimate_secs = if batches.is_empty() {
+        0.0
+    } else {
+        batches.len() as f64 * (task_start_secs + secs(config.delay)) + secs(config.monitor)
+    };
+    UpdatePlan {
+        service: service.spec.name.clone(),
+        spec_changes: Vec::new(),
+        tasks: runnable.len() as u64,
+        out_of_date,
+        batches,
+        parallelism: config.parallelism,
+        order: config.order,
+        task_start_secs,
+        estimate_secs,
+        warnings: warnings(state, next),
+    }
+}
+
+/// Why `task` is out of date against `next`, in the user's words.
+fn reasons(state: &State, task: &Task, next: &ServiceSpec) -> Vec<String> {
+    let (was, will) = (&task.spec, &next.task);
+    let mut out = Vec::new();
+    if was.container.image != will.container.image {
+        out.push(format!("image {} → {}", was.container.image, will.container.image));
+    }
+    if was.container.env != will.container.env {
+        out.push("env changed".into());
+    }
+    if was.container.command != will.container.command || was.container.args != will.container.args {
+        out.push("command or args changed".into());
+    }
+    let mut rest_was = was.container.clone();
+    rest_was.image.clone_from(&will.container.image);
+    rest_was.env.clone_from(&will.container.env);
+    rest_was.command.clone_from(&will.container.command);
+    rest_was.args.clone_from(&will.container.args);
+    if rest_was != will.container {
+        out.push("container settings changed".into());
+    }
+    if was.resources != will.resources {
+        out.push("resources changed".into());
+    }
+    if was.restart_policy != will.restart_policy {
+        out.push("restart policy changed".into());
+    }
+    if was.force_update != will.force_update {
+        out.push("forced (--force)".into());
+    }
+    if task.endpoint != next.endpoint {
+        out.push("published ports changed".into());
+    }
+    if was.placement != will.placement {
+        let fits = state
+            .node(&task.node_id)
+            .is_some_and(|node| will.placement.constraints.iter().all(|c| c.matches(|k| node.attribute(k))));
+        if fits {
+            out.push("placement changed".into());
+        } else {
+            out.push("placement: its node no longer satisfies the constraints".into());
+        }
+    }
+    out
+}
+
+/// The median time from created to running of the service's tasks that ran, in seconds; 1 s
+/// when none has.
+fn median_start_secs(state: &State, service: &Service) -> f64 {
+    let mut starts: Vec<u64> = state
+        .tasks_of_service(&service.id)
+        .filter(|t| t.origin != TaskOrigin::Restart)
+        .filter_map(|t| t.running_at.map(|at| at.saturating_sub(t.created_at)))
+        .collect();
+    if starts.is_empty() {
+        return 1.0;
+    }
+    starts.sort_unstable();
+    starts[starts.len() / 2] as f64 / 1000.0
+}
+
+/// What is likely to hurt, said before it does.
+fn warnings(state: &State, next: &ServiceSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let config = &next.update_config;
+    let constraints = &next.task.placement.constraints;
+    let eligible = state.nodes().filter(|n| {
+        n.runs_tasks()
+            && n.status.state == NodeState::Ready
+            && n.spec.availability == Availability::Active
+            && constraints.iter().all(|c| c.matches(|k| n.attribute(k)))
+    });
+    if eligible.count() == 0 {
+        let constraints: Vec<String> = constraints.iter().map(|c| c.to_string()).collect();
+        out.push(if constraints.is_empty() {
+            "no new task can be placed: no node is ready and active".to_string()
+        } else {
+            format!("no new task can be placed: no ready, active node satisfies {}", constraints.join(" and "))
+        });
+    }
+    let replicas = match next.mode {
+        ServiceMode::Replicated { replicas } => Some(replicas),
+        _ => None,
+    };
+    if config.order == UpdateOrder::StopFirst && replicas == Some(1) {
+        out.push(
+            "stop-first with 1 replica: the service has no running task while it is replaced \
+             (--update-order start-first keeps the old one until the new one runs)"
+                .into(),
+        );
+    }
+    if config.order == UpdateOrder::StartFirst {
+        for port in next.endpoint.ports.iter().filter(|p| p.mode == PublishMode::Host && p.published != 0) {
+            out.push(format!(
+                "start-first with host-mode port {}: a new task cannot start on the node whose old task holds \
+                 the port until that one stops",
+                port.published
+            ));
+        }
+        if next.task.placement.max_replicas_per_node > 0 {
+            out.push(format!(
+                "start-first with --replicas-max-per-node {}: a new task may wait for an old one to stop on a \
+                 full node",
+                next.task.placement.max_replicas_per_node
+            ));
+        }
+    }
+    if config.failure_action == FailureAction::Continue && config.monitor.is_zero() {
+        out.push("failure action continue with monitor 0: failed new tasks are neither watched nor acted on".into());
+    }
+    out
+}
