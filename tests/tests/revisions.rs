@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use shoal_tests::*;
-use shoal_types::{GoDuration, Revision, Service, Task, TaskOrigin, UpdateState};
+use shoal_types::{GoDuration, Revision, Rollout, RolloutState, Service, Task, TaskOrigin, UpdateState};
 
 /// Runs the CLI and fails with its output unless it succeeded.
 fn ok(addr: &str, args: &[&str]) -> Result<String> {
@@ -130,7 +130,14 @@ async fn a_paused_update_starts_no_new_slot_until_resumed_and_an_abort_rolls_it_
         "Error: service web is not rolling out (no update has run): there is nothing to pause"
     );
 
-    ok(addr, &["service", "update", "-d", "--image", "shoal/busybox:2", "web"])?;
+    let out = shoal(addr, &["service", "update", "-d", "--rollout-id", "a b", "--image", "shoal/busybox:2", "web"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid value 'a b' for '--rollout-id <ID>': ' ' is not allowed"),
+        "{}",
+        stderr(&out)
+    );
+    ok(addr, &["service", "update", "-d", "--rollout-id", "release-42", "--image", "shoal/busybox:2", "web"])?;
     let new =
         |tasks: &[shoal_types::Task]| tasks.iter().filter(|t| t.spec.container.image == "shoal/busybox:2").count();
     wait_tasks(addr, "web", Duration::from_secs(30), "the first new task", |tasks| new(tasks) >= 1).await?;
@@ -154,6 +161,8 @@ async fn a_paused_update_starts_no_new_slot_until_resumed_and_an_abort_rolls_it_
     ok(addr, &["rollout", "resume", "web"])?;
     // Followed to its end: exit 0 once the update completed.
     ok(addr, &["rollout", "status", "-q", "--timeout", "60s", "web"])?;
+    let record: Rollout = serde_json::from_str(&ok(addr, &["rollout", "inspect", "--format", "json", "release-42"])?)?;
+    assert_eq!((record.state, record.service_name.as_str()), (RolloutState::Completed, "web"));
     assert_eq!(inspect(addr)?.update_status.map(|s| s.state), Some(shoal_types::UpdateState::Completed));
     wait_image(addr, "shoal/busybox:2", 3).await?;
     let before = inspect(addr)?;
@@ -181,6 +190,10 @@ async fn a_paused_update_starts_no_new_slot_until_resumed_and_an_abort_rolls_it_
         serde_json::from_str(&ok(addr, &["rollout", "history", "--format", "json", "web"])?)?;
     let last = revisions.last().expect("revisions");
     assert_eq!((last.number, last.change_cause.as_str()), (service.revision, "bad canary"));
+    // The aborted update's record says so; the rollback has its own.
+    let records: Vec<Rollout> = serde_json::from_str(&ok(addr, &["rollout", "ls", "--format", "json", "web"])?)?;
+    let states: Vec<RolloutState> = records.iter().rev().take(2).map(|r| r.state).collect();
+    assert_eq!(states, [RolloutState::RollbackCompleted, RolloutState::Aborted], "{records:?}");
     let out = shoal(addr, &["rollout", "abort", "web"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -251,6 +264,22 @@ async fn a_paused_update_stays_paused_across_a_leader_kill_and_resumes_through_a
     slots.sort();
     assert_eq!(slots, vec![1, 2, 3, 4, 5, 6], "each slot replaced exactly once");
     assert!(most_in_transition <= 2, "slots in transition at once: {most_in_transition}");
+
+    // One rollout record, carried on by the new leader: every slot once, batches of at most
+    // `parallelism`, the pause and the resume among its events.
+    let record: Rollout = serde_json::from_str(&ok(other, &["rollout", "inspect", "--format", "json", "web"])?)?;
+    assert_eq!((record.state, record.spec_version), (RolloutState::Completed, done.spec_version));
+    let mut recorded: Vec<String> =
+        record.batches.iter().flat_map(|b| b.slots.iter().map(|s| s.name.clone())).collect();
+    recorded.sort();
+    assert_eq!(recorded, ["web.1", "web.2", "web.3", "web.4", "web.5", "web.6"], "{record:?}");
+    assert!(record.batches.iter().all(|b| b.slots.len() <= 2), "{record:?}");
+    let events: Vec<&str> = record.events.iter().map(|e| e.message.as_str()).collect();
+    assert!(events.contains(&"manually paused") && events.contains(&"update resumed"), "{events:?}");
+    let listed = ok(other, &["rollout", "ls", "web"])?;
+    assert!(listed.contains(&record.id) && listed.contains("completed"), "{listed}");
+    let text = ok(other, &["rollout", "inspect", &record.id])?;
+    assert!(text.contains("State:     completed (update completed)") && text.contains("Batches:"), "{text}");
     Ok(())
 }
 

@@ -79,6 +79,9 @@ pub struct Client {
     /// Sent with every service write, recorded with the revision it makes (see
     /// [`Client::set_change_cause`]).
     change_cause: String,
+    /// Sent with every service write: the id of the rollout it starts (empty: the manager names
+    /// it).
+    rollout_id: String,
 }
 
 impl Client {
@@ -163,13 +166,18 @@ impl Client {
         let inner = ControlClient::new(channel)
             .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
-        Ok(Client { inner, addr: addr.to_string(), change_cause: String::new() })
+        Ok(Client { inner, addr: addr.to_string(), change_cause: String::new(), rollout_id: String::new() })
     }
 
     /// Why the service writes made through this client are made (`--change-cause`, or the
     /// command line): kept with the revisions they make.
     pub fn set_change_cause(&mut self, cause: String) {
         self.change_cause = cause;
+    }
+
+    /// The id of the rollout the next service write starts (`--rollout-id`).
+    pub fn set_rollout_id(&mut self, id: Option<String>) {
+        self.rollout_id = id.unwrap_or_default();
     }
 
     pub async fn create_service(&mut self, spec: &ServiceSpec) -> Result<Service, CliError> {
@@ -217,6 +225,7 @@ impl Client {
             service: service.to_string(),
             op: op as i32,
             change_cause: self.change_cause.clone(),
+            rollout_id: self.rollout_id.clone(),
         };
         let reply = self
             .inner
@@ -241,6 +250,18 @@ impl Client {
             .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?
             .into_inner();
         decode("plan", &reply.plan_json)
+    }
+
+    /// The kept rollout records of one service (or of all for ""), oldest first per service.
+    pub async fn list_rollouts(&mut self, service: &str) -> Result<Vec<shoal_types::Rollout>, CliError> {
+        let request = pb::ListRolloutsRequest { service: service.to_string() };
+        let reply = self
+            .inner
+            .list_rollouts(request)
+            .await
+            .map_err(|s| failed(&self.addr, s).not_found_as("service", service))?
+            .into_inner();
+        reply.rollouts_json.iter().map(|json| decode("rollout", json)).collect()
     }
 
     /// A service's kept revisions, oldest first.
@@ -286,6 +307,7 @@ impl Client {
             version,
             spec_json: encode(spec)?,
             change_cause: self.change_cause.clone(),
+            rollout_id: self.rollout_id.clone(),
             ..Default::default()
         };
         let reply = self
@@ -310,6 +332,7 @@ impl Client {
             rollback: true,
             rollback_to_revision: to_revision.unwrap_or(0),
             change_cause: self.change_cause.clone(),
+            rollout_id: self.rollout_id.clone(),
             ..Default::default()
         };
         let reply = self.inner.update_service(request).await.map_err(|s| match to_revision {

@@ -9,8 +9,8 @@ use crate::args::filters::ServiceFacts;
 use crate::args::{
     self, Cli, ClusterCommand, Command, CreateArgs, EventFormat, EventsArgs, InfoFormat, InspectArgs, ListArgs,
     ListOutput, NodeCommand, NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, PsArgs, RollbackArgs,
-    RolloutCommand, RolloutHistoryArgs, RolloutStatusArgs, RolloutUndoArgs, ScaleArgs, ServiceCommand, StackCommand,
-    TaskListFlags, UpdateArgs,
+    RolloutCommand, RolloutHistoryArgs, RolloutInspectArgs, RolloutStatusArgs, RolloutUndoArgs, ScaleArgs,
+    ServiceCommand, StackCommand, TaskListFlags, UpdateArgs,
 };
 use crate::client::Client;
 use crate::error::CliError;
@@ -61,6 +61,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Rollout(RolloutCommand::Abort(args)) => rollout_abort(host, &args).await,
         Command::Rollout(RolloutCommand::Status(args)) => rollout_status(host, &args).await,
+        Command::Rollout(RolloutCommand::Ls(args)) => {
+            let mut client = Client::connect(host).await?;
+            let rollouts = client.list_rollouts(args.service.as_deref().unwrap_or("")).await?;
+            match args.format {
+                InfoFormat::Json => print_out(&output::json_array(&rollouts)),
+                InfoFormat::Text => print_out(&output::rollout_table(&rollouts, timefmt::now_millis())),
+            }
+            Ok(())
+        }
+        Command::Rollout(RolloutCommand::Inspect(args)) => rollout_inspect(host, &args).await,
         Command::Rollout(RolloutCommand::Resume(args)) => {
             let mut client = Client::connect(host).await?;
             client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Resume).await?;
@@ -68,7 +78,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Rollout(RolloutCommand::Undo(args)) => {
-            let to = Rollback { to_revision: args.to_revision, cause: change_cause(&args.change_cause) };
+            let to = Rollback {
+                to_revision: args.to_revision,
+                cause: change_cause(&args.change_cause),
+                rollout_id: args.rollout_id.clone(),
+            };
             rollback(host, &args.service, to, args.detach, args.quiet, None).await
         }
         Command::Node(NodeCommand::Ls(args)) => node_ls(host, &args).await,
@@ -464,11 +478,16 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
         args.check_usage().map_err(|message| {
             CliError::Usage(args::usage_error(&["service", "update"], ErrorKind::ArgumentConflict, message))
         })?;
-        let to = Rollback { to_revision: None, cause: change_cause(&args.change_cause) };
+        let to = Rollback {
+            to_revision: None,
+            cause: change_cause(&args.change_cause),
+            rollout_id: args.rollout_id.clone(),
+        };
         return rollback(host, &args.service, to, args.detach, args.quiet, Deadline::after(args.wait.timeout)).await;
     }
     let mut client = Client::connect(host).await?;
     client.set_change_cause(change_cause(&args.change_cause));
+    client.set_rollout_id(args.rollout_id.clone());
     let service = client.get_service(&args.service).await?;
     let mut spec = service.spec.clone();
     args.apply(&mut spec).map_err(CliError::Message)?;
@@ -493,7 +512,11 @@ async fn service_update(host: &str, args: &UpdateArgs) -> Result<(), CliError> {
 }
 
 async fn service_rollback(host: &str, args: &RollbackArgs) -> Result<(), CliError> {
-    let to = Rollback { to_revision: args.to_revision, cause: change_cause(&args.change_cause) };
+    let to = Rollback {
+        to_revision: args.to_revision,
+        cause: change_cause(&args.change_cause),
+        rollout_id: args.rollout_id.clone(),
+    };
     rollback(host, &args.service, to, args.detach, args.quiet, None).await
 }
 
@@ -530,6 +553,31 @@ async fn rollout_history(host: &str, args: &RolloutHistoryArgs) -> Result<(), Cl
     Ok(())
 }
 
+/// `rollout inspect`: a rollout id (any service's), else a service's newest rollout; the text
+/// view joins the tasks the store still holds to the record's slots.
+async fn rollout_inspect(host: &str, args: &RolloutInspectArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let all = client.list_rollouts("").await?;
+    let found = match all.iter().find(|r| r.id == args.target) {
+        Some(rollout) => rollout.clone(),
+        None => {
+            let service = client.get_service(&args.target).await?;
+            let mine = client.list_rollouts(&service.id).await?;
+            mine.into_iter().last().ok_or_else(|| {
+                CliError::Message(format!("service {} has no rollout yet (no update has run)", service.spec.name))
+            })?
+        }
+    };
+    match args.format {
+        InfoFormat::Json => print_out(&output::json_object(&found)),
+        InfoFormat::Text => {
+            let tasks = client.list_tasks(&found.service_id, "").await.unwrap_or_default();
+            print_out(&output::rollout_detail(&found, &tasks));
+        }
+    }
+    Ok(())
+}
+
 /// `rollout status`: follows the service's update or rollback with `service update`'s progress
 /// display and exit codes; one that already ended is reported at once (0 when it completed).
 async fn rollout_status(host: &str, args: &RolloutStatusArgs) -> Result<(), CliError> {
@@ -555,6 +603,7 @@ async fn rollout_abort(host: &str, args: &RolloutUndoArgs) -> Result<(), CliErro
     }
     let mut client = Client::connect(host).await?;
     client.set_change_cause(change_cause(&args.change_cause));
+    client.set_rollout_id(args.rollout_id.clone());
     let service = client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Abort).await?;
     print_out(&format!("{}\n", args.service));
     if !args.detach {
@@ -581,10 +630,11 @@ pub fn change_cause(flag: &Option<String>) -> String {
     line
 }
 
-/// Where a rollback goes (the previous spec, or a kept revision) and why.
+/// Where a rollback goes (the previous spec, or a kept revision), why, and its rollout's id.
 pub struct Rollback {
     pub to_revision: Option<u64>,
     pub cause: String,
+    pub rollout_id: Option<String>,
 }
 
 /// `service rollback`, `service update --rollback` and `rollout undo`: the previous spec, or the
@@ -599,6 +649,7 @@ async fn rollback(
 ) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
     client.set_change_cause(to.cause);
+    client.set_rollout_id(to.rollout_id);
     let service = client.get_service(name).await?;
     let updated = client.rollback_service(&service.id, service.version, to.to_revision).await?;
     print_out(&format!("{name}\n"));

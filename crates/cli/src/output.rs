@@ -598,6 +598,109 @@ pub fn revision_detail(revision: &shoal_types::Revision, before: Option<&shoal_t
     out
 }
 
+/// `rollout ls`: one row a rollout record (ID, SERVICE, KIND, REVISIONS, STATE, STARTED, BATCHES,
+/// BY).
+pub fn rollout_table(rollouts: &[shoal_types::Rollout], now: u64) -> String {
+    let rows: Vec<Vec<String>> = rollouts
+        .iter()
+        .map(|r| {
+            let age = std::time::Duration::from_millis(now.saturating_sub(r.started_at));
+            vec![
+                r.id.clone(),
+                r.service_name.clone(),
+                kind_name(r.kind).to_string(),
+                format!("{} → {}", r.from_revision, r.to_revision),
+                r.state.as_str().to_string(),
+                format!("{} ago", crate::timefmt::human_duration(age)),
+                r.batches.len().to_string(),
+                if r.started_by.is_empty() { "the cluster".to_string() } else { r.started_by.clone() },
+            ]
+        })
+        .collect();
+    table(&["ID", "SERVICE", "KIND", "REVISIONS", "STATE", "STARTED", "BATCHES", "BY"], &rows)
+}
+
+fn kind_name(kind: shoal_types::RolloutKind) -> &'static str {
+    match kind {
+        shoal_types::RolloutKind::Update => "update",
+        shoal_types::RolloutKind::Rollback => "rollback",
+    }
+}
+
+/// `rollout inspect`: the record, its events, and its batches with the state of each slot's new
+/// task and of the tasks it replaced (those the store still holds).
+pub fn rollout_detail(rollout: &shoal_types::Rollout, tasks: &[shoal_types::Task]) -> String {
+    let config = &rollout.config;
+    let mut out = format!(
+        "ID:        {}\nService:   {}\nKind:      {} (revision {} → {})\nState:     {} ({})\nStarted:   {} by {}\n",
+        rollout.id,
+        rollout.service_name,
+        kind_name(rollout.kind),
+        rollout.from_revision,
+        rollout.to_revision,
+        rollout.state.as_str(),
+        rollout.message,
+        format_timestamp(rollout.started_at),
+        if rollout.started_by.is_empty() { "the cluster" } else { &rollout.started_by },
+    );
+    if let Some(at) = rollout.finished_at {
+        out.push_str(&format!("Finished:  {}\n", format_timestamp(at)));
+    }
+    out.push_str(&format!(
+        "Settings:  parallelism {}, delay {}, {}, monitor {}, failure action {}, max failure ratio {}\n",
+        config.parallelism,
+        config.delay,
+        config.order.as_str(),
+        config.monitor,
+        config.failure_action.as_str(),
+        config.max_failure_ratio
+    ));
+    out.push_str("\nEvents:\n");
+    for event in &rollout.events {
+        out.push_str(&format!("  {}  {:<18}  {}\n", format_timestamp(event.at), event.state.as_str(), event.message));
+    }
+    let by_id: std::collections::HashMap<&str, &shoal_types::Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    let mut rows = Vec::new();
+    for batch in &rollout.batches {
+        for slot in &batch.slots {
+            let new = by_id.get(slot.new_task.as_str());
+            let state = new.map_or("(removed)".to_string(), |t| t.status.state.as_str().to_string());
+            let running = new.and_then(|t| t.running_at).map_or("-".to_string(), format_timestamp);
+            let node = new.map(|t| t.node_id.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| slot.node.clone());
+            // The slot's tasks of older specs: what this rollout replaced.
+            let replaced: Vec<String> = tasks
+                .iter()
+                .filter(|t| t.name() == slot.name && t.spec_version < rollout.spec_version)
+                .map(|t| format!("{} {}", short_id(&t.id), t.status.state.as_str()))
+                .collect();
+            rows.push(vec![
+                batch.number.to_string(),
+                format_timestamp(batch.started_at),
+                slot.name.clone(),
+                short_id(&node).to_string(),
+                short_id(&slot.new_task).to_string(),
+                state,
+                running,
+                if replaced.is_empty() { "-".to_string() } else { replaced.join(", ") },
+            ]);
+        }
+    }
+    out.push_str("\nBatches:\n");
+    if rows.is_empty() {
+        out.push_str("  none started\n");
+    } else {
+        out.push_str(&table(
+            &["BATCH", "STARTED", "SLOT", "NODE", "NEW TASK", "STATE", "RUNNING SINCE", "REPLACED"],
+            &rows,
+        ));
+    }
+    out
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// `service update --dry-run`: what the update would do, for a person.
 pub fn update_plan(plan: &shoal_types::UpdatePlan) -> String {
     let mut out = format!("Dry run: nothing was changed. An update of {} would:\n", plan.service);

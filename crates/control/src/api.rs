@@ -46,13 +46,18 @@ fn caller_name<T>(request: &Request<T>) -> String {
     caller(request).map(|(role, node_id)| format!("{role}:{node_id}")).unwrap_or_default()
 }
 
-/// Who and why, for the revisions a write makes; a cause over the limit is refused.
-fn origin(by: String, cause: String) -> Result<Origin, ApiError> {
+/// Who and why, for the revisions a write makes, and the id of the rollout it starts; a cause
+/// over the limit or a malformed id is refused.
+fn origin(by: String, cause: String, rollout_id: String) -> Result<Origin, ApiError> {
     let most = shoal_types::limits::MAX_CHANGE_CAUSE_BYTES;
     if cause.len() > most {
         return Err(ApiError::InvalidArgument(format!("change cause: {} bytes, at most {most}", cause.len())));
     }
-    Ok(Origin { by, cause })
+    if !rollout_id.is_empty() {
+        shoal_types::validate_rollout_id(&rollout_id)
+            .map_err(|why| ApiError::InvalidArgument(format!("rollout id {rollout_id:?}: {why}")))?;
+    }
+    Ok(Origin { by, cause, rollout_id })
 }
 
 /// How long a call waits for a leader to be elected (or to become ready) before giving up.
@@ -576,7 +581,7 @@ impl Control for ControlApi {
         let by = caller_name(&request);
         routed!(self, request, create_service, Retry::IfNeverSent, async {
             let spec = self.parse_spec(&request.spec_json)?;
-            let origin = origin(by, request.change_cause)?;
+            let origin = origin(by, request.change_cause, String::new())?;
             let id = shoal_types::ids::new_id();
             self.manager.propose_as(vec![Action::CreateService { id: id.clone(), spec }], origin).await?;
             let state = self.manager.state();
@@ -597,7 +602,7 @@ impl Control for ControlApi {
                     "version is required: send the version you read with the spec you changed".into(),
                 ));
             }
-            let origin = origin(by, request.change_cause)?;
+            let origin = origin(by, request.change_cause, request.rollout_id)?;
             let action = if request.rollback_to_revision != 0 {
                 Action::RollbackServiceTo {
                     id: id.clone(),
@@ -644,6 +649,25 @@ impl Control for ControlApi {
         })
     }
 
+    async fn list_rollouts(
+        &self,
+        request: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        routed!(self, request, list_rollouts, Retry::Always, async {
+            // Copies of the shared records under the lock; serialised after it.
+            let rollouts: Vec<Arc<shoal_types::Rollout>> = {
+                let state = self.manager.state();
+                if request.service.is_empty() {
+                    state.all_rollouts().cloned().collect()
+                } else {
+                    let id = &Self::find_service(&state, &request.service)?.id;
+                    state.rollouts(id).to_vec()
+                }
+            };
+            Ok(ListRolloutsResponse { rollouts_json: rollouts.iter().map(|r| to_json(&**r)).collect() })
+        })
+    }
+
     async fn plan_update(&self, request: Request<PlanUpdateRequest>) -> Result<Response<PlanUpdateResponse>, Status> {
         routed!(self, request, plan_update, Retry::Always, async {
             let next = self.parse_spec(&request.spec_json)?;
@@ -680,7 +704,7 @@ impl Control for ControlApi {
                     )));
                 }
             };
-            self.manager.propose_as(vec![action], origin(by, request.change_cause)?).await?;
+            self.manager.propose_as(vec![action], origin(by, request.change_cause, request.rollout_id)?).await?;
             let state = self.manager.state();
             let service = state
                 .service(&id)

@@ -31,11 +31,15 @@ pub struct Origin {
     pub by: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cause: String,
+    /// The caller's id for the rollout this spec change starts (`--rollout-id`); empty: the
+    /// store names it `<service>-<revision>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rollout_id: String,
 }
 
 impl Origin {
     pub fn is_empty(&self) -> bool {
-        self.by.is_empty() && self.cause.is_empty()
+        self.by.is_empty() && self.cause.is_empty() && self.rollout_id.is_empty()
     }
 }
 

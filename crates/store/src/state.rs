@@ -4,7 +4,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use shoal_types::{
     Cluster, ClusterSecurity, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, Revision,
-    Service, ServiceSpec, Task, TaskSpec, TaskState, TaskStatus, UpdateState, UpdateStatus,
+    Rollout, RolloutBatch, RolloutEvent, RolloutKind, RolloutSlot, RolloutState, Service, ServiceSpec, Task,
+    TaskOrigin, TaskSpec, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 
 use crate::action::{Action, Batch, MembershipChange, MembershipKind, Origin};
@@ -37,6 +38,8 @@ pub enum StoreError {
     NothingToResume { name: String, now: String },
     #[error("service {name} is not updating ({now}): there is nothing to abort")]
     NothingToAbort { name: String, now: String },
+    #[error("rollout id {id} is already used by a rollout of service {name}")]
+    RolloutIdTaken { name: String, id: String },
     #[error("revision {revision} not found for service {name} (kept: {kept})")]
     RevisionNotFound { name: String, revision: u64, kept: String },
     #[error(
@@ -109,6 +112,9 @@ pub struct State {
     /// Each service's kept revisions, oldest first (see [`Revision`]).
     #[serde(default)]
     revisions: BTreeMap<String, Vec<Arc<Revision>>>,
+    /// Each service's kept rollout records, oldest first (see [`Rollout`]).
+    #[serde(default)]
+    rollouts: BTreeMap<String, Vec<Arc<Rollout>>>,
     #[serde(skip)]
     service_names: BTreeMap<String, String>,
     #[serde(skip)]
@@ -136,6 +142,7 @@ pub struct SnapshotView {
     revoked_nodes: BTreeSet<String>,
     applied_index: u64,
     revisions: BTreeMap<String, Vec<Arc<Revision>>>,
+    rollouts: BTreeMap<String, Vec<Arc<Rollout>>>,
 }
 
 impl SnapshotView {
@@ -192,6 +199,11 @@ enum Undo {
     Node(String, Option<Node>),
     Task(String, Option<Task>),
     Revisions(String, Option<Vec<Arc<Revision>>>),
+    Rollouts(String, Option<Vec<Arc<Rollout>>>),
+    /// A slot appended to the service's newest rollout record: taken off again.
+    RolloutSlot(String),
+    /// A slot counted, not listed, in the service's newest rollout record.
+    RolloutUnrecorded(String),
 }
 
 impl State {
@@ -235,6 +247,16 @@ impl State {
     /// The kept revisions of service `id`, oldest first.
     pub fn revisions(&self, id: &str) -> &[Arc<Revision>] {
         self.revisions.get(id).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The kept rollout records of service `id`, oldest first.
+    pub fn rollouts(&self, id: &str) -> &[Arc<Rollout>] {
+        self.rollouts.get(id).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Every kept rollout record, by service id then oldest first.
+    pub fn all_rollouts(&self) -> impl Iterator<Item = &Arc<Rollout>> {
+        self.rollouts.values().flatten()
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
@@ -312,6 +334,7 @@ impl State {
             revoked_nodes: self.revoked_nodes.clone(),
             applied_index: self.applied_index,
             revisions: self.revisions.clone(),
+            rollouts: self.rollouts.clone(),
         }
     }
 
@@ -490,8 +513,9 @@ impl State {
                     update_status: None,
                     status_version: 0,
                     revision: 0,
+                    rollout_id: String::new(),
                 };
-                self.record_revision(&mut service, origin, undo);
+                self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Create, undo, changes);
             }
             Action::UpdateService { id, expected_version, spec } => {
@@ -515,8 +539,9 @@ impl State {
                     update_status: None,
                     status_version: current.status_version,
                     revision: current.revision,
+                    rollout_id: current.rollout_id.clone(),
                 };
-                self.record_revision(&mut service, origin, undo);
+                self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::RollbackService { id, expected_version } => {
@@ -539,7 +564,7 @@ impl State {
                 });
                 service.version = index;
                 service.updated_at = at;
-                self.record_revision(&mut service, origin, undo);
+                self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::RollbackServiceTo { id, expected_version, revision } => {
@@ -565,7 +590,7 @@ impl State {
                 });
                 service.version = index;
                 service.updated_at = at;
-                self.record_revision(&mut service, origin, undo);
+                self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::AutoRollback { id, expected_version, status } => {
@@ -581,7 +606,7 @@ impl State {
                     service.update_status = Some(status);
                     service.version = index;
                     service.updated_at = at;
-                    self.record_revision(&mut service, &Origin { by: String::new(), cause }, undo);
+                    self.record_revision(&mut service, &Origin { cause, ..Origin::default() }, undo)?;
                     self.put_service(service, ChangeKind::Update, undo, changes);
                 }
             }
@@ -651,6 +676,7 @@ impl State {
                 };
                 let mut service = Service::clone(current);
                 let from = service.revision;
+                self.abort_rollout_record(&id, at, undo);
                 service.previous_spec = Some(std::mem::replace(&mut service.spec, previous));
                 service.previous_spec_version = Some(service.spec_version);
                 service.spec_version = index;
@@ -663,13 +689,14 @@ impl State {
                 });
                 service.version = index;
                 service.updated_at = at;
-                self.record_revision(&mut service, origin, undo);
+                self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::RemoveService { id } => {
                 let service =
                     self.remove_service(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
                 undo.push(Undo::Revisions(id.clone(), self.revisions.remove(&id)));
+                undo.push(Undo::Rollouts(id.clone(), self.rollouts.remove(&id)));
                 undo.push(Undo::Service(id, Some(service.clone())));
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Service(service) });
             }
@@ -720,7 +747,10 @@ impl State {
                 task.updated_at = at;
                 let old = self.set_task(task.clone());
                 let kind = if old.is_some() { ChangeKind::Update } else { ChangeKind::Create };
-                undo.push(Undo::Task(task.id.clone(), old));
+                undo.push(Undo::Task(task.id.clone(), old.clone()));
+                if old.is_none() && task.origin == TaskOrigin::Update {
+                    self.record_slot(&task, index, at, undo);
+                }
                 changes.push(Change { kind, index, at, object: Object::Task(task) });
             }
             Action::SetDesiredState { id, desired } => {
@@ -846,12 +876,13 @@ impl State {
 
     /// `service`'s spec (just made current at `service.spec_version`, `service.updated_at`) as its
     /// next revision, keeping the newest `revision_history_limit` of the service.
-    fn record_revision(&mut self, service: &mut Service, origin: &Origin, undo: &mut Vec<Undo>) {
-        let limit = self
-            .cluster
-            .as_ref()
-            .map_or(shoal_types::limits::DEFAULT_REVISION_HISTORY_LIMIT, |c| c.spec.revision_history_limit)
-            .max(1);
+    fn record_revision(
+        &mut self,
+        service: &mut Service,
+        origin: &Origin,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), StoreError> {
+        let limit = self.revision_history_limit();
         service.revision += 1;
         let revision = Revision {
             service_id: service.id.clone(),
@@ -867,6 +898,136 @@ impl State {
         kept.push(Arc::new(revision));
         let excess = kept.len().saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
         kept.drain(..excess);
+        // The id of the rollout this spec change starts (if it starts one).
+        if origin.rollout_id.is_empty() {
+            service.rollout_id = format!("{}-{}", service.spec.name, service.revision);
+        } else if self.rollouts(&service.id).iter().any(|r| r.id == origin.rollout_id) {
+            return Err(StoreError::RolloutIdTaken { name: service.spec.name.clone(), id: origin.rollout_id.clone() });
+        } else {
+            service.rollout_id = origin.rollout_id.clone();
+        }
+        Ok(())
+    }
+
+    /// Records `service`'s rollout as its update status changed (`old`: the service before the
+    /// write): a new spec's first status opens a record (and supersedes an unfinished one),
+    /// later ones update it and add to its events. In the same write as the status, so every
+    /// manager holds the same records and a new leader appends to them.
+    fn track_rollout(&mut self, service: &Service, old: Option<&Service>, at: u64, undo: &mut Vec<Undo>) {
+        let Some(status) = &service.update_status else { return };
+        if old.is_some_and(|o| o.spec_version == service.spec_version && o.update_status.as_ref() == Some(status)) {
+            return;
+        }
+        let state = RolloutState::from(status.state);
+        let limit = self.revision_history_limit();
+        let started_by = self
+            .revisions(&service.id)
+            .iter()
+            .rev()
+            .find(|r| r.number == service.revision)
+            .map(|r| r.created_by.clone())
+            .unwrap_or_default();
+        undo.push(Undo::Rollouts(service.id.clone(), self.rollouts.get(&service.id).cloned()));
+        let records = self.rollouts.entry(service.id.clone()).or_default();
+        let finished = |state: RolloutState| state.is_final().then(|| status.completed_at.unwrap_or(at));
+        if let Some(last) = records.last_mut()
+            && last.spec_version == service.spec_version
+        {
+            let record = Arc::make_mut(last);
+            // An ended record stays ended (a late status of an aborted update changes nothing).
+            if record.state.is_final() {
+                return;
+            }
+            record.state = state;
+            record.message.clone_from(&status.message);
+            record.finished_at = finished(state);
+            push_event(record, RolloutEvent { at, state, message: status.message.clone() });
+            return;
+        }
+        if let Some(last) = records.last_mut()
+            && !last.state.is_final()
+        {
+            let record = Arc::make_mut(last);
+            record.state = RolloutState::Superseded;
+            record.finished_at = Some(at);
+            let message = format!("superseded by the rollout of revision {}", service.revision);
+            push_event(record, RolloutEvent { at, state: RolloutState::Superseded, message });
+        }
+        let rollback = matches!(
+            state,
+            RolloutState::RollbackStarted | RolloutState::RollbackPaused | RolloutState::RollbackCompleted
+        );
+        let id = if service.rollout_id.is_empty() {
+            format!("{}-{}", service.spec.name, service.revision)
+        } else {
+            service.rollout_id.clone()
+        };
+        records.push(Arc::new(Rollout {
+            id,
+            service_id: service.id.clone(),
+            service_name: service.spec.name.clone(),
+            kind: if rollback { RolloutKind::Rollback } else { RolloutKind::Update },
+            from_revision: service.revision.saturating_sub(1),
+            to_revision: service.revision,
+            spec_version: service.spec_version,
+            config: if rollback { service.spec.rollback_config.clone() } else { service.spec.update_config.clone() },
+            state,
+            message: status.message.clone(),
+            started_by,
+            started_at: status.started_at.unwrap_or(at),
+            finished_at: finished(state),
+            events: vec![RolloutEvent { at, state, message: status.message.clone() }],
+            batches: Vec::new(),
+            unrecorded_slots: 0,
+        }));
+        let excess = records.len().saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+        records.drain(..excess);
+    }
+
+    /// A task the updater made (origin `update`): a slot of the current batch of its rollout, or
+    /// the first of a new batch when it comes in a later entry.
+    fn record_slot(&mut self, task: &Task, index: u64, at: u64, undo: &mut Vec<Undo>) {
+        let Some(last) = self.rollouts.get_mut(&task.service_id).and_then(|r| r.last_mut()) else { return };
+        if last.spec_version != task.spec_version || last.state.is_final() {
+            return;
+        }
+        let record = Arc::make_mut(last);
+        let listed: usize = record.batches.iter().map(|b| b.slots.len()).sum();
+        if listed >= shoal_types::ROLLOUT_SLOTS_KEPT {
+            record.unrecorded_slots += 1;
+            undo.push(Undo::RolloutUnrecorded(task.service_id.clone()));
+            return;
+        }
+        let slot = RolloutSlot { name: task.name(), new_task: task.id.clone(), node: task.node_id.clone() };
+        match record.batches.last_mut() {
+            Some(batch) if batch.index == index => batch.slots.push(slot),
+            _ => {
+                let number = record.batches.len() as u64 + 1;
+                record.batches.push(RolloutBatch { number, index, started_at: at, slots: vec![slot] });
+            }
+        }
+        undo.push(Undo::RolloutSlot(task.service_id.clone()));
+    }
+
+    /// Marks the newest rollout record of `id` aborted (`rollout abort`).
+    fn abort_rollout_record(&mut self, id: &str, at: u64, undo: &mut Vec<Undo>) {
+        undo.push(Undo::Rollouts(id.to_string(), self.rollouts.get(id).cloned()));
+        if let Some(last) = self.rollouts.get_mut(id).and_then(|r| r.last_mut())
+            && !last.state.is_final()
+        {
+            let record = Arc::make_mut(last);
+            record.state = RolloutState::Aborted;
+            record.finished_at = Some(at);
+            record.message = "aborted by hand; rolling back".into();
+            push_event(record, RolloutEvent { at, state: RolloutState::Aborted, message: record.message.clone() });
+        }
+    }
+
+    fn revision_history_limit(&self) -> u64 {
+        self.cluster
+            .as_ref()
+            .map_or(shoal_types::limits::DEFAULT_REVISION_HISTORY_LIMIT, |c| c.spec.revision_history_limit)
+            .max(1)
     }
 
     fn put_service(&mut self, service: Service, kind: ChangeKind, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
@@ -874,6 +1035,7 @@ impl State {
         let (index, at) = (service.version.max(service.status_version), service.updated_at);
         let service = Arc::new(service);
         let old = self.set_service(service.clone());
+        self.track_rollout(&service, old.as_deref(), at, undo);
         undo.push(Undo::Service(service.id.clone(), old));
         changes.push(Change { kind, index, at, object: Object::Service(service) });
     }
@@ -960,8 +1122,38 @@ impl State {
             Undo::Revisions(id, None) => {
                 self.revisions.remove(&id);
             }
+            Undo::Rollouts(id, Some(old)) => {
+                self.rollouts.insert(id, old);
+            }
+            Undo::Rollouts(id, None) => {
+                self.rollouts.remove(&id);
+            }
+            Undo::RolloutUnrecorded(id) => {
+                if let Some(record) = self.rollouts.get_mut(&id).and_then(|r| r.last_mut()) {
+                    Arc::make_mut(record).unrecorded_slots -= 1;
+                }
+            }
+            Undo::RolloutSlot(id) => {
+                if let Some(record) = self.rollouts.get_mut(&id).and_then(|r| r.last_mut()) {
+                    let record = Arc::make_mut(record);
+                    if let Some(batch) = record.batches.last_mut() {
+                        batch.slots.pop();
+                        if batch.slots.is_empty() {
+                            record.batches.pop();
+                        }
+                    }
+                }
+            }
         }
     }
+}
+
+/// Adds `event` to `record`'s events, keeping the newest [`shoal_types::ROLLOUT_EVENTS_KEPT`].
+fn push_event(record: &mut Rollout, event: RolloutEvent) {
+    if record.events.len() == shoal_types::ROLLOUT_EVENTS_KEPT {
+        record.events.remove(1);
+    }
+    record.events.push(event);
 }
 
 /// Where a service's rollout stands, in words, for a refused pause or resume.

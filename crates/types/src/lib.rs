@@ -17,4 +17,4 @@ pub use duration::{DurationError, GoDuration};
 pub use object::*;
 pub use spec::*;
 pub use state::{Availability, NodeRole, NodeState, TaskState};
-pub use validate::{JOB_ROLLBACK_CONFIG, JOB_UPDATE_CONFIG, ValidationError, validate_name};
+pub use validate::{JOB_ROLLBACK_CONFIG, JOB_UPDATE_CONFIG, ValidationError, validate_name, validate_rollout_id};

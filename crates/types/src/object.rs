@@ -36,6 +36,141 @@ pub struct Service {
     /// the store's own table, not here, so copying a service never copies its history.
     #[serde(default)]
     pub revision: u64,
+    /// The id of the rollout of the current spec (`rollout inspect`): the caller's
+    /// `--rollout-id`, or `<name>-<revision>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rollout_id: String,
+}
+
+/// Where a rollout stands: `update_status`'s states, plus `aborted` (`rollout abort`) and
+/// `superseded` (a newer spec change started another rollout before this one ended).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+    Aborted,
+    Superseded,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Updating => "updating",
+            RolloutState::Paused => "paused",
+            RolloutState::Completed => "completed",
+            RolloutState::RollbackStarted => "rollback_started",
+            RolloutState::RollbackPaused => "rollback_paused",
+            RolloutState::RollbackCompleted => "rollback_completed",
+            RolloutState::Aborted => "aborted",
+            RolloutState::Superseded => "superseded",
+        }
+    }
+
+    /// Ended: nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RolloutState::Completed
+                | RolloutState::RollbackCompleted
+                | RolloutState::Aborted
+                | RolloutState::Superseded
+        )
+    }
+}
+
+impl From<UpdateState> for RolloutState {
+    fn from(state: UpdateState) -> Self {
+        match state {
+            UpdateState::Updating => RolloutState::Updating,
+            UpdateState::Paused => RolloutState::Paused,
+            UpdateState::Completed => RolloutState::Completed,
+            UpdateState::RollbackStarted => RolloutState::RollbackStarted,
+            UpdateState::RollbackPaused => RolloutState::RollbackPaused,
+            UpdateState::RollbackCompleted => RolloutState::RollbackCompleted,
+        }
+    }
+}
+
+/// An update or a rollback of one spec of a service, from its first status to its end: kept in
+/// the replicated store (so a new leader appends to the same record), the newest
+/// `revision_history_limit` per service. `update_status` is what Swarm shows of the current one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub service_id: String,
+    pub service_name: String,
+    /// `update` or `rollback` (by hand, to a revision, an abort's, or automatic: see `events`).
+    pub kind: RolloutKind,
+    pub from_revision: u64,
+    pub to_revision: u64,
+    /// The spec version it rolls out (a raft index; tasks carry it).
+    pub spec_version: u64,
+    /// The settings it runs with (`update_config`, or `rollback_config` for a rollback).
+    pub config: crate::UpdateConfig,
+    pub state: RolloutState,
+    pub message: String,
+    /// Who made the spec change that started it (as its revision records).
+    #[serde(default)]
+    pub started_by: String,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Every change of state or message, oldest first (at most [`ROLLOUT_EVENTS_KEPT`]).
+    pub events: Vec<RolloutEvent>,
+    /// The batches of slots it started, in order (at most [`ROLLOUT_SLOTS_KEPT`] slots).
+    pub batches: Vec<RolloutBatch>,
+    /// Slots started past [`ROLLOUT_SLOTS_KEPT`]: counted, not listed.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub unrecorded_slots: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Events kept per rollout record.
+pub const ROLLOUT_EVENTS_KEPT: usize = 100;
+/// Slots listed per rollout record: a rollout of a huge service keeps a bounded record.
+pub const ROLLOUT_SLOTS_KEPT: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutKind {
+    Update,
+    Rollback,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    pub at: Timestamp,
+    pub state: RolloutState,
+    pub message: String,
+}
+
+/// The slots the updater started together (in one raft entry, `index`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutBatch {
+    pub number: u64,
+    pub index: u64,
+    pub started_at: Timestamp,
+    pub slots: Vec<RolloutSlot>,
+}
+
+/// One slot of a batch: the task the rollout made for it. The tasks it replaced are the slot's
+/// older tasks (`rollout inspect` finds them while the store keeps them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutSlot {
+    /// `web.3`.
+    pub name: String,
+    pub new_task: String,
+    /// The node the new task was bound to when made (empty: left to the scheduler).
+    #[serde(default)]
+    pub node: String,
 }
 
 /// What an update to a new spec would do, decided from the store as the updater would decide

@@ -245,6 +245,24 @@ impl ServiceSpec {
     }
 }
 
+/// The longest rollout id (`--rollout-id`).
+pub const MAX_ROLLOUT_ID_CHARS: usize = 64;
+
+/// A caller's rollout id: 1 to 64 letters, digits, `.`, `_` or `-` (no spaces), so automation
+/// can match it and a table can show it.
+pub fn validate_rollout_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.chars().count() > MAX_ROLLOUT_ID_CHARS {
+        return Err(format!("{} characters is above the maximum of {MAX_ROLLOUT_ID_CHARS}", id.chars().count()));
+    }
+    if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("{bad:?} is not allowed (letters, digits, '.', '_' and '-' are)"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,3 +412,4 @@ mod tests {
         assert!(err_of(&s).contains("published more than once"));
     }
 }
+

@@ -25,7 +25,10 @@ pub use node::{
     ClusterCommand, ClusterInfoArgs, ClusterUpdateArgs, JoinRole, JoinTokenArgs, NodeCommand, NodeDemoteArgs,
     NodeInspectArgs, NodeLsArgs, NodeRmArgs, NodeUpdateArgs,
 };
-pub use rollout::{RolloutCommand, RolloutHistoryArgs, RolloutServiceArgs, RolloutStatusArgs, RolloutUndoArgs};
+pub use rollout::{
+    RolloutCommand, RolloutHistoryArgs, RolloutInspectArgs, RolloutLsArgs, RolloutServiceArgs, RolloutStatusArgs,
+    RolloutUndoArgs,
+};
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
 pub use stack::{
     StackCommand, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackRmArgs, StackServicesArgs,

@@ -41,6 +41,11 @@ pub fn revision_history_limit(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A rollout id: 1-64 letters, digits, '.', '_' or '-'.
+pub fn rollout_id(text: &str) -> Result<String, String> {
+    shoal_types::validate_rollout_id(text).map(|()| text.to_string())
+}
+
 /// A change cause: at most 4096 bytes.
 pub fn change_cause(text: &str) -> Result<String, String> {
     let most = shoal_types::limits::MAX_CHANGE_CAUSE_BYTES;

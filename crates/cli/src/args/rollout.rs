@@ -20,6 +20,32 @@ pub enum RolloutCommand {
     /// Follow a service's update or rollback until it ends (exit 0 completed; as `service update`
     /// when it pauses or rolls back)
     Status(RolloutStatusArgs),
+    /// List the kept rollout records (of one service, or of all)
+    Ls(RolloutLsArgs),
+    /// Show one rollout record with its timeline: a rollout id, or a service (its newest)
+    Inspect(RolloutInspectArgs),
+}
+
+/// `shoal rollout ls [--format text|json] [SERVICE]`.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct RolloutLsArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = InfoFormat::Text)]
+    pub format: InfoFormat,
+    /// Service id, name or id prefix (default: every service)
+    #[arg(value_name = "SERVICE")]
+    pub service: Option<String>,
+}
+
+/// `shoal rollout inspect [--format text|json] ROLLOUT|SERVICE`.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct RolloutInspectArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = InfoFormat::Text)]
+    pub format: InfoFormat,
+    /// A rollout id, or a service (id, name or id prefix) for its newest rollout
+    #[arg(value_name = "ROLLOUT|SERVICE")]
+    pub target: String,
 }
 
 /// `shoal rollout status [--timeout D] [-q] SERVICE`.
@@ -67,6 +93,10 @@ pub struct RolloutUndoArgs {
     /// Why this change is made, kept with the revision it makes (default: this command line)
     #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
     pub change_cause: Option<String>,
+    /// The id of the rollout this starts (1-64 letters, digits, '.', '_', '-'), for automation to
+    /// match; default: <service>-<revision>
+    #[arg(long, value_name = "ID", value_parser = parsers::rollout_id)]
+    pub rollout_id: Option<String>,
     /// Exit immediately instead of waiting for the rollback to converge
     #[arg(short = 'd', long)]
     pub detach: bool,

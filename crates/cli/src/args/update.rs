@@ -47,6 +47,10 @@ pub struct UpdateArgs {
     /// Why this change is made, kept with the revision it makes (default: this command line)
     #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
     pub change_cause: Option<String>,
+    /// The id of the rollout this starts (1-64 letters, digits, '.', '_', '-'), for automation to
+    /// match; default: <service>-<revision>
+    #[arg(long, value_name = "ID", value_parser = parsers::rollout_id)]
+    pub rollout_id: Option<String>,
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -90,6 +94,7 @@ impl UpdateArgs {
             detach: self.detach,
             quiet: self.quiet,
             change_cause: self.change_cause.clone(),
+            rollout_id: self.rollout_id.clone(),
             // --with-registry-auth does nothing, and scripts pass it to every update.
             wait: self.wait.clone(),
             ..UpdateArgs::default()
@@ -168,6 +173,10 @@ pub struct RollbackArgs {
     /// Why this change is made, kept with the revision it makes (default: this command line)
     #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
     pub change_cause: Option<String>,
+    /// The id of the rollout this starts (1-64 letters, digits, '.', '_', '-'), for automation to
+    /// match; default: <service>-<revision>
+    #[arg(long, value_name = "ID", value_parser = parsers::rollout_id)]
+    pub rollout_id: Option<String>,
     /// Suppress progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,

@@ -23,6 +23,7 @@ fn service(id: &str, name: &str, mode: ServiceMode, image: &str) -> Service {
         update_status: None,
         status_version: 0,
         revision: 1,
+        rollout_id: String::new(),
     }
 }
 

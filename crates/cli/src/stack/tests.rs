@@ -29,6 +29,7 @@ fn service(id: &str, spec: &ServiceSpec) -> Service {
         update_status: None,
         status_version: 0,
         revision: 1,
+        rollout_id: String::new(),
     }
 }
 

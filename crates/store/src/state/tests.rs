@@ -1,5 +1,7 @@
 use proptest::prelude::*;
-use shoal_types::{MANUALLY_ABORTED, MANUALLY_PAUSED, ServiceSpec, TaskSpec, TaskState, TaskStatus};
+use shoal_types::{
+    MANUALLY_ABORTED, MANUALLY_PAUSED, RolloutKind, RolloutState, ServiceSpec, TaskSpec, TaskState, TaskStatus,
+};
 
 use super::*;
 
@@ -183,7 +185,7 @@ fn revisions_are_numbered_kept_to_the_limit_and_rolled_back_to() {
         spec: shoal_types::ClusterSpec { revision_history_limit: 3, ..Default::default() },
     };
     state.apply(1, &batch(vec![Action::InitCluster { cluster }])).unwrap();
-    let origin = |cause: &str| Origin { by: "admin:a1".into(), cause: cause.into() };
+    let origin = |cause: &str| Origin { by: "admin:a1".into(), cause: cause.into(), rollout_id: String::new() };
     let with_origin = |actions, cause: &str| Batch { origin: origin(cause), ..Batch::new(1_000, actions) };
     state.apply(2, &with_origin(vec![create("s1", "web")], "shoal service create web")).unwrap();
     let mut version = 2;
@@ -697,4 +699,113 @@ fn abort_rolls_an_update_back_and_refuses_anything_else() {
     assert!(state.apply(6, &abort()).unwrap_err().to_string().contains("(its update is rollback started)"));
     assert_eq!(state.service("s1"), before.service("s1"));
     assert_eq!(state.revisions("s1"), before.revisions("s1"));
+}
+
+/// A rollout record follows its service's update status from the first to the last, collects
+/// the updater's tasks into batches by entry, keeps every change as an event, is superseded by
+/// a newer spec's rollout, aborted by `rollout abort`, named by the caller's id when given (and
+/// refused when that id is taken), put back with a refused batch, kept to the limit, and
+/// restored from a snapshot.
+#[test]
+fn rollout_records_follow_the_update_status_and_the_updaters_tasks() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    assert!(state.rollouts("s1").is_empty(), "a create starts no rollout");
+    let with = |actions, rollout_id: &str| Batch {
+        origin: Origin { by: "admin:a1".into(), cause: String::new(), rollout_id: rollout_id.into() },
+        ..Batch::new(1_000, actions)
+    };
+    let status = |state: UpdateState, message: &str| {
+        Some(UpdateStatus {
+            state,
+            message: message.into(),
+            started_at: Some(1_000),
+            completed_at: None,
+            slots: Some(2),
+        })
+    };
+    let set = |s: Option<UpdateStatus>| Action::SetUpdateStatus { id: "s1".into(), status: s };
+    let update = |version, image: &str| Action::UpdateService {
+        id: "s1".into(),
+        expected_version: version,
+        spec: ServiceSpec::new("web", image),
+    };
+    let made = |id: &str, slot: u64, spec_version: u64| {
+        let mut t = task(id, "s1", "n1");
+        t.slot = slot;
+        t.service_name = "web".into();
+        t.spec_version = spec_version;
+        t.origin = shoal_types::TaskOrigin::Update;
+        Action::PutTask { task: t }
+    };
+
+    state.apply(2, &with(vec![update(1, "busybox:2")], "release-7")).unwrap();
+    state.apply(3, &batch(vec![set(status(UpdateState::Updating, "update in progress")), made("n1", 1, 2)])).unwrap();
+    state.apply(4, &batch(vec![made("n2", 2, 2)])).unwrap();
+    state.apply(5, &batch(vec![Action::PauseRollout { id: "s1".into() }])).unwrap();
+    state.apply(6, &batch(vec![Action::ResumeRollout { id: "s1".into() }])).unwrap();
+    let mut done = status(UpdateState::Completed, "update completed").unwrap();
+    done.completed_at = Some(9_000);
+    state.apply(7, &batch(vec![set(Some(done))])).unwrap();
+    let [record] = state.rollouts("s1") else { panic!("one record: {:?}", state.rollouts("s1")) };
+    assert_eq!(record.id, "release-7");
+    assert_eq!(
+        (record.kind, record.from_revision, record.to_revision, record.spec_version),
+        (RolloutKind::Update, 1, 2, 2)
+    );
+    assert_eq!(
+        (record.state, record.finished_at, record.started_by.as_str()),
+        (RolloutState::Completed, Some(9_000), "admin:a1")
+    );
+    let events: Vec<(RolloutState, &str)> = record.events.iter().map(|e| (e.state, e.message.as_str())).collect();
+    assert_eq!(
+        events,
+        [
+            (RolloutState::Updating, "update in progress"),
+            (RolloutState::Paused, "manually paused"),
+            (RolloutState::Updating, "update resumed"),
+            (RolloutState::Completed, "update completed"),
+        ]
+    );
+    let batches: Vec<(u64, Vec<&str>)> =
+        record.batches.iter().map(|b| (b.number, b.slots.iter().map(|s| s.new_task.as_str()).collect())).collect();
+    assert_eq!(batches, [(1, vec!["n1"]), (2, vec!["n2"])]);
+
+    // The same id again is refused, and nothing changes.
+    let before = state.clone();
+    let err = state.apply(8, &with(vec![update(2, "busybox:3")], "release-7")).unwrap_err();
+    assert_eq!(err.to_string(), "rollout id release-7 is already used by a rollout of service web");
+    assert_eq!(state, State { applied_index: 8, ..before });
+
+    // A new update while one is in progress supersedes it; an abort marks its own aborted.
+    state.apply(9, &batch(vec![update(2, "busybox:3")])).unwrap();
+    state.apply(10, &batch(vec![set(status(UpdateState::Updating, "update in progress"))])).unwrap();
+    state.apply(11, &batch(vec![update(9, "busybox:4")])).unwrap();
+    state.apply(12, &batch(vec![set(status(UpdateState::Updating, "update in progress")), made("n3", 1, 11)])).unwrap();
+    state.apply(13, &batch(vec![Action::AbortRollout { id: "s1".into() }])).unwrap();
+    let records = state.rollouts("s1");
+    let summary: Vec<(&str, RolloutKind, RolloutState)> =
+        records.iter().map(|r| (r.id.as_str(), r.kind, r.state)).collect();
+    assert_eq!(
+        summary,
+        [
+            ("release-7", RolloutKind::Update, RolloutState::Completed),
+            ("web-3", RolloutKind::Update, RolloutState::Superseded),
+            ("web-4", RolloutKind::Update, RolloutState::Aborted),
+            ("web-5", RolloutKind::Rollback, RolloutState::RollbackStarted),
+        ]
+    );
+    assert_eq!(records[2].batches.len(), 1);
+    assert_eq!(State::restore(&state.snapshot()).unwrap(), state);
+
+    // Kept to the cluster's limit (10 by default): the oldest go first.
+    let mut version = 13;
+    for i in 0..12u64 {
+        let index = 14 + 2 * i;
+        state.apply(index, &batch(vec![update(version, &format!("busybox:{}", 10 + i))])).unwrap();
+        state.apply(index + 1, &batch(vec![set(status(UpdateState::Updating, "update in progress"))])).unwrap();
+        version = index;
+    }
+    assert_eq!(state.rollouts("s1").len(), 10);
+    assert!(state.rollouts("s1").iter().all(|r| r.id != "release-7"));
 }
