@@ -914,7 +914,19 @@ impl State {
     /// later ones update it and add to its events. In the same write as the status, so every
     /// manager holds the same records and a new leader appends to them.
     fn track_rollout(&mut self, service: &Service, old: Option<&Service>, at: u64, undo: &mut Vec<Undo>) {
-        let Some(status) = &service.update_status else { return };
+        let Some(status) = &service.update_status else {
+            // A new spec whose rollout has not begun yet (or never will: nothing to replace):
+            // an unfinished rollout of an older spec is over all the same.
+            if let Some(last) = self.rollouts.get(&service.id).and_then(|r| r.last())
+                && !last.state.is_final()
+                && last.spec_version != service.spec_version
+            {
+                undo.push(Undo::Rollouts(service.id.clone(), self.rollouts.get(&service.id).cloned()));
+                let last = self.rollouts.get_mut(&service.id).and_then(|r| r.last_mut()).expect("checked");
+                supersede(Arc::make_mut(last), service.revision, at);
+            }
+            return;
+        };
         if old.is_some_and(|o| o.spec_version == service.spec_version && o.update_status.as_ref() == Some(status)) {
             return;
         }
@@ -947,11 +959,7 @@ impl State {
         if let Some(last) = records.last_mut()
             && !last.state.is_final()
         {
-            let record = Arc::make_mut(last);
-            record.state = RolloutState::Superseded;
-            record.finished_at = Some(at);
-            let message = format!("superseded by the rollout of revision {}", service.revision);
-            push_event(record, RolloutEvent { at, state: RolloutState::Superseded, message });
+            supersede(Arc::make_mut(last), service.revision, at);
         }
         let rollback = matches!(
             state,
@@ -1146,6 +1154,14 @@ impl State {
             }
         }
     }
+}
+
+/// Ends an unfinished rollout record: the spec of revision `revision` replaced what it rolled out.
+fn supersede(record: &mut Rollout, revision: u64, at: u64) {
+    record.state = RolloutState::Superseded;
+    record.finished_at = Some(at);
+    record.message = format!("superseded by revision {revision}");
+    push_event(record, RolloutEvent { at, state: RolloutState::Superseded, message: record.message.clone() });
 }
 
 /// Adds `event` to `record`'s events, keeping the newest [`shoal_types::ROLLOUT_EVENTS_KEPT`].

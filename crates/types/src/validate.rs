@@ -412,4 +412,3 @@ mod tests {
         assert!(err_of(&s).contains("published more than once"));
     }
 }
-

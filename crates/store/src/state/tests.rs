@@ -809,3 +809,138 @@ fn rollout_records_follow_the_update_status_and_the_updaters_tasks() {
     assert_eq!(state.rollouts("s1").len(), 10);
     assert!(state.rollouts("s1").iter().all(|r| r.id != "release-7"));
 }
+
+/// Every rollout command in every state of a service's update status: what is allowed moves the
+/// status as documented, everything else is refused and changes nothing.
+#[test]
+fn every_rollout_command_in_every_state() {
+    use UpdateState::*;
+    let states = [
+        None,
+        Some(Updating),
+        Some(Paused),
+        Some(Completed),
+        Some(RollbackStarted),
+        Some(RollbackPaused),
+        Some(RollbackCompleted),
+    ];
+    for from in states {
+        for command in ["pause", "resume", "abort"] {
+            let mut state = State::default();
+            state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+            let update = Action::UpdateService {
+                id: "s1".into(),
+                expected_version: 1,
+                spec: ServiceSpec::new("web", "busybox:2"),
+            };
+            state.apply(2, &batch(vec![update])).unwrap();
+            if let Some(from) = from {
+                let status = UpdateStatus {
+                    state: from,
+                    message: "m".into(),
+                    started_at: Some(1),
+                    completed_at: None,
+                    slots: Some(1),
+                };
+                state
+                    .apply(3, &batch(vec![Action::SetUpdateStatus { id: "s1".into(), status: Some(status) }]))
+                    .unwrap();
+            }
+            let action = match command {
+                "pause" => Action::PauseRollout { id: "s1".into() },
+                "resume" => Action::ResumeRollout { id: "s1".into() },
+                _ => Action::AbortRollout { id: "s1".into() },
+            };
+            let expected = match (command, from) {
+                ("pause", Some(Updating)) => Some(Paused),
+                ("pause", Some(RollbackStarted)) => Some(RollbackPaused),
+                ("resume", Some(Paused)) => Some(Updating),
+                ("resume", Some(RollbackPaused)) => Some(RollbackStarted),
+                ("abort", Some(Updating | Paused)) => Some(RollbackStarted),
+                _ => None,
+            };
+            let before = state.clone();
+            let result = state.apply(4, &batch(vec![action]));
+            match expected {
+                Some(to) => {
+                    assert!(result.is_ok(), "{command} from {from:?}: {result:?}");
+                    assert_eq!(
+                        state.service("s1").unwrap().update_status.as_ref().map(|s| s.state),
+                        Some(to),
+                        "{command} from {from:?}"
+                    );
+                    let open: Vec<_> = state.rollouts("s1").iter().filter(|r| !r.state.is_final()).collect();
+                    assert_eq!(open.len(), 1, "{command} from {from:?}: one open record: {:?}", state.rollouts("s1"));
+                }
+                None => {
+                    assert!(result.is_err(), "{command} from {from:?} was allowed");
+                    assert_eq!(
+                        state,
+                        State { applied_index: 4, ..before },
+                        "{command} from {from:?} changed something"
+                    );
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    /// Whatever the sequence of writes, a service's rollout records are at most the limit, at
+    /// most one is open (and then it is the newest, for the current spec version), and each
+    /// names its own service.
+    #[test]
+    fn rollout_records_stay_consistent(actions in prop::collection::vec(prop_oneof![arb_action(), arb_loop_action(), arb_status()], 1..40)) {
+        let mut state = State::default();
+        for (i, mut action) in actions.into_iter().enumerate() {
+            // Spec changes carry the version read, as a user's would, so that they apply.
+            match &mut action {
+                Action::UpdateService { id, expected_version, .. }
+                | Action::RollbackService { id, expected_version }
+                | Action::RollbackServiceTo { id, expected_version, .. } => {
+                    if let Some(service) = state.service(id) {
+                        *expected_version = service.version;
+                    }
+                }
+                _ => {}
+            }
+            let _ = state.apply(i as u64 + 1, &batch(vec![action]));
+            for service in state.services() {
+                let records = state.rollouts(&service.id);
+                prop_assert!(records.len() <= 10);
+                let open: Vec<usize> = records.iter().enumerate().filter(|(_, r)| !r.state.is_final()).map(|(i, _)| i).collect();
+                prop_assert!(open.len() <= 1, "{:?}", records);
+                if let Some(&at) = open.first() {
+                    prop_assert_eq!(at, records.len() - 1);
+                    prop_assert_eq!(records[at].spec_version, service.spec_version);
+                }
+                prop_assert!(records.iter().all(|r| r.service_id == service.id));
+            }
+        }
+        prop_assert_eq!(State::restore(&state.snapshot()).unwrap(), state);
+    }
+}
+
+fn arb_status() -> impl Strategy<Value = Action> {
+    (
+        prop::sample::select(vec!["a", "b", "c"]),
+        prop::sample::select(vec![
+            UpdateState::Updating,
+            UpdateState::Paused,
+            UpdateState::Completed,
+            UpdateState::RollbackStarted,
+            UpdateState::RollbackPaused,
+            UpdateState::RollbackCompleted,
+        ]),
+    )
+        .prop_map(|(id, state)| Action::SetUpdateStatus {
+            id: id.into(),
+            status: Some(UpdateStatus {
+                state,
+                message: "m".into(),
+                started_at: Some(1),
+                completed_at: None,
+                slots: Some(1),
+            }),
+        })
+}
