@@ -304,6 +304,18 @@ async fn a_stack_deploy_makes_one_revision_per_changed_service_with_its_cause() 
     let path = file.to_str().expect("utf-8 path");
     ok(addr, &["stack", "deploy", "-d", "-c", path, "app"])?;
     write("shoal/busybox:2")?;
+    // A dry run first: what would change, and nothing written.
+    let commit = cluster_info(addr).await?.raft.commit;
+    let text = ok(addr, &["stack", "deploy", "--dry-run", "-c", path, "app"])?;
+    for expected in [
+        "Dry run: nothing was changed. The deploy would:",
+        "leave service app_api as it is",
+        "update service app_web:",
+        "app_web.1 not placed: image shoal/busybox:1 → shoal/busybox:2",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    assert_eq!(cluster_info(addr).await?.raft.commit, commit, "a dry run writes nothing");
     ok(addr, &["stack", "deploy", "-d", "--change-cause", "hotfix 2", "-c", path, "app"])?;
 
     let history = |service: &str| -> Result<Vec<(u64, String)>> {

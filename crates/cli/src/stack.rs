@@ -213,6 +213,38 @@ fn report(problems: Vec<String>) -> CliError {
     CliError::Reported
 }
 
+/// `stack deploy --dry-run`: what the deploy would do, service by service, with the manager's
+/// plan of each update; nothing is written.
+async fn dry_run(client: &mut Client, plan: &DeployPlan) -> Result<(), CliError> {
+    let mut out = String::from("Dry run: nothing was changed. The deploy would:\n");
+    for service in &plan.remove {
+        out.push_str(&format!("\nremove service {}\n", service.spec.name));
+    }
+    for step in &plan.steps {
+        match step {
+            Step::Create(spec) => {
+                out.push_str(&format!("\ncreate service {} ({})\n", spec.name, spec.task.container.image));
+            }
+            Step::Unchanged(current) => out.push_str(&format!("\nleave service {} as it is\n", current.spec.name)),
+            Step::Update { current, spec } => {
+                let mut update = client
+                    .plan_update(&current.id, spec)
+                    .await
+                    .map_err(|e| CliError::Message(format!("{}: {e}", spec.name)))?;
+                let pretty = |spec: &ServiceSpec| serde_json::to_string_pretty(spec).unwrap_or_default();
+                update.spec_changes = output::line_diff(&pretty(&current.spec), &pretty(spec));
+                out.push_str(&format!("\nupdate service {}:\n", spec.name));
+                // The plan's own text, without its first line (said once above).
+                for line in output::update_plan(&update).lines().skip(2) {
+                    out.push_str(&format!("  {line}\n"));
+                }
+            }
+        }
+    }
+    print_out(&out);
+    Ok(())
+}
+
 pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> {
     let loaded = load_and_warn(&args.stack, &args.compose_files, args.ignore_unsupported)?;
     if !args.ignore_unsupported {
@@ -224,6 +256,9 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
     client.set_change_cause(crate::commands::change_cause(&cause));
     let existing = client.list_services().await?;
     let plan = plan_deploy(&args.stack, &loaded.services, &existing, args.prune).map_err(report)?;
+    if args.dry_run {
+        return dry_run(&mut client, &plan).await;
+    }
 
     for service in &plan.remove {
         print_out(&format!("Removing service {}\n", service.spec.name));

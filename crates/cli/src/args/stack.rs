@@ -67,6 +67,10 @@ pub struct StackDeployArgs {
     /// Remove the stack's services that are no longer in the stack files
     #[arg(long)]
     pub prune: bool,
+    /// Change nothing: print what the deploy would create, remove and update (with each update's
+    /// plan: out-of-date tasks, batches, estimate, warnings)
+    #[arg(long)]
+    pub dry_run: bool,
     /// Exit immediately instead of waiting for the created or updated services to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
