@@ -18,6 +18,7 @@ pub mod constraint_enforcer;
 mod jobs;
 pub mod plan;
 pub mod reaper;
+pub mod strategy;
 #[cfg(test)]
 mod tests;
 pub mod update;

@@ -12,6 +12,7 @@ use shoal_types::{
     UpdateOrder, UpdateState, UpdateStatus,
 };
 
+use crate::strategy::{RolloutView, SlotPhase, Strategy};
 use crate::{Ctx, OLD_TASK_TIMEOUT_MS, Plan, new_task};
 
 /// Swarm §2.4: a task is out of date if its spec (or endpoint) differs from the service's; a
@@ -98,6 +99,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let mut updatable: BTreeMap<&String, Vec<&Task>> = BTreeMap::new();
     let mut dirty: Vec<&String> = Vec::new();
     let mut busy = 0usize;
+    let mut in_transition_keys: std::collections::BTreeSet<&String> = std::collections::BTreeSet::new();
     let mut transition_wakeup: Option<Timestamp> = None;
     let mut pending_reason: Option<String> = None;
     for (key, tasks) in &slots {
@@ -133,6 +135,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         }
         if in_transition {
             busy += 1;
+            in_transition_keys.insert(key);
         } else if candidates.len() > 1 || candidates.first().is_some_and(|t| is_dirty(state, service, t)) {
             dirty.push(key);
         }
@@ -267,10 +270,26 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         }
     }
 
-    let parallelism = if config.parallelism == 0 { usize::MAX } else { config.parallelism as usize };
-    let free = parallelism.saturating_sub(busy);
-    for key in dirty.into_iter().take(free) {
-        start_slot(state, service, &updatable[key], config.order, ctx, plan);
+    // The strategy decides which out-of-date slots start now, from the slots' phases alone.
+    let dirty: std::collections::BTreeSet<&String> = dirty.into_iter().collect();
+    let view = RolloutView {
+        slots: slots
+            .keys()
+            .map(|key| {
+                let phase = if in_transition_keys.contains(key) {
+                    SlotPhase::InTransition
+                } else if dirty.contains(key) {
+                    SlotPhase::OutOfDate
+                } else {
+                    SlotPhase::UpToDate
+                };
+                (key.as_str(), phase)
+            })
+            .collect(),
+        now,
+    };
+    for key in crate::strategy::strategy_for(config).decide(&view).start {
+        start_slot(state, service, &updatable[&key.to_string()], config.order, ctx, plan);
     }
     note(plan, &service.id, transition_wakeup);
 }
