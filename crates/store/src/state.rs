@@ -620,46 +620,22 @@ impl State {
                 self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::PauseRollout { id } => {
-                let current =
-                    self.services.get(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
-                let paused = match current.update_status.as_ref().map(|s| s.state) {
-                    Some(UpdateState::Updating) => UpdateState::Paused,
-                    Some(UpdateState::RollbackStarted) => UpdateState::RollbackPaused,
-                    _ => {
-                        return Err(StoreError::NothingToPause {
-                            name: current.spec.name.clone(),
-                            now: rollout_state(current),
-                        });
-                    }
+                let pause = |state| match state {
+                    UpdateState::Updating => Some((UpdateState::Paused, MANUALLY_PAUSED)),
+                    UpdateState::RollbackStarted => Some((UpdateState::RollbackPaused, MANUALLY_PAUSED)),
+                    _ => None,
                 };
-                let mut service = Service::clone(current);
-                let status = service.update_status.as_mut().expect("checked");
-                status.state = paused;
-                status.message = MANUALLY_PAUSED.into();
-                service.status_version = index;
-                service.updated_at = at;
-                self.put_service(service, ChangeKind::Update, undo, changes);
+                let refuse = |name, now| StoreError::NothingToPause { name, now };
+                self.move_rollout(&id, pause, refuse, index, at, undo, changes)?;
             }
             Action::ResumeRollout { id } => {
-                let current =
-                    self.services.get(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
-                let (resumed, message) = match current.update_status.as_ref().map(|s| s.state) {
-                    Some(UpdateState::Paused) => (UpdateState::Updating, "update resumed"),
-                    Some(UpdateState::RollbackPaused) => (UpdateState::RollbackStarted, "rollback resumed"),
-                    _ => {
-                        return Err(StoreError::NothingToResume {
-                            name: current.spec.name.clone(),
-                            now: rollout_state(current),
-                        });
-                    }
+                let resume = |state| match state {
+                    UpdateState::Paused => Some((UpdateState::Updating, "update resumed")),
+                    UpdateState::RollbackPaused => Some((UpdateState::RollbackStarted, "rollback resumed")),
+                    _ => None,
                 };
-                let mut service = Service::clone(current);
-                let status = service.update_status.as_mut().expect("checked");
-                status.state = resumed;
-                status.message = message.into();
-                service.status_version = index;
-                service.updated_at = at;
-                self.put_service(service, ChangeKind::Update, undo, changes);
+                let refuse = |name, now| StoreError::NothingToResume { name, now };
+                self.move_rollout(&id, resume, refuse, index, at, undo, changes)?;
             }
             Action::AbortRollout { id } => {
                 let current =
@@ -872,6 +848,34 @@ impl State {
             });
         }
         Ok(service)
+    }
+
+    /// `rollout pause` and `resume`: the service's update status moves as `to` says (a status-only
+    /// write), or the command is refused (`refuse(name, where it stands)`) when `to` says none.
+    #[allow(clippy::too_many_arguments)]
+    fn move_rollout(
+        &mut self,
+        id: &str,
+        to: impl Fn(UpdateState) -> Option<(UpdateState, &'static str)>,
+        refuse: impl Fn(String, String) -> StoreError,
+        index: u64,
+        at: u64,
+        undo: &mut Vec<Undo>,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), StoreError> {
+        let current =
+            self.services.get(id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.to_string() })?;
+        let Some((state, message)) = current.update_status.as_ref().and_then(|s| to(s.state)) else {
+            return Err(refuse(current.spec.name.clone(), rollout_state(current)));
+        };
+        let mut service = Service::clone(current);
+        let status = service.update_status.as_mut().expect("checked by `to`");
+        status.state = state;
+        status.message = message.into();
+        service.status_version = index;
+        service.updated_at = at;
+        self.put_service(service, ChangeKind::Update, undo, changes);
+        Ok(())
     }
 
     /// `service`'s spec (just made current at `service.spec_version`, `service.updated_at`) as its
