@@ -159,6 +159,19 @@ async fn killing_the_leader_mid_update_completes_it_once() -> Result<()> {
     assert_eq!(slots, vec![1, 2, 3, 4, 5, 6], "each slot replaced exactly once");
     let max = watcher.await?;
     assert!(max <= 2, "slots in transition at once: {max}");
+    // The rollout record the old leader opened was carried on by the new one: one record for the
+    // spec, every slot once, batches within parallelism.
+    let out = shoal(&watcher_addr, &["rollout", "ls", "--format", "json", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records: Vec<shoal_types::Rollout> = serde_json::from_str(&stdout(&out))?;
+    let mine: Vec<&shoal_types::Rollout> = records.iter().filter(|r| r.spec_version == done.spec_version).collect();
+    assert_eq!(mine.len(), 1, "{records:?}");
+    assert_eq!(mine[0].state, shoal_types::RolloutState::Completed);
+    let mut recorded: Vec<String> =
+        mine[0].batches.iter().flat_map(|b| b.slots.iter().map(|s| s.name.clone())).collect();
+    recorded.sort();
+    assert_eq!(recorded, ["web.1", "web.2", "web.3", "web.4", "web.5", "web.6"], "{:?}", mine[0]);
+    assert!(mine[0].batches.iter().all(|b| b.slots.len() <= 2), "{:?}", mine[0]);
     Ok(())
 }
 

@@ -274,12 +274,25 @@ async fn a_paused_update_stays_paused_across_a_leader_kill_and_resumes_through_a
     recorded.sort();
     assert_eq!(recorded, ["web.1", "web.2", "web.3", "web.4", "web.5", "web.6"], "{record:?}");
     assert!(record.batches.iter().all(|b| b.slots.len() <= 2), "{record:?}");
+    // Each slot's timeline, through the failover: its old task told to stop and stopped, its new
+    // task running, no failure.
+    for slot in record.batches.iter().flat_map(|b| &b.slots) {
+        assert!(
+            slot.old_tasks.len() == 1
+                && slot.stop_requested_at.is_some()
+                && slot.stopped_at.is_some()
+                && slot.running_at.is_some()
+                && slot.failure.is_none(),
+            "{slot:?}"
+        );
+        assert!(slot.stop_requested_at <= slot.stopped_at && slot.stopped_at <= slot.running_at, "{slot:?}");
+    }
     let events: Vec<&str> = record.events.iter().map(|e| e.message.as_str()).collect();
     assert!(events.contains(&"manually paused") && events.contains(&"update resumed"), "{events:?}");
     let listed = ok(other, &["rollout", "ls", "web"])?;
     assert!(listed.contains(&record.id) && listed.contains("completed"), "{listed}");
     let text = ok(other, &["rollout", "inspect", &record.id])?;
-    assert!(text.contains("State:     completed (update completed)") && text.contains("Batches:"), "{text}");
+    assert!(text.contains("State:     completed (update completed)") && text.contains("OLD TOLD TO STOP"), "{text}");
     Ok(())
 }
 

@@ -660,28 +660,34 @@ pub fn rollout_detail(rollout: &shoal_types::Rollout, tasks: &[shoal_types::Task
         out.push_str(&format!("  {}  {:<18}  {}\n", format_timestamp(event.at), event.state.as_str(), event.message));
     }
     let by_id: std::collections::HashMap<&str, &shoal_types::Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    // Times as offsets from the rollout's start: a timeline reads better than timestamps.
+    let since = |at: Option<u64>| {
+        at.map_or("-".to_string(), |at| format!("+{:.1}s", at.saturating_sub(rollout.started_at) as f64 / 1000.0))
+    };
+    let monitor = config.monitor.as_std().as_millis() as u64;
     let mut rows = Vec::new();
     for batch in &rollout.batches {
         for slot in &batch.slots {
-            let new = by_id.get(slot.new_task.as_str());
-            let state = new.map_or("(removed)".to_string(), |t| t.status.state.as_str().to_string());
-            let running = new.and_then(|t| t.running_at).map_or("-".to_string(), format_timestamp);
-            let node = new.map(|t| t.node_id.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| slot.node.clone());
-            // The slot's tasks of older specs: what this rollout replaced.
-            let replaced: Vec<String> = tasks
-                .iter()
-                .filter(|t| t.name() == slot.name && t.spec_version < rollout.spec_version)
-                .map(|t| format!("{} {}", short_id(&t.id), t.status.state.as_str()))
-                .collect();
+            let state = by_id.get(slot.new_task.as_str()).map_or("(removed)", |t| t.status.state.as_str());
+            let result = match (&slot.failure, slot.running_at) {
+                (Some(failure), _) => failure.clone(),
+                (None, Some(_)) => "ok".to_string(),
+                (None, None) => "in transition".to_string(),
+            };
+            // The monitor window passed for a task that ran and did not fail within it.
+            let passed = slot.running_at.filter(|_| slot.failure.is_none()).map(|at| at + monitor);
             rows.push(vec![
                 batch.number.to_string(),
-                format_timestamp(batch.started_at),
                 slot.name.clone(),
-                short_id(&node).to_string(),
+                short_id(&slot.node).to_string(),
                 short_id(&slot.new_task).to_string(),
-                state,
-                running,
-                if replaced.is_empty() { "-".to_string() } else { replaced.join(", ") },
+                since(slot.stop_requested_at),
+                since(slot.stopped_at),
+                since(Some(batch.started_at)),
+                since(slot.running_at),
+                since(passed),
+                state.to_string(),
+                result,
             ]);
         }
     }
@@ -690,9 +696,24 @@ pub fn rollout_detail(rollout: &shoal_types::Rollout, tasks: &[shoal_types::Task
         out.push_str("  none started\n");
     } else {
         out.push_str(&table(
-            &["BATCH", "STARTED", "SLOT", "NODE", "NEW TASK", "STATE", "RUNNING SINCE", "REPLACED"],
+            &[
+                "BATCH",
+                "SLOT",
+                "NODE",
+                "NEW TASK",
+                "OLD TOLD TO STOP",
+                "OLD STOPPED",
+                "NEW CREATED",
+                "NEW RUNNING",
+                "MONITOR PASSED",
+                "STATE",
+                "RESULT",
+            ],
             &rows,
         ));
+        if rollout.unrecorded_slots > 0 {
+            out.push_str(&format!("  and {} more slots (not listed)\n", rollout.unrecorded_slots));
+        }
     }
     out
 }

@@ -127,6 +127,36 @@ pub struct State {
     pending: BTreeSet<String>,
     #[serde(skip)]
     task_specs: SpecPool,
+    /// Where each task of an open rollout record sits in it (derived, rebuilt on restore).
+    #[serde(skip)]
+    slot_index: SlotIndexes,
+}
+
+/// Per service with an open rollout record: its slots by new task id and by slot name, and the
+/// old tasks told to stop in the entry being applied before their slot was recorded (the
+/// updater writes a stop-first slot's shutdown just before its new task). A cache, not state.
+#[derive(Clone, Default)]
+struct SlotIndexes {
+    services: std::collections::HashMap<String, SlotIndex>,
+    stopping: Vec<(String, String, String, u64)>,
+}
+
+#[derive(Clone, Default)]
+struct SlotIndex {
+    by_task: std::collections::HashMap<String, (usize, usize)>,
+    by_name: std::collections::HashMap<String, (usize, usize)>,
+}
+
+impl PartialEq for SlotIndexes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for SlotIndexes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlotIndexes")
+    }
 }
 
 /// The replicated part of a [`State`] at one applied index, taken by [`State::snapshot_view`].
@@ -204,6 +234,8 @@ enum Undo {
     RolloutSlot(String),
     /// A slot counted, not listed, in the service's newest rollout record.
     RolloutUnrecorded(String),
+    /// A slot of the service's newest rollout record, as it was before a task of it changed.
+    RolloutSlotWas(String, usize, usize, RolloutSlot),
 }
 
 impl State {
@@ -349,6 +381,10 @@ impl State {
             tasks.insert(id, Arc::new(task));
         }
         state.tasks = tasks;
+        let services: Vec<String> = state.rollouts.keys().cloned().collect();
+        for id in services {
+            state.reindex_slots(&id);
+        }
         state.service_names = state.services.values().map(|s| (s.spec.name.clone(), s.id.clone())).collect();
         Ok(state)
     }
@@ -378,12 +414,14 @@ impl State {
         let mut changes = Vec::new();
         for action in batch.actions {
             if let Err(e) = self.apply_action(index, batch.at, &batch.origin, action, &mut undo, &mut changes) {
+                self.slot_index.stopping.clear();
                 for step in undo.into_iter().rev() {
                     self.undo(step);
                 }
                 return Err(e);
             }
         }
+        self.slot_index.stopping.clear();
         Ok(changes)
     }
 
@@ -673,6 +711,7 @@ impl State {
                     self.remove_service(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
                 undo.push(Undo::Revisions(id.clone(), self.revisions.remove(&id)));
                 undo.push(Undo::Rollouts(id.clone(), self.rollouts.remove(&id)));
+                self.slot_index.services.remove(&id);
                 undo.push(Undo::Service(id, Some(service.clone())));
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Service(service) });
             }
@@ -833,6 +872,9 @@ impl State {
         task.version = index;
         task.updated_at = at;
         let old = self.set_task(task.clone());
+        if let Some(before) = &old {
+            self.observe_slot_task(before, &task, at, undo);
+        }
         undo.push(Undo::Task(task.id.clone(), old));
         changes.push(Change { kind: ChangeKind::Update, index, at, object: Object::Task(task) });
     }
@@ -1010,7 +1052,21 @@ impl State {
             undo.push(Undo::RolloutUnrecorded(task.service_id.clone()));
             return;
         }
-        let slot = RolloutSlot { name: task.name(), new_task: task.id.clone(), node: task.node_id.clone() };
+        let name = task.name();
+        let mut slot = RolloutSlot {
+            name: name.clone(),
+            new_task: task.id.clone(),
+            node: task.node_id.clone(),
+            ..Default::default()
+        };
+        // Its old tasks told to stop just before it, in this entry (stop-first).
+        let stopping = &mut self.slot_index.stopping;
+        for (_, _, old, told_at) in
+            stopping.extract_if(.., |(service, old_name, _, _)| *service == task.service_id && *old_name == name)
+        {
+            slot.old_tasks.push(old);
+            slot.stop_requested_at.get_or_insert(told_at);
+        }
         match record.batches.last_mut() {
             Some(batch) if batch.index == index => batch.slots.push(slot),
             _ => {
@@ -1018,7 +1074,95 @@ impl State {
                 record.batches.push(RolloutBatch { number, index, started_at: at, slots: vec![slot] });
             }
         }
+        let at_batch = record.batches.len() - 1;
+        let at_slot = record.batches[at_batch].slots.len() - 1;
+        let slots = self.slot_index.services.entry(task.service_id.clone()).or_default();
+        slots.by_task.insert(task.id.clone(), (at_batch, at_slot));
+        slots.by_name.insert(name, (at_batch, at_slot));
         undo.push(Undo::RolloutSlot(task.service_id.clone()));
+    }
+
+    /// A task changed (`before` → `after`): if it is the new task or an old task of a slot of its
+    /// service's open rollout, the slot records when it was told to stop, stopped, started, ran
+    /// or failed.
+    fn observe_slot_task(&mut self, before: &Task, after: &Task, at: u64, undo: &mut Vec<Undo>) {
+        let Some(slots) = self.slot_index.services.get(&after.service_id) else { return };
+        let Some(record) = self.rollouts.get(&after.service_id).and_then(|r| r.last()) else { return };
+        let (monitor, spec_version) = (record.config.monitor.as_std().as_millis() as u64, record.spec_version);
+        let new = slots.by_task.get(&after.id).copied();
+        let old = (new.is_none() && after.spec_version < spec_version)
+            .then(|| slots.by_name.get(&after.name()).copied())
+            .flatten();
+        let told_to_stop = before.desired_state <= TaskState::Running && after.desired_state > TaskState::Running;
+        let Some((batch, index)) = new.or(old) else {
+            if told_to_stop && after.spec_version < spec_version && after.origin != TaskOrigin::Restart {
+                // Maybe the old task of a slot recorded next in this entry (stop-first).
+                let entry = (after.service_id.clone(), after.name(), after.id.clone(), at);
+                self.slot_index.stopping.push(entry);
+            }
+            return;
+        };
+        let was = record.batches[batch].slots[index].clone();
+        let mut slot = was.clone();
+        let (from, to) = (before.status.state, after.status.state);
+        if new.is_some() {
+            if !after.node_id.is_empty() {
+                slot.node.clone_from(&after.node_id);
+            }
+            // Started: it got as far as starting (a task that failed before has no start time).
+            if from < TaskState::Starting
+                && (TaskState::Starting..=TaskState::Running).contains(&to)
+                && slot.started_at.is_none()
+            {
+                slot.started_at = Some(at);
+            }
+            if from < TaskState::Running
+                && to >= TaskState::Running
+                && slot.running_at.is_none()
+                && to == TaskState::Running
+            {
+                slot.running_at = Some(at);
+            }
+            let failed =
+                to.is_terminal() && !from.is_terminal() && to != TaskState::Complete && to != TaskState::Shutdown;
+            if failed && slot.failure.is_none() && slot.running_at.is_none_or(|running| at <= running + monitor) {
+                let why = if after.status.err.is_empty() { &after.status.message } else { &after.status.err };
+                slot.failure = Some(format!("{}: {why}", to.as_str()));
+                slot.failed_at = Some(at);
+            }
+        } else {
+            if told_to_stop {
+                if !slot.old_tasks.contains(&after.id) {
+                    slot.old_tasks.push(after.id.clone());
+                }
+                slot.stop_requested_at.get_or_insert(at);
+            }
+            if from <= TaskState::Running && to > TaskState::Running && slot.old_tasks.contains(&after.id) {
+                slot.stopped_at = Some(at);
+            }
+        }
+        if slot != was {
+            let service_id = after.service_id.clone();
+            let record = self.rollouts.get_mut(&service_id).and_then(|r| r.last_mut()).expect("found above");
+            Arc::make_mut(record).batches[batch].slots[index] = slot;
+            undo.push(Undo::RolloutSlotWas(service_id, batch, index, was));
+        }
+    }
+
+    /// Rebuilds the slot index of service `id` from its open rollout record (none if it has none).
+    fn reindex_slots(&mut self, id: &str) {
+        let Some(record) = self.rollouts.get(id).and_then(|r| r.last()).filter(|r| !r.state.is_final()) else {
+            self.slot_index.services.remove(id);
+            return;
+        };
+        let mut slots = SlotIndex::default();
+        for (b, batch) in record.batches.iter().enumerate() {
+            for (i, slot) in batch.slots.iter().enumerate() {
+                slots.by_task.insert(slot.new_task.clone(), (b, i));
+                slots.by_name.insert(slot.name.clone(), (b, i));
+            }
+        }
+        self.slot_index.services.insert(id.to_string(), slots);
     }
 
     /// Marks the newest rollout record of `id` aborted (`rollout abort`).
@@ -1047,7 +1191,13 @@ impl State {
         let (index, at) = (service.version.max(service.status_version), service.updated_at);
         let service = Arc::new(service);
         let old = self.set_service(service.clone());
-        self.track_rollout(&service, old.as_deref(), at, undo);
+        let status_changed = old
+            .as_deref()
+            .is_none_or(|o| o.spec_version != service.spec_version || o.update_status != service.update_status);
+        if status_changed {
+            self.track_rollout(&service, old.as_deref(), at, undo);
+            self.reindex_slots(&service.id);
+        }
         undo.push(Undo::Service(service.id.clone(), old));
         changes.push(Change { kind, index, at, object: Object::Service(service) });
     }
@@ -1135,10 +1285,17 @@ impl State {
                 self.revisions.remove(&id);
             }
             Undo::Rollouts(id, Some(old)) => {
-                self.rollouts.insert(id, old);
+                self.rollouts.insert(id.clone(), old);
+                self.reindex_slots(&id);
             }
             Undo::Rollouts(id, None) => {
                 self.rollouts.remove(&id);
+                self.reindex_slots(&id);
+            }
+            Undo::RolloutSlotWas(id, batch, slot, was) => {
+                if let Some(record) = self.rollouts.get_mut(&id).and_then(|r| r.last_mut()) {
+                    Arc::make_mut(record).batches[batch].slots[slot] = was;
+                }
             }
             Undo::RolloutUnrecorded(id) => {
                 if let Some(record) = self.rollouts.get_mut(&id).and_then(|r| r.last_mut()) {
@@ -1155,6 +1312,7 @@ impl State {
                         }
                     }
                 }
+                self.reindex_slots(&id);
             }
         }
     }

@@ -161,16 +161,36 @@ pub struct RolloutBatch {
     pub slots: Vec<RolloutSlot>,
 }
 
-/// One slot of a batch: the task the rollout made for it. The tasks it replaced are the slot's
-/// older tasks (`rollout inspect` finds them while the store keeps them).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One slot of a batch: the task the rollout made for it, the ones it replaced, and when each
+/// step happened, as the store applied it (so every manager records the same times).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutSlot {
     /// `web.3`.
     pub name: String,
     pub new_task: String,
-    /// The node the new task was bound to when made (empty: left to the scheduler).
+    /// The node the new task runs on (empty: not placed yet).
     #[serde(default)]
     pub node: String,
+    /// The slot's older tasks the rollout told to stop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub old_tasks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_requested_at: Option<Timestamp>,
+    /// When the last of `old_tasks` ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Timestamp>,
+    /// When the new task was being started (container start asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When the new task was running (healthy, with a health check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_at: Option<Timestamp>,
+    /// A failure of the new task that counts against the rollout: it ended before running or
+    /// within the monitor window after (`<state>: <error>`), and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Timestamp>,
 }
 
 /// What an update to a new spec would do, decided from the store as the updater would decide

@@ -723,3 +723,62 @@ fn a_dry_run_plan_reads_top_to_bottom() {
          Warnings:\n  - stop-first with 1 replica: …\n"
     );
 }
+
+#[test]
+fn a_rollout_reads_as_a_timeline() {
+    let config = shoal_types::UpdateConfig { monitor: shoal_types::GoDuration::from_secs(5), ..Default::default() };
+    let slot = shoal_types::RolloutSlot {
+        name: "web.1".into(),
+        new_task: "new1".into(),
+        node: "n1".into(),
+        old_tasks: vec!["old1".into()],
+        stop_requested_at: Some(1_000),
+        stopped_at: Some(1_300),
+        started_at: Some(1_400),
+        running_at: Some(1_600),
+        failure: None,
+        failed_at: None,
+    };
+    let failed = shoal_types::RolloutSlot {
+        name: "web.2".into(),
+        new_task: "new2".into(),
+        failure: Some("failed: boom".into()),
+        failed_at: Some(2_000),
+        ..Default::default()
+    };
+    let rollout = shoal_types::Rollout {
+        id: "web-2".into(),
+        service_id: "s1".into(),
+        service_name: "web".into(),
+        kind: shoal_types::RolloutKind::Update,
+        from_revision: 1,
+        to_revision: 2,
+        spec_version: 9,
+        config,
+        state: shoal_types::RolloutState::Paused,
+        message: "update paused due to failure or early termination of task new2".into(),
+        started_by: "admin:a1".into(),
+        started_at: 1_000,
+        finished_at: None,
+        events: vec![],
+        batches: vec![shoal_types::RolloutBatch { number: 1, index: 5, started_at: 1_000, slots: vec![slot, failed] }],
+        unrecorded_slots: 0,
+    };
+    let shown = rollout_detail(&rollout, &[]);
+    assert!(shown.contains("Kind:      update (revision 1 → 2)\nState:     paused (update paused due to"), "{shown}");
+    let rows: Vec<&str> = shown.lines().skip_while(|l| !l.starts_with("BATCH")).collect();
+    assert!(
+        rows[0].starts_with("BATCH") && rows[0].contains("OLD TOLD TO STOP") && rows[0].ends_with("RESULT"),
+        "{shown}"
+    );
+    let cells = |row: &str| row.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        cells(rows[1]),
+        ["1", "web.1", "n1", "new1", "+0.0s", "+0.3s", "+0.0s", "+0.6s", "+5.6s", "(removed)", "ok"]
+    );
+    assert_eq!(
+        cells(rows[2])[..],
+        ["1", "web.2", "new2", "-", "-", "+0.0s", "-", "-", "(removed)", "failed:", "boom"][..],
+        "{shown}"
+    );
+}

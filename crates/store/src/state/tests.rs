@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 use shoal_types::{
-    MANUALLY_ABORTED, MANUALLY_PAUSED, RolloutKind, RolloutState, ServiceSpec, TaskSpec, TaskState, TaskStatus,
+    MANUALLY_ABORTED, MANUALLY_PAUSED, RolloutKind, RolloutSlot, RolloutState, ServiceSpec, TaskSpec, TaskState,
+    TaskStatus,
 };
 
 use super::*;
@@ -943,4 +944,97 @@ fn arb_status() -> impl Strategy<Value = Action> {
                 slots: Some(1),
             }),
         })
+}
+
+/// Each slot of an open rollout record keeps when its old task was told to stop and stopped and
+/// when its new task started, ran or failed, as the store applied them; the updater's
+/// stop-first step (the old task's shutdown just before the new task, in one entry) and a
+/// start-first shutdown in a later entry are both seen; a refused entry changes no slot.
+#[test]
+fn rollout_slots_record_the_timeline_of_their_tasks() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let running = |id: &str, slot: u64| {
+        let mut t = task(id, "s1", "n1");
+        t.slot = slot;
+        t.service_name = "web".into();
+        t.status.state = TaskState::Running;
+        Action::PutTask { task: t }
+    };
+    state.apply(2, &batch(vec![running("old1", 1), running("old2", 2)])).unwrap();
+    let update =
+        Action::UpdateService { id: "s1".into(), expected_version: 1, spec: ServiceSpec::new("web", "busybox:2") };
+    let updating = UpdateStatus {
+        state: UpdateState::Updating,
+        message: "update in progress".into(),
+        started_at: Some(1),
+        completed_at: None,
+        slots: Some(2),
+    };
+    state.apply(3, &batch(vec![update, Action::SetUpdateStatus { id: "s1".into(), status: Some(updating) }])).unwrap();
+    let made = |id: &str, slot: u64| {
+        let mut t = task(id, "s1", "n1");
+        t.slot = slot;
+        t.service_name = "web".into();
+        t.spec_version = 3;
+        t.origin = shoal_types::TaskOrigin::Update;
+        Action::PutTask { task: t }
+    };
+    let stop = |id: &str| Action::SetDesiredState { id: id.into(), desired: TaskState::Shutdown };
+    let status = |id: &str, state: TaskState, err: &str| Action::SetTaskStatus {
+        id: id.into(),
+        status: TaskStatus { state, err: err.into(), ..Default::default() },
+    };
+    let at = |time: u64, actions| Batch::new(time, actions);
+    // Stop-first: the old task's shutdown and the new task in one entry.
+    state.apply(4, &at(10, vec![stop("old1"), made("new1", 1)])).unwrap();
+    state.apply(5, &at(20, vec![status("old1", TaskState::Shutdown, "")])).unwrap();
+    state.apply(6, &at(30, vec![status("new1", TaskState::Starting, "")])).unwrap();
+    state.apply(7, &at(40, vec![status("new1", TaskState::Running, "")])).unwrap();
+    // Start-first: the new task first, the old one told to stop in a later entry; the new one fails.
+    state.apply(8, &at(50, vec![made("new2", 2)])).unwrap();
+    state.apply(9, &at(60, vec![stop("old2")])).unwrap();
+    state.apply(10, &at(70, vec![status("new2", TaskState::Failed, "boom")])).unwrap();
+    // A refused entry changes no slot.
+    let before = state.clone();
+    let refused = at(80, vec![status("old2", TaskState::Shutdown, ""), create("s2", "web")]);
+    assert!(state.apply(11, &refused).is_err());
+    assert_eq!(state.rollouts("s1"), before.rollouts("s1"));
+
+    let record = &state.rollouts("s1")[0];
+    let slots: Vec<&RolloutSlot> = record.batches.iter().flat_map(|b| &b.slots).collect();
+    let expected_one = RolloutSlot {
+        name: "web.1".into(),
+        new_task: "new1".into(),
+        node: "n1".into(),
+        old_tasks: vec!["old1".into()],
+        stop_requested_at: Some(10),
+        stopped_at: Some(20),
+        started_at: Some(30),
+        running_at: Some(40),
+        failure: None,
+        failed_at: None,
+    };
+    assert_eq!(*slots[0], expected_one);
+    let expected_two = RolloutSlot {
+        name: "web.2".into(),
+        new_task: "new2".into(),
+        node: "n1".into(),
+        old_tasks: vec!["old2".into()],
+        stop_requested_at: Some(60),
+        stopped_at: None,
+        started_at: None,
+        running_at: None,
+        failure: Some("failed: boom".into()),
+        failed_at: Some(70),
+    };
+    assert_eq!(*slots[1], expected_two);
+    // A restored manager records the rest of the timeline the same way.
+    let mut restored = State::restore(&state.snapshot()).unwrap();
+    assert_eq!(restored, state);
+    for s in [&mut state, &mut restored] {
+        s.apply(12, &at(90, vec![status("old2", TaskState::Shutdown, "")])).unwrap();
+    }
+    assert_eq!(restored.rollouts("s1"), state.rollouts("s1"));
+    assert_eq!(state.rollouts("s1")[0].batches[1].slots[0].stopped_at, Some(90));
 }
