@@ -745,8 +745,18 @@ pub fn update_plan(plan: &shoal_types::UpdatePlan) -> String {
             shoal_types::UpdateOrder::StartFirst => "start-first",
         };
         out.push_str(&format!("\nBatches (parallelism {parallelism}, {order}):\n"));
+        // Each slot with the node its task runs on now (where stop-first replaces it).
+        let node: std::collections::HashMap<&str, &str> =
+            plan.out_of_date.iter().map(|t| (t.name.as_str(), t.node.as_str())).collect();
         for (i, batch) in plan.batches.iter().enumerate() {
-            out.push_str(&format!("  {}: {}\n", i + 1, batch.join(", ")));
+            let slots: Vec<String> = batch
+                .iter()
+                .map(|name| match node.get(name.as_str()) {
+                    Some(node) if !node.is_empty() => format!("{name} ({node})"),
+                    _ => name.clone(),
+                })
+                .collect();
+            out.push_str(&format!("  {}: {}\n", i + 1, slots.join(", ")));
         }
         out.push_str(&format!(
             "\nEstimated duration: about {:.0} s ({} batches × ({:.1} s to start a task + the update delay), then \

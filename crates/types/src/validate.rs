@@ -265,6 +265,21 @@ pub fn validate_rollout_id(id: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rollout_ids_are_short_words() {
+        assert_eq!(super::validate_rollout_id("release-42.v2_b"), Ok(()));
+        assert_eq!(super::validate_rollout_id(""), Err("must not be empty".to_string()));
+        assert_eq!(
+            super::validate_rollout_id(&"x".repeat(65)),
+            Err("65 characters is above the maximum of 64".to_string())
+        );
+        assert_eq!(
+            super::validate_rollout_id("a b"),
+            Err("' ' is not allowed (letters, digits, '.', '_' and '-' are)".to_string())
+        );
+    }
+
     use super::*;
     use crate::spec::{PortConfig, ServiceSpec};
 

@@ -716,7 +716,7 @@ fn a_dry_run_plan_reads_top_to_bottom() {
          \n\
          Out of date: 2 of 3 tasks\n  web.1 on n1: image a:1 → a:2\n  web.2 not placed: image a:1 → a:2; env changed\n\
          \n\
-         Batches (parallelism 1, stop-first):\n  1: web.1\n  2: web.2\n\
+         Batches (parallelism 1, stop-first):\n  1: web.1 (n1)\n  2: web.2\n\
          \n\
          Estimated duration: about 8 s (2 batches × (0.5 s to start a task + the update delay), then the monitor window)\n\
          \n\
