@@ -584,26 +584,11 @@ impl State {
             }
             Action::RollbackService { id, expected_version } => {
                 let current = self.checked_service(&id, expected_version)?;
-                let mut service = current.clone();
-                let Some(previous) = service.previous_spec.take() else {
+                let Some(previous) = current.previous_spec.clone() else {
                     return Err(StoreError::NoPreviousSpec { name: current.spec.name.clone() });
                 };
-                service.previous_spec = Some(std::mem::replace(&mut service.spec, previous));
-                service.previous_spec_version = Some(service.spec_version);
-                // Push-style: the restored spec becomes current as a new version, so rolling back
-                // twice returns to where it started and the history records both steps.
-                service.spec_version = index;
-                service.update_status = Some(UpdateStatus {
-                    state: UpdateState::RollbackStarted,
-                    message: "manually requested rollback".into(),
-                    started_at: Some(at),
-                    completed_at: None,
-                    slots: None,
-                });
-                service.version = index;
-                service.updated_at = at;
-                self.record_revision(&mut service, origin, undo)?;
-                self.put_service(service, ChangeKind::Update, undo, changes);
+                let service = rolled_back(current, previous, "manually requested rollback".into(), index, at);
+                self.put_rollback(service, origin, undo, changes)?;
             }
             Action::RollbackServiceTo { id, expected_version, revision } => {
                 let current = self.checked_service(&id, expected_version)?;
@@ -615,21 +600,9 @@ impl State {
                     };
                     return Err(StoreError::RevisionNotFound { name: current.spec.name.clone(), revision, kept });
                 };
-                let mut service = current.clone();
-                service.previous_spec = Some(std::mem::replace(&mut service.spec, ServiceSpec::clone(&target.spec)));
-                service.previous_spec_version = Some(service.spec_version);
-                service.spec_version = index;
-                service.update_status = Some(UpdateStatus {
-                    state: UpdateState::RollbackStarted,
-                    message: format!("manually requested rollback to revision {revision}"),
-                    started_at: Some(at),
-                    completed_at: None,
-                    slots: None,
-                });
-                service.version = index;
-                service.updated_at = at;
-                self.record_revision(&mut service, origin, undo)?;
-                self.put_service(service, ChangeKind::Update, undo, changes);
+                let message = format!("manually requested rollback to revision {revision}");
+                let service = rolled_back(current, ServiceSpec::clone(&target.spec), message, index, at);
+                self.put_rollback(service, origin, undo, changes)?;
             }
             Action::AutoRollback { id, expected_version, status } => {
                 if let Some(current) = self.services.get(&id)
@@ -688,23 +661,10 @@ impl State {
                         now: rollout_state(current),
                     });
                 };
-                let mut service = Service::clone(current);
-                let from = service.revision;
+                let message = format!("{MANUALLY_ABORTED} (revision {}); rolling back", current.revision);
+                let service = rolled_back(current, previous, message, index, at);
                 self.abort_rollout_record(&id, at, undo);
-                service.previous_spec = Some(std::mem::replace(&mut service.spec, previous));
-                service.previous_spec_version = Some(service.spec_version);
-                service.spec_version = index;
-                service.update_status = Some(UpdateStatus {
-                    state: UpdateState::RollbackStarted,
-                    message: format!("{MANUALLY_ABORTED} (revision {from}); rolling back"),
-                    started_at: Some(at),
-                    completed_at: None,
-                    slots: None,
-                });
-                service.version = index;
-                service.updated_at = at;
-                self.record_revision(&mut service, origin, undo)?;
-                self.put_service(service, ChangeKind::Update, undo, changes);
+                self.put_rollback(service, origin, undo, changes)?;
             }
             Action::RemoveService { id } => {
                 let service =
@@ -890,6 +850,19 @@ impl State {
             });
         }
         Ok(service)
+    }
+
+    /// Writes a rolled-back service (see [`rolled_back`]) as its next revision.
+    fn put_rollback(
+        &mut self,
+        mut service: Service,
+        origin: &Origin,
+        undo: &mut Vec<Undo>,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), StoreError> {
+        self.record_revision(&mut service, origin, undo)?;
+        self.put_service(service, ChangeKind::Update, undo, changes);
+        Ok(())
     }
 
     /// `rollout pause` and `resume`: the service's update status moves as `to` says (a status-only
@@ -1316,6 +1289,26 @@ impl State {
             }
         }
     }
+}
+
+/// `current` rolled back by hand to `spec`, push-style: `spec` becomes current as a new version
+/// (so rolling back twice returns to where it started and the history records both steps), what
+/// was current becomes the previous spec, and the rollback starts with `message`.
+fn rolled_back(current: &Service, spec: ServiceSpec, message: String, index: u64, at: u64) -> Service {
+    let mut service = current.clone();
+    service.previous_spec = Some(std::mem::replace(&mut service.spec, spec));
+    service.previous_spec_version = Some(service.spec_version);
+    service.spec_version = index;
+    service.update_status = Some(UpdateStatus {
+        state: UpdateState::RollbackStarted,
+        message,
+        started_at: Some(at),
+        completed_at: None,
+        slots: None,
+    });
+    service.version = index;
+    service.updated_at = at;
+    service
 }
 
 /// Ends an unfinished rollout record: the spec of revision `revision` replaced what it rolled out.
