@@ -1019,7 +1019,9 @@ impl State {
             return;
         }
         let record = Arc::make_mut(last);
-        let listed: usize = record.batches.iter().map(|b| b.slots.len()).sum();
+        // The open record's slots are all in its index: counted there, not by walking its batches
+        // on every task the updater makes.
+        let listed = self.slot_index.services.get(&task.service_id).map_or(0, |slots| slots.by_task.len());
         if listed >= shoal_types::ROLLOUT_SLOTS_KEPT {
             record.unrecorded_slots += 1;
             undo.push(Undo::RolloutUnrecorded(task.service_id.clone()));
