@@ -217,6 +217,7 @@ fn update_and_rollback_config() {
             monitor: secs(20),
             max_failure_ratio: 0.5,
             order: UpdateOrder::StartFirst,
+            ..UpdateConfig::default()
         }
     );
     assert_eq!(

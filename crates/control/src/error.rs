@@ -38,6 +38,7 @@ impl From<StoreError> for ApiError {
             | StoreError::NothingToPause { .. }
             | StoreError::NothingToResume { .. }
             | StoreError::NothingToAbort { .. }
+            | StoreError::NothingToApprove { .. }
             | StoreError::RolloutIdTaken { .. }
             | StoreError::Rename { .. }
             | StoreError::ModeChange { .. }

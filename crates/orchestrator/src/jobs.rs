@@ -87,6 +87,7 @@ pub(crate) fn reconcile_replicated_job(
     let service = &job_view(service);
     let slots = current_run(state, service, plan, |t| t.slot);
     let mut active = 0u64;
+    let mut older = crate::OlderTasks::new(state, &service.id);
     for (slot, tasks) in &slots {
         if *slot == 0 || *slot > total || completed(tasks) {
             // Done, or beyond the completions after a change of them: nothing more runs here.
@@ -94,7 +95,7 @@ pub(crate) fn reconcile_replicated_job(
             continue;
         }
         let before = plan.actions.len();
-        supervise(state, service, tasks, ctx, plan, None);
+        supervise(state, service, tasks, ctx, plan, None, &mut older);
         let restarted = plan.actions[before..].iter().any(|a| matches!(a, Action::PutTask { .. }));
         let at_work = tasks.iter().any(|t| {
             t.desired_state <= TaskState::Running && t.status.state <= TaskState::Running && node_ok(state, &t.node_id)
@@ -124,13 +125,14 @@ pub(crate) fn reconcile_global_job(
 ) {
     let service = &job_view(service);
     let by_node = current_run(state, service, plan, |t| t.node_id.as_str());
+    let mut older = crate::OlderTasks::new(state, &service.id);
     for (node_id, tasks) in &by_node {
         let eligible = state.node(node_id).is_some_and(|n| global_eligible(n, &service.spec));
         if !eligible || completed(tasks) {
             stop_all(tasks, plan);
             continue;
         }
-        supervise(state, service, tasks, ctx, plan, Some(node_id));
+        supervise(state, service, tasks, ctx, plan, Some(node_id), &mut older);
     }
     for node in state.nodes() {
         if !global_eligible(node, &service.spec) || node.spec.availability == Availability::Pause || *budget == 0 {

@@ -20,6 +20,8 @@ pub mod plan;
 pub mod reaper;
 pub mod strategy;
 #[cfg(test)]
+mod strategy_tests;
+#[cfg(test)]
 mod tests;
 pub mod update;
 #[cfg(test)]
@@ -311,21 +313,47 @@ fn never_ran(task: &Task) -> bool {
     task.status.state < TaskState::Assigned && task.desired_state > TaskState::Running
 }
 
-/// Whether a gated task may now be raised from READY to RUNNING.
-pub fn gate_open(state: &State, gate: &StartGate, now: Timestamp) -> bool {
+/// Whether a task that once ran (or may be running) no longer holds anything up: it stopped
+/// (observed past RUNNING), never ran, or its node is down or gone.
+fn stopped_or_lost(state: &State, task: &Task) -> bool {
+    task.status.state > TaskState::Running || never_ran(task) || node_down_or_gone(state, &task.node_id)
+}
+
+/// Whether every task of a service that runs another spec than the one asked about has stopped
+/// (a Recreate gate): worked out once per pass and spec version, so a Recreate of many slots
+/// costs one walk of the service's tasks, not one per slot.
+pub struct OlderTasks<'a> {
+    state: &'a State,
+    service_id: &'a str,
+    known: BTreeMap<u64, bool>,
+}
+
+impl<'a> OlderTasks<'a> {
+    pub fn new(state: &'a State, service_id: &'a str) -> OlderTasks<'a> {
+        OlderTasks { state, service_id, known: BTreeMap::new() }
+    }
+
+    pub fn stopped(&mut self, spec_version: u64) -> bool {
+        let (state, service_id) = (self.state, self.service_id);
+        *self.known.entry(spec_version).or_insert_with(|| {
+            state.tasks_of_service(service_id).all(|t| t.spec_version == spec_version || stopped_or_lost(state, t))
+        })
+    }
+}
+
+/// Whether `task`, gated by `gate`, may now be raised from READY to RUNNING.
+pub fn gate_open(state: &State, task: &Task, gate: &StartGate, now: Timestamp, older: &mut OlderTasks<'_>) -> bool {
     if now < gate.not_before {
+        return false;
+    }
+    if gate.after_older_tasks && !older.stopped(task.spec_version) {
         return false;
     }
     match &gate.after_task {
         None => true,
         Some(old) => match state.task(old) {
             None => true,
-            Some(old) => {
-                old.status.state > TaskState::Running
-                    || never_ran(old)
-                    || node_down_or_gone(state, &old.node_id)
-                    || now >= gate.deadline
-            }
+            Some(old) => stopped_or_lost(state, old) || now >= gate.deadline,
         },
     }
 }
@@ -431,6 +459,7 @@ fn supervise(
     ctx: &mut Ctx<'_>,
     plan: &mut Plan,
     global_node: Option<&str>,
+    older: &mut OlderTasks<'_>,
 ) -> bool {
     let mut counts = false;
     // During a rollback a slot whose tasks all stopped is dead and gets a fresh task with the
@@ -477,6 +506,7 @@ fn supervise(
                 not_before: ctx.now + delay,
                 after_task: wait_stop.then(|| task.id.clone()),
                 deadline: ctx.now + delay + OLD_TASK_TIMEOUT_MS,
+                after_older_tasks: false,
             });
             let node = global_node.unwrap_or("");
             let mut replacement = new_task(ctx, service, task.slot, node, TaskOrigin::Restart, gate);
@@ -502,7 +532,7 @@ fn supervise(
         if task.desired_state == TaskState::Ready
             && let Some(gate) = &task.start_gate
         {
-            if gate_open(state, gate, ctx.now) {
+            if gate_open(state, task, gate, ctx.now, older) {
                 plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Running });
             } else {
                 note_wakeup(plan, &service.id, Some(gate), ctx.now);
@@ -541,8 +571,9 @@ fn reconcile_replicated(
         slots.entry(task.slot).or_default().push(task);
     }
     let mut counted: Vec<u64> = Vec::new();
+    let mut older = OlderTasks::new(state, &service.id);
     for (slot, tasks) in &slots {
-        if supervise(state, service, tasks, ctx, plan, None) {
+        if supervise(state, service, tasks, ctx, plan, None, &mut older) {
             counted.push(*slot);
         }
     }
@@ -614,6 +645,7 @@ fn reconcile_global(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &
     for task in state.tasks_of_service(&service.id) {
         by_node.entry(task.node_id.as_str()).or_default().push(task);
     }
+    let mut older = OlderTasks::new(state, &service.id);
     for (node_id, tasks) in &by_node {
         let eligible = state.node(node_id).is_some_and(|n| global_eligible(n, &service.spec));
         if !eligible {
@@ -625,7 +657,7 @@ fn reconcile_global(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &
             }
             continue;
         }
-        supervise(state, service, tasks, ctx, plan, Some(node_id));
+        supervise(state, service, tasks, ctx, plan, Some(node_id), &mut older);
     }
     for node in state.nodes() {
         if !global_eligible(node, &service.spec) || node.spec.availability == Availability::Pause {

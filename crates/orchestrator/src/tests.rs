@@ -7,7 +7,7 @@ use super::*;
 /// A small world: a cluster, worker nodes, services and tasks, built through real store actions.
 pub(crate) struct World {
     pub state: State,
-    index: u64,
+    pub index: u64,
     next_id: u64,
     pub now: Timestamp,
     /// What the changes since the last step made dirty, and the services' wake-up times: the

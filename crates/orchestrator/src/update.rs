@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 
 use shoal_store::{Action, State};
 use shoal_types::{
-    Availability, FailureAction, Service, ServiceMode, StartGate, Task, TaskOrigin, TaskState, Timestamp, UpdateConfig,
-    UpdateOrder, UpdateState, UpdateStatus,
+    Availability, FailureAction, RolloutStrategy, Service, ServiceMode, StartGate, StepPause, StepStatus, StepWait,
+    Task, TaskOrigin, TaskState, Timestamp, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 
-use crate::strategy::{RolloutView, SlotPhase, Strategy};
+use crate::strategy::{Capped, RolloutView, SlotPhase, SlotView, Start, Strategy};
 use crate::{Ctx, OLD_TASK_TIMEOUT_MS, Plan, new_task};
 
 /// Swarm §2.4: a task is out of date if its spec (or endpoint) differs from the service's; a
@@ -59,7 +59,7 @@ fn ms(d: shoal_types::GoDuration) -> u64 {
 }
 
 fn status(state: UpdateState, message: String, started_at: Option<Timestamp>, slots: Option<u64>) -> UpdateStatus {
-    UpdateStatus { state, message, started_at, completed_at: None, slots }
+    UpdateStatus { state, message, started_at, completed_at: None, slots, step: None }
 }
 
 /// One step of the service's rolling update (or rollback), appended to `plan`.
@@ -92,6 +92,15 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let mine = |t: &Task| t.origin == TaskOrigin::Update && t.spec_version == service.spec_version;
     let delay = ms(config.delay);
     let monitor = ms(config.monitor);
+    // Kubernetes' availability (minReadySeconds = monitor): a task counts once it has run (and
+    // been healthy: RUNNING comes after the health check passes) for the monitor window.
+    let available = |t: &Task| {
+        t.status.state == TaskState::Running
+            && t.desired_state == TaskState::Running
+            && t.running_at.is_none_or(|at| now >= at + monitor)
+    };
+    let budgeted = config.strategy == RolloutStrategy::Rolling && config.budget().is_some();
+    let mut slot_views: BTreeMap<&String, (bool, bool)> = BTreeMap::new();
 
     // Per slot, the tasks the update replaces: its runnable tasks, or the task of a slot that
     // stopped for good (Swarm's `UpdatableTasksInSlot`), so an update brings such a slot back.
@@ -125,23 +134,76 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
                 _ => {}
             }
         }
-        // start-first: once the new task runs, its slot's old tasks are shut down.
-        if config.order == UpdateOrder::StartFirst
-            && runnable.iter().any(|t| mine(t) && t.status.state == TaskState::Running)
-        {
-            for old in runnable.iter().filter(|t| is_dirty(state, service, t)) {
+        let old_tasks: Vec<&Task> = runnable.iter().copied().filter(|t| is_dirty(state, service, t)).collect();
+        let new_running = runnable.iter().find(|t| mine(t) && t.status.state == TaskState::Running);
+        let mut retirable = false;
+        if budgeted {
+            // Availability comes with time (the monitor window): look again when it does.
+            for t in runnable.iter().filter(|t| t.status.state == TaskState::Running && !available(t)) {
+                if let Some(at) = t.running_at.map(|at| at + monitor).filter(|at| *at > now) {
+                    transition_wakeup = Some(transition_wakeup.map_or(at, |w| w.min(at)));
+                }
+            }
+            // A budgeted start-first slot keeps its old task until the new one is available and
+            // the unavailability budget allows shutting the old one down (the strategy decides).
+            if let (Some(new), false) = (new_running, old_tasks.is_empty()) {
+                in_transition = true;
+                retirable = available(new);
+            }
+        } else if config.order == UpdateOrder::StartFirst && new_running.is_some() {
+            // start-first: once the new task runs, its slot's old tasks are shut down.
+            for old in &old_tasks {
                 plan.actions.push(Action::SetDesiredState { id: old.id.clone(), desired: TaskState::Shutdown });
             }
         }
+        slot_views.insert(key, (old_tasks.iter().any(|t| available(t)), retirable));
+        // A slot whose replacement this rollout made and that ended (failed) is not replaced
+        // again: its failure counted once, and a start-first old task left running stays, as in
+        // Swarm, where each slot goes to a worker once.
+        let failed_here = tasks.iter().any(|t| mine(t) && t.status.state.is_terminal());
         if in_transition {
             busy += 1;
             in_transition_keys.insert(key);
-        } else if candidates.len() > 1 || candidates.first().is_some_and(|t| is_dirty(state, service, t)) {
+        } else if !failed_here
+            && (candidates.len() > 1 || candidates.first().is_some_and(|t| is_dirty(state, service, t)))
+        {
             dirty.push(key);
         }
         updatable.insert(key, candidates);
     }
+    // The strategy decides from the slots' phases and the service's live and available tasks.
+    let dirty_keys: std::collections::BTreeSet<&String> = dirty.iter().copied().collect();
+    let replicas = match service.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        _ => updatable.values().filter(|tasks| !tasks.is_empty()).count() as u64,
+    };
+    let view = RolloutView {
+        slots: slots
+            .keys()
+            .map(|key| {
+                let phase = if in_transition_keys.contains(key) {
+                    SlotPhase::InTransition
+                } else if dirty_keys.contains(key) {
+                    SlotPhase::OutOfDate
+                } else {
+                    SlotPhase::UpToDate
+                };
+                let (old_available, retirable) = slot_views.get(key).copied().unwrap_or_default();
+                SlotView { key: key.as_str(), phase, old_available, retirable }
+            })
+            .collect(),
+        now,
+        replicas,
+        live: state
+            .tasks_of_service(&service.id)
+            .filter(|t| !t.status.state.is_terminal() && t.desired_state != TaskState::Ready)
+            .count() as u64,
+        available: state.tasks_of_service(&service.id).filter(|t| available(t)).count() as u64,
+    };
+    let strategy = crate::strategy::strategy_for(config);
     if paused {
+        // A paused budgeted rollout still lets the slots in transition finish.
+        retire(state, strategy.decide(&view).retire, &updatable, service, plan);
         note(plan, &service.id, transition_wakeup);
         return;
     }
@@ -217,6 +279,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
 
     if dirty.is_empty() {
         if busy > 0 {
+            retire(state, strategy.decide(&view).retire, &updatable, service, plan);
             note(plan, &service.id, transition_wakeup);
             return;
         }
@@ -257,8 +320,10 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         return;
     }
 
-    // Say why an update is stuck (a new task that cannot be scheduled).
-    if current.state == UpdateState::Updating {
+    // Say why an update is stuck (a new task that cannot be scheduled); a canary step that
+    // waits keeps saying so.
+    let step_waits = current.step.as_ref().is_some_and(|s| s.waiting.is_some());
+    if current.state == UpdateState::Updating && !step_waits {
         let message = match &pending_reason {
             Some(reason) => format!("update in progress; {reason}"),
             None => "update in progress".to_string(),
@@ -270,28 +335,105 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         }
     }
 
-    // The strategy decides which out-of-date slots start now, from the slots' phases alone.
-    let dirty: std::collections::BTreeSet<&String> = dirty.into_iter().collect();
-    let view = RolloutView {
-        slots: slots
-            .keys()
-            .map(|key| {
-                let phase = if in_transition_keys.contains(key) {
-                    SlotPhase::InTransition
-                } else if dirty.contains(key) {
-                    SlotPhase::OutOfDate
-                } else {
-                    SlotPhase::UpToDate
-                };
-                (key.as_str(), phase)
-            })
-            .collect(),
-        now,
+    // Canary steps (updates only; a rollback goes in one go): the current step caps how many
+    // slots may move, and a reached step waits for its pause or an approval.
+    let decision = match (rolling_back, config.steps.is_empty()) {
+        (false, false) => {
+            let Some(target) = canary_step(service, &current, &view, busy, now, plan) else {
+                retire(state, strategy.decide(&view).retire, &updatable, service, plan);
+                note(plan, &service.id, transition_wakeup);
+                return;
+            };
+            Capped { inner: strategy, target }.decide(&view)
+        }
+        _ => strategy.decide(&view),
     };
-    for key in crate::strategy::strategy_for(config).decide(&view).start {
-        start_slot(state, service, &updatable[&key.to_string()], config.order, ctx, plan);
+    let recreate = config.strategy == RolloutStrategy::Recreate;
+    for (key, how) in decision.start {
+        start_slot(state, service, &updatable[&key.to_string()], how, recreate, ctx, plan);
     }
+    retire(state, decision.retire, &updatable, service, plan);
     note(plan, &service.id, transition_wakeup);
+}
+
+/// Shuts down the old tasks of the slots a budgeted strategy retires.
+fn retire(
+    state: &State,
+    keys: Vec<&str>,
+    updatable: &BTreeMap<&String, Vec<&Task>>,
+    service: &Service,
+    plan: &mut Plan,
+) {
+    for key in keys {
+        for old in updatable[&key.to_string()].iter().filter(|t| is_dirty(state, service, t)) {
+            plan.actions.push(Action::SetDesiredState { id: old.id.clone(), desired: TaskState::Shutdown });
+        }
+    }
+}
+
+/// The canary step the update is at, as the number of slots it may bring to the new spec; `None`
+/// when no slot may start now (the step is reached and waits, or its status is being written).
+/// Every step's replica count is worked out from the replicas now (Kruise), so scaling during a
+/// rollout moves the targets.
+fn canary_step(
+    service: &Service,
+    current: &UpdateStatus,
+    view: &RolloutView<'_>,
+    busy: usize,
+    now: Timestamp,
+    plan: &mut Plan,
+) -> Option<u64> {
+    let steps = &service.spec.update_config.steps;
+    let count = steps.len() as u32;
+    let mut step = current.step.clone().unwrap_or(StepStatus { index: 0, count, waiting: None });
+    step.index = step.index.min(count - 1);
+    step.count = count;
+    let write = |plan: &mut Plan, step: StepStatus, message: String| {
+        let mut changed = current.clone();
+        changed.step = Some(step);
+        changed.message = message;
+        plan.actions.push(Action::SetUpdateStatus { id: service.id.clone(), status: Some(changed) });
+    };
+    let next = |step: &StepStatus| StepStatus { index: step.index + 1, count, waiting: None };
+    match step.waiting {
+        Some(StepWait::Approval) => return None,
+        Some(StepWait::Until(at)) if now < at => {
+            plan.wake(&service.id, at);
+            return None;
+        }
+        Some(StepWait::Until(_)) => {
+            write(plan, next(&step), "update in progress".into());
+            return None;
+        }
+        None => {}
+    }
+    if current.step.as_ref() != Some(&step) {
+        write(plan, step, current.message.clone());
+        return None;
+    }
+    let definition = steps[step.index as usize];
+    let target = definition.target(view.replicas);
+    let updated = view.count(SlotPhase::UpToDate) as u64;
+    let last = step.index + 1 == count;
+    if last || updated < target || busy > 0 {
+        return Some(target);
+    }
+    // The step is reached: pause as it says.
+    let reached = format!("step {}/{count}: {updated}/{} updated", step.index + 1, view.replicas);
+    match definition.pause {
+        StepPause::Approve => {
+            let waiting = StepStatus { waiting: Some(StepWait::Approval), ..step };
+            write(plan, waiting, format!("{reached}, waiting for approval"));
+        }
+        StepPause::For(pause) if !pause.is_zero() => {
+            let until = now + ms(pause);
+            let waiting = StepStatus { waiting: Some(StepWait::Until(until)), ..step };
+            write(plan, waiting, format!("{reached}, paused for {pause}"));
+            plan.wake(&service.id, until);
+        }
+        StepPause::For(_) => write(plan, next(&step), "update in progress".into()),
+    }
+    None
 }
 
 fn note(plan: &mut Plan, service_id: &str, at: Option<Timestamp>) {
@@ -317,7 +459,8 @@ fn start_slot(
     state: &State,
     service: &Service,
     updatable: &[&Task],
-    order: UpdateOrder,
+    how: Start,
+    recreate: bool,
     ctx: &mut Ctx<'_>,
     plan: &mut Plan,
 ) {
@@ -338,11 +481,18 @@ fn start_slot(
         ServiceMode::Global | ServiceMode::GlobalJob => old.node_id.as_str(),
         ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => "",
     };
-    let gate = match order {
+    let gate = match how {
+        // A Recreate task waits for every old task of the service, however long that takes.
+        _ if recreate => {
+            for t in updatable.iter().filter(|t| t.desired_state <= TaskState::Running) {
+                plan.actions.push(Action::SetDesiredState { id: t.id.clone(), desired: TaskState::Shutdown });
+            }
+            Some(StartGate { not_before: ctx.now, after_task: None, deadline: u64::MAX, after_older_tasks: true })
+        }
         // A slot that stopped for good has nothing to wait for: its new task starts at once.
         _ if updatable.iter().all(|t| t.desired_state > TaskState::Running) => None,
         // The new task is prepared (container created) while the old one stops, then started.
-        UpdateOrder::StopFirst => {
+        Start::StopFirst => {
             for t in updatable {
                 plan.actions.push(Action::SetDesiredState { id: t.id.clone(), desired: TaskState::Shutdown });
             }
@@ -350,9 +500,10 @@ fn start_slot(
                 not_before: ctx.now,
                 after_task: Some(old.id.clone()),
                 deadline: ctx.now + OLD_TASK_TIMEOUT_MS,
+                after_older_tasks: false,
             })
         }
-        UpdateOrder::StartFirst => None,
+        Start::StartFirst => None,
     };
     let task = new_task(ctx, service, old.slot, node, TaskOrigin::Update, gate);
     plan.actions.push(Action::PutTask { task });

@@ -9,7 +9,7 @@ use crate::tests::World;
 
 /// How the simulated agents treat a task.
 #[derive(Clone, Copy, PartialEq)]
-enum Behaviour {
+pub(crate) enum Behaviour {
     Works,
     /// Fails at start, never reaching RUNNING.
     FailsAtStart,
@@ -17,10 +17,10 @@ enum Behaviour {
     FailsAfterRunning,
 }
 
-struct Sim {
-    w: World,
-    svc: String,
-    behaviour: BTreeMap<String, Behaviour>,
+pub(crate) struct Sim {
+    pub(crate) w: World,
+    pub(crate) svc: String,
+    pub(crate) behaviour: BTreeMap<String, Behaviour>,
     /// Old tasks never stop when told to.
     stuck: bool,
     /// Most slots seen in transition at once.
@@ -29,7 +29,7 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(replicas: u64, configure: impl FnOnce(&mut ServiceSpec)) -> Sim {
+    pub(crate) fn new(replicas: u64, configure: impl FnOnce(&mut ServiceSpec)) -> Sim {
         let mut w = World::new(&["n1", "n2", "n3"]);
         let mut spec = ServiceSpec::new("web", "app:1");
         spec.mode = ServiceMode::Replicated { replicas };
@@ -43,27 +43,27 @@ impl Sim {
         sim
     }
 
-    fn service(&self) -> Service {
+    pub(crate) fn service(&self) -> Service {
         self.w.state.service(&self.svc).unwrap().clone()
     }
 
-    fn update(&mut self, change: impl FnOnce(&mut ServiceSpec)) {
+    pub(crate) fn update(&mut self, change: impl FnOnce(&mut ServiceSpec)) {
         let s = self.service();
         let mut spec = s.spec.clone();
         change(&mut spec);
         self.w.apply(vec![Action::UpdateService { id: self.svc.clone(), expected_version: s.version, spec }]);
     }
 
-    fn rollback(&mut self) {
+    pub(crate) fn rollback(&mut self) {
         let s = self.service();
         self.w.apply(vec![Action::RollbackService { id: self.svc.clone(), expected_version: s.version }]);
     }
 
-    fn status(&self) -> Option<UpdateState> {
+    pub(crate) fn status(&self) -> Option<UpdateState> {
         self.service().update_status.map(|s| s.state)
     }
 
-    fn running_images(&self) -> Vec<String> {
+    pub(crate) fn running_images(&self) -> Vec<String> {
         self.w
             .runnable(&self.svc)
             .iter()
@@ -126,11 +126,18 @@ impl Sim {
     }
 
     /// One round: control loop until quiet, check invariants, agents act, 100 ms pass.
-    fn round(&mut self) {
+    pub(crate) fn round(&mut self) {
+        self.round_checked(|_, _| {});
+    }
+
+    /// A round with `check` called once the control loop has settled, before the agents act,
+    /// with the service's tasks as they were before the control loop ran.
+    pub(crate) fn round_checked(&mut self, mut check: impl FnMut(&Sim, &BTreeMap<String, Task>)) {
         let before: BTreeMap<String, Task> =
             self.w.state.tasks_of_service(&self.svc).map(|t| (t.id.clone(), t.clone())).collect();
         self.w.settle();
         self.check(&before);
+        check(self, &before);
         self.agents();
         self.w.now += 100;
     }
@@ -154,7 +161,8 @@ impl Sim {
             }
         }
         self.max_in_transition = self.max_in_transition.max(in_transition.len());
-        if config.parallelism > 0 {
+        // Recreate and budgeted rollouts have their own invariants (strategy_tests).
+        if config.parallelism > 0 && config.strategy == RolloutStrategy::Rolling && config.budget().is_none() {
             assert!(
                 in_transition.len() as u64 <= config.parallelism,
                 "{} slots in transition > parallelism {}",
@@ -208,7 +216,7 @@ impl Sim {
         }
     }
 
-    fn run_until(&mut self, cond: impl Fn(&Sim) -> bool, max_rounds: usize) {
+    pub(crate) fn run_until(&mut self, cond: impl Fn(&Sim) -> bool, max_rounds: usize) {
         for _ in 0..max_rounds {
             if cond(self) {
                 return;
@@ -226,13 +234,13 @@ impl Sim {
         );
     }
 
-    fn settled_on(&self, image: &str, replicas: usize) -> bool {
+    pub(crate) fn settled_on(&self, image: &str, replicas: usize) -> bool {
         let images = self.running_images();
         images.len() == replicas && images.iter().all(|i| i == image)
     }
 }
 
-fn image(s: &mut ServiceSpec, image: &str) {
+pub(crate) fn image(s: &mut ServiceSpec, image: &str) {
     s.task.container.image = image.into();
 }
 

@@ -125,6 +125,11 @@ actions! {
     ResumeRollout {
         id: String,
     },
+    /// `rollout approve`: a canary update waiting for approval at the end of a step moves on to
+    /// the next step. Refused unless a step waits for approval.
+    ApproveRollout {
+        id: String,
+    },
     /// `rollout abort`: an update in progress or paused stops and the service rolls back to the
     /// spec it had before (push-style, with `rollback_config`). Refused unless an update (not a
     /// rollback) is in progress or paused.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use shoal_types::{
     Cluster, ClusterSecurity, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, Revision,
-    Rollout, RolloutBatch, RolloutEvent, RolloutKind, RolloutSlot, RolloutState, Service, ServiceSpec, Task,
+    Rollout, RolloutBatch, RolloutEvent, RolloutKind, RolloutSlot, RolloutState, Service, ServiceSpec, StepWait, Task,
     TaskOrigin, TaskSpec, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 
@@ -36,6 +36,8 @@ pub enum StoreError {
     NothingToPause { name: String, now: String },
     #[error("service {name} is not paused ({now}): there is nothing to resume")]
     NothingToResume { name: String, now: String },
+    #[error("service {name} has no canary step waiting for approval ({now}): there is nothing to approve")]
+    NothingToApprove { name: String, now: String },
     #[error("service {name} is not updating ({now}): there is nothing to abort")]
     NothingToAbort { name: String, now: String },
     #[error("rollout id {id} is already used by a rollout of service {name}")]
@@ -647,6 +649,29 @@ impl State {
                 };
                 let refuse = |name, now| StoreError::NothingToResume { name, now };
                 self.move_rollout(&id, resume, refuse, index, at, undo, changes)?;
+            }
+            Action::ApproveRollout { id } => {
+                let current =
+                    self.services.get(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                let waiting = current.update_status.as_ref().is_some_and(|s| {
+                    s.state == UpdateState::Updating
+                        && s.step.as_ref().is_some_and(|step| step.waiting == Some(StepWait::Approval))
+                });
+                if !waiting {
+                    return Err(StoreError::NothingToApprove {
+                        name: current.spec.name.clone(),
+                        now: rollout_state(current),
+                    });
+                }
+                let mut service = Service::clone(current);
+                let status = service.update_status.as_mut().expect("checked above");
+                let step = status.step.as_mut().expect("checked above");
+                status.message = format!("step {}/{} approved", step.index + 1, step.count);
+                step.index += 1;
+                step.waiting = None;
+                service.status_version = index;
+                service.updated_at = at;
+                self.put_service(service, ChangeKind::Update, undo, changes);
             }
             Action::AbortRollout { id } => {
                 let current =
@@ -1307,6 +1332,7 @@ fn rolled_back(current: &Service, spec: ServiceSpec, message: String, index: u64
         started_at: Some(at),
         completed_at: None,
         slots: None,
+        step: None,
     });
     service.version = index;
     service.updated_at = at;
@@ -1333,7 +1359,13 @@ fn push_event(record: &mut Rollout, event: RolloutEvent) {
 fn rollout_state(service: &Service) -> String {
     match &service.update_status {
         None => "no update has run".into(),
-        Some(status) => format!("its update is {}", status.state.as_str().replace('_', " ")),
+        Some(status) => {
+            let state = status.state.as_str().replace('_', " ");
+            match &status.step {
+                Some(step) => format!("its update is {state}, at step {}/{}", step.index + 1, step.count),
+                None => format!("its update is {state}"),
+            }
+        }
     }
 }
 

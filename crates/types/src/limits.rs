@@ -26,3 +26,6 @@ pub const DEFAULT_REVISION_HISTORY_LIMIT: u64 = 10;
 pub const MAX_REVISION_HISTORY_LIMIT: u64 = 100;
 /// The longest change cause kept with a revision, in bytes.
 pub const MAX_CHANGE_CAUSE_BYTES: usize = 4096;
+
+/// Canary steps of one update config: more would be a mistake, not a rollout plan.
+pub const MAX_CANARY_STEPS: usize = 100;

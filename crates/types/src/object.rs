@@ -291,6 +291,9 @@ pub struct UpdateStatus {
     /// Out-of-date slots when this rollout started: the denominator of the failure ratio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<u64>,
+    /// A canary rollout's step (update config `steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<crate::StepStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -359,6 +362,11 @@ pub struct StartGate {
     pub after_task: Option<String>,
     /// …or this time has passed (Swarm's one-minute old-task timeout).
     pub deadline: Timestamp,
+    /// Also not before every task of the service that runs another spec has stopped (is gone,
+    /// or its node is down), however long that takes: a Recreate rollout never runs old and new
+    /// tasks at once (Kubernetes waits as long for old pods to terminate).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_older_tasks: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

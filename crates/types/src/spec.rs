@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, PlacementPreference};
 use crate::duration::GoDuration;
+use crate::rollout::{CanaryStep, Quantity, RolloutStrategy};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -295,6 +296,32 @@ pub struct UpdateConfig {
     pub max_failure_ratio: f32,
     #[serde(default)]
     pub order: UpdateOrder,
+    /// Rolling (the default) or recreate.
+    #[serde(default, skip_serializing_if = "RolloutStrategy::is_rolling")]
+    pub strategy: RolloutStrategy,
+    /// Kubernetes' maxSurge: tasks beyond the replicas while rolling. With `max_unavailable`,
+    /// replaces `parallelism` and `order` (either given alone means 25% for the other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<Quantity>,
+    /// Kubernetes' maxUnavailable: replicas that may be unavailable while rolling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<Quantity>,
+    /// Canary steps (OpenKruise): the update moves step by step, pausing between them; the last
+    /// is 100%. Empty: one go. Never used by a rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<CanaryStep>,
+}
+
+impl UpdateConfig {
+    /// The surge and unavailability budget when the rollout is budgeted (Kubernetes'
+    /// RollingUpdate), each 25% unless given.
+    pub fn budget(&self) -> Option<(Quantity, Quantity)> {
+        if self.max_surge.is_none() && self.max_unavailable.is_none() {
+            return None;
+        }
+        let quarter = Quantity::Percent(25);
+        Some((self.max_surge.unwrap_or(quarter), self.max_unavailable.unwrap_or(quarter)))
+    }
 }
 
 fn one() -> u64 {
@@ -314,6 +341,10 @@ impl Default for UpdateConfig {
             monitor: default_monitor(),
             max_failure_ratio: 0.0,
             order: UpdateOrder::StopFirst,
+            strategy: RolloutStrategy::Rolling,
+            max_surge: None,
+            max_unavailable: None,
+            steps: Vec::new(),
         }
     }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::limits;
-use crate::spec::{FailureAction, ServiceMode, ServiceSpec, UpdateConfig};
+use crate::rollout::{Quantity, RolloutStrategy, StepPause};
+use crate::spec::{FailureAction, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidationError {
@@ -80,7 +81,12 @@ fn validate_counts(spec: &ServiceSpec) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn validate_update_config(prefix: &str, config: &UpdateConfig, is_rollback: bool) -> Result<(), ValidationError> {
+fn validate_update_config(
+    prefix: &str,
+    config: &UpdateConfig,
+    is_rollback: bool,
+    mode: &ServiceMode,
+) -> Result<(), ValidationError> {
     let ratio = config.max_failure_ratio;
     if !(0.0..=1.0).contains(&ratio) {
         return Err(ValidationError::new(format!("{prefix}.max_failure_ratio"), format!("{ratio} is outside [0, 1]")));
@@ -89,6 +95,119 @@ fn validate_update_config(prefix: &str, config: &UpdateConfig, is_rollback: bool
         return Err(ValidationError::new(
             format!("{prefix}.failure_action"),
             "\"rollback\" is not allowed for a rollback (allowed: pause, continue)",
+        ));
+    }
+    let field = |name: &str| format!("{prefix}.{name}");
+    // What each strategy excludes: Swarm's parallelism and order belong to plain rolling updates.
+    let excluded_by = if config.strategy == RolloutStrategy::Recreate {
+        Some("strategy recreate")
+    } else if config.budget().is_some() {
+        Some("max_surge/max_unavailable")
+    } else {
+        None
+    };
+    if let Some(by) = excluded_by {
+        if config.parallelism != 1 {
+            return Err(ValidationError::new(
+                field("parallelism"),
+                format!("{} cannot be used with {by} (allowed: the default, 1)", config.parallelism),
+            ));
+        }
+        if config.order != UpdateOrder::StopFirst {
+            return Err(ValidationError::new(
+                field("order"),
+                format!("{} cannot be used with {by} (allowed: the default, stop-first)", config.order.as_str()),
+            ));
+        }
+    }
+    if config.strategy == RolloutStrategy::Recreate {
+        if let Some(name) =
+            [("max_surge", config.max_surge.is_some()), ("max_unavailable", config.max_unavailable.is_some())]
+                .into_iter()
+                .find_map(|(name, set)| set.then_some(name))
+        {
+            return Err(ValidationError::new(field(name), "cannot be used with strategy recreate"));
+        }
+        if !config.steps.is_empty() {
+            return Err(ValidationError::new(field("steps"), "cannot be used with strategy recreate"));
+        }
+    }
+    if let Some((surge, unavailable)) = config.budget()
+        && surge.is_zero()
+        && unavailable.is_zero()
+    {
+        return Err(ValidationError::new(field("max_surge"), "max-surge and max-unavailable cannot both be 0"));
+    }
+    validate_steps(prefix, config, is_rollback, mode)
+}
+
+/// Kruise's canary steps: each moves at least one replica, they increase, and the last is 100%
+/// with no pause after it (the rollout ends there).
+fn validate_steps(
+    prefix: &str,
+    config: &UpdateConfig,
+    is_rollback: bool,
+    mode: &ServiceMode,
+) -> Result<(), ValidationError> {
+    let steps = &config.steps;
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let field = format!("{prefix}.steps");
+    if is_rollback {
+        return Err(ValidationError::new(field, "a rollback goes in one go (canary steps apply to updates only)"));
+    }
+    let ServiceMode::Replicated { replicas } = mode else {
+        return Err(ValidationError::new(field, "canary steps need a replicated service"));
+    };
+    if steps.len() > limits::MAX_CANARY_STEPS {
+        return Err(ValidationError::new(
+            field,
+            format!("{} steps is above the limit of {}", steps.len(), limits::MAX_CANARY_STEPS),
+        ));
+    }
+    for (i, step) in steps.iter().enumerate() {
+        let at = |name: &str| format!("{prefix}.steps[{i}].{name}");
+        if step.replicas.is_zero() {
+            return Err(ValidationError::new(
+                at("replicas"),
+                format!("{} is below 1 (allowed: a count from 1, or 1%-100%)", step.replicas),
+            ));
+        }
+        if let Quantity::Percent(p) = step.replicas
+            && p > 100
+        {
+            return Err(ValidationError::new(at("replicas"), format!("{p}% is outside 1%-100%")));
+        }
+        if let Some(before) = i.checked_sub(1).map(|j| steps[j].replicas) {
+            let increases = match (before, step.replicas) {
+                (Quantity::Count(a), Quantity::Count(b)) => b > a,
+                (Quantity::Percent(a), Quantity::Percent(b)) => b > a,
+                // Mixed: compared at today's replicas (scaling may later make them equal).
+                (a, b) => b.round_up(*replicas) >= a.round_up(*replicas),
+            };
+            if !increases {
+                return Err(ValidationError::new(
+                    at("replicas"),
+                    format!(
+                        "{} does not increase on the step before it ({before}); steps must increase",
+                        step.replicas
+                    ),
+                ));
+            }
+        }
+    }
+    let last = steps.len() - 1;
+    if steps[last].replicas != Quantity::Percent(100) {
+        return Err(ValidationError::new(
+            format!("{prefix}.steps[{last}].replicas"),
+            format!("{} is not 100% (the last step must be 100%)", steps[last].replicas),
+        ));
+    }
+    if steps[last].pause != StepPause::For(crate::GoDuration::ZERO) {
+        return Err(ValidationError::new(
+            format!("{prefix}.steps[{last}].pause"),
+            format!("{} after the last step is not allowed (the rollout ends there)", steps[last].pause),
         ));
     }
     Ok(())
@@ -207,8 +326,8 @@ impl ServiceSpec {
                 return Err(ValidationError::new("rollback_config", JOB_ROLLBACK_CONFIG));
             }
         }
-        validate_update_config("update_config", &self.update_config, false)?;
-        validate_update_config("rollback_config", &self.rollback_config, true)?;
+        validate_update_config("update_config", &self.update_config, false, &self.mode)?;
+        validate_update_config("rollback_config", &self.rollback_config, true, &self.mode)?;
         let mut published = BTreeSet::new();
         for port in &self.endpoint.ports {
             if port.target == 0 {
@@ -303,6 +422,60 @@ mod tests {
         assert_eq!(err_of(&s), "update_config.max_failure_ratio: 1.5 is outside [0, 1]");
         s.update_config.max_failure_ratio = f32::NAN;
         assert!(err_of(&s).starts_with("update_config.max_failure_ratio: NaN"));
+    }
+
+    #[test]
+    fn strategies_refuse_what_they_exclude() {
+        use crate::{CanaryStep, GoDuration, Quantity, RolloutStrategy, StepPause};
+        let mut s = spec();
+        s.mode = ServiceMode::Replicated { replicas: 4 };
+        s.update_config.max_surge = Some(Quantity::Count(0));
+        s.update_config.max_unavailable = Some(Quantity::Percent(0));
+        assert_eq!(err_of(&s), "update_config.max_surge: max-surge and max-unavailable cannot both be 0");
+        s.update_config.max_surge = Some(Quantity::Count(1));
+        s.validate().unwrap();
+        s.update_config.parallelism = 2;
+        assert_eq!(
+            err_of(&s),
+            "update_config.parallelism: 2 cannot be used with max_surge/max_unavailable (allowed: the default, 1)"
+        );
+        s.update_config.parallelism = 1;
+        s.update_config.strategy = RolloutStrategy::Recreate;
+        assert_eq!(err_of(&s), "update_config.max_surge: cannot be used with strategy recreate");
+        s.update_config.max_surge = None;
+        s.update_config.max_unavailable = None;
+        s.update_config.order = UpdateOrder::StartFirst;
+        assert!(err_of(&s).starts_with("update_config.order: start-first cannot be used with strategy recreate"));
+        s.update_config = UpdateConfig::default();
+
+        let step = |replicas, pause| CanaryStep { replicas, pause };
+        let end = step(Quantity::Percent(100), StepPause::For(GoDuration::ZERO));
+        s.update_config.steps = vec![step(Quantity::Count(1), StepPause::Approve), end];
+        s.validate().unwrap();
+        s.update_config.steps =
+            vec![step(Quantity::Percent(50), StepPause::Approve), step(Quantity::Percent(40), StepPause::Approve), end];
+        assert_eq!(
+            err_of(&s),
+            "update_config.steps[1].replicas: 40% does not increase on the step before it (50%); steps must increase"
+        );
+        s.update_config.steps = vec![
+            step(Quantity::Count(1), StepPause::Approve),
+            step(Quantity::Percent(90), StepPause::For(GoDuration::ZERO)),
+        ];
+        assert_eq!(err_of(&s), "update_config.steps[1].replicas: 90% is not 100% (the last step must be 100%)");
+        s.update_config.steps = vec![step(Quantity::Percent(100), StepPause::Approve)];
+        assert_eq!(
+            err_of(&s),
+            "update_config.steps[0].pause: approve after the last step is not allowed (the rollout ends there)"
+        );
+        s.update_config.steps = vec![step(Quantity::Count(0), StepPause::Approve), end];
+        assert!(err_of(&s).starts_with("update_config.steps[0].replicas: 0 is below 1"));
+        s.update_config.steps = vec![end];
+        s.rollback_config.steps = vec![end];
+        assert_eq!(err_of(&s), "rollback_config.steps: a rollback goes in one go (canary steps apply to updates only)");
+        s.rollback_config.steps.clear();
+        s.mode = ServiceMode::Global;
+        assert_eq!(err_of(&s), "update_config.steps: canary steps need a replicated service");
     }
 
     #[test]

@@ -265,6 +265,7 @@ fn update_flags_land_in_update_config_only() {
             monitor: secs(90),
             max_failure_ratio: 0.25,
             order: UpdateOrder::StartFirst,
+            ..UpdateConfig::default()
         }
     );
     assert_eq!(s.rollback_config, UpdateConfig::default());
@@ -305,6 +306,7 @@ fn rollback_flags_land_in_rollback_config_only() {
             monitor: secs(2),
             max_failure_ratio: 1.0,
             order: UpdateOrder::StartFirst,
+            ..UpdateConfig::default()
         }
     );
     assert_eq!(s.update_config, UpdateConfig::default());

@@ -264,6 +264,7 @@ fn service_pretty_summary() {
         started_at: Some(1_709_296_496_789),
         completed_at: Some(1_709_296_500_000),
         slots: None,
+        step: None,
     });
     let text = service_pretty(&web);
     for line in [
@@ -570,7 +571,12 @@ fn a_restart_waiting_out_its_backoff_says_when_and_why() {
     let mut t = ps_task("t1restart000000000000000", 1, "", TaskState::Ready, TaskState::New, 0, 0);
     t.origin = shoal_types::TaskOrigin::Restart;
     t.status.err = "No such image: shoal/busybox:99".to_string();
-    t.start_gate = Some(shoal_types::StartGate { not_before: NOW + 39_500, after_task: None, deadline: NOW + 99_500 });
+    t.start_gate = Some(shoal_types::StartGate {
+        not_before: NOW + 39_500,
+        after_task: None,
+        deadline: NOW + 99_500,
+        after_older_tasks: false,
+    });
     assert_eq!(tasks::error_text(&t, NOW), "restarting in 40s: No such image: shoal/busybox:99");
     // Once the wait is over (or the task was placed) it is an ordinary task again.
     assert_eq!(tasks::error_text(&t, NOW + 39_500), "No such image: shoal/busybox:99");

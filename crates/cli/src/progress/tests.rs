@@ -28,6 +28,7 @@ fn service(replicas: u64, status: Option<(UpdateState, &str)>) -> Service {
             started_at: Some(NOW - 10_000),
             completed_at: None,
             slots: None,
+            step: None,
         }),
         status_version: 0,
         revision: 1,
@@ -645,7 +646,8 @@ fn held(service: &Service, slot: u64, err: &str, at: u64) -> Task {
     t.id = format!("t{slot}-held-{at}");
     t.origin = TaskOrigin::Restart;
     t.desired_state = TaskState::Ready;
-    t.start_gate = Some(shoal_types::StartGate { not_before: at, after_task: None, deadline: at });
+    t.start_gate =
+        Some(shoal_types::StartGate { not_before: at, after_task: None, deadline: at, after_older_tasks: false });
     t
 }
 

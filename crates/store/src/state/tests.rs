@@ -88,6 +88,7 @@ fn update_moves_the_spec_to_previous_and_shares_the_new_service_with_its_change(
         started_at: Some(1_000),
         completed_at: Some(1_500),
         slots: Some(1),
+        step: None,
     };
     let read_before_the_status = state.service("s1").unwrap().version;
     state.apply(2, &batch(vec![Action::SetUpdateStatus { id: "s1".into(), status: Some(status) }])).unwrap();
@@ -408,6 +409,7 @@ fn arb_loop_action() -> impl Strategy<Value = Action> {
                 started_at: None,
                 completed_at: None,
                 slots: None,
+                step: None,
             },
         }),
         prop::collection::vec(task, 0..3)
@@ -640,6 +642,7 @@ fn pause_and_resume_move_only_a_rollout_that_can() {
         started_at: Some(1),
         completed_at: None,
         slots: Some(3),
+        step: None,
     };
     state.apply(3, &batch(vec![update, Action::SetUpdateStatus { id: "s1".into(), status: Some(updating) }])).unwrap();
     assert_eq!(
@@ -684,6 +687,7 @@ fn abort_rolls_an_update_back_and_refuses_anything_else() {
         started_at: Some(1),
         completed_at: None,
         slots: Some(3),
+        step: None,
     };
     state.apply(3, &batch(vec![update, Action::SetUpdateStatus { id: "s1".into(), status: Some(updating) }])).unwrap();
     state.apply(4, &batch(vec![Action::PauseRollout { id: "s1".into() }])).unwrap();
@@ -723,6 +727,7 @@ fn rollout_records_follow_the_update_status_and_the_updaters_tasks() {
             started_at: Some(1_000),
             completed_at: None,
             slots: Some(2),
+            step: None,
         })
     };
     let set = |s: Option<UpdateStatus>| Action::SetUpdateStatus { id: "s1".into(), status: s };
@@ -842,6 +847,7 @@ fn every_rollout_command_in_every_state() {
                     started_at: Some(1),
                     completed_at: None,
                     slots: Some(1),
+                    step: None,
                 };
                 state
                     .apply(3, &batch(vec![Action::SetUpdateStatus { id: "s1".into(), status: Some(status) }]))
@@ -942,6 +948,7 @@ fn arb_status() -> impl Strategy<Value = Action> {
                 started_at: Some(1),
                 completed_at: None,
                 slots: Some(1),
+                step: None,
             }),
         })
 }
@@ -970,6 +977,7 @@ fn rollout_slots_record_the_timeline_of_their_tasks() {
         started_at: Some(1),
         completed_at: None,
         slots: Some(2),
+        step: None,
     };
     state.apply(3, &batch(vec![update, Action::SetUpdateStatus { id: "s1".into(), status: Some(updating) }])).unwrap();
     let made = |id: &str, slot: u64| {
