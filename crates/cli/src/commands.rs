@@ -59,6 +59,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             print_out(&format!("{}: rollout paused\n", args.service));
             Ok(())
         }
+        Command::Rollout(RolloutCommand::Approve(args)) => {
+            let mut client = Client::connect(host).await?;
+            let service = client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Approve).await?;
+            let message = service.update_status.map(|s| s.message).unwrap_or_default();
+            print_out(&format!("{}: {message}\n", args.service));
+            Ok(())
+        }
         Command::Rollout(RolloutCommand::Abort(args)) => rollout_abort(host, &args).await,
         Command::Rollout(RolloutCommand::Status(args)) => rollout_status(host, &args).await,
         Command::Rollout(RolloutCommand::Ls(args)) => {

@@ -307,6 +307,7 @@ fn update_config_lines(p: &mut Pretty, heading: &str, order_key: &str, config: &
     p.kv(1, "Monitoring Period", config.monitor);
     p.kv(1, "Max failure ratio", config.max_failure_ratio);
     p.kv(1, order_key, config.order.as_str());
+    p.kv(1, "Strategy", config.describe());
 }
 
 fn resource_lines(p: &mut Pretty, heading: &str, amounts: &ResourceAmounts, pids: bool) {
@@ -647,10 +648,9 @@ pub fn rollout_detail(rollout: &shoal_types::Rollout, tasks: &[shoal_types::Task
         out.push_str(&format!("Finished:  {}\n", format_timestamp(at)));
     }
     out.push_str(&format!(
-        "Settings:  parallelism {}, delay {}, {}, monitor {}, failure action {}, max failure ratio {}\n",
-        config.parallelism,
+        "Settings:  {}; delay {}, monitor {}, failure action {}, max failure ratio {}\n",
+        config.describe(),
         config.delay,
-        config.order.as_str(),
         config.monitor,
         config.failure_action.as_str(),
         config.max_failure_ratio
@@ -739,12 +739,8 @@ pub fn update_plan(plan: &shoal_types::UpdatePlan) -> String {
         out.push_str(&format!("  {} {}: {}\n", task.name, node, task.reasons.join("; ")));
     }
     if !plan.batches.is_empty() {
-        let parallelism = if plan.parallelism == 0 { "all at once".to_string() } else { plan.parallelism.to_string() };
-        let order = match plan.order {
-            shoal_types::UpdateOrder::StopFirst => "stop-first",
-            shoal_types::UpdateOrder::StartFirst => "start-first",
-        };
-        out.push_str(&format!("\nBatches (parallelism {parallelism}, {order}):\n"));
+        out.push_str(&format!("\nStrategy: {}\n", plan.strategy));
+        out.push_str("\nBatches:\n");
         // Each slot with the node its task runs on now (where stop-first replaces it).
         let node: std::collections::HashMap<&str, &str> =
             plan.out_of_date.iter().map(|t| (t.name.as_str(), t.node.as_str())).collect();
@@ -757,6 +753,9 @@ pub fn update_plan(plan: &shoal_types::UpdatePlan) -> String {
                 })
                 .collect();
             out.push_str(&format!("  {}: {}\n", i + 1, slots.join(", ")));
+            for (_, end) in plan.step_ends.iter().filter(|(after, _)| *after == i) {
+                out.push_str(&format!("     -- {end}\n"));
+            }
         }
         out.push_str(&format!(
             "\nEstimated duration: about {:.0} s ({} batches × ({:.1} s to start a task + the update delay), then \

@@ -18,7 +18,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use shoal_proto::v1 as pb;
-use shoal_types::{GoDuration, Node, Service, ServiceMode, Task, TaskState, UpdateState};
+use shoal_types::{GoDuration, Node, Service, ServiceMode, StepWait, Task, TaskState, UpdateState};
 
 pub use self::view::{Action, Changed, Event, View, parse_event};
 use crate::client::Client;
@@ -82,6 +82,8 @@ pub struct Frame {
     pub slots: Vec<SlotLine>,
     /// The update status message while rolling back (`update rolled back due to …`).
     pub rollback: Option<String>,
+    /// A canary update waiting at a step: `step 1/3: 1/4 updated, waiting for approval`.
+    pub step: Option<String>,
     pub verify: Option<Verify>,
     /// Slots whose current task runs the current spec.
     pub running: u64,
@@ -334,7 +336,10 @@ pub fn frame_on<'a>(
         }),
     };
 
-    Frame { service_name: name.clone(), header, slots, rollback, verify, running, total, all_running }
+    let step = status
+        .filter(|s| s.state == UpdateState::Updating && s.step.as_ref().is_some_and(|step| step.waiting.is_some()))
+        .map(|s| s.message.clone());
+    Frame { service_name: name.clone(), header, slots, rollback, step, verify, running, total, all_running }
 }
 
 /// An error on one line, cut to `max` characters with `…`.
@@ -405,6 +410,9 @@ impl Frame {
         if let Some(message) = &self.rollback {
             lines.push(format!("rollback: {message}"));
         }
+        if let Some(message) = &self.step {
+            lines.push(format!("canary: {message}"));
+        }
         match self.verify {
             Some(Verify::Waiting { seconds }) => {
                 lines.push(format!("verify: Waiting {seconds} seconds to verify that tasks are stable..."));
@@ -427,6 +435,9 @@ impl Frame {
         lines.extend(self.slots.iter().filter_map(|s| Some((s.name.clone(), s.plain_change()?, s.plain_line()?))));
         if let Some(message) = &self.rollback {
             lines.push(same("rollback", format!("rollback: {message}")));
+        }
+        if let Some(message) = &self.step {
+            lines.push(same("canary", format!("canary: {message}")));
         }
         match self.verify {
             Some(Verify::Waiting { .. }) => {
@@ -593,7 +604,10 @@ impl Watch {
         let Some(status) = &service.update_status else {
             return frame.all_running.then_some(Ok(()));
         };
+        let awaits_approval = status.step.as_ref().is_some_and(|s| s.waiting == Some(StepWait::Approval));
         match status.state {
+            // A canary step waiting for `rollout approve`: the update did what it could alone.
+            UpdateState::Updating if awaits_approval && self.operation != Operation::Rollback => Some(Ok(())),
             UpdateState::Updating | UpdateState::RollbackStarted => None,
             UpdateState::Completed => Some(Ok(())),
             UpdateState::Paused => Some(Err(self.failed(RolloutEnd::UpdatePaused, &status.message))),

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use shoal_types::units::{parse_memory_bytes, parse_nano_cpus};
 use shoal_types::{
-    Constraint, EndpointMode, FailureAction, GoDuration, HealthConfig, PlacementPreference, PortConfig, PortProtocol,
-    PublishMode, RestartCondition, RestartPolicy, UpdateConfig, UpdateOrder,
+    CanaryStep, Constraint, EndpointMode, FailureAction, GoDuration, HealthConfig, PlacementPreference, PortConfig,
+    PortProtocol, PublishMode, Quantity, RestartCondition, RestartPolicy, RolloutStrategy, StepPause, UpdateConfig,
+    UpdateOrder,
 };
 
 use crate::envfile::parse_env_file;
@@ -147,7 +148,20 @@ const DEPLOY_SUPPORTED: &[&str] = &[
     "resources",
     "endpoint_mode",
 ];
-const UPDATE_SUPPORTED: &[&str] = &["parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"];
+const UPDATE_SUPPORTED: &[&str] = &[
+    "parallelism",
+    "delay",
+    "failure_action",
+    "monitor",
+    "max_failure_ratio",
+    "order",
+    // shoal's strategies; `docker stack deploy` ignores `x-` keys, so the file still works there.
+    "x-strategy",
+    "x-max-surge",
+    "x-max-unavailable",
+    "x-steps",
+];
+const STEP_SUPPORTED: &[&str] = &["replicas", "pause"];
 const RESTART_SUPPORTED: &[&str] = &["condition", "delay", "max_attempts", "window"];
 const PLACEMENT_SUPPORTED: &[&str] = &["constraints", "preferences", "max_replicas_per_node"];
 const RESOURCES_SUPPORTED: &[&str] = &["limits", "reservations"];
@@ -208,7 +222,8 @@ impl Walker<'_> {
         let mut out = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             let child = join(path, &key.name);
-            if key.name.starts_with("x-") {
+            // Extension keys are ignored (as docker does), except the ones shoal reads here.
+            if key.name.starts_with("x-") && !supported.contains(&key.name.as_str()) {
                 continue;
             }
             let loc = match value.kind {
@@ -694,8 +709,8 @@ impl Walker<'_> {
                     replicas = Some((self.uint(value, &p)?, value.loc, p));
                 }
                 "labels" => deploy.labels = self.labels(value, &p)?,
-                "update_config" => deploy.update_config = Some(self.update_config(value, &p)?),
-                "rollback_config" => deploy.rollback_config = Some(self.update_config(value, &p)?),
+                "update_config" => deploy.update_config = Some(self.update_config(value, &p, false)?),
+                "rollback_config" => deploy.rollback_config = Some(self.update_config(value, &p, true)?),
                 "restart_policy" => deploy.restart_policy = Some(self.restart_policy(value, &p)?),
                 "placement" => deploy.placement = self.placement(value, &p)?,
                 "resources" => deploy.resources = self.resources(value, &p)?,
@@ -725,7 +740,7 @@ impl Walker<'_> {
 
     /// compose's `update_config`/`rollback_config`: parallelism defaults to 1, the rest to zero
     /// values, and a zero monitor means Swarm's 5s default (swarm-semantics §2.9).
-    fn update_config(&mut self, v: &Val, path: &str) -> Result<UpdateConfig> {
+    fn update_config(&mut self, v: &Val, path: &str, rollback: bool) -> Result<UpdateConfig> {
         let mut config = UpdateConfig { monitor: GoDuration::ZERO, ..UpdateConfig::default() };
         for (key, value, p) in self.object(v, path, UPDATE_SUPPORTED, &[])? {
             match key.name.as_str() {
@@ -755,6 +770,25 @@ impl Walker<'_> {
                         Some(UpdateOrder::StopFirst),
                     )?
                 }
+                "x-strategy" => {
+                    config.strategy = self.choice(
+                        value,
+                        &p,
+                        "strategy",
+                        &[("rolling", RolloutStrategy::Rolling), ("recreate", RolloutStrategy::Recreate)],
+                        Some(RolloutStrategy::Rolling),
+                    )?
+                }
+                "x-max-surge" => config.max_surge = Some(self.quantity(value, &p)?),
+                "x-max-unavailable" => config.max_unavailable = Some(self.quantity(value, &p)?),
+                "x-steps" if rollback => {
+                    return Err(self.error(
+                        value.loc,
+                        &p,
+                        "a rollback goes in one go (canary steps apply to update_config only)",
+                    ));
+                }
+                "x-steps" => config.steps = self.canary_steps(value, &p)?,
                 _ => {}
             }
         }
@@ -762,6 +796,68 @@ impl Walker<'_> {
             config.monitor = UpdateConfig::default().monitor;
         }
         Ok(config)
+    }
+
+    /// `x-max-surge: 1`, `x-max-unavailable: 25%`.
+    fn quantity(&self, v: &Val, path: &str) -> Result<Quantity> {
+        let text = match &v.kind {
+            Kind::Int(_, raw) => raw.clone(),
+            Kind::Str(s) => s.clone(),
+            _ => return Err(self.type_error(v, path, "a count or a percentage (N or N%)")),
+        };
+        let parsed = if text.trim().starts_with('-') {
+            Err(format!("{text} is negative (expected N or N%, e.g. 1 or 25%)"))
+        } else {
+            Quantity::parse(&text)
+        };
+        parsed.map_err(|e| self.error(v.loc, path, format!("invalid value: {e}")))
+    }
+
+    /// `x-steps`: a list of `{replicas, pause}`; pause is a duration or `approve`, by default
+    /// `approve` for every step but the last (whose pause must be absent or 0).
+    fn canary_steps(&mut self, v: &Val, path: &str) -> Result<Vec<CanaryStep>> {
+        let Kind::Seq(items) = &v.kind else {
+            return Err(self.type_error(v, path, "a sequence of {replicas, pause} mappings"));
+        };
+        let last = items.len().saturating_sub(1);
+        let mut steps = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let default = if i == last { StepPause::For(GoDuration::ZERO) } else { StepPause::Approve };
+            let mut step = CanaryStep { replicas: Quantity::Count(0), pause: default };
+            let mut replicas_given = false;
+            for (key, value, p) in self.object(item, &at, STEP_SUPPORTED, &[])? {
+                match key.name.as_str() {
+                    "replicas" => {
+                        step.replicas = self.quantity(value, &p)?;
+                        replicas_given = true;
+                        if step.replicas.is_zero() {
+                            return Err(self.error(
+                                value.loc,
+                                &p,
+                                "invalid value: 0, expected at least 1 (a count from 1, or 1%-100%)",
+                            ));
+                        }
+                    }
+                    "pause" => {
+                        let text = self.string(value, &p)?;
+                        step.pause = match text.as_str() {
+                            "approve" => StepPause::Approve,
+                            _ => StepPause::For(GoDuration::parse(&text).map_err(|_| {
+                                let message = format!("invalid pause {text:?}: a duration (e.g. 30s, 5m) or approve");
+                                self.error(value.loc, &p, message)
+                            })?),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !replicas_given {
+                return Err(self.error(item.loc, &at, "a step needs replicas (a count, or a percentage)"));
+            }
+            steps.push(step);
+        }
+        Ok(steps)
     }
 
     fn restart_policy(&mut self, v: &Val, path: &str) -> Result<RestartPolicy> {

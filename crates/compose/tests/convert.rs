@@ -543,3 +543,54 @@ fn x_change_cause_is_the_deploys_cause() {
     let err = load_one("x-change-cause: [a]\nservices:\n  web:\n    image: shoal/busybox:1\n").unwrap_err();
     assert!(err.to_string().contains("x-change-cause"), "{err}");
 }
+
+#[test]
+fn strategy_extension_keys() {
+    use shoal_types::{CanaryStep, Quantity, RolloutStrategy, StepPause};
+    let spec = web(
+        "deploy:\n  replicas: 4\n  update_config:\n    x-max-surge: 1\n    x-max-unavailable: 0%\n    x-steps:\n      - replicas: 1\n      - replicas: 50%\n        pause: 30s\n      - replicas: 100%\n  rollback_config:\n    x-strategy: recreate",
+    );
+    assert_eq!(spec.update_config.max_surge, Some(Quantity::Count(1)));
+    assert_eq!(spec.update_config.max_unavailable, Some(Quantity::Percent(0)));
+    assert_eq!(
+        spec.update_config.steps,
+        [
+            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve },
+            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::For(secs(30)) },
+            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO) },
+        ]
+    );
+    assert_eq!(spec.rollback_config.strategy, RolloutStrategy::Recreate);
+    for (body, expected) in [
+        (
+            "deploy:\n  update_config:\n    x-strategy: bluegreen",
+            "stack.yml:6:21: services.web.deploy.update_config.x-strategy: unknown strategy \"bluegreen\" (allowed: rolling, recreate)",
+        ),
+        (
+            "deploy:\n  update_config:\n    x-max-surge: -1",
+            "stack.yml:6:22: services.web.deploy.update_config.x-max-surge: invalid value: -1 is negative (expected N or N%, e.g. 1 or 25%)",
+        ),
+        (
+            "deploy:\n  update_config:\n    x-max-unavailable: 101%",
+            "stack.yml:6:28: services.web.deploy.update_config.x-max-unavailable: invalid value: 101% is outside 0%-100%",
+        ),
+        (
+            "deploy:\n  update_config:\n    x-steps:\n      - replicas: 1\n      - replicas: 50%",
+            "stack.yml:8:23: services.web.deploy.update_config.x-steps[1].replicas: 50% is not 100% (the last step must be 100%)",
+        ),
+        (
+            "deploy:\n  update_config:\n    x-steps:\n      - replicas: 1\n        pause: forever\n      - replicas: 100%",
+            "stack.yml:8:20: services.web.deploy.update_config.x-steps[0].pause: invalid pause \"forever\": a duration (e.g. 30s, 5m) or approve",
+        ),
+        (
+            "deploy:\n  rollback_config:\n    x-steps:\n      - replicas: 100%",
+            "stack.yml:7:11: services.web.deploy.rollback_config.x-steps: a rollback goes in one go (canary steps apply to update_config only)",
+        ),
+        (
+            "deploy:\n  update_config:\n    parallelism: 2\n    x-max-surge: 1",
+            "stack.yml:6:22: services.web.deploy.update_config.parallelism: 2 cannot be used with max_surge/max_unavailable (allowed: the default, 1)",
+        ),
+    ] {
+        assert_eq!(web_err(body), expected, "{body}");
+    }
+}

@@ -697,9 +697,10 @@ impl Control for ControlApi {
                 Ok(RolloutOp::Pause) => Action::PauseRollout { id: id.clone() },
                 Ok(RolloutOp::Resume) => Action::ResumeRollout { id: id.clone() },
                 Ok(RolloutOp::Abort) => Action::AbortRollout { id: id.clone() },
+                Ok(RolloutOp::Approve) => Action::ApproveRollout { id: id.clone() },
                 _ => {
                     return Err(ApiError::InvalidArgument(format!(
-                        "op: {} is not pause (1), resume (2) or abort (3)",
+                        "op: {} is not pause (1), resume (2), abort (3) or approve (4)",
                         request.op
                     )));
                 }

@@ -4,10 +4,11 @@
 
 use shoal_store::State;
 use shoal_types::{
-    Availability, FailureAction, NodeState, OutOfDateTask, PublishMode, Service, ServiceMode, ServiceSpec, Task,
-    TaskOrigin, TaskState, UpdateOrder, UpdatePlan,
+    Availability, FailureAction, NodeState, OutOfDateTask, PublishMode, RolloutStrategy, Service, ServiceMode,
+    ServiceSpec, StepPause, Task, TaskOrigin, TaskState, UpdateConfig, UpdateOrder, UpdatePlan,
 };
 
+use crate::strategy::Budgeted;
 use crate::update::is_dirty;
 
 /// The plan of an update of `service` to `next`.
@@ -33,9 +34,12 @@ pub fn plan_update(state: &State, service: &Service, next: &ServiceSpec) -> Upda
         })
         .collect();
     let config = &next.update_config;
-    let per_batch = if config.parallelism == 0 { out_of_date.len().max(1) } else { config.parallelism as usize };
-    let batches: Vec<Vec<String>> =
-        out_of_date.chunks(per_batch).map(|chunk| chunk.iter().map(|t| t.name.clone()).collect()).collect();
+    let names: Vec<String> = out_of_date.iter().map(|t| t.name.clone()).collect();
+    let replicas = match next.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        _ => runnable.len() as u64,
+    };
+    let (batches, step_ends) = batches_of(config, &names, replicas);
     let task_start_secs = median_start_secs(state, service);
     let secs = |d: shoal_types::GoDuration| d.as_std().as_secs_f64();
     let estimate_secs = if batches.is_empty() {
@@ -51,10 +55,54 @@ pub fn plan_update(state: &State, service: &Service, next: &ServiceSpec) -> Upda
         batches,
         parallelism: config.parallelism,
         order: config.order,
+        strategy: config.describe(),
+        step_ends,
         task_start_secs,
         estimate_secs,
         warnings: warnings(state, next),
     }
+}
+
+/// The batches the strategy would make of the out-of-date slots `names` (in the updater's
+/// order), every task taken to be available: Swarm's `parallelism` at a time, everything at once
+/// for Recreate, surge + unavailable at a time for a budget; canary steps cut them at each step's
+/// count. Returns the batches and, per step but the last, the batch it ends after and its wait.
+fn batches_of(config: &UpdateConfig, names: &[String], replicas: u64) -> (Vec<Vec<String>>, Vec<(usize, String)>) {
+    let per_batch = match (config.strategy, config.budget()) {
+        (RolloutStrategy::Recreate, _) => names.len(),
+        (RolloutStrategy::Rolling, Some((surge, unavailable))) => {
+            let (surge, unavailable) = Budgeted { max_surge: surge, max_unavailable: unavailable }.limits(replicas);
+            (surge + unavailable) as usize
+        }
+        (RolloutStrategy::Rolling, None) if config.parallelism == 0 => names.len(),
+        (RolloutStrategy::Rolling, None) => config.parallelism as usize,
+    }
+    .max(1);
+    let chunk = |names: &[String]| -> Vec<Vec<String>> { names.chunks(per_batch).map(<[String]>::to_vec).collect() };
+    if config.steps.is_empty() {
+        return (chunk(names), Vec::new());
+    }
+    // Slots already on the new spec count toward each step's target.
+    let done = replicas.saturating_sub(names.len() as u64);
+    let (mut batches, mut ends, mut taken) = (Vec::new(), Vec::new(), 0usize);
+    let count = config.steps.len();
+    for (i, step) in config.steps.iter().enumerate() {
+        let target = step.target(replicas).saturating_sub(done) as usize;
+        let upto = if i + 1 == count { names.len() } else { target.min(names.len()) };
+        if upto <= taken {
+            continue;
+        }
+        batches.extend(chunk(&names[taken..upto]));
+        taken = upto;
+        if i + 1 < count && taken < names.len() {
+            let wait = match step.pause {
+                StepPause::Approve => "waits for `shoal rollout approve`".to_string(),
+                StepPause::For(pause) => format!("pauses {pause}"),
+            };
+            ends.push((batches.len() - 1, format!("step {}/{count} ({}) reached: {wait}", i + 1, step.replicas)));
+        }
+    }
+    (batches, ends)
 }
 
 /// Why `task` is out of date against `next`, in the user's words.

@@ -210,6 +210,13 @@ pub struct UpdatePlan {
     pub batches: Vec<Vec<String>>,
     pub parallelism: u64,
     pub order: crate::UpdateOrder,
+    /// The strategy in words (`UpdateConfig::describe`).
+    #[serde(default)]
+    pub strategy: String,
+    /// Canary steps: after which batch (from 0) each step but the last ends, and what it then
+    /// waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_ends: Vec<(usize, String)>,
     /// The seconds one task of this service took from created to running, median of those it
     /// has (1 s when none has run yet): what the estimate counts per batch.
     pub task_start_secs: f64,

@@ -180,6 +180,40 @@ impl fmt::Display for CanaryStep {
     }
 }
 
+impl crate::UpdateConfig {
+    /// The way this config rolls out, in words (`service inspect --pretty`, `--dry-run`).
+    pub fn describe(&self) -> String {
+        let mut words = match (self.strategy, self.budget()) {
+            (RolloutStrategy::Recreate, _) => "recreate: every old task stops before any new one starts".to_string(),
+            (RolloutStrategy::Rolling, Some((surge, unavailable))) => {
+                format!("rolling with a budget: at most {surge} above the replicas, at most {unavailable} unavailable")
+            }
+            (RolloutStrategy::Rolling, None) => {
+                let at_once = match self.parallelism {
+                    0 => "all tasks at once".to_string(),
+                    1 => "1 task at a time".to_string(),
+                    n => format!("{n} tasks at a time"),
+                };
+                format!("rolling, {at_once}, {}", self.order.as_str())
+            }
+        };
+        if !self.steps.is_empty() {
+            let steps: Vec<String> = self
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, step)| match step.pause {
+                    _ if i + 1 == self.steps.len() => step.replicas.to_string(),
+                    StepPause::Approve => format!("{} (then wait for approval)", step.replicas),
+                    StepPause::For(pause) => format!("{} (then pause {pause})", step.replicas),
+                })
+                .collect();
+            words.push_str(&format!("; canary steps {}", steps.join(" → ")));
+        }
+        words
+    }
+}
+
 /// Where a canary rollout stands: its step, and what it waits for once the step is reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepStatus {

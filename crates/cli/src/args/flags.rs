@@ -5,14 +5,15 @@
 
 use clap::Args;
 use shoal_types::{
-    Constraint, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, GoDuration, HealthConfig, Labels, Placement,
-    PlacementPreference, PortConfig, Resources, RestartCondition, RestartPolicy, UpdateConfig, UpdateOrder,
+    CanaryStep, Constraint, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, GoDuration, HealthConfig, Labels,
+    Placement, PlacementPreference, PortConfig, Quantity, Resources, RestartCondition, RestartPolicy, RolloutStrategy,
+    StepPause, UpdateConfig, UpdateOrder,
 };
 
 use super::parsers::{self, ShellWords};
 use super::publish::{PortRemoval, parse_publish, parse_publish_rm};
 
-/// The six fields of an update or rollback config, whichever flag family they came from.
+/// The fields of an update or rollback config, whichever flag family they came from.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UpdateConfigDelta {
     pub parallelism: Option<u64>,
@@ -21,6 +22,18 @@ pub struct UpdateConfigDelta {
     pub monitor: Option<GoDuration>,
     pub max_failure_ratio: Option<f32>,
     pub order: Option<UpdateOrder>,
+    pub strategy: Option<RolloutStrategy>,
+    pub max_surge: Option<Quantity>,
+    pub max_unavailable: Option<Quantity>,
+    /// The canary steps as given (`--update-step`, repeatable); `none` clears them.
+    pub steps: Vec<StepArg>,
+}
+
+/// One `--update-step`: a step, or `none` (no steps: the update goes in one go).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepArg {
+    Step(Quantity, Option<StepPause>),
+    None,
 }
 
 impl UpdateConfigDelta {
@@ -37,12 +50,87 @@ impl UpdateConfigDelta {
             ("monitor", self.monitor.is_some()),
             ("max-failure-ratio", self.max_failure_ratio.is_some()),
             ("order", self.order.is_some()),
+            ("strategy", self.strategy.is_some()),
+            ("max-surge", self.max_surge.is_some()),
+            ("max-unavailable", self.max_unavailable.is_some()),
+            ("step", !self.steps.is_empty()),
         ]
         .into_iter()
         .find_map(|(name, given)| given.then_some(name))
     }
 
+    /// Refuses flags of one family (`update` or `rollback`) that exclude each other, naming both:
+    /// a surge budget replaces parallelism and order; recreate has neither, nor steps.
+    pub fn check(&self, family: &str) -> Result<(), String> {
+        let budget = [("max-surge", self.max_surge.is_some()), ("max-unavailable", self.max_unavailable.is_some())]
+            .into_iter()
+            .find_map(|(name, given)| given.then_some(name));
+        let swarm = [("parallelism", self.parallelism.is_some()), ("order", self.order.is_some())]
+            .into_iter()
+            .find_map(|(name, given)| given.then_some(name));
+        if let (Some(a), Some(b)) = (budget, swarm) {
+            return Err(format!(
+                "--{family}-{a} cannot be used with --{family}-{b}: a surge budget replaces parallelism and order"
+            ));
+        }
+        if self.strategy == Some(RolloutStrategy::Recreate)
+            && let Some(other) = budget.or(swarm).or((!self.steps.is_empty()).then_some("step"))
+        {
+            return Err(format!(
+                "--{family}-strategy recreate cannot be used with --{family}-{other}: recreate stops every old task before any new one starts"
+            ));
+        }
+        if self.steps.len() > 1 && self.steps.contains(&StepArg::None) {
+            return Err(format!("--{family}-step none cannot be used with other --{family}-step values"));
+        }
+        if let Some(StepArg::Step(replicas, pause)) = self.steps.last() {
+            if *replicas != Quantity::Percent(100) {
+                return Err(format!("--{family}-step {replicas}: the last step must be 100%"));
+            }
+            if let Some(pause) = pause.filter(|p| *p != StepPause::For(GoDuration::ZERO)) {
+                return Err(format!(
+                    "--{family}-step 100%:{pause}: the last step cannot pause (the rollout ends there)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The steps with their default pauses: approval for every step but the last (Kruise).
+    fn canary_steps(&self) -> Option<Vec<CanaryStep>> {
+        if self.steps.is_empty() {
+            return None;
+        }
+        let last = self.steps.len() - 1;
+        let steps = self.steps.iter().enumerate().filter_map(|(i, step)| match step {
+            StepArg::None => None,
+            StepArg::Step(replicas, pause) => {
+                let default = if i == last { StepPause::For(GoDuration::ZERO) } else { StepPause::Approve };
+                Some(CanaryStep { replicas: *replicas, pause: pause.unwrap_or(default) })
+            }
+        });
+        Some(steps.collect())
+    }
+
+    /// Changes `config` where a flag was given. Choosing a way of rolling out drops what the
+    /// others need: a surge budget or steps make the strategy rolling, a surge budget resets
+    /// parallelism and order to their defaults, parallelism or order drop a surge budget (back
+    /// to Swarm's rolling update), and recreate drops budget and steps.
     pub fn apply(&self, config: &mut UpdateConfig) {
+        if self.parallelism.is_some() || self.order.is_some() {
+            config.max_surge = None;
+            config.max_unavailable = None;
+            config.strategy = RolloutStrategy::Rolling;
+        }
+        if self.max_surge.is_some() || self.max_unavailable.is_some() {
+            config.parallelism = 1;
+            config.order = UpdateOrder::StopFirst;
+            config.strategy = RolloutStrategy::Rolling;
+        }
+        if let Some(steps) = self.canary_steps() {
+            config.steps = steps;
+            config.strategy = RolloutStrategy::Rolling;
+        }
         if let Some(v) = self.parallelism {
             config.parallelism = v;
         }
@@ -60,6 +148,22 @@ impl UpdateConfigDelta {
         }
         if let Some(v) = self.order {
             config.order = v;
+        }
+        if let Some(v) = self.max_surge {
+            config.max_surge = Some(v);
+        }
+        if let Some(v) = self.max_unavailable {
+            config.max_unavailable = Some(v);
+        }
+        if let Some(strategy) = self.strategy {
+            config.strategy = strategy;
+            if strategy == RolloutStrategy::Recreate {
+                config.max_surge = None;
+                config.max_unavailable = None;
+                config.steps.clear();
+                config.parallelism = 1;
+                config.order = UpdateOrder::StopFirst;
+            }
         }
     }
 }
@@ -86,6 +190,18 @@ pub struct UpdateFlags {
     /// Update order [default: stop-first]
     #[arg(id = "update-order", long = "update-order", value_name = "ORDER", value_parser = parsers::update_order())]
     pub order: Option<UpdateOrder>,
+    /// Update strategy: rolling, or recreate (every old task stops before any new one starts) [default: rolling]
+    #[arg(id = "update-strategy", long = "update-strategy", value_name = "STRATEGY", value_parser = parsers::rollout_strategy())]
+    pub strategy: Option<RolloutStrategy>,
+    /// Tasks allowed above the replicas during the update (N or N%, rounded up; replaces parallelism and order) [default: 25% once a budget is set]
+    #[arg(id = "update-max-surge", long = "update-max-surge", value_name = "N|N%", value_parser = parsers::quantity, allow_hyphen_values = true)]
+    pub max_surge: Option<Quantity>,
+    /// Replicas allowed to be unavailable during the update (N or N%, rounded down) [default: 25% once a budget is set]
+    #[arg(id = "update-max-unavailable", long = "update-max-unavailable", value_name = "N|N%", value_parser = parsers::quantity, allow_hyphen_values = true)]
+    pub max_unavailable: Option<Quantity>,
+    /// Canary step REPLICAS[:PAUSE], repeatable in order; PAUSE is a duration or approve (the default for all but the last step, which must be 100%); none removes the steps
+    #[arg(id = "update-step", long = "update-step", value_name = "REPLICAS[:PAUSE]", value_parser = parsers::canary_step, allow_hyphen_values = true)]
+    pub steps: Vec<StepArg>,
 }
 
 impl UpdateFlags {
@@ -97,6 +213,10 @@ impl UpdateFlags {
             monitor: self.monitor,
             max_failure_ratio: self.max_failure_ratio,
             order: self.order,
+            strategy: self.strategy,
+            max_surge: self.max_surge,
+            max_unavailable: self.max_unavailable,
+            steps: self.steps.clone(),
         }
     }
 
@@ -127,6 +247,15 @@ pub struct RollbackFlags {
     /// Rollback order [default: stop-first]
     #[arg(id = "rollback-order", long = "rollback-order", value_name = "ORDER", value_parser = parsers::update_order())]
     pub order: Option<UpdateOrder>,
+    /// Rollback strategy: rolling, or recreate [default: rolling]
+    #[arg(id = "rollback-strategy", long = "rollback-strategy", value_name = "STRATEGY", value_parser = parsers::rollout_strategy())]
+    pub strategy: Option<RolloutStrategy>,
+    /// Tasks allowed above the replicas during a rollback (N or N%, rounded up) [default: 25% once a budget is set]
+    #[arg(id = "rollback-max-surge", long = "rollback-max-surge", value_name = "N|N%", value_parser = parsers::quantity, allow_hyphen_values = true)]
+    pub max_surge: Option<Quantity>,
+    /// Replicas allowed to be unavailable during a rollback (N or N%, rounded down) [default: 25% once a budget is set]
+    #[arg(id = "rollback-max-unavailable", long = "rollback-max-unavailable", value_name = "N|N%", value_parser = parsers::quantity, allow_hyphen_values = true)]
+    pub max_unavailable: Option<Quantity>,
 }
 
 impl RollbackFlags {
@@ -138,6 +267,10 @@ impl RollbackFlags {
             monitor: self.monitor,
             max_failure_ratio: self.max_failure_ratio,
             order: self.order,
+            strategy: self.strategy,
+            max_surge: self.max_surge,
+            max_unavailable: self.max_unavailable,
+            steps: Vec::new(),
         }
     }
 

@@ -204,6 +204,32 @@ pub fn update_order() -> impl TypedValueParser<Value = UpdateOrder> {
     })
 }
 
+pub fn rollout_strategy() -> impl TypedValueParser<Value = shoal_types::RolloutStrategy> {
+    use shoal_types::RolloutStrategy;
+    PossibleValuesParser::new(["rolling", "recreate"]).try_map(|s| match s.as_str() {
+        "rolling" => Ok(RolloutStrategy::Rolling),
+        "recreate" => Ok(RolloutStrategy::Recreate),
+        other => Err(format!("unknown strategy {other:?}")),
+    })
+}
+
+/// A count or a percentage of the replicas (`2`, `25%`), as Kubernetes' maxSurge takes it.
+pub fn quantity(text: &str) -> Result<shoal_types::Quantity, String> {
+    if text.trim().starts_with('-') {
+        return Err("must not be negative (expected N or N%, e.g. 1 or 25%)".to_string());
+    }
+    shoal_types::Quantity::parse(text)
+}
+
+/// `--update-step REPLICAS[:PAUSE]`, or `none`.
+pub fn canary_step(text: &str) -> Result<super::flags::StepArg, String> {
+    if text == "none" {
+        return Ok(super::flags::StepArg::None);
+    }
+    let (replicas, pause) = shoal_types::CanaryStep::parse(text)?;
+    Ok(super::flags::StepArg::Step(replicas, pause))
+}
+
 pub fn restart_condition() -> impl TypedValueParser<Value = RestartCondition> {
     PossibleValuesParser::new(["none", "on-failure", "any"]).try_map(|s| match s.as_str() {
         "none" => Ok(RestartCondition::None),

@@ -15,6 +15,8 @@ pub enum RolloutCommand {
     Pause(RolloutServiceArgs),
     /// Resume a paused update or rollback where it stopped
     Resume(RolloutServiceArgs),
+    /// Move a canary update on from a step waiting for approval to its next step
+    Approve(RolloutServiceArgs),
     /// Stop an update in progress or paused and roll back to the spec before it
     Abort(RolloutUndoArgs),
     /// Follow a service's update or rollback until it ends (exit 0 completed; as `service update`

@@ -122,6 +122,8 @@ impl CreateArgs {
         if self.max_concurrent == Some(0) {
             return Err(MAX_CONCURRENT_ZERO.to_string());
         }
+        self.update.delta().check("update")?;
+        self.rollback.delta().check("rollback")?;
         let job_mode = match self.mode {
             Some(ModeKind::ReplicatedJob) => Some("replicated-job"),
             Some(ModeKind::GlobalJob) => Some("global-job"),

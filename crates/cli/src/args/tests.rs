@@ -1355,3 +1355,87 @@ fn revision_flags_parse_and_refuse_bad_values() {
     let args = update_args(&["--rollback", "--change-cause", "why"]);
     assert_eq!(args.check_usage(), Ok(()));
 }
+
+// ---- rollout strategies ----
+
+fn create_error(args: &[&str]) -> String {
+    let mut full = vec!["service", "create", "--name", "web"];
+    full.extend_from_slice(args);
+    full.push("busybox");
+    match parse(&full) {
+        Ok(Cli { command: Command::Service(ServiceCommand::Create(create)), .. }) => create.to_spec().unwrap_err(),
+        Ok(other) => panic!("parsed as {other:?}"),
+        Err(e) => e.render().to_string(),
+    }
+}
+
+#[test]
+fn strategy_flags_build_the_update_config() {
+    use shoal_types::{CanaryStep, Quantity, RolloutStrategy, StepPause};
+    let s = spec(&["--update-strategy", "recreate", "--rollback-max-surge", "1", "busybox"]);
+    assert_eq!(s.update_config.strategy, RolloutStrategy::Recreate);
+    assert_eq!(s.rollback_config.max_surge, Some(Quantity::Count(1)));
+    assert_eq!(s.rollback_config.budget(), Some((Quantity::Count(1), Quantity::Percent(25))));
+    let s = spec(&["--update-max-unavailable", "10%", "busybox"]);
+    assert_eq!(s.update_config.budget(), Some((Quantity::Percent(25), Quantity::Percent(10))));
+    let s = spec(&["--update-step", "1", "--update-step", "50%:30s", "--update-step", "100%", "busybox"]);
+    assert_eq!(
+        s.update_config.steps,
+        [
+            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve },
+            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::For(secs(30)) },
+            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO) },
+        ]
+    );
+    s.validate().unwrap();
+}
+
+#[test]
+fn strategy_flags_refuse_bad_values_and_exclusive_combinations() {
+    for (args, expected) in [
+        (&["--update-step", "0", "--update-step", "100%"][..], "replicas 0 is below 1"),
+        (&["--update-step", "150%"], "150% is outside 0%-100%"),
+        (&["--update-step", "1:forever", "--update-step", "100%"], "pause \"forever\" is neither a duration"),
+        (&["--update-step", "1", "--update-step", "50%"], "--update-step 50%: the last step must be 100%"),
+        (&["--update-max-surge", "-1"], "must not be negative"),
+        (&["--update-max-unavailable", "101%"], "101% is outside 0%-100%"),
+        (&["--update-strategy", "bluegreen"], "invalid value 'bluegreen' for '--update-strategy <STRATEGY>'"),
+        (
+            &["--update-max-surge", "1", "--update-parallelism", "2"],
+            "--update-max-surge cannot be used with --update-parallelism",
+        ),
+        (
+            &["--rollback-max-unavailable", "1", "--rollback-order", "start-first"],
+            "--rollback-max-unavailable cannot be used with --rollback-order",
+        ),
+        (
+            &["--update-strategy", "recreate", "--update-step", "100%"],
+            "--update-strategy recreate cannot be used with --update-step",
+        ),
+        (&["--update-step", "100%:approve"], "the last step cannot pause"),
+    ] {
+        let error = create_error(args);
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+}
+
+#[test]
+fn choosing_a_way_of_rolling_out_drops_what_the_others_need() {
+    use shoal_types::{Quantity, RolloutStrategy};
+    // current_spec has parallelism 2: a budget resets it to the default.
+    let s = updated(&["--update-max-surge", "1", "--update-max-unavailable", "0"]);
+    assert_eq!((s.update_config.parallelism, s.update_config.max_surge), (1, Some(Quantity::Count(1))));
+    s.validate().unwrap();
+    let mut budgeted = s.clone();
+    update_args(&["--update-parallelism", "3"]).apply(&mut budgeted).unwrap();
+    assert_eq!((budgeted.update_config.parallelism, budgeted.update_config.budget()), (3, None));
+    let mut recreate = s;
+    update_args(&["--update-strategy", "recreate"]).apply(&mut recreate).unwrap();
+    assert_eq!(recreate.update_config.strategy, RolloutStrategy::Recreate);
+    assert_eq!(recreate.update_config.budget(), None);
+    recreate.validate().unwrap();
+    update_args(&["--update-step", "1", "--update-step", "100%"]).apply(&mut recreate).unwrap();
+    assert_eq!(recreate.update_config.strategy, RolloutStrategy::Rolling);
+    update_args(&["--update-step", "none"]).apply(&mut recreate).unwrap();
+    assert!(recreate.update_config.steps.is_empty());
+}

@@ -110,6 +110,8 @@ impl UpdateArgs {
         if self.max_concurrent == Some(0) {
             return Err(MAX_CONCURRENT_ZERO.to_string());
         }
+        self.update.delta().check("update")?;
+        self.rollback_config.delta().check("rollback")?;
         Ok(())
     }
 

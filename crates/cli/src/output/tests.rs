@@ -710,6 +710,8 @@ fn a_dry_run_plan_reads_top_to_bottom() {
         batches: vec![vec!["web.1".into()], vec!["web.2".into()]],
         parallelism: 1,
         order: shoal_types::UpdateOrder::StopFirst,
+        strategy: "rolling, 1 task at a time, stop-first; canary steps 1 (then wait for approval) → 100%".into(),
+        step_ends: vec![(0, "step 1/2 (1) reached: waits for `shoal rollout approve`".into())],
         task_start_secs: 0.5,
         estimate_secs: 8.0,
         warnings: vec!["stop-first with 1 replica: …".into()],
@@ -722,7 +724,9 @@ fn a_dry_run_plan_reads_top_to_bottom() {
          \n\
          Out of date: 2 of 3 tasks\n  web.1 on n1: image a:1 → a:2\n  web.2 not placed: image a:1 → a:2; env changed\n\
          \n\
-         Batches (parallelism 1, stop-first):\n  1: web.1 (n1)\n  2: web.2\n\
+         Strategy: rolling, 1 task at a time, stop-first; canary steps 1 (then wait for approval) → 100%\n\
+         \n\
+         Batches:\n  1: web.1 (n1)\n     -- step 1/2 (1) reached: waits for `shoal rollout approve`\n  2: web.2\n\
          \n\
          Estimated duration: about 8 s (2 batches × (0.5 s to start a task + the update delay), then the monitor window)\n\
          \n\
