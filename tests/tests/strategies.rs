@@ -1,0 +1,225 @@
+//! Rollout strategies beyond Swarm's (issue 24) with the real `shoal` binary, a real manager and
+//! an agent running real containers: Recreate's ordering, a surge budget sampled from Docker,
+//! canary steps with approval, and a new release in the middle of a canary. Run `cargo build
+//! --workspace --bins` and `deploy/images/build.sh` first.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use shoal_tests::*;
+use shoal_types::{Service, StepWait, Task, UpdateState};
+
+/// Runs the CLI and fails with its output unless it succeeded.
+fn ok(addr: &str, args: &[&str]) -> Result<String> {
+    let out = shoal(addr, args);
+    ensure!(out.status.success(), "shoal {args:?} failed: {}{}", stdout(&out), stderr(&out));
+    Ok(stdout(&out))
+}
+
+fn inspect(addr: &str) -> Result<Service> {
+    let text = ok(addr, &["service", "inspect", "web"])?;
+    let mut services: Vec<Service> = serde_json::from_str(&text)?;
+    Ok(services.remove(0))
+}
+
+/// Running tasks of `web` by image.
+fn images(tasks: &[Task]) -> Vec<String> {
+    let mut images: Vec<String> = running(tasks).iter().map(|t| t.spec.container.image.clone()).collect();
+    images.sort();
+    images
+}
+
+async fn wait_images(addr: &str, expected: &[&str]) -> Result<Vec<Task>> {
+    let expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    let what = format!("running images {expected:?}");
+    wait_tasks(addr, "web", Duration::from_secs(60), &what, |tasks| images(tasks) == expected).await
+}
+
+/// Docker's RFC 3339 time (nanoseconds, trailing zeros trimmed) as a sortable key.
+fn docker_time(text: &str) -> (String, String) {
+    let text = text.trim_end_matches('Z');
+    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+    (seconds.to_string(), format!("{fraction:0<9}"))
+}
+
+/// Recreate: every old container has finished before the first new one started (as Docker
+/// recorded it), and the update completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_stops_every_old_task_before_any_new_one_starts() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let addr = addr.as_str();
+    ok(
+        addr,
+        &["service", "create", "--name", "web", "--replicas", "3", "--update-strategy", "recreate", "shoal/busybox:1"],
+    )?;
+    let old = wait_images(addr, &["shoal/busybox:1"; 3]).await?;
+    let pretty = ok(addr, &["service", "inspect", "--pretty", "web"])?;
+    assert!(pretty.contains("recreate: every old task stops before any new one starts"), "{pretty}");
+    ok(addr, &["service", "update", "--image", "shoal/busybox:2", "web"])?;
+    let new = wait_images(addr, &["shoal/busybox:2"; 3]).await?;
+    let service = inspect(addr)?;
+    assert_eq!(service.update_status.map(|s| s.state), Some(UpdateState::Completed));
+
+    let container = |t: &Task| t.status.container_id.clone();
+    let last_finish = running(&old)
+        .iter()
+        .map(|t| docker_time(&docker_inspect(&container(t), "{{.State.FinishedAt}}")))
+        .max()
+        .context("old containers")?;
+    let first_start = running(&new)
+        .iter()
+        .map(|t| docker_time(&docker_inspect(&container(t), "{{.State.StartedAt}}")))
+        .min()
+        .context("new containers")?;
+    assert!(
+        last_finish < first_start,
+        "an old container finished at {last_finish:?}, a new one started at {first_start:?}"
+    );
+    Ok(())
+}
+
+/// Surge 1, unavailable 0 on 4 replicas: sampled from Docker throughout, never fewer than 4
+/// containers running, never more than 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_budget_holds_while_sampled_from_docker() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let addr = addr.as_str();
+    ok(
+        addr,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "4",
+            "--update-max-surge",
+            "1",
+            "--update-max-unavailable",
+            "0",
+            "--update-monitor",
+            "1s",
+            "shoal/busybox:1",
+        ],
+    )?;
+    wait_images(addr, &["shoal/busybox:1"; 4]).await?;
+    // Kubernetes' availability: a task counts once it has run for the monitor window
+    // (minReadySeconds); before that, replacing it costs no availability.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let service_id = inspect(addr)?.id;
+    let filter = format!("label=org.shoal.service.id={service_id}");
+    let out = shoal(addr, &["service", "update", "-d", "--image", "shoal/busybox:2", "web"]);
+    ensure!(out.status.success(), "{}", stderr(&out));
+    let (mut fewest, mut most, mut samples) = (usize::MAX, 0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let n = docker_ids(&filter, false).len();
+        (fewest, most, samples) = (fewest.min(n), most.max(n), samples + 1);
+        let service = inspect(addr)?;
+        if service.update_status.as_ref().is_some_and(|s| s.state == UpdateState::Completed) {
+            break;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "the update did not complete: {:?}", service.update_status);
+    }
+    let tasks = wait_images(addr, &["shoal/busybox:2"; 4]).await?;
+    assert!(fewest >= 4 && most <= 5, "running containers ranged {fewest}..={most} over {samples} samples");
+    // It surged: some sample saw the fifth container.
+    assert_eq!(most, 5, "{samples} samples");
+    assert_eq!(running(&tasks).len(), 4);
+    Ok(())
+}
+
+fn step_wait(service: &Service) -> Option<(u32, Option<StepWait>)> {
+    let step = service.update_status.as_ref()?.step.as_ref()?;
+    Some((step.index, step.waiting))
+}
+
+/// Canary 1 → 50% → 100% on 4 replicas: `service update` returns once step 1 waits for
+/// approval with one new task running; each `rollout approve` moves one step; approving when
+/// nothing waits is one line, exit 1. A new release while step 2 waits starts again from step 1
+/// towards it, replacing the intermediate version's tasks like old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_steps_wait_for_approval_and_a_new_release_starts_again() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let addr = addr.as_str();
+    ok(
+        addr,
+        &["service", "create", "--name", "web", "--replicas", "4", "--update-monitor", "500ms", "shoal/busybox:1"],
+    )?;
+    wait_images(addr, &["shoal/busybox:1"; 4]).await?;
+
+    let out = ok(
+        addr,
+        &[
+            "service",
+            "update",
+            "--update-step",
+            "1",
+            "--update-step",
+            "50%",
+            "--update-step",
+            "100%",
+            "--rollout-id",
+            "release-2",
+            "--image",
+            "shoal/busybox:2",
+            "web",
+        ],
+    )?;
+    assert!(out.contains("canary: step 1/3: 1/4 updated, waiting for approval"), "{out}");
+    let tasks = list_tasks(addr, "web").await?;
+    assert_eq!(images(&tasks), ["shoal/busybox:1", "shoal/busybox:1", "shoal/busybox:1", "shoal/busybox:2"]);
+    assert_eq!(step_wait(&inspect(addr)?), Some((0, Some(StepWait::Approval))));
+    let status = ok(addr, &["rollout", "status", "web"])?;
+    assert!(status.contains("canary: step 1/3: 1/4 updated, waiting for approval"), "{status}");
+    let record = ok(addr, &["rollout", "inspect", "release-2"])?;
+    assert!(record.contains("step 1/3: 1/4 updated, waiting for approval"), "{record}");
+
+    // Nothing more moves until approved.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(images(&list_tasks(addr, "web").await?).iter().filter(|i| *i == "shoal/busybox:2").count(), 1);
+    let approved = ok(addr, &["rollout", "approve", "web"])?;
+    assert_eq!(approved.trim(), "web: step 1/3 approved");
+    wait_images(addr, &["shoal/busybox:1", "shoal/busybox:1", "shoal/busybox:2", "shoal/busybox:2"]).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while step_wait(&inspect(addr)?) != Some((1, Some(StepWait::Approval))) {
+        ensure!(tokio::time::Instant::now() < deadline, "step 2 never waited: {:?}", inspect(addr)?.update_status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A new release while step 2 waits: back to step 1, one task on it.
+    let v3 = ok(addr, &["service", "update", "--env-add", "RELEASE=3", "--rollout-id", "release-3", "web"])?;
+    assert!(v3.contains("canary: step 1/3: 1/4 updated, waiting for approval"), "{v3}");
+    let service = inspect(addr)?;
+    let tasks = list_tasks(addr, "web").await?;
+    let on_v3 = running(&tasks).iter().filter(|t| t.spec_version == service.spec_version).count();
+    assert_eq!(on_v3, 1, "{:?}", images(&tasks));
+
+    // Approving twice takes it to every replica; a third approval has nothing to approve.
+    ok(addr, &["rollout", "approve", "web"])?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while step_wait(&inspect(addr)?) != Some((1, Some(StepWait::Approval))) {
+        ensure!(tokio::time::Instant::now() < deadline, "step 2 of release 3 never waited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok(addr, &["rollout", "approve", "web"])?;
+    ok(addr, &["rollout", "status", "web"])?;
+    let service = inspect(addr)?;
+    assert_eq!(service.update_status.as_ref().map(|s| s.state), Some(UpdateState::Completed));
+    let tasks = list_tasks(addr, "web").await?;
+    let runs = running(&tasks);
+    assert!(runs.len() == 4 && runs.iter().all(|t| t.spec_version == service.spec_version), "{:?}", images(&tasks));
+    let out = shoal(addr, &["rollout", "approve", "web"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: service web has no canary step waiting for approval (its update is completed): there is nothing to approve"
+    );
+    Ok(())
+}
