@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use shoal_tests::{Cluster, connect};
-use shoal_types::{GoDuration, UpdateOrder, UpdateState};
+use shoal_types::{GoDuration, Quantity, UpdateOrder, UpdateState};
 use tokio::time::Instant;
 
 use crate::Ctx;
@@ -24,11 +24,18 @@ struct Variant {
     order: UpdateOrder,
     /// Measure the rollback (`:2` back to `:1`, with the same settings) instead of the update.
     rollback: bool,
+    /// A surge budget (max surge, max unavailable, as counts) instead of parallelism and order,
+    /// with monitor 0 (Kubernetes' default minReadySeconds): a task is available once it runs.
+    budget: Option<(usize, usize)>,
 }
 
 impl Variant {
     fn batch_size(self) -> usize {
-        if self.parallelism == 0 { self.replicas } else { self.parallelism }
+        match self.budget {
+            Some((surge, unavailable)) => surge + unavailable,
+            None if self.parallelism == 0 => self.replicas,
+            None => self.parallelism,
+        }
     }
 
     fn batches(self) -> usize {
@@ -37,6 +44,9 @@ impl Variant {
 
     fn scenario(self) -> String {
         let what = if self.rollback { "rollback" } else { "rolling update" };
+        if let Some((surge, unavailable)) = self.budget {
+            return format!("{what}, {} replicas, max surge {surge}, max unavailable {unavailable}", self.replicas);
+        }
         if self.replicas == 1 {
             return format!("{what}, 1 replica, {}", self.order.as_str());
         }
@@ -54,7 +64,14 @@ struct Images {
 pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
     let n = if ctx.quick { 6 } else { 30 };
     let trials = if ctx.quick { 1 } else { 3 };
-    let v = |replicas, parallelism, order, rollback| Variant { replicas, parallelism, order, rollback };
+    let v = |replicas, parallelism, order, rollback| Variant { replicas, parallelism, order, rollback, budget: None };
+    let budgeted = |replicas, surge, unavailable| Variant {
+        replicas,
+        parallelism: 1,
+        order: UpdateOrder::StopFirst,
+        rollback: false,
+        budget: Some((surge, unavailable)),
+    };
     let variants: Vec<Variant> = if ctx.quick {
         // One of each kind (parallelism values, orders, a single replica, a rollback), so the smoke
         // run stays under two minutes.
@@ -63,6 +80,7 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             v(n, 0, UpdateOrder::StartFirst, false),
             v(1, 1, UpdateOrder::StopFirst, false),
             v(n, PARALLELISM, UpdateOrder::StartFirst, true),
+            budgeted(n, 2, 1),
         ]
     } else {
         vec![
@@ -75,6 +93,9 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             v(1, PARALLELISM, UpdateOrder::StartFirst, false),
             v(n, PARALLELISM, UpdateOrder::StopFirst, true),
             v(n, PARALLELISM, UpdateOrder::StartFirst, true),
+            // Kubernetes' default budget, 25% / 25% of 30: surge 8 (rounded up), unavailable 7.
+            budgeted(n, n.div_ceil(4), n / 4),
+            budgeted(n, 1, 0),
         ]
     };
     let engine = Engine::connect().await?;
@@ -123,6 +144,10 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             let mut all = vec![Vec::new(); variants.len()];
             let mut failure = None;
             'outer: for (i, v) in variants.iter().enumerate() {
+                // Swarm has no surge budget: nothing to compare with.
+                if v.budget.is_some() {
+                    continue;
+                }
                 for _ in 0..trials {
                     match swarm_update(&engine, swarm, &images, *v).await {
                         Ok(t) => all[i].push(t),
@@ -158,7 +183,7 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             .reference("raw docker", raw_v2, Kind::Measured)
             .target("<= 1.15× raw docker; <= 0.5× Docker Swarm")
             .samples(trials);
-        if let Some(swarm) = &swarm {
+        if let Some(swarm) = swarm.as_ref().filter(|swarm| !swarm[i].is_empty()) {
             figure = figure.reference("Docker Swarm", median(&swarm[i]), Kind::Measured);
         }
         report.push(figure);
@@ -172,10 +197,10 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             .target("<= 50 ms")
             .samples(v.batches()),
         );
-        let done = if v.rollback {
-            "rollback call → update_status rollback_completed (incl. 5 s monitor)"
-        } else {
-            "update call → update_status completed (incl. 5 s monitor)"
+        let done = match (v.rollback, v.budget) {
+            (true, _) => "rollback call → update_status rollback_completed (incl. 5 s monitor)",
+            (false, Some(_)) => "update call → update_status completed (monitor 0)",
+            (false, None) => "update call → update_status completed (incl. 5 s monitor)",
         };
         report.push(Figure::new(&scenario, done, shoal_done, "s").samples(trials));
     }
@@ -184,7 +209,10 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
         format!(
             "N = {n} (and 1) replicas of `{IMAGE_V1}` updated to `{IMAGE_V2}` with parallelism {PARALLELISM}, 1 and 0 \
              (all at once), delay 0, stop-first and start-first; median of {trials} trial(s) per variant; a fresh \
-             service per trial. **Rollback** variants: the service is created with the same rollback settings \
+             service per trial. **Surge budget** variants (Kubernetes' RollingUpdate: max surge S, max unavailable U, \
+             monitor 0 so a task is available once it runs; Swarm has none, so no Swarm figure): the raw floor \
+             replaces the containers in waves of S + U, the first S of a wave started beside their old container, \
+             the rest after it stopped. **Rollback** variants: the service is created with the same rollback settings \
              (`rollback_config` parallelism {PARALLELISM}, delay 0, same order), updated to `{IMAGE_V2}`; once all v2 \
              containers run and no v1 container runs any more, the clock starts before the rollback call (shoal: `UpdateService` with `rollback`; Swarm: \
              `docker service rollback --detach`) and stops when N containers run the v1 image; the raw \
@@ -223,8 +251,15 @@ async fn raw_update(engine: &Engine, images: &Images, v: Variant) -> Result<(f64
     let since = SystemTime::now();
     let started = Instant::now();
     for batch in olds.chunks(v.batch_size()) {
-        futures::future::try_join_all(batch.iter().map(|old| async move {
-            match v.order {
+        futures::future::try_join_all(batch.iter().enumerate().map(|(k, old)| async move {
+            // A budget's wave: the first `surge` replacements start beside their old container,
+            // the rest after it stopped.
+            let order = match v.budget {
+                Some((surge, _)) if k < surge => UpdateOrder::StartFirst,
+                Some(_) => UpdateOrder::StopFirst,
+                None => v.order,
+            };
+            match order {
                 UpdateOrder::StopFirst => {
                     engine.stop(old).await?;
                     engine.run(to).await?;
@@ -261,6 +296,11 @@ async fn shoal_update(
         config.parallelism = v.parallelism as u64;
         config.delay = GoDuration::from_secs(0);
         config.order = v.order;
+        if let Some((surge, unavailable)) = v.budget {
+            config.max_surge = Some(Quantity::Count(surge as u64));
+            config.max_unavailable = Some(Quantity::Count(unavailable as u64));
+            config.monitor = GoDuration::ZERO;
+        }
     }
     svc::create(client, &spec).await?;
     engine.wait_running(&label, Some(&images.v1), v.replicas, Instant::now(), TIMEOUT).await?;
