@@ -25,6 +25,8 @@ pub struct Runner {
 pub async fn run(mut task_rx: watch::Receiver<Task>, executor: Arc<dyn Executor>, reporter: Arc<Reporter>) {
     let mut observed = task_rx.borrow().status.clone();
     let task_id = task_rx.borrow().id.clone();
+    // `--update-old-tasks remove`: the container of a replaced task goes once it has stopped.
+    let mut container_removed = false;
     loop {
         let task = task_rx.borrow_and_update().clone();
         let plan = TaskPlan::from_task(&task);
@@ -45,6 +47,20 @@ pub async fn run(mut task_rx: watch::Receiver<Task>, executor: Arc<dyn Executor>
 
         if desired >= TaskState::Shutdown {
             if observed.state >= TaskState::Complete {
+                if task.remove_container && !container_removed {
+                    match executor.remove(&task_id).await {
+                        Ok(()) => container_removed = true,
+                        Err(e) if e.is_temporary() => {
+                            tracing::warn!(task = %task_id, error = %e, "removing the container failed; retrying");
+                            tokio::time::sleep(RETRY).await;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(task = %task_id, error = %e, "removing the container failed");
+                            container_removed = true;
+                        }
+                    }
+                }
                 if task_rx.changed().await.is_err() {
                     return;
                 }

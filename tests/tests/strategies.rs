@@ -223,3 +223,37 @@ async fn canary_steps_wait_for_approval_and_a_new_release_starts_again() -> Resu
     );
     Ok(())
 }
+
+/// `--update-old-tasks remove`: the replaced containers are gone from `docker ps -a` once the
+/// update completed, while their tasks stay in the history; the default (stop) keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_task_policy_decides_what_docker_ps_a_shows() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let addr = addr.as_str();
+    ok(
+        addr,
+        &["service", "create", "--name", "web", "--replicas", "2", "--update-old-tasks", "remove", "shoal/busybox:1"],
+    )?;
+    wait_images(addr, &["shoal/busybox:1"; 2]).await?;
+    let filter = format!("label=org.shoal.service.id={}", inspect(addr)?.id);
+    ok(addr, &["service", "update", "--image", "shoal/busybox:2", "web"])?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while docker_ids(&filter, true).len() != 2 {
+        ensure!(tokio::time::Instant::now() < deadline, "docker ps -a still shows {:?}", docker_ids(&filter, true));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tasks = list_tasks(addr, "web").await?;
+    assert_eq!(tasks.len(), 4, "the replaced tasks stay in the history");
+    assert!(tasks.iter().filter(|t| t.spec.container.image == "shoal/busybox:1").all(|t| t.remove_container));
+
+    // Back to the default: the next update's replaced containers stay, exited.
+    ok(addr, &["service", "update", "--update-old-tasks", "stop", "--image", "shoal/busybox:1", "web"])?;
+    wait_images(addr, &["shoal/busybox:1"; 2]).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = docker_ids(&filter, true);
+    let running = docker_ids(&filter, false);
+    assert_eq!((all.len(), running.len()), (4, 2), "docker ps -a: {all:?}");
+    Ok(())
+}

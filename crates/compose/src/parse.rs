@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use shoal_types::units::{parse_memory_bytes, parse_nano_cpus};
 use shoal_types::{
-    CanaryStep, Constraint, EndpointMode, FailureAction, GoDuration, HealthConfig, PlacementPreference, PortConfig,
-    PortProtocol, PublishMode, Quantity, RestartCondition, RestartPolicy, RolloutStrategy, StepPause, UpdateConfig,
-    UpdateOrder,
+    CanaryStep, Constraint, EndpointMode, FailureAction, GoDuration, HealthConfig, OldTasks, PlacementPreference,
+    PortConfig, PortProtocol, PublishMode, Quantity, RestartCondition, RestartPolicy, RolloutStrategy, StepPause,
+    UpdateConfig, UpdateOrder,
 };
 
 use crate::envfile::parse_env_file;
@@ -160,6 +160,7 @@ const UPDATE_SUPPORTED: &[&str] = &[
     "x-max-surge",
     "x-max-unavailable",
     "x-steps",
+    "x-old-tasks",
 ];
 const STEP_SUPPORTED: &[&str] = &["replicas", "pause"];
 const RESTART_SUPPORTED: &[&str] = &["condition", "delay", "max_attempts", "window"];
@@ -789,6 +790,15 @@ impl Walker<'_> {
                     ));
                 }
                 "x-steps" => config.steps = self.canary_steps(value, &p)?,
+                "x-old-tasks" => {
+                    config.old_tasks = self.choice(
+                        value,
+                        &p,
+                        "old-task policy",
+                        &[("stop", OldTasks::Stop), ("remove", OldTasks::Remove)],
+                        Some(OldTasks::Stop),
+                    )?
+                }
                 _ => {}
             }
         }

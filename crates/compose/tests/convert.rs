@@ -548,7 +548,7 @@ fn x_change_cause_is_the_deploys_cause() {
 fn strategy_extension_keys() {
     use shoal_types::{CanaryStep, Quantity, RolloutStrategy, StepPause};
     let spec = web(
-        "deploy:\n  replicas: 4\n  update_config:\n    x-max-surge: 1\n    x-max-unavailable: 0%\n    x-steps:\n      - replicas: 1\n      - replicas: 50%\n        pause: 30s\n      - replicas: 100%\n  rollback_config:\n    x-strategy: recreate",
+        "deploy:\n  replicas: 4\n  update_config:\n    x-max-surge: 1\n    x-max-unavailable: 0%\n    x-steps:\n      - replicas: 1\n      - replicas: 50%\n        pause: 30s\n      - replicas: 100%\n    x-old-tasks: remove\n  rollback_config:\n    x-strategy: recreate",
     );
     assert_eq!(spec.update_config.max_surge, Some(Quantity::Count(1)));
     assert_eq!(spec.update_config.max_unavailable, Some(Quantity::Percent(0)));
@@ -561,10 +561,15 @@ fn strategy_extension_keys() {
         ]
     );
     assert_eq!(spec.rollback_config.strategy, RolloutStrategy::Recreate);
+    assert_eq!(spec.update_config.old_tasks, shoal_types::OldTasks::Remove);
     for (body, expected) in [
         (
             "deploy:\n  update_config:\n    x-strategy: bluegreen",
             "stack.yml:6:21: services.web.deploy.update_config.x-strategy: unknown strategy \"bluegreen\" (allowed: rolling, recreate)",
+        ),
+        (
+            "deploy:\n  update_config:\n    x-old-tasks: nuke",
+            "stack.yml:6:22: services.web.deploy.update_config.x-old-tasks: unknown old-task policy \"nuke\" (allowed: stop, remove)",
         ),
         (
             "deploy:\n  update_config:\n    x-max-surge: -1",

@@ -22,6 +22,7 @@ pub(crate) fn task(id: &str, service: &str, node: &str, state: TaskState) -> Tas
         start_gate: None,
         running_at: None,
         restart_failures: 0,
+        remove_container: false,
     }
 }
 

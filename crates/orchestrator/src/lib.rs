@@ -305,6 +305,7 @@ fn new_task(
         start_gate: gate,
         running_at: None,
         restart_failures: 0,
+        remove_container: false,
     }
 }
 

@@ -322,3 +322,20 @@ fn approve_is_refused_when_nothing_waits() {
     let err = approve(&mut sim);
     assert!(err.to_string().contains("(its update is completed)"), "{err}");
 }
+
+/// `--update-old-tasks remove`: every task the rollout replaced is retired with its container to
+/// be removed once stopped; with the default (stop) none is.
+#[test]
+fn replaced_tasks_carry_the_old_task_policy() {
+    for (policy, removed) in [(OldTasks::Remove, true), (OldTasks::Stop, false)] {
+        let mut sim = Sim::new(3, |s| s.update_config.old_tasks = policy);
+        let old: Vec<String> = sim.w.runnable(&sim.svc).iter().map(|t| t.id.clone()).collect();
+        sim.update(|s| image(s, "app:2"));
+        sim.run_until(|s| s.status() == Some(UpdateState::Completed) && s.settled_on("app:2", 3), 300);
+        for id in &old {
+            let task = sim.w.state.task(id).expect("kept in the history");
+            assert_eq!(task.desired_state, TaskState::Shutdown);
+            assert_eq!(task.remove_container, removed, "{policy:?}");
+        }
+    }
+}

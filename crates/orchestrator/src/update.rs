@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use shoal_store::{Action, State};
 use shoal_types::{
-    Availability, FailureAction, RolloutStrategy, Service, ServiceMode, StartGate, StepPause, StepStatus, StepWait,
-    Task, TaskOrigin, TaskState, Timestamp, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    Availability, FailureAction, OldTasks, RolloutStrategy, Service, ServiceMode, StartGate, StepPause, StepStatus,
+    StepWait, Task, TaskOrigin, TaskState, Timestamp, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 
 use crate::strategy::{Capped, RolloutView, SlotPhase, SlotView, Start, Strategy};
@@ -153,7 +153,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         } else if config.order == UpdateOrder::StartFirst && new_running.is_some() {
             // start-first: once the new task runs, its slot's old tasks are shut down.
             for old in &old_tasks {
-                plan.actions.push(Action::SetDesiredState { id: old.id.clone(), desired: TaskState::Shutdown });
+                plan.actions.push(retire_action(config.old_tasks, &old.id));
             }
         }
         slot_views.insert(key, (old_tasks.iter().any(|t| available(t)), retirable));
@@ -203,7 +203,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let strategy = crate::strategy::strategy_for(config);
     if paused {
         // A paused budgeted rollout still lets the slots in transition finish.
-        retire(state, strategy.decide(&view).retire, &updatable, service, plan);
+        retire(state, strategy.decide(&view).retire, &updatable, service, config, plan);
         note(plan, &service.id, transition_wakeup);
         return;
     }
@@ -279,7 +279,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
 
     if dirty.is_empty() {
         if busy > 0 {
-            retire(state, strategy.decide(&view).retire, &updatable, service, plan);
+            retire(state, strategy.decide(&view).retire, &updatable, service, config, plan);
             note(plan, &service.id, transition_wakeup);
             return;
         }
@@ -340,7 +340,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let decision = match (rolling_back, config.steps.is_empty()) {
         (false, false) => {
             let Some(target) = canary_step(service, &current, &view, busy, now, plan) else {
-                retire(state, strategy.decide(&view).retire, &updatable, service, plan);
+                retire(state, strategy.decide(&view).retire, &updatable, service, config, plan);
                 note(plan, &service.id, transition_wakeup);
                 return;
             };
@@ -350,9 +350,9 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     };
     let recreate = config.strategy == RolloutStrategy::Recreate;
     for (key, how) in decision.start {
-        start_slot(state, service, &updatable[&key.to_string()], how, recreate, ctx, plan);
+        start_slot(state, service, &updatable[&key.to_string()], how, recreate, config.old_tasks, ctx, plan);
     }
-    retire(state, decision.retire, &updatable, service, plan);
+    retire(state, decision.retire, &updatable, service, config, plan);
     note(plan, &service.id, transition_wakeup);
 }
 
@@ -362,11 +362,12 @@ fn retire(
     keys: Vec<&str>,
     updatable: &BTreeMap<&String, Vec<&Task>>,
     service: &Service,
+    config: &UpdateConfig,
     plan: &mut Plan,
 ) {
     for key in keys {
         for old in updatable[&key.to_string()].iter().filter(|t| is_dirty(state, service, t)) {
-            plan.actions.push(Action::SetDesiredState { id: old.id.clone(), desired: TaskState::Shutdown });
+            plan.actions.push(retire_action(config.old_tasks, &old.id));
         }
     }
 }
@@ -436,6 +437,15 @@ fn canary_step(
     None
 }
 
+/// Shuts down a task the rollout replaced, asking for its container to be removed once stopped
+/// when the rollout's old-task policy says so.
+fn retire_action(old_tasks: OldTasks, id: &str) -> Action {
+    match old_tasks {
+        OldTasks::Stop => Action::SetDesiredState { id: id.to_string(), desired: TaskState::Shutdown },
+        OldTasks::Remove => Action::RetireTask { id: id.to_string(), remove_container: true },
+    }
+}
+
 fn note(plan: &mut Plan, service_id: &str, at: Option<Timestamp>) {
     if let Some(at) = at {
         plan.wake(service_id, at);
@@ -461,6 +471,7 @@ fn start_slot(
     updatable: &[&Task],
     how: Start,
     recreate: bool,
+    old_tasks: OldTasks,
     ctx: &mut Ctx<'_>,
     plan: &mut Plan,
 ) {
@@ -471,7 +482,7 @@ fn start_slot(
         .max_by_key(|t| (t.desired_state == TaskState::Running, t.created_at));
     if let Some(clean) = clean {
         for other in updatable.iter().filter(|t| t.id != clean.id) {
-            plan.actions.push(Action::SetDesiredState { id: other.id.clone(), desired: TaskState::Shutdown });
+            plan.actions.push(retire_action(old_tasks, &other.id));
         }
         return;
     }
@@ -485,7 +496,7 @@ fn start_slot(
         // A Recreate task waits for every old task of the service, however long that takes.
         _ if recreate => {
             for t in updatable.iter().filter(|t| t.desired_state <= TaskState::Running) {
-                plan.actions.push(Action::SetDesiredState { id: t.id.clone(), desired: TaskState::Shutdown });
+                plan.actions.push(retire_action(old_tasks, &t.id));
             }
             Some(StartGate { not_before: ctx.now, after_task: None, deadline: u64::MAX, after_older_tasks: true })
         }
@@ -494,7 +505,7 @@ fn start_slot(
         // The new task is prepared (container created) while the old one stops, then started.
         Start::StopFirst => {
             for t in updatable {
-                plan.actions.push(Action::SetDesiredState { id: t.id.clone(), desired: TaskState::Shutdown });
+                plan.actions.push(retire_action(old_tasks, &t.id));
             }
             Some(StartGate {
                 not_before: ctx.now,

@@ -111,6 +111,7 @@ mod tests {
             start_gate: None,
             running_at: None,
             restart_failures: 0,
+            remove_container: false,
         }
     }
 

@@ -174,6 +174,12 @@ actions! {
         id: String,
         desired: TaskState,
     },
+    /// The updater's shutdown of a task its rollout replaced: desired SHUTDOWN (never lowered),
+    /// and with `remove_container` its container is to be removed once stopped.
+    RetireTask {
+        id: String,
+        remove_container: bool,
+    },
     /// An observed status from an agent; applied only if it moves forward (or, at the same state,
     /// differs).
     SetTaskStatus {

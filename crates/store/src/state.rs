@@ -762,6 +762,16 @@ impl State {
                     self.put_task_change(task, index, at, undo, changes);
                 }
             }
+            Action::RetireTask { id, remove_container } => {
+                if let Some(task) = self.task(&id)
+                    && (task.desired_state < TaskState::Shutdown || (remove_container && !task.remove_container))
+                {
+                    let mut task = task.clone();
+                    task.desired_state = task.desired_state.max(TaskState::Shutdown);
+                    task.remove_container |= remove_container;
+                    self.put_task_change(task, index, at, undo, changes);
+                }
+            }
             Action::SetTaskStatus { id, status } => {
                 if let Some(task) = self.task(&id)
                     && (status.state > task.status.state

@@ -16,7 +16,7 @@ pub mod validate;
 pub use constraint::{Constraint, ConstraintError, ConstraintOp, PlacementPreference, PreferenceError};
 pub use duration::{DurationError, GoDuration};
 pub use object::*;
-pub use rollout::{CanaryStep, Quantity, RolloutStrategy, StepPause, StepStatus, StepWait};
+pub use rollout::{CanaryStep, OldTasks, Quantity, RolloutStrategy, StepPause, StepStatus, StepWait};
 pub use spec::*;
 pub use state::{Availability, NodeRole, NodeState, TaskState};
 pub use validate::{JOB_ROLLBACK_CONFIG, JOB_UPDATE_CONFIG, ValidationError, validate_name, validate_rollout_id};

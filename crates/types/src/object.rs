@@ -341,6 +341,10 @@ pub struct Task {
     /// was made (0 for a task that is no restart): the restart backoff doubles with it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restart_failures: u32,
+    /// The rollout that replaced this task asked for its container to be removed once stopped
+    /// (`--update-old-tasks remove`); the agent removes it, the record stays in the history.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_container: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -33,6 +33,31 @@ impl RolloutStrategy {
     }
 }
 
+/// What happens to the container of a task a rollout replaced, once it has stopped
+/// (KraftCloud's `--rollout` policy for old instances).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OldTasks {
+    /// Stopped and kept while the task is in the history (Swarm).
+    #[default]
+    Stop,
+    /// Removed as soon as it has stopped; the task record stays in the history.
+    Remove,
+}
+
+impl OldTasks {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OldTasks::Stop => "stop",
+            OldTasks::Remove => "remove",
+        }
+    }
+
+    pub fn is_stop(&self) -> bool {
+        *self == OldTasks::Stop
+    }
+}
+
 /// A number of replicas, absolute or as a percentage of the service's replicas (Kubernetes'
 /// int-or-string). Serialised as a number or as `"25%"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +234,9 @@ impl crate::UpdateConfig {
                 })
                 .collect();
             words.push_str(&format!("; canary steps {}", steps.join(" → ")));
+        }
+        if self.old_tasks == OldTasks::Remove {
+            words.push_str("; replaced containers removed once stopped");
         }
         words
     }

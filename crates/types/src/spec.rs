@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, PlacementPreference};
 use crate::duration::GoDuration;
-use crate::rollout::{CanaryStep, Quantity, RolloutStrategy};
+use crate::rollout::{CanaryStep, OldTasks, Quantity, RolloutStrategy};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -310,6 +310,9 @@ pub struct UpdateConfig {
     /// is 100%. Empty: one go. Never used by a rollback.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<CanaryStep>,
+    /// What happens to the containers of the tasks the rollout replaced.
+    #[serde(default, skip_serializing_if = "OldTasks::is_stop")]
+    pub old_tasks: OldTasks,
 }
 
 impl UpdateConfig {
@@ -345,6 +348,7 @@ impl Default for UpdateConfig {
             max_surge: None,
             max_unavailable: None,
             steps: Vec::new(),
+            old_tasks: OldTasks::Stop,
         }
     }
 }

@@ -6,8 +6,8 @@
 use clap::Args;
 use shoal_types::{
     CanaryStep, Constraint, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, GoDuration, HealthConfig, Labels,
-    Placement, PlacementPreference, PortConfig, Quantity, Resources, RestartCondition, RestartPolicy, RolloutStrategy,
-    StepPause, UpdateConfig, UpdateOrder,
+    OldTasks, Placement, PlacementPreference, PortConfig, Quantity, Resources, RestartCondition, RestartPolicy,
+    RolloutStrategy, StepPause, UpdateConfig, UpdateOrder,
 };
 
 use super::parsers::{self, ShellWords};
@@ -27,6 +27,7 @@ pub struct UpdateConfigDelta {
     pub max_unavailable: Option<Quantity>,
     /// The canary steps as given (`--update-step`, repeatable); `none` clears them.
     pub steps: Vec<StepArg>,
+    pub old_tasks: Option<OldTasks>,
 }
 
 /// One `--update-step`: a step, or `none` (no steps: the update goes in one go).
@@ -54,6 +55,7 @@ impl UpdateConfigDelta {
             ("max-surge", self.max_surge.is_some()),
             ("max-unavailable", self.max_unavailable.is_some()),
             ("step", !self.steps.is_empty()),
+            ("old-tasks", self.old_tasks.is_some()),
         ]
         .into_iter()
         .find_map(|(name, given)| given.then_some(name))
@@ -155,6 +157,9 @@ impl UpdateConfigDelta {
         if let Some(v) = self.max_unavailable {
             config.max_unavailable = Some(v);
         }
+        if let Some(v) = self.old_tasks {
+            config.old_tasks = v;
+        }
         if let Some(strategy) = self.strategy {
             config.strategy = strategy;
             if strategy == RolloutStrategy::Recreate {
@@ -202,6 +207,9 @@ pub struct UpdateFlags {
     /// Canary step REPLICAS[:PAUSE], repeatable in order; PAUSE is a duration or approve (the default for all but the last step, which must be 100%); none removes the steps
     #[arg(id = "update-step", long = "update-step", value_name = "REPLICAS[:PAUSE]", value_parser = parsers::canary_step, allow_hyphen_values = true)]
     pub steps: Vec<StepArg>,
+    /// What happens to a replaced task's container once stopped: stop (kept while the task is in the history) or remove [default: stop]
+    #[arg(id = "update-old-tasks", long = "update-old-tasks", value_name = "POLICY", value_parser = parsers::old_tasks())]
+    pub old_tasks: Option<OldTasks>,
 }
 
 impl UpdateFlags {
@@ -217,6 +225,7 @@ impl UpdateFlags {
             max_surge: self.max_surge,
             max_unavailable: self.max_unavailable,
             steps: self.steps.clone(),
+            old_tasks: self.old_tasks,
         }
     }
 
@@ -256,6 +265,9 @@ pub struct RollbackFlags {
     /// Replicas allowed to be unavailable during a rollback (N or N%, rounded down) [default: 25% once a budget is set]
     #[arg(id = "rollback-max-unavailable", long = "rollback-max-unavailable", value_name = "N|N%", value_parser = parsers::quantity, allow_hyphen_values = true)]
     pub max_unavailable: Option<Quantity>,
+    /// What happens to a rolled-back task's container once stopped: stop or remove [default: stop]
+    #[arg(id = "rollback-old-tasks", long = "rollback-old-tasks", value_name = "POLICY", value_parser = parsers::old_tasks())]
+    pub old_tasks: Option<OldTasks>,
 }
 
 impl RollbackFlags {
@@ -271,6 +283,7 @@ impl RollbackFlags {
             max_surge: self.max_surge,
             max_unavailable: self.max_unavailable,
             steps: Vec::new(),
+            old_tasks: self.old_tasks,
         }
     }
 

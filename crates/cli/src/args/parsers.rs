@@ -213,6 +213,15 @@ pub fn rollout_strategy() -> impl TypedValueParser<Value = shoal_types::RolloutS
     })
 }
 
+pub fn old_tasks() -> impl TypedValueParser<Value = shoal_types::OldTasks> {
+    use shoal_types::OldTasks;
+    PossibleValuesParser::new(["stop", "remove"]).try_map(|s| match s.as_str() {
+        "stop" => Ok(OldTasks::Stop),
+        "remove" => Ok(OldTasks::Remove),
+        other => Err(format!("unknown old-task policy {other:?}")),
+    })
+}
+
 /// A count or a percentage of the replicas (`2`, `25%`), as Kubernetes' maxSurge takes it.
 pub fn quantity(text: &str) -> Result<shoal_types::Quantity, String> {
     if text.trim().starts_with('-') {

@@ -1372,6 +1372,8 @@ fn create_error(args: &[&str]) -> String {
 #[test]
 fn strategy_flags_build_the_update_config() {
     use shoal_types::{CanaryStep, Quantity, RolloutStrategy, StepPause};
+    let s = spec(&["--update-old-tasks", "remove", "busybox"]);
+    assert_eq!(s.update_config.old_tasks, shoal_types::OldTasks::Remove);
     let s = spec(&["--update-strategy", "recreate", "--rollback-max-surge", "1", "busybox"]);
     assert_eq!(s.update_config.strategy, RolloutStrategy::Recreate);
     assert_eq!(s.rollback_config.max_surge, Some(Quantity::Count(1)));
@@ -1413,6 +1415,7 @@ fn strategy_flags_refuse_bad_values_and_exclusive_combinations() {
             "--update-strategy recreate cannot be used with --update-step",
         ),
         (&["--update-step", "100%:approve"], "the last step cannot pause"),
+        (&["--update-old-tasks", "nuke"], "invalid value 'nuke' for '--update-old-tasks <POLICY>'"),
     ] {
         let error = create_error(args);
         assert!(error.contains(expected), "{args:?}: {error}");

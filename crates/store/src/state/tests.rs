@@ -31,6 +31,7 @@ fn task(id: &str, service: &str, node: &str) -> Task {
         start_gate: None,
         running_at: None,
         restart_failures: 0,
+        remove_container: false,
         desired_state: TaskState::Running,
         status: TaskStatus {
             state: TaskState::New,
