@@ -348,9 +348,8 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         }
         _ => strategy.decide(&view),
     };
-    let recreate = config.strategy == RolloutStrategy::Recreate;
     for (key, how) in decision.start {
-        start_slot(state, service, &updatable[&key.to_string()], how, recreate, config.old_tasks, ctx, plan);
+        start_slot(state, service, &updatable[&key.to_string()], how, config, ctx, plan);
     }
     retire(state, decision.retire, &updatable, service, config, plan);
     note(plan, &service.id, transition_wakeup);
@@ -470,11 +469,11 @@ fn start_slot(
     service: &Service,
     updatable: &[&Task],
     how: Start,
-    recreate: bool,
-    old_tasks: OldTasks,
+    config: &UpdateConfig,
     ctx: &mut Ctx<'_>,
     plan: &mut Plan,
 ) {
+    let (recreate, old_tasks) = (config.strategy == RolloutStrategy::Recreate, config.old_tasks);
     // A clean task already in the slot is used instead of making a new one.
     let clean = updatable
         .iter()
