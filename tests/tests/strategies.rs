@@ -257,3 +257,39 @@ async fn the_old_task_policy_decides_what_docker_ps_a_shows() -> Result<()> {
     assert_eq!((all.len(), running.len()), (4, 2), "docker ps -a: {all:?}");
     Ok(())
 }
+
+/// `--update-old-tasks keep`: the old containers keep running beside the new ones (`service ps`
+/// says kept) until `rollout finish` stops and removes them; finishing again is one line, exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_old_tasks_run_until_the_rollout_is_finished() -> Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    let addr = addr.as_str();
+    ok(
+        addr,
+        &["service", "create", "--name", "web", "--replicas", "2", "--update-old-tasks", "keep", "shoal/busybox:1"],
+    )?;
+    wait_images(addr, &["shoal/busybox:1"; 2]).await?;
+    let filter = format!("label=org.shoal.service.id={}", inspect(addr)?.id);
+    ok(addr, &["service", "update", "--image", "shoal/busybox:2", "web"])?;
+    wait_images(addr, &["shoal/busybox:1", "shoal/busybox:1", "shoal/busybox:2", "shoal/busybox:2"]).await?;
+    assert_eq!(docker_ids(&filter, false).len(), 4);
+    let ps = ok(addr, &["service", "ps", "web"])?;
+    assert_eq!(ps.matches("Running (kept)").count(), 2, "{ps}");
+    let ls = ok(addr, &["service", "ls"])?;
+    assert!(ls.contains("2/2"), "the kept tasks are not replicas: {ls}");
+
+    let finished = ok(addr, &["rollout", "finish", "web"])?;
+    assert_eq!(finished.trim(), "web: kept old tasks stopping");
+    wait_images(addr, &["shoal/busybox:2"; 2]).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while docker_ids(&filter, true).len() != 2 {
+        ensure!(tokio::time::Instant::now() < deadline, "docker ps -a still shows {:?}", docker_ids(&filter, true));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = shoal(addr, &["rollout", "finish", "web"]);
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).trim(), "Error: service web has no kept old tasks: there is nothing to finish");
+    Ok(())
+}

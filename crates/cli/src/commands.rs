@@ -66,6 +66,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             print_out(&format!("{}: {message}\n", args.service));
             Ok(())
         }
+        Command::Rollout(RolloutCommand::Finish(args)) => {
+            let mut client = Client::connect(host).await?;
+            client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Finish).await?;
+            print_out(&format!("{}: kept old tasks stopping\n", args.service));
+            Ok(())
+        }
         Command::Rollout(RolloutCommand::Abort(args)) => rollout_abort(host, &args).await,
         Command::Rollout(RolloutCommand::Status(args)) => rollout_status(host, &args).await,
         Command::Rollout(RolloutCommand::Ls(args)) => {

@@ -795,7 +795,7 @@ impl Walker<'_> {
                         value,
                         &p,
                         "old-task policy",
-                        &[("stop", OldTasks::Stop), ("remove", OldTasks::Remove)],
+                        &[("stop", OldTasks::Stop), ("remove", OldTasks::Remove), ("keep", OldTasks::Keep)],
                         Some(OldTasks::Stop),
                     )?
                 }

@@ -569,7 +569,7 @@ fn strategy_extension_keys() {
         ),
         (
             "deploy:\n  update_config:\n    x-old-tasks: nuke",
-            "stack.yml:6:22: services.web.deploy.update_config.x-old-tasks: unknown old-task policy \"nuke\" (allowed: stop, remove)",
+            "stack.yml:6:22: services.web.deploy.update_config.x-old-tasks: unknown old-task policy \"nuke\" (allowed: stop, remove, keep)",
         ),
         (
             "deploy:\n  update_config:\n    x-max-surge: -1",

@@ -698,9 +698,10 @@ impl Control for ControlApi {
                 Ok(RolloutOp::Resume) => Action::ResumeRollout { id: id.clone() },
                 Ok(RolloutOp::Abort) => Action::AbortRollout { id: id.clone() },
                 Ok(RolloutOp::Approve) => Action::ApproveRollout { id: id.clone() },
+                Ok(RolloutOp::Finish) => Action::FinishRollout { id: id.clone() },
                 _ => {
                     return Err(ApiError::InvalidArgument(format!(
-                        "op: {} is not pause (1), resume (2), abort (3) or approve (4)",
+                        "op: {} is not pause (1), resume (2), abort (3), approve (4) or finish (5)",
                         request.op
                     )));
                 }

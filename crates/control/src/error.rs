@@ -39,6 +39,7 @@ impl From<StoreError> for ApiError {
             | StoreError::NothingToResume { .. }
             | StoreError::NothingToAbort { .. }
             | StoreError::NothingToApprove { .. }
+            | StoreError::NothingToFinish { .. }
             | StoreError::RolloutIdTaken { .. }
             | StoreError::Rename { .. }
             | StoreError::ModeChange { .. }

@@ -23,6 +23,7 @@ pub(crate) fn task(id: &str, service: &str, node: &str, state: TaskState) -> Tas
         running_at: None,
         restart_failures: 0,
         remove_container: false,
+        kept: false,
     }
 }
 

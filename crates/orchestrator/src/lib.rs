@@ -306,6 +306,7 @@ fn new_task(
         running_at: None,
         restart_failures: 0,
         remove_container: false,
+        kept: false,
     }
 }
 
@@ -473,6 +474,14 @@ fn supervise(
         }
         let failed = task.status.state > TaskState::Running;
         let lost = !node_ok(state, &task.node_id);
+        if task.kept {
+            // Kept by a rollout (`--update-old-tasks keep`): outside the replicas, so never
+            // counted and never restarted; one that ends or loses its node is just shut down.
+            if failed || lost {
+                plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Shutdown });
+            }
+            continue;
+        }
         if failed || lost {
             plan.actions.push(Action::SetDesiredState { id: task.id.clone(), desired: TaskState::Shutdown });
             // A global task on a drained, down or paused node is not replaced (Swarm).

@@ -339,3 +339,48 @@ fn replaced_tasks_carry_the_old_task_policy() {
         }
     }
 }
+
+/// `--update-old-tasks keep`: each replaced task keeps running beside its replacement, outside
+/// the replicas (nothing is added or restarted for it); the next rollout stops and removes the
+/// kept ones, and `rollout finish` does so at once.
+#[test]
+fn kept_old_tasks_run_beside_the_new_ones_until_finished() {
+    let mut sim = Sim::new(3, |s| s.update_config.old_tasks = OldTasks::Keep);
+    let old: Vec<String> = sim.w.runnable(&sim.svc).iter().map(|t| t.id.clone()).collect();
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 300);
+    for _ in 0..20 {
+        sim.round();
+    }
+    let kept = |sim: &Sim| -> Vec<Task> {
+        sim.w.tasks(&sim.svc).into_iter().filter(|t| t.kept && t.desired_state == TaskState::Running).collect()
+    };
+    let mut images = sim.running_images();
+    images.sort();
+    assert_eq!(images, ["app:1", "app:1", "app:1", "app:2", "app:2", "app:2"]);
+    assert_eq!(kept(&sim).iter().map(|t| t.id.clone()).collect::<BTreeSet<_>>(), old.iter().cloned().collect());
+
+    // A kept task that fails is not restarted.
+    let first = old[0].clone();
+    sim.w.set_status(&first, TaskState::Failed);
+    for _ in 0..5 {
+        sim.round();
+    }
+    assert_eq!(sim.running_images().iter().filter(|i| *i == "app:1").count(), 2);
+    assert_eq!(sim.w.runnable(&sim.svc).len(), 5);
+
+    // The next rollout stops and removes what the last one kept (and keeps its own).
+    sim.update(|s| image(s, "app:3"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 300);
+    for id in &old[1..] {
+        let task = sim.w.state.task(id).unwrap();
+        assert!(task.desired_state == TaskState::Shutdown && task.remove_container, "{task:?}");
+    }
+    assert_eq!(kept(&sim).len(), 3);
+    sim.w.apply(vec![Action::FinishRollout { id: sim.svc.clone() }]);
+    for _ in 0..3 {
+        sim.round();
+    }
+    assert!(kept(&sim).is_empty());
+    assert!(sim.settled_on("app:3", 3));
+}

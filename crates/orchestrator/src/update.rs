@@ -112,7 +112,9 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let mut transition_wakeup: Option<Timestamp> = None;
     let mut pending_reason: Option<String> = None;
     for (key, tasks) in &slots {
-        let runnable: Vec<&Task> = tasks.iter().copied().filter(|t| t.desired_state <= TaskState::Running).collect();
+        // Tasks kept running by an earlier slot's `--update-old-tasks keep` are outside the slot.
+        let runnable: Vec<&Task> =
+            tasks.iter().copied().filter(|t| t.desired_state <= TaskState::Running && !t.kept).collect();
         let candidates = if runnable.is_empty() && !rolling_back && may_revive(state, service, key) {
             crate::stopped_for_good(&service.spec, tasks, now).into_iter().collect()
         } else {
@@ -196,9 +198,9 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         replicas,
         live: state
             .tasks_of_service(&service.id)
-            .filter(|t| !t.status.state.is_terminal() && t.desired_state != TaskState::Ready)
+            .filter(|t| !t.kept && !t.status.state.is_terminal() && t.desired_state != TaskState::Ready)
             .count() as u64,
-        available: state.tasks_of_service(&service.id).filter(|t| available(t)).count() as u64,
+        available: state.tasks_of_service(&service.id).filter(|t| !t.kept && available(t)).count() as u64,
     };
     let strategy = crate::strategy::strategy_for(config);
     if paused {
@@ -218,6 +220,13 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
 
     let started_at = current.as_ref().and_then(|s| s.started_at).or(Some(now));
     let mut current = current;
+    // Tasks an earlier rollout kept running (`--update-old-tasks keep`) are stopped and removed
+    // by the next rollout, an update or a rollback.
+    if (current.is_none() && !dirty.is_empty()) || rolling_back {
+        for kept in state.tasks_of_service(&service.id).filter(|t| t.kept && t.desired_state <= TaskState::Running) {
+            plan.actions.push(Action::RetireTask { id: kept.id.clone(), remove_container: true });
+        }
+    }
     if current.is_none() {
         if dirty.is_empty() {
             return;
@@ -442,6 +451,7 @@ fn retire_action(old_tasks: OldTasks, id: &str) -> Action {
     match old_tasks {
         OldTasks::Stop => Action::SetDesiredState { id: id.to_string(), desired: TaskState::Shutdown },
         OldTasks::Remove => Action::RetireTask { id: id.to_string(), remove_container: true },
+        OldTasks::Keep => Action::KeepTask { id: id.to_string() },
     }
 }
 
@@ -501,6 +511,13 @@ fn start_slot(
         }
         // A slot that stopped for good has nothing to wait for: its new task starts at once.
         _ if updatable.iter().all(|t| t.desired_state > TaskState::Running) => None,
+        // `--update-old-tasks keep`: the old task is kept running and the new one starts beside it.
+        _ if old_tasks == OldTasks::Keep => {
+            for t in updatable.iter().filter(|t| t.desired_state <= TaskState::Running) {
+                plan.actions.push(retire_action(old_tasks, &t.id));
+            }
+            None
+        }
         // The new task is prepared (container created) while the old one stops, then started.
         Start::StopFirst => {
             for t in updatable {

@@ -112,6 +112,7 @@ mod tests {
             running_at: None,
             restart_failures: 0,
             remove_container: false,
+            kept: false,
         }
     }
 

@@ -180,6 +180,15 @@ actions! {
         id: String,
         remove_container: bool,
     },
+    /// `--update-old-tasks keep`: a task the rollout replaced keeps running, outside the replicas.
+    KeepTask {
+        id: String,
+    },
+    /// `rollout finish`: every kept task of the service is shut down and its container removed.
+    /// Refused when the service has none.
+    FinishRollout {
+        id: String,
+    },
     /// An observed status from an agent; applied only if it moves forward (or, at the same state,
     /// differs).
     SetTaskStatus {

@@ -36,6 +36,8 @@ pub enum StoreError {
     NothingToPause { name: String, now: String },
     #[error("service {name} is not paused ({now}): there is nothing to resume")]
     NothingToResume { name: String, now: String },
+    #[error("service {name} has no kept old tasks: there is nothing to finish")]
+    NothingToFinish { name: String },
     #[error("service {name} has no canary step waiting for approval ({now}): there is nothing to approve")]
     NothingToApprove { name: String, now: String },
     #[error("service {name} is not updating ({now}): there is nothing to abort")]
@@ -759,6 +761,34 @@ impl State {
                 {
                     let mut task = task.clone();
                     task.desired_state = desired;
+                    self.put_task_change(task, index, at, undo, changes);
+                }
+            }
+            Action::KeepTask { id } => {
+                if let Some(task) = self.task(&id)
+                    && task.desired_state <= TaskState::Running
+                    && !task.kept
+                {
+                    let mut task = task.clone();
+                    task.kept = true;
+                    self.put_task_change(task, index, at, undo, changes);
+                }
+            }
+            Action::FinishRollout { id } => {
+                let service =
+                    self.services.get(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                let name = service.spec.name.clone();
+                let kept: Vec<Task> = self
+                    .tasks_of_service(&id)
+                    .filter(|t| t.kept && t.desired_state <= TaskState::Running)
+                    .map(Task::clone)
+                    .collect();
+                if kept.is_empty() {
+                    return Err(StoreError::NothingToFinish { name });
+                }
+                for mut task in kept {
+                    task.desired_state = TaskState::Shutdown;
+                    task.remove_container = true;
                     self.put_task_change(task, index, at, undo, changes);
                 }
             }

@@ -345,6 +345,11 @@ pub struct Task {
     /// (`--update-old-tasks remove`); the agent removes it, the record stays in the history.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_container: bool,
+    /// A task a rollout replaced with `--update-old-tasks keep`: it keeps running beside the new
+    /// one, is not one of the replicas and is never restarted, until `rollout finish` or the next
+    /// rollout stops it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -651,7 +656,8 @@ pub struct ServiceSummary {
 }
 
 impl ServiceSummary {
-    /// Counts as docker does: tasks on nodes known to be down are left out; desired is the
+    /// Counts as docker does: tasks on nodes known to be down (and tasks kept running by a
+    /// rollout) are left out; desired is the
     /// replica count, or for a global service the tasks whose desired state is running.
     pub fn new<'a>(
         service: &Service,
@@ -659,7 +665,8 @@ impl ServiceSummary {
         node_down: impl Fn(&str) -> bool,
     ) -> ServiceSummary {
         let (mut running, mut desired_global, mut completed, mut job_nodes) = (0, 0, 0, 0);
-        for task in tasks.filter(|t| t.service_id == service.id && !node_down(&t.node_id)) {
+        // Tasks a rollout kept running beside their replacements are not replicas.
+        for task in tasks.filter(|t| t.service_id == service.id && !t.kept && !node_down(&t.node_id)) {
             running += u64::from(task.status.state == crate::TaskState::Running);
             desired_global += u64::from(task.desired_state == crate::TaskState::Running);
             if task.spec_version == service.spec_version {

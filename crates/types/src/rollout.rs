@@ -43,6 +43,9 @@ pub enum OldTasks {
     Stop,
     /// Removed as soon as it has stopped; the task record stays in the history.
     Remove,
+    /// Not stopped: the old task keeps running beside the new one, outside the replicas, until
+    /// `shoal rollout finish` or the next rollout stops and removes it (KraftCloud's `keep`).
+    Keep,
 }
 
 impl OldTasks {
@@ -50,6 +53,7 @@ impl OldTasks {
         match self {
             OldTasks::Stop => "stop",
             OldTasks::Remove => "remove",
+            OldTasks::Keep => "keep",
         }
     }
 
@@ -235,8 +239,10 @@ impl crate::UpdateConfig {
                 .collect();
             words.push_str(&format!("; canary steps {}", steps.join(" → ")));
         }
-        if self.old_tasks == OldTasks::Remove {
-            words.push_str("; replaced containers removed once stopped");
+        match self.old_tasks {
+            OldTasks::Stop => {}
+            OldTasks::Remove => words.push_str("; replaced containers removed once stopped"),
+            OldTasks::Keep => words.push_str("; replaced tasks kept running until `rollout finish`"),
         }
         words
     }

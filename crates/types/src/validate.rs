@@ -120,6 +120,20 @@ fn validate_update_config(
             ));
         }
     }
+    if is_rollback && config.old_tasks == crate::OldTasks::Keep {
+        return Err(ValidationError::new(
+            field("old_tasks"),
+            "keep is not allowed for a rollback (allowed: stop, remove): a rollback ends what an update kept",
+        ));
+    }
+    if config.old_tasks == crate::OldTasks::Keep
+        && let Some(by) = excluded_by
+    {
+        return Err(ValidationError::new(
+            field("old_tasks"),
+            format!("keep cannot be used with {by} (old tasks kept running count against neither)"),
+        ));
+    }
     if config.strategy == RolloutStrategy::Recreate {
         if let Some(name) =
             [("max_surge", config.max_surge.is_some()), ("max_unavailable", config.max_unavailable.is_some())]
@@ -446,7 +460,14 @@ mod tests {
         s.update_config.max_unavailable = None;
         s.update_config.order = UpdateOrder::StartFirst;
         assert!(err_of(&s).starts_with("update_config.order: start-first cannot be used with strategy recreate"));
+        s.update_config = UpdateConfig { old_tasks: crate::OldTasks::Keep, ..UpdateConfig::default() };
+        s.validate().unwrap();
+        s.update_config.max_unavailable = Some(Quantity::Count(1));
+        assert!(err_of(&s).starts_with("update_config.old_tasks: keep cannot be used with max_surge/max_unavailable"));
         s.update_config = UpdateConfig::default();
+        s.rollback_config.old_tasks = crate::OldTasks::Keep;
+        assert!(err_of(&s).starts_with("rollback_config.old_tasks: keep is not allowed for a rollback"));
+        s.rollback_config = UpdateConfig::default();
 
         let step = |replicas, pause| CanaryStep { replicas, pause };
         let end = step(Quantity::Percent(100), StepPause::For(GoDuration::ZERO));

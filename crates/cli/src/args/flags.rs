@@ -207,7 +207,7 @@ pub struct UpdateFlags {
     /// Canary step REPLICAS[:PAUSE], repeatable in order; PAUSE is a duration or approve (the default for all but the last step, which must be 100%); none removes the steps
     #[arg(id = "update-step", long = "update-step", value_name = "REPLICAS[:PAUSE]", value_parser = parsers::canary_step, allow_hyphen_values = true)]
     pub steps: Vec<StepArg>,
-    /// What happens to a replaced task's container once stopped: stop (kept while the task is in the history) or remove [default: stop]
+    /// What happens to a replaced task's container once stopped: stop (kept while the task is in the history), remove, or keep (left running beside the new task until `rollout finish`) [default: stop]
     #[arg(id = "update-old-tasks", long = "update-old-tasks", value_name = "POLICY", value_parser = parsers::old_tasks())]
     pub old_tasks: Option<OldTasks>,
 }

@@ -215,9 +215,10 @@ pub fn rollout_strategy() -> impl TypedValueParser<Value = shoal_types::RolloutS
 
 pub fn old_tasks() -> impl TypedValueParser<Value = shoal_types::OldTasks> {
     use shoal_types::OldTasks;
-    PossibleValuesParser::new(["stop", "remove"]).try_map(|s| match s.as_str() {
+    PossibleValuesParser::new(["stop", "remove", "keep"]).try_map(|s| match s.as_str() {
         "stop" => Ok(OldTasks::Stop),
         "remove" => Ok(OldTasks::Remove),
+        "keep" => Ok(OldTasks::Keep),
         other => Err(format!("unknown old-task policy {other:?}")),
     })
 }

@@ -17,6 +17,8 @@ pub enum RolloutCommand {
     Resume(RolloutServiceArgs),
     /// Move a canary update on from a step waiting for approval to its next step
     Approve(RolloutServiceArgs),
+    /// Stop and remove the old tasks a rollout kept running (--update-old-tasks keep)
+    Finish(RolloutServiceArgs),
     /// Stop an update in progress or paused and roll back to the spec before it
     Abort(RolloutUndoArgs),
     /// Follow a service's update or rollback until it ends (exit 0 completed; as `service update`

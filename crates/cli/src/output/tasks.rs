@@ -175,13 +175,23 @@ pub fn task_rows(tasks: &[&Task], names: &ServiceNames, nodes: &[Node], options:
                 shown,
                 image_column(task, options.no_trunc),
                 node_column(task, nodes, options.no_resolve),
-                capitalize(task.desired_state.as_str()),
+                desired_column(task),
                 current_state_column(task, options.now),
                 error_column(&error_text(task, options.now), options.no_trunc),
                 task_ports_column(task),
             ]
         })
         .collect()
+}
+
+/// The DESIRED STATE column: a task a rollout kept running beside its replacement says so.
+fn desired_column(task: &Task) -> String {
+    let desired = capitalize(task.desired_state.as_str());
+    if task.kept && task.desired_state <= shoal_types::TaskState::Running {
+        format!("{desired} (kept)")
+    } else {
+        desired
+    }
 }
 
 /// `ps -q`: task ids (short unless `no_trunc`), one a line, in table order.

@@ -69,6 +69,7 @@ fn task(service: &Service, slot: u64, state: TaskState) -> Task {
         running_at: (state == TaskState::Running).then_some(NOW - 5_000),
         restart_failures: 0,
         remove_container: false,
+        kept: false,
     }
 }
 

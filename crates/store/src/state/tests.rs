@@ -32,6 +32,7 @@ fn task(id: &str, service: &str, node: &str) -> Task {
         running_at: None,
         restart_failures: 0,
         remove_container: false,
+        kept: false,
         desired_state: TaskState::Running,
         status: TaskStatus {
             state: TaskState::New,
