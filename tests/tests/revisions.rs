@@ -366,7 +366,7 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing() -> Result<()> {
         "Out of date: 3 of 3 tasks",
         "web.1 on ",
         ": image shoal/busybox:1 → shoal/busybox:2",
-        "Batches (parallelism 2, stop-first):\n  1: web.1 (",
+        "Strategy: rolling, 2 tasks at a time, stop-first\n\nBatches:\n  1: web.1 (",
         "Estimated duration: about ",
     ] {
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");

@@ -384,3 +384,38 @@ fn kept_old_tasks_run_beside_the_new_ones_until_finished() {
     assert!(kept(&sim).is_empty());
     assert!(sim.settled_on("app:3", 3));
 }
+
+/// The dry run cuts the batches as each strategy would: all at once for Recreate, surge +
+/// unavailable at a time for a budget, and at each canary step, saying what the step waits for.
+#[test]
+fn the_dry_run_batches_follow_the_strategy() {
+    let sim = Sim::new(4, |_| {});
+    let service = sim.service();
+    let plan = |change: &dyn Fn(&mut UpdateConfig)| {
+        let mut next = service.spec.clone();
+        next.task.container.image = "app:2".into();
+        change(&mut next.update_config);
+        crate::plan::plan_update(&sim.w.state, &service, &next)
+    };
+    let sizes = |p: &UpdatePlan| p.batches.iter().map(Vec::len).collect::<Vec<_>>();
+    let recreate = plan(&|c| c.strategy = RolloutStrategy::Recreate);
+    assert_eq!(sizes(&recreate), [4]);
+    assert!(recreate.strategy.starts_with("recreate"), "{}", recreate.strategy);
+    let budget = plan(&|c| c.max_surge = Some(Quantity::Percent(25)));
+    assert_eq!(sizes(&budget), [2, 2]);
+    let canary = plan(&|c| {
+        c.steps = vec![
+            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve },
+            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::For(GoDuration::from_secs(30)) },
+            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO) },
+        ]
+    });
+    assert_eq!(sizes(&canary), [1, 1, 1, 1]);
+    assert_eq!(
+        canary.step_ends,
+        [
+            (0, "step 1/3 (1) reached: waits for `shoal rollout approve`".to_string()),
+            (1, "step 2/3 (50%) reached: pauses 30s".to_string())
+        ]
+    );
+}
