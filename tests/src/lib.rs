@@ -623,6 +623,30 @@ pub fn ok(out: &Output) -> String {
     stdout(out)
 }
 
+/// Runs the CLI against `addr`; its stdout, or an error with both streams unless it succeeded.
+pub fn shoal_ok(addr: &str, args: &[&str]) -> Result<String> {
+    let out = shoal(addr, args);
+    if !out.status.success() {
+        bail!("shoal {args:?} failed: {}{}", stdout(&out), stderr(&out));
+    }
+    Ok(stdout(&out))
+}
+
+/// `shoal service inspect NAME`, parsed.
+pub fn inspect_service(addr: &str, name: &str) -> Result<Service> {
+    let text = shoal_ok(addr, &["service", "inspect", name])?;
+    let mut services: Vec<Service> = serde_json::from_str(&text)?;
+    services.pop().context("service inspect printed no service")
+}
+
+/// One manager and one agent running real containers; the manager's address.
+pub async fn single_node() -> Result<(Cluster, String)> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    Ok((cluster, addr))
+}
+
 /// Reads service `name` and sends its spec changed by `change`, with the version just read.
 pub async fn update_service(
     client: &mut ControlClient<Channel>,

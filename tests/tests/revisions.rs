@@ -5,21 +5,15 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use shoal_tests::*;
 use shoal_types::{GoDuration, Revision, Rollout, RolloutState, Service, Task, TaskOrigin, UpdateState};
 
 /// Runs the CLI and fails with its output unless it succeeded.
-fn ok(addr: &str, args: &[&str]) -> Result<String> {
-    let out = shoal(addr, args);
-    ensure!(out.status.success(), "shoal {args:?} failed: {}{}", stdout(&out), stderr(&out));
-    Ok(stdout(&out))
-}
+use shoal_tests::shoal_ok as ok;
 
 fn inspect(addr: &str) -> Result<Service> {
-    let text = ok(addr, &["service", "inspect", "web"])?;
-    let mut services: Vec<Service> = serde_json::from_str(&text)?;
-    Ok(services.remove(0))
+    inspect_service(addr, "web")
 }
 
 async fn wait_image(addr: &str, image: &str, replicas: usize) -> Result<()> {

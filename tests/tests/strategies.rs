@@ -9,17 +9,20 @@ use anyhow::{Context, Result, ensure};
 use shoal_tests::*;
 use shoal_types::{Service, StepWait, Task, UpdateState};
 
-/// Runs the CLI and fails with its output unless it succeeded.
-fn ok(addr: &str, args: &[&str]) -> Result<String> {
-    let out = shoal(addr, args);
-    ensure!(out.status.success(), "shoal {args:?} failed: {}{}", stdout(&out), stderr(&out));
-    Ok(stdout(&out))
-}
+use shoal_tests::shoal_ok as ok;
 
 fn inspect(addr: &str) -> Result<Service> {
-    let text = ok(addr, &["service", "inspect", "web"])?;
-    let mut services: Vec<Service> = serde_json::from_str(&text)?;
-    Ok(services.remove(0))
+    inspect_service(addr, "web")
+}
+
+/// Until `docker ps -a` lists exactly `n` containers matching `filter`.
+async fn wait_containers(filter: &str, n: usize) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while docker_ids(filter, true).len() != n {
+        ensure!(tokio::time::Instant::now() < deadline, "docker ps -a still shows {:?}", docker_ids(filter, true));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// Running tasks of `web` by image.
@@ -46,9 +49,7 @@ fn docker_time(text: &str) -> (String, String) {
 /// recorded it), and the update completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreate_stops_every_old_task_before_any_new_one_starts() -> Result<()> {
-    let mut cluster = Cluster::start(1).await?;
-    cluster.add_agent(&[]).await?;
-    let addr = cluster.running_addrs()[0].clone();
+    let (_cluster, addr) = single_node().await?;
     let addr = addr.as_str();
     ok(
         addr,
@@ -84,9 +85,7 @@ async fn recreate_stops_every_old_task_before_any_new_one_starts() -> Result<()>
 /// containers running, never more than 5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_surge_budget_holds_while_sampled_from_docker() -> Result<()> {
-    let mut cluster = Cluster::start(1).await?;
-    cluster.add_agent(&[]).await?;
-    let addr = cluster.running_addrs()[0].clone();
+    let (_cluster, addr) = single_node().await?;
     let addr = addr.as_str();
     ok(
         addr,
@@ -144,9 +143,7 @@ fn step_wait(service: &Service) -> Option<(u32, Option<StepWait>)> {
 /// towards it, replacing the intermediate version's tasks like old ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_steps_wait_for_approval_and_a_new_release_starts_again() -> Result<()> {
-    let mut cluster = Cluster::start(1).await?;
-    cluster.add_agent(&[]).await?;
-    let addr = cluster.running_addrs()[0].clone();
+    let (_cluster, addr) = single_node().await?;
     let addr = addr.as_str();
     ok(
         addr,
@@ -228,9 +225,7 @@ async fn canary_steps_wait_for_approval_and_a_new_release_starts_again() -> Resu
 /// update completed, while their tasks stay in the history; the default (stop) keeps them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_old_task_policy_decides_what_docker_ps_a_shows() -> Result<()> {
-    let mut cluster = Cluster::start(1).await?;
-    cluster.add_agent(&[]).await?;
-    let addr = cluster.running_addrs()[0].clone();
+    let (_cluster, addr) = single_node().await?;
     let addr = addr.as_str();
     ok(
         addr,
@@ -239,11 +234,7 @@ async fn the_old_task_policy_decides_what_docker_ps_a_shows() -> Result<()> {
     wait_images(addr, &["shoal/busybox:1"; 2]).await?;
     let filter = format!("label=org.shoal.service.id={}", inspect(addr)?.id);
     ok(addr, &["service", "update", "--image", "shoal/busybox:2", "web"])?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while docker_ids(&filter, true).len() != 2 {
-        ensure!(tokio::time::Instant::now() < deadline, "docker ps -a still shows {:?}", docker_ids(&filter, true));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_containers(&filter, 2).await?;
     let tasks = list_tasks(addr, "web").await?;
     assert_eq!(tasks.len(), 4, "the replaced tasks stay in the history");
     assert!(tasks.iter().filter(|t| t.spec.container.image == "shoal/busybox:1").all(|t| t.remove_container));
@@ -262,9 +253,7 @@ async fn the_old_task_policy_decides_what_docker_ps_a_shows() -> Result<()> {
 /// says kept) until `rollout finish` stops and removes them; finishing again is one line, exit 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_old_tasks_run_until_the_rollout_is_finished() -> Result<()> {
-    let mut cluster = Cluster::start(1).await?;
-    cluster.add_agent(&[]).await?;
-    let addr = cluster.running_addrs()[0].clone();
+    let (_cluster, addr) = single_node().await?;
     let addr = addr.as_str();
     ok(
         addr,
@@ -283,11 +272,7 @@ async fn kept_old_tasks_run_until_the_rollout_is_finished() -> Result<()> {
     let finished = ok(addr, &["rollout", "finish", "web"])?;
     assert_eq!(finished.trim(), "web: kept old tasks stopping");
     wait_images(addr, &["shoal/busybox:2"; 2]).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while docker_ids(&filter, true).len() != 2 {
-        ensure!(tokio::time::Instant::now() < deadline, "docker ps -a still shows {:?}", docker_ids(&filter, true));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_containers(&filter, 2).await?;
     let out = shoal(addr, &["rollout", "finish", "web"]);
     assert!(!out.status.success());
     assert_eq!(stderr(&out).trim(), "Error: service web has no kept old tasks: there is nothing to finish");
