@@ -61,9 +61,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Rollout(RolloutCommand::Approve(args)) => {
             let mut client = Client::connect(host).await?;
-            let service = client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Approve).await?;
-            let message = service.update_status.map(|s| s.message).unwrap_or_default();
-            print_out(&format!("{}: {message}\n", args.service));
+            // The step as it waits now: once approved, the updater moves on and rewrites the
+            // status message at once, so the answer cannot say which step was approved.
+            let before = client.get_service(&args.service).await?;
+            client.control_rollout(&args.service, shoal_proto::v1::RolloutOp::Approve).await?;
+            let step = before.update_status.and_then(|s| s.step);
+            let approved = step.map_or_else(|| "step".to_string(), |s| format!("step {}/{}", s.index + 1, s.count));
+            print_out(&format!("{}: {approved} approved\n", args.service));
             Ok(())
         }
         Command::Rollout(RolloutCommand::Finish(args)) => {
