@@ -100,7 +100,10 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
             && t.running_at.is_none_or(|at| now >= at + monitor)
     };
     let budgeted = config.strategy == RolloutStrategy::Rolling && config.budget().is_some();
-    let mut slot_views: BTreeMap<&String, (bool, bool)> = BTreeMap::new();
+    // What the strategy sees, gathered in the one walk of the slots below.
+    let mut slot_views: Vec<SlotView<'_>> = Vec::with_capacity(slots.len());
+    let (mut live, mut available_now) = (0u64, 0u64);
+    let mut kept: Vec<&Task> = Vec::new();
 
     // Per slot, the tasks the update replaces: its runnable tasks, or the task of a slot that
     // stopped for good (Swarm's `UpdatableTasksInSlot`), so an update brings such a slot back.
@@ -108,10 +111,17 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let mut updatable: BTreeMap<&String, Vec<&Task>> = BTreeMap::new();
     let mut dirty: Vec<&String> = Vec::new();
     let mut busy = 0usize;
-    let mut in_transition_keys: std::collections::BTreeSet<&String> = std::collections::BTreeSet::new();
     let mut transition_wakeup: Option<Timestamp> = None;
     let mut pending_reason: Option<String> = None;
     for (key, tasks) in &slots {
+        for t in tasks {
+            if t.kept {
+                kept.extend((t.desired_state <= TaskState::Running).then_some(*t));
+                continue;
+            }
+            live += u64::from(!t.status.state.is_terminal() && t.desired_state != TaskState::Ready);
+            available_now += u64::from(available(t));
+        }
         // Tasks kept running by an earlier slot's `--update-old-tasks keep` are outside the slot.
         let runnable: Vec<&Task> =
             tasks.iter().copied().filter(|t| t.desired_state <= TaskState::Running && !t.kept).collect();
@@ -158,50 +168,31 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
                 plan.actions.push(retire_action(config.old_tasks, &old.id));
             }
         }
-        slot_views.insert(key, (old_tasks.iter().any(|t| available(t)), retirable));
         // A slot whose replacement this rollout made and that ended (failed) is not replaced
         // again: its failure counted once, and a start-first old task left running stays, as in
         // Swarm, where each slot goes to a worker once.
         let failed_here = tasks.iter().any(|t| mine(t) && t.status.state.is_terminal());
-        if in_transition {
+        let phase = if in_transition {
             busy += 1;
-            in_transition_keys.insert(key);
+            SlotPhase::InTransition
         } else if !failed_here
             && (candidates.len() > 1 || candidates.first().is_some_and(|t| is_dirty(state, service, t)))
         {
             dirty.push(key);
-        }
+            SlotPhase::OutOfDate
+        } else {
+            SlotPhase::UpToDate
+        };
+        let old_available = old_tasks.iter().any(|t| available(t));
+        slot_views.push(SlotView { key: key.as_str(), phase, old_available, retirable });
         updatable.insert(key, candidates);
     }
     // The strategy decides from the slots' phases and the service's live and available tasks.
-    let dirty_keys: std::collections::BTreeSet<&String> = dirty.iter().copied().collect();
     let replicas = match service.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
         _ => updatable.values().filter(|tasks| !tasks.is_empty()).count() as u64,
     };
-    let view = RolloutView {
-        slots: slots
-            .keys()
-            .map(|key| {
-                let phase = if in_transition_keys.contains(key) {
-                    SlotPhase::InTransition
-                } else if dirty_keys.contains(key) {
-                    SlotPhase::OutOfDate
-                } else {
-                    SlotPhase::UpToDate
-                };
-                let (old_available, retirable) = slot_views.get(key).copied().unwrap_or_default();
-                SlotView { key: key.as_str(), phase, old_available, retirable }
-            })
-            .collect(),
-        now,
-        replicas,
-        live: state
-            .tasks_of_service(&service.id)
-            .filter(|t| !t.kept && !t.status.state.is_terminal() && t.desired_state != TaskState::Ready)
-            .count() as u64,
-        available: state.tasks_of_service(&service.id).filter(|t| !t.kept && available(t)).count() as u64,
-    };
+    let view = RolloutView { slots: slot_views, now, replicas, live, available: available_now };
     let strategy = crate::strategy::strategy_for(config);
     if paused {
         // A paused budgeted rollout still lets the slots in transition finish.
@@ -223,8 +214,8 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     // Tasks an earlier rollout kept running (`--update-old-tasks keep`) are stopped and removed
     // by the next rollout, an update or a rollback.
     if (current.is_none() && !dirty.is_empty()) || rolling_back {
-        for kept in state.tasks_of_service(&service.id).filter(|t| t.kept && t.desired_state <= TaskState::Running) {
-            plan.actions.push(Action::RetireTask { id: kept.id.clone(), remove_container: true });
+        for task in &kept {
+            plan.actions.push(Action::RetireTask { id: task.id.clone(), remove_container: true });
         }
     }
     if current.is_none() {
@@ -501,21 +492,22 @@ fn start_slot(
         ServiceMode::Global | ServiceMode::GlobalJob => old.node_id.as_str(),
         ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => "",
     };
+    let retire_runnable = |plan: &mut Plan| {
+        for t in updatable.iter().filter(|t| t.desired_state <= TaskState::Running) {
+            plan.actions.push(retire_action(old_tasks, &t.id));
+        }
+    };
     let gate = match how {
         // A Recreate task waits for every old task of the service, however long that takes.
         _ if recreate => {
-            for t in updatable.iter().filter(|t| t.desired_state <= TaskState::Running) {
-                plan.actions.push(retire_action(old_tasks, &t.id));
-            }
+            retire_runnable(plan);
             Some(StartGate { not_before: ctx.now, after_task: None, deadline: u64::MAX, after_older_tasks: true })
         }
         // A slot that stopped for good has nothing to wait for: its new task starts at once.
         _ if updatable.iter().all(|t| t.desired_state > TaskState::Running) => None,
         // `--update-old-tasks keep`: the old task is kept running and the new one starts beside it.
         _ if old_tasks == OldTasks::Keep => {
-            for t in updatable.iter().filter(|t| t.desired_state <= TaskState::Running) {
-                plan.actions.push(retire_action(old_tasks, &t.id));
-            }
+            retire_runnable(plan);
             None
         }
         // The new task is prepared (container created) while the old one stops, then started.
