@@ -278,3 +278,72 @@ async fn kept_old_tasks_run_until_the_rollout_is_finished() -> Result<()> {
     assert_eq!(stderr(&out).trim(), "Error: service web has no kept old tasks: there is nothing to finish");
     Ok(())
 }
+
+/// `--update-prepare-ahead`: once the update starts, every slot's new container exists in Docker
+/// (created, not started) while old ones still run; the update then starts exactly those
+/// containers, one slot at a time. A newer spec mid-rollout removes the prepared containers it
+/// will not use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_ahead_creates_every_container_first_and_a_newer_spec_removes_the_unused() -> Result<()> {
+    let (_cluster, addr) = single_node().await?;
+    let addr = addr.as_str();
+    let create = [
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--update-prepare-ahead",
+        "--update-delay",
+        "2s",
+        "--update-monitor",
+        "1s",
+        "shoal/busybox:1",
+    ];
+    ok(addr, &create)?;
+    wait_images(addr, &["shoal/busybox:1"; 4]).await?;
+    let pretty = ok(addr, &["service", "inspect", "--pretty", "web"])?;
+    assert!(pretty.contains("every new task prepared (container created) when the rollout starts"), "{pretty}");
+
+    ok(addr, &["service", "update", "-d", "--image", "shoal/busybox:2", "web"])?;
+    let prepared_ready = |tasks: &[Task]| {
+        tasks.iter().filter(|t| t.prepared_ahead() && t.status.state == shoal_types::TaskState::Ready).count() >= 3
+    };
+    let tasks = wait_tasks(addr, "web", Duration::from_secs(30), "3 tasks prepared ahead", prepared_ready).await?;
+    let prepared: Vec<String> =
+        tasks.iter().filter(|t| t.prepared_ahead()).map(|t| t.status.container_id.clone()).collect();
+    for id in &prepared {
+        assert_eq!(docker_inspect(id, "{{.State.Status}}"), "created", "prepared container {id}");
+    }
+    let old_running = running(&tasks).iter().filter(|t| t.spec.container.image == "shoal/busybox:1").count();
+    assert!(old_running >= 2, "prepared while the old tasks still ran ({old_running} running)");
+
+    let tasks = wait_images(addr, &["shoal/busybox:2"; 4]).await?;
+    let started: Vec<String> = running(&tasks).iter().map(|t| t.status.container_id.clone()).collect();
+    for id in &prepared {
+        assert!(started.contains(id), "prepared container {id} was not the one started: {started:?}");
+    }
+    let service_id = inspect(addr)?.id;
+    let made = docker_ids(&format!("label=org.shoal.service.id={service_id}"), true).len();
+    assert_eq!(made, 8, "4 old containers (stopped) and the 4 prepared ones, none made twice");
+
+    // A newer spec while tasks wait prepared: their containers are removed.
+    ok(addr, &["service", "update", "-d", "--image", "shoal/busybox:1", "web"])?;
+    let tasks = wait_tasks(addr, "web", Duration::from_secs(30), "3 tasks prepared ahead", prepared_ready).await?;
+    let unused: Vec<String> =
+        tasks.iter().filter(|t| t.prepared_ahead()).map(|t| t.status.container_id.clone()).collect();
+    ok(addr, &["service", "update", "-d", "--env-add", "RELEASE=3", "web"])?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while unused.iter().any(|id| !docker_inspect(id, "{{.State.Status}}").is_empty()) {
+        ensure!(tokio::time::Instant::now() < deadline, "prepared containers {unused:?} still exist");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tasks = wait_tasks(addr, "web", Duration::from_secs(90), "4 tasks with RELEASE=3", |tasks| {
+        let running = running(tasks);
+        running.len() == 4 && running.iter().all(|t| t.spec.container.env.iter().any(|e| e == "RELEASE=3"))
+    })
+    .await?;
+    assert!(tasks.iter().all(|t| !t.prepared_ahead() || t.desired_state > shoal_types::TaskState::Running));
+    Ok(())
+}

@@ -16,7 +16,7 @@ use crate::svc::{self, Client};
 const PARALLELISM: usize = 5;
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 struct Variant {
     replicas: usize,
     /// Tasks replaced at once; 0 = all (Swarm's meaning).
@@ -27,9 +27,18 @@ struct Variant {
     /// A surge budget (max surge, max unavailable, as counts) instead of parallelism and order,
     /// with monitor 0 (Kubernetes' default minReadySeconds): a task is available once it runs.
     budget: Option<(usize, usize)>,
+    /// shoal's `--update-prepare-ahead` (and `--rollback-prepare-ahead`): every new container is
+    /// created when the rollout starts. Raw Docker and Swarm have no such thing: a prepared
+    /// variant is compared with the figures of its unprepared twin.
+    prepare_ahead: bool,
 }
 
 impl Variant {
+    /// The same variant without preparing ahead: what raw Docker and Swarm measure.
+    fn unprepared(self) -> Variant {
+        Variant { prepare_ahead: false, ..self }
+    }
+
     fn batch_size(self) -> usize {
         match self.budget {
             Some((surge, unavailable)) => surge + unavailable,
@@ -43,7 +52,12 @@ impl Variant {
     }
 
     fn scenario(self) -> String {
-        let what = if self.rollback { "rollback" } else { "rolling update" };
+        let what = match (self.rollback, self.prepare_ahead) {
+            (true, false) => "rollback",
+            (true, true) => "rollback prepared ahead",
+            (false, false) => "rolling update",
+            (false, true) => "rolling update prepared ahead",
+        };
         if let Some((surge, unavailable)) = self.budget {
             return format!("{what}, {} replicas, max surge {surge}, max unavailable {unavailable}", self.replicas);
         }
@@ -64,15 +78,23 @@ struct Images {
 pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
     let n = if ctx.quick { 6 } else { 30 };
     let trials = if ctx.quick { 1 } else { 3 };
-    let v = |replicas, parallelism, order, rollback| Variant { replicas, parallelism, order, rollback, budget: None };
+    let v = |replicas, parallelism, order, rollback| Variant {
+        replicas,
+        parallelism,
+        order,
+        rollback,
+        budget: None,
+        prepare_ahead: false,
+    };
     let budgeted = |replicas, surge, unavailable| Variant {
         replicas,
         parallelism: 1,
         order: UpdateOrder::StopFirst,
         rollback: false,
         budget: Some((surge, unavailable)),
+        prepare_ahead: false,
     };
-    let variants: Vec<Variant> = if ctx.quick {
+    let mut variants: Vec<Variant> = if ctx.quick {
         // One of each kind (parallelism values, orders, a single replica, a rollback), so the smoke
         // run stays under two minutes.
         vec![
@@ -98,6 +120,15 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             budgeted(n, 1, 0),
         ]
     };
+    // Each Swarm-style variant once more with every new container prepared when the rollout
+    // starts (a surge budget excludes preparing ahead; the smoke run takes one).
+    let prepared: Vec<Variant> = variants
+        .iter()
+        .filter(|v| v.budget.is_none() && v.parallelism != 0)
+        .map(|v| Variant { prepare_ahead: true, ..*v })
+        .take(if ctx.quick { 1 } else { usize::MAX })
+        .collect();
+    variants.extend(prepared);
     let engine = Engine::connect().await?;
     let images = Images { v1: engine.image_id(IMAGE_V1).await?, v2: engine.image_id(IMAGE_V2).await? };
 
@@ -106,6 +137,9 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
     {
         let _guard = RawGuard;
         for (i, v) in variants.iter().enumerate() {
+            if v.prepare_ahead {
+                continue;
+            }
             for _ in 0..trials {
                 raw[i].push(raw_update(&engine, &images, *v).await?);
             }
@@ -144,8 +178,9 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             let mut all = vec![Vec::new(); variants.len()];
             let mut failure = None;
             'outer: for (i, v) in variants.iter().enumerate() {
-                // Swarm has no surge budget: nothing to compare with.
-                if v.budget.is_some() {
+                // Swarm has no surge budget: nothing to compare with; a prepared variant is
+                // compared with its unprepared twin's figure.
+                if v.budget.is_some() || v.prepare_ahead {
                     continue;
                 }
                 for _ in 0..trials {
@@ -173,18 +208,27 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
     let mut raw_totals = Vec::new();
     for (i, v) in variants.iter().enumerate() {
         let scenario = v.scenario();
+        // Raw Docker and Swarm figures come from the unprepared twin's run.
+        let twin = variants.iter().position(|b| *b == v.unprepared()).unwrap_or(i);
         let shoal_v2 = median(&shoal[i].iter().map(|r| r.0).collect::<Vec<_>>());
         let shoal_done = median(&shoal[i].iter().map(|r| r.1).collect::<Vec<_>>());
-        let raw_v2 = median(&raw[i].iter().map(|r| r.0).collect::<Vec<_>>());
-        let raw_total = median(&raw[i].iter().map(|r| r.1).collect::<Vec<_>>());
-        raw_totals.push(format!("{scenario}: {raw_total:.2} s"));
+        let raw_v2 = median(&raw[twin].iter().map(|r| r.0).collect::<Vec<_>>());
+        let raw_total = median(&raw[twin].iter().map(|r| r.1).collect::<Vec<_>>());
+        if !v.prepare_ahead {
+            raw_totals.push(format!("{scenario}: {raw_total:.2} s"));
+        }
         let measure = if v.rollback { "rollback call → all v1 running" } else { "update call → all v2 running" };
+        let target = match (v.prepare_ahead, v.parallelism, v.order, v.rollback) {
+            (true, PARALLELISM, UpdateOrder::StopFirst, false) => "<= 0.7× raw docker (prepare-ahead goal)",
+            (true, ..) => "<= raw docker; <= 0.5× Docker Swarm",
+            (false, ..) => "<= 1.15× raw docker; <= 0.5× Docker Swarm",
+        };
         let mut figure = Figure::new(&scenario, measure, shoal_v2, "s")
             .reference("raw docker", raw_v2, Kind::Measured)
-            .target("<= 1.15× raw docker; <= 0.5× Docker Swarm")
+            .target(target)
             .samples(trials);
-        if let Some(swarm) = swarm.as_ref().filter(|swarm| !swarm[i].is_empty()) {
-            figure = figure.reference("Docker Swarm", median(&swarm[i]), Kind::Measured);
+        if let Some(swarm) = swarm.as_ref().filter(|swarm| !swarm[twin].is_empty()) {
+            figure = figure.reference("Docker Swarm", median(&swarm[twin]), Kind::Measured);
         }
         report.push(figure);
         report.push(
@@ -212,7 +256,10 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
              service per trial. **Surge budget** variants (Kubernetes' RollingUpdate: max surge S, max unavailable U, \
              monitor 0 so a task is available once it runs; Swarm has none, so no Swarm figure): the raw floor \
              replaces the containers in waves of S + U, the first S of a wave started beside their old container, \
-             the rest after it stopped. **Rollback** variants: the service is created with the same rollback settings \
+             the rest after it stopped. **Prepared ahead** variants: the same service with `--update-prepare-ahead` \
+             (and `--rollback-prepare-ahead`), so every new container is created when the rollout starts and each \
+             batch only stops the old containers and starts the prepared ones; raw Docker and Swarm have no such \
+             mode, so those rows repeat the raw Docker and Swarm figures of the same variant without it. **Rollback** variants: the service is created with the same rollback settings \
              (`rollback_config` parallelism {PARALLELISM}, delay 0, same order), updated to `{IMAGE_V2}`; once all v2 \
              containers run and no v1 container runs any more, the clock starts before the rollback call (shoal: `UpdateService` with `rollback`; Swarm: \
              `docker service rollback --detach`) and stops when N containers run the v1 image; the raw \
@@ -296,6 +343,7 @@ async fn shoal_update(
         config.parallelism = v.parallelism as u64;
         config.delay = GoDuration::from_secs(0);
         config.order = v.order;
+        config.prepare_ahead = v.prepare_ahead;
         if let Some((surge, unavailable)) = v.budget {
             config.max_surge = Some(Quantity::Count(surge as u64));
             config.max_unavailable = Some(Quantity::Count(unavailable as u64));

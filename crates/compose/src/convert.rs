@@ -146,9 +146,15 @@ pub(crate) fn compose_path(short: &str, field: &str) -> String {
     let Some(mapped) = mapped else { return service };
     let mapped = mapped.trim_start_matches('.').replace(".nano_cpus", ".cpus").replace(".memory_bytes", ".memory");
     // shoal's strategy settings are extension keys in the file.
-    let mapped = [(".steps", ".x-steps"), (".max_surge", ".x-max-surge"), (".max_unavailable", ".x-max-unavailable")]
-        .iter()
-        .fold(mapped, |path, (field, key)| path.replace(field, key));
+    let mapped = [
+        (".steps", ".x-steps"),
+        (".max_surge", ".x-max-surge"),
+        (".max_unavailable", ".x-max-unavailable"),
+        (".old_tasks", ".x-old-tasks"),
+        (".prepare_ahead", ".x-prepare-ahead"),
+    ]
+    .iter()
+    .fold(mapped, |path, (field, key)| path.replace(field, key));
     if mapped.is_empty() { service } else { join(&service, &mapped) }
 }
 

@@ -161,6 +161,7 @@ const UPDATE_SUPPORTED: &[&str] = &[
     "x-max-unavailable",
     "x-steps",
     "x-old-tasks",
+    "x-prepare-ahead",
 ];
 const STEP_SUPPORTED: &[&str] = &["replicas", "pause"];
 const RESTART_SUPPORTED: &[&str] = &["condition", "delay", "max_attempts", "window"];
@@ -799,6 +800,7 @@ impl Walker<'_> {
                         Some(OldTasks::Stop),
                     )?
                 }
+                "x-prepare-ahead" => config.prepare_ahead = self.boolean(value, &p)?,
                 _ => {}
             }
         }

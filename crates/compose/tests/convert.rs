@@ -562,6 +562,8 @@ fn strategy_extension_keys() {
     );
     assert_eq!(spec.rollback_config.strategy, RolloutStrategy::Recreate);
     assert_eq!(spec.update_config.old_tasks, shoal_types::OldTasks::Remove);
+    let spec = web("deploy:\n  update_config:\n    parallelism: 5\n    x-prepare-ahead: true");
+    assert!(spec.update_config.prepare_ahead && !spec.rollback_config.prepare_ahead);
     for (body, expected) in [
         (
             "deploy:\n  update_config:\n    x-strategy: bluegreen",
@@ -594,6 +596,14 @@ fn strategy_extension_keys() {
         (
             "deploy:\n  update_config:\n    parallelism: 2\n    x-max-surge: 1",
             "stack.yml:6:22: services.web.deploy.update_config.parallelism: 2 cannot be used with max_surge/max_unavailable (allowed: the default, 1)",
+        ),
+        (
+            "deploy:\n  update_config:\n    x-max-surge: 1\n    x-prepare-ahead: true",
+            "stack.yml:7:26: services.web.deploy.update_config.x-prepare-ahead: cannot be used with max_surge/max_unavailable (allowed with the default rolling update: parallelism and order)",
+        ),
+        (
+            "deploy:\n  update_config:\n    x-prepare-ahead: soon",
+            "stack.yml:6:26: services.web.deploy.update_config.x-prepare-ahead: invalid type: string \"soon\", expected a boolean",
         ),
     ] {
         assert_eq!(web_err(body), expected, "{body}");

@@ -17,6 +17,8 @@ use shoal_types::{
 pub mod constraint_enforcer;
 mod jobs;
 pub mod plan;
+#[cfg(test)]
+mod prepare_tests;
 pub mod reaper;
 pub mod strategy;
 #[cfg(test)]
@@ -345,7 +347,8 @@ impl<'a> OlderTasks<'a> {
 
 /// Whether `task`, gated by `gate`, may now be raised from READY to RUNNING.
 pub fn gate_open(state: &State, task: &Task, gate: &StartGate, now: Timestamp, older: &mut OlderTasks<'_>) -> bool {
-    if now < gate.not_before {
+    // Only the updater opens a prepared task's gate, by replacing it at the slot's turn.
+    if gate.prepared_ahead || now < gate.not_before {
         return false;
     }
     if gate.after_older_tasks && !older.stopped(task.spec_version) {
@@ -474,6 +477,15 @@ fn supervise(
         }
         let failed = task.status.state > TaskState::Running;
         let lost = !node_ok(state, &task.node_id);
+        if task.prepared_ahead() {
+            // Prepared ahead of its slot's turn: not one of the replicas yet, and never
+            // restarted; one that ended or lost its node is retired, and its slot gets a new
+            // task the usual way at its turn.
+            if failed || lost {
+                plan.actions.push(Action::RetireTask { id: task.id.clone(), remove_container: true });
+            }
+            continue;
+        }
         if task.kept {
             // Kept by a rollout (`--update-old-tasks keep`): outside the replicas, so never
             // counted and never restarted; one that ends or loses its node is just shut down.
@@ -517,6 +529,7 @@ fn supervise(
                 after_task: wait_stop.then(|| task.id.clone()),
                 deadline: ctx.now + delay + OLD_TASK_TIMEOUT_MS,
                 after_older_tasks: false,
+                prepared_ahead: false,
             });
             let node = global_node.unwrap_or("");
             let mut replacement = new_task(ctx, service, task.slot, node, TaskOrigin::Restart, gate);
@@ -618,7 +631,7 @@ fn reconcile_replicated(
 /// theirs first. Returns slots best-to-keep first.
 pub fn scale_down_order(state: &State, slots: &BTreeMap<u64, Vec<&Task>>, counted: &[u64]) -> Vec<u64> {
     let runnable = |slot: u64| -> Vec<&Task> {
-        slots[&slot].iter().copied().filter(|t| t.desired_state <= TaskState::Running).collect()
+        slots[&slot].iter().copied().filter(|t| t.desired_state <= TaskState::Running && !t.prepared_ahead()).collect()
     };
     let mut order: Vec<u64> = counted.to_vec();
     order.sort_by_key(|slot| {

@@ -4,7 +4,7 @@
 //! therefore resumes an update exactly where the old one was: finished slots are clean, and the
 //! slots still in transition occupy their workers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_store::{Action, State};
 use shoal_types::{
@@ -14,6 +14,18 @@ use shoal_types::{
 
 use crate::strategy::{Capped, RolloutView, SlotPhase, SlotView, Start, Strategy};
 use crate::{Ctx, OLD_TASK_TIMEOUT_MS, Plan, new_task};
+
+/// At most this many tasks are prepared ahead per pass (`--update-prepare-ahead`): a rollout of
+/// many slots prepares them over several passes (each pass's changes trigger the next), so no
+/// pass or raft entry grows with the service.
+pub const MAX_PREPARED_PER_PASS: usize = 512;
+
+/// A slot's tasks as the updater hands them to [`start_slot`]: the ones it replaces, and the new
+/// task prepared ahead for it, if any.
+struct SlotTasks<'a> {
+    updatable: Vec<&'a Task>,
+    prepared: Option<&'a Task>,
+}
 
 /// Swarm §2.4: a task is out of date if its spec (or endpoint) differs from the service's; a
 /// placement-only change leaves a task alone if its node still satisfies the new constraints.
@@ -104,6 +116,11 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let mut slot_views: Vec<SlotView<'_>> = Vec::with_capacity(slots.len());
     let (mut live, mut available_now) = (0u64, 0u64);
     let mut kept: Vec<&Task> = Vec::new();
+    // Tasks prepared ahead (`--update-prepare-ahead`) for this spec, per out-of-date slot; and
+    // those no slot will use (a newer spec or a rollback came, or the slot is up to date another
+    // way), whose containers are removed.
+    let mut prepared: BTreeMap<&String, &Task> = BTreeMap::new();
+    let mut unused_prepared: Vec<&Task> = Vec::new();
 
     // Per slot, the tasks the update replaces: its runnable tasks, or the task of a slot that
     // stopped for good (Swarm's `UpdatableTasksInSlot`), so an update brings such a slot back.
@@ -119,19 +136,34 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
                 kept.extend((t.desired_state <= TaskState::Running).then_some(*t));
                 continue;
             }
+            if t.prepared_ahead() {
+                // Not started, so neither live nor available; outside the slot until released.
+                if t.desired_state <= TaskState::Running {
+                    let usable = t.spec_version == service.spec_version && !t.status.state.is_terminal();
+                    match usable.then(|| prepared.insert(key, *t)) {
+                        Some(None) => {}
+                        Some(Some(twin)) => unused_prepared.push(twin),
+                        None => unused_prepared.push(t),
+                    }
+                }
+                continue;
+            }
             live += u64::from(!t.status.state.is_terminal() && t.desired_state != TaskState::Ready);
             available_now += u64::from(available(t));
         }
         // Tasks kept running by an earlier slot's `--update-old-tasks keep` are outside the slot.
-        let runnable: Vec<&Task> =
-            tasks.iter().copied().filter(|t| t.desired_state <= TaskState::Running && !t.kept).collect();
+        let runnable: Vec<&Task> = tasks
+            .iter()
+            .copied()
+            .filter(|t| t.desired_state <= TaskState::Running && !t.kept && !t.prepared_ahead())
+            .collect();
         let candidates = if runnable.is_empty() && !rolling_back && may_revive(state, service, key) {
             crate::stopped_for_good(&service.spec, tasks, now).into_iter().collect()
         } else {
             runnable.clone()
         };
         let mut in_transition = false;
-        for t in tasks.iter().filter(|t| mine(t)) {
+        for t in tasks.iter().filter(|t| mine(t) && !t.prepared_ahead()) {
             match done_at(t) {
                 None if t.desired_state <= TaskState::Running => {
                     in_transition = true;
@@ -171,7 +203,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         // A slot whose replacement this rollout made and that ended (failed) is not replaced
         // again: its failure counted once, and a start-first old task left running stays, as in
         // Swarm, where each slot goes to a worker once.
-        let failed_here = tasks.iter().any(|t| mine(t) && t.status.state.is_terminal());
+        let failed_here = tasks.iter().any(|t| mine(t) && t.status.state.is_terminal() && !t.prepared_ahead());
         let phase = if in_transition {
             busy += 1;
             SlotPhase::InTransition
@@ -183,9 +215,15 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         } else {
             SlotPhase::UpToDate
         };
+        if phase != SlotPhase::OutOfDate {
+            unused_prepared.extend(prepared.remove(key));
+        }
         let old_available = old_tasks.iter().any(|t| available(t));
         slot_views.push(SlotView { key: key.as_str(), phase, old_available, retirable });
         updatable.insert(key, candidates);
+    }
+    for task in unused_prepared {
+        plan.actions.push(Action::RetireTask { id: task.id.clone(), remove_container: true });
     }
     // The strategy decides from the slots' phases and the service's live and available tasks.
     let replicas = match service.spec.mode {
@@ -201,10 +239,13 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         return;
     }
 
-    // Failures of tasks this rollout made: ended before running, or within `monitor` of it.
+    // Failures of tasks this rollout made: ended before running, or within `monitor` of it. A
+    // task prepared ahead counts when it failed (a missing image fails every slot's preparation
+    // at once), not when the updater retired it unused.
     let mut failures: Vec<&Task> = state
         .tasks_of_service(&service.id)
         .filter(|t| mine(t) && t.status.state.is_terminal())
+        .filter(|t| !t.prepared_ahead() || matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
         .filter(|t| t.running_at.is_none_or(|at| t.status.timestamp <= at + monitor))
         .collect();
     failures.sort_by_key(|t| (t.status.timestamp, t.id.clone()));
@@ -301,6 +342,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
             .tasks_of_service(&service.id)
             .filter(|t| counted(t))
             .filter(|t| mine(t) || (t.spec_version == service.spec_version && t.created_at >= since))
+            .filter(|t| !t.prepared_ahead())
             .filter_map(done_at)
             .max();
         let window = if delay >= monitor && delay > 0 { delay + 1_000 } else { monitor };
@@ -348,10 +390,26 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         }
         _ => strategy.decide(&view),
     };
+    let starting: BTreeSet<&str> = decision.start.iter().map(|(key, _)| *key).collect();
     for (key, how) in decision.start {
-        start_slot(state, service, &updatable[&key.to_string()], how, config, ctx, plan);
+        let key = key.to_string();
+        let tasks = SlotTasks { updatable: updatable[&key].clone(), prepared: prepared.get(&key).copied() };
+        start_slot(state, service, tasks, how, config, ctx, plan);
     }
     retire(state, decision.retire, &updatable, service, config, plan);
+    if config.prepare_ahead {
+        // Every other out-of-date slot gets its new task now, placed and prepared but held.
+        let waiting = dirty.iter().filter(|key| !starting.contains(key.as_str()) && !prepared.contains_key(*key));
+        for key in waiting.take(MAX_PREPARED_PER_PASS) {
+            let Some(old) = updatable[*key].first() else { continue };
+            let node = match service.spec.mode {
+                ServiceMode::Global | ServiceMode::GlobalJob => old.node_id.as_str(),
+                ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => "",
+            };
+            let task = new_task(ctx, service, old.slot, node, TaskOrigin::Update, Some(StartGate::prepared_ahead()));
+            plan.actions.push(Action::PutTask { task });
+        }
+    }
     note(plan, &service.id, transition_wakeup);
 }
 
@@ -464,17 +522,19 @@ fn may_revive(state: &State, service: &Service, key: &str) -> bool {
 }
 
 /// Replaces one slot's out-of-date task (Swarm's worker step). `updatable` holds the slot's
-/// runnable tasks, or the one task of a slot that stopped for good.
+/// runnable tasks, or the one task of a slot that stopped for good; a task prepared ahead for the
+/// slot is released instead of a new one being made.
 fn start_slot(
     state: &State,
     service: &Service,
-    updatable: &[&Task],
+    tasks: SlotTasks<'_>,
     how: Start,
     config: &UpdateConfig,
     ctx: &mut Ctx<'_>,
     plan: &mut Plan,
 ) {
     let (recreate, old_tasks) = (config.strategy == RolloutStrategy::Recreate, config.old_tasks);
+    let updatable = tasks.updatable.as_slice();
     // A clean task already in the slot is used instead of making a new one.
     let clean = updatable
         .iter()
@@ -501,7 +561,13 @@ fn start_slot(
         // A Recreate task waits for every old task of the service, however long that takes.
         _ if recreate => {
             retire_runnable(plan);
-            Some(StartGate { not_before: ctx.now, after_task: None, deadline: u64::MAX, after_older_tasks: true })
+            Some(StartGate {
+                not_before: ctx.now,
+                after_task: None,
+                deadline: u64::MAX,
+                after_older_tasks: true,
+                prepared_ahead: false,
+            })
         }
         // A slot that stopped for good has nothing to wait for: its new task starts at once.
         _ if updatable.iter().all(|t| t.desired_state > TaskState::Running) => None,
@@ -520,12 +586,18 @@ fn start_slot(
                 after_task: Some(old.id.clone()),
                 deadline: ctx.now + OLD_TASK_TIMEOUT_MS,
                 after_older_tasks: false,
+                prepared_ahead: false,
             })
         }
         Start::StartFirst => None,
     };
-    let task = new_task(ctx, service, old.slot, node, TaskOrigin::Update, gate);
-    plan.actions.push(Action::PutTask { task });
+    match tasks.prepared {
+        Some(prepared) => plan.actions.push(Action::ReleaseTask { id: prepared.id.clone(), gate }),
+        None => {
+            let task = new_task(ctx, service, old.slot, node, TaskOrigin::Update, gate);
+            plan.actions.push(Action::PutTask { task });
+        }
+    }
     // The old task's shutdown and its replacement are one step (SwarmKit writes them in one
     // store batch).
     if plan.actions.len() - step_start > 1 {

@@ -15,6 +15,8 @@ pub(crate) enum Behaviour {
     FailsAtStart,
     /// Runs, then fails 1 s later.
     FailsAfterRunning,
+    /// Its container cannot be created (a missing image): REJECTED while preparing.
+    FailsAtPrepare,
 }
 
 pub(crate) struct Sim {
@@ -97,6 +99,14 @@ impl Sim {
                 continue;
             }
             match (t.status.state, t.desired_state) {
+                (s, TaskState::Ready | TaskState::Running)
+                    if s < TaskState::Ready && behaviour == Behaviour::FailsAtPrepare =>
+                {
+                    actions.push(Action::SetTaskStatus {
+                        id: t.id.clone(),
+                        status: status(TaskState::Rejected, "No such image"),
+                    })
+                }
                 (s, TaskState::Ready) if s < TaskState::Ready => {
                     actions.push(Action::SetTaskStatus { id: t.id.clone(), status: status(TaskState::Ready, "") })
                 }
@@ -150,7 +160,10 @@ impl Sim {
         let now = self.w.now;
         let delay = config.delay.as_std().as_millis() as u64;
         let mut in_transition = std::collections::BTreeSet::new();
-        for t in tasks.iter().filter(|t| t.origin == TaskOrigin::Update && t.spec_version == service.spec_version) {
+        // A task prepared ahead is not in transition until released at its slot's turn.
+        let made_here =
+            |t: &&Task| t.origin == TaskOrigin::Update && t.spec_version == service.spec_version && !t.prepared_ahead();
+        for t in tasks.iter().filter(made_here) {
             let done = t.running_at.or(t.status.state.is_terminal().then_some(t.status.timestamp));
             let busy = match done {
                 None => t.desired_state <= TaskState::Running,

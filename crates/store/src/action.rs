@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use shoal_types::{
-    Cluster, ClusterSecurity, ClusterSpec, Node, NodeDescription, NodeRole, NodeSpec, NodeStatus, ServiceSpec, Task,
-    TaskState, TaskStatus, Timestamp, UpdateStatus,
+    Cluster, ClusterSecurity, ClusterSpec, Node, NodeDescription, NodeRole, NodeSpec, NodeStatus, ServiceSpec,
+    StartGate, Task, TaskState, TaskStatus, Timestamp, UpdateStatus,
 };
 
 /// One raft log entry's worth of changes, applied all or nothing.
@@ -179,6 +179,14 @@ actions! {
     RetireTask {
         id: String,
         remove_container: bool,
+    },
+    /// A task prepared ahead of its slot's turn (`--update-prepare-ahead`) gets its turn: its
+    /// gate becomes `gate` (typically "after the old task stopped"), or with none it is to run
+    /// now. The slot is recorded in the rollout from here, not from when it was prepared.
+    /// Skipped unless the task is still prepared ahead and waiting.
+    ReleaseTask {
+        id: String,
+        gate: Option<StartGate>,
     },
     /// `--update-old-tasks keep`: a task the rollout replaced keeps running, outside the replicas.
     KeepTask {

@@ -750,7 +750,8 @@ impl State {
                 let old = self.set_task(task.clone());
                 let kind = if old.is_some() { ChangeKind::Update } else { ChangeKind::Create };
                 undo.push(Undo::Task(task.id.clone(), old.clone()));
-                if old.is_none() && task.origin == TaskOrigin::Update {
+                // A task prepared ahead joins the rollout's record when it is released.
+                if old.is_none() && task.origin == TaskOrigin::Update && !task.prepared_ahead() {
                     self.record_slot(&task, index, at, undo);
                 }
                 changes.push(Change { kind, index, at, object: Object::Task(task) });
@@ -761,6 +762,23 @@ impl State {
                 {
                     let mut task = task.clone();
                     task.desired_state = desired;
+                    self.put_task_change(task, index, at, undo, changes);
+                }
+            }
+            Action::ReleaseTask { id, gate } => {
+                if let Some(task) = self.task(&id)
+                    && task.prepared_ahead()
+                    && task.desired_state == TaskState::Ready
+                    && !task.status.state.is_terminal()
+                {
+                    let mut task = task.clone();
+                    if gate.is_none() {
+                        task.desired_state = TaskState::Running;
+                    }
+                    task.start_gate = gate;
+                    if task.origin == TaskOrigin::Update {
+                        self.record_slot(&task, index, at, undo);
+                    }
                     self.put_task_change(task, index, at, undo, changes);
                 }
             }

@@ -383,6 +383,24 @@ pub struct StartGate {
     /// tasks at once (Kubernetes waits as long for old pods to terminate).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub after_older_tasks: bool,
+    /// Made ahead of its slot's turn (`--update-prepare-ahead`): the task is placed and its
+    /// container created, but the gate opens only when the updater releases it (replacing this
+    /// gate), never by itself. Still set on a prepared task that ended before its turn.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prepared_ahead: bool,
+}
+
+impl StartGate {
+    /// The gate of a task prepared ahead of its slot's turn.
+    pub fn prepared_ahead() -> StartGate {
+        StartGate {
+            not_before: 0,
+            after_task: None,
+            deadline: u64::MAX,
+            after_older_tasks: false,
+            prepared_ahead: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -408,6 +426,11 @@ impl Task {
             && self.status.state < crate::TaskState::Assigned
             && gate.not_before > now;
         held.then_some(gate.not_before)
+    }
+
+    /// Whether the task was prepared ahead of its slot's turn and not released (yet).
+    pub fn prepared_ahead(&self) -> bool {
+        self.start_gate.as_ref().is_some_and(|g| g.prepared_ahead)
     }
 
     /// `web.3` for a replica, `web.<node id>` for a global task: what `service ps` shows.

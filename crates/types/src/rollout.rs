@@ -244,6 +244,9 @@ impl crate::UpdateConfig {
             OldTasks::Remove => words.push_str("; replaced containers removed once stopped"),
             OldTasks::Keep => words.push_str("; replaced tasks kept running until `rollout finish`"),
         }
+        if self.prepare_ahead {
+            words.push_str("; every new task prepared (container created) when the rollout starts");
+        }
         words
     }
 }

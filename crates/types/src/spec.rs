@@ -313,6 +313,12 @@ pub struct UpdateConfig {
     /// What happens to the containers of the tasks the rollout replaced.
     #[serde(default, skip_serializing_if = "OldTasks::is_stop")]
     pub old_tasks: OldTasks,
+    /// Every out-of-date slot's new task is placed and its container created (READY, not
+    /// started) when the rollout starts, so each slot's turn costs only the old task's stop and
+    /// the new one's start. Off by default: `service ps` and `docker ps -a` then show every new
+    /// task at once, which Swarm users do not expect.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prepare_ahead: bool,
 }
 
 impl UpdateConfig {
@@ -349,6 +355,7 @@ impl Default for UpdateConfig {
             max_unavailable: None,
             steps: Vec::new(),
             old_tasks: OldTasks::Stop,
+            prepare_ahead: false,
         }
     }
 }

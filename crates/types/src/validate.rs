@@ -146,6 +146,18 @@ fn validate_update_config(
             return Err(ValidationError::new(field("steps"), "cannot be used with strategy recreate"));
         }
     }
+    if config.prepare_ahead {
+        // Preparing every slot's task at once holds their reservations for the whole rollout:
+        // a surge budget bounds exactly that, recreate starts everything at once anyway, and a
+        // canary may wait for approval for days.
+        let by = excluded_by.or((!config.steps.is_empty()).then_some("steps"));
+        if let Some(by) = by {
+            return Err(ValidationError::new(
+                field("prepare_ahead"),
+                format!("cannot be used with {by} (allowed with the default rolling update: parallelism and order)"),
+            ));
+        }
+    }
     if let Some((surge, unavailable)) = config.budget()
         && surge.is_zero()
         && unavailable.is_zero()
@@ -469,10 +481,30 @@ mod tests {
         assert!(err_of(&s).starts_with("rollback_config.old_tasks: keep is not allowed for a rollback"));
         s.rollback_config = UpdateConfig::default();
 
+        // Prepare-ahead goes with Swarm's rolling update only.
+        s.update_config = UpdateConfig { prepare_ahead: true, parallelism: 5, ..UpdateConfig::default() };
+        s.validate().unwrap();
+        s.update_config.parallelism = 1;
+        s.update_config.max_surge = Some(Quantity::Count(1));
+        assert_eq!(
+            err_of(&s),
+            "update_config.prepare_ahead: cannot be used with max_surge/max_unavailable (allowed with the default rolling update: parallelism and order)"
+        );
+        s.update_config.max_surge = None;
+        s.update_config.strategy = RolloutStrategy::Recreate;
+        assert!(err_of(&s).starts_with("update_config.prepare_ahead: cannot be used with strategy recreate"));
+        s.update_config = UpdateConfig::default();
+        s.rollback_config.prepare_ahead = true;
+        s.validate().unwrap();
+        s.rollback_config = UpdateConfig::default();
+
         let step = |replicas, pause| CanaryStep { replicas, pause };
         let end = step(Quantity::Percent(100), StepPause::For(GoDuration::ZERO));
         s.update_config.steps = vec![step(Quantity::Count(1), StepPause::Approve), end];
         s.validate().unwrap();
+        s.update_config.prepare_ahead = true;
+        assert!(err_of(&s).starts_with("update_config.prepare_ahead: cannot be used with steps"));
+        s.update_config.prepare_ahead = false;
         s.update_config.steps =
             vec![step(Quantity::Percent(50), StepPause::Approve), step(Quantity::Percent(40), StepPause::Approve), end];
         assert_eq!(

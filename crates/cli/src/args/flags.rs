@@ -28,6 +28,7 @@ pub struct UpdateConfigDelta {
     /// The canary steps as given (`--update-step`, repeatable); `none` clears them.
     pub steps: Vec<StepArg>,
     pub old_tasks: Option<OldTasks>,
+    pub prepare_ahead: Option<bool>,
 }
 
 /// One `--update-step`: a step, or `none` (no steps: the update goes in one go).
@@ -56,6 +57,7 @@ impl UpdateConfigDelta {
             ("max-unavailable", self.max_unavailable.is_some()),
             ("step", !self.steps.is_empty()),
             ("old-tasks", self.old_tasks.is_some()),
+            ("prepare-ahead", self.prepare_ahead.is_some()),
         ]
         .into_iter()
         .find_map(|(name, given)| given.then_some(name))
@@ -80,6 +82,16 @@ impl UpdateConfigDelta {
         {
             return Err(format!(
                 "--{family}-strategy recreate cannot be used with --{family}-{other}: recreate stops every old task before any new one starts"
+            ));
+        }
+        if self.prepare_ahead == Some(true)
+            && let Some(other) = budget
+                .or((self.strategy == Some(RolloutStrategy::Recreate)).then_some("strategy recreate"))
+                .or(self.steps.iter().any(|s| *s != StepArg::None).then_some("step"))
+        {
+            let other = other.replace("strategy ", "strategy=");
+            return Err(format!(
+                "--{family}-prepare-ahead cannot be used with --{family}-{other}: preparing ahead goes with parallelism and order"
             ));
         }
         if self.steps.len() > 1 && self.steps.contains(&StepArg::None) {
@@ -128,10 +140,15 @@ impl UpdateConfigDelta {
             config.parallelism = 1;
             config.order = UpdateOrder::StopFirst;
             config.strategy = RolloutStrategy::Rolling;
+            config.prepare_ahead = false;
         }
         if let Some(steps) = self.canary_steps() {
+            config.prepare_ahead &= steps.is_empty();
             config.steps = steps;
             config.strategy = RolloutStrategy::Rolling;
+        }
+        if let Some(v) = self.prepare_ahead {
+            config.prepare_ahead = v;
         }
         if let Some(v) = self.parallelism {
             config.parallelism = v;
@@ -168,6 +185,7 @@ impl UpdateConfigDelta {
                 config.steps.clear();
                 config.parallelism = 1;
                 config.order = UpdateOrder::StopFirst;
+                config.prepare_ahead = false;
             }
         }
     }
@@ -210,6 +228,9 @@ pub struct UpdateFlags {
     /// What happens to a replaced task's container once stopped: stop (kept while the task is in the history), remove, or keep (left running beside the new task until `rollout finish`) [default: stop]
     #[arg(id = "update-old-tasks", long = "update-old-tasks", value_name = "POLICY", value_parser = parsers::old_tasks())]
     pub old_tasks: Option<OldTasks>,
+    /// Place and create every new task's container when the update starts, so each slot's turn only stops the old task and starts the new one (with parallelism and order only) [default: false]
+    #[arg(id = "update-prepare-ahead", long = "update-prepare-ahead", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub prepare_ahead: Option<bool>,
 }
 
 impl UpdateFlags {
@@ -226,6 +247,7 @@ impl UpdateFlags {
             max_unavailable: self.max_unavailable,
             steps: self.steps.clone(),
             old_tasks: self.old_tasks,
+            prepare_ahead: self.prepare_ahead,
         }
     }
 
@@ -268,6 +290,9 @@ pub struct RollbackFlags {
     /// What happens to a rolled-back task's container once stopped: stop or remove [default: stop]
     #[arg(id = "rollback-old-tasks", long = "rollback-old-tasks", value_name = "POLICY", value_parser = parsers::old_tasks())]
     pub old_tasks: Option<OldTasks>,
+    /// Place and create every rolled-back task's container when the rollback starts [default: false]
+    #[arg(id = "rollback-prepare-ahead", long = "rollback-prepare-ahead", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub prepare_ahead: Option<bool>,
 }
 
 impl RollbackFlags {
@@ -284,6 +309,7 @@ impl RollbackFlags {
             max_unavailable: self.max_unavailable,
             steps: Vec::new(),
             old_tasks: self.old_tasks,
+            prepare_ahead: self.prepare_ahead,
         }
     }
 

@@ -1416,6 +1416,19 @@ fn strategy_flags_refuse_bad_values_and_exclusive_combinations() {
         ),
         (&["--update-step", "100%:approve"], "the last step cannot pause"),
         (&["--update-old-tasks", "nuke"], "invalid value 'nuke' for '--update-old-tasks <POLICY>'"),
+        (
+            &["--update-prepare-ahead", "--update-max-surge", "1"],
+            "--update-prepare-ahead cannot be used with --update-max-surge",
+        ),
+        (
+            &["--rollback-prepare-ahead=true", "--rollback-strategy", "recreate"],
+            "--rollback-prepare-ahead cannot be used with --rollback-strategy=recreate",
+        ),
+        (
+            &["--update-prepare-ahead", "--update-step", "1", "--update-step", "100%"],
+            "--update-prepare-ahead cannot be used with --update-step",
+        ),
+        (&["--update-prepare-ahead=maybe"], "invalid value 'maybe' for '--update-prepare-ahead[=<BOOL>]'"),
     ] {
         let error = create_error(args);
         assert!(error.contains(expected), "{args:?}: {error}");
@@ -1441,4 +1454,16 @@ fn choosing_a_way_of_rolling_out_drops_what_the_others_need() {
     assert_eq!(recreate.update_config.strategy, RolloutStrategy::Rolling);
     update_args(&["--update-step", "none"]).apply(&mut recreate).unwrap();
     assert!(recreate.update_config.steps.is_empty());
+
+    // `--update-prepare-ahead` (a switch, `=false` turns it off) goes with parallelism and order;
+    // choosing a budget, recreate or steps later drops it.
+    let mut prepared = updated(&["--update-prepare-ahead", "--update-parallelism", "5"]);
+    assert!(prepared.update_config.prepare_ahead && prepared.update_config.parallelism == 5);
+    prepared.validate().unwrap();
+    update_args(&["--update-max-surge", "1"]).apply(&mut prepared).unwrap();
+    assert!(!prepared.update_config.prepare_ahead);
+    prepared.validate().unwrap();
+    let mut off = updated(&["--update-prepare-ahead"]);
+    update_args(&["--update-prepare-ahead=false"]).apply(&mut off).unwrap();
+    assert!(!off.update_config.prepare_ahead);
 }

@@ -578,6 +578,7 @@ fn a_restart_waiting_out_its_backoff_says_when_and_why() {
         after_task: None,
         deadline: NOW + 99_500,
         after_older_tasks: false,
+        prepared_ahead: false,
     });
     assert_eq!(tasks::error_text(&t, NOW), "restarting in 40s: No such image: shoal/busybox:99");
     // Once the wait is over (or the task was placed) it is an ordinary task again.

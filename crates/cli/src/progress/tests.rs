@@ -648,8 +648,13 @@ fn held(service: &Service, slot: u64, err: &str, at: u64) -> Task {
     t.id = format!("t{slot}-held-{at}");
     t.origin = TaskOrigin::Restart;
     t.desired_state = TaskState::Ready;
-    t.start_gate =
-        Some(shoal_types::StartGate { not_before: at, after_task: None, deadline: at, after_older_tasks: false });
+    t.start_gate = Some(shoal_types::StartGate {
+        not_before: at,
+        after_task: None,
+        deadline: at,
+        after_older_tasks: false,
+        prepared_ahead: false,
+    });
     t
 }
 
