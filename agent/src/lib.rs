@@ -451,6 +451,9 @@ impl Agent {
         }
         let complete = msg.kind == AssignmentKind::Complete as i32;
         let mut to_remove: Vec<String> = msg.removed.clone();
+        // The containers of the tasks removed, by the id they carry (a task restarted in place
+        // runs in the container of the task that made it), and those a remaining task still uses.
+        let (mut removed_containers, in_use): (Vec<String>, HashSet<String>);
         {
             let mut runners = self.runners.lock();
             if complete {
@@ -471,21 +474,33 @@ impl Agent {
                     }
                 }
             }
+            removed_containers = Vec::with_capacity(to_remove.len());
             for id in &to_remove {
-                if let Some(runner) = runners.remove(id) {
-                    runner.handle.abort();
+                match runners.remove(id) {
+                    Some(runner) => {
+                        runner.handle.abort();
+                        removed_containers.push(runner.task.borrow().container_task().to_string());
+                    }
+                    None => removed_containers.push(id.clone()),
                 }
                 self.reporter.forget(id);
             }
+            in_use = runners
+                .iter()
+                .flat_map(|(id, runner)| [id.clone(), runner.task.borrow().container_task().to_string()])
+                .collect();
         }
-        for id in &to_remove {
+        removed_containers.sort();
+        removed_containers.dedup();
+        // A container a remaining task restarted in place stays, though the task that made it went.
+        for id in removed_containers.iter().filter(|id| !in_use.contains(*id)) {
             if let Err(e) = self.executor.remove(id).await {
                 tracing::warn!(task = %id, error = %e, "removing a container failed");
             }
         }
         if complete {
             // Containers of tasks this node no longer has (e.g. removed while the agent was down).
-            let known: HashSet<String> = self.runners.lock().keys().cloned().collect();
+            let known = in_use;
             if let Ok(list) = self.executor.list().await {
                 for container in list.into_iter().filter(|c| !known.contains(&c.task_id)) {
                     tracing::info!(task = %container.task_id, "removing a container of a task no longer assigned here");

@@ -48,7 +48,7 @@ pub async fn run(mut task_rx: watch::Receiver<Task>, executor: Arc<dyn Executor>
         if desired >= TaskState::Shutdown {
             if observed.state >= TaskState::Complete {
                 if task.remove_container && !container_removed {
-                    match executor.remove(&task_id).await {
+                    match executor.remove(task.container_task()).await {
                         Ok(()) => container_removed = true,
                         Err(e) if e.is_temporary() => {
                             tracing::warn!(task = %task_id, error = %e, "removing the container failed; retrying");

@@ -347,3 +347,42 @@ async fn prepare_ahead_creates_every_container_first_and_a_newer_spec_removes_th
     assert!(tasks.iter().all(|t| !t.prepared_ahead() || t.desired_state > shoal_types::TaskState::Running));
     Ok(())
 }
+
+/// A rollback restarts the old tasks' stopped containers in place (`docker ps -a` shows no new
+/// container, each slot runs its old container again); once the tasks that made them leave the
+/// history, the agent keeps the containers the running tasks use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_restarts_the_stopped_containers_in_place() -> Result<()> {
+    let (_cluster, addr) = single_node().await?;
+    let addr = addr.as_str();
+    ok(
+        addr,
+        &["service", "create", "--name", "web", "--replicas", "3", "--update-parallelism", "3", "shoal/busybox:1"],
+    )?;
+    let v1 = wait_images(addr, &["shoal/busybox:1"; 3]).await?;
+    let mut v1_containers: Vec<String> = running(&v1).iter().map(|t| t.status.container_id.clone()).collect();
+    v1_containers.sort();
+    ok(addr, &["service", "update", "--image", "shoal/busybox:2", "web"])?;
+    wait_images(addr, &["shoal/busybox:2"; 3]).await?;
+    for id in &v1_containers {
+        assert_eq!(docker_inspect(id, "{{.State.Status}}"), "exited", "old container {id} stopped and kept");
+    }
+
+    ok(addr, &["service", "rollback", "web"])?;
+    let back = wait_images(addr, &["shoal/busybox:1"; 3]).await?;
+    let mut back_containers: Vec<String> = running(&back).iter().map(|t| t.status.container_id.clone()).collect();
+    back_containers.sort();
+    assert_eq!(back_containers, v1_containers, "the rollback ran the old containers again");
+    let service_id = inspect(addr)?.id;
+    let filter = format!("label=org.shoal.service.id={service_id}");
+    assert_eq!(docker_ids(&filter, true).len(), 6, "3 v1 containers (running again) and 3 v2 (stopped)");
+
+    // The tasks that made the v1 containers leave the history; the containers stay and run.
+    ok(addr, &["cluster", "update", "--task-history-limit", "1"])?;
+    wait_containers(&filter, 3).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut still: Vec<String> = docker_ids(&filter, false);
+    still.sort();
+    assert_eq!(still, v1_containers, "the running tasks' containers are kept");
+    Ok(())
+}

@@ -31,12 +31,20 @@ struct Variant {
     /// created when the rollout starts. Raw Docker and Swarm have no such thing: a prepared
     /// variant is compared with the figures of its unprepared twin.
     prepare_ahead: bool,
+    /// The update removes the containers it replaced (`--update-old-tasks remove`), so the
+    /// rollback creates new containers instead of restarting the stopped ones in place.
+    old_removed: bool,
 }
 
 impl Variant {
-    /// The same variant without preparing ahead: what raw Docker and Swarm measure.
-    fn unprepared(self) -> Variant {
-        Variant { prepare_ahead: false, ..self }
+    /// The same variant as raw Docker and Swarm run it: without preparing ahead, containers kept
+    /// (a shoal-only variant is compared with their figures for it).
+    fn baseline(self) -> Variant {
+        Variant { prepare_ahead: false, old_removed: false, ..self }
+    }
+
+    fn shoal_only(self) -> bool {
+        self != self.baseline()
     }
 
     fn batch_size(self) -> usize {
@@ -52,11 +60,12 @@ impl Variant {
     }
 
     fn scenario(self) -> String {
-        let what = match (self.rollback, self.prepare_ahead) {
-            (true, false) => "rollback",
-            (true, true) => "rollback prepared ahead",
-            (false, false) => "rolling update",
-            (false, true) => "rolling update prepared ahead",
+        let what = match (self.rollback, self.prepare_ahead, self.old_removed) {
+            (true, _, true) => "rollback, containers created anew",
+            (true, true, false) => "rollback prepared ahead",
+            (true, false, false) => "rollback",
+            (false, false, _) => "rolling update",
+            (false, true, _) => "rolling update prepared ahead",
         };
         if let Some((surge, unavailable)) = self.budget {
             return format!("{what}, {} replicas, max surge {surge}, max unavailable {unavailable}", self.replicas);
@@ -85,6 +94,7 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
         rollback,
         budget: None,
         prepare_ahead: false,
+        old_removed: false,
     };
     let budgeted = |replicas, surge, unavailable| Variant {
         replicas,
@@ -93,6 +103,7 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
         rollback: false,
         budget: Some((surge, unavailable)),
         prepare_ahead: false,
+        old_removed: false,
     };
     let mut variants: Vec<Variant> = if ctx.quick {
         // One of each kind (parallelism values, orders, a single replica, a rollback), so the smoke
@@ -128,7 +139,15 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
         .map(|v| Variant { prepare_ahead: true, ..*v })
         .take(if ctx.quick { 1 } else { usize::MAX })
         .collect();
+    // Each rollback once more with the update's old containers removed: the rollback then
+    // creates containers instead of restarting the stopped ones in place.
+    let anew: Vec<Variant> = variants
+        .iter()
+        .filter(|v| v.rollback && !v.prepare_ahead)
+        .map(|v| Variant { old_removed: true, ..*v })
+        .collect();
     variants.extend(prepared);
+    variants.extend(anew);
     let engine = Engine::connect().await?;
     let images = Images { v1: engine.image_id(IMAGE_V1).await?, v2: engine.image_id(IMAGE_V2).await? };
 
@@ -137,7 +156,7 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
     {
         let _guard = RawGuard;
         for (i, v) in variants.iter().enumerate() {
-            if v.prepare_ahead {
+            if v.shoal_only() {
                 continue;
             }
             for _ in 0..trials {
@@ -180,7 +199,7 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             'outer: for (i, v) in variants.iter().enumerate() {
                 // Swarm has no surge budget: nothing to compare with; a prepared variant is
                 // compared with its unprepared twin's figure.
-                if v.budget.is_some() || v.prepare_ahead {
+                if v.budget.is_some() || v.shoal_only() {
                     continue;
                 }
                 for _ in 0..trials {
@@ -208,13 +227,13 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
     let mut raw_totals = Vec::new();
     for (i, v) in variants.iter().enumerate() {
         let scenario = v.scenario();
-        // Raw Docker and Swarm figures come from the unprepared twin's run.
-        let twin = variants.iter().position(|b| *b == v.unprepared()).unwrap_or(i);
+        // Raw Docker and Swarm figures come from the baseline twin's run.
+        let twin = variants.iter().position(|b| *b == v.baseline()).unwrap_or(i);
         let shoal_v2 = median(&shoal[i].iter().map(|r| r.0).collect::<Vec<_>>());
         let shoal_done = median(&shoal[i].iter().map(|r| r.1).collect::<Vec<_>>());
         let raw_v2 = median(&raw[twin].iter().map(|r| r.0).collect::<Vec<_>>());
         let raw_total = median(&raw[twin].iter().map(|r| r.1).collect::<Vec<_>>());
-        if !v.prepare_ahead {
+        if !v.shoal_only() {
             raw_totals.push(format!("{scenario}: {raw_total:.2} s"));
         }
         let measure = if v.rollback { "rollback call → all v1 running" } else { "update call → all v2 running" };
@@ -229,6 +248,15 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
             .samples(trials);
         if let Some(swarm) = swarm.as_ref().filter(|swarm| !swarm[twin].is_empty()) {
             figure = figure.reference("Docker Swarm", median(&swarm[twin]), Kind::Measured);
+        }
+        // A rollback restarting the stopped containers in place, beside the same rollback
+        // creating new ones.
+        if v.rollback
+            && !v.old_removed
+            && let Some(anew) = variants.iter().position(|b| *b == Variant { old_removed: true, ..*v })
+        {
+            let anew_v1 = median(&shoal[anew].iter().map(|r| r.0).collect::<Vec<_>>());
+            figure = figure.reference("shoal, containers created anew", anew_v1, Kind::Measured);
         }
         report.push(figure);
         report.push(
@@ -259,7 +287,10 @@ pub async fn rolling_update(ctx: &mut Ctx, report: &mut Report) -> Result<()> {
              the rest after it stopped. **Prepared ahead** variants: the same service with `--update-prepare-ahead` \
              (and `--rollback-prepare-ahead`), so every new container is created when the rollout starts and each \
              batch only stops the old containers and starts the prepared ones; raw Docker and Swarm have no such \
-             mode, so those rows repeat the raw Docker and Swarm figures of the same variant without it. **Rollback** variants: the service is created with the same rollback settings \
+             mode, so those rows repeat the raw Docker and Swarm figures of the same variant without it. \
+             **Rollback, containers created anew**: the update runs with `--update-old-tasks remove`, so the \
+             rollback has no stopped container to restart in place and creates new ones; the plain rollback rows \
+             (old containers stopped and kept, Swarm's default) restart them, and carry this figure beside theirs. **Rollback** variants: the service is created with the same rollback settings \
              (`rollback_config` parallelism {PARALLELISM}, delay 0, same order), updated to `{IMAGE_V2}`; once all v2 \
              containers run and no v1 container runs any more, the clock starts before the rollback call (shoal: `UpdateService` with `rollback`; Swarm: \
              `docker service rollback --detach`) and stops when N containers run the v1 image; the raw \
@@ -344,6 +375,9 @@ async fn shoal_update(
         config.delay = GoDuration::from_secs(0);
         config.order = v.order;
         config.prepare_ahead = v.prepare_ahead;
+        if v.old_removed {
+            config.old_tasks = shoal_types::OldTasks::Remove;
+        }
         if let Some((surge, unavailable)) = v.budget {
             config.max_surge = Some(Quantity::Count(surge as u64));
             config.max_unavailable = Some(Quantity::Count(unavailable as u64));

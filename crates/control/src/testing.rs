@@ -24,6 +24,7 @@ pub(crate) fn task(id: &str, service: &str, node: &str, state: TaskState) -> Tas
         restart_failures: 0,
         remove_container: false,
         kept: false,
+        adopts: None,
     }
 }
 

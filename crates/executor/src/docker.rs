@@ -114,12 +114,52 @@ impl DockerExecutor {
         Ok(found.into_iter().find(|c| c.id.is_some()))
     }
 
+    /// The container of `plan`: the stopped container it adopts, or (when it adopts none, or
+    /// that one was gone and `prepare` made the task its own) the task's own.
+    async fn find_for(&self, plan: &TaskPlan) -> Result<Option<ContainerSummary>, ExecError> {
+        if let Some(adopted) = plan.adopted_task()
+            && let Some(found) = self.find(adopted).await?
+        {
+            return Ok(Some(found));
+        }
+        self.find(&plan.task_id).await
+    }
+
+    /// Takes over the stopped container `plan` adopts (a rollback restarting it in place): no
+    /// create, `start` restarts it. None when it is gone.
+    async fn adopt(&self, plan: &TaskPlan, adopted: &str) -> Result<Option<String>, ExecError> {
+        let Some(id) = self.find(adopted).await?.and_then(|c| c.id) else { return Ok(None) };
+        let Some(info) = self.inspect(&id).await? else { return Ok(None) };
+        let may_check_health = has_healthcheck(info.config.as_ref().and_then(|c| c.healthcheck.as_ref()));
+        let mut made = self.made.lock();
+        // The task that made it must not reach it through its stale entry any more.
+        made.remove(adopted);
+        made.insert(
+            plan.task_id.clone(),
+            Made { id: id.clone(), may_check_health, start_called: false, started: false },
+        );
+        Ok(Some(id))
+    }
+
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, ExecError> {
         match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
             Ok(info) => Ok(Some(info)),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(engine_error(&format!("inspecting container {id}"), e)),
         }
+    }
+
+    /// Whether `start` is to start container `id` although it ran before: `plan` adopts it, it is
+    /// not running, and it has not been started since the task that last ran it stopped.
+    async fn to_restart(&self, plan: &TaskPlan, id: &str) -> Result<bool, ExecError> {
+        let Some(adoption) = &plan.adopts else { return Ok(false) };
+        let Some(info) = self.inspect(id).await? else { return Ok(false) };
+        let state = info.state.unwrap_or_default();
+        if state.running == Some(true) {
+            return Ok(false);
+        }
+        let started_at = state.started_at.as_deref().and_then(rfc3339_millis).unwrap_or(0);
+        Ok(started_at <= adoption.stopped_at)
     }
 
     /// Waits until container `id` meets `condition` (`not-running` or `next-exit`) and returns
@@ -250,6 +290,12 @@ impl Executor for DockerExecutor {
         if let Some(made) = self.made.lock().get(&plan.task_id) {
             return Ok(made.id.clone());
         }
+        if let Some(adopted) = plan.adopted_task() {
+            if let Some(id) = self.adopt(plan, adopted).await? {
+                return Ok(id);
+            }
+            tracing::info!(task = %plan.task_id, adopted, "the stopped container to restart is gone; creating one");
+        }
         // No lookup first: the container's name is the task's, so one made earlier (before an
         // agent restart) makes the create fail with 409, handled below.
         let image = &plan.container.image;
@@ -310,12 +356,13 @@ impl Executor for DockerExecutor {
                 Err(e) => return Err(engine_error(&format!("starting container {name}"), e)),
             }
         }
-        let Some(summary) = self.find(&plan.task_id).await? else {
+        let Some(summary) = self.find_for(plan).await? else {
             return Err(ExecError::Fatal(format!("container {name} does not exist (it must be prepared first)")));
         };
         let id = summary.id.unwrap_or_default();
-        // Like Swarm: a container that has ever been started is not started again.
-        if summary.state != Some(ContainerSummaryStateEnum::CREATED) {
+        // Like Swarm: a container that has ever been started is not started again; one adopted
+        // (restarted in place) is started once more if it has not run since it was stopped.
+        if summary.state != Some(ContainerSummaryStateEnum::CREATED) && !self.to_restart(plan, &id).await? {
             return Ok(());
         }
         self.docker
@@ -340,7 +387,7 @@ impl Executor for DockerExecutor {
         let id = match known.map(|made| made.id) {
             Some(id) => id,
             None => {
-                let Some(summary) = self.find(&plan.task_id).await? else { return Err(container_gone(&name)) };
+                let Some(summary) = self.find_for(plan).await? else { return Err(container_gone(&name)) };
                 summary.id.unwrap_or_default()
             }
         };
@@ -378,7 +425,7 @@ impl Executor for DockerExecutor {
         {
             return Ok(());
         }
-        let Some(summary) = self.find(&plan.task_id).await? else { return Ok(()) };
+        let Some(summary) = self.find_for(plan).await? else { return Ok(()) };
         let running = matches!(
             summary.state,
             Some(
@@ -398,6 +445,8 @@ impl Executor for DockerExecutor {
         self.made.lock().remove(task_id);
         for summary in self.list_summaries(Some(task_id)).await? {
             let Some(id) = summary.id else { continue };
+            // A task that adopted it may know it by its own id.
+            self.made.lock().retain(|_, made| made.id != id);
             let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
             match self.docker.remove_container(&id, Some(opts)).await {
                 Ok(()) => {}
@@ -540,6 +589,25 @@ fn convert_event(msg: &EventMessage, node_id: &str) -> Option<ContainerEvent> {
     })
 }
 
+/// Docker's RFC 3339 UTC time (`2026-12-06T23:40:01.123456789Z`) in milliseconds since the epoch.
+fn rfc3339_millis(text: &str) -> Option<u64> {
+    let (date, time) = text.trim_end_matches('Z').split_once('T')?;
+    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut parts = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, min, s) = (parts.next()??, parts.next()??, parts.next()??);
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + h) * 60 + min) * 60_000 + s * 1_000 + millis).ok()
+}
+
 fn now_nanos() -> i128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
 }
@@ -617,6 +685,15 @@ mod tests {
     use bollard::models::EventActor;
 
     use super::*;
+
+    #[test]
+    fn docker_times_are_read_as_epoch_milliseconds() {
+        assert_eq!(rfc3339_millis("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(rfc3339_millis("2026-12-06T23:40:01.123456789Z"), Some(1_796_600_401_123));
+        assert_eq!(rfc3339_millis("2000-02-29T12:00:00.5Z"), Some(951_825_600_500));
+        assert_eq!(rfc3339_millis("0001-01-01T00:00:00Z"), None, "Docker's zero time: never started");
+        assert_eq!(rfc3339_millis("yesterday"), None);
+    }
 
     #[test]
     fn exit_status_text_is_parsed() {

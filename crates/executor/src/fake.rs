@@ -47,6 +47,16 @@ struct FakeContainer {
     id: String,
     plan: TaskPlan,
     status: FakeStatus,
+    /// The task that adopted and restarted this (exited) container, if one did.
+    restarted_for: Option<String>,
+}
+
+/// Where `plan`'s container is kept: under the task it adopts while that one exists, else its own.
+fn container_key(st: &State, plan: &TaskPlan) -> String {
+    match plan.adopted_task() {
+        Some(adopted) if st.containers.contains_key(adopted) => adopted.to_string(),
+        _ => plan.task_id.clone(),
+    }
 }
 
 #[derive(Default)]
@@ -309,7 +319,7 @@ impl Executor for FakeExecutor {
         self.begin(FakeOp::Prepare(plan.task_id.clone()))?;
         let id = {
             let mut st = self.inner.state.lock();
-            if let Some(c) = st.containers.get(&plan.task_id) {
+            if let Some(c) = st.containers.get(&container_key(&st, plan)) {
                 return Ok(c.id.clone());
             }
             if let Some(err) = st.prepare_failures.get(&plan.task_id) {
@@ -325,7 +335,7 @@ impl Executor for FakeExecutor {
             let id = format!("fake{:060x}", st.next_id);
             st.containers.insert(
                 plan.task_id.clone(),
-                FakeContainer { id: id.clone(), plan: plan.clone(), status: FakeStatus::Created },
+                FakeContainer { id: id.clone(), plan: plan.clone(), status: FakeStatus::Created, restarted_for: None },
             );
             st.prepared += 1;
             id
@@ -336,7 +346,8 @@ impl Executor for FakeExecutor {
 
     async fn start(&self, plan: &TaskPlan) -> Result<(), ExecError> {
         self.begin(FakeOp::Start(plan.task_id.clone()))?;
-        let task_id = &plan.task_id;
+        let key = container_key(&self.inner.state.lock(), plan);
+        let task_id = &key;
         let (events, delay) = {
             let mut st = self.inner.state.lock();
             let Some(c) = st.containers.get_mut(task_id) else {
@@ -345,8 +356,15 @@ impl Executor for FakeExecutor {
                     container_name(plan)
                 )));
             };
-            if c.status != FakeStatus::Created {
+            // An adopted container (a rollback restarting it in place) runs once more, once.
+            let restart = matches!(c.status, FakeStatus::Exited(_))
+                && plan.adopts.is_some()
+                && c.restarted_for.as_deref() != Some(plan.task_id.as_str());
+            if c.status != FakeStatus::Created && !restart {
                 return Ok(());
+            }
+            if restart {
+                c.restarted_for = Some(plan.task_id.clone());
             }
             if let Some(err) = st.start_failures.get(task_id) {
                 return Err(err.clone());
@@ -411,14 +429,15 @@ impl Executor for FakeExecutor {
                 if st.unreachable {
                     Some((Err(ExecError::Temporary("cannot reach the (fake) container engine".into())), vec![]))
                 } else {
-                    match st.containers.get(&plan.task_id).map(|c| c.status) {
+                    let key = container_key(&st, plan);
+                    match st.containers.get(&key).map(|c| c.status) {
                         None => Some((
                             Err(ExecError::Fatal(format!("container {} no longer exists", container_name(plan)))),
                             vec![],
                         )),
                         Some(FakeStatus::Exited(code)) => Some((Ok(ExitStatus { code }), vec![])),
-                        Some(FakeStatus::Running) if st.unhealthy.contains(&plan.task_id) => {
-                            let (err, events) = Self::stop_unhealthy(&mut st, &plan.task_id);
+                        Some(FakeStatus::Running) if st.unhealthy.contains(&key) => {
+                            let (err, events) = Self::stop_unhealthy(&mut st, &key);
                             Some((Err(err), events))
                         }
                         Some(_) => None,
@@ -442,7 +461,8 @@ impl Executor for FakeExecutor {
         self.begin(FakeOp::Shutdown(plan.task_id.clone()))?;
         let event = {
             let mut st = self.inner.state.lock();
-            let Some(c) = st.containers.get_mut(&plan.task_id) else { return Ok(()) };
+            let key = container_key(&st, plan);
+            let Some(c) = st.containers.get_mut(&key) else { return Ok(()) };
             if c.status != FakeStatus::Running {
                 return Ok(());
             }
@@ -524,6 +544,7 @@ mod tests {
             container: ContainerSpec { image: image.into(), ..ContainerSpec::default() },
             resources: Resources::default(),
             ports: Vec::new(),
+            adopts: None,
         }
     }
 

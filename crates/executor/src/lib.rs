@@ -45,6 +45,9 @@ pub struct TaskPlan {
     pub resources: shoal_types::Resources,
     /// Only `mode: host` ports are published by the executor; others are ignored.
     pub ports: Vec<shoal_types::PortConfig>,
+    /// The stopped container of another task to restart instead of creating one (a rollback to
+    /// the spec it ran); if it is gone, `prepare` creates the task's own as usual.
+    pub adopts: Option<shoal_types::Adoption>,
 }
 
 impl TaskPlan {
@@ -59,7 +62,13 @@ impl TaskPlan {
             container: task.spec.container.clone(),
             resources: task.spec.resources.clone(),
             ports: task.endpoint.ports.iter().filter(|p| p.mode == shoal_types::PublishMode::Host).cloned().collect(),
+            adopts: task.adopts.clone(),
         }
+    }
+
+    /// The task id the container to adopt carries, if any.
+    pub fn adopted_task(&self) -> Option<&str> {
+        self.adopts.as_ref().map(|a| a.container_task.as_str())
     }
 }
 

@@ -134,6 +134,7 @@ mod tests {
             container: ContainerSpec { image: "shoal/busybox:1".into(), ..ContainerSpec::default() },
             resources: Resources::default(),
             ports: Vec::new(),
+            adopts: None,
         }
     }
 

@@ -89,6 +89,7 @@ impl Node {
             container: ContainerSpec { image: image.into(), command, ..ContainerSpec::default() },
             resources: Resources::default(),
             ports: Vec::new(),
+            adopts: None,
         }
     }
 
@@ -406,4 +407,55 @@ async fn unreachable_engine_is_a_temporary_error() {
     let err = DockerExecutor::connect(Some("unix:///nonexistent/docker.sock"), "n1").await.unwrap_err();
     assert!(err.is_temporary(), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/docker.sock"), "{err}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A rollback restarting a stopped container in place: the adopting task's plan gets the old
+/// task's container (no create), starts it once more, waits for and stops that run; an executor
+/// that did not prepare it (an agent restarted in between) starts it once too, and never again
+/// once it ran for the adopting task. When the container is gone, prepare makes the task's own.
+#[tokio::test]
+async fn an_adopted_stopped_container_is_restarted_once() {
+    let node = Node::new().await;
+    let old = node.plan("shoal/busybox:1");
+    let id = node.exec.prepare(&old).await.unwrap();
+    node.exec.start(&old).await.unwrap();
+    node.exec.shutdown(&old).await.unwrap();
+    assert_eq!(node.status(&id).await, ContainerStateStatusEnum::EXITED);
+    let stopped_at = now_ms();
+
+    let adopt = shoal_types::Adoption { container_task: old.task_id.clone(), stopped_at };
+    let mut new = node.plan("shoal/busybox:1");
+    new.adopts = Some(adopt.clone());
+    assert_eq!(node.exec.prepare(&new).await.unwrap(), id, "the stopped container, not a new one");
+    // An agent restarted between prepare and start: a fresh executor knows nothing of it.
+    let restarted = DockerExecutor::connect(None, &node.node_id).await.unwrap();
+    restarted.start(&new).await.unwrap();
+    assert_eq!(node.status(&id).await, ContainerStateStatusEnum::RUNNING, "restarted in place");
+    let waited = {
+        let exec = restarted.clone();
+        let plan = new.clone();
+        tokio::spawn(async move { exec.wait(&plan).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waited.is_finished(), "wait follows the new run, not the old exit");
+    restarted.shutdown(&new).await.unwrap();
+    assert_eq!(waited.await.unwrap().unwrap(), ExitStatus { code: 0 });
+    // It ran for the adopting task since `stopped_at`: never started again for it.
+    DockerExecutor::connect(None, &node.node_id).await.unwrap().start(&new).await.unwrap();
+    assert_eq!(node.status(&id).await, ContainerStateStatusEnum::EXITED);
+    let listed = node.exec.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "one container throughout: {listed:?}");
+
+    // Gone (removed by hand): the adopting task gets a container of its own.
+    node.exec.remove(&old.task_id).await.unwrap();
+    let mut fresh = node.plan("shoal/busybox:1");
+    fresh.adopts = Some(adopt);
+    let own = node.exec.prepare(&fresh).await.unwrap();
+    assert_ne!(own, id);
+    node.exec.start(&fresh).await.unwrap();
+    assert_eq!(node.status(&own).await, ContainerStateStatusEnum::RUNNING);
 }

@@ -309,6 +309,7 @@ fn new_task(
         restart_failures: 0,
         remove_container: false,
         kept: false,
+        adopts: None,
     }
 }
 

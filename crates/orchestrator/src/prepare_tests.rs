@@ -190,3 +190,60 @@ proptest! {
         }
     }
 }
+
+/// The containers each replica slot's running task runs in, by the id they carry.
+fn running_containers(sim: &Sim) -> BTreeMap<u64, String> {
+    sim.w
+        .tasks(&sim.svc)
+        .iter()
+        .filter(|t| t.status.state == TaskState::Running && t.desired_state == TaskState::Running)
+        .map(|t| (t.slot, t.container_task().to_string()))
+        .collect()
+}
+
+/// A rollback restarts each slot's stopped container of the spec it returns to, on its node,
+/// instead of creating one; toggling back and forth keeps reusing the same containers. With
+/// `--update-old-tasks remove` there is nothing to restart and new containers are made.
+#[test]
+fn a_rollback_restarts_the_stopped_containers_in_place() {
+    for prepare_ahead in [false, true] {
+        let mut sim = Sim::new(4, |s| {
+            s.update_config.parallelism = 2;
+            s.rollback_config.parallelism = 2;
+            s.rollback_config.prepare_ahead = prepare_ahead;
+        });
+        let v1 = running_containers(&sim);
+        let v1_nodes: BTreeMap<u64, String> =
+            sim.w.runnable(&sim.svc).iter().map(|t| (t.slot, t.node_id.clone())).collect();
+        sim.update(|s| image(s, "app:2"));
+        sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+        let v2 = running_containers(&sim);
+        assert!(v2.values().all(|c| !v1.values().any(|old| old == c)), "the update made new containers");
+
+        sim.rollback();
+        sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted) && s.settled_on("app:1", 4), 400);
+        assert_eq!(running_containers(&sim), v1, "prepare_ahead {prepare_ahead}: the v1 containers run again");
+        for t in sim.w.runnable(&sim.svc) {
+            assert_eq!(t.node_id, v1_nodes[&t.slot], "restarted on its own node");
+            assert!(t.adopts.is_some());
+        }
+        assert!(waiting(&sim).is_empty() && prepared(&sim).is_empty(), "nothing was prepared for a restart");
+
+        // Back to v2 (a rollback toggles): the v2 containers, stopped by the first rollback.
+        sim.rollback();
+        sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted) && s.settled_on("app:2", 4), 400);
+        assert_eq!(running_containers(&sim), v2);
+        sim.rollback();
+        sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted) && s.settled_on("app:1", 4), 400);
+        assert_eq!(running_containers(&sim), v1, "a container restarted once is restarted again");
+    }
+
+    let mut sim = Sim::new(2, |s| s.update_config.old_tasks = OldTasks::Remove);
+    let v1 = running_containers(&sim);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    sim.rollback();
+    sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted) && s.settled_on("app:1", 2), 400);
+    let now = running_containers(&sim);
+    assert!(now.values().all(|c| !v1.values().any(|old| old == c)), "removed containers are not restarted: {now:?}");
+}

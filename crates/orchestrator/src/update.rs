@@ -25,6 +25,38 @@ pub const MAX_PREPARED_PER_PASS: usize = 512;
 struct SlotTasks<'a> {
     updatable: Vec<&'a Task>,
     prepared: Option<&'a Task>,
+    /// Every task of the slot (its history), to find a stopped container a rollback restarts.
+    history: &'a [&'a Task],
+}
+
+/// For a rollback's slot: the newest of its stopped tasks whose container ran exactly the spec
+/// rolled back to, so the rollback restarts that container on its node instead of creating one.
+/// A container is judged by the last task that ran it (several may have, one after the other): it
+/// must be stopped by shoal (not failed), not to be removed, not kept; its node must still take
+/// tasks.
+pub fn restartable<'a>(state: &State, service: &Service, history: &[&'a Task]) -> Option<&'a Task> {
+    let mut last_user: BTreeMap<&str, &Task> = BTreeMap::new();
+    for t in history {
+        let entry = last_user.entry(t.container_task()).or_insert(t);
+        if (t.created_at, t.id.as_str()) > (entry.created_at, entry.id.as_str()) {
+            *entry = t;
+        }
+    }
+    last_user
+        .into_values()
+        .filter(|t| {
+            t.status.state == TaskState::Shutdown
+                && t.desired_state == TaskState::Shutdown
+                && !t.remove_container
+                && !t.kept
+                && !t.prepared_ahead()
+                && !t.status.container_id.is_empty()
+                && crate::node_ok(state, &t.node_id)
+                && !t.node_id.is_empty()
+                && t.endpoint == service.spec.endpoint
+                && *t.spec == service.spec.task
+        })
+        .max_by_key(|t| (t.status.timestamp, t.created_at))
 }
 
 /// Swarm §2.4: a task is out of date if its spec (or endpoint) differs from the service's; a
@@ -393,13 +425,22 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     let starting: BTreeSet<&str> = decision.start.iter().map(|(key, _)| *key).collect();
     for (key, how) in decision.start {
         let key = key.to_string();
-        let tasks = SlotTasks { updatable: updatable[&key].clone(), prepared: prepared.get(&key).copied() };
+        let tasks = SlotTasks {
+            updatable: updatable[&key].clone(),
+            prepared: prepared.get(&key).copied(),
+            history: &slots[&key],
+        };
         start_slot(state, service, tasks, how, config, ctx, plan);
     }
     retire(state, decision.retire, &updatable, service, config, plan);
     if config.prepare_ahead {
         // Every other out-of-date slot gets its new task now, placed and prepared but held.
-        let waiting = dirty.iter().filter(|key| !starting.contains(key.as_str()) && !prepared.contains_key(*key));
+        // A rollback's slot whose stopped container is restarted in place needs nothing prepared.
+        let restarts_in_place = |key: &str| rolling_back && restartable(state, service, &slots[key]).is_some();
+        let waiting = dirty.iter().filter(|key| {
+            let has_task = starting.contains(key.as_str()) || prepared.contains_key(*key);
+            !has_task && !restarts_in_place(key.as_str())
+        });
         for key in waiting.take(MAX_PREPARED_PER_PASS) {
             let Some(old) = updatable[*key].first() else { continue };
             let node = match service.spec.mode {
@@ -591,9 +632,20 @@ fn start_slot(
         }
         Start::StartFirst => None,
     };
-    match tasks.prepared {
-        Some(prepared) => plan.actions.push(Action::ReleaseTask { id: prepared.id.clone(), gate }),
-        None => {
+    // A rollback restarts the slot's stopped container of the spec it returns to, in place.
+    let rolling_back = service.update_status.as_ref().is_some_and(|s| s.state == UpdateState::RollbackStarted);
+    let restart = rolling_back.then(|| restartable(state, service, tasks.history)).flatten();
+    match (restart, tasks.prepared) {
+        (Some(stopped), _) => {
+            let mut task = new_task(ctx, service, old.slot, &stopped.node_id, TaskOrigin::Update, gate);
+            task.adopts = Some(shoal_types::Adoption {
+                container_task: stopped.container_task().to_string(),
+                stopped_at: stopped.status.timestamp,
+            });
+            plan.actions.push(Action::PutTask { task });
+        }
+        (None, Some(prepared)) => plan.actions.push(Action::ReleaseTask { id: prepared.id.clone(), gate }),
+        (None, None) => {
             let task = new_task(ctx, service, old.slot, node, TaskOrigin::Update, gate);
             plan.actions.push(Action::PutTask { task });
         }

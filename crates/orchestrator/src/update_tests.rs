@@ -82,10 +82,16 @@ impl Sim {
         let tasks: Vec<Task> = self.w.state.tasks_of_service(&self.svc).cloned().collect();
         for (i, t) in tasks.iter().enumerate() {
             let behaviour = self.behaviour.get(&t.spec.container.image).copied().unwrap_or(Behaviour::Works);
+            // The container (named by the task that made it) exists from READY on, as on an agent.
             let status = |state: TaskState, err: &str| TaskStatus {
                 state,
                 timestamp: now,
                 err: err.into(),
+                container_id: if state >= TaskState::Ready {
+                    format!("ctr-{}", t.container_task())
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             };
             if t.desired_state >= TaskState::Shutdown {

@@ -113,6 +113,7 @@ mod tests {
             restart_failures: 0,
             remove_container: false,
             kept: false,
+            adopts: None,
         }
     }
 

@@ -350,6 +350,20 @@ pub struct Task {
     /// rollout stops it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+    /// A rollback to the spec a stopped container of this slot ran restarts that container on its
+    /// node instead of creating one: the task runs in the container another task made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopts: Option<Adoption>,
+}
+
+/// The stopped container a task restarts in place of creating its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adoption {
+    /// The task whose id the container carries (in its label and name): the task that made it.
+    pub container_task: String,
+    /// When the task that last ran the container reported it stopped, on the agent's clock (the
+    /// engine's): a container started since then was restarted for the adopting task already.
+    pub stopped_at: Timestamp,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -426,6 +440,12 @@ impl Task {
             && self.status.state < crate::TaskState::Assigned
             && gate.not_before > now;
         held.then_some(gate.not_before)
+    }
+
+    /// The id the task's container carries: its own, or that of the task whose stopped container
+    /// it restarts.
+    pub fn container_task(&self) -> &str {
+        self.adopts.as_ref().map_or(&self.id, |a| &a.container_task)
     }
 
     /// Whether the task was prepared ahead of its slot's turn and not released (yet).

@@ -46,6 +46,7 @@ fn task(service_id: &str, node_id: &str, state: TaskState, desired: TaskState) -
         restart_failures: 0,
         remove_container: false,
         kept: false,
+        adopts: None,
         desired_state: desired,
         status: TaskStatus { state, timestamp: 0, message: String::new(), err: String::new(), ..Default::default() },
     }

@@ -70,6 +70,7 @@ fn task(service: &Service, slot: u64, state: TaskState) -> Task {
         restart_failures: 0,
         remove_container: false,
         kept: false,
+        adopts: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn task(id: &str, service: &str, node: &str) -> Task {
         restart_failures: 0,
         remove_container: false,
         kept: false,
+        adopts: None,
         desired_state: TaskState::Running,
         status: TaskStatus {
             state: TaskState::New,
