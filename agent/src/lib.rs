@@ -479,6 +479,8 @@ impl Agent {
                 match runners.remove(id) {
                     Some(runner) => {
                         runner.handle.abort();
+                        // Its own container too: made when the one it was to restart was gone.
+                        removed_containers.push(id.clone());
                         removed_containers.push(runner.task.borrow().container_task().to_string());
                     }
                     None => removed_containers.push(id.clone()),

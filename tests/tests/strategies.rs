@@ -318,6 +318,8 @@ async fn prepare_ahead_creates_every_container_first_and_a_newer_spec_removes_th
     }
     let old_running = running(&tasks).iter().filter(|t| t.spec.container.image == "shoal/busybox:1").count();
     assert!(old_running >= 2, "prepared while the old tasks still ran ({old_running} running)");
+    let ps = ok(addr, &["service", "ps", "web"])?;
+    assert!(ps.contains("Ready (prepared)"), "{ps}");
 
     let tasks = wait_images(addr, &["shoal/busybox:2"; 4]).await?;
     let started: Vec<String> = running(&tasks).iter().map(|t| t.status.container_id.clone()).collect();

@@ -341,6 +341,9 @@ pub fn scheduling_problem(
     };
     let amounts = |r: &shoal_types::ResourceAmounts| Amounts { nano_cpus: r.nano_cpus, memory_bytes: r.memory_bytes };
     let mut pending = Vec::new();
+    // Tasks prepared ahead of their slot's turn are placed after every other task, so they never
+    // take the node (reservations, ports, max per node) a slot being updated now needs.
+    let mut prepared = Vec::new();
     let mut held_until: Option<u64> = None;
     for t in state.pending_tasks() {
         if let Some(until) = t.restart_held_until(now) {
@@ -348,7 +351,8 @@ pub fn scheduling_problem(
             held_until = Some(held_until.map_or(until, |h| h.min(until)));
             continue;
         }
-        pending.push(PendingTask {
+        let queue = if t.prepared_ahead() { &mut prepared } else { &mut pending };
+        queue.push(PendingTask {
             id: t.id.clone(),
             service_id: t.service_id.clone(),
             spec_version: t.spec_version,
@@ -360,6 +364,7 @@ pub fn scheduling_problem(
             preassigned_node: (!t.node_id.is_empty()).then(|| t.node_id.clone()),
         });
     }
+    pending.append(&mut prepared);
     if pending.is_empty() {
         return (None, held_until);
     }

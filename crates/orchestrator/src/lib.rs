@@ -267,7 +267,9 @@ pub fn should_restart(service: &ServiceSpec, failed: &Task, slot_tasks: &[&Task]
 /// be restarted. Swarm counts such a slot toward the replicas and hands it to the updater (its
 /// `UpdatableTasksInSlot`), so a later update replaces it.
 pub fn stopped_for_good<'a>(service: &ServiceSpec, slot_tasks: &[&'a Task], now: Timestamp) -> Option<&'a Task> {
-    let newest = slot_tasks.iter().copied().max_by_key(|t| (t.created_at, t.id.as_str()))?;
+    // A task prepared ahead of its turn is not (yet) the slot's.
+    let newest =
+        slot_tasks.iter().copied().filter(|t| !t.prepared_ahead()).max_by_key(|t| (t.created_at, t.id.as_str()))?;
     (newest.desired_state == TaskState::Shutdown
         && newest.status.state > TaskState::Running
         && !should_restart(service, newest, slot_tasks, now))
@@ -688,12 +690,16 @@ fn reconcile_global(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &
             continue;
         }
         let has_task = by_node.get(node.id.as_str()).is_some_and(|tasks| {
-            tasks.iter().any(|t| t.desired_state <= TaskState::Running)
-                || tasks.iter().max_by_key(|t| (t.created_at, t.id.as_str())).is_some_and(|newest| {
-                    newest.status.state > TaskState::Running
-                        && newest.desired_state == TaskState::Shutdown
-                        && !should_restart(&service.spec, newest, tasks, ctx.now)
-                })
+            tasks.iter().any(|t| t.desired_state <= TaskState::Running && !t.prepared_ahead())
+                || tasks
+                    .iter()
+                    .filter(|t| !t.prepared_ahead())
+                    .max_by_key(|t| (t.created_at, t.id.as_str()))
+                    .is_some_and(|newest| {
+                        newest.status.state > TaskState::Running
+                            && newest.desired_state == TaskState::Shutdown
+                            && !should_restart(&service.spec, newest, tasks, ctx.now)
+                    })
         });
         if !has_task && *budget > 0 {
             *budget -= 1;

@@ -247,3 +247,60 @@ fn a_rollback_restarts_the_stopped_containers_in_place() {
     let now = running_containers(&sim);
     assert!(now.values().all(|c| !v1.values().any(|old| old == c)), "removed containers are not restarted: {now:?}");
 }
+
+/// An old task that ends for good (exit 0, no restart) while its slot's new task waits prepared:
+/// the slot is not refilled outside the rollout (the prepared task is not the slot's yet); the
+/// rollout replaces it at its turn.
+#[test]
+fn a_slot_that_stops_for_good_while_prepared_is_replaced_by_the_rollout() {
+    let mut sim = Sim::new(3, |s| {
+        with_prepare_ahead(1)(s);
+        s.update_config.monitor = GoDuration::from_secs(2);
+    });
+    let since = sim.w.now;
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| waiting(s).len() == 2, 20);
+    let slot = waiting(&sim)[0].slot;
+    let old = sim.w.runnable(&sim.svc).into_iter().find(|t| t.slot == slot && !t.prepared_ahead()).unwrap();
+    sim.w.set_status(&old.id, TaskState::Complete);
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    assert!(sim.settled_on("app:2", 3));
+    let refills =
+        sim.w.tasks(&sim.svc).iter().filter(|t| t.origin == TaskOrigin::Orchestrator && t.created_at >= since).count();
+    assert_eq!(refills, 0, "no task made outside the rollout");
+}
+
+/// A preparation that fails is not tried again every pass: the slot counts one failure, and its
+/// task is made at its turn.
+#[test]
+fn a_failed_preparation_is_not_prepared_again() {
+    let mut sim = Sim::new(4, |s| {
+        with_prepare_ahead(1)(s);
+        s.update_config.failure_action = FailureAction::Continue;
+    });
+    sim.behaviour.insert("app:2".into(), Behaviour::FailsAtPrepare);
+    sim.update(|s| image(s, "app:2"));
+    for _ in 0..200 {
+        if sim.status() == Some(UpdateState::Completed) {
+            break;
+        }
+        sim.round();
+    }
+    let mut per_slot: BTreeMap<u64, usize> = BTreeMap::new();
+    for t in prepared(&sim) {
+        *per_slot.entry(t.slot).or_default() += 1;
+    }
+    assert!(per_slot.values().all(|n| *n == 1), "prepared more than once: {per_slot:?}");
+}
+
+/// A rollback pins a restarted task to its container's node; where placement could keep it off
+/// that node (reservations, host ports, a maximum per node), new containers are made instead.
+#[test]
+fn no_restart_in_place_where_pinning_could_block_the_rollback() {
+    let mut sim = Sim::new(2, |s| s.task.placement.max_replicas_per_node = 2);
+    sim.update(|s| image(s, "app:2"));
+    sim.run_until(|s| s.status() == Some(UpdateState::Completed), 400);
+    sim.rollback();
+    sim.run_until(|s| s.status() == Some(UpdateState::RollbackCompleted) && s.settled_on("app:1", 2), 400);
+    assert!(sim.w.runnable(&sim.svc).iter().all(|t| t.adopts.is_none()));
+}

@@ -32,9 +32,24 @@ struct SlotTasks<'a> {
 /// For a rollback's slot: the newest of its stopped tasks whose container ran exactly the spec
 /// rolled back to, so the rollback restarts that container on its node instead of creating one.
 /// A container is judged by the last task that ran it (several may have, one after the other): it
-/// must be stopped by shoal (not failed), not to be removed, not kept; its node must still take
-/// tasks.
+/// must be stopped by shoal (not failed), not to be removed, not kept; its node must be ready and
+/// active. The new task is pinned to that node, so a service whose placement could keep it off the
+/// node while another slot's task sits there (resource reservations, host-mode ports, a maximum
+/// per node) always gets new containers instead: a pinned task that cannot be placed would hold
+/// the rollback up.
 pub fn restartable<'a>(state: &State, service: &Service, history: &[&'a Task]) -> Option<&'a Task> {
+    let task = &service.spec.task;
+    let pinning_may_block = task.resources.reservations != shoal_types::ResourceAmounts::default()
+        || task.placement.max_replicas_per_node > 0
+        || service.spec.endpoint.ports.iter().any(|p| p.mode == shoal_types::PublishMode::Host && p.published != 0);
+    if pinning_may_block {
+        return None;
+    }
+    let node_takes_tasks = |id: &str| {
+        state.node(id).is_some_and(|n| {
+            n.status.state == shoal_types::NodeState::Ready && n.spec.availability == Availability::Active
+        })
+    };
     let mut last_user: BTreeMap<&str, &Task> = BTreeMap::new();
     for t in history {
         let entry = last_user.entry(t.container_task()).or_insert(t);
@@ -51,8 +66,7 @@ pub fn restartable<'a>(state: &State, service: &Service, history: &[&'a Task]) -
                 && !t.kept
                 && !t.prepared_ahead()
                 && !t.status.container_id.is_empty()
-                && crate::node_ok(state, &t.node_id)
-                && !t.node_id.is_empty()
+                && node_takes_tasks(&t.node_id)
                 && t.endpoint == service.spec.endpoint
                 && *t.spec == service.spec.task
         })
@@ -153,6 +167,9 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     // way), whose containers are removed.
     let mut prepared: BTreeMap<&String, &Task> = BTreeMap::new();
     let mut unused_prepared: Vec<&Task> = Vec::new();
+    // Slots prepared once for this spec already: one whose preparation failed gets its task just
+    // in time at its turn, not a new preparation (and a new failure) every pass.
+    let mut prepared_once: BTreeSet<&String> = BTreeSet::new();
 
     // Per slot, the tasks the update replaces: its runnable tasks, or the task of a slot that
     // stopped for good (Swarm's `UpdatableTasksInSlot`), so an update brings such a slot back.
@@ -170,6 +187,9 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
             }
             if t.prepared_ahead() {
                 // Not started, so neither live nor available; outside the slot until released.
+                if t.spec_version == service.spec_version {
+                    prepared_once.insert(key);
+                }
                 if t.desired_state <= TaskState::Running {
                     let usable = t.spec_version == service.spec_version && !t.status.state.is_terminal();
                     match usable.then(|| prepared.insert(key, *t)) {
@@ -438,7 +458,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         // A rollback's slot whose stopped container is restarted in place needs nothing prepared.
         let restarts_in_place = |key: &str| rolling_back && restartable(state, service, &slots[key]).is_some();
         let waiting = dirty.iter().filter(|key| {
-            let has_task = starting.contains(key.as_str()) || prepared.contains_key(*key);
+            let has_task = starting.contains(key.as_str()) || prepared_once.contains(*key);
             !has_task && !restarts_in_place(key.as_str())
         });
         for key in waiting.take(MAX_PREPARED_PER_PASS) {
@@ -644,7 +664,12 @@ fn start_slot(
             });
             plan.actions.push(Action::PutTask { task });
         }
-        (None, Some(prepared)) => plan.actions.push(Action::ReleaseTask { id: prepared.id.clone(), gate }),
+        (None, Some(prepared)) => {
+            // Should the prepared task have ended meanwhile, the store puts this one instead, so
+            // the old task's shutdown never goes without a replacement.
+            let otherwise = new_task(ctx, service, old.slot, node, TaskOrigin::Update, gate.clone());
+            plan.actions.push(Action::ReleaseTask { id: prepared.id.clone(), gate, otherwise });
+        }
         (None, None) => {
             let task = new_task(ctx, service, old.slot, node, TaskOrigin::Update, gate);
             plan.actions.push(Action::PutTask { task });

@@ -182,11 +182,13 @@ actions! {
     },
     /// A task prepared ahead of its slot's turn (`--update-prepare-ahead`) gets its turn: its
     /// gate becomes `gate` (typically "after the old task stopped"), or with none it is to run
-    /// now. The slot is recorded in the rollout from here, not from when it was prepared.
-    /// Skipped unless the task is still prepared ahead and waiting.
+    /// now. The slot is recorded in the rollout from here, not from when it was prepared. If the
+    /// task is no longer prepared and waiting (it failed since the updater looked), `otherwise`
+    /// (a new task for the slot) is put instead, so the slot still gets its replacement.
     ReleaseTask {
         id: String,
         gate: Option<StartGate>,
+        otherwise: Task,
     },
     /// `--update-old-tasks keep`: a task the rollout replaced keeps running, outside the replicas.
     KeepTask {

@@ -738,24 +738,7 @@ impl State {
                 }
                 changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Node(node) });
             }
-            Action::PutTask { mut task } => {
-                // Proposed by the control loop from a view that may predate the service's
-                // removal: a task for a service that is gone is skipped, so the rest of the
-                // entry (other services' tasks) still applies.
-                if !self.services.contains_key(&task.service_id) {
-                    return Ok(());
-                }
-                task.version = index;
-                task.updated_at = at;
-                let old = self.set_task(task.clone());
-                let kind = if old.is_some() { ChangeKind::Update } else { ChangeKind::Create };
-                undo.push(Undo::Task(task.id.clone(), old.clone()));
-                // A task prepared ahead joins the rollout's record when it is released.
-                if old.is_none() && task.origin == TaskOrigin::Update && !task.prepared_ahead() {
-                    self.record_slot(&task, index, at, undo);
-                }
-                changes.push(Change { kind, index, at, object: Object::Task(task) });
-            }
+            Action::PutTask { task } => self.put_task(task, index, at, undo, changes),
             Action::SetDesiredState { id, desired } => {
                 if let Some(task) = self.task(&id)
                     && desired > task.desired_state
@@ -765,11 +748,11 @@ impl State {
                     self.put_task_change(task, index, at, undo, changes);
                 }
             }
-            Action::ReleaseTask { id, gate } => {
-                if let Some(task) = self.task(&id)
-                    && task.prepared_ahead()
-                    && task.desired_state == TaskState::Ready
-                    && !task.status.state.is_terminal()
+            Action::ReleaseTask { id, gate, otherwise } => match self.task(&id) {
+                Some(task)
+                    if task.prepared_ahead()
+                        && task.desired_state == TaskState::Ready
+                        && !task.status.state.is_terminal() =>
                 {
                     let mut task = task.clone();
                     if gate.is_none() {
@@ -781,7 +764,8 @@ impl State {
                     }
                     self.put_task_change(task, index, at, undo, changes);
                 }
-            }
+                _ => self.put_task(otherwise, index, at, undo, changes),
+            },
             Action::KeepTask { id } => {
                 if let Some(task) = self.task(&id)
                     && task.desired_state <= TaskState::Running
@@ -902,6 +886,25 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// A task written whole (`PutTask`, or a release's fallback). Proposed by the control loop from
+    /// a view that may predate the service's removal: a task for a service that is gone is
+    /// skipped, so the rest of the entry (other services' tasks) still applies.
+    fn put_task(&mut self, mut task: Task, index: u64, at: u64, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
+        if !self.services.contains_key(&task.service_id) {
+            return;
+        }
+        task.version = index;
+        task.updated_at = at;
+        let old = self.set_task(task.clone());
+        let kind = if old.is_some() { ChangeKind::Update } else { ChangeKind::Create };
+        undo.push(Undo::Task(task.id.clone(), old.clone()));
+        // A task prepared ahead joins the rollout's record when it is released.
+        if old.is_none() && task.origin == TaskOrigin::Update && !task.prepared_ahead() {
+            self.record_slot(&task, index, at, undo);
+        }
+        changes.push(Change { kind, index, at, object: Object::Task(task) });
     }
 
     fn put_task_change(
@@ -1153,7 +1156,11 @@ impl State {
             .flatten();
         let told_to_stop = before.desired_state <= TaskState::Running && after.desired_state > TaskState::Running;
         let Some((batch, index)) = new.or(old) else {
-            if told_to_stop && after.spec_version < spec_version && after.origin != TaskOrigin::Restart {
+            if told_to_stop
+                && after.spec_version < spec_version
+                && after.origin != TaskOrigin::Restart
+                && !after.prepared_ahead()
+            {
                 // Maybe the old task of a slot recorded next in this entry (stop-first).
                 let entry = (after.service_id.clone(), after.name(), after.id.clone(), at);
                 self.slot_index.stopping.push(entry);

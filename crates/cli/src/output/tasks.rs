@@ -184,11 +184,14 @@ pub fn task_rows(tasks: &[&Task], names: &ServiceNames, nodes: &[Node], options:
         .collect()
 }
 
-/// The DESIRED STATE column: a task a rollout kept running beside its replacement says so.
+/// The DESIRED STATE column: a task a rollout kept running beside its replacement says so, as
+/// does one prepared ahead of its slot's turn (`--update-prepare-ahead`).
 fn desired_column(task: &Task) -> String {
     let desired = capitalize(task.desired_state.as_str());
     if task.kept && task.desired_state <= shoal_types::TaskState::Running {
         format!("{desired} (kept)")
+    } else if task.prepared_ahead() && task.desired_state <= shoal_types::TaskState::Running {
+        format!("{desired} (prepared)")
     } else {
         desired
     }

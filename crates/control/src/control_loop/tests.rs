@@ -270,3 +270,28 @@ async fn a_failed_task_is_replaced_when_its_restart_delay_ends() {
     assert_eq!(replacement.slot, first.slot);
     control.abort();
 }
+
+/// Tasks prepared ahead of their slot's turn come after every other waiting task in the
+/// scheduling problem, so they never take the node a slot being updated needs.
+#[test]
+fn prepared_tasks_are_scheduled_after_the_others() {
+    let mut state = State::default();
+    let create = Action::CreateService { id: "s1".into(), spec: ServiceSpec::new("web", "busybox") };
+    let prepared = |id: &str| Task {
+        desired_state: shoal_types::TaskState::Ready,
+        start_gate: Some(shoal_types::StartGate::prepared_ahead()),
+        ..crate::testing::task(id, "s1", "", shoal_types::TaskState::New)
+    };
+    let plain = crate::testing::task("b-now", "s1", "", shoal_types::TaskState::New);
+    let puts = vec![
+        Action::PutTask { task: prepared("a-later") },
+        Action::PutTask { task: plain },
+        Action::PutTask { task: prepared("c-later") },
+    ];
+    state.apply(1, &Batch::new(0, vec![create])).unwrap();
+    state.apply(2, &Batch::new(0, puts)).unwrap();
+    let (problem, _) = scheduling_problem(&state, 0, Vec::new());
+    let order: Vec<String> = problem.expect("tasks wait").pending.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(order.first().map(String::as_str), Some("b-now"), "{order:?}");
+    assert_eq!(order.len(), 3);
+}

@@ -1049,3 +1049,36 @@ fn rollout_slots_record_the_timeline_of_their_tasks() {
     assert_eq!(restored.rollouts("s1"), state.rollouts("s1"));
     assert_eq!(state.rollouts("s1")[0].batches[1].slots[0].stopped_at, Some(90));
 }
+
+/// `ReleaseTask` raises a prepared task (to RUNNING without a gate, or with the new gate) and only
+/// a prepared one still waiting; a prepared task that ended meanwhile is replaced by the
+/// release's fallback task, so the slot still gets its replacement in the same entry.
+#[test]
+fn a_release_raises_a_waiting_prepared_task_or_puts_its_fallback() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![create("s1", "web")])).unwrap();
+    let prepared = |id: &str| Task {
+        desired_state: TaskState::Ready,
+        start_gate: Some(shoal_types::StartGate::prepared_ahead()),
+        ..task(id, "s1", "")
+    };
+    state
+        .apply(2, &batch(vec![Action::PutTask { task: prepared("p1") }, Action::PutTask { task: prepared("p2") }]))
+        .unwrap();
+    let fallback = |id: &str| Task { desired_state: TaskState::Running, ..task(id, "s1", "") };
+
+    state
+        .apply(3, &batch(vec![Action::ReleaseTask { id: "p1".into(), gate: None, otherwise: fallback("f1") }]))
+        .unwrap();
+    let p1 = state.task("p1").unwrap();
+    assert_eq!((p1.desired_state, p1.start_gate.is_none(), p1.prepared_ahead()), (TaskState::Running, true, false));
+    assert!(state.task("f1").is_none(), "no fallback when the release applies");
+
+    let rejected = TaskStatus { state: TaskState::Rejected, timestamp: 5, ..Default::default() };
+    state.apply(4, &batch(vec![Action::SetTaskStatus { id: "p2".into(), status: rejected }])).unwrap();
+    state
+        .apply(5, &batch(vec![Action::ReleaseTask { id: "p2".into(), gate: None, otherwise: fallback("f2") }]))
+        .unwrap();
+    assert_eq!(state.task("p2").unwrap().desired_state, TaskState::Ready, "an ended task is not raised");
+    assert_eq!(state.task("f2").unwrap().desired_state, TaskState::Running, "the fallback took its place");
+}
