@@ -429,6 +429,16 @@ pub fn service_pretty(service: &Service) -> String {
     if let Some(health) = &container.healthcheck {
         health_lines(&mut p, health);
     }
+    if !container.mounts.is_empty() {
+        // As docker prints them.
+        p.heading(0, "Mounts");
+        for mount in &container.mounts {
+            p.kv(1, "Target", &mount.target);
+            p.kv(2, "Source", &mount.source);
+            p.kv(2, "ReadOnly", mount.readonly);
+            p.kv(2, "Type", mount.kind.as_str());
+        }
+    }
     let resources = &spec.task.resources;
     if resources.limits != ResourceAmounts::default() || resources.reservations != ResourceAmounts::default() {
         p.heading(0, "Resources");

@@ -11,16 +11,58 @@ use shoal_types::{
 };
 
 use crate::error::{ComposeError, Location};
-use crate::model::{DeployMode, Service};
+use crate::model::{DeployMode, Service, VolumeDef};
 use crate::parse::join;
 
 /// The label docker puts on every object of a stack.
 pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 
+/// A service's mounts with the stack's named volumes resolved as `docker stack deploy` does: a
+/// volume must be declared at the top level; it is named `<stack>_<name>` (or its `name:`),
+/// created on first use with the declared driver, options and labels plus the stack's label, and
+/// an `external` one is used as it is.
+fn mounts(
+    stack: &str,
+    short: &str,
+    service: &Service,
+    volumes: &BTreeMap<String, VolumeDef>,
+    locations: &BTreeMap<String, Location>,
+) -> Result<Vec<shoal_types::Mount>, ComposeError> {
+    let mut mounts = Vec::with_capacity(service.volumes.len());
+    for (i, mount) in service.volumes.iter().enumerate() {
+        let mut mount = mount.clone();
+        if mount.kind == shoal_types::MountType::Volume && !mount.source.is_empty() {
+            let Some(def) = volumes.get(&mount.source) else {
+                let path = format!("services.{short}.volumes[{i}]");
+                return Err(ComposeError::invalid(
+                    find_location(locations, &path),
+                    path,
+                    format!("undefined volume {:?}: declare it under the top-level volumes:", mount.source),
+                ));
+            };
+            let name = match (&def.name, def.external) {
+                (Some(name), _) => name.clone(),
+                (None, true) => mount.source.clone(),
+                (None, false) => format!("{stack}_{}", mount.source),
+            };
+            if !def.external {
+                mount.volume.driver.clone_from(&def.driver);
+                mount.volume.driver_options.clone_from(&def.driver_opts);
+                mount.volume.labels.extend(def.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                mount.volume.labels.insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+            }
+            mount.source = name;
+        }
+        mounts.push(mount);
+    }
+    Ok(mounts)
+}
+
 pub(crate) fn to_service_spec(
     stack: &str,
     short: &str,
     service: &Service,
+    volumes: &BTreeMap<String, VolumeDef>,
     locations: &BTreeMap<String, Location>,
 ) -> Result<ServiceSpec, ComposeError> {
     let with_namespace = |labels: &Labels| {
@@ -51,6 +93,7 @@ pub(crate) fn to_service_spec(
         stop_grace_period: service.stop_grace_period.unwrap_or(GoDuration::from_secs(10)),
         stop_signal: service.stop_signal.clone(),
         healthcheck: service.healthcheck.clone(),
+        mounts: mounts(stack, short, service, volumes, locations)?,
     };
     let resources = Resources {
         limits: amounts(short, "limits", deploy.resources.limits.as_ref(), locations)?,
@@ -123,6 +166,7 @@ pub(crate) fn compose_path(short: &str, field: &str) -> String {
         ("task.container.workdir", "working_dir"),
         ("task.container.command", "entrypoint"),
         ("task.container.args", "command"),
+        ("task.container.mounts", "volumes"),
         ("task.container", ""),
         ("task.resources", "deploy.resources"),
         ("task.placement", "deploy.placement"),

@@ -269,7 +269,7 @@ pub fn load_with(
         let mut ingress_ports: BTreeMap<(u16, &'static str), String> = BTreeMap::new();
         for (short, service) in &stack.services {
             let path = parse::join("services", short);
-            let spec = convert::to_service_spec(stack_name, short, service, &locations)?;
+            let spec = convert::to_service_spec(stack_name, short, service, &stack.volumes, &locations)?;
             // Swarm compares service names case-insensitively.
             if let Some(other) = full_names.insert(spec.name.to_ascii_lowercase(), short.clone()) {
                 return Err(ComposeError::invalid(

@@ -20,6 +20,25 @@ pub struct StackFile {
     /// changes (`stack deploy --change-cause` wins over it).
     #[serde(rename = "x-change-cause", skip_serializing_if = "Option::is_none")]
     pub change_cause: Option<String>,
+    /// The top-level `volumes:`, by the name services use.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, VolumeDef>,
+}
+
+/// A top-level `volumes:` entry: how the stack's named volume is created, or that it exists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VolumeDef {
+    /// The volume's name on the nodes; `<stack>_<key>` when not given (not for external ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
 }
 
 /// One compose service, normalised.
@@ -53,6 +72,9 @@ pub struct Service {
     pub stop_grace_period: Option<GoDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// `volumes:` in long syntax; a volume's source is the name in the top-level `volumes:`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<shoal_types::Mount>,
     pub deploy: Deploy,
 }
 

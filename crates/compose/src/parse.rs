@@ -8,15 +8,16 @@ use std::path::{Path, PathBuf};
 
 use shoal_types::units::{parse_memory_bytes, parse_nano_cpus};
 use shoal_types::{
-    CanaryStep, Constraint, EndpointMode, FailureAction, GoDuration, HealthConfig, OldTasks, PlacementPreference,
-    PortConfig, PortProtocol, PublishMode, Quantity, RestartCondition, RestartPolicy, RolloutStrategy, StepPause,
-    UpdateConfig, UpdateOrder,
+    CanaryStep, Constraint, EndpointMode, FailureAction, GoDuration, HealthConfig, Mount, MountType, OldTasks,
+    PlacementPreference, PortConfig, PortProtocol, Propagation, PublishMode, Quantity, RestartCondition, RestartPolicy,
+    RolloutStrategy, StepPause, TmpfsOptions, UpdateConfig, UpdateOrder,
 };
 
 use crate::envfile::parse_env_file;
 use crate::error::{ComposeError, Location, UnsupportedKey};
 use crate::model::{
     Deploy, DeployMode, DeployPlacement, DeployResources, ResourceAmounts, Service, SpreadPreference, StackFile,
+    VolumeDef,
 };
 use crate::shell;
 use crate::yaml::{Key, Kind, Loc, Val};
@@ -30,12 +31,15 @@ pub(crate) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
 }
 
-const TOP_SUPPORTED: &[&str] = &["version", "name", "services"];
+const TOP_SUPPORTED: &[&str] = &["version", "name", "services", "volumes"];
 /// Keys whose absence changes what a service does (its data, its secrets, who it can reach):
 /// at the top level and in a service they are refused unless the caller opts out, instead of
 /// being ignored quietly.
-const REFUSED_UNLESS_IGNORED: &[&str] = &["volumes", "secrets", "configs", "networks"];
-const TOP_UNSUPPORTED: &[&str] = &["networks", "volumes", "secrets", "configs", "include", "models"];
+const REFUSED_UNLESS_IGNORED: &[&str] = &["secrets", "configs", "networks"];
+const TOP_UNSUPPORTED: &[&str] = &["networks", "secrets", "configs", "include", "models"];
+const VOLUME_DEF_SUPPORTED: &[&str] = &["name", "external", "driver", "driver_opts", "labels"];
+const SERVICE_VOLUME_SUPPORTED: &[&str] = &["type", "source", "target", "read_only", "bind", "volume", "tmpfs"];
+const SERVICE_VOLUME_UNSUPPORTED: &[&str] = &["consistency", "image"];
 
 const SERVICE_SUPPORTED: &[&str] = &[
     "image",
@@ -53,6 +57,7 @@ const SERVICE_SUPPORTED: &[&str] = &[
     "working_dir",
     "deploy",
     "restart",
+    "volumes",
 ];
 
 /// Every other service-level key of the compose specification.
@@ -133,7 +138,6 @@ const SERVICE_UNSUPPORTED: &[&str] = &[
     "use_api_socket",
     "userns_mode",
     "uts",
-    "volumes",
     "volumes_from",
 ];
 
@@ -188,6 +192,27 @@ pub(crate) struct Walker<'a> {
     pub unsupported: Vec<UnsupportedKey>,
     /// Where each compose key path was written, for errors found after the walk.
     pub locations: BTreeMap<String, Location>,
+}
+
+/// A bind source relative to the stack file's directory (itself relative to the current one when
+/// the file was named so), made absolute and cleaned of `.` and `..` as docker does.
+fn absolute_bind_source(base_dir: &Path, source: &str) -> String {
+    let base = if base_dir.is_absolute() {
+        base_dir.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")).join(base_dir)
+    };
+    let mut clean = PathBuf::from("/");
+    for part in base.join(source).components() {
+        match part {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::Normal(name) => clean.push(name),
+            _ => {}
+        }
+    }
+    clean.to_string_lossy().into_owned()
 }
 
 impl Walker<'_> {
@@ -424,6 +449,7 @@ impl Walker<'_> {
                     self.opt_string(value, &path)?;
                 }
                 "services" => services = Some(value),
+                "volumes" => stack.volumes = self.volume_defs(value, &path)?,
                 _ => {}
             }
         }
@@ -505,6 +531,7 @@ impl Walker<'_> {
                 "working_dir" => service.working_dir = self.opt_string(value, &p)?,
                 "deploy" => deploy = Some((value, p)),
                 "restart" => restart = Some((value, p)),
+                "volumes" => service.volumes = self.service_volumes(value, &p)?,
                 _ => {}
             }
         }
@@ -580,6 +607,174 @@ impl Walker<'_> {
             out.extend(pairs.into_iter().map(|(k, v)| (k, v, loc)));
         }
         Ok(out)
+    }
+
+    /// The top-level `volumes:`: name → definition (null: a plain local volume).
+    fn volume_defs(&mut self, v: &Val, path: &str) -> Result<BTreeMap<String, VolumeDef>> {
+        let entries: &[(Key, Val)] = match &v.kind {
+            Kind::Map(entries) => entries,
+            Kind::Null => &[],
+            _ => return Err(self.type_error(v, path, "a mapping of volume names to volumes")),
+        };
+        let mut defs = BTreeMap::new();
+        for (key, value) in entries {
+            let child = join(path, &key.name);
+            self.locations.insert(child.clone(), self.location(key.loc));
+            let mut def = VolumeDef::default();
+            for (field, value, p) in self.object(value, &child, VOLUME_DEF_SUPPORTED, &[])? {
+                match field.name.as_str() {
+                    "name" => def.name = self.opt_string(value, &p)?,
+                    "external" => def.external = self.boolean(value, &p)?,
+                    "driver" => def.driver = self.opt_string(value, &p)?,
+                    "driver_opts" => {
+                        def.driver_opts = self
+                            .key_values(value, &p)?
+                            .into_iter()
+                            .map(|(k, v, _)| (k, v.unwrap_or_default()))
+                            .collect()
+                    }
+                    "labels" => def.labels = self.labels(value, &p)?,
+                    _ => {}
+                }
+            }
+            if def.external && (def.driver.is_some() || !def.driver_opts.is_empty() || !def.labels.is_empty()) {
+                return Err(self.error(
+                    key.loc,
+                    &child,
+                    "an external volume exists already: driver, driver_opts and labels cannot be set",
+                ));
+            }
+            defs.insert(key.name.clone(), def);
+        }
+        Ok(defs)
+    }
+
+    /// A service's `volumes:`: short (`[SOURCE:]TARGET[:MODE]`) or long syntax, as mounts. A
+    /// relative bind source is resolved against the stack file's directory.
+    fn service_volumes(&mut self, v: &Val, path: &str) -> Result<Vec<Mount>> {
+        let items = match &v.kind {
+            Kind::Null => return Ok(Vec::new()),
+            Kind::Seq(items) => items,
+            _ => return Err(self.type_error(v, path, "a sequence of volumes")),
+        };
+        let mut mounts = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let child = format!("{path}[{i}]");
+            self.locations.insert(child.clone(), self.location(item.loc));
+            let mut mount = match &item.kind {
+                Kind::Str(text) => self.short_volume(text).map_err(|m| self.error(item.loc, &child, m))?,
+                Kind::Map(_) => self.long_volume(item, &child)?,
+                _ => return Err(self.type_error(item, &child, "a volume (SOURCE:TARGET[:MODE] or a mapping)")),
+            };
+            if mount.kind == MountType::Bind && mount.source.starts_with('.') {
+                mount.source = absolute_bind_source(&self.base_dir, &mount.source);
+            }
+            mount.check().map_err(|m| self.error(item.loc, &child, m))?;
+            mounts.push(mount);
+        }
+        Ok(mounts)
+    }
+
+    /// `/host:/target:ro`, `data:/target`, `./rel:/target`, `/target` (anonymous volume).
+    fn short_volume(&self, text: &str) -> std::result::Result<Mount, String> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let (source, target, mode) = match parts.as_slice() {
+            [target] => ("", *target, None),
+            [source, target] => (*source, *target, None),
+            [source, target, mode] => (*source, *target, Some(*mode)),
+            _ => return Err(format!("invalid volume {text:?}: expected [SOURCE:]TARGET[:MODE]")),
+        };
+        let bind = source.starts_with('/') || source.starts_with('.') || source.starts_with('~');
+        let mut mount = Mount {
+            kind: if bind { MountType::Bind } else { MountType::Volume },
+            source: source.to_string(),
+            target: target.to_string(),
+            ..Mount::default()
+        };
+        for option in mode.into_iter().flat_map(|m| m.split(',')) {
+            match option {
+                "ro" => mount.readonly = true,
+                "rw" => mount.readonly = false,
+                "nocopy" if !bind => mount.volume.no_copy = true,
+                other => match Propagation::ALL.into_iter().find(|p| p.as_str() == other) {
+                    Some(p) if bind => mount.propagation = Some(p),
+                    _ => {
+                        return Err(format!(
+                            "invalid volume mode {other:?} in {text:?} (allowed: ro, rw, nocopy for volumes, a propagation for binds)"
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(mount)
+    }
+
+    fn long_volume(&mut self, v: &Val, path: &str) -> Result<Mount> {
+        let mut mount = Mount::default();
+        let mut kind = None;
+        let mut tmpfs = TmpfsOptions::default();
+        let mut has_tmpfs = false;
+        for (key, value, p) in self.object(v, path, SERVICE_VOLUME_SUPPORTED, SERVICE_VOLUME_UNSUPPORTED)? {
+            match key.name.as_str() {
+                "type" => {
+                    kind = Some(self.choice(
+                        value,
+                        &p,
+                        "volume type",
+                        &[("bind", MountType::Bind), ("volume", MountType::Volume), ("tmpfs", MountType::Tmpfs)],
+                        None,
+                    )?)
+                }
+                "source" => mount.source = self.opt_string(value, &p)?.unwrap_or_default(),
+                "target" => mount.target = self.string(value, &p)?,
+                "read_only" => mount.readonly = self.boolean(value, &p)?,
+                "bind" => {
+                    for (key, value, p) in self.object(value, &p, &["propagation"], &["create_host_path", "selinux"])? {
+                        if key.name == "propagation" {
+                            let options: Vec<(&str, Propagation)> =
+                                Propagation::ALL.iter().map(|p| (p.as_str(), *p)).collect();
+                            mount.propagation = Some(self.choice(value, &p, "propagation", &options, None)?);
+                        }
+                    }
+                }
+                "volume" => {
+                    for (key, value, p) in self.object(value, &p, &["nocopy"], &["subpath"])? {
+                        if key.name == "nocopy" {
+                            mount.volume.no_copy = self.boolean(value, &p)?;
+                        }
+                    }
+                }
+                "tmpfs" => {
+                    has_tmpfs = true;
+                    for (key, value, p) in self.object(value, &p, &["size", "mode"], &[])? {
+                        match key.name.as_str() {
+                            "size" => {
+                                let text = self.string(value, &p)?;
+                                tmpfs.size_bytes =
+                                    shoal_types::mount::parse_bytes(&text).map_err(|m| self.error(value.loc, &p, m))?;
+                            }
+                            "mode" => {
+                                let mode = self.uint(value, &p)?;
+                                let mode = u32::try_from(mode).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
+                                    self.error(value.loc, &p, format!("invalid mode {mode}: at most 4095 (0o7777)"))
+                                })?;
+                                tmpfs.mode = Some(mode);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        mount.kind = kind.ok_or_else(|| self.error(v.loc, path, "type is required (bind, volume or tmpfs)"))?;
+        if mount.target.is_empty() {
+            return Err(self.error(v.loc, path, "target is required"));
+        }
+        if mount.kind == MountType::Tmpfs || has_tmpfs {
+            mount.tmpfs = Some(tmpfs);
+        }
+        Ok(mount)
     }
 
     fn ports(&mut self, v: &Val, path: &str) -> Result<Vec<PortConfig>> {

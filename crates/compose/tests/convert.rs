@@ -332,15 +332,11 @@ fn unsupported_keys_are_warnings() {
     let loaded = load_one(yaml).unwrap();
     assert_eq!(
         loaded.warnings,
-        [
-            "networks: not supported by shoal; ignored",
-            "services.web.volumes: not supported by shoal; ignored",
-            "services.web.networks: not supported by shoal; ignored",
-        ]
+        ["networks: not supported by shoal; ignored", "services.web.networks: not supported by shoal; ignored",]
     );
 }
 
-/// `volumes`, `secrets`, `configs` and `networks` (top level and per service) are listed with
+/// `secrets`, `configs` and `networks` (top level and per service) are listed with
 /// where they are written, so that `stack deploy` can refuse them; others (`build`, a port's
 /// `host_ip`, `logging`) and nested keys of the same names are only warnings.
 #[test]
@@ -351,9 +347,7 @@ fn resource_keys_are_listed_with_their_location() {
     assert_eq!(
         listed,
         [
-            "stack.yml:11:1: volumes: not supported by shoal yet",
             "stack.yml:13:1: secrets: not supported by shoal yet",
-            "stack.yml:4:5: services.db.volumes: not supported by shoal yet",
             "stack.yml:5:5: services.db.secrets: not supported by shoal yet",
             "stack.yml:9:5: services.web.configs: not supported by shoal yet",
             "stack.yml:10:5: services.web.networks: not supported by shoal yet",
@@ -367,6 +361,72 @@ fn resource_keys_are_listed_with_their_location() {
     let plain = load_one("services:\n  web:\n    image: shoal/busybox:1\n    build: .\n").unwrap();
     assert!(plain.unsupported.is_empty(), "{:?}", plain.unsupported);
     assert_eq!(plain.warnings, ["services.web.build: not supported by shoal; ignored"]);
+}
+
+/// `volumes:` as `docker stack deploy` reads them: short and long syntax; named volumes declared
+/// at the top level, named `<stack>_<name>` (or their `name:`) and labelled with the stack unless
+/// external; relative bind sources from the file's directory; bad ones refused where written.
+#[test]
+fn volumes_become_mounts() {
+    use shoal_types::{Mount, MountType, Propagation, TmpfsOptions};
+    let yaml = "services:\n  db:\n    image: shoal/busybox:1\n    volumes:\n      - data:/var/lib/db\n      - /srv/conf:/etc/db:ro\n      - ./seed:/seed:ro,rslave\n      - /cache\n      - type: tmpfs\n        target: /scratch\n        tmpfs: {size: 1m, mode: 448}\n      - type: volume\n        source: shared\n        target: /shared\n        volume: {nocopy: true}\nvolumes:\n  data:\n    driver: local\n    driver_opts: {type: tmpfs, device: tmpfs}\n    labels: {tier: db}\n  shared:\n    external: true\n";
+    let loaded = load_one(yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty() && loaded.unsupported.is_empty(), "{:?}", loaded.warnings);
+    let mounts = &loaded.services["db"].task.container.mounts;
+    let data = &mounts[0];
+    assert_eq!((data.kind, data.source.as_str(), data.target.as_str()), (MountType::Volume, "app_data", "/var/lib/db"));
+    assert_eq!(data.volume.driver.as_deref(), Some("local"));
+    assert_eq!(data.volume.driver_options["device"], "tmpfs");
+    assert_eq!(data.volume.labels["tier"], "db");
+    assert_eq!(data.volume.labels["com.docker.stack.namespace"], "app");
+    assert_eq!(
+        mounts[1],
+        Mount {
+            kind: MountType::Bind,
+            source: "/srv/conf".into(),
+            target: "/etc/db".into(),
+            readonly: true,
+            ..Mount::default()
+        }
+    );
+    assert_eq!(mounts[2].kind, MountType::Bind);
+    assert!(mounts[2].source.starts_with('/') && mounts[2].source.ends_with("seed"), "{}", mounts[2].source);
+    assert_eq!((mounts[2].readonly, mounts[2].propagation), (true, Some(Propagation::Rslave)));
+    assert_eq!((mounts[3].kind, mounts[3].source.as_str()), (MountType::Volume, ""), "anonymous volume");
+    assert_eq!(mounts[4].tmpfs, Some(TmpfsOptions { size_bytes: 1 << 20, mode: Some(448) }));
+    let shared = &mounts[5];
+    assert_eq!(shared.source, "shared", "an external volume keeps its name");
+    assert!(shared.volume.no_copy && shared.volume.labels.is_empty());
+
+    for (body, expected) in [
+        (
+            "volumes: [\"data:/data\"]",
+            "stack.yml:4:15: services.web.volumes[0]: undefined volume \"data\": declare it under the top-level volumes:",
+        ),
+        (
+            "volumes: [\"/a:data\"]",
+            "stack.yml:4:15: services.web.volumes[0]: invalid mount target \"data\": it must be an absolute path",
+        ),
+        (
+            "volumes: [\"/a:/b:rw:x\"]",
+            "stack.yml:4:15: services.web.volumes[0]: invalid volume \"/a:/b:rw:x\": expected [SOURCE:]TARGET[:MODE]",
+        ),
+        (
+            "volumes: [\"/a:/b:fast\"]",
+            "stack.yml:4:15: services.web.volumes[0]: invalid volume mode \"fast\" in \"/a:/b:fast\"",
+        ),
+        (
+            "volumes:\n  - type: nfs\n    target: /x",
+            "stack.yml:5:15: services.web.volumes[0].type: unknown volume type \"nfs\" (allowed: bind, volume, tmpfs)",
+        ),
+        (
+            "volumes:\n  - type: tmpfs\n    source: x\n    target: /x",
+            "stack.yml:5:9: services.web.volumes[0]: a tmpfs mount has no source (got \"x\")",
+        ),
+    ] {
+        let err = web_err(body);
+        assert!(err.starts_with(expected), "{body}:\n{err}");
+    }
 }
 
 #[test]

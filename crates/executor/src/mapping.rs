@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerCreateBody, HealthConfig, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, HealthConfig, HostConfig, Mount as DockerMount, MountBindOptions,
+    MountBindOptionsPropagationEnum, MountTmpfsOptions, MountType as DockerMountType, MountVolumeOptions,
+    MountVolumeOptionsDriverConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
-use shoal_types::PublishMode;
+use shoal_types::{Mount, MountType, Propagation, PublishMode};
 
 use crate::{LABEL_NODE_ID, LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_TASK_ID, LABEL_TASK_SLOT, TaskPlan};
 
@@ -48,6 +50,49 @@ fn positive(v: u64) -> Option<i64> {
 
 fn some_vec(v: &[String]) -> Option<Vec<String>> {
     if v.is_empty() { None } else { Some(v.to_vec()) }
+}
+
+/// A spec mount as Docker's: a named volume that does not exist yet is created by the engine with
+/// the mount's driver, options and labels (Swarm's behaviour); a bind source must exist.
+pub fn docker_mount(mount: &Mount) -> DockerMount {
+    let propagation = mount.propagation.map(|p| match p {
+        Propagation::Private => MountBindOptionsPropagationEnum::PRIVATE,
+        Propagation::Rprivate => MountBindOptionsPropagationEnum::RPRIVATE,
+        Propagation::Shared => MountBindOptionsPropagationEnum::SHARED,
+        Propagation::Rshared => MountBindOptionsPropagationEnum::RSHARED,
+        Propagation::Slave => MountBindOptionsPropagationEnum::SLAVE,
+        Propagation::Rslave => MountBindOptionsPropagationEnum::RSLAVE,
+    });
+    let volume = &mount.volume;
+    let volume_options = (mount.kind == MountType::Volume).then(|| MountVolumeOptions {
+        no_copy: volume.no_copy.then_some(true),
+        labels: (!volume.labels.is_empty())
+            .then(|| volume.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        driver_config: volume.driver.as_ref().map(|name| MountVolumeOptionsDriverConfig {
+            name: Some(name.clone()),
+            options: (!volume.driver_options.is_empty())
+                .then(|| volume.driver_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        }),
+        subpath: None, // API 1.45+
+    });
+    DockerMount {
+        target: Some(mount.target.clone()),
+        source: (!mount.source.is_empty()).then(|| mount.source.clone()),
+        typ: Some(match mount.kind {
+            MountType::Bind => DockerMountType::BIND,
+            MountType::Volume => DockerMountType::VOLUME,
+            MountType::Tmpfs => DockerMountType::TMPFS,
+        }),
+        read_only: mount.readonly.then_some(true),
+        bind_options: propagation.map(|p| MountBindOptions { propagation: Some(p), ..Default::default() }),
+        volume_options,
+        tmpfs_options: mount.tmpfs.as_ref().map(|t| MountTmpfsOptions {
+            size_bytes: positive(t.size_bytes),
+            mode: t.mode.map(i64::from),
+            options: None,
+        }),
+        ..Default::default()
+    }
 }
 
 /// The body of `POST /containers/create` for `plan` on node `node_id`:
@@ -93,6 +138,7 @@ pub fn container_body(plan: &TaskPlan, node_id: &str) -> ContainerCreateBody {
         memory_reservation: positive(plan.resources.reservations.memory_bytes),
         port_bindings: if port_bindings.is_empty() { None } else { Some(port_bindings) },
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        mounts: (!spec.mounts.is_empty()).then(|| spec.mounts.iter().map(docker_mount).collect()),
         ..Default::default()
     };
 
@@ -207,6 +253,14 @@ mod tests {
                 retries: 4,
                 start_period: GoDuration::ZERO,
             }),
+            mounts: vec![
+                shoal_types::Mount::parse("type=bind,src=/srv/conf,dst=/etc/app,ro,bind-propagation=rslave").unwrap(),
+                shoal_types::Mount::parse(
+                    "src=data,dst=/data,volume-driver=local,volume-opt=type=tmpfs,volume-label=app=shop",
+                )
+                .unwrap(),
+                shoal_types::Mount::parse("type=tmpfs,dst=/scratch,tmpfs-size=1m,tmpfs-mode=700").unwrap(),
+            ],
         };
         p.resources = Resources {
             limits: ResourceAmounts { nano_cpus: 500_000_000, memory_bytes: 64 << 20, pids: 100 },
@@ -234,6 +288,19 @@ mod tests {
         assert_eq!(hc.memory, Some(64 << 20));
         assert_eq!(hc.pids_limit, Some(100));
         assert_eq!(hc.memory_reservation, Some(32 << 20));
+        let mounts = hc.mounts.unwrap();
+        let json = serde_json::to_value(&mounts).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"Target": "/etc/app", "Source": "/srv/conf", "Type": "bind", "ReadOnly": true,
+                 "BindOptions": {"Propagation": "rslave"}},
+                {"Target": "/data", "Source": "data", "Type": "volume",
+                 "VolumeOptions": {"Labels": {"app": "shop"},
+                                   "DriverConfig": {"Name": "local", "Options": {"type": "tmpfs"}}}},
+                {"Target": "/scratch", "Type": "tmpfs", "TmpfsOptions": {"SizeBytes": 1048576, "Mode": 448}},
+            ])
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod duration;
 pub mod ids;
 pub mod image_ref;
 pub mod limits;
+pub mod mount;
 pub mod object;
 pub mod rollout;
 pub mod spec;
@@ -15,6 +16,7 @@ pub mod validate;
 
 pub use constraint::{Constraint, ConstraintError, ConstraintOp, PlacementPreference, PreferenceError};
 pub use duration::{DurationError, GoDuration};
+pub use mount::{Mount, MountType, Propagation, TmpfsOptions, VolumeOptions};
 pub use object::*;
 pub use rollout::{CanaryStep, OldTasks, Quantity, RolloutStrategy, StepPause, StepStatus, StepWait};
 pub use spec::*;

@@ -119,6 +119,9 @@ pub struct ContainerSpec {
     pub stop_signal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthConfig>,
+    /// Bind mounts, volumes and tmpfs (docker's `--mount`; compose `volumes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::Mount>,
 }
 
 impl Default for ContainerSpec {
@@ -135,6 +138,7 @@ impl Default for ContainerSpec {
             stop_grace_period: default_stop_grace_period(),
             stop_signal: None,
             healthcheck: None,
+            mounts: Vec::new(),
         }
     }
 }

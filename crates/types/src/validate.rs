@@ -1,7 +1,7 @@
 //! Spec validation. Every error names the field, the value and what is allowed, e.g.
 //! `update_config.max_failure_ratio: 1.5 is outside [0, 1]`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::limits;
@@ -66,6 +66,7 @@ fn validate_counts(spec: &ServiceSpec) -> Result<(), ValidationError> {
         ("task.container.args", container.args.len()),
         ("task.container.env", container.env.len()),
         ("task.container.labels", container.labels.len()),
+        ("task.container.mounts", container.mounts.len()),
         ("task.placement.constraints", spec.task.placement.constraints.len()),
         ("task.placement.preferences", spec.task.placement.preferences.len()),
         ("endpoint.ports", spec.endpoint.ports.len()),
@@ -271,6 +272,17 @@ impl ServiceSpec {
         for key in container.labels.keys() {
             if key.is_empty() {
                 return Err(ValidationError::new("task.container.labels", "label keys must not be empty"));
+            }
+        }
+        let mut targets: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, mount) in container.mounts.iter().enumerate() {
+            let field = format!("task.container.mounts[{i}]");
+            mount.check().map_err(|reason| ValidationError::new(field.clone(), reason))?;
+            if let Some(first) = targets.insert(mount.target.as_str(), i) {
+                return Err(ValidationError::new(
+                    field,
+                    format!("duplicate mount target {} (also task.container.mounts[{first}])", mount.target),
+                ));
             }
         }
         if let Some(signal) = &container.stop_signal

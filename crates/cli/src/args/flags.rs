@@ -607,6 +607,9 @@ pub struct ContainerFlags {
     /// Container labels, key=value (repeatable)
     #[arg(id = "container-label", long = "container-label", value_name = "KEY=VALUE", value_parser = parsers::key_value)]
     pub labels: Vec<(String, String)>,
+    /// Attach a mount: type=bind|volume|tmpfs,source=…,target=…[,readonly][,volume-driver=…][,volume-opt=k=v][,tmpfs-size=…] (repeatable)
+    #[arg(id = "mount", long = "mount", value_name = "MOUNT", value_parser = parsers::mount)]
+    pub mounts: Vec<shoal_types::Mount>,
     #[command(flatten)]
     pub settings: ContainerSettingFlags,
 }
@@ -614,6 +617,7 @@ pub struct ContainerFlags {
 impl ContainerFlags {
     pub fn apply(&self, container: &mut ContainerSpec) {
         container.env.extend(self.env.iter().cloned());
+        container.mounts.extend(self.mounts.iter().cloned());
         for (key, value) in &self.labels {
             container.labels.insert(key.clone(), value.clone());
         }
@@ -638,6 +642,12 @@ pub struct ContainerUpdateFlags {
     /// Remove a container label by key (repeatable)
     #[arg(id = "container-label-rm", long = "container-label-rm", value_name = "KEY", value_parser = parsers::non_empty)]
     pub label_rm: Vec<String>,
+    /// Add or replace (by target) a mount, with --mount's syntax (repeatable)
+    #[arg(id = "mount-add", long = "mount-add", value_name = "MOUNT", value_parser = parsers::mount)]
+    pub mount_add: Vec<shoal_types::Mount>,
+    /// Remove a mount by its target path (repeatable)
+    #[arg(id = "mount-rm", long = "mount-rm", value_name = "TARGET", value_parser = parsers::mount_target)]
+    pub mount_rm: Vec<String>,
     #[command(flatten)]
     pub settings: ContainerSettingFlags,
 }
@@ -645,6 +655,14 @@ pub struct ContainerUpdateFlags {
 impl ContainerUpdateFlags {
     pub fn apply(&self, container: &mut ContainerSpec) {
         update_env(&mut container.env, &self.env_add, &self.env_rm);
+        // docker: removed targets first, then an added mount replaces the one at its target.
+        container.mounts.retain(|m| !self.mount_rm.contains(&m.target));
+        for mount in &self.mount_add {
+            match container.mounts.iter_mut().find(|m| m.target == mount.target) {
+                Some(existing) => *existing = mount.clone(),
+                None => container.mounts.push(mount.clone()),
+            }
+        }
         update_labels(&mut container.labels, &self.label_add, &self.label_rm);
         self.settings.apply(container);
     }

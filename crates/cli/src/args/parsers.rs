@@ -170,6 +170,23 @@ pub fn availability() -> impl TypedValueParser<Value = Availability> {
 }
 
 /// A string that must not be empty (or only white space).
+/// `--mount`: docker's syntax (`type=bind,source=/srv,target=/data,readonly`), checked as the
+/// manager will check it.
+pub fn mount(text: &str) -> Result<shoal_types::Mount, String> {
+    let mount = shoal_types::Mount::parse(text)?;
+    mount.check()?;
+    Ok(mount)
+}
+
+/// `--mount-rm`: a mount's target, an absolute path in the container.
+pub fn mount_target(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err("expected a mount's target (an absolute path in the container)".to_string());
+    }
+    let target = text.trim_end_matches('/');
+    Ok(if target.is_empty() { "/" } else { target }.to_string())
+}
+
 pub fn non_empty(text: &str) -> Result<String, String> {
     if text.trim().is_empty() {
         return Err("must not be empty".to_string());
