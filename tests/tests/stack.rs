@@ -219,19 +219,14 @@ async fn bad_stack_files_and_conflicts_change_nothing() -> Result<()> {
     assert_eq!(after[0].version, before.version, "the conflicting service was not touched");
 
     // `stack config` needs no manager; warnings go to stderr; the environment is interpolated.
-    let warned =
-        write("warned.yml", "services:\n  web:\n    image: shoal/busybox:${WEB_TAG}\n    volumes: [\"data:/data\"]\n")?;
+    let warned = write("warned.yml", "services:\n  web:\n    image: shoal/busybox:${WEB_TAG}\n    build: .\n")?;
     let out = std::process::Command::new(bin("shoal"))
         .args(["--host", "127.0.0.1:1", "stack", "config", "-c", &warned])
         .env("WEB_TAG", "2")
         .output()?;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("image: shoal/busybox:2"), "{}", stdout(&out));
-    assert!(
-        stderr(&out).contains("warning: services.web.volumes: not supported by shoal; ignored"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("warning: services.web.build: not supported by shoal; ignored"), "{}", stderr(&out));
     Ok(())
 }
 
