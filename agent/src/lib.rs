@@ -479,17 +479,15 @@ impl Agent {
                 match runners.remove(id) {
                     Some(runner) => {
                         runner.handle.abort();
-                        // Its own container too: made when the one it was to restart was gone.
-                        removed_containers.push(id.clone());
-                        removed_containers.push(runner.task.borrow().container_task().to_string());
+                        removed_containers.extend(runner.task.borrow().container_tasks().map(String::from));
                     }
                     None => removed_containers.push(id.clone()),
                 }
                 self.reporter.forget(id);
             }
             in_use = runners
-                .iter()
-                .flat_map(|(id, runner)| [id.clone(), runner.task.borrow().container_task().to_string()])
+                .values()
+                .flat_map(|runner| runner.task.borrow().container_tasks().map(String::from).collect::<Vec<_>>())
                 .collect();
         }
         removed_containers.sort();

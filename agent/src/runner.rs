@@ -48,15 +48,14 @@ pub async fn run(mut task_rx: watch::Receiver<Task>, executor: Arc<dyn Executor>
         if desired >= TaskState::Shutdown {
             if observed.state >= TaskState::Complete {
                 if task.remove_container && !container_removed {
-                    // A task restarting another's container removes that one (and its own, made
-                    // if that one was gone).
-                    let removed = match task.adopts {
-                        Some(_) => match executor.remove(&task_id).await {
-                            Ok(()) => executor.remove(task.container_task()).await,
-                            Err(e) => Err(e),
-                        },
-                        None => executor.remove(&task_id).await,
-                    };
+                    // A task restarting another's container removes that one too.
+                    let mut removed = Ok(());
+                    for container in task.container_tasks() {
+                        removed = executor.remove(container).await;
+                        if removed.is_err() {
+                            break;
+                        }
+                    }
                     match removed {
                         Ok(()) => container_removed = true,
                         Err(e) if e.is_temporary() => {

@@ -4,8 +4,8 @@
 
 use shoal_store::State;
 use shoal_types::{
-    Availability, FailureAction, NodeState, OutOfDateTask, PublishMode, RolloutStrategy, Service, ServiceMode,
-    ServiceSpec, StepPause, Task, TaskOrigin, TaskState, UpdateConfig, UpdateOrder, UpdatePlan,
+    FailureAction, OutOfDateTask, PublishMode, RolloutStrategy, Service, ServiceMode, ServiceSpec, StepPause, Task,
+    TaskOrigin, TaskState, UpdateConfig, UpdateOrder, UpdatePlan,
 };
 
 use crate::strategy::Budgeted;
@@ -171,12 +171,8 @@ fn warnings(state: &State, next: &ServiceSpec) -> Vec<String> {
     let mut out = Vec::new();
     let config = &next.update_config;
     let constraints = &next.task.placement.constraints;
-    let eligible = state.nodes().filter(|n| {
-        n.runs_tasks()
-            && n.status.state == NodeState::Ready
-            && n.spec.availability == Availability::Active
-            && constraints.iter().all(|c| c.matches(|k| n.attribute(k)))
-    });
+    let eligible =
+        state.nodes().filter(|n| n.accepts_tasks() && constraints.iter().all(|c| c.matches(|k| n.attribute(k))));
     if eligible.count() == 0 {
         let constraints: Vec<String> = constraints.iter().map(|c| c.to_string()).collect();
         out.push(if constraints.is_empty() {

@@ -45,11 +45,6 @@ pub fn restartable<'a>(state: &State, service: &Service, history: &[&'a Task]) -
     if pinning_may_block {
         return None;
     }
-    let node_takes_tasks = |id: &str| {
-        state.node(id).is_some_and(|n| {
-            n.status.state == shoal_types::NodeState::Ready && n.spec.availability == Availability::Active
-        })
-    };
     let mut last_user: BTreeMap<&str, &Task> = BTreeMap::new();
     for t in history {
         let entry = last_user.entry(t.container_task()).or_insert(t);
@@ -66,7 +61,7 @@ pub fn restartable<'a>(state: &State, service: &Service, history: &[&'a Task]) -
                 && !t.kept
                 && !t.prepared_ahead()
                 && !t.status.container_id.is_empty()
-                && node_takes_tasks(&t.node_id)
+                && state.node(&t.node_id).is_some_and(|n| n.accepts_tasks())
                 && t.endpoint == service.spec.endpoint
                 && *t.spec == service.spec.task
         })
@@ -463,11 +458,8 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
         });
         for key in waiting.take(MAX_PREPARED_PER_PASS) {
             let Some(old) = updatable[*key].first() else { continue };
-            let node = match service.spec.mode {
-                ServiceMode::Global | ServiceMode::GlobalJob => old.node_id.as_str(),
-                ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => "",
-            };
-            let task = new_task(ctx, service, old.slot, node, TaskOrigin::Update, Some(StartGate::prepared_ahead()));
+            let gate = Some(StartGate::prepared_ahead());
+            let task = new_task(ctx, service, old.slot, slot_node(service, old), TaskOrigin::Update, gate);
             plan.actions.push(Action::PutTask { task });
         }
     }
@@ -582,6 +574,15 @@ fn may_revive(state: &State, service: &Service, key: &str) -> bool {
     }
 }
 
+/// The node a slot's new task is made on: a global service's slot is its node; a replica's task is
+/// placed by the scheduler.
+fn slot_node<'a>(service: &Service, old: &'a Task) -> &'a str {
+    match service.spec.mode {
+        ServiceMode::Global | ServiceMode::GlobalJob => old.node_id.as_str(),
+        ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => "",
+    }
+}
+
 /// Replaces one slot's out-of-date task (Swarm's worker step). `updatable` holds the slot's
 /// runnable tasks, or the one task of a slot that stopped for good; a task prepared ahead for the
 /// slot is released instead of a new one being made.
@@ -609,10 +610,7 @@ fn start_slot(
     }
     let Some(old) = updatable.first() else { return };
     let step_start = plan.actions.len();
-    let node = match service.spec.mode {
-        ServiceMode::Global | ServiceMode::GlobalJob => old.node_id.as_str(),
-        ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => "",
-    };
+    let node = slot_node(service, old);
     let retire_runnable = |plan: &mut Plan| {
         for t in updatable.iter().filter(|t| t.desired_state <= TaskState::Running) {
             plan.actions.push(retire_action(old_tasks, &t.id));

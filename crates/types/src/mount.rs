@@ -180,15 +180,22 @@ impl Mount {
     /// `volume-nocopy` means true). The type defaults to volume.
     pub fn parse(text: &str) -> Result<Mount, String> {
         let mut mount = Mount::default();
-        let mut volume_option: Option<&str> = None;
-        let mut bind_option: Option<&str> = None;
-        let mut tmpfs_option: Option<&str> = None;
+        // The last option given of each type's family (`bind-*`, `volume-*`, `tmpfs-*`): options of
+        // another type than the mount's are refused, naming one.
+        let mut options_of: BTreeMap<MountType, String> = BTreeMap::new();
         let mut tmpfs = TmpfsOptions::default();
         for field in text.split(',') {
             let (key, value) = match field.split_once('=') {
                 Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
                 None => (field.trim().to_ascii_lowercase(), None),
             };
+            for (prefix, kind) in
+                [("bind-", MountType::Bind), ("volume-", MountType::Volume), ("tmpfs-", MountType::Tmpfs)]
+            {
+                if key.starts_with(prefix) {
+                    options_of.insert(kind, key.clone());
+                }
+            }
             match key.as_str() {
                 "type" => {
                     mount.kind = match needs_value(field, value)? {
@@ -202,7 +209,6 @@ impl Mount {
                 "target" | "destination" | "dst" => mount.target = needs_value(field, value)?.to_string(),
                 "readonly" | "ro" => mount.readonly = boolean(&key, value)?,
                 "bind-propagation" => {
-                    bind_option = Some("bind-propagation");
                     let value = needs_value(field, value)?;
                     mount.propagation =
                         Some(Propagation::ALL.into_iter().find(|p| p.as_str() == value).ok_or_else(|| {
@@ -212,29 +218,23 @@ impl Mount {
                         })?);
                 }
                 "volume-nocopy" => {
-                    volume_option = Some("volume-nocopy");
                     mount.volume.no_copy = boolean(&key, value)?;
                 }
                 "volume-label" => {
-                    volume_option = Some("volume-label");
                     let (k, v) = pair(&key, needs_value(field, value)?)?;
                     mount.volume.labels.insert(k, v);
                 }
                 "volume-driver" => {
-                    volume_option = Some("volume-driver");
                     mount.volume.driver = Some(needs_value(field, value)?.to_string());
                 }
                 "volume-opt" => {
-                    volume_option = Some("volume-opt");
                     let (k, v) = pair(&key, needs_value(field, value)?)?;
                     mount.volume.driver_options.insert(k, v);
                 }
                 "tmpfs-size" => {
-                    tmpfs_option = Some("tmpfs-size");
                     tmpfs.size_bytes = parse_bytes(needs_value(field, value)?)?;
                 }
                 "tmpfs-mode" => {
-                    tmpfs_option = Some("tmpfs-mode");
                     let value = needs_value(field, value)?;
                     let mode = u32::from_str_radix(value.trim_start_matches("0o"), 8)
                         .ok()
@@ -249,12 +249,7 @@ impl Mount {
                 }
             }
         }
-        let mixed = match mount.kind {
-            MountType::Bind => volume_option.or(tmpfs_option),
-            MountType::Volume => bind_option.or(tmpfs_option),
-            MountType::Tmpfs => bind_option.or(volume_option),
-        };
-        if let Some(option) = mixed {
+        if let Some(option) = options_of.iter().find_map(|(kind, option)| (*kind != mount.kind).then_some(option)) {
             return Err(format!("cannot mix '{option}' with mount type '{}'", mount.kind.as_str()));
         }
         if mount.kind == MountType::Tmpfs {

@@ -448,6 +448,12 @@ impl Task {
         self.adopts.as_ref().map_or(&self.id, |a| &a.container_task)
     }
 
+    /// Every id a container of this task may carry: its own, and that of the container it
+    /// restarts (its own exists too if that one was gone when it was prepared).
+    pub fn container_tasks(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.id.as_str()).chain(self.adopts.as_ref().map(|a| a.container_task.as_str()))
+    }
+
     /// Whether the task was prepared ahead of its slot's turn and not released (yet).
     pub fn prepared_ahead(&self) -> bool {
         self.start_gate.as_ref().is_some_and(|g| g.prepared_ahead)
@@ -629,6 +635,13 @@ impl Node {
     /// shoal's managers do not run tasks; agents register as workers.
     pub fn runs_tasks(&self) -> bool {
         self.spec.role == NodeRole::Worker && self.manager.is_none()
+    }
+
+    /// Whether a new task may be placed here now: a worker that is ready and active.
+    pub fn accepts_tasks(&self) -> bool {
+        self.runs_tasks()
+            && self.status.state == crate::NodeState::Ready
+            && self.spec.availability == crate::Availability::Active
     }
 }
 
