@@ -16,6 +16,7 @@ use shoal_types::{NodeDescription, Task};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+mod logs;
 mod report;
 mod runner;
 
@@ -424,6 +425,7 @@ impl Agent {
                 }
             }
         };
+        let log_reads = logs::serve(self.clone(), client.clone(), session_id.clone());
         let assignments = async {
             loop {
                 match stream.message().await {
@@ -437,6 +439,7 @@ impl Agent {
             why = heartbeat => why,
             why = reports => why,
             why = assignments => why,
+            why = log_reads => why,
         };
         SessionEnd::Ended { why, was_open: true }
     }
@@ -485,6 +488,8 @@ impl Agent {
                 }
                 self.reporter.forget(id);
             }
+            // Log reads that follow new tasks look again.
+            self.reporter.changed.send_replace(());
             in_use = runners
                 .values()
                 .flat_map(|runner| runner.task.borrow().container_tasks().map(String::from).collect::<Vec<_>>())

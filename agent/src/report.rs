@@ -5,13 +5,20 @@
 use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
-use shoal_types::TaskStatus;
-use tokio::sync::Notify;
+use shoal_types::{TaskState, TaskStatus};
+use tokio::sync::{Notify, watch};
 
-#[derive(Default)]
 pub struct Reporter {
     inner: Mutex<Inner>,
     pub notify: Notify,
+    /// Touched on every status and every assignment, for log reads that follow new tasks.
+    pub changed: watch::Sender<()>,
+}
+
+impl Default for Reporter {
+    fn default() -> Self {
+        Reporter { inner: Mutex::default(), notify: Notify::new(), changed: watch::channel(()).0 }
+    }
 }
 
 #[derive(Default)]
@@ -30,6 +37,12 @@ impl Reporter {
         inner.pending.insert(task_id.to_string(), status);
         drop(inner);
         self.notify.notify_one();
+        self.changed.send_replace(());
+    }
+
+    /// The state this agent last reported for the task.
+    pub fn state(&self, task_id: &str) -> Option<TaskState> {
+        self.inner.lock().latest.get(task_id).map(|s| s.state)
     }
 
     /// Takes up to one batch of queued statuses.

@@ -432,6 +432,15 @@ impl Client {
         Ok(reply.into_inner())
     }
 
+    /// The lines of a service's or task's containers (`service logs`).
+    pub async fn service_logs(
+        &mut self,
+        request: pb::ServiceLogsRequest,
+    ) -> Result<tonic::Streaming<pb::ServiceLogsMessage>, CliError> {
+        let reply = self.inner.service_logs(request).await.map_err(|s| failed(&self.addr, s))?;
+        Ok(reply.into_inner())
+    }
+
     /// [`Client::watch`] replaying from a raft index (0: live changes only), with the manager's
     /// errors as they are (a missing service is `NotFound`): what the progress display follows.
     pub async fn watch_from(

@@ -49,6 +49,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Service(ServiceCommand::Inspect(args)) => service_inspect(host, &args).await,
         Command::Service(ServiceCommand::Rm(args)) => service_rm(host, &args.services).await,
         Command::Service(ServiceCommand::Ps(args)) => service_ps(host, &args).await,
+        Command::Service(ServiceCommand::Logs(args)) => service_logs(host, &args).await,
         Command::Service(ServiceCommand::Scale(args)) => service_scale(host, &args).await,
         Command::Service(ServiceCommand::Update(args)) => service_update(host, &args).await,
         Command::Service(ServiceCommand::Rollback(args)) => service_rollback(host, &args).await,
@@ -701,6 +702,61 @@ const EVENTS_RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs
 
 /// A stream that ended this way broke with its connection or its manager (killed, stopped,
 /// cut off); refusals (a bad filter, a missing service, too slow a reader) end `events`.
+/// `service logs`: prints lines as the leader passes them on, standard output and standard
+/// error apart as the containers wrote them; warnings (an agent that is down) go to standard
+/// error. With `-f` it runs until interrupted.
+async fn service_logs(host: &str, args: &args::LogsArgs) -> Result<(), CliError> {
+    let mut client = Client::connect_streaming(host).await?;
+    let request = shoal_proto::v1::ServiceLogsRequest {
+        reference: args.service.clone(),
+        follow: args.follow,
+        tail: args.tail.to_request(),
+        since_unix_nanos: args.since.unwrap_or(0),
+    };
+    let mut stream = client.service_logs(request).await?;
+    let format = output::logs::LogFormat {
+        timestamps: args.timestamps,
+        raw: args.raw,
+        no_task_ids: args.no_task_ids,
+        no_trunc: args.no_trunc,
+    };
+    let mut tasks = output::logs::LogTasks::default();
+    let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = &mut interrupted => return Ok(()),
+        };
+        let Some(message) = message.map_err(CliError::from)? else { return Ok(()) };
+        tasks.learn(message.tasks);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        for warning in &message.warnings {
+            err.extend_from_slice(format!("warning: {warning}\n").as_bytes());
+        }
+        for line in &message.lines {
+            let text = tasks.format(line, format);
+            if line.stream == shoal_proto::v1::LogStream::Stderr as i32 { err.extend(text) } else { out.extend(text) }
+        }
+        // Written without blocking the runtime: a reader that pauses (`| less`) must not stop
+        // the connection answering the manager's pings, or the manager drops it. A closed pipe
+        // (`| head`) ends the command quietly.
+        if !out.is_empty() && write_async(&mut stdout, &out).await.is_err() {
+            return Ok(());
+        }
+        if !err.is_empty() {
+            let _ = write_async(&mut stderr, &err).await;
+        }
+    }
+}
+
+async fn write_async(to: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    to.write_all(bytes).await?;
+    to.flush().await
+}
+
 fn stream_broken(status: &tonic::Status) -> bool {
     use tonic::Code;
     matches!(

@@ -15,6 +15,7 @@ use crate::args::publish::format_port;
 use crate::timefmt::format_timestamp;
 
 pub mod events;
+pub mod logs;
 pub mod tasks;
 
 pub use events::{event_action, event_line};

@@ -63,6 +63,16 @@ pub fn format_timestamp(millis: u64) -> String {
     )
 }
 
+/// `2024-03-01T12:34:56.000000789Z`: RFC 3339 with nine fraction digits, as `docker logs -t`
+/// prints them (so they line up).
+pub fn format_timestamp_nanos(nanos: i64) -> String {
+    let nanos = u64::try_from(nanos).unwrap_or(0);
+    let millis_text = format_timestamp(nanos / 1_000_000);
+    // `…:56.789Z` → `…:56.` and the nine digits.
+    let seconds = &millis_text[..millis_text.len() - 4];
+    format!("{seconds}{:09}Z", nanos % 1_000_000_000)
+}
+
 /// Unix milliseconds of a date or date-time as `docker events --since` takes them:
 /// `2024-03-01`, `2024-03-01T12:34:56`, with optional fractional seconds, and `Z` or an offset
 /// (`+01:00`). Without a zone the time is UTC. `None` if it is not such a text or before 1970.

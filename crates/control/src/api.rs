@@ -322,14 +322,7 @@ macro_rules! routed {
         loop {
             match $self.route(&$request).await? {
                 Route::Forward(mut client, addr) => {
-                    let mut forwarded = Request::new($request.get_ref().clone());
-                    forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-                    if let Some((role, node_id)) = caller(&$request)
-                        && let Ok(value) = tonic::metadata::MetadataValue::try_from(format!("{role} {node_id}"))
-                    {
-                        forwarded.metadata_mut().insert(FORWARDED_FOR, value);
-                    }
-                    match client.$method(forwarded).await {
+                    match client.$method(forward_request(&$request)).await {
                         Ok(response) => break Ok(response),
                         Err(status) => match forward_failure(&status) {
                             ForwardFailure::Answered => break Err(status),
@@ -354,6 +347,18 @@ macro_rules! routed {
             }
         }
     }};
+}
+
+/// The same request for the leader, marked as forwarded and naming the original caller.
+fn forward_request<T: Clone>(request: &Request<T>) -> Request<T> {
+    let mut forwarded = Request::new(request.get_ref().clone());
+    forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some((role, node_id)) = caller(request)
+        && let Ok(value) = tonic::metadata::MetadataValue::try_from(format!("{role} {node_id}"))
+    {
+        forwarded.metadata_mut().insert(FORWARDED_FOR, value);
+    }
+    forwarded
 }
 
 /// How a forwarded call failed, told by the type of the error, never by its text.
@@ -471,10 +476,117 @@ fn changed_since(state: &shoal_store::State, since_index: u64, since_time: u64) 
 }
 
 type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send>>;
+type ServiceLogsStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ServiceLogsMessage, Status>> + Send>>;
+
+impl ControlApi {
+    /// Opens a log read of a service (id, name or id prefix) or else a task (id or id prefix)
+    /// on this manager, the leader.
+    fn open_logs(&self, request: &ServiceLogsRequest) -> Result<crate::logs::OpenRead, ApiError> {
+        if request.since_unix_nanos < 0 {
+            return Err(ApiError::InvalidArgument(format!(
+                "since: {} is before 1970; expected Unix nanoseconds, 0 for all",
+                request.since_unix_nanos
+            )));
+        }
+        let state = self.manager.state();
+        let reference = request.reference.as_str();
+        let (service_id, task_ids, tasks): (String, Vec<String>, Vec<&Task>) =
+            match Self::find_service(&state, reference) {
+                Ok(service) => (service.id.clone(), Vec::new(), state.tasks_of_service(&service.id).collect()),
+                Err(ApiError::NotFound(_)) => {
+                    // Tasks only by id: the scan happens once per read, and only for a reference
+                    // that names no service.
+                    let task = state
+                        .task(reference)
+                        .map(Ok)
+                        .unwrap_or_else(|| find(state.tasks(), reference, |t| &t.id, |t| &t.id))
+                        .map_err(|e| match e {
+                            FindError::None => ApiError::NotFound(format!("no such service or task: {reference}")),
+                            ambiguous => ambiguous.for_kind("task", reference),
+                        })?;
+                    (String::new(), vec![task.id.clone()], vec![task])
+                }
+                Err(e) => return Err(e),
+            };
+        let mut holders: Vec<crate::logs::NodeRef> = Vec::new();
+        for task in tasks.iter().filter(|t| !t.node_id.is_empty()) {
+            if holders.iter().any(|h| h.id == task.node_id) {
+                continue;
+            }
+            let node = state.node(&task.node_id);
+            holders.push(crate::logs::NodeRef {
+                id: task.node_id.clone(),
+                hostname: node.map(|n| n.description.hostname.clone()).unwrap_or_default(),
+                down: node.is_none_or(|n| n.status.state == NodeState::Down),
+            });
+        }
+        drop(state);
+        let subscription = LogSubscription {
+            id: String::new(),
+            service_id,
+            task_ids,
+            follow: request.follow,
+            tail: request.tail,
+            since_unix_nanos: request.since_unix_nanos,
+            close: false,
+        };
+        self.manager.logs().open(subscription, &holders)
+    }
+}
 
 #[tonic::async_trait]
 impl Control for ControlApi {
     type WatchStream = WatchStream;
+    type ServiceLogsStream = ServiceLogsStream;
+
+    /// Served by the leader, which holds the agents' sessions; a follower passes the stream on.
+    async fn service_logs(
+        &self,
+        request: Request<ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        match self.route(&request).await? {
+            Route::Forward(mut client, addr) => match client.service_logs(forward_request(&request)).await {
+                Ok(response) => Ok(Response::new(Box::pin(response.into_inner()))),
+                Err(status) => {
+                    if forward_failure(&status) != ForwardFailure::Answered {
+                        self.forget(&addr);
+                        return Err(interrupted_forward(&addr, ForwardFailure::NeverSent, &status));
+                    }
+                    Err(status)
+                }
+            },
+            Route::Local => {
+                let crate::logs::OpenRead { mut rx, guard } = self.open_logs(request.get_ref())?;
+                let mut raft = self.manager.watch_raft();
+                let (tx, out) = tokio::sync::mpsc::channel(1);
+                // The agents' sessions go to the new leader: this read cannot go on.
+                let stopped_leading = async move {
+                    let _ = raft.wait_for(|st| st.role != RaftRole::Leader).await.is_ok();
+                };
+                tokio::spawn(async move {
+                    // The read stays open as long as this task: the reader going away closes it.
+                    let _guard = guard;
+                    tokio::pin!(stopped_leading);
+                    loop {
+                        tokio::select! {
+                            item = rx.recv() => match item {
+                                Some(item) => if tx.send(item).await.is_err() { return },
+                                None => return,
+                            },
+                            () = &mut stopped_leading => {
+                                let why = "this manager stopped leading while reading logs; run the command again";
+                                let _ = tx.send(Err(Status::unavailable(why))).await;
+                                return;
+                            }
+                            _ = tx.closed() => return,
+                        }
+                    }
+                });
+                let stream = tokio_stream::wrappers::ReceiverStream::new(out);
+                Ok(Response::new(Box::pin(stream)))
+            }
+        }
+    }
 
     /// Served by the manager the client talks to, from changes as it applies them (every manager
     /// applies the same changes).

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::logs::LogBroker;
 use crate::router::{ChangeRouter, Subscription, Taken};
 use crate::{ApiError, Manager};
 
@@ -35,6 +36,8 @@ pub trait Backend: Send + Sync + 'static {
     fn propose_in_entries(&self, actions: Vec<Action>) -> impl Future<Output = Result<usize, ApiError>> + Send;
     /// Where every applied change is routed to the sessions of the nodes it concerns.
     fn router(&self) -> &Arc<ChangeRouter>;
+    /// Open `service logs` reads, which the agents answer.
+    fn logs(&self) -> &Arc<LogBroker>;
     /// Unix milliseconds, for the objects the dispatcher creates.
     fn now_millis(&self) -> u64;
 }
@@ -58,6 +61,10 @@ impl Backend for Manager {
 
     fn router(&self) -> &Arc<ChangeRouter> {
         Manager::router(self)
+    }
+
+    fn logs(&self) -> &Arc<LogBroker> {
+        Manager::logs(self)
     }
 
     fn now_millis(&self) -> u64 {
@@ -119,6 +126,10 @@ pub struct DispatcherService<B: Backend = Manager> {
 }
 
 type SessionStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SessionMessage, Status>> + Send>>;
+type LogSubscriptionStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<LogSubscription, Status>> + Send>>;
+/// The longest log line passed on; longer ones are cut (Docker splits lines at 16 KiB).
+const MAX_LOG_LINE: usize = 64 << 10;
 
 impl<B: Backend> DispatcherService<B> {
     pub fn new(backend: Arc<B>) -> Arc<Self> {
@@ -231,6 +242,7 @@ impl<B: Backend> DispatcherService<B> {
                 if self.leadership.lock().take().is_some() {
                     // Leadership lost: end every session so agents find the new leader.
                     self.sessions.lock().clear();
+                    self.backend.logs().close_all("the leader changed while reading logs; run the command again");
                 }
                 continue;
             }
@@ -593,6 +605,69 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
+    type LogSubscriptionsStream = LogSubscriptionStream;
+
+    async fn log_subscriptions(
+        &self,
+        request: Request<LogSubscriptionsRequest>,
+    ) -> Result<Response<LogSubscriptionStream>, Status> {
+        self.check_leader()?;
+        own_node(&request, &request.get_ref().node_id)?;
+        let request = request.into_inner();
+        self.check_session(&request.node_id, &request.session_id, None)?;
+        let broker = self.backend.logs().clone();
+        let rx = broker.listen(&request.node_id, &request.session_id);
+        // Forgets the agent's stream when it ends (the agent went away or opened a new one).
+        let guard = Unlisten { broker, node_id: request.node_id, session_id: request.session_id };
+        let stream = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), move |s| {
+            let _ = &guard;
+            Ok(s)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn publish_logs(
+        &self,
+        request: Request<tonic::Streaming<PublishLogsMessage>>,
+    ) -> Result<Response<PublishLogsResponse>, Status> {
+        self.check_leader()?;
+        let Some(node_id) = crate::auth::peer(&request).map(|p| p.node_id.clone()) else {
+            return Err(Status::permission_denied("the dispatcher needs a worker certificate"));
+        };
+        let mut stream = request.into_inner();
+        let Some(first) = stream.message().await? else { return Ok(Response::new(PublishLogsResponse {})) };
+        if first.node_id != node_id {
+            return Err(Status::permission_denied(format!(
+                "the certificate of node {node_id} may not act for node {}",
+                first.node_id
+            )));
+        }
+        self.check_session(&node_id, &first.session_id, None)?;
+        let read = first.subscription_id.clone();
+        let broker = self.backend.logs().clone();
+        let Some(tx) = broker.publisher(&read, &node_id) else {
+            return Err(Status::not_found(format!("log read {read} is closed (its reader went away)")));
+        };
+        let mut described: HashMap<String, bool> = HashMap::new();
+        let mut next = Some(first);
+        while let Some(message) = next {
+            if message.subscription_id != read {
+                return Err(Status::invalid_argument("one PublishLogs call publishes one log read"));
+            }
+            let out = self.reader_message(&node_id, message.lines, message.error, &mut described);
+            if (!out.lines.is_empty() || !out.warnings.is_empty()) && tx.send(Ok(out)).await.is_err() {
+                return Err(Status::not_found(format!("log read {read} is closed (its reader went away)")));
+            }
+            if message.close {
+                broker.finished(&read, &node_id);
+                return Ok(Response::new(PublishLogsResponse {}));
+            }
+            next = stream.message().await?;
+        }
+        broker.finished(&read, &node_id);
+        Ok(Response::new(PublishLogsResponse {}))
+    }
+
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         self.check_leader()?;
         own_node(&request, &request.get_ref().node_id)?;
@@ -644,6 +719,67 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
         }
         self.flush.notify_one();
         Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}
+
+/// Ends an agent's log subscription stream in the broker when the stream is dropped.
+struct Unlisten {
+    broker: Arc<LogBroker>,
+    node_id: String,
+    session_id: String,
+}
+
+impl Drop for Unlisten {
+    fn drop(&mut self) {
+        self.broker.unlisten(&self.node_id, &self.session_id);
+    }
+}
+
+impl<B: Backend> DispatcherService<B> {
+    /// What a reader is sent for lines `node_id` published: only lines of the node's own tasks
+    /// (an agent cannot speak for another node), each task described the first time it appears
+    /// (`described`: task id → whether it is the node's), and the agent's error as a warning.
+    fn reader_message(
+        &self,
+        node_id: &str,
+        lines: Vec<LogLine>,
+        error: String,
+        described: &mut HashMap<String, bool>,
+    ) -> ServiceLogsMessage {
+        let mut out = ServiceLogsMessage::default();
+        if !error.is_empty() {
+            let mut error = error;
+            cap_text(&mut error);
+            out.warnings.push(format!("node {node_id}: {error}"));
+        }
+        let state = self.backend.state();
+        for mut line in lines {
+            let own = *described.entry(line.task_id.clone()).or_insert_with(|| {
+                let Some(task) = state.task(&line.task_id).filter(|t| t.node_id == node_id) else { return false };
+                let node = state.node(node_id);
+                let replicas = state
+                    .service(&task.service_id)
+                    .and_then(|s| match s.spec.mode {
+                        shoal_types::ServiceMode::Replicated { replicas } => Some(replicas),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                out.tasks.push(LogTask {
+                    task_id: task.id.clone(),
+                    service_name: task.service_name.clone(),
+                    slot: task.slot,
+                    node_id: node_id.to_string(),
+                    node_hostname: node.map(|n| n.description.hostname.clone()).unwrap_or_default(),
+                    replicas,
+                });
+                true
+            });
+            if own {
+                line.data.truncate(MAX_LOG_LINE);
+                out.lines.push(line);
+            }
+        }
+        out
     }
 }
 

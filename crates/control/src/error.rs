@@ -18,6 +18,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A limit on what is open at once was reached (e.g. log reads).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A single change over the raft entry limit: refused, never retried.
     #[error("the change is too large: {size} bytes encoded, at most {limit}")]
     TooLarge { size: usize, limit: usize },
@@ -76,6 +79,7 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Unavailable(_) | ApiError::NotLeader => Code::Unavailable,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

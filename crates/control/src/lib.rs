@@ -26,6 +26,7 @@ pub mod control_loop;
 pub mod dispatcher;
 pub mod error;
 pub mod identity;
+pub mod logs;
 mod machine;
 pub mod router;
 pub mod security;
@@ -184,6 +185,8 @@ pub struct Manager {
     /// Each agent session's changes, routed by node (the broadcast is for watchers and the
     /// control loop).
     router: Arc<router::ChangeRouter>,
+    /// Open `service logs` reads and the agents' log subscription streams (leader).
+    logs: Arc<logs::LogBroker>,
     removals: Arc<machine::RemovalLog>,
     raft_thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
@@ -209,6 +212,11 @@ impl Manager {
     /// The routing of changes to agent sessions by node.
     pub fn router(&self) -> &Arc<router::ChangeRouter> {
         &self.router
+    }
+
+    /// The log broker: open `service logs` reads and the agents that answer them.
+    pub fn logs(&self) -> &Arc<logs::LogBroker> {
+        &self.logs
     }
 
     /// The recent removals (the last 10,000) after raft index `index` and at or after `at`.
@@ -643,6 +651,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         state,
         events,
         router,
+        logs: Arc::new(logs::LogBroker::default()),
         removals,
         raft_thread: parking_lot::Mutex::new(Some(raft_thread)),
         shutdown,

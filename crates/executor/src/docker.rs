@@ -15,15 +15,16 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::mapping::{container_body, container_name, grace_secs};
 use crate::{
-    ContainerEvent, ContainerInfo, ExecError, Executor, ExitStatus, LABEL_NODE_ID, LABEL_TASK_ID, NodeResources,
-    TaskPlan,
+    ContainerEvent, ContainerInfo, ExecError, Executor, ExitStatus, LABEL_NODE_ID, LABEL_TASK_ID, LogEntry, LogOptions,
+    LogStream, NodeResources, TaskPlan,
 };
 
 /// How often `start` looks at a container's health while it waits for it to become healthy.
@@ -476,6 +477,30 @@ impl Executor for DockerExecutor {
         Ok(out)
     }
 
+    async fn logs(&self, task_id: &str, options: LogOptions) -> Result<Option<LogStream>, ExecError> {
+        let Some(id) = self.find(task_id).await?.and_then(|c| c.id) else { return Ok(None) };
+        let tail = options.tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        // The engine takes whole seconds; the lines of the second before `since` are dropped here.
+        let since_secs = i32::try_from(options.since_unix_nanos.max(0) / 1_000_000_000).unwrap_or(i32::MAX);
+        let opts = LogsOptionsBuilder::default()
+            .follow(options.follow)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .tail(&tail)
+            .since(since_secs)
+            .build();
+        let since = options.since_unix_nanos;
+        let lines = self.docker.logs(&id, Some(opts)).filter_map(move |frame| {
+            std::future::ready(match frame {
+                Ok(output) => log_entry(output).filter(|entry| entry.time_unix_nanos >= since).map(Ok),
+                Err(e) if status(&e) == Some(404) => None,
+                Err(e) => Some(Err(engine_error("reading container logs", e))),
+            })
+        });
+        Ok(Some(lines.boxed()))
+    }
+
     fn events(&self) -> BoxStream<'static, ContainerEvent> {
         let state = EventsState {
             docker: self.docker.clone(),
@@ -591,13 +616,21 @@ fn convert_event(msg: &EventMessage, node_id: &str) -> Option<ContainerEvent> {
 
 /// Docker's RFC 3339 UTC time (`2026-12-06T23:40:01.123456789Z`) in milliseconds since the epoch.
 fn rfc3339_millis(text: &str) -> Option<u64> {
+    u64::try_from(rfc3339_nanos(text)? / 1_000_000).ok()
+}
+
+/// The same in nanoseconds; `None` before 1970 or if it is not such a time.
+fn rfc3339_nanos(text: &str) -> Option<i64> {
     let (date, time) = text.trim_end_matches('Z').split_once('T')?;
     let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
     let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
     let mut parts = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
     let (h, min, s) = (parts.next()??, parts.next()??, parts.next()??);
-    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: i64 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
     // Days from the civil date (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -605,7 +638,32 @@ fn rfc3339_millis(text: &str) -> Option<u64> {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    u64::try_from(((days * 24 + h) * 60 + min) * 60_000 + s * 1_000 + millis).ok()
+    let seconds = ((days * 24 + h) * 60 + min) * 60 + s;
+    if seconds < 0 {
+        return None;
+    }
+    seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// One frame of `docker logs --timestamps`: `<RFC 3339 time> <line>\n`.
+fn log_entry(output: bollard::container::LogOutput) -> Option<LogEntry> {
+    let (stderr, message) = match output {
+        bollard::container::LogOutput::StdErr { message } => (true, message),
+        bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
+            (false, message)
+        }
+        bollard::container::LogOutput::StdIn { .. } => return None,
+    };
+    let message = message.strip_suffix(b"\n").unwrap_or(&message);
+    let (time, data) = match message.iter().position(|b| *b == b' ') {
+        Some(space) => (std::str::from_utf8(&message[..space]).ok().and_then(rfc3339_nanos), &message[space + 1..]),
+        None => (None, message),
+    };
+    match time {
+        Some(time_unix_nanos) => Some(LogEntry { stderr, time_unix_nanos, data: data.to_vec() }),
+        // Not a timestamp: the whole frame is the line.
+        None => Some(LogEntry { stderr, time_unix_nanos: 0, data: message.to_vec() }),
+    }
 }
 
 fn now_nanos() -> i128 {
@@ -693,6 +751,9 @@ mod tests {
         assert_eq!(rfc3339_millis("2000-02-29T12:00:00.5Z"), Some(951_825_600_500));
         assert_eq!(rfc3339_millis("0001-01-01T00:00:00Z"), None, "Docker's zero time: never started");
         assert_eq!(rfc3339_millis("yesterday"), None);
+        assert_eq!(rfc3339_nanos("2026-12-06T23:40:01.123456789Z"), Some(1_796_600_401_123_456_789));
+        assert_eq!(rfc3339_nanos("2026-12-06T23:40:01Z"), Some(1_796_600_401_000_000_000));
+        assert_eq!(rfc3339_nanos("2026-12-06T23:40:01.Z"), None);
     }
 
     #[test]

@@ -15,7 +15,10 @@ use parking_lot::Mutex;
 use tokio::sync::{broadcast, watch};
 
 use crate::mapping::{container_labels, container_name};
-use crate::{ContainerEvent, ContainerInfo, ExecError, Executor, ExitStatus, NodeResources, TaskPlan};
+use crate::{
+    ContainerEvent, ContainerInfo, ExecError, Executor, ExitStatus, LogEntry, LogOptions, LogStream, NodeResources,
+    TaskPlan,
+};
 
 /// Exit code a fake container reports after `shutdown` (the test images exit 0 on SIGTERM).
 pub const FAKE_STOP_EXIT_CODE: i64 = 0;
@@ -32,6 +35,7 @@ pub enum FakeOp {
     Shutdown(String),
     Remove(String),
     List,
+    Logs(String),
 }
 
 /// Where a fake container is in its life.
@@ -49,6 +53,8 @@ struct FakeContainer {
     status: FakeStatus,
     /// The task that adopted and restarted this (exited) container, if one did.
     restarted_for: Option<String>,
+    /// What the container wrote (see [`FakeExecutor::write_log`]).
+    logs: Vec<LogEntry>,
 }
 
 /// Where `plan`'s container is kept: under the task it adopts while that one exists, else its own.
@@ -190,6 +196,21 @@ impl FakeExecutor {
             died(c, code)
         };
         self.notify(Some(event));
+        true
+    }
+
+    /// Makes the container of `task_id` write `line` (to standard error if `stderr`), stamped
+    /// with the wall clock; false if it has no container.
+    pub fn write_log(&self, task_id: &str, stderr: bool, line: &str) -> bool {
+        {
+            let mut st = self.inner.state.lock();
+            let Some(c) = st.containers.get_mut(task_id) else { return false };
+            let time_unix_nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            c.logs.push(LogEntry { stderr, time_unix_nanos, data: line.as_bytes().to_vec() });
+        }
+        self.notify(None);
         true
     }
 
@@ -335,7 +356,13 @@ impl Executor for FakeExecutor {
             let id = format!("fake{:060x}", st.next_id);
             st.containers.insert(
                 plan.task_id.clone(),
-                FakeContainer { id: id.clone(), plan: plan.clone(), status: FakeStatus::Created, restarted_for: None },
+                FakeContainer {
+                    id: id.clone(),
+                    plan: plan.clone(),
+                    status: FakeStatus::Created,
+                    restarted_for: None,
+                    logs: Vec::new(),
+                },
             );
             st.prepared += 1;
             id
@@ -511,6 +538,41 @@ impl Executor for FakeExecutor {
                 labels: container_labels(&c.plan, &self.inner.node_id).into_iter().collect(),
             })
             .collect())
+    }
+
+    async fn logs(&self, task_id: &str, options: LogOptions) -> Result<Option<LogStream>, ExecError> {
+        self.begin(FakeOp::Logs(task_id.to_string()))?;
+        let first = {
+            let st = self.inner.state.lock();
+            let Some(c) = st.containers.get(task_id) else { return Ok(None) };
+            options.tail.map_or(0, |n| c.logs.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX)))
+        };
+        let (fake, task_id) = (self.clone(), task_id.to_string());
+        let changed = self.inner.changed.subscribe();
+        let lines = futures::stream::unfold((first, changed), move |(mut next, mut changed)| {
+            let (fake, task_id) = (fake.clone(), task_id.clone());
+            async move {
+                loop {
+                    {
+                        let st = fake.inner.state.lock();
+                        let c = st.containers.get(&task_id)?;
+                        if let Some(entry) = c.logs.get(next) {
+                            next += 1;
+                            if entry.time_unix_nanos < options.since_unix_nanos {
+                                continue;
+                            }
+                            return Some((Ok(entry.clone()), (next, changed)));
+                        }
+                        if !options.follow || c.status != FakeStatus::Running {
+                            return None;
+                        }
+                        changed.mark_unchanged();
+                    }
+                    changed.changed().await.ok()?;
+                }
+            }
+        });
+        Ok(Some(lines.boxed()))
     }
 
     /// Events from now on; a subscriber that falls more than 1024 events behind gets `Resync`.

@@ -203,6 +203,31 @@ impl ContainerEvent {
     }
 }
 
+/// What a log read returns (see [`Executor::logs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep reading while the container runs.
+    pub follow: bool,
+    /// Only the last this many lines; `None`: all.
+    pub tail: Option<u64>,
+    /// Only lines at or after this time (Unix nanoseconds); 0: from the start.
+    pub since_unix_nanos: i64,
+}
+
+/// One line a container wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Written to standard error (else standard output).
+    pub stderr: bool,
+    /// When the engine received it (Unix nanoseconds).
+    pub time_unix_nanos: i64,
+    /// The line without its newline.
+    pub data: Vec<u8>,
+}
+
+/// A container's log lines, in order.
+pub type LogStream = BoxStream<'static, Result<LogEntry, ExecError>>;
+
 /// The agent's interface to a container engine. All methods are safe to call again after a
 /// failure or an agent restart (they look the task's container up by label).
 #[async_trait::async_trait]
@@ -234,6 +259,12 @@ pub trait Executor: Send + Sync + 'static {
 
     /// This node's containers (running or not).
     async fn list(&self) -> Result<Vec<ContainerInfo>, ExecError>;
+
+    /// The log lines of the container that carries `task_id` (a task's own, or the one a task
+    /// restarted in place runs in), or `None` if there is none. Without `follow` the stream ends
+    /// after the last line written so far; with it, when the container stops. Lines before
+    /// `since` are never yielded.
+    async fn logs(&self, task_id: &str, options: LogOptions) -> Result<Option<LogStream>, ExecError>;
 
     /// Start/die/oom/health/destroy events of this node's containers from now on. The stream
     /// reconnects by itself (yielding [`ContainerEvent::Resync`]) and never ends.

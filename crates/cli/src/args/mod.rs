@@ -4,6 +4,7 @@ pub mod events;
 pub mod filters;
 pub mod flags;
 pub mod format;
+pub mod logs;
 pub mod node;
 pub mod parsers;
 pub mod publish;
@@ -21,6 +22,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 pub use events::{EventFilter, EventFormat, EventSelection, EventsArgs};
 pub use filters::{NodeFilter, ServiceFilter};
 pub use format::ListOutput;
+pub use logs::LogsArgs;
 pub use node::{
     ClusterCommand, ClusterInfoArgs, ClusterUpdateArgs, JoinRole, JoinTokenArgs, NodeCommand, NodeDemoteArgs,
     NodeInspectArgs, NodeLsArgs, NodeRmArgs, NodeUpdateArgs,

@@ -30,6 +30,8 @@ pub enum ServiceCommand {
     Rm(RmArgs),
     /// List the tasks of one or more services
     Ps(PsArgs),
+    /// Fetch the logs of a service or task
+    Logs(super::logs::LogsArgs),
     /// Scale one or multiple replicated services
     #[command(override_usage = "shoal service scale [OPTIONS] SERVICE=REPLICAS [SERVICE=REPLICAS...]")]
     Scale(ScaleArgs),

@@ -25,6 +25,7 @@ struct MemBackend {
     /// The state machine and the last index it applied.
     machine: Mutex<(StoreMachine, u64)>,
     router: Arc<ChangeRouter>,
+    logs: Arc<crate::logs::LogBroker>,
     /// Every proposal, as proposed.
     proposals: Mutex<Vec<Vec<Action>>>,
     /// Proposals wait while this is false, so a test can hold a write in flight.
@@ -47,6 +48,7 @@ impl MemBackend {
             state,
             machine: Mutex::new((machine, 0)),
             router,
+            logs: Arc::default(),
             proposals: Mutex::new(Vec::new()),
             gate: watch::Sender::new(true),
         });
@@ -107,6 +109,10 @@ impl Backend for MemBackend {
 
     fn router(&self) -> &Arc<ChangeRouter> {
         &self.router
+    }
+
+    fn logs(&self) -> &Arc<crate::logs::LogBroker> {
+        &self.logs
     }
 
     fn now_millis(&self) -> u64 {
