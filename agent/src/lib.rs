@@ -307,26 +307,23 @@ impl Agent {
         }
     }
 
+    /// A connection to the manager at `addr` (an error names what failed).
+    async fn connect(&self, addr: &str) -> Result<Channel, String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))
+            .map_err(|e| format!("invalid manager address {addr}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true);
+        shoal_tls::client::connect(endpoint, self.client_tls.clone())
+            .await
+            .map_err(|e| shoal_tls::join::error_chain(&e))
+    }
+
     async fn session(self: Arc<Self>, addr: &str, description: &NodeDescription) -> SessionEnd {
-        let channel = match tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr)) {
-            Ok(e) => {
-                let e = e
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .http2_keep_alive_interval(Duration::from_secs(1))
-                    .keep_alive_timeout(Duration::from_secs(2))
-                    .keep_alive_while_idle(true);
-                shoal_tls::client::connect(e, self.client_tls.clone()).await
-            }
-            Err(e) => return SessionEnd::failed(format!("invalid manager address {addr}: {e}")),
-        };
-        let channel = match channel {
+        let channel = match self.connect(addr).await {
             Ok(c) => c,
-            Err(e) => {
-                return SessionEnd::failed(format!(
-                    "cannot reach {addr}: {}",
-                    self.explain(shoal_tls::join::error_chain(&e))
-                ));
-            }
+            Err(e) => return SessionEnd::failed(format!("cannot reach {addr}: {}", self.explain(e))),
         };
         let mut client = DispatcherClient::new(channel).max_decoding_message_size(256 << 20);
         let request = SessionRequest {
@@ -425,7 +422,7 @@ impl Agent {
                 }
             }
         };
-        let log_reads = logs::serve(self.clone(), client.clone(), session_id.clone());
+        let log_reads = logs::serve(self.clone(), addr.to_string(), session_id.clone());
         let assignments = async {
             loop {
                 match stream.message().await {

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use shoal_executor::{LogOptions, LogStream};
 use shoal_proto::v1::dispatcher_client::DispatcherClient;
@@ -20,13 +20,22 @@ use tonic::transport::Channel;
 
 use crate::Agent;
 
-/// Lines sent in one message at most.
+/// Lines sent in one message at most, and their bytes (the leader holds a few messages per
+/// reader).
 const LINES_PER_MESSAGE: usize = 256;
+const BYTES_PER_MESSAGE: usize = 256 << 10;
 /// Messages of one read waiting for the leader.
 const PUBLISH_QUEUE: usize = 8;
 
 /// Serves the leader's log reads for one session; returns why the stream ended.
-pub(crate) async fn serve(agent: Arc<Agent>, mut client: DispatcherClient<Channel>, session_id: String) -> String {
+///
+/// Lines travel on a connection of their own: a reader that pauses holds its stream's
+/// flow-control window, and the session's heartbeats and statuses must not wait behind it.
+pub(crate) async fn serve(agent: Arc<Agent>, addr: String, session_id: String) -> String {
+    let mut client = match agent.connect(&addr).await {
+        Ok(channel) => DispatcherClient::new(channel),
+        Err(e) => return format!("cannot open the log connection to {addr}: {e}"),
+    };
     let request = LogSubscriptionsRequest { node_id: agent.node_id.clone(), session_id: session_id.clone() };
     let mut stream = match client.log_subscriptions(request).await {
         Ok(response) => response.into_inner(),
@@ -92,17 +101,20 @@ async fn publish(agent: Arc<Agent>, mut client: DispatcherClient<Channel>, sessi
 /// Reads the containers of the tasks `read` selects into `tx`: those there are now, and with
 /// follow, those that start later, each once. Without follow, ends with a `close` message.
 async fn read_tasks(agent: Arc<Agent>, read: LogSubscription, tx: mpsc::Sender<PublishLogsMessage>) {
-    let options = LogOptions {
-        follow: read.follow,
-        tail: u64::try_from(read.tail).ok(),
-        since_unix_nanos: read.since_unix_nanos.max(0),
-    };
+    let mut since = read.since_unix_nanos.max(0);
+    if read.from_now {
+        // By this node's clock, which the engine stamps lines with.
+        since = since.max(now_nanos());
+    }
+    let options = LogOptions { follow: read.follow, tail: u64::try_from(read.tail).ok(), since_unix_nanos: since };
     let mut changed = agent.reporter.changed.subscribe();
     // The last line's time read from each container, by the task id it carries: a task
     // restarted in place runs in an earlier task's container, whose old lines were sent already.
     let last_read: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
     let mut started: HashSet<String> = HashSet::new();
-    // Without follow, a container two tasks share (one restarted the other's) is read once.
+    // Containers being read: one two tasks share (a task restarted another's) is read once at
+    // a time, and without follow once.
+    let reading: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut containers: HashSet<String> = HashSet::new();
     let mut readers = JoinSet::new();
     // `--tail` is for the tasks there are when the read opens; a task that starts later is
@@ -118,8 +130,12 @@ async fn read_tasks(agent: Arc<Agent>, read: LogSubscription, tx: mpsc::Sender<P
             if read.follow && agent.reporter.state(&task.id).is_none_or(|s| s < TaskState::Running) {
                 continue;
             }
-            started.insert(task.id.clone());
             let container = task.container_task().to_string();
+            if reading.lock().contains(&container) {
+                // Its other task's reader is still on it; this one starts where that one ends.
+                continue;
+            }
+            started.insert(task.id.clone());
             if !read.follow && !containers.insert(container.clone()) {
                 continue;
             }
@@ -130,15 +146,15 @@ async fn read_tasks(agent: Arc<Agent>, read: LogSubscription, tx: mpsc::Sender<P
             if let Some(last) = last_read.lock().get(&container) {
                 options.since_unix_nanos = options.since_unix_nanos.max(last + 1);
             }
-            let lines = agent.executor.logs(&container, options).await;
-            readers.spawn(send_lines(
-                read.id.clone(),
-                task.id.clone(),
-                container,
-                lines,
-                tx.clone(),
-                last_read.clone(),
-            ));
+            let mut lines = agent.executor.logs(&container, options).await;
+            if matches!(lines, Ok(None)) && container != task.id {
+                // The container it was to restart is gone: the task made its own.
+                lines = agent.executor.logs(&task.id, options).await;
+            }
+            reading.lock().insert(container.clone());
+            let reader =
+                Reader { read: read.id.clone(), task_id: task.id.clone(), container, last_read: last_read.clone() };
+            readers.spawn(reader.send(lines, tx.clone(), reading.clone()));
         }
         if !read.follow {
             break;
@@ -154,58 +170,86 @@ async fn read_tasks(agent: Arc<Agent>, read: LogSubscription, tx: mpsc::Sender<P
     let _ = tx.send(close).await;
 }
 
-/// Sends one container's lines as the task's, in batches of what is ready.
-async fn send_lines(
+/// One container's lines, sent as one task's.
+struct Reader {
     read: String,
     task_id: String,
     container: String,
-    lines: Result<Option<LogStream>, shoal_executor::ExecError>,
-    tx: mpsc::Sender<PublishLogsMessage>,
+    /// The last line's time read from each container (see `read_tasks`).
     last_read: Arc<Mutex<HashMap<String, i64>>>,
-) {
-    let mut lines = match lines {
-        Ok(Some(lines)) => lines.ready_chunks(LINES_PER_MESSAGE),
-        // The task never had a container here (rejected, or removed since).
-        Ok(None) => return,
-        Err(e) => {
-            let error = format!("the logs of task {task_id} cannot be read: {e}");
-            let _ = tx.send(PublishLogsMessage { subscription_id: read, error, ..PublishLogsMessage::default() }).await;
-            return;
-        }
-    };
-    while let Some(chunk) = lines.next().await {
-        let mut message = PublishLogsMessage { subscription_id: read.clone(), ..PublishLogsMessage::default() };
-        for entry in chunk {
-            match entry {
-                Ok(entry) => {
-                    let stream = if entry.stderr {
-                        shoal_proto::v1::LogStream::Stderr
-                    } else {
-                        shoal_proto::v1::LogStream::Stdout
-                    };
-                    message.lines.push(LogLine {
-                        task_id: task_id.clone(),
-                        stream: stream as i32,
-                        time_unix_nanos: entry.time_unix_nanos,
-                        data: entry.data,
-                    });
-                }
-                Err(e) => message.error = format!("the logs of task {task_id} broke off: {e}"),
+}
+
+type Lines = Result<Option<LogStream>, shoal_executor::ExecError>;
+
+impl Reader {
+    /// Sends the lines, then marks the container as no longer read.
+    async fn send(self, lines: Lines, tx: mpsc::Sender<PublishLogsMessage>, reading: Arc<Mutex<HashSet<String>>>) {
+        self.send_lines(lines, &tx).await;
+        reading.lock().remove(&self.container);
+    }
+
+    /// Sends the lines in batches of what is ready, up to a message's lines and bytes.
+    async fn send_lines(&self, lines: Lines, tx: &mpsc::Sender<PublishLogsMessage>) {
+        let task_id = &self.task_id;
+        let mut lines = match lines {
+            Ok(Some(lines)) => lines,
+            // The task never had a container here (rejected, or removed since).
+            Ok(None) => return,
+            Err(e) => {
+                let error = format!("the logs of task {task_id} cannot be read: {e}");
+                let message = PublishLogsMessage { subscription_id: self.read.clone(), error, ..Default::default() };
+                let _ = tx.send(message).await;
+                return;
             }
-        }
-        if let Some(last) = message.lines.last() {
-            let mut last_read = last_read.lock();
-            let seen = last_read.entry(container.clone()).or_insert(last.time_unix_nanos);
-            *seen = (*seen).max(last.time_unix_nanos);
-        }
-        if tx.send(message).await.is_err() {
-            return;
+        };
+        while let Some(first) = lines.next().await {
+            let mut message = PublishLogsMessage { subscription_id: self.read.clone(), ..Default::default() };
+            let mut bytes = 0usize;
+            let mut next = Some(first);
+            while let Some(entry) = next.take() {
+                match entry {
+                    Ok(entry) => {
+                        bytes += entry.data.len();
+                        let stream = if entry.stderr {
+                            shoal_proto::v1::LogStream::Stderr
+                        } else {
+                            shoal_proto::v1::LogStream::Stdout
+                        };
+                        message.lines.push(LogLine {
+                            task_id: task_id.clone(),
+                            stream: stream as i32,
+                            time_unix_nanos: entry.time_unix_nanos,
+                            data: entry.data,
+                        });
+                    }
+                    Err(e) => message.error = format!("the logs of task {task_id} broke off: {e}"),
+                }
+                if message.lines.len() >= LINES_PER_MESSAGE || bytes >= BYTES_PER_MESSAGE {
+                    break;
+                }
+                next = lines.next().now_or_never().flatten();
+            }
+            if let Some(last) = message.lines.last() {
+                let mut last_read = self.last_read.lock();
+                let seen = last_read.entry(self.container.clone()).or_insert(last.time_unix_nanos);
+                *seen = (*seen).max(last.time_unix_nanos);
+            }
+            if tx.send(message).await.is_err() {
+                return;
+            }
         }
     }
 }
 
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 impl Agent {
-    /// This node's tasks a read selects: of its service, or named by id.
+    /// This node's tasks a read selects (of its service, or named by id), by slot, the newest
+    /// first within a slot: a container two tasks share is read as the newer one's.
     fn tasks_selected(&self, read: &LogSubscription) -> Vec<Task> {
         let runners = self.runners.lock();
         let mut tasks: Vec<Task> = runners
@@ -216,7 +260,7 @@ impl Agent {
             })
             .map(|task| task.clone())
             .collect();
-        tasks.sort_by(|a, b| (a.slot, &a.id).cmp(&(b.slot, &b.id)));
+        tasks.sort_by(|a, b| a.slot.cmp(&b.slot).then(b.created_at.cmp(&a.created_at)).then(a.id.cmp(&b.id)));
         tasks
     }
 }

@@ -94,6 +94,8 @@ pub(crate) fn to_service_spec(
         stop_signal: service.stop_signal.clone(),
         healthcheck: service.healthcheck.clone(),
         mounts: mounts(stack, short, service, volumes, locations)?,
+        secrets: Vec::new(),
+        configs: Vec::new(),
     };
     let resources = Resources {
         limits: amounts(short, "limits", deploy.resources.limits.as_ref(), locations)?,

@@ -11,7 +11,9 @@ use shoal_proto::v1::control_server::Control;
 use shoal_proto::v1::*;
 use shoal_raft::{Member, MemberChange, MemberChangeKind, ProposeError, RaftRole, RaftStatus};
 use shoal_store::{Action, Origin, State};
-use shoal_types::{ClusterInfo, ManagerRef, Node, NodeState, RaftSummary, Service, ServiceSpec, Task};
+use shoal_types::{
+    ClusterInfo, DataKind, DataObject, DataSpec, ManagerRef, Node, NodeState, RaftSummary, Service, ServiceSpec, Task,
+};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -68,6 +70,9 @@ static JOIN_REFUSED: shoal_tls::server::LogThrottle = shoal_tls::server::LogThro
 pub struct ControlApi {
     manager: Arc<Manager>,
     clients: Mutex<HashMap<String, ControlClient<Channel>>>,
+    /// Connections to the leader for forwarded log streams only: a reader that pauses holds
+    /// its stream's flow-control window, which must not hold up forwarded calls.
+    log_clients: Mutex<HashMap<String, ControlClient<Channel>>>,
 }
 
 enum Route {
@@ -85,7 +90,7 @@ fn no_leader_message(st: &RaftStatus) -> String {
 
 impl ControlApi {
     pub fn new(manager: Arc<Manager>) -> Self {
-        ControlApi { manager, clients: Mutex::new(HashMap::new()) }
+        ControlApi { manager, clients: Mutex::new(HashMap::new()), log_clients: Mutex::new(HashMap::new()) }
     }
 
     async fn client(&self, addr: &str) -> Result<ControlClient<Channel>, tonic::transport::Error> {
@@ -141,6 +146,28 @@ impl ControlApi {
 
     fn forget(&self, addr: &str) {
         self.clients.lock().remove(addr);
+        self.log_clients.lock().remove(addr);
+    }
+
+    /// The connection forwarded log streams to the leader at `addr` share. Its connection
+    /// window is far larger than a stream's, so many paused readers fit before it fills.
+    async fn log_client(&self, addr: &str) -> Result<ControlClient<Channel>, tonic::transport::Error> {
+        if let Some(client) = self.log_clients.lock().get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
+            .connect_timeout(Duration::from_secs(1))
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(crate::logs::STREAM_WINDOW)
+            .initial_connection_window_size(crate::logs::CONNECTION_WINDOW);
+        let channel = shoal_tls::client::connect(endpoint, self.manager.client_tls.clone()).await?;
+        let client = ControlClient::new(channel)
+            .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+        self.log_clients.lock().insert(addr.to_string(), client.clone());
+        Ok(client)
     }
 
     fn find_service<'a>(state: &'a State, reference: &str) -> Result<&'a Service, ApiError> {
@@ -184,10 +211,38 @@ impl ControlApi {
         let spec: ServiceSpec =
             serde_json::from_str(json).map_err(|e| ApiError::InvalidArgument(format!("invalid service spec: {e}")))?;
         spec.validate().map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        if let Some(cluster) = self.manager.state().cluster() {
+        let state = self.manager.state();
+        if let Some(cluster) = state.cluster() {
             spec.validate_against(&cluster.spec).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         }
+        // Unknown secrets and configs are refused before anything is written.
+        for (list, references) in [("secrets", &spec.task.container.secrets), ("configs", &spec.task.container.configs)]
+        {
+            let kind = if list == "secrets" { DataKind::Secret } else { DataKind::Config };
+            for (i, reference) in references.iter().enumerate() {
+                if state.data_by_name(kind, &reference.source).is_none() {
+                    return Err(ApiError::NotFound(format!(
+                        "task.container.{list}[{i}]: {kind} {} not found (create it first: shoal {kind} create {} FILE)",
+                        reference.source, reference.source
+                    )));
+                }
+            }
+        }
+        drop(state);
         Ok(spec)
+    }
+
+    fn kind(text: &str) -> Result<DataKind, ApiError> {
+        DataKind::parse(text)
+            .ok_or_else(|| ApiError::InvalidArgument(format!("kind {text:?}: expected \"secret\" or \"config\"")))
+    }
+
+    fn find_data<'a>(state: &'a State, kind: DataKind, reference: &str) -> Result<&'a DataObject, ApiError> {
+        if let Some(found) = state.data_by_name(kind, reference) {
+            return Ok(found);
+        }
+        find(state.data_objects(kind), reference, |d| &d.id, |d| &d.spec.name)
+            .map_err(|e| e.for_kind(kind.as_str(), reference))
     }
 
     fn local_info(&self) -> Result<ClusterInfo, ApiError> {
@@ -529,6 +584,7 @@ impl ControlApi {
             tail: request.tail,
             since_unix_nanos: request.since_unix_nanos,
             close: false,
+            from_now: false,
         };
         self.manager.logs().open(subscription, &holders)
     }
@@ -545,15 +601,21 @@ impl Control for ControlApi {
         request: Request<ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         match self.route(&request).await? {
-            Route::Forward(mut client, addr) => match client.service_logs(forward_request(&request)).await {
-                Ok(response) => Ok(Response::new(Box::pin(response.into_inner()))),
-                Err(status) => {
-                    if forward_failure(&status) != ForwardFailure::Answered {
-                        self.forget(&addr);
-                        return Err(interrupted_forward(&addr, ForwardFailure::NeverSent, &status));
-                    }
-                    Err(status)
+            Route::Forward(_, addr) => match self.log_client(&addr).await {
+                Err(e) => {
+                    self.forget(&addr);
+                    Err(ApiError::Unavailable(format!("the leader ({addr}) could not be reached: {e}; retry")).into())
                 }
+                Ok(mut client) => match client.service_logs(forward_request(&request)).await {
+                    Ok(response) => Ok(Response::new(Box::pin(response.into_inner()))),
+                    Err(status) => {
+                        if forward_failure(&status) != ForwardFailure::Answered {
+                            self.forget(&addr);
+                            return Err(interrupted_forward(&addr, ForwardFailure::NeverSent, &status));
+                        }
+                        Err(status)
+                    }
+                },
             },
             Route::Local => {
                 let crate::logs::OpenRead { mut rx, guard } = self.open_logs(request.get_ref())?;
@@ -733,6 +795,62 @@ impl Control for ControlApi {
                 .service(&id)
                 .ok_or_else(|| ApiError::NotFound(format!("service {} not found", request.service)))?;
             Ok(ServiceResponse { service_json: to_json(service) })
+        })
+    }
+
+    async fn create_data(&self, request: Request<CreateDataRequest>) -> Result<Response<DataResponse>, Status> {
+        routed!(self, request, create_data, Retry::IfNeverSent, async {
+            let kind = Self::kind(&request.kind)?;
+            let spec: DataSpec = serde_json::from_str(&request.spec_json)
+                .map_err(|e| ApiError::InvalidArgument(format!("invalid {kind} spec: {e}")))?;
+            shoal_types::validate_data_name(&spec.name)
+                .map_err(|why| ApiError::InvalidArgument(format!("{kind} name: {why}")))?;
+            let most = shoal_types::secret::MAX_DATA_BYTES;
+            if spec.data.is_empty() || spec.data.len() > most {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{kind} {}: {} bytes of data; a {kind} holds 1 to {most} bytes (500 KiB, Swarm's limit)",
+                    spec.name,
+                    spec.data.len()
+                )));
+            }
+            if spec.labels.keys().any(String::is_empty) {
+                return Err(ApiError::InvalidArgument(format!("{kind} {}: label keys must not be empty", spec.name)));
+            }
+            let id = shoal_types::ids::new_id();
+            let object = DataObject { id: id.clone(), kind, version: 0, created_at: 0, updated_at: 0, spec, size: 0 };
+            self.manager.propose(vec![Action::CreateData { object }]).await?;
+            let state = self.manager.state();
+            let object =
+                state.data_object(&id).ok_or_else(|| ApiError::Internal(format!("created {kind} vanished")))?;
+            Ok(DataResponse { object_json: to_json(&object.without_data()) })
+        })
+    }
+
+    async fn list_data(&self, request: Request<ListDataRequest>) -> Result<Response<ListDataResponse>, Status> {
+        routed!(self, request, list_data, Retry::Always, async {
+            let kind = Self::kind(&request.kind)?;
+            let state = self.manager.state();
+            let mut objects: Vec<&DataObject> = state.data_objects(kind).collect();
+            objects.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+            Ok(ListDataResponse { objects_json: objects.iter().map(|d| to_json(&d.without_data())).collect() })
+        })
+    }
+
+    async fn get_data(&self, request: Request<GetDataRequest>) -> Result<Response<DataResponse>, Status> {
+        routed!(self, request, get_data, Retry::Always, async {
+            let kind = Self::kind(&request.kind)?;
+            let state = self.manager.state();
+            let object = Self::find_data(&state, kind, &request.reference)?;
+            Ok(DataResponse { object_json: to_json(&object.without_data()) })
+        })
+    }
+
+    async fn remove_data(&self, request: Request<RemoveDataRequest>) -> Result<Response<RemoveDataResponse>, Status> {
+        routed!(self, request, remove_data, Retry::IfNeverSent, async {
+            let kind = Self::kind(&request.kind)?;
+            let id = Self::find_data(&self.manager.state(), kind, &request.reference)?.id.clone();
+            self.manager.propose(vec![Action::RemoveData { id: id.clone() }]).await?;
+            Ok(RemoveDataResponse { id })
         })
     }
 

@@ -1,7 +1,7 @@
 //! The dispatcher (leader only): agent sessions, heartbeats and node health, assignment streams,
 //! and batched task status writes. Followers answer `Unavailable` with the leader's address.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -384,7 +384,23 @@ fn assignment(
         kind: kind as i32,
         tasks_json: tasks.into_iter().map(|t| serde_json::to_string(t).expect("tasks serialise")).collect(),
         removed,
+        data_json: Vec::new(),
     }
+}
+
+/// The secrets and configs `tasks` use that the session has not sent yet (`sent`: their ids),
+/// as JSON with their values: an agent receives only those its tasks use.
+fn data_for<'a>(state: &State, tasks: impl IntoIterator<Item = &'a Task>, sent: &mut HashSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for task in tasks {
+        for (kind, reference) in task.spec.container.data_references() {
+            let Some(object) = state.data_by_name(kind, &reference.source) else { continue };
+            if sent.insert(object.id.clone()) {
+                out.push(serde_json::to_string(object).expect("data objects serialise"));
+            }
+        }
+    }
+    out
 }
 
 /// The tasks an agent is told about: bound to its node and past the scheduler.
@@ -410,6 +426,8 @@ struct AssignmentStream {
     managers: Vec<String>,
     /// The desired state each task was last sent with.
     sent: HashMap<String, TaskState>,
+    /// The secrets and configs sent in this session, by id.
+    sent_data: HashSet<String>,
     /// The applied index of the state the complete set was read from: it already holds every
     /// change up to there, which the router may still deliver (it routes after applying).
     floor: u64,
@@ -418,35 +436,40 @@ struct AssignmentStream {
 }
 
 impl AssignmentStream {
-    fn complete(&mut self, tasks: Vec<Task>, floor: u64) -> SessionMessage {
+    fn complete(&mut self, tasks: Vec<Task>, floor: u64, data_json: Vec<String>) -> SessionMessage {
         self.sent = tasks.iter().map(|t| (t.id.clone(), t.desired_state)).collect();
         self.floor = floor;
-        assignment(
+        let mut message = assignment(
             &self.session_id,
             self.period,
             &self.managers,
             AssignmentKind::Complete,
             tasks.iter().collect(),
             Vec::new(),
-        )
+        );
+        message.data_json = data_json;
+        message
     }
 
     /// Reads the node's tasks afresh after its queue dropped changes; `None` if the node is gone.
     fn resync<B: Backend>(&mut self, backend: &B) -> Option<SessionMessage> {
-        let (tasks, floor) = {
+        let (tasks, floor, data) = {
             let state = backend.state();
             state.node(&self.node_id)?;
             self.subscription.claim(state.tasks_on_node(&self.node_id).map(|t| t.id.as_str()));
-            node_tasks(&state, &self.node_id)
+            let (tasks, floor) = node_tasks(&state, &self.node_id);
+            let data = data_for(&state, &tasks, &mut self.sent_data);
+            (tasks, floor, data)
         };
         tracing::info!(node = %self.node_id, tasks = tasks.len(), "agent session resent its node's complete task set");
-        Some(self.complete(tasks, floor))
+        Some(self.complete(tasks, floor, data))
     }
 
     /// The message for a batch of the node's changes, if the agent needs one: new tasks,
     /// desired-state changes and removals (the agent reports statuses itself).
-    fn incremental(
+    fn incremental<B: Backend>(
         &mut self,
+        backend: &B,
         tasks: Vec<Arc<Change>>,
         node: Option<Arc<Change>>,
     ) -> Result<Option<SessionMessage>, Status> {
@@ -472,14 +495,16 @@ impl AssignmentStream {
         if updated.is_empty() && removed.is_empty() {
             return Ok(None);
         }
-        Ok(Some(assignment(
-            &self.session_id,
-            self.period,
-            &self.managers,
-            AssignmentKind::Incremental,
-            updated,
-            removed,
-        )))
+        // The state is read only when a task uses secrets or configs.
+        let data = if updated.iter().any(|t| t.spec.container.data_references().next().is_some()) {
+            data_for(&backend.state(), updated.iter().copied(), &mut self.sent_data)
+        } else {
+            Vec::new()
+        };
+        let mut message =
+            assignment(&self.session_id, self.period, &self.managers, AssignmentKind::Incremental, updated, removed);
+        message.data_json = data;
+        Ok(Some(message))
     }
 
     /// Sends the node's changes as they come until the session is stopped (replaced, expired,
@@ -494,7 +519,7 @@ impl AssignmentStream {
                 let message = match self.subscription.take(MAX_ASSIGNMENT_CHANGES) {
                     taken if taken.is_empty() => break,
                     Taken::Resync => self.resync(&*dispatcher.backend).ok_or_else(|| node_removed(&self.node_id)),
-                    Taken::Changes { tasks, node } => match self.incremental(tasks, node) {
+                    Taken::Changes { tasks, node } => match self.incremental(&*dispatcher.backend, tasks, node) {
                         Ok(Some(message)) => Ok(message),
                         Ok(None) => continue,
                         Err(status) => Err(status),
@@ -562,7 +587,8 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
         let node_id = request.node_id.clone();
         // Subscribed in the same view of the state the complete set is read from: every later
         // change reaches the session, including one that moves a task of the set elsewhere.
-        let (subscription, complete, floor) = {
+        let mut sent_data = HashSet::new();
+        let (subscription, complete, floor, data) = {
             let state = self.backend.state();
             if state.node(&node_id).is_none() {
                 return Err(node_removed(&node_id));
@@ -570,7 +596,8 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
             let subscription =
                 self.backend.router().subscribe(&node_id, state.tasks_on_node(&node_id).map(|t| t.id.as_str()));
             let (complete, floor) = node_tasks(&state, &node_id);
-            (subscription, complete, floor)
+            let data = data_for(&state, &complete, &mut sent_data);
+            (subscription, complete, floor, data)
         };
         let session_id = shoal_types::ids::new_id();
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -592,12 +619,13 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
             period,
             managers: self.backend.raft_status().members.values().map(|m| m.addr.clone()).collect(),
             sent: HashMap::new(),
+            sent_data,
             floor,
             subscription,
             tx,
         };
         tracing::info!(node = %stream.node_id, tasks = complete.len(), "agent session opened");
-        let first = stream.complete(complete, floor);
+        let first = stream.complete(complete, floor, data);
         if stream.tx.send(Ok(first)).await.is_err() {
             return Err(Status::cancelled("agent went away"));
         }
@@ -645,26 +673,27 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
         self.check_session(&node_id, &first.session_id, None)?;
         let read = first.subscription_id.clone();
         let broker = self.backend.logs().clone();
-        let Some(tx) = broker.publisher(&read, &node_id) else {
+        let Some((tx, selection)) = broker.publisher(&read, &node_id) else {
             return Err(Status::not_found(format!("log read {read} is closed (its reader went away)")));
         };
-        let mut described: HashMap<String, bool> = HashMap::new();
+        // However the call ends (the agent's last line, an error, the agent gone), a read
+        // without follow stops waiting for this node.
+        let _finished = Finished { broker, read: read.clone(), node_id: node_id.clone() };
+        let mut described: HashSet<String> = HashSet::new();
         let mut next = Some(first);
         while let Some(message) = next {
             if message.subscription_id != read {
                 return Err(Status::invalid_argument("one PublishLogs call publishes one log read"));
             }
-            let out = self.reader_message(&node_id, message.lines, message.error, &mut described);
+            let out = self.reader_message(&node_id, &selection, message.lines, message.error, &mut described);
             if (!out.lines.is_empty() || !out.warnings.is_empty()) && tx.send(Ok(out)).await.is_err() {
                 return Err(Status::not_found(format!("log read {read} is closed (its reader went away)")));
             }
             if message.close {
-                broker.finished(&read, &node_id);
-                return Ok(Response::new(PublishLogsResponse {}));
+                break;
             }
             next = stream.message().await?;
         }
-        broker.finished(&read, &node_id);
         Ok(Response::new(PublishLogsResponse {}))
     }
 
@@ -735,16 +764,31 @@ impl Drop for Unlisten {
     }
 }
 
+/// Tells the broker a node is done with a read when its `PublishLogs` call ends.
+struct Finished {
+    broker: Arc<LogBroker>,
+    read: String,
+    node_id: String,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.broker.finished(&self.read, &self.node_id);
+    }
+}
+
 impl<B: Backend> DispatcherService<B> {
     /// What a reader is sent for lines `node_id` published: only lines of the node's own tasks
-    /// (an agent cannot speak for another node), each task described the first time it appears
-    /// (`described`: task id → whether it is the node's), and the agent's error as a warning.
+    /// that the read selects (an agent cannot speak for another node or slip other lines into
+    /// a read), each task described the first time it appears (`described`), and the agent's
+    /// error as a warning.
     fn reader_message(
         &self,
         node_id: &str,
+        selection: &crate::logs::Selection,
         lines: Vec<LogLine>,
         error: String,
-        described: &mut HashMap<String, bool>,
+        described: &mut HashSet<String>,
     ) -> ServiceLogsMessage {
         let mut out = ServiceLogsMessage::default();
         if !error.is_empty() {
@@ -754,8 +798,14 @@ impl<B: Backend> DispatcherService<B> {
         }
         let state = self.backend.state();
         for mut line in lines {
-            let own = *described.entry(line.task_id.clone()).or_insert_with(|| {
-                let Some(task) = state.task(&line.task_id).filter(|t| t.node_id == node_id) else { return false };
+            let own = described.contains(&line.task_id) || {
+                let Some(task) = state
+                    .task(&line.task_id)
+                    .filter(|t| t.node_id == node_id && selection.selects(&t.service_id, &t.id))
+                else {
+                    continue;
+                };
+                described.insert(task.id.clone());
                 let node = state.node(node_id);
                 let replicas = state
                     .service(&task.service_id)
@@ -773,7 +823,7 @@ impl<B: Backend> DispatcherService<B> {
                     replicas,
                 });
                 true
-            });
+            };
             if own {
                 line.data.truncate(MAX_LOG_LINE);
                 out.lines.push(line);

@@ -47,6 +47,7 @@ impl From<StoreError> for ApiError {
             | StoreError::Rename { .. }
             | StoreError::ModeChange { .. }
             | StoreError::ClusterOutOfSequence { .. }
+            | StoreError::DataInUse { .. }
             | StoreError::NoCluster
             | StoreError::ClusterExists
             | StoreError::SecurityExists

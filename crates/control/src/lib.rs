@@ -680,6 +680,10 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
             // Pings find clients (agents, peers) whose connection died without a reset.
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+            // Paused log readers hold their streams' windows; the connection's fits 64 of them
+            // before an agent's heartbeats on the same connection would wait.
+            .initial_stream_window_size(logs::STREAM_WINDOW)
+            .initial_connection_window_size(logs::CONNECTION_WINDOW)
             .add_service(raft_service)
             .add_service(control)
             .add_service(dispatcher)

@@ -18,11 +18,45 @@ use tonic::Status;
 
 /// Log reads open at once, cluster-wide; one more is refused (`ResourceExhausted`).
 pub const MAX_LOG_READS: usize = 256;
-/// Messages (batches of lines) waiting for a reader before publishers wait.
-const READER_QUEUE: usize = 64;
+/// Messages waiting for a reader before publishers wait; an agent sends at most
+/// `MAX_MESSAGE_BYTES` of lines in one, so a paused reader holds about 2 MiB here.
+const READER_QUEUE: usize = 8;
+/// HTTP/2 flow-control windows of the connections log lines travel on (the manager's server,
+/// forwarding to the leader): a stream of a paused reader holds at most its own window, and the
+/// connection's holds 64 of them before other streams on it wait.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
+/// The most line bytes an agent puts in one message.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 10;
 /// Subscription messages waiting for an agent; an agent this far behind misses the read (and
 /// its reader is warned).
 const LISTENER_QUEUE: usize = 1024;
+
+impl Inner {
+    /// Forgets `node_id`'s agent stream: each read it was part of is told (`what` happened), a
+    /// read without follow stops waiting for it, and one left with nothing to wait for ends.
+    fn drop_listener(&mut self, node_id: &str, what: &str) {
+        self.listeners.remove(node_id);
+        let mut finished = Vec::new();
+        for (id, read) in self.reads.iter_mut() {
+            if !read.nodes.remove(node_id) {
+                continue;
+            }
+            let warning = if read.subscription.follow {
+                format!("node {node_id} {what}: lines its containers wrote meanwhile are not shown")
+            } else {
+                format!("node {node_id} {what} before sending all its logs")
+            };
+            let _ = read.tx.try_send(Ok(ServiceLogsMessage { warnings: vec![warning], ..Default::default() }));
+            if read.pending.remove(node_id) && read.pending.is_empty() {
+                finished.push(id.clone());
+            }
+        }
+        for id in finished {
+            self.reads.remove(&id);
+        }
+    }
+}
 
 /// What a reader receives.
 pub type ReaderItem = Result<ServiceLogsMessage, Status>;
@@ -52,6 +86,20 @@ struct Read {
     nodes: HashSet<String>,
     /// Nodes whose last lines are still to come (without follow).
     pending: HashSet<String>,
+}
+
+/// The tasks a read selects: a publisher's lines of other tasks are dropped.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    service_id: String,
+    task_ids: Vec<String>,
+}
+
+impl Selection {
+    /// Whether the task `task_id` of service `service_id` is the read's.
+    pub fn selects(&self, service_id: &str, task_id: &str) -> bool {
+        (!self.service_id.is_empty() && service_id == self.service_id) || self.task_ids.iter().any(|t| t == task_id)
+    }
 }
 
 /// A node that holds tasks a read selects, for a warning when its agent is not connected.
@@ -148,15 +196,16 @@ impl LogBroker {
     }
 
     /// Registers the subscription stream of `node_id`'s agent (session `session`), replacing
-    /// an earlier one. The reads that follow are sent at once, for lines from now on: the agent
-    /// may have restarted, or be new.
+    /// an earlier one (whose reads are settled as if it had gone away). The reads that follow
+    /// are sent at once, for lines from now on: the agent may have restarted, or be new.
     pub fn listen(&self, node_id: &str, session: &str) -> mpsc::Receiver<LogSubscription> {
         let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
-        let now = now_nanos();
         let mut inner = self.inner.lock();
+        if inner.listeners.contains_key(node_id) {
+            inner.drop_listener(node_id, "reconnected");
+        }
         for read in inner.reads.values_mut().filter(|r| r.subscription.follow) {
-            let mut subscription = read.subscription.clone();
-            subscription.since_unix_nanos = subscription.since_unix_nanos.max(now);
+            let subscription = LogSubscription { from_now: true, ..read.subscription.clone() };
             if tx.try_send(subscription).is_ok() {
                 read.nodes.insert(node_id.to_string());
             }
@@ -172,28 +221,18 @@ impl LogBroker {
         if inner.listeners.get(node_id).is_none_or(|l| l.session != session) {
             return;
         }
-        inner.listeners.remove(node_id);
-        let mut finished = Vec::new();
-        for (id, read) in inner.reads.iter_mut() {
-            read.nodes.remove(node_id);
-            if read.pending.remove(node_id) {
-                let warning = format!("node {node_id} went away before sending all its logs");
-                let _ = read.tx.try_send(Ok(ServiceLogsMessage { warnings: vec![warning], ..Default::default() }));
-                if read.pending.is_empty() {
-                    finished.push(id.clone());
-                }
-            }
-        }
-        for id in finished {
-            inner.reads.remove(&id);
-        }
+        inner.drop_listener(node_id, "went away");
     }
 
-    /// Where `node_id` sends its lines for read `id`; `None` if the read is closed or the node
-    /// was not asked.
-    pub fn publisher(&self, id: &str, node_id: &str) -> Option<mpsc::Sender<ReaderItem>> {
+    /// Where `node_id` sends its lines for read `id`, and what the read selects; `None` if the
+    /// read is closed or the node was not asked.
+    pub fn publisher(&self, id: &str, node_id: &str) -> Option<(mpsc::Sender<ReaderItem>, Selection)> {
         let inner = self.inner.lock();
-        inner.reads.get(id).filter(|r| r.nodes.contains(node_id)).map(|r| r.tx.clone())
+        inner.reads.get(id).filter(|r| r.nodes.contains(node_id)).map(|r| {
+            let selection =
+                Selection { service_id: r.subscription.service_id.clone(), task_ids: r.subscription.task_ids.clone() };
+            (r.tx.clone(), selection)
+        })
     }
 
     /// `node_id` has sent its last line for read `id`; the read ends when no node is left.
@@ -220,12 +259,6 @@ impl LogBroker {
         }
         inner.listeners.clear();
     }
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

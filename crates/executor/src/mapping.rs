@@ -261,6 +261,8 @@ mod tests {
                 .unwrap(),
                 shoal_types::Mount::parse("type=tmpfs,dst=/scratch,tmpfs-size=1m,tmpfs-mode=700").unwrap(),
             ],
+            secrets: Vec::new(),
+            configs: Vec::new(),
         };
         p.resources = Resources {
             limits: ResourceAmounts { nano_cpus: 500_000_000, memory_bytes: 64 << 20, pids: 100 },

@@ -94,6 +94,14 @@ actions! {
         id: String,
         spec: ServiceSpec,
     },
+    /// `secret create` / `config create`; refused if the name is taken for its kind.
+    CreateData {
+        object: shoal_types::DataObject,
+    },
+    /// `secret rm` / `config rm`; refused while a service (or its previous spec) uses it.
+    RemoveData {
+        id: String,
+    },
     /// Replaces the spec if the service is still at `expected_version` (optimistic concurrency).
     UpdateService {
         id: String,

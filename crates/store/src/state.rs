@@ -3,9 +3,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shoal_types::{
-    Cluster, ClusterSecurity, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, Revision,
-    Rollout, RolloutBatch, RolloutEvent, RolloutKind, RolloutSlot, RolloutState, Service, ServiceSpec, StepWait, Task,
-    TaskOrigin, TaskSpec, TaskState, TaskStatus, UpdateState, UpdateStatus,
+    Cluster, ClusterSecurity, DataKind, DataObject, ManagerInfo, Node, NodeDescription, NodeRole, NodeSpec, NodeState,
+    NodeStatus, Revision, Rollout, RolloutBatch, RolloutEvent, RolloutKind, RolloutSlot, RolloutState, Service,
+    ServiceSpec, StepWait, Task, TaskOrigin, TaskSpec, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 
 use crate::action::{Action, Batch, MembershipChange, MembershipKind, Origin};
@@ -50,6 +50,8 @@ pub enum StoreError {
         "update out of sequence: the cluster is at version {current}, the update was based on version {expected}; inspect it again and retry"
     )]
     ClusterOutOfSequence { current: u64, expected: u64 },
+    #[error("{kind} {name} is in use by service {services}: remove it from them first (--{kind}-rm)")]
+    DataInUse { kind: &'static str, name: String, services: String },
     #[error("the cluster is not initialised")]
     NoCluster,
     #[error("cluster is already initialised")]
@@ -119,8 +121,14 @@ pub struct State {
     /// Each service's kept rollout records, oldest first (see [`Rollout`]).
     #[serde(default)]
     rollouts: BTreeMap<String, Vec<Arc<Rollout>>>,
+    /// Secrets and configs by id, values included.
+    #[serde(default)]
+    data: BTreeMap<String, Arc<DataObject>>,
     #[serde(skip)]
     service_names: BTreeMap<String, String>,
+    /// Secret and config ids by kind and name (derived, rebuilt on restore).
+    #[serde(skip)]
+    data_names: BTreeMap<(DataKind, String), String>,
     #[serde(skip)]
     tasks_by_service: BTreeMap<String, BTreeSet<String>>,
     #[serde(skip)]
@@ -177,6 +185,7 @@ pub struct SnapshotView {
     applied_index: u64,
     revisions: BTreeMap<String, Vec<Arc<Revision>>>,
     rollouts: BTreeMap<String, Vec<Arc<Rollout>>>,
+    data: BTreeMap<String, Arc<DataObject>>,
 }
 
 impl SnapshotView {
@@ -233,6 +242,7 @@ enum Undo {
     Node(String, Option<Node>),
     Task(String, Option<Task>),
     Revisions(String, Option<Vec<Arc<Revision>>>),
+    Data(String, Option<Arc<DataObject>>),
     Rollouts(String, Option<Vec<Arc<Rollout>>>),
     /// A slot appended to the service's newest rollout record: taken off again.
     RolloutSlot(String),
@@ -266,6 +276,41 @@ impl State {
 
     pub fn service(&self, id: &str) -> Option<&Service> {
         self.services.get(id).map(|s| &**s)
+    }
+
+    /// Secrets or configs, by id.
+    pub fn data_objects(&self, kind: DataKind) -> impl Iterator<Item = &DataObject> {
+        self.data.values().filter(move |d| d.kind == kind).map(|d| &**d)
+    }
+
+    pub fn data_object(&self, id: &str) -> Option<&DataObject> {
+        self.data.get(id).map(|d| &**d)
+    }
+
+    pub fn data_by_name(&self, kind: DataKind, name: &str) -> Option<&DataObject> {
+        self.data_names.get(&(kind, name.to_string())).and_then(|id| self.data_object(id))
+    }
+
+    /// Names of the services whose spec (or previous spec, which a rollback makes current
+    /// again) uses the secret or config.
+    pub fn services_using(&self, kind: DataKind, name: &str) -> Vec<String> {
+        let uses =
+            |spec: &ServiceSpec| spec.task.container.data_references().any(|(k, r)| k == kind && r.source == name);
+        self.services
+            .values()
+            .filter(|s| uses(&s.spec) || s.previous_spec.as_ref().is_some_and(uses))
+            .map(|s| s.spec.name.clone())
+            .collect()
+    }
+
+    /// Refuses a spec that uses a secret or config that does not exist.
+    fn check_data_references(&self, spec: &ServiceSpec) -> Result<(), StoreError> {
+        for (kind, reference) in spec.task.container.data_references() {
+            if self.data_by_name(kind, &reference.source).is_none() {
+                return Err(StoreError::NotFound { kind: kind.as_str(), id: reference.source.clone() });
+            }
+        }
+        Ok(())
     }
 
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
@@ -371,6 +416,7 @@ impl State {
             applied_index: self.applied_index,
             revisions: self.revisions.clone(),
             rollouts: self.rollouts.clone(),
+            data: self.data.clone(),
         }
     }
 
@@ -390,6 +436,7 @@ impl State {
             state.reindex_slots(&id);
         }
         state.service_names = state.services.values().map(|s| (s.spec.name.clone(), s.id.clone())).collect();
+        state.data_names = state.data.values().map(|d| ((d.kind, d.spec.name.clone()), d.id.clone())).collect();
         Ok(state)
     }
 
@@ -520,6 +567,39 @@ impl State {
                 self.cluster = Some(cluster.clone());
                 changes.push(Change { kind: ChangeKind::Update, index, at, object: Object::Cluster(cluster) });
             }
+            Action::CreateData { mut object } => {
+                if self.data.contains_key(&object.id) {
+                    return Err(StoreError::AlreadyExists { kind: object.kind.as_str(), name: object.id });
+                }
+                if self.data_by_name(object.kind, &object.spec.name).is_some() {
+                    return Err(StoreError::AlreadyExists { kind: object.kind.as_str(), name: object.spec.name });
+                }
+                object.version = index;
+                object.created_at = at;
+                object.updated_at = at;
+                object.size = object.spec.data.len() as u64;
+                undo.push(Undo::Data(object.id.clone(), None));
+                self.data_names.insert((object.kind, object.spec.name.clone()), object.id.clone());
+                self.data.insert(object.id.clone(), Arc::new(object));
+            }
+            Action::RemoveData { id } => {
+                let object = self
+                    .data
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| StoreError::NotFound { kind: "secret or config", id: id.clone() })?;
+                let services = self.services_using(object.kind, &object.spec.name);
+                if !services.is_empty() {
+                    return Err(StoreError::DataInUse {
+                        kind: object.kind.as_str(),
+                        name: object.spec.name.clone(),
+                        services: services.join(", "),
+                    });
+                }
+                self.data.remove(&id);
+                self.data_names.remove(&(object.kind, object.spec.name.clone()));
+                undo.push(Undo::Data(id, Some(object)));
+            }
             Action::InitSecurity { security } => {
                 if self.security.is_some() {
                     return Err(StoreError::SecurityExists);
@@ -537,6 +617,7 @@ impl State {
                 undo.push(Undo::Security(Some(old)));
             }
             Action::CreateService { id, spec } => {
+                self.check_data_references(&spec)?;
                 if self.services.contains_key(&id) {
                     return Err(StoreError::AlreadyExists { kind: "service", name: id });
                 }
@@ -562,6 +643,7 @@ impl State {
             }
             Action::UpdateService { id, expected_version, spec } => {
                 let current = self.checked_service(&id, expected_version)?;
+                self.check_data_references(&spec)?;
                 if current.spec.name != spec.name {
                     return Err(StoreError::Rename { name: current.spec.name.clone() });
                 }
@@ -591,6 +673,7 @@ impl State {
                 let Some(previous) = current.previous_spec.clone() else {
                     return Err(StoreError::NoPreviousSpec { name: current.spec.name.clone() });
                 };
+                self.check_data_references(&previous)?;
                 let service = rolled_back(current, previous, "manually requested rollback".into(), index, at);
                 self.put_rollback(service, origin, undo, changes)?;
             }
@@ -604,6 +687,7 @@ impl State {
                     };
                     return Err(StoreError::RevisionNotFound { name: current.spec.name.clone(), revision, kept });
                 };
+                self.check_data_references(&target.spec)?;
                 let message = format!("manually requested rollback to revision {revision}");
                 let service = rolled_back(current, ServiceSpec::clone(&target.spec), message, index, at);
                 self.put_rollback(service, origin, undo, changes)?;
@@ -1322,6 +1406,15 @@ impl State {
         match step {
             Undo::Cluster(old) => self.cluster = old,
             Undo::Security(old) => self.security = old,
+            Undo::Data(id, old) => {
+                if let Some(gone) = self.data.remove(&id) {
+                    self.data_names.remove(&(gone.kind, gone.spec.name.clone()));
+                }
+                if let Some(old) = old {
+                    self.data_names.insert((old.kind, old.spec.name.clone()), id.clone());
+                    self.data.insert(id, old);
+                }
+            }
             Undo::Unrevoke(id) => {
                 self.revoked_nodes.remove(&id);
             }

@@ -122,6 +122,20 @@ pub struct ContainerSpec {
     /// Bind mounts, volumes and tmpfs (docker's `--mount`; compose `volumes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<crate::Mount>,
+    /// Secrets mounted as files (docker's `--secret`; compose `secrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::DataReference>,
+    /// Configs mounted as files (docker's `--config`; compose `configs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<crate::DataReference>,
+}
+
+impl ContainerSpec {
+    /// The secrets and configs the container uses, with their kind.
+    pub fn data_references(&self) -> impl Iterator<Item = (crate::DataKind, &crate::DataReference)> {
+        let secrets = self.secrets.iter().map(|r| (crate::DataKind::Secret, r));
+        secrets.chain(self.configs.iter().map(|r| (crate::DataKind::Config, r)))
+    }
 }
 
 impl Default for ContainerSpec {
@@ -139,6 +153,8 @@ impl Default for ContainerSpec {
             stop_signal: None,
             healthcheck: None,
             mounts: Vec::new(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
         }
     }
 }

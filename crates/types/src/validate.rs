@@ -285,6 +285,22 @@ impl ServiceSpec {
                 ));
             }
         }
+        // Files of secrets and configs: each path once, and not where a mount is.
+        let mut paths: BTreeMap<String, String> = BTreeMap::new();
+        for (list, references) in [("secrets", &container.secrets), ("configs", &container.configs)] {
+            let kind = if list == "secrets" { crate::DataKind::Secret } else { crate::DataKind::Config };
+            for (i, reference) in references.iter().enumerate() {
+                let field = format!("task.container.{list}[{i}]");
+                reference.check().map_err(|reason| ValidationError::new(field.clone(), reason))?;
+                let path = reference.path(kind);
+                if targets.contains_key(path.as_str()) {
+                    return Err(ValidationError::new(field, format!("target {path} is also a mount's target")));
+                }
+                if let Some(first) = paths.insert(path.clone(), field.clone()) {
+                    return Err(ValidationError::new(field, format!("duplicate target {path} (also {first})")));
+                }
+            }
+        }
         if let Some(signal) = &container.stop_signal
             && signal.trim().is_empty()
         {

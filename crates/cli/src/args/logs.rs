@@ -11,7 +11,7 @@ pub struct LogsArgs {
     /// Number of lines to show from the end of each task's logs ("all" or a number)
     #[arg(short = 'n', long, value_name = "N", value_parser = tail, default_value = "all")]
     pub tail: Tail,
-    /// Show logs since a timestamp (e.g. "2013-01-02T13:23:37Z") or relative (e.g. "42m" for 42 minutes)
+    /// Show logs since a timestamp (e.g. "2013-01-02T13:23:37Z", UTC without a zone; or Unix seconds) or relative (e.g. "42m" for 42 minutes)
     #[arg(long, value_name = "TIME", value_parser = since)]
     pub since: Option<i64>,
     /// Show timestamps
@@ -66,6 +66,10 @@ pub fn tail(text: &str) -> Result<Tail, String> {
 pub fn since(text: &str) -> Result<i64, String> {
     let text = text.trim();
     let allowed = "expected a time (e.g. 2024-03-01T12:34:56Z) or a duration ago (e.g. 42m, 1h30m)";
+    // Unix seconds, with an optional fraction, as docker takes them too.
+    if let Some((seconds, fraction)) = unix_seconds(text) {
+        return Ok(seconds.saturating_mul(1_000_000_000).saturating_add(fraction).max(1));
+    }
     let millis = match crate::timefmt::parse_timestamp(text) {
         Some(millis) => millis,
         None => {
@@ -75,6 +79,16 @@ pub fn since(text: &str) -> Result<i64, String> {
         }
     };
     Ok(i64::try_from(millis).unwrap_or(i64::MAX).saturating_mul(1_000_000).max(1))
+}
+
+/// `1700000000` or `1700000000.5`: whole seconds and the fraction in nanoseconds.
+fn unix_seconds(text: &str) -> Option<(i64, i64)> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: String = fraction.chars().chain(std::iter::repeat('0')).take(9).collect();
+    Some((whole.parse().ok()?, nanos.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -98,6 +112,8 @@ mod tests {
     fn since_takes_a_time_or_a_duration_ago() {
         assert_eq!(since("1970-01-01T00:00:01Z"), Ok(1_000_000_000));
         assert_eq!(since("2024-03-01"), Ok(1_709_251_200_000_000_000));
+        assert_eq!(since("1700000000"), Ok(1_700_000_000_000_000_000), "Unix seconds, as docker takes them");
+        assert_eq!(since("1700000000.25"), Ok(1_700_000_000_250_000_000));
         let ago = since("10m").expect("a duration");
         let expected = i64::try_from(crate::timefmt::now_millis()).unwrap() * 1_000_000 - 600 * 1_000_000_000;
         assert!((ago - expected).abs() < 5_000_000_000, "{ago} vs {expected}");
