@@ -16,6 +16,7 @@ use shoal_types::{NodeDescription, Task};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+mod data;
 mod logs;
 mod report;
 mod runner;
@@ -124,6 +125,8 @@ pub struct Agent {
     config: AgentConfig,
     executor: Arc<dyn Executor>,
     reporter: Arc<Reporter>,
+    /// The secrets and configs the leader sent for this node's tasks.
+    data: Arc<data::DataStore>,
     runners: Mutex<HashMap<String, runner::Runner>>,
     /// Managers learned from the last session.
     managers: Mutex<Vec<String>>,
@@ -144,6 +147,7 @@ impl Agent {
             config,
             executor,
             reporter: Arc::new(Reporter::default()),
+            data: Arc::default(),
             runners: Mutex::new(HashMap::new()),
             managers: Mutex::new(managers),
             connected: watch::channel(false).0,
@@ -449,6 +453,18 @@ impl Agent {
                 Err(e) => tracing::error!(error = %e, "unreadable task in an assignment; skipped"),
             }
         }
+        // Before the tasks that use them start.
+        for json in &msg.data_json {
+            match serde_json::from_str::<shoal_types::DataObject>(json) {
+                Ok(object) => self.data.put(object),
+                // The error text never quotes the input: it holds a secret's value.
+                Err(e) => tracing::error!(
+                    line = e.line(),
+                    column = e.column(),
+                    "unreadable secret or config in an assignment; skipped"
+                ),
+            }
+        }
         let complete = msg.kind == AssignmentKind::Complete as i32;
         let mut to_remove: Vec<String> = msg.removed.clone();
         // The containers of the tasks removed, by the id they carry (a task restarted in place
@@ -469,7 +485,12 @@ impl Agent {
                     None => {
                         let id = task.id.clone();
                         let (tx, rx) = watch::channel(task);
-                        let handle = tokio::spawn(runner::run(rx, self.executor.clone(), self.reporter.clone()));
+                        let handle = tokio::spawn(runner::run(
+                            rx,
+                            self.executor.clone(),
+                            self.reporter.clone(),
+                            self.data.clone(),
+                        ));
                         runners.insert(id, runner::Runner { task: tx, handle });
                     }
                 }
@@ -487,6 +508,17 @@ impl Agent {
             }
             // Log reads that follow new tasks look again.
             self.reporter.changed.send_replace(());
+            if complete {
+                // Values no task here uses any more leave the agent's memory.
+                let used: HashSet<(shoal_types::DataKind, String)> = runners
+                    .values()
+                    .flat_map(|runner| {
+                        let task = runner.task.borrow();
+                        task.spec.container.data_references().map(|(k, r)| (k, r.source.clone())).collect::<Vec<_>>()
+                    })
+                    .collect();
+                self.data.retain(&used);
+            }
             in_use = runners
                 .values()
                 .flat_map(|runner| runner.task.borrow().container_tasks().map(String::from).collect::<Vec<_>>())

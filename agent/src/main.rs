@@ -30,6 +30,22 @@ struct Args {
     /// The Docker engine to use.
     #[arg(long, value_name = "URL", default_value = "unix:///var/run/docker.sock")]
     docker_host: String,
+    /// Where the files of tasks' secrets and configs are written before they are bind-mounted
+    /// into containers (a directory only root may enter is made under it, per node) [default:
+    /// /dev/shm, a tmpfs, so they never reach a disk; else DATA_DIR/run]
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+}
+
+/// The directory of this node's secret and config files: under `--secrets-dir`, `/dev/shm`
+/// (memory) when it exists, else the data dir.
+fn files_dir(args: &Args, node_id: &str) -> PathBuf {
+    let base = match &args.secrets_dir {
+        Some(dir) => dir.clone(),
+        None if std::path::Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => args.data_dir.join("run"),
+    };
+    base.join(format!("shoal-{node_id}"))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -71,7 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut delay = std::time::Duration::from_millis(500);
     let executor = loop {
         match shoal_agent::shoal_executor::DockerExecutor::connect(Some(&args.docker_host), &node_id).await {
-            Ok(executor) => break executor,
+            Ok(executor) => break executor.with_files_dir(files_dir(&args, &node_id)),
             Err(e) => {
                 tracing::error!(docker = %args.docker_host, error = %e, "cannot reach the Docker engine; retrying");
                 tokio::time::sleep(delay).await;

@@ -7,6 +7,7 @@ use shoal_executor::{ExecError, Executor, TaskPlan};
 use shoal_types::{Task, TaskState, TaskStatus};
 use tokio::sync::watch;
 
+use crate::data::DataStore;
 use crate::report::Reporter;
 
 fn now_millis() -> u64 {
@@ -22,14 +23,33 @@ pub struct Runner {
 }
 
 /// Runs until the task's sender is dropped (the task was removed from this node).
-pub async fn run(mut task_rx: watch::Receiver<Task>, executor: Arc<dyn Executor>, reporter: Arc<Reporter>) {
+pub async fn run(
+    mut task_rx: watch::Receiver<Task>,
+    executor: Arc<dyn Executor>,
+    reporter: Arc<Reporter>,
+    data: Arc<DataStore>,
+) {
     let mut observed = task_rx.borrow().status.clone();
     let task_id = task_rx.borrow().id.clone();
     // `--update-old-tasks remove`: the container of a replaced task goes once it has stopped.
     let mut container_removed = false;
+    // The files of its secrets and configs leave the node once the task has ended.
+    let mut files_removed = false;
     loop {
         let task = task_rx.borrow_and_update().clone();
         let plan = TaskPlan::from_task(&task);
+        if observed.state >= TaskState::Complete
+            && !files_removed
+            && task.spec.container.data_references().next().is_some()
+        {
+            match executor.remove_files(&task_id).await {
+                Ok(()) => files_removed = true,
+                Err(e) => {
+                    tracing::warn!(task = %task_id, error = %e, "removing the task's secret and config files failed");
+                    files_removed = true;
+                }
+            }
+        }
         let desired = task.desired_state;
         let mut report = |state: TaskState, message: &str, err: String, observed: &mut TaskStatus| {
             let status = TaskStatus {
@@ -98,13 +118,23 @@ pub async fn run(mut task_rx: watch::Receiver<Task>, executor: Arc<dyn Executor>
                 report(TaskState::Accepted, "accepted", String::new(), &mut observed)
             }
             TaskState::Accepted => report(TaskState::Preparing, "preparing", String::new(), &mut observed),
-            TaskState::Preparing => match executor.prepare(&plan).await {
-                Ok(container_id) => {
-                    observed.container_id = container_id;
-                    report(TaskState::Ready, "prepared", String::new(), &mut observed);
+            TaskState::Preparing => {
+                let mut plan = plan;
+                match data.files_for(&task) {
+                    Ok(files) => plan.files = files,
+                    Err(why) => {
+                        report(TaskState::Rejected, "preparing", why, &mut observed);
+                        continue;
+                    }
                 }
-                Err(e) => fail_or_retry(&task_id, e, TaskState::Rejected, &mut observed, &mut report).await,
-            },
+                match executor.prepare(&plan).await {
+                    Ok(container_id) => {
+                        observed.container_id = container_id;
+                        report(TaskState::Ready, "prepared", String::new(), &mut observed);
+                    }
+                    Err(e) => fail_or_retry(&task_id, e, TaskState::Rejected, &mut observed, &mut report).await,
+                }
+            }
             TaskState::Ready => report(TaskState::Starting, "starting", String::new(), &mut observed),
             TaskState::Starting => match executor.start(&plan).await {
                 Ok(()) => report(TaskState::Running, "started", String::new(), &mut observed),

@@ -432,6 +432,39 @@ impl Client {
         Ok(reply.into_inner())
     }
 
+    /// Creates a secret or config; the answer leaves the value out.
+    pub async fn create_data(
+        &mut self,
+        kind: shoal_types::DataKind,
+        spec: &shoal_types::DataSpec,
+    ) -> Result<shoal_types::DataObject, CliError> {
+        let request = pb::CreateDataRequest { kind: kind.as_str().to_string(), spec_json: encode(spec)? };
+        let reply = self.inner.create_data(request).await.map_err(|s| failed(&self.addr, s))?;
+        decode(kind.as_str(), &reply.into_inner().object_json)
+    }
+
+    pub async fn list_data(&mut self, kind: shoal_types::DataKind) -> Result<Vec<shoal_types::DataObject>, CliError> {
+        let request = pb::ListDataRequest { kind: kind.as_str().to_string() };
+        let reply = self.inner.list_data(request).await.map_err(|s| failed(&self.addr, s))?;
+        reply.into_inner().objects_json.iter().map(|json| decode(kind.as_str(), json)).collect()
+    }
+
+    pub async fn get_data(
+        &mut self,
+        kind: shoal_types::DataKind,
+        reference: &str,
+    ) -> Result<shoal_types::DataObject, CliError> {
+        let request = pb::GetDataRequest { kind: kind.as_str().to_string(), reference: reference.to_string() };
+        let reply = self.inner.get_data(request).await.map_err(|s| failed(&self.addr, s))?;
+        decode(kind.as_str(), &reply.into_inner().object_json)
+    }
+
+    pub async fn remove_data(&mut self, kind: shoal_types::DataKind, reference: &str) -> Result<String, CliError> {
+        let request = pb::RemoveDataRequest { kind: kind.as_str().to_string(), reference: reference.to_string() };
+        let reply = self.inner.remove_data(request).await.map_err(|s| failed(&self.addr, s))?;
+        Ok(reply.into_inner().id)
+    }
+
     /// The lines of a service's or task's containers (`service logs`).
     pub async fn service_logs(
         &mut self,

@@ -118,6 +118,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Events(args) => events(host, &args).await,
+        Command::Secret(command) => data(host, shoal_types::DataKind::Secret, command).await,
+        Command::Config(command) => data(host, shoal_types::DataKind::Config, command).await,
         Command::Stack(StackCommand::Deploy(args)) => stack::deploy(host, &args).await,
         Command::Stack(StackCommand::Ls(args)) => stack::ls(host, &args).await,
         Command::Stack(StackCommand::Services(args)) => stack::services(host, &args).await,
@@ -702,6 +704,92 @@ const EVENTS_RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs
 
 /// A stream that ended this way broke with its connection or its manager (killed, stopped,
 /// cut off); refusals (a bad filter, a missing service, too slow a reader) end `events`.
+/// `shoal secret|config create|ls|inspect|rm`.
+async fn data(host: &str, kind: shoal_types::DataKind, command: args::data::DataCommand) -> Result<(), CliError> {
+    use args::data::DataCommand;
+    match command {
+        DataCommand::Create(args) => {
+            let data = read_value(kind, &args.file)?;
+            let labels = args.labels.into_iter().collect();
+            let spec = shoal_types::DataSpec { name: args.name, labels, data };
+            let mut client = Client::connect(host).await?;
+            let object = client.create_data(kind, &spec).await?;
+            print_out(&format!("{}\n", object.id));
+            Ok(())
+        }
+        DataCommand::Ls(args) => {
+            let mut client = Client::connect(host).await?;
+            let objects = client.list_data(kind).await?;
+            if args.quiet {
+                print_out(&objects.iter().map(|o| format!("{}\n", o.id)).collect::<String>());
+            } else if args.format == args::InfoFormat::Json {
+                print_out(&output::json_array(&objects));
+            } else {
+                print_out(&output::data_table(&objects, timefmt::now_millis()));
+            }
+            Ok(())
+        }
+        DataCommand::Inspect(args) => {
+            let mut client = Client::connect(host).await?;
+            let mut found = Vec::new();
+            let mut failed = false;
+            for name in &args.names {
+                match client.get_data(kind, name).await {
+                    Ok(object) => found.push(object),
+                    Err(e) => {
+                        print_error(&e);
+                        failed = true;
+                    }
+                }
+            }
+            if args.pretty {
+                print_out(&found.iter().map(output::data_pretty).collect::<Vec<_>>().join("\n"));
+            } else {
+                print_out(&output::json_array(&found));
+            }
+            if failed { Err(CliError::Reported) } else { Ok(()) }
+        }
+        DataCommand::Rm(args) => {
+            let mut client = Client::connect(host).await?;
+            let mut failed = false;
+            for name in &args.names {
+                match client.remove_data(kind, name).await {
+                    Ok(_) => print_out(&format!("{name}\n")),
+                    Err(e) => {
+                        print_error(&e);
+                        failed = true;
+                    }
+                }
+            }
+            if failed { Err(CliError::Reported) } else { Ok(()) }
+        }
+    }
+}
+
+/// A secret's or config's value from `file`, or standard input for `-`; at most Swarm's 500 KiB.
+fn read_value(kind: shoal_types::DataKind, file: &str) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    let most = shoal_types::secret::MAX_DATA_BYTES;
+    let mut data = Vec::new();
+    // One byte more than allowed is enough to refuse, whatever the file's size.
+    let limit = u64::try_from(most).unwrap_or(u64::MAX) + 1;
+    let read = if file == "-" {
+        std::io::stdin().lock().take(limit).read_to_end(&mut data)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(limit).read_to_end(&mut data))
+    };
+    read.map_err(|e| CliError::Message(format!("{kind} file {file}: {e}")))?;
+    if data.is_empty() {
+        return Err(CliError::Message(format!("{kind} file {file} is empty; a {kind} holds 1 to {most} bytes")));
+    }
+    if data.len() > most {
+        return Err(CliError::Message(format!(
+            "{kind} file {file} is larger than {most} bytes (500 KiB, Swarm's limit for a {kind})"
+        )));
+    }
+    Ok(data)
+}
+
 /// `service logs`: prints lines as the leader passes them on, standard output and standard
 /// error apart as the containers wrote them; warnings (an agent that is down) go to standard
 /// error. With `-f` it runs until interrupted.

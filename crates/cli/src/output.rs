@@ -729,6 +729,36 @@ pub fn rollout_detail(rollout: &shoal_types::Rollout, tasks: &[shoal_types::Task
     out
 }
 
+/// `secret ls` / `config ls`: `ID NAME CREATED UPDATED`, by name.
+pub fn data_table(objects: &[shoal_types::DataObject], now: u64) -> String {
+    let ago = |at: u64| {
+        format!("{} ago", crate::timefmt::human_duration(std::time::Duration::from_millis(now.saturating_sub(at))))
+    };
+    let mut sorted: Vec<&shoal_types::DataObject> = objects.iter().collect();
+    sorted.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    let rows: Vec<Vec<String>> =
+        sorted.iter().map(|o| vec![o.id.clone(), o.spec.name.clone(), ago(o.created_at), ago(o.updated_at)]).collect();
+    table(&["ID", "NAME", "CREATED", "UPDATED"], &rows)
+}
+
+/// `secret inspect --pretty` / `config inspect --pretty` (never the value).
+pub fn data_pretty(object: &shoal_types::DataObject) -> String {
+    let mut out = format!("ID:              {}\nName:            {}\n", object.id, object.spec.name);
+    if !object.spec.labels.is_empty() {
+        out.push_str("Labels:\n");
+        for (key, value) in &object.spec.labels {
+            out.push_str(&format!(" - {key}={value}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "Size:            {} bytes\nCreated at:      {}\nUpdated at:      {}\n",
+        object.size,
+        crate::timefmt::format_timestamp(object.created_at),
+        crate::timefmt::format_timestamp(object.updated_at)
+    ));
+    out
+}
+
 fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }

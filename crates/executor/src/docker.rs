@@ -44,6 +44,8 @@ pub struct DockerExecutor {
     node_id: String,
     /// Containers this executor created, by task id.
     made: Arc<parking_lot::Mutex<HashMap<String, Made>>>,
+    /// Where the files of tasks' secrets and configs are written (see [`crate::files`]).
+    files_dir: Option<std::path::PathBuf>,
 }
 
 /// A container this executor created, so the steps after `prepare` need no lookup by label: a
@@ -82,7 +84,13 @@ impl DockerExecutor {
             .negotiate_version()
             .await
             .map_err(|e| engine_error(&format!("connecting to Docker at {where_}"), e))?;
-        Ok(DockerExecutor { docker, node_id: node_id.to_string(), made: Default::default() })
+        Ok(DockerExecutor { docker, node_id: node_id.to_string(), made: Default::default(), files_dir: None })
+    }
+
+    /// Writes tasks' secrets and configs under `dir` (created 0700 if missing).
+    pub fn with_files_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.files_dir = Some(dir);
+        self
     }
 
     pub fn node_id(&self) -> &str {
@@ -310,7 +318,15 @@ impl Executor for DockerExecutor {
         };
         let name = container_name(plan);
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-        match self.docker.create_container(Some(opts), container_body(plan, &self.node_id)).await {
+        let mut body = container_body(plan, &self.node_id);
+        if !plan.files.is_empty() {
+            let Some(dir) = &self.files_dir else {
+                return Err(ExecError::Fatal("this agent has no directory for secrets and configs".into()));
+            };
+            let mounts = crate::files::write(dir, &plan.task_id, &plan.files)?;
+            body.host_config.get_or_insert_with(Default::default).mounts.get_or_insert_with(Vec::new).extend(mounts);
+        }
+        match self.docker.create_container(Some(opts), body).await {
             Ok(created) => {
                 for warning in &created.warnings {
                     tracing::warn!(container = %name, "{warning}");
@@ -442,7 +458,15 @@ impl Executor for DockerExecutor {
         self.stop(&id, &name, grace).await.map(|_| ())
     }
 
+    async fn remove_files(&self, task_id: &str) -> Result<(), ExecError> {
+        match &self.files_dir {
+            Some(dir) => crate::files::remove(dir, task_id),
+            None => Ok(()),
+        }
+    }
+
     async fn remove(&self, task_id: &str) -> Result<(), ExecError> {
+        self.remove_files(task_id).await?;
         self.made.lock().remove(task_id);
         for summary in self.list_summaries(Some(task_id)).await? {
             let Some(id) = summary.id else { continue };

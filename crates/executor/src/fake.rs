@@ -74,6 +74,8 @@ struct State {
     start_delays: HashMap<String, Duration>,
     unhealthy: BTreeSet<String>,
     unreachable: bool,
+    /// Each task's files as `prepare` was given them, until removed.
+    files: HashMap<String, Vec<shoal_types::TaskFile>>,
     resources: NodeResources,
     ops: Vec<FakeOp>,
     next_id: u64,
@@ -197,6 +199,11 @@ impl FakeExecutor {
         };
         self.notify(Some(event));
         true
+    }
+
+    /// The files of the task's secrets and configs, as written by `prepare` and not removed yet.
+    pub fn files(&self, task_id: &str) -> Option<Vec<shoal_types::TaskFile>> {
+        self.inner.state.lock().files.get(task_id).cloned()
     }
 
     /// Makes the container of `task_id` write `line` (to standard error if `stderr`), stamped
@@ -352,6 +359,9 @@ impl Executor for FakeExecutor {
             if st.missing_images.contains(&plan.container.image) {
                 return Err(ExecError::ImageNotFound(plan.container.image.clone()));
             }
+            if !plan.files.is_empty() {
+                st.files.insert(plan.task_id.clone(), plan.files.clone());
+            }
             st.next_id += 1;
             let id = format!("fake{:060x}", st.next_id);
             st.containers.insert(
@@ -502,7 +512,13 @@ impl Executor for FakeExecutor {
         Ok(())
     }
 
+    async fn remove_files(&self, task_id: &str) -> Result<(), ExecError> {
+        self.inner.state.lock().files.remove(task_id);
+        Ok(())
+    }
+
     async fn remove(&self, task_id: &str) -> Result<(), ExecError> {
+        self.inner.state.lock().files.remove(task_id);
         self.begin(FakeOp::Remove(task_id.to_string()))?;
         let events = {
             let mut st = self.inner.state.lock();
@@ -607,6 +623,7 @@ mod tests {
             resources: Resources::default(),
             ports: Vec::new(),
             adopts: None,
+            files: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ use futures::stream::BoxStream;
 
 pub mod docker;
 pub mod fake;
+pub mod files;
 pub mod mapping;
 
 pub use docker::DockerExecutor;
@@ -48,6 +49,9 @@ pub struct TaskPlan {
     /// The stopped container of another task to restart instead of creating one (a rollback to
     /// the spec it ran); if it is gone, `prepare` creates the task's own as usual.
     pub adopts: Option<shoal_types::Adoption>,
+    /// The task's secrets and configs as files (filled in by the agent from what the leader
+    /// sent; never logged).
+    pub files: Vec<shoal_types::TaskFile>,
 }
 
 impl TaskPlan {
@@ -63,6 +67,7 @@ impl TaskPlan {
             resources: task.spec.resources.clone(),
             ports: task.endpoint.ports.iter().filter(|p| p.mode == shoal_types::PublishMode::Host).cloned().collect(),
             adopts: task.adopts.clone(),
+            files: Vec::new(),
         }
     }
 
@@ -254,8 +259,13 @@ pub trait Executor: Send + Sync + 'static {
     /// killed. A container that is absent or not running is fine.
     async fn shutdown(&self, plan: &TaskPlan) -> Result<(), ExecError>;
 
-    /// Force-removes the task's container (and its anonymous volumes) if there is one.
+    /// Force-removes the task's container (and its anonymous volumes) if there is one, and
+    /// its files.
     async fn remove(&self, task_id: &str) -> Result<(), ExecError>;
+
+    /// Removes the files of the task's secrets and configs from the node (the task ended; its
+    /// stopped container keeps only the mount points).
+    async fn remove_files(&self, task_id: &str) -> Result<(), ExecError>;
 
     /// This node's containers (running or not).
     async fn list(&self) -> Result<Vec<ContainerInfo>, ExecError>;

@@ -181,6 +181,7 @@ mod tests {
             resources: Resources::default(),
             ports: Vec::new(),
             adopts: None,
+            files: Vec::new(),
         }
     }
 

@@ -90,6 +90,7 @@ impl Node {
             resources: Resources::default(),
             ports: Vec::new(),
             adopts: None,
+            files: Vec::new(),
         }
     }
 

@@ -42,7 +42,9 @@ pub fn restartable<'a>(state: &State, service: &Service, history: &[&'a Task]) -
     let pinning_may_block = task.resources.reservations != shoal_types::ResourceAmounts::default()
         || task.placement.max_replicas_per_node > 0
         || service.spec.endpoint.ports.iter().any(|p| p.mode == shoal_types::PublishMode::Host && p.published != 0);
-    if pinning_may_block {
+    // A stopped container's secret and config files were removed with its task: it cannot
+    // start again.
+    if pinning_may_block || task.container.data_references().next().is_some() {
         return None;
     }
     let mut last_user: BTreeMap<&str, &Task> = BTreeMap::new();

@@ -610,6 +610,12 @@ pub struct ContainerFlags {
     /// Attach a mount: type=bind|volume|tmpfs,source=…,target=…[,readonly][,volume-driver=…][,volume-opt=k=v][,tmpfs-size=…] (repeatable)
     #[arg(id = "mount", long = "mount", value_name = "MOUNT", value_parser = parsers::mount)]
     pub mounts: Vec<shoal_types::Mount>,
+    /// Give the service a secret as a file: NAME or source=NAME[,target=FILE][,uid=N][,gid=N][,mode=0444] (in /run/secrets; repeatable)
+    #[arg(id = "secret", long = "secret", value_name = "SECRET", value_parser = parsers::data_reference)]
+    pub secrets: Vec<shoal_types::DataReference>,
+    /// Give the service a config as a file: NAME or source=NAME[,target=PATH][,uid=N][,gid=N][,mode=0444] (at /NAME by default; repeatable)
+    #[arg(id = "config", long = "config", value_name = "CONFIG", value_parser = parsers::data_reference)]
+    pub configs: Vec<shoal_types::DataReference>,
     #[command(flatten)]
     pub settings: ContainerSettingFlags,
 }
@@ -618,6 +624,8 @@ impl ContainerFlags {
     pub fn apply(&self, container: &mut ContainerSpec) {
         container.env.extend(self.env.iter().cloned());
         container.mounts.extend(self.mounts.iter().cloned());
+        container.secrets.extend(self.secrets.iter().cloned());
+        container.configs.extend(self.configs.iter().cloned());
         for (key, value) in &self.labels {
             container.labels.insert(key.clone(), value.clone());
         }
@@ -648,8 +656,36 @@ pub struct ContainerUpdateFlags {
     /// Remove a mount by its target path (repeatable)
     #[arg(id = "mount-rm", long = "mount-rm", value_name = "TARGET", value_parser = parsers::mount_target)]
     pub mount_rm: Vec<String>,
+    /// Add or replace (by target) a secret, with --secret's syntax (repeatable)
+    #[arg(id = "secret-add", long = "secret-add", value_name = "SECRET", value_parser = parsers::data_reference)]
+    pub secret_add: Vec<shoal_types::DataReference>,
+    /// Remove a secret by name (repeatable)
+    #[arg(id = "secret-rm", long = "secret-rm", value_name = "NAME", value_parser = parsers::data_name)]
+    pub secret_rm: Vec<String>,
+    /// Add or replace (by target) a config, with --config's syntax (repeatable)
+    #[arg(id = "config-add", long = "config-add", value_name = "CONFIG", value_parser = parsers::data_reference)]
+    pub config_add: Vec<shoal_types::DataReference>,
+    /// Remove a config by name (repeatable)
+    #[arg(id = "config-rm", long = "config-rm", value_name = "NAME", value_parser = parsers::data_name)]
+    pub config_rm: Vec<String>,
     #[command(flatten)]
     pub settings: ContainerSettingFlags,
+}
+
+/// docker's `--secret-rm` then `--secret-add` (and the same for configs): references to the
+/// removed names go first; an added one replaces the reference with the same target.
+fn update_references(
+    references: &mut Vec<shoal_types::DataReference>,
+    add: &[shoal_types::DataReference],
+    remove: &[String],
+) {
+    references.retain(|r| !remove.contains(&r.source));
+    for reference in add {
+        match references.iter_mut().find(|r| r.target == reference.target) {
+            Some(existing) => *existing = reference.clone(),
+            None => references.push(reference.clone()),
+        }
+    }
 }
 
 impl ContainerUpdateFlags {
@@ -664,6 +700,8 @@ impl ContainerUpdateFlags {
             }
         }
         update_labels(&mut container.labels, &self.label_add, &self.label_rm);
+        update_references(&mut container.secrets, &self.secret_add, &self.secret_rm);
+        update_references(&mut container.configs, &self.config_add, &self.config_rm);
         self.settings.apply(container);
     }
 }

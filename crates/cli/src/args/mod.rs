@@ -1,5 +1,6 @@
 //! The command line: clap definitions and the pure conversions from flags to specs.
 
+pub mod data;
 pub mod events;
 pub mod filters;
 pub mod flags;
@@ -76,6 +77,12 @@ pub enum Command {
     /// See a service's revisions and roll back to any of them
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Manage secrets (values services get as files in /run/secrets; never shown)
+    #[command(subcommand)]
+    Secret(data::DataCommand),
+    /// Manage configs (values services get as files)
+    #[command(subcommand)]
+    Config(data::DataCommand),
     /// Stream changes to services, tasks, nodes and the cluster until interrupted
     Events(EventsArgs),
     /// Print a shell completion script (e.g. shoal completion bash > /etc/bash_completion.d/shoal)

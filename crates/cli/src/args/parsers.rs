@@ -178,6 +178,20 @@ pub fn mount(text: &str) -> Result<shoal_types::Mount, String> {
     Ok(mount)
 }
 
+/// `--secret` / `--config`: `NAME` or `source=NAME[,target=PATH,uid=N,gid=N,mode=0444]`, checked
+/// as the manager will check it.
+pub fn data_reference(text: &str) -> Result<shoal_types::DataReference, String> {
+    let reference = shoal_types::DataReference::parse(text)?;
+    reference.check()?;
+    Ok(reference)
+}
+
+/// `--secret-rm` / `--config-rm`: a secret's or config's name.
+pub fn data_name(text: &str) -> Result<String, String> {
+    shoal_types::validate_data_name(text.trim())?;
+    Ok(text.trim().to_string())
+}
+
 /// `--mount-rm`: a mount's target, an absolute path in the container.
 pub fn mount_target(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {

@@ -1467,3 +1467,23 @@ fn choosing_a_way_of_rolling_out_drops_what_the_others_need() {
     update_args(&["--update-prepare-ahead=false"]).apply(&mut off).unwrap();
     assert!(!off.update_config.prepare_ahead);
 }
+
+#[test]
+fn update_secret_and_config_add_and_rm() {
+    let names =
+        |refs: Vec<shoal_types::DataReference>| refs.into_iter().map(|r| (r.source, r.target)).collect::<Vec<_>>();
+    let pair = |s: &str, t: &str| (s.to_string(), t.to_string());
+    let secrets =
+        names(updated(&["--secret-add", "pw", "--secret-add", "source=key,target=tls.key"]).task.container.secrets);
+    assert_eq!(secrets, [pair("pw", "pw"), pair("key", "tls.key")]);
+    let mut s = current_spec();
+    update_args(&["--secret-add", "pw", "--config-add", "source=app,target=/etc/app.conf"]).apply(&mut s).unwrap();
+    // Removed by name first, then an added one replaces the reference at its target.
+    update_args(&["--secret-rm", "pw", "--config-add", "source=app2,target=/etc/app.conf"]).apply(&mut s).unwrap();
+    assert!(s.task.container.secrets.is_empty());
+    assert_eq!(names(s.task.container.configs.clone()), [pair("app2", "/etc/app.conf")]);
+    update_args(&["--config-rm", "app2"]).apply(&mut s).unwrap();
+    assert_eq!(s, current_spec(), "nothing else changed");
+    let err = parse(&["service", "update", "--secret-add", "source=pw,mode=999", "web"]).unwrap_err().to_string();
+    assert!(err.contains("invalid mode \"999\""), "{err}");
+}

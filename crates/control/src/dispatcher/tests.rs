@@ -425,3 +425,67 @@ async fn a_large_cluster_beats_less_often_and_a_shrinking_one_waits_for_the_peri
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     wait_until("a is down", || backend.state().node("a").unwrap().status.state == NodeState::Down).await;
 }
+
+fn data(id: &str, kind: shoal_types::DataKind, name: &str, value: &[u8]) -> Action {
+    let spec = shoal_types::DataSpec { name: name.into(), labels: Default::default(), data: value.to_vec() };
+    Action::CreateData {
+        object: shoal_types::DataObject {
+            id: id.into(),
+            kind,
+            version: 0,
+            created_at: 0,
+            updated_at: 0,
+            spec,
+            size: 0,
+        },
+    }
+}
+
+fn using(mut task: Task, secrets: &[&str], configs: &[&str]) -> Task {
+    let spec = Arc::make_mut(&mut task.spec);
+    spec.container.secrets = secrets.iter().map(|s| shoal_types::DataReference::named(s)).collect();
+    spec.container.configs = configs.iter().map(|c| shoal_types::DataReference::named(c)).collect();
+    task
+}
+
+/// The names and values of the secrets and configs in a message.
+fn data_of(message: &SessionMessage) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = message
+        .data_json
+        .iter()
+        .map(|json| serde_json::from_str::<shoal_types::DataObject>(json).unwrap())
+        .map(|d| (d.spec.name, d.spec.data))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn an_agent_gets_the_secrets_its_tasks_use_once_and_no_other() {
+    use shoal_types::DataKind::{Config, Secret};
+    let (backend, api) = setup(MAX_PENDING_TASKS).await;
+    backend.write(vec![
+        data("s1", Secret, "pw", b"hunter2"),
+        data("s2", Secret, "other", b"not yours"),
+        data("c1", Config, "conf", b"listen 80"),
+    ]);
+    backend.put(vec![
+        using(task("a1", "web", "a", TaskState::Assigned), &["pw"], &[]),
+        using(task("b1", "web", "b", TaskState::Assigned), &[], &[]),
+    ]);
+    let (mut a, first) = connect(&api, "a").await;
+    assert_eq!(data_of(&first), vec![("pw".to_string(), b"hunter2".to_vec())], "only what its task uses");
+    let (_b, first_b) = connect(&api, "b").await;
+    assert!(first_b.data_json.is_empty(), "a node whose tasks use none gets none");
+
+    // A new task using the same secret and a config: only the config is new to the session.
+    backend.put(vec![using(task("a2", "web", "a", TaskState::Assigned), &["pw"], &["conf"])]);
+    let message = next(&mut a.stream).await.unwrap();
+    assert_eq!(tasks_of(&message), running(&["a2"]));
+    assert_eq!(data_of(&message), vec![("conf".to_string(), b"listen 80".to_vec())]);
+
+    // A new session starts over: the agent may have restarted and kept nothing.
+    drop(a);
+    let (_a, again) = connect(&api, "a").await;
+    assert_eq!(data_of(&again).len(), 2);
+}

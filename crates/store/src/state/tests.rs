@@ -1082,3 +1082,66 @@ fn a_release_raises_a_waiting_prepared_task_or_puts_its_fallback() {
     assert_eq!(state.task("p2").unwrap().desired_state, TaskState::Ready, "an ended task is not raised");
     assert_eq!(state.task("f2").unwrap().desired_state, TaskState::Running, "the fallback took its place");
 }
+
+fn data_action(id: &str, kind: shoal_types::DataKind, name: &str) -> Action {
+    let spec = shoal_types::DataSpec { name: name.into(), labels: Default::default(), data: b"value".to_vec() };
+    Action::CreateData {
+        object: shoal_types::DataObject {
+            id: id.into(),
+            kind,
+            version: 0,
+            created_at: 0,
+            updated_at: 0,
+            spec,
+            size: 0,
+        },
+    }
+}
+
+fn spec_using(name: &str, secret: &str) -> ServiceSpec {
+    let mut spec = ServiceSpec::new(name, "busybox");
+    spec.task.container.secrets = vec![shoal_types::DataReference::named(secret)];
+    spec
+}
+
+#[test]
+fn secrets_and_configs_are_named_per_kind_used_by_name_and_kept_while_used() {
+    use shoal_types::DataKind::{Config, Secret};
+    let mut state = State::default();
+    state.apply(2, &batch(vec![data_action("d1", Secret, "pw"), data_action("d2", Config, "pw")])).unwrap();
+    let secret = state.data_by_name(Secret, "pw").unwrap();
+    assert_eq!((secret.id.as_str(), secret.version, secret.size), ("d1", 2, 5));
+    assert_eq!(state.data_by_name(Config, "pw").unwrap().id, "d2", "a secret and a config may share a name");
+    let err = state.apply(3, &batch(vec![data_action("d3", Secret, "pw")])).unwrap_err();
+    assert_eq!(err, StoreError::AlreadyExists { kind: "secret", name: "pw".into() });
+
+    // A service may not name a secret that does not exist; one that does is kept while used.
+    let err = state
+        .apply(4, &batch(vec![Action::CreateService { id: "s1".into(), spec: spec_using("web", "nosuch") }]))
+        .unwrap_err();
+    assert_eq!(err, StoreError::NotFound { kind: "secret", id: "nosuch".into() });
+    state.apply(5, &batch(vec![Action::CreateService { id: "s1".into(), spec: spec_using("web", "pw") }])).unwrap();
+    let err = state.apply(6, &batch(vec![Action::RemoveData { id: "d1".into() }])).unwrap_err();
+    assert_eq!(err.to_string(), "secret pw is in use by service web: remove it from them first (--secret-rm)");
+    // No longer in the spec but in the previous one, which a rollback makes current again.
+    let update =
+        Action::UpdateService { id: "s1".into(), expected_version: 5, spec: ServiceSpec::new("web", "busybox") };
+    state.apply(7, &batch(vec![update])).unwrap();
+    assert!(state.apply(8, &batch(vec![Action::RemoveData { id: "d1".into() }])).is_err());
+    state.apply(9, &batch(vec![Action::RemoveService { id: "s1".into() }])).unwrap();
+    // The config of the same name was never in use; a refused batch put nothing back wrong.
+    state
+        .apply(10, &batch(vec![Action::RemoveData { id: "d1".into() }, Action::RemoveData { id: "d2".into() }]))
+        .unwrap();
+    assert!(state.data_by_name(Secret, "pw").is_none() && state.data_by_name(Config, "pw").is_none());
+
+    // A failed batch undoes a creation; a snapshot keeps what exists.
+    let err = state.apply(11, &batch(vec![data_action("d4", Secret, "db"), Action::RemoveData { id: "gone".into() }]));
+    assert!(err.is_err());
+    assert!(state.data_by_name(Secret, "db").is_none(), "undone");
+    state.apply(12, &batch(vec![data_action("d4", Secret, "db")])).unwrap();
+    let mut snapshot = Vec::new();
+    state.write_snapshot(&mut snapshot).unwrap();
+    let restored = State::restore(&snapshot).unwrap();
+    assert_eq!(restored.data_by_name(Secret, "db").unwrap().spec.data, b"value");
+}
