@@ -512,6 +512,7 @@ impl Agent {
                 // Values no task here uses any more leave the agent's memory.
                 let used: HashSet<(shoal_types::DataKind, String)> = runners
                     .values()
+                    .filter(|runner| runner.task.borrow().desired_state <= shoal_types::TaskState::Running)
                     .flat_map(|runner| {
                         let task = runner.task.borrow();
                         task.spec.container.data_references().map(|(k, r)| (k, r.source.clone())).collect::<Vec<_>>()

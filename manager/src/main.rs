@@ -58,6 +58,15 @@ struct Args {
     /// When initialising a cluster: finished tasks kept per slot.
     #[arg(long, value_name = "N", default_value_t = 5)]
     task_history_limit: u64,
+    /// Keep this manager's data key sealed with the cluster's unlock key, never on its disk: a
+    /// copy of the data dir reveals nothing, and the manager starts only with --unlock-key. On
+    /// initialisation the key is made and printed once; when joining, pass the cluster's.
+    #[arg(long)]
+    autolock: bool,
+    /// The cluster's unlock key (`shoal cluster unlock-key`): to start an autolocked manager, or
+    /// to join with --autolock.
+    #[arg(long, value_name = "KEY", env = "SHOAL_UNLOCK_KEY", hide_env_values = true)]
+    unlock_key: Option<String>,
 }
 
 fn parse_heartbeat(text: &str) -> Result<shoal_types::GoDuration, String> {
@@ -136,8 +145,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.snapshot_interval = args.snapshot_interval;
     config.cluster_spec.heartbeat_period = args.dispatcher_heartbeat;
     config.cluster_spec.task_history_limit = args.task_history_limit;
+    config.autolock = args.autolock;
+    config.unlock_key = args.unlock_key;
 
     let running = shoal_control::start(config).await?;
+    if let Some(key) = &running.new_unlock_key {
+        // On standard output only, never in the log.
+        println!(
+            "This cluster is autolocked: a restarted manager starts only with its unlock key.\n\
+             Keep it safe (a password manager): shoal-manager --unlock-key {key} ...\n\
+             (`shoal cluster unlock-key` shows it again while a manager runs.)"
+        );
+    }
     let manager = running.manager.clone();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let reason = tokio::select! {

@@ -160,6 +160,16 @@ impl ManagerProc {
         bail!("{} did not exit within {limit:?}", self.name)
     }
 
+    /// Sets (or replaces) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     /// Starts the process again on the same data dir (resume).
     pub fn restart(&mut self) -> Result<()> {
         self.kill9();

@@ -106,7 +106,7 @@ async fn secrets_and_configs_reach_containers_as_files_and_nowhere_else() -> Res
     }
     // The previous spec still uses it (a rollback would bring it back): still refused.
     let out = shoal(addr, &["secret", "rm", "db_password"]);
-    ensure!(stderr(&out).contains("in use by service web"), "{}", stderr(&out));
+    ensure!(stderr(&out).contains("still in the previous spec of service web"), "{}", stderr(&out));
     ok(addr, &["service", "rm", "web"])?;
     ok(addr, &["secret", "rm", "db_password"])?;
     ensure!(ok(addr, &["secret", "ls", "-q"])?.is_empty());

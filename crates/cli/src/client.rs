@@ -465,6 +465,12 @@ impl Client {
         Ok(reply.into_inner().id)
     }
 
+    /// The cluster's unlock key (autolock).
+    pub async fn unlock_key(&mut self) -> Result<String, CliError> {
+        let reply = self.inner.unlock_key(pb::UnlockKeyRequest {}).await.map_err(|s| failed(&self.addr, s))?;
+        Ok(reply.into_inner().key)
+    }
+
     /// The lines of a service's or task's containers (`service logs`).
     pub async fn service_logs(
         &mut self,

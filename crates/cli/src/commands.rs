@@ -111,6 +111,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(NodeCommand::Ps(args)) => node_ps(host, &args).await,
         Command::Cluster(ClusterCommand::Info(args)) => cluster_info(host, args.format, args.local).await,
         Command::Cluster(ClusterCommand::JoinToken(args)) => join_token(host, &args).await,
+        Command::Cluster(ClusterCommand::UnlockKey(args)) => {
+            let mut client = Client::connect(host).await?;
+            let key = client.unlock_key().await?;
+            if args.quiet {
+                print_out(&format!("{key}\n"));
+            } else {
+                print_out(&format!(
+                    "To start an autolocked manager, run it with this key:\n\n    shoal-manager --unlock-key {key} ...\n\n(or SHOAL_UNLOCK_KEY in its environment)\n"
+                ));
+            }
+            Ok(())
+        }
         Command::Cluster(ClusterCommand::Update(args)) => {
             let mut client = Client::connect(host).await?;
             client.update_cluster(&args).await?;

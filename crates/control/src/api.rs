@@ -841,7 +841,9 @@ impl Control for ControlApi {
             let kind = Self::kind(&request.kind)?;
             let state = self.manager.state();
             let object = Self::find_data(&state, kind, &request.reference)?;
-            Ok(DataResponse { object_json: to_json(&object.without_data()) })
+            // A config's value is shown, as docker shows it; a secret's never.
+            let shown = if kind == DataKind::Config { object.clone() } else { object.without_data() };
+            Ok(DataResponse { object_json: to_json(&shown) })
         })
     }
 
@@ -1325,6 +1327,20 @@ impl Control for ControlApi {
         let cert_pem = crate::security::renew(&self.manager.state(), &peer, &request.get_ref().csr_pem)?;
         tracing::info!(node = %peer.node_id, role = %peer.role, "renewed a node certificate");
         Ok(Response::new(RenewNodeCertificateResponse { cert_pem }))
+    }
+
+    async fn unlock_key(&self, request: Request<UnlockKeyRequest>) -> Result<Response<UnlockKeyResponse>, Status> {
+        routed!(self, request, unlock_key, Retry::Always, async {
+            let UnlockKeyRequest {} = request;
+            let state = self.manager.state();
+            let key = state.security().and_then(|s| s.unlock_key.clone()).ok_or_else(|| {
+                ApiError::FailedPrecondition(
+                    "this cluster has no unlock key: it was not initialised with autolock (shoal-manager --autolock)"
+                        .into(),
+                )
+            })?;
+            Ok(UnlockKeyResponse { key })
+        })
     }
 
     async fn join_token(&self, request: Request<JoinTokenRequest>) -> Result<Response<JoinTokenResponse>, Status> {

@@ -392,7 +392,8 @@ fn assignment(
 /// as JSON with their values: an agent receives only those its tasks use.
 fn data_for<'a>(state: &State, tasks: impl IntoIterator<Item = &'a Task>, sent: &mut HashSet<String>) -> Vec<String> {
     let mut out = Vec::new();
-    for task in tasks {
+    // A task that has ended or is ending needs none (its files are gone with it).
+    for task in tasks.into_iter().filter(|t| t.desired_state <= TaskState::Running) {
         for (kind, reference) in task.spec.container.data_references() {
             let Some(object) = state.data_by_name(kind, &reference.source) else { continue };
             if sent.insert(object.id.clone()) {
@@ -458,6 +459,8 @@ impl AssignmentStream {
             state.node(&self.node_id)?;
             self.subscription.claim(state.tasks_on_node(&self.node_id).map(|t| t.id.as_str()));
             let (tasks, floor) = node_tasks(&state, &self.node_id);
+            // A complete set makes the agent forget what its tasks no longer use: send afresh.
+            self.sent_data.clear();
             let data = data_for(&state, &tasks, &mut self.sent_data);
             (tasks, floor, data)
         };

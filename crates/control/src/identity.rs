@@ -131,9 +131,9 @@ pub fn raft_error(dir: &Path, e: shoal_raft::RaftError) -> ManagerError {
 /// Opens sled in `path` (a manager's `raft/`) and makes the files sled just created with the
 /// umask private. Quietly: sled creating files is expected, not a sign of tampering, and nobody
 /// else could reach them through the 0700 data dir.
-pub fn open_sled(dir: &Path) -> Result<SledDurable, ManagerError> {
+pub fn open_sled(dir: &Path, key: &shoal_raft::DataKey) -> Result<SledDurable, ManagerError> {
     let path = dir.join(RAFT_DIR);
-    let durable = SledDurable::open(&path).map_err(|e| raft_error(dir, e))?;
+    let durable = SledDurable::open_with_key(&path, Some(key.clone())).map_err(|e| raft_error(dir, e))?;
     let repaired = private_files::harden(&path).map_err(|e| ManagerError::DataDir(e.to_string()))?;
     if !repaired.is_empty() {
         tracing::debug!(files = repaired.len(), "made the files sled created private");
@@ -143,7 +143,7 @@ pub fn open_sled(dir: &Path) -> Result<SledDurable, ManagerError> {
 
 /// Opens an existing manager's raft log and checks it holds what the data dir says it should:
 /// some raft state at all, and every entry it had when the manager last stopped cleanly.
-pub fn open_existing_raft(dir: &Path) -> Result<RaftStorage<SledDurable>, ManagerError> {
+pub fn open_existing_raft(dir: &Path, key: &shoal_raft::DataKey) -> Result<RaftStorage<SledDurable>, ManagerError> {
     let db = dir.join(RAFT_DIR).join("db");
     let damaged =
         |m: String| ManagerError::DataDir(format!("data dir {}: {} is damaged: {m}", dir.display(), db.display()));
@@ -171,7 +171,7 @@ pub fn open_existing_raft(dir: &Path) -> Result<RaftStorage<SledDurable>, Manage
             )));
         }
     }
-    let durable = open_sled(dir)?;
+    let durable = open_sled(dir, key)?;
     let storage = shoal_raft::storage::catch_panic("reading the raft log", || RaftStorage::open(durable))
         .map_err(|e| raft_error(dir, e))?;
     // Even a manager that crashed right after joining has its member list there (it is written
@@ -197,9 +197,9 @@ pub fn open_existing_raft(dir: &Path) -> Result<RaftStorage<SledDurable>, Manage
 
 /// Records [`STOPPED_FILE`] after a clean stop. The log is read back from disk (sled must be
 /// closed), so what is recorded is what is durable, never entries still in memory.
-pub fn record_stopped(dir: &Path) -> Result<(), ManagerError> {
+pub fn record_stopped(dir: &Path, key: &shoal_raft::DataKey) -> Result<(), ManagerError> {
     let storage = shoal_raft::storage::catch_panic("reading the raft log", || {
-        RaftStorage::open(SledDurable::open(&dir.join(RAFT_DIR))?)
+        RaftStorage::open(SledDurable::open_with_key(&dir.join(RAFT_DIR), Some(key.clone()))?)
     })
     .map_err(|e| raft_error(dir, e))?;
     let last_index = storage.log_end();

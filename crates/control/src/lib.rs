@@ -21,6 +21,7 @@ use shoal_types::{Cluster, ClusterSpec};
 use tokio::sync::{broadcast, watch};
 
 pub mod api;
+pub mod at_rest;
 pub mod auth;
 pub mod control_loop;
 pub mod dispatcher;
@@ -115,6 +116,9 @@ pub enum ManagerError {
     Raft(#[from] shoal_raft::RaftError),
     #[error("{0}")]
     Config(String),
+    /// An autolocked manager started without its unlock key, or with a wrong one.
+    #[error("{0}")]
+    Locked(String),
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +139,11 @@ pub struct ManagerConfig {
     pub snapshot_interval: u64,
     /// Cluster settings used when this manager initialises a new cluster.
     pub cluster_spec: ClusterSpec,
+    /// Keep this manager's data key sealed with the cluster's unlock key, never on its disk
+    /// (decided when the data dir is first written).
+    pub autolock: bool,
+    /// The cluster's unlock key: to start an autolocked manager, or to join with `autolock`.
+    pub unlock_key: Option<String>,
 }
 
 impl ManagerConfig {
@@ -152,6 +161,8 @@ impl ManagerConfig {
             heartbeat_tick: 2,
             snapshot_interval: 10_000,
             cluster_spec: ClusterSpec::default(),
+            autolock: false,
+            unlock_key: None,
         }
     }
 }
@@ -190,6 +201,8 @@ pub struct Manager {
     removals: Arc<machine::RemovalLog>,
     raft_thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
+    /// Seals the raft data at rest (needed again to record the log's end after a stop).
+    data_key: shoal_raft::DataKey,
 }
 
 impl Manager {
@@ -325,7 +338,8 @@ impl Manager {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             // The raft thread owned sled; with it closed, record how far the log reached.
             let data_dir = self.config.data_dir.clone();
-            match tokio::task::spawn_blocking(move || identity::record_stopped(&data_dir)).await {
+            let key = self.data_key.clone();
+            match tokio::task::spawn_blocking(move || identity::record_stopped(&data_dir, &key)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not record the raft log's end for the next start"),
                 Err(e) => tracing::warn!(error = %e, "could not record the raft log's end for the next start"),
@@ -390,6 +404,8 @@ impl Manager {
 pub struct Running {
     pub manager: Arc<Manager>,
     pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The unlock key of a cluster just initialised with autolock, to show the operator once.
+    pub new_unlock_key: Option<String>,
 }
 
 fn initial_state(
@@ -531,10 +547,15 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         .await
         .map_err(|e| ManagerError::Listen(config.listen_addr, e))?;
     let tls_dir = config.data_dir.join(security::TLS_DIR);
-    let (identity, storage, credentials) = match data_dir {
+    let mut new_unlock_key = None;
+    let (identity, storage, credentials, data_key) = match data_dir {
         identity::DataDir::Existing(identity) => {
             if config.join.is_some() {
                 tracing::warn!("the data dir already holds a manager; ignoring --join and resuming");
+            }
+            let data_key = at_rest::load(&config.data_dir, config.unlock_key.as_deref())?;
+            if config.autolock && !at_rest::is_autolocked(&config.data_dir) {
+                tracing::warn!("--autolock applies when a data dir is first written; this one is not autolocked");
             }
             let credentials = shoal_tls::Credentials::load(&tls_dir)
                 .map_err(|e| ManagerError::DataDir(format!("data dir {}: {e}", config.data_dir.display())))?
@@ -545,12 +566,18 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                         security::TLS_DIR
                     ))
                 })?;
-            (identity, identity::open_existing_raft(&config.data_dir)?, credentials)
+            (identity, identity::open_existing_raft(&config.data_dir, &data_key)?, credentials, data_key)
         }
         identity::DataDir::Empty => match &config.join {
             Some(target) => {
+                if config.autolock && config.unlock_key.is_none() {
+                    return Err(ManagerError::Config(
+                        "--autolock with --join needs the cluster's --unlock-key (`shoal cluster unlock-key`)".into(),
+                    ));
+                }
                 let Joined { identity, members, credentials, admin } = join_cluster(&config, target).await?;
-                let mut storage = RaftStorage::open(identity::open_sled(&config.data_dir)?)?;
+                let (data_key, _) = at_rest::create(&config.data_dir, config.autolock, config.unlock_key.as_deref())?;
+                let mut storage = RaftStorage::open(identity::open_sled(&config.data_dir, &data_key)?)?;
                 storage.seed_members(&members)?;
                 credentials
                     .save(&tls_dir)
@@ -569,7 +596,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                     copied_to = %copied.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
                     "joined the cluster as a learner"
                 );
-                (identity, storage, credentials)
+                (identity, storage, credentials, data_key)
             }
             None => {
                 let identity = Identity::new(
@@ -578,11 +605,15 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                     new_raft_id(),
                     config.advertise_addr.clone(),
                 );
-                let material = security::init_material(
+                let mut material = security::init_material(
                     &identity.cluster_id,
                     &identity.node_id,
                     config.cluster_spec.node_cert_expiry.as_std(),
                 )?;
+                let (data_key, unlock_key) = at_rest::create(&config.data_dir, config.autolock, None)?;
+                // In the replicated (and sealed) state, so `cluster unlock-key` can show it.
+                material.security.unlock_key = unlock_key.clone();
+                new_unlock_key = unlock_key;
                 let state =
                     initial_state(&identity, &config.hostname, now_millis(), &config.cluster_spec, material.security);
                 let members: Members = [(
@@ -595,8 +626,11 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                 )]
                 .into_iter()
                 .collect();
-                let storage =
-                    shoal_raft::bootstrap(identity::open_sled(&config.data_dir)?, &members, &state.snapshot())?;
+                let storage = shoal_raft::bootstrap(
+                    identity::open_sled(&config.data_dir, &data_key)?,
+                    &members,
+                    &state.snapshot(),
+                )?;
                 material
                     .manager
                     .save(&tls_dir)
@@ -611,7 +645,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
                     copied_to = %copied.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
                     "initialised a new cluster"
                 );
-                (identity, storage, material.manager)
+                (identity, storage, material.manager, data_key)
             }
         },
     };
@@ -655,6 +689,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         removals,
         raft_thread: parking_lot::Mutex::new(Some(raft_thread)),
         shutdown,
+        data_key,
     });
     tokio::spawn(manager.clone().promote_learners());
     tokio::spawn(control_loop::run(manager.clone()));
@@ -692,7 +727,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
             }),
     );
     tracing::info!(addr = %config.listen_addr, node = %identity.node_id, raft_id = identity.raft_id, "manager serving");
-    Ok(Running { manager, server })
+    Ok(Running { manager, server, new_unlock_key })
 }
 
 /// A manager signs its own renewed certificate with the CA in its copy of the store (every

@@ -40,6 +40,7 @@ pub fn init_material(
         ca_key_pem: ca.key_pem,
         worker_token: JoinToken::generate(digest).to_string(),
         manager_token: JoinToken::generate(digest).to_string(),
+        unlock_key: None,
     };
     Ok(InitMaterial { security, manager, admin })
 }

@@ -466,7 +466,9 @@ impl Executor for DockerExecutor {
     }
 
     async fn remove(&self, task_id: &str) -> Result<(), ExecError> {
-        self.remove_files(task_id).await?;
+        if let Err(e) = self.remove_files(task_id).await {
+            tracing::warn!(task = %task_id, error = %e, "removing the task's secret and config files failed");
+        }
         self.made.lock().remove(task_id);
         for summary in self.list_summaries(Some(task_id)).await? {
             let Some(id) = summary.id else { continue };

@@ -3,7 +3,7 @@
 //! bind-mounted read-only into the container. They are removed when the task ends.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bollard::models::{Mount as DockerMount, MountType};
@@ -22,14 +22,32 @@ pub fn write(root: &Path, task_id: &str, files: &[TaskFile]) -> Result<Vec<Docke
     let failed = |what: &str, path: &Path, e: std::io::Error| {
         ExecError::Fatal(format!("{what} {} for the task's secrets and configs: {e}", path.display()))
     };
-    let private_dir = |path: &Path| -> Result<(), ExecError> {
-        std::fs::create_dir_all(path).map_err(|e| failed("creating", path, e))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| failed("restricting", path, e))
-    };
-    private_dir(root)?;
+    // The root may sit in a directory everyone writes to (/dev/shm): one that exists must be a
+    // real directory of this agent's user, or another user could read or redirect the files.
+    match std::fs::symlink_metadata(root) {
+        Ok(meta) => {
+            let own = own_uid();
+            if meta.file_type().is_symlink() || !meta.is_dir() || own.is_some_and(|uid| meta.uid() != uid) {
+                return Err(ExecError::Fatal(format!(
+                    "{} is not a directory of this agent's user (uid {}; a symlink or another user's): remove it, it may have been planted",
+                    root.display(),
+                    meta.uid()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(root).map_err(|e| failed("creating", root, e))?;
+        }
+        Err(e) => return Err(failed("reading", root, e)),
+    }
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| failed("restricting", root, e))?;
+    // Made afresh inside the private root: nothing there can be another user's.
     let dir = task_dir(root, task_id);
-    private_dir(&dir)?;
+    remove(root, task_id)?;
+    std::fs::create_dir(&dir).map_err(|e| failed("creating", &dir, e))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| failed("restricting", &dir, e))?;
     let mut mounts = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
         let path = dir.join(i.to_string());
@@ -60,6 +78,11 @@ pub fn write(root: &Path, task_id: &str, files: &[TaskFile]) -> Result<Vec<Docke
         });
     }
     Ok(mounts)
+}
+
+/// This process's user id (its files' owner).
+fn own_uid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// Removes the task's files (nothing there is fine).
@@ -104,6 +127,26 @@ mod tests {
         remove(&root, "t1").unwrap();
         assert!(!task_dir(&root, "t1").exists());
         remove(&root, "t1").unwrap();
+    }
+
+    #[test]
+    fn a_planted_root_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let root = base.path().join("planted");
+        std::os::unix::fs::symlink(elsewhere.path(), &root).unwrap();
+        let file = TaskFile {
+            kind: DataKind::Secret,
+            source: "pw".into(),
+            path: "/run/secrets/pw".into(),
+            uid: nix_uid(),
+            gid: nix_gid(),
+            mode: 0o400,
+            data: b"x".to_vec(),
+        };
+        let err = write(&root, "t1", &[file]).unwrap_err().to_string();
+        assert!(err.contains("is not a directory of this agent's user"), "{err}");
+        assert!(std::fs::read_dir(elsewhere.path()).unwrap().next().is_none(), "nothing written through the link");
     }
 
     fn nix_uid() -> u32 {

@@ -16,6 +16,8 @@ pub mod transport;
 
 pub use engine::{Engine, EngineConfig, PeerProgress, RaftRole, RaftStatus, Reply};
 pub use node::{RaftHandle, spawn};
+pub mod at_rest;
+pub use at_rest::DataKey;
 pub use storage::{Durable, MemDurable, Op, RaftStorage, SledDurable};
 pub use transport::{GrpcTransport, RaftTransportService, Transport};
 

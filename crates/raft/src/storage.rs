@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
 
+use crate::at_rest::DataKey;
 use crate::{Members, RaftError};
 
 /// One write to the durable store.
@@ -88,11 +89,16 @@ pub trait DetachedSnapshotWriter: Send {
 struct SledSnapshotWriter {
     db: sled::Db,
     snapshots: sled::Tree,
+    key: Option<DataKey>,
 }
 
 impl DetachedSnapshotWriter for SledSnapshotWriter {
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), RaftError> {
         debug_assert!(key.starts_with(SNAPSHOT_DATA_PREFIX));
+        let value = match &self.key {
+            Some(data_key) => data_key.seal(&value),
+            None => value,
+        };
         self.snapshots.insert(key, value).map_err(sled_error)?;
         Ok(())
     }
@@ -214,14 +220,27 @@ pub struct SledDurable {
     newest: BTreeMap<Vec<u8>, usize>,
     /// Log entries below this index may go after the next flush.
     discard_before: u64,
+    /// Seals every value written and opens every value read (see [`crate::at_rest`]); `None`
+    /// for a store kept in the clear (tests, benchmarks).
+    key: Option<DataKey>,
 }
+
+/// Where sled's default tree records that every value is sealed, and how.
+const ENCRYPTION_MARKER: &[u8] = b"shoal:encryption";
+const ENCRYPTION_FORMAT: &[u8] = b"aes-256-gcm/v1";
 
 impl SledDurable {
     /// Opens (or creates) the sled database in `path`. Damage sled detects is
     /// [`RaftError::Corrupt`], naming the path; so is a panic of sled's recovery on a damaged
     /// file (caught here: a damaged data dir must give an error, not a crash).
     pub fn open(path: &std::path::Path) -> Result<Self, RaftError> {
-        catch_panic(&format!("opening {}", path.display()), || Self::open_unguarded(path)).map_err(|e| match e {
+        Self::open_with_key(path, None)
+    }
+
+    /// [`SledDurable::open`] with every value sealed with `key`. A store written in the clear
+    /// is sealed on the way (once); one sealed is refused without a key.
+    pub fn open_with_key(path: &std::path::Path, key: Option<DataKey>) -> Result<Self, RaftError> {
+        catch_panic(&format!("opening {}", path.display()), || Self::open_unguarded(path, key)).map_err(|e| match e {
             RaftError::Corrupt(m) if !m.contains(&path.display().to_string()) => {
                 RaftError::Corrupt(format!("{}: {m}", path.display()))
             }
@@ -229,7 +248,7 @@ impl SledDurable {
         })
     }
 
-    fn open_unguarded(path: &std::path::Path) -> Result<Self, RaftError> {
+    fn open_unguarded(path: &std::path::Path, key: Option<DataKey>) -> Result<Self, RaftError> {
         let db = sled::Config::new()
             .path(path)
             // Durability comes from our explicit flush per Ready, not sled's background timer.
@@ -267,9 +286,67 @@ impl SledDurable {
             atomic_groups: Vec::new(),
             newest: BTreeMap::new(),
             discard_before: 0,
+            key: None,
         };
         durable.move_log_out_of_the_main_tree()?;
+        let sealed = durable.db.get(ENCRYPTION_MARKER).map_err(sled_error)?.is_some();
+        match (key, sealed) {
+            (Some(key), true) => durable.key = Some(key),
+            (Some(key), false) => durable.seal_everything(key)?,
+            (None, true) => {
+                return Err(RaftError::Storage(format!(
+                    "{} is encrypted: it opens only with this manager's data key",
+                    path.display()
+                )));
+            }
+            (None, false) => {}
+        }
         Ok(durable)
+    }
+
+    /// Seals every value of a store written in the clear (a data dir from before encryption at
+    /// rest), then marks it sealed. A crash before the mark leaves some values sealed and some
+    /// not, which the next open finishes: a value that already opens with the key is left.
+    fn seal_everything(&mut self, key: DataKey) -> Result<(), RaftError> {
+        let mut count = 0usize;
+        let trees: Vec<sled::Tree> = [self.tree.clone(), self.snapshots.clone()]
+            .into_iter()
+            .chain(self.log_segments.values().cloned())
+            .collect();
+        for tree in trees {
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(sled_error)?;
+                if key.open(&v).is_ok() {
+                    continue;
+                }
+                tree.insert(k, key.seal(&v)).map_err(sled_error)?;
+                count += 1;
+            }
+        }
+        self.db.flush().map_err(sled_error)?;
+        self.db.insert(ENCRYPTION_MARKER, ENCRYPTION_FORMAT).map_err(sled_error)?;
+        self.db.flush().map_err(sled_error)?;
+        if count > 0 {
+            tracing::info!(values = count, "encrypted the raft data written before encryption at rest");
+        }
+        self.key = Some(key);
+        Ok(())
+    }
+
+    /// `value` as it is stored: sealed when the store has a key.
+    fn sealed(&self, value: Vec<u8>) -> Vec<u8> {
+        match &self.key {
+            Some(key) => key.seal(&value),
+            None => value,
+        }
+    }
+
+    /// A stored value as it was written.
+    fn opened(&self, stored: &[u8]) -> Result<Vec<u8>, RaftError> {
+        match &self.key {
+            Some(key) => key.open(stored),
+            None => Ok(stored.to_vec()),
+        }
     }
 
     /// Moves log entries an older shoal kept in the `raft` tree into their segment trees. The
@@ -341,6 +418,10 @@ impl SledDurable {
     fn queue(&mut self, ops: Vec<Op>) -> Result<std::ops::Range<usize>, RaftError> {
         let start = self.pending.len();
         for op in ops {
+            let op = match op {
+                Op::Put(k, v) => Op::Put(k, self.sealed(v)),
+                delete => delete,
+            };
             match op {
                 // Snapshot data goes to sled at once, chunk by chunk, so a large snapshot is
                 // never held whole in memory. It is keyed by its index and nothing points to it
@@ -426,7 +507,11 @@ impl Durable for SledDurable {
     fn detached_snapshot_writer(&self) -> Option<Box<dyn DetachedSnapshotWriter>> {
         // Chunks go straight to the snapshot tree, as `queue` puts them: nothing points to
         // them until the metadata naming their index is synced on the raft thread.
-        Some(Box::new(SledSnapshotWriter { db: self.db.clone(), snapshots: self.snapshots.clone() }))
+        Some(Box::new(SledSnapshotWriter {
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+            key: self.key.clone(),
+        }))
     }
 
     fn discard_log_before(&mut self, index: u64) -> Result<(), RaftError> {
@@ -484,15 +569,16 @@ impl Durable for SledDurable {
         for (k, v) in self.pending_under(prefix) {
             merged.insert(k.clone(), v.cloned());
         }
-        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+        merged.into_iter().filter_map(|(k, v)| v.map(|v| self.opened(&v).map(|v| (k, v)))).collect()
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
         if let Some(at) = self.newest.get(key) {
-            return Ok(self.pending[*at].value().cloned());
+            return self.pending[*at].value().map(|v| self.opened(v)).transpose();
         }
         let Some(tree) = self.tree_for(key) else { return Ok(None) };
-        tree.get(key).map(|v| v.map(|v| v.to_vec())).map_err(sled_error)
+        let stored = tree.get(key).map_err(sled_error)?;
+        stored.map(|v| self.opened(&v)).transpose()
     }
 
     fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, RaftError> {
@@ -1241,6 +1327,71 @@ mod tests {
         storage.apply_snapshot(&snapshot, &Members::new()).unwrap();
         storage.sync().unwrap();
         storage
+    }
+
+    /// Every file under the store's directory, concatenated.
+    fn files_bytes(dir: &std::path::Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files_bytes(&path));
+            } else {
+                out.extend(std::fs::read(&path).unwrap());
+            }
+        }
+        out
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Sealed, the log, the snapshot and the hard state never reach the files in the clear;
+    /// the store opens only with its key; a store written in the clear is sealed when it is
+    /// first opened with a key.
+    #[test]
+    fn a_store_opened_with_a_key_keeps_nothing_in_the_clear() {
+        let marker = b"service-name-in-the-clear";
+        let entry_with = |index: u64| Entry { index, term: 1, data: marker.to_vec().into(), ..Default::default() };
+        let big_marked: Vec<u8> = big_state().into_iter().chain(marker.iter().copied()).collect();
+        let key = DataKey::generate();
+        let sealed_dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = bootstrapped(SledDurable::open_with_key(sealed_dir.path(), Some(key.clone())).unwrap());
+            storage.append(&(2..=10).map(entry_with).collect::<Vec<_>>()).unwrap();
+            let done = storage.write_snapshot_detached(8, writes(big_marked.clone())).ok().expect("detached");
+            done.recv().unwrap().unwrap();
+            storage.save_snapshot(SnapshotMetadata { index: 8, term: 1, ..Default::default() }, 6).unwrap();
+            storage.sync().unwrap();
+            assert_eq!(storage.durable.get(&log_key(9)).unwrap().map(|v| contains(&v, marker)), Some(true));
+        }
+        assert!(!contains(&files_bytes(sealed_dir.path()), marker), "nothing in the clear on disk");
+        let refused = SledDurable::open(sealed_dir.path()).err().expect("refused without the key");
+        assert!(refused.to_string().contains("is encrypted: it opens only with this manager's data key"), "{refused}");
+        let wrong =
+            RaftStorage::open(SledDurable::open_with_key(sealed_dir.path(), Some(DataKey::generate())).unwrap());
+        assert!(wrong.is_err(), "another key opens nothing");
+        let storage = RaftStorage::open(SledDurable::open_with_key(sealed_dir.path(), Some(key)).unwrap()).unwrap();
+        assert_eq!(storage.snapshot_data().unwrap(), Some(big_marked.clone()));
+        assert_eq!(storage.last_index().unwrap(), 10);
+        drop(storage);
+
+        // A data dir from before encryption at rest: sealed on its first open with a key.
+        let plain_dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = bootstrapped(SledDurable::open(plain_dir.path()).unwrap());
+            storage.append(&(2..=5).map(entry_with).collect::<Vec<_>>()).unwrap();
+            storage.sync().unwrap();
+        }
+        assert!(contains(&files_bytes(plain_dir.path()), marker), "the old store is in the clear");
+        let key = DataKey::generate();
+        let storage =
+            RaftStorage::open(SledDurable::open_with_key(plain_dir.path(), Some(key.clone())).unwrap()).unwrap();
+        assert_eq!(storage.last_index().unwrap(), 5);
+        drop(storage);
+        let storage = RaftStorage::open(SledDurable::open_with_key(plain_dir.path(), Some(key)).unwrap()).unwrap();
+        assert_eq!(storage.entries(2, 6, None, GetEntriesContext::empty(false)).unwrap().len(), 4);
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub enum StoreError {
     ClusterOutOfSequence { current: u64, expected: u64 },
     #[error("{kind} {name} is in use by service {services}: remove it from them first (--{kind}-rm)")]
     DataInUse { kind: &'static str, name: String, services: String },
+    #[error(
+        "{kind} {name} is still in the previous spec of service {services}, which a rollback would bring back: update the service once more (e.g. --force) or remove it first"
+    )]
+    DataInPreviousSpec { kind: &'static str, name: String, services: String },
     #[error("the cluster is not initialised")]
     NoCluster,
     #[error("cluster is already initialised")]
@@ -291,16 +295,21 @@ impl State {
         self.data_names.get(&(kind, name.to_string())).and_then(|id| self.data_object(id))
     }
 
-    /// Names of the services whose spec (or previous spec, which a rollback makes current
-    /// again) uses the secret or config.
-    pub fn services_using(&self, kind: DataKind, name: &str) -> Vec<String> {
+    /// Names of the services whose spec uses the secret or config, and of those whose previous
+    /// spec alone does (a rollback would make it current again).
+    pub fn services_using(&self, kind: DataKind, name: &str) -> (Vec<String>, Vec<String>) {
         let uses =
             |spec: &ServiceSpec| spec.task.container.data_references().any(|(k, r)| k == kind && r.source == name);
-        self.services
-            .values()
-            .filter(|s| uses(&s.spec) || s.previous_spec.as_ref().is_some_and(uses))
-            .map(|s| s.spec.name.clone())
-            .collect()
+        let mut current = Vec::new();
+        let mut previous = Vec::new();
+        for service in self.services.values() {
+            if uses(&service.spec) {
+                current.push(service.spec.name.clone());
+            } else if service.previous_spec.as_ref().is_some_and(uses) {
+                previous.push(service.spec.name.clone());
+            }
+        }
+        (current, previous)
     }
 
     /// Refuses a spec that uses a secret or config that does not exist.
@@ -588,12 +597,19 @@ impl State {
                     .get(&id)
                     .cloned()
                     .ok_or_else(|| StoreError::NotFound { kind: "secret or config", id: id.clone() })?;
-                let services = self.services_using(object.kind, &object.spec.name);
-                if !services.is_empty() {
+                let (current, previous) = self.services_using(object.kind, &object.spec.name);
+                if !current.is_empty() {
                     return Err(StoreError::DataInUse {
                         kind: object.kind.as_str(),
                         name: object.spec.name.clone(),
-                        services: services.join(", "),
+                        services: current.join(", "),
+                    });
+                }
+                if !previous.is_empty() {
+                    return Err(StoreError::DataInPreviousSpec {
+                        kind: object.kind.as_str(),
+                        name: object.spec.name.clone(),
+                        services: previous.join(", "),
                     });
                 }
                 self.data.remove(&id);

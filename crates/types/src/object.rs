@@ -579,6 +579,9 @@ pub struct ClusterSecurity {
     pub ca_key_pem: String,
     pub worker_token: String,
     pub manager_token: String,
+    /// With autolock: the key managers' data keys are sealed with (`shoal cluster unlock-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterSecurity {

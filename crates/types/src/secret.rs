@@ -134,13 +134,13 @@ impl DataReference {
             let (key, value) =
                 field.split_once('=').ok_or_else(|| format!("invalid field {field:?}: expected KEY=VALUE"))?;
             let value = value.trim();
-            match key.trim() {
+            match key.trim().to_ascii_lowercase().as_str() {
                 "source" | "src" => source = Some(value.to_string()),
                 "target" | "dst" | "destination" => target = Some(value.to_string()),
                 "uid" => uid = value.to_string(),
                 "gid" => gid = value.to_string(),
                 "mode" => {
-                    mode = u32::from_str_radix(value, 8).ok().filter(|m| *m <= 0o777).ok_or_else(|| {
+                    mode = parse_mode(value).filter(|m| *m <= 0o777).ok_or_else(|| {
                         format!("invalid mode {value:?}: expected an octal file mode from 0 to 0777 (e.g. 0400)")
                     })?;
                 }
@@ -194,6 +194,22 @@ impl DataReference {
         }
         Ok(())
     }
+}
+
+/// A mode as docker reads it (Go's `ParseUint(v, 0, 32)`): `0400` and `0o400` octal, `0x100`
+/// hexadecimal, `256` decimal (the same mode as 0400).
+fn parse_mode(text: &str) -> Option<u32> {
+    let lower = text.to_ascii_lowercase();
+    if let Some(hex) = lower.strip_prefix("0x") {
+        return u32::from_str_radix(hex, 16).ok();
+    }
+    if let Some(octal) = lower.strip_prefix("0o") {
+        return u32::from_str_radix(octal, 8).ok();
+    }
+    if lower.len() > 1 && lower.starts_with('0') {
+        return u32::from_str_radix(&lower[1..], 8).ok();
+    }
+    lower.parse().ok()
 }
 
 /// A secret's or config's name: letters, digits, `-`, `_` and `.`, starting and ending with a
@@ -274,6 +290,11 @@ mod tests {
         let absolute = DataReference::parse("src=app,dst=/etc/app.conf").unwrap();
         assert_eq!(absolute.path(DataKind::Config), "/etc/app.conf");
         assert_eq!(absolute.mode, 0o444);
+        // Modes as docker reads them: a leading 0 is octal, without it decimal.
+        for (text, mode) in [("0400", 0o400), ("0o400", 0o400), ("256", 0o400), ("0x100", 0o400), ("0", 0)] {
+            assert_eq!(DataReference::parse(&format!("source=x,mode={text}")).unwrap().mode, mode, "{text}");
+        }
+        assert_eq!(DataReference::parse("Source=x,Target=y").unwrap().target, "y", "keys in any case");
         for (bad, expected) in [
             ("source=x,mode=999", "invalid mode \"999\": expected an octal file mode from 0 to 0777"),
             ("source=x,mode=1777", "invalid mode \"1777\""),

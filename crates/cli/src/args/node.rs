@@ -118,6 +118,15 @@ pub enum ClusterCommand {
     JoinToken(JoinTokenArgs),
     /// Change the cluster's settings
     Update(ClusterUpdateArgs),
+    /// Print the key autolocked managers start with (shoal-manager --unlock-key)
+    UnlockKey(UnlockKeyArgs),
+}
+
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct UnlockKeyArgs {
+    /// Only display the key
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Clone, Debug, Default, PartialEq)]

@@ -1127,7 +1127,9 @@ fn secrets_and_configs_are_named_per_kind_used_by_name_and_kept_while_used() {
     let update =
         Action::UpdateService { id: "s1".into(), expected_version: 5, spec: ServiceSpec::new("web", "busybox") };
     state.apply(7, &batch(vec![update])).unwrap();
-    assert!(state.apply(8, &batch(vec![Action::RemoveData { id: "d1".into() }])).is_err());
+    let err = state.apply(8, &batch(vec![Action::RemoveData { id: "d1".into() }])).unwrap_err();
+    assert!(matches!(err, StoreError::DataInPreviousSpec { .. }), "{err}");
+    assert!(err.to_string().contains("update the service once more (e.g. --force)"), "{err}");
     state.apply(9, &batch(vec![Action::RemoveService { id: "s1".into() }])).unwrap();
     // The config of the same name was never in use; a refused batch put nothing back wrong.
     state

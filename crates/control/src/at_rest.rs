@@ -1,0 +1,170 @@
+//! The manager's data key: what seals its raft data at rest (see `shoal_raft::at_rest`), and
+//! how it is kept in the data dir.
+//!
+//! `raft-key.json` holds the data key sealed with a key-encryption key. Without autolock that
+//! key is `raft-kek`, a private file beside it: a copy of the `raft/` directory alone reveals
+//! nothing, a copy of the whole data dir everything (as in Swarm without autolock). With
+//! autolock (`--autolock`) the key-encryption key is the cluster's unlock key, which is never
+//! written to this manager's disk: a locked manager starts only with `--unlock-key`, and a copy
+//! of its whole data dir reveals nothing.
+
+use std::path::Path;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use shoal_raft::DataKey;
+use shoal_raft::at_rest::{KEY_LEN, random_bytes};
+use shoal_tls::private_files;
+
+use crate::ManagerError;
+
+pub const KEY_FILE: &str = "raft-key.json";
+pub const KEK_FILE: &str = "raft-kek";
+/// What an unlock key looks like: `SHLUNLOCK-` and 32 bytes in URL-safe base64.
+const UNLOCK_PREFIX: &str = "SHLUNLOCK-";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    /// The data key is sealed with the unlock key (not stored here) instead of `raft-kek`.
+    autolock: bool,
+    /// The data key, sealed, in base64.
+    wrapped: String,
+}
+
+/// A new unlock key, as the operator keeps it.
+pub fn new_unlock_key() -> String {
+    format!("{UNLOCK_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes()))
+}
+
+/// The key-encryption key an unlock key stands for.
+fn parse_unlock_key(text: &str) -> Result<[u8; KEY_LEN], ManagerError> {
+    let bad = || {
+        ManagerError::Config(format!(
+            "--unlock-key: not an unlock key (expected {UNLOCK_PREFIX} and 43 characters, as `shoal cluster unlock-key` prints it)"
+        ))
+    };
+    let encoded = text.trim().strip_prefix(UNLOCK_PREFIX).ok_or_else(bad)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).map_err(|_| bad())?;
+    bytes.try_into().map_err(|_| bad())
+}
+
+fn data_dir_error(dir: &Path, what: String) -> ManagerError {
+    ManagerError::DataDir(format!("data dir {}: {what}", dir.display()))
+}
+
+/// Makes the data key of a new data dir and writes its files. With `autolock`, it is sealed
+/// with `unlock_key` (the cluster's, when joining) or with a new unlock key, returned to be
+/// shown once.
+pub fn create(dir: &Path, autolock: bool, unlock_key: Option<&str>) -> Result<(DataKey, Option<String>), ManagerError> {
+    let key = DataKey::generate();
+    let private = |e: private_files::PrivateFileError| data_dir_error(dir, e.to_string());
+    let (kek, new_unlock) = if autolock {
+        match unlock_key {
+            Some(text) => (parse_unlock_key(text)?, None),
+            None => {
+                let text = new_unlock_key();
+                (parse_unlock_key(&text)?, Some(text))
+            }
+        }
+    } else {
+        let kek = random_bytes();
+        private_files::write(&dir.join(KEK_FILE), &kek).map_err(private)?;
+        (kek, None)
+    };
+    let file = KeyFile { autolock, wrapped: base64::engine::general_purpose::STANDARD.encode(key.wrap(&kek)) };
+    let bytes = serde_json::to_vec_pretty(&file).expect("serialises");
+    private_files::write(&dir.join(KEY_FILE), &bytes).map_err(private)?;
+    Ok((key, new_unlock))
+}
+
+/// The data key of an existing data dir. A data dir from before encryption at rest gets one
+/// (without autolock); its raft data is sealed when opened.
+pub fn load(dir: &Path, unlock_key: Option<&str>) -> Result<DataKey, ManagerError> {
+    let path = dir.join(KEY_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!("this data dir predates encryption at rest: making its data key");
+            return create(dir, false, None).map(|(key, _)| key);
+        }
+        Err(e) => return Err(data_dir_error(dir, format!("cannot read {KEY_FILE}: {e}"))),
+    };
+    let file: KeyFile =
+        serde_json::from_slice(&bytes).map_err(|e| data_dir_error(dir, format!("{KEY_FILE} is corrupt ({e})")))?;
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(&file.wrapped)
+        .map_err(|e| data_dir_error(dir, format!("{KEY_FILE} is corrupt ({e})")))?;
+    let kek = if file.autolock {
+        let Some(text) = unlock_key else {
+            return Err(ManagerError::Locked(format!(
+                "this manager is locked (autolock): start it with --unlock-key KEY or SHOAL_UNLOCK_KEY (`shoal cluster unlock-key` on a running manager shows the key); data dir {}",
+                dir.display()
+            )));
+        };
+        parse_unlock_key(text)?
+    } else {
+        let kek = std::fs::read(dir.join(KEK_FILE))
+            .map_err(|e| data_dir_error(dir, format!("cannot read {KEK_FILE}, the key of {KEY_FILE}: {e}")))?;
+        kek.try_into().map_err(|_| data_dir_error(dir, format!("{KEK_FILE} is corrupt (not {KEY_LEN} bytes)")))?
+    };
+    DataKey::unwrap(&wrapped, &kek).ok_or_else(|| {
+        if file.autolock {
+            ManagerError::Locked(format!(
+                "the unlock key does not open this manager's data key (data dir {}): it is not this cluster's current unlock key",
+                dir.display()
+            ))
+        } else {
+            data_dir_error(dir, format!("{KEK_FILE} does not open {KEY_FILE}: one of them was replaced or damaged"))
+        }
+    })
+}
+
+/// Whether the data dir's key needs the unlock key.
+pub fn is_autolocked(dir: &Path) -> bool {
+    std::fs::read(dir.join(KEY_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<KeyFile>(&bytes).ok())
+        .is_some_and(|file| file.autolock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_without_autolock_opens_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, shown) = create(dir.path(), false, None).unwrap();
+        assert!(shown.is_none());
+        let loaded = load(dir.path(), None).unwrap();
+        assert_eq!(loaded.open(&key.seal(b"x")).unwrap(), b"x");
+        std::fs::write(dir.path().join(KEK_FILE), random_bytes()).unwrap();
+        let err = load(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("raft-kek does not open raft-key.json"), "{err}");
+    }
+
+    #[test]
+    fn an_autolocked_key_opens_only_with_the_unlock_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, shown) = create(dir.path(), true, None).unwrap();
+        let unlock = shown.expect("a new unlock key is shown once");
+        assert!(unlock.starts_with("SHLUNLOCK-") && unlock.len() == 10 + 43, "{unlock}");
+        assert!(!dir.path().join(KEK_FILE).exists(), "nothing on disk opens it");
+        assert!(is_autolocked(dir.path()));
+        let locked = load(dir.path(), None).unwrap_err();
+        assert!(matches!(locked, ManagerError::Locked(_)), "{locked}");
+        assert!(locked.to_string().contains("start it with --unlock-key"), "{locked}");
+        let wrong = load(dir.path(), Some(&new_unlock_key())).unwrap_err().to_string();
+        assert!(wrong.contains("the unlock key does not open this manager's data key"), "{wrong}");
+        let bad = load(dir.path(), Some("hunter2")).unwrap_err().to_string();
+        assert!(bad.contains("--unlock-key: not an unlock key"), "{bad}");
+        let loaded = load(dir.path(), Some(&unlock)).unwrap();
+        assert_eq!(loaded.open(&key.seal(b"x")).unwrap(), b"x");
+        // A joining manager seals its own data key with the cluster's unlock key.
+        let joined = tempfile::tempdir().unwrap();
+        let (_, shown) = create(joined.path(), true, Some(&unlock)).unwrap();
+        assert!(shown.is_none());
+        assert!(load(joined.path(), Some(&unlock)).is_ok());
+    }
+}
