@@ -171,3 +171,76 @@ fn base64_of(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// A stack with a database whose volume and password secret are used: the stack's secrets and
+/// configs are created as `<stack>_<key>` before its services, an external one must exist (or
+/// nothing is created), and `stack rm` removes what the stack created but not the external one
+/// (nor the volume, as docker keeps volumes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_with_a_database_gets_its_volume_secret_and_config() -> Result<()> {
+    let (_cluster, addr) = single_node().await?;
+    let addr = addr.as_str();
+    let stack = format!("db{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let dir = tempfile::tempdir()?;
+    let value = format!("pw-{:016x}", rand::random::<u64>());
+    std::fs::write(dir.path().join("password.txt"), &value)?;
+    std::fs::write(dir.path().join("db.conf"), "max_connections = 10\n")?;
+    let file = dir.path().join("stack.yml");
+    std::fs::write(
+        &file,
+        "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"dbdata:/var/lib/db\"]\n    secrets:\n      - source: db_password\n        target: password\n        uid: '999'\n        mode: 0400\n      - shared_key\n    configs: [db_conf]\nvolumes:\n  dbdata:\nsecrets:\n  db_password: {file: ./password.txt}\n  shared_key: {external: true}\nconfigs:\n  db_conf: {file: db.conf}\n",
+    )?;
+    let file = file.display().to_string();
+
+    // The external secret does not exist: refused, nothing created.
+    let out = shoal(addr, &["stack", "deploy", "-c", &file, &stack]);
+    ensure!(out.status.code() == Some(1), "{}", stderr(&out));
+    ensure!(
+        stderr(&out).contains("secret shared_key (external, secrets.shared_key of the stack file) not found"),
+        "{}",
+        stderr(&out)
+    );
+    ensure!(ok(addr, &["secret", "ls", "-q"])?.is_empty() && ok(addr, &["config", "ls", "-q"])?.is_empty());
+    ensure!(list_services(addr).await?.is_empty(), "no service was created");
+
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "shared")?;
+    ok(addr, &["secret", "create", "shared_key", &key_file.display().to_string()])?;
+    let out = ok(addr, &["stack", "deploy", "-c", &file, &stack])?;
+    ensure!(out.contains(&format!("Creating secret {stack}_db_password")), "{out}");
+    ensure!(out.contains(&format!("Creating config {stack}_db_conf")), "{out}");
+    let secrets = ok(addr, &["secret", "ls"])?;
+    ensure!(secrets.contains(&format!("{stack}_db_password")) && secrets.contains("shared_key"), "{secrets}");
+
+    let service = format!("{stack}_db");
+    let tasks =
+        wait_tasks(addr, &service, Duration::from_secs(60), "the db running", |t| running(t).len() == 1).await?;
+    let container = running(&tasks)[0].status.container_id.clone();
+    ensure!(exec(&container, "cat /run/secrets/password")? == value);
+    ensure!(exec(&container, "stat -c '%u %a' /run/secrets/password")? == "999 400");
+    ensure!(exec(&container, "cat /run/secrets/shared_key")? == "shared");
+    ensure!(exec(&container, "cat /db_conf")? == "max_connections = 10");
+    exec(&container, "echo rows > /var/lib/db/table")?;
+    let volume = format!("{stack}_dbdata");
+    let mounts =
+        Command::new("docker").args(["inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", &container]).output()?;
+    ensure!(String::from_utf8_lossy(&mounts.stdout).contains(&volume), "the stack's volume is mounted");
+
+    // A second deploy keeps what exists.
+    let again = ok(addr, &["stack", "deploy", "-c", &file, &stack])?;
+    ensure!(!again.contains("Creating secret"), "{again}");
+
+    let removed = ok(addr, &["stack", "rm", &stack])?;
+    ensure!(removed.contains(&format!("Removing secret {stack}_db_password")), "{removed}");
+    ensure!(removed.contains(&format!("Removing config {stack}_db_conf")), "{removed}");
+    ensure!(ok(addr, &["secret", "ls", "-q"])?.lines().count() == 1, "the external secret stays");
+    ensure!(ok(addr, &["config", "ls", "-q"])?.is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !docker_ids(&format!("label=com.docker.stack.namespace={stack}"), true).is_empty() {
+        ensure!(tokio::time::Instant::now() < deadline, "the stack's containers are still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = Command::new("docker").args(["volume", "rm", &volume]).output()?;
+    ensure!(kept.status.success(), "stack rm keeps the volume: {}", String::from_utf8_lossy(&kept.stderr));
+    Ok(())
+}

@@ -779,7 +779,7 @@ async fn data(host: &str, kind: shoal_types::DataKind, command: args::data::Data
 }
 
 /// A secret's or config's value from `file`, or standard input for `-`; at most Swarm's 500 KiB.
-fn read_value(kind: shoal_types::DataKind, file: &str) -> Result<Vec<u8>, CliError> {
+pub(crate) fn read_value(kind: shoal_types::DataKind, file: &str) -> Result<Vec<u8>, CliError> {
     use std::io::Read;
     let most = shoal_types::secret::MAX_DATA_BYTES;
     let mut data = Vec::new();

@@ -160,6 +160,65 @@ pub fn plan_deploy(
     Ok(DeployPlan { remove, steps })
 }
 
+/// A secret or config `deploy` creates.
+struct NewData {
+    kind: shoal_types::DataKind,
+    spec: shoal_types::DataSpec,
+}
+
+/// The stack's secrets and configs to create (with their values read), decided before anything
+/// changes: an external one that does not exist, or a file that cannot be read, refuses the
+/// deploy. One that exists already is kept as it is (values cannot change; remove the stack or
+/// the object to replace it), as Swarm refuses to change one.
+async fn plan_data(
+    client: &mut Client,
+    stack: &str,
+    loaded: &Loaded,
+    files: &[PathBuf],
+) -> Result<Vec<NewData>, CliError> {
+    use shoal_types::DataKind;
+    // Relative files are read from the first stack file's directory.
+    let base = files
+        .first()
+        .filter(|f| f.as_os_str() != shoal_compose::STDIN_FILE)
+        .and_then(|f| f.parent().map(PathBuf::from))
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut create = Vec::new();
+    for (kind, defs) in [(DataKind::Secret, &loaded.stack.secrets), (DataKind::Config, &loaded.stack.configs)] {
+        if defs.is_empty() {
+            continue;
+        }
+        let existing: BTreeSet<String> = client.list_data(kind).await?.into_iter().map(|o| o.spec.name).collect();
+        for (key, def) in defs {
+            let name = def.object_name(stack, key);
+            if existing.contains(&name) {
+                continue;
+            }
+            if def.external {
+                problems.push(format!(
+                    "{kind} {name} (external, {kind}s.{key} of the stack file) not found: create it first (shoal {kind} create {name} FILE)"
+                ));
+                continue;
+            }
+            let Some(file) = &def.file else { continue };
+            let path = if file.starts_with('/') { PathBuf::from(file) } else { base.join(file) };
+            match crate::commands::read_value(kind, &path.display().to_string()) {
+                Ok(data) => {
+                    let mut labels = def.labels.clone();
+                    labels.insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+                    create.push(NewData { kind, spec: shoal_types::DataSpec { name, labels, data } });
+                }
+                Err(e) => problems.push(format!("{kind}s.{key}: {e}")),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(report(problems));
+    }
+    Ok(create)
+}
+
 /// The environment variables of this process that are valid UTF-8 (what `${VAR}` refers to).
 pub fn process_env() -> BTreeMap<String, String> {
     std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
@@ -256,8 +315,21 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
     client.set_change_cause(crate::commands::change_cause(&cause));
     let existing = client.list_services().await?;
     let plan = plan_deploy(&args.stack, &loaded.services, &existing, args.prune).map_err(report)?;
+    let data = plan_data(&mut client, &args.stack, &loaded, &args.compose_files).await?;
     if args.dry_run {
+        for object in &data {
+            print_out(&format!("Would create {} {}\n", object.kind, object.spec.name));
+        }
         return dry_run(&mut client, &plan).await;
+    }
+
+    // Secrets and configs first: the services refer to them.
+    for object in data {
+        print_out(&format!("Creating {} {}\n", object.kind, object.spec.name));
+        client
+            .create_data(object.kind, &object.spec)
+            .await
+            .map_err(|e| CliError::Message(format!("{} {}: {e}", object.kind, object.spec.name)))?;
     }
 
     for service in &plan.remove {
@@ -365,7 +437,18 @@ pub async fn rm(host: &str, names: &[String]) -> Result<(), CliError> {
     let mut failed = false;
     for stack in names {
         let services = stack_services(&all, stack);
-        if services.is_empty() {
+        // The secrets and configs the stack created (external ones carry no label of it).
+        let mut data = Vec::new();
+        for kind in [shoal_types::DataKind::Secret, shoal_types::DataKind::Config] {
+            data.extend(
+                client
+                    .list_data(kind)
+                    .await?
+                    .into_iter()
+                    .filter(|o| o.spec.labels.get(NAMESPACE_LABEL).map(String::as_str) == Some(stack.as_str())),
+            );
+        }
+        if services.is_empty() && data.is_empty() {
             print_error(&CliError::Message(nothing_found(stack)));
             failed = true;
             continue;
@@ -374,6 +457,13 @@ pub async fn rm(host: &str, names: &[String]) -> Result<(), CliError> {
             print_out(&format!("Removing service {}\n", service.spec.name));
             if let Err(e) = client.remove_service(&service.id).await {
                 print_error(&CliError::Message(format!("{}: {e}", service.spec.name)));
+                failed = true;
+            }
+        }
+        for object in data {
+            print_out(&format!("Removing {} {}\n", object.kind, object.spec.name));
+            if let Err(e) = client.remove_data(object.kind, &object.id).await {
+                print_error(&CliError::Message(format!("{} {}: {e}", object.kind, object.spec.name)));
                 failed = true;
             }
         }

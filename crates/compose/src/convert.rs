@@ -58,13 +58,45 @@ fn mounts(
     Ok(mounts)
 }
 
+/// A service's `secrets:` or `configs:` with each source resolved to the object's name in the
+/// cluster (`<stack>_<key>`, or the `name:` / external one); a key not declared at the top
+/// level is refused.
+fn data_references(
+    stack: &str,
+    short: &str,
+    list: &str,
+    references: &[shoal_types::DataReference],
+    defs: &BTreeMap<String, crate::model::DataDef>,
+    locations: &BTreeMap<String, Location>,
+) -> Result<Vec<shoal_types::DataReference>, ComposeError> {
+    let kind = if list == "secrets" { "secret" } else { "config" };
+    references
+        .iter()
+        .enumerate()
+        .map(|(i, reference)| {
+            let Some(def) = defs.get(&reference.source) else {
+                let path = format!("services.{short}.{list}[{i}]");
+                return Err(ComposeError::invalid(
+                    find_location(locations, &path),
+                    path,
+                    format!("undefined {kind} {:?}: declare it under the top-level {list}:", reference.source),
+                ));
+            };
+            let mut resolved = reference.clone();
+            resolved.source = def.object_name(stack, &reference.source);
+            Ok(resolved)
+        })
+        .collect()
+}
+
 pub(crate) fn to_service_spec(
     stack: &str,
     short: &str,
     service: &Service,
-    volumes: &BTreeMap<String, VolumeDef>,
+    top: &crate::model::StackFile,
     locations: &BTreeMap<String, Location>,
 ) -> Result<ServiceSpec, ComposeError> {
+    let (volumes, secrets, configs) = (&top.volumes, &top.secrets, &top.configs);
     let with_namespace = |labels: &Labels| {
         let mut labels = labels.clone();
         labels.insert(NAMESPACE_LABEL.to_string(), stack.to_string());
@@ -94,8 +126,8 @@ pub(crate) fn to_service_spec(
         stop_signal: service.stop_signal.clone(),
         healthcheck: service.healthcheck.clone(),
         mounts: mounts(stack, short, service, volumes, locations)?,
-        secrets: Vec::new(),
-        configs: Vec::new(),
+        secrets: data_references(stack, short, "secrets", &service.secrets, secrets, locations)?,
+        configs: data_references(stack, short, "configs", &service.configs, configs, locations)?,
     };
     let resources = Resources {
         limits: amounts(short, "limits", deploy.resources.limits.as_ref(), locations)?,

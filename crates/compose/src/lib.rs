@@ -50,13 +50,12 @@
 //!   `max_replicas_per_node`), `resources` (`limits`/`reservations`: `cpus` string or number,
 //!   `memory` size or bytes, `pids`), `endpoint_mode` (vip|dnsrr).
 //!
-//! Other compose keys (`volumes`, `networks`, `secrets`, `configs`, `build`, `depends_on`,
+//! Other compose keys (`networks`, `build`, `depends_on`,
 //! `logging`, `healthcheck.start_interval`, `ports[].host_ip`, a short port's host IP,
 //! `reservations.generic_resources`, …) produce a warning such as
 //! `services.web.volumes: not supported by shoal; ignored`. A key compose does not know is an
 //! error: `stack.yml:3:5: services.web.imagee: unknown key (did you mean "image"?)`.
-//! `volumes`, `networks`, `secrets` and `configs` at the top level or in a service are also
-//! listed in [`Loaded::unsupported`], with where they are written: `shoal stack deploy` refuses
+//! `networks` at the top level or in a service are also listed in [`Loaded::unsupported`], with where they are written: `shoal stack deploy` refuses
 //! them unless `--ignore-unsupported` is given.
 //!
 //! # Errors
@@ -86,7 +85,8 @@ pub use convert::NAMESPACE_LABEL;
 pub use envfile::{EnvFileError, parse_env_file};
 pub use error::{ComposeError, Location, UnsupportedKey};
 pub use model::{
-    Deploy, DeployMode, DeployPlacement, DeployResources, ResourceAmounts, Service, SpreadPreference, StackFile,
+    DataDef, Deploy, DeployMode, DeployPlacement, DeployResources, ResourceAmounts, Service, SpreadPreference,
+    StackFile,
 };
 pub use shell::split as split_command;
 
@@ -100,10 +100,9 @@ pub struct Loaded {
     /// Things that were ignored or substituted, one sentence each, e.g.
     /// `services.web.volumes: not supported by shoal; ignored`.
     pub warnings: Vec<String>,
-    /// The `volumes`, `secrets`, `configs` and `networks` keys (top level and per service), in
-    /// file order. They are also in `warnings` (as ignored); `stack deploy` refuses a stack that
-    /// has any unless `--ignore-unsupported` is given, since the services would run without
-    /// their data, secrets or networks.
+    /// The `networks` keys (top level and per service), in file order. They are also in
+    /// `warnings` (as ignored); `stack deploy` refuses a stack that has any unless
+    /// `--ignore-unsupported` is given, since the services would run without their networks.
     pub unsupported: Vec<UnsupportedKey>,
     /// `stack` as YAML, in a fixed key order (what `docker stack config` prints).
     pub normalized_yaml: String,
@@ -269,7 +268,7 @@ pub fn load_with(
         let mut ingress_ports: BTreeMap<(u16, &'static str), String> = BTreeMap::new();
         for (short, service) in &stack.services {
             let path = parse::join("services", short);
-            let spec = convert::to_service_spec(stack_name, short, service, &stack.volumes, &locations)?;
+            let spec = convert::to_service_spec(stack_name, short, service, &stack, &locations)?;
             // Swarm compares service names case-insensitively.
             if let Some(other) = full_names.insert(spec.name.to_ascii_lowercase(), short.clone()) {
                 return Err(ComposeError::invalid(

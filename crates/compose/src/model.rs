@@ -23,6 +23,40 @@ pub struct StackFile {
     /// The top-level `volumes:`, by the name services use.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, VolumeDef>,
+    /// The top-level `secrets:`, by the name services use.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, DataDef>,
+    /// The top-level `configs:`, by the name services use.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, DataDef>,
+}
+
+/// A top-level `secrets:` or `configs:` entry: the file its value is read from at deploy, or
+/// that it exists already (`external: true`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DataDef {
+    /// The object's name in the cluster; `<stack>_<key>` when not given (the key for external
+    /// ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where the value is read from (at deploy), relative to the first stack file's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+}
+
+impl DataDef {
+    /// The name of the object in the cluster for key `key` of stack `stack`.
+    pub fn object_name(&self, stack: &str, key: &str) -> String {
+        match (&self.name, self.external) {
+            (Some(name), _) => name.clone(),
+            (None, true) => key.to_string(),
+            (None, false) => format!("{stack}_{key}"),
+        }
+    }
 }
 
 /// A top-level `volumes:` entry: how the stack's named volume is created, or that it exists.
@@ -75,6 +109,12 @@ pub struct Service {
     /// `volumes:` in long syntax; a volume's source is the name in the top-level `volumes:`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<shoal_types::Mount>,
+    /// `secrets:`, sources by their key in the top-level `secrets:`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<shoal_types::DataReference>,
+    /// `configs:`, sources by their key in the top-level `configs:`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<shoal_types::DataReference>,
     pub deploy: Deploy,
 }
 

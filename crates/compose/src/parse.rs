@@ -16,8 +16,8 @@ use shoal_types::{
 use crate::envfile::parse_env_file;
 use crate::error::{ComposeError, Location, UnsupportedKey};
 use crate::model::{
-    Deploy, DeployMode, DeployPlacement, DeployResources, ResourceAmounts, Service, SpreadPreference, StackFile,
-    VolumeDef,
+    DataDef, Deploy, DeployMode, DeployPlacement, DeployResources, ResourceAmounts, Service, SpreadPreference,
+    StackFile, VolumeDef,
 };
 use crate::shell;
 use crate::yaml::{Key, Kind, Loc, Val};
@@ -31,12 +31,15 @@ pub(crate) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
 }
 
-const TOP_SUPPORTED: &[&str] = &["version", "name", "services", "volumes"];
+const TOP_SUPPORTED: &[&str] = &["version", "name", "services", "volumes", "secrets", "configs"];
 /// Keys whose absence changes what a service does (its data, its secrets, who it can reach):
 /// at the top level and in a service they are refused unless the caller opts out, instead of
 /// being ignored quietly.
-const REFUSED_UNLESS_IGNORED: &[&str] = &["secrets", "configs", "networks"];
-const TOP_UNSUPPORTED: &[&str] = &["networks", "secrets", "configs", "include", "models"];
+const REFUSED_UNLESS_IGNORED: &[&str] = &["networks"];
+const TOP_UNSUPPORTED: &[&str] = &["networks", "include", "models"];
+const DATA_DEF_SUPPORTED: &[&str] = &["name", "file", "external", "labels"];
+const DATA_DEF_UNSUPPORTED: &[&str] = &["environment", "content", "driver", "driver_opts", "template_driver"];
+const DATA_REFERENCE_SUPPORTED: &[&str] = &["source", "target", "uid", "gid", "mode"];
 const VOLUME_DEF_SUPPORTED: &[&str] = &["name", "external", "driver", "driver_opts", "labels"];
 const SERVICE_VOLUME_SUPPORTED: &[&str] = &["type", "source", "target", "read_only", "bind", "volume", "tmpfs"];
 const SERVICE_VOLUME_UNSUPPORTED: &[&str] = &["consistency", "image"];
@@ -58,6 +61,8 @@ const SERVICE_SUPPORTED: &[&str] = &[
     "deploy",
     "restart",
     "volumes",
+    "secrets",
+    "configs",
 ];
 
 /// Every other service-level key of the compose specification.
@@ -71,7 +76,6 @@ const SERVICE_UNSUPPORTED: &[&str] = &[
     "cgroup",
     "cgroup_parent",
     "cgroupns_mode",
-    "configs",
     "container_name",
     "cpu_count",
     "cpu_percent",
@@ -126,7 +130,6 @@ const SERVICE_UNSUPPORTED: &[&str] = &[
     "read_only",
     "runtime",
     "scale",
-    "secrets",
     "security_opt",
     "shm_size",
     "stdin_open",
@@ -450,6 +453,8 @@ impl Walker<'_> {
                 }
                 "services" => services = Some(value),
                 "volumes" => stack.volumes = self.volume_defs(value, &path)?,
+                "secrets" => stack.secrets = self.data_defs(value, &path, "secret")?,
+                "configs" => stack.configs = self.data_defs(value, &path, "config")?,
                 _ => {}
             }
         }
@@ -532,6 +537,8 @@ impl Walker<'_> {
                 "deploy" => deploy = Some((value, p)),
                 "restart" => restart = Some((value, p)),
                 "volumes" => service.volumes = self.service_volumes(value, &p)?,
+                "secrets" => service.secrets = self.data_references(value, &p)?,
+                "configs" => service.configs = self.data_references(value, &p)?,
                 _ => {}
             }
         }
@@ -647,6 +654,103 @@ impl Walker<'_> {
             defs.insert(key.name.clone(), def);
         }
         Ok(defs)
+    }
+
+    /// The top-level `secrets:` or `configs:`: name → where the value comes from.
+    fn data_defs(&mut self, v: &Val, path: &str, kind: &str) -> Result<BTreeMap<String, DataDef>> {
+        let entries: &[(Key, Val)] = match &v.kind {
+            Kind::Map(entries) => entries,
+            Kind::Null => &[],
+            _ => return Err(self.type_error(v, path, &format!("a mapping of {kind} names to {kind}s"))),
+        };
+        let mut defs = BTreeMap::new();
+        for (key, value) in entries {
+            let child = join(path, &key.name);
+            self.locations.insert(child.clone(), self.location(key.loc));
+            let mut def = DataDef::default();
+            for (field, value, p) in self.object(value, &child, DATA_DEF_SUPPORTED, DATA_DEF_UNSUPPORTED)? {
+                match field.name.as_str() {
+                    "name" => def.name = self.opt_string(value, &p)?,
+                    // As written: `stack deploy` reads it relative to the first stack file.
+                    "file" => def.file = self.opt_string(value, &p)?,
+                    "external" => def.external = self.boolean(value, &p)?,
+                    "labels" => def.labels = self.labels(value, &p)?,
+                    _ => {}
+                }
+            }
+            match (&def.file, def.external) {
+                (Some(_), true) => {
+                    return Err(self.error(
+                        key.loc,
+                        &child,
+                        format!("an external {kind} exists already: file cannot be set"),
+                    ));
+                }
+                (None, false) => {
+                    return Err(self.error(
+                        key.loc,
+                        &child,
+                        format!("a {kind} needs file: (read at deploy) or external: true (created beforehand)"),
+                    ));
+                }
+                _ => {}
+            }
+            let name = def.object_name("x", &key.name);
+            shoal_types::validate_data_name(&name).map_err(|why| self.error(key.loc, &child, why))?;
+            defs.insert(key.name.clone(), def);
+        }
+        Ok(defs)
+    }
+
+    /// A service's `secrets:` or `configs:`: names, or `{source, target, uid, gid, mode}`.
+    fn data_references(&mut self, v: &Val, path: &str) -> Result<Vec<shoal_types::DataReference>> {
+        let items = match &v.kind {
+            Kind::Null => return Ok(Vec::new()),
+            Kind::Seq(items) => items,
+            _ => return Err(self.type_error(v, path, "a sequence of names or mappings")),
+        };
+        let mut references = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let child = format!("{path}[{i}]");
+            self.locations.insert(child.clone(), self.location(item.loc));
+            let reference = match &item.kind {
+                Kind::Str(name) => shoal_types::DataReference::named(name),
+                Kind::Map(_) => {
+                    let (mut source, mut target, mut reference) = (None, None, shoal_types::DataReference::named("x"));
+                    for (field, value, p) in self.object(item, &child, DATA_REFERENCE_SUPPORTED, &[])? {
+                        match field.name.as_str() {
+                            "source" => source = Some(self.string(value, &p)?),
+                            "target" => target = Some(self.string(value, &p)?),
+                            "uid" => reference.uid = self.string(value, &p)?,
+                            "gid" => reference.gid = self.string(value, &p)?,
+                            "mode" => {
+                                let text = self.string(value, &p)?;
+                                reference.mode = shoal_types::secret::parse_mode(&text)
+                                    .filter(|m| *m <= 0o777)
+                                    .ok_or_else(|| {
+                                        self.error(
+                                            value.loc,
+                                            &p,
+                                            format!(
+                                                "invalid mode {text:?}: expected a file mode from 0 to 0777 (e.g. 0400)"
+                                            ),
+                                        )
+                                    })?;
+                            }
+                            _ => {}
+                        }
+                    }
+                    let source = source.ok_or_else(|| self.error(item.loc, &child, "source is required"))?;
+                    reference.target = target.unwrap_or_else(|| source.clone());
+                    reference.source = source;
+                    reference
+                }
+                _ => return Err(self.type_error(item, &child, "a name or a mapping with source")),
+            };
+            reference.check().map_err(|m| self.error(item.loc, &child, m))?;
+            references.push(reference);
+        }
+        Ok(references)
     }
 
     /// A service's `volumes:`: short (`[SOURCE:]TARGET[:MODE]`) or long syntax, as mounts. A

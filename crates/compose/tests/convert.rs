@@ -336,28 +336,19 @@ fn unsupported_keys_are_warnings() {
     );
 }
 
-/// `secrets`, `configs` and `networks` (top level and per service) are listed with
-/// where they are written, so that `stack deploy` can refuse them; others (`build`, a port's
-/// `host_ip`, `logging`) and nested keys of the same names are only warnings.
+/// `networks` (top level and per service) are listed with where they are written, so that
+/// `stack deploy` can refuse them; others (`build`, a port's `host_ip`, `logging`) and nested
+/// keys of the same names are only warnings. Secrets and configs are supported now.
 #[test]
 fn resource_keys_are_listed_with_their_location() {
-    let yaml = "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n    secrets: [pw]\n    logging: {driver: none}\n  web:\n    image: shoal/busybox:1\n    configs: [site]\n    networks: [front]\nvolumes:\n  data:\nsecrets:\n  pw: {file: ./pw}\n";
+    let yaml = "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n    secrets: [pw]\n    logging: {driver: none}\n  web:\n    image: shoal/busybox:1\n    configs: [site]\n    networks: [front]\nvolumes:\n  data:\nsecrets:\n  pw: {file: ./pw}\nconfigs:\n  site: {external: true}\n";
     let loaded = load_one(yaml).unwrap();
     let listed: Vec<String> = loaded.unsupported.iter().map(|k| k.to_string()).collect();
-    assert_eq!(
-        listed,
-        [
-            "stack.yml:13:1: secrets: not supported by shoal yet",
-            "stack.yml:5:5: services.db.secrets: not supported by shoal yet",
-            "stack.yml:9:5: services.web.configs: not supported by shoal yet",
-            "stack.yml:10:5: services.web.networks: not supported by shoal yet",
-        ]
-    );
+    assert_eq!(listed, ["stack.yml:10:5: services.web.networks: not supported by shoal yet"]);
     for key in &loaded.unsupported {
         assert!(loaded.warnings.contains(&key.warning()), "{key} is also a warning: {:?}", loaded.warnings);
     }
     assert!(loaded.warnings.contains(&"services.db.logging: not supported by shoal; ignored".to_string()));
-
     let plain = load_one("services:\n  web:\n    image: shoal/busybox:1\n    build: .\n").unwrap();
     assert!(plain.unsupported.is_empty(), "{:?}", plain.unsupported);
     assert_eq!(plain.warnings, ["services.web.build: not supported by shoal; ignored"]);
@@ -668,4 +659,58 @@ fn strategy_extension_keys() {
     ] {
         assert_eq!(web_err(body), expected, "{body}");
     }
+}
+
+/// `secrets:` and `configs:` as `docker stack deploy` reads them: declared at the top level with
+/// `file:` or `external: true`, named `<stack>_<key>` (or their `name:`; the key if external),
+/// used by key in short or long syntax with the key as the default target; bad ones refused where
+/// written.
+#[test]
+fn secrets_and_configs_become_references_to_the_stack_s_objects() {
+    use shoal_types::DataReference;
+    let yaml = "services:\n  db:\n    image: shoal/busybox:1\n    secrets:\n      - pw\n      - source: tls\n        target: /etc/tls.key\n        uid: '999'\n        mode: 0400\n    configs: [conf, shared]\nsecrets:\n  pw: {file: ./pw.txt}\n  tls: {file: /srv/tls.key, name: db_tls}\nconfigs:\n  conf: {file: conf.ini, labels: {tier: db}}\n  shared: {external: true}\n";
+    let loaded = load_one(yaml).unwrap();
+    let spec = &loaded.services["db"];
+    let reference = |source: &str, target: &str| DataReference {
+        source: source.into(),
+        target: target.into(),
+        ..DataReference::named("x")
+    };
+    assert_eq!(
+        spec.task.container.secrets,
+        [
+            reference("app_pw", "pw"),
+            DataReference { uid: "999".into(), mode: 0o400, ..reference("db_tls", "/etc/tls.key") }
+        ]
+    );
+    assert_eq!(spec.task.container.configs, [reference("app_conf", "conf"), reference("shared", "shared")]);
+    assert_eq!(loaded.stack.secrets["pw"].file.as_deref(), Some("./pw.txt"));
+    assert_eq!(loaded.stack.secrets["pw"].object_name("app", "pw"), "app_pw");
+    assert!(loaded.stack.configs["shared"].external);
+
+    let err = |yaml: &str| load_one(yaml).unwrap_err().to_string();
+    assert_eq!(
+        err("services:\n  db:\n    image: shoal/busybox:1\n    secrets: [nope]\n"),
+        "stack.yml:4:15: services.db.secrets[0]: undefined secret \"nope\": declare it under the top-level secrets:"
+    );
+    assert_eq!(
+        err("services:\n  db:\n    image: x\nsecrets:\n  pw: {}\n"),
+        "stack.yml:5:3: secrets.pw: a secret needs file: (read at deploy) or external: true (created beforehand)"
+    );
+    assert!(
+        err("services:\n  db:\n    image: x\nsecrets:\n  pw: {file: a, external: true}\n")
+            .contains("an external secret exists already")
+    );
+    assert!(
+        err("services:\n  db:\n    image: x\n    secrets: [{source: pw, mode: 999}]\nsecrets:\n  pw: {file: a}\n")
+            .contains("invalid mode \"999\": expected a file mode from 0 to 0777")
+    );
+    assert!(
+        err("services:\n  db:\n    image: x\n    secrets: [{source: pw, target: ../x}]\nsecrets:\n  pw: {file: a}\n")
+            .contains("target \"../x\": must be a file path without")
+    );
+    // A value from the environment is not supported: without file or external, refused.
+    assert!(
+        err("services:\n  db:\n    image: x\nsecrets:\n  pw: {environment: PW}\n").contains("a secret needs file:")
+    );
 }

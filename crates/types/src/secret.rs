@@ -198,7 +198,7 @@ impl DataReference {
 
 /// A mode as docker reads it (Go's `ParseUint(v, 0, 32)`): `0400` and `0o400` octal, `0x100`
 /// hexadecimal, `256` decimal (the same mode as 0400).
-fn parse_mode(text: &str) -> Option<u32> {
+pub fn parse_mode(text: &str) -> Option<u32> {
     let lower = text.to_ascii_lowercase();
     if let Some(hex) = lower.strip_prefix("0x") {
         return u32::from_str_radix(hex, 16).ok();

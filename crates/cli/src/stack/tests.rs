@@ -287,12 +287,12 @@ fn stack_ls_templates() {
 }
 
 #[test]
-fn secrets_configs_and_networks_are_refused_naming_each_key() {
+fn networks_are_refused_naming_each_key() {
     let dir = tempdir();
     let path = dir.join("db.yml");
     std::fs::write(
         &path,
-        "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n    secrets: [pw]\nvolumes:\n  data:\n",
+        "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n    networks: [back]\nvolumes:\n  data:\n",
     )
     .unwrap();
     let loaded = load("app", std::slice::from_ref(&path)).unwrap();
@@ -301,7 +301,7 @@ fn secrets_configs_and_networks_are_refused_naming_each_key() {
     assert_eq!(
         problems,
         [format!(
-            "{file}:5:5: services.db.secrets: not supported by shoal yet; refused (deploy with --ignore-unsupported to run the services without it)"
+            "{file}:5:5: services.db.networks: not supported by shoal yet; refused (deploy with --ignore-unsupported to run the services without it)"
         ),]
     );
     assert_eq!(refuse_unsupported(&load_example("app", "web-worker.yml")), Ok(()));
