@@ -67,6 +67,11 @@ struct Args {
     /// to join with --autolock.
     #[arg(long, value_name = "KEY", env = "SHOAL_UNLOCK_KEY", hide_env_values = true)]
     unlock_key: Option<String>,
+    /// Replace this (stopped) manager's data key: seal every raft value with a new one, then
+    /// exit. Run it on each manager in turn; an interrupted rotation is finished at the next
+    /// start.
+    #[arg(long)]
+    rotate_data_key: bool,
 }
 
 fn parse_heartbeat(text: &str) -> Result<shoal_types::GoDuration, String> {
@@ -129,6 +134,14 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.rotate_data_key {
+        let dir = args.data_dir.clone();
+        let unlock = args.unlock_key.clone();
+        let sealed =
+            tokio::task::spawn_blocking(move || shoal_control::at_rest::rotate(&dir, unlock.as_deref())).await??;
+        println!("Rotated the data key of {}: {sealed} values sealed with the new key.", args.data_dir.display());
+        return Ok(());
+    }
     let mut config = ManagerConfig::new(args.data_dir, args.listen_addr);
     if let Some(addr) = args.advertise_addr {
         config.advertise_addr = addr;

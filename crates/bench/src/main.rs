@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use clap::{Parser, ValueEnum};
 
+mod atrest;
 mod converge;
 mod engine;
 mod etcd;
@@ -66,9 +67,11 @@ enum Scenario {
     Nodes,
     /// shoal's raft write path against a 3-member etcd, with and without TLS.
     Etcd,
+    /// The raft log's write and read cost sealed (encryption at rest) and in the clear.
+    AtRest,
 }
 
-const ALL: [Scenario; 10] = [
+const ALL: [Scenario; 11] = [
     Scenario::Raft,
     Scenario::Failover,
     Scenario::Scheduler,
@@ -79,6 +82,7 @@ const ALL: [Scenario; 10] = [
     Scenario::WriteCost,
     Scenario::Nodes,
     Scenario::Etcd,
+    Scenario::AtRest,
 ];
 
 /// What the scenarios share: the mode, and a Docker Swarm made on first use and left when a scenario is done
@@ -138,6 +142,7 @@ async fn run(args: &Args, scenarios: &[Scenario], report: &mut Report) -> Result
             Scenario::WriteCost => scale::write_cost(args.quick, report).await,
             Scenario::Nodes => nodes::simulated_nodes(args.quick, report).await,
             Scenario::Etcd => etcd::raft_vs_etcd(args.quick, report).await,
+            Scenario::AtRest => atrest::at_rest(args.quick, report).await,
         };
         if let Err(e) = result {
             eprintln!("shoal-bench: the {name} scenario broke: {e:#}");

@@ -20,6 +20,8 @@ use crate::ManagerError;
 
 pub const KEY_FILE: &str = "raft-key.json";
 pub const KEK_FILE: &str = "raft-kek";
+/// The new data key while a rotation seals the raft data anew (see [`rotate`]).
+pub const NEXT_KEY_FILE: &str = "raft-key.next.json";
 /// What an unlock key looks like: `SHLUNLOCK-` and 32 bytes in URL-safe base64.
 const UNLOCK_PREFIX: &str = "SHLUNLOCK-";
 
@@ -81,33 +83,75 @@ pub fn create(dir: &Path, autolock: bool, unlock_key: Option<&str>) -> Result<(D
 /// The data key of an existing data dir. A data dir from before encryption at rest gets one
 /// (without autolock); its raft data is sealed when opened.
 pub fn load(dir: &Path, unlock_key: Option<&str>) -> Result<DataKey, ManagerError> {
-    let path = dir.join(KEY_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
+    match std::fs::metadata(dir.join(KEY_FILE)) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!("this data dir predates encryption at rest: making its data key");
-            return create(dir, false, None).map(|(key, _)| key);
+            create(dir, false, None).map(|(key, _)| key)
         }
-        Err(e) => return Err(data_dir_error(dir, format!("cannot read {KEY_FILE}: {e}"))),
-    };
-    let file: KeyFile =
-        serde_json::from_slice(&bytes).map_err(|e| data_dir_error(dir, format!("{KEY_FILE} is corrupt ({e})")))?;
-    let wrapped = base64::engine::general_purpose::STANDARD
-        .decode(&file.wrapped)
-        .map_err(|e| data_dir_error(dir, format!("{KEY_FILE} is corrupt ({e})")))?;
-    let kek = if file.autolock {
+        _ => load_from(dir, KEY_FILE, unlock_key),
+    }
+}
+
+/// Replaces the data key of a stopped manager: a new key, every raft value sealed with it,
+/// then the new key becomes the data dir's. A crash on the way leaves [`NEXT_KEY_FILE`], and
+/// the manager's next start (or rotation) finishes the job. Returns how many values were sealed
+/// anew.
+pub fn rotate(dir: &Path, unlock_key: Option<&str>) -> Result<usize, ManagerError> {
+    finish_rotation(dir, unlock_key)?;
+    let old = load(dir, unlock_key)?;
+    let autolock = is_autolocked(dir);
+    let kek = key_encryption_key(dir, autolock, unlock_key)?;
+    let new = DataKey::generate();
+    let file = KeyFile { autolock, wrapped: base64::engine::general_purpose::STANDARD.encode(new.wrap(&kek)) };
+    private_files::write(&dir.join(NEXT_KEY_FILE), &serde_json::to_vec_pretty(&file).expect("serialises"))
+        .map_err(|e| data_dir_error(dir, e.to_string()))?;
+    reseal_and_switch(dir, &old, &new)
+}
+
+/// Finishes a rotation a crash interrupted (before the raft store is opened).
+pub fn finish_rotation(dir: &Path, unlock_key: Option<&str>) -> Result<(), ManagerError> {
+    if !dir.join(NEXT_KEY_FILE).exists() {
+        return Ok(());
+    }
+    tracing::warn!("a data key rotation was interrupted; finishing it");
+    let old = load_from(dir, KEY_FILE, unlock_key)?;
+    let new = load_from(dir, NEXT_KEY_FILE, unlock_key)?;
+    reseal_and_switch(dir, &old, &new).map(|_| ())
+}
+
+fn reseal_and_switch(dir: &Path, old: &DataKey, new: &DataKey) -> Result<usize, ManagerError> {
+    let raft = dir.join(crate::identity::RAFT_DIR);
+    let count = shoal_raft::SledDurable::reseal(&raft, old, new).map_err(|e| crate::identity::raft_error(dir, e))?;
+    std::fs::rename(dir.join(NEXT_KEY_FILE), dir.join(KEY_FILE))
+        .map_err(|e| data_dir_error(dir, format!("making the new data key current: {e}")))?;
+    Ok(count)
+}
+
+/// The key that opens a key file: the unlock key with autolock, else `raft-kek`.
+fn key_encryption_key(dir: &Path, autolock: bool, unlock_key: Option<&str>) -> Result<[u8; KEY_LEN], ManagerError> {
+    if autolock {
         let Some(text) = unlock_key else {
             return Err(ManagerError::Locked(format!(
                 "this manager is locked (autolock): start it with --unlock-key KEY or SHOAL_UNLOCK_KEY (`shoal cluster unlock-key` on a running manager shows the key); data dir {}",
                 dir.display()
             )));
         };
-        parse_unlock_key(text)?
-    } else {
-        let kek = std::fs::read(dir.join(KEK_FILE))
-            .map_err(|e| data_dir_error(dir, format!("cannot read {KEK_FILE}, the key of {KEY_FILE}: {e}")))?;
-        kek.try_into().map_err(|_| data_dir_error(dir, format!("{KEK_FILE} is corrupt (not {KEY_LEN} bytes)")))?
-    };
+        return parse_unlock_key(text);
+    }
+    let kek = std::fs::read(dir.join(KEK_FILE))
+        .map_err(|e| data_dir_error(dir, format!("cannot read {KEK_FILE}, the key of {KEY_FILE}: {e}")))?;
+    kek.try_into().map_err(|_| data_dir_error(dir, format!("{KEK_FILE} is corrupt (not {KEY_LEN} bytes)")))
+}
+
+/// The data key in key file `name` of `dir`.
+fn load_from(dir: &Path, name: &str, unlock_key: Option<&str>) -> Result<DataKey, ManagerError> {
+    let bytes = std::fs::read(dir.join(name)).map_err(|e| data_dir_error(dir, format!("cannot read {name}: {e}")))?;
+    let file: KeyFile =
+        serde_json::from_slice(&bytes).map_err(|e| data_dir_error(dir, format!("{name} is corrupt ({e})")))?;
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(&file.wrapped)
+        .map_err(|e| data_dir_error(dir, format!("{name} is corrupt ({e})")))?;
+    let kek = key_encryption_key(dir, file.autolock, unlock_key)?;
     DataKey::unwrap(&wrapped, &kek).ok_or_else(|| {
         if file.autolock {
             ManagerError::Locked(format!(
@@ -115,7 +159,7 @@ pub fn load(dir: &Path, unlock_key: Option<&str>) -> Result<DataKey, ManagerErro
                 dir.display()
             ))
         } else {
-            data_dir_error(dir, format!("{KEK_FILE} does not open {KEY_FILE}: one of them was replaced or damaged"))
+            data_dir_error(dir, format!("{KEK_FILE} does not open {name}: one of them was replaced or damaged"))
         }
     })
 }
@@ -166,5 +210,46 @@ mod tests {
         let (_, shown) = create(joined.path(), true, Some(&unlock)).unwrap();
         assert!(shown.is_none());
         assert!(load(joined.path(), Some(&unlock)).is_ok());
+    }
+
+    /// A rotation seals every raft value with a new key; one a crash interrupted (the new key
+    /// written, some values sealed anew) is finished before the store opens.
+    #[test]
+    fn a_rotation_seals_everything_anew_and_an_interrupted_one_is_finished() {
+        use shoal_raft::{Durable, Op, SledDurable};
+        let dir = tempfile::tempdir().unwrap();
+        let raft = dir.path().join(crate::identity::RAFT_DIR);
+        let (old, _) = create(dir.path(), false, None).unwrap();
+        let write = |key: &DataKey, pairs: &[(&[u8], &[u8])]| {
+            let mut store = SledDurable::open_with_key(&raft, Some(key.clone())).unwrap();
+            store.write(pairs.iter().map(|(k, v)| Op::Put(k.to_vec(), v.to_vec())).collect()).unwrap();
+            store.sync().unwrap();
+        };
+        write(&old, &[(b"m:a", b"alpha"), (b"m:b", b"beta")]);
+        let count = rotate(dir.path(), None).unwrap();
+        assert!(count >= 2, "{count}");
+        let new = load(dir.path(), None).unwrap();
+        let store = SledDurable::open_with_key(&raft, Some(new.clone())).unwrap();
+        assert_eq!(store.get(b"m:a").unwrap().as_deref(), Some(&b"alpha"[..]));
+        assert!(store.get(b"m:b").is_ok());
+        drop(store);
+        let stale = SledDurable::open_with_key(&raft, Some(old)).unwrap();
+        assert!(stale.get(b"m:a").is_err(), "the old key opens nothing any more");
+        drop(stale);
+
+        // Interrupted: the next key is written and one value sealed with it, the other not.
+        let next = DataKey::generate();
+        let kek: [u8; KEY_LEN] = std::fs::read(dir.path().join(KEK_FILE)).unwrap().try_into().unwrap();
+        let file =
+            KeyFile { autolock: false, wrapped: base64::engine::general_purpose::STANDARD.encode(next.wrap(&kek)) };
+        std::fs::write(dir.path().join(NEXT_KEY_FILE), serde_json::to_vec(&file).unwrap()).unwrap();
+        write(&next, &[(b"m:c", b"gamma")]);
+        finish_rotation(dir.path(), None).unwrap();
+        assert!(!dir.path().join(NEXT_KEY_FILE).exists());
+        let current = load(dir.path(), None).unwrap();
+        let store = SledDurable::open_with_key(&raft, Some(current)).unwrap();
+        for (k, v) in [(&b"m:a"[..], &b"alpha"[..]), (b"m:b", b"beta"), (b"m:c", b"gamma")] {
+            assert_eq!(store.get(k).unwrap().as_deref(), Some(v));
+        }
     }
 }

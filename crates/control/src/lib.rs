@@ -553,6 +553,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
             if config.join.is_some() {
                 tracing::warn!("the data dir already holds a manager; ignoring --join and resuming");
             }
+            at_rest::finish_rotation(&config.data_dir, config.unlock_key.as_deref())?;
             let data_key = at_rest::load(&config.data_dir, config.unlock_key.as_deref())?;
             if config.autolock && !at_rest::is_autolocked(&config.data_dir) {
                 tracing::warn!("--autolock applies when a data dir is first written; this one is not autolocked");

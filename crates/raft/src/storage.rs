@@ -333,6 +333,31 @@ impl SledDurable {
         Ok(())
     }
 
+    /// Seals every value of the (closed) store in `path` anew: a value `new` opens is left (a
+    /// rotation that was interrupted and runs again), one `old` opens is sealed with `new`. Every
+    /// value opens with `new` afterwards, once flushed; returns how many were sealed anew.
+    pub fn reseal(path: &std::path::Path, old: &DataKey, new: &DataKey) -> Result<usize, RaftError> {
+        let durable = Self::open_with_key(path, Some(old.clone()))?;
+        let trees: Vec<sled::Tree> = [durable.tree.clone(), durable.snapshots.clone()]
+            .into_iter()
+            .chain(durable.log_segments.values().cloned())
+            .collect();
+        let mut count = 0usize;
+        for tree in trees {
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(sled_error)?;
+                if new.open(&v).is_ok() {
+                    continue;
+                }
+                let plain = old.open(&v)?;
+                tree.insert(k, new.seal(&plain)).map_err(sled_error)?;
+                count += 1;
+            }
+        }
+        durable.db.flush().map_err(sled_error)?;
+        Ok(count)
+    }
+
     /// `value` as it is stored: sealed when the store has a key.
     fn sealed(&self, value: Vec<u8>) -> Vec<u8> {
         match &self.key {
