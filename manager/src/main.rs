@@ -159,14 +159,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.cluster_spec.heartbeat_period = args.dispatcher_heartbeat;
     config.cluster_spec.task_history_limit = args.task_history_limit;
     config.autolock = args.autolock;
-    config.unlock_key = args.unlock_key;
+    config.unlock_key = args.unlock_key.map(shoal_control::UnlockKey::new);
 
     let running = shoal_control::start(config).await?;
     if let Some(key) = &running.new_unlock_key {
         // On standard output only, never in the log.
         println!(
             "This cluster is autolocked: a restarted manager starts only with its unlock key.\n\
-             Keep it safe (a password manager): shoal-manager --unlock-key {key} ...\n\
+             Keep it safe (a password manager), and give it in the environment, which other users cannot read:\n\
+             \n    SHOAL_UNLOCK_KEY={key} shoal-manager ...\n\n\
              (`shoal cluster unlock-key` shows it again while a manager runs.)"
         );
     }

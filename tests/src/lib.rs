@@ -254,10 +254,16 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
-        // Leave the engine as we found it.
-        let ids = self.containers(true);
-        if !ids.is_empty() {
-            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+        // Leave the engine as we found it. A create the killed agent had in flight completes in
+        // the engine after it died: look again a little later for such a straggler.
+        for round in 0..2 {
+            if round > 0 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let ids = self.containers(true);
+            if !ids.is_empty() {
+                let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+            }
         }
     }
 }
@@ -347,12 +353,35 @@ impl Cluster {
         register_admin_bundle(&manager.addr, &self.admin_dir());
         self.managers.push(manager);
         let expected = self.managers.len();
-        self.wait_for(Duration::from_secs(20), |info| {
-            info.raft.voters.len() == expected && info.raft.learners.is_empty()
-        })
-        .await
-        .with_context(|| format!("{name} did not become a voter; its log:\n{}", self.managers[index].log()))?;
-        Ok(index)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let voted = self
+                .wait_for(Duration::from_millis(500), |info| {
+                    info.raft.voters.len() == expected && info.raft.learners.is_empty()
+                })
+                .await;
+            if voted.is_ok() {
+                return Ok(index);
+            }
+            // A joiner that exited (refused) will never vote: no need to wait out the deadline.
+            if !self.managers[index].is_running() || tokio::time::Instant::now() > deadline {
+                bail!("{name} did not become a voter; its log:\n{}", self.managers[index].log());
+            }
+        }
+    }
+
+    /// Sets an environment variable for every manager started from now on (and restarts).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_string(), value.to_string()));
+        for manager in &mut self.managers {
+            manager.set_env(key, value);
+        }
+    }
+
+    /// Replaces the extra arguments of the managers started from now on.
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|s| s.to_string()).collect();
     }
 
     /// The admin client bundle the first manager wrote when it initialised the cluster.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use shoal_tests::shoal_ok as ok;
 use shoal_tests::*;
+use shoal_types::ClusterInfo;
 
 /// The files under `dir` (recursively) that contain `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
@@ -139,7 +140,7 @@ async fn an_autolocked_manager_reveals_nothing_and_starts_only_with_its_key() ->
     ensure!(cluster.managers[0].log().contains("the unlock key does not open this manager's data key"));
 
     // With its key it resumes, service and all.
-    cluster.managers[0].set_env("SHOAL_UNLOCK_KEY", &key);
+    cluster.set_env("SHOAL_UNLOCK_KEY", &key);
     cluster.managers[0].restart()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -153,5 +154,30 @@ async fn an_autolocked_manager_reveals_nothing_and_starts_only_with_its_key() ->
     }
     let tasks = list_tasks(&addr, &service).await.context("tasks")?;
     ensure!(!tasks.is_empty());
+
+    // A manager joins an autolocked cluster only autolocked, with the cluster's key; a refused
+    // one leaves no member behind.
+    let voters = |info: &ClusterInfo| info.raft.voters.len();
+    cluster.set_extra_args(&[]);
+    ensure!(cluster.add_manager().await.is_err(), "a manager without --autolock joined");
+    let refused = cluster.managers.pop().context("the refused joiner")?;
+    ensure!(refused.log().contains("this cluster is autolocked: join with --autolock"), "{}", refused.log());
+    ensure!(voters(&cluster_info(&addr).await?) == 1, "the refused joiner left a member behind");
+    cluster.set_extra_args(&["--autolock"]);
+    cluster.set_env("SHOAL_UNLOCK_KEY", &shoal_control_like_key());
+    ensure!(cluster.add_manager().await.is_err(), "a manager with another unlock key joined");
+    let refused = cluster.managers.pop().context("the refused joiner")?;
+    ensure!(refused.log().contains("--unlock-key is not this cluster's unlock key"), "{}", refused.log());
+    ensure!(voters(&cluster_info(&addr).await?) == 1);
+    cluster.set_env("SHOAL_UNLOCK_KEY", &key);
+    cluster.add_manager().await.context("joining with the cluster's unlock key")?;
+    ensure!(voters(&cluster_info(&addr).await?) == 2);
     Ok(())
+}
+
+/// A well-formed unlock key that is not the cluster's.
+fn shoal_control_like_key() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    format!("SHLUNLOCK-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }

@@ -42,6 +42,11 @@ struct Volume(String);
 
 impl Drop for Volume {
     fn drop(&mut self) {
+        // Dropped before the cluster whose containers may still use it: those go first.
+        let users = docker_ids(&format!("volume={}", self.0), true);
+        if !users.is_empty() {
+            let _ = Command::new("docker").arg("rm").arg("-f").args(&users).output();
+        }
         let _ = docker(&["volume", "rm", "-f", &self.0]);
     }
 }

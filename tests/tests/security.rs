@@ -192,6 +192,7 @@ async fn certificates_decide_who_may_call_what() -> Result<()> {
         addr: "127.0.0.1:9".into(),
         hostname: "intruder".into(),
         admin_csr_pem: String::new(),
+        unlock_key_sha256: String::new(),
     });
     join.metadata_mut().insert("x-shoal-forwarded", tonic::metadata::MetadataValue::from_static("1"));
     join.metadata_mut()

@@ -192,6 +192,11 @@ async fn plan_data(
         let existing: BTreeSet<String> = client.list_data(kind).await?.into_iter().map(|o| o.spec.name).collect();
         for (key, def) in defs {
             let name = def.object_name(stack, key);
+            // With the stack's prefix a name may pass the file's check and still be too long.
+            if let Err(why) = shoal_types::validate_data_name(&name) {
+                problems.push(format!("{kind}s.{key}: the {kind}'s name {name}: {why}"));
+                continue;
+            }
             if existing.contains(&name) {
                 continue;
             }

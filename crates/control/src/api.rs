@@ -1221,6 +1221,27 @@ impl Control for ControlApi {
             if request.node_id.is_empty() || request.addr.is_empty() {
                 return Err(ApiError::InvalidArgument("a joining manager must give its node id and address".into()));
             }
+            // Checked before anything is written: a refused joiner leaves no member behind.
+            let cluster_key = self.manager.state().security().and_then(|s| s.unlock_key.clone());
+            match (cluster_key, request.unlock_key_sha256.as_str()) {
+                (None, "") => {}
+                (Some(_), "") => {
+                    return Err(ApiError::FailedPrecondition(
+                        "this cluster is autolocked: join with --autolock and its --unlock-key (shoal cluster unlock-key), or every manager's data would be as safe as the one with a key file only".into(),
+                    ));
+                }
+                (None, _) => {
+                    return Err(ApiError::FailedPrecondition(
+                        "this cluster is not autolocked (it was initialised without --autolock): join without --autolock".into(),
+                    ));
+                }
+                (Some(key), digest) if crate::at_rest::unlock_key_digest(&key) != digest => {
+                    return Err(ApiError::FailedPrecondition(
+                        "--unlock-key is not this cluster's unlock key (shoal cluster unlock-key shows it)".into(),
+                    ));
+                }
+                (Some(_), _) => {}
+            }
             let st = self.manager.raft_status();
             let cluster_id = self.manager.state().cluster().map(|c| c.id.clone()).unwrap_or_default();
             let members_json = to_json(&st.members);

@@ -39,6 +39,20 @@ pub fn new_unlock_key() -> String {
     format!("{UNLOCK_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes()))
 }
 
+/// SHA-256 of an unlock key, in hex: what a joining manager shows of its key.
+pub fn unlock_key_digest(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.trim().as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Refuses a malformed unlock key.
+pub fn check_unlock_key(text: &str) -> Result<(), ManagerError> {
+    parse_unlock_key(text).map(|_| ())
+}
+
 /// The key-encryption key an unlock key stands for.
 fn parse_unlock_key(text: &str) -> Result<[u8; KEY_LEN], ManagerError> {
     let bad = || {
@@ -85,6 +99,16 @@ pub fn create(dir: &Path, autolock: bool, unlock_key: Option<&str>) -> Result<(D
 pub fn load(dir: &Path, unlock_key: Option<&str>) -> Result<DataKey, ManagerError> {
     match std::fs::metadata(dir.join(KEY_FILE)) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Only a store in the clear may get a new key; a sealed one lost its key file.
+            let raft = dir.join(crate::identity::RAFT_DIR);
+            if shoal_raft::SledDurable::is_sealed(&raft).map_err(|e| crate::identity::raft_error(dir, e))? {
+                return Err(data_dir_error(
+                    dir,
+                    format!(
+                        "{KEY_FILE} is missing but raft/ is encrypted: restore {KEY_FILE} and {KEK_FILE} from the same backup as raft/"
+                    ),
+                ));
+            }
             tracing::info!("this data dir predates encryption at rest: making its data key");
             create(dir, false, None).map(|(key, _)| key)
         }
@@ -99,6 +123,12 @@ pub fn load(dir: &Path, unlock_key: Option<&str>) -> Result<DataKey, ManagerErro
 pub fn rotate(dir: &Path, unlock_key: Option<&str>) -> Result<usize, ManagerError> {
     finish_rotation(dir, unlock_key)?;
     let old = load(dir, unlock_key)?;
+    // A running manager holds the store's lock: refused before anything is written.
+    let raft = dir.join(crate::identity::RAFT_DIR);
+    drop(
+        shoal_raft::SledDurable::open_with_key(&raft, Some(old.clone()))
+            .map_err(|e| crate::identity::raft_error(dir, e))?,
+    );
     let autolock = is_autolocked(dir);
     let kek = key_encryption_key(dir, autolock, unlock_key)?;
     let new = DataKey::generate();
@@ -122,6 +152,8 @@ pub fn finish_rotation(dir: &Path, unlock_key: Option<&str>) -> Result<(), Manag
 fn reseal_and_switch(dir: &Path, old: &DataKey, new: &DataKey) -> Result<usize, ManagerError> {
     let raft = dir.join(crate::identity::RAFT_DIR);
     let count = shoal_raft::SledDurable::reseal(&raft, old, new).map_err(|e| crate::identity::raft_error(dir, e))?;
+    // Files sled made meanwhile follow the umask.
+    private_files::harden(&raft).map_err(|e| data_dir_error(dir, e.to_string()))?;
     std::fs::rename(dir.join(NEXT_KEY_FILE), dir.join(KEY_FILE))
         .map_err(|e| data_dir_error(dir, format!("making the new data key current: {e}")))?;
     Ok(count)

@@ -143,7 +143,27 @@ pub struct ManagerConfig {
     /// (decided when the data dir is first written).
     pub autolock: bool,
     /// The cluster's unlock key: to start an autolocked manager, or to join with `autolock`.
-    pub unlock_key: Option<String>,
+    pub unlock_key: Option<UnlockKey>,
+}
+
+/// The cluster's unlock key as given to a manager; never printed by `Debug`.
+#[derive(Clone)]
+pub struct UnlockKey(String);
+
+impl UnlockKey {
+    pub fn new(key: String) -> UnlockKey {
+        UnlockKey(key)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnlockKey(<secret>)")
+    }
 }
 
 impl ManagerConfig {
@@ -473,11 +493,16 @@ async fn join_cluster(config: &ManagerConfig, target: &str) -> Result<Joined, Ma
     // The admin key is made here and never leaves this machine; the leader signs its CSR.
     let (admin_key_pem, admin_csr_pem) =
         shoal_tls::new_key_and_csr().map_err(|e| ManagerError::Join(format!("creating the admin key: {e}")))?;
+    let unlock_key_sha256 = match (&config.unlock_key, config.autolock) {
+        (Some(key), true) => at_rest::unlock_key_digest(key.expose()),
+        _ => String::new(),
+    };
     let request = JoinManagerRequest {
         node_id: node_id.clone(),
         addr: config.advertise_addr.clone(),
         hostname: config.hostname.clone(),
         admin_csr_pem,
+        unlock_key_sha256,
     };
     // The same node id makes a retry idempotent; retry while the cluster is electing a leader.
     let mut attempts = 0;
@@ -553,8 +578,9 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
             if config.join.is_some() {
                 tracing::warn!("the data dir already holds a manager; ignoring --join and resuming");
             }
-            at_rest::finish_rotation(&config.data_dir, config.unlock_key.as_deref())?;
-            let data_key = at_rest::load(&config.data_dir, config.unlock_key.as_deref())?;
+            let unlock_key = config.unlock_key.as_ref().map(UnlockKey::expose);
+            at_rest::finish_rotation(&config.data_dir, unlock_key)?;
+            let data_key = at_rest::load(&config.data_dir, unlock_key)?;
             if config.autolock && !at_rest::is_autolocked(&config.data_dir) {
                 tracing::warn!("--autolock applies when a data dir is first written; this one is not autolocked");
             }
@@ -571,13 +597,23 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         }
         identity::DataDir::Empty => match &config.join {
             Some(target) => {
-                if config.autolock && config.unlock_key.is_none() {
-                    return Err(ManagerError::Config(
-                        "--autolock with --join needs the cluster's --unlock-key (`shoal cluster unlock-key`)".into(),
-                    ));
+                match (&config.unlock_key, config.autolock) {
+                    (None, true) => {
+                        return Err(ManagerError::Config(
+                            "--autolock with --join needs the cluster's --unlock-key (`shoal cluster unlock-key`)"
+                                .into(),
+                        ));
+                    }
+                    // A malformed key is refused before the cluster is asked.
+                    (Some(key), true) => at_rest::check_unlock_key(key.expose())?,
+                    _ => {}
                 }
                 let Joined { identity, members, credentials, admin } = join_cluster(&config, target).await?;
-                let (data_key, _) = at_rest::create(&config.data_dir, config.autolock, config.unlock_key.as_deref())?;
+                let (data_key, _) = at_rest::create(
+                    &config.data_dir,
+                    config.autolock,
+                    config.unlock_key.as_ref().map(UnlockKey::expose),
+                )?;
                 let mut storage = RaftStorage::open(identity::open_sled(&config.data_dir, &data_key)?)?;
                 storage.seed_members(&members)?;
                 credentials

@@ -3,8 +3,10 @@
 //! the files under `raft/` show no service name, secret or CA key (keys stay in the clear: they
 //! are indexes and fixed names).
 //!
-//! A sealed value is `[VERSION] nonce(12) ciphertext tag(16)`. Nonces never repeat under one key:
-//! four random bytes drawn when the key is loaded, then a counter.
+//! A sealed value is `[VERSION] nonce(12) ciphertext tag(16)`, authenticated together with the
+//! key it is stored under (a value moved to another key does not open). Nonces: eight random
+//! bytes drawn each time a key is loaded and a 32-bit counter (past 2^32 seals, fully random
+//! ones), so two loads of one key repeat a nonce only if their 64-bit prefixes collide.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +32,7 @@ pub struct DataKey {
 struct Inner {
     key: LessSafeKey,
     raw: [u8; KEY_LEN],
-    prefix: [u8; 4],
+    prefix: [u8; 8],
     counter: AtomicU64,
 }
 
@@ -48,20 +50,25 @@ impl DataKey {
 
     pub fn from_bytes(raw: [u8; KEY_LEN]) -> DataKey {
         let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &raw).expect("32 bytes make an AES-256 key"));
-        let mut prefix = [0u8; 4];
+        let mut prefix = [0u8; 8];
         SystemRandom::new().fill(&mut prefix).expect("the system's random source works");
         DataKey { inner: Arc::new(Inner { key, raw, prefix, counter: AtomicU64::new(0) }) }
     }
 
     fn next_nonce(&self) -> [u8; NONCE_LEN] {
         let mut nonce = [0u8; NONCE_LEN];
-        nonce[..4].copy_from_slice(&self.inner.prefix);
-        nonce[4..].copy_from_slice(&self.inner.counter.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        match u32::try_from(self.inner.counter.fetch_add(1, Ordering::Relaxed)) {
+            Ok(count) => {
+                nonce[..8].copy_from_slice(&self.inner.prefix);
+                nonce[8..].copy_from_slice(&count.to_be_bytes());
+            }
+            Err(_) => SystemRandom::new().fill(&mut nonce).expect("the system's random source works"),
+        }
         nonce
     }
 
-    /// `plain`, sealed.
-    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+    /// `plain`, sealed, bound to `aad` (the key it is stored under).
+    pub fn seal_for(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
         let nonce = self.next_nonce();
         let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
         out.push(VERSION);
@@ -70,20 +77,31 @@ impl DataKey {
         let tag = self
             .inner
             .key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut out[1 + NONCE_LEN..])
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[1 + NONCE_LEN..])
             .expect("AES-GCM seals any length a store holds");
         out.extend_from_slice(tag.as_ref());
         out
     }
 
-    /// The plain value of `sealed`; an error if it was not sealed with this key or was changed.
+    /// `plain`, sealed with nothing bound to it (the wrapped data key).
+    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        self.seal_for(&[], plain)
+    }
+
+    /// The plain value of `sealed`.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, RaftError> {
+        self.open_for(&[], sealed)
+    }
+
+    /// The plain value of `sealed` for `aad`; an error if it was not sealed with this key for
+    /// `aad`, or was changed.
+    pub fn open_for(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, RaftError> {
         if sealed.len() < OVERHEAD || sealed[0] != VERSION {
             return Err(RaftError::Corrupt("a value in the raft store is not sealed with a known format".into()));
         }
         let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).expect("12 bytes");
         let mut buffer = sealed[1 + NONCE_LEN..].to_vec();
-        let plain = self.inner.key.open_in_place(nonce, Aad::empty(), &mut buffer).map_err(|_| {
+        let plain = self.inner.key.open_in_place(nonce, Aad::from(aad), &mut buffer).map_err(|_| {
             RaftError::Corrupt(
                 "a value in the raft store does not open with this manager's data key (damaged, or another key's)"
                     .into(),
@@ -127,6 +145,9 @@ mod tests {
         assert_eq!(key.open(&sealed).unwrap(), plain);
         assert_ne!(key.seal(plain), sealed, "a fresh nonce each time");
         assert_eq!(key.open(&key.seal(b"")).unwrap(), b"");
+        let bound = key.seal_for(b"m:hard_state", plain);
+        assert_eq!(key.open_for(b"m:hard_state", &bound).unwrap(), plain);
+        assert!(key.open_for(b"m:members", &bound).is_err(), "a value moved to another key does not open");
     }
 
     #[test]

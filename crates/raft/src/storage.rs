@@ -96,7 +96,7 @@ impl DetachedSnapshotWriter for SledSnapshotWriter {
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), RaftError> {
         debug_assert!(key.starts_with(SNAPSHOT_DATA_PREFIX));
         let value = match &self.key {
-            Some(data_key) => data_key.seal(&value),
+            Some(data_key) => data_key.seal_for(&key, &value),
             None => value,
         };
         self.snapshots.insert(key, value).map_err(sled_error)?;
@@ -316,10 +316,10 @@ impl SledDurable {
         for tree in trees {
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(sled_error)?;
-                if key.open(&v).is_ok() {
+                if key.open_for(&k, &v).is_ok() {
                     continue;
                 }
-                tree.insert(k, key.seal(&v)).map_err(sled_error)?;
+                tree.insert(k.clone(), key.seal_for(&k, &v)).map_err(sled_error)?;
                 count += 1;
             }
         }
@@ -331,6 +331,15 @@ impl SledDurable {
         }
         self.key = Some(key);
         Ok(())
+    }
+
+    /// Whether the (closed) store in `path` is sealed; false if there is none.
+    pub fn is_sealed(path: &std::path::Path) -> Result<bool, RaftError> {
+        if !path.join("db").exists() {
+            return Ok(false);
+        }
+        let db = sled::Config::new().path(path).open().map_err(sled_error)?;
+        Ok(db.get(ENCRYPTION_MARKER).map_err(sled_error)?.is_some())
     }
 
     /// Seals every value of the (closed) store in `path` anew: a value `new` opens is left (a
@@ -346,11 +355,11 @@ impl SledDurable {
         for tree in trees {
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(sled_error)?;
-                if new.open(&v).is_ok() {
+                if new.open_for(&k, &v).is_ok() {
                     continue;
                 }
-                let plain = old.open(&v)?;
-                tree.insert(k, new.seal(&plain)).map_err(sled_error)?;
+                let plain = old.open_for(&k, &v)?;
+                tree.insert(k.clone(), new.seal_for(&k, &plain)).map_err(sled_error)?;
                 count += 1;
             }
         }
@@ -358,18 +367,18 @@ impl SledDurable {
         Ok(count)
     }
 
-    /// `value` as it is stored: sealed when the store has a key.
-    fn sealed(&self, value: Vec<u8>) -> Vec<u8> {
+    /// `value` as it is stored under `key`: sealed when the store has a data key.
+    fn sealed(&self, key: &[u8], value: Vec<u8>) -> Vec<u8> {
         match &self.key {
-            Some(key) => key.seal(&value),
+            Some(data_key) => data_key.seal_for(key, &value),
             None => value,
         }
     }
 
-    /// A stored value as it was written.
-    fn opened(&self, stored: &[u8]) -> Result<Vec<u8>, RaftError> {
+    /// A value stored under `key` as it was written.
+    fn opened(&self, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, RaftError> {
         match &self.key {
-            Some(key) => key.open(stored),
+            Some(data_key) => data_key.open_for(key, stored),
             None => Ok(stored.to_vec()),
         }
     }
@@ -444,7 +453,10 @@ impl SledDurable {
         let start = self.pending.len();
         for op in ops {
             let op = match op {
-                Op::Put(k, v) => Op::Put(k, self.sealed(v)),
+                Op::Put(k, v) => {
+                    let v = self.sealed(&k, v);
+                    Op::Put(k, v)
+                }
                 delete => delete,
             };
             match op {
@@ -594,16 +606,16 @@ impl Durable for SledDurable {
         for (k, v) in self.pending_under(prefix) {
             merged.insert(k.clone(), v.cloned());
         }
-        merged.into_iter().filter_map(|(k, v)| v.map(|v| self.opened(&v).map(|v| (k, v)))).collect()
+        merged.into_iter().filter_map(|(k, v)| v.map(|v| self.opened(&k, &v).map(|v| (k, v)))).collect()
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
         if let Some(at) = self.newest.get(key) {
-            return self.pending[*at].value().map(|v| self.opened(v)).transpose();
+            return self.pending[*at].value().map(|v| self.opened(key, v)).transpose();
         }
         let Some(tree) = self.tree_for(key) else { return Ok(None) };
         let stored = tree.get(key).map_err(sled_error)?;
-        stored.map(|v| self.opened(&v)).transpose()
+        stored.map(|v| self.opened(key, &v)).transpose()
     }
 
     fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, RaftError> {
