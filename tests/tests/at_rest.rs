@@ -94,17 +94,21 @@ async fn every_managers_data_dir_and_log_hold_no_secret_or_service_name() -> Res
     for manager in &mut cluster.managers {
         manager.restart()?;
     }
+    listed_again(&addr, &service, &cluster).await
+}
+
+/// Waits (30 s at most) until `service ls` through `addr` lists `service` again.
+async fn listed_again(addr: &str, service: &str, cluster: &Cluster) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(listed) = ok(&addr, &["service", "ls"])
-            && listed.contains(&service)
+        if let Ok(listed) = ok(addr, &["service", "ls"])
+            && listed.contains(service)
         {
-            break;
+            return Ok(());
         }
         ensure!(tokio::time::Instant::now() < deadline, "the cluster did not come back: {}", cluster.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,16 +146,7 @@ async fn an_autolocked_manager_reveals_nothing_and_starts_only_with_its_key() ->
     // With its key it resumes, service and all.
     cluster.set_env("SHOAL_UNLOCK_KEY", &key);
     cluster.managers[0].restart()?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(listed) = ok(&addr, &["service", "ls"])
-            && listed.contains(&service)
-        {
-            break;
-        }
-        ensure!(tokio::time::Instant::now() < deadline, "the unlocked manager did not come back: {}", cluster.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    listed_again(&addr, &service, &cluster).await?;
     let tasks = list_tasks(&addr, &service).await.context("tasks")?;
     ensure!(!tasks.is_empty());
 

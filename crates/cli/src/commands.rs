@@ -261,10 +261,19 @@ async fn service_inspect(host: &str, args: &InspectArgs) -> Result<(), CliError>
 
 async fn service_rm(host: &str, services: &[String]) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
+    each_reported(services, async |name| client.remove_service(name).await.map(|_| name.to_string())).await
+}
+
+/// Runs `each` for every name in turn, printing the line it returns or its error; a failure
+/// does not stop the others, and makes the command exit 1 (docker's `rm` of several objects).
+async fn each_reported(
+    names: &[String],
+    mut each: impl AsyncFnMut(&str) -> Result<String, CliError>,
+) -> Result<(), CliError> {
     let mut failed = false;
-    for name in services {
-        match client.remove_service(name).await {
-            Ok(_) => print_out(&format!("{name}\n")),
+    for name in names {
+        match each(name).await {
+            Ok(line) => print_out(&format!("{line}\n")),
             Err(e) => {
                 print_error(&e);
                 failed = true;
@@ -330,17 +339,7 @@ async fn node_demote(host: &str, nodes: &[String]) -> Result<(), CliError> {
 
 async fn node_rm(host: &str, nodes: &[String], force: bool) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
-    let mut failed = false;
-    for name in nodes {
-        match client.remove_node(name, force).await {
-            Ok(id) => print_out(&format!("{id}\n")),
-            Err(e) => {
-                print_error(&e);
-                failed = true;
-            }
-        }
-    }
-    if failed { Err(CliError::Reported) } else { Ok(()) }
+    each_reported(nodes, async |name| client.remove_node(name, force).await).await
 }
 
 async fn cluster_info(host: &str, format: InfoFormat, local: bool) -> Result<(), CliError> {
@@ -763,17 +762,8 @@ async fn data(host: &str, kind: shoal_types::DataKind, command: args::data::Data
         }
         DataCommand::Rm(args) => {
             let mut client = Client::connect(host).await?;
-            let mut failed = false;
-            for name in &args.names {
-                match client.remove_data(kind, name).await {
-                    Ok(_) => print_out(&format!("{name}\n")),
-                    Err(e) => {
-                        print_error(&e);
-                        failed = true;
-                    }
-                }
-            }
-            if failed { Err(CliError::Reported) } else { Ok(()) }
+            each_reported(&args.names, async |name| client.remove_data(kind, name).await.map(|_| name.to_string()))
+                .await
         }
     }
 }

@@ -93,17 +93,22 @@ impl ControlApi {
         ControlApi { manager, clients: Mutex::new(HashMap::new()), log_clients: Mutex::new(HashMap::new()) }
     }
 
-    async fn client(&self, addr: &str) -> Result<ControlClient<Channel>, tonic::transport::Error> {
-        if let Some(client) = self.clients.lock().get(addr) {
-            return Ok(client.clone());
-        }
-        let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
+    /// How this manager dials the leader to forward a call.
+    fn leader_endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+        Ok(tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
             .connect_timeout(Duration::from_secs(1))
             // A forward over a connection that died silently fails within seconds instead of
             // waiting forever.
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true))
+    }
+
+    async fn client(&self, addr: &str) -> Result<ControlClient<Channel>, tonic::transport::Error> {
+        if let Some(client) = self.clients.lock().get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Self::leader_endpoint(addr)?;
         let channel = shoal_tls::client::connect(endpoint, self.manager.client_tls.clone()).await?;
         let client = ControlClient::new(channel)
             .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
@@ -155,11 +160,7 @@ impl ControlApi {
         if let Some(client) = self.log_clients.lock().get(addr) {
             return Ok(client.clone());
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(shoal_tls::client::uri(addr))?
-            .connect_timeout(Duration::from_secs(1))
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
+        let endpoint = Self::leader_endpoint(addr)?
             .initial_stream_window_size(crate::logs::STREAM_WINDOW)
             .initial_connection_window_size(crate::logs::CONNECTION_WINDOW);
         let channel = shoal_tls::client::connect(endpoint, self.manager.client_tls.clone()).await?;
