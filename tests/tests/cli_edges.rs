@@ -36,7 +36,11 @@ async fn stack_with_networks_is_refused_unless_ignored() -> Result<()> {
 
     let out = shoal(&host, &["stack", "deploy", "-d", "--ignore-unsupported", "-c", &file, "app"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("warning: services.web.networks: not supported by shoal; ignored"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: services.web.networks: not supported by shoal; ignored"),
+        "{}",
+        stderr(&out)
+    );
     let names: Vec<String> = list_services(&host).await?.into_iter().map(|s| s.spec.name).collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.contains(&"app_db".to_string()) && names.contains(&"app_web".to_string()), "{names:?}");
