@@ -58,21 +58,22 @@ wait_ready 4243
 start_manager manager-3 4244 127.0.0.1:4242 "$manager_token"
 wait_ready 4244
 
-start_agent() { # name
-    local name=$1
+start_agent() { # name, ingress address
+    local name=$1 ingress=$2
     local pidfile=$state/$name.pid
     if [[ -f $pidfile ]] && running "$(cat "$pidfile")"; then
         echo "    $name already running (pid $(cat "$pidfile"))"
         return
     fi
     nohup "$bin/shoal-agent" --data-dir "$state/$name" --join 127.0.0.1:4242 --token "$worker_token" \
-        --hostname "$name" >>"$state/$name.log" 2>&1 &
+        --hostname "$name" --ingress-addr "$ingress" >>"$state/$name.log" 2>&1 &
     echo $! >"$pidfile"
-    echo "    $name (pid $!, log .shoal-local/$name.log), running containers on the local Docker engine"
+    echo "    $name (pid $!, log .shoal-local/$name.log), running containers on the local Docker engine; ingress on $ingress"
 }
 echo "==> starting agents"
-start_agent agent-1
-start_agent agent-2
+# Each agent's ingress proxy listens on its own loopback address (one machine, two nodes).
+start_agent agent-1 127.0.0.2
+start_agent agent-2 127.0.0.3
 sleep 2
 
 # What the CLI needs to talk to this cluster, whatever ~/.shoal/tls holds (another cluster's

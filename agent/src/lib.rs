@@ -17,9 +17,11 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 mod data;
+pub mod ingress;
 mod logs;
 mod report;
 mod runner;
+mod traffic;
 
 pub use report::Reporter;
 
@@ -50,6 +52,8 @@ pub struct AgentConfig {
     pub managers: Vec<String>,
     pub hostname: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Where the ingress proxy listens (`--ingress-addr`); `None`: no proxy (in-process tests).
+    pub ingress_addr: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +132,8 @@ pub struct Agent {
     /// The secrets and configs the leader sent for this node's tasks.
     data: Arc<data::DataStore>,
     runners: Mutex<HashMap<String, runner::Runner>>,
+    /// The ingress proxy, when this agent runs one.
+    ingress: Option<Arc<ingress::Ingress>>,
     /// Managers learned from the last session.
     managers: Mutex<Vec<String>>,
     client_tls: shoal_tls::ClientConfig,
@@ -141,7 +147,9 @@ impl Agent {
             return Err(AgentError::NoManagers);
         }
         let client_tls = config.tls.client_config().map_err(|e| AgentError::Join(e.to_string()))?;
+        let ingress = config.ingress_addr.map(|addr| ingress::Ingress::new(addr, node_id.clone()));
         Ok(Arc::new(Agent {
+            ingress,
             client_tls,
             node_id,
             config,
@@ -215,6 +223,9 @@ impl Agent {
                     let mut description = resources.to_description();
                     if let Some(hostname) = &self.config.hostname {
                         description.hostname = hostname.clone();
+                    }
+                    if let Some(addr) = self.config.ingress_addr {
+                        description.ingress_addr = addr.to_string();
                     }
                     return description;
                 }
@@ -427,6 +438,7 @@ impl Agent {
             }
         };
         let log_reads = logs::serve(self.clone(), addr.to_string(), session_id.clone());
+        let traffic = traffic::serve(self.ingress.clone(), client.clone(), self.node_id.clone(), session_id.clone());
         let assignments = async {
             loop {
                 match stream.message().await {
@@ -441,6 +453,7 @@ impl Agent {
             why = reports => why,
             why = assignments => why,
             why = log_reads => why,
+            why = traffic => why,
         };
         SessionEnd::Ended { why, was_open: true }
     }
@@ -490,6 +503,7 @@ impl Agent {
                             self.executor.clone(),
                             self.reporter.clone(),
                             self.data.clone(),
+                            self.ingress.clone(),
                         ));
                         runners.insert(id, runner::Runner { task: tx, handle });
                     }
@@ -599,6 +613,7 @@ mod tests {
             managers: Vec::new(),
             hostname: None,
             labels: BTreeMap::new(),
+            ingress_addr: None,
         };
         let executor = Arc::new(shoal_executor::fake::FakeExecutor::new("node1"));
         let err = Agent::new("node1".into(), config, executor).err().expect("refused");

@@ -35,6 +35,11 @@ struct Args {
     /// /dev/shm, a tmpfs, so they never reach a disk; else DATA_DIR/run]
     #[arg(long, value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    /// The address the ingress proxy listens on for every published ingress port (several agents
+    /// on one machine use distinct 127.0.0.x addresses); tasks' target ports are published on it
+    /// too, where other nodes' proxies reach them.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    ingress_addr: std::net::IpAddr,
 }
 
 /// The directory of this node's secret and config files: under `--secrets-dir`, `/dev/shm`
@@ -87,7 +92,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut delay = std::time::Duration::from_millis(500);
     let executor = loop {
         match shoal_agent::shoal_executor::DockerExecutor::connect(Some(&args.docker_host), &node_id).await {
-            Ok(executor) => break executor.with_files_dir(files_dir(&args, &node_id)),
+            Ok(executor) => {
+                break executor.with_files_dir(files_dir(&args, &node_id)).with_ingress_ip(args.ingress_addr);
+            }
             Err(e) => {
                 tracing::error!(docker = %args.docker_host, error = %e, "cannot reach the Docker engine; retrying");
                 tokio::time::sleep(delay).await;
@@ -101,6 +108,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         managers: vec![args.join],
         hostname: args.hostname,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        ingress_addr: Some(args.ingress_addr),
     };
     tracing::info!(node = %node_id, "agent starting");
     let agent = shoal_agent::Agent::new(node_id, config, Arc::new(executor))?;

@@ -8,6 +8,7 @@ use shoal_types::{Task, TaskState, TaskStatus};
 use tokio::sync::watch;
 
 use crate::data::DataStore;
+use crate::ingress::Ingress;
 use crate::report::Reporter;
 
 fn now_millis() -> u64 {
@@ -28,8 +29,12 @@ pub async fn run(
     executor: Arc<dyn Executor>,
     reporter: Arc<Reporter>,
     data: Arc<DataStore>,
+    ingress: Option<Arc<Ingress>>,
 ) {
     let mut observed = task_rx.borrow().status.clone();
+    // When this runner saw the task start draining (an agent restarted mid-drain starts the
+    // timeout again: the task's connections are not older than the restart).
+    let mut draining_since: Option<tokio::time::Instant> = None;
     let task_id = task_rx.borrow().id.clone();
     // `--update-old-tasks remove`: the container of a replaced task goes once it has stopped.
     let mut container_removed = false;
@@ -59,6 +64,7 @@ pub async fn run(
                 err,
                 container_id: observed.container_id.clone(),
                 exit_code: observed.exit_code,
+                ports: if state.is_terminal() { Vec::new() } else { observed.ports.clone() },
             };
             tracing::debug!(task = %task_id, from = %observed.state, to = %state, "task state");
             *observed = status.clone();
@@ -93,6 +99,34 @@ pub async fn run(
                     return;
                 }
                 continue;
+            }
+            // Told to stop while it takes ingress traffic: no proxy sends it new connections
+            // any more; it stops once none is open on any node, or after its drain timeout.
+            if observed.state == TaskState::Running && drains(&task, &observed) && ingress.is_some() {
+                report(TaskState::Draining, "draining", String::new(), &mut observed);
+                draining_since = Some(tokio::time::Instant::now());
+                continue;
+            }
+            if observed.state == TaskState::Draining
+                && let Some(ingress) = &ingress
+            {
+                let since = *draining_since.get_or_insert_with(tokio::time::Instant::now);
+                let deadline = since + task.spec.container.drain_timeout();
+                tokio::select! {
+                    _ = ingress.wait_drained(&task_id) => {
+                        tracing::debug!(task = %task_id, "drained: no open connection left");
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::info!(task = %task_id, open = ingress.connections_to(&task_id), "drain timeout passed; stopping the task with connections open");
+                    }
+                    changed = task_rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                ingress.forget(&task_id);
             }
             match executor.shutdown(&plan).await {
                 Ok(()) => report(TaskState::Shutdown, "shutdown", String::new(), &mut observed),
@@ -141,7 +175,17 @@ pub async fn run(
                 Err(e) => fail_or_retry(&task_id, e, TaskState::Failed, &mut observed, &mut report).await,
             },
             TaskState::Running => {
+                // A task with ingress ports takes connections once its ports accept them: the
+                // endpoints are reported then (a second RUNNING status), not at start.
+                let awaiting_ports = !plan.ingress_targets.is_empty() && observed.ports.is_empty();
+                let ready = async {
+                    if awaiting_ports { ports_accepting(&*executor, &plan).await } else { std::future::pending().await }
+                };
                 tokio::select! {
+                    ports = ready => {
+                        observed.ports = ports;
+                        report(TaskState::Running, "started", String::new(), &mut observed);
+                    }
                     exit = executor.wait(&plan) => match exit {
                         Ok(status) if status.success() => {
                             observed.exit_code = Some(0);
@@ -167,6 +211,66 @@ pub async fn run(
             }
         }
     }
+}
+
+/// How often a started task's ingress ports are tried until they accept connections.
+const PORT_PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// The started task's ingress endpoints, once every one accepts a TCP connection at the
+/// container's address (or, without one, at the published host port). Until then the proxies
+/// would reach a container whose server is not listening yet, and the engine's port proxy
+/// accepts and closes such connections: clients would see them fail.
+async fn ports_accepting(executor: &dyn Executor, plan: &TaskPlan) -> Vec<shoal_types::TaskPort> {
+    let ports = loop {
+        match executor.ports(plan).await {
+            Ok(ports) if !ports.is_empty() => break ports,
+            Ok(_) => return std::future::pending().await,
+            Err(e) => {
+                tracing::warn!(task = %plan.task_id, error = %e, "cannot read the task's published ports; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    let addrs: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            if p.container_ip.is_empty() {
+                format!("127.0.0.1:{}", p.host_port)
+            } else if p.container_ip.contains(':') {
+                format!("[{}]:{}", p.container_ip, p.target)
+            } else {
+                format!("{}:{}", p.container_ip, p.target)
+            }
+        })
+        .collect();
+    let mut logged = false;
+    let started = tokio::time::Instant::now();
+    loop {
+        let mut all = true;
+        for addr in &addrs {
+            let connect = tokio::net::TcpStream::connect(addr.as_str());
+            if !matches!(tokio::time::timeout(Duration::from_secs(1), connect).await, Ok(Ok(_))) {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return ports;
+        }
+        if !logged && started.elapsed() > Duration::from_secs(10) {
+            logged = true;
+            tracing::warn!(task = %plan.task_id, ports = ?addrs, "the task's ingress ports do not accept connections yet; it takes no ingress traffic until they do");
+        }
+        tokio::time::sleep(PORT_PROBE_EVERY).await;
+    }
+}
+
+/// Whether a task told to stop drains first: it publishes ingress ports, was reachable at them,
+/// and its drain timeout is not zero.
+fn drains(task: &Task, observed: &TaskStatus) -> bool {
+    task.endpoint.ports.iter().any(|p| p.is_ingress())
+        && !observed.ports.is_empty()
+        && !task.spec.container.drain_timeout().is_zero()
 }
 
 async fn fail_or_retry(

@@ -208,14 +208,29 @@ pub struct AgentProc {
     log: PathBuf,
     child: Option<Child>,
     labels: Vec<String>,
+    /// The agent's `--ingress-addr`: a loopback address of its own, so the agents of one test
+    /// (and of tests running at the same time) never share an ingress port.
+    pub ingress_addr: std::net::Ipv4Addr,
+}
+
+/// A loopback address no other agent of this machine's tests is likely to use.
+pub fn random_loopback() -> std::net::Ipv4Addr {
+    let r: u32 = rand::random();
+    std::net::Ipv4Addr::new(127, 1 + (r % 250) as u8, 1 + ((r >> 8) % 250) as u8, 1 + ((r >> 16) % 250) as u8)
 }
 
 impl AgentProc {
+    /// `ip:port` of this agent's ingress proxy for published port `port`.
+    pub fn ingress(&self, port: u16) -> String {
+        format!("{}:{port}", self.ingress_addr)
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new(bin("shoal-agent"));
         cmd.arg("--data-dir").arg(&self.data_dir).arg("--join").arg(&self.join).arg("--hostname").arg(&self.name);
         cmd.arg("--token").arg(&self.token).env_remove("SHOAL_JOIN_TOKEN");
+        cmd.arg("--ingress-addr").arg(self.ingress_addr.to_string());
         for label in &self.labels {
             cmd.arg("--label").arg(label);
         }
@@ -405,6 +420,7 @@ impl Cluster {
             log: self.dir.path().join(format!("{name}.log")),
             child: None,
             labels: labels.iter().map(|s| s.to_string()).collect(),
+            ingress_addr: random_loopback(),
         };
         agent.spawn()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

@@ -75,6 +75,7 @@ impl World {
             managers: self.managers.iter().map(|(a, _)| a.clone()).collect(),
             hostname: Some(format!("agent{i}")),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ingress_addr: None,
         };
         let agent = Agent::new(node_id, config, fake.clone())?;
         let handle = tokio::spawn(agent.clone().run());

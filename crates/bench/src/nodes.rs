@@ -144,6 +144,7 @@ pub async fn simulated_nodes(quick: bool, report: &mut Report) -> Result<()> {
             managers: addrs.clone(),
             hostname: Some(format!("sim{i}")),
             labels: Default::default(),
+            ingress_addr: None,
         };
         let agent = Agent::new(node_id.clone(), config, executor)?;
         agents.push((node_id, tokio::spawn(agent.run())));

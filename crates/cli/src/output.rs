@@ -424,6 +424,9 @@ pub fn service_pretty(service: &Service) -> String {
         p.kv(1, "Dir", v);
     }
     p.kv(1, "Stop grace period", container.stop_grace_period);
+    if let Some(v) = container.stop_drain_timeout {
+        p.kv(1, "Stop drain timeout", v);
+    }
     if let Some(v) = &container.stop_signal {
         p.kv(1, "Stop signal", v);
     }

@@ -123,6 +123,7 @@ pub(crate) fn to_service_spec(
         user: service.user.clone(),
         workdir: service.working_dir.clone(),
         stop_grace_period: service.stop_grace_period.unwrap_or(GoDuration::from_secs(10)),
+        stop_drain_timeout: None,
         stop_signal: service.stop_signal.clone(),
         healthcheck: service.healthcheck.clone(),
         mounts: mounts(stack, short, service, volumes, locations)?,

@@ -118,7 +118,7 @@ fn container_labels_and_service_labels() {
 #[test]
 fn ports() {
     let spec = web(
-        "ports:\n  - \"8080:80\"\n  - \"80\"\n  - \"5353:53/udp\"\n  - target: 443\n    published: 8443\n    protocol: tcp\n    mode: host",
+        "ports:\n  - \"8080:80\"\n  - \"80\"\n  - target: 53\n    published: 5353\n    protocol: udp\n    mode: host\n  - target: 443\n    published: 8443\n    protocol: tcp\n    mode: host",
     );
     let port = |target, published, protocol, mode| PortConfig { target, published, protocol, mode };
     assert_eq!(
@@ -126,7 +126,7 @@ fn ports() {
         [
             port(80, 8080, PortProtocol::Tcp, PublishMode::Ingress),
             port(80, 0, PortProtocol::Tcp, PublishMode::Ingress),
-            port(53, 5353, PortProtocol::Udp, PublishMode::Ingress),
+            port(53, 5353, PortProtocol::Udp, PublishMode::Host),
             port(443, 8443, PortProtocol::Tcp, PublishMode::Host),
         ]
     );

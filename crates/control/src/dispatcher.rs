@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::logs::LogBroker;
 use crate::router::{ChangeRouter, Subscription, Taken};
+use crate::traffic::TrafficTable;
 use crate::{ApiError, Manager};
 
 /// What the dispatcher needs of the manager it runs in, and nothing more: the state as applied
@@ -40,6 +41,8 @@ pub trait Backend: Send + Sync + 'static {
     fn logs(&self) -> &Arc<LogBroker>;
     /// Unix milliseconds, for the objects the dispatcher creates.
     fn now_millis(&self) -> u64;
+    /// Every applied change (the ingress table follows services, tasks and nodes).
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<Arc<Change>>;
 }
 
 impl Backend for Manager {
@@ -69,6 +72,10 @@ impl Backend for Manager {
 
     fn now_millis(&self) -> u64 {
         crate::now_millis()
+    }
+
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<Arc<Change>> {
+        Manager::subscribe(self)
     }
 }
 
@@ -123,9 +130,17 @@ pub struct DispatcherService<B: Backend = Manager> {
     leadership: Mutex<Option<(u64, Instant)>>,
     /// Nodes that run tasks, counted every health tick: the heartbeat period grows with them.
     nodes: std::sync::atomic::AtomicUsize,
+    /// The ingress table and what the nodes' proxies reported (kept on every manager, so a new
+    /// leader has the table at once).
+    traffic: Mutex<TrafficTable>,
+    /// Bumped when the table, the draining tasks or a report changed: traffic streams look again.
+    traffic_tick: tokio::sync::watch::Sender<u64>,
+    /// Numbers traffic streams, so a node's newer stream supersedes its older one.
+    traffic_streams: std::sync::atomic::AtomicU64,
 }
 
 type SessionStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SessionMessage, Status>> + Send>>;
+type TrafficStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<TrafficUpdate, Status>> + Send>>;
 type LogSubscriptionStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<LogSubscription, Status>> + Send>>;
 /// The longest log line passed on; longer ones are cut (Docker splits lines at 16 KiB).
@@ -140,7 +155,11 @@ impl<B: Backend> DispatcherService<B> {
             flush: Notify::new(),
             leadership: Mutex::new(None),
             nodes: std::sync::atomic::AtomicUsize::new(0),
+            traffic: Mutex::new(TrafficTable::default()),
+            traffic_tick: tokio::sync::watch::Sender::new(0),
+            traffic_streams: std::sync::atomic::AtomicU64::new(0),
         });
+        tokio::spawn(dispatcher.clone().maintain_traffic());
         tokio::spawn(dispatcher.clone().flush_statuses());
         tokio::spawn(dispatcher.clone().watch_health());
         dispatcher
@@ -212,6 +231,80 @@ impl<B: Backend> DispatcherService<B> {
                 }
             }
         }
+    }
+
+    /// Keeps the ingress table current: refreshes the services each applied change touches.
+    async fn maintain_traffic(self: Arc<Self>) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut changes = self.backend.changes();
+        {
+            let state = self.backend.state();
+            self.traffic.lock().refresh_all(&state);
+        }
+        self.traffic_tick.send_modify(|n| *n += 1);
+        loop {
+            let mut services: Vec<String> = Vec::new();
+            let mut all = false;
+            match changes.recv().await {
+                Ok(change) => match crate::traffic::touched_services(&change) {
+                    Some(ids) => services.extend(ids),
+                    None => all = true,
+                },
+                Err(RecvError::Lagged(_)) => all = true,
+                Err(RecvError::Closed) => return,
+            }
+            // Whatever else is queued goes into the same refresh.
+            loop {
+                match changes.try_recv() {
+                    Ok(change) => match crate::traffic::touched_services(&change) {
+                        Some(ids) => services.extend(ids),
+                        None => all = true,
+                    },
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => all = true,
+                    Err(_) => break,
+                }
+            }
+            {
+                let state = self.backend.state();
+                let mut table = self.traffic.lock();
+                if all {
+                    table.refresh_all(&state);
+                } else {
+                    services.sort();
+                    services.dedup();
+                    table.refresh(&state, services.iter().map(String::as_str));
+                }
+            }
+            self.traffic_tick.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// What traffic stream `stream` of node `node_id` is sent next: the whole table the first
+    /// time, then the listeners that changed and the node's tasks newly drained.
+    fn traffic_update(&self, node_id: &str, sent: &mut TrafficSent) -> Option<TrafficUpdate> {
+        let table = self.traffic.lock();
+        let complete = sent.version.is_none();
+        let mut update = TrafficUpdate { version: table.version(), complete, ..TrafficUpdate::default() };
+        for (port, listener) in table.listeners() {
+            if sent.listeners.get(port).is_none_or(|old| !Arc::ptr_eq(old, listener)) {
+                update.listeners_json.push(serde_json::to_string(&**listener).expect("listeners serialise"));
+                sent.listeners.insert(*port, listener.clone());
+            }
+        }
+        let closed: Vec<u16> = sent.listeners.keys().filter(|p| !table.listeners().contains_key(p)).copied().collect();
+        for port in closed {
+            sent.listeners.remove(&port);
+            update.closed_ports.push(u32::from(port));
+        }
+        let drained = table.drained(node_id);
+        sent.drained.retain(|t| drained.contains(t));
+        update.drained = drained.into_iter().filter(|t| sent.drained.insert(t.clone())).collect();
+        let news = !update.listeners_json.is_empty() || !update.closed_ports.is_empty() || !update.drained.is_empty();
+        if !complete && !news && sent.version == Some(update.version) {
+            return None;
+        }
+        sent.version = Some(update.version);
+        Some(update)
     }
 
     /// Marks nodes DOWN after missed heartbeats (leader only).
@@ -548,6 +641,20 @@ impl AssignmentStream {
     }
 }
 
+/// What one traffic stream has sent its agent.
+#[derive(Default)]
+struct TrafficSent {
+    version: Option<u64>,
+    listeners: HashMap<u16, Arc<shoal_types::traffic::Listener>>,
+    drained: HashSet<String>,
+}
+
+/// The connection counts of a report, bounded (an agent cannot grow the leader's memory).
+fn reported_connections(report: &mut TrafficReport) -> HashMap<String, u32> {
+    const MAX_REPORTED_TASKS: usize = 100_000;
+    std::mem::take(&mut report.connections).into_iter().filter(|(_, n)| *n > 0).take(MAX_REPORTED_TASKS).collect()
+}
+
 /// The gRPC face of the dispatcher (its state is shared with background tasks).
 pub struct DispatcherApi<B: Backend = Manager>(pub Arc<DispatcherService<B>>);
 
@@ -698,6 +805,59 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
             next = stream.message().await?;
         }
         Ok(Response::new(PublishLogsResponse {}))
+    }
+
+    type TrafficStream = TrafficStream;
+
+    async fn traffic(
+        &self,
+        request: Request<tonic::Streaming<TrafficReport>>,
+    ) -> Result<Response<TrafficStream>, Status> {
+        self.check_leader()?;
+        let Some(node_id) = crate::auth::peer(&request).map(|p| p.node_id.clone()) else {
+            return Err(Status::permission_denied("the dispatcher needs a worker certificate"));
+        };
+        let mut inbound = request.into_inner();
+        let Some(mut first) = inbound.message().await? else {
+            return Err(Status::invalid_argument("a traffic stream starts with a report"));
+        };
+        if first.node_id != node_id {
+            return Err(Status::permission_denied(format!(
+                "the certificate of node {node_id} may not act for node {}",
+                first.node_id
+            )));
+        }
+        self.check_session(&node_id, &first.session_id, None)?;
+        let stream = self.traffic_streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let connections = reported_connections(&mut first);
+        self.traffic.lock().report(&node_id, stream, first.version, connections);
+        let (tx, rx) = mpsc::channel(16);
+        let dispatcher = self.0.clone();
+        tokio::spawn(async move {
+            let mut tick = dispatcher.traffic_tick.subscribe();
+            let mut sent = TrafficSent::default();
+            loop {
+                if let Some(update) = dispatcher.traffic_update(&node_id, &mut sent)
+                    && tx.send(Ok(update)).await.is_err()
+                {
+                    break;
+                }
+                tokio::select! {
+                    changed = tick.changed() => if changed.is_err() { break },
+                    report = inbound.message() => match report {
+                        Ok(Some(mut report)) => {
+                            let connections = reported_connections(&mut report);
+                            dispatcher.traffic.lock().report(&node_id, stream, report.version, connections);
+                            dispatcher.traffic_tick.send_modify(|n| *n += 1);
+                        }
+                        _ => break,
+                    },
+                }
+            }
+            dispatcher.traffic.lock().stream_ended(&node_id, stream);
+            dispatcher.traffic_tick.send_modify(|n| *n += 1);
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {

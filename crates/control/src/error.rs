@@ -48,6 +48,7 @@ impl From<StoreError> for ApiError {
             | StoreError::ModeChange { .. }
             | StoreError::ClusterOutOfSequence { .. }
             | StoreError::DataInUse { .. }
+            | StoreError::PortInUse { .. }
             | StoreError::DataInPreviousSpec { .. }
             | StoreError::NoCluster
             | StoreError::ClusterExists

@@ -33,6 +33,7 @@ pub mod router;
 pub mod security;
 #[cfg(test)]
 mod testing;
+pub mod traffic;
 
 pub use error::ApiError;
 pub use identity::Identity;

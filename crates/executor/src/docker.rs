@@ -46,6 +46,8 @@ pub struct DockerExecutor {
     made: Arc<parking_lot::Mutex<HashMap<String, Made>>>,
     /// Where the files of tasks' secrets and configs are written (see [`crate::files`]).
     files_dir: Option<std::path::PathBuf>,
+    /// The host address ingress target ports are published on (all addresses when `None`).
+    ingress_host_ip: Option<String>,
 }
 
 /// A container this executor created, so the steps after `prepare` need no lookup by label: a
@@ -84,7 +86,20 @@ impl DockerExecutor {
             .negotiate_version()
             .await
             .map_err(|e| engine_error(&format!("connecting to Docker at {where_}"), e))?;
-        Ok(DockerExecutor { docker, node_id: node_id.to_string(), made: Default::default(), files_dir: None })
+        Ok(DockerExecutor {
+            docker,
+            node_id: node_id.to_string(),
+            made: Default::default(),
+            files_dir: None,
+            ingress_host_ip: None,
+        })
+    }
+
+    /// Publishes tasks' ingress target ports on `ip` only (the agent's ingress address), so
+    /// several agents on one machine keep their tasks apart; unspecified: all addresses.
+    pub fn with_ingress_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.ingress_host_ip = (!ip.is_unspecified()).then(|| ip.to_string());
+        self
     }
 
     /// Writes tasks' secrets and configs under `dir` (created 0700 if missing).
@@ -319,6 +334,7 @@ impl Executor for DockerExecutor {
         let name = container_name(plan);
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         let mut body = container_body(plan, &self.node_id);
+        crate::mapping::publish_ingress(&mut body, plan, self.ingress_host_ip.as_deref());
         if !plan.files.is_empty() {
             let Some(dir) = &self.files_dir else {
                 return Err(ExecError::Fatal("this agent has no directory for secrets and configs".into()));
@@ -483,6 +499,50 @@ impl Executor for DockerExecutor {
             }
         }
         Ok(())
+    }
+
+    async fn ports(&self, plan: &TaskPlan) -> Result<Vec<shoal_types::TaskPort>, ExecError> {
+        if plan.ingress_targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hint = self.made.lock().get(&plan.task_id).map(|m| m.id.clone());
+        let id = match hint {
+            Some(id) => id,
+            None => match self.find_for(plan).await? {
+                Some(summary) => summary.id.unwrap_or_default(),
+                None => {
+                    let name = container_name(plan);
+                    return Err(ExecError::Fatal(format!("container {name} does not exist")));
+                }
+            },
+        };
+        let info = self
+            .docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| engine_error(&format!("inspecting container {id}"), e))?;
+        let settings = info.network_settings.unwrap_or_default();
+        let container_ip = settings
+            .networks
+            .as_ref()
+            .and_then(|n| n.values().find_map(|e| e.ip_address.clone().filter(|ip| !ip.is_empty())));
+        let published = settings.ports.unwrap_or_default();
+        Ok(plan
+            .ingress_targets
+            .iter()
+            .map(|target| {
+                let host_port = published
+                    .get(&format!("{target}/tcp"))
+                    .and_then(|bindings| bindings.as_ref())
+                    .and_then(|bindings| bindings.iter().find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok()))
+                    .unwrap_or(0);
+                shoal_types::TaskPort {
+                    target: *target,
+                    host_port,
+                    container_ip: container_ip.clone().unwrap_or_default(),
+                }
+            })
+            .collect())
     }
 
     async fn list(&self) -> Result<Vec<ContainerInfo>, ExecError> {

@@ -622,6 +622,7 @@ mod tests {
             container: ContainerSpec { image: image.into(), ..ContainerSpec::default() },
             resources: Resources::default(),
             ports: Vec::new(),
+            ingress_targets: Vec::new(),
             adopts: None,
             files: Vec::new(),
         }

@@ -46,6 +46,9 @@ pub struct TaskPlan {
     pub resources: shoal_types::Resources,
     /// Only `mode: host` ports are published by the executor; others are ignored.
     pub ports: Vec<shoal_types::PortConfig>,
+    /// The target ports of the task's ingress ports: published on a host port the engine picks,
+    /// where the ingress proxies of other nodes reach them (see [`Executor::ports`]).
+    pub ingress_targets: Vec<u16>,
     /// The stopped container of another task to restart instead of creating one (a rollback to
     /// the spec it ran); if it is gone, `prepare` creates the task's own as usual.
     pub adopts: Option<shoal_types::Adoption>,
@@ -66,6 +69,13 @@ impl TaskPlan {
             container: task.spec.container.clone(),
             resources: task.spec.resources.clone(),
             ports: task.endpoint.ports.iter().filter(|p| p.mode == shoal_types::PublishMode::Host).cloned().collect(),
+            ingress_targets: {
+                let mut targets: Vec<u16> =
+                    task.endpoint.ports.iter().filter(|p| p.is_ingress()).map(|p| p.target).collect();
+                targets.sort_unstable();
+                targets.dedup();
+                targets
+            },
             adopts: task.adopts.clone(),
             files: Vec::new(),
         }
@@ -156,6 +166,7 @@ impl NodeResources {
             platform_os: self.os.clone(),
             platform_arch: self.arch.clone(),
             engine_version: self.engine_version.clone(),
+            ingress_addr: String::new(),
         }
     }
 }
@@ -269,6 +280,13 @@ pub trait Executor: Send + Sync + 'static {
 
     /// This node's containers (running or not).
     async fn list(&self) -> Result<Vec<ContainerInfo>, ExecError>;
+
+    /// Where the started container's ingress ports answer: the host port the engine published
+    /// each target port on, and the container's address. Empty when the task has none.
+    async fn ports(&self, plan: &TaskPlan) -> Result<Vec<shoal_types::TaskPort>, ExecError> {
+        let _ = plan;
+        Ok(Vec::new())
+    }
 
     /// The log lines of the container that carries `task_id` (a task's own, or the one a task
     /// restarted in place runs in), or `None` if there is none. Without `follow` the stream ends

@@ -160,6 +160,28 @@ pub fn container_body(plan: &TaskPlan, node_id: &str) -> ContainerCreateBody {
     }
 }
 
+/// Exposes the plan's ingress target ports and publishes each on a host port the engine picks,
+/// bound to `host_ip` (all addresses when `None`).
+pub fn publish_ingress(body: &mut ContainerCreateBody, plan: &TaskPlan, host_ip: Option<&str>) {
+    if plan.ingress_targets.is_empty() {
+        return;
+    }
+    let host_config = body.host_config.get_or_insert_with(Default::default);
+    let bindings = host_config.port_bindings.get_or_insert_with(HashMap::new);
+    let exposed = body.exposed_ports.get_or_insert_with(Vec::new);
+    for target in &plan.ingress_targets {
+        let key = format!("{target}/tcp");
+        if !exposed.contains(&key) {
+            exposed.push(key.clone());
+        }
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding { host_ip: host_ip.map(str::to_string), host_port: Some(String::new()) });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -180,6 +202,7 @@ mod tests {
             container: ContainerSpec { image: "shoal/busybox:1".into(), ..ContainerSpec::default() },
             resources: Resources::default(),
             ports: Vec::new(),
+            ingress_targets: Vec::new(),
             adopts: None,
             files: Vec::new(),
         }
@@ -247,6 +270,7 @@ mod tests {
             workdir: Some("/srv".into()),
             stop_grace_period: GoDuration::from_millis(1500),
             stop_signal: Some("SIGINT".into()),
+            stop_drain_timeout: None,
             healthcheck: Some(SpecHealth {
                 test: vec!["CMD-SHELL".into(), "true".into()],
                 interval: GoDuration::from_secs(2),

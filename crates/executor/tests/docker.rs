@@ -89,6 +89,7 @@ impl Node {
             container: ContainerSpec { image: image.into(), command, ..ContainerSpec::default() },
             resources: Resources::default(),
             ports: Vec::new(),
+            ingress_targets: Vec::new(),
             adopts: None,
             files: Vec::new(),
         }

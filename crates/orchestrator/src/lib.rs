@@ -271,7 +271,7 @@ pub fn stopped_for_good<'a>(service: &ServiceSpec, slot_tasks: &[&'a Task], now:
     let newest =
         slot_tasks.iter().copied().filter(|t| !t.prepared_ahead()).max_by_key(|t| (t.created_at, t.id.as_str()))?;
     (newest.desired_state == TaskState::Shutdown
-        && newest.status.state > TaskState::Running
+        && newest.status.state.is_terminal()
         && !should_restart(service, newest, slot_tasks, now))
     .then_some(newest)
 }
@@ -323,7 +323,7 @@ fn never_ran(task: &Task) -> bool {
 /// Whether a task that once ran (or may be running) no longer holds anything up: it stopped
 /// (observed past RUNNING), never ran, or its node is down or gone.
 fn stopped_or_lost(state: &State, task: &Task) -> bool {
-    task.status.state > TaskState::Running || never_ran(task) || node_down_or_gone(state, &task.node_id)
+    task.status.state.is_terminal() || never_ran(task) || node_down_or_gone(state, &task.node_id)
 }
 
 /// Whether every task of a service that runs another spec than the one asked about has stopped
@@ -478,7 +478,7 @@ fn supervise(
         if task.desired_state > TaskState::Running {
             continue;
         }
-        let failed = task.status.state > TaskState::Running;
+        let failed = task.status.state.is_terminal();
         let lost = !node_ok(state, &task.node_id);
         if task.prepared_ahead() {
             // Prepared ahead of its slot's turn: not one of the replicas yet, and never
@@ -696,7 +696,7 @@ fn reconcile_global(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan: &
                     .filter(|t| !t.prepared_ahead())
                     .max_by_key(|t| (t.created_at, t.id.as_str()))
                     .is_some_and(|newest| {
-                        newest.status.state > TaskState::Running
+                        newest.status.state.is_terminal()
                             && newest.desired_state == TaskState::Shutdown
                             && !should_restart(&service.spec, newest, tasks, ctx.now)
                     })

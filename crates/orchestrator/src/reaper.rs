@@ -48,7 +48,7 @@ pub fn reap_service(state: &State, service_id: &str, history_limit: u64) -> Vec<
             if excess == 0 {
                 break;
             }
-            let finished = task.status.state > TaskState::Running;
+            let finished = task.status.state.is_terminal();
             let never_ran = task.status.state < TaskState::Assigned && task.desired_state > TaskState::Running;
             if finished || never_ran {
                 doomed.push(task.id.clone());

@@ -56,6 +56,10 @@ pub enum StoreError {
         "{kind} {name} is still in the previous spec of service {services}, which a rollback would bring back: update the service once more (e.g. --force) or remove it first"
     )]
     DataInPreviousSpec { kind: &'static str, name: String, services: String },
+    #[error(
+        "port {port}/tcp is already published by service {service} (ingress): choose another --publish port or remove it there first"
+    )]
+    PortInUse { port: u16, service: String },
     #[error("the cluster is not initialised")]
     NoCluster,
     #[error("cluster is already initialised")]
@@ -313,6 +317,23 @@ impl State {
     }
 
     /// Refuses a spec that uses a secret or config that does not exist.
+    /// Refuses a spec whose ingress ports another service (not `id`) publishes already: one
+    /// published port carries one service's traffic on every node.
+    fn check_ingress_ports(&self, id: &str, spec: &ServiceSpec) -> Result<(), StoreError> {
+        let wanted: Vec<u16> = spec.endpoint.ports.iter().filter(|p| p.is_ingress()).map(|p| p.published).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for other in self.services.values().filter(|s| s.id != id) {
+            if let Some(port) =
+                other.spec.endpoint.ports.iter().find(|p| p.is_ingress() && wanted.contains(&p.published))
+            {
+                return Err(StoreError::PortInUse { port: port.published, service: other.spec.name.clone() });
+            }
+        }
+        Ok(())
+    }
+
     fn check_data_references(&self, spec: &ServiceSpec) -> Result<(), StoreError> {
         for (kind, reference) in spec.task.container.data_references() {
             if self.data_by_name(kind, &reference.source).is_none() {
@@ -634,6 +655,7 @@ impl State {
             }
             Action::CreateService { id, spec } => {
                 self.check_data_references(&spec)?;
+                self.check_ingress_ports(&id, &spec)?;
                 if self.services.contains_key(&id) {
                     return Err(StoreError::AlreadyExists { kind: "service", name: id });
                 }
@@ -660,6 +682,7 @@ impl State {
             Action::UpdateService { id, expected_version, spec } => {
                 let current = self.checked_service(&id, expected_version)?;
                 self.check_data_references(&spec)?;
+                self.check_ingress_ports(&id, &spec)?;
                 if current.spec.name != spec.name {
                     return Err(StoreError::Rename { name: current.spec.name.clone() });
                 }
@@ -690,6 +713,7 @@ impl State {
                     return Err(StoreError::NoPreviousSpec { name: current.spec.name.clone() });
                 };
                 self.check_data_references(&previous)?;
+                self.check_ingress_ports(&id, &previous)?;
                 let service = rolled_back(current, previous, "manually requested rollback".into(), index, at);
                 self.put_rollback(service, origin, undo, changes)?;
             }
@@ -1302,7 +1326,7 @@ impl State {
                 }
                 slot.stop_requested_at.get_or_insert(at);
             }
-            if from <= TaskState::Running && to > TaskState::Running && slot.old_tasks.contains(&after.id) {
+            if !from.is_terminal() && to.is_terminal() && slot.old_tasks.contains(&after.id) {
                 slot.stopped_at = Some(at);
             }
         }

@@ -12,6 +12,7 @@ pub mod rollout;
 pub mod secret;
 pub mod spec;
 pub mod state;
+pub mod traffic;
 pub mod units;
 pub mod validate;
 

@@ -429,6 +429,22 @@ pub struct TaskStatus {
     pub container_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// Where the task's ingress ports answer, reported once it runs: the proxies send it
+    /// connections there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<TaskPort>,
+}
+
+/// One ingress port of a running task: its target port, the host port the engine published it
+/// on (reached from other nodes at the node's address) and the container's own address (reached
+/// from its node).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskPort {
+    pub target: u16,
+    #[serde(default)]
+    pub host_port: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_ip: String,
 }
 
 impl Task {
@@ -506,6 +522,11 @@ pub struct NodeDescription {
     pub platform_arch: String,
     #[serde(default)]
     pub engine_version: String,
+    /// The address the agent's ingress proxy listens on (`--ingress-addr`); where other nodes'
+    /// proxies reach this node's tasks unless it is unspecified (then the address the leader
+    /// sees the node at).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ingress_addr: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

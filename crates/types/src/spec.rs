@@ -117,6 +117,11 @@ pub struct ContainerSpec {
     pub stop_grace_period: GoDuration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// How long a task that receives ingress traffic may keep its open connections once told to
+    /// stop, before it is stopped anyway (`--stop-drain-timeout`); `None`: one minute, like
+    /// KraftCloud; zero: no draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_drain_timeout: Option<GoDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthConfig>,
     /// Bind mounts, volumes and tmpfs (docker's `--mount`; compose `volumes`).
@@ -130,7 +135,15 @@ pub struct ContainerSpec {
     pub configs: Vec<crate::DataReference>,
 }
 
+/// The drain timeout of a task whose spec does not set one.
+pub const DEFAULT_STOP_DRAIN_TIMEOUT: GoDuration = GoDuration::from_secs(60);
+
 impl ContainerSpec {
+    /// How long the task's open ingress connections may last once it is told to stop.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        self.stop_drain_timeout.unwrap_or(DEFAULT_STOP_DRAIN_TIMEOUT).as_std()
+    }
+
     /// The secrets and configs the container uses, with their kind.
     pub fn data_references(&self) -> impl Iterator<Item = (crate::DataKind, &crate::DataReference)> {
         let secrets = self.secrets.iter().map(|r| (crate::DataKind::Secret, r));
@@ -151,6 +164,7 @@ impl Default for ContainerSpec {
             workdir: None,
             stop_grace_period: default_stop_grace_period(),
             stop_signal: None,
+            stop_drain_timeout: None,
             healthcheck: None,
             mounts: Vec::new(),
             secrets: Vec::new(),
@@ -444,6 +458,13 @@ pub struct PortConfig {
     pub protocol: PortProtocol,
     #[serde(default)]
     pub mode: PublishMode,
+}
+
+impl PortConfig {
+    /// Whether the cluster's proxies carry this port (a published TCP port in ingress mode).
+    pub fn is_ingress(&self) -> bool {
+        self.mode == PublishMode::Ingress && self.published != 0 && self.protocol == PortProtocol::Tcp
+    }
 }
 
 impl ServiceSpec {

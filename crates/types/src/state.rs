@@ -18,6 +18,10 @@ pub enum TaskState {
     Ready = 384,
     Starting = 448,
     Running = 512,
+    /// Told to stop while it receives ingress traffic: the proxies send it no new connections
+    /// and it stops once its open ones have closed or the drain timeout has passed. Between
+    /// RUNNING and COMPLETE so states still only move forward; not terminal (it still runs).
+    Draining = 544,
     Complete = 576,
     Shutdown = 640,
     Failed = 704,
@@ -27,7 +31,7 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 14] = [
+    pub const ALL: [TaskState; 15] = [
         TaskState::New,
         TaskState::Pending,
         TaskState::Assigned,
@@ -36,6 +40,7 @@ impl TaskState {
         TaskState::Ready,
         TaskState::Starting,
         TaskState::Running,
+        TaskState::Draining,
         TaskState::Complete,
         TaskState::Shutdown,
         TaskState::Failed,
@@ -44,9 +49,10 @@ impl TaskState {
         TaskState::Orphaned,
     ];
 
-    /// A terminal task will not run again (Swarm: state > RUNNING).
+    /// A terminal task has stopped and will not run again (Swarm: state > RUNNING). A draining
+    /// task still runs: it is not terminal.
     pub fn is_terminal(self) -> bool {
-        self > TaskState::Running
+        self >= TaskState::Complete
     }
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +65,7 @@ impl TaskState {
             TaskState::Ready => "ready",
             TaskState::Starting => "starting",
             TaskState::Running => "running",
+            TaskState::Draining => "draining",
             TaskState::Complete => "complete",
             TaskState::Shutdown => "shutdown",
             TaskState::Failed => "failed",

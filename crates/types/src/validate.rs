@@ -5,8 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::limits;
+
+/// The longest drain a task may ask for.
+const MAX_STOP_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 use crate::rollout::{Quantity, RolloutStrategy, StepPause};
-use crate::spec::{FailureAction, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder};
+use crate::spec::{FailureAction, PortProtocol, PublishMode, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidationError {
@@ -306,6 +309,14 @@ impl ServiceSpec {
         {
             return Err(ValidationError::new("task.container.stop_signal", "must not be empty when set"));
         }
+        if let Some(drain) = container.stop_drain_timeout
+            && drain.as_std() > MAX_STOP_DRAIN_TIMEOUT
+        {
+            return Err(ValidationError::new(
+                "task.container.stop_drain_timeout",
+                format!("{drain} is longer than the limit 24h (0s: no draining)"),
+            ));
+        }
         if let Some(health) = &container.healthcheck {
             let kind = health.test.first().map(String::as_str);
             match kind {
@@ -386,6 +397,16 @@ impl ServiceSpec {
         for port in &self.endpoint.ports {
             if port.target == 0 {
                 return Err(ValidationError::new("endpoint.ports.target", "0 is outside [1, 65535]"));
+            }
+            if port.mode == PublishMode::Ingress && port.published != 0 && port.protocol != PortProtocol::Tcp {
+                return Err(ValidationError::new(
+                    "endpoint.ports.protocol",
+                    format!(
+                        "{}/{}: the ingress proxy carries TCP only; publish it with mode=host",
+                        port.published,
+                        port.protocol.as_str()
+                    ),
+                ));
             }
             if port.published != 0 && !published.insert((port.published, port.protocol)) {
                 return Err(ValidationError::new(

@@ -572,6 +572,10 @@ pub struct ContainerSettingFlags {
     /// Signal to stop the container
     #[arg(id = "stop-signal", long = "stop-signal", value_name = "SIGNAL", value_parser = parsers::non_empty)]
     pub stop_signal: Option<String>,
+    /// How long a task that receives ingress traffic keeps its open connections once told to
+    /// stop, before it is stopped anyway (ns|us|ms|s|m|h; 0s: no draining) [default: 1m]
+    #[arg(id = "stop-drain-timeout", long = "stop-drain-timeout", value_name = "DURATION", value_parser = parsers::duration, allow_hyphen_values = true)]
+    pub stop_drain_timeout: Option<GoDuration>,
 }
 
 impl ContainerSettingFlags {
@@ -593,6 +597,9 @@ impl ContainerSettingFlags {
         }
         if let Some(v) = &self.stop_signal {
             container.stop_signal = Some(v.clone());
+        }
+        if let Some(v) = self.stop_drain_timeout {
+            container.stop_drain_timeout = Some(v);
         }
     }
 }

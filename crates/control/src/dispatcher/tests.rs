@@ -118,6 +118,10 @@ impl Backend for MemBackend {
     fn now_millis(&self) -> u64 {
         1_000
     }
+
+    fn changes(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.machine.lock().0.events.subscribe()
+    }
 }
 
 /// A request as the node's worker certificate makes it.

@@ -1,0 +1,271 @@
+//! The ingress proxy: a TCP listener on this node's ingress address for every published ingress
+//! port in the cluster. Each new connection goes to one of the port's backends (running, healthy
+//! tasks on any node), chosen by the power of two choices on open connections; a backend that
+//! refuses the connection is skipped for another (nothing has been sent yet). Connections are
+//! counted per task and reported to the leader, which says when a draining task has none left.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use shoal_types::traffic::{Backend, Listener};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+
+/// Open connections one published port takes on this node; more are closed at once (with a log
+/// line), so no flood of clients can exhaust the agent's file descriptors.
+pub const MAX_CONNECTIONS_PER_PORT: usize = 4096;
+/// How long connecting to one backend may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a port that could not be bound is tried again.
+const REBIND_EVERY: Duration = Duration::from_secs(2);
+/// At most one "connection limit reached" line per port in this period.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The backends of one port, swapped whole when the leader sends a new set.
+type Backends = Arc<RwLock<Arc<Vec<Backend>>>>;
+
+struct Port {
+    backends: Backends,
+    service: Arc<RwLock<String>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Port {
+    /// Closes the listener; connections already proxied carry on.
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+pub struct Ingress {
+    addr: IpAddr,
+    node_id: String,
+    ports: Mutex<HashMap<u16, Port>>,
+    /// Open proxied connections per task.
+    connections: Arc<Mutex<HashMap<String, u32>>>,
+    /// Signalled when a count changes, so the agent reports it.
+    pub counts_changed: Arc<Notify>,
+    /// The table version the proxies use.
+    version: Mutex<u64>,
+    /// Draining tasks of this node that the leader says no proxy holds a connection to.
+    drained: watch::Sender<HashSet<String>>,
+}
+
+impl Ingress {
+    pub fn new(addr: IpAddr, node_id: String) -> Arc<Ingress> {
+        Arc::new(Ingress {
+            addr,
+            node_id,
+            ports: Mutex::new(HashMap::new()),
+            connections: Arc::default(),
+            counts_changed: Arc::new(Notify::new()),
+            version: Mutex::new(0),
+            drained: watch::Sender::new(HashSet::new()),
+        })
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// Applies the leader's update: binds new ports, swaps backend sets, closes ports no longer
+    /// published (a complete update closes every port it does not list).
+    pub fn apply(
+        self: &Arc<Self>,
+        version: u64,
+        complete: bool,
+        listeners: Vec<Listener>,
+        closed: &[u16],
+        drained: Vec<String>,
+    ) {
+        {
+            let mut ports = self.ports.lock();
+            if complete {
+                let keep: HashSet<u16> = listeners.iter().map(|l| l.port).collect();
+                ports.retain(|port, _| keep.contains(port));
+            }
+            for port in closed {
+                if ports.remove(port).is_some() {
+                    tracing::info!(port, "ingress port closed");
+                }
+            }
+            for listener in listeners {
+                match ports.get(&listener.port) {
+                    Some(port) => {
+                        *port.backends.write() = Arc::new(listener.backends);
+                        *port.service.write() = listener.service;
+                    }
+                    None => {
+                        let backends: Backends = Arc::new(RwLock::new(Arc::new(listener.backends)));
+                        let service = Arc::new(RwLock::new(listener.service));
+                        let accept = tokio::spawn(self.clone().serve(listener.port, backends.clone(), service.clone()));
+                        ports.insert(listener.port, Port { backends, service, accept });
+                    }
+                }
+            }
+        }
+        *self.version.lock() = version;
+        if complete {
+            self.drained.send_replace(drained.into_iter().collect());
+        } else if !drained.is_empty() {
+            self.drained.send_modify(|set| set.extend(drained));
+        }
+    }
+
+    /// The table version in use and the open connections per task.
+    pub fn report(&self) -> (u64, HashMap<String, u32>) {
+        let version = *self.version.lock();
+        let connections =
+            self.connections.lock().iter().filter(|(_, n)| **n > 0).map(|(t, n)| (t.clone(), *n)).collect();
+        (version, connections)
+    }
+
+    /// Resolves once the leader says `task` has no proxied connection left on any node.
+    pub async fn wait_drained(&self, task: &str) {
+        let mut drained = self.drained.subscribe();
+        let _ = drained.wait_for(|set| set.contains(task)).await;
+    }
+
+    /// Forgets the drained mark of a task that has stopped.
+    pub fn forget(&self, task: &str) {
+        self.drained.send_if_modified(|set| set.remove(task));
+    }
+
+    /// Open proxied connections to `task` from this node.
+    pub fn connections_to(&self, task: &str) -> u32 {
+        self.connections.lock().get(task).copied().unwrap_or(0)
+    }
+
+    /// Accepts connections on `port` for as long as the port is published (binding again until
+    /// it succeeds: the port may be in use for a while, e.g. by an agent that is stopping).
+    async fn serve(self: Arc<Self>, port: u16, backends: Backends, service: Arc<RwLock<String>>) {
+        let at = SocketAddr::new(self.addr, port);
+        let listener = loop {
+            match TcpListener::bind(at).await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    tracing::error!(addr = %at, service = %service.read(), error = %e, "cannot listen on an ingress port; retrying");
+                    tokio::time::sleep(REBIND_EVERY).await;
+                }
+            }
+        };
+        tracing::info!(addr = %at, service = %service.read(), "ingress port open");
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
+        let mut last_limit_log: Option<tokio::time::Instant> = None;
+        loop {
+            let (client, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(addr = %at, error = %e, "accepting an ingress connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                if last_limit_log.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {
+                    last_limit_log = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        addr = %at,
+                        service = %service.read(),
+                        limit = MAX_CONNECTIONS_PER_PORT,
+                        "ingress connection limit reached on this node; closing new connections until some end"
+                    );
+                }
+                drop(client);
+                continue;
+            };
+            let candidates = backends.read().clone();
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                proxy.carry(client, peer, port, candidates).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Connects `client` to a backend and copies bytes both ways until both sides are done.
+    async fn carry(&self, client: TcpStream, peer: SocketAddr, port: u16, candidates: Arc<Vec<Backend>>) {
+        let mut untried: Vec<&Backend> = candidates.iter().collect();
+        let mut upstream = None;
+        while !untried.is_empty() {
+            let pick = self.choose(&untried);
+            let backend = untried.swap_remove(pick);
+            let target = backend.address_from(&self.node_id);
+            // Counted from before the connect: a report sent while it is under way must not let
+            // the leader think the task has no connection (and stop it under this one).
+            let counted = Counted::new(self.connections.clone(), self.counts_changed.clone(), backend.task_id.clone());
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+                Ok(Ok(stream)) => {
+                    upstream = Some((stream, counted));
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(port, task = %backend.task_id, target, error = %e, "backend refused; trying another")
+                }
+                Err(_) => {
+                    tracing::debug!(port, task = %backend.task_id, target, "backend did not answer; trying another")
+                }
+            }
+        }
+        let Some((mut server, _counted)) = upstream else {
+            tracing::debug!(port, client = %peer, backends = candidates.len(), "no backend took the connection; closing it");
+            return;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let mut client = client;
+        // Each direction ends on its own (a half-close is passed on); errors just end the copy.
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    }
+
+    /// The power of two choices: of two random candidates, the one with fewer open connections
+    /// from this node.
+    fn choose(&self, candidates: &[&Backend]) -> usize {
+        if candidates.len() == 1 {
+            return 0;
+        }
+        let a = rand::random::<usize>() % candidates.len();
+        let mut b = rand::random::<usize>() % (candidates.len() - 1);
+        if b >= a {
+            b += 1;
+        }
+        let counts = self.connections.lock();
+        let load = |i: usize| counts.get(&candidates[i].task_id).copied().unwrap_or(0);
+        if load(b) < load(a) { b } else { a }
+    }
+}
+
+/// One open proxied connection, counted against its task until dropped.
+struct Counted {
+    connections: Arc<Mutex<HashMap<String, u32>>>,
+    changed: Arc<Notify>,
+    task: String,
+}
+
+impl Counted {
+    fn new(connections: Arc<Mutex<HashMap<String, u32>>>, changed: Arc<Notify>, task: String) -> Counted {
+        *connections.lock().entry(task.clone()).or_default() += 1;
+        changed.notify_one();
+        Counted { connections, changed, task }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut connections = self.connections.lock();
+        if let Some(n) = connections.get_mut(&self.task) {
+            *n -= 1;
+            if *n == 0 {
+                connections.remove(&self.task);
+            }
+        }
+        self.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! The ingress table over a store without raft: which tasks are backends, when a task that left
+//! counts as drained, and that a change refreshes only what it touched.
+
+use shoal_store::{Action, Batch};
+use shoal_types::{PortConfig, ServiceSpec, TaskPort};
+
+use super::*;
+use crate::testing::{task, worker};
+
+struct World {
+    state: State,
+    index: u64,
+    table: TrafficTable,
+}
+
+impl World {
+    /// Nodes n1 and n2 and service `web` publishing 8080 → 80.
+    fn new() -> World {
+        let mut w = World { state: State::default(), index: 0, table: TrafficTable::default() };
+        let mut spec = ServiceSpec::new("web", "shoal/web:1");
+        spec.endpoint.ports = vec![PortConfig { target: 80, published: 8080, ..PortConfig::default() }];
+        let mut n2 = worker("n2");
+        n2.description.ingress_addr = "127.0.0.2".into();
+        w.apply(vec![
+            Action::PutNode { node: worker("n1") },
+            Action::PutNode { node: n2 },
+            Action::CreateService { id: "web".into(), spec },
+        ]);
+        w
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        self.index += 1;
+        let changes = self.state.apply(self.index, &Batch::new(1_000, actions)).expect("applies");
+        let touched: Vec<String> = changes.iter().flat_map(|c| touched_services(c).unwrap_or_default()).collect();
+        self.table.refresh(&self.state, touched.iter().map(String::as_str));
+    }
+
+    /// A task of `web` on `node`, observed `state`, answering at host port `host_port`.
+    fn put(&mut self, id: &str, node: &str, state: TaskState, host_port: u16) {
+        let mut t = task(id, "web", node, state);
+        t.endpoint.ports = vec![PortConfig { target: 80, published: 8080, ..PortConfig::default() }];
+        t.status.ports = vec![TaskPort { target: 80, host_port, container_ip: format!("172.17.0.{host_port}") }];
+        self.apply(vec![Action::PutTask { task: t }]);
+    }
+
+    fn backends(&self) -> Vec<String> {
+        self.table
+            .listeners()
+            .get(&8080)
+            .map(|l| l.backends.iter().map(|b| b.task_id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn set_state(&mut self, id: &str, state: TaskState) {
+        let mut status = self.state.task(id).expect("task").status.clone();
+        status.state = state;
+        self.apply(vec![Action::SetTaskStatus { id: id.into(), status }]);
+    }
+}
+
+#[test]
+fn only_running_tasks_told_to_run_with_reported_ports_are_backends() {
+    let mut w = World::new();
+    w.put("a", "n1", TaskState::Running, 31);
+    w.put("b", "n2", TaskState::Running, 32);
+    w.put("c", "n1", TaskState::Starting, 33);
+    let mut no_ports = task("d", "web", "n1", TaskState::Running);
+    no_ports.endpoint = w.state.task("a").expect("a").endpoint.clone();
+    w.apply(vec![Action::PutTask { task: no_ports }]);
+    assert_eq!(w.backends(), ["a", "b"]);
+    let listener = &w.table.listeners()[&8080];
+    // n1 has no ingress address: the address the leader sees it at; n2 its own.
+    assert_eq!(listener.backends[0].remote, "127.0.0.1:31");
+    assert_eq!(listener.backends[1].remote, "127.0.0.2:32");
+    assert_eq!(listener.backends[0].local, "172.17.0.31:80");
+    assert_eq!(listener.backends[0].address_from("n1"), "172.17.0.31:80");
+    assert_eq!(listener.backends[0].address_from("n2"), "127.0.0.1:31");
+}
+
+#[test]
+fn a_task_told_to_stop_leaves_at_once_and_drains_once_every_node_reported_none() {
+    let mut w = World::new();
+    w.put("a", "n1", TaskState::Running, 31);
+    w.put("b", "n2", TaskState::Running, 32);
+    let before = w.table.version();
+    // Both nodes' proxies use the table and hold a connection to `a` (from n2).
+    w.table.report("n1", 1, before, HashMap::new());
+    w.table.report("n2", 2, before, HashMap::from([("a".to_string(), 1)]));
+    w.apply(vec![Action::SetDesiredState { id: "a".into(), desired: TaskState::Shutdown }]);
+    assert_eq!(w.backends(), ["b"], "gone from the table in the entry that told it to stop");
+    let left = w.table.version();
+    assert!(left > before);
+    w.set_state("a", TaskState::Draining);
+    assert!(w.table.drained("n1").is_empty(), "n2 still holds a connection");
+    // n2 applied the new table but its connection is still open.
+    w.table.report("n2", 2, left, HashMap::from([("a".to_string(), 1)]));
+    assert!(w.table.drained("n1").is_empty());
+    w.table.report("n2", 2, left, HashMap::new());
+    assert!(w.table.drained("n1").is_empty(), "n1 has not reported the table without `a` yet");
+    w.table.report("n1", 1, left, HashMap::new());
+    assert_eq!(w.table.drained("n1"), ["a"]);
+    assert!(w.table.drained("n2").is_empty(), "only the task's own node is told");
+}
+
+#[test]
+fn a_node_whose_stream_ended_holds_no_drain_up_and_an_older_stream_cannot_overwrite() {
+    let mut w = World::new();
+    w.put("a", "n1", TaskState::Running, 31);
+    w.table.report("n1", 1, 0, HashMap::new());
+    w.table.report("n2", 5, 0, HashMap::from([("a".to_string(), 3)]));
+    w.apply(vec![Action::SetDesiredState { id: "a".into(), desired: TaskState::Shutdown }]);
+    w.set_state("a", TaskState::Draining);
+    let v = w.table.version();
+    w.table.report("n1", 1, v, HashMap::new());
+    // A report from n2's older stream is ignored; its current one still counts 3.
+    w.table.report("n2", 4, v, HashMap::new());
+    assert_eq!(w.table.connections("a"), 3);
+    assert!(w.table.drained("n1").is_empty());
+    w.table.stream_ended("n2", 4);
+    assert!(w.table.drained("n1").is_empty(), "ending an older stream changes nothing");
+    w.table.stream_ended("n2", 5);
+    assert_eq!(w.table.drained("n1"), ["a"]);
+}
+
+#[test]
+fn the_version_moves_only_when_a_listener_changes_and_removing_the_service_closes_its_port() {
+    let mut w = World::new();
+    w.put("a", "n1", TaskState::Running, 31);
+    let v = w.table.version();
+    // A status change that keeps the backend set (same state, new message) is no new table.
+    let mut status = w.state.task("a").expect("a").status.clone();
+    status.message = "still running".into();
+    w.apply(vec![Action::SetTaskStatus { id: "a".into(), status }]);
+    assert_eq!(w.table.version(), v);
+    w.apply(vec![Action::RemoveService { id: "web".into() }]);
+    assert!(w.table.listeners().is_empty());
+    assert!(w.table.version() > v);
+}
+
+#[test]
+fn a_node_that_is_down_takes_no_connections() {
+    let mut w = World::new();
+    w.put("a", "n1", TaskState::Running, 31);
+    w.put("b", "n2", TaskState::Running, 32);
+    let mut n2 = w.state.node("n2").expect("n2").clone();
+    n2.status.state = NodeState::Down;
+    w.apply(vec![Action::PutNode { node: n2 }]);
+    // A node change touches every service.
+    w.table.refresh_all(&w.state);
+    assert_eq!(w.backends(), ["a"]);
+}

@@ -1,0 +1,280 @@
+//! Ingress traffic with the real binaries and Docker: one manager and two agents, each with its
+//! own loopback ingress address; `shoal/web` containers answer with their version and hostname.
+//! Requests through either agent reach tasks on both; a rolling update under a steady request
+//! loop fails no request; a held-open connection keeps its old task draining until it closes,
+//! or until the drain timeout; a task not yet healthy takes no connection; bad input is refused.
+//! Run `cargo build --workspace --bins` and `deploy/images/build.sh` first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use shoal_tests::shoal_ok as ok;
+use shoal_tests::*;
+use shoal_types::TaskState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One HTTP/1.0 request on a new connection; the body ("web <version> <hostname>").
+async fn get(addr: &str) -> Result<String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response).to_string();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else { bail!("no HTTP response: {text:?}") };
+        ensure!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "not a 200: {head:?}");
+        Ok(body.trim().to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.context("no answer within 5s")?
+}
+
+/// The hostname a `shoal/web` container answers with: its container id's first 12 characters.
+fn hostname(task: &shoal_types::Task) -> String {
+    task.status.container_id.chars().take(12).collect()
+}
+
+/// Polls `addr` until a request succeeds (the proxy binds its port once the leader's table
+/// arrives).
+async fn wait_answering(addr: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match get(addr).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e.context(format!("{addr} never answered"))),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn two_agents() -> Result<(Cluster, String)> {
+    let mut cluster = Cluster::start(1).await?;
+    cluster.add_agent(&[]).await?;
+    cluster.add_agent(&[]).await?;
+    let addr = cluster.running_addrs()[0].clone();
+    Ok((cluster, addr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_through_either_agent_reach_tasks_on_both_nodes() -> Result<()> {
+    let (cluster, addr) = two_agents().await?;
+    let addr = addr.as_str();
+    ok(addr, &["service", "create", "--name", "web", "--replicas", "4", "-p", "8080:80", "shoal/web:1"])?;
+    let tasks = wait_tasks(addr, "web", Duration::from_secs(60), "4 running", |t| running(t).len() == 4).await?;
+    let nodes: BTreeSet<&str> = running(&tasks).iter().map(|t| t.node_id.as_str()).collect();
+    ensure!(nodes.len() == 2, "the replicas are spread over both agents: {nodes:?}");
+    let expected: BTreeMap<String, String> = running(&tasks).iter().map(|t| (hostname(t), t.node_id.clone())).collect();
+    for agent in &cluster.agents {
+        let through = agent.ingress(8080);
+        wait_answering(&through).await?;
+        let mut seen = BTreeSet::new();
+        for _ in 0..60 {
+            let body = get(&through).await?;
+            let host = body.strip_prefix("web 1 ").with_context(|| format!("unexpected body {body:?}"))?;
+            ensure!(expected.contains_key(host), "{host} is not one of the service's tasks {expected:?}");
+            seen.insert(host.to_string());
+        }
+        let reached: BTreeSet<&str> = seen.iter().map(|h| expected[h].as_str()).collect();
+        ensure!(reached.len() == 2, "through {} requests reached tasks on both nodes: {reached:?}", agent.name);
+        ensure!(seen.len() == 4, "through {} requests reached every task: {seen:?}", agent.name);
+    }
+
+    // A second service cannot take the same published port; the first keeps it.
+    let out = shoal(addr, &["service", "create", "--name", "other", "-p", "8080:80", "shoal/web:2"]);
+    ensure!(!out.status.success(), "a second owner of 8080 is refused");
+    ensure!(stderr(&out).contains("port 8080/tcp is already published by service web"), "{}", stderr(&out));
+    ensure!(list_services(addr).await?.len() == 1, "nothing was created");
+    // UDP ingress is refused at create, naming the field and what to do instead.
+    let out = shoal(addr, &["service", "create", "--name", "dns", "-p", "5353:53/udp", "shoal/web:1"]);
+    ensure!(!out.status.success(), "UDP ingress is refused");
+    ensure!(stderr(&out).contains("the ingress proxy carries TCP only; publish it with mode=host"), "{}", stderr(&out));
+
+    // The port closes when the service goes; connections are refused then.
+    ok(addr, &["service", "rm", "web"])?;
+    let through = cluster.agents[0].ingress(8080);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&through).await.is_ok() {
+        ensure!(tokio::time::Instant::now() < deadline, "{through} still listens after service rm");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_under_a_request_loop_fails_no_request() -> Result<()> {
+    let (cluster, addr) = two_agents().await?;
+    let addr = addr.as_str();
+    ok(addr, &["service", "create", "--name", "web", "--replicas", "6", "-p", "8081:80", "shoal/web:1"])?;
+    wait_tasks(addr, "web", Duration::from_secs(60), "6 running", |t| running(t).len() == 6).await?;
+    let entries: Vec<String> = cluster.agents.iter().map(|a| a.ingress(8081)).collect();
+    for entry in &entries {
+        wait_answering(entry).await?;
+    }
+    // Four clients, a new connection per request, through both agents, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let versions = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let entry = entries[i % entries.len()].clone();
+        let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+        let (versions, failures) = (versions.clone(), failures.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match get(&entry).await {
+                    Ok(body) => {
+                        let version = body.split(' ').nth(1).unwrap_or("?").to_string();
+                        *versions.lock().expect("lock").entry(version).or_default() += 1;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        failures.lock().expect("lock").push(format!("{entry}: {e:#}"));
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ok(addr, &["service", "update", "--detach", "--image", "shoal/web:2", "web"])?;
+    wait_tasks(addr, "web", Duration::from_secs(120), "6 running web:2", |tasks| {
+        let run = running(tasks);
+        run.len() == 6
+            && run.iter().all(|t| t.spec.container.image == "shoal/web:2")
+            && tasks.iter().filter(|t| t.spec.container.image == "shoal/web:1").all(|t| t.status.state.is_terminal())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await?;
+    }
+    let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let versions = versions.lock().expect("lock").clone();
+    eprintln!("requests: {done} answered, {failed} failed; by version {versions:?}");
+    ensure!(
+        failed == 0,
+        "{failed} requests failed during the update: {:?}",
+        &failures.lock().expect("lock")[..failed.min(10) as usize]
+    );
+    ensure!(done >= 100, "the loop ran through the update: {done} requests");
+    ensure!(versions.get("1").is_some_and(|n| *n > 0) && versions.get("2").is_some_and(|n| *n > 0), "{versions:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_connection_keeps_its_task_draining_until_it_closes_or_the_timeout() -> Result<()> {
+    let (mut cluster, addr) = single_node().await?;
+    let addr = addr.as_str();
+    let agent = cluster.agents.remove(0);
+    ok(addr, &["service", "create", "--name", "web", "-p", "8082:80", "--stop-drain-timeout", "1m", "shoal/web:1"])?;
+    let tasks = wait_tasks(addr, "web", Duration::from_secs(60), "1 running", |t| running(t).len() == 1).await?;
+    let old = running(&tasks)[0].id.clone();
+    let entry = agent.ingress(8082);
+    wait_answering(&entry).await?;
+
+    // Half a request: the connection is open and the old container has not answered yet.
+    let mut held = TcpStream::connect(&entry).await?;
+    held.write_all(b"GET / HTTP/1.0\r\n").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ok(addr, &["service", "update", "--detach", "--image", "shoal/web:2", "web"])?;
+    let is =
+        |tasks: &[shoal_types::Task], state: TaskState| tasks.iter().any(|t| t.id == old && t.status.state == state);
+    wait_tasks(addr, "web", Duration::from_secs(20), "the old task draining", |t| is(t, TaskState::Draining)).await?;
+    let ps = ok(addr, &["service", "ps", "web"])?;
+    ensure!(ps.contains("Draining"), "service ps shows the state:\n{ps}");
+    // It keeps draining while the connection is open (stop-first: the new task waits for it).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tasks = list_tasks(addr, "web").await?;
+    ensure!(is(&tasks, TaskState::Draining), "still draining with a connection open: {tasks:?}");
+    // The held request is answered by the old version, then the connection closes.
+    held.write_all(b"\r\n").await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), held.read_to_string(&mut response)).await??;
+    ensure!(response.contains("web 1 "), "the draining task answered: {response:?}");
+    drop(held);
+    let stopped = tokio::time::Instant::now();
+    wait_tasks(addr, "web", Duration::from_secs(10), "the old task shut down", |t| is(t, TaskState::Shutdown)).await?;
+    ensure!(stopped.elapsed() < Duration::from_secs(5), "stopped soon after the last connection closed");
+    wait_tasks(addr, "web", Duration::from_secs(30), "web:2 running", |t| {
+        running(t).iter().any(|t| t.spec.container.image == "shoal/web:2")
+    })
+    .await?;
+
+    // With a short drain timeout, a connection held open does not keep the task past it.
+    ok(addr, &["service", "update", "--detach", "--stop-drain-timeout", "2s", "web"])?;
+    let tasks = wait_tasks(addr, "web", Duration::from_secs(60), "the 2s spec running", |t| {
+        running(t)
+            .iter()
+            .any(|t| t.spec.container.stop_drain_timeout.is_some_and(|d| d.as_std() == Duration::from_secs(2)))
+    })
+    .await?;
+    let current = running(&tasks)[0].id.clone();
+    wait_answering(&entry).await?;
+    let mut held = TcpStream::connect(&entry).await?;
+    held.write_all(b"GET / HTTP/1.0\r\n").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ok(addr, &["service", "scale", "--detach", "web=0"])?;
+    let started = tokio::time::Instant::now();
+    // Scaled down to 0, the task's record goes once it has stopped.
+    let stopped = |tasks: &[shoal_types::Task]| !tasks.iter().any(|t| t.id == current && !t.status.state.is_terminal());
+    let tasks = list_tasks(addr, "web").await?;
+    ensure!(!stopped(&tasks), "draining at first: {tasks:?}");
+    wait_tasks(addr, "web", Duration::from_secs(20), "the task stopped after its drain timeout", stopped).await?;
+    let waited = started.elapsed();
+    ensure!(waited >= Duration::from_millis(1500), "it drained for its timeout first ({waited:?})");
+    // Its connection ended with it.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), held.read_to_end(&mut rest)).await;
+    ensure!(end.is_ok(), "the held connection was closed when the task stopped");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_is_not_healthy_yet_takes_no_connection() -> Result<()> {
+    let (cluster, addr) = single_node().await?;
+    let addr = addr.as_str();
+    // Healthy once /www/ready exists; failures do not count for a minute, so the other task
+    // stays STARTING (its web server answers, but it is not healthy).
+    ok(
+        addr,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "-p",
+            "8083:80",
+            "--health-cmd",
+            "test -e /www/ready",
+            "--health-interval",
+            "300ms",
+            "--health-start-period",
+            "60s",
+            "shoal/web:1",
+        ],
+    )?;
+    let tasks = wait_tasks(addr, "web", Duration::from_secs(60), "2 starting with containers", |t| {
+        t.iter().filter(|t| t.status.state == TaskState::Starting && !t.status.container_id.is_empty()).count() == 2
+    })
+    .await?;
+    let ready = &tasks.iter().find(|t| t.status.state == TaskState::Starting).context("a task")?.status.container_id;
+    let status = std::process::Command::new("docker").args(["exec", ready, "touch", "/www/ready"]).status()?;
+    ensure!(status.success(), "docker exec touch");
+    let tasks = wait_tasks(addr, "web", Duration::from_secs(20), "one running", |t| running(t).len() == 1).await?;
+    let healthy = hostname(running(&tasks)[0]);
+    let entry = cluster.agents[0].ingress(8083);
+    wait_answering(&entry).await?;
+    for _ in 0..40 {
+        let body = get(&entry).await?;
+        ensure!(body == format!("web 1 {healthy}"), "only the healthy task answers: {body:?} (healthy: {healthy})");
+    }
+    Ok(())
+}
