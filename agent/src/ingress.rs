@@ -19,7 +19,9 @@ use tokio::sync::{Notify, Semaphore, watch};
 pub const MAX_CONNECTIONS_PER_PORT: usize = 4096;
 /// How long connecting to one backend may take before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often a port that could not be bound is tried again.
+/// How often a port that could not be bound is tried again: soon at first (a port closed and
+/// opened again at once may still be held by the listener being dropped), then every 2 s.
+const REBIND_FIRST: Duration = Duration::from_millis(20);
 const REBIND_EVERY: Duration = Duration::from_secs(2);
 /// At most one "connection limit reached" line per port in this period.
 const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -42,6 +44,8 @@ impl Drop for Port {
 
 pub struct Ingress {
     addr: IpAddr,
+    /// Open connections one port takes on this node ([`MAX_CONNECTIONS_PER_PORT`]).
+    max_per_port: usize,
     node_id: String,
     ports: Mutex<HashMap<u16, Port>>,
     /// Open proxied connections per task.
@@ -56,8 +60,14 @@ pub struct Ingress {
 
 impl Ingress {
     pub fn new(addr: IpAddr, node_id: String) -> Arc<Ingress> {
+        Ingress::with_limit(addr, node_id, MAX_CONNECTIONS_PER_PORT)
+    }
+
+    /// An ingress whose ports take at most `max_per_port` open connections each.
+    pub fn with_limit(addr: IpAddr, node_id: String, max_per_port: usize) -> Arc<Ingress> {
         Arc::new(Ingress {
             addr,
+            max_per_port,
             node_id,
             ports: Mutex::new(HashMap::new()),
             connections: Arc::default(),
@@ -143,17 +153,21 @@ impl Ingress {
     /// it succeeds: the port may be in use for a while, e.g. by an agent that is stopping).
     async fn serve(self: Arc<Self>, port: u16, backends: Backends, service: Arc<RwLock<String>>) {
         let at = SocketAddr::new(self.addr, port);
+        let mut wait = REBIND_FIRST;
         let listener = loop {
             match TcpListener::bind(at).await {
                 Ok(listener) => break listener,
                 Err(e) => {
-                    tracing::error!(addr = %at, service = %service.read(), error = %e, "cannot listen on an ingress port; retrying");
-                    tokio::time::sleep(REBIND_EVERY).await;
+                    if wait >= REBIND_EVERY {
+                        tracing::error!(addr = %at, service = %service.read(), error = %e, "cannot listen on an ingress port; retrying");
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(REBIND_EVERY);
                 }
             }
         };
         tracing::info!(addr = %at, service = %service.read(), "ingress port open");
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
+        let limit = Arc::new(Semaphore::new(self.max_per_port));
         let mut last_limit_log: Option<tokio::time::Instant> = None;
         loop {
             let (client, peer) = match listener.accept().await {
@@ -171,24 +185,25 @@ impl Ingress {
                     tracing::warn!(
                         addr = %at,
                         service = %service.read(),
-                        limit = MAX_CONNECTIONS_PER_PORT,
+                        limit = self.max_per_port,
                         "ingress connection limit reached on this node; closing new connections until some end"
                     );
                 }
                 drop(client);
                 continue;
             };
-            let candidates = backends.read().clone();
             let proxy = self.clone();
+            let backends = backends.clone();
             tokio::spawn(async move {
-                proxy.carry(client, peer, port, candidates).await;
+                proxy.carry(client, peer, port, backends).await;
                 drop(permit);
             });
         }
     }
 
     /// Connects `client` to a backend and copies bytes both ways until both sides are done.
-    async fn carry(&self, client: TcpStream, peer: SocketAddr, port: u16, candidates: Arc<Vec<Backend>>) {
+    async fn carry(&self, client: TcpStream, peer: SocketAddr, port: u16, backends: Backends) {
+        let candidates = backends.read().clone();
         let mut untried: Vec<&Backend> = candidates.iter().collect();
         let mut upstream = None;
         while !untried.is_empty() {
@@ -198,6 +213,11 @@ impl Ingress {
             // Counted from before the connect: a report sent while it is under way must not let
             // the leader think the task has no connection (and stop it under this one).
             let counted = Counted::new(self.connections.clone(), self.counts_changed.clone(), backend.task_id.clone());
+            // Counted now, the task must still be a backend: a table applied (and reported)
+            // since the pick may have removed it, and its drain may be over already.
+            if !backends.read().iter().any(|b| b.task_id == backend.task_id) {
+                continue;
+            }
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
                 Ok(Ok(stream)) => {
                     upstream = Some((stream, counted));

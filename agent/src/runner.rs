@@ -32,9 +32,6 @@ pub async fn run(
     ingress: Option<Arc<Ingress>>,
 ) {
     let mut observed = task_rx.borrow().status.clone();
-    // When this runner saw the task start draining (an agent restarted mid-drain starts the
-    // timeout again: the task's connections are not older than the restart).
-    let mut draining_since: Option<tokio::time::Instant> = None;
     let task_id = task_rx.borrow().id.clone();
     // `--update-old-tasks remove`: the container of a replaced task goes once it has stopped.
     let mut container_removed = false;
@@ -104,19 +101,24 @@ pub async fn run(
             // any more; it stops once none is open on any node, or after its drain timeout.
             if observed.state == TaskState::Running && drains(&task, &observed) && ingress.is_some() {
                 report(TaskState::Draining, "draining", String::new(), &mut observed);
-                draining_since = Some(tokio::time::Instant::now());
                 continue;
             }
             if observed.state == TaskState::Draining
                 && let Some(ingress) = &ingress
             {
-                let since = *draining_since.get_or_insert_with(tokio::time::Instant::now);
-                let deadline = since + task.spec.container.drain_timeout();
+                // From the DRAINING status's time, so an agent restarted mid-drain does not
+                // start the timeout over.
+                let drained_for = Duration::from_millis(now_millis().saturating_sub(observed.timestamp));
+                let left = task.spec.container.drain_timeout().saturating_sub(drained_for);
                 tokio::select! {
                     _ = ingress.wait_drained(&task_id) => {
                         tracing::debug!(task = %task_id, "drained: no open connection left");
                     }
-                    _ = tokio::time::sleep_until(deadline) => {
+                    // A container that ends while it drains is stopped for good: nothing to wait for.
+                    exit = executor.wait(&plan) => {
+                        tracing::info!(task = %task_id, exit = ?exit.map(|e| e.code), "the container ended while draining");
+                    }
+                    _ = tokio::time::sleep(left) => {
                         tracing::info!(task = %task_id, open = ingress.connections_to(&task_id), "drain timeout passed; stopping the task with connections open");
                     }
                     changed = task_rx.changed() => {
@@ -171,7 +173,18 @@ pub async fn run(
             }
             TaskState::Ready => report(TaskState::Starting, "starting", String::new(), &mut observed),
             TaskState::Starting => match executor.start(&plan).await {
-                Ok(()) => report(TaskState::Running, "started", String::new(), &mut observed),
+                Ok(()) => {
+                    // A task with ingress ports counts as running (available to the updater)
+                    // once its ports accept connections, for up to PORT_READY_WAIT; a task
+                    // slower than that runs without traffic until they do (see RUNNING).
+                    if !plan.ingress_targets.is_empty()
+                        && let Ok(ports) =
+                            tokio::time::timeout(PORT_READY_WAIT, ports_accepting(&*executor, &plan)).await
+                    {
+                        observed.ports = ports;
+                    }
+                    report(TaskState::Running, "started", String::new(), &mut observed)
+                }
                 Err(e) => fail_or_retry(&task_id, e, TaskState::Failed, &mut observed, &mut report).await,
             },
             TaskState::Running => {
@@ -213,6 +226,9 @@ pub async fn run(
     }
 }
 
+/// How long a started task with ingress ports may take to accept connections before it is
+/// reported RUNNING anyway (without traffic until its ports answer).
+const PORT_READY_WAIT: Duration = Duration::from_secs(10);
 /// How often a started task's ingress ports are tried until they accept connections.
 const PORT_PROBE_EVERY: Duration = Duration::from_millis(50);
 

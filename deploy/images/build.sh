@@ -10,7 +10,8 @@
 #   shoal/unhealthy:1     runs forever; HEALTHCHECK fails (turns unhealthy after ~2s)
 #   shoal/web:1, :2       HTTP on port 80 (busybox httpd): GET / answers "web <version>
 #                         <hostname>", so a client sees which version and which container
-#                         served it; exits 0 at once on SIGTERM
+#                         served it; GET /cgi-bin/slow answers after 1 s; exits 0 at once on
+#                         SIGTERM
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -60,9 +61,19 @@ build shoal/exit0:1 '' '["/bin/sh", "-c", "sleep 1; exit 0"]'
 build shoal/fail:1 '' '["/bin/sh", "-c", "sleep 1; exit 3"]'
 build shoal/healthy:1 'HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD ["/bin/true"]' "[\"/bin/sh\", \"-c\", \"$forever\"]"
 build shoal/unhealthy:1 'HEALTHCHECK --interval=1s --timeout=1s --retries=2 CMD ["/bin/false"]' "[\"/bin/sh\", \"-c\", \"$forever\"]"
-# The page is written at start so it names the container (its hostname).
+# The page is written at start so it names the container (its hostname); /cgi-bin/slow answers
+# after a second (requests in flight when a container stops).
+cat >"$ctx/slow" <<'CGI'
+#!/bin/sh
+sleep 1
+echo "Content-Type: text/plain"
+echo
+echo slow $(hostname)
+CGI
+chmod 0755 "$ctx/slow"
 for version in 1 2; do
     web="trap 'exit 0' TERM INT; echo web $version \$(hostname) > /www/index.html; httpd -f -p 80 -h /www & wait \$!"
     build shoal/web:$version "LABEL org.shoal.test.version=$version
-RUN [\"/bin/busybox\", \"mkdir\", \"-p\", \"/www\"]" "[\"/bin/sh\", \"-c\", \"$web\"]"
+RUN [\"/bin/busybox\", \"mkdir\", \"-p\", \"/www/cgi-bin\"]
+COPY slow /www/cgi-bin/slow" "[\"/bin/sh\", \"-c\", \"$web\"]"
 done

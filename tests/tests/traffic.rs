@@ -222,8 +222,9 @@ async fn a_held_connection_keeps_its_task_draining_until_it_closes_or_the_timeou
     let started = tokio::time::Instant::now();
     // Scaled down to 0, the task's record goes once it has stopped.
     let stopped = |tasks: &[shoal_types::Task]| !tasks.iter().any(|t| t.id == current && !t.status.state.is_terminal());
-    let tasks = list_tasks(addr, "web").await?;
-    ensure!(!stopped(&tasks), "draining at first: {tasks:?}");
+    let draining =
+        |tasks: &[shoal_types::Task]| tasks.iter().any(|t| t.id == current && t.status.state == TaskState::Draining);
+    wait_tasks(addr, "web", Duration::from_secs(10), "the task draining", draining).await?;
     wait_tasks(addr, "web", Duration::from_secs(20), "the task stopped after its drain timeout", stopped).await?;
     let waited = started.elapsed();
     ensure!(waited >= Duration::from_millis(1500), "it drained for its timeout first ({waited:?})");
@@ -276,5 +277,28 @@ async fn a_task_that_is_not_healthy_yet_takes_no_connection() -> Result<()> {
         let body = get(&entry).await?;
         ensure!(body == format!("web 1 {healthy}"), "only the healthy task answers: {body:?} (healthy: {healthy})");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_keeps_its_tasks_and_binds_its_ports_again() -> Result<()> {
+    let (mut cluster, addr) = single_node().await?;
+    let addr = addr.as_str();
+    ok(addr, &["service", "create", "--name", "web", "--replicas", "2", "-p", "8084:80", "shoal/web:1"])?;
+    let before = wait_tasks(addr, "web", Duration::from_secs(60), "2 running", |t| running(t).len() == 2).await?;
+    let hosts: BTreeSet<String> = running(&before).iter().map(|t| hostname(t)).collect();
+    let entry = cluster.agents[0].ingress(8084);
+    wait_answering(&entry).await?;
+    cluster.agents[0].restart()?;
+    wait_answering(&entry).await?;
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        let body = get(&entry).await?;
+        seen.insert(body.strip_prefix("web 1 ").with_context(|| format!("unexpected body {body:?}"))?.to_string());
+    }
+    ensure!(seen == hosts, "the same containers answer after the restart: {seen:?} vs {hosts:?}");
+    let after = list_tasks(addr, "web").await?;
+    let ids = |tasks: &[shoal_types::Task]| running(tasks).iter().map(|t| t.id.clone()).collect::<BTreeSet<_>>();
+    ensure!(ids(&after) == ids(&before), "no task was replaced: {after:?}");
     Ok(())
 }

@@ -44,12 +44,20 @@ fn backend(task: &str, remote: String) -> Backend {
 }
 
 async fn proxy_with(backends: Vec<Backend>) -> (Arc<Ingress>, String) {
-    let ingress = Ingress::new("127.0.0.1".parse().expect("ip"), "here".into());
+    proxy_limited(backends, MAX_CONNECTIONS_PER_PORT).await
+}
+
+async fn proxy_limited(backends: Vec<Backend>, limit: usize) -> (Arc<Ingress>, String) {
+    let ingress = Ingress::with_limit("127.0.0.1".parse().expect("ip"), "here".into(), limit);
     let port = free_port();
     ingress.apply(1, true, vec![Listener { port, service: "web".into(), backends }], &[], Vec::new());
     let entry = format!("127.0.0.1:{port}");
     for _ in 0..200 {
-        if TcpStream::connect(&entry).await.is_ok() {
+        if let Ok(mut probe) = TcpStream::connect(&entry).await {
+            // Read what comes (a backend's greeting, or the close): the probe's connection is
+            // counted by then, so a test that waits for no connections waits for this one too.
+            let mut buf = [0u8; 16];
+            let _ = tokio::time::timeout(Duration::from_secs(5), probe.read(&mut buf)).await;
             return (ingress, entry);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -140,4 +148,59 @@ async fn drained_tasks_wake_their_waiters() {
     };
     ingress.apply(1, false, Vec::new(), &[], vec!["t1".into()]);
     tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("joined");
+}
+
+#[tokio::test]
+async fn a_half_close_and_garbage_pass_through() {
+    let (_ingress, entry) = proxy_with(vec![backend("a", server("a").await)]).await;
+    let mut conn = TcpStream::connect(&entry).await.expect("connect");
+    assert_eq!(greeting(&mut conn).await, "a");
+    // Bytes that mean nothing to anyone are carried as they are.
+    let garbage: Vec<u8> = (0..=255u8).rev().take(40).collect();
+    conn.write_all(&garbage).await.expect("write");
+    let mut echoed = vec![0u8; garbage.len()];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut echoed)).await.expect("in time").expect("read");
+    assert_eq!(echoed, garbage);
+    // The client closes its sending side: the backend sees the end and closes; the client
+    // reads to the end.
+    conn.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await.expect("closed").expect("read");
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn past_the_limit_new_connections_are_closed_and_stalled_ones_hold_no_one_else_up() {
+    let (ingress, entry) = proxy_limited(vec![backend("a", server("a").await)], 4).await;
+    // The probe's connection ends first (it would hold a slot).
+    for _ in 0..200 {
+        if ingress.connections_to("a") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Four clients that connect and then send nothing: each holds a slot.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut conn = TcpStream::connect(&entry).await.expect("connect");
+        assert_eq!(greeting(&mut conn).await, "a", "a stalled client does not hold the others up");
+        stalled.push(conn);
+    }
+    assert_eq!(ingress.connections_to("a"), 4);
+    // The fifth is closed at once, without reaching the backend.
+    let mut fifth = TcpStream::connect(&entry).await.expect("the kernel still accepts");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), fifth.read_to_end(&mut buf)).await.expect("closed in time");
+    assert!(read.map_or(true, |n| n == 0), "closed without a byte: {buf:?}");
+    // A slot freed is taken again.
+    stalled.pop();
+    for _ in 0..200 {
+        if ingress.connections_to("a") == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut again = TcpStream::connect(&entry).await.expect("connect");
+    assert_eq!(greeting(&mut again).await, "a");
 }

@@ -22,6 +22,7 @@ mod report;
 mod scale;
 mod sched;
 mod svc;
+mod traffic;
 mod update;
 
 use engine::Swarm;
@@ -69,9 +70,11 @@ enum Scenario {
     Etcd,
     /// The raft log's write and read cost sealed (encryption at rest) and in the clear.
     AtRest,
+    /// Ingress: proxy cost against HAProxy and direct, failed requests during a rolling update.
+    Traffic,
 }
 
-const ALL: [Scenario; 11] = [
+const ALL: [Scenario; 12] = [
     Scenario::Raft,
     Scenario::Failover,
     Scenario::Scheduler,
@@ -83,6 +86,7 @@ const ALL: [Scenario; 11] = [
     Scenario::Nodes,
     Scenario::Etcd,
     Scenario::AtRest,
+    Scenario::Traffic,
 ];
 
 /// What the scenarios share: the mode, and a Docker Swarm made on first use and left when a scenario is done
@@ -143,6 +147,7 @@ async fn run(args: &Args, scenarios: &[Scenario], report: &mut Report) -> Result
             Scenario::Nodes => nodes::simulated_nodes(args.quick, report).await,
             Scenario::Etcd => etcd::raft_vs_etcd(args.quick, report).await,
             Scenario::AtRest => atrest::at_rest(args.quick, report).await,
+            Scenario::Traffic => traffic::traffic(&mut ctx, report).await,
         };
         if let Err(e) = result {
             eprintln!("shoal-bench: the {name} scenario broke: {e:#}");

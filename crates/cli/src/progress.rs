@@ -277,7 +277,7 @@ pub fn frame_on<'a>(
             .iter()
             .filter(|(key, _)| !kept.contains(*key))
             .flat_map(|(_, group)| group)
-            .any(|t| t.status.state >= TaskState::Assigned && t.status.state <= TaskState::Running);
+            .any(|t| t.status.state >= TaskState::Assigned && !t.status.state.is_terminal());
 
     let total = match service.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
@@ -370,7 +370,7 @@ impl SlotLine {
                 _ => one_line(&task.err, MAX_ERROR_CHARS),
             };
             format!("{}: {state:<STATE_WIDTH$} {err}", self.label)
-        } else if task.state.is_terminal() {
+        } else if task.state.is_terminal() || task.state == TaskState::Draining {
             format!("{}: {state}", self.label)
         } else {
             format!("{}: {state:<STATE_WIDTH$} {}", self.label, bar(state_steps(task.state)))

@@ -233,25 +233,27 @@ impl<B: Backend> DispatcherService<B> {
         }
     }
 
-    /// Keeps the ingress table current: refreshes the services each applied change touches.
+    /// Keeps the ingress table current: refreshes the services each applied change touches, and
+    /// everything every [`TRAFFIC_RESYNC`] (the safety net: an installed snapshot announces no
+    /// changes).
     async fn maintain_traffic(self: Arc<Self>) {
         use tokio::sync::broadcast::error::RecvError;
         let mut changes = self.backend.changes();
-        {
-            let state = self.backend.state();
-            self.traffic.lock().refresh_all(&state);
-        }
-        self.traffic_tick.send_modify(|n| *n += 1);
+        let mut resync = tokio::time::interval(TRAFFIC_RESYNC);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut services: Vec<String> = Vec::new();
             let mut all = false;
-            match changes.recv().await {
-                Ok(change) => match crate::traffic::touched_services(&change) {
-                    Some(ids) => services.extend(ids),
-                    None => all = true,
+            tokio::select! {
+                _ = resync.tick() => all = true,
+                change = changes.recv() => match change {
+                    Ok(change) => match crate::traffic::touched_services(&change) {
+                        Some(ids) => services.extend(ids),
+                        None => all = true,
+                    },
+                    Err(RecvError::Lagged(_)) => all = true,
+                    Err(RecvError::Closed) => return,
                 },
-                Err(RecvError::Lagged(_)) => all = true,
-                Err(RecvError::Closed) => return,
             }
             // Whatever else is queued goes into the same refresh.
             loop {
@@ -264,18 +266,21 @@ impl<B: Backend> DispatcherService<B> {
                     Err(_) => break,
                 }
             }
-            {
+            let changed = {
                 let state = self.backend.state();
                 let mut table = self.traffic.lock();
                 if all {
-                    table.refresh_all(&state);
+                    table.refresh_all(&state)
                 } else {
                     services.sort();
                     services.dedup();
-                    table.refresh(&state, services.iter().map(String::as_str));
+                    table.refresh(&state, services.iter().map(String::as_str))
                 }
+            };
+            // Streams look again only when the table or the draining tasks changed.
+            if changed {
+                self.traffic_tick.send_modify(|n| *n += 1);
             }
-            self.traffic_tick.send_modify(|n| *n += 1);
         }
     }
 
@@ -641,6 +646,9 @@ impl AssignmentStream {
     }
 }
 
+/// How often the ingress table is recomputed whole, whatever changed.
+const TRAFFIC_RESYNC: Duration = Duration::from_secs(10);
+
 /// What one traffic stream has sent its agent.
 #[derive(Default)]
 struct TrafficSent {
@@ -847,8 +855,9 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
                     report = inbound.message() => match report {
                         Ok(Some(mut report)) => {
                             let connections = reported_connections(&mut report);
-                            dispatcher.traffic.lock().report(&node_id, stream, report.version, connections);
-                            dispatcher.traffic_tick.send_modify(|n| *n += 1);
+                            if dispatcher.traffic.lock().report(&node_id, stream, report.version, connections) {
+                                dispatcher.traffic_tick.send_modify(|n| *n += 1);
+                            }
                         }
                         _ => break,
                     },

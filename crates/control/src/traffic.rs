@@ -33,10 +33,14 @@ pub struct TrafficTable {
     /// Bumped whenever a listener changes.
     version: u64,
     listeners: BTreeMap<u16, Arc<Listener>>,
-    /// The published ports of each service in the table.
+    /// The published ports of each service in the table, and the service each port is for.
     ports_of: HashMap<String, Vec<u16>>,
-    /// Every task that is a backend of some listener now.
+    owner: HashMap<u16, String>,
+    /// Ready nodes that run an ingress proxy: a drain waits for every one of them to report.
+    proxy_nodes: HashSet<String>,
+    /// Every task that is a backend of some listener now, and by service.
     backends: HashSet<String>,
+    backends_of: HashMap<String, HashSet<String>>,
     /// The version at which a task stopped being a backend: a node's proxies that use this
     /// version or a later one open no new connection to it.
     left_at: HashMap<String, u64>,
@@ -65,14 +69,28 @@ impl TrafficTable {
         &self.listeners
     }
 
-    /// Recomputes the listeners of every service.
-    pub fn refresh_all(&mut self, state: &State) {
+    /// Recomputes the listeners of every service and which nodes run proxies. Tables are
+    /// numbered from 1, so a node's report of version 0 (nothing applied from this manager yet)
+    /// never counts for a drain.
+    pub fn refresh_all(&mut self, state: &State) -> bool {
+        self.version = self.version.max(1);
+        let proxy_nodes: HashSet<String> = state
+            .nodes()
+            .filter(|n| n.status.state == NodeState::Ready && !n.description.ingress_addr.is_empty())
+            .map(|n| n.id.clone())
+            .collect();
+        let nodes_changed = proxy_nodes != self.proxy_nodes;
+        self.proxy_nodes = proxy_nodes;
         let ids: Vec<String> = state.services().map(|s| s.id.clone()).chain(self.ports_of.keys().cloned()).collect();
-        self.refresh(state, ids.iter().map(String::as_str));
+        self.refresh(state, ids.iter().map(String::as_str)) || nodes_changed
     }
 
-    /// Recomputes the listeners of `services` (and the draining tasks among their tasks).
-    pub fn refresh<'a>(&mut self, state: &State, services: impl IntoIterator<Item = &'a str>) {
+    /// Recomputes the listeners of `services` (and the draining tasks among their tasks);
+    /// whether the table or the draining tasks changed.
+    pub fn refresh<'a>(&mut self, state: &State, services: impl IntoIterator<Item = &'a str>) -> bool {
+        self.version = self.version.max(1);
+        let draining_before = self.draining.len();
+        let mut draining_changed = false;
         let mut changed = false;
         let mut seen = HashSet::new();
         for id in services {
@@ -82,50 +100,65 @@ impl TrafficTable {
             let tasks: Vec<&Task> = state.tasks_of_service(id).collect();
             for task in &tasks {
                 if task.status.state == TaskState::Draining {
-                    self.draining.insert(task.id.clone(), task.node_id.clone());
+                    draining_changed |= self.draining.insert(task.id.clone(), task.node_id.clone()).is_none();
                 } else {
-                    self.draining.remove(&task.id);
+                    draining_changed |= self.draining.remove(&task.id).is_some();
                 }
             }
-            let wanted = state.service(id).map(|s| listeners_of(state, s, &tasks)).unwrap_or_default();
-            let old_ports = self.ports_of.remove(id).unwrap_or_default();
-            let mut before: HashSet<&str> = HashSet::new();
-            let mut old_listeners = Vec::new();
-            for port in &old_ports {
-                if let Some(listener) = self.listeners.get(port) {
-                    old_listeners.push(listener.clone());
+            let mut wanted = state.service(id).map(|s| listeners_of(state, s, &tasks)).unwrap_or_default();
+            // A port another service still publishes stays that service's (the store refuses a
+            // second owner; an automatic rollback may still bring one back).
+            wanted.retain(|listener| match self.owner.get(&listener.port) {
+                Some(other) if other != id && state.service(other).is_some_and(|s| publishes(s, listener.port)) => {
+                    tracing::warn!(port = listener.port, service = %listener.service, "published port already carries another service's traffic; ignored for this one");
+                    false
                 }
-            }
-            for listener in &old_listeners {
-                before.extend(listener.backends.iter().map(|b| b.task_id.as_str()));
-            }
-            let after: HashSet<&str> =
-                wanted.iter().flat_map(|l| l.backends.iter().map(|b| b.task_id.as_str())).collect();
+                _ => true,
+            });
+            let old_ports: Vec<u16> = self
+                .ports_of
+                .remove(id)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| self.owner.get(p).is_some_and(|o| o == id))
+                .collect();
+            let old_listeners: Vec<Arc<Listener>> =
+                old_ports.iter().filter_map(|port| self.listeners.get(port).cloned()).collect();
+            let before = self.backends_of.remove(id).unwrap_or_default();
+            let after: HashSet<String> =
+                wanted.iter().flat_map(|l| l.backends.iter().map(|b| b.task_id.clone())).collect();
             let ports: Vec<u16> = wanted.iter().map(|l| l.port).collect();
             let same = old_listeners.len() == wanted.len()
-                && old_listeners.iter().zip(&wanted).all(|(old, new)| **old == *new);
+                && old_listeners.iter().zip(&wanted).all(|(old, new)| **old == *new)
+                && before == after;
             if same {
                 self.ports_of.insert(id.to_string(), ports);
+                self.backends_of.insert(id.to_string(), after);
                 continue;
             }
             changed = true;
             let next = self.version + 1;
             for gone in before.difference(&after) {
-                self.backends.remove(*gone);
-                self.left_at.insert(gone.to_string(), next);
+                self.backends.remove(gone);
+                self.left_at.insert(gone.clone(), next);
             }
             for added in after.difference(&before) {
-                self.backends.insert(added.to_string());
-                self.left_at.remove(*added);
+                self.backends.insert(added.clone());
+                self.left_at.remove(added);
             }
             for port in &old_ports {
                 self.listeners.remove(port);
+                self.owner.remove(port);
             }
             for listener in wanted {
+                self.owner.insert(listener.port, id.to_string());
                 self.listeners.insert(listener.port, Arc::new(listener));
             }
             if !ports.is_empty() {
                 self.ports_of.insert(id.to_string(), ports);
+            }
+            if !after.is_empty() {
+                self.backends_of.insert(id.to_string(), after);
             }
         }
         if changed {
@@ -134,27 +167,35 @@ impl TrafficTable {
         // Tasks gone from the store need no bookkeeping.
         self.left_at.retain(|task, _| state.task(task).is_some());
         self.draining.retain(|task, _| state.task(task).is_some_and(|t| t.status.state == TaskState::Draining));
+        changed || draining_changed || self.draining.len() != draining_before
     }
 
-    /// Records what node `node_id`'s proxies reported on traffic stream `stream`.
-    pub fn report(&mut self, node_id: &str, stream: u64, version: u64, connections: HashMap<String, u32>) {
+    /// Records what node `node_id`'s proxies reported on traffic stream `stream`; whether it
+    /// may change which tasks are drained (a new version, or new counts of a draining task).
+    pub fn report(&mut self, node_id: &str, stream: u64, version: u64, connections: HashMap<String, u32>) -> bool {
         let entry = self.reports.entry(node_id.to_string()).or_default();
         if entry.stream > stream {
-            return;
+            return false;
         }
+        let matters = entry.stream != stream
+            || entry.version != version
+            || self.draining.keys().any(|t| entry.connections.get(t) != connections.get(t));
         *entry = Report { stream, version, connections };
+        matters
     }
 
     /// Forgets node `node_id`'s reports when its traffic stream `stream` ended (a newer stream's
-    /// stay): a node that is gone holds no connection.
+    /// stay). While the node is ready it still holds drains up (see [`TrafficTable::drained`]).
     pub fn stream_ended(&mut self, node_id: &str, stream: u64) {
         if self.reports.get(node_id).is_some_and(|r| r.stream == stream) {
             self.reports.remove(node_id);
         }
     }
 
-    /// The draining tasks of `node_id` no proxy holds a connection to: every node with an open
-    /// traffic stream uses a table without them and reports none open.
+    /// The draining tasks of `node_id` no proxy holds a connection to: every ready node with a
+    /// proxy has an open traffic stream, uses a table without them and reports none open. A
+    /// proxy node that has not (re)connected holds every drain up (its proxy lives on between
+    /// sessions, and so do its connections); the task's drain timeout bounds the wait.
     pub fn drained(&self, node_id: &str) -> Vec<String> {
         let mut out: Vec<String> = self
             .draining
@@ -162,8 +203,10 @@ impl TrafficTable {
             .filter(|(task, node)| *node == node_id && !self.backends.contains(*task))
             .filter(|(task, _)| {
                 // A task that left the table before this leader saw it: the leader's first table.
-                let left = self.left_at.get(*task).copied().unwrap_or(0);
-                self.reports.values().all(|r| r.version >= left && r.connections.get(*task).is_none_or(|n| *n == 0))
+                let left = self.left_at.get(*task).copied().unwrap_or(0).max(1);
+                let reported = |r: &Report| r.version >= left && r.connections.get(*task).is_none_or(|n| *n == 0);
+                self.proxy_nodes.iter().all(|n| self.reports.get(n).is_some_and(reported))
+                    && self.reports.values().all(reported)
             })
             .map(|(task, _)| task.clone())
             .collect();
@@ -188,6 +231,10 @@ fn node_addr(state: &State, node_id: &str) -> Option<String> {
     let unspecified = ingress.parse::<std::net::IpAddr>().map(|ip| ip.is_unspecified()).unwrap_or(true);
     let addr = if unspecified { node.status.addr.as_str() } else { ingress };
     (!addr.is_empty()).then(|| addr.to_string())
+}
+
+fn publishes(service: &Service, port: u16) -> bool {
+    service.spec.endpoint.ports.iter().any(|p| p.is_ingress() && p.published == port)
 }
 
 fn join(ip: &str, port: u16) -> String {

@@ -32,8 +32,15 @@ impl World {
     fn apply(&mut self, actions: Vec<Action>) {
         self.index += 1;
         let changes = self.state.apply(self.index, &Batch::new(1_000, actions)).expect("applies");
-        let touched: Vec<String> = changes.iter().flat_map(|c| touched_services(c).unwrap_or_default()).collect();
-        self.table.refresh(&self.state, touched.iter().map(String::as_str));
+        // As the dispatcher's loop does: a change that names no services refreshes them all.
+        let touched: Option<Vec<String>> = changes.iter().map(touched_services).try_fold(Vec::new(), |mut all, ids| {
+            all.extend(ids?);
+            Some(all)
+        });
+        match touched {
+            Some(ids) => self.table.refresh(&self.state, ids.iter().map(String::as_str)),
+            None => self.table.refresh_all(&self.state),
+        };
     }
 
     /// A task of `web` on `node`, observed `state`, answering at host port `host_port`.
@@ -104,23 +111,76 @@ fn a_task_told_to_stop_leaves_at_once_and_drains_once_every_node_reported_none()
 }
 
 #[test]
-fn a_node_whose_stream_ended_holds_no_drain_up_and_an_older_stream_cannot_overwrite() {
+fn a_proxy_node_without_a_current_report_holds_the_drain_up_until_it_reports_or_goes_down() {
     let mut w = World::new();
     w.put("a", "n1", TaskState::Running, 31);
-    w.table.report("n1", 1, 0, HashMap::new());
-    w.table.report("n2", 5, 0, HashMap::from([("a".to_string(), 3)]));
+    // n2 runs a proxy (it has an ingress address); n1 does not.
+    w.table.report("n2", 5, w.table.version(), HashMap::from([("a".to_string(), 3)]));
     w.apply(vec![Action::SetDesiredState { id: "a".into(), desired: TaskState::Shutdown }]);
     w.set_state("a", TaskState::Draining);
     let v = w.table.version();
-    w.table.report("n1", 1, v, HashMap::new());
     // A report from n2's older stream is ignored; its current one still counts 3.
     w.table.report("n2", 4, v, HashMap::new());
     assert_eq!(w.table.connections("a"), 3);
     assert!(w.table.drained("n1").is_empty());
-    w.table.stream_ended("n2", 4);
-    assert!(w.table.drained("n1").is_empty(), "ending an older stream changes nothing");
+    // n2's stream ends (its agent reconnects, or a new leader took over): its proxy and its
+    // connections live on, so the drain waits for its next report.
     w.table.stream_ended("n2", 5);
+    assert!(w.table.drained("n1").is_empty(), "a ready proxy node that has not reported holds it up");
+    // Its new stream's first report (nothing applied from this manager yet) does not count.
+    w.table.report("n2", 6, 0, HashMap::new());
+    assert!(w.table.drained("n1").is_empty());
+    w.table.report("n2", 6, v, HashMap::new());
     assert_eq!(w.table.drained("n1"), ["a"]);
+
+    // A node that is down holds nothing up.
+    w.put("b", "n1", TaskState::Running, 32);
+    w.apply(vec![Action::SetDesiredState { id: "b".into(), desired: TaskState::Shutdown }]);
+    w.set_state("b", TaskState::Draining);
+    w.table.stream_ended("n2", 6);
+    assert!(w.table.drained("n1").is_empty(), "a and b wait for n2");
+    let mut n2 = w.state.node("n2").expect("n2").clone();
+    n2.status.state = NodeState::Down;
+    w.apply(vec![Action::PutNode { node: n2 }]);
+    assert_eq!(w.table.drained("n1"), ["a", "b"]);
+}
+
+#[test]
+fn a_task_this_manager_never_saw_leave_drains_only_after_a_table_of_its_own_was_applied() {
+    let mut w = World::new();
+    // Draining already when this manager's table was built (e.g. a new leader).
+    w.put("a", "n1", TaskState::Draining, 31);
+    let mut a = w.state.task("a").expect("a").clone();
+    a.desired_state = TaskState::Shutdown;
+    w.apply(vec![Action::PutTask { task: a }]);
+    w.table.report("n2", 1, 0, HashMap::new());
+    assert!(w.table.drained("n1").is_empty(), "version 0: n2 applied nothing from this manager yet");
+    w.table.report("n2", 1, w.table.version(), HashMap::new());
+    assert_eq!(w.table.drained("n1"), ["a"]);
+}
+
+#[test]
+fn a_port_that_moves_to_another_service_in_one_batch_stays_open_for_the_new_one() {
+    let mut w = World::new();
+    w.put("a", "n1", TaskState::Running, 31);
+    // `web` stops publishing 8080 and `api` (whose id sorts first) takes it, in one entry.
+    let mut web = w.state.service("web").expect("web").spec.clone();
+    web.endpoint.ports.clear();
+    let mut api = ServiceSpec::new("api", "shoal/web:2");
+    api.endpoint.ports = vec![PortConfig { target: 80, published: 8080, ..PortConfig::default() }];
+    let version = w.state.service("web").expect("web").version;
+    w.apply(vec![
+        Action::UpdateService { id: "web".into(), expected_version: version, spec: web },
+        Action::CreateService { id: "a-api".into(), spec: api },
+    ]);
+    let mut t = task("x", "a-api", "n2", TaskState::Running);
+    t.endpoint.ports = vec![PortConfig { target: 80, published: 8080, ..PortConfig::default() }];
+    t.status.ports = vec![TaskPort { target: 80, host_port: 40, container_ip: String::new() }];
+    w.apply(vec![Action::PutTask { task: t }]);
+    w.table.refresh_all(&w.state);
+    let listener = &w.table.listeners()[&8080];
+    assert_eq!(listener.service, "api");
+    assert_eq!(w.backends(), ["x"]);
 }
 
 #[test]
@@ -145,8 +205,7 @@ fn a_node_that_is_down_takes_no_connections() {
     w.put("b", "n2", TaskState::Running, 32);
     let mut n2 = w.state.node("n2").expect("n2").clone();
     n2.status.state = NodeState::Down;
-    w.apply(vec![Action::PutNode { node: n2 }]);
     // A node change touches every service.
-    w.table.refresh_all(&w.state);
+    w.apply(vec![Action::PutNode { node: n2 }]);
     assert_eq!(w.backends(), ["a"]);
 }
