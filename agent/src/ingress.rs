@@ -25,6 +25,44 @@ const REBIND_FIRST: Duration = Duration::from_millis(20);
 const REBIND_EVERY: Duration = Duration::from_secs(2);
 /// At most one "connection limit reached" line per port in this period.
 const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// File descriptors kept for the agent's own work (its sessions, the engine, containers' logs)
+/// when the proxies' share is worked out from the open-files limit.
+const RESERVED_FDS: u64 = 512;
+/// TCP keepalive on proxied connections, so a peer that vanished (a client's machine gone, a
+/// cable pulled) releases its connection, and a draining task, within a couple of minutes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Raises this process's open-files limit to its hard limit (proxied connections take two
+/// descriptors each); returns the soft limit in force.
+pub fn raise_open_files_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(hard)) = (limit.current, limit.maximum)
+        && current < hard
+    {
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, current, hard, "cannot raise the open-files limit");
+            return current;
+        }
+        tracing::info!(from = current, to = hard, "raised the open-files limit for the ingress proxy");
+        return hard;
+    }
+    limit.current.unwrap_or(u64::MAX)
+}
+
+/// Proxied connections this process can hold at once under its open-files limit, all ports
+/// together.
+fn connection_budget() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+    usize::try_from(soft.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX).clamp(16, 1 << 20)
+}
+
+fn keep_alive(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
 
 /// The backends of one port, swapped whole when the leader sends a new set.
 type Backends = Arc<RwLock<Arc<Vec<Backend>>>>;
@@ -46,6 +84,9 @@ pub struct Ingress {
     addr: IpAddr,
     /// Open connections one port takes on this node ([`MAX_CONNECTIONS_PER_PORT`]).
     max_per_port: usize,
+    /// Open connections all ports take together (from the open-files limit).
+    total: Arc<Semaphore>,
+    total_limit: usize,
     node_id: String,
     ports: Mutex<HashMap<u16, Port>>,
     /// Open proxied connections per task.
@@ -65,9 +106,12 @@ impl Ingress {
 
     /// An ingress whose ports take at most `max_per_port` open connections each.
     pub fn with_limit(addr: IpAddr, node_id: String, max_per_port: usize) -> Arc<Ingress> {
+        let total_limit = connection_budget();
         Arc::new(Ingress {
             addr,
             max_per_port,
+            total: Arc::new(Semaphore::new(total_limit)),
+            total_limit,
             node_id,
             ports: Mutex::new(HashMap::new()),
             connections: Arc::default(),
@@ -125,6 +169,12 @@ impl Ingress {
         }
     }
 
+    /// Whether a leader ever sent this proxy a table (one that does not serve them, of an older
+    /// version, never says a task is drained: its tasks are not drained then).
+    pub fn active(&self) -> bool {
+        *self.version.lock() > 0
+    }
+
     /// The table version in use and the open connections per task.
     pub fn report(&self) -> (u64, HashMap<String, u32>) {
         let version = *self.version.lock();
@@ -179,13 +229,16 @@ impl Ingress {
                     continue;
                 }
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
+            let permits =
+                limit.clone().try_acquire_owned().and_then(|port| Ok((port, self.total.clone().try_acquire_owned()?)));
+            let Ok(permit) = permits else {
                 if last_limit_log.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {
                     last_limit_log = Some(tokio::time::Instant::now());
                     tracing::warn!(
                         addr = %at,
                         service = %service.read(),
-                        limit = self.max_per_port,
+                        port_limit = self.max_per_port,
+                        node_limit = self.total_limit,
                         "ingress connection limit reached on this node; closing new connections until some end"
                     );
                 }
@@ -204,7 +257,8 @@ impl Ingress {
     /// Connects `client` to a backend and copies bytes both ways until both sides are done.
     async fn carry(&self, client: TcpStream, peer: SocketAddr, port: u16, backends: Backends) {
         let candidates = backends.read().clone();
-        let mut untried: Vec<&Backend> = candidates.iter().collect();
+        // A backend weighing 0 (a route's service with no share) takes no connection.
+        let mut untried: Vec<&Backend> = candidates.iter().filter(|b| b.weight > 0).collect();
         let mut upstream = None;
         while !untried.is_empty() {
             let pick = self.choose(&untried);
@@ -237,16 +291,39 @@ impl Ingress {
         };
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
+        keep_alive(&client);
+        keep_alive(&server);
         let mut client = client;
-        // Each direction ends on its own (a half-close is passed on); errors just end the copy.
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        // Each direction ends on its own (a half-close is passed on). On an error (one side
+        // reset, or the task stopped at its drain timeout) both are reset, so the other side does
+        // not mistake a cut answer for a whole one.
+        if tokio::io::copy_bidirectional(&mut client, &mut server).await.is_err() {
+            #[allow(deprecated)] // tokio deprecates set_linger only for its blocking close; a reset is the point here
+            {
+                let _ = client.set_linger(Some(Duration::ZERO));
+                let _ = server.set_linger(Some(Duration::ZERO));
+            }
+        }
     }
 
     /// The power of two choices: of two random candidates, the one with fewer open connections
-    /// from this node.
+    /// from this node. Candidates of different weights (a route's shares) are drawn with
+    /// probability proportional to their weight instead.
     fn choose(&self, candidates: &[&Backend]) -> usize {
         if candidates.len() == 1 {
             return 0;
+        }
+        if candidates.iter().any(|b| b.weight != candidates[0].weight) {
+            let total: u64 = candidates.iter().map(|b| u64::from(b.weight)).sum();
+            let mut draw = rand::random::<u64>() % total.max(1);
+            for (i, backend) in candidates.iter().enumerate() {
+                let weight = u64::from(backend.weight);
+                if draw < weight {
+                    return i;
+                }
+                draw -= weight;
+            }
+            return candidates.len() - 1;
         }
         let a = rand::random::<usize>() % candidates.len();
         let mut b = rand::random::<usize>() % (candidates.len() - 1);

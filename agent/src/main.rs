@@ -87,6 +87,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    shoal_agent::ingress::raise_open_files_limit();
     let (node_id, credentials) = shoal_agent::join_or_resume(&args.data_dir, &args.join, args.token.as_deref()).await?;
     let tls = shoal_agent::shoal_tls::NodeTls::new(&credentials)?;
     let mut delay = std::time::Duration::from_millis(500);

@@ -99,7 +99,10 @@ pub async fn run(
             }
             // Told to stop while it takes ingress traffic: no proxy sends it new connections
             // any more; it stops once none is open on any node, or after its drain timeout.
-            if observed.state == TaskState::Running && drains(&task, &observed) && ingress.is_some() {
+            if observed.state == TaskState::Running
+                && drains(&task, &observed)
+                && ingress.as_ref().is_some_and(|i| i.active())
+            {
                 report(TaskState::Draining, "draining", String::new(), &mut observed);
                 continue;
             }
@@ -284,7 +287,7 @@ async fn ports_accepting(executor: &dyn Executor, plan: &TaskPlan) -> Vec<shoal_
 /// Whether a task told to stop drains first: it publishes ingress ports, was reachable at them,
 /// and its drain timeout is not zero.
 fn drains(task: &Task, observed: &TaskStatus) -> bool {
-    task.endpoint.ports.iter().any(|p| p.is_ingress())
+    task.endpoint.ports.iter().any(|p| p.is_reachable())
         && !observed.ports.is_empty()
         && !task.spec.container.drain_timeout().is_zero()
 }

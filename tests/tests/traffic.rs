@@ -302,3 +302,155 @@ async fn an_agent_restart_keeps_its_tasks_and_binds_its_ports_again() -> Result<
     ensure!(ids(&after) == ids(&before), "no task was replaced: {after:?}");
     Ok(())
 }
+
+/// The share of `n` requests through `entry` that version 2 answered.
+async fn share_of_v2(entry: &str, n: usize) -> Result<f64> {
+    let mut v2 = 0usize;
+    for _ in 0..n {
+        let body = get(entry).await?;
+        if body.starts_with("web 2 ") {
+            v2 += 1;
+        } else {
+            ensure!(body.starts_with("web 1 "), "unexpected body {body:?}");
+        }
+    }
+    Ok(v2 as f64 / n as f64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_splits_by_task_count_then_by_weight_and_refuses_bad_input() -> Result<()> {
+    let (cluster, addr) = two_agents().await?;
+    let addr = addr.as_str();
+    // Two services behind one route: their target port is reachable (`-p 80`), not published.
+    ok(
+        addr,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--label",
+            "app=web",
+            "--replicas",
+            "9",
+            "-p",
+            "80",
+            "shoal/web:1",
+        ],
+    )?;
+    ok(
+        addr,
+        &["service", "create", "--detach", "--name", "web-canary", "--label", "app=web", "-p", "80", "shoal/web:2"],
+    )?;
+    wait_tasks(addr, "web", Duration::from_secs(90), "9 running", |t| running(t).len() == 9).await?;
+    wait_tasks(addr, "web-canary", Duration::from_secs(60), "1 running", |t| running(t).len() == 1).await?;
+    let out = shoal(addr, &["route", "create", "canary", "--publish", "8085:80", "--select", "app=web"]);
+    ensure!(out.status.success(), "route create: {}", stderr(&out));
+    ensure!(stderr(&out).is_empty(), "no warning: {}", stderr(&out));
+    let entry = cluster.agents[1].ingress(8085);
+    wait_answering(&entry).await?;
+    // 1 task of 10: about a tenth.
+    let share = share_of_v2(&entry, 300).await?;
+    ensure!((0.03..=0.2).contains(&share), "by task count the canary gets about 10%: {share}");
+
+    // A weight moves new connections at once, on every agent.
+    ok(addr, &["route", "update", "canary", "--weight", "web-canary=50"])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for agent in &cluster.agents {
+        let share = share_of_v2(&agent.ingress(8085), 200).await?;
+        ensure!((0.35..=0.65).contains(&share), "through {} the canary gets about 50%: {share}", agent.name);
+    }
+    ok(addr, &["route", "update", "canary", "--weight", "web-canary=0", "--weight", "web=100"])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(share_of_v2(&entry, 50).await? == 0.0, "a weight of 0 takes no connection");
+    let table = ok(addr, &["route", "ls"])?;
+    ensure!(
+        table.lines().any(|l| l.contains("canary") && l.contains("*:8085->80/tcp") && l.contains("app=web")),
+        "{table}"
+    );
+
+    // Bad input changes nothing and says why.
+    let refused = |args: &[&str], says: &str| -> Result<()> {
+        let out = shoal(addr, args);
+        ensure!(!out.status.success(), "{args:?} is refused");
+        ensure!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        Ok(())
+    };
+    refused(
+        &["route", "create", "other", "--publish", "8085:80", "--select", "app=web"],
+        "port 8085/tcp is already published by route canary",
+    )?;
+    refused(
+        &["service", "create", "--name", "clash", "-p", "8085:80", "shoal/web:1"],
+        "port 8085/tcp is already published by route canary",
+    )?;
+    refused(&["route", "update", "canary", "--weight", "web=0"], "every weight is 0")?;
+    refused(
+        &["route", "create", "neg", "--publish", "8086:80", "--select", "app=web", "--weight", "web=-5"],
+        "from 0 to 100",
+    )?;
+    refused(
+        &[
+            "route",
+            "create",
+            "over",
+            "--publish",
+            "8086:80",
+            "--select",
+            "app=web",
+            "--weight",
+            "web=70",
+            "--weight",
+            "web-canary=40",
+        ],
+        "add up to 110%",
+    )?;
+    ensure!(ok(addr, &["route", "ls", "-q"])?.lines().count() == 1, "only the first route exists");
+
+    // A selector that matches nothing: accepted with a warning; connections are closed.
+    let out = shoal(addr, &["route", "create", "empty", "--publish", "8087:80", "--select", "app=none"]);
+    ensure!(out.status.success(), "{}", stderr(&out));
+    ensure!(stderr(&out).contains("warning: route empty selects no service (app=none)"), "{}", stderr(&out));
+    let empty = cluster.agents[0].ingress(8087);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Once the port is open, a connection is closed without an answer.
+        if let Ok(mut conn) = TcpStream::connect(&empty).await {
+            conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+            ensure!(buf.is_empty(), "no answer: {buf:?}");
+            break;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "{empty} never opened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok(addr, &["route", "rm", "empty", "canary"])?;
+    ensure!(ok(addr, &["route", "ls", "-q"])?.trim().is_empty(), "both routes removed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stacks_x_routes_are_deployed_with_it_and_removed_with_it() -> Result<()> {
+    let (cluster, addr) = single_node().await?;
+    let addr = addr.as_str();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("stack.yml");
+    let stack = "services:\n  web:\n    image: shoal/web:1\n    ports: [\"80\"]\n    deploy:\n      replicas: 3\n      labels: [app=web]\n  canary:\n    image: shoal/web:2\n    ports: [\"80\"]\n    deploy:\n      labels: [app=web]\nx-routes:\n  front:\n    publish: \"8089:80\"\n    select: {app: web}\n    weights: {canary: 50}\n";
+    std::fs::write(&file, stack)?;
+    let file = file.to_string_lossy().to_string();
+    let out = ok(addr, &["stack", "deploy", "-c", &file, "app"])?;
+    ensure!(out.contains("Creating route app_front"), "{out}");
+    let entry = cluster.agents[0].ingress(8089);
+    wait_answering(&entry).await?;
+    let share = share_of_v2(&entry, 200).await?;
+    ensure!((0.35..=0.65).contains(&share), "the canary gets its 50% (not 1 in 4): {share}");
+    // Deployed again unchanged: the route is left alone.
+    let out = ok(addr, &["stack", "deploy", "-c", &file, "app"])?;
+    ensure!(out.contains("Route app_front is unchanged"), "{out}");
+    let out = ok(addr, &["stack", "rm", "app"])?;
+    ensure!(out.contains("Removing route app_front"), "{out}");
+    ensure!(ok(addr, &["route", "ls", "-q"])?.trim().is_empty(), "the stack's route is gone");
+    Ok(())
+}

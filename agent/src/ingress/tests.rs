@@ -40,7 +40,7 @@ fn free_port() -> u16 {
 }
 
 fn backend(task: &str, remote: String) -> Backend {
-    Backend { task_id: task.into(), node_id: "other".into(), remote, local: String::new() }
+    Backend { task_id: task.into(), node_id: "other".into(), remote, local: String::new(), weight: 1 }
 }
 
 async fn proxy_with(backends: Vec<Backend>) -> (Arc<Ingress>, String) {

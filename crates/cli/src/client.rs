@@ -465,6 +465,38 @@ impl Client {
         Ok(reply.into_inner().id)
     }
 
+    /// Creates a route; its warnings come with it.
+    pub async fn create_route(
+        &mut self,
+        spec: &shoal_types::traffic::RouteSpec,
+    ) -> Result<(shoal_types::traffic::Route, Vec<String>), CliError> {
+        let request = pb::CreateRouteRequest { spec_json: encode(spec)? };
+        let reply = self.inner.create_route(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+        Ok((decode("route", &reply.route_json)?, reply.warnings))
+    }
+
+    pub async fn update_route(
+        &mut self,
+        route: &str,
+        version: u64,
+        spec: &shoal_types::traffic::RouteSpec,
+    ) -> Result<(shoal_types::traffic::Route, Vec<String>), CliError> {
+        let request = pb::UpdateRouteRequest { route: route.to_string(), version, spec_json: encode(spec)? };
+        let reply = self.inner.update_route(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+        Ok((decode("route", &reply.route_json)?, reply.warnings))
+    }
+
+    pub async fn list_routes(&mut self) -> Result<Vec<shoal_types::traffic::Route>, CliError> {
+        let reply = self.inner.list_routes(pb::ListRoutesRequest {}).await.map_err(|s| failed(&self.addr, s))?;
+        reply.into_inner().routes_json.iter().map(|json| decode("route", json)).collect()
+    }
+
+    pub async fn remove_route(&mut self, route: &str) -> Result<String, CliError> {
+        let request = pb::RemoveRouteRequest { route: route.to_string() };
+        let reply = self.inner.remove_route(request).await.map_err(|s| failed(&self.addr, s))?;
+        Ok(reply.into_inner().id)
+    }
+
     /// The cluster's unlock key (autolock).
     pub async fn unlock_key(&mut self) -> Result<String, CliError> {
         let reply = self.inner.unlock_key(pb::UnlockKeyRequest {}).await.map_err(|s| failed(&self.addr, s))?;

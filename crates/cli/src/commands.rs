@@ -131,6 +131,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Events(args) => events(host, &args).await,
         Command::Secret(command) => data(host, shoal_types::DataKind::Secret, command).await,
+        Command::Route(command) => route(host, command).await,
         Command::Config(command) => data(host, shoal_types::DataKind::Config, command).await,
         Command::Stack(StackCommand::Deploy(args)) => stack::deploy(host, &args).await,
         Command::Stack(StackCommand::Ls(args)) => stack::ls(host, &args).await,
@@ -765,6 +766,104 @@ async fn data(host: &str, kind: shoal_types::DataKind, command: args::data::Data
             each_reported(&args.names, async |name| client.remove_data(kind, name).await.map(|_| name.to_string()))
                 .await
         }
+    }
+}
+
+async fn route(host: &str, command: args::route::RouteCommand) -> Result<(), CliError> {
+    use args::route::RouteCommand;
+    let warn = |warnings: &[String]| {
+        let mut stderr = std::io::stderr().lock();
+        for warning in warnings {
+            let _ = writeln!(stderr, "warning: {warning}");
+        }
+    };
+    match command {
+        RouteCommand::Create(args) => {
+            let spec = shoal_types::traffic::RouteSpec {
+                name: args.name,
+                labels: args.labels.into_iter().collect(),
+                port: args.publish.0,
+                target: args.publish.1,
+                selector: args.select.into_iter().collect(),
+                weights: args.weights.into_iter().collect(),
+            };
+            spec.validate().map_err(|e| CliError::Message(format!("route {}: {e}", spec.name)))?;
+            let mut client = Client::connect(host).await?;
+            let (route, warnings) = client.create_route(&spec).await?;
+            warn(&warnings);
+            print_out(&format!("{}\n", route.id));
+            Ok(())
+        }
+        RouteCommand::Update(args) => {
+            let mut client = Client::connect(host).await?;
+            let current = find_route(&mut client, &args.name).await?;
+            let mut spec = current.spec.clone();
+            if let Some((port, target)) = args.publish {
+                spec.port = port;
+                spec.target = target;
+            }
+            if !args.select.is_empty() {
+                spec.selector = args.select.into_iter().collect();
+            }
+            for name in &args.weights_rm {
+                spec.weights.remove(name);
+            }
+            spec.weights.extend(args.weights);
+            spec.validate().map_err(|e| CliError::Message(format!("route {}: {e}", spec.name)))?;
+            let (route, warnings) = client.update_route(&current.id, current.version, &spec).await?;
+            warn(&warnings);
+            print_out(&format!("{}\n", route.spec.name));
+            Ok(())
+        }
+        RouteCommand::Ls(args) => {
+            let mut client = Client::connect(host).await?;
+            let routes = client.list_routes().await?;
+            if args.quiet {
+                print_out(&routes.iter().map(|r| format!("{}\n", r.id)).collect::<String>());
+            } else if args.format == args::InfoFormat::Json {
+                print_out(&output::json_array(&routes));
+            } else {
+                print_out(&output::route_table(&routes));
+            }
+            Ok(())
+        }
+        RouteCommand::Inspect(args) => {
+            let mut client = Client::connect(host).await?;
+            let mut found = Vec::new();
+            let mut failed = false;
+            for name in &args.names {
+                match find_route(&mut client, name).await {
+                    Ok(route) => found.push(route),
+                    Err(e) => {
+                        print_error(&e);
+                        failed = true;
+                    }
+                }
+            }
+            print_out(&output::json_array(&found));
+            if failed { Err(CliError::Reported) } else { Ok(()) }
+        }
+        RouteCommand::Rm(args) => {
+            let mut client = Client::connect(host).await?;
+            each_reported(&args.names, async |name| client.remove_route(name).await.map(|_| name.to_string())).await
+        }
+    }
+}
+
+/// The route named `reference` (its name, id or a unique id prefix).
+async fn find_route(client: &mut Client, reference: &str) -> Result<shoal_types::traffic::Route, CliError> {
+    let routes = client.list_routes().await?;
+    if let Some(route) = routes.iter().find(|r| r.spec.name == reference || r.id == reference) {
+        return Ok(route.clone());
+    }
+    let matching: Vec<&shoal_types::traffic::Route> = routes.iter().filter(|r| r.id.starts_with(reference)).collect();
+    match matching.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(CliError::Message(format!("route {reference} not found"))),
+        _ => Err(CliError::Message(format!(
+            "route {reference} is ambiguous: {} routes' ids start with it",
+            matching.len()
+        ))),
     }
 }
 

@@ -744,6 +744,32 @@ pub fn data_table(objects: &[shoal_types::DataObject], now: u64) -> String {
     table(&["ID", "NAME", "CREATED", "UPDATED"], &rows)
 }
 
+/// `route ls`: one line per route, by name.
+pub fn route_table(routes: &[shoal_types::traffic::Route]) -> String {
+    let pairs = |map: &mut dyn Iterator<Item = String>| map.collect::<Vec<_>>().join(",");
+    let mut sorted: Vec<&shoal_types::traffic::Route> = routes.iter().collect();
+    sorted.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|r| {
+            let selector = pairs(&mut r.spec.selector.iter().map(|(k, v)| format!("{k}={v}")));
+            let weights = if r.spec.weights.is_empty() {
+                "by task count".to_string()
+            } else {
+                pairs(&mut r.spec.weights.iter().map(|(s, w)| format!("{s}={w}%")))
+            };
+            vec![
+                r.id.clone(),
+                r.spec.name.clone(),
+                format!("*:{}->{}/tcp", r.spec.port, r.spec.target),
+                selector,
+                weights,
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "PORTS", "SELECTOR", "WEIGHTS"], &rows)
+}
+
 /// `secret inspect --pretty` / `config inspect --pretty` (never the value).
 pub fn data_pretty(object: &shoal_types::DataObject) -> String {
     let mut out = format!("ID:              {}\nName:            {}\n", object.id, object.spec.name);

@@ -314,6 +314,9 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
     if !args.ignore_unsupported {
         refuse_unsupported(&loaded).map_err(report)?;
     }
+    // Checked before anything changes.
+    let routes =
+        shoal_compose::route_specs(&args.stack, &loaded.stack).map_err(|e| CliError::Message(e.to_string()))?;
     let mut client = Client::connect(host).await?;
     // `--change-cause`, else the stack file's `x-change-cause`, else the command line.
     let cause = args.change_cause.clone().or_else(|| loaded.stack.change_cause.clone());
@@ -361,6 +364,7 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
             Step::Unchanged(current) => print_out(&format!("Service {} is unchanged\n", current.spec.name)),
         }
     }
+    deploy_routes(&mut client, &args.stack, routes, args.prune).await?;
     if args.detach {
         return Ok(());
     }
@@ -436,6 +440,56 @@ pub async fn ps(host: &str, args: &StackPsArgs) -> Result<(), CliError> {
     print_service_tasks(&mut client, &services, &args.list).await
 }
 
+/// Creates, updates or leaves alone the stack's `x-routes` (after its services, which they
+/// select); with `prune`, removes the stack's routes no longer in its files.
+async fn deploy_routes(
+    client: &mut Client,
+    stack: &str,
+    routes: Vec<shoal_types::traffic::RouteSpec>,
+    prune: bool,
+) -> Result<(), CliError> {
+    let existing = client.list_routes().await?;
+    let warn = |warnings: Vec<String>| {
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
+    };
+    for spec in &routes {
+        let in_route = |e: CliError| CliError::Message(format!("route {}: {e}", spec.name));
+        match existing.iter().find(|r| r.spec.name == spec.name) {
+            Some(current) if current.spec == *spec => print_out(&format!("Route {} is unchanged\n", spec.name)),
+            Some(current) => {
+                print_out(&format!("Updating route {}\n", spec.name));
+                let (_, warnings) = client.update_route(&current.id, current.version, spec).await.map_err(in_route)?;
+                warn(warnings);
+            }
+            None => {
+                print_out(&format!("Creating route {}\n", spec.name));
+                let (_, warnings) = client.create_route(spec).await.map_err(in_route)?;
+                warn(warnings);
+            }
+        }
+    }
+    if prune {
+        for route in stack_routes(&existing, stack).filter(|r| !routes.iter().any(|s| s.name == r.spec.name)) {
+            print_out(&format!("Removing route {}\n", route.spec.name));
+            client
+                .remove_route(&route.id)
+                .await
+                .map_err(|e| CliError::Message(format!("route {}: {e}", route.spec.name)))?;
+        }
+    }
+    Ok(())
+}
+
+/// The routes stack `stack` made (they carry its namespace label).
+fn stack_routes<'a>(
+    routes: &'a [shoal_types::traffic::Route],
+    stack: &'a str,
+) -> impl Iterator<Item = &'a shoal_types::traffic::Route> + 'a {
+    routes.iter().filter(move |r| r.spec.labels.get(NAMESPACE_LABEL).map(String::as_str) == Some(stack))
+}
+
 pub async fn rm(host: &str, names: &[String]) -> Result<(), CliError> {
     let mut client = Client::connect(host).await?;
     let all = client.list_services().await?;
@@ -453,10 +507,20 @@ pub async fn rm(host: &str, names: &[String]) -> Result<(), CliError> {
                     .filter(|o| o.spec.labels.get(NAMESPACE_LABEL).map(String::as_str) == Some(stack.as_str())),
             );
         }
-        if services.is_empty() && data.is_empty() {
+        let all_routes = client.list_routes().await?;
+        let routes: Vec<&shoal_types::traffic::Route> = stack_routes(&all_routes, stack).collect();
+        if services.is_empty() && data.is_empty() && routes.is_empty() {
             print_error(&CliError::Message(nothing_found(stack)));
             failed = true;
             continue;
+        }
+        // Routes first: their ports close before the services behind them go.
+        for route in routes {
+            print_out(&format!("Removing route {}\n", route.spec.name));
+            if let Err(e) = client.remove_route(&route.id).await {
+                print_error(&CliError::Message(format!("route {}: {e}", route.spec.name)));
+                failed = true;
+            }
         }
         for service in services {
             print_out(&format!("Removing service {}\n", service.spec.name));

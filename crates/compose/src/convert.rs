@@ -262,6 +262,53 @@ fn default_restart(mode: DeployMode) -> shoal_types::RestartPolicy {
     policy
 }
 
+/// The routes of stack `stack`'s `x-routes:`: named `<stack>_<name>`, labelled with the stack's
+/// namespace, selecting only the stack's own services (the namespace label is added to the
+/// selector), with weights by the services' full names.
+pub fn route_specs(
+    stack: &str,
+    file: &crate::model::StackFile,
+) -> Result<Vec<shoal_types::traffic::RouteSpec>, ComposeError> {
+    let mut out = Vec::new();
+    for (name, def) in &file.routes {
+        let path = format!("x-routes.{name}");
+        let ports = def.publish.split_once(':').and_then(|(p, t)| {
+            let port = p.parse::<u16>().ok().filter(|p| *p != 0)?;
+            let target = t.parse::<u16>().ok().filter(|t| *t != 0)?;
+            Some((port, target))
+        });
+        let Some((port, target)) = ports else {
+            return Err(ComposeError::invalid(
+                None,
+                format!("{path}.publish"),
+                format!("{:?} is not PUBLISHED:TARGET (e.g. 8080:80)", def.publish),
+            ));
+        };
+        let mut selector = def.select.clone();
+        selector.insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+        let weights = def
+            .weights
+            .iter()
+            .map(|(service, share)| {
+                let full =
+                    if file.services.contains_key(service) { format!("{stack}_{service}") } else { service.clone() };
+                (full, *share)
+            })
+            .collect();
+        let spec = shoal_types::traffic::RouteSpec {
+            name: format!("{stack}_{name}"),
+            labels: Labels::from([(NAMESPACE_LABEL.to_string(), stack.to_string())]),
+            port,
+            target,
+            selector,
+            weights,
+        };
+        spec.validate().map_err(|e| ComposeError::invalid(None, path.clone(), e.to_string()))?;
+        out.push(spec);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

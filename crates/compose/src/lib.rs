@@ -81,7 +81,7 @@ use std::path::{Path, PathBuf};
 
 use shoal_types::{PublishMode, ServiceSpec, validate_name};
 
-pub use convert::NAMESPACE_LABEL;
+pub use convert::{NAMESPACE_LABEL, route_specs};
 pub use envfile::{EnvFileError, parse_env_file};
 pub use error::{ComposeError, Location, UnsupportedKey};
 pub use model::{

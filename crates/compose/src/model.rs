@@ -29,6 +29,21 @@ pub struct StackFile {
     /// The top-level `configs:`, by the name services use.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub configs: BTreeMap<String, DataDef>,
+    /// The top-level `x-routes:` (shoal's extension; docker ignores it), by short name.
+    #[serde(rename = "x-routes", skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, RouteDef>,
+}
+
+/// An `x-routes:` entry: a published port over the stack's services a selector matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RouteDef {
+    /// `PUBLISHED:TARGET`.
+    pub publish: String,
+    /// Service labels (`deploy.labels`) the selected services carry.
+    pub select: Labels,
+    /// Shares in per cent by the services' short names.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, u32>,
 }
 
 /// A top-level `secrets:` or `configs:` entry: the file its value is read from at deploy, or

@@ -473,6 +473,11 @@ impl Walker<'_> {
             }
             stack.change_cause = Some(cause);
         }
+        if let Kind::Map(entries) = &root.kind
+            && let Some((_, value)) = entries.iter().find(|(key, _)| key.name == "x-routes")
+        {
+            stack.routes = self.route_defs(value, "x-routes")?;
+        }
         let Some(services) = services else {
             let location = Location { file: self.files.first().cloned().unwrap_or_default(), line: 1, column: 1 };
             return Err(ComposeError::invalid(
@@ -657,6 +662,47 @@ impl Walker<'_> {
     }
 
     /// The top-level `secrets:` or `configs:`: name → where the value comes from.
+    fn route_defs(&mut self, v: &Val, path: &str) -> Result<BTreeMap<String, crate::model::RouteDef>> {
+        let entries: &[(Key, Val)] = match &v.kind {
+            Kind::Map(entries) => entries,
+            Kind::Null => &[],
+            _ => return Err(self.type_error(v, path, "a mapping of route names to routes")),
+        };
+        let mut defs = BTreeMap::new();
+        for (key, value) in entries {
+            let child = join(path, &key.name);
+            self.locations.insert(child.clone(), self.location(key.loc));
+            let mut def = crate::model::RouteDef::default();
+            for (field, value, p) in self.object(value, &child, &["publish", "select", "weights"], &[])? {
+                match field.name.as_str() {
+                    "publish" => def.publish = self.string(value, &p)?,
+                    "select" => def.select = self.labels(value, &p)?,
+                    "weights" => {
+                        for (service, share) in self.labels(value, &p)? {
+                            let share = share.parse::<u32>().ok().filter(|s| *s <= 100).ok_or_else(|| {
+                                self.error(
+                                    value.loc,
+                                    &join(&p, &service),
+                                    format!("{share:?}: a weight is a whole number of per cent from 0 to 100"),
+                                )
+                            })?;
+                            def.weights.insert(service, share);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if def.publish.is_empty() {
+                return Err(self.error(key.loc, &child, "publish is required (PUBLISHED:TARGET, e.g. 8080:80)"));
+            }
+            if def.select.is_empty() {
+                return Err(self.error(key.loc, &child, "select is required: the service labels the route selects"));
+            }
+            defs.insert(key.name.clone(), def);
+        }
+        Ok(defs)
+    }
+
     fn data_defs(&mut self, v: &Val, path: &str, kind: &str) -> Result<BTreeMap<String, DataDef>> {
         let entries: &[(Key, Val)] = match &v.kind {
             Kind::Map(entries) => entries,

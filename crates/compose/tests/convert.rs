@@ -714,3 +714,26 @@ fn secrets_and_configs_become_references_to_the_stack_s_objects() {
         err("services:\n  db:\n    image: x\nsecrets:\n  pw: {environment: PW}\n").contains("a secret needs file:")
     );
 }
+
+#[test]
+fn x_routes_become_routes_of_the_stack_over_its_own_services() {
+    let yaml = "services:\n  web:\n    image: shoal/web:1\n    deploy:\n      labels: [app=web]\n  canary:\n    image: shoal/web:2\n    deploy:\n      labels: [app=web]\nx-routes:\n  front:\n    publish: \"8080:80\"\n    select: {app: web}\n    weights: {canary: 10}\n";
+    let loaded = load_one(yaml).expect("loads");
+    let routes = shoal_compose::route_specs("app", &loaded.stack).expect("valid routes");
+    assert_eq!(routes.len(), 1);
+    let route = &routes[0];
+    assert_eq!((route.name.as_str(), route.port, route.target), ("app_front", 8080, 80));
+    assert_eq!(route.selector.get("app").map(String::as_str), Some("web"));
+    assert_eq!(route.selector.get(NAMESPACE_LABEL).map(String::as_str), Some("app"), "only this stack's services");
+    assert_eq!(route.weights, BTreeMap::from([("app_canary".to_string(), 10)]));
+    assert!(loaded.normalized_yaml.contains("x-routes:"), "{}", loaded.normalized_yaml);
+
+    let bad = yaml.replace("\"8080:80\"", "\"8080\"");
+    let loaded = load_one(&bad).expect("parses");
+    let err = shoal_compose::route_specs("app", &loaded.stack).expect_err("refused").to_string();
+    assert!(err.contains("x-routes.front.publish") && err.contains("PUBLISHED:TARGET"), "{err}");
+    let err = load_one(&yaml.replace("{canary: 10}", "{canary: -3}")).expect_err("refused").to_string();
+    assert!(err.contains("from 0 to 100"), "{err}");
+    let err = load_one(&yaml.replace("    select: {app: web}\n", "")).expect_err("refused").to_string();
+    assert!(err.contains("select is required"), "{err}");
+}

@@ -11,6 +11,7 @@ use shoal_proto::v1::control_server::Control;
 use shoal_proto::v1::*;
 use shoal_raft::{Member, MemberChange, MemberChangeKind, ProposeError, RaftRole, RaftStatus};
 use shoal_store::{Action, Origin, State};
+use shoal_types::traffic::{Route as TrafficRoute, RouteSpec};
 use shoal_types::{
     ClusterInfo, DataKind, DataObject, DataSpec, ManagerRef, Node, NodeState, RaftSummary, Service, ServiceSpec, Task,
 };
@@ -236,6 +237,20 @@ impl ControlApi {
     fn kind(text: &str) -> Result<DataKind, ApiError> {
         DataKind::parse(text)
             .ok_or_else(|| ApiError::InvalidArgument(format!("kind {text:?}: expected \"secret\" or \"config\"")))
+    }
+
+    fn route_spec(json: &str) -> Result<RouteSpec, ApiError> {
+        let spec: RouteSpec =
+            serde_json::from_str(json).map_err(|e| ApiError::InvalidArgument(format!("invalid route spec: {e}")))?;
+        spec.validate().map_err(|e| ApiError::InvalidArgument(format!("route {}: {e}", spec.name)))?;
+        Ok(spec)
+    }
+
+    fn find_route<'a>(state: &'a State, reference: &str) -> Result<&'a TrafficRoute, ApiError> {
+        if let Some(found) = state.route_by_name(reference) {
+            return Ok(found);
+        }
+        find(state.routes(), reference, |r| &r.id, |r| &r.spec.name).map_err(|e| e.for_kind("route", reference))
     }
 
     fn find_data<'a>(state: &'a State, kind: DataKind, reference: &str) -> Result<&'a DataObject, ApiError> {
@@ -481,6 +496,34 @@ struct EventOut<'a> {
     object: serde_json::Value,
 }
 
+/// What route `route` will not do as asked, for the user to see (the change stands).
+fn route_warnings(state: &State, route: &TrafficRoute) -> Vec<String> {
+    let spec = &route.spec;
+    let selected: Vec<&shoal_types::Service> = state.services().filter(|s| spec.selects(&s.spec.labels)).collect();
+    let selector = spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let mut warnings = Vec::new();
+    if selected.is_empty() {
+        warnings.push(format!(
+            "route {} selects no service ({selector}): connections to port {} are closed until one matches",
+            spec.name, spec.port
+        ));
+    }
+    for service in &selected {
+        if !service.spec.endpoint.ports.iter().any(|p| p.is_reachable() && p.target == spec.target) {
+            warnings.push(format!(
+                "service {} does not publish port {} in ingress mode (add it with --publish-add {}): this route sends it nothing",
+                service.spec.name, spec.target, spec.target
+            ));
+        }
+    }
+    for name in spec.weights.keys() {
+        if !selected.iter().any(|s| &s.spec.name == name) {
+            warnings.push(format!("--weight {name}: the route does not select a service {name}"));
+        }
+    }
+    warnings
+}
+
 fn event_json(change: &shoal_store::Change) -> String {
     use shoal_store::Object;
     let (kind, id, service) = match &change.object {
@@ -488,12 +531,14 @@ fn event_json(change: &shoal_store::Change) -> String {
         Object::Service(s) => ("service", s.id.as_str(), Some(s.id.as_str())),
         Object::Task(t) => ("task", t.id.as_str(), Some(t.service_id.as_str())),
         Object::Node(n) => ("node", n.id.as_str(), None),
+        Object::Route(r) => ("route", r.id.as_str(), None),
     };
     let object = match &change.object {
         Object::Cluster(c) => serde_json::to_value(c),
         Object::Service(s) => serde_json::to_value(s),
         Object::Task(t) => serde_json::to_value(t),
         Object::Node(n) => serde_json::to_value(n),
+        Object::Route(r) => serde_json::to_value(r),
     }
     .expect("objects serialise");
     to_json(&EventOut { time: change.at, kind, action: change.kind, id, service, index: change.index, object })
@@ -689,6 +734,7 @@ impl Control for ControlApi {
                     shoal_store::Object::Service(s) => ("service", Some(s.id.as_str())),
                     shoal_store::Object::Task(t) => ("task", Some(t.service_id.as_str())),
                     shoal_store::Object::Node(_) => ("node", None),
+                    shoal_store::Object::Route(_) => ("route", None),
                 };
                 (request.types.is_empty() || request.types.iter().any(|t| t == kind))
                     && service_id.as_ref().is_none_or(|wanted| service == Some(wanted.as_str()))
@@ -824,6 +870,52 @@ impl Control for ControlApi {
             let object =
                 state.data_object(&id).ok_or_else(|| ApiError::Internal(format!("created {kind} vanished")))?;
             Ok(DataResponse { object_json: to_json(&object.without_data()) })
+        })
+    }
+
+    async fn create_route(&self, request: Request<CreateRouteRequest>) -> Result<Response<RouteResponse>, Status> {
+        routed!(self, request, create_route, Retry::IfNeverSent, async {
+            let spec = Self::route_spec(&request.spec_json)?;
+            let id = shoal_types::ids::new_id();
+            let route = TrafficRoute { id: id.clone(), spec, ..TrafficRoute::default() };
+            self.manager.propose(vec![Action::CreateRoute { route }]).await?;
+            let state = self.manager.state();
+            let route = state.route(&id).ok_or_else(|| ApiError::Internal("created route vanished".into()))?;
+            Ok(RouteResponse { route_json: to_json(route), warnings: route_warnings(&state, route) })
+        })
+    }
+
+    async fn update_route(&self, request: Request<UpdateRouteRequest>) -> Result<Response<RouteResponse>, Status> {
+        routed!(self, request, update_route, Retry::IfNeverSent, async {
+            let spec = Self::route_spec(&request.spec_json)?;
+            let id = Self::find_route(&self.manager.state(), &request.route)?.id.clone();
+            self.manager
+                .propose(vec![Action::UpdateRoute { id: id.clone(), expected_version: request.version, spec }])
+                .await?;
+            let state = self.manager.state();
+            let route = state.route(&id).ok_or_else(|| ApiError::Internal("updated route vanished".into()))?;
+            Ok(RouteResponse { route_json: to_json(route), warnings: route_warnings(&state, route) })
+        })
+    }
+
+    async fn list_routes(&self, request: Request<ListRoutesRequest>) -> Result<Response<ListRoutesResponse>, Status> {
+        routed!(self, request, list_routes, Retry::Always, async {
+            let ListRoutesRequest {} = request;
+            let state = self.manager.state();
+            let mut routes: Vec<&TrafficRoute> = state.routes().collect();
+            routes.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+            Ok(ListRoutesResponse { routes_json: routes.iter().map(to_json).collect() })
+        })
+    }
+
+    async fn remove_route(
+        &self,
+        request: Request<RemoveRouteRequest>,
+    ) -> Result<Response<RemoveRouteResponse>, Status> {
+        routed!(self, request, remove_route, Retry::IfNeverSent, async {
+            let id = Self::find_route(&self.manager.state(), &request.route)?.id.clone();
+            self.manager.propose(vec![Action::RemoveRoute { id: id.clone() }]).await?;
+            Ok(RemoveRouteResponse { id })
         })
     }
 

@@ -79,7 +79,7 @@ impl ChangeRouter {
                         }
                     }
                 }
-                Object::Cluster(_) | Object::Service(_) => {}
+                Object::Cluster(_) | Object::Service(_) | Object::Route(_) => {}
             }
         }
     }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use shoal_store::{Change, Object, State};
-use shoal_types::traffic::{Backend, Listener};
+use shoal_types::traffic::{Backend, Listener, Route};
 use shoal_types::{NodeState, Service, Task, TaskState};
 
 /// What one node's proxies last reported.
@@ -38,9 +38,12 @@ pub struct TrafficTable {
     owner: HashMap<u16, String>,
     /// Ready nodes that run an ingress proxy: a drain waits for every one of them to report.
     proxy_nodes: HashSet<String>,
-    /// Every task that is a backend of some listener now, and by service.
-    backends: HashSet<String>,
+    /// Every task that is a backend of some listener now (of how many), and the backends by
+    /// owner (a service id, or [`ROUTE_OWNER`] and a route id).
+    backends: HashMap<String, u32>,
     backends_of: HashMap<String, HashSet<String>>,
+    /// The services each route selected at its last refresh.
+    route_services: HashMap<String, HashSet<String>>,
     /// The version at which a task stopped being a backend: a node's proxies that use this
     /// version or a later one open no new connection to it.
     left_at: HashMap<String, u64>,
@@ -54,8 +57,8 @@ pub fn touched_services(change: &Change) -> Option<Vec<String>> {
     match &change.object {
         Object::Task(task) => Some(vec![task.service_id.clone()]),
         Object::Service(service) => Some(vec![service.id.clone()]),
-        // A node's address or state moves all of its tasks.
-        Object::Node(_) => None,
+        // A node's address or state moves all of its tasks; a route may select any service.
+        Object::Node(_) | Object::Route(_) => None,
         Object::Cluster(_) => Some(Vec::new()),
     }
 }
@@ -69,9 +72,9 @@ impl TrafficTable {
         &self.listeners
     }
 
-    /// Recomputes the listeners of every service and which nodes run proxies. Tables are
-    /// numbered from 1, so a node's report of version 0 (nothing applied from this manager yet)
-    /// never counts for a drain.
+    /// Recomputes the listeners of every service and route, and which nodes run proxies. Tables
+    /// are numbered from 1, so a node's report of version 0 (nothing applied from this manager
+    /// yet) never counts for a drain.
     pub fn refresh_all(&mut self, state: &State) -> bool {
         self.version = self.version.max(1);
         let proxy_nodes: HashSet<String> = state
@@ -81,18 +84,40 @@ impl TrafficTable {
             .collect();
         let nodes_changed = proxy_nodes != self.proxy_nodes;
         self.proxy_nodes = proxy_nodes;
-        let ids: Vec<String> = state.services().map(|s| s.id.clone()).chain(self.ports_of.keys().cloned()).collect();
-        self.refresh(state, ids.iter().map(String::as_str)) || nodes_changed
+        let ids: Vec<String> = state
+            .services()
+            .map(|s| s.id.clone())
+            .chain(self.ports_of.keys().filter(|o| !o.starts_with(ROUTE_OWNER)).cloned())
+            .collect();
+        let changed = self.refresh(state, ids.iter().map(String::as_str));
+        // Routes removed since.
+        let gone: Vec<String> = self
+            .ports_of
+            .keys()
+            .filter_map(|o| o.strip_prefix(ROUTE_OWNER))
+            .filter(|id| state.route(id).is_none())
+            .map(str::to_string)
+            .collect();
+        let mut removed = false;
+        for id in gone {
+            removed |= self.set_owned(state, &format!("{ROUTE_OWNER}{id}"), Vec::new());
+            self.route_services.remove(&id);
+        }
+        if removed {
+            self.version += 1;
+        }
+        changed || removed || nodes_changed
     }
 
-    /// Recomputes the listeners of `services` (and the draining tasks among their tasks);
-    /// whether the table or the draining tasks changed.
+    /// Recomputes the listeners of `services`, of the routes that select one of them (now or
+    /// before), and the draining tasks among their tasks; whether the table or the draining
+    /// tasks changed.
     pub fn refresh<'a>(&mut self, state: &State, services: impl IntoIterator<Item = &'a str>) -> bool {
         self.version = self.version.max(1);
         let draining_before = self.draining.len();
         let mut draining_changed = false;
         let mut changed = false;
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         for id in services {
             if !seen.insert(id) {
                 continue;
@@ -105,61 +130,22 @@ impl TrafficTable {
                     draining_changed |= self.draining.remove(&task.id).is_some();
                 }
             }
-            let mut wanted = state.service(id).map(|s| listeners_of(state, s, &tasks)).unwrap_or_default();
-            // A port another service still publishes stays that service's (the store refuses a
-            // second owner; an automatic rollback may still bring one back).
-            wanted.retain(|listener| match self.owner.get(&listener.port) {
-                Some(other) if other != id && state.service(other).is_some_and(|s| publishes(s, listener.port)) => {
-                    tracing::warn!(port = listener.port, service = %listener.service, "published port already carries another service's traffic; ignored for this one");
-                    false
-                }
-                _ => true,
-            });
-            let old_ports: Vec<u16> = self
-                .ports_of
-                .remove(id)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| self.owner.get(p).is_some_and(|o| o == id))
-                .collect();
-            let old_listeners: Vec<Arc<Listener>> =
-                old_ports.iter().filter_map(|port| self.listeners.get(port).cloned()).collect();
-            let before = self.backends_of.remove(id).unwrap_or_default();
-            let after: HashSet<String> =
-                wanted.iter().flat_map(|l| l.backends.iter().map(|b| b.task_id.clone())).collect();
-            let ports: Vec<u16> = wanted.iter().map(|l| l.port).collect();
-            let same = old_listeners.len() == wanted.len()
-                && old_listeners.iter().zip(&wanted).all(|(old, new)| **old == *new)
-                && before == after;
-            if same {
-                self.ports_of.insert(id.to_string(), ports);
-                self.backends_of.insert(id.to_string(), after);
+            let wanted = state.service(id).map(|s| listeners_of(state, s, &tasks)).unwrap_or_default();
+            changed |= self.set_owned(state, id, wanted);
+        }
+        for route in state.routes() {
+            let selected: HashSet<String> =
+                state.services().filter(|s| route.spec.selects(&s.spec.labels)).map(|s| s.id.clone()).collect();
+            let before = self.route_services.get(&route.id);
+            let touched = selected.iter().chain(before.into_iter().flatten()).any(|s| seen.contains(s.as_str()))
+                || before != Some(&selected)
+                || !self.ports_of.contains_key(&format!("{ROUTE_OWNER}{}", route.id));
+            if !touched {
                 continue;
             }
-            changed = true;
-            let next = self.version + 1;
-            for gone in before.difference(&after) {
-                self.backends.remove(gone);
-                self.left_at.insert(gone.clone(), next);
-            }
-            for added in after.difference(&before) {
-                self.backends.insert(added.clone());
-                self.left_at.remove(added);
-            }
-            for port in &old_ports {
-                self.listeners.remove(port);
-                self.owner.remove(port);
-            }
-            for listener in wanted {
-                self.owner.insert(listener.port, id.to_string());
-                self.listeners.insert(listener.port, Arc::new(listener));
-            }
-            if !ports.is_empty() {
-                self.ports_of.insert(id.to_string(), ports);
-            }
-            if !after.is_empty() {
-                self.backends_of.insert(id.to_string(), after);
-            }
+            let listener = route_listener(state, route, &selected);
+            self.route_services.insert(route.id.clone(), selected);
+            changed |= self.set_owned(state, &format!("{ROUTE_OWNER}{}", route.id), vec![listener]);
         }
         if changed {
             self.version += 1;
@@ -168,6 +154,74 @@ impl TrafficTable {
         self.left_at.retain(|task, _| state.task(task).is_some());
         self.draining.retain(|task, _| state.task(task).is_some_and(|t| t.status.state == TaskState::Draining));
         changed || draining_changed || self.draining.len() != draining_before
+    }
+
+    /// Makes `wanted` the listeners of `owner` (a service id, or a route's owner key): records
+    /// which tasks stopped being backends (at the next version) and which became ones. Whether
+    /// anything changed.
+    fn set_owned(&mut self, state: &State, owner: &str, mut wanted: Vec<Listener>) -> bool {
+        // A port another owner still publishes stays that owner's (the store refuses a second
+        // one; an automatic rollback may still bring one back).
+        wanted.retain(|listener| match self.owner.get(&listener.port) {
+            Some(other) if other != owner && still_publishes(state, other, listener.port) => {
+                tracing::warn!(port = listener.port, service = %listener.service, "published port already carries other traffic; ignored here");
+                false
+            }
+            _ => true,
+        });
+        let old_ports: Vec<u16> = self
+            .ports_of
+            .remove(owner)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| self.owner.get(p).is_some_and(|o| o == owner))
+            .collect();
+        let old_listeners: Vec<Arc<Listener>> =
+            old_ports.iter().filter_map(|port| self.listeners.get(port).cloned()).collect();
+        let before = self.backends_of.remove(owner).unwrap_or_default();
+        let after: HashSet<String> = wanted.iter().flat_map(|l| l.backends.iter().map(|b| b.task_id.clone())).collect();
+        let ports: Vec<u16> = wanted.iter().map(|l| l.port).collect();
+        let same = old_listeners.len() == wanted.len()
+            && old_listeners.iter().zip(&wanted).all(|(old, new)| **old == *new)
+            && before == after;
+        if same {
+            if !ports.is_empty() {
+                self.ports_of.insert(owner.to_string(), ports);
+            }
+            if !after.is_empty() {
+                self.backends_of.insert(owner.to_string(), after);
+            }
+            return false;
+        }
+        let next = self.version + 1;
+        for gone in before.difference(&after) {
+            if let Some(n) = self.backends.get_mut(gone) {
+                *n -= 1;
+                if *n == 0 {
+                    self.backends.remove(gone);
+                    self.left_at.insert(gone.clone(), next);
+                }
+            }
+        }
+        for added in after.difference(&before) {
+            *self.backends.entry(added.clone()).or_default() += 1;
+            self.left_at.remove(added);
+        }
+        for port in &old_ports {
+            self.listeners.remove(port);
+            self.owner.remove(port);
+        }
+        for listener in wanted {
+            self.owner.insert(listener.port, owner.to_string());
+            self.listeners.insert(listener.port, Arc::new(listener));
+        }
+        if !ports.is_empty() {
+            self.ports_of.insert(owner.to_string(), ports);
+        }
+        if !after.is_empty() {
+            self.backends_of.insert(owner.to_string(), after);
+        }
+        true
     }
 
     /// Records what node `node_id`'s proxies reported on traffic stream `stream`; whether it
@@ -200,7 +254,7 @@ impl TrafficTable {
         let mut out: Vec<String> = self
             .draining
             .iter()
-            .filter(|(task, node)| *node == node_id && !self.backends.contains(*task))
+            .filter(|(task, node)| *node == node_id && !self.backends.contains_key(*task))
             .filter(|(task, _)| {
                 // A task that left the table before this leader saw it: the leader's first table.
                 let left = self.left_at.get(*task).copied().unwrap_or(0).max(1);
@@ -233,8 +287,69 @@ fn node_addr(state: &State, node_id: &str) -> Option<String> {
     (!addr.is_empty()).then(|| addr.to_string())
 }
 
-fn publishes(service: &Service, port: u16) -> bool {
-    service.spec.endpoint.ports.iter().any(|p| p.is_ingress() && p.published == port)
+/// The owner key of a route's listener: this and the route's id.
+const ROUTE_OWNER: &str = "route:";
+
+fn still_publishes(state: &State, owner: &str, port: u16) -> bool {
+    match owner.strip_prefix(ROUTE_OWNER) {
+        Some(route) => state.route(route).is_some_and(|r| r.spec.port == port),
+        None => state
+            .service(owner)
+            .is_some_and(|s| s.spec.endpoint.ports.iter().any(|p| p.is_ingress() && p.published == port)),
+    }
+}
+
+/// Task `task`'s backend for `target` (its reported endpoint), weight 1.
+fn backend_of(state: &State, task: &Task, target: u16) -> Option<Backend> {
+    if task.desired_state > TaskState::Running || task.status.state != TaskState::Running {
+        return None;
+    }
+    let reported = task.status.ports.iter().find(|p| p.target == target)?;
+    let addr = node_addr(state, &task.node_id)?;
+    if reported.host_port == 0 && reported.container_ip.is_empty() {
+        return None;
+    }
+    Some(Backend {
+        task_id: task.id.clone(),
+        node_id: task.node_id.clone(),
+        remote: if reported.host_port == 0 { String::new() } else { join(&addr, reported.host_port) },
+        local: if reported.container_ip.is_empty() { String::new() } else { join(&reported.container_ip, target) },
+        weight: 1,
+    })
+}
+
+/// Weight units a service's share (in per cent) is split into among its tasks.
+const WEIGHT_UNITS: u32 = 10_000;
+
+/// A route's listener: the tasks of the `selected` services that listen on its target port.
+/// Without weights every task weighs the same; with them each service's share divides among
+/// its tasks, and the services not named split what the named ones leave.
+fn route_listener(state: &State, route: &Route, selected: &HashSet<String>) -> Listener {
+    let spec = &route.spec;
+    let mut by_service: Vec<(&Service, Vec<Backend>)> = state
+        .services()
+        .filter(|s| selected.contains(&s.id))
+        .map(|s| (s, state.tasks_of_service(&s.id).filter_map(|t| backend_of(state, t, spec.target)).collect()))
+        .collect();
+    by_service.retain(|(_, backends)| !backends.is_empty());
+    if !spec.weights.is_empty() {
+        let named: u32 = spec.weights.values().sum();
+        let unnamed = by_service.iter().filter(|(s, _)| !spec.weights.contains_key(&s.spec.name)).count() as u32;
+        let rest = 100u32.saturating_sub(named);
+        for (service, backends) in &mut by_service {
+            let share = match spec.weights.get(&service.spec.name) {
+                Some(share) => *share,
+                None => rest / unnamed.max(1),
+            };
+            let each = (share * WEIGHT_UNITS) / backends.len() as u32;
+            for backend in backends.iter_mut() {
+                backend.weight = if share == 0 { 0 } else { each.max(1) };
+            }
+        }
+    }
+    let mut backends: Vec<Backend> = by_service.into_iter().flat_map(|(_, b)| b).collect();
+    backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    Listener { port: spec.port, service: format!("route {}", spec.name), backends }
 }
 
 fn join(ip: &str, port: u16) -> String {
@@ -245,31 +360,14 @@ fn join(ip: &str, port: u16) -> String {
 fn listeners_of(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listener> {
     let mut out = Vec::new();
     for port in service.spec.endpoint.ports.iter().filter(|p| p.is_ingress()) {
-        let mut backends = Vec::new();
-        for task in
-            tasks.iter().filter(|t| t.desired_state <= TaskState::Running && t.status.state == TaskState::Running)
-        {
-            // The task's own endpoint decides its target port (an older spec may differ).
-            let Some(target) = task.endpoint.ports.iter().find(|p| p.is_ingress() && p.published == port.published)
-            else {
-                continue;
-            };
-            let Some(reported) = task.status.ports.iter().find(|p| p.target == target.target) else { continue };
-            let Some(addr) = node_addr(state, &task.node_id) else { continue };
-            if reported.host_port == 0 && reported.container_ip.is_empty() {
-                continue;
-            }
-            backends.push(Backend {
-                task_id: task.id.clone(),
-                node_id: task.node_id.clone(),
-                remote: if reported.host_port == 0 { String::new() } else { join(&addr, reported.host_port) },
-                local: if reported.container_ip.is_empty() {
-                    String::new()
-                } else {
-                    join(&reported.container_ip, target.target)
-                },
-            });
-        }
+        let mut backends: Vec<Backend> = tasks
+            .iter()
+            .filter_map(|task| {
+                // The task's own endpoint decides its target port (an older spec may differ).
+                let target = task.endpoint.ports.iter().find(|p| p.is_ingress() && p.published == port.published)?;
+                backend_of(state, task, target.target)
+            })
+            .collect();
         backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         out.push(Listener { port: port.published, service: service.spec.name.clone(), backends });
     }

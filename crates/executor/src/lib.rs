@@ -71,7 +71,7 @@ impl TaskPlan {
             ports: task.endpoint.ports.iter().filter(|p| p.mode == shoal_types::PublishMode::Host).cloned().collect(),
             ingress_targets: {
                 let mut targets: Vec<u16> =
-                    task.endpoint.ports.iter().filter(|p| p.is_ingress()).map(|p| p.target).collect();
+                    task.endpoint.ports.iter().filter(|p| p.is_reachable()).map(|p| p.target).collect();
                 targets.sort_unstable();
                 targets.dedup();
                 targets

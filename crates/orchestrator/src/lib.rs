@@ -171,6 +171,8 @@ impl Dirty {
                     self.schedule = true;
                 }
             }
+            // Routes carry traffic; orchestrators do not look at them.
+            Object::Route(_) => {}
             Object::Node(node) => {
                 self.nodes.insert(node.id.clone());
                 self.schedule = true;

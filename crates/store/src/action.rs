@@ -94,6 +94,20 @@ actions! {
         id: String,
         spec: ServiceSpec,
     },
+    /// `route create`; refused if the name or the port is taken.
+    CreateRoute {
+        route: shoal_types::traffic::Route,
+    },
+    /// `route update`: a new spec for a route still at `expected_version`.
+    UpdateRoute {
+        id: String,
+        expected_version: u64,
+        spec: shoal_types::traffic::RouteSpec,
+    },
+    /// `route rm`.
+    RemoveRoute {
+        id: String,
+    },
     /// `secret create` / `config create`; refused if the name is taken for its kind.
     CreateData {
         object: shoal_types::DataObject,

@@ -9,6 +9,7 @@ use shoal_types::{
 };
 
 use crate::action::{Action, Batch, MembershipChange, MembershipKind, Origin};
+use shoal_types::traffic::Route;
 use shoal_types::{MANUALLY_ABORTED, MANUALLY_PAUSED};
 
 /// Why a batch was refused. The store is left exactly as it was.
@@ -56,10 +57,8 @@ pub enum StoreError {
         "{kind} {name} is still in the previous spec of service {services}, which a rollback would bring back: update the service once more (e.g. --force) or remove it first"
     )]
     DataInPreviousSpec { kind: &'static str, name: String, services: String },
-    #[error(
-        "port {port}/tcp is already published by service {service} (ingress): choose another --publish port or remove it there first"
-    )]
-    PortInUse { port: u16, service: String },
+    #[error("port {port}/tcp is already published by {owner}: choose another --publish port or remove it there first")]
+    PortInUse { port: u16, owner: String },
     #[error("the cluster is not initialised")]
     NoCluster,
     #[error("cluster is already initialised")]
@@ -89,6 +88,7 @@ pub enum Object {
     Service(Arc<Service>),
     Task(Task),
     Node(Node),
+    Route(Arc<Route>),
 }
 
 /// One object's change, published to watchers after its batch applied.
@@ -132,6 +132,9 @@ pub struct State {
     /// Secrets and configs by id, values included.
     #[serde(default)]
     data: BTreeMap<String, Arc<DataObject>>,
+    /// Routes by id.
+    #[serde(default)]
+    routes: BTreeMap<String, Arc<Route>>,
     #[serde(skip)]
     service_names: BTreeMap<String, String>,
     /// Secret and config ids by kind and name (derived, rebuilt on restore).
@@ -194,6 +197,7 @@ pub struct SnapshotView {
     revisions: BTreeMap<String, Vec<Arc<Revision>>>,
     rollouts: BTreeMap<String, Vec<Arc<Rollout>>>,
     data: BTreeMap<String, Arc<DataObject>>,
+    routes: BTreeMap<String, Arc<Route>>,
 }
 
 impl SnapshotView {
@@ -251,6 +255,7 @@ enum Undo {
     Task(String, Option<Task>),
     Revisions(String, Option<Vec<Arc<Revision>>>),
     Data(String, Option<Arc<DataObject>>),
+    Route(String, Option<Arc<Route>>),
     Rollouts(String, Option<Vec<Arc<Rollout>>>),
     /// A slot appended to the service's newest rollout record: taken off again.
     RolloutSlot(String),
@@ -316,24 +321,42 @@ impl State {
         (current, previous)
     }
 
-    /// Refuses a spec that uses a secret or config that does not exist.
-    /// Refuses a spec whose ingress ports another service (not `id`) publishes already: one
-    /// published port carries one service's traffic on every node.
+    /// Refuses a spec whose ingress ports another service (not `id`) or a route publishes
+    /// already: one published port carries one owner's traffic on every node.
     fn check_ingress_ports(&self, id: &str, spec: &ServiceSpec) -> Result<(), StoreError> {
-        let wanted: Vec<u16> = spec.endpoint.ports.iter().filter(|p| p.is_ingress()).map(|p| p.published).collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        for other in self.services.values().filter(|s| s.id != id) {
-            if let Some(port) =
-                other.spec.endpoint.ports.iter().find(|p| p.is_ingress() && wanted.contains(&p.published))
-            {
-                return Err(StoreError::PortInUse { port: port.published, service: other.spec.name.clone() });
-            }
+        for port in spec.endpoint.ports.iter().filter(|p| p.is_ingress()) {
+            self.check_port_free(port.published, id)?;
         }
         Ok(())
     }
 
+    /// Refuses `port` if a service or route other than `owner` (an id) publishes it.
+    fn check_port_free(&self, port: u16, owner: &str) -> Result<(), StoreError> {
+        for other in self.services.values().filter(|s| s.id != owner) {
+            if other.spec.endpoint.ports.iter().any(|p| p.is_ingress() && p.published == port) {
+                return Err(StoreError::PortInUse { port, owner: format!("service {}", other.spec.name) });
+            }
+        }
+        if let Some(route) = self.routes.values().find(|r| r.id != owner && r.spec.port == port) {
+            return Err(StoreError::PortInUse { port, owner: format!("route {}", route.spec.name) });
+        }
+        Ok(())
+    }
+
+    /// Routes by id.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.values().map(|r| &**r)
+    }
+
+    pub fn route(&self, id: &str) -> Option<&Route> {
+        self.routes.get(id).map(|r| &**r)
+    }
+
+    pub fn route_by_name(&self, name: &str) -> Option<&Route> {
+        self.routes.values().find(|r| r.spec.name == name).map(|r| &**r)
+    }
+
+    /// Refuses a spec that uses a secret or config that does not exist.
     fn check_data_references(&self, spec: &ServiceSpec) -> Result<(), StoreError> {
         for (kind, reference) in spec.task.container.data_references() {
             if self.data_by_name(kind, &reference.source).is_none() {
@@ -447,6 +470,7 @@ impl State {
             revisions: self.revisions.clone(),
             rollouts: self.rollouts.clone(),
             data: self.data.clone(),
+            routes: self.routes.clone(),
         }
     }
 
@@ -597,6 +621,50 @@ impl State {
                 self.cluster = Some(cluster.clone());
                 changes.push(Change { kind: ChangeKind::Update, index, at, object: Object::Cluster(cluster) });
             }
+            Action::CreateRoute { mut route } => {
+                if self.routes.contains_key(&route.id) {
+                    return Err(StoreError::AlreadyExists { kind: "route", name: route.id });
+                }
+                if self.route_by_name(&route.spec.name).is_some() {
+                    return Err(StoreError::AlreadyExists { kind: "route", name: route.spec.name });
+                }
+                self.check_port_free(route.spec.port, &route.id)?;
+                route.version = index;
+                route.created_at = at;
+                route.updated_at = at;
+                let route = Arc::new(route);
+                undo.push(Undo::Route(route.id.clone(), None));
+                self.routes.insert(route.id.clone(), route.clone());
+                changes.push(Change { kind: ChangeKind::Create, index, at, object: Object::Route(route) });
+            }
+            Action::UpdateRoute { id, expected_version, spec } => {
+                let current = self
+                    .routes
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| StoreError::NotFound { kind: "route", id: id.clone() })?;
+                if current.version != expected_version {
+                    return Err(StoreError::OutOfSequence {
+                        name: current.spec.name.clone(),
+                        current: current.version,
+                        expected: expected_version,
+                    });
+                }
+                if spec.name != current.spec.name {
+                    return Err(StoreError::Rename { name: current.spec.name.clone() });
+                }
+                self.check_port_free(spec.port, &id)?;
+                let route = Arc::new(Route { version: index, updated_at: at, spec, ..Route::clone(&current) });
+                undo.push(Undo::Route(id.clone(), Some(current)));
+                self.routes.insert(id, route.clone());
+                changes.push(Change { kind: ChangeKind::Update, index, at, object: Object::Route(route) });
+            }
+            Action::RemoveRoute { id } => {
+                let route =
+                    self.routes.remove(&id).ok_or_else(|| StoreError::NotFound { kind: "route", id: id.clone() })?;
+                undo.push(Undo::Route(id, Some(route.clone())));
+                changes.push(Change { kind: ChangeKind::Remove, index, at, object: Object::Route(route) });
+            }
             Action::CreateData { mut object } => {
                 if self.data.contains_key(&object.id) {
                     return Err(StoreError::AlreadyExists { kind: object.kind.as_str(), name: object.id });
@@ -728,6 +796,7 @@ impl State {
                     return Err(StoreError::RevisionNotFound { name: current.spec.name.clone(), revision, kept });
                 };
                 self.check_data_references(&target.spec)?;
+                self.check_ingress_ports(&id, &target.spec)?;
                 let message = format!("manually requested rollback to revision {revision}");
                 let service = rolled_back(current, ServiceSpec::clone(&target.spec), message, index, at);
                 self.put_rollback(service, origin, undo, changes)?;
@@ -1446,6 +1515,14 @@ impl State {
         match step {
             Undo::Cluster(old) => self.cluster = old,
             Undo::Security(old) => self.security = old,
+            Undo::Route(id, old) => match old {
+                Some(old) => {
+                    self.routes.insert(id, old);
+                }
+                None => {
+                    self.routes.remove(&id);
+                }
+            },
             Undo::Data(id, old) => {
                 if let Some(gone) = self.data.remove(&id) {
                     self.data_names.remove(&(gone.kind, gone.spec.name.clone()));

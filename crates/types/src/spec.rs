@@ -463,7 +463,13 @@ pub struct PortConfig {
 impl PortConfig {
     /// Whether the cluster's proxies carry this port (a published TCP port in ingress mode).
     pub fn is_ingress(&self) -> bool {
-        self.mode == PublishMode::Ingress && self.published != 0 && self.protocol == PortProtocol::Tcp
+        self.is_reachable() && self.published != 0
+    }
+
+    /// Whether the cluster's proxies can reach the target port: an ingress-mode TCP port,
+    /// published on every node or not (`-p 80`: for routes only).
+    pub fn is_reachable(&self) -> bool {
+        self.mode == PublishMode::Ingress && self.protocol == PortProtocol::Tcp
     }
 }
 

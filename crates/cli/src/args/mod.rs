@@ -10,6 +10,7 @@ pub mod node;
 pub mod parsers;
 pub mod publish;
 pub mod rollout;
+pub mod route;
 pub mod service;
 pub mod stack;
 pub mod tasks;
@@ -83,6 +84,9 @@ pub enum Command {
     /// Manage configs (values services get as files)
     #[command(subcommand)]
     Config(data::DataCommand),
+    /// Manage routes (a published port over the services a label selector matches)
+    #[command(subcommand)]
+    Route(route::RouteCommand),
     /// Stream changes to services, tasks, nodes and the cluster until interrupted
     Events(EventsArgs),
     /// Print a shell completion script (e.g. shoal completion bash > /etc/bash_completion.d/shoal)

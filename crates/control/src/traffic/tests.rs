@@ -209,3 +209,53 @@ fn a_node_that_is_down_takes_no_connections() {
     w.apply(vec![Action::PutNode { node: n2 }]);
     assert_eq!(w.backends(), ["a"]);
 }
+
+#[test]
+fn a_route_weighs_tasks_equally_or_by_the_services_shares() {
+    use shoal_types::traffic::{Route, RouteSpec};
+    let mut w = World::new();
+    let labelled = |name: &str| {
+        let mut spec = ServiceSpec::new(name, "shoal/web:1");
+        spec.labels.insert("app".into(), "web".into());
+        spec.endpoint.ports = vec![PortConfig { target: 80, published: 0, ..PortConfig::default() }];
+        spec
+    };
+    w.apply(vec![
+        Action::CreateService { id: "s-main".into(), spec: labelled("main") },
+        Action::CreateService { id: "s-canary".into(), spec: labelled("canary") },
+    ]);
+    for (id, service, port) in
+        [("m1", "s-main", 41), ("m2", "s-main", 42), ("m3", "s-main", 43), ("c1", "s-canary", 44)]
+    {
+        let mut t = task(id, service, "n1", TaskState::Running);
+        t.endpoint.ports = vec![PortConfig { target: 80, published: 0, ..PortConfig::default() }];
+        t.status.ports = vec![TaskPort { target: 80, host_port: port, container_ip: String::new() }];
+        w.apply(vec![Action::PutTask { task: t }]);
+    }
+    let spec = RouteSpec {
+        name: "front".into(),
+        port: 9000,
+        target: 80,
+        selector: [("app".to_string(), "web".to_string())].into(),
+        ..RouteSpec::default()
+    };
+    w.apply(vec![Action::CreateRoute { route: Route { id: "r1".into(), spec: spec.clone(), ..Route::default() } }]);
+    let weights = |w: &World| -> Vec<(String, u32)> {
+        w.table.listeners()[&9000].backends.iter().map(|b| (b.task_id.clone(), b.weight)).collect()
+    };
+    // By task count: every task the same.
+    assert_eq!(weights(&w), [("c1".into(), 1), ("m1".into(), 1), ("m2".into(), 1), ("m3".into(), 1)]);
+    // canary 40%: its one task 40%; main (not named) gets the other 60%, 20% per task.
+    let version = w.state.route("r1").expect("r1").version;
+    let weighted = RouteSpec { weights: [("canary".to_string(), 40)].into(), ..spec };
+    w.apply(vec![Action::UpdateRoute { id: "r1".into(), expected_version: version, spec: weighted }]);
+    assert_eq!(
+        weights(&w),
+        [("c1".into(), 400_000), ("m1".into(), 200_000), ("m2".into(), 200_000), ("m3".into(), 200_000)]
+    );
+    // A task of a selected service that stops leaves the route's listener too (and is drained).
+    w.apply(vec![Action::SetDesiredState { id: "m1".into(), desired: TaskState::Shutdown }]);
+    assert!(!weights(&w).iter().any(|(t, _)| t == "m1"));
+    w.apply(vec![Action::RemoveRoute { id: "r1".into() }]);
+    assert!(!w.table.listeners().contains_key(&9000));
+}
