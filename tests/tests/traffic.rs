@@ -454,3 +454,41 @@ async fn a_stacks_x_routes_are_deployed_with_it_and_removed_with_it() -> Result<
     ensure!(ok(addr, &["route", "ls", "-q"])?.trim().is_empty(), "the stack's route is gone");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_step_sets_the_new_versions_share_of_traffic_whatever_its_task_count() -> Result<()> {
+    let (cluster, addr) = single_node().await?;
+    let addr = addr.as_str();
+    ok(addr, &["service", "create", "--name", "web", "--replicas", "4", "-p", "8090:80", "shoal/web:1"])?;
+    let entry = cluster.agents[0].ingress(8090);
+    wait_answering(&entry).await?;
+    // One task of four runs the new version, but it takes half of the connections.
+    let out = ok(
+        addr,
+        &[
+            "service",
+            "update",
+            "--update-step",
+            "1:approve:traffic=50%",
+            "--update-step",
+            "100%",
+            "--image",
+            "shoal/web:2",
+            "web",
+        ],
+    )?;
+    ensure!(out.contains("waiting for approval"), "{out}");
+    let tasks = list_tasks(addr, "web").await?;
+    let new = running(&tasks).iter().filter(|t| t.spec.container.image == "shoal/web:2").count();
+    ensure!(new == 1, "one new task at step 1: {new}");
+    let share = share_of_v2(&entry, 200).await?;
+    ensure!((0.35..=0.65).contains(&share), "the step's 50%, not 1 in 4: {share}");
+    ok(addr, &["rollout", "approve", "web"])?;
+    wait_tasks(addr, "web", Duration::from_secs(60), "4 running web:2", |tasks| {
+        running(tasks).len() == 4 && running(tasks).iter().all(|t| t.spec.container.image == "shoal/web:2")
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(share_of_v2(&entry, 40).await? == 1.0, "after the rollout every connection reaches the new version");
+    Ok(())
+}

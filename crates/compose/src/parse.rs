@@ -170,7 +170,7 @@ const UPDATE_SUPPORTED: &[&str] = &[
     "x-old-tasks",
     "x-prepare-ahead",
 ];
-const STEP_SUPPORTED: &[&str] = &["replicas", "pause"];
+const STEP_SUPPORTED: &[&str] = &["replicas", "pause", "traffic"];
 const RESTART_SUPPORTED: &[&str] = &["condition", "delay", "max_attempts", "window"];
 const PLACEMENT_SUPPORTED: &[&str] = &["constraints", "preferences", "max_replicas_per_node"];
 const RESOURCES_SUPPORTED: &[&str] = &["limits", "reservations"];
@@ -1181,7 +1181,7 @@ impl Walker<'_> {
         for (i, item) in items.iter().enumerate() {
             let at = format!("{path}[{i}]");
             let default = if i == last { StepPause::For(GoDuration::ZERO) } else { StepPause::Approve };
-            let mut step = CanaryStep { replicas: Quantity::Count(0), pause: default };
+            let mut step = CanaryStep { replicas: Quantity::Count(0), pause: default, traffic: None };
             let mut replicas_given = false;
             for (key, value, p) in self.object(item, &at, STEP_SUPPORTED, &[])? {
                 match key.name.as_str() {
@@ -1205,6 +1205,12 @@ impl Walker<'_> {
                                 self.error(value.loc, &p, message)
                             })?),
                         }
+                    }
+                    "traffic" => {
+                        let text = self.string(value, &p)?;
+                        let share =
+                            shoal_types::rollout::parse_share(&text).map_err(|why| self.error(value.loc, &p, why))?;
+                        step.traffic = Some(share);
                     }
                     _ => {}
                 }

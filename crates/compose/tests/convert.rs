@@ -599,16 +599,16 @@ fn x_change_cause_is_the_deploys_cause() {
 fn strategy_extension_keys() {
     use shoal_types::{CanaryStep, Quantity, RolloutStrategy, StepPause};
     let spec = web(
-        "deploy:\n  replicas: 4\n  update_config:\n    x-max-surge: 1\n    x-max-unavailable: 0%\n    x-steps:\n      - replicas: 1\n      - replicas: 50%\n        pause: 30s\n      - replicas: 100%\n    x-old-tasks: remove\n  rollback_config:\n    x-strategy: recreate",
+        "deploy:\n  replicas: 4\n  update_config:\n    x-max-surge: 1\n    x-max-unavailable: 0%\n    x-steps:\n      - replicas: 1\n        traffic: 5%\n      - replicas: 50%\n        pause: 30s\n      - replicas: 100%\n    x-old-tasks: remove\n  rollback_config:\n    x-strategy: recreate",
     );
     assert_eq!(spec.update_config.max_surge, Some(Quantity::Count(1)));
     assert_eq!(spec.update_config.max_unavailable, Some(Quantity::Percent(0)));
     assert_eq!(
         spec.update_config.steps,
         [
-            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve },
-            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::For(secs(30)) },
-            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO) },
+            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve, traffic: Some(5) },
+            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::For(secs(30)), traffic: None },
+            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO), traffic: None },
         ]
     );
     assert_eq!(spec.rollback_config.strategy, RolloutStrategy::Recreate);

@@ -368,11 +368,43 @@ fn listeners_of(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listen
                 backend_of(state, task, target.target)
             })
             .collect();
+        if let Some(share) = step_traffic(service) {
+            shape(&mut backends, share, |task| {
+                tasks.iter().any(|t| t.id == task && t.spec_version == service.spec_version)
+            });
+        }
         backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         out.push(Listener { port: port.published, service: service.spec.name.clone(), backends });
     }
     out.sort_by_key(|l| l.port);
     out
+}
+
+/// The traffic share of the new version the service's rollout is at (a canary step's
+/// `traffic=N%`), while it rolls out or is paused at that step.
+fn step_traffic(service: &Service) -> Option<u8> {
+    let status = service.update_status.as_ref()?;
+    if !matches!(status.state, shoal_types::UpdateState::Updating | shoal_types::UpdateState::Paused) {
+        return None;
+    }
+    let step = status.step.as_ref()?;
+    service.spec.update_config.steps.get(step.index as usize)?.traffic
+}
+
+/// Gives the backends `is_new` says run the new version `share` per cent of the connections and
+/// the others the rest, each group's share split among its tasks. With one group empty the other
+/// takes everything (weights stay equal).
+fn shape(backends: &mut [Backend], share: u8, is_new: impl Fn(&str) -> bool) {
+    let new = backends.iter().filter(|b| is_new(&b.task_id)).count() as u32;
+    let old = backends.len() as u32 - new;
+    if new == 0 || old == 0 {
+        return;
+    }
+    let share = u32::from(share);
+    for backend in backends.iter_mut() {
+        let (group_share, count) = if is_new(&backend.task_id) { (share, new) } else { (100 - share, old) };
+        backend.weight = if group_share == 0 { 0 } else { (group_share * WEIGHT_UNITS / count).max(1) };
+    }
 }
 
 #[cfg(test)]

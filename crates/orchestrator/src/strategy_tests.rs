@@ -181,12 +181,13 @@ proptest! {
     ) {
         let first = first.min(replicas - 1);
         let steps = vec![
-            CanaryStep { replicas: Quantity::Count(first), pause: StepPause::Approve },
+            CanaryStep { replicas: Quantity::Count(first), pause: StepPause::Approve, traffic: None },
             CanaryStep {
                 replicas: Quantity::Percent(middle_percent),
                 pause: if timed { StepPause::For(GoDuration::from_millis(700)) } else { StepPause::Approve },
+                traffic: None,
             },
-            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO) },
+            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO), traffic: None },
         ];
         // Steps must increase at today's replicas (the spec's validation refuses others, e.g. 2
         // then 30% of 3).
@@ -256,9 +257,9 @@ fn budget_decisions_follow_kubernetes_rounding() {
 fn a_new_spec_mid_canary_restarts_from_the_first_step() {
     let mut sim = Sim::new(4, |s| {
         s.update_config.steps = vec![
-            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve },
-            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::Approve },
-            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO) },
+            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve, traffic: None },
+            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::Approve, traffic: None },
+            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO), traffic: None },
         ];
         s.update_config.monitor = GoDuration::from_millis(200);
     });
@@ -292,8 +293,8 @@ fn a_new_spec_mid_canary_restarts_from_the_first_step() {
 fn a_rollback_during_a_canary_is_not_stepped() {
     let mut sim = Sim::new(4, |s| {
         s.update_config.steps = vec![
-            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve },
-            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO) },
+            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve, traffic: None },
+            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO), traffic: None },
         ];
         s.update_config.monitor = GoDuration::from_millis(200);
         s.rollback_config.parallelism = 0;
@@ -408,9 +409,13 @@ fn the_dry_run_batches_follow_the_strategy() {
     assert_eq!(sizes(&budget), [2, 2]);
     let canary = plan(&|c| {
         c.steps = vec![
-            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve },
-            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::For(GoDuration::from_secs(30)) },
-            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO) },
+            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve, traffic: None },
+            CanaryStep {
+                replicas: Quantity::Percent(50),
+                pause: StepPause::For(GoDuration::from_secs(30)),
+                traffic: None,
+            },
+            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO), traffic: None },
         ]
     });
     assert_eq!(sizes(&canary), [1, 1, 1, 1]);

@@ -171,6 +171,11 @@ impl fmt::Display for StepPause {
 pub struct CanaryStep {
     pub replicas: Quantity,
     pub pause: StepPause,
+    /// The share of the service's new connections, in per cent, that goes to the new version
+    /// while this step is the rollout's, whatever its task count (`traffic=5%`); `None`: by task
+    /// count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<u8>,
 }
 
 impl CanaryStep {
@@ -180,12 +185,21 @@ impl CanaryStep {
         self.replicas.round_up(total).min(total)
     }
 
-    /// `REPLICAS[:PAUSE]` as the CLI takes it; `pause` is `None` when not given (the caller
-    /// applies the default, which depends on whether the step is the last).
-    pub fn parse(text: &str) -> Result<(Quantity, Option<StepPause>), String> {
-        let (replicas, pause) = match text.split_once(':') {
-            Some((replicas, pause)) => (replicas, Some(pause)),
-            None => (text, None),
+    /// `REPLICAS[:PAUSE][:traffic=N%]` as the CLI takes it; `pause` is `None` when not given (the
+    /// caller applies the default, which depends on whether the step is the last).
+    pub fn parse(text: &str) -> Result<(Quantity, Option<StepPause>, Option<u8>), String> {
+        let mut parts: Vec<&str> = text.split(':').collect();
+        let mut traffic = None;
+        if let Some(last) = parts.last()
+            && let Some(share) = last.strip_prefix("traffic=")
+        {
+            traffic = Some(parse_share(share)?);
+            parts.pop();
+        }
+        let (replicas, pause) = match parts.as_slice() {
+            [replicas] => (*replicas, None),
+            [replicas, pause] => (*replicas, Some(*pause)),
+            _ => return Err(format!("{text:?} is not REPLICAS[:PAUSE][:traffic=N%]")),
         };
         let replicas = Quantity::parse(replicas)?;
         if replicas.is_zero() {
@@ -199,13 +213,25 @@ impl CanaryStep {
                     .map_err(|_| format!("pause {text:?} is neither a duration (e.g. 30s, 5m) nor \"approve\""))?,
             )),
         };
-        Ok((replicas, pause))
+        Ok((replicas, pause, traffic))
     }
+}
+
+/// A traffic share: `N%`, N from 0 to 100.
+pub fn parse_share(text: &str) -> Result<u8, String> {
+    text.strip_suffix('%')
+        .and_then(|n| n.parse::<u8>().ok())
+        .filter(|n| *n <= 100)
+        .ok_or_else(|| format!("traffic={text}: a share is N% with N from 0 to 100 (e.g. traffic=5%)"))
 }
 
 impl fmt::Display for CanaryStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.replicas, self.pause)
+        write!(f, "{}:{}", self.replicas, self.pause)?;
+        match self.traffic {
+            Some(share) => write!(f, ":traffic={share}%"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -231,10 +257,16 @@ impl crate::UpdateConfig {
                 .steps
                 .iter()
                 .enumerate()
-                .map(|(i, step)| match step.pause {
-                    _ if i + 1 == self.steps.len() => step.replicas.to_string(),
-                    StepPause::Approve => format!("{} (then wait for approval)", step.replicas),
-                    StepPause::For(pause) => format!("{} (then pause {pause})", step.replicas),
+                .map(|(i, step)| {
+                    let replicas = match step.traffic {
+                        Some(share) => format!("{} ({share}% of the traffic)", step.replicas),
+                        None => step.replicas.to_string(),
+                    };
+                    match step.pause {
+                        _ if i + 1 == self.steps.len() => replicas,
+                        StepPause::Approve => format!("{replicas} (then wait for approval)"),
+                        StepPause::For(pause) => format!("{replicas} (then pause {pause})"),
+                    }
                 })
                 .collect();
             words.push_str(&format!("; canary steps {}", steps.join(" → ")));
@@ -298,12 +330,20 @@ mod tests {
 
     #[test]
     fn steps_parse_and_refuse() {
-        assert_eq!(CanaryStep::parse("1"), Ok((Quantity::Count(1), None)));
+        assert_eq!(CanaryStep::parse("1"), Ok((Quantity::Count(1), None, None)));
         assert_eq!(
             CanaryStep::parse("50%:30s"),
-            Ok((Quantity::Percent(50), Some(StepPause::For(GoDuration::from_secs(30)))))
+            Ok((Quantity::Percent(50), Some(StepPause::For(GoDuration::from_secs(30))), None))
         );
-        assert_eq!(CanaryStep::parse("2:approve"), Ok((Quantity::Count(2), Some(StepPause::Approve))));
+        assert_eq!(CanaryStep::parse("2:approve"), Ok((Quantity::Count(2), Some(StepPause::Approve), None)));
+        assert_eq!(
+            CanaryStep::parse("1:approve:traffic=5%"),
+            Ok((Quantity::Count(1), Some(StepPause::Approve), Some(5)))
+        );
+        assert_eq!(CanaryStep::parse("10%:traffic=0%"), Ok((Quantity::Percent(10), None, Some(0))));
+        assert!(CanaryStep::parse("1:approve:traffic=101%").unwrap_err().contains("from 0 to 100"));
+        assert!(CanaryStep::parse("1:approve:traffic=5").unwrap_err().contains("N% with N from 0 to 100"));
+        assert!(CanaryStep::parse("1:approve:30s").unwrap_err().contains("REPLICAS[:PAUSE][:traffic=N%]"));
         assert!(CanaryStep::parse("0").unwrap_err().contains("below 1"));
         assert!(CanaryStep::parse("150%").unwrap_err().contains("outside 0%-100%"));
         assert!(CanaryStep::parse("1:forever").unwrap_err().contains("\"forever\" is neither a duration"));

@@ -547,7 +547,7 @@ mod tests {
         s.validate().unwrap();
         s.rollback_config = UpdateConfig::default();
 
-        let step = |replicas, pause| CanaryStep { replicas, pause };
+        let step = |replicas, pause| CanaryStep { replicas, pause, traffic: None };
         let end = step(Quantity::Percent(100), StepPause::For(GoDuration::ZERO));
         s.update_config.steps = vec![step(Quantity::Count(1), StepPause::Approve), end];
         s.validate().unwrap();

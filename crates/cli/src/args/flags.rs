@@ -34,7 +34,7 @@ pub struct UpdateConfigDelta {
 /// One `--update-step`: a step, or `none` (no steps: the update goes in one go).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum StepArg {
-    Step(Quantity, Option<StepPause>),
+    Step(Quantity, Option<StepPause>, Option<u8>),
     None,
 }
 
@@ -97,7 +97,7 @@ impl UpdateConfigDelta {
         if self.steps.len() > 1 && self.steps.contains(&StepArg::None) {
             return Err(format!("--{family}-step none cannot be used with other --{family}-step values"));
         }
-        if let Some(StepArg::Step(replicas, pause)) = self.steps.last() {
+        if let Some(StepArg::Step(replicas, pause, _)) = self.steps.last() {
             if *replicas != Quantity::Percent(100) {
                 return Err(format!("--{family}-step {replicas}: the last step must be 100%"));
             }
@@ -118,9 +118,9 @@ impl UpdateConfigDelta {
         let last = self.steps.len() - 1;
         let steps = self.steps.iter().enumerate().filter_map(|(i, step)| match step {
             StepArg::None => None,
-            StepArg::Step(replicas, pause) => {
+            StepArg::Step(replicas, pause, traffic) => {
                 let default = if i == last { StepPause::For(GoDuration::ZERO) } else { StepPause::Approve };
-                Some(CanaryStep { replicas: *replicas, pause: pause.unwrap_or(default) })
+                Some(CanaryStep { replicas: *replicas, pause: pause.unwrap_or(default), traffic: *traffic })
             }
         });
         Some(steps.collect())
@@ -223,7 +223,7 @@ pub struct UpdateFlags {
     #[arg(id = "update-max-unavailable", long = "update-max-unavailable", value_name = "N|N%", value_parser = parsers::quantity, allow_hyphen_values = true)]
     pub max_unavailable: Option<Quantity>,
     /// Canary step REPLICAS[:PAUSE], repeatable in order; PAUSE is a duration or approve (the default for all but the last step, which must be 100%); none removes the steps
-    #[arg(id = "update-step", long = "update-step", value_name = "REPLICAS[:PAUSE]", value_parser = parsers::canary_step, allow_hyphen_values = true)]
+    #[arg(id = "update-step", long = "update-step", value_name = "REPLICAS[:PAUSE][:traffic=N%]", value_parser = parsers::canary_step, allow_hyphen_values = true)]
     pub steps: Vec<StepArg>,
     /// What happens to a replaced task's container once stopped: stop (kept while the task is in the history), remove, or keep (left running beside the new task until `rollout finish`) [default: stop]
     #[arg(id = "update-old-tasks", long = "update-old-tasks", value_name = "POLICY", value_parser = parsers::old_tasks())]

@@ -267,8 +267,8 @@ pub fn canary_step(text: &str) -> Result<super::flags::StepArg, String> {
     if text == "none" {
         return Ok(super::flags::StepArg::None);
     }
-    let (replicas, pause) = shoal_types::CanaryStep::parse(text)?;
-    Ok(super::flags::StepArg::Step(replicas, pause))
+    let (replicas, pause, traffic) = shoal_types::CanaryStep::parse(text)?;
+    Ok(super::flags::StepArg::Step(replicas, pause, traffic))
 }
 
 pub fn restart_condition() -> impl TypedValueParser<Value = RestartCondition> {

@@ -1384,9 +1384,9 @@ fn strategy_flags_build_the_update_config() {
     assert_eq!(
         s.update_config.steps,
         [
-            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve },
-            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::For(secs(30)) },
-            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO) },
+            CanaryStep { replicas: Quantity::Count(1), pause: StepPause::Approve, traffic: None },
+            CanaryStep { replicas: Quantity::Percent(50), pause: StepPause::For(secs(30)), traffic: None },
+            CanaryStep { replicas: Quantity::Percent(100), pause: StepPause::For(GoDuration::ZERO), traffic: None },
         ]
     );
     s.validate().unwrap();
