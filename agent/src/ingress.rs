@@ -175,6 +175,18 @@ impl Ingress {
         *self.version.lock() > 0
     }
 
+    /// Whether a table arrives within `limit` (at once if one did already).
+    pub async fn wait_active(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.active() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     /// The table version in use and the open connections per task.
     pub fn report(&self) -> (u64, HashMap<String, u32>) {
         let version = *self.version.lock();

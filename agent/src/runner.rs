@@ -99,9 +99,12 @@ pub async fn run(
             }
             // Told to stop while it takes ingress traffic: no proxy sends it new connections
             // any more; it stops once none is open on any node, or after its drain timeout.
+            // Right after an agent restart the leader's first table may not be here yet: wait a
+            // little for it rather than stop a task other nodes' proxies still use.
             if observed.state == TaskState::Running
                 && drains(&task, &observed)
-                && ingress.as_ref().is_some_and(|i| i.active())
+                && let Some(ingress) = &ingress
+                && ingress.wait_active(FIRST_TABLE_WAIT).await
             {
                 report(TaskState::Draining, "draining", String::new(), &mut observed);
                 continue;
@@ -229,6 +232,9 @@ pub async fn run(
     }
 }
 
+/// How long a task told to stop waits for this agent's first ingress table before it stops
+/// without draining (a leader that sends none is of an older version).
+const FIRST_TABLE_WAIT: Duration = Duration::from_secs(3);
 /// How long a started task with ingress ports may take to accept connections before it is
 /// reported RUNNING anyway (without traffic until its ports answer).
 const PORT_READY_WAIT: Duration = Duration::from_secs(10);

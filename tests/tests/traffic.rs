@@ -438,6 +438,19 @@ async fn a_stacks_x_routes_are_deployed_with_it_and_removed_with_it() -> Result<
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("stack.yml");
     let stack = "services:\n  web:\n    image: shoal/web:1\n    ports: [\"80\"]\n    deploy:\n      replicas: 3\n      labels: [app=web]\n  canary:\n    image: shoal/web:2\n    ports: [\"80\"]\n    deploy:\n      labels: [app=web]\nx-routes:\n  front:\n    publish: \"8089:80\"\n    select: {app: web}\n    weights: {canary: 50}\n";
+    // A route on a port one of the stack's services publishes: refused before anything changes.
+    std::fs::write(
+        &file,
+        stack.replace(
+            "ports: [\"80\"]\n    deploy:\n      replicas: 3",
+            "ports: [\"8089:80\"]\n    deploy:\n      replicas: 3",
+        ),
+    )?;
+    let path = file.to_string_lossy().to_string();
+    let out = shoal(addr, &["stack", "deploy", "-c", &path, "app"]);
+    ensure!(!out.status.success(), "a route clashing with the stack's own port is refused");
+    ensure!(stderr(&out).contains("port 8089/tcp is also published by the stack's service web"), "{}", stderr(&out));
+    ensure!(list_services(addr).await?.is_empty(), "nothing was deployed");
     std::fs::write(&file, stack)?;
     let file = file.to_string_lossy().to_string();
     let out = ok(addr, &["stack", "deploy", "-c", &file, "app"])?;

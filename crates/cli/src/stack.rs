@@ -323,6 +323,11 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
     client.set_change_cause(crate::commands::change_cause(&cause));
     let existing = client.list_services().await?;
     let plan = plan_deploy(&args.stack, &loaded.services, &existing, args.prune).map_err(report)?;
+    let existing_routes = client.list_routes().await?;
+    let conflicts = route_conflicts(&args.stack, &routes, &loaded.services, &existing, &existing_routes, args.prune);
+    if !conflicts.is_empty() {
+        return Err(report(conflicts));
+    }
     let data = plan_data(&mut client, &args.stack, &loaded, &args.compose_files).await?;
     if args.dry_run {
         for object in &data {
@@ -454,6 +459,16 @@ async fn deploy_routes(
             eprintln!("warning: {warning}");
         }
     };
+    // Pruned first: a renamed route may take over its predecessor's port.
+    if prune {
+        for route in stack_routes(&existing, stack).filter(|r| !routes.iter().any(|s| s.name == r.spec.name)) {
+            print_out(&format!("Removing route {}\n", route.spec.name));
+            client
+                .remove_route(&route.id)
+                .await
+                .map_err(|e| CliError::Message(format!("route {}: {e}", route.spec.name)))?;
+        }
+    }
     for spec in &routes {
         let in_route = |e: CliError| CliError::Message(format!("route {}: {e}", spec.name));
         match existing.iter().find(|r| r.spec.name == spec.name) {
@@ -470,16 +485,46 @@ async fn deploy_routes(
             }
         }
     }
-    if prune {
-        for route in stack_routes(&existing, stack).filter(|r| !routes.iter().any(|s| s.name == r.spec.name)) {
-            print_out(&format!("Removing route {}\n", route.spec.name));
-            client
-                .remove_route(&route.id)
-                .await
-                .map_err(|e| CliError::Message(format!("route {}: {e}", route.spec.name)))?;
+    Ok(())
+}
+
+/// Why the stack's routes cannot be deployed as they stand, checked before anything changes:
+/// a route port published by another of the stack's services or routes, or by a service or
+/// route outside the stack that the deploy leaves in place.
+fn route_conflicts(
+    stack: &str,
+    routes: &[shoal_types::traffic::RouteSpec],
+    services: &std::collections::BTreeMap<String, shoal_types::ServiceSpec>,
+    existing: &[Service],
+    existing_routes: &[shoal_types::traffic::Route],
+    prune: bool,
+) -> Vec<String> {
+    let publishes = |spec: &shoal_types::ServiceSpec, port: u16| {
+        spec.endpoint.ports.iter().any(|p| p.is_ingress() && p.published == port)
+    };
+    let mut problems = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let what = format!("x-routes: route {} (port {})", route.name, route.port);
+        if let Some((name, _)) = services.iter().find(|(_, spec)| publishes(spec, route.port)) {
+            problems.push(format!("{what}: port {}/tcp is also published by the stack's service {name}", route.port));
+        }
+        if let Some(other) = routes[..i].iter().find(|r| r.port == route.port) {
+            problems.push(format!("{what}: port {}/tcp is also the stack's route {}", route.port, other.name));
+        }
+        // The stack's own services are replaced (or pruned) by this deploy.
+        if let Some(other) = existing.iter().find(|s| namespace(s) != Some(stack) && publishes(&s.spec, route.port)) {
+            problems
+                .push(format!("{what}: port {}/tcp is already published by service {}", route.port, other.spec.name));
+        }
+        let mine = |r: &&shoal_types::traffic::Route| {
+            r.spec.name == route.name
+                || (prune && r.spec.labels.get(NAMESPACE_LABEL).map(String::as_str) == Some(stack))
+        };
+        if let Some(other) = existing_routes.iter().find(|r| r.spec.port == route.port && !mine(r)) {
+            problems.push(format!("{what}: port {}/tcp is already published by route {}", route.port, other.spec.name));
         }
     }
-    Ok(())
+    problems
 }
 
 /// The routes stack `stack` made (they carry its namespace label).

@@ -521,6 +521,13 @@ fn route_warnings(state: &State, route: &TrafficRoute) -> Vec<String> {
             warnings.push(format!("--weight {name}: the route does not select a service {name}"));
         }
     }
+    // However many services or weights: a screenful says enough.
+    const MAX_WARNINGS: usize = 20;
+    if warnings.len() > MAX_WARNINGS {
+        let more = warnings.len() - MAX_WARNINGS;
+        warnings.truncate(MAX_WARNINGS);
+        warnings.push(format!("… and {more} more"));
+    }
     warnings
 }
 

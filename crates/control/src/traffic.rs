@@ -337,13 +337,14 @@ fn route_listener(state: &State, route: &Route, selected: &HashSet<String>) -> L
         let unnamed = by_service.iter().filter(|(s, _)| !spec.weights.contains_key(&s.spec.name)).count() as u32;
         let rest = 100u32.saturating_sub(named);
         for (service, backends) in &mut by_service {
-            let share = match spec.weights.get(&service.spec.name) {
-                Some(share) => *share,
-                None => rest / unnamed.max(1),
+            // In weight units, so a rest split among several services does not round to 0.
+            let units = match spec.weights.get(&service.spec.name) {
+                Some(share) => share.min(&100) * WEIGHT_UNITS,
+                None => rest * WEIGHT_UNITS / unnamed.max(1),
             };
-            let each = (share * WEIGHT_UNITS) / backends.len() as u32;
+            let each = units / backends.len().max(1) as u32;
             for backend in backends.iter_mut() {
-                backend.weight = if share == 0 { 0 } else { each.max(1) };
+                backend.weight = if units == 0 { 0 } else { each.max(1) };
             }
         }
     }
@@ -369,9 +370,9 @@ fn listeners_of(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listen
             })
             .collect();
         if let Some(share) = step_traffic(service) {
-            shape(&mut backends, share, |task| {
-                tasks.iter().any(|t| t.id == task && t.spec_version == service.spec_version)
-            });
+            let new: HashSet<&str> =
+                tasks.iter().filter(|t| t.spec_version == service.spec_version).map(|t| t.id.as_str()).collect();
+            shape(&mut backends, share, |task| new.contains(task));
         }
         backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         out.push(Listener { port: port.published, service: service.spec.name.clone(), backends });
@@ -400,7 +401,7 @@ fn shape(backends: &mut [Backend], share: u8, is_new: impl Fn(&str) -> bool) {
     if new == 0 || old == 0 {
         return;
     }
-    let share = u32::from(share);
+    let share = u32::from(share).min(100);
     for backend in backends.iter_mut() {
         let (group_share, count) = if is_new(&backend.task_id) { (share, new) } else { (100 - share, old) };
         backend.weight = if group_share == 0 { 0 } else { (group_share * WEIGHT_UNITS / count).max(1) };

@@ -85,6 +85,17 @@ impl RouteSpec {
         if self.target == 0 {
             return Err(ValidationError::new("target", "0 is outside [1, 65535]"));
         }
+        let most = crate::limits::MAX_LIST_ENTRIES;
+        for (field, n) in
+            [("selector", self.selector.len()), ("weights", self.weights.len()), ("labels", self.labels.len())]
+        {
+            if n > most {
+                return Err(ValidationError::new(field, format!("{n} entries is above the limit {most}")));
+            }
+        }
+        if self.weights.keys().any(String::is_empty) {
+            return Err(ValidationError::new("weights", "a service name is empty"));
+        }
         if self.selector.is_empty() {
             return Err(ValidationError::new(
                 "selector",

@@ -184,6 +184,10 @@ fn validate_steps(
         return Ok(());
     }
     let field = format!("{prefix}.steps");
+    if let Some((i, share)) = steps.iter().enumerate().find_map(|(i, s)| s.traffic.filter(|t| *t > 100).map(|t| (i, t)))
+    {
+        return Err(ValidationError::new(format!("{field}[{i}].traffic"), format!("{share}% is above 100%")));
+    }
     if is_rollback {
         return Err(ValidationError::new(field, "a rollback goes in one go (canary steps apply to updates only)"));
     }

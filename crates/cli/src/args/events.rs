@@ -3,14 +3,14 @@
 use clap::{Args, ValueEnum};
 
 /// The object types a manager reports changes of.
-pub const EVENT_TYPES: [&str; 4] = ["service", "task", "node", "cluster"];
+pub const EVENT_TYPES: [&str; 5] = ["service", "task", "node", "cluster", "route"];
 /// The actions a change can be.
 pub const EVENT_ACTIONS: [&str; 3] = ["create", "update", "remove"];
 
 /// One `--filter KEY=VALUE` of `events`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventFilter {
-    /// `type=service|task|node|cluster` (repeatable: any of them).
+    /// `type=service|task|node|cluster|route` (repeatable: any of them).
     Type(String),
     /// `service=NAME`: only the events of this service and its tasks (at most one).
     Service(String),

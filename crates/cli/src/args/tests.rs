@@ -1302,7 +1302,7 @@ fn events_filters() {
     );
 
     for (bad, reason) in [
-        ("type=pod", "unknown event type \"pod\" (allowed: service, task, node, cluster)"),
+        ("type=pod", "unknown event type \"pod\" (allowed: service, task, node, cluster, route)"),
         ("color=red", "unknown filter key \"color\""),
         ("event=explode", "unknown event \"explode\""),
         ("type", "expected KEY=VALUE"),

@@ -245,6 +245,11 @@ fn a_route_weighs_tasks_equally_or_by_the_services_shares() {
     };
     // By task count: every task the same.
     assert_eq!(weights(&w), [("c1".into(), 1), ("m1".into(), 1), ("m2".into(), 1), ("m3".into(), 1)]);
+    // main 99%: canary (not named) gets the 1% left, not 0.
+    let version = w.state.route("r1").expect("r1").version;
+    let mostly_main = RouteSpec { weights: [("main".to_string(), 99)].into(), ..spec.clone() };
+    w.apply(vec![Action::UpdateRoute { id: "r1".into(), expected_version: version, spec: mostly_main }]);
+    assert_eq!(weights(&w)[0], ("c1".into(), WEIGHT_UNITS));
     // canary 40%: its one task 40%; main (not named) gets the other 60%, 20% per task.
     let version = w.state.route("r1").expect("r1").version;
     let weighted = RouteSpec { weights: [("canary".to_string(), 40)].into(), ..spec };
@@ -258,4 +263,28 @@ fn a_route_weighs_tasks_equally_or_by_the_services_shares() {
     assert!(!weights(&w).iter().any(|(t, _)| t == "m1"));
     w.apply(vec![Action::RemoveRoute { id: "r1".into() }]);
     assert!(!w.table.listeners().contains_key(&9000));
+}
+
+#[test]
+fn shares_left_to_several_services_do_not_round_to_nothing_and_a_step_share_shapes_versions() {
+    let backend = |task: &str| Backend {
+        task_id: task.into(),
+        node_id: "n1".into(),
+        remote: "127.0.0.1:1".into(),
+        local: String::new(),
+        weight: 1,
+    };
+    // A step's 5% for the one new task, 95% for the three old ones.
+    let mut backends = vec![backend("new"), backend("o1"), backend("o2"), backend("o3")];
+    shape(&mut backends, 5, |t| t == "new");
+    let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+    assert_eq!(weights, [5 * WEIGHT_UNITS, 95 * WEIGHT_UNITS / 3, 95 * WEIGHT_UNITS / 3, 95 * WEIGHT_UNITS / 3]);
+    // An absurd share is held at 100% (the spec's validation refuses it first).
+    let mut backends = vec![backend("new"), backend("old")];
+    shape(&mut backends, 200, |t| t == "new");
+    assert_eq!(backends[1].weight, 0);
+    // Only one version present: weights stay equal.
+    let mut backends = vec![backend("o1"), backend("o2")];
+    shape(&mut backends, 5, |_| false);
+    assert!(backends.iter().all(|b| b.weight == 1));
 }
