@@ -403,10 +403,11 @@ async fn shoal_rolling(
 /// `replicas` `shoal/web:1` containers at fixed addresses behind HAProxy, replaced by `:2` one
 /// after the other under the paced load: the failed requests and the replacement's duration.
 async fn raw_replacement(replicas: usize, ingress: &str, path: &'static str, rate: u32) -> Result<(Load, f64)> {
-    let _containers = RawGuard;
     let _ = docker(&["network", "rm", RAW_NETWORK]).await;
     docker(&["network", "create", "--subnet", RAW_SUBNET, RAW_NETWORK]).await?;
+    // Dropped in reverse: the containers go first, then the network they were attached to.
     let _network = NetworkGuard;
+    let _containers = RawGuard;
     let ip = |i: usize| format!("172.31.250.{}", 10 + i);
     let run = |i: usize, image: &'static str| {
         let (ip, name) = (ip(i), format!("shoalbench-web-{i}"));
