@@ -465,6 +465,43 @@ impl Client {
         Ok(reply.into_inner().id)
     }
 
+    /// `stack deploy`: the whole stack in one write; the stack's new revision and warnings.
+    pub async fn deploy_stack(
+        &mut self,
+        deploy: &shoal_types::stack::StackDeploy,
+    ) -> Result<(shoal_types::stack::StackRevision, Vec<String>), CliError> {
+        let request = pb::DeployStackRequest { deploy_json: encode(deploy)?, change_cause: self.change_cause.clone() };
+        let reply = self.inner.deploy_stack(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+        Ok((decode("stack revision", &reply.revision_json)?, reply.warnings))
+    }
+
+    /// `stack rollback`: the stack's new revision and warnings.
+    pub async fn rollback_stack(
+        &mut self,
+        stack: &str,
+        to_revision: u64,
+        prune: bool,
+    ) -> Result<(shoal_types::stack::StackRevision, Vec<String>), CliError> {
+        let request = pb::RollbackStackRequest {
+            stack: stack.to_string(),
+            to_revision,
+            prune,
+            change_cause: self.change_cause.clone(),
+        };
+        let reply = self.inner.rollback_stack(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
+        Ok((decode("stack revision", &reply.revision_json)?, reply.warnings))
+    }
+
+    /// The stack's kept revisions, oldest first.
+    pub async fn list_stack_revisions(
+        &mut self,
+        stack: &str,
+    ) -> Result<Vec<shoal_types::stack::StackRevision>, CliError> {
+        let request = pb::ListStackRevisionsRequest { stack: stack.to_string() };
+        let reply = self.inner.list_stack_revisions(request).await.map_err(|s| failed(&self.addr, s))?;
+        reply.into_inner().revisions_json.iter().map(|json| decode("stack revision", json)).collect()
+    }
+
     /// Creates a route; its warnings come with it.
     pub async fn create_route(
         &mut self,

@@ -139,6 +139,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stack(StackCommand::Ps(args)) => stack::ps(host, &args).await,
         Command::Stack(StackCommand::Rm(args)) => stack::rm(host, &args.stacks).await,
         Command::Stack(StackCommand::Config(args)) => stack::config(&args),
+        Command::Stack(StackCommand::History(args)) => stack::history(host, &args).await,
+        Command::Stack(StackCommand::Rollback(args)) => stack::rollback(host, &args).await,
         Command::Completion(args) => {
             print_out(&crate::generate::completion(args.shell));
             Ok(())

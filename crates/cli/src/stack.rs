@@ -14,23 +14,22 @@ use shoal_types::{Service, ServiceSpec};
 
 use crate::args::filters::ServiceFilter;
 use crate::args::stack::DEFAULT_CONFIG_STACK;
-use crate::args::{ListOutput, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackServicesArgs};
+use crate::args::{
+    ListOutput, StackConfigArgs, StackDeployArgs, StackHistoryArgs, StackLsArgs, StackPsArgs, StackRollbackArgs,
+    StackServicesArgs,
+};
 use crate::client::Client;
 use crate::commands::{ServiceList, print_error, print_out, print_service_tasks, service_list};
 use crate::error::CliError;
 use crate::output;
 use crate::progress::{Deadline, Operation, wait_for_convergence_until};
 
-/// The stack a service belongs to (its namespace label), if any.
-pub fn namespace(service: &Service) -> Option<&str> {
-    service.spec.labels.get(NAMESPACE_LABEL).map(String::as_str)
-}
+use shoal_types::stack::{AtomicDeploy, GroupState, MemberChange, NewData, StackDeploy, StackRevision};
+pub use shoal_types::stack::{DeployPlan, Step, namespace};
 
 /// The services of `stack`, sorted by name.
 pub fn stack_services<'a>(services: &'a [Service], stack: &str) -> Vec<&'a Service> {
-    let mut found: Vec<&Service> = services.iter().filter(|s| namespace(s) == Some(stack)).collect();
-    found.sort_by(|a, b| a.spec.name.cmp(&b.spec.name).then_with(|| a.id.cmp(&b.id)));
-    found
+    shoal_types::stack::stack_services(services, stack)
 }
 
 /// One row of `stack ls`.
@@ -59,111 +58,16 @@ pub fn stack_rows(stacks: &[StackSummary]) -> Vec<Vec<String>> {
     stacks.iter().map(|s| vec![s.name.clone(), s.services.to_string()]).collect()
 }
 
-/// What `deploy` does to one service of the files.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Step {
-    /// No service of that name exists.
-    Create(ServiceSpec),
-    /// It exists and its spec differs: replace it, based on the version read.
-    Update { current: Box<Service>, spec: ServiceSpec },
-    /// It exists with this very spec: not touched at all.
-    Unchanged(Box<Service>),
-}
-
-impl Step {
-    pub fn name(&self) -> &str {
-        match self {
-            Step::Create(spec) | Step::Update { spec, .. } => &spec.name,
-            Step::Unchanged(current) => &current.spec.name,
-        }
-    }
-}
-
-/// Everything `deploy` will do, decided before anything changes.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct DeployPlan {
-    /// The stack's services no longer in the files (only with `--prune`), sorted by name.
-    pub remove: Vec<Service>,
-    /// One step per service of the files, sorted by name.
-    pub steps: Vec<Step>,
-}
-
-/// The spec as the manager will store and return it (a JSON round trip), so that comparing it
-/// with a spec read back is not fooled by how a value is represented.
-fn as_stored(spec: &ServiceSpec) -> ServiceSpec {
-    serde_json::to_string(spec).ok().and_then(|json| serde_json::from_str(&json).ok()).unwrap_or_else(|| spec.clone())
-}
-
-/// Decides what `deploy` does, given the services the files define (by short name) and the
-/// services that exist. Refuses, with every problem found, when a service of the stack's name
-/// exists outside the stack (no namespace label, or another stack's) or would change mode.
-///
-/// A service is unchanged when its spec equals the one from the files once `task.force_update`
-/// is carried over from the current spec (a deploy does not undo `service update --force`).
+/// Decides what `deploy` does (see [`shoal_types::stack::plan_deploy`]), given the services the
+/// files define by short name and the services that exist.
 pub fn plan_deploy(
     stack: &str,
     desired: &BTreeMap<String, ServiceSpec>,
     existing: &[Service],
     prune: bool,
 ) -> Result<DeployPlan, Vec<String>> {
-    let by_name: BTreeMap<&str, &Service> = existing.iter().map(|s| (s.spec.name.as_str(), s)).collect();
-    let mut problems = Vec::new();
-    let mut steps = Vec::new();
-    let mut wanted: Vec<&ServiceSpec> = desired.values().collect();
-    wanted.sort_by(|a, b| a.name.cmp(&b.name));
-    for spec in wanted {
-        let Some(current) = by_name.get(spec.name.as_str()) else {
-            steps.push(Step::Create(spec.clone()));
-            continue;
-        };
-        if namespace(current) != Some(stack) {
-            let owner = match namespace(current) {
-                Some(other) => format!("it belongs to stack {other}"),
-                None => format!("it has no {NAMESPACE_LABEL} label"),
-            };
-            problems.push(format!(
-                "service {} already exists and is not part of stack {stack} ({owner}); remove or rename it, or use another stack name",
-                spec.name
-            ));
-            continue;
-        }
-        if std::mem::discriminant(&current.spec.mode) != std::mem::discriminant(&spec.mode) {
-            problems.push(format!(
-                "service {} cannot change from {} to {} mode: remove it first (shoal service rm {})",
-                spec.name,
-                current.spec.mode.as_str(),
-                spec.mode.as_str(),
-                spec.name
-            ));
-            continue;
-        }
-        let mut spec = as_stored(spec);
-        spec.task.force_update = current.spec.task.force_update;
-        if spec == current.spec {
-            steps.push(Step::Unchanged(Box::new((*current).clone())));
-        } else {
-            steps.push(Step::Update { current: Box::new((*current).clone()), spec });
-        }
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let mut remove = Vec::new();
-    if prune {
-        let names: BTreeSet<&str> = desired.values().map(|s| s.name.as_str()).collect();
-        remove = stack_services(existing, stack)
-            .into_iter()
-            .filter(|s| !names.contains(s.spec.name.as_str()))
-            .cloned()
-            .collect();
-    }
-    Ok(DeployPlan { remove, steps })
-}
-
-/// A secret or config `deploy` creates.
-struct NewData {
-    kind: shoal_types::DataKind,
-    spec: shoal_types::DataSpec,
+    let existing: Vec<&Service> = existing.iter().collect();
+    shoal_types::stack::plan_deploy(stack, desired.values(), &existing, prune)
 }
 
 /// The stack's secrets and configs to create (with their values read), decided before anything
@@ -336,43 +240,66 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
         return dry_run(&mut client, &plan).await;
     }
 
-    // Secrets and configs first: the services refer to them.
-    for object in data {
+    let atomic = args.atomic || loaded.stack.atomic;
+    if !atomic && loaded.stack.services.values().any(|s| !s.depends_on.is_empty()) {
+        eprintln!(
+            "warning: depends_on only orders the rollout of an atomic deploy (--atomic or x-atomic: true); here every service rolls out at once, as docker stack deploy does"
+        );
+    }
+    let depends_on = loaded
+        .services
+        .iter()
+        .filter_map(|(short, spec)| {
+            let deps = &loaded.stack.services.get(short)?.depends_on;
+            (!deps.is_empty())
+                .then(|| (spec.name.clone(), deps.iter().map(|d| format!("{}_{d}", args.stack)).collect()))
+        })
+        .collect();
+    let route_lines = route_plan(&args.stack, &routes, &existing_routes, args.prune);
+    let deploy = StackDeploy {
+        stack: args.stack.clone(),
+        services: loaded.services.values().cloned().collect(),
+        routes,
+        data,
+        prune: args.prune,
+        digest: digest(&loaded.normalized_yaml),
+        atomic: atomic.then(|| AtomicDeploy {
+            timeout_ms: args.wait.timeout.map_or(DEFAULT_ATOMIC_TIMEOUT_MS, |t| t.as_std().as_millis() as u64),
+            depends_on,
+        }),
+    };
+    // Everything in one write: refused, it changed nothing.
+    let (revision, warnings) = client.deploy_stack(&deploy).await.map_err(|e| nothing_changed(&args.stack, e))?;
+    for object in &deploy.data {
         print_out(&format!("Creating {} {}\n", object.kind, object.spec.name));
-        client
-            .create_data(object.kind, &object.spec)
-            .await
-            .map_err(|e| CliError::Message(format!("{} {}: {e}", object.kind, object.spec.name)))?;
     }
-
-    for service in &plan.remove {
-        print_out(&format!("Removing service {}\n", service.spec.name));
-        client
-            .remove_service(&service.id)
-            .await
-            .map_err(|e| CliError::Message(format!("{}: {e}", service.spec.name)))?;
+    print_revision(&revision, &plan);
+    for line in route_lines {
+        print_out(&line);
     }
-    let mut changed: Vec<(Service, Operation)> = Vec::new();
-    for step in &plan.steps {
-        let in_service = |e: CliError| CliError::Message(format!("{}: {e}", step.name()));
-        match step {
-            Step::Create(spec) => {
-                print_out(&format!("Creating service {}\n", spec.name));
-                let created = client.create_service(spec).await.map_err(in_service)?;
-                changed.push((created, Operation::Create));
-            }
-            Step::Update { current, spec } => {
-                print_out(&format!("Updating service {} (id: {})\n", spec.name, current.id));
-                let updated = client.update_service(&current.id, current.version, spec).await.map_err(in_service)?;
-                changed.push((updated, Operation::Update));
-            }
-            Step::Unchanged(current) => print_out(&format!("Service {} is unchanged\n", current.spec.name)),
-        }
+    for warning in warnings {
+        eprintln!("warning: {warning}");
     }
-    deploy_routes(&mut client, &args.stack, routes, args.prune).await?;
     if args.detach {
         return Ok(());
     }
+    if revision.rollout.is_some() {
+        return wait_group(&mut client, &revision, args.quiet).await;
+    }
+    let changed: Vec<(String, Operation)> = revision
+        .services
+        .iter()
+        .filter_map(|s| match s.change {
+            MemberChange::Created => Some((s.service_id.clone(), Operation::Create)),
+            MemberChange::Updated => Some((s.service_id.clone(), Operation::Update)),
+            MemberChange::Unchanged => None,
+        })
+        .collect();
+    let services = client.list_services().await?;
+    let changed: Vec<(Service, Operation)> = changed
+        .into_iter()
+        .filter_map(|(id, op)| services.iter().find(|s| s.id == id).map(|s| (s.clone(), op)))
+        .collect();
 
     // One service after the other; each failure is reported as it happens, and the first one
     // decides the exit code.
@@ -398,6 +325,170 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
         Some(code) => Err(CliError::ReportedExit(code)),
         None => Ok(()),
     }
+}
+
+/// An atomic deploy's group must have completed this long after the deploy unless `--timeout`
+/// says otherwise (Helm's `--atomic` default).
+const DEFAULT_ATOMIC_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
+/// The SHA-256 of the normalised stack files, in hex.
+fn digest(text: &str) -> String {
+    let sum = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    sum.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn nothing_changed(stack: &str, error: CliError) -> CliError {
+    match error {
+        CliError::Status(status) => {
+            CliError::Message(format!("stack {stack}: nothing was changed: {}", status.message()))
+        }
+        other => other,
+    }
+}
+
+/// What the deploy did, service by service, as `docker stack deploy` says it.
+fn print_revision(revision: &StackRevision, plan: &DeployPlan) {
+    let mut out = String::new();
+    for name in &revision.removed {
+        out.push_str(&format!("Removing service {name}\n"));
+    }
+    for service in &revision.services {
+        match service.change {
+            MemberChange::Created => out.push_str(&format!("Creating service {}\n", service.name)),
+            MemberChange::Updated => {
+                out.push_str(&format!("Updating service {} (id: {})\n", service.name, service.service_id))
+            }
+            // Only the services of the files: the stack's others were left alone (no --prune).
+            MemberChange::Unchanged if plan.steps.iter().any(|s| s.name() == service.name) => {
+                out.push_str(&format!("Service {} is unchanged\n", service.name))
+            }
+            MemberChange::Unchanged => {}
+        }
+    }
+    print_out(&out);
+}
+
+/// The lines saying what the deploy does to the stack's routes (decided before it is written).
+fn route_plan(
+    stack: &str,
+    routes: &[shoal_types::traffic::RouteSpec],
+    existing: &[shoal_types::traffic::Route],
+    prune: bool,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if prune {
+        for route in stack_routes(existing, stack).filter(|r| !routes.iter().any(|s| s.name == r.spec.name)) {
+            lines.push(format!("Removing route {}\n", route.spec.name));
+        }
+    }
+    for spec in routes {
+        lines.push(match existing.iter().find(|r| r.spec.name == spec.name) {
+            Some(current) if current.spec == *spec => format!("Route {} is unchanged\n", spec.name),
+            Some(_) => format!("Updating route {}\n", spec.name),
+            None => format!("Creating route {}\n", spec.name),
+        });
+    }
+    lines
+}
+
+/// Follows a stack rollout (an atomic deploy's group, a stack rollback) until it ends, printing
+/// each member's progress as it changes. Completed: exit 0; rolled back: exit 4, as a rolled back
+/// `service update`; failed: exit 1.
+async fn wait_group(client: &mut Client, revision: &StackRevision, quiet: bool) -> Result<(), CliError> {
+    let Some(group) = &revision.rollout else { return Ok(()) };
+    if !quiet {
+        print_out(&format!("Waiting for stack rollout {} ({} services)\n", group.id, group.members.len()));
+    }
+    let mut said: BTreeMap<String, String> = BTreeMap::new();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let kept = client.list_stack_revisions(&revision.stack).await?;
+        let Some(now) = kept.iter().find(|r| r.number == revision.number).and_then(|r| r.rollout.clone()) else {
+            return Err(CliError::Message(format!("stack rollout {} is no longer kept", group.id)));
+        };
+        if !quiet {
+            for (member, line) in now.members.iter().zip(now.progress()) {
+                if said.get(&member.name) != Some(&line) {
+                    print_out(&format!("  {line}\n"));
+                    said.insert(member.name.clone(), line);
+                }
+            }
+        }
+        match now.state {
+            GroupState::Completed => {
+                if !quiet {
+                    print_out(&format!("Stack rollout {} completed\n", now.id));
+                }
+                return Ok(());
+            }
+            GroupState::RollbackCompleted => {
+                print_error(&CliError::Message(format!("stack {} rolled back: {}", revision.stack, now.message)));
+                return Err(CliError::ReportedExit(crate::error::EXIT_ROLLED_BACK));
+            }
+            GroupState::Failed | GroupState::Superseded => {
+                return Err(CliError::Message(format!("stack {}: {}", revision.stack, now.message)));
+            }
+            GroupState::Updating | GroupState::RollbackStarted => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = &mut interrupted => return Err(CliError::Interrupted),
+        }
+    }
+}
+
+/// `stack history`: `REVISION  CREATED  CHANGE-CAUSE  SERVICES-CHANGED  ROLLOUT`.
+pub async fn history(host: &str, args: &StackHistoryArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    let kept = client.list_stack_revisions(&args.stack).await?;
+    if kept.is_empty() {
+        return Err(CliError::Message(format!("stack {} has no revision (it was never deployed)", args.stack)));
+    }
+    print_out(&history_table(&kept, crate::timefmt::now_millis()));
+    Ok(())
+}
+
+/// The rows of `stack history`, oldest first.
+pub fn history_table(kept: &[StackRevision], now: u64) -> String {
+    let rows: Vec<Vec<String>> = kept
+        .iter()
+        .map(|r| {
+            let changed = r.changed();
+            vec![
+                r.number.to_string(),
+                format!(
+                    "{} ago",
+                    crate::timefmt::human_duration(std::time::Duration::from_millis(now.saturating_sub(r.created_at)))
+                ),
+                if r.change_cause.is_empty() { "<none>".into() } else { r.change_cause.clone() },
+                if changed.is_empty() { "<none>".into() } else { changed.join(",") },
+                r.rollout.as_ref().map_or_else(|| "-".into(), |g| g.state.as_str().to_string()),
+            ]
+        })
+        .collect();
+    output::table(&["REVISION", "CREATED", "CHANGE-CAUSE", "SERVICES-CHANGED", "ROLLOUT"], &rows)
+}
+
+/// `stack rollback`: every service back to its spec of an earlier stack revision, as one stack
+/// rollout.
+pub async fn rollback(host: &str, args: &StackRollbackArgs) -> Result<(), CliError> {
+    let mut client = Client::connect(host).await?;
+    client.set_change_cause(args.change_cause.clone().unwrap_or_default());
+    let (revision, warnings) = client
+        .rollback_stack(&args.stack, args.to_revision.unwrap_or(0), args.prune)
+        .await
+        .map_err(|e| nothing_changed(&args.stack, e))?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    let plan = DeployPlan::default();
+    print_revision(&revision, &plan);
+    print_out(&format!("Stack {} is at revision {} ({})\n", args.stack, revision.number, revision.change_cause));
+    if args.detach || revision.rollout.is_none() {
+        return Ok(());
+    }
+    wait_group(&mut client, &revision, args.quiet).await
 }
 
 pub async fn ls(host: &str, args: &StackLsArgs) -> Result<(), CliError> {
@@ -443,49 +534,6 @@ pub async fn ps(host: &str, args: &StackPsArgs) -> Result<(), CliError> {
         return Err(CliError::Message(nothing_found(&args.stack)));
     }
     print_service_tasks(&mut client, &services, &args.list).await
-}
-
-/// Creates, updates or leaves alone the stack's `x-routes` (after its services, which they
-/// select); with `prune`, removes the stack's routes no longer in its files.
-async fn deploy_routes(
-    client: &mut Client,
-    stack: &str,
-    routes: Vec<shoal_types::traffic::RouteSpec>,
-    prune: bool,
-) -> Result<(), CliError> {
-    let existing = client.list_routes().await?;
-    let warn = |warnings: Vec<String>| {
-        for warning in warnings {
-            eprintln!("warning: {warning}");
-        }
-    };
-    // Pruned first: a renamed route may take over its predecessor's port.
-    if prune {
-        for route in stack_routes(&existing, stack).filter(|r| !routes.iter().any(|s| s.name == r.spec.name)) {
-            print_out(&format!("Removing route {}\n", route.spec.name));
-            client
-                .remove_route(&route.id)
-                .await
-                .map_err(|e| CliError::Message(format!("route {}: {e}", route.spec.name)))?;
-        }
-    }
-    for spec in &routes {
-        let in_route = |e: CliError| CliError::Message(format!("route {}: {e}", spec.name));
-        match existing.iter().find(|r| r.spec.name == spec.name) {
-            Some(current) if current.spec == *spec => print_out(&format!("Route {} is unchanged\n", spec.name)),
-            Some(current) => {
-                print_out(&format!("Updating route {}\n", spec.name));
-                let (_, warnings) = client.update_route(&current.id, current.version, spec).await.map_err(in_route)?;
-                warn(warnings);
-            }
-            None => {
-                print_out(&format!("Creating route {}\n", spec.name));
-                let (_, warnings) = client.create_route(spec).await.map_err(in_route)?;
-                warn(warnings);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Why the stack's routes cannot be deployed as they stand, checked before anything changes:

@@ -50,7 +50,10 @@
 //!   `max_replicas_per_node`), `resources` (`limits`/`reservations`: `cpus` string or number,
 //!   `memory` size or bytes, `pids`), `endpoint_mode` (vip|dnsrr).
 //!
-//! Other compose keys (`networks`, `build`, `depends_on`,
+//! `depends_on` (a list, or a mapping whose conditions are not used) orders an atomic deploy's
+//! rollout (`x-atomic: true` or `stack deploy --atomic`); a cycle or an unknown service is an error.
+//!
+//! Other compose keys (`networks`, `build`,
 //! `logging`, `healthcheck.start_interval`, `ports[].host_ip`, a short port's host IP,
 //! `reservations.generic_resources`, …) produce a warning such as
 //! `services.web.volumes: not supported by shoal; ignored`. A key compose does not know is an

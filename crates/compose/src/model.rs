@@ -32,6 +32,9 @@ pub struct StackFile {
     /// The top-level `x-routes:` (shoal's extension; docker ignores it), by short name.
     #[serde(rename = "x-routes", skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, RouteDef>,
+    /// `x-atomic: true`: deploy as `stack deploy --atomic` does.
+    #[serde(rename = "x-atomic", skip_serializing_if = "std::ops::Not::not")]
+    pub atomic: bool,
 }
 
 /// An `x-routes:` entry: a published port over the stack's services a selector matches.
@@ -94,6 +97,9 @@ pub struct VolumeDef {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Service {
     pub image: String,
+    /// The services (short names) an atomic deploy rolls out before this one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
     /// Overrides the image's entrypoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,

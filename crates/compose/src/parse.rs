@@ -63,6 +63,7 @@ const SERVICE_SUPPORTED: &[&str] = &[
     "volumes",
     "secrets",
     "configs",
+    "depends_on",
 ];
 
 /// Every other service-level key of the compose specification.
@@ -87,7 +88,6 @@ const SERVICE_UNSUPPORTED: &[&str] = &[
     "cpus",
     "cpuset",
     "credential_spec",
-    "depends_on",
     "develop",
     "device_cgroup_rules",
     "devices",
@@ -367,6 +367,15 @@ impl Walker<'_> {
         }
     }
 
+    /// `depends_on`: a list of service names, or a mapping by service name (its `condition`,
+    /// `restart` and `required` are accepted and not used: shoal orders atomic rollouts by it).
+    fn depends_on(&self, v: &Val, path: &str) -> Result<Vec<(String, Loc)>> {
+        match &v.kind {
+            Kind::Map(entries) => Ok(entries.iter().map(|(key, _)| (key.name.clone(), key.loc)).collect()),
+            _ => self.string_list(v, path),
+        }
+    }
+
     fn string_list(&self, v: &Val, path: &str) -> Result<Vec<(String, Loc)>> {
         match &v.kind {
             Kind::Null => Ok(Vec::new()),
@@ -478,6 +487,11 @@ impl Walker<'_> {
         {
             stack.routes = self.route_defs(value, "x-routes")?;
         }
+        if let Kind::Map(entries) = &root.kind
+            && let Some((_, value)) = entries.iter().find(|(key, _)| key.name == "x-atomic")
+        {
+            stack.atomic = self.boolean(value, "x-atomic")?;
+        }
         let Some(services) = services else {
             let location = Location { file: self.files.first().cloned().unwrap_or_default(), line: 1, column: 1 };
             return Err(ComposeError::invalid(
@@ -511,6 +525,28 @@ impl Walker<'_> {
             let service = self.service(key, value, &path)?;
             stack.services.insert(key.name.clone(), service);
         }
+        for (name, service) in &stack.services {
+            for (i, dependency) in service.depends_on.iter().enumerate() {
+                if !stack.services.contains_key(dependency) {
+                    let path = format!("services.{name}.depends_on[{i}]");
+                    let location = self.locations.get(&path).cloned();
+                    return Err(ComposeError::invalid(
+                        location,
+                        path,
+                        format!("service {dependency} is not defined in the stack"),
+                    ));
+                }
+            }
+        }
+        let names: std::collections::BTreeSet<String> = stack.services.keys().cloned().collect();
+        let graph = stack.services.iter().map(|(name, s)| (name.clone(), s.depends_on.clone())).collect();
+        if let Err(why) = shoal_types::stack::check_dependencies(&names, &graph) {
+            // Located at the first dependency of the cycle's first service.
+            let first = why.split(": ").nth(2).and_then(|cycle| cycle.split(" -> ").next()).unwrap_or_default();
+            let path = format!("services.{first}.depends_on");
+            let location = self.locations.get(&format!("{path}[0]")).cloned();
+            return Err(ComposeError::invalid(location, path, why.trim_start_matches("depends_on: ").to_string()));
+        }
         Ok(stack)
     }
 
@@ -537,6 +573,12 @@ impl Walker<'_> {
                 }
                 "stop_signal" => service.stop_signal = self.opt_string(value, &p)?,
                 "hostname" => service.hostname = self.opt_string(value, &p)?,
+                "depends_on" => {
+                    for (i, (dependency, loc)) in self.depends_on(value, &p)?.into_iter().enumerate() {
+                        self.locations.insert(format!("{p}[{i}]"), self.location(loc));
+                        service.depends_on.push(dependency);
+                    }
+                }
                 "user" => service.user = self.opt_string(value, &p)?,
                 "working_dir" => service.working_dir = self.opt_string(value, &p)?,
                 "deploy" => deploy = Some((value, p)),

@@ -737,3 +737,22 @@ fn x_routes_become_routes_of_the_stack_over_its_own_services() {
     let err = load_one(&yaml.replace("    select: {app: web}\n", "")).expect_err("refused").to_string();
     assert!(err.contains("select is required"), "{err}");
 }
+
+#[test]
+fn depends_on_and_x_atomic_are_read_and_a_cycle_or_an_unknown_service_is_refused() {
+    let yaml = "x-atomic: true\nservices:\n  web:\n    image: shoal/busybox:1\n    depends_on: [api]\n  api:\n    image: shoal/busybox:1\n    depends_on:\n      db: {condition: service_started}\n  db:\n    image: shoal/busybox:1\n";
+    let loaded = load_one(yaml).unwrap();
+    assert!(loaded.stack.atomic);
+    assert_eq!(loaded.stack.services["web"].depends_on, ["api"]);
+    assert_eq!(loaded.stack.services["api"].depends_on, ["db"]);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+
+    let unknown = "services:\n  web:\n    image: shoal/busybox:1\n    depends_on: [nosuch]\n";
+    assert_eq!(
+        load_one(unknown).unwrap_err().to_string(),
+        "stack.yml:4:18: services.web.depends_on[0]: service nosuch is not defined in the stack"
+    );
+    let cycle = "services:\n  a:\n    image: shoal/busybox:1\n    depends_on: [b]\n  b:\n    image: shoal/busybox:1\n    depends_on: [a]\n";
+    let err = load_one(cycle).unwrap_err().to_string();
+    assert!(err.starts_with("stack.yml:4:18: services.a.depends_on: a cycle: a -> b -> a"), "{err}");
+}

@@ -74,6 +74,8 @@ pub struct ControlApi {
     /// Connections to the leader for forwarded log streams only: a reader that pauses holds
     /// its stream's flow-control window, which must not hold up forwarded calls.
     log_clients: Mutex<HashMap<String, ControlClient<Channel>>>,
+    /// Stack deploys and rollbacks, one at a time: each plans against what the one before wrote.
+    stack_writes: tokio::sync::Mutex<()>,
 }
 
 enum Route {
@@ -91,7 +93,12 @@ fn no_leader_message(st: &RaftStatus) -> String {
 
 impl ControlApi {
     pub fn new(manager: Arc<Manager>) -> Self {
-        ControlApi { manager, clients: Mutex::new(HashMap::new()), log_clients: Mutex::new(HashMap::new()) }
+        ControlApi {
+            manager,
+            clients: Mutex::new(HashMap::new()),
+            log_clients: Mutex::new(HashMap::new()),
+            stack_writes: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// How this manager dials the leader to forward a call.
@@ -232,6 +239,16 @@ impl ControlApi {
         }
         drop(state);
         Ok(spec)
+    }
+
+    /// The stack's newest revision (just written), without its services' specs.
+    fn stack_response(&self, stack: &str, warnings: Vec<String>) -> Result<StackResponse, ApiError> {
+        let state = self.manager.state();
+        let revision = state
+            .stack_revisions(stack)
+            .last()
+            .ok_or_else(|| ApiError::Internal(format!("the revision of stack {stack} vanished")))?;
+        Ok(StackResponse { revision_json: to_json(&revision.without_specs()), warnings })
     }
 
     fn kind(text: &str) -> Result<DataKind, ApiError> {
@@ -877,6 +894,52 @@ impl Control for ControlApi {
             let object =
                 state.data_object(&id).ok_or_else(|| ApiError::Internal(format!("created {kind} vanished")))?;
             Ok(DataResponse { object_json: to_json(&object.without_data()) })
+        })
+    }
+
+    async fn deploy_stack(&self, request: Request<DeployStackRequest>) -> Result<Response<StackResponse>, Status> {
+        let by = caller_name(&request);
+        routed!(self, request, deploy_stack, Retry::IfNeverSent, async {
+            let deploy: shoal_types::stack::StackDeploy = serde_json::from_str(&request.deploy_json)
+                .map_err(|e| ApiError::InvalidArgument(format!("invalid stack deploy: {e}")))?;
+            let origin = origin(by, request.change_cause, String::new())?;
+            let stack = deploy.stack.clone();
+            let _one_at_a_time = self.stack_writes.lock().await;
+            let planned = crate::stacks::plan(&self.manager.state(), deploy, shoal_types::ids::new_id)?;
+            self.manager.propose_as(planned.actions, origin).await?;
+            self.stack_response(&stack, planned.warnings)
+        })
+    }
+
+    async fn rollback_stack(&self, request: Request<RollbackStackRequest>) -> Result<Response<StackResponse>, Status> {
+        let by = caller_name(&request);
+        routed!(self, request, rollback_stack, Retry::IfNeverSent, async {
+            let _one_at_a_time = self.stack_writes.lock().await;
+            let (planned, to) = crate::stacks::plan_rollback(
+                &self.manager.state(),
+                &request.stack,
+                request.to_revision,
+                request.prune,
+                shoal_types::ids::new_id,
+            )?;
+            let cause = if request.change_cause.is_empty() {
+                format!("rollback to stack revision {to}")
+            } else {
+                request.change_cause
+            };
+            self.manager.propose_as(planned.actions, origin(by, cause, String::new())?).await?;
+            self.stack_response(&request.stack, planned.warnings)
+        })
+    }
+
+    async fn list_stack_revisions(
+        &self,
+        request: Request<ListStackRevisionsRequest>,
+    ) -> Result<Response<ListStackRevisionsResponse>, Status> {
+        routed!(self, request, list_stack_revisions, Retry::Always, async {
+            let state = self.manager.state();
+            let revisions = state.stack_revisions(&request.stack).iter().map(|r| to_json(&r.without_specs())).collect();
+            Ok(ListStackRevisionsResponse { revisions_json: revisions })
         })
     }
 

@@ -49,6 +49,7 @@ impl From<StoreError> for ApiError {
             | StoreError::ClusterOutOfSequence { .. }
             | StoreError::DataInUse { .. }
             | StoreError::PortInUse { .. }
+            | StoreError::StackMoved { .. }
             | StoreError::DataInPreviousSpec { .. }
             | StoreError::NoCluster
             | StoreError::ClusterExists

@@ -31,6 +31,7 @@ pub mod logs;
 mod machine;
 pub mod router;
 pub mod security;
+pub mod stacks;
 #[cfg(test)]
 mod testing;
 pub mod traffic;

@@ -15,6 +15,7 @@ use shoal_types::{
 };
 
 pub mod constraint_enforcer;
+pub mod group;
 mod jobs;
 pub mod plan;
 #[cfg(test)]
@@ -415,9 +416,18 @@ pub fn reconcile_dirty<G: std::ops::Deref<Target = State>>(
 /// placement, and its reaper. A service that is gone has its remaining tasks removed.
 fn reconcile_service(state: &State, service_id: &str, ctx: &mut Ctx<'_>, limits: &mut PassLimits, plan: &mut Plan) {
     if let Some(service) = state.service(service_id) {
+        // A member of a group rollout that waits for the members it depends on: nothing of its
+        // new spec starts (a service the deploy created has no task yet), and its old tasks are
+        // kept as they are.
+        let waiting = service.group.as_ref().is_some_and(|g| g.waiting);
+        if waiting {
+            group::member_progress(state, service, ctx, plan);
+        }
+        let has_tasks = || state.tasks_of_service(service_id).next().is_some();
         let before = plan.actions.len();
         let budget = &mut limits.budget;
         match service.spec.mode {
+            _ if waiting && !has_tasks() => {}
             ServiceMode::Replicated { replicas } => {
                 let replicas = replicas.min(limits.max_replicas);
                 reconcile_replicated(state, service, replicas, ctx, plan, budget)
@@ -431,8 +441,9 @@ fn reconcile_service(state: &State, service_id: &str, ctx: &mut Ctx<'_>, limits:
         }
         // One decision maker per service per pass: the rollout moves once the orchestrator has
         // nothing left to fix (its changes come back as events and trigger the next pass).
-        if plan.actions.len() == before {
+        if plan.actions.len() == before && !waiting {
             update::update_service(state, service, ctx, plan);
+            group::member_progress(state, service, ctx, plan);
         }
     }
     let service_exists = state.service(service_id).is_some();

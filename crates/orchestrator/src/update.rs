@@ -331,6 +331,21 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
             .map(|(_, t)| t)
     {
         let task = &crossing.id;
+        // A member of an atomic group: the whole group rolls back, in one entry.
+        if let Some(mark) = &service.group
+            && !rolling_back
+            && state.group(mark).is_some_and(|g| g.atomic && g.state == shoal_types::stack::GroupState::Updating)
+        {
+            let error = if crossing.status.err.is_empty() { &crossing.status.message } else { &crossing.status.err };
+            plan.actions.push(Action::FailGroup {
+                stack: mark.stack.clone(),
+                revision: mark.revision,
+                service_id: service.id.clone(),
+                task_id: task.clone(),
+                message: format!("task {task} {}: {error}", crossing.status.state.as_str()),
+            });
+            return;
+        }
         if rolling_back {
             let paused = status(
                 UpdateState::RollbackPaused,

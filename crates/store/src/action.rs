@@ -134,6 +134,14 @@ actions! {
         expected_version: u64,
         revision: u64,
     },
+    /// `stack rollback`: `spec` (the service's spec in an earlier stack revision) becomes current
+    /// as a new revision, rolled out with the rollback settings, like `RollbackServiceTo`.
+    RollbackServiceToSpec {
+        id: String,
+        expected_version: u64,
+        spec: ServiceSpec,
+        message: String,
+    },
     SetUpdateStatus {
         id: String,
         status: Option<UpdateStatus>,
@@ -168,6 +176,36 @@ actions! {
     },
     RemoveService {
         id: String,
+    },
+    /// `stack deploy` and `stack rollback`: records the stack's next revision from its services
+    /// as the earlier actions of the entry left them. Refused if the stack's newest revision is
+    /// no longer `expected_revision` (another deploy came first). With `group`, the services the
+    /// entry changed roll out as one group.
+    RecordStack {
+        stack: String,
+        expected_revision: u64,
+        digest: String,
+        removed: Vec<String>,
+        group: Option<shoal_types::stack::GroupPlan>,
+    },
+    /// A group rollout's progress, as the control loop saw it: a member completed (or failed,
+    /// in a group that does not roll back), or finished rolling back. Skipped if the group or
+    /// the member moved on.
+    SetGroupMember {
+        stack: String,
+        revision: u64,
+        service_id: String,
+        state: shoal_types::stack::MemberState,
+    },
+    /// A member of an atomic group failed, or the group ran out of time: every member goes
+    /// back to its spec from before the deploy and those the deploy created are removed, all in
+    /// this entry. Skipped unless the group is updating.
+    FailGroup {
+        stack: String,
+        revision: u64,
+        service_id: String,
+        task_id: String,
+        message: String,
     },
     PutNode {
         node: Node,

@@ -9,6 +9,8 @@ use shoal_types::{
 };
 
 use crate::action::{Action, Batch, MembershipChange, MembershipKind, Origin};
+use shoal_types::GroupRef;
+use shoal_types::stack::{MemberState, StackRevision};
 use shoal_types::traffic::Route;
 use shoal_types::{MANUALLY_ABORTED, MANUALLY_PAUSED};
 
@@ -59,6 +61,10 @@ pub enum StoreError {
     DataInPreviousSpec { kind: &'static str, name: String, services: String },
     #[error("port {port}/tcp is already published by {owner}: choose another --publish port or remove it there first")]
     PortInUse { port: u16, owner: String },
+    #[error(
+        "stack {stack} changed while this deploy was written (now at revision {current}, the deploy was planned on revision {expected}); run it again"
+    )]
+    StackMoved { stack: String, current: u64, expected: u64 },
     #[error("the cluster is not initialised")]
     NoCluster,
     #[error("cluster is already initialised")]
@@ -135,6 +141,9 @@ pub struct State {
     /// Routes by id.
     #[serde(default)]
     routes: BTreeMap<String, Arc<Route>>,
+    /// Each stack's kept revisions, oldest first (see [`StackRevision`]).
+    #[serde(default)]
+    stacks: BTreeMap<String, Vec<Arc<StackRevision>>>,
     #[serde(skip)]
     service_names: BTreeMap<String, String>,
     /// Secret and config ids by kind and name (derived, rebuilt on restore).
@@ -198,6 +207,7 @@ pub struct SnapshotView {
     rollouts: BTreeMap<String, Vec<Arc<Rollout>>>,
     data: BTreeMap<String, Arc<DataObject>>,
     routes: BTreeMap<String, Arc<Route>>,
+    stacks: BTreeMap<String, Vec<Arc<StackRevision>>>,
 }
 
 impl SnapshotView {
@@ -256,6 +266,7 @@ enum Undo {
     Revisions(String, Option<Vec<Arc<Revision>>>),
     Data(String, Option<Arc<DataObject>>),
     Route(String, Option<Arc<Route>>),
+    Stack(String, Option<Vec<Arc<StackRevision>>>),
     Rollouts(String, Option<Vec<Arc<Rollout>>>),
     /// A slot appended to the service's newest rollout record: taken off again.
     RolloutSlot(String),
@@ -471,6 +482,7 @@ impl State {
             rollouts: self.rollouts.clone(),
             data: self.data.clone(),
             routes: self.routes.clone(),
+            stacks: self.stacks.clone(),
         }
     }
 
@@ -743,6 +755,7 @@ impl State {
                     status_version: 0,
                     revision: 0,
                     rollout_id: String::new(),
+                    group: None,
                 };
                 self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Create, undo, changes);
@@ -771,6 +784,8 @@ impl State {
                     status_version: current.status_version,
                     revision: current.revision,
                     rollout_id: current.rollout_id.clone(),
+                    // A spec change by hand leaves a group rollout; a deploy puts it back.
+                    group: None,
                 };
                 self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Update, undo, changes);
@@ -799,6 +814,19 @@ impl State {
                 self.check_ingress_ports(&id, &target.spec)?;
                 let message = format!("manually requested rollback to revision {revision}");
                 let service = rolled_back(current, ServiceSpec::clone(&target.spec), message, index, at);
+                self.put_rollback(service, origin, undo, changes)?;
+            }
+            Action::RollbackServiceToSpec { id, expected_version, spec, message } => {
+                let current = self.checked_service(&id, expected_version)?;
+                if current.spec.name != spec.name {
+                    return Err(StoreError::Rename { name: current.spec.name.clone() });
+                }
+                if std::mem::discriminant(&current.spec.mode) != std::mem::discriminant(&spec.mode) {
+                    return Err(StoreError::ModeChange { name: current.spec.name.clone() });
+                }
+                self.check_data_references(&spec)?;
+                self.check_ingress_ports(&id, &spec)?;
+                let service = rolled_back(current, spec, message, index, at);
                 self.put_rollback(service, origin, undo, changes)?;
             }
             Action::AutoRollback { id, expected_version, status } => {
@@ -886,9 +914,30 @@ impl State {
                 self.abort_rollout_record(&id, at, undo);
                 self.put_rollback(service, origin, undo, changes)?;
             }
+            Action::RecordStack { stack, expected_revision, digest, removed, group } => {
+                self.record_stack(
+                    stacks::StackRecord { stack, expected_revision, digest, removed, group },
+                    index,
+                    at,
+                    origin,
+                    undo,
+                    changes,
+                )?;
+            }
+            Action::SetGroupMember { stack, revision, service_id, state } => {
+                let group = GroupRef { stack, revision, waiting: false };
+                self.set_member(group, &service_id, state, index, at, undo, changes);
+            }
+            Action::FailGroup { stack, revision, service_id, task_id, message } => {
+                let group = GroupRef { stack, revision, waiting: false };
+                self.fail_group(group, &service_id, &task_id, message, index, at, undo, changes);
+            }
             Action::RemoveService { id } => {
                 let service =
                     self.remove_service(&id).ok_or_else(|| StoreError::NotFound { kind: "service", id: id.clone() })?;
+                if let Some(group) = &service.group {
+                    self.set_member(group.clone(), &id, MemberState::Removed, index, at, undo, changes);
+                }
                 undo.push(Undo::Revisions(id.clone(), self.revisions.remove(&id)));
                 undo.push(Undo::Rollouts(id.clone(), self.rollouts.remove(&id)));
                 self.slot_index.services.remove(&id);
@@ -1515,6 +1564,14 @@ impl State {
         match step {
             Undo::Cluster(old) => self.cluster = old,
             Undo::Security(old) => self.security = old,
+            Undo::Stack(name, old) => match old {
+                Some(old) => {
+                    self.stacks.insert(name, old);
+                }
+                None => {
+                    self.stacks.remove(&name);
+                }
+            },
             Undo::Route(id, old) => match old {
                 Some(old) => {
                     self.routes.insert(id, old);
@@ -1644,5 +1701,8 @@ fn rollout_state(service: &Service) -> String {
     }
 }
 
+mod stacks;
+#[cfg(test)]
+mod stacks_tests;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ pub mod object;
 pub mod rollout;
 pub mod secret;
 pub mod spec;
+pub mod stack;
 pub mod state;
 pub mod traffic;
 pub mod units;

@@ -40,6 +40,21 @@ pub struct Service {
     /// `--rollout-id`, or `<name>-<revision>`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rollout_id: String,
+    /// The stack rollout (an atomic deploy's group) its current spec rolls out in, until the
+    /// group ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRef>,
+}
+
+/// A service's place in a group rollout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRef {
+    pub stack: String,
+    /// The stack revision whose rollout the group is.
+    pub revision: u64,
+    /// It waits for services it depends on: no task of its new spec starts yet.
+    #[serde(default)]
+    pub waiting: bool,
 }
 
 /// Where a rollout stands: `update_status`'s states, plus `aborted` (`rollout abort`) and

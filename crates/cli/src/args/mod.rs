@@ -35,7 +35,8 @@ pub use rollout::{
 };
 pub use service::{CreateArgs, InspectArgs, ListArgs, RmArgs, ServiceCommand};
 pub use stack::{
-    StackCommand, StackConfigArgs, StackDeployArgs, StackLsArgs, StackPsArgs, StackRmArgs, StackServicesArgs,
+    StackCommand, StackConfigArgs, StackDeployArgs, StackHistoryArgs, StackLsArgs, StackPsArgs, StackRmArgs,
+    StackRollbackArgs, StackServicesArgs,
 };
 pub use tasks::{NodePsArgs, PsArgs, TaskFilter, TaskListFlags};
 pub use update::{RollbackArgs, ScaleArgs, UpdateArgs};

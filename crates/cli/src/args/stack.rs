@@ -55,6 +55,44 @@ pub enum StackCommand {
     Rm(StackRmArgs),
     /// Print the stack file as it would be deployed: merged, interpolated and normalised
     Config(StackConfigArgs),
+    /// List the stack's revisions: one per deploy or rollback
+    History(StackHistoryArgs),
+    /// Roll every service of the stack back to its spec in an earlier stack revision
+    Rollback(StackRollbackArgs),
+}
+
+/// `shoal stack history STACK`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct StackHistoryArgs {
+    /// Stack name
+    #[arg(value_name = "STACK")]
+    pub stack: String,
+}
+
+/// `shoal stack rollback [--to-revision N] [--prune] [-d] STACK`.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct StackRollbackArgs {
+    /// The stack revision to go back to (default: the one before the newest)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub to_revision: Option<u64>,
+    /// Also remove the stack's services the revision did not have
+    #[arg(long)]
+    pub prune: bool,
+    /// Exit immediately instead of waiting for the stack rollout to end
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Why this change is made, kept with the revision it makes (default: "rollback to stack
+    /// revision N")
+    #[arg(long, value_name = "TEXT", value_parser = parsers::change_cause)]
+    pub change_cause: Option<String>,
+    /// Suppress progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub wait: WaitFlags,
+    /// Stack name
+    #[arg(value_name = "STACK")]
+    pub stack: String,
 }
 
 /// `shoal stack deploy -c FILE [-c FILE…] [--prune] [-d] [-q] STACK`.
@@ -67,6 +105,12 @@ pub struct StackDeployArgs {
     /// Remove the stack's services that are no longer in the stack files
     #[arg(long)]
     pub prune: bool,
+    /// Roll the services this deploy changes out as one group: if any of them fails (or the
+    /// group has not completed within --timeout, default 5m), every one of them is rolled back
+    /// to its spec before the deploy and the services it created are removed. Services with
+    /// depends_on roll out after those they depend on. Also `x-atomic: true` in the file
+    #[arg(long)]
+    pub atomic: bool,
     /// Change nothing: print what the deploy would create, remove and update (with each update's
     /// plan: out-of-date tasks, batches, estimate, warnings)
     #[arg(long)]

@@ -24,6 +24,7 @@ fn service(id: &str, name: &str, mode: ServiceMode, image: &str) -> Service {
         status_version: 0,
         revision: 1,
         rollout_id: String::new(),
+        group: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn service(replicas: u64, status: Option<(UpdateState, &str)>) -> Service {
         status_version: 0,
         revision: 1,
         rollout_id: String::new(),
+        group: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn service(id: &str, spec: &ServiceSpec) -> Service {
         status_version: 0,
         revision: 1,
         rollout_id: String::new(),
+        group: None,
     }
 }
 

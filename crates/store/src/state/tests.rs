@@ -445,6 +445,49 @@ fn arb_action() -> impl Strategy<Value = Action> {
         id.clone().prop_map(|i| Action::ResumeRollout { id: i.into() }),
         id.clone().prop_map(|i| Action::AbortRollout { id: i.into() }),
         id.clone().prop_map(|i| Action::RemoveService { id: i.into() }),
+        // Stacks: services of stack `s`, its revisions, groups and their progress.
+        (id.clone(), name.clone()).prop_map(|(i, n)| {
+            let mut spec = ServiceSpec::new(&format!("s_{n}"), "busybox");
+            spec.labels.insert(shoal_types::stack::NAMESPACE_LABEL.into(), "s".into());
+            Action::CreateService { id: i.into(), spec }
+        }),
+        (0u64..3, any::<bool>(), any::<bool>()).prop_map(|(expected, group, deps)| Action::RecordStack {
+            stack: "s".into(),
+            expected_revision: expected,
+            digest: String::new(),
+            removed: Vec::new(),
+            group: group.then(|| shoal_types::stack::GroupPlan {
+                atomic: true,
+                timeout_ms: 0,
+                depends_on: if deps {
+                    [("s_web".to_string(), vec!["s_db".to_string()])].into()
+                } else {
+                    Default::default()
+                },
+            }),
+        }),
+        (
+            1u64..3,
+            id.clone(),
+            prop::sample::select(vec![
+                shoal_types::stack::MemberState::Completed,
+                shoal_types::stack::MemberState::RolledBack,
+                shoal_types::stack::MemberState::Failed
+            ])
+        )
+            .prop_map(|(revision, i, state)| Action::SetGroupMember {
+                stack: "s".into(),
+                revision,
+                service_id: i.into(),
+                state
+            }),
+        (1u64..3, id.clone()).prop_map(|(revision, i)| Action::FailGroup {
+            stack: "s".into(),
+            revision,
+            service_id: i.into(),
+            task_id: String::new(),
+            message: "failed".into(),
+        }),
         (prop::sample::select(vec!["t1", "t2"]), id.clone())
             .prop_map(|(t, s)| Action::PutTask { task: task(t, s, "n1") }),
         prop::sample::select(vec!["t1", "t2"]).prop_map(|t| Action::RemoveTask { id: t.into() }),
