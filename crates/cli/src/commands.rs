@@ -84,7 +84,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let rollouts = client.list_rollouts(args.service.as_deref().unwrap_or("")).await?;
             match args.format {
                 InfoFormat::Json => print_out(&output::json_array(&rollouts)),
-                InfoFormat::Text => print_out(&output::rollout_table(&rollouts, timefmt::now_millis())),
+                InfoFormat::Text => {
+                    print_out(&output::rollout_table(&rollouts, timefmt::now_millis()));
+                    // Every stack rollout (atomic deploys, stack rollbacks) and its members.
+                    let groups = client.list_stack_revisions("").await?;
+                    if args.service.is_none() && !groups.is_empty() {
+                        print_out(&format!("\n{}", output::group_table(&groups, timefmt::now_millis())));
+                    }
+                }
             }
             Ok(())
         }
@@ -617,7 +624,14 @@ async fn rollout_inspect(host: &str, args: &RolloutInspectArgs) -> Result<(), Cl
 async fn rollout_status(host: &str, args: &RolloutStatusArgs) -> Result<(), CliError> {
     use shoal_types::UpdateState;
     let mut client = Client::connect(host).await?;
-    let service = client.get_service(&args.service).await?;
+    let service = match client.get_service(&args.service).await {
+        Ok(service) => service,
+        // Not a service: a stack's rollout, if it has one.
+        Err(e) => match stack::group_status(host, &args.service, args.quiet).await? {
+            Some(()) => return Ok(()),
+            None => return Err(e),
+        },
+    };
     let rollback = service.update_status.as_ref().is_some_and(|s| {
         matches!(s.state, UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
     });

@@ -635,6 +635,25 @@ pub fn rollout_table(rollouts: &[shoal_types::Rollout], now: u64) -> String {
     table(&["ID", "SERVICE", "KIND", "REVISIONS", "STATE", "STARTED", "BATCHES", "BY"], &rows)
 }
 
+/// `rollout ls`'s stack rollouts: `GROUP STACK STATE STARTED MEMBERS`, oldest first.
+pub fn group_table(revisions: &[shoal_types::stack::StackRevision], now: u64) -> String {
+    let rows: Vec<Vec<String>> = revisions
+        .iter()
+        .filter_map(|r| r.rollout.as_ref().map(|g| (r, g)))
+        .map(|(r, g)| {
+            let age = std::time::Duration::from_millis(now.saturating_sub(g.started_at));
+            vec![
+                g.id.clone(),
+                r.stack.clone(),
+                g.state.as_str().to_string(),
+                format!("{} ago", crate::timefmt::human_duration(age)),
+                g.progress().join(", "),
+            ]
+        })
+        .collect();
+    table(&["GROUP", "STACK", "STATE", "STARTED", "MEMBERS"], &rows)
+}
+
 fn kind_name(kind: shoal_types::RolloutKind) -> &'static str {
     match kind {
         shoal_types::RolloutKind::Update => "update",

@@ -522,8 +522,37 @@ pub async fn services(host: &str, args: &StackServicesArgs) -> Result<(), CliErr
             return Ok(());
         }
     }
+    if !list.quiet && matches!(list.format, ListOutput::Table) {
+        print_group_progress(&mut client, &args.stack).await?;
+    }
     found.print(&list);
     Ok(())
+}
+
+/// A stack rollout under way, above `stack ps` and `stack services` tables: its state and each
+/// member's, e.g. `Stack rollout app-3: updating (app_db: completed, app_api: waiting for app_db)`.
+async fn print_group_progress(client: &mut Client, stack: &str) -> Result<(), CliError> {
+    let kept = client.list_stack_revisions(stack).await?;
+    if let Some(group) = kept.last().and_then(|r| r.rollout.as_ref()).filter(|g| !g.state.is_final()) {
+        print_out(&format!(
+            "Stack rollout {}: {} ({})\n\n",
+            group.id,
+            group.state.as_str(),
+            group.progress().join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// `rollout status STACK`: follows the stack's newest stack rollout until it ends (as `stack
+/// deploy` does); `None` when the stack has none.
+pub async fn group_status(host: &str, stack: &str, quiet: bool) -> Result<Option<()>, CliError> {
+    let mut client = Client::connect(host).await?;
+    let kept = client.list_stack_revisions(stack).await?;
+    match kept.into_iter().rev().find(|r| r.rollout.is_some()) {
+        Some(revision) => wait_group(&mut client, &revision, quiet).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 pub async fn ps(host: &str, args: &StackPsArgs) -> Result<(), CliError> {
@@ -532,6 +561,9 @@ pub async fn ps(host: &str, args: &StackPsArgs) -> Result<(), CliError> {
     let services = stack_services(&all, &args.stack);
     if services.is_empty() {
         return Err(CliError::Message(nothing_found(&args.stack)));
+    }
+    if !args.list.quiet && matches!(args.list.format, ListOutput::Table) {
+        print_group_progress(&mut client, &args.stack).await?;
     }
     print_service_tasks(&mut client, &services, &args.list).await
 }

@@ -938,7 +938,18 @@ impl Control for ControlApi {
     ) -> Result<Response<ListStackRevisionsResponse>, Status> {
         routed!(self, request, list_stack_revisions, Retry::Always, async {
             let state = self.manager.state();
-            let revisions = state.stack_revisions(&request.stack).iter().map(|r| to_json(&r.without_specs())).collect();
+            // Without a stack: the revisions of every stack that carry a stack rollout.
+            let revisions = if request.stack.is_empty() {
+                let names: Vec<String> = state.stack_names().map(str::to_string).collect();
+                names
+                    .iter()
+                    .flat_map(|name| state.stack_revisions(name).iter())
+                    .filter(|r| r.rollout.is_some())
+                    .map(|r| to_json(&r.without_specs()))
+                    .collect()
+            } else {
+                state.stack_revisions(&request.stack).iter().map(|r| to_json(&r.without_specs())).collect()
+            };
             Ok(ListStackRevisionsResponse { revisions_json: revisions })
         })
     }

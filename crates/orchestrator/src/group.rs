@@ -102,15 +102,16 @@ pub fn member_progress(state: &State, service: &Service, ctx: &Ctx<'_>, plan: &m
                 }
                 return;
             }
+            // The group's own spec (not one an automatic rollback put back since).
+            let own = service.spec_version == member.spec_version;
             match status.map(|s| s.state) {
-                Some(UpdateState::Completed) => {
+                // A stack rollback's members roll out as rollbacks.
+                Some(UpdateState::Completed | UpdateState::RollbackCompleted) if own => {
                     plan.actions.push(set(stack, revision, service, MemberState::Completed));
                 }
+                Some(UpdateState::RollbackStarted) if own => {}
                 // A group that does not roll back: the member's own failure action ran.
-                Some(UpdateState::Paused | UpdateState::RollbackStarted | UpdateState::RollbackPaused)
-                | Some(UpdateState::RollbackCompleted)
-                    if !group.atomic =>
-                {
+                Some(_) if !group.atomic && !matches!(status.map(|s| s.state), Some(UpdateState::Updating)) => {
                     plan.actions.push(set(stack, revision, service, MemberState::Failed));
                 }
                 // Nothing to replace (a label change): done once its tasks run.

@@ -762,6 +762,7 @@ impl State {
             }
             Action::UpdateService { id, expected_version, spec } => {
                 let current = self.checked_service(&id, expected_version)?;
+                let current_group = current.group.clone();
                 self.check_data_references(&spec)?;
                 self.check_ingress_ports(&id, &spec)?;
                 if current.spec.name != spec.name {
@@ -789,6 +790,11 @@ impl State {
                 };
                 self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Update, undo, changes);
+                // Changed by hand (or by the next deploy, whose own group replaces this one):
+                // its part in the group is over.
+                if let Some(group) = current_group {
+                    self.set_member(group, &id, MemberState::Completed, index, at, undo, changes);
+                }
             }
             Action::RollbackService { id, expected_version } => {
                 let current = self.checked_service(&id, expected_version)?;
@@ -1334,6 +1340,7 @@ impl State {
             events: vec![RolloutEvent { at, state, message: status.message.clone() }],
             batches: Vec::new(),
             unrecorded_slots: 0,
+            group: service.group.as_ref().map(|g| format!("{}-{}", g.stack, g.revision)).unwrap_or_default(),
         }));
         let excess = records.len().saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
         records.drain(..excess);

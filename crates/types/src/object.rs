@@ -142,6 +142,9 @@ pub struct Rollout {
     /// Slots started past [`ROLLOUT_SLOTS_KEPT`]: counted, not listed.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub unrecorded_slots: u64,
+    /// The stack rollout it is part of (`<stack>-<revision>`), if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
 }
 
 fn is_zero_u64(n: &u64) -> bool {

@@ -778,6 +778,7 @@ fn a_rollout_reads_as_a_timeline() {
         events: vec![],
         batches: vec![shoal_types::RolloutBatch { number: 1, index: 5, started_at: 1_000, slots: vec![slot, failed] }],
         unrecorded_slots: 0,
+        group: String::new(),
     };
     let shown = rollout_detail(&rollout, &[]);
     assert!(shown.contains("Kind:      update (revision 1 → 2)\nState:     paused (update paused due to"), "{shown}");

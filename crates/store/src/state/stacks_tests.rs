@@ -8,7 +8,7 @@ use shoal_types::{ServiceSpec, UpdateState};
 use super::*;
 
 fn spec(stack: &str, name: &str, image: &str) -> ServiceSpec {
-    let mut spec = ServiceSpec::new(&format!("{stack}_{name}"), image);
+    let mut spec = ServiceSpec::new(format!("{stack}_{name}"), image);
     spec.labels.insert(NAMESPACE_LABEL.into(), stack.into());
     spec
 }

@@ -447,7 +447,7 @@ fn arb_action() -> impl Strategy<Value = Action> {
         id.clone().prop_map(|i| Action::RemoveService { id: i.into() }),
         // Stacks: services of stack `s`, its revisions, groups and their progress.
         (id.clone(), name.clone()).prop_map(|(i, n)| {
-            let mut spec = ServiceSpec::new(&format!("s_{n}"), "busybox");
+            let mut spec = ServiceSpec::new(format!("s_{n}"), "busybox");
             spec.labels.insert(shoal_types::stack::NAMESPACE_LABEL.into(), "s".into());
             Action::CreateService { id: i.into(), spec }
         }),
