@@ -465,14 +465,18 @@ impl Client {
         Ok(reply.into_inner().id)
     }
 
-    /// `stack deploy`: the whole stack in one write; the stack's new revision and warnings.
+    /// `stack deploy`: the whole stack in one write; the stack's new revision (none when the
+    /// deploy changed nothing) and warnings.
     pub async fn deploy_stack(
         &mut self,
         deploy: &shoal_types::stack::StackDeploy,
-    ) -> Result<(shoal_types::stack::StackRevision, Vec<String>), CliError> {
+    ) -> Result<(Option<shoal_types::stack::StackRevision>, Vec<String>), CliError> {
         let request = pb::DeployStackRequest { deploy_json: encode(deploy)?, change_cause: self.change_cause.clone() };
         let reply = self.inner.deploy_stack(request).await.map_err(|s| failed(&self.addr, s))?.into_inner();
-        Ok((decode("stack revision", &reply.revision_json)?, reply.warnings))
+        if reply.revision_json.is_empty() {
+            return Ok((None, reply.warnings));
+        }
+        Ok((Some(decode("stack revision", &reply.revision_json)?), reply.warnings))
     }
 
     /// `stack rollback`: the stack's new revision and warnings.

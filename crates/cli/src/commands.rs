@@ -87,8 +87,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 InfoFormat::Text => {
                     print_out(&output::rollout_table(&rollouts, timefmt::now_millis()));
                     // Every stack rollout (atomic deploys, stack rollbacks) and its members.
-                    let groups = client.list_stack_revisions("").await?;
-                    if args.service.is_none() && !groups.is_empty() {
+                    let groups =
+                        if args.service.is_none() { client.list_stack_revisions("").await? } else { Vec::new() };
+                    if !groups.is_empty() {
                         print_out(&format!("\n{}", output::group_table(&groups, timefmt::now_millis())));
                     }
                 }

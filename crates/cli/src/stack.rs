@@ -270,6 +270,19 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
     };
     // Everything in one write: refused, it changed nothing.
     let (revision, warnings) = client.deploy_stack(&deploy).await.map_err(|e| nothing_changed(&args.stack, e))?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    let Some(revision) = revision else {
+        // Nothing to change: no revision either.
+        for step in &plan.steps {
+            print_out(&format!("Service {} is unchanged\n", step.name()));
+        }
+        for line in route_lines {
+            print_out(&line);
+        }
+        return Ok(());
+    };
     for object in &deploy.data {
         print_out(&format!("Creating {} {}\n", object.kind, object.spec.name));
     }
@@ -277,14 +290,11 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
     for line in route_lines {
         print_out(&line);
     }
-    for warning in warnings {
-        eprintln!("warning: {warning}");
-    }
     if args.detach {
         return Ok(());
     }
     if revision.rollout.is_some() {
-        return wait_group(&mut client, &revision, args.quiet).await;
+        return wait_group(&mut client, &revision, args.quiet, None).await;
     }
     let changed: Vec<(String, Operation)> = revision
         .services
@@ -337,9 +347,21 @@ fn digest(text: &str) -> String {
     sum.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A deploy the leader refused changed nothing; one cut off in flight may have been written.
 fn nothing_changed(stack: &str, error: CliError) -> CliError {
+    use tonic::Code;
     match error {
-        CliError::Status(status) => {
+        CliError::Status(status)
+            if matches!(
+                status.code(),
+                Code::InvalidArgument
+                    | Code::NotFound
+                    | Code::AlreadyExists
+                    | Code::FailedPrecondition
+                    | Code::PermissionDenied
+                    | Code::ResourceExhausted
+            ) =>
+        {
             CliError::Message(format!("stack {stack}: nothing was changed: {}", status.message()))
         }
         other => other,
@@ -394,7 +416,12 @@ fn route_plan(
 /// Follows a stack rollout (an atomic deploy's group, a stack rollback) until it ends, printing
 /// each member's progress as it changes. Completed: exit 0; rolled back: exit 4, as a rolled back
 /// `service update`; failed: exit 1.
-async fn wait_group(client: &mut Client, revision: &StackRevision, quiet: bool) -> Result<(), CliError> {
+async fn wait_group(
+    client: &mut Client,
+    revision: &StackRevision,
+    quiet: bool,
+    deadline: Option<Deadline>,
+) -> Result<(), CliError> {
     let Some(group) = &revision.rollout else { return Ok(()) };
     if !quiet {
         print_out(&format!("Waiting for stack rollout {} ({} services)\n", group.id, group.members.len()));
@@ -430,6 +457,16 @@ async fn wait_group(client: &mut Client, revision: &StackRevision, quiet: bool) 
                 return Err(CliError::Message(format!("stack {}: {}", revision.stack, now.message)));
             }
             GroupState::Updating | GroupState::RollbackStarted => {}
+        }
+        if let Some(deadline) = deadline
+            && tokio::time::Instant::now() >= deadline.at
+        {
+            return Err(CliError::Message(format!(
+                "stack rollout {} has not ended after {} ({}); it goes on in the cluster",
+                now.id,
+                deadline.given,
+                now.progress().join(", ")
+            )));
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
@@ -482,13 +519,14 @@ pub async fn rollback(host: &str, args: &StackRollbackArgs) -> Result<(), CliErr
     for warning in warnings {
         eprintln!("warning: {warning}");
     }
-    let plan = DeployPlan::default();
-    print_revision(&revision, &plan);
-    print_out(&format!("Stack {} is at revision {} ({})\n", args.stack, revision.number, revision.change_cause));
+    if !args.quiet {
+        print_revision(&revision, &DeployPlan::default());
+        print_out(&format!("Stack {} is at revision {} ({})\n", args.stack, revision.number, revision.change_cause));
+    }
     if args.detach || revision.rollout.is_none() {
         return Ok(());
     }
-    wait_group(&mut client, &revision, args.quiet).await
+    wait_group(&mut client, &revision, args.quiet, Deadline::after(args.wait.timeout)).await
 }
 
 pub async fn ls(host: &str, args: &StackLsArgs) -> Result<(), CliError> {
@@ -550,7 +588,7 @@ pub async fn group_status(host: &str, stack: &str, quiet: bool) -> Result<Option
     let mut client = Client::connect(host).await?;
     let kept = client.list_stack_revisions(stack).await?;
     match kept.into_iter().rev().find(|r| r.rollout.is_some()) {
-        Some(revision) => wait_group(&mut client, &revision, quiet).await.map(Some),
+        Some(revision) => wait_group(&mut client, &revision, quiet, None).await.map(Some),
         None => Ok(None),
     }
 }

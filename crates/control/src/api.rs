@@ -904,10 +904,22 @@ impl Control for ControlApi {
                 .map_err(|e| ApiError::InvalidArgument(format!("invalid stack deploy: {e}")))?;
             let origin = origin(by, request.change_cause, String::new())?;
             let stack = deploy.stack.clone();
+            let route_names: Vec<String> = deploy.routes.iter().map(|r| r.name.clone()).collect();
             let _one_at_a_time = self.stack_writes.lock().await;
             let planned = crate::stacks::plan(&self.manager.state(), deploy, shoal_types::ids::new_id)?;
+            if planned.actions.is_empty() {
+                // Nothing changes: no entry, no revision.
+                return Ok(StackResponse { revision_json: String::new(), warnings: planned.warnings });
+            }
             self.manager.propose_as(planned.actions, origin).await?;
-            self.stack_response(&stack, planned.warnings)
+            let mut warnings = planned.warnings;
+            {
+                let state = self.manager.state();
+                for route in route_names.iter().filter_map(|name| state.route_by_name(name)) {
+                    warnings.extend(route_warnings(&state, route));
+                }
+            }
+            self.stack_response(&stack, warnings)
         })
     }
 

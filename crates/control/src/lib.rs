@@ -751,9 +751,11 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(auth::AuthLayer::new(manager.clone()))
-            // Pings find clients (agents, peers) whose connection died without a reset.
-            .http2_keepalive_interval(Some(Duration::from_secs(1)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+            // Pings find clients (agents, peers) whose connection died without a reset. The
+            // timeout leaves a busy client (a CLI writing a burst of log lines on a loaded
+            // machine) time to answer: a dead agent is found by its missed heartbeats anyway.
+            .http2_keepalive_interval(Some(Duration::from_secs(2)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // Paused log readers hold their streams' windows; the connection's fits 64 of them
             // before an agent's heartbeats on the same connection would wait.
             .initial_stream_window_size(logs::STREAM_WINDOW)

@@ -19,7 +19,11 @@ fn invalid(problems: Vec<String>) -> ApiError {
     ApiError::InvalidArgument(problems.join("\n"))
 }
 
-/// What a deploy's entry holds, and what is worth saying about it.
+/// The longest an atomic deploy's group may be given to complete.
+pub const MAX_GROUP_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// What a deploy's entry holds (nothing: the deploy changes nothing), and what is worth saying
+/// about it.
 pub struct Planned {
     pub actions: Vec<Action>,
     pub warnings: Vec<String>,
@@ -100,7 +104,14 @@ pub fn plan(state: &State, deploy: StackDeploy, mut new_id: impl FnMut() -> Stri
                 .push(format!("route {}: a route of stack {stack} is labelled {NAMESPACE_LABEL}={stack}", route.name));
         }
     }
+    let mut data_names = BTreeSet::new();
     for object in &data {
+        if !data_names.insert((object.kind, object.spec.name.clone())) {
+            problems.push(format!("{} {}: defined twice", object.kind, object.spec.name));
+        }
+        if object.spec.labels.keys().any(String::is_empty) {
+            problems.push(format!("{} {}: label keys must not be empty", object.kind, object.spec.name));
+        }
         if let Err(why) = shoal_types::validate_data_name(&object.spec.name) {
             problems.push(format!("{} {}: {why}", object.kind, object.spec.name));
         }
@@ -114,10 +125,16 @@ pub fn plan(state: &State, deploy: StackDeploy, mut new_id: impl FnMut() -> Stri
             ));
         }
     }
-    if let Some(atomic) = &atomic
-        && let Err(e) = check_dependencies(&names, &atomic.depends_on)
-    {
-        problems.push(e);
+    if let Some(atomic) = &atomic {
+        if atomic.timeout_ms > MAX_GROUP_TIMEOUT_MS {
+            problems.push(format!("atomic timeout: {} ms; at most {MAX_GROUP_TIMEOUT_MS} (24h)", atomic.timeout_ms));
+        }
+        if let Some(unknown) = atomic.depends_on.keys().find(|k| !names.contains(*k)) {
+            problems.push(format!("depends_on: {unknown} is not a service of stack {stack}"));
+        }
+        if let Err(e) = check_dependencies(&names, &atomic.depends_on) {
+            problems.push(e);
+        }
     }
     if !problems.is_empty() {
         return Err(invalid(problems));
@@ -173,6 +190,10 @@ pub fn plan(state: &State, deploy: StackDeploy, mut new_id: impl FnMut() -> Stri
                 actions.push(Action::CreateRoute { route });
             }
         }
+    }
+    // A deploy that changes nothing is no revision (as a Kubernetes apply of the same template).
+    if actions.is_empty() {
+        return Ok(Planned { actions, warnings });
     }
     let group = atomic.map(|a| GroupPlan { atomic: true, timeout_ms: a.timeout_ms, depends_on: a.depends_on });
     if group.as_ref().is_some_and(|g| !g.depends_on.is_empty()) {

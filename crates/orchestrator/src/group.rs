@@ -6,7 +6,7 @@
 
 use shoal_store::{Action, State};
 use shoal_types::stack::{GroupState, MemberState};
-use shoal_types::{Service, ServiceMode, Task, TaskOrigin, TaskState, Timestamp, UpdateState};
+use shoal_types::{Service, ServiceMode, Task, TaskState, Timestamp, UpdateState};
 
 use crate::{Ctx, Plan};
 
@@ -29,10 +29,12 @@ fn converged(state: &State, service: &Service, now: Timestamp) -> Result<(), Opt
         return Ok(());
     }
     let monitor = service.spec.update_config.monitor.as_std().as_millis() as u64;
+    // Tasks up to date with the spec: a change that replaces no task (a scale, a label) leaves
+    // the old ones counting.
     let wanted: Vec<&Task> = state
         .tasks_of_service(&service.id)
         .filter(|t| t.desired_state == TaskState::Running && !t.kept && !t.prepared_ahead())
-        .filter(|t| t.spec_version == service.spec_version || t.origin == TaskOrigin::Restart)
+        .filter(|t| !crate::update::is_dirty(state, service, t))
         .collect();
     let enough = match service.spec.mode {
         ServiceMode::Replicated { replicas } => wanted.len() as u64 >= replicas,
@@ -41,7 +43,8 @@ fn converged(state: &State, service: &Service, now: Timestamp) -> Result<(), Opt
     if !enough || wanted.iter().any(|t| t.status.state != TaskState::Running) {
         return Err(None);
     }
-    let last = wanted.iter().filter_map(|t| t.running_at).max().unwrap_or(now);
+    // Nothing meant to run (zero replicas): done now.
+    let Some(last) = wanted.iter().filter_map(|t| t.running_at).max() else { return Ok(()) };
     if now >= last + monitor { Ok(()) } else { Err(Some(last + monitor)) }
 }
 
@@ -102,16 +105,37 @@ pub fn member_progress(state: &State, service: &Service, ctx: &Ctx<'_>, plan: &m
                 }
                 return;
             }
-            // The group's own spec (not one an automatic rollback put back since).
+            // The group's own spec, or one set since by hand or by a rollback.
             let own = service.spec_version == member.spec_version;
+            let rollback = matches!(
+                status.map(|s| s.state),
+                Some(UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
+            );
+            if !own {
+                if rollback && group.atomic {
+                    // Rolled back by hand (`service rollback`, `rollout abort`): so is the group.
+                    plan.actions.push(Action::FailGroup {
+                        stack: stack.to_string(),
+                        revision,
+                        service_id: service.id.clone(),
+                        task_id: String::new(),
+                        message: "it was rolled back by hand".into(),
+                    });
+                } else {
+                    // Rolled back by its own failure action (a group that does not roll back),
+                    // or changed by hand: its part in the group is over.
+                    let state = if rollback { MemberState::Failed } else { MemberState::Completed };
+                    plan.actions.push(set(stack, revision, service, state));
+                }
+                return;
+            }
             match status.map(|s| s.state) {
                 // A stack rollback's members roll out as rollbacks.
-                Some(UpdateState::Completed | UpdateState::RollbackCompleted) if own => {
+                Some(UpdateState::Completed | UpdateState::RollbackCompleted) => {
                     plan.actions.push(set(stack, revision, service, MemberState::Completed));
                 }
-                Some(UpdateState::RollbackStarted) if own => {}
                 // A group that does not roll back: the member's own failure action ran.
-                Some(_) if !group.atomic && !matches!(status.map(|s| s.state), Some(UpdateState::Updating)) => {
+                Some(UpdateState::Paused | UpdateState::RollbackPaused) if !group.atomic => {
                     plan.actions.push(set(stack, revision, service, MemberState::Failed));
                 }
                 // Nothing to replace (a label change): done once its tasks run.

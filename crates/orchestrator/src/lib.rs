@@ -16,6 +16,8 @@ use shoal_types::{
 
 pub mod constraint_enforcer;
 pub mod group;
+#[cfg(test)]
+mod group_tests;
 mod jobs;
 pub mod plan;
 #[cfg(test)]
@@ -418,16 +420,16 @@ fn reconcile_service(state: &State, service_id: &str, ctx: &mut Ctx<'_>, limits:
     if let Some(service) = state.service(service_id) {
         // A member of a group rollout that waits for the members it depends on: nothing of its
         // new spec starts (a service the deploy created has no task yet), and its old tasks are
-        // kept as they are.
+        // left as they are (one that fails is replaced once the member's turn comes, with the
+        // new spec; the group's deadline bounds the wait).
         let waiting = service.group.as_ref().is_some_and(|g| g.waiting);
         if waiting {
             group::member_progress(state, service, ctx, plan);
         }
-        let has_tasks = || state.tasks_of_service(service_id).next().is_some();
         let before = plan.actions.len();
         let budget = &mut limits.budget;
         match service.spec.mode {
-            _ if waiting && !has_tasks() => {}
+            _ if waiting => {}
             ServiceMode::Replicated { replicas } => {
                 let replicas = replicas.min(limits.max_replicas);
                 reconcile_replicated(state, service, replicas, ctx, plan, budget)

@@ -322,8 +322,13 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     }
     let total = current.slots.unwrap_or(dirty.len() as u64 + busy as u64).max(1);
 
+    // A member of an atomic group (updating, not rolling back) fails the group whatever its own
+    // failure action: `--atomic` means all or nothing.
+    let atomic_group = service.group.as_ref().filter(|_| !rolling_back).filter(|mark| {
+        state.group(mark).is_some_and(|g| g.atomic && g.state == shoal_types::stack::GroupState::Updating)
+    });
     // Swarm names the task whose failure made the ratio cross `max_failure_ratio`, not the first.
-    if config.failure_action != FailureAction::Continue
+    if (config.failure_action != FailureAction::Continue || atomic_group.is_some())
         && let Some(crossing) = failures
             .iter()
             .enumerate()
@@ -332,10 +337,7 @@ pub fn update_service(state: &State, service: &Service, ctx: &mut Ctx<'_>, plan:
     {
         let task = &crossing.id;
         // A member of an atomic group: the whole group rolls back, in one entry.
-        if let Some(mark) = &service.group
-            && !rolling_back
-            && state.group(mark).is_some_and(|g| g.atomic && g.state == shoal_types::stack::GroupState::Updating)
-        {
+        if let Some(mark) = atomic_group {
             let error = if crossing.status.err.is_empty() { &crossing.status.message } else { &crossing.status.err };
             plan.actions.push(Action::FailGroup {
                 stack: mark.stack.clone(),

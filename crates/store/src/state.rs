@@ -762,7 +762,6 @@ impl State {
             }
             Action::UpdateService { id, expected_version, spec } => {
                 let current = self.checked_service(&id, expected_version)?;
-                let current_group = current.group.clone();
                 self.check_data_references(&spec)?;
                 self.check_ingress_ports(&id, &spec)?;
                 if current.spec.name != spec.name {
@@ -785,16 +784,12 @@ impl State {
                     status_version: current.status_version,
                     revision: current.revision,
                     rollout_id: current.rollout_id.clone(),
-                    // A spec change by hand leaves a group rollout; a deploy puts it back.
-                    group: None,
+                    // Its group sees the change (a new spec version) and ends its part; a
+                    // deploy's own entry replaces the group.
+                    group: current.group.clone(),
                 };
                 self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Update, undo, changes);
-                // Changed by hand (or by the next deploy, whose own group replaces this one):
-                // its part in the group is over.
-                if let Some(group) = current_group {
-                    self.set_member(group, &id, MemberState::Completed, index, at, undo, changes);
-                }
             }
             Action::RollbackService { id, expected_version } => {
                 let current = self.checked_service(&id, expected_version)?;

@@ -262,12 +262,16 @@ impl StackRollout {
         self.members.iter().find(|m| m.service_id == service_id)
     }
 
-    /// The members a waiting `member` still waits for.
+    /// The members a waiting `member` still waits for (one removed since is waited for no more).
     pub fn blockers(&self, member: &GroupMember) -> Vec<String> {
         member
             .depends_on
             .iter()
-            .filter(|d| self.members.iter().any(|m| &m.name == *d && m.state != MemberState::Completed))
+            .filter(|d| {
+                self.members
+                    .iter()
+                    .any(|m| &m.name == *d && !matches!(m.state, MemberState::Completed | MemberState::Removed))
+            })
             .cloned()
             .collect()
     }

@@ -177,7 +177,7 @@ impl State {
             message,
             started_at: at,
             finished_at: None,
-            deadline: (plan.timeout_ms > 0).then(|| at + plan.timeout_ms),
+            deadline: (plan.timeout_ms > 0).then(|| at.saturating_add(plan.timeout_ms)),
             failed_service: String::new(),
             failed_task: String::new(),
             members,
@@ -227,7 +227,19 @@ impl State {
     ) {
         let Some(current) = self.group(&group) else { return };
         let Some(member) = current.member(service_id) else { return };
-        if current.state.is_final() || member.state.is_final() || member.state == state {
+        // Only the moves the group's state allows: a progress entry decided before a rollback
+        // began does not mark a member that is rolling back as completed.
+        let allowed = match (current.state, member.state, state) {
+            (GroupState::Updating | GroupState::RollbackStarted, from, MemberState::Removed) => !from.is_final(),
+            (GroupState::Updating, MemberState::Waiting | MemberState::Updating, to) => {
+                matches!(to, MemberState::Completed | MemberState::Failed)
+            }
+            (GroupState::RollbackStarted, MemberState::RollingBack, to) => {
+                matches!(to, MemberState::RolledBack | MemberState::Failed)
+            }
+            _ => false,
+        };
+        if !allowed {
             return;
         }
         self.edit_group(&group, undo, |g| {
@@ -273,6 +285,9 @@ impl State {
         let Some(current) = self.group(group).cloned() else { return };
         if current.members.iter().all(|m| m.state.is_final()) {
             let (state, message) = match current.state {
+                GroupState::Updating if current.members.iter().all(|m| m.state == MemberState::Removed) => {
+                    (GroupState::Superseded, "stack rollout ended: its services were removed".to_string())
+                }
                 GroupState::RollbackStarted => {
                     (GroupState::RollbackCompleted, format!("{}; rollback completed", current.message))
                 }
@@ -335,6 +350,8 @@ impl State {
         for member in &current.members {
             let state = match self.services.get(&member.service_id).cloned() {
                 None => MemberState::Removed,
+                // Changed by hand since the deploy created it: left as it is.
+                Some(service) if member.created && service.spec_version != member.spec_version => MemberState::Failed,
                 Some(_) if member.created => {
                     let service = self.remove_service(&member.service_id).expect("found above");
                     undo.push(Undo::Revisions(member.service_id.clone(), self.revisions.remove(&member.service_id)));
@@ -350,8 +367,9 @@ impl State {
                     MemberState::Removed
                 }
                 Some(service) => match self.roll_member_back(&service, &summary, index, at, undo, changes) {
-                    true => MemberState::RollingBack,
-                    false => MemberState::RolledBack,
+                    Some(true) => MemberState::RollingBack,
+                    Some(false) => MemberState::RolledBack,
+                    None => MemberState::Failed,
                 },
             };
             outcome.push((member.service_id.clone(), state));
@@ -380,8 +398,8 @@ impl State {
         at: u64,
         undo: &mut Vec<Undo>,
         changes: &mut Vec<Change>,
-    ) -> bool {
-        let Some(previous) = service.previous_spec.clone() else { return false };
+    ) -> Option<bool> {
+        let Some(previous) = service.previous_spec.clone() else { return Some(false) };
         let rolling_back = service.update_status.as_ref().is_some_and(|s| {
             matches!(
                 s.state,
@@ -389,14 +407,14 @@ impl State {
             )
         });
         if rolling_back || service.group.is_none() {
-            return false;
+            return Some(false);
         }
         if self.check_data_references(&previous).is_err() || self.check_ingress_ports(&service.id, &previous).is_err() {
-            return false;
+            return None;
         }
         let mut back = rolled_back(service, previous, message.to_string(), index, at);
         back.group.as_mut().expect("checked").waiting = false;
         let origin = Origin { cause: message.to_string(), ..Origin::default() };
-        self.put_rollback(back, &origin, undo, changes).is_ok()
+        self.put_rollback(back, &origin, undo, changes).ok().map(|()| true)
     }
 }

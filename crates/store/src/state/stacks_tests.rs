@@ -172,6 +172,9 @@ fn a_failed_member_rolls_the_whole_group_back_in_one_entry() {
     apply(&mut state, 5, vec![fail]).unwrap();
     assert_eq!(state.service("web").unwrap().version, before);
 
+    // A progress entry decided before the rollback began does not count now.
+    apply(&mut state, 6, vec![set("app", 2, "api", MemberState::Completed)]).unwrap();
+    assert_eq!(member_state(&state, "app", 2, "app_api"), MemberState::RollingBack);
     apply(&mut state, 6, vec![set("app", 2, "web", MemberState::RolledBack)]).unwrap();
     assert_eq!(state.stack_revisions("app")[1].rollout.as_ref().unwrap().state, GroupState::RollbackStarted);
     apply(&mut state, 7, vec![set("app", 2, "api", MemberState::RolledBack)]).unwrap();
@@ -194,11 +197,23 @@ fn a_newer_deploy_supersedes_an_unfinished_group_and_releases_its_waiting_servic
     )
     .unwrap();
     assert!(state.service("web").unwrap().group.as_ref().unwrap().waiting);
+    // The next deploy updates every member: the old group is superseded, not completed.
+    let db_version = state.service("db").unwrap().version;
+    let web_version = state.service("web").unwrap().version;
     apply(
         &mut state,
         2,
         vec![
-            Action::UpdateService { id: "db".into(), expected_version: 1, spec: spec("app", "db", "busybox:2") },
+            Action::UpdateService {
+                id: "db".into(),
+                expected_version: db_version,
+                spec: spec("app", "db", "busybox:2"),
+            },
+            Action::UpdateService {
+                id: "web".into(),
+                expected_version: web_version,
+                spec: spec("app", "web", "busybox:2"),
+            },
             record("app", 1, None),
         ],
     )
