@@ -250,6 +250,11 @@ async fn an_atomic_deploy_rolls_out_in_depends_on_order() -> Result<()> {
     let out = ok(&shoal(&host, &["stack", "deploy", "-c", v1.to_str().unwrap(), &stack]));
     assert!(out.contains(&format!("Stack rollout {stack}-1 completed")), "{out}");
     let v2 = write(&dir, "v2.yml", &deps("shoal/busybox:2"))?;
+    // The dry run prints the group's order and changes nothing.
+    let plan = ok(&shoal(&host, &["stack", "deploy", "--dry-run", "-c", v2.to_str().unwrap(), &stack]));
+    assert!(plan.contains("As one stack rollout: if a service fails, or all have not completed within 5m"), "{plan}");
+    assert!(plan.contains(&format!("  1. {stack}_db\n  2. {stack}_api\n  3. {stack}_web\n")), "{plan}");
+    assert_eq!(revisions(&host, &stack).await?.len(), 1);
     let out = ok(&shoal(&host, &["stack", "deploy", "-c", v2.to_str().unwrap(), &stack]));
     assert!(out.contains(&format!("{stack}_web: waiting for {stack}_api")), "{out}");
     assert!(out.contains(&format!("Stack rollout {stack}-2 completed")), "{out}");
@@ -301,7 +306,9 @@ async fn a_leader_killed_during_an_atomic_rollout_leaves_the_group_to_roll_back_
     let mut cluster = Cluster::start(3).await?;
     cluster.add_agent(&[]).await?;
     let leader = cluster.leader().await?;
-    let host = cluster.managers[leader].addr.clone();
+    // Deployed through a follower, which forwards to the leader.
+    let survivor = (0..3).find(|i| *i != leader).expect("another manager");
+    let host = cluster.managers[survivor].addr.clone();
     let stack = unique("kill");
     let dir = tempfile::tempdir()?;
     let v1 = write(&dir, "v1.yml", &three(["shoal/busybox:1"; 3], "2s", ""))?;
@@ -313,8 +320,7 @@ async fn a_leader_killed_during_an_atomic_rollout_leaves_the_group_to_roll_back_
     let group = revisions(&host, &stack).await?.pop().and_then(|r| r.rollout).context("group")?;
     ensure!(group.state == GroupState::Updating, "the group ended before the kill: {group:?}");
     cluster.managers[leader].kill9();
-    let survivor = (0..3).find(|i| *i != leader).expect("another manager");
-    let other = cluster.managers[survivor].addr.clone();
+    let other = host.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let group = loop {
         if let Ok(mut kept) = revisions(&other, &stack).await

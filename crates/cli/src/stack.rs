@@ -233,20 +233,8 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
         return Err(report(conflicts));
     }
     let data = plan_data(&mut client, &args.stack, &loaded, &args.compose_files).await?;
-    if args.dry_run {
-        for object in &data {
-            print_out(&format!("Would create {} {}\n", object.kind, object.spec.name));
-        }
-        return dry_run(&mut client, &plan).await;
-    }
-
     let atomic = args.atomic || loaded.stack.atomic;
-    if !atomic && loaded.stack.services.values().any(|s| !s.depends_on.is_empty()) {
-        eprintln!(
-            "warning: depends_on only orders the rollout of an atomic deploy (--atomic or x-atomic: true); here every service rolls out at once, as docker stack deploy does"
-        );
-    }
-    let depends_on = loaded
+    let depends_on: BTreeMap<String, Vec<String>> = loaded
         .services
         .iter()
         .filter_map(|(short, spec)| {
@@ -255,6 +243,23 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
                 .then(|| (spec.name.clone(), deps.iter().map(|d| format!("{}_{d}", args.stack)).collect()))
         })
         .collect();
+    let timeout_ms = args.wait.timeout.map_or(DEFAULT_ATOMIC_TIMEOUT_MS, |t| t.as_std().as_millis() as u64);
+    if args.dry_run {
+        for object in &data {
+            print_out(&format!("Would create {} {}\n", object.kind, object.spec.name));
+        }
+        dry_run(&mut client, &plan).await?;
+        if atomic {
+            print_out(&atomic_plan(&plan, &depends_on, timeout_ms));
+        }
+        return Ok(());
+    }
+
+    if !atomic && loaded.stack.services.values().any(|s| !s.depends_on.is_empty()) {
+        eprintln!(
+            "warning: depends_on only orders the rollout of an atomic deploy (--atomic or x-atomic: true); here every service rolls out at once, as docker stack deploy does"
+        );
+    }
     let route_lines = route_plan(&args.stack, &routes, &existing_routes, args.prune);
     let deploy = StackDeploy {
         stack: args.stack.clone(),
@@ -263,10 +268,7 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
         data,
         prune: args.prune,
         digest: digest(&loaded.normalized_yaml),
-        atomic: atomic.then(|| AtomicDeploy {
-            timeout_ms: args.wait.timeout.map_or(DEFAULT_ATOMIC_TIMEOUT_MS, |t| t.as_std().as_millis() as u64),
-            depends_on,
-        }),
+        atomic: atomic.then(|| AtomicDeploy { timeout_ms, depends_on }),
     };
     // Everything in one write: refused, it changed nothing.
     let (revision, warnings) = client.deploy_stack(&deploy).await.map_err(|e| nothing_changed(&args.stack, e))?;
@@ -340,6 +342,43 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
 /// An atomic deploy's group must have completed this long after the deploy unless `--timeout`
 /// says otherwise (Helm's `--atomic` default).
 const DEFAULT_ATOMIC_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
+/// What `--dry-run` adds for an atomic deploy: the group, and the order its members start in
+/// (those of one line together, each line once the lines before it completed).
+pub fn atomic_plan(plan: &DeployPlan, depends_on: &BTreeMap<String, Vec<String>>, timeout_ms: u64) -> String {
+    let changed: BTreeSet<&str> =
+        plan.steps.iter().filter(|s| !matches!(s, Step::Unchanged(_))).map(|s| s.name()).collect();
+    if changed.is_empty() {
+        return "\nNothing changes: no stack rollout.\n".to_string();
+    }
+    let mut out = format!(
+        "\nAs one stack rollout: if a service fails, or all have not completed within {}, every one goes back to its spec before the deploy and the created ones are removed.\n",
+        shoal_types::GoDuration::from_millis(timeout_ms)
+    );
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut step = 1;
+    while done.len() < changed.len() {
+        let ready: Vec<&str> = changed
+            .iter()
+            .copied()
+            .filter(|name| !done.contains(name))
+            .filter(|name| {
+                depends_on
+                    .get(*name)
+                    .into_iter()
+                    .flatten()
+                    .all(|d| !changed.contains(d.as_str()) || done.contains(d.as_str()))
+            })
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        out.push_str(&format!("  {step}. {}\n", ready.join(", ")));
+        done.extend(ready);
+        step += 1;
+    }
+    out
+}
 
 /// The SHA-256 of the normalised stack files, in hex.
 fn digest(text: &str) -> String {
