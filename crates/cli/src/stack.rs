@@ -268,7 +268,7 @@ pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> 
         data,
         prune: args.prune,
         digest: digest(&loaded.normalized_yaml),
-        atomic: atomic.then(|| AtomicDeploy { timeout_ms, depends_on }),
+        atomic: atomic.then_some(AtomicDeploy { timeout_ms, depends_on }),
     };
     // Everything in one write: refused, it changed nothing.
     let (revision, warnings) = client.deploy_stack(&deploy).await.map_err(|e| nothing_changed(&args.stack, e))?;
