@@ -97,6 +97,20 @@ pub struct Ingress {
     version: Mutex<u64>,
     /// Draining tasks of this node that the leader says no proxy holds a connection to.
     drained: watch::Sender<HashSet<String>>,
+    /// What the proxies carried, for the agent's metrics.
+    pub stats: IngressStats,
+}
+
+/// Counts of the proxies' work since the agent started.
+#[derive(Debug, Default)]
+pub struct IngressStats {
+    /// Connections carried to a backend.
+    pub carried: std::sync::atomic::AtomicU64,
+    /// Connections closed at once: a connection limit, or no backend took it.
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Bytes from clients to backends, and back.
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    pub bytes_out: std::sync::atomic::AtomicU64,
 }
 
 impl Ingress {
@@ -118,6 +132,7 @@ impl Ingress {
             counts_changed: Arc::new(Notify::new()),
             version: Mutex::new(0),
             drained: watch::Sender::new(HashSet::new()),
+            stats: IngressStats::default(),
         })
     }
 
@@ -255,6 +270,7 @@ impl Ingress {
                     );
                 }
                 drop(client);
+                self.stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             };
             let proxy = self.clone();
@@ -299,8 +315,10 @@ impl Ingress {
         }
         let Some((mut server, _counted)) = upstream else {
             tracing::debug!(port, client = %peer, backends = candidates.len(), "no backend took the connection; closing it");
+            self.stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         };
+        self.stats.carried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
         keep_alive(&client);
@@ -309,7 +327,12 @@ impl Ingress {
         // Each direction ends on its own (a half-close is passed on). On an error (one side
         // reset, or the task stopped at its drain timeout) both are reset, so the other side does
         // not mistake a cut answer for a whole one.
-        if tokio::io::copy_bidirectional(&mut client, &mut server).await.is_err() {
+        let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        if let Ok((to_server, to_client)) = &copied {
+            self.stats.bytes_in.fetch_add(*to_server, std::sync::atomic::Ordering::Relaxed);
+            self.stats.bytes_out.fetch_add(*to_client, std::sync::atomic::Ordering::Relaxed);
+        }
+        if copied.is_err() {
             #[allow(deprecated)] // tokio deprecates set_linger only for its blocking close; a reset is the point here
             {
                 let _ = client.set_linger(Some(Duration::ZERO));

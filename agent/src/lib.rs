@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 mod data;
 pub mod ingress;
 mod logs;
+pub mod metrics;
 mod report;
 mod runner;
 mod traffic;
@@ -163,6 +164,16 @@ impl Agent {
     }
 
     /// Keeps this node's certificate renewed through whichever manager answers.
+    /// This node's tasks by the state the agent last reported for each.
+    pub fn task_states(&self) -> std::collections::BTreeMap<shoal_types::TaskState, usize> {
+        self.reporter.counts_by_state()
+    }
+
+    /// The ingress proxy, when this agent runs one.
+    pub fn ingress(&self) -> Option<&Arc<ingress::Ingress>> {
+        self.ingress.as_ref()
+    }
+
     pub async fn renew_certificate(self: Arc<Self>) {
         let tls = self.config.tls.clone();
         let dir = self.config.data_dir.join(TLS_DIR);

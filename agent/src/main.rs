@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use clap::Parser;
 
 /// Joins a shoal cluster as a worker node and runs the tasks it is assigned as Docker containers.
@@ -40,6 +42,10 @@ struct Args {
     /// too, where other nodes' proxies reach them.
     #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
     ingress_addr: std::net::IpAddr,
+    /// Serve Prometheus metrics on http://ADDR/metrics: PORT (on 127.0.0.1) or IP:PORT. Off by
+    /// default
+    #[arg(long, value_name = "ADDR", value_parser = shoal_metrics::parse_addr)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The directory of this node's secret and config files: under `--secrets-dir`, `/dev/shm`
@@ -112,7 +118,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ingress_addr: Some(args.ingress_addr),
     };
     tracing::info!(node = %node_id, "agent starting");
-    let agent = shoal_agent::Agent::new(node_id, config, Arc::new(executor))?;
+    // Bound before anything runs: a port in use is an error at start.
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some((
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+            Arc::new(shoal_agent::metrics::AgentMetrics::new()),
+        )),
+        None => None,
+    };
+    let executor: Arc<dyn shoal_agent::shoal_executor::Executor> = match &metrics {
+        Some((_, metrics)) => {
+            Arc::new(shoal_agent::metrics::TimedExecutor { inner: Arc::new(executor), metrics: metrics.clone() })
+        }
+        None => Arc::new(executor),
+    };
+    let agent = shoal_agent::Agent::new(node_id, config, executor)?;
+    if let Some((listener, metrics)) = metrics {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics on /metrics");
+        tokio::spawn(shoal_agent::metrics::serve(agent.clone(), metrics, listener));
+    }
     tokio::spawn(agent.clone().renew_certificate());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -45,6 +45,15 @@ impl Reporter {
         self.inner.lock().latest.get(task_id).map(|s| s.state)
     }
 
+    /// How many tasks were last reported in each state.
+    pub fn counts_by_state(&self) -> std::collections::BTreeMap<TaskState, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for status in self.inner.lock().latest.values() {
+            *counts.entry(status.state).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Takes up to one batch of queued statuses.
     pub fn take_batch(&self) -> Vec<(String, TaskStatus)> {
         let mut inner = self.inner.lock();

@@ -72,6 +72,10 @@ struct Args {
     /// start.
     #[arg(long)]
     rotate_data_key: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics: PORT (on 127.0.0.1) or IP:PORT. Off by
+    /// default
+    #[arg(long, value_name = "ADDR", value_parser = shoal_metrics::parse_addr)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn parse_heartbeat(text: &str) -> Result<shoal_types::GoDuration, String> {
@@ -160,6 +164,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.cluster_spec.task_history_limit = args.task_history_limit;
     config.autolock = args.autolock;
     config.unlock_key = args.unlock_key.map(shoal_control::UnlockKey::new);
+    config.metrics_addr = args.metrics_addr;
 
     let running = shoal_control::start(config).await?;
     if let Some(key) = &running.new_unlock_key {

@@ -211,6 +211,8 @@ pub struct AgentProc {
     /// The agent's `--ingress-addr`: a loopback address of its own, so the agents of one test
     /// (and of tests running at the same time) never share an ingress port.
     pub ingress_addr: std::net::Ipv4Addr,
+    /// More flags for `shoal-agent`.
+    pub extra_args: Vec<String>,
 }
 
 /// A loopback address no other agent of this machine's tests is likely to use.
@@ -234,6 +236,7 @@ impl AgentProc {
         for label in &self.labels {
             cmd.arg("--label").arg(label);
         }
+        cmd.args(&self.extra_args);
         cmd.env("RUST_LOG", std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()));
         cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().context("spawning shoal-agent")?);
@@ -406,6 +409,11 @@ impl Cluster {
 
     /// Starts an agent joined through the first running manager and waits until its node is ready.
     pub async fn add_agent(&mut self, labels: &[&str]) -> Result<usize> {
+        self.add_agent_with(labels, &[]).await
+    }
+
+    /// [`Cluster::add_agent`] with more `shoal-agent` flags.
+    pub async fn add_agent_with(&mut self, labels: &[&str], extra_args: &[&str]) -> Result<usize> {
         let index = self.agents.len();
         let name = format!("agent{}", index + 1);
         let join = self.running_addrs().first().cloned().ok_or_else(|| anyhow!("no manager runs"))?;
@@ -421,6 +429,7 @@ impl Cluster {
             child: None,
             labels: labels.iter().map(|s| s.to_string()).collect(),
             ingress_addr: random_loopback(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         agent.spawn()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

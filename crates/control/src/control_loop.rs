@@ -30,6 +30,10 @@ pub trait LoopBackend: Send + Sync + 'static {
     fn propose_steps(&self, steps: Vec<Vec<Action>>) -> impl Future<Output = Result<usize, ApiError>> + Send;
     /// Unix milliseconds.
     fn now_millis(&self) -> u64;
+    /// Where passes and placements are counted (none in unit tests).
+    fn metrics(&self) -> Option<&crate::metrics::ManagerMetrics> {
+        None
+    }
 }
 
 impl LoopBackend for Manager {
@@ -51,6 +55,10 @@ impl LoopBackend for Manager {
 
     fn now_millis(&self) -> u64 {
         crate::now_millis()
+    }
+
+    fn metrics(&self) -> Option<&crate::metrics::ManagerMetrics> {
+        Some(&self.metrics)
     }
 }
 
@@ -119,6 +127,11 @@ async fn lead<B: LoopBackend>(manager: &B, term: u64) {
             dirty.schedule = true;
         }
         let pass = dirty.take();
+        let pass_started = tokio::time::Instant::now();
+        if let Some(metrics) = manager.metrics() {
+            let looked_at = if pass.all { manager.state().services().count() } else { pass.services.len() };
+            metrics.loop_dirty_services.observe(looked_at as f64);
+        }
         let mut steps: Vec<Vec<Action>> = Vec::new();
         if pass.all || !pass.services.is_empty() || !pass.nodes.is_empty() {
             let mut new_id = shoal_types::ids::new_id;
@@ -139,6 +152,15 @@ async fn lead<B: LoopBackend>(manager: &B, term: u64) {
             if steps.is_empty() {
                 let now = manager.now_millis();
                 let (scheduled, held_until) = schedule(manager, now, failures.failures(now));
+                if let Some(metrics) = manager.metrics() {
+                    for action in &scheduled {
+                        match action {
+                            Action::AssignTask { .. } => metrics.placements.inc(),
+                            Action::MarkUnschedulable { .. } => metrics.unschedulable.inc(),
+                            _ => 0,
+                        };
+                    }
+                }
                 steps = scheduled.into_iter().map(|action| vec![action]).collect();
                 schedule_at = held_until;
             } else {
@@ -151,7 +173,11 @@ async fn lead<B: LoopBackend>(manager: &B, term: u64) {
             // go together), so a large pass — a service of thousands of replicas — goes into the
             // log as several entries, packed by encoded size to stay under the entry limit and
             // cut only between steps.
-            match manager.propose_steps(steps).await {
+            let proposed = manager.propose_steps(steps).await;
+            if let Some(metrics) = manager.metrics() {
+                metrics.loop_pass_seconds.observe(pass_started.elapsed().as_secs_f64());
+            }
+            match proposed {
                 // Everything was over the entry limit (and dropped): wait for a change rather
                 // than decide the same thing again at once.
                 Ok(0) => {}

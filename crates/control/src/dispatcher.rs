@@ -41,6 +41,10 @@ pub trait Backend: Send + Sync + 'static {
     fn logs(&self) -> &Arc<LogBroker>;
     /// Unix milliseconds, for the objects the dispatcher creates.
     fn now_millis(&self) -> u64;
+    /// Where sessions and missed heartbeats are counted (none in unit tests).
+    fn metrics(&self) -> Option<&crate::metrics::ManagerMetrics> {
+        None
+    }
     /// Every applied change (the ingress table follows services, tasks and nodes).
     fn changes(&self) -> tokio::sync::broadcast::Receiver<Arc<Change>>;
 }
@@ -72,6 +76,10 @@ impl Backend for Manager {
 
     fn now_millis(&self) -> u64 {
         crate::now_millis()
+    }
+
+    fn metrics(&self) -> Option<&crate::metrics::ManagerMetrics> {
+        Some(&self.metrics)
     }
 
     fn changes(&self) -> tokio::sync::broadcast::Receiver<Arc<Change>> {
@@ -371,6 +379,9 @@ impl<B: Backend> DispatcherService<B> {
                     };
                     if expired {
                         sessions.remove(&node.id);
+                        if let Some(metrics) = self.backend.metrics() {
+                            metrics.heartbeats_missed.inc();
+                        }
                         down.push(Action::SetNodeStatus {
                             id: node.id.clone(),
                             status: NodeStatus {
@@ -382,6 +393,9 @@ impl<B: Backend> DispatcherService<B> {
                         });
                     }
                 }
+            }
+            if let Some(metrics) = self.backend.metrics() {
+                metrics.sessions.set(self.sessions.lock().len() as i64);
             }
             if !down.is_empty() {
                 tracing::warn!(nodes = down.len(), "nodes missed their heartbeats; marking them down");

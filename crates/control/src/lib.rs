@@ -29,6 +29,7 @@ pub mod error;
 pub mod identity;
 pub mod logs;
 mod machine;
+pub mod metrics;
 pub mod router;
 pub mod security;
 pub mod stacks;
@@ -146,6 +147,8 @@ pub struct ManagerConfig {
     pub autolock: bool,
     /// The cluster's unlock key: to start an autolocked manager, or to join with `autolock`.
     pub unlock_key: Option<UnlockKey>,
+    /// Serve Prometheus metrics on `/metrics` here (`--metrics-addr`); off when `None`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The cluster's unlock key as given to a manager; never printed by `Debug`.
@@ -185,6 +188,7 @@ impl ManagerConfig {
             cluster_spec: ClusterSpec::default(),
             autolock: false,
             unlock_key: None,
+            metrics_addr: None,
         }
     }
 }
@@ -225,6 +229,8 @@ pub struct Manager {
     shutdown: watch::Sender<bool>,
     /// Seals the raft data at rest (needed again to record the log's end after a stop).
     data_key: shoal_raft::DataKey,
+    /// What the manager counts and measures (served with `--metrics-addr`).
+    pub metrics: metrics::ManagerMetrics,
 }
 
 impl Manager {
@@ -272,7 +278,14 @@ impl Manager {
         if data.len() > MAX_ENTRY_BYTES {
             return Err(ApiError::TooLarge { size: data.len(), limit: MAX_ENTRY_BYTES });
         }
-        Ok(self.raft.propose(data).await??)
+        let started = tokio::time::Instant::now();
+        self.metrics.proposals.inc();
+        let result = self.raft.propose(data).await;
+        self.metrics.proposal_seconds.observe(started.elapsed().as_secs_f64());
+        if !matches!(result, Ok(Ok(_))) {
+            self.metrics.proposal_failures.inc();
+        }
+        Ok(result??)
     }
 
     /// Proposes independent actions (the control loop's, agents' statuses) as as many entries as
@@ -573,6 +586,10 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .map_err(|e| ManagerError::Listen(config.listen_addr, e))?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| ManagerError::Listen(addr, e))?),
+        None => None,
+    };
     let tls_dir = config.data_dir.join(security::TLS_DIR);
     let mut new_unlock_key = None;
     let (identity, storage, credentials, data_key) = match data_dir {
@@ -729,9 +746,14 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         raft_thread: parking_lot::Mutex::new(Some(raft_thread)),
         shutdown,
         data_key,
+        metrics: metrics::ManagerMetrics::new(),
     });
     tokio::spawn(manager.clone().promote_learners());
     tokio::spawn(control_loop::run(manager.clone()));
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics on /metrics");
+        tokio::spawn(metrics::serve(manager.clone(), listener));
+    }
     tokio::spawn(renew_own_certificate(manager.clone(), tls_dir));
     let dispatcher = shoal_proto::v1::dispatcher_server::DispatcherServer::new(dispatcher::DispatcherApi(
         dispatcher::DispatcherService::new(manager.clone()),
