@@ -98,6 +98,10 @@ async fn a_manager_and_an_agent_export_what_a_rolling_update_did() -> Result<()>
     ensure!(value(&after, "shoal_rollouts{state=\"completed\"}")? >= 1.0);
     ensure!(value(&after, "shoal_dispatcher_sessions")? == 1.0);
     ensure!(value(&after, "shoal_control_loop_pass_duration_seconds_count")? > 0.0);
+    ensure!(value(&after, "shoal_rollout_slot_duration_seconds_count")? >= 2.0, "the update's 2 slots");
+    ensure!(value(&after, "shoal_raft_fsyncs_total")? > value(&before, "shoal_raft_fsyncs_total")?);
+    ensure!(value(&after, "shoal_raft_fsync_seconds_total")? > 0.0);
+    ensure!(value(&after, "shoal_rollout_task_failures_total")? == 0.0);
     // No id of any kind in a label.
     for key in after.keys() {
         ensure!(!key.contains("task_id") && !key.contains("service_id"), "{key}");
@@ -110,6 +114,14 @@ async fn a_manager_and_an_agent_export_what_a_rolling_update_did() -> Result<()>
     ensure!(value(&agent, "shoal_agent_ingress_connections_carried_total")? == 5.0);
     ensure!(value(&agent, "shoal_agent_ingress_received_bytes_total")? >= 5.0 * 18.0);
     ensure!(value(&agent, "shoal_agent_ingress_sent_bytes_total")? > 0.0);
+
+    // An update whose new task fails, rolled back: the failure is counted.
+    let out =
+        shoal(&host, &["service", "update", "--image", "shoal/fail:1", "--update-failure-action", "rollback", "web"]);
+    ensure!(out.status.code() == Some(4), "{}", stderr(&out));
+    let failed = values(&scrape(&manager_metrics)?);
+    ensure!(value(&failed, "shoal_rollout_task_failures_total")? >= 1.0, "{failed:#?}");
+    ensure!(value(&failed, "shoal_rollouts{state=\"rollback_completed\"}")? >= 1.0);
 
     // Anything but GET /metrics is refused; the endpoint keeps serving.
     let mut stream = std::net::TcpStream::connect(&manager_metrics)?;

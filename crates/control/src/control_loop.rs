@@ -297,7 +297,28 @@ fn drain<B: LoopBackend>(
 
 fn observe<B: LoopBackend>(manager: &B, change: &Change, dirty: &mut Dirty, failures: &mut FailureLog) {
     observe_failure(change, failures);
+    if let Some(metrics) = manager.metrics() {
+        observe_rollout(change, metrics);
+    }
     dirty.observe(change, || manager.state());
+}
+
+/// A rollout's new task that just ran (how long it took) or just failed.
+fn observe_rollout(change: &Change, metrics: &crate::metrics::ManagerMetrics) {
+    let Object::Task(task) = &change.object else { return };
+    if task.origin != shoal_types::TaskOrigin::Update {
+        return;
+    }
+    if task.status.state == TaskState::Running && task.running_at == Some(change.at) {
+        metrics.rollout_slot_seconds.observe(change.at.saturating_sub(task.created_at) as f64 / 1000.0);
+    }
+    // The entry that recorded the failure (the orchestrator shuts it down in a later one).
+    if matches!(task.status.state, TaskState::Failed | TaskState::Rejected)
+        && task.desired_state <= TaskState::Running
+        && task.version == change.index
+    {
+        metrics.rollout_task_failures.inc();
+    }
 }
 
 /// Records a task that failed or was rejected on a node (a no-op for anything else).

@@ -242,6 +242,11 @@ impl Manager {
         self.raft.watch_status()
     }
 
+    /// The raft log's durable syncs so far.
+    pub fn raft_sync_stats(&self) -> &shoal_raft::storage::SyncStats {
+        self.raft.sync_stats()
+    }
+
     pub fn state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
         self.state.read()
     }

@@ -37,6 +37,14 @@ pub struct ManagerMetrics {
     raft_last_index: Gauge,
     raft_is_leader: Gauge,
     raft_voters: Gauge,
+    raft_snapshot_bytes: Gauge,
+    raft_snapshot_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    raft_fsyncs: Counter,
+    raft_fsync_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// From a rollout's new task being made to its running (healthy), per slot.
+    pub rollout_slot_seconds: Histogram,
+    /// New tasks of rollouts that failed (ended before running, or within the monitor window).
+    pub rollout_task_failures: Counter,
     objects: Family<Labels, Gauge>,
     tasks: Family<Labels, Gauge>,
     nodes: Family<Labels, Gauge>,
@@ -77,6 +85,13 @@ impl ManagerMetrics {
             raft_last_index: Gauge::default(),
             raft_is_leader: Gauge::default(),
             raft_voters: Gauge::default(),
+            raft_snapshot_bytes: Gauge::default(),
+            raft_snapshot_seconds: Gauge::default(),
+            raft_fsyncs: Counter::default(),
+            raft_fsync_seconds: Counter::default(),
+            // 10 ms to about 20 min.
+            rollout_slot_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
+            rollout_task_failures: Counter::default(),
             objects: Family::default(),
             tasks: Family::default(),
             nodes: Family::default(),
@@ -112,6 +127,40 @@ impl ManagerMetrics {
         );
         registry.register("raft_is_leader", "1 on the leader, 0 elsewhere", metrics.raft_is_leader.clone());
         registry.register("raft_voters", "Voting managers", metrics.raft_voters.clone());
+        registry.register_with_unit(
+            "raft_snapshot_size",
+            "The newest raft snapshot's data",
+            Unit::Bytes,
+            metrics.raft_snapshot_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "raft_snapshot_duration",
+            "How long this manager's newest own snapshot took to serialise and make durable",
+            Unit::Seconds,
+            metrics.raft_snapshot_seconds.clone(),
+        );
+        registry.register(
+            "raft_fsyncs",
+            "Durable syncs of the raft log (one per batch of writes)",
+            metrics.raft_fsyncs.clone(),
+        );
+        registry.register_with_unit(
+            "raft_fsync",
+            "Time spent in durable syncs of the raft log (divide by shoal_raft_fsyncs_total for the mean)",
+            Unit::Seconds,
+            metrics.raft_fsync_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "rollout_slot_duration",
+            "From a rollout's new task being made to its running (healthy)",
+            Unit::Seconds,
+            metrics.rollout_slot_seconds.clone(),
+        );
+        registry.register(
+            "rollout_task_failures",
+            "New tasks of rollouts that ended before running or within the monitor window",
+            metrics.rollout_task_failures.clone(),
+        );
         registry.register_with_unit(
             "control_loop_pass_duration",
             "One pass of the leader's control loop that proposed changes, its proposals included",
@@ -149,7 +198,14 @@ impl ManagerMetrics {
     }
 
     /// The metrics as Prometheus text, with the gauges read from `status` and `state` now.
-    pub fn render(&self, status: &RaftStatus, state: &State) -> String {
+    pub fn render(&self, status: &RaftStatus, syncs: &shoal_raft::storage::SyncStats, state: &State) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Counters kept elsewhere: moved up to their value.
+        let fsyncs = syncs.syncs.load(Relaxed);
+        self.raft_fsyncs.inc_by(fsyncs.saturating_sub(self.raft_fsyncs.get()));
+        let fsync_seconds = syncs.micros.load(Relaxed) as f64 / 1e6;
+        self.raft_fsync_seconds.inc_by((fsync_seconds - self.raft_fsync_seconds.get()).max(0.0));
+        self.raft_snapshot_seconds.set(status.snapshot_millis as f64 / 1000.0);
         let gauge = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
@@ -159,6 +215,7 @@ impl ManagerMetrics {
         gauge(&self.raft_last_index, status.last_index);
         gauge(&self.raft_is_leader, u64::from(status.role == RaftRole::Leader));
         gauge(&self.raft_voters, status.voters.len() as u64);
+        gauge(&self.raft_snapshot_bytes, status.snapshot_bytes);
         let set = |family: &Family<Labels, Gauge>, key: &str, counts: std::collections::BTreeMap<String, u64>| {
             family.clear();
             for (value, n) in counts {
@@ -221,7 +278,7 @@ pub async fn serve(manager: Arc<crate::Manager>, listener: tokio::net::TcpListen
     let render: shoal_metrics::Render = Arc::new(move || {
         let status = manager.raft_status();
         let state = manager.state();
-        manager.metrics.render(&status, &state)
+        manager.metrics.render(&status, manager.raft_sync_stats(), &state)
     });
     shoal_metrics::serve(listener, render).await;
 }

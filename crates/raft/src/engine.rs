@@ -97,6 +97,10 @@ pub struct RaftStatus {
     pub snapshot_index: u64,
     #[serde(default)]
     pub snapshot_bytes: u64,
+    /// How long taking the newest snapshot this manager took itself lasted (serialising and
+    /// making it durable), in milliseconds.
+    #[serde(default)]
+    pub snapshot_millis: u64,
 }
 
 enum Pending<O> {
@@ -125,6 +129,7 @@ pub struct Engine<D: Durable, M: StateMachine> {
     applied_bytes: u64,
     /// Size of the newest snapshot's data.
     snapshot_bytes: u64,
+    snapshot_millis: u64,
     /// A snapshot whose data is being written and made durable on another thread.
     snapshot_job: Option<SnapshotJob>,
 }
@@ -134,6 +139,7 @@ pub struct Engine<D: Durable, M: StateMachine> {
 struct SnapshotJob {
     meta: raft::prelude::SnapshotMetadata,
     compact_to: u64,
+    started: tokio::time::Instant,
     done: std::sync::mpsc::Receiver<Result<u64, RaftError>>,
 }
 
@@ -224,6 +230,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             snapshot_now: false,
             applied_bytes: 0,
             snapshot_bytes,
+            snapshot_millis: 0,
             snapshot_job: None,
         })
     }
@@ -569,6 +576,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         match written {
             Ok(bytes) if index > self.raw.store().snapshot_metadata().index => {
                 self.snapshot_bytes = bytes;
+                self.snapshot_millis = job.started.elapsed().as_millis() as u64;
                 self.raw.mut_store().save_snapshot(job.meta, job.compact_to)?;
                 self.raw.mut_store().sync()?;
                 tracing::debug!(
@@ -604,6 +612,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         // 100k tasks) and writing and syncing tens of megabytes happen on a thread of their own
         // where the store allows: done here, they held up heartbeats and applies for most of a
         // second.
+        let started = tokio::time::Instant::now();
         let state = self.sm.snapshot();
         let write: crate::SnapshotWriteFn = Box::new(move |out| {
             out.write_all(&header)?;
@@ -612,7 +621,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         self.applied_bytes = 0;
         let write = match self.raw.store().write_snapshot_detached(index, write) {
             Ok(done) => {
-                self.snapshot_job = Some(SnapshotJob { meta, compact_to, done });
+                self.snapshot_job = Some(SnapshotJob { meta, compact_to, started, done });
                 return Ok(());
             }
             Err(write) => write,
@@ -622,9 +631,15 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
         self.snapshot_bytes = writer.finish()?;
         self.raw.mut_store().save_snapshot(meta, compact_to)?;
         self.raw.mut_store().sync()?;
+        self.snapshot_millis = started.elapsed().as_millis() as u64;
         self.applied_bytes = 0;
         tracing::debug!(index, compact_to, "took raft snapshot");
         Ok(())
+    }
+
+    /// The log's durable syncs so far (read by other threads).
+    pub fn sync_stats(&self) -> std::sync::Arc<crate::storage::SyncStats> {
+        self.raw.store().sync_stats()
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -673,6 +688,7 @@ impl<D: Durable, M: StateMachine> Engine<D, M> {
             removed: self.removed,
             snapshot_index: self.raw.store().snapshot_metadata().index,
             snapshot_bytes: self.snapshot_bytes,
+            snapshot_millis: self.snapshot_millis,
         }
     }
 

@@ -44,11 +44,17 @@ pub struct RaftHandle<O> {
     status: watch::Receiver<RaftStatus>,
     /// Proposals sent and not yet answered, over every clone of the handle.
     pending: Arc<std::sync::atomic::AtomicUsize>,
+    sync_stats: Arc<crate::storage::SyncStats>,
 }
 
 impl<O> Clone for RaftHandle<O> {
     fn clone(&self) -> Self {
-        RaftHandle { commands: self.commands.clone(), status: self.status.clone(), pending: self.pending.clone() }
+        RaftHandle {
+            commands: self.commands.clone(),
+            status: self.status.clone(),
+            pending: self.pending.clone(),
+            sync_stats: self.sync_stats.clone(),
+        }
     }
 }
 
@@ -112,6 +118,11 @@ impl<O: Send + 'static> RaftHandle<O> {
         self.control(Control::Shutdown);
     }
 
+    /// The log's durable syncs so far.
+    pub fn sync_stats(&self) -> &crate::storage::SyncStats {
+        &self.sync_stats
+    }
+
     pub fn status(&self) -> RaftStatus {
         self.status.borrow().clone()
     }
@@ -154,7 +165,8 @@ where
     let (tx, rx) = mpsc::channel();
     let (status_tx, status_rx) = watch::channel(engine.status());
     transport.set_members(&engine.status().members);
-    let handle = RaftHandle { commands: tx, status: status_rx, pending: Arc::default() };
+    let handle =
+        RaftHandle { commands: tx, status: status_rx, pending: Arc::default(), sync_stats: engine.sync_stats() };
     let thread = std::thread::Builder::new()
         .name(format!("raft-{}", engine.id()))
         .spawn(move || run(engine, rx, status_tx, transport, tick))
@@ -250,7 +262,8 @@ mod tests {
     async fn proposals_beyond_the_bound_are_refused_as_overloaded() {
         let (tx, rx) = mpsc::channel::<Command<()>>();
         let (_status_tx, status_rx) = watch::channel(RaftStatus::default());
-        let handle = RaftHandle { commands: tx, status: status_rx, pending: Arc::default() };
+        let handle =
+            RaftHandle { commands: tx, status: status_rx, pending: Arc::default(), sync_stats: Arc::default() };
         let waiting: Vec<_> = (0..MAX_PENDING_PROPOSALS)
             .map(|_| {
                 let handle = handle.clone();

@@ -902,6 +902,17 @@ pub struct RaftStorage<D: Durable> {
     snapshot_wanted: Arc<AtomicBool>,
     /// Indexes of replaced snapshots whose data is deleted after the next sync.
     stale_snapshots: Vec<u64>,
+    /// Syncs made, and the time they took (for the manager's metrics).
+    syncs: Arc<SyncStats>,
+}
+
+/// The log's durable syncs (one per batch of raft writes) since the start, and the microseconds
+/// they took together. Counters outside [`crate::RaftStatus`]: they move with every write, and
+/// the status wakes its watchers when it changes.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub syncs: std::sync::atomic::AtomicU64,
+    pub micros: std::sync::atomic::AtomicU64,
 }
 
 impl<D: Durable> RaftStorage<D> {
@@ -917,6 +928,7 @@ impl<D: Durable> RaftStorage<D> {
             entries: VecDeque::new(),
             snapshot_wanted: Arc::new(AtomicBool::new(false)),
             stale_snapshots: Vec::new(),
+            syncs: Arc::default(),
         };
         for (key, value) in storage.durable.scan(META_PREFIX)? {
             if key == KEY_HARD_STATE {
@@ -1236,8 +1248,16 @@ impl<D: Durable> RaftStorage<D> {
         ]
     }
 
+    /// The syncs made so far (shared: it goes on counting).
+    pub fn sync_stats(&self) -> Arc<SyncStats> {
+        self.syncs.clone()
+    }
+
     pub fn sync(&mut self) -> Result<(), RaftError> {
+        let started = tokio::time::Instant::now();
         self.durable.sync()?;
+        self.syncs.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.syncs.micros.fetch_add(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         // The metadata naming the newer snapshot is durable now, so older data may go.
         for index in std::mem::take(&mut self.stale_snapshots) {
             let stale = self.durable.keys(&snapshot_data_prefix(index))?;
