@@ -115,6 +115,16 @@ async fn a_manager_and_an_agent_export_what_a_rolling_update_did() -> Result<()>
     ensure!(value(&agent, "shoal_agent_ingress_received_bytes_total")? >= 5.0 * 18.0);
     ensure!(value(&agent, "shoal_agent_ingress_sent_bytes_total")? > 0.0);
 
+    // The update's timeline as a chart: its two slots, started and monitored.
+    let dir = tempfile::tempdir()?;
+    let chart = dir.path().join("web.svg");
+    let out = shoal(&host, &["rollout", "inspect", "--svg", chart.to_str().unwrap(), "web"]);
+    ensure!(out.status.success(), "{}", stderr(&out));
+    let svg = std::fs::read_to_string(&chart)?;
+    ensure!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"), "{svg}");
+    ensure!(svg.matches(r#"class="starting""#).count() == 2 && svg.matches(r#"class="monitor""#).count() == 2, "{svg}");
+    ensure!(svg.contains("update of web (revision 1 → 2), completed"), "{svg}");
+
     // An update whose new task fails, rolled back: the failure is counted.
     let out =
         shoal(&host, &["service", "update", "--image", "shoal/fail:1", "--update-failure-action", "rollback", "web"]);

@@ -610,6 +610,11 @@ async fn rollout_inspect(host: &str, args: &RolloutInspectArgs) -> Result<(), Cl
             })?
         }
     };
+    if let Some(path) = &args.svg {
+        std::fs::write(path, shoal_chart::rollout_svg(&found, timefmt::now_millis()))
+            .map_err(|e| CliError::Message(format!("--svg {}: {e}", path.display())))?;
+        eprintln!("wrote the timeline of rollout {} to {}", found.id, path.display());
+    }
     match args.format {
         InfoFormat::Json => print_out(&output::json_object(&found)),
         InfoFormat::Text => {

@@ -47,6 +47,10 @@ pub struct RolloutInspectArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = InfoFormat::Text)]
     pub format: InfoFormat,
+    /// Also write the rollout's timeline as an SVG chart to FILE (slots by batch over time:
+    /// old task stopping, new task starting, monitor window, failures, pauses)
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
     /// A rollout id, or a service (id, name or id prefix) for its newest rollout
     #[arg(value_name = "ROLLOUT|SERVICE")]
     pub target: String,
