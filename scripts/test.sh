@@ -13,6 +13,8 @@ fi
 
 step "docker engine (the agent tests run real containers)"
 bash scripts/ensure-docker.sh
+step "headless Chromium and its WebDriver (the dashboard test drives a browser)"
+bash scripts/ensure-chromium.sh
 step "test images (built locally; nothing is pulled)"
 bash deploy/images/build.sh
 

@@ -76,6 +76,10 @@ struct Args {
     /// default
     #[arg(long, value_name = "ADDR", value_parser = shoal_metrics::parse_addr)]
     metrics_addr: Option<SocketAddr>,
+    /// Serve the dashboard (services, nodes, rollouts, live) on http://ADDR/: PORT or
+    /// 127.0.0.1:PORT; loopback only, as it has no authentication. Off by default
+    #[arg(long, value_name = "ADDR", value_parser = shoal_metrics::parse_addr)]
+    dashboard_addr: Option<SocketAddr>,
 }
 
 fn parse_heartbeat(text: &str) -> Result<shoal_types::GoDuration, String> {
@@ -165,6 +169,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.autolock = args.autolock;
     config.unlock_key = args.unlock_key.map(shoal_control::UnlockKey::new);
     config.metrics_addr = args.metrics_addr;
+    config.dashboard_addr = args.dashboard_addr;
 
     let running = shoal_control::start(config).await?;
     if let Some(key) = &running.new_unlock_key {

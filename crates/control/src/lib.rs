@@ -24,6 +24,7 @@ pub mod api;
 pub mod at_rest;
 pub mod auth;
 pub mod control_loop;
+pub mod dashboard;
 pub mod dispatcher;
 pub mod error;
 pub mod identity;
@@ -149,6 +150,8 @@ pub struct ManagerConfig {
     pub unlock_key: Option<UnlockKey>,
     /// Serve Prometheus metrics on `/metrics` here (`--metrics-addr`); off when `None`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the dashboard here (`--dashboard-addr`, loopback only); off when `None`.
+    pub dashboard_addr: Option<SocketAddr>,
 }
 
 /// The cluster's unlock key as given to a manager; never printed by `Debug`.
@@ -189,6 +192,7 @@ impl ManagerConfig {
             autolock: false,
             unlock_key: None,
             metrics_addr: None,
+            dashboard_addr: None,
         }
     }
 }
@@ -591,6 +595,13 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .map_err(|e| ManagerError::Listen(config.listen_addr, e))?;
+    let dashboard_listener = match config.dashboard_addr {
+        Some(addr) => {
+            dashboard::check_addr(addr).map_err(ManagerError::Config)?;
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| ManagerError::Listen(addr, e))?)
+        }
+        None => None,
+    };
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| ManagerError::Listen(addr, e))?),
         None => None,
@@ -758,6 +769,10 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics on /metrics");
         tokio::spawn(metrics::serve(manager.clone(), listener));
+    }
+    if let Some(listener) = dashboard_listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving the dashboard");
+        tokio::spawn(dashboard::serve(manager.clone(), listener));
     }
     tokio::spawn(renew_own_certificate(manager.clone(), tls_dir));
     let dispatcher = shoal_proto::v1::dispatcher_server::DispatcherServer::new(dispatcher::DispatcherApi(

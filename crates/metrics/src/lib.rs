@@ -63,8 +63,42 @@ pub async fn serve(listener: TcpListener, render: Render) {
     }
 }
 
-/// The request's method and path, once its head (up to the blank line) is read.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(String, String)>> {
+/// A request's head: method, path and headers (names lower-cased).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a request's head (up to the blank line; a body is not read), within [`READ_TIMEOUT`]
+/// and [`MAX_HEAD`] bytes: `None` when it is larger.
+pub async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<RequestHead>> {
+    let head = tokio::time::timeout(READ_TIMEOUT, read_head(stream))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok(head)
+}
+
+/// Writes a whole response and closes the connection.
+pub async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.shutdown().await
+}
+
+/// The request's method, path and headers, once its head (up to the blank line) is read.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<RequestHead>> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -78,29 +112,28 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(String, St
         head.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&head);
-    let mut first = text.lines().next().unwrap_or_default().split_whitespace();
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split_whitespace();
     let (method, path) = (first.next().unwrap_or_default(), first.next().unwrap_or_default());
-    Ok(Some((method.to_string(), path.to_string())))
+    let headers = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Some(RequestHead { method: method.to_string(), path: path.to_string(), headers }))
 }
 
 async fn answer(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
-    let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let head = read_request(&mut stream).await?;
     let (status, content_type, body) = match head {
         None => ("431 Request Header Fields Too Large", "text/plain", "request head too large\n".to_string()),
-        Some((method, _)) if method != "GET" => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
-        Some((_, path)) if path == "/metrics" || path.starts_with("/metrics?") => {
+        Some(head) if head.method != "GET" => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+        Some(head) if head.path == "/metrics" || head.path.starts_with("/metrics?") => {
             ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", render())
         }
         Some(_) => ("404 Not Found", "text/plain", "metrics are at /metrics\n".to_string()),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    respond(&mut stream, status, content_type, body.as_bytes()).await
 }
 
 #[cfg(test)]
