@@ -152,15 +152,6 @@ async fn lead<B: LoopBackend>(manager: &B, term: u64) {
             if steps.is_empty() {
                 let now = manager.now_millis();
                 let (scheduled, held_until) = schedule(manager, now, failures.failures(now));
-                if let Some(metrics) = manager.metrics() {
-                    for action in &scheduled {
-                        match action {
-                            Action::AssignTask { .. } => metrics.placements.inc(),
-                            Action::MarkUnschedulable { .. } => metrics.unschedulable.inc(),
-                            _ => 0,
-                        };
-                    }
-                }
                 steps = scheduled.into_iter().map(|action| vec![action]).collect();
                 schedule_at = held_until;
             } else {
@@ -354,15 +345,21 @@ fn schedule<B: LoopBackend>(
     let solution = shoal_scheduler::solve(&problem);
     let mut actions: Vec<Action> =
         solution.assignments.into_iter().map(|(id, node_id)| Action::AssignTask { id, node_id }).collect();
+    if let Some(metrics) = manager.metrics() {
+        metrics.placements.inc_by(actions.len() as u64);
+    }
     if !solution.unschedulable.is_empty() {
         let state = manager.state();
-        for (id, err) in solution.unschedulable {
+        for ((id, err), kind) in solution.unschedulable.into_iter().zip(solution.unschedulable_kinds) {
             // Only when the reason changed: the store would skip it anyway, but not proposing
             // keeps an idle cluster's log quiet.
             let unchanged =
                 state.task(&id).is_some_and(|t| t.status.state == TaskState::Pending && t.status.err == err);
             if !unchanged {
                 actions.push(Action::MarkUnschedulable { id, err });
+                if let Some(metrics) = manager.metrics() {
+                    metrics.unschedulable.get_or_create(&vec![("reason".to_string(), kind.as_str().to_string())]).inc();
+                }
             }
         }
     }

@@ -246,11 +246,6 @@ impl Manager {
         self.raft.watch_status()
     }
 
-    /// The raft log's durable syncs so far.
-    pub fn raft_sync_stats(&self) -> &shoal_raft::storage::SyncStats {
-        self.raft.sync_stats()
-    }
-
     pub fn state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
         self.state.read()
     }
@@ -762,7 +757,7 @@ pub async fn start(config: ManagerConfig) -> Result<Running, ManagerError> {
         raft_thread: parking_lot::Mutex::new(Some(raft_thread)),
         shutdown,
         data_key,
-        metrics: metrics::ManagerMetrics::new(),
+        metrics: metrics::ManagerMetrics::new(raft.sync_stats()),
     });
     tokio::spawn(manager.clone().promote_learners());
     tokio::spawn(control_loop::run(manager.clone()));

@@ -27,7 +27,7 @@ pub struct ManagerMetrics {
     pub loop_pass_seconds: Histogram,
     pub loop_dirty_services: Histogram,
     pub placements: Counter,
-    pub unschedulable: Counter,
+    pub unschedulable: Family<Labels, Counter>,
     pub sessions: Gauge,
     pub heartbeats_missed: Counter,
     pub leader_changes: Counter,
@@ -39,8 +39,6 @@ pub struct ManagerMetrics {
     raft_voters: Gauge,
     raft_snapshot_bytes: Gauge,
     raft_snapshot_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
-    raft_fsyncs: Counter,
-    raft_fsync_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// From a rollout's new task being made to its running (healthy), per slot.
     pub rollout_slot_seconds: Histogram,
     /// New tasks of rollouts that failed (ended before running, or within the monitor window).
@@ -53,14 +51,9 @@ pub struct ManagerMetrics {
     stack_rollouts: Family<Labels, Gauge>,
 }
 
-impl Default for ManagerMetrics {
-    fn default() -> Self {
-        ManagerMetrics::new()
-    }
-}
-
 impl ManagerMetrics {
-    pub fn new() -> ManagerMetrics {
+    /// The manager's metrics; `syncs` is where its raft log times its syncs.
+    pub fn new(syncs: &shoal_raft::storage::SyncStats) -> ManagerMetrics {
         let mut registry = Registry::with_prefix("shoal");
         let proposals = Counter::default();
         let proposal_failures = Counter::default();
@@ -75,7 +68,7 @@ impl ManagerMetrics {
             loop_pass_seconds,
             loop_dirty_services,
             placements: Counter::default(),
-            unschedulable: Counter::default(),
+            unschedulable: Family::default(),
             sessions: Gauge::default(),
             heartbeats_missed: Counter::default(),
             leader_changes: Counter::default(),
@@ -87,8 +80,6 @@ impl ManagerMetrics {
             raft_voters: Gauge::default(),
             raft_snapshot_bytes: Gauge::default(),
             raft_snapshot_seconds: Gauge::default(),
-            raft_fsyncs: Counter::default(),
-            raft_fsync_seconds: Counter::default(),
             // 10 ms to about 20 min.
             rollout_slot_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
             rollout_task_failures: Counter::default(),
@@ -139,16 +130,11 @@ impl ManagerMetrics {
             Unit::Seconds,
             metrics.raft_snapshot_seconds.clone(),
         );
-        registry.register(
-            "raft_fsyncs",
-            "Durable syncs of the raft log (one per batch of writes)",
-            metrics.raft_fsyncs.clone(),
-        );
         registry.register_with_unit(
-            "raft_fsync",
-            "Time spent in durable syncs of the raft log (divide by shoal_raft_fsyncs_total for the mean)",
+            "raft_fsync_duration",
+            "Durable syncs of the raft log (one per batch of writes)",
             Unit::Seconds,
-            metrics.raft_fsync_seconds.clone(),
+            syncs.latency.clone(),
         );
         registry.register_with_unit(
             "rollout_slot_duration",
@@ -175,7 +161,7 @@ impl ManagerMetrics {
         registry.register("scheduler_placements", "Tasks the scheduler placed on a node", metrics.placements.clone());
         registry.register(
             "scheduler_unschedulable",
-            "Times the scheduler found a task it could not place (a new reason each time)",
+            "Times the scheduler found a task it could not place (once per new reason), by the kind of reason",
             metrics.unschedulable.clone(),
         );
         registry.register("dispatcher_sessions", "Agent sessions open on this manager", metrics.sessions.clone());
@@ -198,13 +184,7 @@ impl ManagerMetrics {
     }
 
     /// The metrics as Prometheus text, with the gauges read from `status` and `state` now.
-    pub fn render(&self, status: &RaftStatus, syncs: &shoal_raft::storage::SyncStats, state: &State) -> String {
-        use std::sync::atomic::Ordering::Relaxed;
-        // Counters kept elsewhere: moved up to their value.
-        let fsyncs = syncs.syncs.load(Relaxed);
-        self.raft_fsyncs.inc_by(fsyncs.saturating_sub(self.raft_fsyncs.get()));
-        let fsync_seconds = syncs.micros.load(Relaxed) as f64 / 1e6;
-        self.raft_fsync_seconds.inc_by((fsync_seconds - self.raft_fsync_seconds.get()).max(0.0));
+    pub fn render(&self, status: &RaftStatus, state: &State) -> String {
         self.raft_snapshot_seconds.set(status.snapshot_millis as f64 / 1000.0);
         let gauge = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
@@ -278,7 +258,7 @@ pub async fn serve(manager: Arc<crate::Manager>, listener: tokio::net::TcpListen
     let render: shoal_metrics::Render = Arc::new(move || {
         let status = manager.raft_status();
         let state = manager.state();
-        manager.metrics.render(&status, manager.raft_sync_stats(), &state)
+        manager.metrics.render(&status, &state)
     });
     shoal_metrics::serve(listener, render).await;
 }

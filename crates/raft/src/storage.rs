@@ -906,13 +906,20 @@ pub struct RaftStorage<D: Durable> {
     syncs: Arc<SyncStats>,
 }
 
-/// The log's durable syncs (one per batch of raft writes) since the start, and the microseconds
-/// they took together. Counters outside [`crate::RaftStatus`]: they move with every write, and
-/// the status wakes its watchers when it changes.
-#[derive(Debug, Default)]
+/// How long the log's durable syncs (one per batch of raft writes) took, in seconds: kept
+/// outside [`crate::RaftStatus`], which moves with every write and wakes its watchers when it
+/// changes.
+#[derive(Debug)]
 pub struct SyncStats {
-    pub syncs: std::sync::atomic::AtomicU64,
-    pub micros: std::sync::atomic::AtomicU64,
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for SyncStats {
+    fn default() -> Self {
+        // 50 µs to about 1.6 s.
+        let buckets = prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16);
+        SyncStats { latency: prometheus_client::metrics::histogram::Histogram::new(buckets) }
+    }
 }
 
 impl<D: Durable> RaftStorage<D> {
@@ -1256,8 +1263,7 @@ impl<D: Durable> RaftStorage<D> {
     pub fn sync(&mut self) -> Result<(), RaftError> {
         let started = tokio::time::Instant::now();
         self.durable.sync()?;
-        self.syncs.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.syncs.micros.fetch_add(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.syncs.latency.observe(started.elapsed().as_secs_f64());
         // The metadata naming the newer snapshot is durable now, so older data may go.
         for index in std::mem::take(&mut self.stale_snapshots) {
             let stale = self.durable.keys(&snapshot_data_prefix(index))?;

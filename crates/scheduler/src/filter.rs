@@ -36,6 +36,23 @@ fn plural(nodes: usize, before: &str, after: &str) -> String {
     if nodes == 1 { format!("{before}1 node{after}") } else { format!("{before}{nodes} nodes{after}") }
 }
 
+/// The filter that turned away the most nodes (ties in filter order), as the kind of reason.
+pub(crate) fn main_kind(counts: &[usize; 5]) -> crate::Unschedulable {
+    let most = Filter::ALL
+        .iter()
+        .copied()
+        .filter(|f| counts[*f as usize] > 0)
+        .max_by(|a, b| counts[*a as usize].cmp(&counts[*b as usize]).then(b.cmp(a)));
+    match most {
+        Some(Filter::Ready) => crate::Unschedulable::NotReady,
+        Some(Filter::Resources) => crate::Unschedulable::Resources,
+        Some(Filter::Constraints) => crate::Unschedulable::Constraints,
+        Some(Filter::HostPort) => crate::Unschedulable::HostPort,
+        Some(Filter::MaxReplicas) => crate::Unschedulable::MaxReplicas,
+        None => crate::Unschedulable::NoNode,
+    }
+}
+
 /// `"no suitable node (a; b)"` from per-filter node counts, most nodes first, ties in filter order
 /// (Go's sort of this 8-entry slice is an insertion sort, so Swarm keeps filter order too).
 pub(crate) fn no_suitable_node(counts: &[usize; 5]) -> String {

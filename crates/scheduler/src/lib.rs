@@ -134,6 +134,37 @@ pub struct Solution {
     pub assignments: Vec<(String, String)>,
     /// `(task id, reason)`; the reason is what Swarm puts in the task's `Status.Err`.
     pub unschedulable: Vec<(String, String)>,
+    /// What kept each of `unschedulable` (same order) off every node, as a word for metrics.
+    pub unschedulable_kinds: Vec<Unschedulable>,
+}
+
+/// Why a task could not be placed, by type: the filter that turned away the most nodes, or why
+/// there was no node to try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unschedulable {
+    NoNode,
+    NodeNotFound,
+    ManagersRunNoTasks,
+    NotReady,
+    Resources,
+    Constraints,
+    HostPort,
+    MaxReplicas,
+}
+
+impl Unschedulable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unschedulable::NoNode => "no_node",
+            Unschedulable::NodeNotFound => "node_not_found",
+            Unschedulable::ManagersRunNoTasks => "managers_run_no_tasks",
+            Unschedulable::NotReady => "not_ready",
+            Unschedulable::Resources => "resources",
+            Unschedulable::Constraints => "constraints",
+            Unschedulable::HostPort => "host_port",
+            Unschedulable::MaxReplicas => "max_replicas",
+        }
+    }
 }
 
 /// Places the pending tasks. Pure and deterministic.

@@ -271,6 +271,7 @@ impl<'a> Solver<'a> {
         let Some(&i) = self.by_id.get(node_id) else {
             // Swarm silently leaves such a task pending; say why.
             self.solution.unschedulable.push((task.id.clone(), format!("node {node_id} not found")));
+            self.solution.unschedulable_kinds.push(crate::Unschedulable::NodeNotFound);
             return;
         };
         let spec = self.spec(task);
@@ -282,6 +283,7 @@ impl<'a> Solver<'a> {
                 counts[f as usize] = 1;
                 // Swarm's taskFitNode stores the bare pipeline explanation.
                 self.solution.unschedulable.push((task.id.clone(), filter::explanation(&counts)));
+                self.solution.unschedulable_kinds.push(filter::main_kind(&counts));
             }
         }
     }
@@ -328,10 +330,11 @@ impl<'a> Solver<'a> {
             // Nodes, but none a manager: what the control loop hands over, since shoal's managers
             // run no tasks. (With no node at all, that is the reason, as in Swarm.)
             let only_workers = !self.nodes.is_empty() && self.nodes.iter().all(|n| n.src.role != NodeRole::Manager);
-            let reason = if let Some(c) = filter::manager_only(group.spec.constraints).filter(|_| only_workers) {
-                filter::managers_run_no_tasks(c)
+            let (reason, kind) = if let Some(c) = filter::manager_only(group.spec.constraints).filter(|_| only_workers)
+            {
+                (filter::managers_run_no_tasks(c), crate::Unschedulable::ManagersRunNoTasks)
             } else if self.nodes.is_empty() {
-                "no suitable node".to_string()
+                ("no suitable node".to_string(), crate::Unschedulable::NoNode)
             } else {
                 let mut counts = [0usize; 5];
                 for i in 0..self.nodes.len() {
@@ -340,10 +343,11 @@ impl<'a> Solver<'a> {
                         counts[f as usize] += 1;
                     }
                 }
-                filter::no_suitable_node(&counts)
+                (filter::no_suitable_node(&counts), filter::main_kind(&counts))
             };
             for task in &tasks[group.next..] {
                 self.solution.unschedulable.push((task.id.clone(), reason.clone()));
+                self.solution.unschedulable_kinds.push(kind);
             }
         }
     }

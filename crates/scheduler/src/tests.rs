@@ -365,6 +365,8 @@ fn resource_constraint_message() {
     let s = solve(&p);
     assert!(s.assignments.is_empty());
     assert_eq!(s.unschedulable.len(), 3);
+    // Ties keep filter order: not ready comes before resources.
+    assert_eq!(s.unschedulable_kinds, vec![crate::Unschedulable::NotReady; 3]);
 }
 
 #[test]
