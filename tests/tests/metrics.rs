@@ -99,6 +99,7 @@ async fn a_manager_and_an_agent_export_what_a_rolling_update_did() -> Result<()>
     ensure!(value(&after, "shoal_dispatcher_sessions")? == 1.0);
     ensure!(value(&after, "shoal_control_loop_pass_duration_seconds_count")? > 0.0);
     ensure!(value(&after, "shoal_rollout_slot_duration_seconds_count")? >= 2.0, "the update's 2 slots");
+    ensure!(value(&after, "shoal_rollout_batch_duration_seconds_count")? == 2.0, "its 2 batches, each once");
     ensure!(
         value(&after, "shoal_raft_fsync_duration_seconds_count")?
             > value(&before, "shoal_raft_fsync_duration_seconds_count")?

@@ -290,6 +290,7 @@ fn observe<B: LoopBackend>(manager: &B, change: &Change, dirty: &mut Dirty, fail
     observe_failure(change, failures);
     if let Some(metrics) = manager.metrics() {
         observe_rollout(change, metrics);
+        observe_batch(manager, change, metrics);
     }
     dirty.observe(change, || manager.state());
 }
@@ -309,6 +310,36 @@ fn observe_rollout(change: &Change, metrics: &crate::metrics::ManagerMetrics) {
         && task.version == change.index
     {
         metrics.rollout_task_failures.inc();
+    }
+}
+
+/// A rollout batch whose last slot just ran: how long the batch took, from its start to its last
+/// new task running. Counted once, on the change of the slot that ran last (ties by name).
+fn observe_batch<B: LoopBackend>(manager: &B, change: &Change, metrics: &crate::metrics::ManagerMetrics) {
+    let Object::Task(task) = &change.object else { return };
+    if task.origin != shoal_types::TaskOrigin::Update
+        || task.status.state != TaskState::Running
+        || task.running_at != Some(change.at)
+    {
+        return;
+    }
+    let state = manager.state();
+    let Some(record) = state.rollouts(&task.service_id).iter().rev().find(|r| r.spec_version == task.spec_version)
+    else {
+        return;
+    };
+    let Some(batch) = record.batches.iter().find(|b| b.slots.iter().any(|s| s.new_task == task.id)) else { return };
+    // Every slot ran or failed, and this one ran last.
+    if batch.slots.iter().any(|s| s.running_at.is_none() && s.failed_at.is_none()) {
+        return;
+    }
+    let last = batch
+        .slots
+        .iter()
+        .filter(|s| s.running_at.is_some())
+        .max_by(|a, b| (a.running_at, &a.name).cmp(&(b.running_at, &b.name)));
+    if last.is_some_and(|s| s.new_task == task.id) {
+        metrics.rollout_batch_seconds.observe(change.at.saturating_sub(batch.started_at) as f64 / 1000.0);
     }
 }
 

@@ -41,6 +41,8 @@ pub struct ManagerMetrics {
     raft_snapshot_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// From a rollout's new task being made to its running (healthy), per slot.
     pub rollout_slot_seconds: Histogram,
+    /// From a rollout batch's start to its last new task running.
+    pub rollout_batch_seconds: Histogram,
     /// New tasks of rollouts that failed (ended before running, or within the monitor window).
     pub rollout_task_failures: Counter,
     objects: Family<Labels, Gauge>,
@@ -82,6 +84,7 @@ impl ManagerMetrics {
             raft_snapshot_seconds: Gauge::default(),
             // 10 ms to about 20 min.
             rollout_slot_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
+            rollout_batch_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
             rollout_task_failures: Counter::default(),
             objects: Family::default(),
             tasks: Family::default(),
@@ -141,6 +144,12 @@ impl ManagerMetrics {
             "From a rollout's new task being made to its running (healthy)",
             Unit::Seconds,
             metrics.rollout_slot_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "rollout_batch_duration",
+            "From a rollout batch's start to its last new task running",
+            Unit::Seconds,
+            metrics.rollout_batch_seconds.clone(),
         );
         registry.register(
             "rollout_task_failures",
