@@ -101,6 +101,58 @@ pub struct Ingress {
     pub stats: IngressStats,
 }
 
+/// A stream whose reads add to a counter (the proxy's bytes, as they pass).
+struct CountingStream<'a, S> {
+    inner: &'a mut S,
+    read: &'a std::sync::atomic::AtomicU64,
+}
+
+impl<'a, S> CountingStream<'a, S> {
+    fn reads(inner: &'a mut S, read: &'a std::sync::atomic::AtomicU64) -> Self {
+        CountingStream { inner, read }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingStream<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before) as u64;
+        if read > 0 {
+            self.read.fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingStream<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Counts of the proxies' work since the agent started.
 #[derive(Debug, Default)]
 pub struct IngressStats {
@@ -327,11 +379,12 @@ impl Ingress {
         // Each direction ends on its own (a half-close is passed on). On an error (one side
         // reset, or the task stopped at its drain timeout) both are reset, so the other side does
         // not mistake a cut answer for a whole one.
-        let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-        if let Ok((to_server, to_client)) = &copied {
-            self.stats.bytes_in.fetch_add(*to_server, std::sync::atomic::Ordering::Relaxed);
-            self.stats.bytes_out.fetch_add(*to_client, std::sync::atomic::Ordering::Relaxed);
-        }
+        // Counted as the bytes go, so a connection that is reset or held open counts too.
+        let copied = {
+            let mut client = CountingStream::reads(&mut client, &self.stats.bytes_in);
+            let mut server = CountingStream::reads(&mut server, &self.stats.bytes_out);
+            tokio::io::copy_bidirectional(&mut client, &mut server).await
+        };
         if copied.is_err() {
             #[allow(deprecated)] // tokio deprecates set_linger only for its blocking close; a reset is the point here
             {

@@ -163,7 +163,6 @@ impl Agent {
         }))
     }
 
-    /// Keeps this node's certificate renewed through whichever manager answers.
     /// This node's tasks by the state the agent last reported for each.
     pub fn task_states(&self) -> std::collections::BTreeMap<shoal_types::TaskState, usize> {
         self.reporter.counts_by_state()
@@ -174,6 +173,7 @@ impl Agent {
         self.ingress.as_ref()
     }
 
+    /// Keeps this node's certificate renewed through whichever manager answers.
     pub async fn renew_certificate(self: Arc<Self>) {
         let tls = self.config.tls.clone();
         let dir = self.config.data_dir.join(TLS_DIR);

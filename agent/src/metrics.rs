@@ -23,6 +23,8 @@ fn label(key: &str, value: &str) -> Labels {
 
 pub struct AgentMetrics {
     registry: Registry,
+    /// One scrape at a time: a scrape refills the task family and moves the ingress counters.
+    scraping: parking_lot::Mutex<()>,
     docker_seconds: Family<Labels, Histogram>,
     docker_errors: Family<Labels, Counter>,
     tasks: Family<Labels, Gauge>,
@@ -47,6 +49,7 @@ impl AgentMetrics {
             Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 17)));
         let metrics = AgentMetrics {
             registry: Registry::default(),
+            scraping: parking_lot::Mutex::new(()),
             docker_seconds,
             docker_errors: Family::default(),
             tasks: Family::default(),
@@ -107,6 +110,7 @@ impl AgentMetrics {
 
     /// The metrics as Prometheus text, with the task and ingress figures read now.
     pub fn render(&self, agent: &crate::Agent) -> String {
+        let _one_scrape = self.scraping.lock();
         self.tasks.clear();
         for (state, n) in agent.task_states() {
             self.tasks.get_or_create(&label("state", state.as_str())).set(n as i64);

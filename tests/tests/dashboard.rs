@@ -126,6 +126,12 @@ impl Browser {
         Ok(text["value"].as_str().unwrap_or_default().to_string())
     }
 
+    fn attribute(&self, css: &str, name: &str) -> Result<Option<String>> {
+        let element = self.find_all(css)?.into_iter().next().with_context(|| format!("no element {css}"))?;
+        let value = self.call("GET", &format!("/element/{element}/attribute/{name}"), None)?;
+        Ok(value["value"].as_str().map(str::to_string))
+    }
+
     fn click(&self, css: &str) -> Result<()> {
         let element = self.find_all(css)?.into_iter().next().with_context(|| format!("no element {css}"))?;
         self.call("POST", &format!("/element/{element}/click"), Some(json!({}))).map(|_| ())
@@ -176,13 +182,13 @@ async fn the_dashboard_shows_services_and_a_rollout_and_pauses_it_from_a_click()
             "--replicas",
             "3",
             "--update-delay",
-            "3s",
+            "60s",
             "--update-monitor",
             "1s",
             "shoal/busybox:1",
         ],
     ));
-    // A slow rollout: one slot at a time, 3 s apart.
+    // A slow rollout: one slot, then a minute before the next.
     ok(&shoal(&host, &["service", "update", "--detach", "--image", "shoal/busybox:2", "web"]));
 
     let browser = Browser::start().await?;
@@ -195,9 +201,12 @@ async fn the_dashboard_shows_services_and_a_rollout_and_pauses_it_from_a_click()
     eventually("the rollout page", Duration::from_secs(10), || Ok(browser.find_all("#timeline svg")?.len() == 1))
         .await?;
     ensure!(browser.text("h1")?.starts_with("Rollout web-2"), "{}", browser.text("h1")?);
-    eventually("a batch", Duration::from_secs(20), || Ok(!browser.find_all("#batches tr.slot")?.is_empty())).await?;
-    eventually("the page following the rollout live", Duration::from_secs(20), || {
-        Ok(browser.find_all("#batches tr.slot")?.len() >= 2)
+    eventually("a batch", Duration::from_secs(30), || Ok(!browser.find_all("#batches tr.slot")?.is_empty())).await?;
+    // The page follows the store by itself: a change elsewhere makes it fetch itself again.
+    ensure!(browser.attribute("body", "data-refreshed")?.is_none(), "not refreshed yet");
+    ok(&shoal(&host, &["service", "update", "--detach", "--label-add", "live=1", "api"]));
+    eventually("the page refreshed by a server-sent event", Duration::from_secs(10), || {
+        Ok(browser.attribute("body", "data-refreshed")?.is_some_and(|n| n.parse::<u32>().unwrap_or(0) >= 1))
     })
     .await?;
 
@@ -207,9 +216,11 @@ async fn the_dashboard_shows_services_and_a_rollout_and_pauses_it_from_a_click()
         Ok(web.update_status.is_some_and(|s| s.state == shoal_types::UpdateState::Paused))
     })
     .await?;
-    eventually("the page saying paused by itself", Duration::from_secs(10), || Ok(browser.text("#state")? == "paused"))
-        .await?;
-    ensure!(browser.text("#message")?.contains("pause: done"), "{}", browser.text("#message")?);
+    eventually("the page saying paused", Duration::from_secs(10), || Ok(browser.text("#state")? == "paused")).await?;
+    eventually("the button's answer", Duration::from_secs(10), || {
+        Ok(browser.text("#message")?.contains("pause: done"))
+    })
+    .await?;
 
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&shots)?;
@@ -221,10 +232,17 @@ async fn the_dashboard_shows_services_and_a_rollout_and_pauses_it_from_a_click()
     // A cross-site form cannot act: an action without the dashboard's header is refused.
     let mut stream = std::net::TcpStream::connect(&dashboard)?;
     let web = inspect_service(&host, "web")?;
-    write!(stream, "POST /api/rollouts/{}/resume HTTP/1.1\r\nHost: x\r\n\r\n", web.id)?;
+    write!(stream, "POST /api/rollouts/{}/resume HTTP/1.1\r\nHost: {dashboard}\r\n\r\n", web.id)?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     ensure!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Nor can a page of another site whose name points at 127.0.0.1 (DNS rebinding).
+    let port = dashboard.rsplit(':').next().context("a port")?;
+    let mut stream = std::net::TcpStream::connect(&dashboard)?;
+    write!(stream, "GET / HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    ensure!(answer.starts_with("HTTP/1.1 421"), "{answer}");
     ensure!(inspect_service(&host, "web")?.update_status.is_some_and(|s| s.state == shoal_types::UpdateState::Paused));
     Ok(())
 }

@@ -63,7 +63,7 @@ pub fn rollout_svg(rollout: &Rollout, now: Timestamp) -> String {
     for event in &rollout.events {
         end = end.max(event.at);
     }
-    let span = (end - start).max(1) as f64;
+    let span = end.saturating_sub(start).max(1) as f64;
     let x = |at: Timestamp| LEFT + (at.saturating_sub(start) as f64 / span) * (WIDTH - LEFT - RIGHT);
     let height = TOP + ROW * shown.max(1) as f64 + 70.0;
     let mut svg = String::new();
@@ -132,8 +132,8 @@ pub fn rollout_svg(rollout: &Rollout, now: Timestamp) -> String {
                 tip = escape(&format!(
                     "{} {what}: {:.1}s → {:.1}s",
                     slot.name,
-                    (from - start) as f64 / 1000.0,
-                    (to - start) as f64 / 1000.0
+                    from.saturating_sub(start) as f64 / 1000.0,
+                    to.saturating_sub(start) as f64 / 1000.0
                 ))
             );
         };
@@ -173,7 +173,7 @@ pub fn rollout_svg(rollout: &Rollout, now: Timestamp) -> String {
             top = TOP - 4.0,
             tip = escape(&format!(
                 "{:.1}s {}: {}",
-                (event.at - start) as f64 / 1000.0,
+                event.at.saturating_sub(start) as f64 / 1000.0,
                 event.state.as_str(),
                 event.message
             ))

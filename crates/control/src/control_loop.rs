@@ -128,12 +128,12 @@ async fn lead<B: LoopBackend>(manager: &B, term: u64) {
         }
         let pass = dirty.take();
         let pass_started = tokio::time::Instant::now();
-        if let Some(metrics) = manager.metrics() {
-            let looked_at = if pass.all { manager.state().services().count() } else { pass.services.len() };
-            metrics.loop_dirty_services.observe(looked_at as f64);
-        }
         let mut steps: Vec<Vec<Action>> = Vec::new();
         if pass.all || !pass.services.is_empty() || !pass.nodes.is_empty() {
+            if let Some(metrics) = manager.metrics() {
+                let looked_at = if pass.all { manager.state().services().count() } else { pass.services.len() };
+                metrics.loop_dirty_services.observe(looked_at as f64);
+            }
             let mut new_id = shoal_types::ids::new_id;
             // The store's read lock is taken per service, never for the whole pass.
             let mut plan = shoal_orchestrator::reconcile_dirty(

@@ -41,8 +41,16 @@ pub fn check_addr(addr: std::net::SocketAddr) -> Result<(), String> {
     }
 }
 
+/// Whether a request names this dashboard as its host: a page of another site whose name was
+/// pointed at 127.0.0.1 (DNS rebinding) names its own.
+fn own_host(head: &RequestHead, port: u16) -> bool {
+    let Some(host) = head.header("host") else { return false };
+    ["127.0.0.1", "localhost", "[::1]"].iter().any(|name| host == format!("{name}:{port}"))
+}
+
 /// Serves the dashboard on `listener` until the manager stops.
 pub async fn serve(manager: Arc<Manager>, listener: TcpListener) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     let api = Arc::new(ControlApi::new(manager.clone()));
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN));
     let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
@@ -59,7 +67,7 @@ pub async fn serve(manager: Arc<Manager>, listener: TcpListener) {
         let (manager, api, streams) = (manager.clone(), api.clone(), streams.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = answer(stream, &manager, &api, &streams).await {
+            if let Err(e) = answer(stream, port, &manager, &api, &streams).await {
                 tracing::debug!(error = %e, "dashboard: request failed");
             }
         });
@@ -68,6 +76,7 @@ pub async fn serve(manager: Arc<Manager>, listener: TcpListener) {
 
 async fn answer(
     mut stream: TcpStream,
+    port: u16,
     manager: &Arc<Manager>,
     api: &ControlApi,
     streams: &Arc<tokio::sync::Semaphore>,
@@ -76,13 +85,45 @@ async fn answer(
         return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"request head too large\n")
             .await;
     };
+    if !own_host(&head, port) {
+        return respond(
+            &mut stream,
+            "421 Misdirected Request",
+            "text/plain",
+            b"open the dashboard as 127.0.0.1 or localhost\n",
+        )
+        .await;
+    }
+    if head.path == "/events" && head.method == "GET" {
+        return match streams.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let _permit = permit;
+                events(stream, manager).await
+            }
+            Err(_) => respond(&mut stream, "503 Service Unavailable", "text/plain", b"too many live pages\n").await,
+        };
+    }
+    // A page or an action: answered whole within the deadline, or the connection goes.
+    match tokio::time::timeout(shoal_metrics::ANSWER_TIMEOUT, page(&mut stream, &head, port, manager, api)).await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+async fn page(
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    port: u16,
+    manager: &Arc<Manager>,
+    api: &ControlApi,
+) -> std::io::Result<()> {
     let path = head.path.split('?').next().unwrap_or_default().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let html = "text/html; charset=utf-8";
     match (head.method.as_str(), segments.as_slice()) {
         ("GET", []) => {
             let page = index_page(&manager.state(), crate::now_millis());
-            respond(&mut stream, "200 OK", html, page.as_bytes()).await
+            respond(stream, "200 OK", html, page.as_bytes()).await
         }
         ("GET", ["rollouts", id]) => {
             let page = {
@@ -90,10 +131,10 @@ async fn answer(
                 state.all_rollouts().find(|r| r.id == *id).map(|r| rollout_page(&state, r, crate::now_millis()))
             };
             match page {
-                Some(page) => respond(&mut stream, "200 OK", html, page.as_bytes()).await,
+                Some(page) => respond(stream, "200 OK", html, page.as_bytes()).await,
                 None => {
                     let page = layout("Not found", &format!("<p>No rollout {} is kept.</p>", escape(id)));
-                    respond(&mut stream, "404 Not Found", html, page.as_bytes()).await
+                    respond(stream, "404 Not Found", html, page.as_bytes()).await
                 }
             }
         }
@@ -104,35 +145,34 @@ async fn answer(
                 .find(|r| r.id == *id)
                 .map(|r| shoal_chart::rollout_svg(r, crate::now_millis()));
             match svg {
-                Some(svg) => respond(&mut stream, "200 OK", "image/svg+xml", svg.as_bytes()).await,
-                None => respond(&mut stream, "404 Not Found", "text/plain", b"no such rollout\n").await,
+                Some(svg) => respond(stream, "200 OK", "image/svg+xml", svg.as_bytes()).await,
+                None => respond(stream, "404 Not Found", "text/plain", b"no such rollout\n").await,
             }
         }
-        ("GET", ["events"]) => match streams.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let _permit = permit;
-                events(stream, manager).await
-            }
-            Err(_) => respond(&mut stream, "503 Service Unavailable", "text/plain", b"too many live pages\n").await,
-        },
         ("POST", ["api", "rollouts", service, op]) => {
-            let (status, body) = action(&head, api, service, op).await;
-            respond(&mut stream, status, "application/json", body.as_bytes()).await
+            let (status, body) = action(head, port, api, service, op).await;
+            respond(stream, status, "application/json", body.as_bytes()).await
         }
         ("GET" | "POST", _) => {
-            respond(&mut stream, "404 Not Found", html, layout("Not found", "<p>No such page.</p>").as_bytes()).await
+            respond(stream, "404 Not Found", html, layout("Not found", "<p>No such page.</p>").as_bytes()).await
         }
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", b"GET pages, POST actions\n").await,
+        _ => respond(stream, "405 Method Not Allowed", "text/plain", b"GET pages, POST actions\n").await,
     }
 }
 
 /// A rollout command from a button, through the control API (forwarded to the leader as the
 /// CLI's would be).
-async fn action(head: &RequestHead, api: &ControlApi, service: &str, op: &str) -> (&'static str, String) {
+async fn action(head: &RequestHead, port: u16, api: &ControlApi, service: &str, op: &str) -> (&'static str, String) {
     use shoal_proto::v1::RolloutOp;
     let json = |ok: bool, message: &str| serde_json::json!({ "ok": ok, "message": message }).to_string();
     if head.header(ACTION_HEADER) != Some("1") {
         return ("403 Forbidden", json(false, "actions must carry the X-Shoal-Dashboard: 1 header"));
+    }
+    // A browser names the page that sent it: it must be one of the dashboard's own.
+    if let Some(origin) = head.header("origin")
+        && !["127.0.0.1", "localhost", "[::1]"].iter().any(|name| origin == format!("http://{name}:{port}"))
+    {
+        return ("403 Forbidden", json(false, "actions come from the dashboard's own pages only"));
     }
     let op = match op {
         "pause" => RolloutOp::Pause,
@@ -170,14 +210,22 @@ async fn events(mut stream: TcpStream, manager: &Manager) -> std::io::Result<()>
     loop {
         let change = tokio::time::timeout(Duration::from_secs(15), changes.recv()).await;
         match change {
-            Err(_) => stream.write_all(b": still here\n\n").await?,
+            Err(_) => write_within(&mut stream, b": still here\n\n").await?,
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Ok(()),
             Ok(_) => {
                 tokio::time::sleep(COALESCE).await;
                 while changes.try_recv().is_ok() {}
-                stream.write_all(b"event: change\ndata: changed\n\n").await?;
+                write_within(&mut stream, b"event: change\ndata: changed\n\n").await?;
             }
         }
+    }
+}
+
+/// Writes to a live page, which must take it within 10 s (a page that stops reading goes).
+async fn write_within(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(10), stream.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }
 

@@ -348,6 +348,9 @@ impl<B: Backend> DispatcherService<B> {
                 if self.leadership.lock().take().is_some() {
                     // Leadership lost: end every session so agents find the new leader.
                     self.sessions.lock().clear();
+                    if let Some(metrics) = self.backend.metrics() {
+                        metrics.sessions.set(0);
+                    }
                     self.backend.logs().close_all("the leader changed while reading logs; run the command again");
                 }
                 continue;
@@ -360,6 +363,9 @@ impl<B: Backend> DispatcherService<B> {
                         let now = Instant::now();
                         *leadership = Some((st.term, now));
                         self.sessions.lock().clear();
+                        if let Some(metrics) = self.backend.metrics() {
+                            metrics.sessions.set(0);
+                        }
                         now
                     }
                 }

@@ -21,6 +21,8 @@ fn label(key: &str, value: &str) -> Labels {
 
 pub struct ManagerMetrics {
     registry: Registry,
+    /// One scrape at a time: a scrape clears and refills the families of the store's gauges.
+    scraping: parking_lot::Mutex<()>,
     pub proposals: Counter,
     pub proposal_failures: Counter,
     pub proposal_seconds: Histogram,
@@ -93,6 +95,7 @@ impl ManagerMetrics {
             rollout_failed_slots: Gauge::default(),
             stack_rollouts: Family::default(),
             registry: Registry::default(),
+            scraping: parking_lot::Mutex::new(()),
         };
         registry.register("raft_proposals", "Entries this manager proposed", metrics.proposals.clone());
         registry.register(
@@ -192,8 +195,19 @@ impl ManagerMetrics {
         ManagerMetrics { registry, ..metrics }
     }
 
-    /// The metrics as Prometheus text, with the gauges read from `status` and `state` now.
-    pub fn render(&self, status: &RaftStatus, state: &State) -> String {
+    /// The metrics as Prometheus text, with the gauges read from `status` and the store now (its
+    /// read lock is held for the counting only, not the encoding).
+    pub fn render<'a>(
+        &self,
+        status: &RaftStatus,
+        state: impl FnOnce() -> parking_lot::RwLockReadGuard<'a, State>,
+    ) -> String {
+        let _one_scrape = self.scraping.lock();
+        self.refresh(status, &state());
+        shoal_metrics::encode(&self.registry)
+    }
+
+    fn refresh(&self, status: &RaftStatus, state: &State) {
         self.raft_snapshot_seconds.set(status.snapshot_millis as f64 / 1000.0);
         let gauge = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
@@ -244,7 +258,6 @@ impl ManagerMetrics {
             *groups.entry(group.state.as_str().to_string()).or_insert(0) += 1;
         }
         set(&self.stack_rollouts, "state", groups);
-        shoal_metrics::encode(&self.registry)
     }
 }
 
@@ -266,8 +279,7 @@ pub async fn serve(manager: Arc<crate::Manager>, listener: tokio::net::TcpListen
     });
     let render: shoal_metrics::Render = Arc::new(move || {
         let status = manager.raft_status();
-        let state = manager.state();
-        manager.metrics.render(&status, &state)
+        manager.metrics.render(&status, || manager.state())
     });
     shoal_metrics::serve(listener, render).await;
 }

@@ -21,6 +21,9 @@ const MAX_HEAD: usize = 8 << 10;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes served at once; more wait in the listen queue.
 const MAX_OPEN: usize = 16;
+/// How long one request may take from its first byte to the end of its answer: a client that
+/// stops reading gives its connection back after this.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `--metrics-addr`: `IP:PORT`, or a bare `PORT` on loopback (metrics are not for everyone to
 /// read unless the operator says so).
@@ -56,8 +59,10 @@ pub async fn serve(listener: TcpListener, render: Render) {
         let render = render.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = answer(stream, &render).await {
-                tracing::debug!(error = %e, "metrics: request failed");
+            match tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, &render)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics: request failed"),
+                Err(_) => tracing::debug!("metrics: a client took too long; closed"),
             }
         });
     }
