@@ -52,26 +52,12 @@ fn own_host(head: &RequestHead, port: u16) -> bool {
 pub async fn serve(manager: Arc<Manager>, listener: TcpListener) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     let api = Arc::new(ControlApi::new(manager.clone()));
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN));
     let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
-    loop {
-        let Ok(permit) = open.clone().acquire_owned().await else { return };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "dashboard: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    shoal_metrics::accept_each(listener, MAX_OPEN, "dashboard", move |stream| {
         let (manager, api, streams) = (manager.clone(), api.clone(), streams.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = answer(stream, port, &manager, &api, &streams).await {
-                tracing::debug!(error = %e, "dashboard: request failed");
-            }
-        });
-    }
+        async move { answer(stream, port, &manager, &api, &streams).await }
+    })
+    .await
 }
 
 async fn answer(

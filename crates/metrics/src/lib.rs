@@ -43,29 +43,46 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
-/// Serves `render()` on `GET /metrics` until the task is dropped.
-pub async fn serve(listener: TcpListener, render: Render) {
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN));
+/// Accepts connections on `listener` for ever, each handled by `handle` on a task of its own,
+/// at most `max_open` at once (more wait in the listen queue).
+pub async fn accept_each<F, Fut>(listener: TcpListener, max_open: usize, what: &'static str, handle: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let open = Arc::new(tokio::sync::Semaphore::new(max_open));
     loop {
         let Ok(permit) = open.clone().acquire_owned().await else { return };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
+                tracing::warn!(server = what, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let render = render.clone();
+        let handled = handle(stream);
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, &render)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "metrics: request failed"),
-                Err(_) => tracing::debug!("metrics: a client took too long; closed"),
+            if let Err(e) = handled.await {
+                tracing::debug!(server = what, error = %e, "request failed");
             }
         });
     }
+}
+
+/// Serves `render()` on `GET /metrics` until the task is dropped.
+pub async fn serve(listener: TcpListener, render: Render) {
+    accept_each(listener, MAX_OPEN, "metrics", move |stream| {
+        let render = render.clone();
+        async move {
+            match tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, &render)).await {
+                Ok(answered) => answered,
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            }
+        }
+    })
+    .await
 }
 
 /// A request's head: method, path and headers (names lower-cased).

@@ -151,6 +151,16 @@ pub fn member_progress(state: &State, service: &Service, ctx: &Ctx<'_>, plan: &m
             if member.state != MemberState::RollingBack {
                 return;
             }
+            // A rollback gets as long again as the rollout had; one still going then (its tasks
+            // cannot be placed, say) ends the group as failed rather than keep it open.
+            if let Some(deadline) = group.deadline {
+                let rollback_deadline = deadline.saturating_add(deadline.saturating_sub(group.started_at));
+                if now >= rollback_deadline {
+                    plan.actions.push(set(stack, revision, service, MemberState::Failed));
+                    return;
+                }
+                plan.wake(&service.id, rollback_deadline);
+            }
             match status.map(|s| s.state) {
                 Some(UpdateState::RollbackCompleted) => {
                     plan.actions.push(set(stack, revision, service, MemberState::RolledBack));

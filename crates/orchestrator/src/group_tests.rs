@@ -123,3 +123,41 @@ fn a_failing_task_of_a_created_member_fails_the_group() {
     assert_eq!(group.state, GroupState::RollbackCompleted, "{group:?}");
     assert_eq!((group.failed_service.as_str(), group.failed_task.as_str()), ("app_web", task.as_str()));
 }
+
+#[test]
+fn a_rollback_that_cannot_finish_ends_the_group_failed_in_time() {
+    let mut w = World::new(&["n1"]);
+    deploy(&mut w, 0, &[]);
+    w.settle();
+    w.run_all();
+    w.now += 1_000;
+    w.settle();
+    // An atomic update whose new tasks never run (the node is drained): out of time after 10 s.
+    let db = w.state.service("svc-db").unwrap().clone();
+    let mut next = db.spec.clone();
+    next.task.container.image = "shoal/busybox:2".into();
+    w.apply(vec![
+        Action::UpdateService { id: db.id.clone(), expected_version: db.version, spec: next },
+        Action::RecordStack {
+            stack: "app".into(),
+            expected_revision: 1,
+            digest: String::new(),
+            removed: Vec::new(),
+            group: Some(GroupPlan { atomic: true, timeout_ms: 10_000, depends_on: Default::default() }),
+        },
+    ]);
+    w.node_update("n1", |n| n.spec.availability = Availability::Drain);
+    w.settle();
+    w.now += 10_000;
+    w.settle();
+    let group = w.state.stack_revisions("app")[1].rollout.clone().unwrap();
+    assert_eq!(group.state, GroupState::RollbackStarted, "{group:?}");
+    assert_eq!(w.state.service("svc-db").unwrap().spec.task.container.image, "shoal/busybox:1");
+    // The rollback cannot place its tasks either: as long again, then the group ends failed.
+    w.now += 10_000;
+    w.settle();
+    let group = w.state.stack_revisions("app")[1].rollout.clone().unwrap();
+    assert_eq!(group.state, GroupState::Failed, "{group:?}");
+    assert!(group.message.contains("the rollback of app_db did not complete"), "{}", group.message);
+    assert!(w.state.services().all(|s| s.group.is_none()));
+}

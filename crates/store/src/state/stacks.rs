@@ -289,7 +289,20 @@ impl State {
                     (GroupState::Superseded, "stack rollout ended: its services were removed".to_string())
                 }
                 GroupState::RollbackStarted => {
-                    (GroupState::RollbackCompleted, format!("{}; rollback completed", current.message))
+                    let stuck: Vec<&str> = current
+                        .members
+                        .iter()
+                        .filter(|m| m.state == MemberState::Failed)
+                        .map(|m| m.name.as_str())
+                        .collect();
+                    if stuck.is_empty() {
+                        (GroupState::RollbackCompleted, format!("{}; rollback completed", current.message))
+                    } else {
+                        // Said as it is: the group did not get back to where it was.
+                        let message =
+                            format!("{}; the rollback of {} did not complete", current.message, stuck.join(", "));
+                        (GroupState::Failed, message)
+                    }
                 }
                 _ if current.members.iter().any(|m| m.state == MemberState::Failed) => {
                     let failed: Vec<&str> = current
