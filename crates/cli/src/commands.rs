@@ -924,7 +924,10 @@ async fn service_logs(host: &str, args: &args::LogsArgs) -> Result<(), CliError>
         tail: args.tail.to_request(),
         since_unix_nanos: args.since.unwrap_or(0),
     };
-    let mut stream = client.service_logs(request).await?;
+    let mut stream = client.service_logs(request.clone()).await?;
+    // Where each task's lines got to, so a read broken off can be taken up again without a line
+    // twice or missing: its last line's time and how many lines it printed at that time.
+    let mut printed = LogPositions::default();
     let format = output::logs::LogFormat {
         timestamps: args.timestamps,
         raw: args.raw,
@@ -940,13 +943,51 @@ async fn service_logs(host: &str, args: &args::LogsArgs) -> Result<(), CliError>
             message = stream.message() => message,
             _ = &mut interrupted => return Ok(()),
         };
-        let Some(message) = message.map_err(CliError::from)? else { return Ok(()) };
+        let message = match message {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(()),
+            // The connection broke (a manager restarted, a connection reset): read again, through
+            // any manager, from where each task's lines got to.
+            Err(status) if stream_broken(&status) => {
+                let why = crate::error::error_chain(&status);
+                let _ = write_async(
+                    &mut stderr,
+                    format!("warning: the log read broke off ({why}); reading on\n").as_bytes(),
+                )
+                .await;
+                let from = client.addr().to_string();
+                let resumed = printed.resume(&request);
+                let deadline = tokio::time::Instant::now() + EVENTS_RECONNECT_FOR;
+                loop {
+                    let attempt = async {
+                        let mut again = Client::reconnect_streaming(host, &from).await?;
+                        let stream = again.service_logs(resumed.clone()).await?;
+                        Ok::<_, CliError>((again, stream))
+                    };
+                    match attempt.await {
+                        Ok((again, reopened)) => {
+                            (client, stream) = (again, reopened);
+                            break;
+                        }
+                        Err(e) if tokio::time::Instant::now() < deadline && worth_retrying(&e) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                continue;
+            }
+            Err(status) => return Err(CliError::from(status)),
+        };
         tasks.learn(message.tasks);
         let (mut out, mut err) = (Vec::new(), Vec::new());
         for warning in &message.warnings {
             err.extend_from_slice(format!("warning: {warning}\n").as_bytes());
         }
         for line in &message.lines {
+            if !printed.first_time(line) {
+                continue;
+            }
             let text = tasks.format(line, format);
             if line.stream == shoal_proto::v1::LogStream::Stderr as i32 { err.extend(text) } else { out.extend(text) }
         }
@@ -958,6 +999,59 @@ async fn service_logs(host: &str, args: &args::LogsArgs) -> Result<(), CliError>
         }
         if !err.is_empty() {
             let _ = write_async(&mut stderr, &err).await;
+        }
+    }
+}
+
+/// Per task, the time of the last line printed, how many were printed at that time (lines can
+/// share a time), and after a read is taken up again, how many of those are still to be skipped.
+#[derive(Default)]
+struct LogPositions(std::collections::HashMap<String, LogPosition>);
+
+#[derive(Clone, Copy)]
+struct LogPosition {
+    last: i64,
+    at_last: u64,
+    /// Set while a read taken up again repeats this task's lines: the lines at `last` it has
+    /// still to skip (every earlier one is skipped too).
+    replaying: Option<u64>,
+}
+
+impl LogPositions {
+    /// Whether `line` is to be printed (it was not yet); it then counts as printed.
+    fn first_time(&mut self, line: &shoal_proto::v1::LogLine) -> bool {
+        let at = line.time_unix_nanos;
+        let Some(pos) = self.0.get_mut(&line.task_id) else {
+            self.0.insert(line.task_id.clone(), LogPosition { last: at, at_last: 1, replaying: None });
+            return true;
+        };
+        if let Some(to_skip) = pos.replaying {
+            if at < pos.last {
+                return false;
+            }
+            if at == pos.last && to_skip > 0 {
+                pos.replaying = Some(to_skip - 1);
+                return false;
+            }
+            pos.replaying = None;
+        }
+        if at == pos.last {
+            pos.at_last += 1;
+        } else {
+            (pos.last, pos.at_last) = (at, 1);
+        }
+        true
+    }
+
+    /// The read to take up again: every line from the earliest of the tasks' last times, each
+    /// task skipping what it printed already.
+    fn resume(&mut self, request: &shoal_proto::v1::ServiceLogsRequest) -> shoal_proto::v1::ServiceLogsRequest {
+        for pos in self.0.values_mut() {
+            pos.replaying = Some(pos.at_last);
+        }
+        match self.0.values().map(|p| p.last).min() {
+            Some(at) => shoal_proto::v1::ServiceLogsRequest { since_unix_nanos: at, tail: -1, ..request.clone() },
+            None => request.clone(),
         }
     }
 }
@@ -1078,5 +1172,38 @@ async fn events(host: &str, args: &EventsArgs) -> Result<(), CliError> {
         if write_line(&line).is_err() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod log_position_tests {
+    use super::LogPositions;
+    use shoal_proto::v1::{LogLine, ServiceLogsRequest};
+
+    fn line(task: &str, at: i64, text: &str) -> LogLine {
+        LogLine { task_id: task.into(), stream: 0, time_unix_nanos: at, data: text.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn a_read_taken_up_again_prints_every_line_once_even_lines_sharing_a_time() {
+        let mut printed = LogPositions::default();
+        let first = [line("a", 10, "a1"), line("a", 20, "a2"), line("a", 20, "a3"), line("b", 15, "b1")];
+        let shown: Vec<bool> = first.iter().map(|l| printed.first_time(l)).collect();
+        assert_eq!(shown, [true, true, true, true], "lines sharing a time are all printed");
+        let request = ServiceLogsRequest { reference: "web".into(), follow: true, tail: 5, since_unix_nanos: 0 };
+        let resumed = printed.resume(&request);
+        assert_eq!((resumed.since_unix_nanos, resumed.tail, resumed.follow), (15, -1, true));
+        // The manager sends everything from time 15 again, then what is new.
+        let again = [
+            line("b", 15, "b1"),
+            line("a", 20, "a2"),
+            line("a", 20, "a3"),
+            line("a", 20, "a4"),
+            line("b", 30, "b2"),
+            line("c", 5, "c1"),
+        ];
+        let new: Vec<&str> =
+            again.iter().filter(|l| printed.first_time(l)).map(|l| std::str::from_utf8(&l.data).unwrap()).collect();
+        assert_eq!(new, ["a4", "b2", "c1"]);
     }
 }
