@@ -10,12 +10,28 @@ use shoal_types::{DataKind, DataObject, Task, TaskFile};
 #[derive(Default)]
 pub struct DataStore {
     objects: Mutex<HashMap<(DataKind, String), Arc<DataObject>>>,
+    /// The host entries of the containers of each service on a network, by service id, as the
+    /// leader last sent them.
+    hosts: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl DataStore {
     /// Keeps an object the leader sent (replacing one of the same kind and name).
     pub fn put(&self, object: DataObject) {
         self.objects.lock().insert((object.kind, object.spec.name.clone()), Arc::new(object));
+    }
+
+    /// Keeps the host entries the leader sent for a service's containers.
+    pub fn put_hosts(&self, service_id: &str, hosts: Vec<String>) {
+        self.hosts.lock().insert(service_id.to_string(), hosts);
+    }
+
+    /// The host entries `task`'s container gets ("name:address"); none off networks.
+    pub fn hosts_for(&self, task: &Task) -> Vec<String> {
+        if task.spec.networks.is_empty() {
+            return Vec::new();
+        }
+        self.hosts.lock().get(&task.service_id).cloned().unwrap_or_default()
     }
 
     /// Forgets the objects not in `used` (by kind and name).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use shoal_types::traffic::{Backend, Listener};
+use shoal_types::traffic::{Backend, Listener, ListenerKey};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -88,7 +88,7 @@ pub struct Ingress {
     total: Arc<Semaphore>,
     total_limit: usize,
     node_id: String,
-    ports: Mutex<HashMap<u16, Port>>,
+    ports: Mutex<HashMap<ListenerKey, Port>>,
     /// Open proxied connections per task.
     connections: Arc<Mutex<HashMap<String, u32>>>,
     /// Signalled when a count changes, so the agent reports it.
@@ -199,31 +199,38 @@ impl Ingress {
         version: u64,
         complete: bool,
         listeners: Vec<Listener>,
-        closed: &[u16],
+        closed: &[ListenerKey],
         drained: Vec<String>,
     ) {
         {
             let mut ports = self.ports.lock();
+            let mut gone: Vec<ListenerKey> = Vec::new();
             if complete {
-                let keep: HashSet<u16> = listeners.iter().map(|l| l.port).collect();
-                ports.retain(|port, _| keep.contains(port));
+                let keep: HashSet<ListenerKey> = listeners.iter().map(Listener::key).collect();
+                gone.extend(ports.keys().filter(|k| !keep.contains(*k)).cloned());
             }
-            for port in closed {
-                if ports.remove(port).is_some() {
-                    tracing::info!(port, "ingress port closed");
+            gone.extend(closed.iter().cloned());
+            for key in gone {
+                if ports.remove(&key).is_some() {
+                    tracing::info!(listener = %key, "ingress port closed");
+                    // The virtual IP goes with its last listener.
+                    if !key.address.is_empty() && !ports.keys().any(|k| k.address == key.address) {
+                        vip::release(&key.address);
+                    }
                 }
             }
             for listener in listeners {
-                match ports.get(&listener.port) {
+                match ports.get(&listener.key()) {
                     Some(port) => {
                         *port.backends.write() = Arc::new(listener.backends);
                         *port.service.write() = listener.service;
                     }
                     None => {
+                        let key = listener.key();
                         let backends: Backends = Arc::new(RwLock::new(Arc::new(listener.backends)));
                         let service = Arc::new(RwLock::new(listener.service));
-                        let accept = tokio::spawn(self.clone().serve(listener.port, backends.clone(), service.clone()));
-                        ports.insert(listener.port, Port { backends, service, accept });
+                        let accept = tokio::spawn(self.clone().serve(key.clone(), backends.clone(), service.clone()));
+                        ports.insert(key, Port { backends, service, accept });
                     }
                 }
             }
@@ -280,11 +287,30 @@ impl Ingress {
 
     /// Accepts connections on `port` for as long as the port is published (binding again until
     /// it succeeds: the port may be in use for a while, e.g. by an agent that is stopping).
-    async fn serve(self: Arc<Self>, port: u16, backends: Backends, service: Arc<RwLock<String>>) {
-        let at = SocketAddr::new(self.addr, port);
+    async fn serve(self: Arc<Self>, key: ListenerKey, backends: Backends, service: Arc<RwLock<String>>) {
+        let port = key.port;
+        let addr = if key.address.is_empty() {
+            self.addr
+        } else {
+            match key.address.parse::<IpAddr>() {
+                Ok(vip) => vip,
+                Err(_) => {
+                    tracing::error!(listener = %key, "unreadable virtual IP; not listening");
+                    return;
+                }
+            }
+        };
+        let at = SocketAddr::new(addr, port);
         let mut wait = REBIND_FIRST;
         let listener = loop {
-            match TcpListener::bind(at).await {
+            if !key.address.is_empty()
+                && let Err(e) = vip::claim(&key.address).await
+            {
+                tracing::error!(addr = %at, service = %service.read(), error = %e, "cannot add the virtual IP to this host; retrying");
+                tokio::time::sleep(REBIND_EVERY).await;
+                continue;
+            }
+            match bind_shared(at) {
                 Ok(listener) => break listener,
                 Err(e) => {
                     if wait >= REBIND_EVERY {
@@ -421,6 +447,63 @@ impl Ingress {
         let counts = self.connections.lock();
         let load = |i: usize| counts.get(&candidates[i].task_id).copied().unwrap_or(0);
         if load(b) < load(a) { b } else { a }
+    }
+}
+
+/// A listener on `at` that other listeners on the same port may share: a virtual IP's listener
+/// beside the ingress listener on all addresses, and the proxies of several agents on one host
+/// on one virtual IP (the kernel spreads connections among them; each goes to the same tasks).
+fn bind_shared(at: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if at.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(at)?;
+    socket.listen(1024)
+}
+
+/// The virtual IPs on this host: added to the loopback interface, where containers on any
+/// bridge network reach them through their gateway (the host takes packets for any of its
+/// addresses). This takes CAP_NET_ADMIN and `ip` (iproute2).
+mod vip {
+    /// Adds `vip` to the loopback interface (present already: fine, another agent on this host
+    /// or an earlier run added it).
+    pub async fn claim(vip: &str) -> Result<(), String> {
+        let output = tokio::process::Command::new("ip")
+            .args(["address", "add", &format!("{vip}/32"), "dev", "lo"])
+            .output()
+            .await
+            .map_err(|e| format!("running `ip address add`: {e}"))?;
+        // A refusal because the address is there already is no failure: it is asked again.
+        if output.status.success() || present(vip).await {
+            Ok(())
+        } else {
+            Err(format!("`ip address add {vip}/32 dev lo`: {}", String::from_utf8_lossy(&output.stderr).trim()))
+        }
+    }
+
+    /// Whether the loopback interface has `vip`.
+    async fn present(vip: &str) -> bool {
+        let shown = tokio::process::Command::new("ip")
+            .args(["-o", "address", "show", "dev", "lo", "to", &format!("{vip}/32")])
+            .output()
+            .await;
+        shown.is_ok_and(|out| out.status.success() && !out.stdout.is_empty())
+    }
+
+    /// Removes `vip` from the loopback interface (in the background; gone already: fine).
+    pub fn release(vip: &str) {
+        let vip = vip.to_string();
+        tokio::spawn(async move {
+            let removed = tokio::process::Command::new("ip")
+                .args(["address", "del", &format!("{vip}/32"), "dev", "lo"])
+                .output()
+                .await;
+            if let Ok(output) = removed
+                && !output.status.success()
+            {
+                tracing::debug!(vip, error = %String::from_utf8_lossy(&output.stderr).trim(), "virtual IP not removed");
+            }
+        });
     }
 }
 

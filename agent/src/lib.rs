@@ -489,6 +489,14 @@ impl Agent {
                 ),
             }
         }
+        for (service_id, json) in &msg.hosts_json {
+            match serde_json::from_str::<Vec<String>>(json) {
+                Ok(hosts) => self.data.put_hosts(service_id, hosts),
+                Err(e) => {
+                    tracing::error!(service = %service_id, error = %e, "unreadable host entries in an assignment; skipped")
+                }
+            }
+        }
         let complete = msg.kind == AssignmentKind::Complete as i32;
         let mut to_remove: Vec<String> = msg.removed.clone();
         // The containers of the tasks removed, by the id they carry (a task restarted in place

@@ -37,6 +37,9 @@ pub async fn run(
     let mut container_removed = false;
     // The files of its secrets and configs leave the node once the task has ended.
     let mut files_removed = false;
+    // A task on a network reports the ports its image exposes once it runs; whether it did
+    // (it may have none).
+    let mut ports_read = false;
     loop {
         let task = task_rx.borrow_and_update().clone();
         let plan = TaskPlan::from_task(&task);
@@ -162,6 +165,7 @@ pub async fn run(
             TaskState::Accepted => report(TaskState::Preparing, "preparing", String::new(), &mut observed),
             TaskState::Preparing => {
                 let mut plan = plan;
+                plan.extra_hosts = data.hosts_for(&task);
                 match data.files_for(&task) {
                     Ok(files) => plan.files = files,
                     Err(why) => {
@@ -183,11 +187,12 @@ pub async fn run(
                     // A task with ingress ports counts as running (available to the updater)
                     // once its ports accept connections, for up to PORT_READY_WAIT; a task
                     // slower than that runs without traffic until they do (see RUNNING).
-                    if !plan.ingress_targets.is_empty()
+                    if (!plan.ingress_targets.is_empty() || plan.networked)
                         && let Ok(ports) =
                             tokio::time::timeout(PORT_READY_WAIT, ports_accepting(&*executor, &plan)).await
                     {
                         observed.ports = ports;
+                        ports_read = true;
                     }
                     report(TaskState::Running, "started", String::new(), &mut observed)
                 }
@@ -196,13 +201,15 @@ pub async fn run(
             TaskState::Running => {
                 // A task with ingress ports takes connections once its ports accept them: the
                 // endpoints are reported then (a second RUNNING status), not at start.
-                let awaiting_ports = !plan.ingress_targets.is_empty() && observed.ports.is_empty();
+                let awaiting_ports =
+                    (!plan.ingress_targets.is_empty() && observed.ports.is_empty()) || (plan.networked && !ports_read);
                 let ready = async {
                     if awaiting_ports { ports_accepting(&*executor, &plan).await } else { std::future::pending().await }
                 };
                 tokio::select! {
                     ports = ready => {
                         observed.ports = ports;
+                        ports_read = true;
                         report(TaskState::Running, "started", String::new(), &mut observed);
                     }
                     exit = executor.wait(&plan) => match exit {
@@ -249,6 +256,8 @@ async fn ports_accepting(executor: &dyn Executor, plan: &TaskPlan) -> Vec<shoal_
     let ports = loop {
         match executor.ports(plan).await {
             Ok(ports) if !ports.is_empty() => break ports,
+            // A task on a network whose image exposes nothing and that publishes nothing.
+            Ok(_) if plan.ingress_targets.is_empty() => return Vec::new(),
             Ok(_) => return std::future::pending().await,
             Err(e) => {
                 tracing::warn!(task = %plan.task_id, error = %e, "cannot read the task's published ports; retrying");

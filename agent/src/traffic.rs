@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shoal_proto::v1::dispatcher_client::DispatcherClient;
 use shoal_proto::v1::{TrafficReport, TrafficUpdate};
-use shoal_types::traffic::Listener;
+use shoal_types::traffic::{Listener, ListenerKey};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -75,6 +75,13 @@ fn apply(ingress: &Arc<Ingress>, update: TrafficUpdate) {
             Err(e) => tracing::error!(error = %e, "unreadable ingress listener; skipped"),
         }
     }
-    let closed: Vec<u16> = update.closed_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
+    let mut closed: Vec<ListenerKey> =
+        update.closed_ports.iter().filter_map(|p| u16::try_from(*p).ok()).map(ListenerKey::published).collect();
+    for json in &update.closed_json {
+        match serde_json::from_str::<ListenerKey>(json) {
+            Ok(key) => closed.push(key),
+            Err(e) => tracing::error!(error = %e, "unreadable closed listener; skipped"),
+        }
+    }
     ingress.apply(update.version, update.complete, listeners, &closed, update.drained);
 }

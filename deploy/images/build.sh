@@ -11,7 +11,7 @@
 #   shoal/web:1, :2       HTTP on port 80 (busybox httpd): GET / answers "web <version>
 #                         <hostname>", so a client sees which version and which container
 #                         served it; GET /cgi-bin/slow answers after 1 s; exits 0 at once on
-#                         SIGTERM
+#                         SIGTERM; EXPOSE 80 (services on a network are reached there by name)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -75,5 +75,6 @@ for version in 1 2; do
     web="trap 'exit 0' TERM INT; echo web $version \$(hostname) > /www/index.html; httpd -f -p 80 -h /www & wait \$!"
     build shoal/web:$version "LABEL org.shoal.test.version=$version
 RUN [\"/bin/busybox\", \"mkdir\", \"-p\", \"/www/cgi-bin\"]
-COPY slow /www/cgi-bin/slow" "[\"/bin/sh\", \"-c\", \"$web\"]"
+COPY slow /www/cgi-bin/slow
+EXPOSE 80" "[\"/bin/sh\", \"-c\", \"$web\"]"
 done

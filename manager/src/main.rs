@@ -58,6 +58,11 @@ struct Args {
     /// When initialising a cluster: finished tasks kept per slot.
     #[arg(long, value_name = "N", default_value_t = 5)]
     task_history_limit: u64,
+    /// When initialising a cluster: the IPv4 range services on networks get their virtual IPs
+    /// from. Every node adds the ones in use to its loopback interface, so pick a range nothing
+    /// else on the hosts uses.
+    #[arg(long, value_name = "CIDR", default_value = shoal_types::DEFAULT_VIP_POOL, value_parser = parse_vip_pool)]
+    vip_pool: String,
     /// Keep this manager's data key sealed with the cluster's unlock key, never on its disk: a
     /// copy of the data dir reveals nothing, and the manager starts only with --unlock-key. On
     /// initialisation the key is made and printed once; when joining, pass the cluster's.
@@ -92,6 +97,10 @@ fn parse_heartbeat(text: &str) -> Result<shoal_types::GoDuration, String> {
 
 /// Like Swarm, certificates live at least an hour. Tests of renewal set
 /// SHOAL_TEST_MIN_CERT_EXPIRY=1s to go lower (a test build knob, not for production).
+fn parse_vip_pool(text: &str) -> Result<String, String> {
+    shoal_types::vip_pool_range(text).map(|_| text.to_string())
+}
+
 fn parse_cert_expiry(text: &str) -> Result<shoal_types::GoDuration, String> {
     let d = shoal_types::GoDuration::parse(text).map_err(|e| e.to_string())?;
     let minimum = std::env::var("SHOAL_TEST_MIN_CERT_EXPIRY")
@@ -166,6 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.snapshot_interval = args.snapshot_interval;
     config.cluster_spec.heartbeat_period = args.dispatcher_heartbeat;
     config.cluster_spec.task_history_limit = args.task_history_limit;
+    config.cluster_spec.vip_pool = args.vip_pool.clone();
     config.autolock = args.autolock;
     config.unlock_key = args.unlock_key.map(shoal_control::UnlockKey::new);
     config.metrics_addr = args.metrics_addr;

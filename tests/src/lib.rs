@@ -102,6 +102,10 @@ impl ManagerProc {
             .arg(&self.name);
         if let Some((join, token)) = join {
             cmd.arg("--join").arg(join).arg("--token").arg(token);
+        } else if !self.extra_args.iter().any(|a| a == "--vip-pool") {
+            // Each test cluster its own virtual IPs: clusters of tests running at once share
+            // this host's loopback interface.
+            cmd.arg("--vip-pool").arg(random_vip_pool());
         }
         cmd.args(&self.extra_args);
         cmd.env("HOME", &self.home).env_remove("SHOAL_JOIN_TOKEN");
@@ -213,6 +217,15 @@ pub struct AgentProc {
     pub ingress_addr: std::net::Ipv4Addr,
     /// More flags for `shoal-agent`.
     pub extra_args: Vec<String>,
+}
+
+/// A /24 of 10.0.0.0/8 (out of 10.213.0.0/16, the default pool) for one test cluster's virtual
+/// IPs, which no other cluster of this machine's tests is likely to use.
+pub fn random_vip_pool() -> String {
+    let r: u32 = rand::random();
+    let (a, b) = (1 + (r % 250) as u8, (r >> 8) as u8);
+    let a = if a == 213 { 214 } else { a };
+    format!("10.{a}.{b}.0/24")
 }
 
 /// A loopback address no other agent of this machine's tests is likely to use.

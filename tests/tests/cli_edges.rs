@@ -11,39 +11,49 @@ fn fails(out: &std::process::Output, code: i32, needle: &str) {
     assert!(stderr(out).contains(needle), "stderr lacks {needle:?}: {}", stderr(out));
 }
 
-/// A stack file with networks is refused, naming each key with its place, and nothing is
-/// created; with `--ignore-unsupported` it deploys, warning about what is ignored.
+/// A stack file's networks are made with the stack (`<stack>_default` for the services that
+/// name none); an external network that does not exist refuses the deploy and nothing is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stack_with_networks_is_refused_unless_ignored() -> Result<()> {
+async fn stack_networks_are_made_with_the_stack() -> Result<()> {
     let cluster = Cluster::start(1).await?;
     let host = cluster.managers[0].addr.clone();
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("db.yml");
     std::fs::write(
         &path,
-        "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n  web:\n    image: shoal/busybox:1\n    \
-         networks: [front]\nvolumes:\n  data:\nnetworks:\n  front:\n",
+        "services:\n  db:\n    image: shoal/busybox:1\n  web:\n    image: shoal/busybox:1\n    \
+         networks: [front, shared]\nnetworks:\n  front:\n    labels: {tier: web}\n  shared:\n    external: true\n",
     )?;
     let file = path.display().to_string();
 
     let out = shoal(&host, &["stack", "deploy", "-d", "-c", &file, "app"]);
-    fails(&out, 1, &format!("Error: {file}:10:1: networks: not supported by shoal yet; refused"));
-    assert!(stderr(&out).contains(&format!("{file}:7:5: services.web.networks: not supported")), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--ignore-unsupported"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("ignored"), "refused keys are not called ignored: {}", stderr(&out));
-    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
-    assert!(list_services(&host).await?.is_empty(), "nothing was created");
-
-    let out = shoal(&host, &["stack", "deploy", "-d", "--ignore-unsupported", "-c", &file, "app"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("warning: services.web.networks: not supported by shoal; ignored"),
-        "{}",
-        stderr(&out)
+    fails(
+        &out,
+        1,
+        "network shared (external, networks.shared of the stack file) not found: create it first (shoal network create shared)",
     );
-    let names: Vec<String> = list_services(&host).await?.into_iter().map(|s| s.spec.name).collect();
-    assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names.contains(&"app_db".to_string()) && names.contains(&"app_web".to_string()), "{names:?}");
+    assert!(list_services(&host).await?.is_empty(), "nothing was created");
+    assert!(!ok(&shoal(&host, &["network", "ls"])).contains("app_"), "no network was made");
+
+    ok(&shoal(&host, &["network", "create", "shared"]));
+    let out = shoal(&host, &["stack", "deploy", "-d", "-c", &file, "app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let networks = ok(&shoal(&host, &["network", "ls", "--format", "json"]));
+    let networks: Vec<shoal_types::DataObject> = serde_json::from_str(&networks)?;
+    let names: Vec<&str> = networks.iter().map(|n| n.spec.name.as_str()).collect();
+    assert_eq!(names, ["app_default", "app_front", "shared"]);
+    assert_eq!(networks[1].spec.labels.get("tier").map(String::as_str), Some("web"));
+    assert_eq!(networks[1].spec.labels.get("com.docker.stack.namespace").map(String::as_str), Some("app"));
+    let services = list_services(&host).await?;
+    let on = |name: &str| services.iter().find(|s| s.spec.name == name).map(|s| s.spec.task.networks.clone());
+    assert_eq!(on("app_db"), Some(vec!["app_default".to_string()]));
+    assert_eq!(on("app_web"), Some(vec!["app_front".to_string(), "shared".to_string()]));
+    assert!(services.iter().all(|s| !s.virtual_ip.is_empty()), "each service on a network has a virtual IP");
+
+    // The stack's networks go with it; an external one stays.
+    ok(&shoal(&host, &["stack", "rm", "app"]));
+    let left = ok(&shoal(&host, &["network", "ls", "-q"]));
+    assert_eq!(left.lines().count(), 1, "only the external network is left: {left}");
     Ok(())
 }
 

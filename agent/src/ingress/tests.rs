@@ -50,7 +50,13 @@ async fn proxy_with(backends: Vec<Backend>) -> (Arc<Ingress>, String) {
 async fn proxy_limited(backends: Vec<Backend>, limit: usize) -> (Arc<Ingress>, String) {
     let ingress = Ingress::with_limit("127.0.0.1".parse().expect("ip"), "here".into(), limit);
     let port = free_port();
-    ingress.apply(1, true, vec![Listener { port, service: "web".into(), backends }], &[], Vec::new());
+    ingress.apply(
+        1,
+        true,
+        vec![Listener { address: String::new(), port, service: "web".into(), backends }],
+        &[],
+        Vec::new(),
+    );
     let entry = format!("127.0.0.1:{port}");
     for _ in 0..200 {
         if let Ok(mut probe) = TcpStream::connect(&entry).await {
@@ -121,7 +127,12 @@ async fn a_port_without_backends_closes_connections_and_a_closed_port_keeps_carr
     ingress.apply(
         2,
         false,
-        vec![Listener { port, service: "web".into(), backends: vec![backend("a", server("a").await)] }],
+        vec![Listener {
+            address: String::new(),
+            port,
+            service: "web".into(),
+            backends: vec![backend("a", server("a").await)],
+        }],
         &[],
         Vec::new(),
     );

@@ -141,6 +141,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Secret(command) => data(host, shoal_types::DataKind::Secret, command).await,
         Command::Route(command) => route(host, command).await,
         Command::Config(command) => data(host, shoal_types::DataKind::Config, command).await,
+        Command::Network(command) => network(host, command).await,
         Command::Stack(StackCommand::Deploy(args)) => stack::deploy(host, &args).await,
         Command::Stack(StackCommand::Ls(args)) => stack::ls(host, &args).await,
         Command::Stack(StackCommand::Services(args)) => stack::services(host, &args).await,
@@ -788,6 +789,26 @@ async fn data(host: &str, kind: shoal_types::DataKind, command: args::data::Data
             each_reported(&args.names, async |name| client.remove_data(kind, name).await.map(|_| name.to_string()))
                 .await
         }
+    }
+}
+
+/// `shoal network …`: networks are kept as objects of kind network with no value, so `ls`,
+/// `inspect` and `rm` are the secret and config commands.
+async fn network(host: &str, command: args::data::NetworkCommand) -> Result<(), CliError> {
+    use args::data::{DataCommand, NetworkCommand};
+    let kind = shoal_types::DataKind::Network;
+    match command {
+        NetworkCommand::Create(args) => {
+            let labels = args.labels.into_iter().collect();
+            let spec = shoal_types::DataSpec { name: args.name, labels, data: Vec::new() };
+            let mut client = Client::connect(host).await?;
+            let object = client.create_data(kind, &spec).await?;
+            print_out(&format!("{}\n", object.id));
+            Ok(())
+        }
+        NetworkCommand::Ls(args) => data(host, kind, DataCommand::Ls(args)).await,
+        NetworkCommand::Inspect(args) => data(host, kind, DataCommand::Inspect(args)).await,
+        NetworkCommand::Rm(args) => data(host, kind, DataCommand::Rm(args)).await,
     }
 }
 

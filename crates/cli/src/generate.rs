@@ -58,7 +58,7 @@ mod tests {
         ] {
             let script = completion(shell);
             assert!(script.contains(marker), "{shell:?}: no {marker:?}");
-            for word in ["service", "stack", "update-parallelism", "ignore-unsupported"] {
+            for word in ["service", "stack", "update-parallelism", "network-add"] {
                 assert!(script.contains(word), "{shell:?} script lacks {word}");
             }
         }

@@ -122,6 +122,34 @@ async fn plan_data(
             }
         }
     }
+    // The networks the services are on: the stack's own are made with it (`default` too),
+    // external ones must exist.
+    let used: BTreeSet<&String> = loaded.services.values().flat_map(|s| s.task.networks.iter()).collect();
+    if !used.is_empty() {
+        let kind = DataKind::Network;
+        let existing: BTreeSet<String> = client.list_data(kind).await?.into_iter().map(|o| o.spec.name).collect();
+        for name in used {
+            let declared = loaded.stack.networks.iter().find(|(key, def)| def.object_name(stack, key) == *name);
+            if let Err(why) = shoal_types::validate_data_name(name) {
+                problems.push(format!("the network's name {name}: {why}"));
+                continue;
+            }
+            if existing.contains(name) {
+                continue;
+            }
+            if let Some((key, def)) = declared
+                && def.external
+            {
+                problems.push(format!(
+                    "network {name} (external, networks.{key} of the stack file) not found: create it first (shoal network create {name})"
+                ));
+                continue;
+            }
+            let mut labels = declared.map(|(_, def)| def.labels.clone()).unwrap_or_default();
+            labels.insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+            create.push(NewData { kind, spec: shoal_types::DataSpec { name: name.clone(), labels, data: Vec::new() } });
+        }
+    }
     if !problems.is_empty() {
         return Err(report(problems));
     }
@@ -133,28 +161,8 @@ pub fn process_env() -> BTreeMap<String, String> {
     std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
 
-/// Refuses a stack that uses keys shoal does not support yet (volumes, secrets, configs,
-/// networks), one `Error: file:line:column: key.path: …` line each; the services would run
-/// without their data, secrets or networks. `--ignore-unsupported` deploys them anyway.
-pub fn refuse_unsupported(loaded: &Loaded) -> Result<(), Vec<String>> {
-    if loaded.unsupported.is_empty() {
-        return Ok(());
-    }
-    Err(loaded
-        .unsupported
-        .iter()
-        .map(|key| format!("{key}; refused (deploy with --ignore-unsupported to run the services without it)"))
-        .collect())
-}
-
 /// Loads and checks the stack files, printing each warning to stderr as `warning: <text>`.
 fn load(stack: &str, files: &[PathBuf]) -> Result<Loaded, CliError> {
-    load_and_warn(stack, files, true)
-}
-
-/// Loads and checks the stack files, printing warnings to stderr as `warning: <text>`; those of
-/// the keys [`refuse_unsupported`] refuses only if `warn_unsupported`.
-fn load_and_warn(stack: &str, files: &[PathBuf], warn_unsupported: bool) -> Result<Loaded, CliError> {
     let loaded = shoal_compose::load(stack, files, &process_env()).map_err(|e| {
         if let shoal_compose::ComposeError::Warned { warnings, .. } = &e {
             let mut stderr = std::io::stderr().lock();
@@ -164,10 +172,8 @@ fn load_and_warn(stack: &str, files: &[PathBuf], warn_unsupported: bool) -> Resu
         }
         CliError::Message(e.to_string())
     })?;
-    let refused: BTreeSet<String> =
-        if warn_unsupported { BTreeSet::new() } else { loaded.unsupported.iter().map(|k| k.warning()).collect() };
     let mut stderr = std::io::stderr().lock();
-    for warning in loaded.warnings.iter().filter(|w| !refused.contains(*w)) {
+    for warning in &loaded.warnings {
         let _ = writeln!(stderr, "warning: {warning}");
     }
     Ok(loaded)
@@ -214,10 +220,7 @@ async fn dry_run(client: &mut Client, plan: &DeployPlan) -> Result<(), CliError>
 }
 
 pub async fn deploy(host: &str, args: &StackDeployArgs) -> Result<(), CliError> {
-    let loaded = load_and_warn(&args.stack, &args.compose_files, args.ignore_unsupported)?;
-    if !args.ignore_unsupported {
-        refuse_unsupported(&loaded).map_err(report)?;
-    }
+    let loaded = load(&args.stack, &args.compose_files)?;
     // Checked before anything changes.
     let routes =
         shoal_compose::route_specs(&args.stack, &loaded.stack).map_err(|e| CliError::Message(e.to_string()))?;
@@ -700,7 +703,7 @@ pub async fn rm(host: &str, names: &[String]) -> Result<(), CliError> {
         let services = stack_services(&all, stack);
         // The secrets and configs the stack created (external ones carry no label of it).
         let mut data = Vec::new();
-        for kind in [shoal_types::DataKind::Secret, shoal_types::DataKind::Config] {
+        for kind in [shoal_types::DataKind::Secret, shoal_types::DataKind::Config, shoal_types::DataKind::Network] {
             data.extend(
                 client
                     .list_data(kind)

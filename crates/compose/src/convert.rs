@@ -89,6 +89,46 @@ fn data_references(
         .collect()
 }
 
+/// The name of the network every service of a stack without `networks:` is on, as docker's.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// A service's networks resolved to their names in the cluster, as `docker stack deploy` does:
+/// none listed means the stack's `default` network (`<stack>_default`); any other must be
+/// declared at the top level, and is `<stack>_<key>` (or its `name:` / the external one).
+fn networks(
+    stack: &str,
+    short: &str,
+    service: &Service,
+    defs: &BTreeMap<String, crate::model::DataDef>,
+    locations: &BTreeMap<String, Location>,
+) -> Result<Vec<String>, ComposeError> {
+    if service.networks.is_empty() {
+        let name = defs
+            .get(DEFAULT_NETWORK)
+            .map_or_else(|| format!("{stack}_{DEFAULT_NETWORK}"), |def| def.object_name(stack, DEFAULT_NETWORK));
+        return Ok(vec![name]);
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, key) in service.networks.iter().enumerate() {
+        let name = match defs.get(key) {
+            Some(def) => def.object_name(stack, key),
+            None if key == DEFAULT_NETWORK => format!("{stack}_{DEFAULT_NETWORK}"),
+            None => {
+                let path = format!("services.{short}.networks[{i}]");
+                return Err(ComposeError::invalid(
+                    find_location(locations, &path),
+                    path,
+                    format!("undefined network {key:?}: declare it under the top-level networks:"),
+                ));
+            }
+        };
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn to_service_spec(
     stack: &str,
     short: &str,
@@ -164,6 +204,7 @@ pub(crate) fn to_service_spec(
             restart_policy: deploy.restart_policy.clone().unwrap_or_else(|| default_restart(deploy.mode)),
             placement,
             force_update: 0,
+            networks: networks(stack, short, service, &top.networks, locations)?,
         },
         update_config: deploy.update_config.clone().unwrap_or_default(),
         rollback_config: deploy.rollback_config.clone().unwrap_or_default(),

@@ -17,29 +17,6 @@ impl fmt::Display for Location {
     }
 }
 
-/// A key shoal does not support yet and that a deploy refuses unless told to ignore it
-/// (`volumes`, `secrets`, `configs`, `networks`, at the top level or in a service).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnsupportedKey {
-    /// Where the key is written.
-    pub location: Location,
-    /// The compose key path, e.g. `services.db.volumes`.
-    pub path: String,
-}
-
-impl UnsupportedKey {
-    /// The warning the same key produces when it is ignored.
-    pub fn warning(&self) -> String {
-        format!("{}: not supported by shoal; ignored", self.path)
-    }
-}
-
-impl fmt::Display for UnsupportedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: not supported by shoal yet", self.location, self.path)
-    }
-}
-
 /// Why a stack could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {

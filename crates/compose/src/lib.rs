@@ -53,13 +53,16 @@
 //! `depends_on` (a list, or a mapping whose conditions are not used) orders an atomic deploy's
 //! rollout (`x-atomic: true` or `stack deploy --atomic`); a cycle or an unknown service is an error.
 //!
-//! Other compose keys (`networks`, `build`,
-//! `logging`, `healthcheck.start_interval`, `ports[].host_ip`, a short port's host IP,
-//! `reservations.generic_resources`, …) produce a warning such as
-//! `services.web.volumes: not supported by shoal; ignored`. A key compose does not know is an
+//! `networks` at the top level (`name`, `external`, `labels`; `driver` may only be `overlay`,
+//! `attachable` is accepted) and in a service (a list, or a mapping whose options such as
+//! `aliases` are ignored with a warning). A service without `networks:` is on the stack's
+//! `default` network, `<stack>_default`, as with `docker stack deploy`; the services of one
+//! network reach each other by name.
+//!
+//! Other compose keys (`build`, `logging`, `healthcheck.start_interval`, `ports[].host_ip`, a
+//! short port's host IP, `reservations.generic_resources`, …) produce a warning such as
+//! `services.web.logging: not supported by shoal; ignored`. A key compose does not know is an
 //! error: `stack.yml:3:5: services.web.imagee: unknown key (did you mean "image"?)`.
-//! `networks` at the top level or in a service are also listed in [`Loaded::unsupported`], with where they are written: `shoal stack deploy` refuses
-//! them unless `--ignore-unsupported` is given.
 //!
 //! # Errors
 //! [`ComposeError`]'s messages read `file:line:column: key.path: problem`, e.g.
@@ -86,7 +89,7 @@ use shoal_types::{PublishMode, ServiceSpec, validate_name};
 
 pub use convert::{NAMESPACE_LABEL, route_specs};
 pub use envfile::{EnvFileError, parse_env_file};
-pub use error::{ComposeError, Location, UnsupportedKey};
+pub use error::{ComposeError, Location};
 pub use model::{
     DataDef, Deploy, DeployMode, DeployPlacement, DeployResources, ResourceAmounts, Service, SpreadPreference,
     StackFile,
@@ -103,10 +106,6 @@ pub struct Loaded {
     /// Things that were ignored or substituted, one sentence each, e.g.
     /// `services.web.volumes: not supported by shoal; ignored`.
     pub warnings: Vec<String>,
-    /// The `networks` keys (top level and per service), in file order. They are also in
-    /// `warnings` (as ignored); `stack deploy` refuses a stack that has any unless
-    /// `--ignore-unsupported` is given, since the services would run without their networks.
-    pub unsupported: Vec<UnsupportedKey>,
     /// `stack` as YAML, in a fixed key order (what `docker stack config` prints).
     pub normalized_yaml: String,
 }
@@ -226,7 +225,7 @@ pub fn load_with(
     let mut warnings = Vec::new();
     // The warnings (an unset variable) explain many errors (an image left as `busybox:`), so an
     // error that follows them carries them along.
-    type Body = (StackFile, BTreeMap<String, ServiceSpec>, Vec<UnsupportedKey>, String);
+    type Body = (StackFile, BTreeMap<String, ServiceSpec>, String);
     let body = || -> Result<Body, ComposeError> {
         let mut merged: Option<yaml::Val> = None;
         for (index, (name, text)) in sources.iter().enumerate() {
@@ -258,12 +257,10 @@ pub fn load_with(
             read_file,
             base_dir,
             warnings: Vec::new(),
-            unsupported: Vec::new(),
             locations: BTreeMap::new(),
         };
         let stack = walker.stack(&merged)?;
         warnings.append(&mut walker.warnings);
-        let unsupported = std::mem::take(&mut walker.unsupported);
         let locations = walker.locations;
 
         let mut services = BTreeMap::new();
@@ -308,14 +305,14 @@ pub fn load_with(
             .map_err(|e| ComposeError::invalid(None, "", format!("cannot serialise the normalised stack: {e}")))?;
         let mut seen = BTreeSet::new();
         warnings.retain(|w| seen.insert(w.clone()));
-        Ok((stack, services, unsupported, normalized_yaml))
+        Ok((stack, services, normalized_yaml))
     };
-    let (stack, services, unsupported, normalized_yaml) = match body() {
+    let (stack, services, normalized_yaml) = match body() {
         Ok(loaded) => loaded,
         Err(source) if !warnings.is_empty() => {
             return Err(ComposeError::Warned { warnings, source: Box::new(source) });
         }
         Err(e) => return Err(e),
     };
-    Ok(Loaded { stack, services, warnings, unsupported, normalized_yaml })
+    Ok(Loaded { stack, services, warnings, normalized_yaml })
 }

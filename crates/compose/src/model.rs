@@ -29,6 +29,9 @@ pub struct StackFile {
     /// The top-level `configs:`, by the name services use.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub configs: BTreeMap<String, DataDef>,
+    /// The top-level `networks:`, by the name services use (`file` is never set).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, DataDef>,
     /// The top-level `x-routes:` (shoal's extension; docker ignores it), by short name.
     #[serde(rename = "x-routes", skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, RouteDef>,
@@ -136,6 +139,9 @@ pub struct Service {
     /// `configs:`, sources by their key in the top-level `configs:`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<shoal_types::DataReference>,
+    /// `networks:`, by their key in the top-level `networks:` (none: the stack's `default`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
     pub deploy: Deploy,
 }
 

@@ -14,7 +14,7 @@ use shoal_types::{
 };
 
 use crate::envfile::parse_env_file;
-use crate::error::{ComposeError, Location, UnsupportedKey};
+use crate::error::{ComposeError, Location};
 use crate::model::{
     DataDef, Deploy, DeployMode, DeployPlacement, DeployResources, ResourceAmounts, Service, SpreadPreference,
     StackFile, VolumeDef,
@@ -31,12 +31,20 @@ pub(crate) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
 }
 
-const TOP_SUPPORTED: &[&str] = &["version", "name", "services", "volumes", "secrets", "configs"];
-/// Keys whose absence changes what a service does (its data, its secrets, who it can reach):
-/// at the top level and in a service they are refused unless the caller opts out, instead of
-/// being ignored quietly.
-const REFUSED_UNLESS_IGNORED: &[&str] = &["networks"];
-const TOP_UNSUPPORTED: &[&str] = &["networks", "include", "models"];
+const TOP_SUPPORTED: &[&str] = &["version", "name", "services", "volumes", "secrets", "configs", "networks"];
+const TOP_UNSUPPORTED: &[&str] = &["include", "models"];
+const NETWORK_DEF_SUPPORTED: &[&str] = &["name", "external", "labels", "driver", "attachable"];
+const NETWORK_DEF_UNSUPPORTED: &[&str] = &["driver_opts", "ipam", "internal", "enable_ipv6"];
+const SERVICE_NETWORK_UNSUPPORTED: &[&str] = &[
+    "aliases",
+    "ipv4_address",
+    "ipv6_address",
+    "link_local_ips",
+    "mac_address",
+    "driver_opts",
+    "priority",
+    "gw_priority",
+];
 const DATA_DEF_SUPPORTED: &[&str] = &["name", "file", "external", "labels"];
 const DATA_DEF_UNSUPPORTED: &[&str] = &["environment", "content", "driver", "driver_opts", "template_driver"];
 const DATA_REFERENCE_SUPPORTED: &[&str] = &["source", "target", "uid", "gid", "mode"];
@@ -64,6 +72,7 @@ const SERVICE_SUPPORTED: &[&str] = &[
     "secrets",
     "configs",
     "depends_on",
+    "networks",
 ];
 
 /// Every other service-level key of the compose specification.
@@ -115,7 +124,6 @@ const SERVICE_UNSUPPORTED: &[&str] = &[
     "memswap_limit",
     "models",
     "network_mode",
-    "networks",
     "oom_kill_disable",
     "oom_score_adj",
     "pid",
@@ -190,9 +198,6 @@ pub(crate) struct Walker<'a> {
     /// Relative `env_file` paths are resolved against the directory of the first stack file.
     pub base_dir: PathBuf,
     pub warnings: Vec<String>,
-    /// The top-level and service-level keys of [`REFUSED_UNLESS_IGNORED`] that were found (also
-    /// in `warnings`, as ignored).
-    pub unsupported: Vec<UnsupportedKey>,
     /// Where each compose key path was written, for errors found after the walk.
     pub locations: BTreeMap<String, Location>,
 }
@@ -265,10 +270,6 @@ impl Walker<'_> {
                 out.push((key, value, child));
             } else if unsupported.contains(&key.name.as_str()) {
                 self.unsupported(&child);
-                let refusable = unsupported == TOP_UNSUPPORTED || unsupported == SERVICE_UNSUPPORTED;
-                if refusable && REFUSED_UNLESS_IGNORED.contains(&key.name.as_str()) {
-                    self.unsupported.push(UnsupportedKey { location: self.location(key.loc), path: child.clone() });
-                }
             } else {
                 let message = match suggest(&key.name, supported.iter().chain(unsupported)) {
                     Some(near) => format!("unknown key (did you mean {near:?}?)"),
@@ -464,6 +465,7 @@ impl Walker<'_> {
                 "volumes" => stack.volumes = self.volume_defs(value, &path)?,
                 "secrets" => stack.secrets = self.data_defs(value, &path, "secret")?,
                 "configs" => stack.configs = self.data_defs(value, &path, "config")?,
+                "networks" => stack.networks = self.network_defs(value, &path)?,
                 _ => {}
             }
         }
@@ -586,6 +588,12 @@ impl Walker<'_> {
                 "volumes" => service.volumes = self.service_volumes(value, &p)?,
                 "secrets" => service.secrets = self.data_references(value, &p)?,
                 "configs" => service.configs = self.data_references(value, &p)?,
+                "networks" => {
+                    for (i, (network, loc)) in self.service_networks(value, &p)?.into_iter().enumerate() {
+                        self.locations.insert(format!("{p}[{i}]"), self.location(loc));
+                        service.networks.push(network);
+                    }
+                }
                 _ => {}
             }
         }
@@ -661,6 +669,70 @@ impl Walker<'_> {
             out.extend(pairs.into_iter().map(|(k, v)| (k, v, loc)));
         }
         Ok(out)
+    }
+
+    /// The top-level `networks:`: name → definition (null: the stack's own network). Every
+    /// shoal network spans the cluster, so `driver` may only be `overlay`.
+    fn network_defs(&mut self, v: &Val, path: &str) -> Result<BTreeMap<String, crate::model::DataDef>> {
+        let entries: &[(Key, Val)] = match &v.kind {
+            Kind::Map(entries) => entries,
+            Kind::Null => &[],
+            _ => return Err(self.type_error(v, path, "a mapping of network names to networks")),
+        };
+        let mut defs = BTreeMap::new();
+        for (key, value) in entries {
+            let child = join(path, &key.name);
+            self.locations.insert(child.clone(), self.location(key.loc));
+            let mut def = crate::model::DataDef::default();
+            for (field, value, p) in self.object(value, &child, NETWORK_DEF_SUPPORTED, NETWORK_DEF_UNSUPPORTED)? {
+                match field.name.as_str() {
+                    "name" => def.name = self.opt_string(value, &p)?,
+                    "external" => def.external = self.boolean(value, &p)?,
+                    "labels" => def.labels = self.labels(value, &p)?,
+                    "driver" => {
+                        if let Some(driver) = self.opt_string(value, &p)?
+                            && driver != "overlay"
+                        {
+                            return Err(self.error(
+                                value.loc,
+                                &p,
+                                format!(
+                                    "driver {driver:?}: shoal networks span the cluster; the only driver is \"overlay\""
+                                ),
+                            ));
+                        }
+                    }
+                    "attachable" => {
+                        self.boolean(value, &p)?;
+                    }
+                    _ => {}
+                }
+            }
+            if def.external && !def.labels.is_empty() {
+                return Err(self.error(key.loc, &child, "an external network exists already: labels cannot be set"));
+            }
+            defs.insert(key.name.clone(), def);
+        }
+        Ok(defs)
+    }
+
+    /// A service's `networks:`: a list of names, or a mapping by name (each entry's options,
+    /// such as `aliases`, are not used).
+    fn service_networks(&mut self, v: &Val, path: &str) -> Result<Vec<(String, Loc)>> {
+        match &v.kind {
+            Kind::Map(entries) => {
+                let mut out = Vec::new();
+                for (key, value) in entries {
+                    let child = join(path, &key.name);
+                    if !matches!(value.kind, Kind::Null) {
+                        self.object(value, &child, &[], SERVICE_NETWORK_UNSUPPORTED)?;
+                    }
+                    out.push((key.name.clone(), key.loc));
+                }
+                Ok(out)
+            }
+            _ => self.string_list(v, path),
+        }
     }
 
     /// The top-level `volumes:`: name → definition (null: a plain local volume).

@@ -51,6 +51,8 @@ fn names_and_namespace_labels() {
     let mut expected = ServiceSpec::new("app_web", "shoal/busybox:1");
     expected.labels = spec.labels.clone();
     expected.task.container.labels = spec.task.container.labels.clone();
+    // On the stack's default network, as docker puts every stack service without networks.
+    expected.task.networks = vec!["app_default".to_string()];
     assert_eq!(spec, expected);
     // A user cannot take the namespace label over.
     let spec =
@@ -328,30 +330,53 @@ fn value_errors_name_file_line_column_and_key() {
 
 #[test]
 fn unsupported_keys_are_warnings() {
-    let yaml = "services:\n  web:\n    image: shoal/busybox:1\n    volumes: [\"/data:/data\"]\n    networks: [front]\n    x-custom: 1\nnetworks:\n  front:\nx-top: {a: 1}\n";
+    let yaml = "services:\n  web:\n    image: shoal/busybox:1\n    build: .\n    logging: {driver: none}\n    networks:\n      front: {aliases: [www]}\n    x-custom: 1\nnetworks:\n  front:\n    ipam: {driver: default}\nx-top: {a: 1}\n";
     let loaded = load_one(yaml).unwrap();
     assert_eq!(
         loaded.warnings,
-        ["networks: not supported by shoal; ignored", "services.web.networks: not supported by shoal; ignored",]
+        [
+            "networks.front.ipam: not supported by shoal; ignored",
+            "services.web.build: not supported by shoal; ignored",
+            "services.web.logging: not supported by shoal; ignored",
+            "services.web.networks.front.aliases: not supported by shoal; ignored",
+        ]
     );
+    assert_eq!(loaded.services["web"].task.networks, ["app_front"]);
 }
 
-/// `networks` (top level and per service) are listed with where they are written, so that
-/// `stack deploy` can refuse them; others (`build`, a port's `host_ip`, `logging`) and nested
-/// keys of the same names are only warnings. Secrets and configs are supported now.
+/// `networks:` as `docker stack deploy` reads them: a service without any is on the stack's
+/// `default` network; declared ones are `<stack>_<name>`, or their `name:`, or the external
+/// name; a list or a mapping in a service; an undeclared one, or a driver other than overlay,
+/// is refused where it is written.
 #[test]
-fn resource_keys_are_listed_with_their_location() {
-    let yaml = "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n    secrets: [pw]\n    logging: {driver: none}\n  web:\n    image: shoal/busybox:1\n    configs: [site]\n    networks: [front]\nvolumes:\n  data:\nsecrets:\n  pw: {file: ./pw}\nconfigs:\n  site: {external: true}\n";
-    let loaded = load_one(yaml).unwrap();
-    let listed: Vec<String> = loaded.unsupported.iter().map(|k| k.to_string()).collect();
-    assert_eq!(listed, ["stack.yml:10:5: services.web.networks: not supported by shoal yet"]);
-    for key in &loaded.unsupported {
-        assert!(loaded.warnings.contains(&key.warning()), "{key} is also a warning: {:?}", loaded.warnings);
-    }
-    assert!(loaded.warnings.contains(&"services.db.logging: not supported by shoal; ignored".to_string()));
-    let plain = load_one("services:\n  web:\n    image: shoal/busybox:1\n    build: .\n").unwrap();
-    assert!(plain.unsupported.is_empty(), "{:?}", plain.unsupported);
-    assert_eq!(plain.warnings, ["services.web.build: not supported by shoal; ignored"]);
+fn networks_resolve_to_the_stacks_names() {
+    let yaml = "services:\n  db:\n    image: shoal/busybox:1\n  api:\n    image: shoal/busybox:1\n    networks: [back, shared, default]\n  web:\n    image: shoal/busybox:1\n    networks:\n      named:\nnetworks:\n  back:\n    driver: overlay\n    attachable: true\n    labels: {tier: back}\n  shared:\n    external: true\n  named:\n    name: front-net\n";
+    let loaded = load_one(yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.services["db"].task.networks, ["app_default"]);
+    assert_eq!(loaded.services["api"].task.networks, ["app_back", "shared", "app_default"]);
+    assert_eq!(loaded.services["web"].task.networks, ["front-net"]);
+    assert_eq!(loaded.stack.networks["back"].labels["tier"], "back");
+
+    let err =
+        load_one("services:\n  db:\n    image: shoal/busybox:1\n    networks: [front]\n").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "stack.yml:4:16: services.db.networks[0]: undefined network \"front\": declare it under the top-level networks:"
+    );
+    let err = load_one("services:\n  db:\n    image: shoal/busybox:1\nnetworks:\n  front:\n    driver: bridge\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "stack.yml:6:13: networks.front.driver: driver \"bridge\": shoal networks span the cluster; the only driver is \"overlay\""
+    );
+    let err = load_one(
+        "services:\n  db:\n    image: shoal/busybox:1\nnetworks:\n  front:\n    external: true\n    labels: {a: b}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("networks.front") && err.contains("external"), "{err}");
 }
 
 /// `volumes:` as `docker stack deploy` reads them: short and long syntax; named volumes declared
@@ -362,7 +387,7 @@ fn volumes_become_mounts() {
     use shoal_types::{Mount, MountType, Propagation, TmpfsOptions};
     let yaml = "services:\n  db:\n    image: shoal/busybox:1\n    volumes:\n      - data:/var/lib/db\n      - /srv/conf:/etc/db:ro\n      - ./seed:/seed:ro,rslave\n      - /cache\n      - type: tmpfs\n        target: /scratch\n        tmpfs: {size: 1m, mode: 448}\n      - type: volume\n        source: shared\n        target: /shared\n        volume: {nocopy: true}\nvolumes:\n  data:\n    driver: local\n    driver_opts: {type: tmpfs, device: tmpfs}\n    labels: {tier: db}\n  shared:\n    external: true\n";
     let loaded = load_one(yaml).unwrap_or_else(|e| panic!("{e}"));
-    assert!(loaded.warnings.is_empty() && loaded.unsupported.is_empty(), "{:?}", loaded.warnings);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let mounts = &loaded.services["db"].task.container.mounts;
     let data = &mounts[0];
     assert_eq!((data.kind, data.source.as_str(), data.target.as_str()), (MountType::Volume, "app_data", "/var/lib/db"));

@@ -237,6 +237,13 @@ impl ControlApi {
                 }
             }
         }
+        for (i, network) in spec.task.networks.iter().enumerate() {
+            if state.data_by_name(DataKind::Network, network).is_none() {
+                return Err(ApiError::NotFound(format!(
+                    "task.networks[{i}]: network {network} not found (create it first: shoal network create {network})"
+                )));
+            }
+        }
         drop(state);
         Ok(spec)
     }
@@ -252,8 +259,9 @@ impl ControlApi {
     }
 
     fn kind(text: &str) -> Result<DataKind, ApiError> {
-        DataKind::parse(text)
-            .ok_or_else(|| ApiError::InvalidArgument(format!("kind {text:?}: expected \"secret\" or \"config\"")))
+        DataKind::parse(text).ok_or_else(|| {
+            ApiError::InvalidArgument(format!("kind {text:?}: expected \"secret\", \"config\" or \"network\""))
+        })
     }
 
     fn route_spec(json: &str) -> Result<RouteSpec, ApiError> {
@@ -877,7 +885,11 @@ impl Control for ControlApi {
             shoal_types::validate_data_name(&spec.name)
                 .map_err(|why| ApiError::InvalidArgument(format!("{kind} name: {why}")))?;
             let most = shoal_types::secret::MAX_DATA_BYTES;
-            if spec.data.is_empty() || spec.data.len() > most {
+            if kind == DataKind::Network {
+                if !spec.data.is_empty() {
+                    return Err(ApiError::InvalidArgument(format!("network {}: a network holds no data", spec.name)));
+                }
+            } else if spec.data.is_empty() || spec.data.len() > most {
                 return Err(ApiError::InvalidArgument(format!(
                     "{kind} {}: {} bytes of data; a {kind} holds 1 to {most} bytes (500 KiB, Swarm's limit)",
                     spec.name,

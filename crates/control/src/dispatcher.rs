@@ -298,21 +298,29 @@ impl<B: Backend> DispatcherService<B> {
         let table = self.traffic.lock();
         let complete = sent.version.is_none();
         let mut update = TrafficUpdate { version: table.version(), complete, ..TrafficUpdate::default() };
-        for (port, listener) in table.listeners() {
-            if sent.listeners.get(port).is_none_or(|old| !Arc::ptr_eq(old, listener)) {
+        for (key, listener) in table.listeners() {
+            if sent.listeners.get(key).is_none_or(|old| !Arc::ptr_eq(old, listener)) {
                 update.listeners_json.push(serde_json::to_string(&**listener).expect("listeners serialise"));
-                sent.listeners.insert(*port, listener.clone());
+                sent.listeners.insert(key.clone(), listener.clone());
             }
         }
-        let closed: Vec<u16> = sent.listeners.keys().filter(|p| !table.listeners().contains_key(p)).copied().collect();
-        for port in closed {
-            sent.listeners.remove(&port);
-            update.closed_ports.push(u32::from(port));
+        let closed: Vec<shoal_types::traffic::ListenerKey> =
+            sent.listeners.keys().filter(|k| !table.listeners().contains_key(k)).cloned().collect();
+        for key in closed {
+            sent.listeners.remove(&key);
+            if key.address.is_empty() {
+                update.closed_ports.push(u32::from(key.port));
+            } else {
+                update.closed_json.push(serde_json::to_string(&key).expect("listener keys serialise"));
+            }
         }
         let drained = table.drained(node_id);
         sent.drained.retain(|t| drained.contains(t));
         update.drained = drained.into_iter().filter(|t| sent.drained.insert(t.clone())).collect();
-        let news = !update.listeners_json.is_empty() || !update.closed_ports.is_empty() || !update.drained.is_empty();
+        let news = !update.listeners_json.is_empty()
+            || !update.closed_ports.is_empty()
+            || !update.closed_json.is_empty()
+            || !update.drained.is_empty();
         if !complete && !news && sent.version == Some(update.version) {
             return None;
         }
@@ -503,7 +511,39 @@ fn assignment(
         tasks_json: tasks.into_iter().map(|t| serde_json::to_string(t).expect("tasks serialise")).collect(),
         removed,
         data_json: Vec::new(),
+        hosts_json: HashMap::new(),
     }
+}
+
+/// The host entries of the containers of `tasks` on networks, by service id: every service
+/// sharing a network with the task's service (itself included) by its name at its virtual IP,
+/// and, within one stack, by its name in the stack file too (as docker's stack aliases do).
+fn hosts_for<'a>(state: &State, tasks: impl IntoIterator<Item = &'a Task>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for task in tasks {
+        if task.spec.networks.is_empty() || out.contains_key(&task.service_id) {
+            continue;
+        }
+        let stack =
+            state.service(&task.service_id).and_then(|s| s.spec.labels.get(shoal_types::stack::NAMESPACE_LABEL));
+        let mut hosts: Vec<String> = Vec::new();
+        let mut names: HashSet<String> = HashSet::new();
+        for other in state.services() {
+            if other.virtual_ip.is_empty() || !other.spec.task.networks.iter().any(|n| task.spec.networks.contains(n)) {
+                continue;
+            }
+            let short = stack
+                .filter(|s| other.spec.labels.get(shoal_types::stack::NAMESPACE_LABEL) == Some(*s))
+                .and_then(|s| other.spec.name.strip_prefix(&format!("{s}_")));
+            for name in std::iter::once(other.spec.name.as_str()).chain(short) {
+                if names.insert(name.to_string()) {
+                    hosts.push(format!("{name}:{}", other.virtual_ip));
+                }
+            }
+        }
+        out.insert(task.service_id.clone(), serde_json::to_string(&hosts).expect("host entries serialise"));
+    }
+    out
 }
 
 /// The secrets and configs `tasks` use that the session has not sent yet (`sent`: their ids),
@@ -555,7 +595,12 @@ struct AssignmentStream {
 }
 
 impl AssignmentStream {
-    fn complete(&mut self, tasks: Vec<Task>, floor: u64, data_json: Vec<String>) -> SessionMessage {
+    fn complete(
+        &mut self,
+        tasks: Vec<Task>,
+        floor: u64,
+        (data_json, hosts_json): (Vec<String>, HashMap<String, String>),
+    ) -> SessionMessage {
         self.sent = tasks.iter().map(|t| (t.id.clone(), t.desired_state)).collect();
         self.floor = floor;
         let mut message = assignment(
@@ -567,6 +612,7 @@ impl AssignmentStream {
             Vec::new(),
         );
         message.data_json = data_json;
+        message.hosts_json = hosts_json;
         message
     }
 
@@ -580,7 +626,8 @@ impl AssignmentStream {
             // A complete set makes the agent forget what its tasks no longer use: send afresh.
             self.sent_data.clear();
             let data = data_for(&state, &tasks, &mut self.sent_data);
-            (tasks, floor, data)
+            let hosts = hosts_for(&state, &tasks);
+            (tasks, floor, (data, hosts))
         };
         tracing::info!(node = %self.node_id, tasks = tasks.len(), "agent session resent its node's complete task set");
         Some(self.complete(tasks, floor, data))
@@ -617,14 +664,19 @@ impl AssignmentStream {
             return Ok(None);
         }
         // The state is read only when a task uses secrets or configs.
-        let data = if updated.iter().any(|t| t.spec.container.data_references().next().is_some()) {
-            data_for(&backend.state(), updated.iter().copied(), &mut self.sent_data)
+        let (data, hosts) = if updated
+            .iter()
+            .any(|t| t.spec.container.data_references().next().is_some() || !t.spec.networks.is_empty())
+        {
+            let state = backend.state();
+            (data_for(&state, updated.iter().copied(), &mut self.sent_data), hosts_for(&state, updated.iter().copied()))
         } else {
-            Vec::new()
+            (Vec::new(), HashMap::new())
         };
         let mut message =
             assignment(&self.session_id, self.period, &self.managers, AssignmentKind::Incremental, updated, removed);
         message.data_json = data;
+        message.hosts_json = hosts;
         Ok(Some(message))
     }
 
@@ -673,7 +725,7 @@ const TRAFFIC_RESYNC: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct TrafficSent {
     version: Option<u64>,
-    listeners: HashMap<u16, Arc<shoal_types::traffic::Listener>>,
+    listeners: HashMap<shoal_types::traffic::ListenerKey, Arc<shoal_types::traffic::Listener>>,
     drained: HashSet<String>,
 }
 
@@ -735,7 +787,8 @@ impl<B: Backend> Dispatcher for DispatcherApi<B> {
                 self.backend.router().subscribe(&node_id, state.tasks_on_node(&node_id).map(|t| t.id.as_str()));
             let (complete, floor) = node_tasks(&state, &node_id);
             let data = data_for(&state, &complete, &mut sent_data);
-            (subscription, complete, floor, data)
+            let hosts = hosts_for(&state, &complete);
+            (subscription, complete, floor, (data, hosts))
         };
         let session_id = shoal_types::ids::new_id();
         let (stop_tx, stop_rx) = oneshot::channel();

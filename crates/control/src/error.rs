@@ -48,6 +48,7 @@ impl From<StoreError> for ApiError {
             | StoreError::ModeChange { .. }
             | StoreError::ClusterOutOfSequence { .. }
             | StoreError::DataInUse { .. }
+            | StoreError::NoVirtualIp { .. }
             | StoreError::PortInUse { .. }
             | StoreError::StackMoved { .. }
             | StoreError::DataInPreviousSpec { .. }

@@ -62,6 +62,15 @@ fn check_service(
             }
         }
     }
+    for (i, network) in spec.task.networks.iter().enumerate() {
+        let known = state.data_by_name(DataKind::Network, network).is_some()
+            || new_data.contains(&(DataKind::Network, network.clone()));
+        if !known {
+            return Err(format!(
+                "service {name}: task.networks[{i}]: network {network} not found (create it first: shoal network create {network})"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -116,7 +125,11 @@ pub fn plan(state: &State, deploy: StackDeploy, mut new_id: impl FnMut() -> Stri
             problems.push(format!("{} {}: {why}", object.kind, object.spec.name));
         }
         let most = shoal_types::secret::MAX_DATA_BYTES;
-        if object.spec.data.is_empty() || object.spec.data.len() > most {
+        if object.kind == DataKind::Network {
+            if !object.spec.data.is_empty() {
+                problems.push(format!("network {}: a network holds no data", object.spec.name));
+            }
+        } else if object.spec.data.is_empty() || object.spec.data.len() > most {
             problems.push(format!(
                 "{kind} {}: {} bytes of data; a {kind} holds 1 to {most} bytes",
                 object.spec.name,

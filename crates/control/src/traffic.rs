@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use shoal_store::{Change, Object, State};
-use shoal_types::traffic::{Backend, Listener, Route};
+use shoal_types::traffic::{Backend, Listener, ListenerKey, Route};
 use shoal_types::{NodeState, Service, Task, TaskState};
 
 /// What one node's proxies last reported.
@@ -32,10 +32,10 @@ struct Report {
 pub struct TrafficTable {
     /// Bumped whenever a listener changes.
     version: u64,
-    listeners: BTreeMap<u16, Arc<Listener>>,
-    /// The published ports of each service in the table, and the service each port is for.
-    ports_of: HashMap<String, Vec<u16>>,
-    owner: HashMap<u16, String>,
+    listeners: BTreeMap<ListenerKey, Arc<Listener>>,
+    /// The listeners of each service in the table, and the service each listener is for.
+    ports_of: HashMap<String, Vec<ListenerKey>>,
+    owner: HashMap<ListenerKey, String>,
     /// Ready nodes that run an ingress proxy: a drain waits for every one of them to report.
     proxy_nodes: HashSet<String>,
     /// Every task that is a backend of some listener now (of how many), and the backends by
@@ -68,8 +68,13 @@ impl TrafficTable {
         self.version
     }
 
-    pub fn listeners(&self) -> &BTreeMap<u16, Arc<Listener>> {
+    pub fn listeners(&self) -> &BTreeMap<ListenerKey, Arc<Listener>> {
         &self.listeners
+    }
+
+    /// The listener of published port `port`.
+    pub fn published(&self, port: u16) -> Option<&Listener> {
+        self.listeners.get(&ListenerKey::published(port)).map(|l| &**l)
     }
 
     /// Recomputes the listeners of every service and route, and which nodes run proxies. Tables
@@ -162,14 +167,14 @@ impl TrafficTable {
     fn set_owned(&mut self, state: &State, owner: &str, mut wanted: Vec<Listener>) -> bool {
         // A port another owner still publishes stays that owner's (the store refuses a second
         // one; an automatic rollback may still bring one back).
-        wanted.retain(|listener| match self.owner.get(&listener.port) {
-            Some(other) if other != owner && still_publishes(state, other, listener.port) => {
+        wanted.retain(|listener| match self.owner.get(&listener.key()) {
+            Some(other) if other != owner && still_publishes(state, other, &listener.key()) => {
                 tracing::warn!(port = listener.port, service = %listener.service, "published port already carries other traffic; ignored here");
                 false
             }
             _ => true,
         });
-        let old_ports: Vec<u16> = self
+        let old_ports: Vec<ListenerKey> = self
             .ports_of
             .remove(owner)
             .unwrap_or_default()
@@ -180,7 +185,7 @@ impl TrafficTable {
             old_ports.iter().filter_map(|port| self.listeners.get(port).cloned()).collect();
         let before = self.backends_of.remove(owner).unwrap_or_default();
         let after: HashSet<String> = wanted.iter().flat_map(|l| l.backends.iter().map(|b| b.task_id.clone())).collect();
-        let ports: Vec<u16> = wanted.iter().map(|l| l.port).collect();
+        let ports: Vec<ListenerKey> = wanted.iter().map(Listener::key).collect();
         let same = old_listeners.len() == wanted.len()
             && old_listeners.iter().zip(&wanted).all(|(old, new)| **old == *new)
             && before == after;
@@ -212,8 +217,8 @@ impl TrafficTable {
             self.owner.remove(port);
         }
         for listener in wanted {
-            self.owner.insert(listener.port, owner.to_string());
-            self.listeners.insert(listener.port, Arc::new(listener));
+            self.owner.insert(listener.key(), owner.to_string());
+            self.listeners.insert(listener.key(), Arc::new(listener));
         }
         if !ports.is_empty() {
             self.ports_of.insert(owner.to_string(), ports);
@@ -290,9 +295,11 @@ fn node_addr(state: &State, node_id: &str) -> Option<String> {
 /// The owner key of a route's listener: this and the route's id.
 const ROUTE_OWNER: &str = "route:";
 
-fn still_publishes(state: &State, owner: &str, port: u16) -> bool {
+fn still_publishes(state: &State, owner: &str, key: &ListenerKey) -> bool {
+    let port = key.port;
     match owner.strip_prefix(ROUTE_OWNER) {
-        Some(route) => state.route(route).is_some_and(|r| r.spec.port == port),
+        Some(route) => key.address.is_empty() && state.route(route).is_some_and(|r| r.spec.port == port),
+        None if !key.address.is_empty() => state.service(owner).is_some_and(|s| s.virtual_ip == key.address),
         None => state
             .service(owner)
             .is_some_and(|s| s.spec.endpoint.ports.iter().any(|p| p.is_ingress() && p.published == port)),
@@ -350,7 +357,7 @@ fn route_listener(state: &State, route: &Route, selected: &HashSet<String>) -> L
     }
     let mut backends: Vec<Backend> = by_service.into_iter().flat_map(|(_, b)| b).collect();
     backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-    Listener { port: spec.port, service: format!("route {}", spec.name), backends }
+    Listener { address: String::new(), port: spec.port, service: format!("route {}", spec.name), backends }
 }
 
 fn join(ip: &str, port: u16) -> String {
@@ -375,10 +382,43 @@ fn listeners_of(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listen
             shape(&mut backends, share, |task| new.contains(task));
         }
         backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-        out.push(Listener { port: port.published, service: service.spec.name.clone(), backends });
+        out.push(Listener {
+            address: String::new(),
+            port: port.published,
+            service: service.spec.name.clone(),
+            backends,
+        });
     }
-    out.sort_by_key(|l| l.port);
+    out.extend(virtual_ip_listeners(state, service, tasks));
+    out.sort_by_key(Listener::key);
     out
+}
+
+/// The listeners on a service's virtual IP: one per target port its running tasks reported
+/// (their published ingress targets and the ports their images expose), to its tasks on any
+/// node, with the same health, draining and step shares as its published ports.
+fn virtual_ip_listeners(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listener> {
+    if service.virtual_ip.is_empty() || service.spec.task.networks.is_empty() {
+        return Vec::new();
+    }
+    let targets: std::collections::BTreeSet<u16> = tasks
+        .iter()
+        .filter(|t| t.status.state == TaskState::Running)
+        .flat_map(|t| t.status.ports.iter().map(|p| p.target))
+        .collect();
+    let new: HashSet<&str> =
+        tasks.iter().filter(|t| t.spec_version == service.spec_version).map(|t| t.id.as_str()).collect();
+    targets
+        .into_iter()
+        .map(|target| {
+            let mut backends: Vec<Backend> = tasks.iter().filter_map(|task| backend_of(state, task, target)).collect();
+            if let Some(share) = step_traffic(service) {
+                shape(&mut backends, share, |task| new.contains(task));
+            }
+            backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+            Listener { address: service.virtual_ip.clone(), port: target, service: service.spec.name.clone(), backends }
+        })
+        .collect()
 }
 
 /// The traffic share of the new version the service's rollout is at (a canary step's

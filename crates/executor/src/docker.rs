@@ -326,15 +326,18 @@ impl Executor for DockerExecutor {
         if image.is_empty() {
             return Err(ExecError::Fatal(format!("task {} has no image", plan.task_id)));
         }
-        let image_checks_health = match self.docker.inspect_image(image).await {
-            Ok(info) => has_healthcheck(info.config.as_ref().and_then(|c| c.healthcheck.as_ref())),
+        let (image_checks_health, image_exposed) = match self.docker.inspect_image(image).await {
+            Ok(info) => (
+                has_healthcheck(info.config.as_ref().and_then(|c| c.healthcheck.as_ref())),
+                tcp_ports(info.config.as_ref().and_then(|c| c.exposed_ports.as_ref())),
+            ),
             Err(e) if status(&e) == Some(404) => return Err(ExecError::ImageNotFound(image.clone())),
             Err(e) => return Err(engine_error(&format!("inspecting image {image}"), e)),
         };
         let name = container_name(plan);
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         let mut body = container_body(plan, &self.node_id);
-        crate::mapping::publish_ingress(&mut body, plan, self.ingress_host_ip.as_deref());
+        crate::mapping::publish_ingress(&mut body, plan, &image_exposed, self.ingress_host_ip.as_deref());
         if !plan.files.is_empty() {
             let Some(dir) = &self.files_dir else {
                 return Err(ExecError::Fatal("this agent has no directory for secrets and configs".into()));
@@ -502,7 +505,7 @@ impl Executor for DockerExecutor {
     }
 
     async fn ports(&self, plan: &TaskPlan) -> Result<Vec<shoal_types::TaskPort>, ExecError> {
-        if plan.ingress_targets.is_empty() {
+        if plan.ingress_targets.is_empty() && !plan.networked {
             return Ok(Vec::new());
         }
         let hint = self.made.lock().get(&plan.task_id).map(|m| m.id.clone());
@@ -527,8 +530,14 @@ impl Executor for DockerExecutor {
             .as_ref()
             .and_then(|n| n.values().find_map(|e| e.ip_address.clone().filter(|ip| !ip.is_empty())));
         let published = settings.ports.unwrap_or_default();
-        Ok(plan
-            .ingress_targets
+        // A task on a network: every TCP port published for it (its image's exposed ones too).
+        let mut targets = plan.ingress_targets.clone();
+        if plan.networked {
+            targets.extend(published.keys().filter_map(|key| key.strip_suffix("/tcp")?.parse::<u16>().ok()));
+            targets.sort_unstable();
+            targets.dedup();
+        }
+        Ok(targets
             .iter()
             .map(|target| {
                 let host_port = published
@@ -792,6 +801,18 @@ fn engine_error(context: &str, e: DockerError) -> ExecError {
         }
         other => ExecError::Fatal(format!("{other} ({context})")),
     }
+}
+
+/// The TCP ports of an image's `EXPOSE` lines (`"80/tcp"`, `"5432"`).
+fn tcp_ports(exposed: Option<&Vec<String>>) -> Vec<u16> {
+    exposed
+        .into_iter()
+        .flatten()
+        .filter_map(|key| {
+            let (port, protocol) = key.split_once('/').unwrap_or((key, "tcp"));
+            if protocol == "tcp" { port.parse().ok() } else { None }
+        })
+        .collect()
 }
 
 fn has_healthcheck(hc: Option<&HealthConfig>) -> bool {

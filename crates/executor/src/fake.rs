@@ -625,6 +625,8 @@ mod tests {
             ingress_targets: Vec::new(),
             adopts: None,
             files: Vec::new(),
+            networked: false,
+            extra_hosts: Vec::new(),
         }
     }
 

@@ -55,6 +55,12 @@ pub struct TaskPlan {
     /// The task's secrets and configs as files (filled in by the agent from what the leader
     /// sent; never logged).
     pub files: Vec<shoal_types::TaskFile>,
+    /// Whether the task is on a shoal network: the ports its image exposes are published too,
+    /// so the proxies reach them at its virtual IP.
+    pub networked: bool,
+    /// `name:address` entries for the container's /etc/hosts: the services of its networks at
+    /// their virtual IPs (filled in by the agent from what the leader sent).
+    pub extra_hosts: Vec<String>,
 }
 
 impl TaskPlan {
@@ -78,6 +84,8 @@ impl TaskPlan {
             },
             adopts: task.adopts.clone(),
             files: Vec::new(),
+            networked: !task.spec.networks.is_empty(),
+            extra_hosts: Vec::new(),
         }
     }
 

@@ -139,6 +139,7 @@ pub fn container_body(plan: &TaskPlan, node_id: &str) -> ContainerCreateBody {
         port_bindings: if port_bindings.is_empty() { None } else { Some(port_bindings) },
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
         mounts: (!spec.mounts.is_empty()).then(|| spec.mounts.iter().map(docker_mount).collect()),
+        extra_hosts: some_vec(&plan.extra_hosts),
         ..Default::default()
     };
 
@@ -160,16 +161,23 @@ pub fn container_body(plan: &TaskPlan, node_id: &str) -> ContainerCreateBody {
     }
 }
 
-/// Exposes the plan's ingress target ports and publishes each on a host port the engine picks,
-/// bound to `host_ip` (all addresses when `None`).
-pub fn publish_ingress(body: &mut ContainerCreateBody, plan: &TaskPlan, host_ip: Option<&str>) {
-    if plan.ingress_targets.is_empty() {
+/// Exposes the plan's ingress target ports (and, for a task on a network, the TCP ports its
+/// image exposes: `image_exposed`) and publishes each on a host port the engine picks, bound to
+/// `host_ip` (all addresses when `None`).
+pub fn publish_ingress(body: &mut ContainerCreateBody, plan: &TaskPlan, image_exposed: &[u16], host_ip: Option<&str>) {
+    let mut targets = plan.ingress_targets.clone();
+    if plan.networked {
+        targets.extend(image_exposed);
+        targets.sort_unstable();
+        targets.dedup();
+    }
+    if targets.is_empty() {
         return;
     }
     let host_config = body.host_config.get_or_insert_with(Default::default);
     let bindings = host_config.port_bindings.get_or_insert_with(HashMap::new);
     let exposed = body.exposed_ports.get_or_insert_with(Vec::new);
-    for target in &plan.ingress_targets {
+    for target in &targets {
         let key = format!("{target}/tcp");
         if !exposed.contains(&key) {
             exposed.push(key.clone());
@@ -205,6 +213,8 @@ mod tests {
             ingress_targets: Vec::new(),
             adopts: None,
             files: Vec::new(),
+            networked: false,
+            extra_hosts: Vec::new(),
         }
     }
 

@@ -92,6 +92,8 @@ impl Node {
             ingress_targets: Vec::new(),
             adopts: None,
             files: Vec::new(),
+            networked: false,
+            extra_hosts: Vec::new(),
         }
     }
 

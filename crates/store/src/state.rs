@@ -53,6 +53,8 @@ pub enum StoreError {
         "update out of sequence: the cluster is at version {current}, the update was based on version {expected}; inspect it again and retry"
     )]
     ClusterOutOfSequence { current: u64, expected: u64 },
+    #[error("no virtual IP is left in the cluster's pool {pool} for a service on a network")]
+    NoVirtualIp { pool: String },
     #[error("{kind} {name} is in use by service {services}: remove it from them first (--{kind}-rm)")]
     DataInUse { kind: &'static str, name: String, services: String },
     #[error(
@@ -105,6 +107,11 @@ pub struct Change {
     /// When the change was proposed (the batch's timestamp), Unix milliseconds.
     pub at: u64,
     pub object: Object,
+}
+
+/// A virtual IP as a number (`None` for none, or an unreadable one).
+fn vip_number(vip: &str) -> Option<u32> {
+    vip.parse::<std::net::Ipv4Addr>().ok().map(u32::from)
 }
 
 /// A task the scheduler has to place: meant to run and not assigned to a node yet.
@@ -162,6 +169,9 @@ pub struct State {
     /// Where each task of an open rollout record sits in it (derived, rebuilt on restore).
     #[serde(skip)]
     slot_index: SlotIndexes,
+    /// The virtual IPs given to services, as numbers, and their services (derived).
+    #[serde(skip)]
+    vips: BTreeMap<u32, String>,
 }
 
 /// Per service with an open rollout record: its slots by new task id and by slot name, and the
@@ -318,8 +328,10 @@ impl State {
     /// Names of the services whose spec uses the secret or config, and of those whose previous
     /// spec alone does (a rollback would make it current again).
     pub fn services_using(&self, kind: DataKind, name: &str) -> (Vec<String>, Vec<String>) {
-        let uses =
-            |spec: &ServiceSpec| spec.task.container.data_references().any(|(k, r)| k == kind && r.source == name);
+        let uses = |spec: &ServiceSpec| match kind {
+            DataKind::Network => spec.task.networks.iter().any(|n| n == name),
+            _ => spec.task.container.data_references().any(|(k, r)| k == kind && r.source == name),
+        };
         let mut current = Vec::new();
         let mut previous = Vec::new();
         for service in self.services.values() {
@@ -502,6 +514,7 @@ impl State {
             state.reindex_slots(&id);
         }
         state.service_names = state.services.values().map(|s| (s.spec.name.clone(), s.id.clone())).collect();
+        state.vips = state.services.values().filter_map(|s| Some((vip_number(&s.virtual_ip)?, s.id.clone()))).collect();
         state.data_names = state.data.values().map(|d| ((d.kind, d.spec.name.clone()), d.id.clone())).collect();
         Ok(state)
     }
@@ -736,6 +749,7 @@ impl State {
             Action::CreateService { id, spec } => {
                 self.check_data_references(&spec)?;
                 self.check_ingress_ports(&id, &spec)?;
+                self.check_networks(&id, &spec)?;
                 if self.services.contains_key(&id) {
                     return Err(StoreError::AlreadyExists { kind: "service", name: id });
                 }
@@ -756,6 +770,7 @@ impl State {
                     revision: 0,
                     rollout_id: String::new(),
                     group: None,
+                    virtual_ip: String::new(),
                 };
                 self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Create, undo, changes);
@@ -764,6 +779,7 @@ impl State {
                 let current = self.checked_service(&id, expected_version)?;
                 self.check_data_references(&spec)?;
                 self.check_ingress_ports(&id, &spec)?;
+                self.check_networks(&id, &spec)?;
                 if current.spec.name != spec.name {
                     return Err(StoreError::Rename { name: current.spec.name.clone() });
                 }
@@ -787,6 +803,7 @@ impl State {
                     // Its group sees the change (a new spec version) and ends its part; a
                     // deploy's own entry replaces the group.
                     group: current.group.clone(),
+                    virtual_ip: current.virtual_ip.clone(),
                 };
                 self.record_revision(&mut service, origin, undo)?;
                 self.put_service(service, ChangeKind::Update, undo, changes);
@@ -827,6 +844,7 @@ impl State {
                 }
                 self.check_data_references(&spec)?;
                 self.check_ingress_ports(&id, &spec)?;
+                self.check_networks(&id, &spec)?;
                 let service = rolled_back(current, spec, message, index, at);
                 self.put_rollback(service, origin, undo, changes)?;
             }
@@ -1498,6 +1516,20 @@ impl State {
     fn put_service(&mut self, service: Service, kind: ChangeKind, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) {
         // The entry that wrote it: a status-only write leaves `version` and sets `status_version`.
         let (index, at) = (service.version.max(service.status_version), service.updated_at);
+        let mut service = service;
+        if service.virtual_ip.is_empty() && !service.spec.task.networks.is_empty() {
+            // Kept from an earlier version when it had one; the user-facing writes checked
+            // that the pool has one left (a rollback to a spec on a network may find none).
+            match self.services.get(&service.id).map(|s| s.virtual_ip.clone()).filter(|v| !v.is_empty()) {
+                Some(vip) => service.virtual_ip = vip,
+                None => match self.free_vip() {
+                    Some(vip) => service.virtual_ip = std::net::Ipv4Addr::from(vip).to_string(),
+                    None => {
+                        tracing::warn!(service = %service.spec.name, "no virtual IP left in the pool; its name does not resolve")
+                    }
+                },
+            }
+        }
         let service = Arc::new(service);
         let old = self.set_service(service.clone());
         let status_changed = old
@@ -1514,6 +1546,9 @@ impl State {
     fn set_service(&mut self, service: Arc<Service>) -> Option<Arc<Service>> {
         let old = self.remove_service(&service.id);
         self.service_names.insert(service.spec.name.clone(), service.id.clone());
+        if let Some(vip) = vip_number(&service.virtual_ip) {
+            self.vips.insert(vip, service.id.clone());
+        }
         self.services.insert(service.id.clone(), service);
         old
     }
@@ -1523,7 +1558,42 @@ impl State {
         if self.service_names.get(&service.spec.name).is_some_and(|owner| owner == id) {
             self.service_names.remove(&service.spec.name);
         }
+        if let Some(vip) = vip_number(&service.virtual_ip)
+            && self.vips.get(&vip).is_some_and(|owner| owner == id)
+        {
+            self.vips.remove(&vip);
+        }
         Some(service)
+    }
+
+    /// The lowest address of the cluster's virtual IP pool no service has.
+    fn free_vip(&self) -> Option<u32> {
+        let pool = self.cluster.as_ref().map(|c| c.spec.vip_pool.as_str()).unwrap_or(shoal_types::DEFAULT_VIP_POOL);
+        let (first, last) = shoal_types::vip_pool_range(pool).ok()?;
+        let mut candidate = first;
+        for used in self.vips.range(first..=last).map(|(n, _)| *n) {
+            if used != candidate {
+                break;
+            }
+            candidate += 1;
+        }
+        (candidate <= last).then_some(candidate)
+    }
+
+    /// Refuses a spec on networks that do not exist, or one that needs a virtual IP (service
+    /// `id` has none yet) when the pool has none left.
+    fn check_networks(&self, id: &str, spec: &ServiceSpec) -> Result<(), StoreError> {
+        for network in &spec.task.networks {
+            if self.data_by_name(DataKind::Network, network).is_none() {
+                return Err(StoreError::NotFound { kind: "network", id: network.clone() });
+            }
+        }
+        let has_vip = self.services.get(id).is_some_and(|s| !s.virtual_ip.is_empty());
+        if !spec.task.networks.is_empty() && !has_vip && self.free_vip().is_none() {
+            let pool = self.cluster.as_ref().map(|c| c.spec.vip_pool.clone()).unwrap_or_default();
+            return Err(StoreError::NoVirtualIp { pool });
+        }
+        Ok(())
     }
 
     fn set_task(&mut self, mut task: Task) -> Option<Task> {

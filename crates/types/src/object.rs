@@ -44,6 +44,11 @@ pub struct Service {
     /// group ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupRef>,
+    /// The address the tasks of the services sharing a network with it reach it at (Swarm's
+    /// virtual IP): every node's proxy listens on it. Given once the service is on a network,
+    /// kept until it is removed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub virtual_ip: String,
 }
 
 /// A service's place in a group rollout.
@@ -595,6 +600,42 @@ pub struct ClusterSpec {
     /// Kubernetes' `revisionHistoryLimit`, default 10).
     #[serde(default = "default_revision_history_limit")]
     pub revision_history_limit: u64,
+    /// The IPv4 range services on networks get their virtual IPs from (`shoal-manager init
+    /// --vip-pool`). Each node's proxy adds them to its host's loopback interface, so the range
+    /// must be one nothing else on the hosts uses.
+    #[serde(default = "default_vip_pool")]
+    pub vip_pool: String,
+}
+
+/// The default range of virtual IPs: out of the ranges Docker gives its own networks.
+pub const DEFAULT_VIP_POOL: &str = "10.213.0.0/16";
+
+fn default_vip_pool() -> String {
+    DEFAULT_VIP_POOL.to_string()
+}
+
+/// The addresses of a `vip_pool` (`a.b.c.d/len`, IPv4, prefix 8 to 30), network and broadcast
+/// address left out, as the first and last usable address.
+pub fn vip_pool_range(pool: &str) -> Result<(u32, u32), String> {
+    let allowed = "an IPv4 range a.b.c.d/N with N from 8 to 30";
+    let (addr, len) = pool.split_once('/').ok_or_else(|| format!("{pool:?}: not {allowed}"))?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| format!("{pool:?}: not {allowed}"))?;
+    let len: u32 = len.parse().map_err(|_| format!("{pool:?}: not {allowed}"))?;
+    if !(8..=30).contains(&len) {
+        return Err(format!("{pool:?}: prefix /{len} is not {allowed}"));
+    }
+    let mask = u32::MAX << (32 - len);
+    let base = u32::from(addr) & mask;
+    if base != u32::from(addr) {
+        return Err(format!(
+            "{pool:?}: host bits are set; the range starts at {}/{len}",
+            std::net::Ipv4Addr::from(base)
+        ));
+    }
+    if addr.is_loopback() || addr.is_multicast() || addr.is_unspecified() {
+        return Err(format!("{pool:?}: a loopback, multicast or unspecified range is not {allowed}"));
+    }
+    Ok((base + 1, (base | !mask) - 1))
 }
 
 fn default_revision_history_limit() -> u64 {
@@ -638,6 +679,7 @@ impl Default for ClusterSpec {
             node_cert_expiry: default_node_cert_expiry(),
             max_replicas: default_max_replicas(),
             revision_history_limit: default_revision_history_limit(),
+            vip_pool: default_vip_pool(),
         }
     }
 }

@@ -18,6 +18,9 @@ pub const SECRETS_DIR: &str = "/run/secrets";
 pub enum DataKind {
     Secret,
     Config,
+    /// A name scope for services (`shoal network create`): tasks of services on one network
+    /// reach each other by service name. It has no value.
+    Network,
 }
 
 impl DataKind {
@@ -25,6 +28,7 @@ impl DataKind {
         match self {
             DataKind::Secret => "secret",
             DataKind::Config => "config",
+            DataKind::Network => "network",
         }
     }
 
@@ -32,6 +36,7 @@ impl DataKind {
         match text {
             "secret" => Some(DataKind::Secret),
             "config" => Some(DataKind::Config),
+            "network" => Some(DataKind::Network),
             _ => None,
         }
     }
@@ -166,7 +171,7 @@ impl DataReference {
         }
         match kind {
             DataKind::Secret => format!("{SECRETS_DIR}/{}", self.target),
-            DataKind::Config => format!("/{}", self.target),
+            DataKind::Config | DataKind::Network => format!("/{}", self.target),
         }
     }
 

@@ -89,6 +89,11 @@ pub struct TaskSpec {
     /// Bumped by `service update --force` so every task is replaced even if nothing else changed.
     #[serde(default)]
     pub force_update: u64,
+    /// The shoal networks the tasks are on (`--network`): they reach the services of these
+    /// networks by name, through their node's proxy, and are reached by theirs. A change
+    /// replaces the tasks, as their host entries are set when their containers are made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,11 +6,42 @@ use serde::{Deserialize, Serialize};
 /// One published port on every node, and where its connections go.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listener {
+    /// Where it listens: empty for a published port (the node's ingress address), or a
+    /// service's virtual IP (its port then is the service's target port).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     pub port: u16,
     /// The service that publishes it (for log lines).
     pub service: String,
     /// Running, healthy tasks that are not told to stop, ordered by task id.
     pub backends: Vec<Backend>,
+}
+
+impl Listener {
+    pub fn key(&self) -> ListenerKey {
+        ListenerKey { address: self.address.clone(), port: self.port }
+    }
+}
+
+/// What tells listeners apart: a published port, or a virtual IP and a port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ListenerKey {
+    /// Empty for a published port on the node's ingress address.
+    pub address: String,
+    pub port: u16,
+}
+
+impl ListenerKey {
+    /// A published port on every node's ingress address.
+    pub fn published(port: u16) -> ListenerKey {
+        ListenerKey { address: String::new(), port }
+    }
+}
+
+impl std::fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.address.is_empty() { write!(f, "*:{}", self.port) } else { write!(f, "{}:{}", self.address, self.port) }
+    }
 }
 
 /// One task behind a published port.

@@ -292,6 +292,18 @@ impl ServiceSpec {
                 ));
             }
         }
+        if self.task.networks.len() > crate::limits::MAX_LIST_ENTRIES {
+            return Err(ValidationError::new(
+                "task.networks",
+                format!("{} networks is above the limit {}", self.task.networks.len(), crate::limits::MAX_LIST_ENTRIES),
+            ));
+        }
+        for (i, network) in self.task.networks.iter().enumerate() {
+            validate_name(&format!("task.networks[{i}]"), network)?;
+            if self.task.networks[..i].contains(network) {
+                return Err(ValidationError::new(format!("task.networks[{i}]"), format!("{network} is listed twice")));
+            }
+        }
         // Files of secrets and configs: each path once, and not where a mount is.
         let mut paths: BTreeMap<String, String> = BTreeMap::new();
         for (list, references) in [("secrets", &container.secrets), ("configs", &container.configs)] {

@@ -623,11 +623,25 @@ pub struct ContainerFlags {
     /// Give the service a config as a file: NAME or source=NAME[,target=PATH][,uid=N][,gid=N][,mode=0444] (at /NAME by default; repeatable)
     #[arg(id = "config", long = "config", value_name = "CONFIG", value_parser = parsers::data_reference)]
     pub configs: Vec<shoal_types::DataReference>,
+    /// Put the tasks on a network: they reach its services by name, and its services reach them (repeatable)
+    #[arg(id = "network", long = "network", value_name = "NETWORK", value_parser = parsers::data_name)]
+    pub networks: Vec<String>,
     #[command(flatten)]
     pub settings: ContainerSettingFlags,
 }
 
 impl ContainerFlags {
+    /// The networks, in order, each once.
+    pub fn networks(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for network in &self.networks {
+            if !out.contains(network) {
+                out.push(network.clone());
+            }
+        }
+        out
+    }
+
     pub fn apply(&self, container: &mut ContainerSpec) {
         container.env.extend(self.env.iter().cloned());
         container.mounts.extend(self.mounts.iter().cloned());
@@ -675,8 +689,26 @@ pub struct ContainerUpdateFlags {
     /// Remove a config by name (repeatable)
     #[arg(id = "config-rm", long = "config-rm", value_name = "NAME", value_parser = parsers::data_name)]
     pub config_rm: Vec<String>,
+    /// Add a network (repeatable)
+    #[arg(id = "network-add", long = "network-add", value_name = "NETWORK", value_parser = parsers::data_name)]
+    pub network_add: Vec<String>,
+    /// Remove a network (repeatable)
+    #[arg(id = "network-rm", long = "network-rm", value_name = "NETWORK", value_parser = parsers::data_name)]
+    pub network_rm: Vec<String>,
     #[command(flatten)]
     pub settings: ContainerSettingFlags,
+}
+
+impl ContainerUpdateFlags {
+    /// docker's `--network-rm` then `--network-add`.
+    pub fn apply_networks(&self, networks: &mut Vec<String>) {
+        networks.retain(|n| !self.network_rm.contains(n));
+        for network in &self.network_add {
+            if !networks.contains(network) {
+                networks.push(network.clone());
+            }
+        }
+    }
 }
 
 /// docker's `--secret-rm` then `--secret-add` (and the same for configs): references to the

@@ -85,6 +85,9 @@ pub enum Command {
     /// Manage configs (values services get as files)
     #[command(subcommand)]
     Config(data::DataCommand),
+    /// Manage networks (services on one network reach each other by name)
+    #[command(subcommand)]
+    Network(data::NetworkCommand),
     /// Manage routes (a published port over the services a label selector matches)
     #[command(subcommand)]
     Route(route::RouteCommand),

@@ -174,6 +174,7 @@ impl CreateArgs {
         let task = &mut spec.task;
         task.container.args = args.to_vec();
         self.container.apply(&mut task.container);
+        task.networks = self.container.networks();
         self.health.apply(&mut task.container.healthcheck);
         self.resources.apply(&mut task.resources);
         self.placement.apply(&mut task.placement);

@@ -18,8 +18,8 @@ pub const DEFAULT_CONFIG_STACK: &str = "stack";
 pub const DEPLOY_HELP: &str = "\
 Services are named <stack>_<service> and labelled com.docker.stack.namespace=<stack>. The whole
 file set is loaded and checked first: on any error nothing is created, updated or removed.
-A file that uses volumes, secrets, configs or networks (top level or in a service) is refused,
-naming each key, unless --ignore-unsupported is given: shoal does not support them yet.
+Networks the files name (and <stack>_default, for services that name none) are created with
+the stack; the services of one network reach each other by name (db, or app_db).
 Then each service is created if it does not exist, updated (with its update_config) if its spec
 changed, and left alone if not (\"Service app_web is unchanged\"); --prune removes the stack's
 services that are no longer in the files.
@@ -126,10 +126,6 @@ pub struct StackDeployArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub wait: WaitFlags,
-    /// Deploy even though the files use volumes, secrets, configs or networks, which shoal does
-    /// not support yet: the services then run without them
-    #[arg(long)]
-    pub ignore_unsupported: bool,
     /// Stack name
     #[arg(value_name = "STACK")]
     pub stack: String,

@@ -152,6 +152,7 @@ impl UpdateArgs {
             task.container.args = args.0.clone();
         }
         self.container.apply(&mut task.container);
+        self.container.apply_networks(&mut task.networks);
         self.health.apply(&mut task.container.healthcheck);
         self.resources.apply(&mut task.resources);
         self.placement.apply(&mut task.placement);

@@ -25,6 +25,7 @@ fn service(id: &str, name: &str, mode: ServiceMode, image: &str) -> Service {
         revision: 1,
         rollout_id: String::new(),
         group: None,
+        virtual_ip: String::new(),
     }
 }
 

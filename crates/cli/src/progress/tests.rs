@@ -34,6 +34,7 @@ fn service(replicas: u64, status: Option<(UpdateState, &str)>) -> Service {
         revision: 1,
         rollout_id: String::new(),
         group: None,
+        virtual_ip: String::new(),
     }
 }
 

@@ -31,6 +31,7 @@ fn service(id: &str, spec: &ServiceSpec) -> Service {
         revision: 1,
         rollout_id: String::new(),
         group: None,
+        virtual_ip: String::new(),
     }
 }
 
@@ -285,34 +286,4 @@ fn stack_ls_templates() {
     assert_eq!(text, "SERVICES   NAME\n2          app\n11         monitoring\n");
     let err = Cli::parse_checked(["shoal", "stack", "ls", "--format", "{{.Replicas}}"]).unwrap_err().to_string();
     assert!(err.contains("unknown template field .Replicas (fields: .Name, .Services)"), "{err}");
-}
-
-#[test]
-fn networks_are_refused_naming_each_key() {
-    let dir = tempdir();
-    let path = dir.join("db.yml");
-    std::fs::write(
-        &path,
-        "services:\n  db:\n    image: shoal/busybox:1\n    volumes: [\"data:/data\"]\n    networks: [back]\nvolumes:\n  data:\n",
-    )
-    .unwrap();
-    let loaded = load("app", std::slice::from_ref(&path)).unwrap();
-    let problems = refuse_unsupported(&loaded).unwrap_err();
-    let file = path.display();
-    assert_eq!(
-        problems,
-        [format!(
-            "{file}:5:5: services.db.networks: not supported by shoal yet; refused (deploy with --ignore-unsupported to run the services without it)"
-        ),]
-    );
-    assert_eq!(refuse_unsupported(&load_example("app", "web-worker.yml")), Ok(()));
-
-    let StackCommand::Deploy(args) = stack_command(&["stack", "deploy", "-c", "db.yml", "--ignore-unsupported", "app"])
-    else {
-        panic!()
-    };
-    assert!(args.ignore_unsupported);
-    let StackCommand::Deploy(args) = stack_command(&["stack", "deploy", "-c", "db.yml", "app"]) else { panic!() };
-    assert!(!args.ignore_unsupported);
-    let _ = std::fs::remove_dir_all(&dir);
 }

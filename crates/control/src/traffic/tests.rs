@@ -52,11 +52,7 @@ impl World {
     }
 
     fn backends(&self) -> Vec<String> {
-        self.table
-            .listeners()
-            .get(&8080)
-            .map(|l| l.backends.iter().map(|b| b.task_id.clone()).collect())
-            .unwrap_or_default()
+        self.table.published(8080).map(|l| l.backends.iter().map(|b| b.task_id.clone()).collect()).unwrap_or_default()
     }
 
     fn set_state(&mut self, id: &str, state: TaskState) {
@@ -76,7 +72,7 @@ fn only_running_tasks_told_to_run_with_reported_ports_are_backends() {
     no_ports.endpoint = w.state.task("a").expect("a").endpoint.clone();
     w.apply(vec![Action::PutTask { task: no_ports }]);
     assert_eq!(w.backends(), ["a", "b"]);
-    let listener = &w.table.listeners()[&8080];
+    let listener = &w.table.published(8080).unwrap();
     // n1 has no ingress address: the address the leader sees it at; n2 its own.
     assert_eq!(listener.backends[0].remote, "127.0.0.1:31");
     assert_eq!(listener.backends[1].remote, "127.0.0.2:32");
@@ -178,7 +174,7 @@ fn a_port_that_moves_to_another_service_in_one_batch_stays_open_for_the_new_one(
     t.status.ports = vec![TaskPort { target: 80, host_port: 40, container_ip: String::new() }];
     w.apply(vec![Action::PutTask { task: t }]);
     w.table.refresh_all(&w.state);
-    let listener = &w.table.listeners()[&8080];
+    let listener = &w.table.published(8080).unwrap();
     assert_eq!(listener.service, "api");
     assert_eq!(w.backends(), ["x"]);
 }
@@ -241,7 +237,7 @@ fn a_route_weighs_tasks_equally_or_by_the_services_shares() {
     };
     w.apply(vec![Action::CreateRoute { route: Route { id: "r1".into(), spec: spec.clone(), ..Route::default() } }]);
     let weights = |w: &World| -> Vec<(String, u32)> {
-        w.table.listeners()[&9000].backends.iter().map(|b| (b.task_id.clone(), b.weight)).collect()
+        w.table.published(9000).unwrap().backends.iter().map(|b| (b.task_id.clone(), b.weight)).collect()
     };
     // By task count: every task the same.
     assert_eq!(weights(&w), [("c1".into(), 1), ("m1".into(), 1), ("m2".into(), 1), ("m3".into(), 1)]);
@@ -262,7 +258,7 @@ fn a_route_weighs_tasks_equally_or_by_the_services_shares() {
     w.apply(vec![Action::SetDesiredState { id: "m1".into(), desired: TaskState::Shutdown }]);
     assert!(!weights(&w).iter().any(|(t, _)| t == "m1"));
     w.apply(vec![Action::RemoveRoute { id: "r1".into() }]);
-    assert!(!w.table.listeners().contains_key(&9000));
+    assert!(!w.table.listeners().contains_key(&shoal_types::traffic::ListenerKey::published(9000)));
 }
 
 #[test]
