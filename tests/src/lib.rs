@@ -102,10 +102,6 @@ impl ManagerProc {
             .arg(&self.name);
         if let Some((join, token)) = join {
             cmd.arg("--join").arg(join).arg("--token").arg(token);
-        } else if !self.extra_args.iter().any(|a| a == "--vip-pool") {
-            // Each test cluster its own virtual IPs: clusters of tests running at once share
-            // this host's loopback interface.
-            cmd.arg("--vip-pool").arg(random_vip_pool());
         }
         cmd.args(&self.extra_args);
         cmd.env("HOME", &self.home).env_remove("SHOAL_JOIN_TOKEN");
@@ -323,6 +319,26 @@ pub struct Cluster {
     pub agents: Vec<AgentProc>,
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
+    /// The cluster's `--vip-pool`: its own, as the clusters of tests running at once share this
+    /// host's loopback interface, where the agents add the virtual IPs in use.
+    pub vip_pool: String,
+}
+
+impl Drop for Cluster {
+    /// Takes the cluster's virtual IPs off the loopback interface (the agents, killed, leave them).
+    fn drop(&mut self) {
+        // The agents first: a running one would add an address again.
+        self.agents.clear();
+        let Ok((first, last)) = shoal_types::vip_pool_range(&self.vip_pool) else { return };
+        let Ok(shown) = Command::new("ip").args(["-o", "-4", "address", "show", "dev", "lo"]).output() else { return };
+        for line in String::from_utf8_lossy(&shown.stdout).lines() {
+            let Some(cidr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) else { continue };
+            let Some(Ok(ip)) = cidr.split('/').next().map(str::parse::<std::net::Ipv4Addr>) else { continue };
+            if (first..=last).contains(&u32::from(ip)) {
+                let _ = Command::new("ip").args(["address", "del", cidr, "dev", "lo"]).output();
+            }
+        }
+    }
 }
 
 impl Cluster {
@@ -337,12 +353,22 @@ impl Cluster {
 
     /// Like [`Cluster::start_with`], with extra environment variables for every manager.
     pub async fn start_with_env(n: usize, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Result<Cluster> {
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let vip_pool = match extra_args.iter().position(|a| a == "--vip-pool") {
+            Some(i) => extra_args.get(i + 1).cloned().unwrap_or_default(),
+            None => {
+                let pool = random_vip_pool();
+                extra_args.extend(["--vip-pool".to_string(), pool.clone()]);
+                pool
+            }
+        };
         let mut cluster = Cluster {
             dir: tempfile::tempdir()?,
             managers: Vec::new(),
             agents: Vec::new(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args,
             extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            vip_pool,
         };
         for _ in 0..n {
             cluster.add_manager().await?;

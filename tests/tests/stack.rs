@@ -147,7 +147,8 @@ async fn stack_deploy_rolls_only_changed_services_then_prunes_and_removes() -> R
 
     // rm: every service and container of the stack goes.
     let out = ok(&shoal(&host, &["stack", "rm", &stack]));
-    assert_eq!(out, format!("Removing service {web}\n"));
+    // As docker: the stack's default network goes with it.
+    assert_eq!(out, format!("Removing service {web}\nRemoving network {stack}_default\n"));
     assert!(stack_services(&host, &stack).await?.is_empty());
     wait_no_containers(&in_stack, Duration::from_secs(30)).await?;
     assert!(!ok(&shoal(&host, &["stack", "ls"])).contains(&stack));

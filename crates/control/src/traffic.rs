@@ -394,18 +394,18 @@ fn listeners_of(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listen
     out
 }
 
-/// The listeners on a service's virtual IP: one per target port its running tasks reported
-/// (their published ingress targets and the ports their images expose), to its tasks on any
-/// node, with the same health, draining and step shares as its published ports.
+/// The listeners on a service's virtual IP: one per target port its tasks reported (their
+/// published ingress targets and the ports their images expose), to its running tasks on any
+/// node, with the same health, draining and step shares as its published ports. Ports reported
+/// by tasks that have ended count too (the slots' kept history), so a listener stays open while
+/// a rolling update replaces the only task: a client connecting then is closed at once, not
+/// refused for a moment.
 fn virtual_ip_listeners(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listener> {
     if service.virtual_ip.is_empty() || service.spec.task.networks.is_empty() {
         return Vec::new();
     }
-    let targets: std::collections::BTreeSet<u16> = tasks
-        .iter()
-        .filter(|t| t.status.state == TaskState::Running)
-        .flat_map(|t| t.status.ports.iter().map(|p| p.target))
-        .collect();
+    let targets: std::collections::BTreeSet<u16> =
+        tasks.iter().flat_map(|t| t.status.ports.iter().map(|p| p.target)).collect();
     let new: HashSet<&str> =
         tasks.iter().filter(|t| t.spec_version == service.spec_version).map(|t| t.id.as_str()).collect();
     targets

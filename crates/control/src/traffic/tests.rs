@@ -284,3 +284,48 @@ fn shares_left_to_several_services_do_not_round_to_nothing_and_a_step_share_shap
     shape(&mut backends, 5, |_| false);
     assert!(backends.iter().all(|b| b.weight == 1));
 }
+
+/// A service on a network is reached at its virtual IP on each target port its running tasks
+/// reported (published or not), with the same backends a published port has; a service off
+/// every network has no such listener, and a task told to stop leaves it at once.
+#[test]
+fn a_service_on_a_network_listens_on_its_virtual_ip_for_each_reported_target_port() {
+    let mut w = World::new();
+    let network = shoal_types::DataObject {
+        id: "n".into(),
+        kind: shoal_types::DataKind::Network,
+        version: 0,
+        created_at: 0,
+        updated_at: 0,
+        spec: shoal_types::DataSpec { name: "net".into(), labels: Default::default(), data: Vec::new() },
+        size: 0,
+    };
+    let mut db = ServiceSpec::new("db", "shoal/web:1");
+    db.task.networks = vec!["net".into()];
+    w.apply(vec![Action::CreateData { object: network }, Action::CreateService { id: "db".into(), spec: db }]);
+    let vip = w.state.service("db").expect("db").virtual_ip.clone();
+    assert!(!vip.is_empty());
+    // Its task reports 5432 (from its image) and 9100; web, off every network, has none.
+    let mut t = task("d1", "db", "n2", TaskState::Running);
+    t.status.ports = vec![
+        TaskPort { target: 5432, host_port: 41, container_ip: "172.17.0.41".into() },
+        TaskPort { target: 9100, host_port: 42, container_ip: "172.17.0.41".into() },
+    ];
+    w.apply(vec![Action::PutTask { task: t }]);
+    w.put("a", "n1", TaskState::Running, 31);
+    let keys: Vec<ListenerKey> = w.table.listeners().keys().cloned().collect();
+    let on_vip = |port| ListenerKey { address: vip.clone(), port };
+    assert_eq!(keys, [ListenerKey::published(8080), on_vip(5432), on_vip(9100)]);
+    let listener = &w.table.listeners()[&on_vip(5432)];
+    assert_eq!(listener.service, "db");
+    assert_eq!(listener.backends.len(), 1);
+    assert_eq!(listener.backends[0].remote, "127.0.0.2:41");
+    assert_eq!(listener.backends[0].address_from("n2"), "172.17.0.41:5432");
+    // Told to stop: it leaves the listeners in the same entry; they stay open once it ended.
+    w.apply(vec![Action::SetDesiredState { id: "d1".into(), desired: TaskState::Shutdown }]);
+    assert!(w.table.listeners()[&on_vip(5432)].backends.is_empty());
+    let mut status = w.state.task("d1").expect("d1").status.clone();
+    status.state = TaskState::Shutdown;
+    w.apply(vec![Action::SetTaskStatus { id: "d1".into(), status }]);
+    assert!(w.table.listeners().contains_key(&on_vip(9100)));
+}

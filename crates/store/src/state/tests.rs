@@ -445,6 +445,22 @@ fn arb_action() -> impl Strategy<Value = Action> {
         id.clone().prop_map(|i| Action::ResumeRollout { id: i.into() }),
         id.clone().prop_map(|i| Action::AbortRollout { id: i.into() }),
         id.clone().prop_map(|i| Action::RemoveService { id: i.into() }),
+        // Networks: services on one get a virtual IP, kept while they live.
+        Just(network_action("n1", "net")),
+        Just(Action::RemoveData { id: "n1".into() }),
+        (id.clone(), name.clone(), any::<bool>()).prop_map(|(i, n, create)| {
+            let spec = spec_on(n, "net");
+            if create {
+                Action::CreateService { id: i.into(), spec }
+            } else {
+                Action::UpdateService { id: i.into(), expected_version: 0, spec }
+            }
+        }),
+        (id.clone(), name.clone(), 0u64..12).prop_map(|(i, n, v)| Action::UpdateService {
+            id: i.into(),
+            expected_version: v,
+            spec: spec_on(n, "net"),
+        }),
         // Stacks: services of stack `s`, its revisions, groups and their progress.
         (id.clone(), name.clone()).prop_map(|(i, n)| {
             let mut spec = ServiceSpec::new(format!("s_{n}"), "busybox");
@@ -1189,4 +1205,121 @@ fn secrets_and_configs_are_named_per_kind_used_by_name_and_kept_while_used() {
     state.write_snapshot(&mut snapshot).unwrap();
     let restored = State::restore(&snapshot).unwrap();
     assert_eq!(restored.data_by_name(Secret, "db").unwrap().spec.data, b"value");
+}
+
+fn network_action(id: &str, name: &str) -> Action {
+    let spec = shoal_types::DataSpec { name: name.into(), labels: Default::default(), data: Vec::new() };
+    Action::CreateData {
+        object: shoal_types::DataObject {
+            id: id.into(),
+            kind: shoal_types::DataKind::Network,
+            version: 0,
+            created_at: 0,
+            updated_at: 0,
+            spec,
+            size: 0,
+        },
+    }
+}
+
+fn spec_on(name: &str, network: &str) -> ServiceSpec {
+    let mut spec = ServiceSpec::new(name, "busybox");
+    spec.task.networks = vec![network.to_string()];
+    spec
+}
+
+fn cluster_with_pool(pool: &str) -> Action {
+    let mut cluster = shoal_types::Cluster { id: "c".into(), version: 0, created_at: 0, spec: Default::default() };
+    cluster.spec.vip_pool = pool.into();
+    Action::InitCluster { cluster }
+}
+
+#[test]
+fn services_on_a_network_get_the_lowest_free_virtual_ip_and_keep_it_until_removed() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![cluster_with_pool("10.9.0.0/30"), network_action("n1", "net")])).unwrap();
+    // No network yet: refused, nothing written.
+    let err =
+        state.apply(2, &batch(vec![Action::CreateService { id: "a".into(), spec: spec_on("a", "nope") }])).unwrap_err();
+    assert_eq!(err.to_string(), "network nope not found");
+    // Off a network: no address.
+    state.apply(3, &batch(vec![create("plain", "plain")])).unwrap();
+    assert_eq!(state.service("plain").unwrap().virtual_ip, "");
+    // A /30 has two usable addresses.
+    state.apply(4, &batch(vec![Action::CreateService { id: "a".into(), spec: spec_on("a", "net") }])).unwrap();
+    state.apply(5, &batch(vec![Action::CreateService { id: "b".into(), spec: spec_on("b", "net") }])).unwrap();
+    assert_eq!(state.service("a").unwrap().virtual_ip, "10.9.0.1");
+    assert_eq!(state.service("b").unwrap().virtual_ip, "10.9.0.2");
+    let before = state.clone();
+    let err =
+        state.apply(6, &batch(vec![Action::CreateService { id: "c".into(), spec: spec_on("c", "net") }])).unwrap_err();
+    assert_eq!(err.to_string(), "no virtual IP is left in the cluster's pool 10.9.0.0/30 for a service on a network");
+    assert!(state.service("c").is_none() && state.vips == before.vips, "a refused create changes nothing");
+    // A service moved off its network keeps its address; one joining takes none while full.
+    let version = state.service("a").unwrap().version;
+    state
+        .apply(
+            7,
+            &batch(vec![Action::UpdateService {
+                id: "a".into(),
+                expected_version: version,
+                spec: ServiceSpec::new("a", "busybox"),
+            }]),
+        )
+        .unwrap();
+    assert_eq!(state.service("a").unwrap().virtual_ip, "10.9.0.1");
+    let version = state.service("plain").unwrap().version;
+    let err = state
+        .apply(
+            8,
+            &batch(vec![Action::UpdateService {
+                id: "plain".into(),
+                expected_version: version,
+                spec: spec_on("plain", "net"),
+            }]),
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NoVirtualIp { .. }), "{err}");
+    // A rollback keeps it; a removed service's address is the next one given.
+    let version = state.service("a").unwrap().version;
+    state.apply(9, &batch(vec![Action::RollbackService { id: "a".into(), expected_version: version }])).unwrap();
+    assert_eq!(state.service("a").unwrap().virtual_ip, "10.9.0.1");
+    state.apply(10, &batch(vec![Action::RemoveService { id: "a".into() }])).unwrap();
+    state.apply(11, &batch(vec![Action::CreateService { id: "c".into(), spec: spec_on("c", "net") }])).unwrap();
+    assert_eq!(state.service("c").unwrap().virtual_ip, "10.9.0.1");
+    // The index is rebuilt from a snapshot.
+    let restored = State::restore(&state.snapshot()).unwrap();
+    assert_eq!(restored, state);
+}
+
+#[test]
+fn a_network_is_kept_while_a_service_or_its_previous_spec_is_on_it() {
+    let mut state = State::default();
+    state
+        .apply(
+            1,
+            &batch(vec![
+                network_action("n1", "net"),
+                Action::CreateService { id: "a".into(), spec: spec_on("a", "net") },
+            ]),
+        )
+        .unwrap();
+    let err = state.apply(2, &batch(vec![Action::RemoveData { id: "n1".into() }])).unwrap_err();
+    assert_eq!(err.to_string(), "network net is in use by service a: remove it from them first (--network-rm)");
+    let version = state.service("a").unwrap().version;
+    state
+        .apply(
+            3,
+            &batch(vec![Action::UpdateService {
+                id: "a".into(),
+                expected_version: version,
+                spec: ServiceSpec::new("a", "busybox"),
+            }]),
+        )
+        .unwrap();
+    let err = state.apply(4, &batch(vec![Action::RemoveData { id: "n1".into() }])).unwrap_err();
+    assert!(matches!(err, StoreError::DataInPreviousSpec { .. }), "{err}");
+    state.apply(5, &batch(vec![Action::RemoveService { id: "a".into() }])).unwrap();
+    state.apply(6, &batch(vec![Action::RemoveData { id: "n1".into() }])).unwrap();
+    assert!(state.data_by_name(shoal_types::DataKind::Network, "net").is_none());
 }
