@@ -10,8 +10,8 @@ use shoal_types::{DataKind, DataObject, Task, TaskFile};
 #[derive(Default)]
 pub struct DataStore {
     objects: Mutex<HashMap<(DataKind, String), Arc<DataObject>>>,
-    /// The host entries of the containers of each service on a network, by service id, as the
-    /// leader last sent them.
+    /// The host entries of the containers of each service spec on a network, as the leader last
+    /// sent them.
     hosts: Mutex<HashMap<String, Vec<String>>>,
 }
 
@@ -21,9 +21,15 @@ impl DataStore {
         self.objects.lock().insert((object.kind, object.spec.name.clone()), Arc::new(object));
     }
 
-    /// Keeps the host entries the leader sent for a service's containers.
-    pub fn put_hosts(&self, service_id: &str, hosts: Vec<String>) {
-        self.hosts.lock().insert(service_id.to_string(), hosts);
+    /// Keeps the host entries the leader sent for the containers of a service's spec (by
+    /// [`shoal_types::hosts_key`]); a complete assignment's replace them all.
+    pub fn put_hosts(&self, hosts: HashMap<String, Vec<String>>, complete: bool) {
+        let mut kept = self.hosts.lock();
+        if complete {
+            *kept = hosts;
+        } else {
+            kept.extend(hosts);
+        }
     }
 
     /// The host entries `task`'s container gets ("name:address"); none off networks.
@@ -31,7 +37,8 @@ impl DataStore {
         if task.spec.networks.is_empty() {
             return Vec::new();
         }
-        self.hosts.lock().get(&task.service_id).cloned().unwrap_or_default()
+        let key = shoal_types::hosts_key(&task.service_id, task.spec_version);
+        self.hosts.lock().get(&key).cloned().unwrap_or_default()
     }
 
     /// Forgets the objects not in `used` (by kind and name).

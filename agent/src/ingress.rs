@@ -99,6 +99,8 @@ pub struct Ingress {
     drained: watch::Sender<HashSet<String>>,
     /// What the proxies carried, for the agent's metrics.
     pub stats: IngressStats,
+    /// The virtual IPs the listeners use, on this host's loopback interface.
+    vips: Arc<crate::vip::Vips>,
 }
 
 /// A stream whose reads add to a counter (the proxy's bytes, as they pass).
@@ -185,6 +187,7 @@ impl Ingress {
             version: Mutex::new(0),
             drained: watch::Sender::new(HashSet::new()),
             stats: IngressStats::default(),
+            vips: Arc::default(),
         })
     }
 
@@ -201,6 +204,7 @@ impl Ingress {
         listeners: Vec<Listener>,
         closed: &[ListenerKey],
         drained: Vec<String>,
+        vip_pool: Option<(u32, u32)>,
     ) {
         {
             let mut ports = self.ports.lock();
@@ -213,10 +217,6 @@ impl Ingress {
             for key in gone {
                 if ports.remove(&key).is_some() {
                     tracing::info!(listener = %key, "ingress port closed");
-                    // The virtual IP goes with its last listener.
-                    if !key.address.is_empty() && !ports.keys().any(|k| k.address == key.address) {
-                        vip::release(&key.address);
-                    }
                 }
             }
             for listener in listeners {
@@ -233,6 +233,13 @@ impl Ingress {
                         ports.insert(key, Port { backends, service, accept });
                     }
                 }
+            }
+            // A virtual IP goes with its last listener (after the new ones are in: one moved
+            // to another port stays).
+            let wanted: HashSet<String> =
+                ports.keys().filter(|k| !k.address.is_empty()).map(|k| k.address.clone()).collect();
+            if !wanted.is_empty() || vip_pool.is_some() || self.vips.wants_any() {
+                self.vips.want(wanted, vip_pool, complete);
             }
         }
         *self.version.lock() = version;
@@ -303,14 +310,15 @@ impl Ingress {
         let at = SocketAddr::new(addr, port);
         let mut wait = REBIND_FIRST;
         let listener = loop {
-            if !key.address.is_empty()
-                && let Err(e) = vip::claim(&key.address).await
-            {
-                tracing::error!(addr = %at, service = %service.read(), error = %e, "cannot add the virtual IP to this host; retrying");
+            if !key.address.is_empty() && self.vips.claim(&key.address).await.is_err() {
                 tokio::time::sleep(REBIND_EVERY).await;
                 continue;
             }
-            match bind_shared(at) {
+            // A virtual IP's listener shares its port with the ingress listener on all addresses
+            // and with the other agents of this host; a published port on a specific address
+            // is this agent's alone (a second agent on it must not split its traffic).
+            let shared = !key.address.is_empty() || self.addr.is_unspecified();
+            match bind(at, shared) {
                 Ok(listener) => break listener,
                 Err(e) => {
                     if wait >= REBIND_EVERY {
@@ -450,61 +458,16 @@ impl Ingress {
     }
 }
 
-/// A listener on `at` that other listeners on the same port may share: a virtual IP's listener
-/// beside the ingress listener on all addresses, and the proxies of several agents on one host
-/// on one virtual IP (the kernel spreads connections among them; each goes to the same tasks).
-fn bind_shared(at: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listener on `at`; `shared`: one that other listeners on the same port may share (a virtual
+/// IP's listener beside the ingress listener on all addresses, and the proxies of several agents
+/// on one host on one virtual IP: the kernel spreads connections among them, and each goes to
+/// the same tasks).
+fn bind(at: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
     let socket = if at.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
+    socket.set_reuseport(shared)?;
     socket.bind(at)?;
     socket.listen(1024)
-}
-
-/// The virtual IPs on this host: added to the loopback interface, where containers on any
-/// bridge network reach them through their gateway (the host takes packets for any of its
-/// addresses). This takes CAP_NET_ADMIN and `ip` (iproute2).
-mod vip {
-    /// Adds `vip` to the loopback interface (present already: fine, another agent on this host
-    /// or an earlier run added it).
-    pub async fn claim(vip: &str) -> Result<(), String> {
-        let output = tokio::process::Command::new("ip")
-            .args(["address", "add", &format!("{vip}/32"), "dev", "lo"])
-            .output()
-            .await
-            .map_err(|e| format!("running `ip address add`: {e}"))?;
-        // A refusal because the address is there already is no failure: it is asked again.
-        if output.status.success() || present(vip).await {
-            Ok(())
-        } else {
-            Err(format!("`ip address add {vip}/32 dev lo`: {}", String::from_utf8_lossy(&output.stderr).trim()))
-        }
-    }
-
-    /// Whether the loopback interface has `vip`.
-    async fn present(vip: &str) -> bool {
-        let shown = tokio::process::Command::new("ip")
-            .args(["-o", "address", "show", "dev", "lo", "to", &format!("{vip}/32")])
-            .output()
-            .await;
-        shown.is_ok_and(|out| out.status.success() && !out.stdout.is_empty())
-    }
-
-    /// Removes `vip` from the loopback interface (in the background; gone already: fine).
-    pub fn release(vip: &str) {
-        let vip = vip.to_string();
-        tokio::spawn(async move {
-            let removed = tokio::process::Command::new("ip")
-                .args(["address", "del", &format!("{vip}/32"), "dev", "lo"])
-                .output()
-                .await;
-            if let Ok(output) = removed
-                && !output.status.success()
-            {
-                tracing::debug!(vip, error = %String::from_utf8_lossy(&output.stderr).trim(), "virtual IP not removed");
-            }
-        });
-    }
 }
 
 /// One open proxied connection, counted against its task until dropped.

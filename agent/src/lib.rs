@@ -23,6 +23,7 @@ pub mod metrics;
 mod report;
 mod runner;
 mod traffic;
+mod vip;
 
 pub use report::Reporter;
 
@@ -489,15 +490,17 @@ impl Agent {
                 ),
             }
         }
-        for (service_id, json) in &msg.hosts_json {
+        let complete = msg.kind == AssignmentKind::Complete as i32;
+        let mut hosts = HashMap::with_capacity(msg.hosts_json.len());
+        for (key, json) in &msg.hosts_json {
             match serde_json::from_str::<Vec<String>>(json) {
-                Ok(hosts) => self.data.put_hosts(service_id, hosts),
-                Err(e) => {
-                    tracing::error!(service = %service_id, error = %e, "unreadable host entries in an assignment; skipped")
+                Ok(entries) => {
+                    hosts.insert(key.clone(), entries);
                 }
+                Err(e) => tracing::error!(spec = %key, error = %e, "unreadable host entries in an assignment; skipped"),
             }
         }
-        let complete = msg.kind == AssignmentKind::Complete as i32;
+        self.data.put_hosts(hosts, complete);
         let mut to_remove: Vec<String> = msg.removed.clone();
         // The containers of the tasks removed, by the id they carry (a task restarted in place
         // runs in the container of the task that made it), and those a remaining task still uses.

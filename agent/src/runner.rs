@@ -248,10 +248,16 @@ const PORT_READY_WAIT: Duration = Duration::from_secs(10);
 /// How often a started task's ingress ports are tried until they accept connections.
 const PORT_PROBE_EVERY: Duration = Duration::from_millis(50);
 
-/// The started task's ingress endpoints, once every one accepts a TCP connection at the
+/// How long a task on a network with no ingress port waits for the ports its image exposes
+/// before it is reported with them anyway: an image may expose ports it does not serve.
+const EXPOSED_READY_WAIT: Duration = Duration::from_secs(10);
+
+/// The started task's endpoints, once every ingress one accepts a TCP connection at the
 /// container's address (or, without one, at the published host port). Until then the proxies
 /// would reach a container whose server is not listening yet, and the engine's port proxy
-/// accepts and closes such connections: clients would see them fail.
+/// accepts and closes such connections: clients would see them fail. A task on a network with
+/// only the ports its image exposes waits for them for [`EXPOSED_READY_WAIT`] at most: those it
+/// does not serve are skipped by the proxies (a refused connect tries another task).
 async fn ports_accepting(executor: &dyn Executor, plan: &TaskPlan) -> Vec<shoal_types::TaskPort> {
     let ports = loop {
         match executor.ports(plan).await {
@@ -265,8 +271,10 @@ async fn ports_accepting(executor: &dyn Executor, plan: &TaskPlan) -> Vec<shoal_
             }
         }
     };
+    let gated = ports.iter().any(|p| plan.ingress_targets.contains(&p.target));
     let addrs: Vec<String> = ports
         .iter()
+        .filter(|p| !gated || plan.ingress_targets.contains(&p.target))
         .map(|p| {
             if p.container_ip.is_empty() {
                 format!("127.0.0.1:{}", p.host_port)
@@ -288,7 +296,7 @@ async fn ports_accepting(executor: &dyn Executor, plan: &TaskPlan) -> Vec<shoal_
                 break;
             }
         }
-        if all {
+        if all || (!gated && started.elapsed() > EXPOSED_READY_WAIT) {
             return ports;
         }
         if !logged && started.elapsed() > Duration::from_secs(10) {
@@ -299,10 +307,11 @@ async fn ports_accepting(executor: &dyn Executor, plan: &TaskPlan) -> Vec<shoal_
     }
 }
 
-/// Whether a task told to stop drains first: it publishes ingress ports, was reachable at them,
-/// and its drain timeout is not zero.
+/// Whether a task told to stop drains first: it publishes ingress ports or is on a network (so
+/// proxies reach it at its service's virtual IP), was reachable at its ports, and its drain
+/// timeout is not zero.
 fn drains(task: &Task, observed: &TaskStatus) -> bool {
-    task.endpoint.ports.iter().any(|p| p.is_reachable())
+    (task.endpoint.ports.iter().any(|p| p.is_reachable()) || !task.spec.networks.is_empty())
         && !observed.ports.is_empty()
         && !task.spec.container.drain_timeout().is_zero()
 }

@@ -83,5 +83,6 @@ fn apply(ingress: &Arc<Ingress>, update: TrafficUpdate) {
             Err(e) => tracing::error!(error = %e, "unreadable closed listener; skipped"),
         }
     }
-    ingress.apply(update.version, update.complete, listeners, &closed, update.drained);
+    let vip_pool = shoal_types::vip_pool_range(&update.vip_pool).ok();
+    ingress.apply(update.version, update.complete, listeners, &closed, update.drained, vip_pool);
 }

@@ -56,6 +56,7 @@ async fn proxy_limited(backends: Vec<Backend>, limit: usize) -> (Arc<Ingress>, S
         vec![Listener { address: String::new(), port, service: "web".into(), backends }],
         &[],
         Vec::new(),
+        None,
     );
     let entry = format!("127.0.0.1:{port}");
     for _ in 0..200 {
@@ -135,10 +136,11 @@ async fn a_port_without_backends_closes_connections_and_a_closed_port_keeps_carr
         }],
         &[],
         Vec::new(),
+        None,
     );
     let mut carried = TcpStream::connect(&entry).await.expect("connect");
     assert_eq!(greeting(&mut carried).await, "a");
-    ingress.apply(3, true, Vec::new(), &[], Vec::new());
+    ingress.apply(3, true, Vec::new(), &[], Vec::new(), None);
     for _ in 0..200 {
         if TcpStream::connect(&entry).await.is_err() {
             break;
@@ -157,7 +159,7 @@ async fn drained_tasks_wake_their_waiters() {
         let ingress = ingress.clone();
         tokio::spawn(async move { ingress.wait_drained("t1").await })
     };
-    ingress.apply(1, false, Vec::new(), &[], vec!["t1".into()]);
+    ingress.apply(1, false, Vec::new(), &[], vec!["t1".into()], None);
     tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("joined");
 }
 

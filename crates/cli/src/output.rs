@@ -798,9 +798,12 @@ pub fn data_pretty(object: &shoal_types::DataObject) -> String {
             out.push_str(&format!(" - {key}={value}\n"));
         }
     }
+    // A network holds no value.
+    if object.kind != shoal_types::DataKind::Network {
+        out.push_str(&format!("Size:            {} bytes\n", object.size));
+    }
     out.push_str(&format!(
-        "Size:            {} bytes\nCreated at:      {}\nUpdated at:      {}\n",
-        object.size,
+        "Created at:      {}\nUpdated at:      {}\n",
         crate::timefmt::format_timestamp(object.created_at),
         crate::timefmt::format_timestamp(object.updated_at)
     ));

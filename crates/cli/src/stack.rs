@@ -130,8 +130,8 @@ async fn plan_data(
         let existing: BTreeSet<String> = client.list_data(kind).await?.into_iter().map(|o| o.spec.name).collect();
         for name in used {
             let declared = loaded.stack.networks.iter().find(|(key, def)| def.object_name(stack, key) == *name);
-            if let Err(why) = shoal_types::validate_data_name(name) {
-                problems.push(format!("the network's name {name}: {why}"));
+            if let Err(e) = shoal_types::validate_name("name", name) {
+                problems.push(format!("the network's name {name}: {}", e.message));
                 continue;
             }
             if existing.contains(name) {
@@ -701,7 +701,7 @@ pub async fn rm(host: &str, names: &[String]) -> Result<(), CliError> {
     let mut failed = false;
     for stack in names {
         let services = stack_services(&all, stack);
-        // The secrets and configs the stack created (external ones carry no label of it).
+        // The secrets, configs and networks the stack created (external ones carry no label of it).
         let mut data = Vec::new();
         for kind in [shoal_types::DataKind::Secret, shoal_types::DataKind::Config, shoal_types::DataKind::Network] {
             data.extend(

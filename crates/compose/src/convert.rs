@@ -102,11 +102,21 @@ fn networks(
     defs: &BTreeMap<String, crate::model::DataDef>,
     locations: &BTreeMap<String, Location>,
 ) -> Result<Vec<String>, ComposeError> {
+    // A name services can list: the rules of a service's name.
+    let checked = |name: String, path: String| {
+        shoal_types::validate_name("network", &name).map(|_| name.clone()).map_err(|e| {
+            ComposeError::invalid(
+                find_location(locations, &path),
+                path,
+                format!("network name {name:?}: {}", e.message),
+            )
+        })
+    };
     if service.networks.is_empty() {
         let name = defs
             .get(DEFAULT_NETWORK)
             .map_or_else(|| format!("{stack}_{DEFAULT_NETWORK}"), |def| def.object_name(stack, DEFAULT_NETWORK));
-        return Ok(vec![name]);
+        return Ok(vec![checked(name, format!("services.{short}"))?]);
     }
     let mut out: Vec<String> = Vec::new();
     for (i, key) in service.networks.iter().enumerate() {
@@ -122,6 +132,7 @@ fn networks(
                 ));
             }
         };
+        let name = checked(name, format!("services.{short}.networks[{i}]"))?;
         if !out.contains(&name) {
             out.push(name);
         }

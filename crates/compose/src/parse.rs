@@ -73,6 +73,7 @@ const SERVICE_SUPPORTED: &[&str] = &[
     "configs",
     "depends_on",
     "networks",
+    "expose",
 ];
 
 /// Every other service-level key of the compose specification.
@@ -105,7 +106,6 @@ const SERVICE_UNSUPPORTED: &[&str] = &[
     "dns_search",
     "domainname",
     "driver_opts",
-    "expose",
     "extends",
     "external_links",
     "extra_hosts",
@@ -559,6 +559,7 @@ impl Walker<'_> {
         let mut environment = Vec::new();
         let mut restart = None;
         let mut deploy = None;
+        let mut exposed: Vec<PortConfig> = Vec::new();
         for (key, value, p) in self.object(v, path, SERVICE_SUPPORTED, SERVICE_UNSUPPORTED)? {
             match key.name.as_str() {
                 "image" => image = Some(self.string(value, &p)?),
@@ -568,6 +569,28 @@ impl Walker<'_> {
                 "env_file" => env_files = self.env_files(value, &p)?,
                 "labels" => service.labels = self.labels(value, &p)?,
                 "ports" => service.ports = self.ports(value, &p)?,
+                "expose" => {
+                    // Ports the services of its networks reach it at, published nowhere: as a
+                    // port given without a published one (`ports: ["80"]`).
+                    for port in self.ports(value, &p)? {
+                        if port.published != 0 {
+                            return Err(self.error(
+                                value.loc,
+                                &p,
+                                format!(
+                                    "{}:{}: expose takes ports, not mappings (use ports:)",
+                                    port.published, port.target
+                                ),
+                            ));
+                        }
+                        if port.protocol != shoal_types::PortProtocol::Tcp {
+                            self.warnings
+                                .push(format!("{p}: {}/udp: only TCP ports are reached by name; ignored", port.target));
+                            continue;
+                        }
+                        exposed.push(port);
+                    }
+                }
                 "healthcheck" => service.healthcheck = self.healthcheck(value, &p)?,
                 "stop_grace_period" => {
                     service.stop_grace_period =
@@ -595,6 +618,11 @@ impl Walker<'_> {
                     }
                 }
                 _ => {}
+            }
+        }
+        for port in exposed {
+            if !service.ports.iter().any(|p| p.target == port.target && p.protocol == port.protocol) {
+                service.ports.push(port);
             }
         }
         service.image =

@@ -781,3 +781,17 @@ fn depends_on_and_x_atomic_are_read_and_a_cycle_or_an_unknown_service_is_refused
     let err = load_one(cycle).unwrap_err().to_string();
     assert!(err.starts_with("stack.yml:4:18: services.a.depends_on: a cycle: a -> b -> a"), "{err}");
 }
+
+/// `expose:` makes ports reachable by name on the service's networks, published nowhere (as
+/// `ports: ["80"]`); a mapping is refused, a UDP port ignored with a warning.
+#[test]
+fn expose_makes_ports_reachable_by_name_only() {
+    let loaded = load_one("services:\n  db:\n    image: shoal/busybox:1\n    expose: [\"5432\", 9100, \"53/udp\"]\n    ports: [\"8080:80\"]\n").unwrap_or_else(|e| panic!("{e}"));
+    let ports: Vec<(u16, u16)> = loaded.services["db"].endpoint.ports.iter().map(|p| (p.published, p.target)).collect();
+    assert_eq!(ports, [(8080, 80), (0, 5432), (0, 9100)]);
+    assert!(loaded.services["db"].endpoint.ports.iter().all(|p| p.is_reachable()));
+    assert_eq!(loaded.warnings, ["services.db.expose: 53/udp: only TCP ports are reached by name; ignored"]);
+    let err =
+        load_one("services:\n  db:\n    image: shoal/busybox:1\n    expose: [\"80:80\"]\n").unwrap_err().to_string();
+    assert!(err.contains("services.db.expose") && err.contains("not mappings"), "{err}");
+}

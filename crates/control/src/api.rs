@@ -882,8 +882,14 @@ impl Control for ControlApi {
             let kind = Self::kind(&request.kind)?;
             let spec: DataSpec = serde_json::from_str(&request.spec_json)
                 .map_err(|e| ApiError::InvalidArgument(format!("invalid {kind} spec: {e}")))?;
-            shoal_types::validate_data_name(&spec.name)
-                .map_err(|why| ApiError::InvalidArgument(format!("{kind} name: {why}")))?;
+            if kind == DataKind::Network {
+                // Services name their networks in their spec: the same rules as a service's name.
+                shoal_types::validate_name("network name", &spec.name)
+                    .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+            } else {
+                shoal_types::validate_data_name(&spec.name)
+                    .map_err(|why| ApiError::InvalidArgument(format!("{kind} name: {why}")))?;
+            }
             let most = shoal_types::secret::MAX_DATA_BYTES;
             if kind == DataKind::Network {
                 if !spec.data.is_empty() {

@@ -298,6 +298,9 @@ impl<B: Backend> DispatcherService<B> {
         let table = self.traffic.lock();
         let complete = sent.version.is_none();
         let mut update = TrafficUpdate { version: table.version(), complete, ..TrafficUpdate::default() };
+        if complete {
+            update.vip_pool = self.backend.state().cluster().map(|c| c.spec.vip_pool.clone()).unwrap_or_default();
+        }
         for (key, listener) in table.listeners() {
             if sent.listeners.get(key).is_none_or(|old| !Arc::ptr_eq(old, listener)) {
                 update.listeners_json.push(serde_json::to_string(&**listener).expect("listeners serialise"));
@@ -515,33 +518,46 @@ fn assignment(
     }
 }
 
-/// The host entries of the containers of `tasks` on networks, by service id: every service
-/// sharing a network with the task's service (itself included) by its name at its virtual IP,
-/// and, within one stack, by its name in the stack file too (as docker's stack aliases do).
+/// The host entries of the containers of `tasks` on networks, by [`shoal_types::hosts_key`]
+/// (service and spec version: tasks of one spec share them): every service on one of the
+/// task's networks (itself included) by its name at its virtual IP, and, within one stack, by
+/// its name in the stack file too (as docker's stack aliases do; a full name wins over an
+/// alias). Tasks told to stop need none. Computed once per spec in a message, from the
+/// networks' members only.
 fn hosts_for<'a>(state: &State, tasks: impl IntoIterator<Item = &'a Task>) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for task in tasks {
-        if task.spec.networks.is_empty() || out.contains_key(&task.service_id) {
+        if task.spec.networks.is_empty() || task.desired_state > TaskState::Running {
+            continue;
+        }
+        let key = shoal_types::hosts_key(&task.service_id, task.spec_version);
+        if out.contains_key(&key) {
             continue;
         }
         let stack =
             state.service(&task.service_id).and_then(|s| s.spec.labels.get(shoal_types::stack::NAMESPACE_LABEL));
-        let mut hosts: Vec<String> = Vec::new();
-        let mut names: HashSet<String> = HashSet::new();
-        for other in state.services() {
-            if other.virtual_ip.is_empty() || !other.spec.task.networks.iter().any(|n| task.spec.networks.contains(n)) {
-                continue;
-            }
+        let mut members: Vec<&shoal_types::Service> = task
+            .spec
+            .networks
+            .iter()
+            .flat_map(|n| state.services_on_network(n))
+            .filter(|s| !s.virtual_ip.is_empty())
+            .collect();
+        members.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        members.dedup_by(|a, b| a.id == b.id);
+        let mut names: HashSet<&str> = members.iter().map(|s| s.spec.name.as_str()).collect();
+        let mut hosts: Vec<String> = members.iter().map(|s| format!("{}:{}", s.spec.name, s.virtual_ip)).collect();
+        for member in &members {
             let short = stack
-                .filter(|s| other.spec.labels.get(shoal_types::stack::NAMESPACE_LABEL) == Some(*s))
-                .and_then(|s| other.spec.name.strip_prefix(&format!("{s}_")));
-            for name in std::iter::once(other.spec.name.as_str()).chain(short) {
-                if names.insert(name.to_string()) {
-                    hosts.push(format!("{name}:{}", other.virtual_ip));
-                }
+                .filter(|s| member.spec.labels.get(shoal_types::stack::NAMESPACE_LABEL) == Some(*s))
+                .and_then(|s| member.spec.name.strip_prefix(s.as_str())?.strip_prefix('_'));
+            if let Some(short) = short
+                && names.insert(short)
+            {
+                hosts.push(format!("{short}:{}", member.virtual_ip));
             }
         }
-        out.insert(task.service_id.clone(), serde_json::to_string(&hosts).expect("host entries serialise"));
+        out.insert(key, serde_json::to_string(&hosts).expect("host entries serialise"));
     }
     out
 }
@@ -663,7 +679,7 @@ impl AssignmentStream {
         if updated.is_empty() && removed.is_empty() {
             return Ok(None);
         }
-        // The state is read only when a task uses secrets or configs.
+        // The state is read only when a task uses secrets or configs, or is on a network.
         let (data, hosts) = if updated
             .iter()
             .any(|t| t.spec.container.data_references().next().is_some() || !t.spec.networks.is_empty())

@@ -232,6 +232,7 @@ impl ManagerMetrics {
         objects.insert("route".to_string(), state.routes().count() as u64);
         objects.insert("secret".to_string(), state.data_objects(shoal_types::DataKind::Secret).count() as u64);
         objects.insert("config".to_string(), state.data_objects(shoal_types::DataKind::Config).count() as u64);
+        objects.insert("network".to_string(), state.data_objects(shoal_types::DataKind::Network).count() as u64);
         objects.insert("stack".to_string(), state.stack_names().count() as u64);
         set(&self.objects, "kind", objects);
         let mut tasks = std::collections::BTreeMap::new();

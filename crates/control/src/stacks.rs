@@ -121,7 +121,12 @@ pub fn plan(state: &State, deploy: StackDeploy, mut new_id: impl FnMut() -> Stri
         if object.spec.labels.keys().any(String::is_empty) {
             problems.push(format!("{} {}: label keys must not be empty", object.kind, object.spec.name));
         }
-        if let Err(why) = shoal_types::validate_data_name(&object.spec.name) {
+        let name_check = if object.kind == DataKind::Network {
+            shoal_types::validate_name("name", &object.spec.name).map_err(|e| e.message)
+        } else {
+            shoal_types::validate_data_name(&object.spec.name)
+        };
+        if let Err(why) = name_check {
             problems.push(format!("{} {}: {why}", object.kind, object.spec.name));
         }
         let most = shoal_types::secret::MAX_DATA_BYTES;

@@ -53,8 +53,10 @@ pub enum StoreError {
         "update out of sequence: the cluster is at version {current}, the update was based on version {expected}; inspect it again and retry"
     )]
     ClusterOutOfSequence { current: u64, expected: u64 },
-    #[error("no virtual IP is left in the cluster's pool {pool} for a service on a network")]
-    NoVirtualIp { pool: String },
+    #[error(
+        "service {service}: task.networks: every virtual IP of the cluster's pool {pool} is given (the pool is set by shoal-manager --vip-pool at init); remove a service on a network first"
+    )]
+    NoVirtualIp { service: String, pool: String },
     #[error("{kind} {name} is in use by service {services}: remove it from them first (--{kind}-rm)")]
     DataInUse { kind: &'static str, name: String, services: String },
     #[error(
@@ -172,6 +174,14 @@ pub struct State {
     /// The virtual IPs given to services, as numbers, and their services (derived).
     #[serde(skip)]
     vips: BTreeMap<u32, String>,
+    /// The services on each network, by network name (derived).
+    #[serde(skip)]
+    network_members: BTreeMap<String, BTreeSet<String>>,
+    /// The virtual IP given last: the next one is looked for after it, so an address a removed
+    /// service had goes to another service only once the pool has come round (containers that
+    /// knew it by the old name would reach the new service otherwise).
+    #[serde(default)]
+    vip_cursor: u32,
 }
 
 /// Per service with an open rollout record: its slots by new task id and by slot name, and the
@@ -218,6 +228,8 @@ pub struct SnapshotView {
     data: BTreeMap<String, Arc<DataObject>>,
     routes: BTreeMap<String, Arc<Route>>,
     stacks: BTreeMap<String, Vec<Arc<StackRevision>>>,
+    /// Last, as in [`State`]: a snapshot of either is the same bytes.
+    vip_cursor: u32,
 }
 
 impl SnapshotView {
@@ -284,6 +296,8 @@ enum Undo {
     RolloutUnrecorded(String),
     /// A slot of the service's newest rollout record, as it was before a task of it changed.
     RolloutSlotWas(String, usize, usize, RolloutSlot),
+    /// The virtual IP last given, before a service got one.
+    VipCursor(u32),
 }
 
 impl State {
@@ -495,6 +509,7 @@ impl State {
             data: self.data.clone(),
             routes: self.routes.clone(),
             stacks: self.stacks.clone(),
+            vip_cursor: self.vip_cursor,
         }
     }
 
@@ -515,6 +530,11 @@ impl State {
         }
         state.service_names = state.services.values().map(|s| (s.spec.name.clone(), s.id.clone())).collect();
         state.vips = state.services.values().filter_map(|s| Some((vip_number(&s.virtual_ip)?, s.id.clone()))).collect();
+        for service in state.services.values() {
+            for network in &service.spec.task.networks {
+                state.network_members.entry(network.clone()).or_default().insert(service.id.clone());
+            }
+        }
         state.data_names = state.data.values().map(|d| ((d.kind, d.spec.name.clone()), d.id.clone())).collect();
         Ok(state)
     }
@@ -710,7 +730,7 @@ impl State {
                     .data
                     .get(&id)
                     .cloned()
-                    .ok_or_else(|| StoreError::NotFound { kind: "secret or config", id: id.clone() })?;
+                    .ok_or_else(|| StoreError::NotFound { kind: "secret, config or network", id: id.clone() })?;
                 let (current, previous) = self.services_using(object.kind, &object.spec.name);
                 if !current.is_empty() {
                     return Err(StoreError::DataInUse {
@@ -815,6 +835,7 @@ impl State {
                 };
                 self.check_data_references(&previous)?;
                 self.check_ingress_ports(&id, &previous)?;
+                self.check_networks(&id, &previous)?;
                 let service = rolled_back(current, previous, "manually requested rollback".into(), index, at);
                 self.put_rollback(service, origin, undo, changes)?;
             }
@@ -830,6 +851,8 @@ impl State {
                 };
                 self.check_data_references(&target.spec)?;
                 self.check_ingress_ports(&id, &target.spec)?;
+                // A kept revision may name a network removed since.
+                self.check_networks(&id, &target.spec)?;
                 let message = format!("manually requested rollback to revision {revision}");
                 let service = rolled_back(current, ServiceSpec::clone(&target.spec), message, index, at);
                 self.put_rollback(service, origin, undo, changes)?;
@@ -1523,7 +1546,11 @@ impl State {
             match self.services.get(&service.id).map(|s| s.virtual_ip.clone()).filter(|v| !v.is_empty()) {
                 Some(vip) => service.virtual_ip = vip,
                 None => match self.free_vip() {
-                    Some(vip) => service.virtual_ip = std::net::Ipv4Addr::from(vip).to_string(),
+                    Some(vip) => {
+                        undo.push(Undo::VipCursor(self.vip_cursor));
+                        self.vip_cursor = vip;
+                        service.virtual_ip = std::net::Ipv4Addr::from(vip).to_string();
+                    }
                     None => {
                         tracing::warn!(service = %service.spec.name, "no virtual IP left in the pool; its name does not resolve")
                     }
@@ -1549,6 +1576,9 @@ impl State {
         if let Some(vip) = vip_number(&service.virtual_ip) {
             self.vips.insert(vip, service.id.clone());
         }
+        for network in &service.spec.task.networks {
+            self.network_members.entry(network.clone()).or_default().insert(service.id.clone());
+        }
         self.services.insert(service.id.clone(), service);
         old
     }
@@ -1563,21 +1593,43 @@ impl State {
         {
             self.vips.remove(&vip);
         }
+        for network in &service.spec.task.networks {
+            if let Some(members) = self.network_members.get_mut(network) {
+                members.remove(id);
+                if members.is_empty() {
+                    self.network_members.remove(network);
+                }
+            }
+        }
         Some(service)
     }
 
-    /// The lowest address of the cluster's virtual IP pool no service has.
+    /// The services whose current spec is on network `name`.
+    pub fn services_on_network<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Service> + 'a {
+        self.network_members.get(name).into_iter().flatten().filter_map(|id| self.service(id))
+    }
+
+    /// The cluster's virtual IP pool.
+    fn vip_pool(&self) -> &str {
+        self.cluster.as_ref().map(|c| c.spec.vip_pool.as_str()).unwrap_or(shoal_types::DEFAULT_VIP_POOL)
+    }
+
+    /// The first address of the cluster's virtual IP pool after the one given last that no
+    /// service has, coming round to the start of the pool.
     fn free_vip(&self) -> Option<u32> {
-        let pool = self.cluster.as_ref().map(|c| c.spec.vip_pool.as_str()).unwrap_or(shoal_types::DEFAULT_VIP_POOL);
-        let (first, last) = shoal_types::vip_pool_range(pool).ok()?;
-        let mut candidate = first;
-        for used in self.vips.range(first..=last).map(|(n, _)| *n) {
-            if used != candidate {
-                break;
+        let (first, last) = shoal_types::vip_pool_range(self.vip_pool()).ok()?;
+        let start = if (first..last).contains(&self.vip_cursor) { self.vip_cursor + 1 } else { first };
+        let lowest_free = |from: u32, to: u32| {
+            let mut candidate = from;
+            for used in self.vips.range(from..=to).map(|(n, _)| *n) {
+                if used != candidate {
+                    break;
+                }
+                candidate += 1;
             }
-            candidate += 1;
-        }
-        (candidate <= last).then_some(candidate)
+            (candidate <= to).then_some(candidate)
+        };
+        lowest_free(start, last).or_else(|| if start > first { lowest_free(first, start - 1) } else { None })
     }
 
     /// Refuses a spec on networks that do not exist, or one that needs a virtual IP (service
@@ -1590,8 +1642,7 @@ impl State {
         }
         let has_vip = self.services.get(id).is_some_and(|s| !s.virtual_ip.is_empty());
         if !spec.task.networks.is_empty() && !has_vip && self.free_vip().is_none() {
-            let pool = self.cluster.as_ref().map(|c| c.spec.vip_pool.clone()).unwrap_or_default();
-            return Err(StoreError::NoVirtualIp { pool });
+            return Err(StoreError::NoVirtualIp { service: spec.name.clone(), pool: self.vip_pool().to_string() });
         }
         Ok(())
     }
@@ -1664,6 +1715,7 @@ impl State {
             Undo::Unrevoke(id) => {
                 self.revoked_nodes.remove(&id);
             }
+            Undo::VipCursor(cursor) => self.vip_cursor = cursor,
             Undo::Service(id, old) => {
                 self.remove_service(&id);
                 if let Some(old) = old {

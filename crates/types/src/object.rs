@@ -607,6 +607,12 @@ pub struct ClusterSpec {
     pub vip_pool: String,
 }
 
+/// The key of the host entries the containers of a service's spec get (the assignment's
+/// `hosts_json`).
+pub fn hosts_key(service_id: &str, spec_version: u64) -> String {
+    format!("{service_id}/{spec_version}")
+}
+
 /// The default range of virtual IPs: out of the ranges Docker gives its own networks.
 pub const DEFAULT_VIP_POOL: &str = "10.213.0.0/16";
 
@@ -632,10 +638,41 @@ pub fn vip_pool_range(pool: &str) -> Result<(u32, u32), String> {
             std::net::Ipv4Addr::from(base)
         ));
     }
-    if addr.is_loopback() || addr.is_multicast() || addr.is_unspecified() {
-        return Err(format!("{pool:?}: a loopback, multicast or unspecified range is not {allowed}"));
+    let last = std::net::Ipv4Addr::from(base | !mask);
+    // On every host's loopback interface, these would take over addresses the hosts need (cloud
+    // metadata at 169.254.169.254, loopback, multicast).
+    let special =
+        |ip: std::net::Ipv4Addr| ip.is_loopback() || ip.is_link_local() || ip.octets()[0] == 0 || ip.octets()[0] >= 224;
+    if special(addr) || special(last) {
+        return Err(format!(
+            "{pool:?}: a loopback, link-local, multicast or reserved range is not {allowed} (e.g. 10.213.0.0/16)"
+        ));
     }
     Ok((base + 1, (base | !mask) - 1))
+}
+
+#[cfg(test)]
+mod vip_pool_tests {
+    use super::vip_pool_range;
+
+    #[test]
+    fn a_pool_is_an_ipv4_range_of_addresses_a_host_can_lend() {
+        assert_eq!(vip_pool_range("10.213.0.0/16"), Ok((0x0AD5_0001, 0x0AD5_FFFE)));
+        assert_eq!(vip_pool_range("192.168.7.0/30"), Ok((0xC0A8_0701, 0xC0A8_0702)));
+        for (pool, says) in [
+            ("10.213.0.0", "not an IPv4 range"),
+            ("10.213.0.0/31", "prefix /31"),
+            ("10.213.0.0/7", "prefix /7"),
+            ("10.213.0.1/16", "host bits are set; the range starts at 10.213.0.0/16"),
+            ("169.254.0.0/16", "link-local"),
+            ("127.0.0.0/8", "loopback"),
+            ("240.0.0.0/8", "reserved"),
+            ("fd00::/64", "not an IPv4 range"),
+        ] {
+            let err = vip_pool_range(pool).unwrap_err();
+            assert!(err.contains(says) && err.contains(pool), "{pool}: {err}");
+        }
+    }
 }
 
 fn default_revision_history_limit() -> u64 {

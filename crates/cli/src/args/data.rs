@@ -86,6 +86,6 @@ pub struct NetworkCreateArgs {
     #[arg(long)]
     pub attachable: bool,
     /// The name services join it by
-    #[arg(value_name = "NAME", value_parser = parsers::data_name)]
+    #[arg(value_name = "NAME", value_parser = parsers::network_name)]
     pub name: String,
 }

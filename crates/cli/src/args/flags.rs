@@ -624,7 +624,7 @@ pub struct ContainerFlags {
     #[arg(id = "config", long = "config", value_name = "CONFIG", value_parser = parsers::data_reference)]
     pub configs: Vec<shoal_types::DataReference>,
     /// Put the tasks on a network: they reach its services by name, and its services reach them (repeatable)
-    #[arg(id = "network", long = "network", value_name = "NETWORK", value_parser = parsers::data_name)]
+    #[arg(id = "network", long = "network", value_name = "NETWORK", value_parser = parsers::network_name)]
     pub networks: Vec<String>,
     #[command(flatten)]
     pub settings: ContainerSettingFlags,
@@ -690,10 +690,10 @@ pub struct ContainerUpdateFlags {
     #[arg(id = "config-rm", long = "config-rm", value_name = "NAME", value_parser = parsers::data_name)]
     pub config_rm: Vec<String>,
     /// Add a network (repeatable)
-    #[arg(id = "network-add", long = "network-add", value_name = "NETWORK", value_parser = parsers::data_name)]
+    #[arg(id = "network-add", long = "network-add", value_name = "NETWORK", value_parser = parsers::network_name)]
     pub network_add: Vec<String>,
     /// Remove a network (repeatable)
-    #[arg(id = "network-rm", long = "network-rm", value_name = "NETWORK", value_parser = parsers::data_name)]
+    #[arg(id = "network-rm", long = "network-rm", value_name = "NETWORK", value_parser = parsers::network_name)]
     pub network_rm: Vec<String>,
     #[command(flatten)]
     pub settings: ContainerSettingFlags,

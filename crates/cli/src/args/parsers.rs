@@ -187,6 +187,12 @@ pub fn data_reference(text: &str) -> Result<shoal_types::DataReference, String> 
 }
 
 /// `--secret-rm` / `--config-rm`: a secret's or config's name.
+/// A network's name: as a service's (services list it in their spec).
+pub fn network_name(text: &str) -> Result<String, String> {
+    shoal_types::validate_name("name", text).map_err(|e| e.message)?;
+    Ok(text.to_string())
+}
+
 pub fn data_name(text: &str) -> Result<String, String> {
     shoal_types::validate_data_name(text.trim())?;
     Ok(text.trim().to_string())

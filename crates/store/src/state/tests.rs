@@ -1253,7 +1253,10 @@ fn services_on_a_network_get_the_lowest_free_virtual_ip_and_keep_it_until_remove
     let before = state.clone();
     let err =
         state.apply(6, &batch(vec![Action::CreateService { id: "c".into(), spec: spec_on("c", "net") }])).unwrap_err();
-    assert_eq!(err.to_string(), "no virtual IP is left in the cluster's pool 10.9.0.0/30 for a service on a network");
+    assert_eq!(
+        err.to_string(),
+        "service c: task.networks: every virtual IP of the cluster's pool 10.9.0.0/30 is given (the pool is set by shoal-manager --vip-pool at init); remove a service on a network first"
+    );
     assert!(state.service("c").is_none() && state.vips == before.vips, "a refused create changes nothing");
     // A service moved off its network keeps its address; one joining takes none while full.
     let version = state.service("a").unwrap().version;
@@ -1322,4 +1325,37 @@ fn a_network_is_kept_while_a_service_or_its_previous_spec_is_on_it() {
     state.apply(5, &batch(vec![Action::RemoveService { id: "a".into() }])).unwrap();
     state.apply(6, &batch(vec![Action::RemoveData { id: "n1".into() }])).unwrap();
     assert!(state.data_by_name(shoal_types::DataKind::Network, "net").is_none());
+}
+
+#[test]
+fn a_removed_services_virtual_ip_is_given_again_only_once_the_pool_came_round() {
+    let mut state = State::default();
+    state.apply(1, &batch(vec![cluster_with_pool("10.9.0.0/29"), network_action("n1", "net")])).unwrap();
+    for (i, id) in ["a", "b"].into_iter().enumerate() {
+        state
+            .apply(2 + i as u64, &batch(vec![Action::CreateService { id: id.into(), spec: spec_on(id, "net") }]))
+            .unwrap();
+    }
+    state.apply(4, &batch(vec![Action::RemoveService { id: "a".into() }])).unwrap();
+    let given: Vec<String> = ["c", "d", "e", "f", "g"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            state
+                .apply(5 + i as u64, &batch(vec![Action::CreateService { id: id.into(), spec: spec_on(id, "net") }]))
+                .unwrap();
+            state.service(id).unwrap().virtual_ip.clone()
+        })
+        .collect();
+    // .1 (a's) is given last, once .3 to .6 are.
+    assert_eq!(given, ["10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6", "10.9.0.1"]);
+    // The cursor is part of the state: a snapshot gives the next one as the state does.
+    let mut restored = State::restore(&state.snapshot()).unwrap();
+    state.apply(10, &batch(vec![Action::RemoveService { id: "d".into() }])).unwrap();
+    restored.apply(10, &batch(vec![Action::RemoveService { id: "d".into() }])).unwrap();
+    for s in [&mut state, &mut restored] {
+        s.apply(11, &batch(vec![Action::CreateService { id: "h".into(), spec: spec_on("h", "net") }])).unwrap();
+    }
+    assert_eq!(state.service("h").unwrap().virtual_ip, "10.9.0.4");
+    assert_eq!(restored, state);
 }
