@@ -69,7 +69,7 @@ pub(crate) async fn serve(
 
 fn apply(ingress: &Arc<Ingress>, update: TrafficUpdate) {
     let mut listeners = Vec::with_capacity(update.listeners_json.len());
-    for json in &update.listeners_json {
+    for json in update.listeners_json.iter().chain(&update.vip_listeners_json) {
         match serde_json::from_str::<Listener>(json) {
             Ok(listener) => listeners.push(listener),
             Err(e) => tracing::error!(error = %e, "unreadable ingress listener; skipped"),

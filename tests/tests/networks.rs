@@ -47,12 +47,18 @@ fn fails(addr: &str, args: &[&str]) -> Result<String> {
     Ok(stderr(&out))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_reaches_a_service_on_its_network_by_name_from_another_node() -> Result<()> {
+/// One manager and two agents labelled side=a and side=b; the manager's address.
+async fn two_sides() -> Result<(Cluster, String)> {
     let mut cluster = Cluster::start(1).await?;
     cluster.add_agent(&["side=a"]).await?;
     cluster.add_agent(&["side=b"]).await?;
     let addr = cluster.running_addrs()[0].clone();
+    Ok((cluster, addr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reaches_a_service_on_its_network_by_name_from_another_node() -> Result<()> {
+    let (_cluster, addr) = two_sides().await?;
     let addr = addr.as_str();
 
     ok(addr, &["network", "create", "backend"])?;
@@ -160,10 +166,7 @@ async fn a_task_reaches_a_service_on_its_network_by_name_from_another_node() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stacks_services_reach_each_other_by_their_names_in_the_stack_file() -> Result<()> {
-    let mut cluster = Cluster::start(1).await?;
-    cluster.add_agent(&["side=a"]).await?;
-    cluster.add_agent(&["side=b"]).await?;
-    let addr = cluster.running_addrs()[0].clone();
+    let (_cluster, addr) = two_sides().await?;
     let addr = addr.as_str();
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("stack.yml");

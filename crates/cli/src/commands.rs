@@ -971,9 +971,10 @@ async fn service_logs(host: &str, args: &args::LogsArgs) -> Result<(), CliError>
             // any manager, from where each task's lines got to.
             Err(status) if stream_broken(&status) => {
                 let why = crate::error::error_chain(&status);
+                let code = status.code();
                 let _ = write_async(
                     &mut stderr,
-                    format!("warning: the log read broke off ({why}); reading on\n").as_bytes(),
+                    format!("warning: the log read broke off ({code:?}: {why}); reading on\n").as_bytes(),
                 )
                 .await;
                 let from = client.addr().to_string();
@@ -1085,9 +1086,19 @@ async fn write_async(to: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]
 
 fn stream_broken(status: &tonic::Status) -> bool {
     use tonic::Code;
-    matches!(
+    // Every code but the answers of a manager to the call itself: a connection's end comes as
+    // one of several codes (an HTTP/2 GOAWAY's reason maps to ResourceExhausted, for one).
+    !matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::Aborted | Code::DeadlineExceeded
+        Code::Ok
+            | Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented
     )
 }
 

@@ -303,7 +303,12 @@ impl<B: Backend> DispatcherService<B> {
         }
         for (key, listener) in table.listeners() {
             if sent.listeners.get(key).is_none_or(|old| !Arc::ptr_eq(old, listener)) {
-                update.listeners_json.push(serde_json::to_string(&**listener).expect("listeners serialise"));
+                let json = serde_json::to_string(&**listener).expect("listeners serialise");
+                if key.address.is_empty() {
+                    update.listeners_json.push(json);
+                } else {
+                    update.vip_listeners_json.push(json);
+                }
                 sent.listeners.insert(key.clone(), listener.clone());
             }
         }
@@ -321,6 +326,7 @@ impl<B: Backend> DispatcherService<B> {
         sent.drained.retain(|t| drained.contains(t));
         update.drained = drained.into_iter().filter(|t| sent.drained.insert(t.clone())).collect();
         let news = !update.listeners_json.is_empty()
+            || !update.vip_listeners_json.is_empty()
             || !update.closed_ports.is_empty()
             || !update.closed_json.is_empty()
             || !update.drained.is_empty();

@@ -1228,6 +1228,14 @@ fn spec_on(name: &str, network: &str) -> ServiceSpec {
     spec
 }
 
+/// Updates service `id` (named as its id) to a spec on no network, at raft index `index`.
+fn take_off_networks(state: &mut State, index: u64, id: &str) {
+    let version = state.service(id).unwrap().version;
+    let update =
+        Action::UpdateService { id: id.into(), expected_version: version, spec: ServiceSpec::new(id, "busybox") };
+    state.apply(index, &batch(vec![update])).unwrap();
+}
+
 fn cluster_with_pool(pool: &str) -> Action {
     let mut cluster = shoal_types::Cluster { id: "c".into(), version: 0, created_at: 0, spec: Default::default() };
     cluster.spec.vip_pool = pool.into();
@@ -1259,17 +1267,7 @@ fn services_on_a_network_get_the_lowest_free_virtual_ip_and_keep_it_until_remove
     );
     assert!(state.service("c").is_none() && state.vips == before.vips, "a refused create changes nothing");
     // A service moved off its network keeps its address; one joining takes none while full.
-    let version = state.service("a").unwrap().version;
-    state
-        .apply(
-            7,
-            &batch(vec![Action::UpdateService {
-                id: "a".into(),
-                expected_version: version,
-                spec: ServiceSpec::new("a", "busybox"),
-            }]),
-        )
-        .unwrap();
+    take_off_networks(&mut state, 7, "a");
     assert_eq!(state.service("a").unwrap().virtual_ip, "10.9.0.1");
     let version = state.service("plain").unwrap().version;
     let err = state
@@ -1309,17 +1307,7 @@ fn a_network_is_kept_while_a_service_or_its_previous_spec_is_on_it() {
         .unwrap();
     let err = state.apply(2, &batch(vec![Action::RemoveData { id: "n1".into() }])).unwrap_err();
     assert_eq!(err.to_string(), "network net is in use by service a: remove it from them first (--network-rm)");
-    let version = state.service("a").unwrap().version;
-    state
-        .apply(
-            3,
-            &batch(vec![Action::UpdateService {
-                id: "a".into(),
-                expected_version: version,
-                spec: ServiceSpec::new("a", "busybox"),
-            }]),
-        )
-        .unwrap();
+    take_off_networks(&mut state, 3, "a");
     let err = state.apply(4, &batch(vec![Action::RemoveData { id: "n1".into() }])).unwrap_err();
     assert!(matches!(err, StoreError::DataInPreviousSpec { .. }), "{err}");
     state.apply(5, &batch(vec![Action::RemoveService { id: "a".into() }])).unwrap();
