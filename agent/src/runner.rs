@@ -187,9 +187,12 @@ pub async fn run(
                     // A task with ingress ports counts as running (available to the updater)
                     // once its ports accept connections, for up to PORT_READY_WAIT; a task
                     // slower than that runs without traffic until they do (see RUNNING).
+                    // A task on a network with only its image's exposed ports bounds its own wait
+                    // (EXPOSED_READY_WAIT), and is then reported with them whether they answer.
+                    let wait =
+                        if plan.ingress_targets.is_empty() { EXPOSED_READY_WAIT + RETRY } else { PORT_READY_WAIT };
                     if (!plan.ingress_targets.is_empty() || plan.networked)
-                        && let Ok(ports) =
-                            tokio::time::timeout(PORT_READY_WAIT, ports_accepting(&*executor, &plan)).await
+                        && let Ok(ports) = tokio::time::timeout(wait, ports_accepting(&*executor, &plan)).await
                     {
                         observed.ports = ports;
                         ports_read = true;
@@ -263,7 +266,10 @@ async fn ports_accepting(executor: &dyn Executor, plan: &TaskPlan) -> Vec<shoal_
         match executor.ports(plan).await {
             Ok(ports) if !ports.is_empty() => break ports,
             // A task on a network whose image exposes nothing and that publishes nothing.
-            Ok(_) if plan.ingress_targets.is_empty() => return Vec::new(),
+            Ok(_) if plan.ingress_targets.is_empty() => {
+                tracing::info!(task = %plan.task_id, service = %plan.service_name, "the task is on a network but has no TCP port to be reached at by name: publish one (-p TARGET, compose expose:) or EXPOSE it in the image");
+                return Vec::new();
+            }
             Ok(_) => return std::future::pending().await,
             Err(e) => {
                 tracing::warn!(task = %plan.task_id, error = %e, "cannot read the task's published ports; retrying");

@@ -40,12 +40,20 @@ impl Vips {
     /// The addresses the listeners use now, and the cluster's pool (`None`: unknown); after a
     /// `complete` table, stale addresses of the pool go too. Starts the periodic pass.
     pub fn want(self: &Arc<Self>, wanted: HashSet<String>, pool: Option<(u32, u32)>, complete: bool) {
-        *self.wanted.lock() = wanted;
+        let same = {
+            let mut current = self.wanted.lock();
+            let same = *current == wanted;
+            *current = wanted;
+            same
+        };
         if pool.is_some() {
             *self.pool.lock() = pool;
         }
-        let vips = self.clone();
-        tokio::spawn(async move { vips.reconcile(complete).await });
+        // Most updates change backends only: no `ip` command for them.
+        if !same || complete {
+            let vips = self.clone();
+            tokio::spawn(async move { vips.reconcile(complete).await });
+        }
         if !self.started.swap(true, Ordering::SeqCst) {
             let vips = Arc::downgrade(self);
             tokio::spawn(async move {
@@ -66,11 +74,13 @@ impl Vips {
     /// Adds `vip` to the loopback interface unless it is there.
     pub async fn claim(&self, vip: &str) -> Result<(), String> {
         let _one_at_a_time = self.ops.lock().await;
-        self.claimed.lock().insert(vip.to_string());
         if present().await.contains(vip) {
             return Ok(());
         }
         let result = add(vip).await;
+        if result.is_ok() {
+            self.claimed.lock().insert(vip.to_string());
+        }
         match &result {
             Err(e) if !self.failure_logged.swap(true, Ordering::Relaxed) => {
                 tracing::error!(vip, error = %e, "cannot add a virtual IP to this host's loopback interface (the agent needs CAP_NET_ADMIN and `ip`); services on networks are not reachable by name through this node until it can")
@@ -89,9 +99,11 @@ impl Vips {
         let wanted = self.wanted.lock().clone();
         let pool = *self.pool.lock();
         for vip in wanted.difference(&present) {
-            self.claimed.lock().insert(vip.clone());
-            if let Err(e) = add(vip).await {
-                tracing::debug!(vip, error = %e, "cannot add a virtual IP");
+            match add(vip).await {
+                Ok(()) => {
+                    self.claimed.lock().insert(vip.clone());
+                }
+                Err(e) => tracing::debug!(vip, error = %e, "cannot add a virtual IP"),
             }
         }
         let in_pool = |vip: &str| {

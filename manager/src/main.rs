@@ -95,12 +95,13 @@ fn parse_heartbeat(text: &str) -> Result<shoal_types::GoDuration, String> {
     Ok(d)
 }
 
-/// Like Swarm, certificates live at least an hour. Tests of renewal set
-/// SHOAL_TEST_MIN_CERT_EXPIRY=1s to go lower (a test build knob, not for production).
+/// `--vip-pool`: a range the hosts can lend (see [`shoal_types::vip_pool_range`]).
 fn parse_vip_pool(text: &str) -> Result<String, String> {
     shoal_types::vip_pool_range(text).map(|_| text.to_string())
 }
 
+/// Like Swarm, certificates live at least an hour. Tests of renewal set
+/// SHOAL_TEST_MIN_CERT_EXPIRY=1s to go lower (a test build knob, not for production).
 fn parse_cert_expiry(text: &str) -> Result<shoal_types::GoDuration, String> {
     let d = shoal_types::GoDuration::parse(text).map_err(|e| e.to_string())?;
     let minimum = std::env::var("SHOAL_TEST_MIN_CERT_EXPIRY")

@@ -141,8 +141,16 @@ async fn a_task_reaches_a_service_on_its_network_by_name_from_another_node() -> 
         "outsider cannot resolve api"
     );
 
-    // A rolling update of api: the name reaches the new task.
-    ok(addr, &["service", "update", "--image", "shoal/web:2", "api"])?;
+    // A start-first rolling update of api under a request loop in the client: the old task
+    // drains, the name reaches the new one, and no request fails.
+    let loop_script = "n=0; while [ ! -e /stop ]; do \
+        if b=$(timeout 5 wget -q -O - http://api/); then echo \"$b\"; else echo FAILED; fi; n=$((n+1)); done";
+    let requests = Command::new("docker")
+        .args(["exec", &client.status.container_id, "sh", "-c", loop_script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ok(addr, &["service", "update", "--update-order", "start-first", "--image", "shoal/web:2", "api"])?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let body = fetch_from(&client.status.container_id, "http://api/").await?;
@@ -154,6 +162,18 @@ async fn a_task_reaches_a_service_on_its_network_by_name_from_another_node() -> 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    exec(&client.status.container_id, "touch /stop")?;
+    let answers = String::from_utf8_lossy(&requests.wait_with_output()?.stdout).to_string();
+    let (old, new) = (
+        answers.lines().filter(|l| l.starts_with("web 1 ")).count(),
+        answers.lines().filter(|l| l.starts_with("web 2 ")).count(),
+    );
+    ensure!(!answers.contains("FAILED"), "a request by name failed during the update:\n{answers}");
+    ensure!(
+        old > 0 && new > 0 && old + new == answers.lines().count(),
+        "answers from both versions only: {old} old, {new} new"
+    );
 
     // A network in use is kept; one that is not goes.
     let err = fails(addr, &["network", "rm", "backend"])?;

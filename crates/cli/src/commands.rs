@@ -959,17 +959,27 @@ async fn service_logs(host: &str, args: &args::LogsArgs) -> Result<(), CliError>
     let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
+    // Reads taken up again in a row with nothing read in between: a failure that is not the
+    // connection's ends the command after a few.
+    let mut fruitless = 0;
     loop {
         let message = tokio::select! {
             message = stream.message() => message,
             _ = &mut interrupted => return Ok(()),
         };
         let message = match message {
-            Ok(Some(message)) => message,
+            Ok(Some(message)) => {
+                fruitless = 0;
+                message
+            }
             Ok(None) => return Ok(()),
+            Err(status) if stream_broken(&status) && fruitless >= LOG_RESUMES_IN_A_ROW => {
+                return Err(CliError::from(status));
+            }
             // The connection broke (a manager restarted, a connection reset): read again, through
             // any manager, from where each task's lines got to.
             Err(status) if stream_broken(&status) => {
+                fruitless += 1;
                 let why = crate::error::error_chain(&status);
                 let code = status.code();
                 let _ = write_async(
@@ -1083,6 +1093,9 @@ async fn write_async(to: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]
     to.write_all(bytes).await?;
     to.flush().await
 }
+
+/// How many times in a row `service logs` takes a broken read up again without reading anything.
+const LOG_RESUMES_IN_A_ROW: u32 = 5;
 
 fn stream_broken(status: &tonic::Status) -> bool {
     use tonic::Code;

@@ -131,7 +131,7 @@ async fn plan_data(
         for name in used {
             let declared = loaded.stack.networks.iter().find(|(key, def)| def.object_name(stack, key) == *name);
             if let Err(e) = shoal_types::validate_name("name", name) {
-                problems.push(format!("the network's name {name}: {}", e.message));
+                problems.push(format!("network {name}: {}", e.message));
                 continue;
             }
             if existing.contains(name) {

@@ -295,12 +295,16 @@ impl<B: Backend> DispatcherService<B> {
     /// What traffic stream `stream` of node `node_id` is sent next: the whole table the first
     /// time, then the listeners that changed and the node's tasks newly drained.
     fn traffic_update(&self, node_id: &str, sent: &mut TrafficSent) -> Option<TrafficUpdate> {
-        let table = self.traffic.lock();
         let complete = sent.version.is_none();
-        let mut update = TrafficUpdate { version: table.version(), complete, ..TrafficUpdate::default() };
-        if complete {
-            update.vip_pool = self.backend.state().cluster().map(|c| c.spec.vip_pool.clone()).unwrap_or_default();
-        }
+        // Read before the table is locked: the table's refresh takes the store's read lock and
+        // then the table's, so the other order could deadlock behind a waiting store write.
+        let vip_pool = if complete {
+            self.backend.state().cluster().map(|c| c.spec.vip_pool.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let table = self.traffic.lock();
+        let mut update = TrafficUpdate { version: table.version(), complete, vip_pool, ..TrafficUpdate::default() };
         for (key, listener) in table.listeners() {
             if sent.listeners.get(key).is_none_or(|old| !Arc::ptr_eq(old, listener)) {
                 let json = serde_json::to_string(&**listener).expect("listeners serialise");

@@ -34,7 +34,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AlreadyExists { .. } => ApiError::AlreadyExists(e.to_string()),
-            StoreError::NotFound { .. } | StoreError::RevisionNotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::NotFound { .. } | StoreError::RevisionNotFound { .. } | StoreError::NetworkNotFound { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
             StoreError::OutOfSequence { .. }
             | StoreError::NodeOutOfSequence { .. }
             | StoreError::NoPreviousSpec { .. }

@@ -67,7 +67,7 @@ fn check_service(
             || new_data.contains(&(DataKind::Network, network.clone()));
         if !known {
             return Err(format!(
-                "service {name}: task.networks[{i}]: network {network} not found (create it first: shoal network create {network})"
+                "service {name}: task.networks[{i}]: network {network} not found (declare it under the stack file's networks:, or create it: shoal network create {network})"
             ));
         }
     }

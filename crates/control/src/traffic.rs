@@ -49,6 +49,10 @@ pub struct TrafficTable {
     left_at: HashMap<String, u64>,
     /// Draining tasks and their nodes.
     draining: HashMap<String, String>,
+    /// The target ports each service on a network was reached at: its tasks report their ports
+    /// only while they run, and the service's virtual IP keeps its listeners between tasks (a
+    /// rolling update of its only task, a restart).
+    vip_targets: HashMap<String, std::collections::BTreeSet<u16>>,
     reports: HashMap<String, Report>,
 }
 
@@ -135,7 +139,20 @@ impl TrafficTable {
                     draining_changed |= self.draining.remove(&task.id).is_some();
                 }
             }
-            let wanted = state.service(id).map(|s| listeners_of(state, s, &tasks)).unwrap_or_default();
+            let wanted = match state.service(id) {
+                Some(service) => {
+                    let remembered = self.vip_targets.entry(id.to_string()).or_default();
+                    let listeners = listeners_of(state, service, &tasks, remembered);
+                    if remembered.is_empty() {
+                        self.vip_targets.remove(id);
+                    }
+                    listeners
+                }
+                None => {
+                    self.vip_targets.remove(id);
+                    Vec::new()
+                }
+            };
             changed |= self.set_owned(state, id, wanted);
         }
         for route in state.routes() {
@@ -364,8 +381,14 @@ fn join(ip: &str, port: u16) -> String {
     if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
 }
 
-/// The listeners of `service` over its `tasks`, by port.
-fn listeners_of(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listener> {
+/// The listeners of `service` over its `tasks`, by port; `vip_targets`: the target ports its
+/// virtual IP listens on, kept from earlier refreshes.
+fn listeners_of(
+    state: &State,
+    service: &Service,
+    tasks: &[&Task],
+    vip_targets: &mut std::collections::BTreeSet<u16>,
+) -> Vec<Listener> {
     let mut out = Vec::new();
     for port in service.spec.endpoint.ports.iter().filter(|p| p.is_ingress()) {
         let mut backends: Vec<Backend> = tasks
@@ -389,23 +412,30 @@ fn listeners_of(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listen
             backends,
         });
     }
-    out.extend(virtual_ip_listeners(state, service, tasks));
+    out.extend(virtual_ip_listeners(state, service, tasks, vip_targets));
     out.sort_by_key(Listener::key);
     out
 }
 
-/// The listeners on a service's virtual IP: one per target port its tasks reported (their
-/// published ingress targets and the ports their images expose), to its running tasks on any
-/// node, with the same health, draining and step shares as its published ports. Ports reported
-/// by tasks that have ended count too (the slots' kept history), so a listener stays open while
-/// a rolling update replaces the only task: a client connecting then is closed at once, not
-/// refused for a moment.
-fn virtual_ip_listeners(state: &State, service: &Service, tasks: &[&Task]) -> Vec<Listener> {
+/// The listeners on a service's virtual IP: one per target port of its spec's reachable ports
+/// (`-p 80`, `expose:`) and per port its tasks reported (the ports their images expose), to its
+/// running tasks on any node, with the same health, draining and step shares as its published
+/// ports. Reported ports are remembered in `targets` (a task reports its ports only while it
+/// runs), so the listeners stay while a rolling update replaces the only task: a client
+/// connecting then is closed at once instead of waiting on an address nobody holds.
+fn virtual_ip_listeners(
+    state: &State,
+    service: &Service,
+    tasks: &[&Task],
+    targets: &mut std::collections::BTreeSet<u16>,
+) -> Vec<Listener> {
     if service.virtual_ip.is_empty() || service.spec.task.networks.is_empty() {
+        targets.clear();
         return Vec::new();
     }
-    let targets: std::collections::BTreeSet<u16> =
-        tasks.iter().flat_map(|t| t.status.ports.iter().map(|p| p.target)).collect();
+    targets.extend(service.spec.endpoint.ports.iter().filter(|p| p.is_reachable()).map(|p| p.target));
+    targets.extend(tasks.iter().flat_map(|t| t.status.ports.iter().map(|p| p.target)));
+    let targets = targets.clone();
     let new: HashSet<&str> =
         tasks.iter().filter(|t| t.spec_version == service.spec_version).map(|t| t.id.as_str()).collect();
     targets

@@ -54,6 +54,10 @@ pub enum StoreError {
     )]
     ClusterOutOfSequence { current: u64, expected: u64 },
     #[error(
+        "service {service}: task.networks[{index}]: network {name} not found (create it first: shoal network create {name})"
+    )]
+    NetworkNotFound { service: String, index: usize, name: String },
+    #[error(
         "service {service}: task.networks: every virtual IP of the cluster's pool {pool} is given (the pool is set by shoal-manager --vip-pool at init); remove a service on a network first"
     )]
     NoVirtualIp { service: String, pool: String },
@@ -1635,9 +1639,13 @@ impl State {
     /// Refuses a spec on networks that do not exist, or one that needs a virtual IP (service
     /// `id` has none yet) when the pool has none left.
     fn check_networks(&self, id: &str, spec: &ServiceSpec) -> Result<(), StoreError> {
-        for network in &spec.task.networks {
+        for (i, network) in spec.task.networks.iter().enumerate() {
             if self.data_by_name(DataKind::Network, network).is_none() {
-                return Err(StoreError::NotFound { kind: "network", id: network.clone() });
+                return Err(StoreError::NetworkNotFound {
+                    service: spec.name.clone(),
+                    index: i,
+                    name: network.clone(),
+                });
             }
         }
         let has_vip = self.services.get(id).is_some_and(|s| !s.virtual_ip.is_empty());

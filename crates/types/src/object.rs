@@ -638,17 +638,19 @@ pub fn vip_pool_range(pool: &str) -> Result<(u32, u32), String> {
             std::net::Ipv4Addr::from(base)
         ));
     }
-    let last = std::net::Ipv4Addr::from(base | !mask);
+    let last = base | !mask;
     // On every host's loopback interface, these would take over addresses the hosts need (cloud
     // metadata at 169.254.169.254, loopback, multicast).
-    let special =
-        |ip: std::net::Ipv4Addr| ip.is_loopback() || ip.is_link_local() || ip.octets()[0] == 0 || ip.octets()[0] >= 224;
-    if special(addr) || special(last) {
-        return Err(format!(
-            "{pool:?}: a loopback, link-local, multicast or reserved range is not {allowed} (e.g. 10.213.0.0/16)"
-        ));
+    const SPECIAL: [(u32, u32, &str); 4] = [
+        (0x0000_0000, 0x00FF_FFFF, "0.0.0.0/8 (this network)"),
+        (0x7F00_0000, 0x7FFF_FFFF, "127.0.0.0/8 (loopback)"),
+        (0xA9FE_0000, 0xA9FE_FFFF, "169.254.0.0/16 (link-local, cloud metadata)"),
+        (0xE000_0000, 0xFFFF_FFFF, "224.0.0.0/3 (multicast and reserved)"),
+    ];
+    if let Some((_, _, what)) = SPECIAL.iter().find(|(from, to, _)| base <= *to && last >= *from) {
+        return Err(format!("{pool:?}: overlaps {what}, which hosts need; use a private range such as 10.213.0.0/16"));
     }
-    Ok((base + 1, (base | !mask) - 1))
+    Ok((base + 1, last - 1))
 }
 
 #[cfg(test)]
@@ -665,6 +667,7 @@ mod vip_pool_tests {
             ("10.213.0.0/7", "prefix /7"),
             ("10.213.0.1/16", "host bits are set; the range starts at 10.213.0.0/16"),
             ("169.254.0.0/16", "link-local"),
+            ("169.0.0.0/8", "overlaps 169.254.0.0/16"),
             ("127.0.0.0/8", "loopback"),
             ("240.0.0.0/8", "reserved"),
             ("fd00::/64", "not an IPv4 range"),

@@ -186,13 +186,13 @@ pub fn data_reference(text: &str) -> Result<shoal_types::DataReference, String> 
     Ok(reference)
 }
 
-/// `--secret-rm` / `--config-rm`: a secret's or config's name.
 /// A network's name: as a service's (services list it in their spec).
 pub fn network_name(text: &str) -> Result<String, String> {
     shoal_types::validate_name("name", text).map_err(|e| e.message)?;
     Ok(text.to_string())
 }
 
+/// `--secret-rm` / `--config-rm`: a secret's or config's name.
 pub fn data_name(text: &str) -> Result<String, String> {
     shoal_types::validate_data_name(text.trim())?;
     Ok(text.trim().to_string())

@@ -321,11 +321,21 @@ fn a_service_on_a_network_listens_on_its_virtual_ip_for_each_reported_target_por
     assert_eq!(listener.backends.len(), 1);
     assert_eq!(listener.backends[0].remote, "127.0.0.2:41");
     assert_eq!(listener.backends[0].address_from("n2"), "172.17.0.41:5432");
-    // Told to stop: it leaves the listeners in the same entry; they stay open once it ended.
+    // Told to stop: it leaves the listeners in the same entry; they stay open once it ended
+    // (an ended task reports no ports).
     w.apply(vec![Action::SetDesiredState { id: "d1".into(), desired: TaskState::Shutdown }]);
     assert!(w.table.listeners()[&on_vip(5432)].backends.is_empty());
     let mut status = w.state.task("d1").expect("d1").status.clone();
     status.state = TaskState::Shutdown;
+    status.ports.clear();
     w.apply(vec![Action::SetTaskStatus { id: "d1".into(), status }]);
-    assert!(w.table.listeners().contains_key(&on_vip(9100)));
+    assert!(w.table.listeners().contains_key(&on_vip(5432)) && w.table.listeners().contains_key(&on_vip(9100)));
+    // Off its networks, its listeners go.
+    let version = w.state.service("db").expect("db").version;
+    w.apply(vec![Action::UpdateService {
+        id: "db".into(),
+        expected_version: version,
+        spec: ServiceSpec::new("db", "shoal/web:2"),
+    }]);
+    assert_eq!(w.table.listeners().keys().cloned().collect::<Vec<_>>(), [ListenerKey::published(8080)]);
 }

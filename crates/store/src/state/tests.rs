@@ -1249,7 +1249,10 @@ fn services_on_a_network_get_the_lowest_free_virtual_ip_and_keep_it_until_remove
     // No network yet: refused, nothing written.
     let err =
         state.apply(2, &batch(vec![Action::CreateService { id: "a".into(), spec: spec_on("a", "nope") }])).unwrap_err();
-    assert_eq!(err.to_string(), "network nope not found");
+    assert_eq!(
+        err.to_string(),
+        "service a: task.networks[0]: network nope not found (create it first: shoal network create nope)"
+    );
     // Off a network: no address.
     state.apply(3, &batch(vec![create("plain", "plain")])).unwrap();
     assert_eq!(state.service("plain").unwrap().virtual_ip, "");
