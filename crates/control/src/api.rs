@@ -882,28 +882,8 @@ impl Control for ControlApi {
             let kind = Self::kind(&request.kind)?;
             let spec: DataSpec = serde_json::from_str(&request.spec_json)
                 .map_err(|e| ApiError::InvalidArgument(format!("invalid {kind} spec: {e}")))?;
-            if kind == DataKind::Network {
-                // Services name their networks in their spec: the same rules as a service's name.
-                shoal_types::validate_name("network name", &spec.name)
-                    .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-            } else {
-                shoal_types::validate_data_name(&spec.name)
-                    .map_err(|why| ApiError::InvalidArgument(format!("{kind} name: {why}")))?;
-            }
-            let most = shoal_types::secret::MAX_DATA_BYTES;
-            if kind == DataKind::Network {
-                if !spec.data.is_empty() {
-                    return Err(ApiError::InvalidArgument(format!("network {}: a network holds no data", spec.name)));
-                }
-            } else if spec.data.is_empty() || spec.data.len() > most {
-                return Err(ApiError::InvalidArgument(format!(
-                    "{kind} {}: {} bytes of data; a {kind} holds 1 to {most} bytes (500 KiB, Swarm's limit)",
-                    spec.name,
-                    spec.data.len()
-                )));
-            }
-            if spec.labels.keys().any(String::is_empty) {
-                return Err(ApiError::InvalidArgument(format!("{kind} {}: label keys must not be empty", spec.name)));
+            if let Some(problem) = spec.problems(kind).into_iter().next() {
+                return Err(ApiError::InvalidArgument(problem));
             }
             let id = shoal_types::ids::new_id();
             let object = DataObject { id: id.clone(), kind, version: 0, created_at: 0, updated_at: 0, spec, size: 0 };

@@ -118,30 +118,8 @@ pub fn plan(state: &State, deploy: StackDeploy, mut new_id: impl FnMut() -> Stri
         if !data_names.insert((object.kind, object.spec.name.clone())) {
             problems.push(format!("{} {}: defined twice", object.kind, object.spec.name));
         }
-        if object.spec.labels.keys().any(String::is_empty) {
-            problems.push(format!("{} {}: label keys must not be empty", object.kind, object.spec.name));
-        }
-        let name_check = if object.kind == DataKind::Network {
-            shoal_types::validate_name("name", &object.spec.name).map_err(|e| e.message)
-        } else {
-            shoal_types::validate_data_name(&object.spec.name)
-        };
-        if let Err(why) = name_check {
-            problems.push(format!("{} {}: {why}", object.kind, object.spec.name));
-        }
-        let most = shoal_types::secret::MAX_DATA_BYTES;
-        if object.kind == DataKind::Network {
-            if !object.spec.data.is_empty() {
-                problems.push(format!("network {}: a network holds no data", object.spec.name));
-            }
-        } else if object.spec.data.is_empty() || object.spec.data.len() > most {
-            problems.push(format!(
-                "{kind} {}: {} bytes of data; a {kind} holds 1 to {most} bytes",
-                object.spec.name,
-                object.spec.data.len(),
-                kind = object.kind
-            ));
-        }
+        // The checks `secret create`, `config create` and `network create` make.
+        problems.extend(object.spec.problems(object.kind));
     }
     if let Some(atomic) = &atomic {
         if atomic.timeout_ms > MAX_GROUP_TIMEOUT_MS {

@@ -391,7 +391,7 @@ fn listeners_of(
 ) -> Vec<Listener> {
     let mut out = Vec::new();
     for port in service.spec.endpoint.ports.iter().filter(|p| p.is_ingress()) {
-        let mut backends: Vec<Backend> = tasks
+        let backends: Vec<Backend> = tasks
             .iter()
             .filter_map(|task| {
                 // The task's own endpoint decides its target port (an older spec may differ).
@@ -399,18 +399,7 @@ fn listeners_of(
                 backend_of(state, task, target.target)
             })
             .collect();
-        if let Some(share) = step_traffic(service) {
-            let new: HashSet<&str> =
-                tasks.iter().filter(|t| t.spec_version == service.spec_version).map(|t| t.id.as_str()).collect();
-            shape(&mut backends, share, |task| new.contains(task));
-        }
-        backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-        out.push(Listener {
-            address: String::new(),
-            port: port.published,
-            service: service.spec.name.clone(),
-            backends,
-        });
+        out.push(service_listener(service, tasks, String::new(), port.published, backends));
     }
     out.extend(virtual_ip_listeners(state, service, tasks, vip_targets));
     out.sort_by_key(Listener::key);
@@ -435,20 +424,31 @@ fn virtual_ip_listeners(
     }
     targets.extend(service.spec.endpoint.ports.iter().filter(|p| p.is_reachable()).map(|p| p.target));
     targets.extend(tasks.iter().flat_map(|t| t.status.ports.iter().map(|p| p.target)));
-    let targets = targets.clone();
-    let new: HashSet<&str> =
-        tasks.iter().filter(|t| t.spec_version == service.spec_version).map(|t| t.id.as_str()).collect();
     targets
-        .into_iter()
-        .map(|target| {
-            let mut backends: Vec<Backend> = tasks.iter().filter_map(|task| backend_of(state, task, target)).collect();
-            if let Some(share) = step_traffic(service) {
-                shape(&mut backends, share, |task| new.contains(task));
-            }
-            backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-            Listener { address: service.virtual_ip.clone(), port: target, service: service.spec.name.clone(), backends }
+        .iter()
+        .map(|&target| {
+            let backends: Vec<Backend> = tasks.iter().filter_map(|task| backend_of(state, task, target)).collect();
+            service_listener(service, tasks, service.virtual_ip.clone(), target, backends)
         })
         .collect()
+}
+
+/// One listener of `service` over `backends` (of its `tasks`): shaped by the share its rollout's
+/// step gives the new version, ordered by task id.
+fn service_listener(
+    service: &Service,
+    tasks: &[&Task],
+    address: String,
+    port: u16,
+    mut backends: Vec<Backend>,
+) -> Listener {
+    if let Some(share) = step_traffic(service) {
+        let new: HashSet<&str> =
+            tasks.iter().filter(|t| t.spec_version == service.spec_version).map(|t| t.id.as_str()).collect();
+        shape(&mut backends, share, |task| new.contains(task));
+    }
+    backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    Listener { address, port, service: service.spec.name.clone(), backends }
 }
 
 /// The traffic share of the new version the service's rollout is at (a canary step's

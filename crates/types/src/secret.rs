@@ -87,6 +87,35 @@ pub struct DataObject {
     pub size: u64,
 }
 
+impl DataSpec {
+    /// What is wrong with a new object of `kind` on its own, each as `<kind> <name>: …`: its
+    /// name (a network's by a service name's rules, as specs list it), its value's size (1 to
+    /// [`MAX_DATA_BYTES`]; a network holds none) and its label keys. Empty: nothing.
+    pub fn problems(&self, kind: DataKind) -> Vec<String> {
+        let name = &self.name;
+        let mut problems = Vec::new();
+        let name_check = match kind {
+            DataKind::Network => crate::validate_name("name", name).map_err(|e| e.message),
+            DataKind::Secret | DataKind::Config => validate_data_name(name),
+        };
+        if let Err(why) = name_check {
+            problems.push(format!("{kind} {name}: {why}"));
+        }
+        let size = self.data.len();
+        match kind {
+            DataKind::Network if size > 0 => problems.push(format!("network {name}: a network holds no data")),
+            DataKind::Secret | DataKind::Config if size == 0 || size > MAX_DATA_BYTES => problems.push(format!(
+                "{kind} {name}: {size} bytes of data; a {kind} holds 1 to {MAX_DATA_BYTES} bytes (500 KiB, Swarm's limit)"
+            )),
+            _ => {}
+        }
+        if self.labels.keys().any(String::is_empty) {
+            problems.push(format!("{kind} {name}: label keys must not be empty"));
+        }
+        problems
+    }
+}
+
 impl DataObject {
     /// The object without its value: what `inspect`, `ls` and events show.
     pub fn without_data(&self) -> DataObject {
@@ -344,5 +373,31 @@ mod tests {
         };
         let shown = serde_json::to_string(&object.without_data()).unwrap();
         assert!(!shown.contains("aHVudGVyMg") && shown.contains("\"size\":7"), "{shown}");
+    }
+
+    #[test]
+    fn a_new_objects_problems_are_its_name_its_size_and_its_label_keys_by_kind() {
+        let spec =
+            |name: &str, data: &[u8]| DataSpec { name: name.into(), labels: Default::default(), data: data.to_vec() };
+        assert!(spec("db.password", b"x").problems(DataKind::Secret).is_empty());
+        assert!(spec("backend", b"").problems(DataKind::Network).is_empty());
+        assert_eq!(
+            spec("db.net", b"x").problems(DataKind::Network),
+            [
+                "network db.net: \"db.net\" is not a valid name (letters, digits, '-' and '_', starting and ending with a letter or digit, at most 63 characters)",
+                "network db.net: a network holds no data",
+            ]
+        );
+        let mut empty_key = spec("conf", b"");
+        empty_key.labels.insert(String::new(), "v".into());
+        assert_eq!(
+            empty_key.problems(DataKind::Config),
+            [
+                "config conf: 0 bytes of data; a config holds 1 to 512000 bytes (500 KiB, Swarm's limit)",
+                "config conf: label keys must not be empty",
+            ]
+        );
+        let too_big = spec("big", &vec![0; MAX_DATA_BYTES + 1]);
+        assert_eq!(too_big.problems(DataKind::Secret).len(), 1);
     }
 }

@@ -298,9 +298,10 @@ impl ServiceSpec {
                 format!("{} networks is above the limit {}", self.task.networks.len(), crate::limits::MAX_LIST_ENTRIES),
             ));
         }
+        let mut seen = std::collections::HashSet::with_capacity(self.task.networks.len());
         for (i, network) in self.task.networks.iter().enumerate() {
             validate_name(&format!("task.networks[{i}]"), network)?;
-            if self.task.networks[..i].contains(network) {
+            if !seen.insert(network) {
                 return Err(ValidationError::new(format!("task.networks[{i}]"), format!("{network} is listed twice")));
             }
         }
